@@ -1,0 +1,5 @@
+"""
+lbtwist: a Logging & Bookkeeping server-proxy for CREAM computing elements, on Twisted.
+"""
+
+__version__ = "0.1.0"
