@@ -1,0 +1,233 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Command-line options and service wiring for C{twistd lbproxy} and C{twistd lbserver}.
+
+Wiring only: parse the options, build the store, the intake listener and (later) the query
+and relay services, attach them to a L{MultiService}.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.python import usage
+
+from lbtwist import config
+from lbtwist.errors import LBError
+
+log = Logger()
+
+_VALUE_OPTIONS: list[tuple[str, str, str]] = [
+    # (long name, short name or "", help)
+    ("config", "", "INI file with a [lbproxy] or [lbserver] section (keys = option names)."),
+    ("state-dir", "", "Directory for the store, the intake socket and generated certificates."),
+    ("events", "", "Intake listener endpoint (default unix:<state-dir>/events.sock:mode=660)."),
+    ("hostname", "", "This node's host name (HOST of generated events; local job ids)."),
+    ("max-connections", "", "Most intake connections at once."),
+    ("max-event-size", "", "Largest event accepted, in bytes."),
+    ("max-fields", "", "Most fields in one event."),
+    ("max-inflight", "", "Most unanswered events per intake connection (over: EAGAIN)."),
+]
+
+_LIST_OPTIONS: list[tuple[str, str]] = [
+    ("producer-uid", "User id allowed to log over the socket (repeatable; default own uid, root)."),
+    ("producer-gid", "Group id allowed to log over the socket (repeatable)."),
+    ("local-endpoint", "HOST:PORT whose job ids belong to this node (repeatable)."),
+]
+
+_INT_OPTIONS = ("max-connections", "max-event-size", "max-fields", "max-inflight")
+
+
+class Options(usage.Options):
+    """
+    Options of both roles; the role (C{lbproxy} or C{lbserver}) names the config section.
+    """
+
+    role = "lbproxy"
+
+    optParameters = [[name, short or None, None, text] for name, short, text in _VALUE_OPTIONS]
+
+    def __init__(self) -> None:
+        super().__init__()
+        for name, _ in _LIST_OPTIONS:
+            self[name] = []
+
+    def opt_producer_uid(self, value: str) -> None:
+        """User id allowed to log over the socket (repeatable; default: own uid and root)."""
+        self["producer-uid"].append(value)
+
+    def opt_producer_gid(self, value: str) -> None:
+        """Group id allowed to log over the socket (repeatable)."""
+        self["producer-gid"].append(value)
+
+    def opt_local_endpoint(self, value: str) -> None:
+        """HOST:PORT whose job ids belong to this node (repeatable)."""
+        self["local-endpoint"].append(value)
+
+    def role_defaults(self) -> dict[str, object]:
+        """
+        The embedded defaults of this role (design section 12).
+        """
+        return {
+            "state-dir": config.DEFAULT_STATE_DIR,
+            "events": None,
+            "hostname": socket.getfqdn(),
+            "max-connections": config.DEFAULT_MAX_CONNECTIONS,
+            "max-event-size": config.DEFAULT_MAX_EVENT_SIZE,
+            "max-fields": config.DEFAULT_MAX_FIELDS,
+            "max-inflight": config.DEFAULT_MAX_INFLIGHT,
+            "producer-uid": [],
+            "producer-gid": [],
+            "local-endpoint": [],
+        }
+
+    def postOptions(self) -> None:
+        known = [name for name, _, _ in _VALUE_OPTIONS if name != "config"]
+        known += [name for name, _ in _LIST_OPTIONS]
+        from_file: dict[str, Any] = {}
+        if self["config"]:
+            try:
+                raw = config.read_config(self["config"], self.role, known)
+            except LBError as e:
+                raise usage.UsageError(e.message) from e
+            for key, value in raw.items():
+                if any(key == name for name, _ in _LIST_OPTIONS):
+                    from_file[key] = config.split_values(value)
+                else:
+                    from_file[key] = value
+        explicit = {key: self[key] for key in known}
+        merged = config.merge(explicit, from_file, self.role_defaults())
+        for key in _INT_OPTIONS:
+            try:
+                merged[key] = int(str(merged[key]))
+            except ValueError:
+                raise usage.UsageError(f"--{key}: not a whole number: {merged[key]!r}") from None
+            if merged[key] <= 0:  # type: ignore[operator]
+                raise usage.UsageError(f"--{key}: must be positive")
+        merged["producer-uid"] = _ids("producer-uid", merged["producer-uid"])
+        merged["producer-gid"] = _ids("producer-gid", merged["producer-gid"])
+        merged["local-endpoint"] = [
+            _host_port("local-endpoint", v)
+            for v in merged["local-endpoint"]  # type: ignore[attr-defined]
+        ]
+        state_dir = os.path.abspath(str(merged["state-dir"]))
+        merged["state-dir"] = state_dir
+        if not merged["events"]:
+            merged["events"] = (
+                f"unix:{_escape_endpoint(os.path.join(state_dir, 'events.sock'))}:mode=660"
+            )
+        self.update(merged)
+
+
+class ServerOptions(Options):
+    """
+    Options of C{twistd lbserver}.
+    """
+
+    role = "lbserver"
+
+
+def _ids(name: str, values: object) -> list[int]:
+    result = []
+    for value in values:  # type: ignore[attr-defined]
+        try:
+            result.append(int(value))
+        except ValueError:
+            raise usage.UsageError(f"--{name}: not a numeric id: {value!r}") from None
+    return result
+
+
+def _host_port(name: str, value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise usage.UsageError(f"--{name}: expected HOST:PORT, got {value!r}")
+    return host.lower(), int(port)
+
+
+def _escape_endpoint(path: str) -> str:
+    """
+    Escape a file name for use in an endpoint description string.
+    """
+    return path.replace("\\", "\\\\").replace(":", "\\:").replace("=", "\\=")
+
+
+class StoreService(Service):
+    """
+    Closes the store when the service stops, after the listeners in front of it have stopped.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        return self.store.close()  # type: ignore[no-any-return]
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """
+    Build the service tree of one role from parsed options.
+
+    @param reactor: the reactor to use; the global one when L{None}.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    from lbtwist.intake import IntakeFactory
+    from lbtwist.store.sqlite import SQLiteStore
+
+    state_dir = options["state-dir"]
+    os.makedirs(state_dir, mode=0o750, exist_ok=True)
+
+    hostname = options["hostname"].lower()
+    local_endpoints = {(hostname, 9000), ("localhost", 9000)}
+    local_endpoints.update(options["local-endpoint"])
+    relay = options.role == "lbproxy"
+    store = SQLiteStore(
+        os.path.join(state_dir, "lbtwist.sqlite"),
+        clock=reactor,
+        relay=relay,
+        local_endpoints=local_endpoints,
+        proxy_host=hostname,
+    )
+
+    top = MultiService()
+    # Started first, stopped last: the store outlives the listeners feeding it.
+    StoreService(store).setServiceParent(top)
+
+    uids = options["producer-uid"] or sorted({os.getuid(), 0})
+    factory = IntakeFactory(
+        store,
+        clock=reactor,
+        max_connections=options["max-connections"],
+        max_line=options["max-event-size"],
+        max_inflight=options["max-inflight"],
+        max_fields=options["max-fields"],
+        allowed_uids=set(uids),
+        allowed_gids=set(options["producer-gid"]),
+    )
+    intake = StreamServerEndpointService(serverFromString(reactor, options["events"]), factory)
+    intake.setServiceParent(top)
+    log.info(
+        "lbtwist {role}: state in {state_dir}, events on {events}, producers uid {uids}",
+        role=options.role,
+        state_dir=state_dir,
+        events=options["events"],
+        uids=uids,
+    )
+    return top
+
+
+# What the two ServiceMakers of twisted/plugins/lbtwist_plugins.py name: each role's Options
+# and the shared makeService.
+proxy = SimpleNamespace(Options=Options, makeService=makeService)
+server = SimpleNamespace(Options=ServerOptions, makeService=makeService)
