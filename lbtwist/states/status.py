@@ -1,0 +1,324 @@
+# -*- test-case-name: tests.test_states -*-
+"""
+The status of one job: the value the state machines fold events into.
+
+Field names follow L&B's job status (C{glite-lb-job_status}); times are
+integers, microseconds since the epoch, UTC.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+from datetime import UTC, datetime
+from typing import Any
+
+import attrs
+
+# Job states (design section 5).
+SUBMITTED = "Submitted"
+WAITING = "Waiting"
+READY = "Ready"
+SCHEDULED = "Scheduled"
+RUNNING = "Running"
+DONE = "Done"
+CLEARED = "Cleared"
+ABORTED = "Aborted"
+CANCELLED = "Cancelled"
+UNKNOWN = "Unknown"
+PURGED = "Purged"
+
+STATES: tuple[str, ...] = (
+    SUBMITTED,
+    WAITING,
+    READY,
+    SCHEDULED,
+    RUNNING,
+    DONE,
+    CLEARED,
+    ABORTED,
+    CANCELLED,
+    UNKNOWN,
+    PURGED,
+)
+TERMINAL_STATES: frozenset[str] = frozenset({ABORTED, CANCELLED, CLEARED, PURGED})
+
+# CREAM states, spelled as L&B prints them.
+CREAM_STATES: tuple[str, ...] = (
+    "Registered",
+    "Pending",
+    "Idle",
+    "Running",
+    "Really-running",
+    "Held",
+    "Done-ok",
+    "Done-failed",
+    "Aborted",
+    "Cancelled",
+    "Purged",
+)
+_CREAM_BY_FOLDED = {name.lower(): name for name in CREAM_STATES}
+
+# L&B's done codes.
+DONE_OK = 0
+DONE_FAILED = 1
+DONE_CANCELLED = 2
+DONE_CODE_NAMES: dict[int, str] = {
+    DONE_OK: "OK",
+    DONE_FAILED: "FAILED",
+    DONE_CANCELLED: "CANCELLED",
+}
+
+MACHINE_CREAM = "cream"
+MACHINE_GLITE = "glite"
+
+
+def cream_state_name(text: str) -> str | None:
+    """
+    The canonical spelling of a CREAM state, or C{None} if C{text} names none.
+
+    Case-insensitive, so CREAM's C{DONE-OK} gives C{Done-ok}; C{_} is read as C{-}.
+    """
+    return _CREAM_BY_FOLDED.get(text.strip().lower().replace("_", "-"))
+
+
+def format_iso(us: int) -> str:
+    """
+    C{us} (microseconds since the epoch) as ISO 8601 UTC with microseconds and C{Z}.
+    """
+    seconds, micro = divmod(us, 1_000_000)
+    moment = datetime.fromtimestamp(seconds, UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{micro:06d}Z"
+
+
+def parse_iso(text: str) -> int:
+    """
+    The inverse of L{format_iso}.
+    """
+    main, _, frac = text.rstrip("Z").partition(".")
+    moment = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    micro = int(frac.ljust(6, "0")[:6]) if frac else 0
+    seconds = int((moment - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
+    return seconds * 1_000_000 + micro
+
+
+def format_text_time(us: int) -> str:
+    """
+    C{us} as C{YYYY-MM-DD HH:MM:SS UTC}, as the text status output prints times.
+    """
+    seconds = us // 1_000_000
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+@attrs.define
+class JobStatus:
+    """
+    The state of one job and everything L&B shows about it.
+
+    C{machine} (C{"cream"}, C{"glite"} or C{None}), C{last_key} (the ordering key
+    of the last event folded in, as a list), C{event_count} and C{branch_wm}
+    (the WM counter of the current resubmission branch) are internal.
+    """
+
+    state: str = UNKNOWN
+    jobId: str | None = None
+    owner: str | None = None
+    jobtype: str | None = None
+    parent_job: str | None = None
+    seed: str | None = None
+    children_num: int | None = None
+    condorId: str | None = None
+    globusId: str | None = None
+    localId: str | None = None
+    jdl: str | None = None
+    matched_jdl: str | None = None
+    destination: str | None = None
+    network_server: str | None = None
+    reason: str | None = None
+    location: str | None = None
+    ce_node: str | None = None
+    done_code: int | None = None
+    exit_code: int | None = None
+    resubmitted: bool = False
+    cancelling: bool = False
+    cancelReason: str | None = None
+    cpuTime: int | None = None
+    user_tags: dict[str, str] = attrs.Factory(dict)
+    stateEnterTime: int | None = None
+    stateEnterTimes: dict[str, int] = attrs.Factory(dict)
+    lastUpdateTime: int | None = None
+    acl: list[dict[str, str]] = attrs.Factory(list)
+    payload_running: bool = False
+    suspended: bool = False
+    suspend_reason: str | None = None
+    failure_reasons: list[str] = attrs.Factory(list)
+    ui_host: str | None = None
+    user_fqans: list[str] = attrs.Factory(list)
+    jw_status: str | None = None
+    payload_owner: str | None = None
+    cream_state: str | None = None
+    cream_id: str | None = None
+    cream_owner: str | None = None
+    cream_endpoint: str | None = None
+    cream_jdl: str | None = None
+    cream_reason: str | None = None
+    cream_failure_reason: str | None = None
+    cream_lrms_id: str | None = None
+    cream_node: str | None = None
+    cream_done_code: int | None = None
+    cream_exit_code: int | None = None
+    cream_cancelling: bool = False
+    cream_cpu_time: int | None = None
+    cream_jw_status: str | None = None
+    glite_jobid: str | None = None
+    cream_jobid: str | None = None
+    machine: str | None = None
+    last_key: list[int] | None = None
+    event_count: int = 0
+    branch_wm: int | None = None
+
+    def copy(self) -> JobStatus:
+        """
+        A deep copy: changing it leaves C{self} alone.
+        """
+        return _copy.deepcopy(self)
+
+    def set_state(self, state: str, date: int) -> None:
+        """
+        Move to C{state} at C{date}; entry times change only on a real change.
+        """
+        if state != self.state:
+            self.state = state
+            self.stateEnterTime = date
+            self.stateEnterTimes[state] = date
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """
+        A JSON-ready dict: L&B field names, times as ISO 8601 UTC strings.
+        """
+        result: dict[str, Any] = {}
+        for field in attrs.fields(JobStatus):
+            value = getattr(self, field.name)
+            if field.name in _TIME_FIELDS and value is not None:
+                value = format_iso(value)
+            elif field.name == "stateEnterTimes":
+                value = {k: format_iso(v) for k, v in value.items()}
+            else:
+                value = _copy.deepcopy(value)
+            result[field.name] = value
+        return result
+
+    @classmethod
+    def from_json_dict(cls, data: dict[str, Any]) -> JobStatus:
+        """
+        The inverse of L{to_json_dict}; unknown keys are ignored, missing ones default.
+        """
+        kwargs: dict[str, Any] = {}
+        for field in attrs.fields(JobStatus):
+            if field.name not in data:
+                continue
+            value = data[field.name]
+            if field.name in _TIME_FIELDS and value is not None:
+                value = parse_iso(value)
+            elif field.name == "stateEnterTimes":
+                value = {k: parse_iso(v) for k, v in (value or {}).items()}
+            elif field.name == "last_key" and value is not None:
+                value = [int(v) for v in value]
+            else:
+                value = _copy.deepcopy(value)
+            kwargs[field.name] = value
+        return cls(**kwargs)
+
+
+_TIME_FIELDS = frozenset({"stateEnterTime", "lastUpdateTime"})
+_INTERNAL = frozenset({"machine", "last_key", "event_count", "branch_wm"})
+
+# The order in which format_text prints fields (L&B's order, then ours).
+TEXT_ORDER: tuple[str, ...] = tuple(
+    f.name for f in attrs.fields(JobStatus) if f.name not in _INTERNAL
+)
+
+
+def _text_value(name: str, value: Any) -> str:
+    if name in ("done_code", "cream_done_code"):
+        return DONE_CODE_NAMES.get(value, str(value))
+    if name in _TIME_FIELDS:
+        return format_text_time(value)
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if name == "user_tags":
+        return ", ".join(f"{k}={v}" for k, v in sorted(value.items()))
+    if name == "acl":
+        return ", ".join(
+            f"{e.get('permission_type', '')} {e.get('permission', '')} "
+            f"{e.get('user_id_type', '')}:{e.get('user_id', '')}"
+            for e in value
+        )
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    return str(value)
+
+
+def format_text(status: JobStatus) -> str:
+    """
+    C{status} as C{glite-lb-job_status} style C{key : value} lines.
+
+    Empty, C{None} and false values are skipped; C{stateEnterTimes} is a block
+    of indented C{state : time} lines.
+    """
+    lines: list[str] = []
+    for name in TEXT_ORDER:
+        value = getattr(status, name)
+        if value is None or value is False or value == "" or value == [] or value == {}:
+            continue
+        if name == "stateEnterTimes":
+            lines.append("stateEnterTimes : ")
+            for state in sorted(value, key=lambda s: (value[s], s)):
+                lines.append(f"      {state} : {format_text_time(value[state])}")
+            continue
+        lines.append(f"{name} : {_text_value(name, value)}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_int(text: str | None) -> int | None:
+    """
+    C{text} as an int, or C{None} when absent, C{N/A} or not a number.
+    """
+    if text is None:
+        return None
+    try:
+        return int(text.strip())
+    except ValueError:
+        return None
+
+
+def apply_common(status: JobStatus, event: Any) -> bool:
+    """
+    Apply the events both machines treat alike (user tags, ACLs, payload owner).
+
+    @return: C{True} if C{event} was one of them.
+    """
+    kind = event.type
+    if kind == "UserTag":
+        name = event.get("name")
+        if name:
+            status.user_tags[name.lower()] = event.get("value", "")
+        return True
+    if kind == "ChangeACL":
+        entry = {
+            "user_id": event.get("user_id", ""),
+            "user_id_type": event.get("user_id_type", ""),
+            "permission": event.get("permission", ""),
+            "permission_type": event.get("permission_type", ""),
+        }
+        if event.get("operation") == "REMOVE":
+            status.acl = [e for e in status.acl if e != entry]
+        elif entry not in status.acl:
+            status.acl.append(entry)
+        return True
+    if kind == "GrantPayloadOwnership":
+        status.payload_owner = event.get("payload_owner")
+        return True
+    if kind == "TakePayloadOwnership":
+        status.payload_owner = event.user
+        return True
+    return False
