@@ -1,0 +1,92 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+The C{lbtwist} command: a dispatcher over subcommand modules.
+
+A subcommand module has C{register(subparsers)} that adds its parser and sets
+the defaults C{handler} (a C{(args, ctx) -> int} function) and, if it takes
+free-form C{--field=value} options, C{extra_args=True}. Add a module name to
+L{COMMAND_MODULES} to add a subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from lbtwist import __version__
+from lbtwist.cli.common import CLIContext
+from lbtwist.errors import LBError
+
+COMMAND_MODULES: list[str] = [
+    "lbtwist.cli.logevent",
+    "lbtwist.cli.jobreg",
+    "lbtwist.cli.local",
+    "lbtwist.cli.replay",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """
+    The parser of C{lbtwist} with every subcommand registered.
+    """
+    parser = argparse.ArgumentParser(
+        prog="lbtwist",
+        description="Logging & Bookkeeping tools for lbtwist (L&B compatible).",
+    )
+    parser.add_argument("--version", action="version", version=f"lbtwist {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
+    return parser
+
+
+def describe_oserror(e: OSError) -> str:
+    """
+    One line for a system error: C{ERR <errno> <text>[: <file>]}.
+    """
+    code = e.errno if e.errno is not None else errno.EIO
+    text = e.strerror or str(e) or type(e).__name__
+    if e.filename:
+        text = f"{text}: {e.filename}"
+    return f"ERR {code} {text}"
+
+
+def run(argv: Sequence[str], ctx: CLIContext) -> int:
+    """
+    Run C{lbtwist} with arguments C{argv} (without the program name).
+
+    @return: the exit status.
+    """
+    parser = build_parser()
+    saved = sys.stdout, sys.stderr
+    # argparse writes usage and help to sys.std*: point them at the context's.
+    sys.stdout, sys.stderr = ctx.stdout, ctx.stderr
+    try:
+        args, extra = parser.parse_known_args(list(argv))
+        if extra and not getattr(args, "extra_args", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 2
+    finally:
+        sys.stdout, sys.stderr = saved
+    args.extra = extra
+    try:
+        status: int = args.handler(args, ctx)
+    except LBError as e:
+        ctx.stderr.write(f"lbtwist {args.command}: ERR {e.code} {e.message}\n")
+        return 1
+    except OSError as e:
+        ctx.stderr.write(f"lbtwist {args.command}: {describe_oserror(e)}\n")
+        return 1
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """
+    Console script entry point.
+    """
+    sys.exit(run(sys.argv[1:] if argv is None else argv, CLIContext()))
