@@ -1,0 +1,512 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The commit-group logic every store backend shares.
+
+L{BatchProcessor} turns a group of incoming events into one L{BatchPlan} (new event
+rows, job rows, CREAM id mappings, outbox rows) applying the duplicate rule, the
+incremental-or-recompute status rule and the generation of gLite events for WMS jobs;
+a backend writes the plan in one transaction. L{GroupCommit} queues C{store()} calls
+while a commit runs, so that they all share the next transaction.
+
+Nothing here touches the reactor or the clock: arrival times come in with the items.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import attrs
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from lbtwist.errors import LBError, TryAgain
+from lbtwist.events import PRIO_DIRECT, PRIO_INTERNAL, Event, format_event, parse_event
+from lbtwist.states import advance, compute_status
+from lbtwist.states.status import JobStatus
+from lbtwist.store.interface import StoreResult
+from lbtwist.translate import generate_events
+
+log = Logger()
+
+#: Priority flags of events never relayed.
+NO_RELAY = PRIO_DIRECT | PRIO_INTERNAL
+
+#: Default port of a gLite job id without one.
+DEFAULT_PORT = 9000
+
+#: Limits used when re-parsing stored lines: they were accepted once, accept them again.
+_REPARSE_LIMITS: dict[str, int] = {"max_fields": 1_000_000, "max_size": 1 << 31}
+
+Identity = tuple[str, str, str, int, str, str, str]
+
+
+def identity(ev: Event) -> Identity:
+    """
+    The fields that make two events of one job duplicates (design section 4).
+    """
+    return (ev.type, ev.source, ev.host, ev.date, ev.level, ev.user, ev.seqcode)
+
+
+def dupkey(ident: Identity) -> int:
+    """
+    A stable signed 64-bit hash of an event identity, for the duplicate index.
+    """
+    digest = hashlib.blake2b(repr(ident).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def split_jobid(jobid: str) -> tuple[str, int, str] | None:
+    """
+    @return: C{(host, port, unique)} of a job id URL, or C{None} if it is not one.
+    """
+    try:
+        parts = urlsplit(jobid)
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        return None
+    if not parts.hostname:
+        return None
+    return parts.hostname, port, parts.path.lstrip("/")
+
+
+def cream_key(jobid: str) -> str:
+    """
+    The mapping key of a CREAM id: its C{CREAM<digits>} part, so that the id as CREAM
+    hands it out and the proxy's own form of it both resolve.
+    """
+    parts = split_jobid(jobid)
+    return parts[2] if parts is not None else jobid
+
+
+def status_from_json(data: dict[str, Any]) -> JobStatus:
+    """
+    Rebuild a stored status.
+    """
+    return JobStatus.from_json_dict(data)
+
+
+def reparse(line: str) -> Event:
+    """
+    Parse a stored line again.
+    """
+    return parse_event(line, **_REPARSE_LIMITS)  # type: ignore[arg-type]
+
+
+@attrs.frozen
+class NewEvent:
+    """
+    An event row to insert.
+    """
+
+    event_id: int
+    jobid: str
+    seqno: int
+    arrived: int
+    line: str
+    event: Event
+    dupkey: int
+
+
+@attrs.frozen
+class JobRow:
+    """
+    A job row to insert or replace: indexed columns plus the status as JSON.
+    """
+
+    jobid: str
+    owner: str | None
+    state: str | None
+    jobtype: str | None
+    last_update: str | None
+    machine: str | None
+    nevents: int
+    status_json: str
+
+
+@attrs.frozen
+class MappingRow:
+    """
+    A CREAM id <-> gLite id mapping.
+    """
+
+    cream_key: str
+    cream_id: str
+    glite_id: str
+
+
+@attrs.frozen
+class OutboxRow:
+    """
+    An event to relay to C{destination} (C{"host:port"}).
+    """
+
+    destination: str
+    event_id: int
+
+
+@attrs.define
+class BatchPlan:
+    """
+    Everything one commit group writes, in one transaction.
+    """
+
+    events: list[NewEvent] = attrs.Factory(list)
+    jobs: list[JobRow] = attrs.Factory(list)
+    mappings: list[MappingRow] = attrs.Factory(list)
+    outbox: list[OutboxRow] = attrs.Factory(list)
+
+
+class StoreBackend(Protocol):
+    """
+    What L{BatchProcessor} needs from a storage backend (called on the writer's thread).
+    """
+
+    def max_event_id(self) -> int:
+        """
+        @return: the largest stored event id, 0 if none.
+        """
+
+    def load_job(self, jobid: str) -> tuple[dict[str, Any], int] | None:
+        """
+        @return: the stored status (JSON dict) and event count of a job, or C{None}.
+        """
+
+    def load_lines(self, jobid: str) -> list[tuple[int, str]]:
+        """
+        @return: C{(seqno, line)} of every stored event of a job.
+        """
+
+    def find_identities(self, jobid: str, key: int) -> list[Identity]:
+        """
+        @return: the identities of the job's stored events with this duplicate key.
+        """
+
+    def write(self, plan: BatchPlan) -> None:
+        """
+        Write the plan in one durable transaction, or nothing (raise).
+        """
+
+    def translate_error(self, error: Exception) -> LBError | None:
+        """
+        @return: the L&B error for a backend failure, C{None} if it is unexpected.
+        """
+
+
+@attrs.define
+class _JobWork:
+    """
+    A job touched by the current commit group.
+    """
+
+    status: JobStatus
+    nevents: int
+    committed: int
+    new: list[NewEvent] = attrs.Factory(list)
+    seen: set[Identity] = attrs.Factory(set)
+
+
+class BatchProcessor:
+    """
+    Turns commit groups into plans and keeps a bounded cache of job statuses.
+
+    Statuses are cached only once written: a failed write evicts the touched jobs.
+
+    @ivar reparsed: number of stored lines parsed again to recompute a status.
+    @ivar recomputes: number of full status recomputations.
+    """
+
+    def __init__(
+        self,
+        backend: StoreBackend,
+        *,
+        relay: bool,
+        local_endpoints: Iterable[tuple[str, int]],
+        proxy_host: str,
+        cache_size: int = 100_000,
+    ) -> None:
+        self._backend = backend
+        self.relay = relay
+        self.local_endpoints = frozenset(local_endpoints)
+        self.proxy_host = proxy_host
+        self._cache: OrderedDict[str, tuple[JobStatus, int]] = OrderedDict()
+        self._cache_size = cache_size
+        self._next_id = backend.max_event_id() + 1
+        self.reparsed = 0
+        self.recomputes = 0
+
+    def relay_destination(self, jobid: str) -> str | None:
+        """
+        @return: C{"host:port"} to relay a job's events to, or C{None} if it is local.
+        """
+        if not self.relay:
+            return None
+        parts = split_jobid(jobid)
+        if parts is None:
+            return None
+        host, port, unique = parts
+        if unique.startswith("CREAM") or (host, port) in self.local_endpoints:
+            return None
+        return f"{host}:{port + 1}"
+
+    def process(self, items: list[tuple[str, Event, int]]) -> list[StoreResult | LBError]:
+        """
+        Store one commit group: C{(line, event, arrived)} items.
+        """
+        touched: dict[str, _JobWork] = {}
+        try:
+            plan = BatchPlan()
+            outcome: list[tuple[str, int | None]] = []
+            for line, ev, arrived in items:
+                work = touched.get(ev.jobid)
+                if work is None:
+                    work = touched[ev.jobid] = self._load(ev.jobid)
+                ident = identity(ev)
+                key = dupkey(ident)
+                if self._is_duplicate(ev.jobid, work, ident, key):
+                    outcome.append((ev.jobid, None))
+                    continue
+                seqno = self._add(plan, work, line, ev, arrived, ident, key)
+                outcome.append((ev.jobid, seqno))
+            for jobid, work in touched.items():
+                if work.new:
+                    plan.jobs.append(_job_row(jobid, work))
+            self._backend.write(plan)
+        except Exception as e:
+            for jobid in touched:
+                self._cache.pop(jobid, None)
+            error = e if isinstance(e, LBError) else self._backend.translate_error(e)
+            if error is None:
+                log.failure("unexpected store failure", Failure(e))
+                error = TryAgain(f"store failure: {e}")
+            return [error] * len(items)
+        for jobid, work in touched.items():
+            self._remember(jobid, work.status, work.nevents)
+        # advance() and compute_status() always make new statuses, so the cached
+        # one is never changed and can be handed out as is (callers must not change it).
+        return [
+            StoreResult(
+                duplicate=seqno is None, jobid=jobid, seqno=seqno, status=touched[jobid].status
+            )
+            for jobid, seqno in outcome
+        ]
+
+    def cached(self, jobid: str) -> JobStatus | None:
+        """
+        @return: the cached status of a job (for tests and the writer thread only).
+        """
+        entry = self._cache.get(jobid)
+        return entry[0] if entry is not None else None
+
+    def _remember(self, jobid: str, status: JobStatus, nevents: int) -> None:
+        self._cache[jobid] = (status, nevents)
+        self._cache.move_to_end(jobid)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def _load(self, jobid: str) -> _JobWork:
+        entry = self._cache.get(jobid)
+        if entry is not None:
+            self._cache.move_to_end(jobid)
+            return _JobWork(status=entry[0], nevents=entry[1], committed=entry[1])
+        stored = self._backend.load_job(jobid)
+        if stored is None:
+            return _JobWork(status=JobStatus(), nevents=0, committed=0)
+        data, nevents = stored
+        return _JobWork(status=status_from_json(data), nevents=nevents, committed=nevents)
+
+    def _is_duplicate(self, jobid: str, work: _JobWork, ident: Identity, key: int) -> bool:
+        if ident in work.seen:
+            return True
+        if work.committed == 0:
+            return False
+        return ident in self._backend.find_identities(jobid, key)
+
+    def _add(
+        self,
+        plan: BatchPlan,
+        work: _JobWork,
+        line: str,
+        ev: Event,
+        arrived: int,
+        ident: Identity,
+        key: int,
+    ) -> int:
+        work.nevents += 1
+        seqno = work.nevents
+        new = NewEvent(
+            event_id=self._next_id,
+            jobid=ev.jobid,
+            seqno=seqno,
+            arrived=arrived,
+            line=line,
+            event=ev,
+            dupkey=key,
+        )
+        self._next_id += 1
+        plan.events.append(new)
+        work.new.append(new)
+        work.seen.add(ident)
+        destination = self.relay_destination(ev.jobid)
+        if destination is not None and not ev.priority & NO_RELAY:
+            plan.outbox.append(OutboxRow(destination, new.event_id))
+        if ev.type == "CREAMAccepted" and not ev.generated:
+            self._map(plan, ev)
+        self._apply(plan, work, ev, seqno, arrived)
+        return seqno
+
+    def _map(self, plan: BatchPlan, ev: Event) -> None:
+        parts = split_jobid(ev.jobid)
+        local = ev.get("local_jobid")
+        if parts is None or parts[2].startswith("CREAM") or not local:
+            return
+        plan.mappings.append(MappingRow(cream_key(local), local, ev.jobid))
+
+    def _apply(self, plan: BatchPlan, work: _JobWork, ev: Event, seqno: int, arrived: int) -> None:
+        trigger = not ev.generated and ev.type.startswith("CREAM")
+        generated: list[Event] = []
+        try:
+            before = work.status
+            after = advance(work.status, ev, seqno)
+            if after is None:
+                after = self._recompute(ev.jobid, work)
+            work.status = after
+            if trigger:
+                generated = generate_events(ev, before, after, proxy_host=self.proxy_host)
+        except Exception:
+            # The event is kept whatever the state machines make of it: CREAM's
+            # events must not be lost.
+            log.failure("status of {jobid} not updated by {type}", jobid=ev.jobid, type=ev.type)
+        for gen in generated:
+            ident = identity(gen)
+            if ident not in work.seen:
+                self._add(plan, work, format_event(gen), gen, arrived, ident, dupkey(ident))
+
+    def _recompute(self, jobid: str, work: _JobWork) -> JobStatus:
+        self.recomputes += 1
+        pairs: list[tuple[Event, int]] = []
+        if work.committed:
+            for seqno, line in self._backend.load_lines(jobid):
+                if seqno > work.committed:
+                    continue
+                self.reparsed += 1
+                try:
+                    pairs.append((reparse(line), seqno))
+                except LBError:
+                    log.warn("stored event {seqno} of {jobid} unreadable", seqno=seqno, jobid=jobid)
+        pairs.extend((new.event, new.seqno) for new in work.new)
+        return compute_status(pairs)
+
+
+def _job_row(jobid: str, work: _JobWork) -> JobRow:
+    data = work.status.to_json_dict()
+    machine = getattr(work.status, "machine", None)
+    return JobRow(
+        jobid=jobid,
+        owner=_text(data.get("owner")),
+        state=_text(data.get("state")),
+        jobtype=_text(data.get("jobtype")),
+        last_update=_text(data.get("lastUpdateTime")),
+        machine=_text(machine),
+        nevents=work.nevents,
+        status_json=json.dumps(data, separators=(",", ":"), sort_keys=True),
+    )
+
+
+def _text(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
+
+
+def run_now(work: Callable[[], Any]) -> Deferred[Any]:
+    """
+    A synchronous runner: calls C{work} at once (memory store, tests).
+    """
+    return maybeDeferred(work)
+
+
+class GroupCommit:
+    """
+    Commit groups without timers: a commit starts at once when none is running;
+    items submitted while one runs all go into the next one.
+
+    @ivar commits: number of commit groups started.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        process: Callable[[list[tuple[str, Event, int]]], list[StoreResult | LBError]],
+        runner: Runner,
+    ) -> None:
+        self._clock = clock
+        self._process = process
+        self._runner = runner
+        self._queue: list[tuple[list[tuple[str, Event, int]], Deferred[list[Any]]]] = []
+        self._running = False
+        self._idle: list[Deferred[None]] = []
+        self.commits = 0
+
+    def submit(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
+        """
+        Queue items, stamped with their arrival time, for the next commit group.
+        """
+        now = int(self._clock.seconds() * 1_000_000)
+        d: Deferred[list[Any]] = Deferred()
+        if not items:
+            d.callback([])
+            return d
+        self._queue.append(([(line, ev, now) for line, ev in items], d))
+        if not self._running:
+            self._next()
+        return d
+
+    def when_idle(self) -> Deferred[None]:
+        """
+        @return: a Deferred fired once no commit is running or queued.
+        """
+        d: Deferred[None] = Deferred()
+        if self._running or self._queue:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def _next(self) -> None:
+        if not self._queue:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+            return
+        group, self._queue = self._queue, []
+        items = [item for part, _ in group for item in part]
+        self._running = True
+        self.commits += 1
+        result = self._runner(lambda: self._process(items))
+
+        def done(results: list[Any]) -> None:
+            start = 0
+            for part, d in group:
+                d.callback(results[start : start + len(part)])
+                start += len(part)
+
+        def failed(failure: Failure) -> None:
+            log.failure("commit group failed", failure)
+            for _, d in group:
+                d.errback(TryAgain("store failure"))
+
+        def finished(_: object) -> None:
+            self._running = False
+            self._next()
+
+        result.addCallbacks(done, failed)
+        result.addBoth(finished)

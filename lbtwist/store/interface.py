@@ -1,0 +1,139 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+The event store interface and the values it hands out.
+
+Every method of L{IEventStore} returns a L{Deferred}; implementations keep the
+reactor free of disk waits.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import attrs
+from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from lbtwist.events import Event
+    from lbtwist.states.status import JobStatus
+
+
+@attrs.frozen
+class StoreResult:
+    """
+    The outcome of storing one event.
+
+    @ivar duplicate: C{True} when an identical event was already stored (nothing written).
+    @ivar jobid: the event's job id.
+    @ivar seqno: the per-job sequence number given to the event, C{None} for a duplicate.
+    @ivar status: the job's status after the commit group that held the event.
+    """
+
+    duplicate: bool
+    jobid: str
+    seqno: int | None
+    status: JobStatus
+
+
+@attrs.frozen
+class StoredEvent:
+    """
+    One stored event.
+
+    @ivar jobid: its job id.
+    @ivar seqno: per-job sequence number (1, 2, ... in arrival order).
+    @ivar arrived: arrival time, microseconds since the epoch.
+    @ivar line: the raw ULM line as received (or as generated).
+    @ivar event: the parsed event.
+    """
+
+    jobid: str
+    seqno: int
+    arrived: int
+    line: str
+    event: Event
+
+
+@attrs.frozen
+class JobSummary:
+    """
+    One row of a job listing (the indexed columns of the jobs table).
+    """
+
+    jobid: str
+    owner: str | None
+    state: str | None
+    jobtype: str | None
+    last_update: str | None
+
+
+@attrs.frozen
+class OutboxEntry:
+    """
+    An event waiting to be relayed.
+
+    @ivar id: outbox row id (increasing: the relay order).
+    @ivar destination: C{"host:port"} of the L&B store port.
+    @ivar event_id: the stored event's id.
+    @ivar jobid: the event's job id.
+    @ivar line: the event's ULM line.
+    """
+
+    id: int
+    destination: str
+    event_id: int
+    jobid: str
+    line: str
+
+
+class IEventStore(Interface):
+    """
+    Durable storage of events, job states, the CREAM id mapping and the relay outbox.
+    """
+
+    relay = Attribute("C{True} if events of non-local jobs get outbox rows.")
+
+    def store(items: list[tuple[str, Event]]) -> object:
+        """
+        Store events (raw line and parsed event) in one group commit.
+
+        @return: C{Deferred[list[StoreResult | LBError]]}, one per item, in order;
+            fires only once the group is durable.
+        """
+
+    def status(jobid: str) -> object:
+        """
+        @return: C{Deferred[JobStatus | None]}, the stored current status.
+        """
+
+    def events(jobid: str) -> object:
+        """
+        @return: C{Deferred[list[StoredEvent]]} in the order of the ordering key.
+        """
+
+    def resolve(jobid: str) -> object:
+        """
+        @return: C{Deferred[str | None]}: the gLite id of a mapped CREAM id.
+        """
+
+    def jobs(
+        owner: str | None = None, state: str | None = None, limit: int | None = None
+    ) -> object:
+        """
+        @return: C{Deferred[list[JobSummary]]}, by job id.
+        """
+
+    def dump(from_arrived: int | None = None, to_arrived: int | None = None) -> object:
+        """
+        @return: C{Deferred[list[StoredEvent]]} by arrival, C{from <= arrived < to}.
+        """
+
+    def outbox_pending(destination: str | None = None) -> object:
+        """
+        @return: C{Deferred[list[OutboxEntry]]} in outbox order.
+        """
+
+    def close() -> object:
+        """
+        @return: C{Deferred[None]}, fired when the store is closed.
+        """

@@ -1,0 +1,180 @@
+# -*- test-case-name: tests.test_store -*-
+"""
+An in-memory event store for unit tests: the same rules as the SQLite store
+(they share L{lbtwist.store.batch}), no disk.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from lbtwist.errors import LBError, TryAgain
+from lbtwist.events import Event
+from lbtwist.seqcode import ordering_key
+from lbtwist.states.status import JobStatus
+from lbtwist.store.batch import (
+    BatchPlan,
+    BatchProcessor,
+    GroupCommit,
+    Identity,
+    NewEvent,
+    Runner,
+    cream_key,
+    identity,
+    run_now,
+    status_from_json,
+)
+from lbtwist.store.interface import (
+    IEventStore,
+    JobSummary,
+    OutboxEntry,
+    StoredEvent,
+    StoreResult,
+)
+
+
+class MemoryBackend:
+    """
+    Dicts and lists standing in for the tables.
+
+    @ivar transactions: number of committed plans.
+    @ivar fail_next: an error the next L{write} raises (then cleared).
+    """
+
+    def __init__(self) -> None:
+        self.events: list[NewEvent] = []
+        self.by_job: dict[str, list[NewEvent]] = {}
+        self.jobs: dict[str, tuple[dict[str, Any], int, Any]] = {}
+        self.mapping: dict[str, str] = {}
+        self.outbox: list[OutboxEntry] = []
+        self.transactions = 0
+        self.fail_next: LBError | None = None
+
+    def max_event_id(self) -> int:
+        return self.events[-1].event_id if self.events else 0
+
+    def load_job(self, jobid: str) -> tuple[dict[str, Any], int] | None:
+        row = self.jobs.get(jobid)
+        return None if row is None else (row[0], row[1])
+
+    def load_lines(self, jobid: str) -> list[tuple[int, str]]:
+        return [(new.seqno, new.line) for new in self.by_job.get(jobid, [])]
+
+    def find_identities(self, jobid: str, key: int) -> list[Identity]:
+        return [identity(new.event) for new in self.by_job.get(jobid, []) if new.dupkey == key]
+
+    def write(self, plan: BatchPlan) -> None:
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        by_id = {}
+        for new in plan.events:
+            self.events.append(new)
+            self.by_job.setdefault(new.jobid, []).append(new)
+            by_id[new.event_id] = new
+        for row in plan.jobs:
+            self.jobs[row.jobid] = (json.loads(row.status_json), row.nevents, row)
+        for mapping in plan.mappings:
+            self.mapping[mapping.cream_key] = mapping.glite_id
+        for out in plan.outbox:
+            new = by_id[out.event_id]
+            self.outbox.append(
+                OutboxEntry(
+                    len(self.outbox) + 1, out.destination, out.event_id, new.jobid, new.line
+                )
+            )
+        self.transactions += 1
+
+    def translate_error(self, error: Exception) -> LBError | None:
+        return None
+
+
+def _stored(new: NewEvent) -> StoredEvent:
+    return StoredEvent(new.jobid, new.seqno, new.arrived, new.line, new.event)
+
+
+@implementer(IEventStore)
+class MemoryStore:
+    """
+    L{IEventStore} in memory.
+
+    @ivar backend: the L{MemoryBackend} (tests inspect it).
+    @ivar processor: the shared L{BatchProcessor}.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime | None = None,
+        *,
+        relay: bool = True,
+        local_endpoints: Iterable[tuple[str, int]] = (),
+        proxy_host: str | None = None,
+        runner: Runner = run_now,
+    ) -> None:
+        self.relay = relay
+        self.backend = MemoryBackend()
+        self.processor = BatchProcessor(
+            self.backend,
+            relay=relay,
+            local_endpoints=local_endpoints,
+            proxy_host=proxy_host or socket.getfqdn(),
+        )
+        self._commit = GroupCommit(clock or Clock(), self.processor.process, runner)
+        self._closed = False
+
+    def store(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._commit.submit(items)
+
+    def status(self, jobid: str) -> Deferred[JobStatus | None]:
+        row = self.backend.jobs.get(jobid)
+        return succeed(None if row is None else status_from_json(row[0]))
+
+    def events(self, jobid: str) -> Deferred[list[StoredEvent]]:
+        news = sorted(
+            self.backend.by_job.get(jobid, []), key=lambda n: ordering_key(n.event, n.seqno)
+        )
+        return succeed([_stored(new) for new in news])
+
+    def resolve(self, jobid: str) -> Deferred[str | None]:
+        return succeed(self.backend.mapping.get(cream_key(jobid)))
+
+    def jobs(
+        self, owner: str | None = None, state: str | None = None, limit: int | None = None
+    ) -> Deferred[list[JobSummary]]:
+        rows = [
+            JobSummary(r.jobid, r.owner, r.state, r.jobtype, r.last_update)
+            for _, _, r in (self.backend.jobs[j] for j in sorted(self.backend.jobs))
+            if (owner is None or r.owner == owner) and (state is None or r.state == state)
+        ]
+        return succeed(rows[:limit] if limit is not None else rows)
+
+    def dump(
+        self, from_arrived: int | None = None, to_arrived: int | None = None
+    ) -> Deferred[list[StoredEvent]]:
+        return succeed(
+            [
+                _stored(new)
+                for new in sorted(self.backend.events, key=lambda n: (n.arrived, n.event_id))
+                if (from_arrived is None or new.arrived >= from_arrived)
+                and (to_arrived is None or new.arrived < to_arrived)
+            ]
+        )
+
+    def outbox_pending(self, destination: str | None = None) -> Deferred[list[OutboxEntry]]:
+        return succeed(
+            [o for o in self.backend.outbox if destination is None or o.destination == destination]
+        )
+
+    def close(self) -> Deferred[None]:
+        self._closed = True
+        return self._commit.when_idle()

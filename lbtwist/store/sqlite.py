@@ -1,0 +1,494 @@
+# -*- test-case-name: tests.test_store_sqlite -*-
+"""
+The SQLite event store: WAL, C{synchronous=FULL}, one writer thread.
+
+Every commit group is one transaction holding its events, the touched jobs' statuses,
+CREAM id mappings and outbox rows. Reads use a second connection on a second thread,
+so queries never wait for an fsync. L{SQLiteReader} is the synchronous read-only
+access of the offline command line.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sqlite3
+from collections.abc import Callable, Iterable
+from functools import partial
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from lbtwist.errors import LBError, NoSpace, TryAgain
+from lbtwist.events import Event
+from lbtwist.seqcode import ordering_key
+from lbtwist.states.status import JobStatus
+from lbtwist.store.batch import (
+    BatchPlan,
+    BatchProcessor,
+    GroupCommit,
+    Identity,
+    Runner,
+    cream_key,
+    dupkey,
+    reparse,
+    status_from_json,
+)
+from lbtwist.store.interface import (
+    IEventStore,
+    JobSummary,
+    OutboxEntry,
+    StoredEvent,
+    StoreResult,
+)
+
+_V1 = """
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY,
+    jobid TEXT NOT NULL,
+    seqno INTEGER NOT NULL,
+    arrived INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    date INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    host TEXT NOT NULL,
+    level TEXT NOT NULL,
+    user_dn TEXT NOT NULL,
+    seqcode TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE UNIQUE INDEX events_job ON events (jobid, seqno);
+CREATE TABLE jobs (
+    jobid TEXT PRIMARY KEY,
+    owner TEXT,
+    state TEXT,
+    jobtype TEXT,
+    last_update TEXT,
+    machine TEXT,
+    nevents INTEGER NOT NULL,
+    status TEXT NOT NULL
+);
+CREATE TABLE cream_map (
+    cream_key TEXT PRIMARY KEY,
+    cream_id TEXT NOT NULL,
+    glite_id TEXT NOT NULL
+);
+CREATE INDEX cream_map_glite ON cream_map (glite_id);
+"""
+
+_V2 = """
+ALTER TABLE events ADD COLUMN dupkey INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    destination TEXT NOT NULL,
+    event_id INTEGER NOT NULL
+);
+CREATE INDEX outbox_destination ON outbox (destination, id);
+"""
+
+_IDENTITY_COLUMNS = "type, source, host, date, level, user_dn, seqcode"
+
+
+def _script(conn: sqlite3.Connection, sql: str) -> None:
+    # Not executescript(): it commits the migration's open transaction first.
+    for statement in sql.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+def _migrate_v1(conn: sqlite3.Connection) -> None:
+    _script(conn, _V1)
+
+
+def _migrate_v2(conn: sqlite3.Connection) -> None:
+    """
+    Duplicate keys (filled in for the events already stored) and the relay outbox.
+    """
+    _script(conn, _V2)
+    rows = conn.execute(f"SELECT id, {_IDENTITY_COLUMNS} FROM events").fetchall()
+    conn.executemany(
+        "UPDATE events SET dupkey = ? WHERE id = ?",
+        [(dupkey(tuple(row[1:])), row[0]) for row in rows],  # type: ignore[arg-type]
+    )
+    conn.execute("CREATE INDEX events_dup ON events (jobid, dupkey)")
+
+
+#: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1, _migrate_v2]
+
+#: The schema version this code writes.
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """
+    @return: the database's C{PRAGMA user_version}.
+    """
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
+    """
+    Apply the missing migrations, each in its own transaction.
+
+    @return: the version the database had.
+    @raise LBError: the database is newer than this code.
+    """
+    found = schema_version(conn)
+    if found > SCHEMA_VERSION:
+        raise LBError(f"database schema version {found} is newer than {SCHEMA_VERSION}")
+    for version in range(found, target):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            MIGRATIONS[version](conn)
+            conn.execute(f"PRAGMA user_version = {version + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return found
+
+
+def connect(path: str, *, readonly: bool = False) -> sqlite3.Connection:
+    """
+    Open a connection in autocommit mode (transactions are explicit).
+    """
+    if readonly:
+        conn = sqlite3.connect(
+            f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+    else:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn
+
+
+def translate_error(error: Exception) -> LBError | None:
+    """
+    @return: L{NoSpace} for a full disk or database, L{TryAgain} for other SQLite errors.
+    """
+    if not isinstance(error, sqlite3.Error):
+        return None
+    code = getattr(error, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "full" in str(error):
+        return NoSpace(f"store: {error}")
+    return TryAgain(f"store: {error}")
+
+
+class SQLiteBackend:
+    """
+    The writer side: owns the writing connection (used on the writer thread only).
+
+    @ivar transactions: number of committed transactions.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.transactions = 0
+
+    def max_event_id(self) -> int:
+        return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
+
+    def load_job(self, jobid: str) -> tuple[dict[str, Any], int] | None:
+        row = self.conn.execute(
+            "SELECT status, nevents FROM jobs WHERE jobid = ?", (jobid,)
+        ).fetchone()
+        return None if row is None else (json.loads(row[0]), int(row[1]))
+
+    def load_lines(self, jobid: str) -> list[tuple[int, str]]:
+        return self.conn.execute(
+            "SELECT seqno, line FROM events WHERE jobid = ? ORDER BY seqno", (jobid,)
+        ).fetchall()
+
+    def find_identities(self, jobid: str, key: int) -> list[Identity]:
+        rows = self.conn.execute(
+            f"SELECT {_IDENTITY_COLUMNS} FROM events WHERE jobid = ? AND dupkey = ?",
+            (jobid, key),
+        ).fetchall()
+        return [tuple(row) for row in rows]
+
+    def write(self, plan: BatchPlan) -> None:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO events (id, jobid, seqno, arrived, type, date, source, host,"
+                " level, user_dn, seqcode, priority, line, dupkey)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        n.event_id,
+                        n.jobid,
+                        n.seqno,
+                        n.arrived,
+                        n.event.type,
+                        n.event.date,
+                        n.event.source,
+                        n.event.host,
+                        n.event.level,
+                        n.event.user,
+                        n.event.seqcode,
+                        n.event.priority,
+                        n.line,
+                        n.dupkey,
+                    )
+                    for n in plan.events
+                ],
+            )
+            conn.executemany(
+                "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine,"
+                " nevents, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (jobid) DO UPDATE SET owner = excluded.owner,"
+                " state = excluded.state, jobtype = excluded.jobtype,"
+                " last_update = excluded.last_update, machine = excluded.machine,"
+                " nevents = excluded.nevents, status = excluded.status",
+                [
+                    (
+                        j.jobid,
+                        j.owner,
+                        j.state,
+                        j.jobtype,
+                        j.last_update,
+                        j.machine,
+                        j.nevents,
+                        j.status_json,
+                    )
+                    for j in plan.jobs
+                ],
+            )
+            if plan.mappings:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO cream_map (cream_key, cream_id, glite_id)"
+                    " VALUES (?, ?, ?)",
+                    [(m.cream_key, m.cream_id, m.glite_id) for m in plan.mappings],
+                )
+            if plan.outbox:
+                conn.executemany(
+                    "INSERT INTO outbox (destination, event_id) VALUES (?, ?)",
+                    [(o.destination, o.event_id) for o in plan.outbox],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.transactions += 1
+
+    def translate_error(self, error: Exception) -> LBError | None:
+        return translate_error(error)
+
+
+def _stored(row: tuple[Any, ...]) -> StoredEvent:
+    jobid, seqno, arrived, line = row
+    return StoredEvent(jobid, seqno, arrived, line, reparse(line))
+
+
+class Queries:
+    """
+    Synchronous queries on one connection (the reader thread's, or the CLI's).
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def status(self, jobid: str) -> JobStatus | None:
+        row = self.conn.execute("SELECT status FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
+        return None if row is None else status_from_json(json.loads(row[0]))
+
+    def events(self, jobid: str) -> list[StoredEvent]:
+        rows = self.conn.execute(
+            "SELECT jobid, seqno, arrived, line FROM events WHERE jobid = ? ORDER BY seqno",
+            (jobid,),
+        ).fetchall()
+        stored = [_stored(row) for row in rows]
+        stored.sort(key=lambda s: ordering_key(s.event, s.seqno))
+        return stored
+
+    def resolve(self, jobid: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT glite_id FROM cream_map WHERE cream_key = ?", (cream_key(jobid),)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def jobs(
+        self, owner: str | None = None, state: str | None = None, limit: int | None = None
+    ) -> list[JobSummary]:
+        sql = "SELECT jobid, owner, state, jobtype, last_update FROM jobs"
+        where, args = [], []
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if state is not None:
+            where.append("state = ?")
+            args.append(state)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY jobid"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [JobSummary(*row) for row in self.conn.execute(sql, args)]
+
+    def dump(
+        self, from_arrived: int | None = None, to_arrived: int | None = None
+    ) -> list[StoredEvent]:
+        rows = self.conn.execute(
+            "SELECT jobid, seqno, arrived, line FROM events"
+            " WHERE arrived >= ? AND arrived < ? ORDER BY arrived, id",
+            (
+                from_arrived if from_arrived is not None else -(1 << 63),
+                to_arrived if to_arrived is not None else (1 << 63) - 1,
+            ),
+        ).fetchall()
+        return [_stored(row) for row in rows]
+
+    def outbox_pending(self, destination: str | None = None) -> list[OutboxEntry]:
+        sql = (
+            "SELECT o.id, o.destination, o.event_id, e.jobid, e.line"
+            " FROM outbox o JOIN events e ON e.id = o.event_id"
+        )
+        args: tuple[str, ...] = ()
+        if destination is not None:
+            sql += " WHERE o.destination = ?"
+            args = (destination,)
+        return [OutboxEntry(*row) for row in self.conn.execute(sql + " ORDER BY o.id", args)]
+
+
+def _thread_runner(reactor: Any, name: str) -> tuple[Runner, ThreadPool]:
+    pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
+    pool.start()
+    return partial(deferToThreadPool, reactor, pool), pool
+
+
+@implementer(IEventStore)
+class SQLiteStore:
+    """
+    L{IEventStore} on SQLite.
+
+    @param path: database file (created and migrated as needed).
+    @param clock: provides C{seconds()} (arrival times).
+    @param reactor: runs the threads (default: C{clock}).
+    @param relay: write outbox rows for events of non-local jobs (C{False}: server role).
+    @param local_endpoints: C{(host, port)} whose job ids are local (not relayed).
+    @param proxy_host: HOST of generated events (default: this machine's name).
+    @param runner: runs writer work (default: a dedicated thread); tests pass a
+        synchronous one.
+    @param read_runner: runs queries (default: a second thread; C{runner} if one is given).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        clock: Any,
+        reactor: Any = None,
+        relay: bool = True,
+        local_endpoints: Iterable[tuple[str, int]] = (),
+        proxy_host: str | None = None,
+        runner: Runner | None = None,
+        read_runner: Runner | None = None,
+        cache_size: int = 100_000,
+    ) -> None:
+        self.path = path
+        self.relay = relay
+        self._pools: list[ThreadPool] = []
+        conn = connect(path)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self.backend = SQLiteBackend(conn)
+        self._reader = connect(path)
+        self._queries = Queries(self._reader)
+        self.processor = BatchProcessor(
+            self.backend,
+            relay=relay,
+            local_endpoints=local_endpoints,
+            proxy_host=proxy_host or socket.getfqdn(),
+            cache_size=cache_size,
+        )
+        reactor = reactor if reactor is not None else clock
+        if runner is None:
+            runner, pool = _thread_runner(reactor, "lbtwist-store-writer")
+            self._pools.append(pool)
+            if read_runner is None:
+                read_runner, pool = _thread_runner(reactor, "lbtwist-store-reader")
+                self._pools.append(pool)
+        self._runner = runner
+        self._read = read_runner or runner
+        self._commit = GroupCommit(clock, self.processor.process, runner)
+        self._closed = False
+
+    @property
+    def commits(self) -> int:
+        """
+        Number of commit groups started.
+        """
+        return self._commit.commits
+
+    def store(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._commit.submit(items)
+
+    def status(self, jobid: str) -> Deferred[JobStatus | None]:
+        return self._read(lambda: self._queries.status(jobid))
+
+    def events(self, jobid: str) -> Deferred[list[StoredEvent]]:
+        return self._read(lambda: self._queries.events(jobid))
+
+    def resolve(self, jobid: str) -> Deferred[str | None]:
+        return self._read(lambda: self._queries.resolve(jobid))
+
+    def jobs(
+        self, owner: str | None = None, state: str | None = None, limit: int | None = None
+    ) -> Deferred[list[JobSummary]]:
+        return self._read(lambda: self._queries.jobs(owner, state, limit))
+
+    def dump(
+        self, from_arrived: int | None = None, to_arrived: int | None = None
+    ) -> Deferred[list[StoredEvent]]:
+        return self._read(lambda: self._queries.dump(from_arrived, to_arrived))
+
+    def outbox_pending(self, destination: str | None = None) -> Deferred[list[OutboxEntry]]:
+        return self._read(lambda: self._queries.outbox_pending(destination))
+
+    def close(self) -> Deferred[None]:
+        """
+        Finish the running and queued commits, close the connections, stop the threads.
+        """
+        if self._closed:
+            return self._commit.when_idle()
+        self._closed = True
+        d = self._commit.when_idle()
+        d.addCallback(lambda _: self._runner(self.backend.conn.close))
+        d.addCallback(lambda _: self._read(self._reader.close))
+        d.addCallback(lambda _: self._stop_pools())
+        return d
+
+    def _stop_pools(self) -> None:
+        for pool in self._pools:
+            pool.stop()
+        self._pools = []
+
+
+class SQLiteReader(Queries):
+    """
+    Synchronous read-only access to a store file, for the offline command line.
+    """
+
+    def __init__(self, path: str) -> None:
+        super().__init__(connect(path, readonly=True))
+        found = schema_version(self.conn)
+        if found != SCHEMA_VERSION:
+            self.conn.close()
+            raise LBError(f"database schema version {found}, expected {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
