@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -34,6 +35,8 @@ LINE = (
 EV = LINE.encode() + b"\n"
 NO_USER = LINE.replace(' DG.USER="/C=IT/O=INFN/CN=Vincenzo Miccio"', "").encode() + b"\n"
 ANONYMOUS = LINE.replace("/C=IT/O=INFN/CN=Vincenzo Miccio", "anonymous").encode() + b"\n"
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "glite-lb-streams"
 
 UID = 1000
 GID = 1000
@@ -600,3 +603,41 @@ class IsolationTests(SynchronousTestCase):
         other.dataReceived(EV)
         store.fire_all()
         self.assertEqual(other_t.value(), b"OK\n")
+
+
+class MemoryStoreTests(SynchronousTestCase):
+    """
+    The intake in front of the real in-memory store, with a real L&B stream.
+    """
+
+    def _lines(self) -> list[bytes]:
+        if not FIXTURES.is_dir():
+            raise self.skipTest(f"no fixtures at {FIXTURES}")
+        with open(FIXTURES / "perf_simple_avg_events.log", "rb") as f:
+            return [line for line in f.read().split(b"\n") if line.strip()]
+
+    def test_fixture_stream_each_framing(self) -> None:
+        from lbtwist.store.memory import MemoryStore
+
+        lines = self._lines()
+        self.assertGreater(len(lines), 10)
+        store = MemoryStore(Clock())
+        factory = make_factory(store)
+        proto, transport = connect(factory)
+        proto.dataReceived(b"".join(line + b"\n" for line in lines))
+        self.assertEqual(transport.value(), b"OK\n" * len(lines))
+        # The same events again, over the other framings: duplicates.
+        proto, transport = connect(factory)
+        proto.dataReceived(b"".join(ilproto.encode_il_msg(line + b"\n") for line in lines))
+        self.assertEqual(
+            il_replies(transport.value()), [ILReply(0, 0, "OK duplicate")] * len(lines)
+        )
+        proto, transport = connect(factory)
+        proto.dataReceived(b"".join(ilproto.encode_logd(line) for line in lines))
+        self.assertEqual(transport.value(), b"\0\0\0\0" * len(lines))
+        self.assertEqual(factory.stats.accepted, len(lines))
+        self.assertEqual(factory.stats.duplicates, 2 * len(lines))
+        events = self.successResultOf(
+            store.events("https://devel15.cnaf.infn.it:9000/rReV1TpJ5oY0Z1_M4NBfHw")
+        )
+        self.assertEqual(len(events), len(lines))
