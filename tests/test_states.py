@@ -1,0 +1,734 @@
+# -*- test-case-name: tests.test_states -*-
+"""
+Tests for L{lbtwist.states}: JobStatus, the CREAM and gLite machines, folding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
+
+from lbtwist.states import advance, compute_status
+from lbtwist.states.status import (
+    DONE_CANCELLED,
+    DONE_FAILED,
+    DONE_OK,
+    STATES,
+    JobStatus,
+    cream_state_name,
+    format_iso,
+    format_text,
+    parse_iso,
+)
+from tests import traces
+from tests.traces import glite_seqcode, parse_lines, ulm_line
+
+Pairs = list[tuple[Any, int]]
+
+
+def pairs_of(lines: list[str]) -> Pairs:
+    return [(ev, i) for i, ev in enumerate(parse_lines(lines))]
+
+
+def status_of(lines: list[str], **kw: Any) -> JobStatus:
+    return compute_status(pairs_of(lines), **kw)
+
+
+def fixtures_dir() -> Path:
+    env = os.environ.get("LBTWIST_FIXTURES")
+    base = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
+    path = base / "glite-lb-streams"
+    if not path.is_dir():
+        raise SkipTest(f"no fixtures at {path}")
+    return path
+
+
+def fixture_lines(name: str, jobid: str | None = None) -> list[str]:
+    """
+    Non-empty lines of a fixture; C{jobid} is injected into template lines.
+    """
+    lines = []
+    for line in (fixtures_dir() / name).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        if jobid is not None and "DG.JOBID=" not in line:
+            line = line.rstrip() + f' DG.JOBID="{jobid}"'
+        if jobid is not None and "DG.USER=" not in line:
+            line = line.rstrip() + ' DG.USER="/O=template/CN=user"'
+        lines.append(line)
+    return lines
+
+
+def by_job(lines: list[str]) -> dict[str, Pairs]:
+    jobs: dict[str, Pairs] = {}
+    for i, ev in enumerate(parse_lines(lines)):
+        jobs.setdefault(ev.jobid, []).append((ev, i))
+    return jobs
+
+
+def without_key(status: JobStatus) -> dict[str, Any]:
+    d = status.to_json_dict()
+    d.pop("last_key")
+    return d
+
+
+J = "https://lb01.example.org:9000/unitTestJob0000000000aa"
+
+
+def glite(event: str, source: str, seq: dict[str, int], sec: int = 0, **fields: str) -> str:
+    return ulm_line(
+        event,
+        date=traces.date_text(sec),
+        host="wms01.example.org",
+        source=source,
+        jobid=J,
+        seqcode=glite_seqcode(**seq),
+        **fields,
+    )
+
+
+REG = glite("RegJob", "NetworkServer", {"NS": 1}, ns="https://wms01:7443/x", jobtype="SIMPLE")
+
+
+class StatusValueTests(SynchronousTestCase):
+    """
+    L{JobStatus}: defaults, copies, JSON and text forms.
+    """
+
+    def test_default_unknown(self) -> None:
+        self.assertEqual(JobStatus().state, "Unknown")
+        self.assertEqual(compute_status([]).state, "Unknown")
+        self.assertIsNone(compute_status([]).machine)
+
+    def test_copy_is_deep(self) -> None:
+        st1 = status_of(traces.cream_done_ok_unpurged())
+        st2 = st1.copy()
+        st2.user_tags["x"] = "y"
+        st2.stateEnterTimes["Aborted"] = 1
+        self.assertNotIn("x", st1.user_tags)
+        self.assertNotIn("Aborted", st1.stateEnterTimes)
+
+    def test_json_round_trip_all_traces(self) -> None:
+        for name, lines in traces.iter_all():
+            status = status_of(lines)
+            data = json.loads(json.dumps(status.to_json_dict()))
+            self.assertEqual(JobStatus.from_json_dict(data), status, name)
+
+    def test_json_times_iso(self) -> None:
+        status = status_of(traces.cream_done_ok())
+        data = status.to_json_dict()
+        self.assertEqual(data["stateEnterTimes"]["Submitted"], "2024-03-14T09:26:53.001000Z")
+        self.assertTrue(data["lastUpdateTime"].endswith("Z"))
+        self.assertEqual(data["state"], "Cleared")
+        self.assertEqual(data["cream_state"], "Purged")
+        self.assertIsInstance(data["last_key"], list)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(0, 4_102_444_800_000_000))
+    def test_iso_round_trip(self, us: int) -> None:
+        self.assertEqual(parse_iso(format_iso(us)), us)
+
+    @settings(max_examples=100, deadline=None)
+    @given(
+        st.sampled_from(STATES),
+        st.dictionaries(st.text(min_size=1), st.text(), max_size=3),
+        st.lists(st.text(), max_size=3),
+        st.one_of(st.none(), st.integers(0, 4_102_444_800_000_000)),
+        st.one_of(st.none(), st.lists(st.integers(0, 2**40), max_size=12)),
+        st.booleans(),
+    )
+    def test_json_round_trip_random(
+        self,
+        state: str,
+        tags: dict[str, str],
+        reasons: list[str],
+        when: int | None,
+        key: list[int] | None,
+        flag: bool,
+    ) -> None:
+        status = JobStatus(
+            state=state,
+            user_tags=tags,
+            failure_reasons=reasons,
+            lastUpdateTime=when,
+            stateEnterTimes={state: when} if when is not None else {},
+            last_key=key,
+            suspended=flag,
+            exit_code=-3 if flag else None,
+        )
+        data = json.loads(json.dumps(status.to_json_dict()))
+        self.assertEqual(JobStatus.from_json_dict(data), status)
+
+    def test_format_text(self) -> None:
+        text = format_text(status_of(traces.cream_done_ok_unpurged()))
+        lines = text.splitlines()
+        self.assertEqual(lines[0], "state : Done")
+        self.assertEqual(lines[1], f"jobId : https://{traces.CE_HOST}:9000/CREAM812461376")
+        self.assertIn("cream_state : Done-ok", lines)
+        self.assertIn("done_code : OK", lines)
+        self.assertIn("cream_done_code : OK", lines)
+        self.assertIn("lastUpdateTime : 2024-03-14 09:28:52 UTC", lines)
+        self.assertIn("user_tags : phase=two", lines)
+        self.assertNotIn("None", text)
+        self.assertNotIn("parent_job", text)
+        self.assertLess(lines.index("owner : " + traces.CREAM_USER), lines.index("jobtype : CREAM"))
+        self.assertLess(text.index("\njdl : "), text.index("\ncream_state : "))
+
+    def test_format_text_failed(self) -> None:
+        text = format_text(status_of(traces.cream_done_failed()))
+        self.assertIn("done_code : FAILED\n", text)
+        self.assertIn("exit_code : 3\n", text)
+
+    def test_cream_state_names(self) -> None:
+        self.assertEqual(cream_state_name("DONE-OK"), "Done-ok")
+        self.assertEqual(cream_state_name("really-running"), "Really-running")
+        self.assertEqual(cream_state_name("REALLY_RUNNING"), "Really-running")
+        self.assertEqual(cream_state_name("IDLE"), "Idle")
+        self.assertIsNone(cream_state_name("SLEEPING"))
+
+
+def prefix_states(lines: list[str]) -> list[tuple[str, str | None]]:
+    """
+    (state, cream_state) after each prefix, consecutive repeats dropped.
+    """
+    seen: list[tuple[str, str | None]] = []
+    pairs = pairs_of(lines)
+    for n in range(1, len(pairs) + 1):
+        s = compute_status(pairs[:n])
+        item = (s.state, s.cream_state)
+        if not seen or seen[-1] != item:
+            seen.append(item)
+    return seen
+
+
+class CreamMachineTests(SynchronousTestCase):
+    """
+    The CREAM machine over hand-written direct CREAM traces.
+    """
+
+    def test_done_ok_purged(self) -> None:
+        lines = traces.cream_done_ok()
+        status = status_of(lines)
+        self.assertEqual(status.machine, "cream")
+        self.assertEqual((status.state, status.cream_state), ("Cleared", "Purged"))
+        self.assertEqual(
+            prefix_states(lines),
+            [
+                ("Submitted", "Registered"),
+                ("Waiting", "Pending"),
+                ("Scheduled", "Idle"),
+                ("Running", "Running"),
+                ("Running", "Really-running"),
+                ("Done", "Done-ok"),
+                ("Cleared", "Purged"),
+            ],
+        )
+        self.assertEqual(status.done_code, DONE_OK)
+        self.assertEqual(status.exit_code, 0)
+        self.assertEqual(status.cream_exit_code, 0)
+        self.assertEqual(status.ce_node, traces.WORKER)
+        self.assertEqual(status.cream_node, traces.WORKER)
+        self.assertEqual(status.localId, "4711.batch01.example.org")
+        self.assertEqual(status.cream_lrms_id, "4711.batch01.example.org")
+        self.assertEqual(status.cream_id, traces.DIRECT_CREAM_ID)
+        self.assertEqual(status.globusId, traces.DIRECT_CREAM_ID)
+        self.assertEqual(status.owner, traces.CREAM_USER)
+        self.assertEqual(status.cream_owner, traces.CREAM_USER)
+        self.assertEqual(status.cream_endpoint, traces.CREAM_ENDPOINT)
+        self.assertEqual(status.network_server, traces.CREAM_ENDPOINT)
+        self.assertEqual(status.jdl, traces.DIRECT_JDL)
+        self.assertEqual(status.cream_jdl, traces.DIRECT_JDL)
+        self.assertTrue(status.payload_running)
+        self.assertEqual(
+            list(status.stateEnterTimes),
+            ["Submitted", "Waiting", "Scheduled", "Running", "Done", "Cleared"],
+        )
+        events = parse_lines(lines)
+        self.assertEqual(status.lastUpdateTime, events[-1].date)
+        self.assertEqual(status.stateEnterTime, status.stateEnterTimes["Cleared"])
+        self.assertEqual(status.event_count, len(lines))
+
+    def test_jw_status(self) -> None:
+        pairs = pairs_of(traces.cream_done_ok())
+        states = [compute_status(pairs[:n]) for n in range(1, len(pairs) + 1)]
+        running = [s for s in states if s.cream_state == "Running"]
+        really = [s for s in states if s.cream_state == "Really-running"]
+        self.assertEqual(running[-1].jw_status, "WRAPPER_RUNNING")
+        self.assertFalse(running[-1].payload_running)
+        self.assertEqual(really[-1].jw_status, "PAYLOAD_RUNNING")
+        self.assertTrue(really[-1].payload_running)
+
+    def test_arrived_ignored(self) -> None:
+        pairs = pairs_of(traces.cream_done_ok())
+        for n, (ev, _) in enumerate(pairs):
+            if ev.type == "CREAMStatus" and ev.get("result") == "ARRIVED":
+                before = compute_status(pairs[:n])
+                after = compute_status(pairs[: n + 1])
+                self.assertEqual(after.state, before.state)
+                self.assertEqual(after.cream_state, before.cream_state)
+
+    def test_done_ok_user_tags(self) -> None:
+        status = status_of(traces.cream_done_ok_unpurged())
+        self.assertEqual((status.state, status.cream_state), ("Done", "Done-ok"))
+        self.assertEqual(status.user_tags, {"phase": "two"})
+
+    def test_done_failed(self) -> None:
+        status = status_of(traces.cream_done_failed())
+        self.assertEqual((status.state, status.cream_state), ("Done", "Done-failed"))
+        self.assertEqual(status.done_code, DONE_FAILED)
+        self.assertEqual(status.cream_done_code, DONE_FAILED)
+        self.assertEqual(status.exit_code, 3)
+        self.assertEqual(status.failure_reasons, ["Job terminated with non-zero exit code"])
+        self.assertEqual(status.cream_failure_reason, "Job terminated with non-zero exit code")
+
+    def test_cancelled(self) -> None:
+        lines = traces.cream_cancelled()
+        status = status_of(lines)
+        self.assertEqual((status.state, status.cream_state), ("Cancelled", "Cancelled"))
+        self.assertTrue(status.cancelling)
+        self.assertTrue(status.cream_cancelling)
+        self.assertEqual(status.reason, "Cancelled by user")
+        self.assertEqual(status.cream_reason, "Cancelled by user")
+        self.assertEqual(status.done_code, DONE_CANCELLED)
+        self.assertIsNone(status.exit_code)  # N/A
+        self.assertEqual(prefix_states(lines)[-1], ("Cancelled", "Cancelled"))
+
+    def test_aborted(self) -> None:
+        status = status_of(traces.cream_aborted())
+        self.assertEqual((status.state, status.cream_state), ("Aborted", "Aborted"))
+        self.assertEqual(status.reason, "submission to BLAH failed: qsub: Unknown queue")
+        self.assertEqual(status.failure_reasons, ["submission to BLAH failed"])
+
+    def test_held_resumed(self) -> None:
+        pairs = pairs_of(traces.cream_held())
+        held = [
+            compute_status(pairs[: n + 1])
+            for n, (ev, _) in enumerate(pairs)
+            if ev.type == "CREAMStatus" and ev.get("new_state") == "HELD"
+        ]
+        self.assertEqual(len(held), 2)
+        self.assertTrue(all(s.suspended and s.state == "Running" for s in held))
+        self.assertEqual(held[-1].cream_state, "Held")
+        final = compute_status(pairs)
+        self.assertFalse(final.suspended)
+        self.assertEqual((final.state, final.cream_state), ("Done", "Done-ok"))
+
+    def test_terminal_not_left(self) -> None:
+        lines = traces.cream_cancelled()
+        late = ulm_line(
+            "CREAMStatus",
+            date=traces.date_text(3600),
+            host=traces.CE_HOST,
+            source="CREAMExecutor",
+            jobid=traces.DIRECT_JOBID.replace("375", "378"),
+            seqcode="no_seqcodes_late",
+            old_state="CANCELLED",
+            new_state="RUNNING",
+            result="DONE",
+            worker_node="wn099.example.org",
+        )
+        status = status_of([*lines, late])
+        self.assertEqual((status.state, status.cream_state), ("Cancelled", "Cancelled"))
+        self.assertEqual(status.ce_node, "wn099.example.org")
+
+    def test_call_not_to_lrms_ignored(self) -> None:
+        job = traces._Direct()
+        job.register()
+        job.store("CMDSTART", "OK")
+        job.add("CREAMCall", "CREAMInterface", callee="LRMS", command="CMDSTART", result="OK")
+        job.add("CREAMCall", "CREAMExecutor", callee="LogMonitor", command="CMDSTART", result="OK")
+        job.add("CREAMCall", "CREAMExecutor", callee="LRMS", command="CMDSTART", result="START")
+        self.assertEqual(status_of(job.lines).state, "Waiting")
+
+    def test_generated_skipped(self) -> None:
+        lines = traces.cream_done_ok_unpurged()
+        abort = ulm_line(
+            "Abort",
+            date=traces.date_text(9999),
+            host="proxy.example.org",
+            source="LogMonitor",
+            jobid=f"https://{traces.CE_HOST}:9000/CREAM812461376",
+            seqcode="no_seqcodes_generated",
+            reason="x",
+        )
+        abort += ' DG.GENERATED_BY="lbtwist-proxy"'
+        status = status_of([*lines, abort])
+        self.assertEqual(status.state, "Done")
+        self.assertEqual(status.event_count, len(lines) + 1)
+
+    def test_no_regjob_unknown(self) -> None:
+        lines = traces.cream_done_ok()[1:]
+        status = status_of(lines)
+        self.assertEqual(status.state, "Unknown")
+        self.assertIsNone(status.machine)
+        self.assertEqual(status.event_count, len(lines))
+        self.assertIsNotNone(status.last_key)
+        self.assertIsNone(status.cream_state)
+
+
+class AdvanceTests(SynchronousTestCase):
+    """
+    L{advance}: incremental folding and its refusals.
+    """
+
+    def test_in_order_equals_compute(self) -> None:
+        for name, lines in traces.iter_all():
+            pairs = pairs_of(lines)
+            status = JobStatus()
+            for ev, arrival in pairs:
+                new = advance(status, ev, arrival)
+                assert new is not None, name
+                status = new
+            self.assertEqual(status, compute_status(pairs), name)
+
+    def test_out_of_order_refused_and_not_mutated(self) -> None:
+        pairs = pairs_of(traces.cream_done_ok())
+        status = compute_status(pairs[5:])
+        before = status.to_json_dict()
+        self.assertIsNone(advance(status, *pairs[6]))
+        self.assertEqual(status.to_json_dict(), before)
+
+    def test_does_not_mutate(self) -> None:
+        pairs = pairs_of(traces.cream_done_ok())
+        status = compute_status(pairs[:3])
+        before = status.to_json_dict()
+        new = advance(status, *pairs[3])
+        assert new is not None
+        self.assertEqual(status.to_json_dict(), before)
+        self.assertEqual(new.event_count, 4)
+
+    def test_unknown_then_regjob(self) -> None:
+        pairs = pairs_of(traces.cream_done_ok())
+        reg, rest = pairs[0], pairs[1:]
+        status = JobStatus()
+        new = advance(status, *rest[0])
+        assert new is not None
+        self.assertEqual(new.state, "Unknown")
+        self.assertEqual(new.event_count, 1)
+        # A RegJob after other events of a machine-less job: recompute.
+        self.assertIsNone(advance(new, reg[0], 99))
+        first = advance(JobStatus(), *reg)
+        assert first is not None
+        self.assertEqual((first.machine, first.state), ("cream", "Submitted"))
+
+    @settings(max_examples=100, deadline=None)
+    @given(st.sampled_from(sorted(traces.DIRECT_TRACES)), st.randoms(use_true_random=False))
+    def test_random_arrival_incremental(self, name: str, rnd: random.Random) -> None:
+        pairs = pairs_of(traces.DIRECT_TRACES[name]())
+        rnd.shuffle(pairs)
+        status = JobStatus()
+        seen: Pairs = []
+        for ev, arrival in pairs:
+            seen.append((ev, arrival))
+            new = advance(status, ev, arrival)
+            status = new if new is not None else compute_status(seen)
+        self.assertEqual(status, compute_status(pairs))
+
+
+class PermutationTests(SynchronousTestCase):
+    """
+    Any permutation of a job's events (distinct keys) gives the same status.
+    """
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.sampled_from([n for n, _ in traces.iter_all()]), st.randoms(use_true_random=False))
+    def test_traces(self, name: str, rnd: random.Random) -> None:
+        lines = dict(traces.iter_all())[name]
+        pairs = pairs_of(lines)
+        shuffled = list(pairs)
+        rnd.shuffle(shuffled)
+        self.assertEqual(compute_status(shuffled), compute_status(pairs))
+        # Fresh arrival numbers: only last_key may differ.
+        renumbered = [(ev, i) for i, (ev, _) in enumerate(shuffled)]
+        self.assertEqual(
+            without_key(compute_status(renumbered)), without_key(compute_status(pairs))
+        )
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.randoms(use_true_random=False))
+    def test_glite_fixture(self, rnd: random.Random) -> None:
+        pairs = pairs_of(fixture_lines("perf_simple_avg_events.log"))
+        shuffled = list(pairs)
+        rnd.shuffle(shuffled)
+        self.assertEqual(compute_status(shuffled), compute_status(pairs))
+
+
+class GliteFixtureTests(SynchronousTestCase):
+    """
+    Golden: the real L&B streams replayed.
+    """
+
+    def test_simple_avg_cleared(self) -> None:
+        lines = fixture_lines("perf_simple_avg_events.log")
+        status = status_of(lines)
+        self.assertEqual(status.machine, "glite")
+        self.assertEqual(status.state, "Cleared")
+        self.assertEqual(status.jobtype, "SIMPLE")
+        self.assertEqual(status.done_code, DONE_OK)
+        self.assertEqual(status.ce_node, None if status.ce_node is None else status.ce_node)
+        self.assertIn("Done", status.stateEnterTimes)
+        self.assertIn("Running", status.stateEnterTimes)
+        self.assertEqual(status.jw_status, "DONE")
+        self.assertEqual(status.event_count, len(lines))
+
+    def test_simple_max_events(self) -> None:
+        # A template stream (no DG.JOBID): the job is resubmitted many times and
+        # finally aborted by the helper; it carries no Clear event.
+        jobid = "https://lb01.example.org:9000/maxEventsTemplate00000a"
+        status = status_of(fixture_lines("perf_simple_max_events.log", jobid))
+        self.assertEqual(status.machine, "glite")
+        self.assertEqual(status.state, "Aborted")
+        self.assertIn("Running", status.stateEnterTimes)
+        self.assertIn("Done", status.stateEnterTimes)
+
+    def test_dag_parent(self) -> None:
+        jobid = "https://lb01.example.org:9000/dagTemplate000000000000"
+        status = status_of(fixture_lines("perf_dag_avg_events.log", jobid))
+        self.assertEqual((status.jobtype, status.children_num), ("DAG", 3))
+        self.assertEqual(status.state, "Done")
+        self.assertEqual(status.done_code, DONE_OK)
+
+    def test_dag_subjob(self) -> None:
+        jobid = "https://lb01.example.org:9000/dagSubjobTemplate000000"
+        lines = fixture_lines("perf_dag_avg_subjobs.reg.log", jobid)
+        lines += fixture_lines("perf_dag_avg_subjobs.log", jobid)
+        self.assertEqual(status_of(lines).state, "Cleared")
+
+    def test_collection(self) -> None:
+        jobs = by_job(fixture_lines("perf_collection_avg_events.log"))
+        self.assertEqual(len(jobs), 101)
+        statuses = {jobid: compute_status(pairs) for jobid, pairs in jobs.items()}
+        parents = [s for s in statuses.values() if s.jobtype == "COLLECTION"]
+        self.assertEqual(len(parents), 1)
+        parent = parents[0]
+        self.assertEqual(parent.children_num, 100)
+        self.assertIn(parent.state, STATES)
+        self.assertNotIn(parent.state, ("Unknown", "Submitted"))
+        for status in statuses.values():
+            self.assertEqual(status.machine, "glite")
+            self.assertNotEqual(status.state, "Unknown")
+        children = [s for s in statuses.values() if s.jobtype == "SIMPLE"]
+        self.assertEqual(len(children), 100)
+        self.assertTrue(all(c.state in ("Done", "Cleared") for c in children))
+
+
+class GliteRuleTests(SynchronousTestCase):
+    """
+    The gLite machine's rules, one by one.
+    """
+
+    def final(self, *lines: str, **kw: Any) -> JobStatus:
+        return status_of([REG, *lines], **kw)
+
+    def test_regjob(self) -> None:
+        line = glite(
+            "RegJob",
+            "NetworkServer",
+            {"NS": 1},
+            ns="https://wms01:7443/x",
+            jobtype="COLLECTION",
+            nsubjobs="4",
+            seed="abc",
+            jdl="[]",
+            parent="https://lb01.example.org:9000/parent00000000000000aa",
+        )
+        status = status_of([line])
+        self.assertEqual(status.state, "Submitted")
+        self.assertEqual(status.children_num, 4)
+        self.assertEqual(status.seed, "abc")
+        self.assertEqual(status.jdl, "[]")
+        self.assertEqual(status.network_server, "https://wms01:7443/x")
+        self.assertEqual(status.parent_job, "https://lb01.example.org:9000/parent00000000000000aa")
+        self.assertEqual(status.owner, traces.CREAM_USER)
+
+    def transfer(self, source: str, result: str) -> str:
+        return glite(
+            "Transfer",
+            source,
+            {"NS": 2, "JSS": 1},
+            destination="LRMS",
+            dest_host="ce",
+            job="x",
+            result=result,
+        )
+
+    def test_transfer(self) -> None:
+        cases = {
+            ("UserInterface", "OK"): "Waiting",
+            ("JobController", "OK"): "Ready",
+            ("LogMonitor", "OK"): "Scheduled",
+            ("UserInterface", "FAIL"): "Submitted",
+            ("JobController", "FAIL"): "Ready",
+            ("LogMonitor", "FAIL"): "Ready",
+            ("JobController", "START"): "Submitted",
+        }
+        for (source, result), state in cases.items():
+            self.assertEqual(self.final(self.transfer(source, result)).state, state, source)
+
+    def test_accepted_refused(self) -> None:
+        for source, state in [
+            ("NetworkServer", "Waiting"),
+            ("LogMonitor", "Ready"),
+            ("LRMS", "Scheduled"),
+        ]:
+            line = glite("Accepted", source, {"NS": 2}, from_="UserInterface", from_host="h")
+            self.assertEqual(self.final(line).state, state)
+        for source, state in [("LogMonitor", "Ready"), ("LRMS", "Ready")]:
+            line = glite("Refused", source, {"NS": 2}, from_="JobController", from_host="h")
+            self.assertEqual(self.final(line).state, state)
+        line = glite("Refused", "NetworkServer", {"NS": 3}, from_="UserInterface", from_host="h")
+        self.assertEqual(self.final(self.transfer("UserInterface", "OK"), line).state, "Submitted")
+
+    def test_queues_and_helpers(self) -> None:
+        enq = {"NetworkServer": "Waiting", "WorkloadManager": "Ready", "LogMonitor": "Waiting"}
+        for source, state in enq.items():
+            line = glite("EnQueued", source, {"NS": 2}, queue="q", result="OK")
+            status = self.final(line)
+            self.assertEqual(status.state, state)
+            self.assertEqual(status.resubmitted, source == "LogMonitor")
+        self.assertEqual(
+            self.final(
+                glite("EnQueued", "WorkloadManager", {"NS": 2}, queue="q", result="START")
+            ).state,
+            "Submitted",
+        )
+        for source, state in [("WorkloadManager", "Waiting"), ("JobController", "Ready")]:
+            self.assertEqual(
+                self.final(glite("DeQueued", source, {"NS": 2}, queue="q")).state, state
+            )
+        match = glite("Match", "WorkloadManager", {"NS": 2}, dest_id="ce:2119/jobmanager")
+        status = self.final(match)
+        self.assertEqual((status.state, status.destination), ("Waiting", "ce:2119/jobmanager"))
+        for line in [
+            glite(
+                "HelperCall", "BigHelper", {"NS": 1, "BH": 1}, helper_name="h", src_role="CALLING"
+            ),
+            glite(
+                "HelperReturn", "BigHelper", {"NS": 1, "BH": 1}, helper_name="h", src_role="CALLED"
+            ),
+            glite("Pending", "WorkloadManager", {"NS": 1, "WM": 1}, reason="no match"),
+        ]:
+            self.assertEqual(self.final(line).state, "Waiting")
+
+    def test_running_done(self) -> None:
+        run = glite("Running", "LogMonitor", {"NS": 2, "LM": 1}, node="wn1")
+        really = glite("ReallyRunning", "LogMonitor", {"NS": 2, "LM": 2})
+        lrms_done = glite("Done", "LRMS", {"NS": 2, "LRMS": 3}, status_code="OK", exit_code="0")
+        status = self.final(run, lrms_done)
+        self.assertEqual(
+            (status.state, status.ce_node, status.jw_status), ("Running", "wn1", "DONE")
+        )
+        self.assertTrue(self.final(run, really).payload_running)
+        failed = glite(
+            "Done",
+            "LogMonitor",
+            {"NS": 2, "LM": 3},
+            status_code="FAILED",
+            exit_code="2",
+            reason="r",
+        )
+        status = self.final(run, failed)
+        self.assertEqual((status.state, status.done_code, status.exit_code), ("Done", 1, 2))
+        self.assertEqual(status.failure_reasons, ["r"])
+        cancelled = glite(
+            "Done", "LogMonitor", {"NS": 2, "LM": 3}, status_code="CANCELLED", exit_code="0"
+        )
+        status = self.final(run, cancelled)
+        self.assertEqual((status.state, status.done_code), ("Cancelled", DONE_CANCELLED))
+
+    def test_cancel_abort_clear(self) -> None:
+        req = glite("Cancel", "UserInterface", {"UI": 1, "NS": 2}, status_code="REQ")
+        done = glite("Cancel", "NetworkServer", {"UI": 1, "NS": 3}, status_code="DONE", reason="u")
+        self.assertTrue(self.final(req).cancelling)
+        status = self.final(req, done)
+        self.assertEqual((status.state, status.cancelReason), ("Cancelled", "u"))
+        abort = glite("Abort", "WorkloadManager", {"NS": 2, "WM": 1}, reason="no CE")
+        status = self.final(abort)
+        self.assertEqual((status.state, status.reason), ("Aborted", "no CE"))
+        clear = glite("Clear", "NetworkServer", {"UI": 9, "NS": 9}, reason="USER")
+        self.assertEqual(self.final(clear).state, "Cleared")
+        # Nothing moves a terminal state.
+        run = glite("Running", "LogMonitor", {"UI": 9, "NS": 10}, node="wn")
+        status = self.final(abort, run)
+        self.assertEqual((status.state, status.ce_node), ("Aborted", "wn"))
+        self.assertEqual(self.final(clear, run).state, "Cleared")
+
+    def test_resubmission_branch(self) -> None:
+        resub = glite("Resubmission", "WorkloadManager", {"NS": 4, "WM": 10}, result="WILLRESUB")
+        match = glite("Match", "WorkloadManager", {"NS": 4, "WM": 11}, dest_id="ce2")
+        # An event of the old branch (WM 5) that sorts after the resubmission.
+        old = glite("Running", "LogMonitor", {"NS": 5, "WM": 5, "LM": 3}, node="oldwn")
+        status = self.final(resub, match, old)
+        self.assertEqual(status.branch_wm, 10)
+        self.assertEqual(status.state, "Waiting")
+        self.assertEqual(status.ce_node, "oldwn")
+        new = glite("Running", "LogMonitor", {"NS": 5, "WM": 12, "LM": 4}, node="newwn")
+        status = self.final(resub, match, old, new)
+        self.assertEqual((status.state, status.ce_node), ("Running", "newwn"))
+        # SHALLOW does not open a branch.
+        shallow = glite("Resubmission", "WorkloadManager", {"NS": 4, "WM": 10}, result="SHALLOW")
+        self.assertEqual(self.final(shallow, match, old).state, "Running")
+
+    def test_tags_acl_payload(self) -> None:
+        tag1 = glite("UserTag", "UserInterface", {"UI": 1, "NS": 1}, name="Colour", value="red")
+        tag2 = glite("UserTag", "UserInterface", {"UI": 2, "NS": 1}, name="COLOUR", value="blue")
+        acl = {
+            "user_id": "/O=x/CN=y",
+            "user_id_type": "DN",
+            "permission": "READ",
+            "permission_type": "ALLOW",
+        }
+        add = glite("ChangeACL", "UserInterface", {"UI": 3, "NS": 1}, operation="ADD", **acl)
+        rem = glite("ChangeACL", "UserInterface", {"UI": 4, "NS": 1}, operation="REMOVE", **acl)
+        grant = glite(
+            "GrantPayloadOwnership", "UserInterface", {"UI": 5, "NS": 1}, payload_owner="/O=x/CN=p"
+        )
+        status = self.final(tag1, tag2, add, grant)
+        self.assertEqual(status.user_tags, {"colour": "blue"})
+        self.assertEqual(status.acl, [acl])
+        self.assertEqual(status.payload_owner, "/O=x/CN=p")
+        self.assertEqual(self.final(add, rem).acl, [])
+        self.assertEqual(self.final(tag1, tag2).state, "Submitted")
+
+    def test_cream_unaware_ignores_cream_events(self) -> None:
+        lines = traces.wms_on_cream()
+        self.assertEqual(status_of(lines).state, "Done")
+        unaware = status_of(lines, cream_aware=False)
+        self.assertEqual(unaware.state, "Ready")
+        self.assertIsNone(unaware.cream_state)
+
+    def test_wms_on_cream_fields(self) -> None:
+        status = status_of(traces.wms_on_cream())
+        self.assertEqual(status.machine, "glite")
+        self.assertEqual((status.state, status.cream_state), ("Done", "Done-ok"))
+        self.assertEqual(status.done_code, DONE_OK)
+        self.assertEqual(status.exit_code, 0)
+        self.assertEqual(status.cream_id, traces.WMS_CREAM_ID)
+        self.assertEqual(status.cream_jobid, traces.WMS_CREAM_ID)
+        self.assertEqual(status.glite_jobid, traces.WMS_JOBID)
+        self.assertEqual(status.cream_node, traces.WORKER)
+        self.assertEqual(status.ce_node, traces.WORKER)
+        self.assertEqual(status.cream_lrms_id, "8152.batch01.example.org")
+        self.assertEqual(status.localId, "8152.batch01.example.org")
+        self.assertEqual(status.cream_exit_code, 0)
+        self.assertTrue(status.payload_running)
+
+    def test_wms_on_cream_failed_cancelled(self) -> None:
+        prelude, tail = traces.wms_cream_lines(["Idle", "Running", "Done-failed"])
+        status = status_of(prelude + tail)
+        self.assertEqual((status.state, status.done_code), ("Done", DONE_FAILED))
+        self.assertEqual(status.cream_failure_reason, "reason=1")
+        self.assertEqual(status.failure_reasons, ["reason=1"])
+        prelude, tail = traces.wms_cream_lines(["Idle", "Cancelled"])
+        status = status_of(prelude + tail)
+        self.assertEqual((status.state, status.cream_state), ("Cancelled", "Cancelled"))
+        prelude, tail = traces.wms_cream_lines(["Idle", "Held"])
+        status = status_of(prelude + tail)
+        self.assertEqual((status.state, status.suspended), ("Scheduled", True))
