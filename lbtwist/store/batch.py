@@ -276,7 +276,8 @@ class BatchProcessor:
             for jobid, work in touched.items():
                 if work.new:
                     plan.jobs.append(_job_row(jobid, work))
-            self._backend.write(plan)
+            if plan.events:
+                self._backend.write(plan)
         except Exception as e:
             for jobid in touched:
                 self._cache.pop(jobid, None)
