@@ -9,6 +9,8 @@ CREAM state, the gLite event that the WMS LogMonitor or the LRMS would have.
 
 from __future__ import annotations
 
+from typing import Any
+
 from lbtwist.events import Event, make_event
 from lbtwist.seqcode import bump_lrms, parse_seqcode
 from lbtwist.states.glite import cream_effect
@@ -41,24 +43,22 @@ def generate_events(
     effect = cream_effect(after, trigger.host)
     if effect is None:
         return []
-    kinds = [effect]
+    kinds: list[tuple[str, str, dict[str, Any]]] = [effect]
     generated: list[Event] = []
     for index, (kind, source, fields) in enumerate(kinds, start=1):
-        event = make_event(
-            kind,
-            jobid=after.jobId or trigger.jobid,
-            date=trigger.date,
-            host=proxy_host,
-            user=trigger.user,
-            source=source,
-            seqcode=bump_lrms(trigger.seqcode, index),
-            **fields,
-        )
         generated.append(
-            event.evolve(
+            make_event(
+                kind,
+                jobid=after.jobId or trigger.jobid,
+                date=trigger.date,
+                host=proxy_host,
+                user=trigger.user,
+                source=source,
+                seqcode=bump_lrms(trigger.seqcode, index),
                 priority=0,
                 src_instance=PROXY_INSTANCE,
                 extra=((GENERATED_BY_KEY, PROXY_INSTANCE),),
+                **fields,
             )
         )
     return generated

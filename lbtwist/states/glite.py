@@ -225,9 +225,9 @@ def apply(status: JobStatus, event: Event, *, cream_aware: bool = True) -> None:
         status.suspended = False
     elif kind == "Resubmission":
         if event.get("result") == "WILLRESUB":
-            code = parse_seqcode(event.seqcode)
-            if code is not None:
-                status.branch_wm = code.get("WM")
+            branch = parse_seqcode(event.seqcode)
+            if branch is not None:
+                status.branch_wm = branch.get("WM")
         if event.get("reason"):
             status.reason = event.get("reason")
 
