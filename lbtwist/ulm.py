@@ -111,8 +111,11 @@ def parse_fields(
     found = _FIELD_RE.findall(text)
     if len(found) > max_fields:
         raise TooBig(f"event has {len(found)} fields, more than the limit of {max_fields}")
-    pairs = [(key, unescape(quoted) if quoted else bare) for key, quoted, bare in found]
-    if len(set(map(str.upper, [key for key, _ in pairs]))) != len(pairs):
+    if "\\" in text:
+        pairs = [(key, unescape(quoted) if quoted else bare) for key, quoted, bare in found]
+    else:
+        pairs = [(key, quoted or bare) for key, quoted, bare in found]
+    if len({key.upper() for key, _, _ in found}) != len(pairs):
         _raise_duplicate(pairs)
     return pairs
 
