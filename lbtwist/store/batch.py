@@ -209,6 +209,8 @@ class _JobWork:
     committed: int
     new: list[NewEvent] = attrs.Factory(list)
     seen: set[Identity] = attrs.Factory(set)
+    #: Relay destination, C{""} for a local job, C{None} until computed.
+    destination: str | None = None
 
 
 class BatchProcessor:
@@ -353,9 +355,10 @@ class BatchProcessor:
         plan.events.append(new)
         work.new.append(new)
         work.seen.add(ident)
-        destination = self.relay_destination(ev.jobid)
-        if destination is not None and not ev.priority & NO_RELAY:
-            plan.outbox.append(OutboxRow(destination, new.event_id))
+        if work.destination is None:
+            work.destination = self.relay_destination(ev.jobid) or ""
+        if work.destination and not ev.priority & NO_RELAY:
+            plan.outbox.append(OutboxRow(work.destination, new.event_id))
         if ev.type == "CREAMAccepted" and not ev.generated:
             self._map(plan, ev)
         self._apply(plan, work, ev, seqno, arrived)
