@@ -1,0 +1,494 @@
+# -*- test-case-name: tests.test_tls -*-
+"""
+TLS for the query service and its clients, built directly with pyOpenSSL.
+
+C{ssl:} endpoint strings cannot require client certificates, take a CA
+directory or set store flags, so the server context is built here: TLS 1.2
+minimum, client certificate required, trust anchors and CRLs loaded from a
+CA directory in the IGTF hashed layout (C{<hash>.0}, C{<hash>.r0}), RFC 3820
+proxies allowed, CRLs checked on every certificate of the chain. The
+directory is re-read when its files change (see L{ServerContextSource}),
+and L{tls_server_endpoint} wraps any listening endpoint, as tahoe-lafs's
+C{_TLSEndpointWrapper} does.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import attrs
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL, crypto
+from service_identity import VerificationError
+from service_identity.cryptography import verify_certificate_hostname
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IStreamServerEndpoint,
+)
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from zope.interface import implementer
+
+from lbtwist.identity import is_legacy_proxy, is_proxy, slash_dn
+
+log = Logger()
+
+CRL_MODES = ("require", "if-present", "off")
+
+
+def _x509_error(name: str, default: int) -> int:
+    # The values come from the OpenSSL linked in; defaults are OpenSSL 3's.
+    try:
+        from OpenSSL._util import lib
+
+        return int(getattr(lib, name))
+    except (ImportError, AttributeError):
+        return default
+
+
+# OpenSSL X509_V_ERR_* codes the verify callback decides on.
+_UNABLE_TO_GET_CRL = _x509_error("X509_V_ERR_UNABLE_TO_GET_CRL", 3)
+_CRL_NOT_YET_VALID = _x509_error("X509_V_ERR_CRL_NOT_YET_VALID", 11)
+_CRL_HAS_EXPIRED = _x509_error("X509_V_ERR_CRL_HAS_EXPIRED", 12)
+_INVALID_CA = _x509_error("X509_V_ERR_INVALID_CA", 79)
+_INVALID_PURPOSE = _x509_error("X509_V_ERR_INVALID_PURPOSE", 26)
+_KEYUSAGE_NO_CERTSIGN = _x509_error("X509_V_ERR_KEYUSAGE_NO_CERTSIGN", 32)
+#: What OpenSSL says of an end-entity certificate issuing a pre-RFC proxy.
+_LEGACY_ISSUER_ERRORS = frozenset((_INVALID_CA, _INVALID_PURPOSE, _KEYUSAGE_NO_CERTSIGN))
+
+_CERT_FILE = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
+_CRL_FILE = re.compile(r"^[0-9a-f]{8}\.r[0-9]+$")
+
+#: Per-connection verification state (Twisted owns the connection's app data).
+_VERIFY_STATE: WeakKeyDictionary[SSL.Connection, dict[int, x509.Certificate]] = WeakKeyDictionary()
+#: The host name a client connection must find in the server's certificate.
+_EXPECTED_HOST: WeakKeyDictionary[SSL.Connection, str] = WeakKeyDictionary()
+
+
+class TLSConfigError(Exception):
+    """
+    Unusable TLS configuration (bad file, unknown mode).
+    """
+
+
+@attrs.frozen
+class CATrust:
+    """
+    The trust anchors and CRLs read from a CA directory.
+    """
+
+    certs: tuple[x509.Certificate, ...]
+    crls: tuple[x509.CertificateRevocationList, ...]
+
+    def has_crl(self, ca: x509.Name) -> bool:
+        return any(c.issuer == ca for c in self.crls)
+
+
+Fingerprint = tuple[tuple[str, int, int, int], ...]
+
+
+class CADirectory:
+    """
+    A CA directory in the hashed layout, re-read when its files change.
+
+    @ivar path: the directory.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._loaded: Fingerprint | None = None
+
+    def fingerprint(self) -> Fingerprint:
+        """
+        @return: (name, mtime_ns, size, inode) of the directory and of every
+            certificate and CRL file in it.
+        """
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return ()
+        entries = [(".", st.st_mtime_ns, st.st_size, st.st_ino)]
+        try:
+            names = sorted(os.listdir(self.path))
+        except OSError:
+            names = []
+        for name in names:
+            if not (_CERT_FILE.match(name) or _CRL_FILE.match(name)):
+                continue
+            try:
+                fst = os.stat(self.path / name)
+            except OSError:
+                continue
+            entries.append((name, fst.st_mtime_ns, fst.st_size, fst.st_ino))
+        return tuple(entries)
+
+    def changed(self) -> bool:
+        """
+        @return: whether the directory changed since the last L{load}.
+        """
+        return self._loaded is None or self.fingerprint() != self._loaded
+
+    def load(self) -> CATrust:
+        """
+        Read every C{<hash>.N} certificate and C{<hash>.rN} CRL.
+        """
+        fingerprint = self.fingerprint()
+        certs: list[x509.Certificate] = []
+        crls: list[x509.CertificateRevocationList] = []
+        for name, *_ in fingerprint[1:]:
+            path = self.path / name
+            try:
+                data = path.read_bytes()
+                if _CERT_FILE.match(name):
+                    certs.extend(x509.load_pem_x509_certificates(data))
+                else:
+                    crls.append(x509.load_pem_x509_crl(data))
+            except (OSError, ValueError) as e:
+                log.warn("skipping unreadable {path}: {why}", path=str(path), why=str(e))
+        self._loaded = fingerprint
+        log.info(
+            "loaded {ncerts} CA certificates and {ncrls} CRLs from {path}",
+            ncerts=len(certs),
+            ncrls=len(crls),
+            path=str(self.path),
+        )
+        return CATrust(tuple(certs), tuple(crls))
+
+
+def _read_credentials(
+    cert: str | os.PathLike[str], key: str | os.PathLike[str] | None
+) -> tuple[list[x509.Certificate], Any]:
+    try:
+        data = Path(cert).read_bytes()
+        certs = x509.load_pem_x509_certificates(data)
+        key_data = Path(key).read_bytes() if key is not None else data
+        private_key = serialization.load_pem_private_key(key_data, password=None)
+    except (OSError, ValueError, TypeError) as e:
+        raise TLSConfigError(f"cannot load certificate {cert} / key {key}: {e}") from e
+    return certs, private_key
+
+
+def _use_credentials(ctx: SSL.Context, certs: Sequence[x509.Certificate], key: Any) -> None:
+    try:
+        ctx.use_certificate(crypto.X509.from_cryptography(certs[0]))
+        for extra in certs[1:]:
+            ctx.add_extra_chain_cert(crypto.X509.from_cryptography(extra))
+        ctx.use_privatekey(crypto.PKey.from_cryptography_key(key))
+        ctx.check_privatekey()
+    except SSL.Error as e:
+        raise TLSConfigError("private key does not match the certificate") from e
+
+
+def _load_trust(ctx: SSL.Context, trust: CATrust, crl: str, verify_time: datetime | None) -> None:
+    store = ctx.get_cert_store()
+    assert store is not None
+    if verify_time is not None:
+        store.set_time(verify_time)
+    for cert in trust.certs:
+        try:
+            store.add_cert(crypto.X509.from_cryptography(cert))
+        except crypto.Error:
+            pass  # duplicate
+    flags = crypto.X509StoreFlags.ALLOW_PROXY_CERTS
+    if crl != "off":
+        for revocation_list in trust.crls:
+            store.add_crl(revocation_list)
+        flags |= crypto.X509StoreFlags.CRL_CHECK | crypto.X509StoreFlags.CRL_CHECK_ALL
+    store.set_flags(flags)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _legacy_chain_ok(chain: Sequence[x509.Certificate]) -> bool:
+    """
+    Every non-CA certificate acting as an issuer must have its proxy as child.
+    """
+    for child, issuer in zip(chain, chain[1:], strict=False):
+        if _is_ca(issuer):
+            continue
+        if not (is_proxy(child) or is_legacy_proxy(child)):
+            return False
+        if child.issuer != issuer.subject:
+            return False
+    return True
+
+
+VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
+
+
+def _verify_callback(
+    crl: str, allow_legacy_proxies: bool, *, check_host: bool = False
+) -> VerifyCallback:
+    def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
+        state = _VERIFY_STATE.setdefault(conn, {})
+        if not ok:
+            subject = slash_dn(cert.to_cryptography().subject)
+            issuer = slash_dn(cert.to_cryptography().issuer)
+            if errno == _UNABLE_TO_GET_CRL:
+                if crl == "if-present":
+                    return True
+                log.warn(
+                    "refusing {subject}: no CRL of its issuer {issuer} (crl = require)",
+                    subject=subject,
+                    issuer=issuer,
+                )
+                return False
+            if errno in (_CRL_HAS_EXPIRED, _CRL_NOT_YET_VALID):
+                log.critical(
+                    "CRL of {issuer} is expired or not yet valid: refusing {subject}; "
+                    "is fetch-crl running?",
+                    issuer=issuer,
+                    subject=subject,
+                )
+                return False
+            if (
+                allow_legacy_proxies
+                and depth > 0
+                and errno in _LEGACY_ISSUER_ERRORS
+                and not _is_ca(cert.to_cryptography())
+            ):
+                # A pre-RFC proxy's issuer is an end-entity certificate; the
+                # chain's shape is checked once complete (depth 0).
+                return True
+            log.info(
+                "refusing certificate {subject} at depth {depth}: X509 error {errno}",
+                subject=subject,
+                depth=depth,
+                errno=errno,
+            )
+            return False
+        state[depth] = cert.to_cryptography()
+        if depth == 0 and check_host:
+            host = _EXPECTED_HOST.get(conn)
+            if host is not None:
+                try:
+                    _verify_host(state[0], host)
+                except VerificationError:
+                    log.info("server certificate does not match host {host}", host=host)
+                    return False
+        if depth == 0 and allow_legacy_proxies:
+            chain = [state[d] for d in sorted(state)]
+            if not _legacy_chain_ok(chain):
+                log.info("refusing a chain whose non-CA issuers are not proxied")
+                return False
+        return True
+
+    return verify
+
+
+def server_context(
+    cert: str | os.PathLike[str],
+    key: str | os.PathLike[str] | None,
+    ca_dir: str | os.PathLike[str] | CATrust,
+    *,
+    crl: str = "if-present",
+    allow_legacy_proxies: bool = False,
+    verify_time: datetime | None = None,
+) -> SSL.Context:
+    """
+    Build the query server's TLS context.
+
+    @param cert: PEM host certificate (possibly followed by its chain).
+    @param key: PEM key (L{None}: in the certificate file).
+    @param ca_dir: the CA directory, or an already loaded L{CATrust}.
+    @param crl: C{"require"} (a CA without CRL fails), C{"if-present"} (only
+        CAs with a CRL are checked) or C{"off"}.
+    @param allow_legacy_proxies: accept pre-RFC Globus proxies.
+    @param verify_time: check validity at this time instead of OpenSSL's
+        clock (for tests).
+    """
+    if crl not in CRL_MODES:
+        raise TLSConfigError(f"crl must be one of {', '.join(CRL_MODES)}, not {crl!r}")
+    trust = ca_dir if isinstance(ca_dir, CATrust) else CADirectory(ca_dir).load()
+    certs, private_key = _read_credentials(cert, key)
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
+    ctx.set_session_id(b"lbtwist-query")
+    _use_credentials(ctx, certs, private_key)
+    _load_trust(ctx, trust, crl, verify_time)
+    if trust.certs:
+        ctx.set_client_ca_list(
+            [crypto.X509.from_cryptography(c).get_subject() for c in trust.certs]
+        )
+    ctx.set_verify(
+        SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
+        _verify_callback(crl, allow_legacy_proxies),
+    )
+    ctx.set_verify_depth(32)
+    return ctx
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class ServerContextSource:
+    """
+    Hands out server TLS connections, rebuilding the context when the CA
+    directory changes (fetch-crl replaces CRLs; OpenSSL caches them).
+    """
+
+    def __init__(
+        self,
+        cert: str | os.PathLike[str],
+        key: str | os.PathLike[str] | None,
+        ca_dir: str | os.PathLike[str],
+        *,
+        crl: str = "if-present",
+        allow_legacy_proxies: bool = False,
+        verify_time: datetime | None = None,
+    ) -> None:
+        self.verify_time = verify_time
+        self.cert = cert
+        self.key = key
+        self.ca_directory = CADirectory(ca_dir)
+        self.crl = crl
+        self.allow_legacy_proxies = allow_legacy_proxies
+        self._context: SSL.Context | None = None
+        self.getContext()  # fail early on a bad configuration
+
+    def getContext(self) -> SSL.Context:
+        """
+        @return: the current context, rebuilt if the CA directory changed.
+        """
+        if self._context is None or self.ca_directory.changed():
+            self._context = server_context(
+                self.cert,
+                self.key,
+                self.ca_directory.load(),
+                crl=self.crl,
+                allow_legacy_proxies=self.allow_legacy_proxies,
+                verify_time=self.verify_time,
+            )
+        return self._context
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self.getContext(), None)
+
+
+@implementer(IStreamServerEndpoint)
+@attrs.frozen
+class TLSServerEndpoint:
+    """
+    TLS (with our context) around any stream server endpoint.
+    """
+
+    endpoint: IStreamServerEndpoint
+    context_source: IOpenSSLServerConnectionCreator
+
+    def listen(self, protocolFactory: IProtocolFactory) -> Any:
+        """
+        @return: a Deferred firing with the L{IListeningPort}.
+        """
+        factory = TLSMemoryBIOFactory(self.context_source, False, protocolFactory)
+        return self.endpoint.listen(factory)
+
+
+def tls_server_endpoint(
+    endpoint: IStreamServerEndpoint, context_source: IOpenSSLServerConnectionCreator
+) -> IStreamServerEndpoint:
+    """
+    Wrap a listening endpoint so its connections speak TLS with our context.
+    """
+    return TLSServerEndpoint(endpoint, context_source)
+
+
+def verified_chain(connection: SSL.Connection) -> list[x509.Certificate]:
+    """
+    @return: the peer's verified chain, leaf first (empty before the
+        handshake or without a peer certificate).
+    """
+    chain = connection.get_verified_chain(as_cryptography=True)
+    return list(chain) if chain else []
+
+
+def transport_chain(transport: Any) -> list[x509.Certificate]:
+    """
+    @return: the verified chain of a TLS transport (C{getHandle()} is its
+        L{SSL.Connection}), empty if it is not one.
+    """
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if not isinstance(handle, SSL.Connection):
+        return []
+    return verified_chain(handle)
+
+
+# Clients.
+
+
+def _verify_host(cert: x509.Certificate, host: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        verify_certificate_hostname(cert, host)
+        return
+    from service_identity.cryptography import verify_certificate_ip_address
+
+    verify_certificate_ip_address(cert, host)
+
+
+def client_context(
+    cert: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None,
+    ca_dir: str | os.PathLike[str] | CATrust,
+    *,
+    chain: Sequence[x509.Certificate] = (),
+    crl: str = "if-present",
+    verify_time: datetime | None = None,
+) -> SSL.Context:
+    """
+    Build a client context presenting a certificate (typically a proxy).
+
+    @param cert: PEM file with the certificate, optionally its key and chain
+        (a grid proxy file: proxy, key, user certificate); L{None}: no
+        client certificate.
+    @param key: PEM key file (L{None}: the key is in C{cert}).
+    @param chain: more chain certificates to send.
+    """
+    trust = ca_dir if isinstance(ca_dir, CATrust) else CADirectory(ca_dir).load()
+    ctx = SSL.Context(SSL.TLS_METHOD)
+    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+    ctx.set_options(SSL.OP_NO_COMPRESSION)
+    if cert is not None:
+        certs, private_key = _read_credentials(cert, key)
+        _use_credentials(ctx, [*certs, *chain], private_key)
+    if crl not in CRL_MODES:
+        raise TLSConfigError(f"crl must be one of {', '.join(CRL_MODES)}, not {crl!r}")
+    _load_trust(ctx, trust, crl, verify_time)
+    ctx.set_verify(SSL.VERIFY_PEER, _verify_callback(crl, False, check_host=True))
+    return ctx
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+@attrs.frozen
+class ClientConnectionCreator:
+    """
+    Client connections to C{hostname} (SNI, and the server certificate must
+    match it).
+    """
+
+    hostname: str
+    context: SSL.Context
+
+    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        conn = SSL.Connection(self.context, None)
+        try:
+            ipaddress.ip_address(self.hostname)
+        except ValueError:
+            conn.set_tlsext_host_name(self.hostname.encode("idna"))
+        _EXPECTED_HOST[conn] = self.hostname
+        conn.set_connect_state()
+        return conn
