@@ -143,6 +143,12 @@ class LBProducer:
         self._sock.settimeout(timeout)
         try:
             self._sock.connect(socket_path)
+        except OSError as e:
+            self._sock.close()
+            if e.errno is not None and not e.filename:
+                # Name the socket in the error, as open() would.
+                raise type(e)(e.errno, e.strerror, socket_path) from None
+            raise
         except BaseException:
             self._sock.close()
             raise

@@ -53,6 +53,7 @@ class LineServer:
         self.path = path
         self.answer = answer
         self.lines: list[bytes] = []
+        self.stopping = False
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(path)
         self.listener.listen(5)
@@ -62,7 +63,7 @@ class LineServer:
 
     def _run(self) -> None:
         try:
-            while True:
+            while not self.stopping:
                 conn, _ = self.listener.accept()
                 with conn:
                     conn.settimeout(10)
@@ -87,6 +88,7 @@ class LineServer:
         """
         Close the listener and wait for the thread.
         """
+        self.stopping = True
         try:
             # Wake a blocked accept().
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

@@ -103,16 +103,21 @@ def build_registration(args: argparse.Namespace, ctx: CLIContext) -> Registratio
         jobtype = "COLLECTION"
     else:
         jobtype = "SIMPLE"
-    fields: dict[str, str] = {"ns": ns, "jobtype": jobtype}
+    fields: dict[str, Any] = {"ns": ns, "jobtype": jobtype}
     if jdl:
         fields["jdl"] = jdl
     if args.subjobs:
         fields["nsubjobs"] = str(args.subjobs)
         fields["seed"] = args.seed
     common: dict[str, Any] = {"date": now, "host": fqdn, "user": user, "source": source}
-    parent = make_event("RegJob", jobid=str(jobid), seqcode=seqcode, **common, **fields)
-    if args.exclusive:
-        parent = parent.evolve(priority=parent.priority | PRIO_EXCL)
+    parent = make_event(
+        "RegJob",
+        jobid=str(jobid),
+        seqcode=seqcode,
+        priority=PRIO_EXCL if args.exclusive else 0,
+        **common,
+        **fields,
+    )
     events = [parent]
     subjobs = tuple(subjob(jobid, args.seed, i) for i in range(args.subjobs))
     for sub in subjobs:

@@ -187,5 +187,5 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--state-dir", metavar="DIR", required=True, help="the local store's directory")
     p.add_argument("--from", dest="from_", metavar="T", help="events arrived at or after T")
-    p.add_argument("--to", metavar="T", help="events arrived at or before T")
+    p.add_argument("--to", metavar="T", help="events arrived before T")
     p.set_defaults(handler=handle_dump)

@@ -63,14 +63,14 @@ def parse_field_options(extra: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def event_fields(etype: EventType, pairs: Sequence[tuple[str, str]]) -> dict[str, str]:
+def event_fields(etype: EventType, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """
     Map option names to the catalogue field names of C{etype}.
 
     @raise KeyMisuse: a name is not a field of C{etype}.
     """
     by_key = {field_key(f.name): f.name for f in etype.fields}
-    fields: dict[str, str] = {}
+    fields: dict[str, Any] = {}
     for name, value in pairs:
         canonical = by_key.get(field_key(name))
         if canonical is None:
@@ -129,7 +129,7 @@ def build_event(args: argparse.Namespace, ctx: CLIContext) -> Event:
     source = source_name(args.source)
     fields = event_fields(etype, parse_field_options(args.extra))
     old = args.sequence or env_first(env, *SEQCODE_ENV)
-    event = make_event(
+    return make_event(
         etype.name,
         jobid=jobid,
         date=ctx.now(),
@@ -137,14 +137,10 @@ def build_event(args: argparse.Namespace, ctx: CLIContext) -> Event:
         user=args.user or default_user(env, ctx.login),
         source=source,
         seqcode=next_seqcode(old, source),
+        priority=PRIO_SYNC if args.priority else 0,
+        src_instance=args.instance or "",
         **fields,
     )
-    changes: dict[str, Any] = {}
-    if args.priority:
-        changes["priority"] = event.priority | PRIO_SYNC
-    if args.instance:
-        changes["src_instance"] = args.instance
-    return event.evolve(**changes) if changes else event
 
 
 def handle(args: argparse.Namespace, ctx: CLIContext) -> int:

@@ -1,0 +1,707 @@
+# -*- test-case-name: tests.test_cli -*-
+"""
+Tests for the C{lbtwist} command (L{lbtwist.cli}).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.cli import identity
+from lbtwist.cli.common import DEFAULT_SOCKET, CLIContext, default_socket, env_first
+from lbtwist.cli.local import parse_time
+from lbtwist.cli.logevent import field_key, parse_field_options
+from lbtwist.cli.main import build_parser, run
+from lbtwist.errors import InvalidValue, LBError
+from tests.test_producer import LineServer, start_server
+
+FIXTURES = os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "fixtures", "glite-lb-streams"
+)
+if not os.path.isdir(FIXTURES):
+    FIXTURES = "/work/shared/fixtures/glite-lb-streams"
+
+NOW = 1_710_408_413_123_456  # 2024-03-14 09:26:53.123456 UTC
+JOBID = "https://lb.example.org:9000/Hq3tK8vWZ0bQy1n2m3p4rA"
+CREAM_JOBID = "https://ce.example.org:9000/CREAM812461375"
+USER = "/C=CZ/O=Example/CN=Jana Novakova"
+
+
+def make_ctx(env: Mapping[str, str] | None = None, stdin: str = "") -> CLIContext:
+    """
+    A context with fixed time, randomness, host and login, and string streams.
+    """
+    return CLIContext(
+        env=dict(env or {}),
+        stdout=io.StringIO(),
+        stderr=io.StringIO(),
+        stdin=io.StringIO(stdin),
+        now=lambda: NOW,
+        random_bytes=lambda n: bytes(range(n)),
+        pid=4242,
+        fqdn=lambda: "node.example.org",
+        login=lambda: "jana",
+    )
+
+
+def call(argv: Sequence[str], ctx: CLIContext | None = None) -> tuple[int, str, str]:
+    """
+    Run C{lbtwist argv}; return exit status, stdout and stderr.
+    """
+    ctx = ctx or make_ctx()
+    status = run(argv, ctx)
+    assert isinstance(ctx.stdout, io.StringIO) and isinstance(ctx.stderr, io.StringIO)
+    return status, ctx.stdout.getvalue(), ctx.stderr.getvalue()
+
+
+def validating_answer() -> object:
+    """
+    An answer function for L{LineServer} that validates like the intake:
+    parse errors as C{ERR}, repeated lines as C{OK duplicate}.
+    """
+    from lbtwist.events import parse_event
+
+    seen: set[bytes] = set()
+
+    def answer(line: bytes) -> bytes:
+        try:
+            parse_event(line.decode("utf-8"))
+        except LBError as e:
+            return f"ERR {e.code} {e.message}".encode()
+        if line in seen:
+            return b"OK duplicate"
+        seen.add(line)
+        return b"OK"
+
+    return answer
+
+
+def sent_events(server: LineServer) -> list[object]:
+    from lbtwist.events import parse_event
+
+    return [parse_event(line.decode("utf-8")) for line in server.lines]
+
+
+class DispatcherTests(SynchronousTestCase):
+    """
+    L{run} and L{build_parser}.
+    """
+
+    def test_help_lists_commands(self) -> None:
+        status, out, err = call(["--help"])
+        self.assertEqual(status, 0)
+        for name in ["logevent", "job-reg", "status", "log", "dump", "replay"]:
+            self.assertIn(name, out)
+
+    def test_parser_has_commands(self) -> None:
+        parser = build_parser()
+        self.assertIn("replay", parser.format_help())
+
+    def test_no_command(self) -> None:
+        status, out, err = call([])
+        self.assertEqual(status, 2)
+        self.assertEqual(out, "")
+        self.assertIn("usage: lbtwist", err)
+
+    def test_unknown_command(self) -> None:
+        status, out, err = call(["frobnicate"])
+        self.assertEqual(status, 2)
+        self.assertIn("invalid choice", err)
+
+    def test_extra_arguments_refused(self) -> None:
+        status, out, err = call(["dump", "--state-dir", "x", "--bogus=1"])
+        self.assertEqual(status, 2)
+        self.assertIn("unrecognized arguments: --bogus=1", err)
+
+    def test_status_without_state_dir(self) -> None:
+        status, out, err = call(["status", JOBID])
+        self.assertEqual(status, 2)
+        self.assertEqual(out, "")
+        self.assertIn("TLS is not available yet", err)
+        self.assertEqual(err.count("\n"), 1)
+
+
+class EnvironmentTests(SynchronousTestCase):
+    """
+    Environment fallbacks and small helpers.
+    """
+
+    def test_env_first(self) -> None:
+        env = {"A": "", "B": "b", "C": "c"}
+        self.assertEqual(env_first(env, "A", "B", "C"), "b")
+        self.assertIsNone(env_first(env, "X", "A"))
+
+    def test_default_socket(self) -> None:
+        self.assertEqual(default_socket({}), DEFAULT_SOCKET)
+        self.assertEqual(DEFAULT_SOCKET, os.path.join("lbtwist-state", "events.sock"))
+        env = {"GLITE_WMS_LBPROXY_STORE_SOCK": "/tmp/x.sock"}
+        self.assertEqual(default_socket(env), "/tmp/x.sock")
+
+    def test_field_options(self) -> None:
+        self.assertEqual(
+            parse_field_options(["--new_state=DONE-OK", "--Exit-Code", "0", "--reason="]),
+            [("new_state", "DONE-OK"), ("Exit-Code", "0"), ("reason", "")],
+        )
+        self.assertEqual(field_key("Exit-Code"), "exit_code")
+        self.assertRaises(InvalidValue, parse_field_options, ["--reason"])
+        self.assertRaises(InvalidValue, parse_field_options, ["stray"])
+        self.assertRaises(InvalidValue, parse_field_options, ["-x"])
+
+    def test_parse_time(self) -> None:
+        expected = (
+            int(datetime.datetime(2024, 3, 14, 9, 26, 53, tzinfo=datetime.UTC).timestamp())
+            * 1_000_000
+        )
+        self.assertEqual(parse_time("20240314092653"), expected)
+        self.assertEqual(parse_time("20240314092653.5"), expected + 500_000)
+        self.assertEqual(parse_time("2024-03-14T09:26:53Z"), expected)
+        self.assertEqual(parse_time("2024-03-14T09:26:53"), expected)
+        self.assertEqual(parse_time("2024-03-14T10:26:53+01:00"), expected)
+        self.assertEqual(parse_time(str(expected // 1_000_000)), expected)
+        self.assertEqual(parse_time("1.25"), 1_250_000)
+        self.assertRaises(InvalidValue, parse_time, "yesterday")
+        self.assertRaises(InvalidValue, parse_time, "20241314092653")
+
+
+class IdentityTests(SynchronousTestCase):
+    """
+    L{identity.default_user} and L{identity.certificate_dn}.
+    """
+
+    def write_cert(self, names: list[tuple[object, str]]) -> str:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(oid, value) for oid, value in names])  # type: ignore[arg-type]
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(1)
+            .not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256())
+        )
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        return path
+
+    def test_proxy_dn(self) -> None:
+        from cryptography.x509.oid import NameOID
+
+        path = self.write_cert(
+            [
+                (NameOID.COUNTRY_NAME, "CZ"),
+                (NameOID.ORGANIZATION_NAME, "Example"),
+                (NameOID.COMMON_NAME, "Jana Novakova"),
+                (NameOID.COMMON_NAME, "1234567"),
+            ]
+        )
+        self.assertEqual(identity.default_user({"X509_USER_PROXY": path}, lambda: "x"), USER)
+
+    def test_cert_fallback(self) -> None:
+        from cryptography.x509.oid import NameOID
+
+        path = self.write_cert(
+            [(NameOID.DOMAIN_COMPONENT, "org"), (NameOID.COMMON_NAME, "proxy user")]
+        )
+        env = {"X509_USER_PROXY": "/nonexistent/proxy", "X509_USER_CERT": path}
+        self.assertEqual(identity.default_user(env, lambda: "x"), "/DC=org/CN=proxy user")
+
+    def test_login_fallback(self) -> None:
+        bad = self.mktemp()
+        with open(bad, "w") as f:
+            f.write("not a certificate")
+        env = {"X509_USER_PROXY": bad}
+        self.assertEqual(identity.default_user(env, lambda: "jana"), "/CN=jana")
+        self.assertEqual(identity.default_user({}, lambda: "root"), "/CN=root")
+
+
+class LogEventTests(SynchronousTestCase):
+    """
+    C{lbtwist logevent} against a line server on a real UNIX socket.
+    """
+
+    def setUp(self) -> None:
+        self.server = start_server(self, validating_answer())  # type: ignore[arg-type]
+
+    def argv(self, *extra: str) -> list[str]:
+        return ["logevent", "-S", self.server.path, "-U", USER, *extra]
+
+    def test_logs_and_prints_new_seqcode(self) -> None:
+        from lbtwist.ulm import format_date
+
+        old = "UI=000000:NS=0000000003:WM=000004:BH=0000000000:JSS=000002:LM=000000:LRMS=000000:APP=000000:LBS=000000"
+        status, out, err = call(
+            self.argv(
+                "-j",
+                JOBID,
+                "-s",
+                "LogMonitor",
+                "-e",
+                "Running",
+                "-c",
+                old,
+                "--Node=wn042.example.org",
+                "-i",
+                "lm-1",
+            )
+        )
+        self.assertEqual((status, err), (0, ""))
+        new = old.replace("LM=000000", "LM=000001")
+        self.assertEqual(out, new + "\n")
+        [event] = sent_events(self.server)
+        self.assertEqual(event.type, "Running")  # type: ignore[attr-defined]
+        self.assertEqual(event.jobid, JOBID)  # type: ignore[attr-defined]
+        self.assertEqual(event.seqcode, new)  # type: ignore[attr-defined]
+        self.assertEqual(event.source, "LogMonitor")  # type: ignore[attr-defined]
+        self.assertEqual(event.user, USER)  # type: ignore[attr-defined]
+        self.assertEqual(event.host, "node.example.org")  # type: ignore[attr-defined]
+        self.assertEqual(event.src_instance, "lm-1")  # type: ignore[attr-defined]
+        self.assertEqual(event.get("node"), "wn042.example.org")  # type: ignore[attr-defined]
+        self.assertIn(f"DATE={format_date(NOW)} ", self.server.lines[0].decode())
+
+    def test_environment_fallbacks(self) -> None:
+        env = {
+            "EDG_WL_JOBID": CREAM_JOBID,
+            "EDG_WL_SEQUENCE_CODE": "no_seqcodes_with_cream_1",
+            "GLITE_WMS_LBPROXY_STORE_SOCK": self.server.path,
+        }
+        ctx = make_ctx(env)
+        status, out, err = call(
+            [
+                "logevent",
+                "-s",
+                "CREAMExecutor",
+                "-e",
+                "CREAMStatus",
+                "--new_state",
+                "RUNNING",
+                "--result=arrived",
+                "-H",
+                "ce.example.org",
+            ],
+            ctx,
+        )
+        self.assertEqual((status, err), (0, ""))
+        # Opaque CREAM seqcodes are passed through.
+        self.assertEqual(out, "no_seqcodes_with_cream_1\n")
+        [event] = sent_events(self.server)
+        self.assertEqual(event.jobid, CREAM_JOBID)  # type: ignore[attr-defined]
+        self.assertEqual(event.user, "/CN=jana")  # type: ignore[attr-defined]
+        self.assertEqual(event.host, "ce.example.org")  # type: ignore[attr-defined]
+        self.assertEqual(event.get("result"), "ARRIVED")  # type: ignore[attr-defined]
+
+    def test_glite_env_wins(self) -> None:
+        env = {"GLITE_WMS_JOBID": JOBID, "EDG_WL_JOBID": CREAM_JOBID}
+        status, out, err = call(
+            self.argv("-s", "Application", "-e", "UserTag", "--name", "a", "--value", "b"),
+            make_ctx(env),
+        )
+        self.assertEqual(status, 0, err)
+        self.assertTrue(
+            out.startswith(
+                "UI=000000:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000001"
+            )
+        )
+        [event] = sent_events(self.server)
+        self.assertEqual(event.jobid, JOBID)  # type: ignore[attr-defined]
+
+    def test_duplicate_is_success(self) -> None:
+        argv = self.argv("-j", JOBID, "-s", "Application", "-e", "UserTag", "--name=a", "--value=b")
+        self.assertEqual(call(argv)[0], 0)
+        status, out, err = call(argv)
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(len(self.server.lines), 2)
+        self.assertEqual(self.server.lines[0], self.server.lines[1])
+
+    def test_missing_jobid(self) -> None:
+        status, out, err = call(self.argv("-s", "Application", "-e", "UserTag"))
+        self.assertEqual(status, 1)
+        self.assertEqual(out, "")
+        self.assertTrue(err.startswith("lbtwist logevent: ERR 1403 "), err)
+        self.assertEqual(err.count("\n"), 1)
+        self.assertEqual(self.server.lines, [])
+
+    def test_missing_required_field(self) -> None:
+        status, out, err = call(self.argv("-j", JOBID, "-s", "LRMS", "-e", "CREAMStatus"))
+        self.assertEqual((status, out), (1, ""))
+        self.assertTrue(err.startswith("lbtwist logevent: ERR 1403 "), err)
+
+    def test_unknown_field(self) -> None:
+        status, out, err = call(self.argv("-j", JOBID, "-s", "LRMS", "-e", "Running", "--jdl=x"))
+        self.assertEqual((status, out), (1, ""))
+        self.assertTrue(err.startswith("lbtwist logevent: ERR 1405 "), err)
+
+    def test_unknown_event(self) -> None:
+        status, out, err = call(self.argv("-j", JOBID, "-s", "LRMS", "-e", "Teleported"))
+        self.assertEqual((status, out), (1, ""))
+        self.assertTrue(err.startswith("lbtwist logevent: ERR 1402 "), err)
+
+    def test_server_refuses(self) -> None:
+        self.server.answer = lambda line: b"ERR 28 disk full"
+        status, out, err = call(
+            self.argv("-j", JOBID, "-s", "Application", "-e", "UserTag", "--name=a", "--value=b")
+        )
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, "lbtwist logevent: ERR 28 disk full\n")
+
+    def test_no_socket(self) -> None:
+        missing = os.path.abspath(self.mktemp())
+        status, out, err = call(
+            [
+                "logevent",
+                "-S",
+                missing,
+                "-j",
+                JOBID,
+                "-s",
+                "Application",
+                "-e",
+                "UserTag",
+                "--name=a",
+                "--value=b",
+            ]
+        )
+        self.assertEqual((status, out), (1, ""))
+        self.assertTrue(err.startswith("lbtwist logevent: ERR "), err)
+        self.assertIn(missing, err)
+
+    def test_event_help(self) -> None:
+        status, out, err = call(["logevent", "-e", "help"])
+        self.assertEqual(status, 0)
+        self.assertIn("CREAMStatus:", out)
+        self.assertIn("--new_state*", out)
+        self.assertIn("RegJob:", out)
+
+    def test_source_help(self) -> None:
+        status, out, err = call(["logevent", "-s", "help"])
+        self.assertEqual(status, 0)
+        for name in ["UserInterface", "CREAMInterface", "VMSystem"]:
+            self.assertIn(f"  {name}\n", out)
+
+    def test_flags_accepted(self) -> None:
+        status, out, err = call(
+            self.argv(
+                "-x",
+                "-p",
+                "-j",
+                JOBID,
+                "-s",
+                "Application",
+                "-e",
+                "UserTag",
+                "--name=a",
+                "--value=b",
+            )
+        )
+        self.assertEqual(status, 0, err)
+        [event] = sent_events(self.server)
+        self.assertEqual(event.priority & 2, 2)  # type: ignore[attr-defined]
+
+
+class JobRegTests(SynchronousTestCase):
+    """
+    C{lbtwist job-reg}.
+    """
+
+    def setUp(self) -> None:
+        self.server = start_server(self, validating_answer())  # type: ignore[arg-type]
+
+    def test_simple(self) -> None:
+        from lbtwist.jobid import JobId
+
+        jdl = self.mktemp()
+        with open(jdl, "w") as f:
+            f.write('[ Executable = "/bin/date"; ]')
+        status, out, err = call(
+            ["job-reg", "-m", "lb.example.org", "-S", self.server.path, "-U", USER, "-l", jdl]
+        )
+        self.assertEqual((status, err), (0, ""))
+        [event] = sent_events(self.server)
+        jid = JobId.parse(event.jobid)  # type: ignore[attr-defined]
+        self.assertEqual((jid.host, jid.port, len(jid.unique)), ("lb.example.org", 9000, 22))
+        seq = "UI=000000:NS=0000000001:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000"
+        self.assertEqual(
+            out,
+            f'\nEDG_JOBID="{jid}"\nEDG_WL_SEQUENCE="{seq}"\n'
+            f'GLITE_WMS_JOBID="{jid}"\nGLITE_WMS_SEQUENCE_CODE="{seq}"\n',
+        )
+        self.assertEqual(event.type, "RegJob")  # type: ignore[attr-defined]
+        self.assertEqual(event.source, "NetworkServer")  # type: ignore[attr-defined]
+        self.assertEqual(event.get("jobtype"), "SIMPLE")  # type: ignore[attr-defined]
+        self.assertEqual(event.get("jdl"), '[ Executable = "/bin/date"; ]')  # type: ignore[attr-defined]
+        self.assertEqual(event.priority, 0)  # type: ignore[attr-defined]
+
+    def test_cream_exclusive(self) -> None:
+        status, out, err = call(
+            ["job-reg", "-c", "-E", "-m", "ce.example.org:9000", "-S", self.server.path, "-U", USER]
+        )
+        self.assertEqual((status, err), (0, ""))
+        [event] = sent_events(self.server)
+        jobid: str = event.jobid  # type: ignore[attr-defined]
+        self.assertRegex(jobid, r"^https://ce\.example\.org:9000/CREAM[0-9]{9}$")
+        self.assertIn(f'EDG_JOBID="{jobid}"', out)
+        self.assertEqual(event.get("jobtype"), "CREAM")  # type: ignore[attr-defined]
+        self.assertEqual(event.source, "CREAMInterface")  # type: ignore[attr-defined]
+        self.assertEqual(event.priority & 64, 64)  # type: ignore[attr-defined]
+
+    def test_collection(self) -> None:
+        from lbtwist.jobid import JobId, subjob
+
+        status, out, err = call(
+            [
+                "job-reg",
+                "-j",
+                JOBID,
+                "-n",
+                "3",
+                "-s",
+                "UserInterface",
+                "-S",
+                self.server.path,
+                "-U",
+                USER,
+            ]
+        )
+        self.assertEqual((status, err), (0, ""))
+        events = sent_events(self.server)
+        self.assertEqual(len(events), 4)
+        parent = events[0]
+        self.assertEqual(parent.jobid, JOBID)  # type: ignore[attr-defined]
+        self.assertEqual(parent.get("jobtype"), "COLLECTION")  # type: ignore[attr-defined]
+        self.assertEqual(parent.get("nsubjobs"), "3")  # type: ignore[attr-defined]
+        subs = [str(subjob(JobId.parse(JOBID), "lbtwist", i)) for i in range(3)]
+        self.assertEqual([e.jobid for e in events[1:]], subs)  # type: ignore[attr-defined]
+        for e in events[1:]:
+            self.assertEqual(e.get("parent"), JOBID)  # type: ignore[attr-defined]
+        self.assertIn(f'EDG_WL_COLLECTION_JOBID="{JOBID}"\n', out)
+        for i, sub in enumerate(subs):
+            self.assertIn(f'EDG_WL_SUB_JOBID[{i}]="{sub}"\n', out)
+        self.assertIn('EDG_WL_SEQUENCE="UI=000001:', out)
+
+    def test_refused(self) -> None:
+        self.server.answer = lambda line: b"ERR 1 producer uid 7 not allowed"
+        status, out, err = call(["job-reg", "-j", JOBID, "-S", self.server.path, "-U", USER])
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(err, f"lbtwist job-reg: {JOBID}: ERR 1 producer uid 7 not allowed\n")
+
+    def test_bad_jobid(self) -> None:
+        status, out, err = call(["job-reg", "-j", "nonsense", "-S", self.server.path])
+        self.assertEqual((status, out), (1, ""))
+        self.assertTrue(err.startswith("lbtwist job-reg: ERR 1409 "), err)
+
+
+class ReplayTests(SynchronousTestCase):
+    """
+    C{lbtwist replay}.
+    """
+
+    def fixture(self, name: str) -> str:
+        path = os.path.join(FIXTURES, name)
+        if not os.path.exists(path):
+            self.skipTest(f"fixture {path} not available")
+        return path
+
+    def test_fixture_simple(self) -> None:
+        reg = self.fixture("perf_simple_avg_events.reg.log")
+        events = self.fixture("perf_simple_avg_events.log")
+        status, out, err = call(["replay", reg, events])
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("state : Cleared", out)
+        self.assertIn("jobId : https://devel15.cnaf.infn.it:9000/rReV1TpJ5oY0Z1_M4NBfHw", out)
+
+    def test_fixture_json_one_line_per_job(self) -> None:
+        path = self.fixture("perf_collection_avg_events.log")
+        status, out, err = call(["replay", "--json", path])
+        self.assertEqual((status, err), (0, ""))
+        lines = out.splitlines()
+        jobids = []
+        with open(path) as f:
+            for line in f:
+                jid = line.split('DG.JOBID="')[1].split('"')[0]
+                if jid not in jobids:
+                    jobids.append(jid)
+        self.assertEqual(len(lines), len(jobids))
+        self.assertEqual([json.loads(line)["jobId"] for line in lines], jobids)
+
+    def test_example(self) -> None:
+        status, out, err = call(["replay", "--example"])
+        self.assertEqual((status, err), (0, ""))
+        blocks = out.split("\n\n")
+        self.assertEqual(len(blocks), 2)
+        self.assertIn("CREAM812461375", blocks[0])
+        self.assertIn("Hq3tK8vWZ0bQy1n2m3p4rA", blocks[1])
+        self.assertIn("cream_state : ", out)
+
+    def test_order_independent(self) -> None:
+        from lbtwist.cli.replay import example_lines
+
+        lines = example_lines()
+        forward = call(["replay", "--json", "-"], make_ctx(stdin="\n".join(lines)))
+        backward = call(["replay", "--json", "-"], make_ctx(stdin="\n".join(reversed(lines))))
+        self.assertEqual(forward[0], 0)
+        self.assertEqual(
+            sorted(json.loads(x)["state"] for x in forward[1].splitlines()),
+            sorted(json.loads(x)["state"] for x in backward[1].splitlines()),
+        )
+
+    def test_errors_reported_with_line_numbers(self) -> None:
+        from lbtwist.cli.replay import example_lines
+
+        good = example_lines()
+        path = self.mktemp()
+        with open(path, "wb") as f:
+            f.write((good[0] + "\n\n").encode())
+            f.write(b'DATE=x "broken\n')
+            f.write(good[1].replace("DG.EVNT=", "DG.NOTEVNT=").encode() + b"\n")
+            f.write(b'DG.EVNT="Running" \xff\n')
+            f.write((good[1] + "\n").encode())
+        status, out, err = call(["replay", path])
+        self.assertEqual(status, 1)
+        lines = err.splitlines()
+        self.assertEqual(len(lines), 3, err)
+        self.assertTrue(lines[0].startswith(f"{path}:3: ERR 1401 "), lines[0])
+        self.assertTrue(lines[1].startswith(f"{path}:4: ERR 1402 "), lines[1])
+        self.assertTrue(lines[2].startswith(f"{path}:5: ERR 1401 "), lines[2])
+        # The good lines are still replayed.
+        self.assertIn("state : ", out)
+
+    def test_dump_lines(self) -> None:
+        from lbtwist.cli.replay import example_lines, parse_line
+        from lbtwist.ulm import parse_date
+
+        line = example_lines()[0]
+        event = parse_line("DG.ARRIVED=20240314092700.000001 " + line)
+        self.assertEqual(event.arrived, parse_date("20240314092700.000001"))  # type: ignore[attr-defined]
+        dump = "\n".join(
+            f"DG.ARRIVED=20240314092700.{i:06d} {x}" for i, x in enumerate(example_lines())
+        )
+        plain = call(["replay", "--example"])
+        dumped = call(["replay", "-"], make_ctx(stdin=dump))
+        self.assertEqual(dumped, plain)
+
+    def test_missing_file(self) -> None:
+        status, out, err = call(["replay", "/nonexistent/file.log"])
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("/nonexistent/file.log", err)
+
+    def test_nothing_to_replay(self) -> None:
+        status, out, err = call(["replay"])
+        self.assertEqual(status, 2)
+
+
+class LocalStoreTests(SynchronousTestCase):
+    """
+    C{lbtwist status}, C{log} and C{dump} on a SQLite store.
+    """
+
+    def setUp(self) -> None:
+        from lbtwist.cli.replay import example_lines
+        from lbtwist.events import parse_event
+        from lbtwist.store.batch import run_now
+        from lbtwist.store.sqlite import SQLiteStore
+
+        self.state_dir = self.mktemp()
+        os.makedirs(self.state_dir)
+        clock = Clock()
+        clock.advance(NOW / 1e6)
+        store = SQLiteStore(
+            os.path.join(self.state_dir, "lbtwist.sqlite"),
+            clock=clock,
+            runner=run_now,
+            proxy_host="ce.example.org",
+        )
+        self.lines = example_lines()
+        for line in self.lines:
+            results = self.successResultOf(store.store([(line, parse_event(line))]))
+            self.assertNotIsInstance(results[0], LBError)
+            clock.advance(1)
+        self.successResultOf(store.close())
+        self.direct = "https://cream-ce01.example.org:9000/CREAM812461375"
+        self.wms = "https://lb01.example.org:9000/Hq3tK8vWZ0bQy1n2m3p4rA"
+
+    def test_status_text(self) -> None:
+        status, out, err = call(["status", "--state-dir", self.state_dir, self.direct])
+        self.assertEqual((status, err), (0, ""))
+        self.assertTrue(out.startswith("\nBOOKKEEPING INFORMATION:\n\n"))
+        self.assertIn(f"jobId : {self.direct}\n", out)
+        self.assertIn("state : ", out)
+
+    def test_status_json_and_cream_resolution(self) -> None:
+        status, out, err = call(
+            [
+                "status",
+                "--json",
+                "--state-dir",
+                self.state_dir,
+                self.wms,
+                "https://cream-ce01.example.org:8443/CREAM294117530",
+            ]
+        )
+        self.assertEqual((status, err), (0, ""))
+        first, second = (json.loads(x) for x in out.splitlines())
+        self.assertEqual(first["jobId"], self.wms)
+        self.assertEqual(second, first)
+
+    def test_status_unknown(self) -> None:
+        status, out, err = call(["status", "--state-dir", self.state_dir, self.direct, JOBID])
+        self.assertEqual(status, 1)
+        self.assertIn(self.direct, out)
+        self.assertEqual(err, f"lbtwist status: {JOBID}: no such job\n")
+
+    def test_no_store(self) -> None:
+        status, out, err = call(["status", "--state-dir", "/nonexistent", JOBID])
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("no lbtwist store", err)
+
+    def test_log(self) -> None:
+        status, out, err = call(["log", "--state-dir", self.state_dir, self.direct])
+        self.assertEqual((status, err), (0, ""))
+        lines = out.splitlines()
+        n = sum(1 for x in self.lines if self.direct in x)
+        self.assertEqual(lines[-1], f"Found {n} events")
+        self.assertEqual(len([x for x in lines if x.startswith("DATE=")]), n)
+
+    def test_dump_all_and_window(self) -> None:
+        from lbtwist.cli.replay import parse_line
+
+        status, out, err = call(["dump", "--state-dir", self.state_dir])
+        self.assertEqual((status, err), (0, ""))
+        dumped = out.splitlines()
+        self.assertGreaterEqual(len(dumped), len(self.lines))
+        arrivals = [parse_line(x).arrived for x in dumped]  # type: ignore[attr-defined]
+        self.assertEqual(arrivals, sorted(arrivals))
+        self.assertTrue(all(x.startswith("DG.ARRIVED=") for x in dumped))
+        # The dump replays to the same states as the store holds.
+        replayed = call(["replay", "--json", "-"], make_ctx(stdin=out))
+        self.assertEqual(replayed[0], 0)
+        # A window by arrival time.
+        start = datetime.datetime.fromtimestamp(NOW // 1_000_000 + 5, datetime.UTC)
+        status, out, err = call(
+            [
+                "dump",
+                "--state-dir",
+                self.state_dir,
+                "--from",
+                start.strftime("%Y%m%d%H%M%S"),
+                "--to",
+                str(NOW // 1_000_000 + 10),
+            ]
+        )
+        self.assertEqual((status, err), (0, ""))
+        window = out.splitlines()
+        self.assertTrue(0 < len(window) < len(dumped))
+        self.assertTrue(all(x in dumped for x in window))
