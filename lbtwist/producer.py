@@ -102,7 +102,7 @@ def encode_line(event_or_line: EventOrLine) -> bytes:
     """
     The bytes that carry one event on the wire: its ULM line, UTF-8, plus LF.
 
-    @raise errors.InvalidValue: the line contains a line break.
+    @raise errors.InvalidValue: the line is blank or contains a line break.
     """
     if isinstance(event_or_line, bytes):
         data = event_or_line
@@ -115,6 +115,9 @@ def encode_line(event_or_line: EventOrLine) -> bytes:
     data = data.rstrip(b"\r\n")
     if b"\n" in data or b"\r" in data:
         raise errors.InvalidValue("an event line must not contain line breaks")
+    if not data.strip(b" \t"):
+        # The intake ignores blank lines without answering them.
+        raise errors.InvalidValue("an event line must not be blank")
     return data + b"\n"
 
 

@@ -175,50 +175,78 @@ class IdentityTests(SynchronousTestCase):
     L{identity.default_user} and L{identity.certificate_dn}.
     """
 
-    def write_cert(self, names: list[tuple[object, str]]) -> str:
+    def make_cert(
+        self, names: list[tuple[object, str]], issuer: tuple[object, object] | None = None
+    ) -> tuple[object, object]:
+        """
+        A certificate with subject C{names}, self-signed, or a proxy (RFC 3820
+        ProxyCertInfo extension) signed by C{issuer} = (cert, key).
+        """
         from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
 
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(oid, value) for oid, value in names])  # type: ignore[arg-type]
         now = datetime.datetime.now(datetime.UTC)
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(name)
-            .issuer_name(name)
             .public_key(key.public_key())
-            .serial_number(1)
+            .serial_number(x509.random_serial_number())
             .not_valid_before(now)
             .not_valid_after(now + datetime.timedelta(days=1))
-            .sign(key, hashes.SHA256())
         )
+        if issuer is None:
+            cert = builder.issuer_name(name).sign(key, hashes.SHA256())
+        else:
+            issuer_cert, issuer_key = issuer
+            pci = x509.UnrecognizedExtension(
+                x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14"),
+                bytes.fromhex("300c300a06082b06010505071501"),
+            )
+            cert = (
+                builder.issuer_name(issuer_cert.subject)  # type: ignore[attr-defined]
+                .add_extension(pci, critical=True)
+                .sign(issuer_key, hashes.SHA256())  # type: ignore[arg-type]
+            )
+        return cert, key
+
+    def write_pem(self, *certs: object) -> str:
+        from cryptography.hazmat.primitives import serialization
+
         path = self.mktemp()
         with open(path, "wb") as f:
-            f.write(cert.public_bytes(serialization.Encoding.PEM))
+            for cert in certs:
+                f.write(cert.public_bytes(serialization.Encoding.PEM))  # type: ignore[attr-defined]
         return path
+
+    def user_names(self) -> list[tuple[object, str]]:
+        from cryptography.x509.oid import NameOID
+
+        return [
+            (NameOID.COUNTRY_NAME, "CZ"),
+            (NameOID.ORGANIZATION_NAME, "Example"),
+            (NameOID.COMMON_NAME, "Jana Novakova"),
+        ]
 
     def test_proxy_dn(self) -> None:
         from cryptography.x509.oid import NameOID
 
-        path = self.write_cert(
-            [
-                (NameOID.COUNTRY_NAME, "CZ"),
-                (NameOID.ORGANIZATION_NAME, "Example"),
-                (NameOID.COMMON_NAME, "Jana Novakova"),
-                (NameOID.COMMON_NAME, "1234567"),
-            ]
+        user = self.make_cert(self.user_names())
+        proxy, _ = self.make_cert(
+            [*self.user_names(), (NameOID.COMMON_NAME, "1234567")], issuer=user
         )
+        path = self.write_pem(proxy, user[0])
         self.assertEqual(identity.default_user({"X509_USER_PROXY": path}, lambda: "x"), USER)
+        # Without the user's certificate in the file, the proxy CN is dropped.
+        alone = self.write_pem(proxy)
+        self.assertEqual(identity.default_user({"X509_USER_PROXY": alone}, lambda: "x"), USER)
 
     def test_cert_fallback(self) -> None:
-        from cryptography.x509.oid import NameOID
-
-        path = self.write_cert(
-            [(NameOID.DOMAIN_COMPONENT, "org"), (NameOID.COMMON_NAME, "proxy user")]
-        )
-        env = {"X509_USER_PROXY": "/nonexistent/proxy", "X509_USER_CERT": path}
-        self.assertEqual(identity.default_user(env, lambda: "x"), "/DC=org/CN=proxy user")
+        cert, _ = self.make_cert(self.user_names())
+        env = {"X509_USER_PROXY": "/nonexistent/proxy", "X509_USER_CERT": self.write_pem(cert)}
+        self.assertEqual(identity.default_user(env, lambda: "x"), USER)
 
     def test_login_fallback(self) -> None:
         bad = self.mktemp()

@@ -177,6 +177,10 @@ class EncodeTests(SynchronousTestCase):
     def test_inner_newline_refused(self) -> None:
         self.assertRaises(errors.InvalidValue, encode_line, "A=1\nB=2")
 
+    def test_blank_refused(self) -> None:
+        for blank in ["", "\n", b" \t\r\n"]:
+            self.assertRaises(errors.InvalidValue, encode_line, blank)
+
 
 class LBProducerTests(SynchronousTestCase):
     """

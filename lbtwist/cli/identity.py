@@ -11,39 +11,29 @@ from collections.abc import Callable, Mapping
 #: Proxy certificate name components (RFC 3820 numbers, legacy Globus names).
 _PROXY_CN = re.compile(r"^(?:[0-9]+|proxy|limited proxy)$")
 
-_SHORT_NAMES = {
-    "2.5.4.3": "CN",
-    "2.5.4.6": "C",
-    "2.5.4.7": "L",
-    "2.5.4.8": "ST",
-    "2.5.4.10": "O",
-    "2.5.4.11": "OU",
-    "0.9.2342.19200300.100.1.25": "DC",
-    "0.9.2342.19200300.100.1.1": "UID",
-    "1.2.840.113549.1.9.1": "emailAddress",
-}
-
 
 def certificate_dn(pem: bytes) -> str:
     """
-    The slash-form DN (C{/C=IT/O=INFN/CN=Name}) of the first certificate in
-    C{pem}, with proxy components (C{CN=<digits>}, C{CN=proxy}) dropped so
-    that a proxy gives its owner's DN.
+    The slash-form DN (C{/C=IT/O=INFN/CN=Name}) of the certificates in C{pem}:
+    the first non-proxy certificate's (a proxy file holds the user's certificate
+    after the proxy). A file of proxies only gives the leaf's DN with its proxy
+    components (C{CN=<digits>}, C{CN=proxy}) dropped.
 
     @raise ValueError: C{pem} holds no readable certificate.
     """
     from cryptography import x509
 
-    cert = x509.load_pem_x509_certificate(pem)
-    parts: list[tuple[str, str]] = []
-    for rdn in cert.subject.rdns:
-        for attr in rdn:
-            name = _SHORT_NAMES.get(attr.oid.dotted_string, attr.oid.dotted_string)
-            value = attr.value if isinstance(attr.value, str) else attr.value.decode()
-            parts.append((name, value))
-    while len(parts) > 1 and parts[-1][0] == "CN" and _PROXY_CN.match(parts[-1][1]):
+    from lbtwist.identity import dn_of_chain, slash_dn
+
+    chain = x509.load_pem_x509_certificates(pem)
+    try:
+        return dn_of_chain(chain, allow_legacy=True)
+    except ValueError:
+        pass
+    parts = slash_dn(chain[0].subject).split("/")[1:]
+    while len(parts) > 1 and parts[-1].startswith("CN=") and _PROXY_CN.match(parts[-1][3:]):
         parts.pop()
-    return "".join(f"/{name}={value}" for name, value in parts)
+    return "".join(f"/{part}" for part in parts)
 
 
 def default_user(env: Mapping[str, str], login: Callable[[], str]) -> str:
