@@ -6,6 +6,7 @@ Tests for L{lbtwist.producer}.
 from __future__ import annotations
 
 import errno
+import importlib.resources
 import os
 import socket
 import threading
@@ -293,3 +294,47 @@ class ProducerProtocolTests(SynchronousTestCase):
         proto = factory.buildProtocol(None)
         proto.makeConnection(StringTransport())
         self.assertIsInstance(self.successResultOf(d), ProducerProtocol)
+
+
+class ProducerAgainstIntakeTests(SynchronousTestCase):
+    """
+    L{ProducerProtocol} talking to the real intake and a memory store, over
+    an in-memory connection.
+    """
+
+    def test_log_through_intake(self) -> None:
+        from twisted.internet.task import Clock
+        from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
+
+        from lbtwist.intake import IntakeFactory
+        from lbtwist.store.memory import MemoryStore
+
+        lines = [
+            line
+            for line in (
+                importlib.resources.files("lbtwist")
+                .joinpath("data/example-cream.ulm")
+                .read_text("utf-8")
+                .splitlines()
+            )
+            if line.strip()
+        ]
+        clock = Clock()
+        store = MemoryStore(clock)
+        factory = IntakeFactory(
+            store, clock=clock, allowed_uids={1000}, peer_credentials=lambda t: (1, 1000, 1000)
+        )
+        server = factory.buildProtocol(None)
+        client = ProducerProtocol()
+        pump = connect(server, makeFakeServer(server), client, makeFakeClient(client))
+        results = [client.log(line) for line in lines[:3]]
+        results.append(client.log(lines[0]))
+        results.append(client.log(lines[1].replace("DG.SEQCODE=", "DG.NOSEQCODE=")))
+        pump.flush()
+        for d in results[:3]:
+            self.assertIs(self.successResultOf(d), False)
+        self.assertIs(self.successResultOf(results[3]), True)
+        self.failureResultOf(results[4], errors.MessageIncomplete)
+        jobid = lines[0].split('DG.JOBID="')[1].split('"')[0]
+        stored = self.successResultOf(store.events(jobid))
+        self.assertEqual(len(stored), sum(1 for line in lines[:3] if jobid in line))
