@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -25,8 +27,9 @@ from lbtwist import ilproto
 
 BIN_DIR = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN_DIR, "twistd")
-#: How to run the command line: the module, so it works without the script too.
-LBTWIST = [sys.executable, "-m", "lbtwist.cli.main"]
+#: How to run the command line: the console script next to the interpreter.
+#: (C{python -m lbtwist.cli.main} is not used: that module has no C{__main__} guard.)
+LBTWIST = [os.path.join(BIN_DIR, "lbtwist")]
 
 #: Seconds to wait for the service to listen / to stop.
 START_TIMEOUT = 20.0
@@ -475,13 +478,22 @@ class LBService:
     One C{twistd -n lbproxy} subprocess on a state directory inside C{base}.
     """
 
-    def __init__(self, base: str, args: Sequence[str] = ()) -> None:
+    def __init__(
+        self, base: str, args: Sequence[str] = (), twistd_args: Sequence[str] = ()
+    ) -> None:
+        """
+        @param args: options of C{lbproxy}; C{twistd_args}: options of C{twistd}
+            itself (e.g. C{--profile}).
+        """
         self.base = os.path.abspath(base)
         os.makedirs(self.base, exist_ok=True)
         self.state_dir = os.path.join(self.base, "state")
-        self.socket_path = os.path.join(self.state_dir, "events.sock")
+        # AF_UNIX paths are limited to ~107 bytes, trial's temp paths are longer.
+        self.socket_dir = tempfile.mkdtemp(prefix="lbtwist-e2e-")
+        self.socket_path = os.path.join(self.socket_dir, "events.sock")
         self.logfile = os.path.join(self.base, "twistd.log")
         self.args = list(args)
+        self.twistd_args = list(twistd_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
@@ -512,11 +524,14 @@ class LBService:
             "-n",
             "--pidfile=",
             f"--logfile={self.logfile}",
+            *self.twistd_args,
             "lbproxy",
             "--state-dir",
             self.state_dir,
             "--hostname",
             CE_HOST,
+            "--events",
+            f"unix:{self.socket_path}:mode=660",
             *self.args,
         ]
         out = open(os.path.join(self.base, f"twistd.out.{self.starts}"), "wb")
@@ -558,6 +573,13 @@ class LBService:
         finally:
             s.close()
         return True
+
+    def cleanup(self) -> None:
+        """
+        Stop the service and remove the socket directory.
+        """
+        self.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
     def stop(self) -> int | None:
         """

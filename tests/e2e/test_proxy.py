@@ -65,7 +65,7 @@ class ServiceTestCase(SynchronousTestCase):
     def start_service(self, *args: str) -> LBService:
         svc = LBService(self.mktemp(), args)
         self.services.append(svc)
-        self.addCleanup(svc.stop)
+        self.addCleanup(svc.cleanup)
         svc.start()
         return svc
 
@@ -176,11 +176,12 @@ class WMSJobTests(ServiceTestCase):
         st = self.status_json(svc, jobid)[jobid]
         self.assertEqual(st["state"], "Done")
         self.assertEqual(st["cream_state"], "Done-ok")
-        self.assertEqual(st["done_code"], "OK")
         self.assertEqual(st["cream_node"], "wn7.example.org")
         self.assertEqual(st["cream_lrms_id"], "4242.pbs")
         text = self.status_text(svc, jobid)
         self.assertEqual(text["cream_state"], "Done-ok")
+        self.assertEqual(text["done_code"], "OK")
+        self.assertEqual(text["glite_jobid" if "glite_jobid" in text else "jobId"], jobid)
 
         lines = harness.dump_lines(svc.state_dir)
         generated = [harness.field_map(line) for line in lines if "DG.GENERATED_BY" in line]
@@ -418,7 +419,8 @@ class HostileInputTests(ServiceTestCase):
         self.assertStillServing()
         with harness.connect(self.svc.socket_path) as s:
             try:
-                s.sendall(os.urandom(1 << 17).replace(b"\n", b"").replace(b" ", b"x"))
+                # Not a digit, space or DGLOG first: the line framing.
+                s.sendall(b"\x80" + os.urandom(1 << 17).replace(b"\n", b""))
             except OSError:
                 pass
             answer = harness.read_line(s)
