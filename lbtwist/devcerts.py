@@ -474,7 +474,11 @@ def make_dev_pki(
 
 
 def main_certs_dev(
-    argv: Sequence[str], *, now: datetime | None = None, out: TextIO | None = None
+    argv: Sequence[str],
+    *,
+    now: datetime | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """
     C{lbtwist certs dev DIR}: write a development PKI and list the files.
@@ -484,9 +488,13 @@ def main_certs_dev(
     """
     out = out if out is not None else sys.stdout
     if len(argv) != 1 or argv[0].startswith("-"):
-        print("usage: lbtwist certs dev DIR", file=sys.stderr)
+        print("usage: lbtwist certs dev DIR", file=err if err is not None else sys.stderr)
         return 2
-    pki = make_dev_pki(argv[0], now=now or datetime.now(UTC))
+    try:
+        pki = make_dev_pki(argv[0], now=now or datetime.now(UTC))
+    except OSError as e:
+        print(f"lbtwist certs dev: {e}", file=err if err is not None else sys.stderr)
+        return 1
     for what, path in pki.paths():
         print(f"{what}: {path}", file=out)
     print(f"CA directory (X509_CERT_DIR): {pki.ca_dir}", file=out)
