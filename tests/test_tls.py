@@ -253,6 +253,10 @@ class HandshakeTests(SynchronousTestCase):
         cred = Credential(cert, key, [self.f.user.cert])
         r = connect(self.f.source(allow_legacy_proxies=True), self.f.client(cred))
         self.assertFalse(r.accepted)
+        self.assertIn(
+            "refusing a chain whose non-CA issuers are not proxied",
+            [e.get("log_format") for e in self.events],
+        )
 
     def test_client_checks_server_hostname(self) -> None:
         path = proxy_of(self.f.user).write(self.f.base / "p.pem")
