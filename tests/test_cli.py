@@ -565,6 +565,23 @@ class ReplayTests(SynchronousTestCase):
         self.assertEqual(len(lines), len(jobids))
         self.assertEqual([json.loads(line)["jobId"] for line in lines], jobids)
 
+    def test_fixture_template_lines(self) -> None:
+        """
+        The DAG perf stream holds template lines without DG.JOBID (L&B's perf
+        tool injected job ids) between blank lines: each is reported by line.
+        """
+        path = self.fixture("perf_dag_avg_events.log")
+        status, out, err = call(["replay", path])
+        self.assertEqual(status, 1)
+        with open(path) as f:
+            missing = [n for n, line in enumerate(f, 1) if line.strip() and "DG.JOBID=" not in line]
+        self.assertEqual(
+            err.splitlines(),
+            [f"{path}:{n}: ERR 1403 required field DG.JOBID missing" for n in missing],
+        )
+        self.assertTrue(missing)
+        self.assertEqual(out, "")
+
     def test_example(self) -> None:
         status, out, err = call(["replay", "--example"])
         self.assertEqual((status, err), (0, ""))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -79,6 +80,9 @@ def run(argv: Sequence[str], ctx: CLIContext) -> int:
     except LBError as e:
         ctx.stderr.write(f"lbtwist {args.command}: ERR {e.code} {e.message}\n")
         return 1
+    except BrokenPipeError:
+        # The reader went away (| head): not worth a message.
+        return 1
     except OSError as e:
         ctx.stderr.write(f"lbtwist {args.command}: {describe_oserror(e)}\n")
         return 1
@@ -89,4 +93,11 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """
     Console script entry point.
     """
-    sys.exit(run(sys.argv[1:] if argv is None else argv, CLIContext()))
+    status = run(sys.argv[1:] if argv is None else argv, CLIContext())
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Keep the interpreter's final flush quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = status or 1
+    sys.exit(status)
