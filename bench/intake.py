@@ -49,23 +49,43 @@ def job_lines(n: int) -> list[str]:
     last = steps[-1].date
     creamid = jobid.rsplit("/", 1)[1]
 
-    def extra(i: int, event: str, source: str, **fields: str) -> str:
+    def extra(i: int, date: int, event: str, source: str, **fields: str) -> str:
         return ulm_line(
             event,
             jobid=jobid,
-            date=last + 1000 * i,
+            date=date,
             source=source,
             seqcode=f"no_seqcodes_with_cream_{creamid}_x{i}",
             **fields,
         )
 
-    # CREAM also logs the ARRIVED half of status changes (no state effect).
-    lines.insert(6, extra(1, "CREAMStatus", "CREAMExecutor", result="ARRIVED", new_state="IDLE"))
-    lines.insert(8, extra(2, "CREAMStatus", "CREAMExecutor", result="ARRIVED", new_state="RUNNING"))
-    lines.append(
-        extra(3, "CREAMCall", "CREAMExecutor", callee="LRMS", command="CMDPURGE", result="OK")
+    # CREAM also logs the ARRIVED half of status changes (no state effect),
+    # each just before the DONE half.
+    arrived_idle = extra(
+        1, steps[6].date - 500, "CREAMStatus", "CREAMExecutor", result="ARRIVED", new_state="IDLE"
     )
-    lines.append(extra(4, "CREAMPurge", "CREAMInterface"))
+    arrived_running = extra(
+        2,
+        steps[7].date - 500,
+        "CREAMStatus",
+        "CREAMExecutor",
+        result="ARRIVED",
+        new_state="RUNNING",
+    )
+    lines[7:7] = [arrived_running]
+    lines[6:6] = [arrived_idle]
+    lines.append(
+        extra(
+            3,
+            last + 1000,
+            "CREAMCall",
+            "CREAMExecutor",
+            callee="LRMS",
+            command="CMDPURGE",
+            result="OK",
+        )
+    )
+    lines.append(extra(4, last + 2000, "CREAMPurge", "CREAMInterface"))
     return lines
 
 

@@ -181,7 +181,11 @@ class WMSJobTests(ServiceTestCase):
         text = self.status_text(svc, jobid)
         self.assertEqual(text["cream_state"], "Done-ok")
         self.assertEqual(text["done_code"], "OK")
-        self.assertEqual(text["glite_jobid" if "glite_jobid" in text else "jobId"], jobid)
+        self.assertEqual(text["jobId"], jobid)
+        # The proxy maps the CREAM id to the gLite job.
+        by_cream = self.status_text(svc, f"https://{harness.CE_HOST}:9000/{creamid}")
+        self.assertEqual(by_cream.get("glite_jobid", by_cream.get("jobId")), jobid)
+        self.assertEqual(by_cream["cream_state"], "Done-ok")
 
         lines = harness.dump_lines(svc.state_dir)
         generated = [harness.field_map(line) for line in lines if "DG.GENERATED_BY" in line]
@@ -311,7 +315,7 @@ class CrashTests(ServiceTestCase):
         self.assertEqual(set(answers), {b"OK"}, "every answer before the kill is OK")
         acked = [line for b in bursts for line in b.acknowledged]
         self.assertGreater(len(acked), 0)
-        self.assertLess(len(acked), total + 1)
+        self.assertLess(len(acked), total, "the kill came after the whole burst")
 
         svc.start()
         self.do_checks(svc, traces, acked)
