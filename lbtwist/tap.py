@@ -35,15 +35,39 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("max-event-size", "", "Largest event accepted, in bytes."),
     ("max-fields", "", "Most fields in one event."),
     ("max-inflight", "", "Most unanswered events per intake connection (over: EAGAIN)."),
+    ("query", "", "HTTPS query listener endpoint; lbtwist adds TLS (default tcp:9000)."),
+    ("store", "", "IL store-port listener endpoint of the server; lbtwist adds TLS (tcp:9001)."),
+    ("cert", "", "Host certificate (PEM)."),
+    ("key", "", "Host key (PEM)."),
+    ("ca-dir", "", "Trust anchors and CRLs in the hashed layout (X509_CERT_DIR)."),
+    ("voms-dir", "", "VOMS .lsc files (X509_VOMS_DIR)."),
+    ("crl", "", "CRL checking: require, if-present or off."),
+    ("policy", "", "L&B authorization policy file."),
+    ("relay-window", "", "Events in flight per relay destination (1 = stop-and-wait)."),
+    ("relay-enoent-timeout", "", "Seconds to keep retrying events of a job unknown upstream."),
 ]
 
 _LIST_OPTIONS: list[tuple[str, str]] = [
     ("producer-uid", "User id allowed to log over the socket (repeatable; default own uid, root)."),
     ("producer-gid", "Group id allowed to log over the socket (repeatable)."),
     ("local-endpoint", "HOST:PORT whose job ids belong to this node (repeatable)."),
+    ("super-user", "DN of a super user (repeatable)."),
+    ("relay-map", "DEST=ENDPOINT: send relay destination host:port elsewhere (repeatable)."),
 ]
 
-_INT_OPTIONS = ("max-connections", "max-event-size", "max-fields", "max-inflight")
+_INT_OPTIONS = (
+    "max-connections",
+    "max-event-size",
+    "max-fields",
+    "max-inflight",
+    "relay-window",
+    "relay-enoent-timeout",
+)
+
+DEFAULT_CERT = "/etc/grid-security/hostcert.pem"
+DEFAULT_KEY = "/etc/grid-security/hostkey.pem"
+DEFAULT_CA_DIR = "/etc/grid-security/certificates"
+DEFAULT_VOMS_DIR = "/etc/grid-security/vomsdir"
 
 
 class Options(usage.Options):
@@ -54,6 +78,7 @@ class Options(usage.Options):
     role = "lbproxy"
 
     optParameters = [[name, short or None, None, text] for name, short, text in _VALUE_OPTIONS]
+    optFlags = [["grey-jobs", None, "Server: accept events of jobs not registered yet."]]
 
     def __init__(self) -> None:
         super().__init__()
@@ -72,6 +97,14 @@ class Options(usage.Options):
         """HOST:PORT whose job ids belong to this node (repeatable)."""
         self["local-endpoint"].append(value)
 
+    def opt_super_user(self, value: str) -> None:
+        """DN of a super user (repeatable)."""
+        self["super-user"].append(value)
+
+    def opt_relay_map(self, value: str) -> None:
+        """DEST=ENDPOINT: send relay destination host:port elsewhere (repeatable)."""
+        self["relay-map"].append(value)
+
     def role_defaults(self) -> dict[str, object]:
         """
         The embedded defaults of this role (design section 12).
@@ -87,10 +120,23 @@ class Options(usage.Options):
             "producer-uid": [],
             "producer-gid": [],
             "local-endpoint": [],
+            "query": None,
+            "store": "tcp:9001" if self.role == "lbserver" else None,
+            "cert": None,
+            "key": None,
+            "ca-dir": None,
+            "voms-dir": None,
+            "crl": "if-present",
+            "policy": None,
+            "super-user": [],
+            "relay-map": [],
+            "relay-window": config.DEFAULT_RELAY_WINDOW,
+            "relay-enoent-timeout": 3600,
+            "grey-jobs": False,
         }
 
     def postOptions(self) -> None:
-        known = [name for name, _, _ in _VALUE_OPTIONS if name != "config"]
+        known = [name for name, _, _ in _VALUE_OPTIONS if name != "config"] + ["grey-jobs"]
         known += [name for name, _ in _LIST_OPTIONS]
         from_file: dict[str, Any] = {}
         if self["config"]:
@@ -118,13 +164,46 @@ class Options(usage.Options):
             _host_port("local-endpoint", v)
             for v in merged["local-endpoint"]  # type: ignore[attr-defined]
         ]
+        if merged["crl"] not in ("require", "if-present", "off"):
+            raise usage.UsageError(
+                f"--crl: expected require, if-present or off, got {merged['crl']!r}"
+            )
+        try:
+            merged["grey-jobs"] = config.parse_bool("grey-jobs", str(merged["grey-jobs"]))
+        except LBError as e:
+            raise usage.UsageError(e.message) from None
+        merged["relay-map"] = [_relay_map(v) for v in merged["relay-map"]]  # type: ignore[attr-defined]
+        self._credentials(merged)
         state_dir = os.path.abspath(str(merged["state-dir"]))
         merged["state-dir"] = state_dir
         if not merged["events"]:
             merged["events"] = (
                 f"unix:{_escape_endpoint(os.path.join(state_dir, 'events.sock'))}:mode=660"
             )
+        merged["dev-certs"] = merged["cert"] is None
+        if merged["query"] is None:
+            # Development certificates are only good for this machine: listen on localhost.
+            merged["query"] = "tcp:9000:interface=127.0.0.1" if merged["dev-certs"] else "tcp:9000"
         self.update(merged)
+
+    def _credentials(self, merged: dict[str, Any]) -> None:
+        """
+        Fill host credential and trust anchor defaults: explicit values, then the grid
+        defaults if they exist, else the development PKI under the state directory (marked by
+        C{cert} left L{None}).
+        """
+        env = os.environ
+        if merged["ca-dir"] is None:
+            merged["ca-dir"] = env.get("X509_CERT_DIR") or None
+        if merged["voms-dir"] is None:
+            merged["voms-dir"] = env.get("X509_VOMS_DIR") or DEFAULT_VOMS_DIR
+        if merged["cert"] is None and merged["key"] is None:
+            if os.path.exists(DEFAULT_CERT) and os.path.exists(DEFAULT_KEY):
+                merged["cert"], merged["key"] = DEFAULT_CERT, DEFAULT_KEY
+        elif merged["cert"] is None or merged["key"] is None:
+            raise usage.UsageError("--cert and --key go together")
+        if merged["cert"] is not None and merged["ca-dir"] is None:
+            merged["ca-dir"] = DEFAULT_CA_DIR
 
 
 class ServerOptions(Options):
@@ -150,6 +229,13 @@ def _host_port(name: str, value: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit():
         raise usage.UsageError(f"--{name}: expected HOST:PORT, got {value!r}")
     return host.lower(), int(port)
+
+
+def _relay_map(value: str) -> tuple[tuple[str, int], str]:
+    dest, sep, endpoint = value.partition("=")
+    if not sep or not endpoint:
+        raise usage.UsageError(f"--relay-map: expected HOST:PORT=ENDPOINT, got {value!r}")
+    return _host_port("relay-map", dest), endpoint
 
 
 def _escape_endpoint(path: str) -> str:
