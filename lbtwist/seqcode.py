@@ -129,6 +129,9 @@ def parse_seqcode(text: str) -> GliteSeqCode | None:
 
 class _Ordered(Protocol):
     @property
+    def jobid(self) -> str: ...
+
+    @property
     def seqcode(self) -> str: ...
 
     @property
@@ -139,20 +142,33 @@ def ordering_key(event: _Ordered, arrival: int) -> tuple[int, ...]:
     """
     The sort key of C{event} among its job's events.
 
-    gLite seqcodes give C{(1, *counters, date, arrival)}; opaque ones give
-    C{(0, date, arrival)}. So all-gLite jobs (WMS jobs, including those run by
-    CREAM, whose events carry the WMS seqcode) sort by counters, ties broken by
-    DATE then arrival; all-opaque jobs (direct CREAM jobs) sort by DATE then
-    arrival. In the rare job mixing both kinds, opaque events sort first.
+    Events of a direct CREAM job (its job id's unique part starts with C{CREAM}) give
+    C{(0, date, arrival)} whatever their seqcode: CREAM logs opaque codes, while tools
+    (C{job-reg -c}, the Job Wrapper) may log gLite ones for the same job, and only DATE
+    orders the two kinds consistently. Other jobs: gLite seqcodes give
+    C{(1, *counters, date, arrival)}, opaque ones C{(0, date, arrival)}. So WMS jobs
+    (including those run by CREAM, whose events carry the WMS seqcode) sort by counters,
+    ties broken by DATE then arrival. In the rare non-CREAM job mixing both kinds, opaque
+    events sort first.
 
-    @param event: anything with C{seqcode: str} and C{date: int} (microseconds).
+    @param event: anything with C{jobid: str}, C{seqcode: str} and C{date: int}
+        (microseconds).
     @param arrival: the store's arrival number, the last tie breaker.
     @return: a tuple of ints only.
     """
+    if _is_cream_job(event.jobid):
+        return (0, event.date, arrival)
     code = parse_seqcode(event.seqcode)
     if code is None:
         return (0, event.date, arrival)
     return (1, *code.counters, event.date, arrival)
+
+
+def _is_cream_job(jobid: str) -> bool:
+    """
+    Whether C{jobid} (C{https://host:port/unique}) names a direct CREAM job.
+    """
+    return jobid.rpartition("/")[2].startswith("CREAM")
 
 
 def next_seqcode(text: str | None, source: str) -> str:

@@ -302,6 +302,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         allowed_gids=set(options["producer-gid"]),
     )
     intake = StreamServerEndpointService(serverFromString(reactor, options["events"]), factory)
+    # A proxy that cannot listen for events must not run on: fail start-up instead.
+    intake._raiseSynchronously = True
     intake.setServiceParent(top)
     log.info(
         "lbtwist {role}: state in {state_dir}, events on {events}, producers uid {uids}",

@@ -47,6 +47,7 @@ class FakeEvent:
 
     seqcode: str
     date: int
+    jobid: str = "https://lb.example.org:9000/Hq3tK8vWZ0bQy1n2m3p4rA"
 
 
 class GliteSeqCodeTests(SynchronousTestCase):
@@ -212,6 +213,17 @@ class OrderingKeyTests(SynchronousTestCase):
 
     def test_opaque(self) -> None:
         self.assertEqual(ordering_key(FakeEvent(OPAQUE, 5), 3), (0, 5, 3))
+
+    def test_creamJobByDate(self) -> None:
+        """
+        A direct CREAM job orders by DATE then arrival even where some of its events carry
+        gLite seqcodes (job-reg -c, the Job Wrapper) and others CREAM's opaque ones.
+        """
+        jobid = "https://ce.example.org:9000/CREAM123456789"
+        reg = FakeEvent(ZERO, 100, jobid)
+        later = FakeEvent(OPAQUE, 200, jobid)
+        self.assertEqual(ordering_key(reg, 1), (0, 100, 1))
+        self.assertLess(ordering_key(reg, 1), ordering_key(later, 2))
 
     def test_gliteCountersBeforeDate(self) -> None:
         """

@@ -1,0 +1,7 @@
+"""
+C{python -m lbtwist}: the C{lbtwist} command.
+"""
+
+from lbtwist.cli.main import main
+
+main()
