@@ -39,6 +39,14 @@ from lbtwist.store.interface import (
     StoredEvent,
     StoreResult,
 )
+from lbtwist.store.query import (
+    JobPage,
+    JobQuery,
+    list_key,
+    order_rows,
+    row_matches,
+    unique_of,
+)
 
 
 class MemoryBackend:
@@ -157,6 +165,26 @@ class MemoryStore:
             if (owner is None or r.owner == owner) and (state is None or r.state == state)
         ]
         return succeed(rows[:limit] if limit is not None else rows)
+
+    def find_job(self, unique: str) -> Deferred[str | None]:
+        found = sorted(j for j in self.backend.jobs if unique_of(j) == unique)
+        if found:
+            return succeed(found[0])
+        return succeed(self.backend.mapping.get(unique))
+
+    def query_jobs(self, query: JobQuery) -> Deferred[JobPage]:
+        rows = order_rows(
+            (jobid, data)
+            for jobid, (data, _, _) in self.backend.jobs.items()
+            if row_matches(query, jobid, data)
+        )
+        page = rows[: query.limit]
+        jobs = [
+            JobSummary(r.jobid, r.owner, r.state, r.jobtype, r.last_update)
+            for r in (self.backend.jobs[jobid][2] for jobid, _ in page)
+        ]
+        more = len(rows) > query.limit
+        return succeed(JobPage(jobs, list_key(*page[-1]) if more and page else None))
 
     def dump(
         self, from_arrived: int | None = None, to_arrived: int | None = None
