@@ -29,7 +29,7 @@ from lbtwist.errors import LBError, TryAgain
 from lbtwist.events import PRIO_DIRECT, PRIO_INTERNAL, Event, format_event, parse_event
 from lbtwist.states import advance, compute_status
 from lbtwist.states.status import JobStatus
-from lbtwist.store.interface import StoreResult
+from lbtwist.store.interface import OutboxEntry, StoreResult
 from lbtwist.translate import generate_events
 
 log = Logger()
@@ -507,6 +507,151 @@ class GroupCommit:
             log.failure("commit group failed", failure)
             for _, d in group:
                 d.errback(TryAgain("store failure"))
+
+        def finished(_: object) -> None:
+            self._running = False
+            self._next()
+
+        result.addCallbacks(done, failed)
+        result.addBoth(finished)
+
+
+# -- relay support: commit notifications and outbox bookkeeping ------------------
+
+CommitListener = Callable[[set[str]], object]
+
+
+class CommitNotifier:
+    """
+    Tells the relay which destinations a commit may have given new outbox rows.
+    """
+
+    def __init__(self, processor: BatchProcessor) -> None:
+        self._processor = processor
+        self._listeners: list[CommitListener] = []
+
+    def add(self, listener: CommitListener) -> None:
+        """
+        Call C{listener(destinations)} after every commit with relayed events.
+        """
+        self._listeners.append(listener)
+
+    def notify(self, results: list[Any]) -> list[Any]:
+        """
+        A callback on C{store()}'s Deferred: passes C{results} through.
+        """
+        if not self._listeners:
+            return results
+        destinations: set[str] = set()
+        seen: set[str] = set()
+        for result in results:
+            if isinstance(result, StoreResult) and not result.duplicate:
+                if result.jobid in seen:
+                    continue
+                seen.add(result.jobid)
+                dest = self._processor.relay_destination(result.jobid)
+                if dest:
+                    destinations.add(dest)
+        if destinations:
+            for listener in list(self._listeners):
+                try:
+                    listener(destinations)
+                except Exception:
+                    log.failure("commit listener failed")
+        return results
+
+
+@attrs.frozen
+class RejectRow:
+    """
+    An outbox row to move to the rejected table.
+    """
+
+    entry: OutboxEntry
+    major: int
+    minor: int
+    reason: str
+    rejected_at: int
+
+
+class OutboxWriter:
+    """
+    Group commit of outbox acknowledgements and rejections: one transaction runs
+    at a time; everything asked for while it runs goes into the next one.
+
+    @ivar transactions: number of transactions started.
+    """
+
+    def __init__(
+        self,
+        clock: Any,
+        runner: Runner,
+        apply: Callable[[list[int], list[RejectRow]], None],
+    ) -> None:
+        self._clock = clock
+        self._runner = runner
+        self._apply = apply
+        self._acks: list[int] = []
+        self._rejects: list[RejectRow] = []
+        self._waiting: list[Deferred[None]] = []
+        self._idle: list[Deferred[None]] = []
+        self._running = False
+        self.transactions = 0
+
+    def ack(self, ids: Iterable[int]) -> Deferred[None]:
+        """
+        Remove rows (delivered).
+        """
+        self._acks.extend(ids)
+        return self._enqueue()
+
+    def reject(self, entry: OutboxEntry, major: int, minor: int, reason: str) -> Deferred[None]:
+        """
+        Move a row to the rejected table, stamped with the current time.
+        """
+        now = int(self._clock.seconds() * 1_000_000)
+        self._rejects.append(RejectRow(entry, major, minor, reason, now))
+        return self._enqueue()
+
+    def when_idle(self) -> Deferred[None]:
+        """
+        @return: a Deferred fired once no update is running or queued.
+        """
+        d: Deferred[None] = Deferred()
+        if self._running or self._waiting:
+            self._idle.append(d)
+        else:
+            d.callback(None)
+        return d
+
+    def _enqueue(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self._waiting.append(d)
+        if not self._running:
+            self._next()
+        return d
+
+    def _next(self) -> None:
+        if not self._waiting:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+            return
+        acks, self._acks = self._acks, []
+        rejects, self._rejects = self._rejects, []
+        waiting, self._waiting = self._waiting, []
+        self._running = True
+        self.transactions += 1
+        result = self._runner(lambda: self._apply(acks, rejects))
+
+        def done(_: object) -> None:
+            for d in waiting:
+                d.callback(None)
+
+        def failed(failure: Failure) -> None:
+            log.failure("outbox update failed", failure)
+            for d in waiting:
+                d.errback(TryAgain("outbox update failed"))
 
         def finished(_: object) -> None:
             self._running = False

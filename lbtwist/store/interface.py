@@ -14,6 +14,8 @@ import attrs
 from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from lbtwist.events import Event
     from lbtwist.states.status import JobStatus
 
@@ -77,11 +79,57 @@ class OutboxEntry:
     @ivar event_id: the stored event's id.
     @ivar jobid: the event's job id.
     @ivar line: the event's ULM line.
+    @ivar arrived: the event's arrival time, microseconds since the epoch.
     """
 
     id: int
     destination: str
     event_id: int
+    jobid: str
+    line: str
+    arrived: int = 0
+
+
+@attrs.frozen
+class OutboxStats:
+    """
+    The relay state of one destination.
+
+    @ivar destination: C{"host:port"}.
+    @ivar depth: outbox rows waiting.
+    @ivar oldest_arrived: arrival time of the oldest waiting event, C{None} if none.
+    @ivar rejected: events in the rejected table for this destination.
+    """
+
+    destination: str
+    depth: int
+    oldest_arrived: int | None
+    rejected: int
+
+
+@attrs.frozen
+class RejectedEntry:
+    """
+    An event the destination refused for good (kept for admins, never dropped).
+
+    @ivar outbox_id: its former outbox row id.
+    @ivar destination: C{"host:port"}.
+    @ivar event_id: the stored event's id.
+    @ivar major: the IL reply major (or 700 for an ENOENT that timed out).
+    @ivar minor: the IL reply minor.
+    @ivar reason: the reply text.
+    @ivar rejected_at: when, microseconds since the epoch.
+    @ivar jobid: the event's job id.
+    @ivar line: the event's ULM line.
+    """
+
+    outbox_id: int
+    destination: str
+    event_id: int
+    major: int
+    minor: int
+    reason: str
+    rejected_at: int
     jobid: str
     line: str
 
@@ -131,6 +179,45 @@ class IEventStore(Interface):
     def outbox_pending(destination: str | None = None) -> object:
         """
         @return: C{Deferred[list[OutboxEntry]]} in outbox order.
+        """
+
+    def outbox_after(destination: str, after_id: int, limit: int) -> object:
+        """
+        @return: C{Deferred[list[OutboxEntry]]}: at most C{limit} rows of C{destination}
+            with an id above C{after_id}, in outbox order.
+        """
+
+    def outbox_ack(ids: list[int]) -> object:
+        """
+        Remove delivered rows. Calls made while a removal runs share the next
+        transaction (group commit, like C{store}).
+
+        @return: C{Deferred[None]}, fired once durable.
+        """
+
+    def reject(entry: OutboxEntry, major: int, minor: int, reason: str) -> object:
+        """
+        Move a row to the rejected table, with the reason and the time, in one
+        transaction (shared with concurrent acknowledgements).
+
+        @return: C{Deferred[None]}, fired once durable.
+        """
+
+    def outbox_stats() -> object:
+        """
+        @return: C{Deferred[dict[str, OutboxStats]]} by destination (every destination
+            with waiting or rejected rows).
+        """
+
+    def rejected(destination: str | None = None) -> object:
+        """
+        @return: C{Deferred[list[RejectedEntry]]} in rejection order.
+        """
+
+    def add_commit_listener(listener: Callable[[set[str]], object]) -> None:
+        """
+        Call C{listener(destinations: set[str])} after each commit that may have
+        added outbox rows, with their destinations.
         """
 
     def close() -> object:

@@ -23,9 +23,13 @@ from lbtwist.states.status import JobStatus
 from lbtwist.store.batch import (
     BatchPlan,
     BatchProcessor,
+    CommitListener,
+    CommitNotifier,
     GroupCommit,
     Identity,
     NewEvent,
+    OutboxWriter,
+    RejectRow,
     Runner,
     cream_key,
     identity,
@@ -36,6 +40,8 @@ from lbtwist.store.interface import (
     IEventStore,
     JobSummary,
     OutboxEntry,
+    OutboxStats,
+    RejectedEntry,
     StoredEvent,
     StoreResult,
 )
@@ -63,6 +69,8 @@ class MemoryBackend:
         self.jobs: dict[str, tuple[dict[str, Any], int, Any]] = {}
         self.mapping: dict[str, str] = {}
         self.outbox: list[OutboxEntry] = []
+        self.rejected: list[RejectedEntry] = []
+        self._outbox_seq = 0
         self.transactions = 0
         self.fail_next: LBError | None = None
 
@@ -94,11 +102,43 @@ class MemoryBackend:
             self.mapping[mapping.cream_key] = mapping.glite_id
         for out in plan.outbox:
             new = by_id[out.event_id]
+            self._outbox_seq += 1
             self.outbox.append(
                 OutboxEntry(
-                    len(self.outbox) + 1, out.destination, out.event_id, new.jobid, new.line
+                    self._outbox_seq,
+                    out.destination,
+                    out.event_id,
+                    new.jobid,
+                    new.line,
+                    new.arrived,
                 )
             )
+        self.transactions += 1
+
+    def outbox_done(self, acks: list[int], rejects: list[RejectRow]) -> None:
+        """
+        Remove acknowledged rows, move rejected ones (all or nothing).
+        """
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
+        gone = set(acks)
+        for r in rejects:
+            gone.add(r.entry.id)
+            self.rejected.append(
+                RejectedEntry(
+                    r.entry.id,
+                    r.entry.destination,
+                    r.entry.event_id,
+                    r.major,
+                    r.minor,
+                    r.reason,
+                    r.rejected_at,
+                    r.entry.jobid,
+                    r.entry.line,
+                )
+            )
+        self.outbox = [o for o in self.outbox if o.id not in gone]
         self.transactions += 1
 
     def translate_error(self, error: Exception) -> LBError | None:
@@ -135,13 +175,16 @@ class MemoryStore:
             local_endpoints=local_endpoints,
             proxy_host=proxy_host or socket.getfqdn(),
         )
-        self._commit = GroupCommit(clock or Clock(), self.processor.process, runner)
+        self.clock = clock or Clock()
+        self._commit = GroupCommit(self.clock, self.processor.process, runner)
+        self._notifier = CommitNotifier(self.processor)
+        self._outbox = OutboxWriter(self.clock, runner, self.backend.outbox_done)
         self._closed = False
 
     def store(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
         if self._closed:
             return fail(TryAgain("store closed"))
-        return self._commit.submit(items)
+        return self._commit.submit(items).addCallback(self._notifier.notify)
 
     def status(self, jobid: str) -> Deferred[JobStatus | None]:
         row = self.backend.jobs.get(jobid)
@@ -203,6 +246,53 @@ class MemoryStore:
             [o for o in self.backend.outbox if destination is None or o.destination == destination]
         )
 
+    def outbox_after(
+        self, destination: str, after_id: int, limit: int
+    ) -> Deferred[list[OutboxEntry]]:
+        rows = [o for o in self.backend.outbox if o.destination == destination and o.id > after_id]
+        return succeed(rows[:limit])
+
+    def outbox_ack(self, ids: list[int]) -> Deferred[None]:
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._outbox.ack(ids)
+
+    def reject(self, entry: OutboxEntry, major: int, minor: int, reason: str) -> Deferred[None]:
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._outbox.reject(entry, major, minor, reason)
+
+    def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
+        stats: dict[str, OutboxStats] = {}
+        for o in self.backend.outbox:
+            old = stats.get(o.destination)
+            if old is None:
+                stats[o.destination] = OutboxStats(o.destination, 1, o.arrived, 0)
+            else:
+                stats[o.destination] = OutboxStats(
+                    o.destination, old.depth + 1, old.oldest_arrived, 0
+                )
+        for r in self.backend.rejected:
+            old = stats.get(r.destination) or OutboxStats(r.destination, 0, None, 0)
+            stats[r.destination] = OutboxStats(
+                r.destination, old.depth, old.oldest_arrived, old.rejected + 1
+            )
+        return succeed(stats)
+
+    def rejected(self, destination: str | None = None) -> Deferred[list[RejectedEntry]]:
+        return succeed(
+            [
+                r
+                for r in self.backend.rejected
+                if destination is None or r.destination == destination
+            ]
+        )
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._notifier.add(listener)
+
     def close(self) -> Deferred[None]:
         self._closed = True
-        return self._commit.when_idle()
+        d = self._commit.when_idle()
+        d.addCallback(lambda _: self._outbox.when_idle())
+        return d

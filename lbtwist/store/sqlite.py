@@ -29,8 +29,12 @@ from lbtwist.states.status import JobStatus
 from lbtwist.store.batch import (
     BatchPlan,
     BatchProcessor,
+    CommitListener,
+    CommitNotifier,
     GroupCommit,
     Identity,
+    OutboxWriter,
+    RejectRow,
     Runner,
     cream_key,
     dupkey,
@@ -41,6 +45,8 @@ from lbtwist.store.interface import (
     IEventStore,
     JobSummary,
     OutboxEntry,
+    OutboxStats,
+    RejectedEntry,
     StoredEvent,
     StoreResult,
 )
@@ -117,8 +123,34 @@ def _migrate_v2(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX events_dup ON events (jobid, dupkey)")
 
 
+_V3_REJECTED = """
+CREATE TABLE rejected (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    outbox_id INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    event_id INTEGER NOT NULL,
+    major INTEGER NOT NULL,
+    minor INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    rejected_at INTEGER NOT NULL
+);
+CREATE INDEX rejected_destination ON rejected (destination, id);
+"""
+
+
+def _migrate_v3_rejected(conn: sqlite3.Connection) -> None:
+    """
+    The relay's rejected table: events the destination refused for good.
+    """
+    _script(conn, _V3_REJECTED)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_migrate_v1, _migrate_v2]
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _migrate_v1,
+    _migrate_v2,
+    _migrate_v3_rejected,
+]
 
 #: The schema version this code writes.
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -281,6 +313,39 @@ class SQLiteBackend:
     def translate_error(self, error: Exception) -> LBError | None:
         return translate_error(error)
 
+    def outbox_done(self, acks: list[int], rejects: list[RejectRow]) -> None:
+        """
+        Remove acknowledged outbox rows and move rejected ones, in one transaction.
+        """
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if rejects:
+                conn.executemany(
+                    "INSERT INTO rejected (outbox_id, destination, event_id, major, minor,"
+                    " reason, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            r.entry.id,
+                            r.entry.destination,
+                            r.entry.event_id,
+                            r.major,
+                            r.minor,
+                            r.reason,
+                            r.rejected_at,
+                        )
+                        for r in rejects
+                    ],
+                )
+            ids = [(i,) for i in acks] + [(r.entry.id,) for r in rejects]
+            conn.executemany("DELETE FROM outbox WHERE id = ?", ids)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.transactions += 1
+
 
 def _stored(row: tuple[Any, ...]) -> StoredEvent:
     jobid, seqno, arrived, line = row
@@ -356,6 +421,44 @@ class Queries:
             args = (destination,)
         return [OutboxEntry(*row) for row in self.conn.execute(sql + " ORDER BY o.id", args)]
 
+    def outbox_after(self, destination: str, after_id: int, limit: int) -> list[OutboxEntry]:
+        rows = self.conn.execute(
+            "SELECT o.id, o.destination, o.event_id, e.jobid, e.line, e.arrived"
+            " FROM outbox o JOIN events e ON e.id = o.event_id"
+            " WHERE o.destination = ? AND o.id > ? ORDER BY o.id LIMIT ?",
+            (destination, after_id, limit),
+        )
+        return [OutboxEntry(*row) for row in rows]
+
+    def outbox_stats(self) -> dict[str, OutboxStats]:
+        stats: dict[str, OutboxStats] = {}
+        heads = self.conn.execute(
+            "SELECT destination, COUNT(*), MIN(id) FROM outbox GROUP BY destination"
+        ).fetchall()
+        for dest, depth, first in heads:
+            row = self.conn.execute(
+                "SELECT e.arrived FROM outbox o JOIN events e ON e.id = o.event_id WHERE o.id = ?",
+                (first,),
+            ).fetchone()
+            stats[dest] = OutboxStats(dest, int(depth), None if row is None else int(row[0]), 0)
+        for dest, count in self.conn.execute(
+            "SELECT destination, COUNT(*) FROM rejected GROUP BY destination"
+        ):
+            old = stats.get(dest) or OutboxStats(dest, 0, None, 0)
+            stats[dest] = OutboxStats(dest, old.depth, old.oldest_arrived, int(count))
+        return stats
+
+    def rejected(self, destination: str | None = None) -> list[RejectedEntry]:
+        sql = (
+            "SELECT r.outbox_id, r.destination, r.event_id, r.major, r.minor, r.reason,"
+            " r.rejected_at, e.jobid, e.line FROM rejected r JOIN events e ON e.id = r.event_id"
+        )
+        args: tuple[str, ...] = ()
+        if destination is not None:
+            sql += " WHERE r.destination = ?"
+            args = (destination,)
+        return [RejectedEntry(*row) for row in self.conn.execute(sql + " ORDER BY r.id", args)]
+
 
 def _thread_runner(reactor: Any, name: str) -> tuple[Runner, ThreadPool]:
     pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
@@ -423,6 +526,8 @@ class SQLiteStore:
         self._runner = runner
         self._read = read_runner or runner
         self._commit = GroupCommit(clock, self.processor.process, runner)
+        self._notifier = CommitNotifier(self.processor)
+        self._outbox = OutboxWriter(clock, runner, self.backend.outbox_done)
         self._closed = False
 
     @property
@@ -435,7 +540,7 @@ class SQLiteStore:
     def store(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
         if self._closed:
             return fail(TryAgain("store closed"))
-        return self._commit.submit(items)
+        return self._commit.submit(items).addCallback(self._notifier.notify)
 
     def status(self, jobid: str) -> Deferred[JobStatus | None]:
         return self._read(lambda: self._queries.status(jobid))
@@ -459,6 +564,30 @@ class SQLiteStore:
     def outbox_pending(self, destination: str | None = None) -> Deferred[list[OutboxEntry]]:
         return self._read(lambda: self._queries.outbox_pending(destination))
 
+    def outbox_after(
+        self, destination: str, after_id: int, limit: int
+    ) -> Deferred[list[OutboxEntry]]:
+        return self._read(lambda: self._queries.outbox_after(destination, after_id, limit))
+
+    def outbox_ack(self, ids: list[int]) -> Deferred[None]:
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._outbox.ack(ids)
+
+    def reject(self, entry: OutboxEntry, major: int, minor: int, reason: str) -> Deferred[None]:
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._outbox.reject(entry, major, minor, reason)
+
+    def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
+        return self._read(self._queries.outbox_stats)
+
+    def rejected(self, destination: str | None = None) -> Deferred[list[RejectedEntry]]:
+        return self._read(lambda: self._queries.rejected(destination))
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        self._notifier.add(listener)
+
     def close(self) -> Deferred[None]:
         """
         Finish the running and queued commits, close the connections, stop the threads.
@@ -467,6 +596,7 @@ class SQLiteStore:
             return self._commit.when_idle()
         self._closed = True
         d = self._commit.when_idle()
+        d.addCallback(lambda _: self._outbox.when_idle())
         d.addCallback(lambda _: self._runner(self.backend.conn.close))
         d.addCallback(lambda _: self._read(self._reader.close))
         d.addCallback(lambda _: self._stop_pools())
