@@ -499,3 +499,55 @@ def main_certs_dev(
         print(f"{what}: {path}", file=out)
     print(f"CA directory (X509_CERT_DIR): {pki.ca_dir}", file=out)
     return 0
+
+
+#: The development PKI's directory under a state directory.
+DEV_PKI_DIR = "devcerts"
+
+
+def existing_dev_pki(directory: str | os.PathLike[str]) -> DevPKI | None:
+    """
+    @return: the development PKI already written under C{directory} by
+        L{make_dev_pki}, or L{None} if it is missing or incomplete.
+    """
+    root = Path(directory)
+    ca_dir = root / "certificates"
+    certs = sorted(ca_dir.glob("*.0")) if ca_dir.is_dir() else []
+    if len(certs) != 1:
+        return None
+    ca_cert = certs[0]
+    pki = DevPKI(
+        directory=root,
+        ca_dir=ca_dir,
+        ca_cert=ca_cert,
+        ca_key=root / "ca" / "cakey.pem",
+        crl=ca_cert.with_name(ca_cert.stem + ".r0"),
+        host_cert=root / "hostcert.pem",
+        host_key=root / "hostkey.pem",
+        user_cert=root / "user" / "usercert.pem",
+        user_key=root / "user" / "userkey.pem",
+        user_proxy=root / "user" / "x509up",
+        user2_cert=root / "user2" / "usercert.pem",
+        user2_key=root / "user2" / "userkey.pem",
+    )
+    return pki if pki.exists() else None
+
+
+def ensure_dev_pki(
+    state_dir: str | os.PathLike[str],
+    reactor: object,
+    *,
+    hostnames: Sequence[str] = ("localhost",),
+) -> DevPKI:
+    """
+    The development PKI of a service: reused from C{<state_dir>/devcerts} if
+    complete, else generated there (shared by the query service and the relay).
+
+    @param reactor: provides C{seconds()} (validity times of new certificates).
+    """
+    directory = Path(state_dir) / DEV_PKI_DIR
+    found = existing_dev_pki(directory)
+    if found is not None:
+        return found
+    now = datetime.fromtimestamp(reactor.seconds(), UTC)  # type: ignore[attr-defined]
+    return make_dev_pki(directory, now=now, hostnames=hostnames)
