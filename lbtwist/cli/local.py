@@ -1,7 +1,9 @@
 # -*- test-case-name: tests.test_cli -*-
 """
 C{lbtwist status}, C{log} and C{dump}: read a local store directly (admins
-on the node, no TLS) through L{lbtwist.store.sqlite.SQLiteReader}.
+on the node, no TLS) through L{lbtwist.store.sqlite.SQLiteReader}; without
+C{--state-dir}, C{status} and C{log} ask a query server over HTTPS
+(L{lbtwist.cli.query}).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from lbtwist.cli.common import CLIContext
+from lbtwist.cli.query import add_client_options
 from lbtwist.cli.replay import format_status_text, status_json
 from lbtwist.errors import InvalidValue
 
@@ -24,10 +27,6 @@ if TYPE_CHECKING:
 
 #: The store file inside a state directory (as C{twistd lbproxy} creates it).
 STORE_FILE = "lbtwist.sqlite"
-
-NO_QUERY_CLIENT = (
-    "querying a server over TLS is not available yet; give --state-dir DIR to read a local store"
-)
 
 _COMPACT = re.compile(r"^([0-9]{14})(?:\.([0-9]{1,6}))?$")
 _EPOCH = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
@@ -97,8 +96,9 @@ def lookup(reader: SQLiteReader, jobid: str) -> str | None:
 
 def handle_status(args: argparse.Namespace, ctx: CLIContext) -> int:
     if not args.state_dir:
-        ctx.stderr.write(f"lbtwist status: {NO_QUERY_CLIENT}\n")
-        return 2
+        from lbtwist.cli.query import remote_status
+
+        return remote_status(args, ctx)
     failed = False
     with open_reader(args.state_dir) as reader:
         for jobid in args.jobids:
@@ -118,8 +118,9 @@ def handle_status(args: argparse.Namespace, ctx: CLIContext) -> int:
 
 def handle_log(args: argparse.Namespace, ctx: CLIContext) -> int:
     if not args.state_dir:
-        ctx.stderr.write(f"lbtwist log: {NO_QUERY_CLIENT}\n")
-        return 2
+        from lbtwist.cli.query import remote_log
+
+        return remote_log(args, ctx)
     with open_reader(args.state_dir) as reader:
         found = lookup(reader, args.jobid)
         events = reader.events(found) if found else []
@@ -163,8 +164,11 @@ def register(subparsers: Any) -> None:
         description="Print the status of jobs as key : value lines (or JSON).",
     )
     p.add_argument("jobids", nargs="+", metavar="JOBID")
-    p.add_argument("--state-dir", metavar="DIR", help="read the local store in DIR")
+    p.add_argument(
+        "--state-dir", metavar="DIR", help="read the local store in DIR (no HTTPS query)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per job per line")
+    add_client_options(p)
     p.set_defaults(handler=handle_status)
 
     p = subparsers.add_parser(
@@ -173,8 +177,11 @@ def register(subparsers: Any) -> None:
         description="Print a job's events as ULM lines, then 'Found N events'.",
     )
     p.add_argument("jobid", metavar="JOBID")
-    p.add_argument("--state-dir", metavar="DIR", help="read the local store in DIR")
+    p.add_argument(
+        "--state-dir", metavar="DIR", help="read the local store in DIR (no HTTPS query)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    add_client_options(p)
     p.set_defaults(handler=handle_log)
 
     p = subparsers.add_parser(

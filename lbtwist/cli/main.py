@@ -27,6 +27,7 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.jobreg",
     "lbtwist.cli.local",
     "lbtwist.cli.replay",
+    "lbtwist.cli.query",
 ]
 
 
