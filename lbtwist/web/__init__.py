@@ -1,0 +1,235 @@
+# -*- test-case-name: tests.test_web -*-
+"""
+The HTTPS query service: L{make_site} builds the twisted.web site,
+L{make_query_service} the TLS listener around it (with the development PKI
+when no host certificate is configured).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from weakref import WeakKeyDictionary
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from twisted.application.service import IService
+from twisted.logger import Logger
+from twisted.web.server import Request, Site
+
+from lbtwist.authz import Policy
+from lbtwist.identity import Identity
+from lbtwist.web.resources import Identify, QueryResource
+
+log = Logger()
+
+#: Seconds an idle HTTP connection is kept.
+IDLE_TIMEOUT = 300
+
+
+def chain_identity(
+    *, clock: Any, voms_dir: str | os.PathLike[str] | None, ca_dir: str | os.PathLike[str] | None
+) -> Identify:
+    """
+    The default C{identify}: the identity of the verified chain of the request's TLS
+    connection (computed once per connection), L{None} without one.
+    """
+    from lbtwist.identity import identity_of_chain
+    from lbtwist.tls import CADirectory, transport_chain
+
+    cache: WeakKeyDictionary[Any, Identity | None] = WeakKeyDictionary()
+    ca_certs: list[x509.Certificate] | None = None
+    if voms_dir is not None and ca_dir is not None and os.path.isdir(ca_dir):
+        ca_certs = list(CADirectory(ca_dir).load().certs)
+    voms = str(voms_dir) if voms_dir is not None and os.path.isdir(voms_dir) else None
+
+    def identify(request: Request) -> Identity | None:
+        channel = request.channel
+        transport = getattr(channel, "transport", None)
+        if transport is None:
+            return None
+        handle = getattr(transport, "getHandle", lambda: None)()
+        try:
+            if handle is not None and handle in cache:
+                return cache[handle]
+        except TypeError:
+            handle = None
+        chain = transport_chain(transport)
+        who: Identity | None = None
+        if chain:
+            now = datetime.fromtimestamp(clock.seconds(), UTC)
+            try:
+                who = identity_of_chain(chain, now=now, voms_dir=voms, ca_certs=ca_certs)
+            except ValueError as e:
+                log.warn("no identity in the client chain: {error}", error=e)
+        if handle is not None:
+            cache[handle] = who
+        return who
+
+    return identify
+
+
+def make_site(
+    store: Any,
+    *,
+    clock: Any,
+    policy: Policy | None = None,
+    super_users: Iterable[str] = (),
+    voms_dir: str | os.PathLike[str] | None = None,
+    ca_dir: str | os.PathLike[str] | None = None,
+    identify: Identify | None = None,
+) -> Site:
+    """
+    The query site on C{store}.
+
+    @param clock: the reactor (time, connection timeouts).
+    @param identify: who sent a request (default: L{chain_identity} of the TLS peer).
+    """
+    if identify is None:
+        identify = chain_identity(clock=clock, voms_dir=voms_dir, ca_dir=ca_dir)
+    root = QueryResource(
+        store,
+        clock=clock,
+        policy=policy or Policy(),
+        super_users=super_users,
+        identify=identify,
+    )
+    site = Site(root, timeout=IDLE_TIMEOUT, reactor=clock)
+    site.displayTracebacks = False
+    return site
+
+
+# The development PKI.
+
+
+def _proxy_valid(path: Path, now: datetime) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return cert.not_valid_after_utc > now + timedelta(hours=1)
+
+
+def _refresh_proxy(pki: Any, now: datetime) -> None:
+    from lbtwist import devcerts
+
+    user_cert = x509.load_pem_x509_certificate(pki.user_cert.read_bytes())
+    user_key = load_pem_private_key(pki.user_key.read_bytes(), None)
+    proxy, proxy_key = devcerts.issue_proxy(user_cert, user_key, now=now, hours=12)  # type: ignore[arg-type]
+    devcerts.write_file(
+        pki.user_proxy,
+        devcerts.cert_pem(proxy) + devcerts.key_pem(proxy_key) + devcerts.cert_pem(user_cert),
+        0o600,
+    )
+
+
+def dev_pki(directory: str | os.PathLike[str], *, now: datetime) -> Any:
+    """
+    The development PKI under C{directory}: reused if complete (its user proxy
+    renewed when it expires within the hour), generated otherwise.
+
+    @return: a L{lbtwist.devcerts.DevPKI}.
+    """
+    from lbtwist import devcerts
+
+    root = Path(directory)
+    ca_dir = root / "certificates"
+    cas = sorted(ca_dir.glob("*.0")) if ca_dir.is_dir() else []
+    crls = sorted(ca_dir.glob("*.r0")) if ca_dir.is_dir() else []
+    if cas and crls:
+        pki = devcerts.DevPKI(
+            directory=root,
+            ca_dir=ca_dir,
+            ca_cert=cas[0],
+            ca_key=root / "ca" / "cakey.pem",
+            crl=crls[0],
+            host_cert=root / "hostcert.pem",
+            host_key=root / "hostkey.pem",
+            user_cert=root / "user" / "usercert.pem",
+            user_key=root / "user" / "userkey.pem",
+            user_proxy=root / "user" / "x509up",
+            user2_cert=root / "user2" / "usercert.pem",
+            user2_key=root / "user2" / "userkey.pem",
+        )
+        if pki.exists():
+            if not _proxy_valid(pki.user_proxy, now):
+                _refresh_proxy(pki, now)
+            return pki
+    log.info("generating a development PKI in {directory}", directory=str(root))
+    return devcerts.make_dev_pki(root, now=now, hostnames=("localhost",))
+
+
+def _port_of(endpoint: str) -> int:
+    for part in endpoint.split(":")[1:]:
+        name, eq, value = part.partition("=")
+        if eq and name == "port" and value.isdigit():
+            return int(value)
+        if not eq and part.isdigit():
+            return int(part)
+    return 9000
+
+
+def dev_commands(pki: Any, port: int) -> list[str]:
+    """
+    @return: command lines that query the service with the development user's proxy.
+    """
+    base = f"https://localhost:{port}"
+    return [
+        f"X509_USER_PROXY={pki.user_proxy} X509_CERT_DIR={pki.ca_dir} "
+        f"lbtwist status {base}/<unique>",
+        f"curl --cert {pki.user_proxy} --key {pki.user_proxy} --capath {pki.ca_dir} "
+        f"{base}/<unique>",
+        f"curl --cert {pki.user_proxy} --key {pki.user_proxy} --capath {pki.ca_dir} {base}/",
+    ]
+
+
+def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> IService:
+    """
+    The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
+    certificates around C{options["query"]}, serving L{make_site}.
+    """
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.endpoints import serverFromString
+
+    from lbtwist import tls
+    from lbtwist.authz import load_policy
+
+    cert, key, ca_dir = options.get("cert"), options.get("key"), options.get("ca-dir")
+    pki = None
+    if options.get("dev-certs"):
+        now = datetime.fromtimestamp(reactor.seconds(), UTC)
+        pki = dev_pki(Path(options["state-dir"]) / "devcerts", now=now)
+        cert, key = str(pki.host_cert), str(pki.host_key)
+        ca_dir = ca_dir or str(pki.ca_dir)
+    if cert is None or ca_dir is None:
+        raise tls.TLSConfigError("the query service needs a host certificate and a CA directory")
+    source = tls.ServerContextSource(cert, key, ca_dir, crl=options.get("crl") or "if-present")
+    policy = load_policy(options["policy"]) if options.get("policy") else Policy()
+    site = make_site(
+        store,
+        clock=reactor,
+        policy=policy,
+        super_users=options.get("super-user") or (),
+        voms_dir=options.get("voms-dir"),
+        ca_dir=ca_dir,
+    )
+    endpoint = tls.tls_server_endpoint(serverFromString(reactor, options["query"]), source)
+    service = StreamServerEndpointService(endpoint, site)
+    service._raiseSynchronously = True
+    log.info("queries over HTTPS on {query}", query=options["query"])
+    if pki is not None:
+        for line in dev_commands(pki, _port_of(options["query"])):
+            log.info("development PKI: query with: {command}", command=line)
+    return service
+
+
+__all__ = [
+    "chain_identity",
+    "dev_commands",
+    "dev_pki",
+    "make_query_service",
+    "make_site",
+]

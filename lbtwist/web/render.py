@@ -1,0 +1,261 @@
+# -*- test-case-name: tests.test_web -*-
+"""
+Rendering of statuses, events and job lists: JSON, L&B's C{key=value} text, and
+self-contained HTML pages (no external assets, everything escaped).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from html import escape
+from typing import Any
+from urllib.parse import quote
+
+from lbtwist.states.status import TEXT_ORDER, JobStatus, format_iso
+from lbtwist.store.interface import JobSummary, StoredEvent
+from lbtwist.store.query import unique_of
+
+#: The formats a response can take.
+FORMATS = ("json", "text", "html")
+
+CONTENT_TYPES = {
+    "json": b"application/json; charset=utf-8",
+    "text": b"text/plain; charset=utf-8",
+    "html": b"text/html; charset=utf-8",
+}
+
+#: Status fields shown in the main table of a job page, in this order.
+MAIN_FIELDS = (
+    "jobId",
+    "state",
+    "cream_state",
+    "owner",
+    "jobtype",
+    "destination",
+    "ce_node",
+    "done_code",
+    "exit_code",
+    "reason",
+    "cream_reason",
+    "cream_failure_reason",
+    "localId",
+    "cream_id",
+    "glite_jobid",
+    "cream_jobid",
+    "stateEnterTime",
+    "lastUpdateTime",
+)
+
+
+# JSON
+
+
+def status_dict(status: JobStatus) -> dict[str, Any]:
+    """
+    @return: the JSON object of a status (design section 10).
+    """
+    return status.to_json_dict()
+
+
+def event_dict(stored: StoredEvent) -> dict[str, Any]:
+    """
+    @return: the JSON object of a stored event: type, common fields, own fields by
+        catalogue name, C{generated} when the proxy generated it.
+    """
+    ev = stored.event
+    data: dict[str, Any] = {
+        "type": ev.type,
+        "date": format_iso(ev.date),
+        "host": ev.host,
+        "source": ev.source,
+        "src_instance": ev.src_instance,
+        "seqcode": ev.seqcode,
+        "user": ev.user,
+        "priority": ev.priority,
+        "level": ev.level,
+        "jobid": ev.jobid,
+        "arrived": format_iso(stored.arrived),
+    }
+    for name, value in ev.fields.items():
+        data.setdefault(name, value)
+    if ev.generated:
+        data["generated"] = True
+    return data
+
+
+def summary_dict(job: JobSummary) -> dict[str, Any]:
+    """
+    @return: the JSON object of one row of a job list.
+    """
+    return {
+        "jobId": job.jobid,
+        "owner": job.owner,
+        "state": job.state,
+        "jobtype": job.jobtype,
+        "lastUpdateTime": job.last_update,
+    }
+
+
+def to_json(value: object) -> bytes:
+    """
+    @return: C{value} as UTF-8 JSON with a final newline.
+    """
+    return json.dumps(value, ensure_ascii=False, sort_keys=False).encode("utf-8") + b"\n"
+
+
+def error_body(code: int, message: str) -> bytes:
+    """
+    @return: the JSON body of an error answer.
+    """
+    return to_json({"error": code, "message": message})
+
+
+# Text
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return str(value).replace("\n", "\\n")
+
+
+def status_text(status: JobStatus) -> str:
+    """
+    @return: C{key=value} lines of the non-empty status fields.
+    """
+    data = status.to_json_dict()
+    lines = []
+    for name in TEXT_ORDER:
+        value = data.get(name)
+        if value is None or value == "" or value == [] or value == {}:
+            continue
+        lines.append(f"{name}={_text(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def events_text(events: Iterable[StoredEvent]) -> str:
+    """
+    @return: the events' ULM lines (C{key=value} fields), one per line.
+    """
+    return "".join(stored.line.rstrip("\r\n") + "\n" for stored in events)
+
+
+def jobs_text(jobs: Iterable[JobSummary], next_cursor: str | None) -> str:
+    """
+    @return: one C{jobId=... state=...} line per job, then C{cursor=} if there is more.
+    """
+    lines = []
+    for job in jobs:
+        fields = summary_dict(job)
+        lines.append(" ".join(f"{k}={_text(v)}" for k, v in fields.items() if v is not None))
+    if next_cursor is not None:
+        lines.append(f"cursor={next_cursor}")
+    return "".join(line + "\n" for line in lines)
+
+
+# HTML
+
+_STYLE = """
+body { font-family: sans-serif; margin: 1.5em; color: #222; }
+h1 { font-size: 1.3em; word-break: break-all; }
+table { border-collapse: collapse; margin: 1em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left;
+  vertical-align: top; font-size: 0.9em; }
+th { background: #f0f0f0; }
+td.v { font-family: monospace; white-space: pre-wrap; word-break: break-all; }
+.state { font-size: 1.2em; font-weight: bold; }
+.badge { display: inline-block; padding: 0.1em 0.5em; border-radius: 0.3em;
+  background: #e8eef8; margin-right: 0.5em; }
+tr.generated td { color: #666; font-style: italic; }
+"""
+
+
+def _page(title: str, body: str) -> bytes:
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body>{body}</body></html>\n"
+    ).encode()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return escape(_text(value))
+
+
+def job_link(jobid: str) -> str:
+    """
+    @return: the relative address of a job's page on this server.
+    """
+    return "/" + quote(unique_of(jobid), safe="")
+
+
+def status_html(status: JobStatus, events: Sequence[StoredEvent] | None) -> bytes:
+    """
+    @return: a job page: state, CREAM state, the main fields, every other non-empty
+        field, and the event history.
+    """
+    data = status.to_json_dict()
+    title = str(data.get("jobId") or "job")
+    parts = [f"<h1>{escape(title)}</h1>"]
+    parts.append(f'<p><span class="badge state">{escape(str(data.get("state")))}</span>')
+    if data.get("cream_state"):
+        parts.append(f'<span class="badge">CREAM: {escape(str(data["cream_state"]))}</span>')
+    parts.append(' <a href="?format=json">JSON</a> <a href="?format=text">text</a></p>')
+    parts.append("<table><tbody>")
+    for name in MAIN_FIELDS:
+        if data.get(name) not in (None, "", [], {}):
+            parts.append(f'<tr><th>{escape(name)}</th><td class="v">{_cell(data[name])}</td></tr>')
+    parts.append("</tbody></table>")
+    others = [
+        n
+        for n in TEXT_ORDER
+        if n not in MAIN_FIELDS and data.get(n) not in (None, "", [], {}, False)
+    ]
+    if others:
+        parts.append("<details><summary>All fields</summary><table><tbody>")
+        for name in others:
+            parts.append(f'<tr><th>{escape(name)}</th><td class="v">{_cell(data[name])}</td></tr>')
+        parts.append("</tbody></table></details>")
+    if events is not None:
+        parts.append(f"<h2>Events ({len(events)})</h2>")
+        parts.append(
+            "<table><thead><tr><th>date</th><th>type</th><th>source</th><th>host</th>"
+            "<th>seqcode</th><th>fields</th></tr></thead><tbody>"
+        )
+        for stored in events:
+            ev = stored.event
+            own = "\n".join(f"{k}={v}" for k, v in ev.fields.items())
+            cls = ' class="generated"' if ev.generated else ""
+            parts.append(
+                f"<tr{cls}><td>{_cell(format_iso(ev.date))}</td><td>{_cell(ev.type)}</td>"
+                f"<td>{_cell(ev.source)}</td><td>{_cell(ev.host)}</td>"
+                f'<td class="v">{_cell(ev.seqcode)}</td><td class="v">{_cell(own)}</td></tr>'
+            )
+        parts.append("</tbody></table>")
+    return _page(title, "".join(parts))
+
+
+def jobs_html(jobs: Sequence[JobSummary], next_link: str | None) -> bytes:
+    """
+    @return: a job list page with a link to each job and to the next page.
+    """
+    parts = [f"<h1>Jobs ({len(jobs)})</h1>"]
+    parts.append(
+        "<table><thead><tr><th>job</th><th>state</th><th>type</th><th>owner</th>"
+        "<th>last update</th></tr></thead><tbody>"
+    )
+    for job in jobs:
+        parts.append(
+            f'<tr><td><a href="{escape(job_link(job.jobid))}">{escape(job.jobid)}</a></td>'
+            f"<td>{_cell(job.state)}</td><td>{_cell(job.jobtype)}</td>"
+            f"<td>{_cell(job.owner)}</td><td>{_cell(job.last_update)}</td></tr>"
+        )
+    parts.append("</tbody></table>")
+    if next_link is not None:
+        parts.append(f'<p><a href="{escape(next_link)}">next page</a></p>')
+    return _page("Jobs", "".join(parts))
