@@ -455,14 +455,30 @@ class QueryClient:
         return events_of(reply.json())
 
     async def jobs(
-        self, server: tuple[str, int], params: Sequence[tuple[str, str]]
+        self,
+        server: tuple[str, int],
+        params: Sequence[tuple[str, str]],
+        *,
+        max_jobs: int | None = None,
+        max_pages: int = 1000,
     ) -> list[dict[str, Any]]:
         """
-        The job list of C{GET /?params} (the caller's jobs, or a query).
+        The job list of C{GET /?params} (the caller's jobs, or a query),
+        following the server's C{cursor} to the next pages.
+
+        @param max_jobs: stop once this many jobs are listed.
         """
-        path = "/" + (("?" + urlencode(list(params))) if params else "")
-        reply = await self.get([base_url(*server)], path, what="the job list")
-        return jobs_of(reply.json())
+        found: list[dict[str, Any]] = []
+        cursor: str | None = None
+        for _ in range(max_pages):
+            query = [*params, ("cursor", cursor)] if cursor else list(params)
+            path = "/" + (("?" + urlencode(query)) if query else "")
+            data = (await self.get([base_url(*server)], path, what="the job list")).json()
+            found.extend(jobs_of(data))
+            cursor = data.get("cursor") if isinstance(data, dict) else None
+            if not cursor or (max_jobs is not None and len(found) >= max_jobs):
+                break
+        return found[:max_jobs] if max_jobs is not None else found
 
 
 class _ConnectFailed(Exception):
@@ -526,6 +542,7 @@ _COMMON = frozenset(
         "extra",
         "line",
         "seqno",
+        "generated",
     )
 )
 
@@ -567,6 +584,9 @@ def event_from_json(data: Mapping[str, Any]) -> Event:
             if name is not None:
                 fields[name] = str(value)
         extra = tuple((str(k), str(v)) for k, v in (data.get("extra") or ()))
+        if data.get("generated") and not extra:
+            # The server flags events it generated (design section 6).
+            extra = (("DG.GENERATED_BY", "lbtwist-proxy"),)
         return Event(
             type=etype.name,
             jobid=str(data["jobid"]),

@@ -173,6 +173,27 @@ class HTTPErrorTests(SynchronousTestCase):
         self.assertEqual(http_error(404, b"", JOBID).status, 404)
 
 
+def event_json(ev: Any, iso: bool = True) -> dict[str, Any]:
+    from lbtwist.states.status import format_iso
+    from lbtwist.ulm import format_date
+
+    data: dict[str, Any] = {
+        "type": ev.type,
+        "jobid": ev.jobid,
+        "date": format_iso(ev.date) if iso else format_date(ev.date),
+        "host": ev.host,
+        "user": ev.user,
+        "source": ev.source,
+        "seqcode": ev.seqcode,
+        "priority": ev.priority,
+        "level": ev.level,
+        "src_instance": ev.src_instance,
+        "arrived": format_iso(ev.date + 5),
+    }
+    data.update(ev.fields)
+    return data
+
+
 class EventJSONTests(SynchronousTestCase):
     """
     Events are rebuilt from the server's JSON objects.
@@ -193,37 +214,17 @@ class EventJSONTests(SynchronousTestCase):
             exit_code="0",
         )
 
-    def as_json(self, ev: Any, iso: bool = True) -> dict[str, Any]:
-        from lbtwist.states.status import format_iso
-        from lbtwist.ulm import format_date
-
-        data: dict[str, Any] = {
-            "type": ev.type,
-            "jobid": ev.jobid,
-            "date": format_iso(ev.date) if iso else format_date(ev.date),
-            "host": ev.host,
-            "user": ev.user,
-            "source": ev.source,
-            "seqcode": ev.seqcode,
-            "priority": ev.priority,
-            "level": ev.level,
-            "src_instance": ev.src_instance,
-            "arrived": format_iso(ev.date + 5),
-        }
-        data.update(ev.fields)
-        return data
-
     def test_rebuild(self) -> None:
         ev = self.event()
-        self.assertEqual(event_from_json(self.as_json(ev)), ev)
-        self.assertEqual(event_line(self.as_json(ev, iso=False)), format_event(ev))
+        self.assertEqual(event_from_json(event_json(ev)), ev)
+        self.assertEqual(event_line(event_json(ev, iso=False)), format_event(ev))
 
     def test_line_preferred(self) -> None:
         self.assertEqual(event_line({"line": "DATE=1 X=2\n", "type": "Bogus"}), "DATE=1 X=2")
 
     def test_nested_fields(self) -> None:
         ev = self.event()
-        data = self.as_json(ev)
+        data = event_json(ev)
         for name in ev.fields:
             del data[name]
         data["fields"] = dict(ev.fields)
@@ -252,7 +253,7 @@ class EventJSONTests(SynchronousTestCase):
             result="OK",
             reason=reason,
         )
-        line = event_line(self.as_json(ev))
+        line = event_line(event_json(ev))
         self.assertEqual(parse_event(line), ev)
 
 
@@ -641,3 +642,154 @@ class DescribeTLSFailureTests(SynchronousTestCase):
         )
         connect, _ = c._describe(Failure(ierror.TimeoutError()), "https://a:1/U")
         self.assertTrue(connect)
+
+
+def cli_args(argv: list[str]) -> Any:
+    from lbtwist.cli.main import build_parser
+
+    args = build_parser().parse_args(argv)
+    args.extra = []
+    return args
+
+
+def cli_ctx(env: Mapping[str, str] | None = None) -> Any:
+    from io import StringIO
+
+    from lbtwist.cli.common import CLIContext
+
+    return CLIContext(env=dict(env or {}), stdout=StringIO(), stderr=StringIO())
+
+
+class CommandTests(SynchronousTestCase):
+    """
+    C{lbtwist status}, C{log} and C{jobs} over a scripted client.
+    """
+
+    def run_query(self, query: Any, argv: list[str], script: dict[str, Any], **env: str) -> Any:
+        args = cli_args(argv)
+        ctx = cli_ctx(env)
+        c = ScriptedClient(script)
+        status = result_of(self, query(c, args, ctx))
+        return status, ctx.stdout.getvalue(), ctx.stderr.getvalue(), c.asked
+
+    def test_status_text_and_errors(self) -> None:
+        from lbtwist.cli.query import query_status
+
+        other = "https://localhost:9000/BBBBBBBBBBBBBBBBBBBBBB"
+        body = json.dumps(
+            JobStatus(state="Done", jobId=JOBID, cream_state="Done-ok", done_code=0).to_json_dict()
+        ).encode()
+        status, out, err, _ = self.run_query(
+            query_status,
+            ["status", JOBID, other],
+            {
+                f"https://localhost:9000/{UNIQUE}": (200, {}, body),
+                f"https://localhost:9000/{other.rsplit('/', 1)[1]}": (403, {}, b""),
+            },
+        )
+        self.assertEqual(status, 1)
+        self.assertIn("BOOKKEEPING INFORMATION:", out)
+        self.assertIn("state : Done\n", out)
+        self.assertIn("cream_state : Done-ok\n", out)
+        self.assertEqual(err, f"lbtwist status: 403 not allowed to read job {other}\n")
+
+    def test_status_json_and_endpoint_env(self) -> None:
+        from lbtwist.cli.query import query_status
+
+        status, out, err, asked = self.run_query(
+            query_status,
+            ["status", "--json", JOBID],
+            {f"https://lb.example.org:7000/{UNIQUE}": (200, {}, b'{"state": "Running"}')},
+            GLITE_WMS_QUERY_SERVER="lb.example.org:7000",
+        )
+        self.assertEqual((status, out, err), (0, '{"state": "Running"}\n', ""))
+        self.assertEqual(asked, [f"https://lb.example.org:7000/{UNIQUE}"])
+
+    def test_status_bad_jobid(self) -> None:
+        from lbtwist.cli.query import query_status
+
+        status, out, err, asked = self.run_query(query_status, ["status", "not-a-jobid"], {})
+        self.assertEqual((status, out, asked), (1, "", []))
+        self.assertTrue(err.startswith("lbtwist status: "), err)
+        self.assertEqual(err.count("\n"), 1)
+
+    def test_log(self) -> None:
+        from lbtwist.cli.query import query_log
+
+        ev = make_event(
+            "CREAMStatus",
+            jobid=JOBID,
+            date=1_710_408_413_123_456,
+            host="proxy",
+            user="/CN=u",
+            source="LogMonitor",
+            seqcode="s",
+            new_state="RUNNING",
+            result="DONE",
+        )
+        data = event_json(ev)
+        data["generated"] = True
+        answer = json.dumps([data]).encode()
+        status, out, err, _ = self.run_query(
+            query_log,
+            ["log", JOBID],
+            {f"https://localhost:9000/{UNIQUE}/events": (200, {}, answer)},
+        )
+        self.assertEqual(status, 0)
+        line = format_event(ev.evolve(extra=(("DG.GENERATED_BY", "lbtwist-proxy"),)))
+        self.assertEqual(out, f"{line}\n\nFound 1 events\n")
+        self.assertEqual(parse_event(out.splitlines()[0]).generated, True)
+
+    def test_jobs_paging(self) -> None:
+        from lbtwist.cli.query import query_jobs
+
+        base = "https://localhost:9000/?state=running%2Cdone"
+        page1 = {"jobs": [{"jobId": JOBID, "state": "Running"}], "cursor": "c1"}
+        page2 = {"jobs": [{"jobId": "https://x:9000/y", "state": "Done"}], "cursor": None}
+        status, out, err, asked = self.run_query(
+            query_jobs,
+            ["jobs", "--state", "running", "--state", "done"],
+            {
+                base: (200, {}, json.dumps(page1).encode()),
+                base + "&cursor=c1": (200, {}, json.dumps(page2).encode()),
+            },
+        )
+        self.assertEqual(status, 0, err)
+        self.assertEqual(out, f"{JOBID}  Running\nhttps://x:9000/y  Done\n\nFound 2 jobs\n")
+        self.assertEqual(len(asked), 2)
+
+    def test_jobs_limit_and_owner(self) -> None:
+        from lbtwist.cli.query import query_jobs
+
+        url = "https://lb:9000/?query=status%3Drunning&owner=%2A&limit=1"
+        page = {"jobs": [{"jobId": JOBID, "state": "Running"}], "cursor": "more"}
+        status, out, _, asked = self.run_query(
+            query_jobs,
+            ["jobs", "--json", "--query", "status=running", "--owner", "*", "--limit", "1"],
+            {url: (200, {}, json.dumps(page).encode())},
+            GLITE_WMS_QUERY_SERVER="lb:9000",
+        )
+        self.assertEqual((status, asked), (0, [url]))
+        self.assertEqual([json.loads(line) for line in out.splitlines()], page["jobs"])
+
+    def test_certs_dev(self) -> None:
+        from lbtwist.cli.main import run
+
+        ctx = cli_ctx()
+        target = self.mktemp()
+        self.assertEqual(run(["certs", "dev", target], ctx), 0)
+        self.assertIn("user proxy: ", ctx.stdout.getvalue())
+        self.assertTrue(Path(target, "user", "x509up").exists())
+        self.assertTrue(Path(target, "hostcert.pem").exists())
+
+    def test_credentials_checked_before_connecting(self) -> None:
+        from lbtwist.cli.main import run
+
+        for argv in (["status", JOBID], ["log", JOBID], ["jobs"]):
+            ctx = cli_ctx({"X509_USER_PROXY": "/nonexistent/x509up"})
+            self.assertEqual(run(argv, ctx), 1)
+            self.assertEqual(
+                ctx.stderr.getvalue(),
+                f"lbtwist {argv[0]}: cannot read certificate /nonexistent/x509up: "
+                "No such file or directory\n",
+            )

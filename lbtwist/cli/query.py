@@ -177,8 +177,8 @@ def jobs_params(args: argparse.Namespace) -> list[tuple[str, str]]:
     params: list[tuple[str, str]] = []
     if args.query:
         params.append(("query", args.query))
-    for state in args.state or ():
-        params.append(("state", state))
+    if args.state:
+        params.append(("state", ",".join(args.state)))
     if args.owner:
         params.append(("owner", args.owner))
     if args.limit is not None:
@@ -190,7 +190,7 @@ async def query_jobs(client: QueryClient, args: argparse.Namespace, ctx: CLICont
     """
     C{lbtwist jobs}: one line per job, its id and state (or its JSON).
     """
-    jobs = await client.jobs(jobs_server(args, ctx), jobs_params(args))
+    jobs = await client.jobs(jobs_server(args, ctx), jobs_params(args), max_jobs=args.limit)
     for job in jobs:
         if args.json:
             ctx.stdout.write(json.dumps(job, ensure_ascii=False) + "\n")
@@ -237,9 +237,16 @@ def register(subparsers: Any) -> None:
         help="list jobs (glite-lb-user_jobs / glite-lb-query_jobs)",
         description="List your jobs, or the jobs matching a query, with their states.",
     )
-    p.add_argument("--state", action="append", metavar="S", help="only jobs in state S")
+    p.add_argument(
+        "--state",
+        action="append",
+        metavar="S",
+        help="only jobs in state S (repeatable: any of them)",
+    )
     p.add_argument("--query", metavar="Q", help="L&B conditions, e.g. 'status=running|=scheduled'")
-    p.add_argument("--owner", metavar="DN", help="only jobs of this owner")
+    p.add_argument(
+        "--owner", metavar="DN", help="only jobs of this owner ('*': everyone's; super users)"
+    )
     p.add_argument("--limit", type=int, metavar="N", help="at most N jobs")
     p.add_argument("--json", action="store_true", help="one JSON object per job per line")
     add_client_options(p)
