@@ -11,6 +11,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -114,6 +115,65 @@ class StatusValueTests(SynchronousTestCase):
         st2.stateEnterTimes["Aborted"] = 1
         self.assertNotIn("x", st1.user_tags)
         self.assertNotIn("Aborted", st1.stateEnterTimes)
+
+    def test_copy_equal_and_independent_containers(self) -> None:
+        """
+        A copy equals its original for every trace and shares no mutable container.
+        """
+        for name, lines in traces.iter_all():
+            st1 = status_of(lines)
+            st1.acl.append({"user_id": "u", "permission": "READ"})
+            st1.failure_reasons.append("f")
+            st1.user_fqans.append("/vo")
+            st2 = st1.copy()
+            self.assertEqual(st2, st1, name)
+            self.assertIsInstance(st2, JobStatus)
+            for field in ("user_tags", "stateEnterTimes", "acl", "failure_reasons", "user_fqans"):
+                self.assertIsNot(getattr(st2, field), getattr(st1, field), field)
+            self.assertIsNot(st2.acl[-1], st1.acl[-1])
+            self.assertIsNot(st2.last_key, st1.last_key)
+            st2.acl[-1]["permission"] = "WRITE"
+            st2.failure_reasons.append("g")
+            assert st2.last_key is not None
+            st2.last_key.append(1)
+            self.assertEqual(st1.acl[-1]["permission"], "READ")
+            self.assertEqual(st1.failure_reasons[-1], "f")
+            self.assertNotEqual(st1.last_key, st2.last_key)
+
+    def test_copy_of_default(self) -> None:
+        self.assertEqual(JobStatus().copy(), JobStatus())
+        self.assertIsNone(JobStatus().copy().last_key)
+
+    def test_json_dict_shares_nothing(self) -> None:
+        """
+        Changing the dict L{JobStatus.to_json_dict} gives leaves the status alone.
+        """
+        status = status_of(traces.cream_done_ok_unpurged())
+        status.acl.append({"user_id": "u"})
+        status.user_tags["a"] = "b"
+        before = status.copy()
+        data = status.to_json_dict()
+        data["acl"][0]["user_id"] = "v"
+        data["user_tags"]["c"] = "d"
+        data["failure_reasons"].append("x")
+        data["last_key"].append(7)
+        self.assertEqual(status, before)
+        self.assertEqual(list(data), [f.name for f in attrs.fields(JobStatus)])
+
+    def test_format_iso_cache_bounded(self) -> None:
+        """
+        Formatted seconds are remembered, within a bound; results do not change.
+        """
+        from lbtwist.states import status as module
+
+        self.patch(module, "_ISO_CACHE_SIZE", 4)
+        self.patch(module, "_ISO_SECONDS", {})
+        base = 1_710_408_413_000_000
+        for i in range(10):
+            self.assertEqual(parse_iso(format_iso(base + i * 1_000_001)), base + i * 1_000_001)
+            self.assertLessEqual(len(module._ISO_SECONDS), 4)
+        self.assertEqual(format_iso(base), "2024-03-14T09:26:53.000000Z")
+        self.assertEqual(format_iso(base + 5), "2024-03-14T09:26:53.000005Z")
 
     def test_json_round_trip_all_traces(self) -> None:
         for name, lines in traces.iter_all():

@@ -86,8 +86,19 @@ def format_iso(us: int) -> str:
     C{us} (microseconds since the epoch) as ISO 8601 UTC with microseconds and C{Z}.
     """
     seconds, micro = divmod(us, 1_000_000)
-    moment = datetime.fromtimestamp(seconds, UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{micro:06d}Z"
+    prefix = _ISO_SECONDS.get(seconds)
+    if prefix is None:
+        if len(_ISO_SECONDS) >= _ISO_CACHE_SIZE:
+            _ISO_SECONDS.clear()
+        prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        _ISO_SECONDS[seconds] = prefix
+    return f"{prefix}.{micro:06d}Z"
+
+
+# A job's status is written again at every change, with the same entry times:
+# remember the formatted seconds (bounded; emptied when full).
+_ISO_CACHE_SIZE = 1 << 16
+_ISO_SECONDS: dict[int, str] = {}
 
 
 def parse_iso(text: str) -> int:
@@ -180,7 +191,7 @@ class JobStatus:
         """
         A deep copy: changing it leaves C{self} alone.
         """
-        return _copy.deepcopy(self)
+        return _copy_status(self)
 
     def set_state(self, state: str, date: int) -> None:
         """
@@ -195,17 +206,7 @@ class JobStatus:
         """
         A JSON-ready dict: L&B field names, times as ISO 8601 UTC strings.
         """
-        result: dict[str, Any] = {}
-        for field in attrs.fields(JobStatus):
-            value = getattr(self, field.name)
-            if field.name in _TIME_FIELDS and value is not None:
-                value = format_iso(value)
-            elif field.name == "stateEnterTimes":
-                value = {k: format_iso(v) for k, v in value.items()}
-            else:
-                value = _copy.deepcopy(value)
-            result[field.name] = value
-        return result
+        return _json_dict(self)
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> JobStatus:
@@ -231,6 +232,54 @@ class JobStatus:
 
 _TIME_FIELDS = frozenset({"stateEnterTime", "lastUpdateTime"})
 _INTERNAL = frozenset({"machine", "last_key", "event_count", "branch_wm"})
+
+# How each mutable field is copied; every other field holds an immutable value.
+_COPY_EXPR: dict[str, str] = {
+    "user_tags": "dict({v})",
+    "stateEnterTimes": "dict({v})",
+    "acl": "[dict(e) for e in {v}]",
+    "failure_reasons": "list({v})",
+    "user_fqans": "list({v})",
+    "last_key": "None if {v} is None else list({v})",
+}
+# How each field goes into the JSON dict (containers copied, times formatted).
+_JSON_EXPR: dict[str, str] = {
+    **_COPY_EXPR,
+    "stateEnterTime": "None if {v} is None else _iso({v})",
+    "lastUpdateTime": "None if {v} is None else _iso({v})",
+    "stateEnterTimes": "{{k: _iso(t) for k, t in {v}.items()}}",
+}
+
+
+def _compile(name: str, body: str) -> Any:
+    """
+    Build a function from generated source, as attrs does for C{__init__}: copying
+    and serializing a status happen once per event, a loop over 56 fields is too slow.
+    """
+    namespace: dict[str, Any] = {"_new": object.__new__, "JobStatus": JobStatus, "_iso": format_iso}
+    exec(compile(body, f"<lbtwist.states.status {name}>", "exec"), namespace)  # noqa: S102
+    return namespace[name]
+
+
+_FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in attrs.fields(JobStatus))
+_copy_status = _compile(
+    "_copy_status",
+    "def _copy_status(s):\n    n = _new(JobStatus)\n"
+    + "".join(
+        f"    n.{name} = {_COPY_EXPR.get(name, '{v}').format(v='s.' + name)}\n"
+        for name in _FIELD_NAMES
+    )
+    + "    return n\n",
+)
+_json_dict = _compile(
+    "_json_dict",
+    "def _json_dict(s):\n    return {\n"
+    + "".join(
+        f"        {name!r}: {_JSON_EXPR.get(name, '{v}').format(v='s.' + name)},\n"
+        for name in _FIELD_NAMES
+    )
+    + "    }\n",
+)
 
 # The order in which format_text prints fields (L&B's order, then ours).
 TEXT_ORDER: tuple[str, ...] = tuple(
