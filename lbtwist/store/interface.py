@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
     from lbtwist.events import Event
     from lbtwist.states.status import JobStatus
+    from lbtwist.store.query import JobQuery
 
 
 @attrs.frozen
@@ -169,6 +170,21 @@ class IEventStore(Interface):
     ) -> object:
         """
         @return: C{Deferred[list[JobSummary]]}, by job id.
+        """
+
+    def find_job(unique: str) -> object:
+        """
+        The job a query address names: the job whose id has this unique part, else
+        the gLite job a CREAM id (C{CREAM<digits>}) is mapped to.
+
+        @return: C{Deferred[str | None]}, the job id.
+        """
+
+    def query_jobs(query: JobQuery) -> object:
+        """
+        One page of a job listing (L{lbtwist.store.query}), newest update first.
+
+        @return: C{Deferred[JobPage]}.
         """
 
     def dump(from_arrived: int | None = None, to_arrived: int | None = None) -> object:

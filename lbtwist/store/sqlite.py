@@ -50,6 +50,7 @@ from lbtwist.store.interface import (
     StoredEvent,
     StoreResult,
 )
+from lbtwist.store.query import JobPage, JobQuery, owner_key, sql_where, unique_of
 
 _V1 = """
 CREATE TABLE events (
@@ -145,11 +146,38 @@ def _migrate_v3_rejected(conn: sqlite3.Connection) -> None:
     _script(conn, _V3_REJECTED)
 
 
+_V4_QUERY = """
+ALTER TABLE jobs ADD COLUMN uniq TEXT;
+ALTER TABLE jobs ADD COLUMN owner_norm TEXT;
+ALTER TABLE jobs ADD COLUMN list_time TEXT NOT NULL DEFAULT ''
+"""
+
+_V4_INDEXES = """
+CREATE INDEX jobs_uniq ON jobs (uniq);
+CREATE INDEX jobs_list ON jobs (list_time DESC, jobid);
+CREATE INDEX jobs_owner_list ON jobs (owner_norm, list_time DESC, jobid)
+"""
+
+
+def _migrate_v4_query(conn: sqlite3.Connection) -> None:
+    """
+    Job lookup by unique part, normalized owners and the listing order (queries).
+    """
+    _script(conn, _V4_QUERY)
+    rows = conn.execute("SELECT jobid, owner, last_update FROM jobs").fetchall()
+    conn.executemany(
+        "UPDATE jobs SET uniq = ?, owner_norm = ?, list_time = ? WHERE jobid = ?",
+        [(unique_of(j), owner_key(o), lu or "", j) for j, o, lu in rows],
+    )
+    _script(conn, _V4_INDEXES)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
     _migrate_v2,
     _migrate_v3_rejected,
+    _migrate_v4_query,
 ]
 
 #: The schema version this code writes.
@@ -273,11 +301,13 @@ class SQLiteBackend:
             )
             conn.executemany(
                 "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine,"
-                " nevents, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                " nevents, status, uniq, owner_norm, list_time)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (jobid) DO UPDATE SET owner = excluded.owner,"
                 " state = excluded.state, jobtype = excluded.jobtype,"
                 " last_update = excluded.last_update, machine = excluded.machine,"
-                " nevents = excluded.nevents, status = excluded.status",
+                " nevents = excluded.nevents, status = excluded.status,"
+                " owner_norm = excluded.owner_norm, list_time = excluded.list_time",
                 [
                     (
                         j.jobid,
@@ -288,6 +318,9 @@ class SQLiteBackend:
                         j.machine,
                         j.nevents,
                         j.status_json,
+                        unique_of(j.jobid),
+                        owner_key(j.owner),
+                        j.last_update or "",
                     )
                     for j in plan.jobs
                 ],
@@ -396,6 +429,30 @@ class Queries:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [JobSummary(*row) for row in self.conn.execute(sql, args)]
+
+    def find_job(self, unique: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT jobid FROM jobs WHERE uniq = ? ORDER BY jobid LIMIT 1", (unique,)
+        ).fetchone()
+        if row is None:
+            row = self.conn.execute(
+                "SELECT glite_id FROM cream_map WHERE cream_key = ?", (unique,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def query_jobs(self, query: JobQuery) -> JobPage:
+        where, args = sql_where(query)
+        rows = self.conn.execute(
+            "SELECT jobid, owner, state, jobtype, last_update, list_time FROM jobs"
+            f" WHERE {where} ORDER BY list_time DESC, jobid LIMIT ?",
+            [*args, query.limit + 1],
+        ).fetchall()
+        page = rows[: query.limit]
+        more = len(rows) > query.limit and page
+        return JobPage(
+            [JobSummary(*row[:5]) for row in page],
+            (page[-1][5], page[-1][0]) if more else None,
+        )
 
     def dump(
         self, from_arrived: int | None = None, to_arrived: int | None = None
@@ -555,6 +612,12 @@ class SQLiteStore:
         self, owner: str | None = None, state: str | None = None, limit: int | None = None
     ) -> Deferred[list[JobSummary]]:
         return self._read(lambda: self._queries.jobs(owner, state, limit))
+
+    def find_job(self, unique: str) -> Deferred[str | None]:
+        return self._read(lambda: self._queries.find_job(unique))
+
+    def query_jobs(self, query: JobQuery) -> Deferred[JobPage]:
+        return self._read(lambda: self._queries.query_jobs(query))
 
     def dump(
         self, from_arrived: int | None = None, to_arrived: int | None = None
