@@ -305,6 +305,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # A proxy that cannot listen for events must not run on: fail start-up instead.
     intake._raiseSynchronously = True
     intake.setServiceParent(top)
+    from lbtwist.web import make_query_service
+
+    make_query_service(options, store, reactor).setServiceParent(top)
     log.info(
         "lbtwist {role}: state in {state_dir}, events on {events}, producers uid {uids}",
         role=options.role,

@@ -126,40 +126,21 @@ def _refresh_proxy(pki: Any, now: datetime) -> None:
     )
 
 
-def dev_pki(directory: str | os.PathLike[str], *, now: datetime) -> Any:
+def dev_pki(state_dir: str | os.PathLike[str], reactor: Any) -> Any:
     """
-    The development PKI under C{directory}: reused if complete (its user proxy
-    renewed when it expires within the hour), generated otherwise.
+    The development PKI of C{<state_dir>/devcerts} (L{lbtwist.devcerts.ensure_dev_pki}),
+    its user proxy renewed when it expires within the hour.
 
     @return: a L{lbtwist.devcerts.DevPKI}.
     """
     from lbtwist import devcerts
 
-    root = Path(directory)
-    ca_dir = root / "certificates"
-    cas = sorted(ca_dir.glob("*.0")) if ca_dir.is_dir() else []
-    crls = sorted(ca_dir.glob("*.r0")) if ca_dir.is_dir() else []
-    if cas and crls:
-        pki = devcerts.DevPKI(
-            directory=root,
-            ca_dir=ca_dir,
-            ca_cert=cas[0],
-            ca_key=root / "ca" / "cakey.pem",
-            crl=crls[0],
-            host_cert=root / "hostcert.pem",
-            host_key=root / "hostkey.pem",
-            user_cert=root / "user" / "usercert.pem",
-            user_key=root / "user" / "userkey.pem",
-            user_proxy=root / "user" / "x509up",
-            user2_cert=root / "user2" / "usercert.pem",
-            user2_key=root / "user2" / "userkey.pem",
-        )
-        if pki.exists():
-            if not _proxy_valid(pki.user_proxy, now):
-                _refresh_proxy(pki, now)
-            return pki
-    log.info("generating a development PKI in {directory}", directory=str(root))
-    return devcerts.make_dev_pki(root, now=now, hostnames=("localhost",))
+    pki = devcerts.ensure_dev_pki(state_dir, reactor, hostnames=("localhost",))
+    now = datetime.fromtimestamp(reactor.seconds(), UTC)
+    if not _proxy_valid(pki.user_proxy, now):
+        log.info("renewing the development user proxy {path}", path=str(pki.user_proxy))
+        _refresh_proxy(pki, now)
+    return pki
 
 
 def _port_of(endpoint: str) -> int:
@@ -200,8 +181,7 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
     cert, key, ca_dir = options.get("cert"), options.get("key"), options.get("ca-dir")
     pki = None
     if options.get("dev-certs"):
-        now = datetime.fromtimestamp(reactor.seconds(), UTC)
-        pki = dev_pki(Path(options["state-dir"]) / "devcerts", now=now)
+        pki = dev_pki(options["state-dir"], reactor)
         cert, key = str(pki.host_cert), str(pki.host_key)
         ca_dir = ca_dir or str(pki.ca_dir)
     if cert is None or ca_dir is None:
@@ -218,7 +198,6 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
     )
     endpoint = tls.tls_server_endpoint(serverFromString(reactor, options["query"]), source)
     service = StreamServerEndpointService(endpoint, site)
-    service._raiseSynchronously = True
     log.info("queries over HTTPS on {query}", query=options["query"])
     if pki is not None:
         for line in dev_commands(pki, _port_of(options["query"])):

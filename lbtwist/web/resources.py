@@ -270,7 +270,15 @@ class QueryResource(Resource):
                 if name in _FORMAT_PARAMS:
                     continue
                 if name not in _LIST_PARAMS:
-                    raise HTTPError(400, f"unknown parameter {name!r}")
+                    # An unencoded & inside ?query= splits it: take the rest as conditions.
+                    bare = value == "" and any(c in name for c in "<>!")
+                    text = name if bare else f"{name}={value}"
+                    try:
+                        conditions.extend(parse_conditions(text, now=now))
+                    except ConditionError as e:
+                        raise HTTPError(400, f"unknown parameter {name!r} ({e})") from None
+                    keep.append((name, value))
+                    continue
                 if name != "cursor":
                     keep.append((name, value))
                 if name == "query":
