@@ -465,6 +465,8 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
     )
     endpoint = tls_server_endpoint(serverFromString(reactor, options["store"]), source)
     service = StreamServerEndpointService(endpoint, factory)
+    # A server that cannot listen on its store port must not run on.
+    service._raiseSynchronously = True
     log.info(
         "store port on {endpoint} (TLS), grey jobs {grey}",
         endpoint=options["store"],

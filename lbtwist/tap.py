@@ -308,6 +308,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     from lbtwist.web import make_query_service
 
     make_query_service(options, store, reactor).setServiceParent(top)
+    if relay:
+        from lbtwist.relay import make_relay_service
+
+        make_relay_service(options, store, reactor).setServiceParent(top)
+    elif options["store"]:
+        from lbtwist.storeport import make_store_port_service
+
+        make_store_port_service(options, store, reactor).setServiceParent(top)
     log.info(
         "lbtwist {role}: state in {state_dir}, events on {events}, producers uid {uids}",
         role=options.role,
