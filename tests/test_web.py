@@ -1,0 +1,467 @@
+# -*- test-case-name: tests.test_web -*-
+"""
+Tests for L{lbtwist.web}: the query resources over the memory store, driven with
+in-memory requests and an injected identity.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Request
+from twisted.web.test.requesthelper import DummyRequest
+
+from lbtwist.authz import parse_policy
+from lbtwist.events import parse_event
+from lbtwist.identity import Identity
+from lbtwist.states.status import JobStatus
+from lbtwist.store.memory import MemoryStore
+from lbtwist.store.query import unique_of
+from lbtwist.web import dev_commands, make_site
+from lbtwist.web.resources import QueryResource, choose_format, split_query
+from tests import traces
+
+OWNER = traces.CREAM_USER
+WMS_OWNER = traces.WMS_USER
+STRANGER = "/DC=org/DC=example/O=People/CN=Eve Stranger"
+ADMIN = "/DC=org/DC=example/O=People/CN=Ada Admin"
+NOW_S = 1710408413 + 3600  # an hour after the traces' base date
+DIRECT_UNIQUE = "CREAM812461376"  # traces.cream_done_ok_unpurged()
+DIRECT_JOBID = f"https://{traces.CE_HOST}:9000/{DIRECT_UNIQUE}"
+ABORTED_JOBID = f"https://{traces.CE_HOST}:9000/CREAM812461379"  # traces.cream_aborted()
+
+
+def store_with(*line_lists: list[str]) -> MemoryStore:
+    store = MemoryStore(Clock(), relay=False)
+    for lines in line_lists:
+        items = [(line, parse_event(line)) for line in lines]
+        results = store.store(items)
+        results.addCallback(lambda r: [x for x in r if isinstance(x, Exception)])
+        assert not _result(results)
+    return store
+
+
+def _result(d: Any) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    return out[0]
+
+
+class Harness:
+    """
+    The resource with a settable caller.
+    """
+
+    def __init__(self, store: Any, *, policy: str = "", super_users: tuple[str, ...] = ()):
+        self.who: Identity | None = Identity(OWNER)
+        self.clock = Clock()
+        self.clock.advance(NOW_S)
+        self.resource = QueryResource(
+            store,
+            clock=self.clock,
+            policy=parse_policy(policy),
+            super_users=super_users,
+            identify=lambda request: self.who,
+        )
+
+    def get(
+        self, target: str, *, as_dn: str | None = OWNER, accept: str | None = None
+    ) -> DummyRequest:
+        self.who = Identity(as_dn) if as_dn is not None else None
+        path, _, _ = target.partition("?")
+        req = DummyRequest([seg.encode() for seg in path[1:].split("/")])
+        req.uri = target.encode()
+        if accept is not None:
+            req.requestHeaders.setRawHeaders(b"accept", [accept.encode()])
+        self.resource.render(req)  # type: ignore[arg-type]
+        assert req.finished, f"{target} not answered"
+        return req
+
+
+def body(req: DummyRequest) -> bytes:
+    return b"".join(req.written)
+
+
+def as_json(req: DummyRequest) -> Any:
+    return json.loads(body(req))
+
+
+def ctype(req: DummyRequest) -> bytes:
+    values = req.responseHeaders.getRawHeaders(b"content-type")
+    assert values is not None
+    return values[0]
+
+
+class StatusTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.store = store_with(traces.cream_done_ok_unpurged(), traces.wms_on_cream())
+        self.h = Harness(self.store, super_users=(ADMIN,))
+        self.unique = DIRECT_UNIQUE
+
+    def test_owner_gets_status(self) -> None:
+        req = self.h.get(f"/{self.unique}")
+        self.assertEqual(req.responseCode, 200)
+        self.assertEqual(ctype(req), b"application/json; charset=utf-8")
+        data = as_json(req)
+        self.assertEqual(data["state"], "Done")
+        self.assertEqual(data["cream_state"], "Done-ok")
+        self.assertEqual(data["jobId"], DIRECT_JOBID)
+        self.assertEqual(data["owner"], OWNER)
+        # The JSON is the status' own: it reads back into an equal status.
+        stored = _result(self.store.status(DIRECT_JOBID))
+        self.assertEqual(JobStatus.from_json_dict(data), stored)
+
+    def test_owner_dn_compared_as_lb_does(self) -> None:
+        req = self.h.get(f"/{self.unique}", as_dn=OWNER.upper())
+        self.assertEqual(req.responseCode, 200)
+
+    def test_stranger_forbidden(self) -> None:
+        req = self.h.get(f"/{self.unique}", as_dn=STRANGER)
+        self.assertEqual(req.responseCode, 403)
+        self.assertEqual(as_json(req)["error"], 403)
+        self.assertIn(STRANGER, as_json(req)["message"])
+
+    def test_no_identity_forbidden(self) -> None:
+        req = self.h.get(f"/{self.unique}", as_dn=None)
+        self.assertEqual(req.responseCode, 403)
+
+    def test_super_user_reads(self) -> None:
+        self.assertEqual(self.h.get(f"/{self.unique}", as_dn=ADMIN).responseCode, 200)
+
+    def test_read_all_policy(self) -> None:
+        h = Harness(
+            self.store,
+            policy=f'resource "LB" {{ action "READ_ALL" {{ rule permit {{ subject = "{STRANGER}" }} }} }}',
+        )
+        self.assertEqual(h.get(f"/{self.unique}", as_dn=STRANGER).responseCode, 200)
+
+    def test_unknown_job(self) -> None:
+        req = self.h.get("/CREAM000000001")
+        self.assertEqual(req.responseCode, 404)
+        self.assertEqual(as_json(req), {"error": 404, "message": "no job 'CREAM000000001'"})
+
+    def test_bad_unique(self) -> None:
+        self.assertEqual(self.h.get("/a%20b").responseCode, 404)
+        self.assertEqual(self.h.get("/x/y/z").responseCode, 404)
+
+    def test_cream_id_of_wms_job(self) -> None:
+        """
+        The CREAM id of a mapped WMS job answers for the gLite job.
+        """
+        req = self.h.get(f"/{traces.WMS_CREAM_ID}", as_dn=WMS_OWNER)
+        self.assertEqual(req.responseCode, 200)
+        data = as_json(req)
+        self.assertEqual(data["jobId"], traces.WMS_JOBID)
+        self.assertEqual(data["glite_jobid"], traces.WMS_JOBID)
+        self.assertEqual(data["state"], "Done")
+        gl = self.h.get(f"/{unique_of(traces.WMS_JOBID)}", as_dn=WMS_OWNER)
+        self.assertEqual(as_json(gl), data)
+
+    def test_events(self) -> None:
+        req = self.h.get(f"/{self.unique}/events")
+        self.assertEqual(req.responseCode, 200)
+        events = as_json(req)
+        lines = traces.cream_done_ok_unpurged()
+        self.assertEqual(len(events), len(lines))
+        first = events[0]
+        self.assertEqual(first["type"], "RegJob")
+        self.assertEqual(first["jobid"], DIRECT_JOBID)
+        self.assertEqual(first["source"], "CREAMInterface")
+        self.assertEqual(first["date"], "2024-03-14T09:26:53.001000Z")
+        for key in ("host", "src_instance", "seqcode", "user", "priority", "level", "arrived"):
+            self.assertIn(key, first)
+        self.assertEqual(first["jobtype"], "CREAM")
+        self.assertNotIn("generated", first)
+        history = self.h.get(f"/{self.unique}?flags=history")
+        self.assertEqual(as_json(history), events)
+
+    def test_generated_events_marked(self) -> None:
+        events = as_json(self.h.get(f"/{traces.WMS_CREAM_ID}/events", as_dn=WMS_OWNER))
+        generated = [e for e in events if e.get("generated")]
+        self.assertTrue(generated)
+        self.assertEqual({e["src_instance"] for e in generated}, {"lbtwist-proxy"})
+
+    def test_events_forbidden_to_stranger(self) -> None:
+        self.assertEqual(self.h.get(f"/{self.unique}/events", as_dn=STRANGER).responseCode, 403)
+
+    def test_text(self) -> None:
+        req = self.h.get(f"/{self.unique}?text")
+        self.assertEqual(ctype(req), b"text/plain; charset=utf-8")
+        lines = body(req).decode().splitlines()
+        self.assertIn("state=Done", lines)
+        self.assertIn("cream_state=Done-ok", lines)
+        self.assertIn(f"jobId={DIRECT_JOBID}", lines)
+        ev = self.h.get(f"/{self.unique}/events", accept="text/plain")
+        self.assertEqual(
+            body(ev).decode().splitlines(), [line for line in traces.cream_done_ok_unpurged()]
+        )
+
+    def test_html(self) -> None:
+        req = self.h.get(f"/{self.unique}", accept="text/html,application/xhtml+xml,*/*;q=0.8")
+        self.assertEqual(ctype(req), b"text/html; charset=utf-8")
+        page = body(req).decode()
+        self.assertIn("<!DOCTYPE html>", page)
+        self.assertIn(">Done<", page)
+        self.assertIn("CREAM: Done-ok", page)
+        self.assertIn("CREAMStatus", page)
+        self.assertNotIn("http://", page.replace(DIRECT_JOBID, ""))
+        self.assertNotIn("<script", page)
+        csp = req.responseHeaders.getRawHeaders(b"content-security-policy")
+        self.assertEqual(csp, [b"default-src 'none'; style-src 'unsafe-inline'"])
+
+    def test_html_escapes(self) -> None:
+        evil = "<script>alert(1)</script>&"
+        tagged = traces.ulm_line(
+            "UserTag",
+            date=traces.date_text(500),
+            host=traces.CE_HOST,
+            source="CREAMExecutor",
+            jobid=DIRECT_JOBID,
+            seqcode="no_seqcodes_with_cream_execute_99_0",
+            name="note",
+            value=evil,
+        )
+        store = store_with(traces.cream_done_ok_unpurged() + [tagged])
+        page = body(Harness(store).get(f"/{self.unique}?format=html")).decode()
+        self.assertNotIn("<script>", page)
+        self.assertIn("&lt;script&gt;alert(1)&lt;/script&gt;&amp;", page)
+
+    def test_format_unknown(self) -> None:
+        req = self.h.get(f"/{self.unique}?format=xml")
+        self.assertEqual(req.responseCode, 400)
+        self.assertEqual(as_json(req)["error"], 400)
+
+    def test_unknown_parameter(self) -> None:
+        self.assertEqual(self.h.get(f"/{self.unique}?bogus=1").responseCode, 400)
+        self.assertEqual(self.h.get(f"/{self.unique}?flags=nope").responseCode, 400)
+
+    def test_uri_too_long(self) -> None:
+        req = self.h.get(f"/{self.unique}?flags=" + "x" * 9000)
+        self.assertEqual(req.responseCode, 414)
+        self.assertEqual(as_json(req)["error"], 414)
+
+    def test_head(self) -> None:
+        self.h.who = Identity(OWNER)
+        req = DummyRequest([self.unique.encode()])
+        req.method = b"HEAD"
+        req.uri = f"/{self.unique}".encode()
+        self.h.resource.render(req)  # type: ignore[arg-type]
+        self.assertEqual(req.responseCode, 200)
+
+
+class PurgedStore:
+    """
+    A store double whose one job was purged.
+    """
+
+    def find_job(self, unique: str) -> Any:
+        return succeed("https://ce.example.org:9000/" + unique)
+
+    def status(self, jobid: str) -> Any:
+        return succeed(JobStatus(state="Purged", jobId=jobid, owner=OWNER))
+
+
+class FailingStore(PurgedStore):
+    def status(self, jobid: str) -> Any:
+        raise RuntimeError("disk on fire")
+
+
+class ErrorTests(SynchronousTestCase):
+    def test_purged_is_gone(self) -> None:
+        req = Harness(PurgedStore()).get("/CREAM123")
+        self.assertEqual(req.responseCode, 410)
+        self.assertEqual(as_json(req)["error"], 410)
+
+    def test_internal_error(self) -> None:
+        req = Harness(FailingStore()).get("/CREAM123")
+        self.assertEqual(req.responseCode, 500)
+        self.assertEqual(as_json(req), {"error": 500, "message": "internal error"})
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_client_gone_before_answer(self) -> None:
+        """
+        A request whose connection is lost while the store works is not answered.
+        """
+        from twisted.internet.defer import Deferred
+
+        pending: Deferred[str | None] = Deferred()
+
+        class Slow(PurgedStore):
+            def find_job(self, unique: str) -> Any:
+                return pending
+
+        h = Harness(Slow())
+        req = DummyRequest([b"CREAM1"])
+        req.uri = b"/CREAM1"
+        h.resource.render(req)  # type: ignore[arg-type]
+        req.processingFailed(Exception("lost"))  # fires notifyFinish's errback
+        pending.callback(None)
+        self.assertEqual(req.written, [])
+
+
+class ListTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.store = store_with(
+            traces.cream_done_ok_unpurged(), traces.cream_aborted(), traces.wms_on_cream()
+        )
+        self.h = Harness(self.store, super_users=(ADMIN,))
+
+    def test_own_jobs(self) -> None:
+        req = self.h.get("/")
+        self.assertEqual(req.responseCode, 200)
+        data = as_json(req)
+        self.assertEqual(data["cursor"], None)
+        self.assertEqual({j["owner"] for j in data["jobs"]}, {OWNER})
+        self.assertEqual(
+            sorted(j["jobId"] for j in data["jobs"]), sorted([DIRECT_JOBID, ABORTED_JOBID])
+        )
+        self.assertEqual(
+            set(data["jobs"][0]), {"jobId", "owner", "state", "jobtype", "lastUpdateTime"}
+        )
+
+    def test_stranger_sees_nothing(self) -> None:
+        self.assertEqual(as_json(self.h.get("/", as_dn=STRANGER))["jobs"], [])
+
+    def test_other_owner_forbidden(self) -> None:
+        req = self.h.get(f"/?owner={WMS_OWNER}")
+        self.assertEqual(req.responseCode, 403)
+        req = self.h.get("/?query=owner%3D" + WMS_OWNER)
+        self.assertEqual(req.responseCode, 403)
+
+    def test_super_user_lists_everyone(self) -> None:
+        data = as_json(self.h.get("/?owner=*", as_dn=ADMIN))
+        self.assertEqual({j["owner"] for j in data["jobs"]}, {OWNER, WMS_OWNER})
+        data = as_json(self.h.get(f"/?owner={WMS_OWNER.lower()}", as_dn=ADMIN))
+        self.assertEqual([j["jobId"] for j in data["jobs"]], [traces.WMS_JOBID])
+
+    def test_query_conditions(self) -> None:
+        q = "/?owner=*&query=status%3Ddone|%3Drunning%26jobtype%3Dcream"
+        data = as_json(self.h.get(q, as_dn=ADMIN))
+        self.assertEqual([j["jobId"] for j in data["jobs"]], [DIRECT_JOBID])
+        data = as_json(self.h.get("/?owner=*&state=aborted,cleared", as_dn=ADMIN))
+        self.assertEqual([j["jobId"] for j in data["jobs"]], [ABORTED_JOBID])
+
+    def test_unencoded_ampersand(self) -> None:
+        """
+        C{&} inside C{?query=} left unencoded still reads as more conditions.
+        """
+        q = "/?owner=*&query=status=done&lastupdatetime>0&exit_code=0"
+        data = as_json(self.h.get(q, as_dn=ADMIN))
+        self.assertEqual(
+            sorted(j["jobId"] for j in data["jobs"]), sorted([DIRECT_JOBID, traces.WMS_JOBID])
+        )
+        data = as_json(self.h.get("/?owner=*&query=status=done&exit_code>0", as_dn=ADMIN))
+        self.assertEqual(data["jobs"], [])
+
+    def test_since_until(self) -> None:
+        base = 1710408413
+        data = as_json(self.h.get(f"/?owner=*&since={base}&until={base + 86400}", as_dn=ADMIN))
+        self.assertEqual(len(data["jobs"]), 3)
+        data = as_json(self.h.get(f"/?owner=*&until={base}", as_dn=ADMIN))
+        self.assertEqual(data["jobs"], [])
+        data = as_json(self.h.get("/?owner=*&since=last60", as_dn=ADMIN))
+        self.assertEqual(data["jobs"], [])
+
+    def test_bad_queries(self) -> None:
+        for q in (
+            "/?query=colour%3Dred",
+            "/?query=status%3Dsleeping",
+            "/?query=status",
+            "/?limit=0",
+            "/?limit=1001",
+            "/?limit=ten",
+            "/?cursor=!!!",
+            "/?since=yesterday",
+            "/?nonsense",
+            "/?query=" + "%26".join(["status%3Ddone"] * 33),
+        ):
+            req = self.h.get(q)
+            self.assertEqual(req.responseCode, 400, q)
+            self.assertEqual(as_json(req)["error"], 400, q)
+
+    def test_paging(self) -> None:
+        pages = [as_json(self.h.get("/?owner=*&limit=2", as_dn=ADMIN))]
+        self.assertEqual(len(pages[0]["jobs"]), 2)
+        self.assertIsNotNone(pages[0]["cursor"])
+        pages.append(
+            as_json(self.h.get(f"/?owner=*&limit=2&cursor={pages[0]['cursor']}", as_dn=ADMIN))
+        )
+        self.assertEqual(len(pages[1]["jobs"]), 1)
+        self.assertIsNone(pages[1]["cursor"])
+        every = as_json(self.h.get("/?owner=*", as_dn=ADMIN))["jobs"]
+        self.assertEqual(pages[0]["jobs"] + pages[1]["jobs"], every)
+        times = [j["lastUpdateTime"] for j in every]
+        self.assertEqual(times, sorted(times, reverse=True))
+
+    def test_text_and_html(self) -> None:
+        text = body(self.h.get("/?owner=*&limit=1&text", as_dn=ADMIN)).decode().splitlines()
+        self.assertEqual(len(text), 2)
+        self.assertTrue(text[0].startswith("jobId="))
+        self.assertTrue(text[1].startswith("cursor="))
+        page = body(self.h.get("/?owner=*&limit=1", as_dn=ADMIN, accept="text/html")).decode()
+        self.assertIn("<table>", page)
+        self.assertIn('href="/?owner=%2A&amp;limit=1&amp;cursor=', page)
+        self.assertRegex(page, r'<a href="/[A-Za-z0-9_-]+">https://')
+
+
+class FormatTests(SynchronousTestCase):
+    def test_choose_format(self) -> None:
+        self.assertEqual(choose_format([], ""), "json")
+        self.assertEqual(choose_format([], "*/*"), "json")
+        self.assertEqual(choose_format([], "text/html,*/*;q=0.8"), "html")
+        self.assertEqual(choose_format([], "text/plain;q=0.5, application/json"), "json")
+        self.assertEqual(choose_format([("text", "")], "text/html"), "text")
+        self.assertEqual(choose_format([("format", "html")], ""), "html")
+
+    def test_split_query(self) -> None:
+        self.assertEqual(split_query(b"a=1&b=x%3Dy+z&&c"), [("a", "1"), ("b", "x=y z"), ("c", "")])
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_hostile_query_strings(self, raw: bytes) -> None:
+        """
+        Whatever the query string, the answer is a JSON error or a page, never a crash.
+        """
+        h = Harness(store_with(traces.cream_done_ok_unpurged()))
+        for path in ([b""], [traces.DIRECT_CREAM_ID.encode()]):
+            req = DummyRequest(path)
+            req.uri = b"/" + path[0] + b"?" + raw
+            h.resource.render(req)  # type: ignore[arg-type]
+            self.assertTrue(req.finished)
+            self.assertIn(req.responseCode, (200, 400, 403, 404))
+            if req.responseCode != 200:
+                self.assertEqual(as_json(req)["error"], req.responseCode)
+
+
+class SiteTests(SynchronousTestCase):
+    def test_make_site(self) -> None:
+        clock = Clock()
+        seen: list[Request] = []
+
+        def identify(request: Request) -> Identity | None:
+            seen.append(request)
+            return Identity(OWNER)
+
+        site = make_site(store_with(), clock=clock, identify=identify)
+        self.assertIsInstance(site.resource, QueryResource)
+        self.assertFalse(site.displayTracebacks)
+        self.assertIs(site.resource.identify, identify)  # type: ignore[attr-defined]
+
+    def test_dev_commands(self) -> None:
+        class PKI:
+            user_proxy = "/s/devcerts/user/x509up"
+            ca_dir = "/s/devcerts/certificates"
+
+        lines = dev_commands(PKI(), 9000)
+        self.assertEqual(
+            lines[0],
+            "X509_USER_PROXY=/s/devcerts/user/x509up X509_CERT_DIR=/s/devcerts/certificates "
+            "lbtwist status https://localhost:9000/<unique>",
+        )
+        self.assertIn("curl --cert /s/devcerts/user/x509up --key /s/devcerts/user/x509up", lines[1])
