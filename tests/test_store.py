@@ -18,9 +18,17 @@ from zope.interface.verify import verifyObject
 from lbtwist.errors import LBError, NoSpace, TryAgain
 from lbtwist.events import parse_event
 from lbtwist.states import compute_status
-from lbtwist.store.batch import cream_key, dupkey, identity, split_jobid
+from lbtwist.store.batch import (
+    BatchProcessor,
+    _has_key,
+    _key_bytes,
+    cream_key,
+    dupkey,
+    identity,
+    split_jobid,
+)
 from lbtwist.store.interface import IEventStore, StoreResult
-from lbtwist.store.memory import MemoryStore
+from lbtwist.store.memory import MemoryBackend, MemoryStore
 from tests import traces
 
 LB_DEST = f"{traces.LB_HOST}:9001"
@@ -164,6 +172,60 @@ class StoreRulesMixin:
         after = self.successResultOf(store.status(traces.DIRECT_JOBID))
         self.assertNotEqual(comparable(after), comparable(status))
         self.assertEqual(len(self.successResultOf(store.events(traces.DIRECT_JOBID))), 5)
+
+    def test_duplicate_of_cached_job_no_lookup(self) -> None:
+        """
+        The duplicate keys of a cached job's events are known: new events need no
+        lookup in the backend, duplicates are still found.
+        """
+        store = self.make_store()
+        lines = direct_lines()
+        self.store_ok(store, lines[:4])
+        results = self.store_ok(store, [lines[4], lines[2], lines[5]])
+        self.assertEqual([r.duplicate for r in results], [False, True, False])
+        self.assertEqual(store.processor.lookups, 1)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.successResultOf(store.events(traces.DIRECT_JOBID))), 6)
+
+    def test_duplicate_after_eviction(self) -> None:
+        """
+        A job no longer cached gets its duplicate keys from the backend.
+        """
+        store = self.make_store()
+        lines = direct_lines()
+        self.store_ok(store, lines[:4])
+        store.processor._cache.clear()
+        results = self.store_ok(store, [lines[1], lines[4], lines[3], lines[5]])
+        self.assertEqual([r.duplicate for r in results], [True, False, True, False])
+        self.assertEqual(store.processor.lookups, 2)
+        self.assertEqual(len(self.successResultOf(store.events(traces.DIRECT_JOBID))), 6)
+
+    def test_duplicate_key_collision(self) -> None:
+        """
+        Events of a job whose duplicate keys collide are told apart by a lookup.
+        """
+        from lbtwist.store import batch
+
+        self.patch(batch, "dupkey", lambda ident: 42)  # type: ignore[attr-defined]
+        store = self.make_store()
+        lines = direct_lines()
+        self.store_ok(store, lines[:2])
+        results = self.store_ok(store, [lines[2], lines[0], lines[3]])
+        self.assertEqual([r.duplicate for r in results], [False, True, False])
+        self.assertEqual(store.processor.lookups, 3)
+        self.assertEqual(len(self.successResultOf(store.events(traces.DIRECT_JOBID))), 4)
+
+    def test_failed_write_forgets_keys(self) -> None:
+        """
+        Keys of events whose write failed are not taken for stored ones.
+        """
+        store = self.make_store()
+        lines = direct_lines()
+        self.store_ok(store, lines[:2])
+        self.fail_next_write(store, NoSpace("disk full"))
+        self.successResultOf(store.store(items(lines[2:4])))
+        results = self.store_ok(store, lines[2:4])
+        self.assertEqual([r.duplicate for r in results], [False, False])
+        self.assertEqual([r.seqno for r in results], [3, 4])
 
     def test_duplicate_in_batch(self) -> None:
         store = self.make_store()
@@ -401,6 +463,50 @@ class HelperTests(SynchronousTestCase):
     def test_cream_key(self) -> None:
         self.assertEqual(cream_key("https://ce:8443/CREAM42"), "CREAM42")
         self.assertEqual(cream_key("CREAM42"), "CREAM42")
+
+    def test_has_key_aligned(self) -> None:
+        """
+        Only whole 8-byte keys count, not bytes straddling two of them.
+        """
+        keys = _key_bytes(0x0102030405060708) + _key_bytes(0x090A0B0C0D0E0F10)
+        self.assertTrue(_has_key(keys, _key_bytes(0x090A0B0C0D0E0F10)))
+        self.assertFalse(_has_key(keys, _key_bytes(0x05060708090A0B0C)))
+        self.assertFalse(_has_key(b"", _key_bytes(0)))
+        self.assertTrue(_has_key(_key_bytes(-1) + _key_bytes(-1), _key_bytes(-1)))
+        ones = bytes([1] * 8)
+        # A straddling match at offset 1 comes before the real one at 16.
+        keys = bytes([0] + [1] * 7) + bytes([1] + [0] * 7)
+        self.assertFalse(_has_key(keys, ones))
+        self.assertTrue(_has_key(keys + ones, ones))
+
+    def test_backend_without_dupkeys(self) -> None:
+        """
+        A backend without C{load_dupkeys} gets a lookup per event of a job it loads.
+        """
+        backend = MemoryBackend()
+
+        class Plain:
+            def __getattr__(self, name: str) -> Any:
+                if name == "load_dupkeys":
+                    raise AttributeError(name)
+                return getattr(backend, name)
+
+        lines = direct_lines()
+        first = BatchProcessor(Plain(), relay=True, local_endpoints=(), proxy_host=PROXY)
+        first.process([(line, parse_event(line), 1) for line in lines[:3]])
+        second = BatchProcessor(Plain(), relay=True, local_endpoints=(), proxy_host=PROXY)
+        results = second.process([(line, parse_event(line), 2) for line in lines[1:5]])
+        self.assertEqual(
+            [r.duplicate for r in results if isinstance(r, StoreResult)],
+            [True, True, False, False],
+        )
+        self.assertEqual(second.lookups, 4)
+        third = BatchProcessor(backend, relay=True, local_endpoints=(), proxy_host=PROXY)
+        results = third.process([(line, parse_event(line), 3) for line in lines[4:6]])
+        self.assertEqual(
+            [r.duplicate for r in results if isinstance(r, StoreResult)], [True, False]
+        )
+        self.assertEqual(third.lookups, 1)
 
     def test_dupkey_stable(self) -> None:
         ev = parse_event(direct_lines()[0])

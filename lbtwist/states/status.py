@@ -9,6 +9,7 @@ integers, microseconds since the epoch, UTC.
 from __future__ import annotations
 
 import copy as _copy
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -208,6 +209,12 @@ class JobStatus:
         """
         return _json_dict(self)
 
+    def to_json(self) -> str:
+        """
+        L{to_json_dict} as compact JSON with sorted keys: what the stores write.
+        """
+        return _json_encode(_json_sorted(self))
+
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> JobStatus:
         """
@@ -280,6 +287,25 @@ _json_dict = _compile(
     )
     + "    }\n",
 )
+# The same dict with its keys (nested ones too) in sorted order, so that encoding
+# it needs no sorting.
+_JSON_SORTED_EXPR: dict[str, str] = {
+    **_JSON_EXPR,
+    "user_tags": "dict(sorted({v}.items()))",
+    "stateEnterTimes": "{{k: _iso(t) for k, t in sorted({v}.items())}}",
+    "acl": "[dict(sorted(e.items())) for e in {v}]",
+}
+_json_sorted = _compile(
+    "_json_sorted",
+    "def _json_sorted(s):\n    return {\n"
+    + "".join(
+        f"        {name!r}: {_JSON_SORTED_EXPR.get(name, '{v}').format(v='s.' + name)},\n"
+        for name in sorted(_FIELD_NAMES)
+    )
+    + "    }\n",
+)
+# No cycles can occur in a status dict: skip the check.
+_json_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 # The order in which format_text prints fields (L&B's order, then ours).
 TEXT_ORDER: tuple[str, ...] = tuple(

@@ -14,7 +14,6 @@ Nothing here touches the reactor or the clock: arrival times come in with the it
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -28,7 +27,7 @@ from twisted.python.failure import Failure
 from lbtwist.errors import LBError, TryAgain
 from lbtwist.events import PRIO_DIRECT, PRIO_INTERNAL, Event, format_event, parse_event
 from lbtwist.states import advance, compute_status
-from lbtwist.states.status import JobStatus
+from lbtwist.states.status import JobStatus, format_iso
 from lbtwist.store.interface import OutboxEntry, StoreResult
 from lbtwist.translate import generate_events
 
@@ -187,6 +186,10 @@ class StoreBackend(Protocol):
         @return: the identities of the job's stored events with this duplicate key.
         """
 
+    # Optional: C{load_dupkeys(jobid) -> list[int]}, the duplicate keys of every
+    # stored event of a job. A backend that has it spares a duplicate lookup per
+    # event for jobs loaded from storage.
+
     def write(self, plan: BatchPlan) -> None:
         """
         Write the plan in one durable transaction, or nothing (raise).
@@ -209,6 +212,9 @@ class _JobWork:
     committed: int
     new: list[NewEvent] = attrs.Factory(list)
     seen: set[Identity] = attrs.Factory(set)
+    #: Duplicate keys of all the job's events (8 bytes each, see L{_key_bytes}),
+    #: C{None} when not known: then every event needs a lookup in the backend.
+    keys: bytes | None = None
     #: Relay destination, C{""} for a local job, C{None} until computed.
     destination: str | None = None
 
@@ -221,6 +227,8 @@ class BatchProcessor:
 
     @ivar reparsed: number of stored lines parsed again to recompute a status.
     @ivar recomputes: number of full status recomputations.
+    @ivar lookups: number of duplicate lookups in the backend (the duplicate keys
+        of cached jobs' events are known, so most events need none).
     """
 
     def __init__(
@@ -236,11 +244,13 @@ class BatchProcessor:
         self.relay = relay
         self.local_endpoints = frozenset(local_endpoints)
         self.proxy_host = proxy_host
-        self._cache: OrderedDict[str, tuple[JobStatus, int]] = OrderedDict()
+        # jobid -> (status, event count, duplicate keys of its events or None)
+        self._cache: OrderedDict[str, tuple[JobStatus, int, bytes | None]] = OrderedDict()
         self._cache_size = cache_size
         self._next_id = backend.max_event_id() + 1
         self.reparsed = 0
         self.recomputes = 0
+        self.lookups = 0
 
     def relay_destination(self, jobid: str) -> str | None:
         """
@@ -289,7 +299,7 @@ class BatchProcessor:
                 error = TryAgain(f"store failure: {e}")
             return [error] * len(items)
         for jobid, work in touched.items():
-            self._remember(jobid, work.status, work.nevents)
+            self._remember(jobid, work.status, work.nevents, work.keys)
         # advance() and compute_status() always make new statuses, so the cached
         # one is never changed and can be handed out as is (callers must not change it).
         return [
@@ -306,8 +316,10 @@ class BatchProcessor:
         entry = self._cache.get(jobid)
         return entry[0] if entry is not None else None
 
-    def _remember(self, jobid: str, status: JobStatus, nevents: int) -> None:
-        self._cache[jobid] = (status, nevents)
+    def _remember(
+        self, jobid: str, status: JobStatus, nevents: int, keys: bytes | None = None
+    ) -> None:
+        self._cache[jobid] = (status, nevents, keys)
         self._cache.move_to_end(jobid)
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
@@ -316,18 +328,27 @@ class BatchProcessor:
         entry = self._cache.get(jobid)
         if entry is not None:
             self._cache.move_to_end(jobid)
-            return _JobWork(status=entry[0], nevents=entry[1], committed=entry[1])
+            return _JobWork(status=entry[0], nevents=entry[1], committed=entry[1], keys=entry[2])
         stored = self._backend.load_job(jobid)
         if stored is None:
-            return _JobWork(status=JobStatus(), nevents=0, committed=0)
+            return _JobWork(status=JobStatus(), nevents=0, committed=0, keys=b"")
         data, nevents = stored
-        return _JobWork(status=status_from_json(data), nevents=nevents, committed=nevents)
+        keys: bytes | None = None
+        load_dupkeys = getattr(self._backend, "load_dupkeys", None)
+        if load_dupkeys is not None:
+            keys = b"".join(_key_bytes(k) for k in load_dupkeys(jobid))
+        return _JobWork(
+            status=status_from_json(data), nevents=nevents, committed=nevents, keys=keys
+        )
 
     def _is_duplicate(self, jobid: str, work: _JobWork, ident: Identity, key: int) -> bool:
         if ident in work.seen:
             return True
         if work.committed == 0:
             return False
+        if work.keys is not None and not _has_key(work.keys, _key_bytes(key)):
+            return False
+        self.lookups += 1
         return ident in self._backend.find_identities(jobid, key)
 
     def _add(
@@ -355,6 +376,8 @@ class BatchProcessor:
         plan.events.append(new)
         work.new.append(new)
         work.seen.add(ident)
+        if work.keys is not None:
+            work.keys += _key_bytes(key)
         if work.destination is None:
             work.destination = self.relay_destination(ev.jobid) or ""
         if work.destination and not ev.priority & NO_RELAY:
@@ -407,18 +430,34 @@ class BatchProcessor:
         return compute_status(pairs)
 
 
+def _key_bytes(key: int) -> bytes:
+    return key.to_bytes(8, "big", signed=True)
+
+
+def _has_key(keys: bytes, key: bytes) -> bool:
+    """
+    Whether C{keys}, a concatenation of 8-byte keys, holds C{key}.
+    """
+    at = keys.find(key)
+    while at >= 0:
+        if at % 8 == 0:
+            return True
+        at = keys.find(key, at + 1)
+    return False
+
+
 def _job_row(jobid: str, work: _JobWork) -> JobRow:
-    data = work.status.to_json_dict()
-    machine = getattr(work.status, "machine", None)
+    status = work.status
+    updated = status.lastUpdateTime
     return JobRow(
         jobid=jobid,
-        owner=_text(data.get("owner")),
-        state=_text(data.get("state")),
-        jobtype=_text(data.get("jobtype")),
-        last_update=_text(data.get("lastUpdateTime")),
-        machine=_text(machine),
+        owner=_text(status.owner),
+        state=_text(status.state),
+        jobtype=_text(status.jobtype),
+        last_update=None if updated is None else format_iso(updated),
+        machine=_text(status.machine),
         nevents=work.nevents,
-        status_json=json.dumps(data, separators=(",", ":"), sort_keys=True),
+        status_json=status.to_json(),
     )
 
 

@@ -87,6 +87,9 @@ class MemoryBackend:
     def find_identities(self, jobid: str, key: int) -> list[Identity]:
         return [identity(new.event) for new in self.by_job.get(jobid, []) if new.dupkey == key]
 
+    def load_dupkeys(self, jobid: str) -> list[int]:
+        return [new.dupkey for new in self.by_job.get(jobid, [])]
+
     def write(self, plan: BatchPlan) -> None:
         if self.fail_next is not None:
             error, self.fail_next = self.fail_next, None

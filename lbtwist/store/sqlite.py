@@ -271,6 +271,12 @@ class SQLiteBackend:
         ).fetchall()
         return [tuple(row) for row in rows]
 
+    def load_dupkeys(self, jobid: str) -> list[int]:
+        return [
+            int(row[0])
+            for row in self.conn.execute("SELECT dupkey FROM events WHERE jobid = ?", (jobid,))
+        ]
+
     def write(self, plan: BatchPlan) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
