@@ -1,0 +1,305 @@
+# -*- test-case-name: tests.test_storeport -*-
+"""
+Tests for L{lbtwist.storeport}: the server's store port, alone over a
+StringTransport and behind the relay over in-memory TLS with real certificates.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.test import iosim
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+
+from lbtwist import ilproto
+from lbtwist.authz import Policy, parse_policy
+from lbtwist.events import parse_event
+from lbtwist.identity import Identity, slash_dn
+from lbtwist.relay import RelayService, RelaySettings
+from lbtwist.store.memory import MemoryStore
+from lbtwist.storeport import (
+    StorePortFactory,
+    may_log,
+    required_action,
+    tls_identity,
+)
+from lbtwist.tls import ClientConnectionCreator, ServerContextSource, client_context
+from tests import traces
+from tests.certs import NOW, TestCA
+
+JOB = "https://lb01.example.org:9000/JobAaaaaaaaaaaaaaaaaaaa"
+OWNER = traces.WMS_USER
+RELAY_DN = "/DC=org/DC=example/CN=host/relay.example.org"
+
+
+def policy_for(dn: str, *actions: str) -> Policy:
+    body = "".join(f'action "{a}" {{ rule permit {{ subject = "{dn}" }} }}\n' for a in actions)
+    return parse_policy(f'resource "LB" {{\n{body}}}\n')
+
+
+class Server:
+    """
+    A store port factory on a memory store, one StringTransport connection.
+    """
+
+    def __init__(self, peer: str | None, **kw: Any) -> None:
+        self.store = kw.pop("store", None) or MemoryStore(Clock(), relay=False)
+        identity = Identity(peer) if peer is not None else None
+        self.factory = StorePortFactory(self.store, identify=lambda t: identity, **kw)
+        self.transport = StringTransport()
+        self.proto = self.factory.buildProtocol(None)
+        self.proto.makeConnection(self.transport)
+        self._replies = ilproto.ILReplyDecoder()
+
+    def send(self, *lines: str) -> None:
+        self.proto.dataReceived(
+            b"".join(ilproto.encode_il_msg(line.encode() + b"\n") for line in lines)
+        )
+
+    def replies(self) -> list[tuple[int, int]]:
+        data = self.transport.value()
+        self.transport.clear()
+        return [(r.major, r.minor) for r in self._replies.feed(data)]
+
+    def stored(self, jobid: str = JOB) -> list[str]:
+        out: list[Any] = []
+        self.store.events(jobid).addCallback(out.extend)
+        return [s.line for s in out]
+
+
+OK = (0, 0)
+PERM = (ilproto.LB_PERM, errno.EPERM)
+ENOENT = (ilproto.LB_DBERR, errno.ENOENT)
+
+
+class StorePortTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.lines = traces.wms_prelude(JOB)
+
+    def test_owner_registers_and_logs(self) -> None:
+        s = Server(OWNER)
+        s.send(*self.lines)
+        self.assertEqual(s.replies(), [OK] * len(self.lines))
+        self.assertEqual(sorted(s.stored()), sorted(self.lines))
+        self.assertEqual(s.factory.stats.accepted, len(self.lines))
+
+    def test_regjob_first(self) -> None:
+        s = Server(OWNER)
+        s.send(*self.lines[1:3])
+        self.assertEqual(s.replies(), [ENOENT, ENOENT])
+        self.assertEqual(s.stored(), [])
+        s.send(self.lines[0])
+        s.send(*self.lines[1:3])
+        self.assertEqual(s.replies(), [OK, OK, OK])
+
+    def test_grey_jobs(self) -> None:
+        s = Server(OWNER, grey_jobs=True)
+        s.send(*self.lines[1:3])
+        self.assertEqual(s.replies(), [OK, OK])
+
+    def test_known_job_looked_up_in_store(self) -> None:
+        store = MemoryStore(Clock(), relay=False)
+        first = Server(OWNER, store=store)
+        first.send(self.lines[0])
+        self.assertEqual(first.replies(), [OK])
+        again = Server(OWNER, store=store)
+        again.send(*self.lines[1:])
+        self.assertEqual(again.replies(), [OK] * (len(self.lines) - 1))
+
+    def test_stranger_refused(self) -> None:
+        s = Server("/DC=org/DC=example/CN=Somebody Else")
+        s.send(self.lines[0])
+        self.assertEqual(s.replies(), [PERM])
+        s2 = Server(None)
+        s2.send(self.lines[0])
+        self.assertEqual(s2.replies(), [PERM])
+
+    def test_trusted_relay_by_policy(self) -> None:
+        s = Server(RELAY_DN, policy=policy_for(RELAY_DN, "LOG_WMS_EVENTS"))
+        s.send(self.lines[0])
+        self.assertEqual(s.replies(), [PERM])
+        s = Server(RELAY_DN, policy=policy_for(RELAY_DN, "REGISTER_JOBS", "LOG_WMS_EVENTS"))
+        s.send(*self.lines)
+        self.assertEqual(s.replies(), [OK] * len(self.lines))
+
+    def test_super_user(self) -> None:
+        s = Server(RELAY_DN, super_users=[RELAY_DN.upper()])
+        s.send(*self.lines)
+        self.assertEqual(s.replies(), [OK] * len(self.lines))
+
+    def test_required_actions(self) -> None:
+        reg, acc = parse_event(self.lines[0]), parse_event(self.lines[1])
+        self.assertEqual(required_action(reg), "REGISTER_JOBS")
+        self.assertEqual(required_action(acc), "LOG_WMS_EVENTS")
+        self.assertEqual(required_action(acc.evolve(source="CREAMExecutor")), "LOG_CE_EVENTS")
+        self.assertEqual(required_action(acc.evolve(source="LRMS")), "LOG_CE_EVENTS")
+        self.assertEqual(required_action(acc.evolve(source="Application")), "LOG_GENERAL_EVENTS")
+        ce = policy_for(RELAY_DN, "LOG_CE_EVENTS")
+        relay = Identity(RELAY_DN)
+        self.assertTrue(may_log(relay, acc.evolve(source="LRMS"), ce, ()))
+        self.assertFalse(may_log(relay, acc, ce, ()))
+        self.assertTrue(may_log(Identity(OWNER.lower()), acc, Policy(), ()))
+
+    def test_duplicate_ok_stored_once(self) -> None:
+        s = Server(OWNER)
+        s.send(*self.lines[:3])
+        s.send(*self.lines[:3])
+        self.assertEqual(s.replies(), [OK] * 6)
+        self.assertEqual(len(s.stored()), 3)
+        self.assertEqual(s.factory.stats.duplicates, 3)
+
+    def test_reply_only_when_durable(self) -> None:
+        pending: list[tuple[Any, Deferred[Any]]] = []
+
+        def runner(work: Any) -> Deferred[Any]:
+            d: Deferred[Any] = Deferred()
+            pending.append((work, d))
+            return d
+
+        store = MemoryStore(Clock(), relay=False, runner=runner)
+        s = Server(OWNER, store=store)
+        s.send(self.lines[0])
+        self.assertEqual(s.replies(), [])
+        work, d = pending.pop()
+        d.callback(work())
+        self.assertEqual(s.replies(), [OK])
+
+    def test_bad_event_answered_in_order(self) -> None:
+        s = Server(OWNER)
+        s.send(self.lines[0], "DATE=garbage", self.lines[1])
+        replies = s.replies()
+        self.assertEqual(replies[0], OK)
+        self.assertEqual(replies[1][0], ilproto.LB_PROTO)
+        self.assertEqual(replies[2], OK)
+
+    def test_logd_framing(self) -> None:
+        s = Server(OWNER)
+        s.proto.dataReceived(ilproto.encode_logd(self.lines[0].encode() + b"\n"))
+        self.assertEqual(s.transport.value(), ilproto.encode_logd_answer(0))
+
+    def test_broken_framing_closes(self) -> None:
+        s = Server(OWNER)
+        s.send(self.lines[0])
+        s.proto.dataReceived(b"  xx garbage header\n")
+        self.assertEqual(s.replies()[0], OK)
+        self.assertTrue(s.transport.disconnecting)
+
+    def test_line_framing_refused(self) -> None:
+        s = Server(OWNER)
+        s.proto.dataReceived(self.lines[0].encode() + b"\n")
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual(s.stored(), [])
+
+    def test_connection_bound(self) -> None:
+        s = Server(OWNER, max_connections=1)
+        extra = s.factory.buildProtocol(None)
+        transport = StringTransport()
+        extra.makeConnection(transport)
+        self.assertTrue(transport.disconnecting)
+        s.proto.connectionLost()
+        self.assertEqual(s.factory.stats.connections, 0)
+
+
+@implementer(IStreamClientEndpoint)
+class MemoryTLSEndpoint:
+    """
+    Connects the relay to a store port factory over iosim, both ends with TLS.
+    """
+
+    def __init__(self, creator: Any, source: Any, server: Any, clock: Clock) -> None:
+        self.creator = creator
+        self.source = source
+        self.server = server
+        self.clock = clock
+        self.pumps: list[iosim.IOPump] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        addr = IPv4Address("TCP", "127.0.0.1", 9001)
+        client = TLSMemoryBIOFactory(self.creator, True, factory, self.clock).buildProtocol(addr)
+        server = TLSMemoryBIOFactory(self.source, False, self.server, self.clock).buildProtocol(
+            addr
+        )
+        pump = iosim.connect(
+            server,
+            iosim.makeFakeServer(server),
+            client,
+            iosim.makeFakeClient(client),
+            greet=False,
+            clock=self.clock,
+        )
+        self.pumps.append(pump)
+        return succeed(client.wrappedProtocol)
+
+    def flush(self) -> None:
+        for _ in range(10):
+            self.clock.advance(0.01)
+            for pump in self.pumps:
+                pump.pump()
+
+
+class RelayToStorePortTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        base = Path(self.mktemp())
+        base.mkdir(parents=True)
+        ca = TestCA.create()
+        ca_dir = base / "certificates"
+        ca.install(ca_dir, ca.crl())
+        server_host = ca.host("lb01.example.org")
+        relay_host = ca.host("ce.example.org")
+        self.relay_dn = slash_dn(relay_host.cert.subject)
+        server_pem = server_host.write(base / "server.pem")
+        relay_pem = relay_host.write(base / "relay.pem")
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+        self.source = ServerContextSource(server_pem, None, ca_dir, verify_time=NOW)
+        self.context = client_context(relay_pem, None, ca_dir, verify_time=NOW, crl="off")
+        self.proxy_store = MemoryStore(self.clock, relay=True, proxy_host="ce.example.org")
+        self.server_store = MemoryStore(self.clock, relay=False)
+
+    def run_relay(self, hostname: str, policy: Policy) -> tuple[StorePortFactory, Any]:
+        factory = StorePortFactory(
+            self.server_store, identify=tls_identity(self.clock), policy=policy
+        )
+        endpoint = MemoryTLSEndpoint(
+            ClientConnectionCreator(hostname, self.context), self.source, factory, self.clock
+        )
+        relay = RelayService(
+            self.proxy_store, self.clock, lambda dest: endpoint, RelaySettings(window=8)
+        )
+        relay.startService()
+        self.addCleanup(relay.stopService)
+        lines = traces.wms_prelude(JOB)
+        self.successResultOf(self.proxy_store.store([(ln, parse_event(ln)) for ln in lines]))
+        endpoint.flush()
+        return factory, lines
+
+    def test_relayed_over_tls_to_trusted_relay(self) -> None:
+        policy = policy_for(self.relay_dn, "REGISTER_JOBS", "LOG_WMS_EVENTS")
+        factory, lines = self.run_relay("lb01.example.org", policy)
+        stored = self.successResultOf(self.server_store.events(JOB))
+        self.assertEqual(sorted(s.line for s in stored), sorted(lines))
+        self.assertEqual(self.successResultOf(self.proxy_store.outbox_pending()), [])
+        self.assertEqual(factory.stats.accepted, len(lines))
+
+    def test_untrusted_relay_rejected(self) -> None:
+        factory, lines = self.run_relay("lb01.example.org", Policy())
+        self.assertEqual(self.successResultOf(self.server_store.events(JOB)), [])
+        rejected = self.successResultOf(self.proxy_store.rejected())
+        self.assertEqual(len(rejected), len(lines))
+        self.assertEqual({r.major for r in rejected}, {ilproto.LB_PERM})
+
+    def test_wrong_server_name_not_delivered(self) -> None:
+        policy = policy_for(self.relay_dn, "REGISTER_JOBS", "LOG_WMS_EVENTS")
+        factory, lines = self.run_relay("other.example.org", policy)
+        self.assertEqual(self.successResultOf(self.server_store.events(JOB)), [])
+        self.assertEqual(len(self.successResultOf(self.proxy_store.outbox_pending())), len(lines))
+        self.assertEqual(factory.stats.accepted, 0)
