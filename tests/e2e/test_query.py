@@ -305,3 +305,47 @@ class QueryServiceTests(SynchronousTestCase):
         result = self.lbtwist("status", job, proxy=voms)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(parse_status_text(result.stdout)["owner"], ALICE)
+
+
+class DevCertificateTests(SynchronousTestCase):
+    """
+    C{twistd -n lbproxy} without certificate options makes a development PKI
+    under its state directory; its user proxy works with C{lbtwist status}.
+    """
+
+    def test_dev_pki_status(self) -> None:
+        from lbtwist.devcerts import USER_NAME
+        from lbtwist.identity import slash_dn
+
+        base = Path(tempfile.mkdtemp(prefix="lbtwist-dev-"))
+        self.addCleanup(shutil.rmtree, base, True)
+        port = free_port()
+        svc = LBService(str(base / "svc"), ["--query", f"tcp:{port}:interface=127.0.0.1"])
+        self.addCleanup(svc.cleanup)
+        svc.start()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.fail(svc.log_text()[-5000:])
+                time.sleep(0.05)
+        devcerts = Path(svc.state_dir) / "devcerts"
+        env = {
+            "X509_USER_PROXY": str(devcerts / "user" / "x509up"),
+            "X509_CERT_DIR": str(devcerts / "certificates"),
+            "GLITE_WMS_QUERY_SERVER": "",
+            "EDG_WL_QUERY_SERVER": "",
+        }
+        jobid = f"https://localhost:{port}/{unique(7)}"
+        owner = slash_dn(USER_NAME)
+        reg = run_lbtwist(["job-reg", "-S", svc.socket_path, "-j", jobid, "-U", owner], env=env)
+        self.assertEqual(reg.returncode, 0, reg.stderr)
+        result = run_lbtwist(["status", jobid], env=env)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(parse_status_text(result.stdout)["owner"], owner)
+        other = f"https://localhost:{port}/{unique(8)}"
+        result = run_lbtwist(["status", other], env=env)
+        self.assertEqual(result.stderr, f"lbtwist status: 404 no such job {other}\n")
