@@ -395,7 +395,9 @@ class BatchProcessor:
         plan.mappings.append(MappingRow(cream_key(local), local, ev.jobid))
 
     def _apply(self, plan: BatchPlan, work: _JobWork, ev: Event, seqno: int, arrived: int) -> None:
-        trigger = not ev.generated and ev.type.startswith("CREAM")
+        # Only a proxy (the relaying role) generates gLite events: a server receives
+        # the proxy's, and must not add its own.
+        trigger = self.relay and not ev.generated and ev.type.startswith("CREAM")
         generated: list[Event] = []
         try:
             before = work.status
