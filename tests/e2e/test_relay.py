@@ -1,0 +1,316 @@
+# -*- test-case-name: tests.e2e.test_relay -*-
+"""
+End-to-end relay tests: a real C{twistd lbproxy} relaying over TLS on loopback
+to a real C{twistd lbserver}, both on temporary state directories, sharing one
+development PKI (host certificate for localhost and lb.example.org).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+from cryptography import x509
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist.devcerts import make_dev_pki
+from lbtwist.identity import slash_dn
+from tests.e2e import harness
+
+LB_HOST = "lb.example.org"
+OTHER_HOST = "lb2.example.org"
+ACTIONS = ("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS", "LOG_GENERAL_EVENTS")
+
+#: Seconds to wait for relaying to finish.
+DELIVERY_TIMEOUT = 60.0
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = int(s.getsockname()[1])
+    s.close()
+    return port
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = DELIVERY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def query(path: str, sql: str) -> list[tuple[object, ...]]:
+    """
+    Read a service's store while it runs (WAL: readers do not block it).
+    """
+    if not os.path.exists(path):
+        return []
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        return conn.execute(sql).fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+class RoleService(harness.LBService):
+    """
+    C{twistd -n lbproxy} or C{lbserver}; ready once the intake socket and, for a
+    server, the store port accept connections.
+    """
+
+    def __init__(self, base: str, role: str, args: Sequence[str], tcp_port: int | None) -> None:
+        super().__init__(base, args)
+        self.role = role
+        self.tcp_port = tcp_port
+
+    def start(self) -> None:
+        assert self.process is None, "already running"
+        self.starts += 1
+        cmd = [
+            harness.TWISTD,
+            "-n",
+            "--pidfile=",
+            f"--logfile={self.logfile}",
+            self.role,
+            "--state-dir",
+            self.state_dir,
+            "--events",
+            f"unix:{self.socket_path}:mode=660",
+            *self.args,
+        ]
+        with open(os.path.join(self.base, f"twistd.out.{self.starts}"), "wb") as out:
+            self.process = subprocess.Popen(
+                cmd, cwd=self.base, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + harness.START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                self.process = None
+                raise harness.ServiceFailed(f"{self.role} exited with {code}\n{self.log_text()}")
+            if self._accepts() and self._tcp_accepts():
+                return
+            time.sleep(0.02)
+        self.kill()
+        raise harness.ServiceFailed(f"{self.role} did not listen\n{self.log_text()}")
+
+    def _tcp_accepts(self) -> bool:
+        if self.tcp_port is None:
+            return True
+        try:
+            socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+
+class RelayEndToEndTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.base = os.path.abspath(self.mktemp())
+        os.makedirs(self.base)
+        self.pki = make_dev_pki(
+            os.path.join(self.base, "pki"), now=datetime.now(UTC), hostnames=("localhost", LB_HOST)
+        )
+        cert = x509.load_pem_x509_certificate(self.pki.host_cert.read_bytes())
+        self.host_dn = slash_dn(cert.subject)
+        self.store_port = free_port()
+        self.unused_port = free_port()
+        self.creds = [
+            "--cert",
+            str(self.pki.host_cert),
+            "--key",
+            str(self.pki.host_key),
+            "--ca-dir",
+            str(self.pki.ca_dir),
+        ]
+
+    def write_policy(self, actions: Sequence[str]) -> str:
+        path = os.path.join(self.base, "policy.conf")
+        body = "".join(
+            f'  action "{a}" {{ rule permit {{ subject = "{self.host_dn}" }} }}\n' for a in actions
+        )
+        with open(path, "w") as f:
+            f.write(f'resource "LB" {{\n{body}}}\n')
+        return path
+
+    def start_pair(self, actions: Sequence[str] = ACTIONS) -> None:
+        self.server = RoleService(
+            os.path.join(self.base, "server"),
+            "lbserver",
+            [
+                *self.creds,
+                "--hostname",
+                LB_HOST,
+                "--store",
+                f"tcp:{self.store_port}:interface=127.0.0.1",
+                "--query",
+                f"tcp:{free_port()}:interface=127.0.0.1",
+                "--policy",
+                self.write_policy(actions),
+            ],
+            self.store_port,
+        )
+        self.proxy = RoleService(
+            os.path.join(self.base, "proxy"),
+            "lbproxy",
+            [
+                *self.creds,
+                "--hostname",
+                "localhost",
+                "--query",
+                f"tcp:{free_port()}:interface=127.0.0.1",
+                "--relay-map",
+                f"{LB_HOST}:9001=tcp:host=127.0.0.1:port={self.store_port}",
+                "--relay-map",
+                f"{OTHER_HOST}:9001=tcp:host=127.0.0.1:port={self.unused_port}",
+            ],
+            None,
+        )
+        self.addCleanup(self.proxy.cleanup)
+        self.addCleanup(self.server.cleanup)
+        self.server.start()
+        self.proxy.start()
+
+    def log(self, lines: Sequence[str]) -> None:
+        sock = harness.connect(self.proxy.socket_path)
+        try:
+            sock.sendall("".join(line + "\n" for line in lines).encode())
+            for line in lines:
+                answer = harness.read_line(sock)
+                self.assertTrue(answer.startswith(b"OK"), (answer, line))
+        finally:
+            sock.close()
+
+    def jobs(self, first: int, count: int, host: str = LB_HOST) -> list[tuple[str, list[str]]]:
+        out = []
+        for n in range(first, first + count):
+            jobid = f"https://{host}:9000/e2eRelayJob{n:06d}"
+            wms, cream = harness.wms_job_trace(
+                jobid, harness.cream_jobid(n), harness.T0 + n * 10_000_000
+            )
+            out.append((jobid, wms + cream))
+        return out
+
+    def proxy_lines(self) -> list[str]:
+        return [str(r[0]) for r in query(self.proxy.db_path, "SELECT line FROM events ORDER BY id")]
+
+    def server_lines(self) -> list[str]:
+        return [
+            str(r[0]) for r in query(self.server.db_path, "SELECT line FROM events ORDER BY id")
+        ]
+
+    def outbox_depth(self) -> int:
+        rows = query(self.proxy.db_path, "SELECT COUNT(*) FROM outbox")
+        return int(rows[0][0]) if rows else -1
+
+    def wait_delivered(self) -> None:
+        def done() -> bool:
+            return self.outbox_depth() == 0 and len(self.server_lines()) >= len(self.proxy_lines())
+
+        try:
+            wait_for("the relay to finish", done)
+        except AssertionError:
+            raise AssertionError(
+                f"outbox {self.outbox_depth()}, proxy {len(self.proxy_lines())},"
+                f" server {len(self.server_lines())}\nPROXY LOG\n{self.proxy.log_text()[-6000:]}"
+                f"\nSERVER LOG\n{self.server.log_text()[-6000:]}"
+            ) from None
+
+    def assert_exactly_once_in_order(self) -> None:
+        proxy, server = self.proxy_lines(), self.server_lines()
+        self.assertEqual(len(server), len(set(server)))
+        self.assertEqual(server, proxy)
+
+    def test_wms_job_reaches_server(self) -> None:
+        self.start_pair()
+        [(jobid, lines)] = self.jobs(1, 1)
+        self.log(lines)
+        self.wait_delivered()
+        self.assert_exactly_once_in_order()
+        generated = [ln for ln in self.server_lines() if "DG.GENERATED_BY" in ln]
+        self.assertEqual(len(generated), 4)
+        result = harness.run_lbtwist(["status", "--state-dir", self.server.state_dir, jobid])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        status = harness.parse_status_text(result.stdout)
+        self.assertEqual(status.get("state"), "Done")
+        self.assertEqual(status.get("cream_state"), "Done-ok")
+        self.assertEqual(status.get("done_code"), "OK")
+
+    def test_server_outages_and_proxy_kill(self) -> None:
+        self.start_pair()
+        batches = [self.jobs(100 + 20 * i, 20) for i in range(6)]
+        self.log([ln for _, lines in batches[0] for ln in lines])
+        self.server.stop()
+        self.log([ln for _, lines in batches[1] for ln in lines])
+        self.server.start()
+        self.log([ln for _, lines in batches[2] for ln in lines])
+        # kill -9 while relaying.
+        self.proxy.kill()
+        self.proxy.start()
+        self.server.kill()
+        self.log([ln for _, lines in batches[3] for ln in lines])
+        self.server.start()
+        self.log([ln for _, lines in batches[4] for ln in lines])
+        self.proxy.kill()
+        self.server.stop()
+        self.proxy.start()
+        self.log([ln for _, lines in batches[5] for ln in lines])
+        time.sleep(0.5)
+        self.server.start()
+        self.wait_delivered()
+        self.assert_exactly_once_in_order()
+        jobid = batches[5][-1][0]
+        result = harness.run_lbtwist(["status", "--state-dir", self.server.state_dir, jobid])
+        self.assertEqual(harness.parse_status_text(result.stdout).get("state"), "Done")
+
+    def test_refused_event_rejected_queue_moves(self) -> None:
+        self.start_pair(actions=("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS"))
+        [(jobid, lines)] = self.jobs(1, 1)
+        tag = harness.ulm_line(
+            "UserTag",
+            jobid=jobid,
+            date=harness.T0 + 99_000_000,
+            source="Application",
+            seqcode=harness.glite_seqcode(NS=3, WM=3, JSS=2, LRMS=100000, APP=1),
+            user="/DC=org/DC=example/CN=Somebody Else",
+            name="colour",
+            value="blue",
+        )
+        self.log(lines[:8] + [tag] + lines[8:])
+        wait_for("the relay to drain", lambda: self.outbox_depth() == 0)
+        rejected = query(self.proxy.db_path, "SELECT major, reason FROM rejected")
+        self.assertEqual(len(rejected), 1, self.proxy.log_text()[-4000:])
+        self.assertEqual(rejected[0][0], 600)
+        server = self.server_lines()
+        self.assertNotIn(tag, server)
+        self.assertEqual(server, [ln for ln in self.proxy_lines() if ln != tag])
+
+    def test_unreachable_destination_does_not_hold_others(self) -> None:
+        self.start_pair()
+        [(stuck_job, stuck)] = self.jobs(1, 1, host=OTHER_HOST)
+        [(jobid, lines)] = self.jobs(2, 1)
+        self.log(stuck + lines)
+        wait_for(
+            "the reachable destination",
+            lambda: (
+                len(query(self.server.db_path, f"SELECT id FROM events WHERE jobid = '{jobid}'"))
+                >= len(lines)
+            ),
+        )
+        pending = query(
+            self.proxy.db_path, "SELECT destination, COUNT(*) FROM outbox GROUP BY destination"
+        )
+        self.assertEqual(pending, [(f"{OTHER_HOST}:9001", len(stuck) + 4)])
+        self.assertEqual(
+            query(self.server.db_path, f"SELECT id FROM events WHERE jobid = '{stuck_job}'"), []
+        )
