@@ -38,7 +38,7 @@ ABORTED_JOBID = f"https://{traces.CE_HOST}:9000/CREAM812461379"  # traces.cream_
 
 
 def store_with(*line_lists: list[str]) -> MemoryStore:
-    store = MemoryStore(Clock(), relay=False)
+    store = MemoryStore(Clock())
     for lines in line_lists:
         items = [(line, parse_event(line)) for line in lines]
         results = store.store(items)

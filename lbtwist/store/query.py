@@ -180,7 +180,11 @@ def sql_where(query: JobQuery) -> tuple[str, list[Any]]:
         for op, value in cond.alternatives:
             if op not in _PY_OPS:
                 raise ValueError(f"unknown operator {op!r}")
-            parts.append(f"{column} {op} ?")
+            if column == "list_time":
+                # Jobs never updated sort last with list_time "", but match no time.
+                parts.append(f"(list_time {op} ? AND list_time != '')")
+            else:
+                parts.append(f"{column} {op} ?")
             args.extend(path)
             args.append(_stored_value(cond.field, value))
         clauses.append("(" + " OR ".join(parts) + ")")
