@@ -27,7 +27,7 @@ from lbtwist.ulm import (
     format_date,
     format_fields,
     parse_date,
-    parse_fields,
+    scan_fields,
 )
 
 # DG.PRIORITY bits.
@@ -142,6 +142,10 @@ _OWN_KEYS = {
     etype.name: {spec.wire_key.upper(): spec for spec in etype.fields}
     for etype in CATALOGUE.values()
 }
+_REQUIRED_FIELDS = {
+    etype.name: tuple(spec for spec in etype.fields if spec.required)
+    for etype in CATALOGUE.values()
+}
 _LEVELS = next(spec.codes for spec in COMMON_FIELDS if spec.wire_key == "LVL")
 _COMMON_KEYS = frozenset(
     {spec.wire_key for spec in COMMON_FIELDS} | {"PROG", "DG.EVNT"},
@@ -185,8 +189,12 @@ def source_name(text: str) -> str:
     """
     name = _SOURCES_BY_UPPER.get(text.upper())
     if name is None:
-        raise InvalidValue(f"unknown source {text!r}; allowed: {' '.join(SOURCES)}")
+        raise InvalidValue(_source_error(text))
     return name
+
+
+def _source_error(text: str) -> str:
+    return f"unknown source {text!r}; allowed: {' '.join(SOURCES)}"
 
 
 def _check_jobid(key: str, value: str) -> str:
@@ -288,19 +296,14 @@ def parse_event(
         L{KeyDuplicity}, L{KeyMisuse}, L{JobIdFormat}, L{InvalidValue} or
         L{TooBig}, with a message naming the offending field.
     """
-    common: dict[str, str] = {}
-    rest: list[tuple[str, str, str]] = []
-    for key, value in parse_fields(line, max_fields=max_fields, max_size=max_size):
-        upper = key.upper()
-        if upper in _COMMON_KEYS:
-            common[upper] = value
-        else:
-            rest.append((key, upper, value))
+    triples = scan_fields(line, max_fields, max_size)
+    # Keys are unique (case-insensitively) once scanned: one dict holds them all.
+    common = {upper: value for _, upper, value in triples}
 
     evnt = common.get("DG.EVNT")
     if not evnt:
         raise EventUndefined("DG.EVNT missing")
-    etype = event_type(evnt)
+    etype = _BY_UPPER.get(evnt.upper()) or event_type(evnt)
     for key in _REQUIRED_COMMON:
         if not common.get(key):
             raise MessageIncomplete(f"required field {key} missing")
@@ -310,19 +313,21 @@ def parse_event(
     elif require_jobid:
         raise MessageIncomplete("required field DG.JOBID missing")
     priority = common["DG.PRIORITY"]
-    if _INT_RE.fullmatch(priority) is None:
+    if priority != "0" and _INT_RE.fullmatch(priority) is None:
         raise InvalidValue(f"DG.PRIORITY: bad value {priority!r}, want an integer")
-    try:
-        source = source_name(common["DG.SOURCE"])
-    except InvalidValue as e:
-        raise InvalidValue(f"DG.SOURCE: {e.message}") from None
+    source_text = common["DG.SOURCE"]
+    source = _SOURCES_BY_UPPER.get(source_text.upper())
+    if source is None:
+        raise InvalidValue(f"DG.SOURCE: {_source_error(source_text)}")
     level = common.get("LVL")
     arr_date = common.get("ARR_DATE")
 
     own = _OWN_KEYS[etype.name]
     fields: dict[str, str] = {}
     extra: list[tuple[str, str]] = []
-    for key, upper, value in rest:
+    for key, upper, value in triples:
+        if upper in _COMMON_KEYS:
+            continue
         spec = own.get(upper)
         if spec is not None:
             if value:
@@ -332,8 +337,8 @@ def parse_event(
         if owner is not None:
             raise KeyMisuse(f"key {key} belongs to event {owner[0].name}, not {etype.name}")
         extra.append((key, value))
-    for spec in etype.fields:
-        if spec.required and spec.name not in fields:
+    for spec in _REQUIRED_FIELDS[etype.name]:
+        if spec.name not in fields:
             raise MessageIncomplete(f"required field {spec.wire_key} missing")
 
     return Event(
@@ -345,7 +350,9 @@ def parse_event(
         source=source,
         seqcode=common["DG.SEQCODE"],
         priority=int(priority),
-        level=_code_name("LVL", level, _LEVELS) if level else "SYSTEM",
+        level=(level if level in _LEVELS else _code_name("LVL", level, _LEVELS))
+        if level
+        else "SYSTEM",
         src_instance=common.get("DG.SRC_INSTANCE", ""),
         prog=common.get("PROG") or "edg-wms",
         arrived=parse_date(arr_date, key="ARR_DATE") if arr_date else None,

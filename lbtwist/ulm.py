@@ -4,9 +4,9 @@ The ULM line codec used by L&B events.
 
 A line is space-separated C{KEY=VALUE} fields; a value is a bare token or a
 double-quoted string in which C{\\"}, C{\\\\} and C{\\n} are the escapes (on
-reading, C{\\X} gives C{X} for any other C{X}).  Parsing is two regular
-expression passes over the whole line (validate, then extract), so it stays
-linear even for the multi-megabyte JDLs of DAG registrations.
+reading, C{\\X} gives C{X} for any other C{X}).  Parsing is one regular
+expression pass over the whole line (fields, or the first place where none fits),
+so it stays linear even for the multi-megabyte JDLs of DAG registrations.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ _QUOTED_BODY = r'[^"\\\n]*+(?:\\.[^"\\\n]*+)*+'
 _BARE = r'[^ \t"\\\n]*+'
 _FIELD = rf'({_KEY})=(?:"({_QUOTED_BODY})"|({_BARE}))'
 
-_LINE_RE = re.compile(rf"[ \t]*+(?:{_FIELD}(?:[ \t]++|\Z))*+")
-_FIELD_RE = re.compile(_FIELD)
+# One pass over the line: each match is a field followed by whitespace or the end,
+# or, from the first place where no field fits, the whole rest of the line (group 4).
+# So a line is well formed exactly when its last match has no group 4.
+_SCAN_RE = re.compile(rf"[ \t]*+(?:{_FIELD}(?=[ \t]|\Z)|(.+))", re.S)
 _KEY_RE = re.compile(_KEY)
 _QUOTED_BODY_RE = re.compile(_QUOTED_BODY)
 _BARE_RE = re.compile(_BARE)
@@ -91,6 +93,17 @@ def parse_fields(
     @raise KeyDuplicity: a key appears twice (compared case-insensitively).
     @raise TooBig: more than C{max_fields} fields or C{max_size} bytes.
     """
+    pairs = [(key, value) for key, _, value in scan_fields(line, max_fields, max_size)]
+    return pairs
+
+
+def scan_fields(line: str | bytes, max_fields: int, max_size: int) -> list[tuple[str, str, str]]:
+    """
+    L{parse_fields} with each key also in upper case: C{(key, KEY, value)} triples.
+
+    Raises as L{parse_fields} does; for the event parser, which looks keys up in
+    upper case anyway.
+    """
     if isinstance(line, bytes):
         if line[-1:] == b"\n":
             line = line[:-2] if line[-2:] == b"\r\n" else line[:-1]
@@ -106,24 +119,26 @@ def parse_fields(
             text = text[:-2] if text[-2:] == "\r\n" else text[:-1]
         if len(text) * 4 > max_size:
             _check_size(text, max_size)
-    if _LINE_RE.fullmatch(text) is None:
+    found = _SCAN_RE.findall(text)
+    if found and found[-1][3]:
         _diagnose(text)
-    found = _FIELD_RE.findall(text)
     if len(found) > max_fields:
         raise TooBig(f"event has {len(found)} fields, more than the limit of {max_fields}")
     if "\\" in text:
-        pairs = [(key, unescape(quoted) if quoted else bare) for key, quoted, bare in found]
+        triples = [
+            (key, key.upper(), unescape(quoted) if quoted else bare)
+            for key, quoted, bare, _ in found
+        ]
     else:
-        pairs = [(key, quoted or bare) for key, quoted, bare in found]
-    if len({key.upper() for key, _, _ in found}) != len(pairs):
-        _raise_duplicate(pairs)
-    return pairs
+        triples = [(key, key.upper(), quoted or bare) for key, quoted, bare, _ in found]
+    if len({upper for _, upper, _ in triples}) != len(triples):
+        _raise_duplicate(triples)
+    return triples
 
 
-def _raise_duplicate(pairs: list[tuple[str, str]]) -> None:
+def _raise_duplicate(triples: list[tuple[str, str, str]]) -> None:
     seen: set[str] = set()
-    for key, _ in pairs:
-        folded = key.upper()
+    for key, folded, _ in triples:
         if folded in seen:
             raise KeyDuplicity(f"duplicate key {key}")
         seen.add(folded)
@@ -205,12 +220,27 @@ def parse_date(text: str, *, key: str = "DATE") -> int:
     match = _DATE_RE.fullmatch(text)
     if match is None:
         raise BrokenULM(f"{key}: bad timestamp {text!r}, want YYYYMMDDHHMMSS.uuuuuu")
+    ymd = text[:8]
+    hh, mm, ss, micro_text = match.group(4, 5, 6, 7)
+    days = _DAYS.get(ymd)
+    hour, minute, second = int(hh), int(mm), int(ss)
+    if days is not None and hour < 24 and minute < 60 and second < 60:
+        return (((days * 24 + hour) * 60 + minute) * 60 + second) * 1_000_000 + int(micro_text)
     year, month, day, hour, minute, second, micro = map(int, match.groups())
     try:
         when = datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)
     except ValueError as e:
         raise BrokenULM(f"{key}: bad timestamp {text!r}: {e}") from None
+    if len(_DAYS) >= _DAYS_CACHE_SIZE:
+        _DAYS.clear()
+    _DAYS[ymd] = (when.date() - _EPOCH.date()).days
     return (when - _EPOCH) // _ONE_US
+
+
+# Days since the epoch of the valid dates seen lately (C{YYYYMMDD} -> days): the
+# events of a stream share a few dates, so most timestamps need no calendar.
+_DAYS_CACHE_SIZE = 4096
+_DAYS: dict[str, int] = {}
 
 
 def format_date(us: int) -> str:

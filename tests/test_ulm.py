@@ -6,11 +6,13 @@ Tests for L{lbtwist.ulm}.
 from __future__ import annotations
 
 import errno
+import re
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbtwist import ulm
 from lbtwist.errors import BROKEN_ULM, KEY_DUPLICITY, BrokenULM, InvalidValue, KeyDuplicity, TooBig
 from lbtwist.ulm import (
     DEFAULT_MAX_FIELDS,
@@ -286,4 +288,80 @@ class DateTests(SynchronousTestCase):
         """
         text = format_date(us)
         self.assertEqual(len(text), 21)
+        self.assertEqual(parse_date(text), us)
+
+
+# The line grammar written as two passes (validate the whole line, then extract),
+# the definition the one-pass scanner of parse_fields must agree with.
+_REFERENCE_LINE = re.compile(rf"[ \t]*+(?:{ulm._FIELD}(?:[ \t]++|\Z))*+")
+_REFERENCE_FIELD = re.compile(ulm._FIELD)
+
+near_ulm = st.text(alphabet='AB.=" \\\tx\n\r', max_size=30) | st.lists(
+    st.sampled_from(['A="x y"', "B=1", 'C=""', "D=", 'E="a\\"b"', " ", "\t", '"', "\\", "=", "x"]),
+    max_size=8,
+).map("".join)
+
+
+class ScannerTests(SynchronousTestCase):
+    """
+    The one-pass scanner accepts exactly the lines of the two-pass grammar.
+    """
+
+    @settings(max_examples=500, deadline=None)
+    @given(near_ulm)
+    def test_same_as_two_passes(self, text: str) -> None:
+        body = text[:-1] if text.endswith("\n") else text
+        body = body[:-1] if text.endswith("\r\n") else body
+        if _REFERENCE_LINE.fullmatch(body) is None:
+            self.assertRaises(BrokenULM, parse_fields, text)
+            return
+        expected = [(k, unescape(q) if q else b) for k, q, b in _REFERENCE_FIELD.findall(body)]
+        if len({k.upper() for k, _ in expected}) != len(expected):
+            self.assertRaises(KeyDuplicity, parse_fields, text)
+        else:
+            self.assertEqual(parse_fields(text), expected)
+
+    def test_trailing_and_leading_blanks(self) -> None:
+        self.assertEqual(parse_fields(' \tA=1 B="2"\t '), [("A", "1"), ("B", "2")])
+        self.assertEqual(parse_fields(" \t "), [])
+
+    def test_garbage_after_fields(self) -> None:
+        err = self.assertRaises(BrokenULM, parse_fields, 'A=1 B="2"x C=3')
+        self.assertIn("position 9", err.message)
+
+
+class DateCacheTests(SynchronousTestCase):
+    """
+    Dates seen before are computed from the cached day; results do not change.
+    """
+
+    def test_cached_day_same_result(self) -> None:
+        self.patch(ulm, "_DAYS", {})
+        first = parse_date("20080928052456.355641")
+        self.assertIn("20080928", ulm._DAYS)
+        self.assertEqual(parse_date("20080928052456.355641"), first)
+        self.assertEqual(parse_date("20080928235959355000"), 1222646399355000)
+
+    def test_cached_day_bad_time(self) -> None:
+        """
+        A bad time of day on a cached date is still refused.
+        """
+        self.patch(ulm, "_DAYS", {})
+        parse_date("20080928052456.355641")
+        for text in ("20080928240000.000000", "20080928056000.000000", "20080928052460.000000"):
+            self.assertRaises(BrokenULM, parse_date, text)
+
+    def test_cache_bounded(self) -> None:
+        self.patch(ulm, "_DAYS", {})
+        self.patch(ulm, "_DAYS_CACHE_SIZE", 3)
+        for day in range(1, 10):
+            us = parse_date(f"200809{day:02d}000000.000000")
+            self.assertEqual(format_date(us), f"200809{day:02d}000000.000000")
+            self.assertLessEqual(len(ulm._DAYS), 3)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(min_value=-62135596800 * 10**6, max_value=253402300799999999))
+    def test_twice_same(self, us: int) -> None:
+        text = format_date(us)
+        self.assertEqual(parse_date(text), us)
         self.assertEqual(parse_date(text), us)
