@@ -1,0 +1,374 @@
+# -*- test-case-name: tests.test_web -*-
+"""
+Benchmark of the HTTPS query service (design section 14): job status by id and a
+job list page with a million jobs stored.
+
+Fills a fresh store directly (the store's own schema and migrations; jobs rows in
+bulk, their status computed from a generated direct CREAM trace; the events of a
+sample of jobs), starts a real C{twistd -n lbproxy} on it (development PKI), and
+queries it with a keep-alive HTTPS client presenting the development user's proxy:
+
+1. job status, one kept-alive TLS connection: latency p50/p99;
+2. job status, 8 concurrent clients (processes), one connection each: p50/p99, rate;
+3. a job list page (100 of the caller's jobs, newest first), first and later pages
+   (cursor), with and without a state filter: p50/p99;
+4. logging-info (the events) of sampled jobs;
+
+then reports the service's resident memory (VmRSS) and start-up time.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.query [--jobs 1000000] [--requests 5000]
+
+Targets: status p99 < 5 ms, list page < 50 ms, RSS < 300 MB, start-up < 2 s.
+The last line is a one-line summary and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import random
+import socket
+import sqlite3
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lbtwist.devcerts import USER_NAME, ensure_dev_pki
+from lbtwist.events import parse_event
+from lbtwist.identity import slash_dn
+from lbtwist.states import compute_status
+from lbtwist.states.status import format_iso
+from lbtwist.store.batch import dupkey, identity
+from lbtwist.store.query import owner_key
+from lbtwist.store.sqlite import connect, migrate
+from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid
+
+DEV_DN = slash_dn(USER_NAME)
+STATES = ("Done", "Done", "Done", "Running", "Scheduled", "Waiting", "Aborted", "Cleared")
+
+
+class _Clock:
+    def seconds(self) -> float:
+        return time.time()
+
+
+def owner_of(i: int) -> str:
+    """
+    Every tenth job is the development user's; the rest spread over 1000 users.
+    """
+    if i % 10 == 0:
+        return DEV_DN
+    return f"/DC=org/DC=example/OU=People/CN=User {i % 1000:03d}"
+
+
+def fill(db: str, jobs: int, sample: int) -> dict[str, float]:
+    """
+    Write C{jobs} jobs (and the events of the first C{sample}) into a new store file.
+    """
+    started = time.perf_counter()
+    conn = connect(db)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = OFF")
+    migrate(conn)
+    template = [
+        parse_event(step.line.replace(USER_DN, DEV_DN))
+        for step in cream_direct_trace(cream_jobid(0), T0)
+    ]
+    base_status = compute_status((ev, n + 1) for n, ev in enumerate(template)).to_json_dict()
+    conn.execute("BEGIN")
+    rows = []
+    event_rows = []
+    event_id = 0
+    for i in range(jobs):
+        jobid = cream_jobid(i + 1)
+        unique = jobid.rsplit("/", 1)[1]
+        owner = owner_of(i)
+        state = STATES[i % len(STATES)]
+        last = T0 + i * 10_000  # newer jobs updated later
+        status = dict(base_status)
+        status.update(
+            jobId=jobid,
+            owner=owner,
+            cream_owner=owner,
+            state=state,
+            globusId=unique,
+            cream_id=unique,
+            cream_jobid=unique,
+            lastUpdateTime=format_iso(last),
+        )
+        rows.append(
+            (
+                jobid,
+                owner,
+                state,
+                "CREAM",
+                status["lastUpdateTime"],
+                "cream",
+                len(template),
+                json.dumps(status, separators=(",", ":"), sort_keys=True),
+                unique,
+                owner_key(owner),
+                status["lastUpdateTime"],
+            )
+        )
+        if i < sample:
+            for seqno, step in enumerate(cream_direct_trace(jobid, T0 + i * 10_000)):
+                line = step.line.replace(USER_DN, owner)
+                ev = parse_event(line)
+                event_id += 1
+                event_rows.append(
+                    (
+                        event_id,
+                        jobid,
+                        seqno + 1,
+                        ev.date,
+                        ev.type,
+                        ev.date,
+                        ev.source,
+                        ev.host,
+                        ev.level,
+                        ev.user,
+                        ev.seqcode,
+                        ev.priority,
+                        line,
+                        dupkey(identity(ev)),
+                    )
+                )
+        if len(rows) >= 50_000:
+            _insert(conn, rows, event_rows)
+            rows, event_rows = [], []
+    _insert(conn, rows, event_rows)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return {"seconds": time.perf_counter() - started, "size_mb": os.path.getsize(db) / 1e6}
+
+
+def _insert(conn: sqlite3.Connection, rows: list[Any], event_rows: list[Any]) -> None:
+    conn.executemany(
+        "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine, nevents, status,"
+        " uniq, owner_norm, list_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.executemany(
+        "INSERT INTO events (id, jobid, seqno, arrived, type, date, source, host, level,"
+        " user_dn, seqcode, priority, line, dupkey)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        event_rows,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tls_context(pki_dir: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(capath=os.path.join(pki_dir, "certificates"))
+    proxy = os.path.join(pki_dir, "user", "x509up")
+    ctx.load_cert_chain(proxy, proxy)
+    return ctx
+
+
+class Client:
+    """
+    One kept-alive HTTPS connection.
+    """
+
+    def __init__(self, port: int, pki_dir: str) -> None:
+        self.conn = http.client.HTTPSConnection(
+            "localhost", port, context=tls_context(pki_dir), timeout=30
+        )
+
+    def get(self, path: str) -> tuple[int, bytes, float]:
+        start = time.perf_counter()
+        self.conn.request("GET", path, headers={"Accept": "application/json"})
+        resp = self.conn.getresponse()
+        body = resp.read()
+        return resp.status, body, time.perf_counter() - start
+
+
+def status_paths(jobs: int, count: int, seed: int) -> list[str]:
+    rnd = random.Random(seed)
+    # The development user's jobs (every tenth): readable, so 200 answers.
+    return [
+        "/" + cream_jobid(rnd.randrange(0, jobs, 10) + 1).rsplit("/", 1)[1] for _ in range(count)
+    ]
+
+
+def run_status(port: int, pki_dir: str, paths: list[str]) -> list[float]:
+    client = Client(port, pki_dir)
+    client.get(paths[0])  # handshake outside the measurement
+    times = []
+    for path in paths:
+        code, body, elapsed = client.get(path)
+        if code != 200:
+            raise SystemExit(f"GET {path}: {code} {body[:200]!r}")
+        times.append(elapsed)
+    return times
+
+
+def _worker(args: tuple[int, str, list[str]]) -> list[float]:
+    return run_status(*args)
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    ordered = sorted(times)
+    return {
+        "n": len(times),
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "max_ms": ordered[-1] * 1000,
+    }
+
+
+def fmt(name: str, r: dict[str, float]) -> str:
+    return f"{name:<40} " + "  ".join(
+        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+    )
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def list_pages(client: Client, query: str, pages: int) -> list[float]:
+    times = []
+    cursor = None
+    for _ in range(pages):
+        path = "/?" + query + (f"&cursor={cursor}" if cursor else "")
+        code, body, elapsed = client.get(path)
+        if code != 200:
+            raise SystemExit(f"GET {path}: {code} {body[:200]!r}")
+        times.append(elapsed)
+        cursor = json.loads(body)["cursor"]
+        if cursor is None:
+            cursor = None
+    return times
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1_000_000, help="jobs stored")
+    parser.add_argument("--requests", type=int, default=5000, help="status requests per run")
+    parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    parser.add_argument("--sample", type=int, default=10_000, help="jobs stored with events")
+    parser.add_argument("--dir", help="work directory (default: a new temporary one)")
+    args = parser.parse_args(argv)
+    command = "python -m bench.query " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-query-")
+    port = free_port()
+    service = LBService(base, args=["--query", f"tcp:{port}:interface=127.0.0.1"])
+    os.makedirs(service.state_dir, exist_ok=True)
+    pki = ensure_dev_pki(service.state_dir, _Clock())
+    pki_dir = str(pki.directory)
+    figures: dict[str, dict[str, float]] = {}
+    figures["fill"] = fill(service.db_path, args.jobs, min(args.sample, args.jobs))
+    print(fmt(f"fill {args.jobs} jobs", figures["fill"]), flush=True)
+
+    started = time.perf_counter()
+    service.start()
+    # Ready when the query port answers a request.
+    while True:
+        try:
+            Client(port, pki_dir).get("/")
+            break
+        except OSError:
+            if time.perf_counter() - started > 60:
+                raise
+            time.sleep(0.02)
+    figures["startup"] = {"seconds": time.perf_counter() - started}
+    print(fmt("start-up (until the first answer)", figures["startup"]), flush=True)
+    try:
+        assert service.process is not None
+        pid = service.process.pid
+        figures["rss_start"] = {"rss_mb": rss_mb(pid)}
+
+        paths = status_paths(args.jobs, args.requests, 1)
+        figures["status_1"] = summary(run_status(port, pki_dir, paths))
+        print(fmt("status, 1 kept-alive connection", figures["status_1"]), flush=True)
+
+        per = max(1, args.requests // args.clients)
+        work = [(port, pki_dir, status_paths(args.jobs, per, 100 + c)) for c in range(args.clients)]
+        t0 = time.perf_counter()
+        with multiprocessing.Pool(args.clients) as pool:
+            results = pool.map(_worker, work)
+        wall = time.perf_counter() - t0
+        merged = [t for r in results for t in r]
+        figures["status_n"] = summary(merged) | {"req_per_s": len(merged) / wall}
+        print(fmt(f"status, {args.clients} concurrent clients", figures["status_n"]), flush=True)
+
+        client = Client(port, pki_dir)
+        client.get("/?limit=1")
+        first = [client.get("/?limit=100")[2] for _ in range(50)]
+        figures["list_first"] = summary(first)
+        print(fmt("list page 1 (100 own jobs)", figures["list_first"]), flush=True)
+        figures["list_pages"] = summary(list_pages(client, "limit=100", 50))
+        print(fmt("list pages 1..50 (cursor)", figures["list_pages"]), flush=True)
+        figures["list_state"] = summary(list_pages(client, "limit=100&state=scheduled", 20))
+        print(fmt("list pages, state=scheduled", figures["list_state"]), flush=True)
+        figures["list_query"] = summary(
+            list_pages(client, "limit=100&query=status%3Ddone%7C%3Daborted%26exit_code%3D0", 20)
+        )
+        print(fmt("list pages, ?query=status=done|=aborted&...", figures["list_query"]))
+
+        sample = min(args.sample, args.jobs)
+        ev_paths = [
+            "/" + cream_jobid(i + 1).rsplit("/", 1)[1] + "/events"
+            for i in range(0, sample, 10)[:200]
+        ]
+        times = []
+        for path in ev_paths:
+            code, body, elapsed = client.get(path)
+            if code != 200 or not json.loads(body):
+                raise SystemExit(f"GET {path}: {code} {body[:200]!r}")
+            times.append(elapsed)
+        figures["events"] = summary(times)
+        print(fmt("logging-info (events of one job)", figures["events"]), flush=True)
+        figures["rss_end"] = {"rss_mb": rss_mb(pid)}
+        print(
+            fmt(
+                "service RSS at start / after",
+                {
+                    "start_mb": figures["rss_start"]["rss_mb"],
+                    "end_mb": figures["rss_end"]["rss_mb"],
+                },
+            ),
+            flush=True,
+        )
+    finally:
+        service.cleanup()
+
+    print(
+        f"query: {args.jobs} jobs; status p50 {figures['status_1']['p50_ms']:.2f} ms"
+        f" p99 {figures['status_1']['p99_ms']:.2f} ms (1 conn),"
+        f" p50 {figures['status_n']['p50_ms']:.2f} ms p99 {figures['status_n']['p99_ms']:.2f} ms"
+        f" {figures['status_n']['req_per_s']:.0f} req/s ({args.clients} clients);"
+        f" list page p50 {figures['list_pages']['p50_ms']:.2f} ms"
+        f" p99 {figures['list_pages']['p99_ms']:.2f} ms;"
+        f" RSS {figures['rss_end']['rss_mb']:.0f} MB;"
+        f" start-up {figures['startup']['seconds']:.2f} s  [{command}]"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
