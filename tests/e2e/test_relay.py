@@ -211,7 +211,7 @@ class RelayEndToEndTests(SynchronousTestCase):
 
     def outbox_depth(self) -> int:
         rows = query(self.proxy.db_path, "SELECT COUNT(*) FROM outbox")
-        return int(rows[0][0]) if rows else -1
+        return int(str(rows[0][0])) if rows else -1
 
     def wait_delivered(self) -> None:
         def done() -> bool:
