@@ -226,10 +226,39 @@ class RelayEndToEndTests(SynchronousTestCase):
                 f"\nSERVER LOG\n{self.server.log_text()[-6000:]}"
             ) from None
 
+    def logs(self) -> str:
+        """
+        Both services' twistd logs (all runs), for failure messages.
+        """
+        parts = []
+        for name in ("server", "proxy"):
+            service = getattr(self, name, None)
+            if service is not None:
+                parts.append(f"\n===== {name.upper()} LOG =====\n{service.log_text()}")
+        return "".join(parts)
+
+    def with_logs(self, body: Callable[[], None]) -> None:
+        """
+        Run C{body}; a failure carries both twistd logs.
+        """
+        try:
+            body()
+        except Exception as e:
+            raise AssertionError(f"{type(e).__name__}: {e}{self.logs()}") from e
+
     def assert_exactly_once_in_order(self) -> None:
         proxy, server = self.proxy_lines(), self.server_lines()
-        self.assertEqual(len(server), len(set(server)))
-        self.assertEqual(server, proxy)
+        duplicates = [ln for ln, n in harness.unique_count(server).items() if n > 1]
+        self.assertEqual(duplicates, [], "events stored twice at the server")
+        if server != proxy:
+            first = next(
+                (i for i, (a, b) in enumerate(zip(server, proxy, strict=False)) if a != b),
+                min(len(server), len(proxy)),
+            )
+            raise AssertionError(
+                f"server has {len(server)} events, proxy {len(proxy)}; first difference at"
+                f" {first}:\nserver: {server[first : first + 3]}\nproxy:  {proxy[first : first + 3]}"
+            )
 
     def test_wms_job_reaches_server(self) -> None:
         self.start_pair()
@@ -247,6 +276,9 @@ class RelayEndToEndTests(SynchronousTestCase):
         self.assertEqual(status.get("done_code"), "OK")
 
     def test_server_outages_and_proxy_kill(self) -> None:
+        self.with_logs(self._outages_and_kills)
+
+    def _outages_and_kills(self) -> None:
         self.start_pair()
         batches = [self.jobs(100 + 20 * i, 20) for i in range(6)]
         self.log([ln for _, lines in batches[0] for ln in lines])
