@@ -7,6 +7,7 @@ in-memory requests and an injected identity.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from hypothesis import given, settings
@@ -214,6 +215,20 @@ class StatusTests(SynchronousTestCase):
         self.assertNotIn("<script", page)
         csp = req.responseHeaders.getRawHeaders(b"content-security-policy")
         self.assertEqual(csp, [b"default-src 'none'; style-src 'unsafe-inline'"])
+
+    def test_html_event_fields_one_per_line(self) -> None:
+        """
+        The fields column of the event history shows each field on its own line
+        (a C{<br>} between them), never a literal backslash-n.
+        """
+        page = body(self.h.get(f"/{self.unique}?format=html")).decode()
+        self.assertNotIn("\\n", page)
+        self.assertRegex(page, r"new_state=[A-Z_-]+<br>")
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", page):
+            cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
+            if len(cells) == 6:
+                for line in cells[5].split("<br>"):
+                    self.assertRegex(line, r"^[A-Za-z_]+=")
 
     def test_html_escapes(self) -> None:
         evil = "<script>alert(1)</script>&"

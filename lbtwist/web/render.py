@@ -229,12 +229,12 @@ def status_html(status: JobStatus, events: Sequence[StoredEvent] | None) -> byte
         )
         for stored in events:
             ev = stored.event
-            own = "\n".join(f"{k}={v}" for k, v in ev.fields.items())
+            own = "<br>".join(_cell(f"{k}={v}") for k, v in ev.fields.items())
             cls = ' class="generated"' if ev.generated else ""
             parts.append(
                 f"<tr{cls}><td>{_cell(format_iso(ev.date))}</td><td>{_cell(ev.type)}</td>"
                 f"<td>{_cell(ev.source)}</td><td>{_cell(ev.host)}</td>"
-                f'<td class="v">{_cell(ev.seqcode)}</td><td class="v">{_cell(own)}</td></tr>'
+                f'<td class="v">{_cell(ev.seqcode)}</td><td class="v">{own}</td></tr>'
             )
         parts.append("</tbody></table>")
     return _page(title, "".join(parts))
