@@ -10,6 +10,7 @@ import json
 import re
 from typing import Any
 
+import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import succeed
@@ -21,7 +22,7 @@ from twisted.web.test.requesthelper import DummyRequest
 from lbtwist.authz import parse_policy
 from lbtwist.events import parse_event
 from lbtwist.identity import Identity
-from lbtwist.states.status import JobStatus
+from lbtwist.states.status import DONE_CODE_NAMES, JobStatus, done_code_value, public_dict
 from lbtwist.store.memory import MemoryStore
 from lbtwist.store.query import unique_of
 from lbtwist.web import dev_commands, make_site
@@ -36,6 +37,13 @@ NOW_S = 1710408413 + 3600  # an hour after the traces' base date
 DIRECT_UNIQUE = "CREAM812461376"  # traces.cream_done_ok_unpurged()
 DIRECT_JOBID = f"https://{traces.CE_HOST}:9000/{DIRECT_UNIQUE}"
 ABORTED_JOBID = f"https://{traces.CE_HOST}:9000/CREAM812461379"  # traces.cream_aborted()
+#: The internal fields of a status at their defaults (what the public JSON reads back as).
+PUBLIC_DEFAULTS: dict[str, Any] = {
+    "machine": None,
+    "last_key": None,
+    "event_count": 0,
+    "branch_wm": None,
+}
 
 
 def store_with(*line_lists: list[str]) -> MemoryStore:
@@ -114,9 +122,14 @@ class StatusTests(SynchronousTestCase):
         self.assertEqual(data["cream_state"], "Done-ok")
         self.assertEqual(data["jobId"], DIRECT_JOBID)
         self.assertEqual(data["owner"], OWNER)
-        # The JSON is the status' own: it reads back into an equal status.
+        self.assertEqual(data["done_code"], "OK")
+        for internal in ("machine", "last_key", "event_count", "branch_wm"):
+            self.assertNotIn(internal, data)
+        # The JSON is the status' public part: it reads back into a status equal
+        # to the stored one but for the internal fields.
         stored = _result(self.store.status(DIRECT_JOBID))
-        self.assertEqual(JobStatus.from_json_dict(data), stored)
+        self.assertEqual(JobStatus.from_json_dict(data), attrs.evolve(stored, **PUBLIC_DEFAULTS))
+        self.assertEqual(data, public_dict(stored))
 
     def test_owner_dn_compared_as_lb_does(self) -> None:
         req = self.h.get(f"/{self.unique}", as_dn=OWNER.upper())
@@ -195,6 +208,9 @@ class StatusTests(SynchronousTestCase):
         req = self.h.get(f"/{self.unique}?text")
         self.assertEqual(ctype(req), b"text/plain; charset=utf-8")
         lines = body(req).decode().splitlines()
+        self.assertIn("done_code=OK", lines)
+        for internal in ("machine", "last_key", "event_count", "branch_wm"):
+            self.assertFalse([ln for ln in lines if ln.startswith(internal + "=")])
         self.assertIn("state=Done", lines)
         self.assertIn("cream_state=Done-ok", lines)
         self.assertIn(f"jobId={DIRECT_JOBID}", lines)
@@ -210,6 +226,8 @@ class StatusTests(SynchronousTestCase):
         self.assertIn("<!DOCTYPE html>", page)
         self.assertIn(">Done<", page)
         self.assertIn("CREAM: Done-ok", page)
+        self.assertIn('<th>done_code</th><td class="v">OK</td>', page)
+        self.assertNotIn("event_count", page)
         self.assertIn("CREAMStatus", page)
         self.assertNotIn("http://", page.replace(DIRECT_JOBID, ""))
         self.assertNotIn("<script", page)
@@ -268,6 +286,73 @@ class StatusTests(SynchronousTestCase):
         req.uri = f"/{self.unique}".encode()
         self.h.resource.render(req)  # type: ignore[arg-type]
         self.assertEqual(req.responseCode, 200)
+
+
+class PublicDictTests(SynchronousTestCase):
+    """
+    L{public_dict}: the one public view of a status (web JSON, text, HTML, CLI).
+    """
+
+    def test_strips_internal_fields(self) -> None:
+        status = JobStatus(
+            state="Done",
+            jobId=DIRECT_JOBID,
+            machine="cream",
+            last_key=[1, 2],
+            event_count=7,
+            branch_wm=3,
+        )
+        data = public_dict(status)
+        self.assertEqual(data["state"], "Done")
+        for internal in PUBLIC_DEFAULTS:
+            self.assertNotIn(internal, data)
+        # The status' own dict keeps them (the stores persist it).
+        self.assertEqual(status.to_json_dict()["event_count"], 7)
+        # A dict works too and is not changed.
+        full = status.to_json_dict()
+        self.assertEqual(public_dict(full), data)
+        self.assertIn("machine", full)
+
+    def test_done_codes_by_name(self) -> None:
+        for code, name in DONE_CODE_NAMES.items():
+            status = JobStatus(state="Done", done_code=code, cream_done_code=code)
+            data = public_dict(status)
+            self.assertEqual((data["done_code"], data["cream_done_code"]), (name, name))
+            back = JobStatus.from_json_dict(json.loads(json.dumps(data)))
+            self.assertEqual((back.done_code, back.cream_done_code), (code, code))
+        self.assertIsNone(public_dict(JobStatus())["done_code"])
+        self.assertEqual(public_dict(JobStatus(done_code=9))["done_code"], 9)
+        self.assertEqual(done_code_value("failed"), 1)
+        self.assertRaises(ValueError, done_code_value, "BOGUS")
+
+    def test_cli_json(self) -> None:
+        """
+        C{lbtwist status --json} and C{lbtwist replay --json} print the public view.
+        """
+        from lbtwist.cli.replay import status_json
+
+        status = JobStatus(state="Done", done_code=1, machine="cream", event_count=3)
+        self.assertEqual(json.loads(status_json(status)), public_dict(status))
+        self.assertEqual(json.loads(status_json(status))["done_code"], "FAILED")
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.sampled_from(["Submitted", "Running", "Done", "Aborted"]),
+        st.one_of(st.none(), st.integers(0, 2)),
+        st.integers(0, 10**6),
+        st.one_of(st.none(), st.lists(st.integers(0, 100), max_size=4)),
+    )
+    def test_public_round_trip(
+        self, state: str, done: int | None, count: int, key: list[int] | None
+    ) -> None:
+        """
+        The public JSON reads back into the status without its internal fields.
+        """
+        status = JobStatus(
+            state=state, done_code=done, event_count=count, last_key=key, machine="glite"
+        )
+        back = JobStatus.from_json_dict(json.loads(json.dumps(public_dict(status))))
+        self.assertEqual(back, attrs.evolve(status, **PUBLIC_DEFAULTS))
 
 
 class PurgedStore:

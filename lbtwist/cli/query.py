@@ -115,7 +115,7 @@ async def query_status(client: QueryClient, args: argparse.Namespace, ctx: CLICo
     that fails gets its error line and the exit status 1.
     """
     from lbtwist.cli.replay import format_status_text
-    from lbtwist.states.status import JobStatus
+    from lbtwist.states.status import JobStatus, public_dict
 
     failed = False
     for jobid in args.jobids:
@@ -125,7 +125,7 @@ async def query_status(client: QueryClient, args: argparse.Namespace, ctx: CLICo
             if not isinstance(data, dict):
                 raise QueryError(f"unexpected answer for {jobid} (not a JSON object)")
             if args.json:
-                ctx.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
+                ctx.stdout.write(json.dumps(public_dict(data), ensure_ascii=False) + "\n")
             else:
                 try:
                     status = JobStatus.from_json_dict(data)

@@ -103,9 +103,11 @@ def format_status_text(status: JobStatus) -> str:
 
 def status_json(status: JobStatus) -> str:
     """
-    One line of JSON for C{status}.
+    One line of JSON for C{status}: its public fields.
     """
-    data: dict[str, Any] = status.to_json_dict()
+    from lbtwist.states.status import public_dict
+
+    data: dict[str, Any] = public_dict(status)
     return json.dumps(data, ensure_ascii=False)
 
 

@@ -218,7 +218,8 @@ class JobStatus:
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> JobStatus:
         """
-        The inverse of L{to_json_dict}; unknown keys are ignored, missing ones default.
+        The inverse of L{to_json_dict} (and of L{public_dict}: done codes may be
+        names); unknown keys are ignored, missing ones default.
         """
         kwargs: dict[str, Any] = {}
         for field in attrs.fields(JobStatus):
@@ -231,6 +232,8 @@ class JobStatus:
                 value = {k: parse_iso(v) for k, v in (value or {}).items()}
             elif field.name == "last_key" and value is not None:
                 value = [int(v) for v in value]
+            elif field.name in _DONE_CODE_FIELDS:
+                value = done_code_value(value)
             else:
                 value = _copy.deepcopy(value)
             kwargs[field.name] = value
@@ -397,3 +400,40 @@ def apply_common(status: JobStatus, event: Any) -> bool:
         status.payload_owner = event.user
         return True
     return False
+
+
+# The public view of a status (queries, CLI --json): no internal fields, done
+# codes by name.
+_DONE_CODE_FIELDS = frozenset({"done_code", "cream_done_code"})
+_DONE_CODE_BY_NAME = {name: code for code, name in DONE_CODE_NAMES.items()}
+
+
+def public_dict(status: JobStatus | dict[str, Any]) -> dict[str, Any]:
+    """
+    What users see of a status: L{JobStatus.to_json_dict} (or such a dict) without
+    the internal fields, done codes by name (C{OK}, C{FAILED}, C{CANCELLED}).
+
+    @return: a new dict; C{status} is left alone.
+    """
+    data = status.to_json_dict() if isinstance(status, JobStatus) else status
+    out = {k: v for k, v in data.items() if k not in _INTERNAL}
+    for name in _DONE_CODE_FIELDS:
+        value = out.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[name] = DONE_CODE_NAMES.get(value, value)
+    return out
+
+
+def done_code_value(value: Any) -> Any:
+    """
+    A done code of a status dict as its number: names (L{public_dict}) are
+    read back, anything else is returned as it is.
+
+    @raise ValueError: an unknown name.
+    """
+    if isinstance(value, str):
+        try:
+            return _DONE_CODE_BY_NAME[value.upper()]
+        except KeyError:
+            raise ValueError(f"unknown done code {value!r}") from None
+    return value

@@ -12,7 +12,7 @@ from html import escape
 from typing import Any
 from urllib.parse import quote
 
-from lbtwist.states.status import TEXT_ORDER, JobStatus, format_iso
+from lbtwist.states.status import TEXT_ORDER, JobStatus, format_iso, public_dict
 from lbtwist.store.interface import JobSummary, StoredEvent
 from lbtwist.store.query import unique_of
 
@@ -53,9 +53,9 @@ MAIN_FIELDS = (
 
 def status_dict(status: JobStatus) -> dict[str, Any]:
     """
-    @return: the JSON object of a status (design section 10).
+    @return: the JSON object of a status (design section 10): its public fields.
     """
-    return status.to_json_dict()
+    return public_dict(status)
 
 
 def event_dict(stored: StoredEvent) -> dict[str, Any]:
@@ -126,7 +126,7 @@ def status_text(status: JobStatus) -> str:
     """
     @return: C{key=value} lines of the non-empty status fields.
     """
-    data = status.to_json_dict()
+    data = public_dict(status)
     lines = []
     for name in TEXT_ORDER:
         value = data.get(name)
@@ -199,7 +199,7 @@ def status_html(status: JobStatus, events: Sequence[StoredEvent] | None) -> byte
     @return: a job page: state, CREAM state, the main fields, every other non-empty
         field, and the event history.
     """
-    data = status.to_json_dict()
+    data = public_dict(status)
     title = str(data.get("jobId") or "job")
     parts = [f"<h1>{escape(title)}</h1>"]
     parts.append(f'<p><span class="badge state">{escape(str(data.get("state")))}</span>')
