@@ -339,8 +339,11 @@ def _check_ac(
         raise VOMSError("AC holder has no baseCertificateID")
     if base["serial"].native != holder.serial_number:
         raise VOMSError("AC holder serial does not match the user certificate")
+    # RFC 3281 names the holder certificate's issuer; old VOMS servers (and
+    # voms-proxy-fake without -newformat) name its subject: accept both.
     issuers = [n.chosen for n in base["issuer"] if n.name == "directory_name"]
-    if not any(same_dn(_asn1_slash_dn(n), slash_dn(holder.issuer)) for n in issuers):
+    accepted = (slash_dn(holder.issuer), slash_dn(holder.subject))
+    if not any(same_dn(_asn1_slash_dn(n), dn) for n in issuers for dn in accepted):
         raise VOMSError("AC holder issuer does not match the user certificate")
 
     ac_issuer = info["issuer"]

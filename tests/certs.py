@@ -167,10 +167,14 @@ def make_ac(
     not_after: datetime = NOW + timedelta(hours=12),
     include_certs: bool = True,
     holder_serial: int | None = None,
+    holder_issuer: x509.Name | None = None,
     sign_with: PrivateKey | None = None,
 ) -> cms.AttributeCertificateV2:
     """
     Build a VOMS attribute certificate for C{holder} signed by C{voms}.
+
+    @param holder_issuer: the name in the holder's baseCertificateID (default: the
+        holder's issuer; old VOMS servers put the holder's subject there).
     """
     values = _IetfAttrList(
         [
@@ -201,7 +205,7 @@ def make_ac(
             "version": "v2",
             "holder": {
                 "base_certificate_id": {
-                    "issuer": _agn(holder.issuer),
+                    "issuer": _agn(holder_issuer if holder_issuer is not None else holder.issuer),
                     "serial": holder_serial if holder_serial is not None else holder.serial_number,
                 }
             },

@@ -188,6 +188,37 @@ class VOMSTests(SynchronousTestCase):
     def test_wrong_holder(self) -> None:
         self.assertRefused(self.chain(holder_serial=12345), "holder")
 
+    def test_old_format_holder(self) -> None:
+        """
+        Old VOMS ACs (voms-proxy-fake without -newformat) name the user
+        certificate's subject as the holder's issuer: accepted too.
+        """
+        chain = self.chain(holder_issuer=self.user.cert.subject)
+        self.assertEqual(self.fqans(chain), tuple(FQANS))
+        self.assertEqual(self.logged, [])
+        ident = identity_of_chain(chain, now=NOW, voms_dir=self.voms_dir)
+        self.assertEqual((ident.dn, ident.fqans), (USER_DN, tuple(FQANS)))
+
+    def test_new_format_holder(self) -> None:
+        """
+        Standard ACs name the user certificate's issuer.
+        """
+        self.assertEqual(self.fqans(self.chain(holder_issuer=self.user.cert.issuer)), tuple(FQANS))
+
+    def test_old_format_holder_wrong_serial(self) -> None:
+        chain = self.chain(holder_issuer=self.user.cert.subject, holder_serial=12345)
+        self.assertRefused(chain, "holder serial")
+
+    def test_holder_issuer_of_neither(self) -> None:
+        other = x509.Name.from_rfc4514_string("CN=Someone Else,O=Elsewhere")
+        self.assertRefused(self.chain(holder_issuer=other), "holder issuer")
+
+    def test_old_format_ac_for_another_user(self) -> None:
+        other = self.ca.user("/DC=org/DC=example/OU=People/CN=Other")
+        ac = make_ac(other.cert, self.voms, FQANS, holder_issuer=other.cert.subject)
+        chain = proxy_of(self.user, extra_extensions=[voms_extension(ac)]).full_chain
+        self.assertRefused(chain, "holder")
+
     def test_ac_for_another_user(self) -> None:
         other = self.ca.user("/DC=org/DC=example/OU=People/CN=Other")
         ac = make_ac(other.cert, self.voms, FQANS)
