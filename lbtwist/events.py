@@ -271,6 +271,8 @@ class Event:
         """
         Whether a server generated this event (C{DG.GENERATED_BY} present).
         """
+        if not self.extra:
+            return False
         return any(key.upper() == "DG.GENERATED_BY" for key, _ in self.extra)
 
     def evolve(self, **changes: Any) -> Event:

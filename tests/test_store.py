@@ -479,6 +479,27 @@ class HelperTests(SynchronousTestCase):
         self.assertFalse(_has_key(keys, ones))
         self.assertTrue(_has_key(keys + ones, ones))
 
+    def test_relay_destination_remembered(self) -> None:
+        """
+        Destinations are remembered (bounded) and follow changed settings.
+        """
+        from lbtwist.store import batch
+
+        self.patch(batch, "_DESTINATIONS_SIZE", 2)
+        proc = BatchProcessor(MemoryBackend(), relay=True, local_endpoints=(), proxy_host=PROXY)
+        for _ in range(2):
+            self.assertEqual(proc.relay_destination(traces.WMS_JOBID), LB_DEST)
+            self.assertIsNone(proc.relay_destination(traces.DIRECT_JOBID))
+            self.assertIsNone(proc.relay_destination("not a job id"))
+            self.assertLessEqual(len(proc._destinations), 2)
+        proc.local_endpoints = frozenset({(traces.LB_HOST, 9000)})
+        self.assertIsNone(proc.relay_destination(traces.WMS_JOBID))
+        proc.relay = False
+        proc.local_endpoints = frozenset()
+        self.assertIsNone(proc.relay_destination(traces.WMS_JOBID))
+        proc.relay = True
+        self.assertEqual(proc.relay_destination(traces.WMS_JOBID), LB_DEST)
+
     def test_backend_without_dupkeys(self) -> None:
         """
         A backend without C{load_dupkeys} gets a lookup per event of a job it loads.

@@ -44,6 +44,10 @@ _REPARSE_LIMITS: dict[str, int] = {"max_fields": 1_000_000, "max_size": 1 << 31}
 
 Identity = tuple[str, str, str, int, str, str, str]
 
+#: Relay destinations remembered by L{BatchProcessor.relay_destination}.
+_DESTINATIONS_SIZE = 1 << 16
+_UNKNOWN = "\0unknown"
+
 
 def identity(ev: Event) -> Identity:
     """
@@ -251,6 +255,8 @@ class BatchProcessor:
         self.reparsed = 0
         self.recomputes = 0
         self.lookups = 0
+        self._destinations: dict[str, str | None] = {}
+        self._destinations_for: frozenset[tuple[str, int]] | None = None
 
     def relay_destination(self, jobid: str) -> str | None:
         """
@@ -258,6 +264,21 @@ class BatchProcessor:
         """
         if not self.relay:
             return None
+        # Asked for every event and every commit notice: remember the answers
+        # (bounded), as long as the settings they depend on stay the same.
+        if self._destinations_for is not self.local_endpoints:
+            self._destinations = {}
+            self._destinations_for = self.local_endpoints
+        known = self._destinations.get(jobid, _UNKNOWN)
+        if known is not _UNKNOWN:
+            return known
+        destination = self._destination(jobid)
+        if len(self._destinations) >= _DESTINATIONS_SIZE:
+            self._destinations = {}
+        self._destinations[jobid] = destination
+        return destination
+
+    def _destination(self, jobid: str) -> str | None:
         parts = split_jobid(jobid)
         if parts is None:
             return None
