@@ -11,14 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.tls import ClientConnectionCreator, ServerContextSource, client_context
-from lbtwist.web import make_site
+from lbtwist.web import make_query_service, make_site
 from tests import traces
 from tests.certs import NOW, Credential, TestCA, proxy_of
 from tests.test_web import DIRECT_UNIQUE, STRANGER, store_with
@@ -133,3 +135,53 @@ class QueryOverTLSTests(SynchronousTestCase):
     def test_stranger_lists_nothing(self) -> None:
         [(code, data)] = self.exchange(self.stranger, ["/"])
         self.assertEqual((code, data["jobs"]), (200, []))
+
+
+class BusyPortReactor(MemoryReactorClock):
+    """
+    A reactor on which every TCP port is taken.
+    """
+
+    def listenTCP(self, port: int, factory: Any, backlog: int = 50, interface: str = "") -> Any:
+        raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+
+class QueryServiceTests(SynchronousTestCase):
+    """
+    L{make_query_service}: the TLS listener of the query site.
+    """
+
+    def setUp(self) -> None:
+        base = Path(self.mktemp())
+        base.mkdir(parents=True)
+        ca = TestCA.create()
+        ca.install(base / "certificates", ca.crl())
+        self.options: dict[str, Any] = {
+            "query": "tcp:9000:interface=127.0.0.1",
+            "cert": str(ca.host("localhost").write(base / "host.pem")),
+            "key": None,
+            "ca-dir": str(base / "certificates"),
+            "crl": "if-present",
+            "policy": None,
+            "super-user": [],
+            "voms-dir": None,
+            "dev-certs": False,
+            "state-dir": str(base),
+        }
+        self.store = store_with(traces.cream_done_ok_unpurged())
+
+    def test_listens(self) -> None:
+        reactor = MemoryReactorClock()
+        service = make_query_service(self.options, self.store, reactor)
+        service.privilegedStartService()
+        [(port, factory, _, interface)] = reactor.tcpServers
+        self.assertEqual((port, interface), (9000, "127.0.0.1"))
+        self.assertIsInstance(factory, TLSMemoryBIOFactory)
+
+    def test_port_taken_stops_start_up(self) -> None:
+        """
+        A query port that cannot be bound fails start-up instead of leaving the
+        service running without it.
+        """
+        service = make_query_service(self.options, self.store, BusyPortReactor())
+        self.assertRaises(CannotListenError, service.privilegedStartService)

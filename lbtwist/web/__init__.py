@@ -198,6 +198,9 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
     )
     endpoint = tls.tls_server_endpoint(serverFromString(reactor, options["query"]), source)
     service = StreamServerEndpointService(endpoint, site)
+    # A proxy silently running without its query port is worse than one that fails:
+    # a port that cannot be bound stops start-up, as the intake's does.
+    service._raiseSynchronously = True
     log.info("queries over HTTPS on {query}", query=options["query"])
     if pki is not None:
         for line in dev_commands(pki, _port_of(options["query"])):
