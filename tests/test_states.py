@@ -226,6 +226,60 @@ class StatusValueTests(SynchronousTestCase):
         data = json.loads(json.dumps(status.to_json_dict()))
         self.assertEqual(JobStatus.from_json_dict(data), status)
 
+    def test_to_json_all_traces(self) -> None:
+        """
+        L{JobStatus.to_json} is the sorted compact JSON of L{JobStatus.to_json_dict}.
+        """
+        for name, lines in traces.iter_all():
+            status = status_of(lines)
+            status.acl.append({"z": "1", "a": "\u00e9"})
+            expected = json.dumps(status.to_json_dict(), separators=(",", ":"), sort_keys=True)
+            self.assertEqual(status.to_json(), expected, name)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.dictionaries(st.text(), st.text(), max_size=3),
+        st.text(),
+        st.one_of(st.none(), st.integers(-(2**70), 2**70)),
+        st.one_of(st.none(), st.integers(0, 4_102_444_800_000_000)),
+        st.booleans(),
+        st.lists(st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=3)),
+    )
+    def test_to_json_random(
+        self,
+        tags: dict[str, str],
+        text: str,
+        number: int | None,
+        when: int | None,
+        flag: bool,
+        acl: list[dict[str, str]],
+    ) -> None:
+        status = JobStatus(
+            user_tags=tags,
+            reason=text,
+            exit_code=number,
+            lastUpdateTime=when,
+            stateEnterTimes={text: when} if when is not None else {},
+            suspended=flag,
+            acl=acl,
+            failure_reasons=[text],
+        )
+        expected = json.dumps(status.to_json_dict(), separators=(",", ":"), sort_keys=True)
+        self.assertEqual(status.to_json(), expected)
+
+    def test_to_json_odd_types(self) -> None:
+        """
+        Values of unexpected types still give the reference JSON.
+        """
+        for status in (
+            JobStatus(exit_code=True),  # type: ignore[arg-type]
+            JobStatus(reason=3),  # type: ignore[arg-type]
+            JobStatus(suspended=1),  # type: ignore[arg-type]
+            JobStatus(jobId=None, children_num=2.5),  # type: ignore[arg-type]
+        ):
+            expected = json.dumps(status.to_json_dict(), separators=(",", ":"), sort_keys=True)
+            self.assertEqual(status.to_json(), expected)
+
     def test_format_text(self) -> None:
         text = format_text(status_of(traces.cream_done_ok_unpurged()))
         lines = text.splitlines()
