@@ -360,15 +360,13 @@ class PurgedStore:
     A store double whose one job was purged.
     """
 
-    def find_job(self, unique: str) -> Any:
-        return succeed("https://ce.example.org:9000/" + unique)
-
-    def status(self, jobid: str) -> Any:
-        return succeed(JobStatus(state="Purged", jobId=jobid, owner=OWNER))
+    def find_status(self, unique: str) -> Any:
+        jobid = "https://ce.example.org:9000/" + unique
+        return succeed((jobid, JobStatus(state="Purged", jobId=jobid, owner=OWNER)))
 
 
 class FailingStore(PurgedStore):
-    def status(self, jobid: str) -> Any:
+    def find_status(self, unique: str) -> Any:
         raise RuntimeError("disk on fire")
 
 
@@ -390,10 +388,10 @@ class ErrorTests(SynchronousTestCase):
         """
         from twisted.internet.defer import Deferred
 
-        pending: Deferred[str | None] = Deferred()
+        pending: Deferred[tuple[str, JobStatus] | None] = Deferred()
 
         class Slow(PurgedStore):
-            def find_job(self, unique: str) -> Any:
+            def find_status(self, unique: str) -> Any:
                 return pending
 
         h = Harness(Slow())

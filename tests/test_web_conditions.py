@@ -15,7 +15,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.states.status import JobStatus, format_iso
-from lbtwist.store.batch import BatchPlan, JobRow, run_now
+from lbtwist.store.batch import BatchPlan, JobRow, MappingRow, run_now
 from lbtwist.store.memory import MemoryStore
 from lbtwist.store.query import (
     JobCondition,
@@ -257,6 +257,48 @@ class StoreQueryTests(SynchronousTestCase):
                 _done(store.find_job("CREAM000001")), "https://ce1.example.org:9000/CREAM000001"
             )
             self.assertIsNone(_done(store.find_job("CREAM999")))
+
+    def test_find_status(self) -> None:
+        """
+        C{find_status} is C{find_job} and C{status} in one read, in both stores,
+        CREAM ids of WMS jobs included.
+        """
+        rows = _done_rows()
+        glite = "https://lb.example.org:9000/WMSjob0001"
+        data = JobStatus(state="Running", owner=OWNERS[0], jobId=glite).to_json_dict()
+        rows.append(JobRow(glite, OWNERS[0], "Running", None, None, "glite", 3, json.dumps(data)))
+        mapping = MappingRow("CREAM777777777", "https://ce.example.org:8443/CREAM777777777", glite)
+        memory, sqlite = self.stores(rows)
+        for store in (memory, sqlite):
+            store.backend.write(BatchPlan(mappings=[mapping]))
+            for row in rows:
+                jobid, status = _done(store.find_status(row.jobid.rsplit("/", 1)[1]))
+                self.assertEqual(jobid, row.jobid)
+                self.assertEqual(status, _done(store.status(row.jobid)))
+                self.assertEqual(status.to_json_dict(), json.loads(row.status_json))
+            jobid, status = _done(store.find_status("CREAM777777777"))
+            self.assertEqual((jobid, status.state), (glite, "Running"))
+            self.assertIsNone(_done(store.find_status("CREAM999")))
+
+    def test_find_status_sees_new_statuses(self) -> None:
+        """
+        The SQLite reader keeps parsed statuses, but answers the stored one after
+        every change, and hands out copies.
+        """
+        [row, *_] = _done_rows()
+        _, sqlite = self.stores([row])
+        unique = row.jobid.rsplit("/", 1)[1]
+        first = _done(sqlite.find_status(unique))[1]
+        first.state = "Scribbled"
+        self.assertEqual(_done(sqlite.find_status(unique))[1].state, "Done")
+        self.assertEqual(_done(sqlite.status(row.jobid)).state, "Done")
+        data = json.loads(row.status_json) | {"state": "Cleared"}
+        changed = JobRow(
+            row.jobid, row.owner, "Cleared", None, row.last_update, None, 2, json.dumps(data)
+        )
+        sqlite.backend.write(BatchPlan(jobs=[changed]))
+        self.assertEqual(_done(sqlite.find_status(unique))[1].state, "Cleared")
+        self.assertEqual(_done(sqlite.status(row.jobid)).state, "Cleared")
 
     def test_sqlite_uses_indexes(self) -> None:
         """

@@ -180,6 +180,13 @@ class IEventStore(Interface):
         @return: C{Deferred[str | None]}, the job id.
         """
 
+    def find_status(unique: str) -> object:
+        """
+        L{find_job} and the job's L{status} in one read.
+
+        @return: C{Deferred[tuple[str, JobStatus] | None]}, the job id and status.
+        """
+
     def query_jobs(query: JobQuery) -> object:
         """
         One page of a job listing (L{lbtwist.store.query}), newest update first.

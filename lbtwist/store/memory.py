@@ -213,10 +213,20 @@ class MemoryStore:
         return succeed(rows[:limit] if limit is not None else rows)
 
     def find_job(self, unique: str) -> Deferred[str | None]:
+        return succeed(self._find(unique))
+
+    def _find(self, unique: str) -> str | None:
         found = sorted(j for j in self.backend.jobs if unique_of(j) == unique)
         if found:
-            return succeed(found[0])
-        return succeed(self.backend.mapping.get(unique))
+            return found[0]
+        return self.backend.mapping.get(unique)
+
+    def find_status(self, unique: str) -> Deferred[tuple[str, JobStatus] | None]:
+        jobid = self._find(unique)
+        row = None if jobid is None else self.backend.jobs.get(jobid)
+        if jobid is None or row is None:
+            return succeed(None)
+        return succeed((jobid, status_from_json(row[0])))
 
     def query_jobs(self, query: JobQuery) -> Deferred[JobPage]:
         rows = order_rows(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
@@ -98,6 +99,9 @@ CREATE INDEX outbox_destination ON outbox (destination, id);
 """
 
 _IDENTITY_COLUMNS = "type, source, host, date, level, user_dn, seqcode"
+
+#: Statuses kept parsed by the query connection (L{Queries.find_status}).
+STATUS_CACHE_SIZE = 10_000
 
 
 def _script(conn: sqlite3.Connection, sql: str) -> None:
@@ -398,10 +402,41 @@ class Queries:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        # Statuses rebuilt from their JSON, by job id, with that JSON: reused while
+        # the stored JSON is the same (parsing it is most of a status query).
+        self._parsed: OrderedDict[str, tuple[str, JobStatus]] = OrderedDict()
+
+    def _status_of(self, jobid: str, text: str) -> JobStatus:
+        cached = self._parsed.get(jobid)
+        if cached is not None and cached[0] == text:
+            self._parsed.move_to_end(jobid)
+            return cached[1].copy()
+        status = status_from_json(json.loads(text))
+        self._parsed[jobid] = (text, status.copy())
+        if len(self._parsed) > STATUS_CACHE_SIZE:
+            self._parsed.popitem(last=False)
+        return status
+
+    def find_status(self, unique: str) -> tuple[str, JobStatus] | None:
+        """
+        L{find_job} and L{status} in one call.
+        """
+        row = self.conn.execute(
+            "SELECT jobid, status FROM jobs WHERE uniq = ? ORDER BY jobid LIMIT 1", (unique,)
+        ).fetchone()
+        if row is None:
+            row = self.conn.execute(
+                "SELECT j.jobid, j.status FROM cream_map m JOIN jobs j ON j.jobid = m.glite_id"
+                " WHERE m.cream_key = ?",
+                (unique,),
+            ).fetchone()
+        if row is None:
+            return None
+        return str(row[0]), self._status_of(str(row[0]), row[1])
 
     def status(self, jobid: str) -> JobStatus | None:
         row = self.conn.execute("SELECT status FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
-        return None if row is None else status_from_json(json.loads(row[0]))
+        return None if row is None else self._status_of(jobid, row[0])
 
     def events(self, jobid: str) -> list[StoredEvent]:
         rows = self.conn.execute(
@@ -621,6 +656,9 @@ class SQLiteStore:
 
     def find_job(self, unique: str) -> Deferred[str | None]:
         return self._read(lambda: self._queries.find_job(unique))
+
+    def find_status(self, unique: str) -> Deferred[tuple[str, JobStatus] | None]:
+        return self._read(lambda: self._queries.find_status(unique))
 
     def query_jobs(self, query: JobQuery) -> Deferred[JobPage]:
         return self._read(lambda: self._queries.query_jobs(query))

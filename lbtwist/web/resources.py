@@ -113,8 +113,8 @@ class QueryResource(Resource):
     """
     The whole query tree (a leaf: it dispatches on the path itself).
 
-    @param store: an L{lbtwist.store.interface.IEventStore} with C{find_job} and
-        C{query_jobs}.
+    @param store: an L{lbtwist.store.interface.IEventStore} (C{find_status},
+        C{events}, C{query_jobs}).
     @param clock: provides C{seconds()} (relative times in queries).
     @param identify: the caller of a request, L{None} without a usable certificate.
     """
@@ -216,12 +216,11 @@ class QueryResource(Resource):
                 history = history or "history" in flags
         if not _UNIQUE.fullmatch(unique):
             raise HTTPError(404, f"no job {unique!r}")
-        jobid = await self.store.find_job(unique)
-        if jobid is None:
+        # One read of the store for both (a single trip to its reader thread).
+        found: tuple[str, JobStatus] | None = await self.store.find_status(unique)
+        if found is None:
             raise HTTPError(404, f"no job {unique!r}")
-        status: JobStatus | None = await self.store.status(jobid)
-        if status is None:
-            raise HTTPError(404, f"no job {unique!r}")
+        jobid, status = found
         if status.state == PURGED:
             raise HTTPError(410, f"job {jobid} was purged")
         decision = can_read(who, status, self.policy, self.super_users)
