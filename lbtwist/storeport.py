@@ -131,6 +131,16 @@ class _Slot:
     close: bool = False
 
 
+@attrs.define(eq=False)
+class _Registration:
+    """
+    A RegJob handed to the store and not committed yet, and who waits for it.
+    """
+
+    jobid: str
+    waiters: list[Deferred[bool | None]] = attrs.Factory(list)
+
+
 class StorePortProtocol(Protocol):
     """
     One connection to the store port.
@@ -143,8 +153,9 @@ class StorePortProtocol(Protocol):
         self._framing: str | None = None
         self._decoder: ilproto.ILFrameDecoder | ilproto.LogdDecoder | None = None
         self._queue: deque[_Slot] = deque()
-        self._chain: Deferred[None] = succeed(None)
-        self._inflight = 0
+        self._waiting: list[tuple[_Slot, tuple[str, Event] | LBError]] = []
+        self._busy = False
+        self._paused = False
         self._broken = False
         self._lost = False
         self._counted = False
@@ -165,6 +176,9 @@ class StorePortProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
+        # What was not handed to the store yet is dropped: nobody can be answered,
+        # and the peer sends it again (after anything already submitted).
+        self._waiting = []
         if self._counted:
             self._counted = False
             self.factory.stats.connections -= 1
@@ -210,17 +224,21 @@ class StorePortProtocol(Protocol):
             fatal = (
                 TooBig(e.reason) if isinstance(e, ilproto.MessageTooBig) else BrokenULM(e.reason)
             )
-        items: list[tuple[_Slot, tuple[str, Event] | LBError]] = []
+        waiting = self._waiting
+        queue = self._queue
         for body in bodies:
             slot = _Slot()
-            self._queue.append(slot)
-            items.append((slot, self._validate(body)))
+            queue.append(slot)
+            waiting.append((slot, self._validate(body)))
         if fatal is not None:
             self._broken = True
-            self._queue.append(_Slot(fatal.code, fatal.message, close=True))
-        if items:
-            self._chain.addCallback(lambda _: self._process(items))
-            self._chain.addErrback(lambda f: log.failure("store port: processing", f))
+            queue.append(_Slot(fatal.code, fatal.message, close=True))
+        if len(queue) > self.factory.max_inflight and not self._paused:
+            # Back-pressure: read no more until the store catches up.
+            self._paused = True
+            transport: Any = self.transport
+            transport.pauseProducing()
+        self._kick()
         self._flush()
 
     def _validate(self, body: bytes) -> tuple[str, Event] | LBError:
@@ -249,89 +267,125 @@ class StorePortProtocol(Protocol):
             )
         return line, event
 
+    def _kick(self) -> None:
+        """
+        Hand everything received since the last store call to the store, in one
+        call, unless a call of this connection is still running.
+        """
+        if self._busy or not self._waiting or self._lost:
+            return
+        items, self._waiting = self._waiting, []
+        self._busy = True
+        d = self._process(items)
+        d.addErrback(lambda f: log.failure("store port: processing", f))
+        d.addBoth(self._done)
+
+    def _done(self, _: object) -> None:
+        self._busy = False
+        self._kick()
+
     def _process(self, items: list[tuple[_Slot, tuple[str, Event] | LBError]]) -> Deferred[None]:
         """
-        Check registrations (looking unknown jobs up), then submit one batch.
+        Check registrations, then submit one batch; fires once it is answered.
+
+        A job counts as registered when its RegJob is in the same batch (one
+        commit), was committed before, or is found in the store. A RegJob still
+        being committed (by another connection) is waited for: if it fails, the
+        events depending on it fail too (EAGAIN, to be sent again).
         """
         f = self.factory
-        lookups: dict[str, Deferred[Any]] = {}
+        checks: dict[str, Deferred[bool | None]] = {}
         if not f.grey_jobs:
             registering: set[str] = set()
             for _, item in items:
                 if isinstance(item, LBError):
                     continue
-                ev = item[1]
-                if ev.type == "RegJob":
-                    registering.add(ev.jobid)
-                elif (
-                    ev.jobid not in registering
-                    and not f.is_known(ev.jobid)
-                    and ev.jobid not in lookups
-                ):
-                    lookups[ev.jobid] = maybeDeferred(f.store.status, ev.jobid)
-        if not lookups:
-            self._submit(items, set())
-            return succeed(None)
-        jobids = list(lookups)
-        d = gatherResults([lookups[j] for j in jobids], consumeErrors=True)
+                jobid = item[1].jobid
+                if item[1].type == "RegJob":
+                    registering.add(jobid)
+                elif jobid not in registering and jobid not in checks and jobid not in f.known:
+                    checks[jobid] = f.registered(jobid)
+        if not checks:
+            return self._submit(items, {})
+        jobids = list(checks)
+        d = gatherResults([checks[j] for j in jobids], consumeErrors=True)
 
-        def looked_up(statuses: list[Any]) -> None:
-            unknown = {j for j, s in zip(jobids, statuses, strict=True) if s is None}
-            for j, s in zip(jobids, statuses, strict=True):
-                if s is not None:
-                    f.remember(j)
-            self._submit(items, unknown)
+        def checked(found: list[bool | None]) -> Deferred[None]:
+            if self._lost:
+                # Nobody to answer: the peer sends these again.
+                return succeed(None)
+            return self._submit(items, dict(zip(jobids, found, strict=True)))
 
-        def lookup_failed(failure: Failure) -> None:
+        def check_failed(failure: Failure) -> None:
             log.failure("store port: job lookup failed", failure)
             for slot, _ in items:
                 slot.code, slot.text = TryAgain.code, "job lookup failed"
             self._flush()
 
-        return d.addCallbacks(looked_up, lookup_failed)
+        return d.addCallbacks(checked, check_failed)
 
     def _submit(
-        self, items: list[tuple[_Slot, tuple[str, Event] | LBError]], unknown: set[str]
-    ) -> None:
+        self,
+        items: list[tuple[_Slot, tuple[str, Event] | LBError]],
+        found: dict[str, bool | None],
+    ) -> Deferred[None]:
+        """
+        @param found: per job checked: C{True} registered, C{None} unknown,
+            C{False} its pending registration failed.
+        """
         f = self.factory
         batch: list[tuple[str, Event]] = []
         slots: list[_Slot] = []
+        registering: list[str] = []
         registered: set[str] = set()
         for slot, item in items:
-            error: LBError | None = item if isinstance(item, LBError) else None
-            if error is None:
-                assert not isinstance(item, LBError)
+            if isinstance(item, LBError):
+                error: LBError | None = item
+            else:
+                error = None
                 ev = item[1]
                 if ev.type == "RegJob":
                     registered.add(ev.jobid)
-                elif ev.jobid in unknown and ev.jobid not in registered:
-                    f.stats.unknown += 1
-                    error = UnknownJob(f"job {ev.jobid} not registered")
-                elif self._inflight + len(batch) >= f.max_inflight:
-                    error = TryAgain(f"over {f.max_inflight} unanswered events")
+                    registering.append(ev.jobid)
+                elif ev.jobid not in registered:
+                    state = found.get(ev.jobid, True)
+                    if state is None:
+                        f.stats.unknown += 1
+                        error = UnknownJob(f"job {ev.jobid} not registered")
+                    elif state is False:
+                        error = TryAgain(f"registration of {ev.jobid} not stored")
             if error is not None:
                 f.stats.errors += 1
                 slot.code, slot.text = error.code, error.message
                 continue
             batch.append(item)  # type: ignore[arg-type]
             slots.append(slot)
-        for jobid in registered:
-            # Later chunks must not look the job up before this commit is done.
-            f.remember(jobid)
         self._flush()
         if not batch:
-            return
-        self._inflight += len(batch)
+            return succeed(None)
+        registrations = [f.registering(jobid) for jobid in registering]
         d: Deferred[Any] = maybeDeferred(f.store.store, batch)
-        d.addCallbacks(self._stored, self._store_failed, (slots,), errbackArgs=(slots,))
+        d.addCallbacks(
+            self._stored,
+            self._store_failed,
+            (slots, batch, registrations),
+            errbackArgs=(slots, registrations),
+        )
         d.addErrback(lambda fail: log.failure("store port answer failed", fail))
+        return d
 
-    def _stored(self, results: list[Any], slots: list[_Slot]) -> None:
-        self._inflight -= len(slots)
+    def _stored(
+        self,
+        results: list[Any],
+        slots: list[_Slot],
+        batch: list[tuple[str, Event]],
+        registrations: list[_Registration],
+    ) -> None:
         f = self.factory
         if len(results) != len(slots):
             results = [TryAgain("store error")] * len(slots)
-        for slot, result in zip(slots, results, strict=True):
+        stored: set[str] = set()
+        for slot, result, (_, ev) in zip(slots, results, batch, strict=True):
             if isinstance(result, LBError):
                 f.stats.errors += 1
                 slot.code, slot.text = result.code, result.message
@@ -344,17 +398,24 @@ class StorePortProtocol(Protocol):
                 else:
                     f.stats.accepted += 1
                 f.remember(result.jobid)
+                if ev.type == "RegJob":
+                    stored.add(ev.jobid)
                 slot.code, slot.text = 0, "OK"
+        for reg in registrations:
+            f.registered_done(reg, reg.jobid in stored)
         self._flush()
 
-    def _store_failed(self, failure: Failure, slots: list[_Slot]) -> None:
-        self._inflight -= len(slots)
+    def _store_failed(
+        self, failure: Failure, slots: list[_Slot], registrations: list[_Registration]
+    ) -> None:
         error = failure.value
         if not isinstance(error, LBError):
             log.failure("store failed", failure)
             error = TryAgain("store error")
         for slot in slots:
             slot.code, slot.text = error.code, error.message
+        for reg in registrations:
+            self.factory.registered_done(reg, False)
         self._flush()
 
     def _flush(self) -> None:
@@ -377,6 +438,10 @@ class StorePortProtocol(Protocol):
             self.transport.write(b"".join(out))
         if close:
             self.transport.loseConnection()
+        elif self._paused and len(queue) <= self.factory.max_inflight // 2:
+            self._paused = False
+            transport: Any = self.transport
+            transport.resumeProducing()
 
 
 class StorePortFactory(Factory["StorePortProtocol"]):
@@ -412,6 +477,7 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         self.max_inflight = max_inflight
         self.max_fields = max_fields
         self.known: OrderedDict[str, None] = OrderedDict()
+        self.pending: dict[str, list[_Registration]] = {}
         self._known_max = known_jobs
         self.stats = StorePortStats()
 
@@ -421,7 +487,55 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         return proto
 
     def is_known(self, jobid: str) -> bool:
+        """
+        Whether a job's registration is known to be committed.
+        """
         return jobid in self.known
+
+    def registering(self, jobid: str) -> _Registration:
+        """
+        A RegJob of C{jobid} goes to the store: until L{registered_done}, events
+        of the job wait for its outcome.
+        """
+        reg = _Registration(jobid)
+        self.pending.setdefault(jobid, []).append(reg)
+        return reg
+
+    def registered_done(self, reg: _Registration, stored: bool) -> None:
+        """
+        The commit of a RegJob is over: C{stored} tells whether it succeeded.
+        """
+        regs = self.pending.get(reg.jobid)
+        if regs is not None and reg in regs:
+            regs.remove(reg)
+            if not regs:
+                del self.pending[reg.jobid]
+        if stored:
+            self.remember(reg.jobid)
+        waiters, reg.waiters = reg.waiters, []
+        for d in waiters:
+            d.callback(stored or reg.jobid in self.known)
+
+    def registered(self, jobid: str) -> Deferred[bool | None]:
+        """
+        Whether C{jobid} is registered: C{True}, C{None} (unknown to the store)
+        or C{False} (its RegJob was being committed and that failed).
+        """
+        if jobid in self.known:
+            return succeed(True)
+        regs = self.pending.get(jobid)
+        if regs:
+            d: Deferred[bool | None] = Deferred()
+            regs[-1].waiters.append(d)
+            return d
+
+        def looked_up(status: object) -> bool | None:
+            if status is None:
+                return None
+            self.remember(jobid)
+            return True
+
+        return maybeDeferred(self.store.status, jobid).addCallback(looked_up)
 
     def remember(self, jobid: str) -> None:
         known = self.known

@@ -209,6 +209,157 @@ class StorePortTests(SynchronousTestCase):
         self.assertEqual(s.factory.stats.connections, 0)
 
 
+class DiskError(OSError):
+    """
+    A failed commit (logged by the store).
+    """
+
+
+class ManualCommits:
+    """
+    A memory store whose commits run when the test says, counting store calls.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Any, Deferred[Any]]] = []
+        self.store = MemoryStore(Clock(), relay=False, runner=self._runner)
+        self.calls: list[int] = []
+        real = self.store.store
+
+        def store(items: list[Any]) -> Deferred[Any]:
+            self.calls.append(len(items))
+            return real(items)
+
+        self.store.store = store  # type: ignore[method-assign]
+
+    def _runner(self, work: Any) -> Deferred[Any]:
+        d: Deferred[Any] = Deferred()
+        self.pending.append((work, d))
+        return d
+
+    def commit(self) -> None:
+        """
+        Run the oldest commit group.
+        """
+        work, d = self.pending.pop(0)
+        d.callback(work())
+
+    def fail(self) -> None:
+        """
+        Fail the oldest commit group (nothing written).
+        """
+        _, d = self.pending.pop(0)
+        d.errback(DiskError("disk I/O error"))
+
+
+class RegistrationOrderTests(SynchronousTestCase):
+    """
+    A job counts as registered only once its RegJob is committed; events that
+    depend on a RegJob still being committed wait for it, and fail with it.
+    """
+
+    def setUp(self) -> None:
+        self.lines = traces.wms_prelude(JOB)
+        self.commits = ManualCommits()
+        self.server = Server(OWNER, store=self.commits.store)
+
+    def other_connection(self) -> tuple[Any, StringTransport]:
+        proto = self.server.factory.buildProtocol(None)
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def test_one_store_call_per_chunk(self) -> None:
+        s = self.server
+        s.send(*self.lines)
+        self.assertEqual(self.commits.calls, [len(self.lines)])
+        self.commits.commit()
+        self.assertEqual(s.replies(), [OK] * len(self.lines))
+
+    def test_later_chunks_wait_and_go_together(self) -> None:
+        s = self.server
+        s.send(self.lines[0])
+        s.send(*self.lines[1:3])
+        s.send(*self.lines[3:])
+        # One store call running; what came meanwhile waits, then goes in one call.
+        self.assertEqual(self.commits.calls, [1])
+        self.assertNotIn(JOB, s.factory.known)
+        self.commits.commit()
+        self.assertIn(JOB, s.factory.known)
+        self.assertEqual(self.commits.calls, [1, len(self.lines) - 1])
+        self.commits.commit()
+        self.assertEqual(s.replies(), [OK] * len(self.lines))
+        self.assertEqual(len(s.stored()), len(self.lines))
+
+    def test_failed_registration_not_known(self) -> None:
+        s = self.server
+        s.send(self.lines[0])
+        s.send(*self.lines[1:3])
+        self.commits.fail()
+        self.assertEqual(len(self.flushLoggedErrors(DiskError)), 1)
+        self.assertNotIn(JOB, s.factory.known)
+        self.assertEqual(s.factory.pending, {})
+        # The later events find no registration: ENOENT, nothing stored.
+        self.assertEqual(s.replies(), [(ilproto.LB_DBERR, errno.EAGAIN), ENOENT, ENOENT])
+        self.assertEqual(self.commits.pending, [])
+        self.assertEqual(s.stored(), [])
+
+    def test_other_connection_waits_for_pending_registration(self) -> None:
+        s = self.server
+        s.send(self.lines[0])
+        proto, transport = self.other_connection()
+        proto.dataReceived(
+            b"".join(ilproto.encode_il_msg(ln.encode() + b"\n") for ln in self.lines[1:3])
+        )
+        # Neither answered nor submitted before the RegJob is committed.
+        self.assertEqual(self.commits.calls, [1])
+        self.assertEqual(transport.value(), b"")
+        self.commits.commit()
+        self.assertEqual(self.commits.calls, [1, 2])
+        self.commits.commit()
+        replies = ilproto.ILReplyDecoder().feed(transport.value())
+        self.assertEqual([(r.major, r.minor) for r in replies], [OK, OK])
+        self.assertEqual(s.replies(), [OK])
+
+    def test_other_connection_fails_with_pending_registration(self) -> None:
+        s = self.server
+        s.send(self.lines[0])
+        proto, transport = self.other_connection()
+        proto.dataReceived(
+            b"".join(ilproto.encode_il_msg(ln.encode() + b"\n") for ln in self.lines[1:3])
+        )
+        self.commits.fail()
+        self.assertEqual(len(self.flushLoggedErrors(DiskError)), 1)
+        # Failed with the RegJob (to be sent again), never stored without it.
+        replies = ilproto.ILReplyDecoder().feed(transport.value())
+        self.assertEqual(
+            [(r.major, r.minor) for r in replies], [(ilproto.LB_DBERR, errno.EAGAIN)] * 2
+        )
+        self.assertEqual(self.commits.calls, [1])
+        self.assertEqual(s.stored(), [])
+        self.assertEqual(s.factory.pending, {})
+
+    def test_lost_connection_drops_what_was_not_submitted(self) -> None:
+        s = self.server
+        s.send(self.lines[0])
+        s.send(*self.lines[1:])
+        s.proto.connectionLost()
+        self.commits.commit()
+        self.assertEqual(self.commits.calls, [1])
+        self.assertEqual(s.stored(), [self.lines[0]])
+
+    def test_back_pressure(self) -> None:
+        s = Server(OWNER, store=self.commits.store, max_inflight=4)
+        s.send(*self.lines[:3])
+        self.assertEqual(s.transport.producerState, "producing")
+        s.send(*self.lines[3:6])
+        self.assertEqual(s.transport.producerState, "paused")
+        self.commits.commit()
+        self.commits.commit()
+        self.assertEqual(s.transport.producerState, "producing")
+        self.assertEqual(s.replies(), [OK] * 6)
+
+
 @implementer(IStreamClientEndpoint)
 class MemoryTLSEndpoint:
     """
