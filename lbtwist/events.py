@@ -24,6 +24,7 @@ from lbtwist.errors import (
 from lbtwist.ulm import (
     DEFAULT_MAX_FIELDS,
     DEFAULT_MAX_SIZE,
+    duplicate_error,
     format_date,
     format_fields,
     parse_date,
@@ -198,9 +199,19 @@ def _source_error(text: str) -> str:
 
 
 def _check_jobid(key: str, value: str) -> str:
+    if value in _GOOD_JOBIDS:
+        return value
     if _JOBID_RE.fullmatch(value) is None:
         raise JobIdFormat(f"{key}: malformed job id {value!r}, want https://host[:port]/unique")
+    if len(_GOOD_JOBIDS) >= _GOOD_JOBIDS_SIZE:
+        _GOOD_JOBIDS.clear()
+    _GOOD_JOBIDS.add(value)
     return value
+
+
+# Job ids found well formed lately: a job's events all carry its id (bounded).
+_GOOD_JOBIDS_SIZE = 1 << 16
+_GOOD_JOBIDS: set[str] = set()
 
 
 def _code_name(key: str, value: str, codes: tuple[str, ...]) -> str:
@@ -299,8 +310,9 @@ def parse_event(
         L{TooBig}, with a message naming the offending field.
     """
     triples = scan_fields(line, max_fields, max_size)
-    # Keys are unique (case-insensitively) once scanned: one dict holds them all.
     common = {upper: value for _, upper, value in triples}
+    if len(common) != len(triples):
+        raise duplicate_error(triples)
 
     evnt = common.get("DG.EVNT")
     if not evnt:

@@ -93,16 +93,19 @@ def parse_fields(
     @raise KeyDuplicity: a key appears twice (compared case-insensitively).
     @raise TooBig: more than C{max_fields} fields or C{max_size} bytes.
     """
-    pairs = [(key, value) for key, _, value in scan_fields(line, max_fields, max_size)]
-    return pairs
+    triples = scan_fields(line, max_fields, max_size)
+    if len({upper for _, upper, _ in triples}) != len(triples):
+        raise duplicate_error(triples)
+    return [(key, value) for key, _, value in triples]
 
 
 def scan_fields(line: str | bytes, max_fields: int, max_size: int) -> list[tuple[str, str, str]]:
     """
-    L{parse_fields} with each key also in upper case: C{(key, KEY, value)} triples.
+    L{parse_fields} with each key also in upper case: C{(key, KEY, value)} triples,
+    but without the check for duplicate keys (see L{duplicate_error}).
 
-    Raises as L{parse_fields} does; for the event parser, which looks keys up in
-    upper case anyway.
+    Raises as L{parse_fields} does otherwise; for the event parser, which looks
+    keys up in upper case anyway and finds duplicates as it does.
     """
     if isinstance(line, bytes):
         if line[-1:] == b"\n":
@@ -131,17 +134,19 @@ def scan_fields(line: str | bytes, max_fields: int, max_size: int) -> list[tuple
         ]
     else:
         triples = [(key, key.upper(), quoted or bare) for key, quoted, bare, _ in found]
-    if len({upper for _, upper, _ in triples}) != len(triples):
-        _raise_duplicate(triples)
     return triples
 
 
-def _raise_duplicate(triples: list[tuple[str, str, str]]) -> None:
+def duplicate_error(triples: list[tuple[str, str, str]]) -> KeyDuplicity:
+    """
+    @return: the error naming the first key of C{triples} seen twice.
+    """
     seen: set[str] = set()
     for key, folded, _ in triples:
         if folded in seen:
-            raise KeyDuplicity(f"duplicate key {key}")
+            return KeyDuplicity(f"duplicate key {key}")
         seen.add(folded)
+    raise ValueError("no duplicate key")
 
 
 def _diagnose(text: str) -> NoReturn:
@@ -217,15 +222,21 @@ def parse_date(text: str, *, key: str = "DATE") -> int:
     @return: microseconds since the epoch, UTC.
     @raise BrokenULM: not a valid timestamp.
     """
+    days = _DAYS.get(text[:8])
+    if days is not None and len(text) == 21 and text[14] == "." and text.isascii():
+        # The usual form, on a known day: digits checked, no calendar needed.
+        clock, micro_text = text[8:14], text[15:]
+        if clock.isdigit() and micro_text.isdigit():
+            hms = int(clock)
+            hour, minute, second = hms // 10000, hms // 100 % 100, hms % 100
+            if hour < 24 and minute < 60 and second < 60:
+                return (days * 86400 + hour * 3600 + minute * 60 + second) * 1_000_000 + int(
+                    micro_text
+                )
     match = _DATE_RE.fullmatch(text)
     if match is None:
         raise BrokenULM(f"{key}: bad timestamp {text!r}, want YYYYMMDDHHMMSS.uuuuuu")
     ymd = text[:8]
-    hh, mm, ss, micro_text = match.group(4, 5, 6, 7)
-    days = _DAYS.get(ymd)
-    hour, minute, second = int(hh), int(mm), int(ss)
-    if days is not None and hour < 24 and minute < 60 and second < 60:
-        return (((days * 24 + hour) * 60 + minute) * 60 + second) * 1_000_000 + int(micro_text)
     year, month, day, hour, minute, second, micro = map(int, match.groups())
     try:
         when = datetime(year, month, day, hour, minute, second, micro, tzinfo=UTC)

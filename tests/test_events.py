@@ -235,6 +235,30 @@ class ParseEventTests(SynchronousTestCase):
     L{parse_event} validates and builds an L{Event}.
     """
 
+    def test_good_jobids_remembered(self) -> None:
+        """
+        Well-formed job ids are remembered (bounded); bad ones never pass.
+        """
+        from lbtwist import events
+
+        self.patch(events, "_GOOD_JOBIDS", set())
+        self.patch(events, "_GOOD_JOBIDS_SIZE", 2)
+        for n in range(5):
+            jobid = f"https://lb.example.org:9000/job{n}"
+            line = RUNNING.replace(JOBID, jobid)
+            self.assertEqual(parse_event(line).jobid, jobid)
+            self.assertEqual(parse_event(line).jobid, jobid)
+            self.assertIn(jobid, events._GOOD_JOBIDS)
+            self.assertLessEqual(len(events._GOOD_JOBIDS), 2)
+            self.assertFails(JobIdFormat, RUNNING.replace(JOBID, f"https://lb/a b{n}"), "DG.JOBID")
+
+    def test_duplicate_key_any_case(self) -> None:
+        """
+        A key given twice, in any case, is named in the error.
+        """
+        self.assertFails(KeyDuplicity, RUNNING + ' dg.running.NODE="x"', "dg.running.NODE")
+        self.assertFails(KeyDuplicity, RUNNING + " date=20080928052524.106253", "date")
+
     def assertFails(self, exc: type[LBError], line: str, *words: str, **kw: bool) -> LBError:
         """
         Parsing C{line} raises C{exc}; its message names every word.
