@@ -327,6 +327,10 @@ def _json_value_expr(field: Any) -> str:
         value = _JSON_SORTED_EXPR[field.name].format(v=v)
         if field.name in _TIME_FIELDS:
             return f'("null" if {v} is None else _str({value}))'
+        # Most containers are empty: spare the encoder call.
+        empty = {"dict": '"{}"', "list": '"[]"'}.get(kind.partition("[")[0])
+        if empty is not None:
+            return f"({empty} if {v}.__class__ is {kind.partition('[')[0]} and not {v} else _enc({value}))"
         return f"_enc({value})"
     if kind == "bool":
         return f'("true" if {v} is True else "false" if {v} is False else _enc({v}))'
