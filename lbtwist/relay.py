@@ -63,6 +63,10 @@ class RelaySettings:
     @ivar fetch_size: outbox rows read at once.
     @ivar reconnect_initial: first reconnection delay.
     @ivar reconnect_max: longest reconnection delay.
+    @ivar ack_delay: seconds delivered rows may wait to be removed from the
+        outbox, so that removals share a transaction (0: at once). A crash in
+        between only makes the server see a duplicate, which it answers OK.
+    @ivar ack_max: delivered rows that are removed at once, whatever the delay.
     """
 
     window: int = 64
@@ -73,6 +77,8 @@ class RelaySettings:
     fetch_size: int = 1024
     reconnect_initial: float = 0.5
     reconnect_max: float = 30.0
+    ack_delay: float = 0.25
+    ack_max: int = 8192
 
 
 @attrs.define
@@ -94,6 +100,27 @@ def split_destination(destination: str) -> tuple[str, int]:
     """
     host, _, port = destination.rpartition(":")
     return host, int(port)
+
+
+#: The OK reply as lbtwist's store port writes it, matched without decoding.
+_OK_BYTES = ilproto.il_reply_for(0, "OK")
+_OK_REPLY = ilproto.ILReply(ilproto.LB_OK, 0, "OK")
+
+
+def count_ok_replies(data: bytes) -> int:
+    """
+    @return: how many copies of the usual OK reply C{data} starts with.
+    """
+    size = len(_OK_BYTES)
+    if not data.startswith(_OK_BYTES):
+        return 0
+    whole = len(data) // size
+    if data == _OK_BYTES * whole:
+        return whole
+    n = 1
+    while data.startswith(_OK_BYTES, n * size):
+        n += 1
+    return n
 
 
 class RelayProtocol(Protocol):
@@ -119,11 +146,19 @@ class RelayProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         broken: ilproto.ProtocolError | None = None
-        try:
-            replies = self._decoder.feed(data)
-        except ilproto.ProtocolError as e:
-            replies = [r for r in e.decoded if isinstance(r, ilproto.ILReply)]
-            broken = e
+        replies: list[ilproto.ILReply] = []
+        if not self._decoder.buffered:
+            # Fast path: a run of plain OK replies needs no decoding.
+            ok = count_ok_replies(data)
+            if ok:
+                replies = [_OK_REPLY] * ok
+                data = data[ok * len(_OK_BYTES) :]
+        if data:
+            try:
+                replies += self._decoder.feed(data)
+            except ilproto.ProtocolError as e:
+                replies += [r for r in e.decoded if isinstance(r, ilproto.ILReply)]
+                broken = e
         self.queue.replies(self, replies)
         if broken is not None:
             self.queue.drop(self, f"malformed reply: {broken.reason}")
@@ -192,6 +227,7 @@ class RelayQueue(Service):
         self._proto: RelayProtocol | None = None
         self._hold: IDelayedCall | None = None
         self._reply_timer: IDelayedCall | None = None
+        self._ack_timer: IDelayedCall | None = None
         self._acks: list[int] = []
         policy_args: dict[str, Any] = {
             "initialDelay": settings.reconnect_initial,
@@ -216,6 +252,7 @@ class RelayQueue(Service):
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
+        self._flush_acks(now=True)
         for timer in (self._hold, self._reply_timer):
             if timer is not None and timer.active():
                 timer.cancel()
@@ -467,12 +504,29 @@ class RelayQueue(Service):
         self._buffer.extendleft(reversed(self._retry))
         self._retry = []
 
-    def _flush_acks(self) -> None:
+    def _flush_acks(self, now: bool = False) -> None:
+        """
+        Remove delivered rows from the outbox: at once if C{now}, the delay is 0
+        or many are waiting, otherwise after C{ack_delay}.
+        """
         if not self._acks:
             return
+        settings = self.settings
+        if not now and settings.ack_delay > 0 and len(self._acks) < settings.ack_max:
+            if self._ack_timer is None:
+                self._ack_timer = self._clock.callLater(settings.ack_delay, self._ack_due)
+            return
+        if self._ack_timer is not None:
+            if self._ack_timer.active():
+                self._ack_timer.cancel()
+            self._ack_timer = None
         ids, self._acks = self._acks, []
         d = self._store.outbox_ack(ids)
         d.addErrback(lambda f: log.failure("relay {dest}: ack", f, dest=self.destination))
+
+    def _ack_due(self) -> None:
+        self._ack_timer = None
+        self._flush_acks(now=True)
 
 
 EndpointFactory = Callable[[str], IStreamClientEndpoint]
@@ -651,6 +705,7 @@ def make_relay_service(options: Any, store: Any, reactor: Any) -> IService:
 
 
 __all__ = [
+    "count_ok_replies",
     "RelayProtocol",
     "RelayQueue",
     "RelayService",

@@ -57,6 +57,11 @@ WMS_SOURCES = frozenset(
 # Room for the IL body around the event line.
 _IL_OVERHEAD = 64
 
+# Authorization answers kept per connection.
+_ALLOWED_CACHE = 4096
+
+_OK_REPLY = ilproto.il_reply_for(0, "OK")
+
 Identify = Callable[[Any], "Identity | None"]
 
 
@@ -156,6 +161,7 @@ class StorePortProtocol(Protocol):
         self._waiting: list[tuple[_Slot, tuple[str, Event] | LBError]] = []
         self._busy = False
         self._paused = False
+        self._allowed: dict[tuple[str, str], bool] = {}
         self._broken = False
         self._lost = False
         self._counted = False
@@ -259,7 +265,15 @@ class StorePortProtocol(Protocol):
             event = parse_event(line, max_fields=f.max_fields, max_size=f.max_line)
         except LBError as e:
             return e
-        if not may_log(self.identity, event, f.policy, f.super_users):
+        # The answer depends on the event's owner and action only (one peer here).
+        key = (event.user, required_action(event))
+        allowed = self._allowed.get(key)
+        if allowed is None:
+            allowed = may_log(self.identity, event, f.policy, f.super_users)
+            if len(self._allowed) >= _ALLOWED_CACHE:
+                self._allowed.clear()
+            self._allowed[key] = allowed
+        if not allowed:
             f.stats.refused += 1
             return PermissionDenied(
                 f"{self.identity.dn if self.identity else 'anonymous'} may not log"
@@ -429,6 +443,8 @@ class StorePortProtocol(Protocol):
                 log.warn("store port: event refused: {code} {text}", code=slot.code, text=slot.text)
             if self._framing == "logd":
                 out.append(ilproto.encode_logd_answer(slot.code))
+            elif slot.code == 0 and slot.text == "OK":
+                out.append(_OK_REPLY)
             else:
                 out.append(ilproto.il_reply_for(slot.code, slot.text))
             close = slot.close

@@ -23,7 +23,14 @@ from zope.interface import implementer
 
 from lbtwist import ilproto
 from lbtwist.events import parse_event
-from lbtwist.relay import RelayQueue, RelayService, RelaySettings, split_destination
+from lbtwist.relay import (
+    RelayProtocol,
+    RelayQueue,
+    RelayService,
+    RelaySettings,
+    count_ok_replies,
+    split_destination,
+)
 from lbtwist.store.batch import run_now
 from lbtwist.store.memory import MemoryStore
 from lbtwist.store.sqlite import SCHEMA_VERSION, SQLiteStore, connect, schema_version
@@ -123,6 +130,8 @@ class Harness:
             self.clock.advance(T0)
         self.store = store if store is not None else make_memory(self.clock)
         self.endpoints: dict[str, FakeEndpoint] = {}
+        # Delivered rows leave the outbox at once unless a test asks otherwise.
+        settings.setdefault("ack_delay", 0.0)
         self.settings = RelaySettings(**settings)
         self.service = RelayService(
             self.store,
@@ -529,6 +538,86 @@ class SQLiteOutboxTests(SynchronousTestCase):
         self.assertEqual(conn.take_lines(), lines)
         conn.answer(n=len(lines))
         self.assertEqual(self.successResultOf(self.store.outbox_pending()), [])
+
+
+class AckAndReplyTests(SynchronousTestCase):
+    def test_acks_delayed_and_grouped(self) -> None:
+        """
+        Delivered rows leave the outbox in one call after C{ack_delay}, or at
+        once when C{ack_max} of them wait.
+        """
+        h = Harness(window=64, ack_delay=0.25, ack_max=10)
+        lines = wms_lines(JOB_A) + wms_lines(JOB_B)
+        h.store_lines(lines)
+        calls: list[list[int]] = []
+        real = h.store.outbox_ack
+
+        def ack(ids: list[int]) -> Deferred[None]:
+            calls.append(list(ids))
+            return real(ids)
+
+        h.store.outbox_ack = ack  # type: ignore[method-assign]
+        h.service.startService()
+        self.addCleanup(h.service.stopService)
+        conn = h.endpoints[DEST1].current
+        self.assertEqual(conn.take_lines(), lines)
+        conn.answer(n=3)
+        conn.answer(n=2)
+        self.assertEqual(calls, [])
+        self.assertEqual(len(h.outbox()), len(lines))
+        h.clock.advance(0.25)
+        self.assertEqual([len(c) for c in calls], [5])
+        conn.answer(n=12)
+        self.assertEqual([len(c) for c in calls], [5, 12])
+        conn.answer(n=len(lines) - 17)
+        self.assertEqual([len(c) for c in calls], [5, 12])
+        # Stopping removes what is still waiting.
+        self.successResultOf(h.service.stopService())
+        self.assertEqual(sum(len(c) for c in calls), len(lines))
+        self.assertEqual(h.outbox(), [])
+
+    def test_count_ok_replies(self) -> None:
+        ok = ilproto.il_reply_for(0, "OK")
+        other = ilproto.encode_il_reply(ilproto.LB_DBERR, errno.ENOENT, "unknown")
+        self.assertEqual(count_ok_replies(b""), 0)
+        self.assertEqual(count_ok_replies(ok * 5), 5)
+        self.assertEqual(count_ok_replies(ok * 2 + other + ok), 2)
+        self.assertEqual(count_ok_replies(ok * 2 + ok[:7]), 2)
+        self.assertEqual(count_ok_replies(other + ok), 0)
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(st.sampled_from(["ok", "ok", "enoent", "okx"]), min_size=1, max_size=30),
+        st.lists(st.integers(1, 40), max_size=30),
+    )
+    def test_replies_split_anywhere(self, kinds: list[str], cuts: list[int]) -> None:
+        """
+        Replies arrive in any chunking: the fast OK path and the decoder together
+        give the same replies, in order.
+        """
+        encoded = {
+            "ok": ilproto.il_reply_for(0, "OK"),
+            "okx": ilproto.encode_il_reply(0, 0, "stored"),
+            "enoent": ilproto.encode_il_reply(ilproto.LB_DBERR, errno.ENOENT, "unknown"),
+        }
+        data = b"".join(encoded[k] for k in kinds)
+        got: list[ilproto.ILReply] = []
+
+        class Queue:
+            def replies(self, proto: Any, replies: list[ilproto.ILReply]) -> None:
+                got.extend(replies)
+
+            def drop(self, proto: Any, reason: str) -> None:
+                raise AssertionError(reason)
+
+        proto = RelayProtocol(Queue())  # type: ignore[arg-type]
+        pos = 0
+        for cut in cuts:
+            proto.dataReceived(data[pos : pos + cut])
+            pos += cut
+        proto.dataReceived(data[pos:])
+        expected = ilproto.ILReplyDecoder().feed(data)
+        self.assertEqual(got, expected)
 
 
 class MiscTests(SynchronousTestCase):

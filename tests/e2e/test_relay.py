@@ -339,6 +339,14 @@ class RelayEndToEndTests(SynchronousTestCase):
                 >= len(lines)
             ),
         )
+        # Delivered rows leave the outbox shortly after (acknowledgements are grouped).
+        wait_for(
+            "the delivered rows to leave the outbox",
+            lambda: (
+                query(self.proxy.db_path, "SELECT DISTINCT destination FROM outbox")
+                == [(f"{OTHER_HOST}:9001",)]
+            ),
+        )
         pending = query(
             self.proxy.db_path, "SELECT destination, COUNT(*) FROM outbox GROUP BY destination"
         )
