@@ -534,3 +534,28 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(dupkey(identity(ev)), dupkey(identity(ev.evolve(src_instance="x"))))
         self.assertNotEqual(dupkey(identity(ev)), dupkey(identity(ev.evolve(date=ev.date + 1))))
         self.assertLess(abs(dupkey(identity(ev))), 1 << 63)
+
+
+class ProfileHarnessTests(SynchronousTestCase):
+    """
+    C{bench/profile_intake.py} runs every stage over a small mix.
+    """
+
+    def test_stages(self) -> None:
+        import os
+        import sqlite3
+
+        from bench.profile_intake import STAGES, mix, stage_runner
+
+        lines = mix(320)
+        self.assertEqual(len(lines), 320)
+        self.assertEqual(len({parse_event(line).jobid for line in lines}), 16 * 2)
+        tmp = self.mktemp()
+        os.makedirs(tmp)
+        for name in STAGES:
+            stage_runner(name, lines, 64, tmp)()
+        for name in ("sqlite", "sqlite-full"):
+            conn = sqlite3.connect(os.path.join(tmp, f"{name}-1.sqlite"))
+            self.addCleanup(conn.close)
+            self.assertEqual(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0], 320)
+            self.assertEqual(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0], 32)
