@@ -92,10 +92,16 @@ class NullBackend:
         return None
 
 
+_NO_STATUS = JobStatus()
+
+
 class _AtOnceStore:
     def store(self, items: list[tuple[str, Event]]) -> Any:
         return succeed(
-            [StoreResult(duplicate=False, jobid=ev.jobid, seqno=1, status=None) for _, ev in items]
+            [
+                StoreResult(duplicate=False, jobid=ev.jobid, seqno=1, status=_NO_STATUS)
+                for _, ev in items
+            ]
         )
 
 
@@ -108,10 +114,20 @@ def stage_runner(name: str, lines: list[str], batch: int, tmp: str) -> Callable[
     A function doing stage C{name} once over C{lines} (fresh state each call).
     """
     if name == "parse_fields":
-        return lambda: [parse_fields(line) for line in lines] and None
+
+        def fields_only() -> None:
+            for line in lines:
+                parse_fields(line)
+
+        return fields_only
 
     if name == "parse_event":
-        return lambda: [parse_event(line) for line in lines] and None
+
+        def events_only() -> None:
+            for line in lines:
+                parse_event(line)
+
+        return events_only
 
     if name == "intake":
         chunks = [b"".join(line.encode() + b"\n" for line in g) for g in _groups(lines, 64)]
