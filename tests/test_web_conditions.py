@@ -300,6 +300,34 @@ class StoreQueryTests(SynchronousTestCase):
         self.assertEqual(_done(sqlite.find_status(unique))[1].state, "Cleared")
         self.assertEqual(_done(sqlite.status(row.jobid)).state, "Cleared")
 
+    def test_status_cache_bounded_and_parses_once(self) -> None:
+        """
+        A polled job's JSON is parsed once; the cache keeps at most
+        C{STATUS_CACHE_SIZE} statuses.
+        """
+        from lbtwist.store import sqlite as sqlite_module
+
+        rows = _done_rows()
+        _, sqlite = self.stores(rows)
+        parsed: list[str] = []
+        real = sqlite_module.status_from_json
+
+        def counting(data: dict[str, Any]) -> JobStatus:
+            parsed.append(data["jobId"])
+            return real(data)
+
+        self.patch(sqlite_module, "status_from_json", counting)
+        self.patch(sqlite_module, "STATUS_CACHE_SIZE", 2)
+        first = rows[0].jobid.rsplit("/", 1)[1]
+        for _ in range(3):
+            self.assertEqual(_done(sqlite.find_status(first))[0], rows[0].jobid)
+        self.assertEqual(parsed, [rows[0].jobid])
+        for row in rows:
+            _done(sqlite.find_status(row.jobid.rsplit("/", 1)[1]))
+        self.assertEqual(len(sqlite._queries._parsed), 2)
+        _done(sqlite.find_status(first))
+        self.assertEqual(parsed.count(rows[0].jobid), 2)
+
     def test_sqlite_uses_indexes(self) -> None:
         """
         Listing pages and lookups by unique part are index searches, not table scans.

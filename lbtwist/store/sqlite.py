@@ -100,8 +100,9 @@ CREATE INDEX outbox_destination ON outbox (destination, id);
 
 _IDENTITY_COLUMNS = "type, source, host, date, level, user_dn, seqcode"
 
-#: Statuses kept parsed by the query connection (L{Queries.find_status}).
-STATUS_CACHE_SIZE = 10_000
+#: Statuses kept parsed by the query connection (L{Queries.find_status}): the jobs
+#: being polled; about 5 kB each.
+STATUS_CACHE_SIZE = 2048
 
 
 def _script(conn: sqlite3.Connection, sql: str) -> None:
