@@ -249,6 +249,16 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """
+    User and system CPU time of process C{pid} so far (less sensitive to other
+    load on the machine than latencies).
+    """
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def list_pages(client: Client, query: str, pages: int) -> list[float]:
     times = []
     cursor = None
@@ -271,6 +281,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=8, help="concurrent clients")
     parser.add_argument("--sample", type=int, default=10_000, help="jobs stored with events")
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="keep the store already filled in --dir (same --jobs and --sample)",
+    )
     args = parser.parse_args(argv)
     command = "python -m bench.query " + " ".join(argv if argv is not None else sys.argv[1:])
 
@@ -281,8 +296,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     pki = ensure_dev_pki(service.state_dir, _Clock())
     pki_dir = str(pki.directory)
     figures: dict[str, dict[str, float]] = {}
-    figures["fill"] = fill(service.db_path, args.jobs, min(args.sample, args.jobs))
-    print(fmt(f"fill {args.jobs} jobs", figures["fill"]), flush=True)
+    if args.reuse and os.path.exists(service.db_path):
+        figures["fill"] = {"seconds": 0.0, "size_mb": os.path.getsize(service.db_path) / 1e6}
+        print(fmt(f"reused store of {args.jobs} jobs", figures["fill"]), flush=True)
+    else:
+        figures["fill"] = fill(service.db_path, args.jobs, min(args.sample, args.jobs))
+        print(fmt(f"fill {args.jobs} jobs", figures["fill"]), flush=True)
 
     started = time.perf_counter()
     service.start()
@@ -303,17 +322,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures["rss_start"] = {"rss_mb": rss_mb(pid)}
 
         paths = status_paths(args.jobs, args.requests, 1)
+        cpu = cpu_seconds(pid)
         figures["status_1"] = summary(run_status(port, pki_dir, paths))
+        figures["status_1"]["cpu_ms_per_req"] = (cpu_seconds(pid) - cpu) * 1000 / len(paths)
         print(fmt("status, 1 kept-alive connection", figures["status_1"]), flush=True)
 
         per = max(1, args.requests // args.clients)
         work = [(port, pki_dir, status_paths(args.jobs, per, 100 + c)) for c in range(args.clients)]
         t0 = time.perf_counter()
+        cpu = cpu_seconds(pid)
         with multiprocessing.Pool(args.clients) as pool:
             results = pool.map(_worker, work)
         wall = time.perf_counter() - t0
+        cpu = cpu_seconds(pid) - cpu
         merged = [t for r in results for t in r]
-        figures["status_n"] = summary(merged) | {"req_per_s": len(merged) / wall}
+        figures["status_n"] = summary(merged) | {
+            "req_per_s": len(merged) / wall,
+            "cpu_ms_per_req": cpu * 1000 / (len(merged) + args.clients),
+        }
         print(fmt(f"status, {args.clients} concurrent clients", figures["status_n"]), flush=True)
 
         client = Client(port, pki_dir)
