@@ -473,6 +473,21 @@ class ServiceFailed(Exception):
     """
 
 
+#: The query listener of a service whose test did not choose one: any free
+#: loopback port, so services never clash on 9000 with each other or with a
+#: developer's proxy.
+DEFAULT_QUERY = "tcp:0:interface=127.0.0.1"
+
+
+def default_query(args: Sequence[str]) -> list[str]:
+    """
+    @return: C{["--query", DEFAULT_QUERY]} unless C{args} set C{--query} already.
+    """
+    if any(a == "--query" or a.startswith("--query=") for a in args):
+        return []
+    return ["--query", DEFAULT_QUERY]
+
+
 class LBService:
     """
     One C{twistd -n lbproxy} subprocess on a state directory inside C{base}.
@@ -532,6 +547,7 @@ class LBService:
             CE_HOST,
             "--events",
             f"unix:{self.socket_path}:mode=660",
+            *default_query(self.args),
             *self.args,
         ]
         out = open(os.path.join(self.base, f"twistd.out.{self.starts}"), "wb")
