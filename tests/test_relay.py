@@ -389,14 +389,17 @@ class RelayPropertyTests(SynchronousTestCase):
     @given(
         st.integers(1, 8),
         st.lists(st.sampled_from(["ok", "ok", "ok", "drop", "enoent", "error"]), max_size=80),
+        st.sampled_from([0.0, 0.25]),
     )
-    def test_everything_delivered_once_in_order(self, window: int, script: list[str]) -> None:
+    def test_everything_delivered_once_in_order(
+        self, window: int, script: list[str], ack_delay: float
+    ) -> None:
         """
         Whatever the server answers and however often the connection breaks,
         every event is delivered; in outbox order unless an ENOENT retry let
         events already in flight behind it pass (only window 1 is strict then).
         """
-        h = Harness(window=window)
+        h = Harness(window=window, ack_delay=ack_delay)
         lines = wms_lines(JOB_A) + wms_lines(JOB_B)
         h.store_lines(lines)
         h.service.startService()
