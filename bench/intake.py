@@ -153,7 +153,10 @@ def producer(
             except BlockingIOError:
                 pass
         timeout = 0.0 if pending else 0.05
-        if rate is not None and nxt < count and not pending:
+        # With the window full only an answer can make progress: wait for it rather than
+        # spin on a rate deadline that has already passed.
+        window_full = nxt - len(latencies) >= window
+        if rate is not None and nxt < count and not pending and not window_full:
             timeout = max(0.0, min(timeout, t0 + nxt / rate - time.perf_counter()))
         for _key, _mask in sel.select(timeout):
             chunk = sock.recv(1 << 16)
