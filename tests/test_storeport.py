@@ -424,7 +424,10 @@ class RelayToStorePortTests(SynchronousTestCase):
             ClientConnectionCreator(hostname, self.context), self.source, factory, self.clock
         )
         relay = RelayService(
-            self.proxy_store, self.clock, lambda dest: endpoint, RelaySettings(window=8, ack_delay=0)
+            self.proxy_store,
+            self.clock,
+            lambda dest: endpoint,
+            RelaySettings(window=8, ack_delay=0),
         )
         relay.startService()
         self.addCleanup(relay.stopService)
