@@ -5,9 +5,11 @@ Tests for L{lbtwist.states}: JobStatus, the CREAM and gLite machines, folding.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import random
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,11 @@ from lbtwist.states.status import (
     STATES,
     JobStatus,
     cream_state_name,
+    done_code_value,
     format_iso,
     format_text,
     parse_iso,
+    public_dict,
 )
 from tests import traces
 from tests.traces import glite_seqcode, parse_lines, ulm_line
@@ -846,3 +850,254 @@ class GliteRuleTests(SynchronousTestCase):
         prelude, tail = traces.wms_cream_lines(["Idle", "Held"])
         status = status_of(prelude + tail)
         self.assertEqual((status.state, status.suspended), ("Scheduled", True))
+
+
+# The original JobStatus.from_json_dict (strptime, deep copies): the reference the
+# generated one must match on every input.
+
+
+def reference_parse_iso(text: str) -> int:
+    main, _, frac = text.rstrip("Z").partition(".")
+    moment = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    micro = int(frac.ljust(6, "0")[:6]) if frac else 0
+    seconds = int((moment - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds())
+    return seconds * 1_000_000 + micro
+
+
+def reference_from_json_dict(data: dict[str, Any]) -> JobStatus:
+    kwargs: dict[str, Any] = {}
+    for field in attrs.fields(JobStatus):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if field.name in ("stateEnterTime", "lastUpdateTime") and value is not None:
+            value = reference_parse_iso(value)
+        elif field.name == "stateEnterTimes":
+            value = {k: reference_parse_iso(v) for k, v in (value or {}).items()}
+        elif field.name == "last_key" and value is not None:
+            value = [int(v) for v in value]
+        elif field.name in ("done_code", "cream_done_code"):
+            value = done_code_value(value)
+        else:
+            value = copy.deepcopy(value)
+        kwargs[field.name] = value
+    return JobStatus(**kwargs)
+
+
+def outcome(function: Any, *args: Any) -> tuple[str, Any]:
+    """
+    What C{function(*args)} gives: its result, or the type of what it raised.
+    """
+    try:
+        return "value", function(*args)
+    except Exception as e:
+        return "raised", type(e)
+
+
+_TIMES = st.integers(0, 253_402_300_799_999_999)  # 1970 to 9999
+_TEXT = st.text(max_size=8)
+
+
+def _field_strategy(field: Any) -> Any:
+    name, kind = field.name, str(field.type)
+    if name in ("stateEnterTime", "lastUpdateTime"):
+        return st.one_of(st.none(), _TIMES)
+    if name == "stateEnterTimes":
+        return st.dictionaries(st.sampled_from(STATES) | _TEXT, _TIMES, max_size=4)
+    if name == "last_key":
+        return st.one_of(st.none(), st.lists(st.integers(-(2**40), 2**40), max_size=10))
+    if name in ("done_code", "cream_done_code"):
+        return st.one_of(st.none(), st.sampled_from([DONE_OK, DONE_FAILED, DONE_CANCELLED, 7]))
+    if name == "acl":
+        return st.lists(st.dictionaries(_TEXT, _TEXT, max_size=4), max_size=3)
+    if kind == "dict[str, str]":
+        return st.dictionaries(_TEXT, _TEXT, max_size=3)
+    if kind == "list[str]":
+        return st.lists(_TEXT, max_size=3)
+    if kind == "bool":
+        return st.booleans()
+    if kind == "int":
+        return st.integers(0, 2**31)
+    if kind == "int | None":
+        return st.one_of(st.none(), st.integers(-(2**63), 2**63))
+    if kind == "str":
+        return _TEXT
+    assert kind == "str | None", kind
+    return st.one_of(st.none(), st.text(max_size=40))
+
+
+#: Every field of a status, each with any value of its type.
+statuses = st.fixed_dictionaries(
+    {field.name: _field_strategy(field) for field in attrs.fields(JobStatus)}
+).map(lambda kw: JobStatus(**kw))
+
+_INTERNAL_DEFAULTS: dict[str, Any] = {
+    "machine": None,
+    "last_key": None,
+    "event_count": 0,
+    "branch_wm": None,
+}
+
+
+class FromJsonTests(SynchronousTestCase):
+    """
+    L{JobStatus.from_json_dict} is the exact inverse of L{JobStatus.to_json_dict},
+    L{JobStatus.to_json} and L{public_dict}, and reads odd dicts as the original
+    implementation (kept above as the reference) did.
+    """
+
+    def check_inverse(self, status: JobStatus) -> None:
+        text = status.to_json()
+        self.assertEqual(JobStatus.from_json_dict(json.loads(text)), status)
+        self.assertEqual(JobStatus.from_json_dict(status.to_json_dict()), status)
+        self.assertEqual(JobStatus.from_json_dict(json.loads(text)).to_json(), text)
+        public = json.loads(json.dumps(public_dict(status)))
+        self.assertEqual(
+            JobStatus.from_json_dict(public), attrs.evolve(status, **_INTERNAL_DEFAULTS)
+        )
+        self.assertEqual(JobStatus.from_json_dict(public), reference_from_json_dict(public))
+
+    @settings(max_examples=200, deadline=None)
+    @given(statuses)
+    def test_inverse_random(self, status: JobStatus) -> None:
+        self.check_inverse(status)
+
+    def test_inverse_all_traces(self) -> None:
+        for name, lines in traces.iter_all():
+            status = status_of(lines)
+            with self.subTest(name):  # type: ignore[attr-defined]
+                self.check_inverse(status)
+            # And every status on the way.
+            pairs = pairs_of(lines)
+            for n in range(len(pairs)):
+                self.check_inverse(compute_status(pairs[:n]))
+
+    def test_inverse_defaults(self) -> None:
+        self.check_inverse(JobStatus())
+        self.assertEqual(JobStatus.from_json_dict({}), JobStatus())
+
+    def test_result_shares_no_container(self) -> None:
+        """
+        The input's containers are copied: changing the status leaves the dict alone.
+        """
+        status = status_of(traces.cream_done_ok_unpurged())
+        status.acl.append({"user_id": "u"})
+        status.failure_reasons.append("f")
+        status.user_fqans.append("/vo")
+        data = status.to_json_dict()
+        before = json.dumps(data, sort_keys=True)
+        back = JobStatus.from_json_dict(data)
+        back.acl[0]["user_id"] = "v"
+        back.acl.append({})
+        back.user_tags["new"] = "x"
+        back.failure_reasons.append("g")
+        back.user_fqans.append("/other")
+        back.stateEnterTimes["Aborted"] = 1
+        assert back.last_key is not None
+        back.last_key.append(1)
+        self.assertEqual(json.dumps(data, sort_keys=True), before)
+        again = JobStatus.from_json_dict(data)
+        self.assertEqual(again, status)
+
+    def test_odd_inputs_as_reference(self) -> None:
+        """
+        Times of other forms, C{None} everywhere, missing keys, done code names,
+        values of unexpected types, bad values: the same result (or error type)
+        as the original implementation.
+        """
+        full = status_of(traces.cream_done_ok_unpurged()).to_json_dict()
+        odd_times = [
+            "2024-03-14T09:26:53Z",
+            "2024-03-14T09:26:53",
+            "2024-03-14T09:26:53.5Z",
+            "2024-03-14T09:26:53.1234567Z",
+            "2024-03-14T09:26:53.123456",
+            "2024-03-14T09:26:53.12345ZZ",
+            "2024-03-14T09:26:53.+12345Z",
+            "2024-03-14T09:26:53.1_2345Z",
+            "2024-03-14T09:26:53.\u0661\u0662\u0663\u0664\u0665\u0666Z",
+            "2024-3-14T9:26:53.123456Z",
+            "2024-02-30T09:26:53.123456Z",
+            "2024-03-14T24:00:00.000000Z",
+            "2024-03-14T23:59:60.000000Z",
+            "2024-03-14 09:26:53.123456Z",
+            "2024-03-14T09:26.53.123456Z",
+            "0999-01-01T00:00:00.000000Z",
+            "1969-12-31T23:59:59.999999Z",
+            "",
+            "garbage",
+            "Z",
+            5,
+            [],
+            {},
+        ]
+        cases: list[dict[str, Any]] = [{}, {"unknown": 1}]
+        cases.append({name: None for name in full})
+        cases.append({name: value for i, (name, value) in enumerate(full.items()) if i % 2})
+        cases.append({name: value for i, (name, value) in enumerate(full.items()) if not i % 2})
+        for when in odd_times:
+            cases.append({**full, "lastUpdateTime": when})
+            cases.append({**full, "stateEnterTime": when, "stateEnterTimes": {"Done": when}})
+        for code in ("OK", "failed", "Cancelled", "BOGUS", 3, None, True, 1.5, ["OK"]):
+            cases.append({**full, "done_code": code, "cream_done_code": code})
+        cases += [
+            {**full, "stateEnterTimes": None},
+            {**full, "stateEnterTimes": []},
+            {**full, "last_key": ["1", 2, True]},
+            {**full, "last_key": "12"},
+            {**full, "last_key": [1.5]},
+            {**full, "user_tags": None},
+            {**full, "user_tags": [["a", "b"]]},
+            {**full, "acl": [["user_id", "u"]]},
+            {**full, "acl": [{"user_id": ["nested"]}]},
+            {**full, "acl": None},
+            {**full, "failure_reasons": "text"},
+            {**full, "reason": ["a", {"b": 1}]},
+            {**full, "exit_code": "3", "children_num": 2.5, "suspended": 1},
+            {**full, "event_count": None, "state": None},
+        ]
+        for data in cases:
+            with self.subTest(repr(data)[:200]):  # type: ignore[attr-defined]
+                expected = outcome(reference_from_json_dict, json.loads(json.dumps(data)))
+                got = outcome(JobStatus.from_json_dict, json.loads(json.dumps(data)))
+                self.assertEqual(got, expected)
+                if got[0] == "value":
+                    # Same types too (1 == True == 1.0 would hide a change).
+                    self.assertEqual(
+                        [type(v) for v in attrs.astuple(got[1], recurse=False)],
+                        [type(v) for v in attrs.astuple(expected[1], recurse=False)],
+                    )
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.tuples(
+            st.integers(0, 9999),
+            st.integers(0, 13),
+            st.integers(0, 32),
+            st.integers(0, 25),
+            st.integers(0, 61),
+            st.integers(0, 61),
+        ),
+        st.text(alphabet="0123456789+_ .Z", min_size=6, max_size=6) | st.integers(0, 999_999),
+    )
+    def test_parse_iso_as_reference(self, moment: tuple[int, ...], frac: str | int) -> None:
+        """
+        Strings of the canonical shape, in range or not, read as C{strptime} reads them.
+        """
+        y, mo, d, h, mi, s = moment
+        tail = f"{frac:06d}" if isinstance(frac, int) else frac
+        text = f"{y:04d}-{mo:02d}-{d:02d}T{h:02d}:{mi:02d}:{s:02d}.{tail}Z"
+        self.assertEqual(outcome(parse_iso, text), outcome(reference_parse_iso, text))
+        # Twice: the second answer comes from the remembered seconds.
+        self.assertEqual(outcome(parse_iso, text), outcome(reference_parse_iso, text))
+
+    def test_parse_iso_cache_bounded(self) -> None:
+        from lbtwist.states import status as module
+
+        self.patch(module, "_ISO_CACHE_SIZE", 3)
+        self.patch(module, "_ISO_PARSED", {})
+        base = 1_710_408_413_000_000
+        for i in range(10):
+            us = base + i * 1_000_001
+            self.assertEqual(parse_iso(format_iso(us)), us)
+            self.assertLessEqual(len(module._ISO_PARSED), 3)

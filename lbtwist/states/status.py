@@ -106,7 +106,55 @@ _ISO_SECONDS: dict[int, str] = {}
 def parse_iso(text: str) -> int:
     """
     The inverse of L{format_iso}.
+
+    The form L{format_iso} writes is read by slicing, its seconds remembered
+    (bounded); anything else goes through C{strptime} (other fraction lengths,
+    no fraction, errors).
     """
+    if text.__class__ is str and len(text) == 27 and text[19] == "." and text[26] == "Z":
+        prefix = text[:19]
+        seconds = _ISO_PARSED.get(prefix)
+        if seconds is None:
+            seconds = _iso_seconds(prefix)
+        frac = text[20:26]
+        if seconds is not None and frac.isdigit() and frac.isascii():
+            return seconds * 1_000_000 + int(frac)
+    return _parse_iso_general(text)
+
+
+_EPOCH_ORDINAL = datetime(1970, 1, 1).toordinal()
+_ISO_PARSED: dict[str, int] = {}
+
+
+def _iso_seconds(prefix: str) -> int | None:
+    """
+    The seconds since the epoch of C{YYYY-MM-DDTHH:MM:SS}, remembered; C{None} if
+    C{prefix} is not exactly that (left to L{_parse_iso_general}).
+    """
+    if not (
+        prefix[4] == "-"
+        and prefix[7] == "-"
+        and prefix[10] == "T"
+        and prefix[13] == ":"
+        and prefix[16] == ":"
+    ):
+        return None
+    digits = prefix[:4] + prefix[5:7] + prefix[8:10] + prefix[11:13] + prefix[14:16] + prefix[17:]
+    if not (digits.isdigit() and digits.isascii()):
+        return None
+    hour, minute, second = int(prefix[11:13]), int(prefix[14:16]), int(prefix[17:])
+    try:
+        day = datetime(int(prefix[:4]), int(prefix[5:7]), int(prefix[8:10]), hour, minute, second)
+    except ValueError:
+        return None
+    seconds = (day.toordinal() - _EPOCH_ORDINAL) * 86400 + hour * 3600 + minute * 60 + second
+    if len(_ISO_PARSED) >= _ISO_CACHE_SIZE:
+        _ISO_PARSED.clear()
+    _ISO_PARSED[prefix] = seconds
+    return seconds
+
+
+def _parse_iso_general(text: str) -> int:
     main, _, frac = text.rstrip("Z").partition(".")
     moment = datetime.strptime(main, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
     micro = int(frac.ljust(6, "0")[:6]) if frac else 0
@@ -226,23 +274,7 @@ class JobStatus:
         The inverse of L{to_json_dict} (and of L{public_dict}: done codes may be
         names); unknown keys are ignored, missing ones default.
         """
-        kwargs: dict[str, Any] = {}
-        for field in attrs.fields(JobStatus):
-            if field.name not in data:
-                continue
-            value = data[field.name]
-            if field.name in _TIME_FIELDS and value is not None:
-                value = parse_iso(value)
-            elif field.name == "stateEnterTimes":
-                value = {k: parse_iso(v) for k, v in (value or {}).items()}
-            elif field.name == "last_key" and value is not None:
-                value = [int(v) for v in value]
-            elif field.name in _DONE_CODE_FIELDS:
-                value = done_code_value(value)
-            else:
-                value = _copy.deepcopy(value)
-            kwargs[field.name] = value
-        return cls(**kwargs)
+        return _from_json(cls, data)  # type: ignore[no-any-return]
 
 
 _TIME_FIELDS = frozenset({"stateEnterTime", "lastUpdateTime"})
@@ -486,3 +518,66 @@ def done_code_value(value: Any) -> Any:
         except KeyError:
             raise ValueError(f"unknown done code {value!r}") from None
     return value
+
+
+def _from_json_value_expr(field: Any) -> str:
+    """
+    Python source reading field C{field.name} from C{v} (present in the dict) as
+    the original L{JobStatus.from_json_dict} did: times parsed, done code names
+    read, containers copied; values of unexpected types deep-copied.
+    """
+    name, kind = field.name, str(field.type).partition("[")[0]
+    if name in _TIME_FIELDS:
+        return "None if v is None else _parse_iso(v)"
+    if name == "stateEnterTimes":
+        return "{k: _parse_iso(t) for k, t in (v or {}).items()}"
+    if name == "last_key":
+        return "None if v is None else [int(x) for x in v]"
+    if name in _DONE_CODE_FIELDS:
+        return "v if v is None or v.__class__ is int else _done(v)"
+    if name == "acl":
+        # JSON gives a list of flat dicts of strings: copy the list and the dicts.
+        return (
+            "[e.copy() if e.__class__ is dict else _deepcopy(e) for e in v]"
+            " if v.__class__ is list else _deepcopy(v)"
+        )
+    if kind in ("dict", "list"):
+        return f"v.copy() if v.__class__ is {kind} else _deepcopy(v)"
+    if kind == "bool":
+        return "v if v is True or v is False else _deepcopy(v)"
+    if kind == "int":
+        return "v if v.__class__ is int else _deepcopy(v)"
+    if kind.startswith("str") or kind.startswith("int"):
+        simple = "str" if kind.startswith("str") else "int"
+        return f"v if v is None or v.__class__ is {simple} else _deepcopy(v)"
+    return "_deepcopy(v)"
+
+
+def _factory(field: Any) -> Any:
+    """
+    The factory of a field's default (C{attrs.Factory}), or C{None}.
+    """
+    return getattr(field.default, "factory", None)
+
+
+# The inverse of to_json_dict in one generated function: each field read once
+# (missing ones default), converted by its own expression.
+_from_json = _compile(
+    "_from_json",
+    "def _from_json(cls, d):\n    n = _new(cls)\n    get = d.get\n"
+    + "".join(
+        f"    v = get({field.name!r}, _MISSING)\n"
+        f"    n.{field.name} = _default_{field.name}{'()' if _factory(field) else ''}"
+        f" if v is _MISSING else ({_from_json_value_expr(field)})\n"
+        for field in attrs.fields(JobStatus)
+    )
+    + "    return n\n",
+    _MISSING=object(),
+    _parse_iso=parse_iso,
+    _done=done_code_value,
+    _deepcopy=_copy.deepcopy,
+    **{
+        f"_default_{field.name}": _factory(field) or field.default
+        for field in attrs.fields(JobStatus)
+    },
+)
