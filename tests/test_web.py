@@ -22,12 +22,13 @@ from twisted.web.test.requesthelper import DummyRequest
 from lbtwist.authz import parse_policy
 from lbtwist.events import parse_event
 from lbtwist.identity import Identity
+from lbtwist.states import compute_status
 from lbtwist.states.status import DONE_CODE_NAMES, JobStatus, done_code_value, public_dict
 from lbtwist.store.memory import MemoryStore
 from lbtwist.store.query import unique_of
 from lbtwist.web import dev_commands, make_site
 from lbtwist.web.resources import QueryResource, choose_format, split_query
-from tests import traces
+from tests import test_states, traces
 
 OWNER = traces.CREAM_USER
 WMS_OWNER = traces.WMS_USER
@@ -563,3 +564,64 @@ class SiteTests(SynchronousTestCase):
             "lbtwist status https://localhost:9000/<unique>",
         )
         self.assertIn("curl --cert /s/devcerts/user/x509up --key /s/devcerts/user/x509up", lines[1])
+
+
+class StatusJsonTests(SynchronousTestCase):
+    """
+    L{render.status_json}, the generated writer of status answers, gives the same
+    bytes as L{render.to_json} of L{render.status_dict}.
+    """
+
+    def check(self, status: JobStatus) -> None:
+        from lbtwist.web import render
+
+        self.assertEqual(render.status_json(status), render.to_json(render.status_dict(status)))
+
+    def test_all_traces(self) -> None:
+        for _name, lines in traces.iter_all():
+            status = compute_status((ev, n) for n, ev in enumerate(traces.parse_lines(lines)))
+            status.acl.append({"z": "1", "a": "\u00e9\n\"'"})
+            status.user_fqans.append("/vo/\u2603")
+            status.failure_reasons.append("tab\there")
+            self.check(status)
+        self.check(JobStatus())
+
+    @settings(max_examples=200, deadline=None)
+    @given(test_states.statuses)
+    def test_random(self, status: JobStatus) -> None:
+        self.check(status)
+
+    def test_odd_types(self) -> None:
+        """
+        Values of unexpected types give the same bytes too (or the same error).
+        """
+        from lbtwist.web import render
+
+        for status in (
+            JobStatus(exit_code=True),  # type: ignore[arg-type]
+            JobStatus(reason=3),  # type: ignore[arg-type]
+            JobStatus(suspended=1),  # type: ignore[arg-type]
+            JobStatus(children_num=2.5),  # type: ignore[arg-type]
+            JobStatus(done_code=True, cream_done_code="OK"),  # type: ignore[arg-type]
+            JobStatus(done_code=2, cream_done_code=9),
+            JobStatus(user_tags=[("a", "b")]),  # type: ignore[arg-type]
+            JobStatus(acl=[[("a", "b")]]),  # type: ignore[list-item]
+            JobStatus(failure_reasons=("x", 1)),  # type: ignore[arg-type]
+            JobStatus(jobId=["nested", {"k": None}]),  # type: ignore[arg-type]
+            JobStatus(cpuTime=float("nan")),  # type: ignore[arg-type]
+        ):
+            self.check(status)
+        for status in (
+            JobStatus(reason=object()),  # type: ignore[arg-type]
+            JobStatus(lastUpdateTime="x"),  # type: ignore[arg-type]
+            JobStatus(stateEnterTimes=[1]),  # type: ignore[arg-type]
+        ):
+            try:
+                expected: Any = render.to_json(render.status_dict(status))
+            except Exception as e:
+                expected = type(e)
+            try:
+                got: Any = render.status_json(status)
+            except Exception as e:
+                got = type(e)
+            self.assertEqual(got, expected)

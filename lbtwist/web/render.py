@@ -9,10 +9,19 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from html import escape
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 from urllib.parse import quote
 
-from lbtwist.states.status import TEXT_ORDER, JobStatus, format_iso, public_dict
+import attrs
+
+from lbtwist.states.status import (
+    DONE_CODE_NAMES,
+    TEXT_ORDER,
+    JobStatus,
+    format_iso,
+    public_dict,
+)
 from lbtwist.store.interface import JobSummary, StoredEvent
 from lbtwist.store.query import unique_of
 
@@ -102,6 +111,84 @@ def to_json(value: object) -> bytes:
     @return: C{value} as UTF-8 JSON with a final newline.
     """
     return json.dumps(value, ensure_ascii=False, sort_keys=False).encode("utf-8") + b"\n"
+
+
+def status_json(status: JobStatus) -> bytes:
+    """
+    @return: L{to_json} of L{status_dict}, the same bytes written without the
+        intermediate dicts (the body of every JSON status answer).
+    """
+    try:
+        text = _public_json_text(status)
+    except (TypeError, ValueError):
+        # A field holding a value of an unexpected type: the general encoder.
+        return to_json(status_dict(status))
+    return text.encode("utf-8")
+
+
+# json.dumps(..., ensure_ascii=False) of any value, as to_json writes it.
+_encode = json.JSONEncoder(ensure_ascii=False).encode
+
+_TIMES = ("stateEnterTime", "lastUpdateTime")
+_DONE_CODES = ("done_code", "cream_done_code")
+
+
+def _public_value_expr(name: str, kind: str) -> str:
+    """
+    Python source writing the JSON of C{s.<name>} as L{to_json} of L{public_dict}
+    would; values of other types than C{kind} go to the general encoder.
+    """
+    v = f"s.{name}"
+    if name in _TIMES:
+        return f"(\"null\" if {v} is None else '\"' + _iso({v}) + '\"')"
+    if name == "stateEnterTimes":
+        return f'("{{}}" if {v}.__class__ is dict and not {v} else _enc({{k: _iso(t) for k, t in {v}.items()}}))'
+    if name in _DONE_CODES:
+        return (
+            f"('null' if {v} is None else _enc(_done_names.get({v}, {v}))"
+            f" if {v}.__class__ is not bool and isinstance({v}, int) else _enc({v}))"
+        )
+    container = kind.partition("[")[0]
+    if container in ("dict", "list"):
+        # Copied as to_json_dict copies them (the same JSON for odd values too).
+        copied = {"acl": f"[dict(e) for e in {v}]"}.get(name, f"{container}({v})")
+        empty = "{}" if container == "dict" else "[]"
+        return f'("{empty}" if {v}.__class__ is {container} and not {v} else _enc({copied}))'
+    if kind == "bool":
+        return f'("true" if {v} is True else "false" if {v} is False else _enc({v}))'
+    if kind.startswith("int"):
+        return f'("null" if {v} is None else _int({v}) if {v}.__class__ is int else _enc({v}))'
+    if kind.startswith("str"):
+        return f'("null" if {v} is None else _str({v}) if {v}.__class__ is str else _enc({v}))'
+    return f"_enc({v})"
+
+
+def _make_public_json_text() -> Any:
+    fields = {field.name: field for field in attrs.fields(JobStatus)}
+    parts = []
+    for i, name in enumerate(TEXT_ORDER):
+        parts.append(f"        {('{' if i == 0 else ', ') + json.dumps(name) + ': '!r},\n")
+        parts.append(f"        {_public_value_expr(name, str(fields[name].type))},\n")
+    source = (
+        "def _public_json_text(s):\n    return ''.join((\n"
+        + "".join(parts)
+        + "        '}\\n',\n    ))\n"
+    )
+    namespace: dict[str, Any] = {
+        "_iso": format_iso,
+        "_enc": _encode,
+        "_str": encode_basestring,
+        "_int": int.__repr__,
+        "_done_names": DONE_CODE_NAMES,
+    }
+    exec(compile(source, "<lbtwist.web.render _public_json_text>", "exec"), namespace)  # noqa: S102
+    return namespace["_public_json_text"]
+
+
+# The public JSON of a status in one generated expression, as JobStatus.to_json
+# writes the stored one: key prefixes written once, each value by the cheapest
+# encoder for its type.
+_public_json_text = _make_public_json_text()
 
 
 def error_body(code: int, message: str) -> bytes:

@@ -244,7 +244,7 @@ class QueryResource(Resource):
             )
         if fmt == "text":
             return 200, render.CONTENT_TYPES["text"], render.status_text(status).encode()
-        return 200, render.CONTENT_TYPES["json"], render.to_json(render.status_dict(status))
+        return 200, render.CONTENT_TYPES["json"], render.status_json(status)
 
     def list_query(
         self, who: Identity, params: list[tuple[str, str]]
