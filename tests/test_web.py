@@ -552,6 +552,37 @@ class SiteTests(SynchronousTestCase):
         self.assertFalse(site.displayTracebacks)
         self.assertIs(site.resource.identify, identify)  # type: ignore[attr-defined]
 
+    def test_access_log_file(self) -> None:
+        """
+        With C{access_log}, each request is a line of that file (rotated), not an
+        event of the global log.
+        """
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import StringTransport
+        from twisted.logger import globalLogPublisher
+        from twisted.python.failure import Failure
+
+        path = self.mktemp()
+        events: list[Any] = []
+        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
+        site = make_site(store_with(), clock=Clock(), identify=lambda r: None, access_log=path)
+        site.doStart()
+        self.addCleanup(site.doStop)
+        channel = site.buildProtocol(None)
+        assert channel is not None
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        channel.dataReceived(b"GET /CREAM1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertIn(b"403", transport.value().split(b"\r\n")[0])
+        site.doStop()
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 1)
+        self.assertIn('"GET /CREAM1 HTTP/1.1" 403', lines[0])
+        self.assertFalse([e for e in events if "GET /CREAM1" in str(e.get("log_io", ""))])
+        channel.connectionLost(Failure(ConnectionDone()))
+
     def test_dev_commands(self) -> None:
         class PKI:
             user_proxy = "/s/devcerts/user/x509up"
