@@ -253,6 +253,13 @@ class StoreService(Service):
     def __init__(self, store: Any) -> None:
         self.store = store
 
+    def startService(self) -> None:
+        # Threads and database connections are made here, after twistd has daemonized.
+        start = getattr(self.store, "start", None)
+        if start is not None:
+            start()
+        super().startService()
+
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
         return self.store.close()  # type: ignore[no-any-return]

@@ -463,6 +463,7 @@ class SQLiteOutboxTests(SynchronousTestCase):
         self.successResultOf(self.store.store([(ln, parse_event(ln)) for ln in lines]))
 
     def test_schema_has_rejected_table(self) -> None:
+        self.store.start()
         conn = connect(self.path)
         self.addCleanup(conn.close)
         self.assertEqual(schema_version(conn), SCHEMA_VERSION)

@@ -235,7 +235,21 @@ class MigrationTests(SynchronousTestCase):
         conn = connect(self.path)
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
         conn.close()
-        self.assertRaises(LBError, SQLiteStore, self.path, clock=Clock(), runner=run_now)
+        store = SQLiteStore(self.path, clock=Clock(), runner=run_now)
+        self.assertRaises(LBError, store.start)
+
+    def test_opened_on_start(self) -> None:
+        """
+        Constructing the store touches nothing on disk (twistd forks after building its
+        services); start() creates and migrates the database.
+        """
+        store = SQLiteStore(self.path, clock=Clock(), runner=run_now)
+        self.addCleanup(store.close)
+        self.assertFalse(os.path.exists(self.path))
+        store.start()
+        conn = connect(self.path)
+        self.addCleanup(conn.close)
+        self.assertEqual(schema_version(conn), SCHEMA_VERSION)
 
     def test_failed_migration_rolls_back(self) -> None:
         conn = connect(self.path)

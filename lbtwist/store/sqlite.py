@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -559,6 +559,21 @@ class Queries:
         return [RejectedEntry(*row) for row in self.conn.execute(sql + " ORDER BY r.id", args)]
 
 
+_STARTED_PARTS = frozenset(
+    {
+        "backend",
+        "processor",
+        "_queries",
+        "_reader",
+        "_runner",
+        "_read",
+        "_commit",
+        "_notifier",
+        "_outbox",
+    }
+)
+
+
 def _thread_runner(reactor: Any, name: str) -> tuple[Runner, ThreadPool]:
     pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
     pool.start()
@@ -596,7 +611,31 @@ class SQLiteStore:
     ) -> None:
         self.path = path
         self.relay = relay
+        self._clock = clock
+        self._thread_reactor = reactor if reactor is not None else clock
+        self._local_endpoints = local_endpoints
+        self._proxy_host = proxy_host
+        self._given_runner = runner
+        self._given_read_runner = read_runner
+        self._cache_size = cache_size
         self._pools: list[ThreadPool] = []
+        self._listeners: list[CommitListener] = []
+        self._started = False
+        self._closed = False
+
+    def start(self) -> None:
+        """
+        Open the database (creating and migrating it as needed) and start the store's
+        threads. Called by the service when it starts, after C{twistd} has forked: neither
+        threads nor SQLite connections survive a fork. Any other use starts the store too.
+        """
+        if self._started:
+            return
+        self._started = True
+        path = self.path
+        clock = self._clock
+        runner = self._given_runner
+        read_runner = self._given_read_runner
         conn = connect(path)
         try:
             conn.execute("PRAGMA journal_mode = WAL")
@@ -610,12 +649,12 @@ class SQLiteStore:
         self._queries = Queries(self._reader)
         self.processor = BatchProcessor(
             self.backend,
-            relay=relay,
-            local_endpoints=local_endpoints,
-            proxy_host=proxy_host or socket.getfqdn(),
-            cache_size=cache_size,
+            relay=self.relay,
+            local_endpoints=self._local_endpoints,
+            proxy_host=self._proxy_host or socket.getfqdn(),
+            cache_size=self._cache_size,
         )
-        reactor = reactor if reactor is not None else clock
+        reactor = self._thread_reactor
         if runner is None:
             runner, pool = _thread_runner(reactor, "lbtwist-store-writer")
             self._pools.append(pool)
@@ -626,8 +665,16 @@ class SQLiteStore:
         self._read = read_runner or runner
         self._commit = GroupCommit(clock, self.processor.process, runner)
         self._notifier = CommitNotifier(self.processor)
+        for listener in self._listeners:
+            self._notifier.add(listener)
         self._outbox = OutboxWriter(clock, runner, self.backend.outbox_done)
-        self._closed = False
+
+    def __getattr__(self, name: str) -> Any:
+        # The parts made by start(): using any of them starts the store.
+        if name in _STARTED_PARTS and not self.__dict__.get("_started", True):
+            self.start()
+            return getattr(self, name)
+        raise AttributeError(name)
 
     @property
     def commits(self) -> int:
@@ -694,12 +741,18 @@ class SQLiteStore:
         return self._read(lambda: self._queries.rejected(destination))
 
     def add_commit_listener(self, listener: CommitListener) -> None:
-        self._notifier.add(listener)
+        if self._started:
+            self._notifier.add(listener)
+        else:
+            self._listeners.append(listener)
 
     def close(self) -> Deferred[None]:
         """
         Finish the running and queued commits, close the connections, stop the threads.
         """
+        if not self._started:
+            self._closed = True
+            return succeed(None)
         if self._closed:
             return self._commit.when_idle()
         self._closed = True
