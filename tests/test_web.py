@@ -26,7 +26,7 @@ from lbtwist.states import compute_status
 from lbtwist.states.status import DONE_CODE_NAMES, JobStatus, done_code_value, public_dict
 from lbtwist.store.memory import MemoryStore
 from lbtwist.store.query import unique_of
-from lbtwist.web import dev_commands, make_site
+from lbtwist.web import ACCESS_LOG_DELAY, BufferedLog, dev_commands, make_site
 from lbtwist.web.resources import QueryResource, choose_format, split_query
 from tests import test_states, traces
 
@@ -566,7 +566,8 @@ class SiteTests(SynchronousTestCase):
         events: list[Any] = []
         globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
         self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
-        site = make_site(store_with(), clock=Clock(), identify=lambda r: None, access_log=path)
+        clock = Clock()
+        site = make_site(store_with(), clock=clock, identify=lambda r: None, access_log=path)
         site.doStart()
         self.addCleanup(site.doStop)
         channel = site.buildProtocol(None)
@@ -575,6 +576,10 @@ class SiteTests(SynchronousTestCase):
         channel.makeConnection(transport)
         channel.dataReceived(b"GET /CREAM1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
         self.assertIn(b"403", transport.value().split(b"\r\n")[0])
+        # Written in batches: a second later at most.
+        with open(path, encoding="utf-8") as f:
+            self.assertEqual(f.read(), "")
+        clock.advance(ACCESS_LOG_DELAY)
         site.doStop()
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -582,6 +587,42 @@ class SiteTests(SynchronousTestCase):
         self.assertIn('"GET /CREAM1 HTTP/1.1" 403', lines[0])
         self.assertFalse([e for e in events if "GET /CREAM1" in str(e.get("log_io", ""))])
         channel.connectionLost(Failure(ConnectionDone()))
+
+    def test_buffered_log(self) -> None:
+        """
+        L{BufferedLog} writes waiting lines once, after its delay, when its limit is
+        reached, or on close.
+        """
+        clock = Clock()
+        written: list[str] = []
+        closed: list[bool] = []
+
+        class File:
+            def write(self, data: str) -> None:
+                written.append(data)
+
+            def close(self) -> None:
+                closed.append(True)
+
+        buffered = BufferedLog(File(), clock, delay=1.0, limit=10)
+        buffered.write("a\n")
+        buffered.write("b\n")
+        self.assertEqual(written, [])
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        clock.advance(1.0)
+        self.assertEqual(written, ["a\nb\n"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        buffered.write("0123\n")
+        buffered.write("4567\n")  # 10 characters: written at once
+        self.assertEqual(written, ["a\nb\n", "0123\n4567\n"])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        buffered.write("c\n")
+        buffered.close()
+        self.assertEqual(written[-1], "c\n")
+        self.assertEqual(closed, [True])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(5)
+        self.assertEqual(len(written), 3)
 
     def test_dev_commands(self) -> None:
         class PKI:
