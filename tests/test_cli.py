@@ -6,11 +6,16 @@ Tests for the C{lbtwist} command (L{lbtwist.cli}).
 from __future__ import annotations
 
 import datetime
+import gc
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -649,6 +654,146 @@ class ReplayTests(SynchronousTestCase):
     def test_nothing_to_replay(self) -> None:
         status, out, err = call(["replay"])
         self.assertEqual(status, 2)
+
+
+def reference_read(sources: Sequence[tuple[str, Sequence[str | bytes]]]) -> tuple[Any, ...]:
+    """
+    The plain reading of replay's input (one evolve per dump line, no fast
+    paths): C{(jobs, errors, count)} as L{lbtwist.cli.replay.read_events} gives them.
+    """
+    from lbtwist.events import parse_event
+    from lbtwist.ulm import parse_date
+
+    jobs: dict[str, list[tuple[Any, int]]] = {}
+    errors: list[str] = []
+    count = 0
+    for name, lines in sources:
+        for lineno, raw in enumerate(lines, 1):
+            try:
+                text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+            except UnicodeDecodeError as e:
+                errors.append(f"{name}:{lineno}: ERR 1401 invalid UTF-8 at byte {e.start}")
+                continue
+            line = text.rstrip("\r\n")
+            if not line.strip():
+                continue
+            try:
+                if line[:11].upper() == "DG.ARRIVED=":
+                    stamp, _, rest = line[11:].partition(" ")
+                    arrived = parse_date(stamp.strip('"'))
+                    event = parse_event(rest).evolve(arrived=arrived)
+                else:
+                    event = parse_event(line)
+            except LBError as e:
+                errors.append(f"{name}:{lineno}: ERR {e.code} {e.message}")
+                continue
+            jobs.setdefault(event.jobid, []).append((event, count))
+            count += 1
+    return jobs, errors, count
+
+
+class ReplayReadTests(SynchronousTestCase):
+    """
+    L{lbtwist.cli.replay.read_events}: the fast reading gives what the plain one does.
+    """
+
+    def test_arrival_copy_complete(self) -> None:
+        """
+        The dump arrival copy knows every field of L{Event} and equals C{evolve}.
+        """
+        from lbtwist.cli.replay import _EVENT_FIELDS, _with_arrived, example_lines
+        from lbtwist.events import Event, parse_event
+
+        self.assertEqual(tuple(f.name for f in attrs.fields(Event)), _EVENT_FIELDS)
+        for line in example_lines():
+            event = parse_event(line)
+            odd = event.evolve(priority=3, src_instance="x", extra=(("K", "v"),))
+            for ev in (event, odd):
+                self.assertEqual(_with_arrived(ev, 7), ev.evolve(arrived=7))
+
+    def test_dump_errors_and_line_numbers(self) -> None:
+        """
+        Bad dump prefixes, bad events after a good prefix, blank and CRLF lines,
+        line numbers per source and arrival numbers across sources.
+        """
+        from lbtwist.cli.replay import example_lines, read_events
+
+        good = example_lines()
+        first: list[str | bytes] = [
+            "dg.arrived=20240314092700.000001 " + good[0] + "\r\n",
+            " \t \r\n",
+            "DG.ARRIVED=2024-03-14 " + good[1],
+            'DG.ARRIVED=20240314092700.000002 DATE=x "broken',
+            'DG.ARRIVED="20240314092700.000003" ' + good[1],
+        ]
+        second: list[str | bytes] = [b"\xff\n", (good[2] + "\n").encode(), b"", b"\r\n"]
+        sources: list[tuple[str, Sequence[str | bytes]]] = [("a", first), ("b", second)]
+        result = read_events(sources)
+        jobs, errors, count = reference_read(sources)
+        self.assertEqual((result.jobs, result.errors, result.count), (jobs, errors, count))
+        self.assertEqual([e.split(" ERR ")[0] for e in result.errors], ["a:3:", "a:4:", "b:1:"])
+        self.assertEqual(result.count, 3)
+        arrivals = [ev.arrived for pairs in result.jobs.values() for ev, _ in pairs]
+        self.assertEqual(arrivals.count(1_710_408_420_000_003), 1)
+        self.assertEqual(
+            [n for pairs in result.jobs.values() for _, n in pairs], list(range(result.count))
+        )
+
+    def test_collector_restored(self) -> None:
+        """
+        The garbage collector is on again after reading, also when reading fails,
+        and stays off when it was off.
+        """
+        from lbtwist.cli.replay import example_lines, read_events
+
+        def failing() -> Iterator[str]:
+            yield example_lines()[0]
+            raise OSError("disk gone")
+
+        self.assertTrue(gc.isenabled())
+        self.assertEqual(read_events([("x", example_lines())]).count, len(example_lines()))
+        self.assertTrue(gc.isenabled())
+        self.assertRaises(OSError, read_events, [("x", failing())])
+        self.assertTrue(gc.isenabled())
+        gc.disable()
+        try:
+            read_events([("x", example_lines())])
+            self.assertFalse(gc.isenabled())
+        finally:
+            gc.enable()
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.data())
+    def test_same_as_plain_reading(self, data: st.DataObject) -> None:
+        """
+        Any mix of ULM, dump, blank, broken and non-UTF-8 lines, as text or bytes
+        and in one or two sources, reads as the plain reading does.
+        """
+        from lbtwist.cli.replay import example_lines, read_events
+
+        good = example_lines()
+        line = st.one_of(
+            st.sampled_from(good),
+            st.tuples(
+                st.sampled_from(["DG.ARRIVED=", "dg.Arrived=", 'DG.ARRIVED="']),
+                st.sampled_from(["20240314092700.000001", "20240314092701.5", "x", ""]),
+                st.sampled_from(['" ', " ", ""]),
+                st.sampled_from(good + ["DATE=x", ""]),
+            ).map("".join),
+            st.sampled_from(["", " ", "\t", 'DATE=x "broken', "DG.EVNT=Nope"]),
+        )
+        ending = st.sampled_from(["", "\n", "\r\n"])
+        entry = st.tuples(line, ending, st.booleans(), st.booleans()).map(
+            lambda t: (t[0] + t[1]).encode() + (b"\xfe" if t[3] else b"") if t[2] else t[0] + t[1]
+        )
+        lines = data.draw(st.lists(entry, max_size=12))
+        cut = data.draw(st.integers(0, len(lines)))
+        sources: list[tuple[str, Sequence[str | bytes]]] = [
+            ("one", lines[:cut]),
+            ("two", lines[cut:]),
+        ]
+        result = read_events(sources)
+        self.assertEqual((result.jobs, result.errors, result.count), reference_read(sources))
 
 
 class LocalStoreTests(SynchronousTestCase):
