@@ -8,7 +8,11 @@ CREAMCall, CREAMStatus x6, CREAMPurge ...).
 
 Runs: 1 connection, 16 connections (throughput and acknowledgement latency),
 then 16 connections rate-limited to half the 16-connection rate (latency), and
-this machine's raw SQLite group-commit rates for comparison.
+this machine's raw SQLite group-commit rates for comparison. In the rate-limited
+run each producer writes one event per write, on a schedule shifted by a
+fraction of its send interval so the connections do not all send at the same
+instants (unshifted, every tick was a burst of one event from each of the 16
+connections, and the median latency measured the queue behind that burst).
 
 Run from the repository root::
 
@@ -118,10 +122,15 @@ def producer(
     rate: float | None,
     start: Any,
     out: Any,
+    phase: float = 0.0,
 ) -> None:
     """
     One producer process: pipeline C{count} events with at most C{window}
     unanswered, at most C{rate} events/s if given; put the results on C{out}.
+
+    @param phase: with a rate, the fraction of one send interval this producer's
+        schedule is shifted by, so that producers of one run do not all send at
+        the same instants (a burst of one event per connection at once).
     """
     payload = [line.encode() + b"\n" for line in connection_lines(conn, count, run)]
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -136,12 +145,14 @@ def producer(
     pending = b""
     start.wait()
     t0 = time.perf_counter()
+    # Send times are t0 + (n + phase) / rate: spread the producers evenly.
+    due0 = t0 + (phase / rate if rate is not None else 0.0)
     nxt = 0
     while len(latencies) < count:
         now = time.perf_counter()
         # Queue what the window and the rate allow.
         while nxt < count and nxt - len(latencies) < window:
-            if rate is not None and now < t0 + nxt / rate:
+            if rate is not None and now < due0 + nxt / rate:
                 break
             pending += payload[nxt]
             sent_at.append(now)
@@ -157,7 +168,7 @@ def producer(
         # spin on a rate deadline that has already passed.
         window_full = nxt - len(latencies) >= window
         if rate is not None and nxt < count and not pending and not window_full:
-            timeout = max(0.0, min(timeout, t0 + nxt / rate - time.perf_counter()))
+            timeout = max(0.0, min(timeout, due0 + nxt / rate - time.perf_counter()))
         for _key, _mask in sel.select(timeout):
             chunk = sock.recv(1 << 16)
             if not chunk:
@@ -191,7 +202,10 @@ def drive(
     per = count // connections
     per_rate = None if rate is None else rate / connections
     procs = [
-        ctx.Process(target=producer, args=(path, c, per, run, window, per_rate, start, out))
+        ctx.Process(
+            target=producer,
+            args=(path, c, per, run, window, per_rate, start, out, c / connections),
+        )
         for c in range(connections)
     ]
     for p in procs:
