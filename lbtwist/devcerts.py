@@ -46,6 +46,20 @@ CA_NAME = x509.Name(
 )
 
 
+#: Key usage of end-entity and proxy certificates (signing, key exchange).
+_END_ENTITY_USAGE = x509.KeyUsage(
+    digital_signature=True,
+    content_commitment=False,
+    key_encipherment=True,
+    data_encipherment=False,
+    key_agreement=False,
+    key_cert_sign=False,
+    crl_sign=False,
+    encipher_only=False,
+    decipher_only=False,
+)
+
+
 def person_name(cn: str, ou: str = "Development") -> x509.Name:
     """
     @return: C{/DC=org/DC=lbtwist/OU=<ou>/CN=<cn>}.
@@ -181,17 +195,7 @@ def issue_cert(
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=True,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
+            _END_ENTITY_USAGE,
             critical=True,
         )
         .add_extension(
@@ -257,17 +261,7 @@ def issue_proxy(
     builder = _base(
         subject, issuer_cert.subject, key, start, now + timedelta(hours=hours), serial
     ).add_extension(
-        x509.KeyUsage(
-            digital_signature=True,
-            content_commitment=False,
-            key_encipherment=True,
-            data_encipherment=False,
-            key_agreement=False,
-            key_cert_sign=False,
-            crl_sign=False,
-            encipher_only=False,
-            decipher_only=False,
-        ),
+        _END_ENTITY_USAGE,
         critical=True,
     )
     if not legacy:
