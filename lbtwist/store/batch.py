@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import attrs
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -721,3 +721,33 @@ class OutboxWriter:
 
         result.addCallbacks(done, failed)
         result.addBoth(finished)
+
+
+class GroupedWrites:
+    """
+    The write side that both stores share: events through L{GroupCommit} (then the commit
+    listeners), outbox acknowledgements and rejections through L{OutboxWriter}; nothing once
+    the store is closed.
+
+    Classes using it provide C{_closed}, C{_commit}, C{_notifier} and C{_outbox}.
+    """
+
+    _closed: bool
+    _commit: GroupCommit
+    _notifier: CommitNotifier
+    _outbox: OutboxWriter
+
+    def store(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._commit.submit(items).addCallback(self._notifier.notify)
+
+    def outbox_ack(self, ids: list[int]) -> Deferred[None]:
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._outbox.ack(ids)
+
+    def reject(self, entry: OutboxEntry, major: int, minor: int, reason: str) -> Deferred[None]:
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._outbox.reject(entry, major, minor, reason)

@@ -11,13 +11,12 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from lbtwist.errors import LBError, TryAgain
-from lbtwist.events import Event
+from lbtwist.errors import LBError
 from lbtwist.seqcode import ordering_key
 from lbtwist.states.status import JobStatus
 from lbtwist.store.batch import (
@@ -26,6 +25,7 @@ from lbtwist.store.batch import (
     CommitListener,
     CommitNotifier,
     GroupCommit,
+    GroupedWrites,
     Identity,
     NewEvent,
     OutboxWriter,
@@ -43,7 +43,6 @@ from lbtwist.store.interface import (
     OutboxStats,
     RejectedEntry,
     StoredEvent,
-    StoreResult,
 )
 from lbtwist.store.query import (
     JobPage,
@@ -153,7 +152,7 @@ def _stored(new: NewEvent) -> StoredEvent:
 
 
 @implementer(IEventStore)
-class MemoryStore:
+class MemoryStore(GroupedWrites):
     """
     L{IEventStore} in memory.
 
@@ -183,11 +182,6 @@ class MemoryStore:
         self._notifier = CommitNotifier(self.processor)
         self._outbox = OutboxWriter(self.clock, runner, self.backend.outbox_done)
         self._closed = False
-
-    def store(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
-        if self._closed:
-            return fail(TryAgain("store closed"))
-        return self._commit.submit(items).addCallback(self._notifier.notify)
 
     def status(self, jobid: str) -> Deferred[JobStatus | None]:
         row = self.backend.jobs.get(jobid)
@@ -264,16 +258,6 @@ class MemoryStore:
     ) -> Deferred[list[OutboxEntry]]:
         rows = [o for o in self.backend.outbox if o.destination == destination and o.id > after_id]
         return succeed(rows[:limit])
-
-    def outbox_ack(self, ids: list[int]) -> Deferred[None]:
-        if self._closed:
-            return fail(TryAgain("store closed"))
-        return self._outbox.ack(ids)
-
-    def reject(self, entry: OutboxEntry, major: int, minor: int, reason: str) -> Deferred[None]:
-        if self._closed:
-            return fail(TryAgain("store closed"))
-        return self._outbox.reject(entry, major, minor, reason)
 
     def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
         stats: dict[str, OutboxStats] = {}

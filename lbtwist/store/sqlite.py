@@ -18,13 +18,12 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from lbtwist.errors import LBError, NoSpace, TryAgain
-from lbtwist.events import Event
 from lbtwist.seqcode import ordering_key
 from lbtwist.states.status import JobStatus
 from lbtwist.store.batch import (
@@ -33,6 +32,7 @@ from lbtwist.store.batch import (
     CommitListener,
     CommitNotifier,
     GroupCommit,
+    GroupedWrites,
     Identity,
     OutboxWriter,
     RejectRow,
@@ -49,7 +49,6 @@ from lbtwist.store.interface import (
     OutboxStats,
     RejectedEntry,
     StoredEvent,
-    StoreResult,
 )
 from lbtwist.store.query import JobPage, JobQuery, owner_key, sql_where, unique_of
 
@@ -581,7 +580,7 @@ def _thread_runner(reactor: Any, name: str) -> tuple[Runner, ThreadPool]:
 
 
 @implementer(IEventStore)
-class SQLiteStore:
+class SQLiteStore(GroupedWrites):
     """
     L{IEventStore} on SQLite.
 
@@ -683,11 +682,6 @@ class SQLiteStore:
         """
         return self._commit.commits
 
-    def store(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
-        if self._closed:
-            return fail(TryAgain("store closed"))
-        return self._commit.submit(items).addCallback(self._notifier.notify)
-
     def status(self, jobid: str) -> Deferred[JobStatus | None]:
         return self._read(lambda: self._queries.status(jobid))
 
@@ -723,16 +717,6 @@ class SQLiteStore:
         self, destination: str, after_id: int, limit: int
     ) -> Deferred[list[OutboxEntry]]:
         return self._read(lambda: self._queries.outbox_after(destination, after_id, limit))
-
-    def outbox_ack(self, ids: list[int]) -> Deferred[None]:
-        if self._closed:
-            return fail(TryAgain("store closed"))
-        return self._outbox.ack(ids)
-
-    def reject(self, entry: OutboxEntry, major: int, minor: int, reason: str) -> Deferred[None]:
-        if self._closed:
-            return fail(TryAgain("store closed"))
-        return self._outbox.reject(entry, major, minor, reason)
 
     def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
         return self._read(self._queries.outbox_stats)
