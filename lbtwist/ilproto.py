@@ -46,7 +46,9 @@ LB_TIME = 900
 # L&B's own error codes start above this (EDG_WLL_ERROR_BASE).
 _LB_ERROR_BASE = 1400
 
+# L&B's header: C{%16d} and LF, i.e. spaces, then at least one digit, 17 bytes in all.
 _HEADER_RE = re.compile(rb" *[0-9]+\n\Z")
+_HEADER_PREFIX_RE = re.compile(rb" *[0-9]*\Z")
 _INT_RE = re.compile(rb"-?[0-9]{1,18}")
 _LOGD_SIZE = struct.Struct("<i")
 
@@ -120,6 +122,34 @@ def _get_string(body: bytes, pos: int) -> tuple[bytes, int]:
 
 def _frame(body: bytes) -> bytes:
     return b"%16d\n" % len(body) + body
+
+
+def is_il_header_prefix(head: bytes) -> bool:
+    """
+    Whether C{head} (at most L{HEADER_LENGTH} bytes) can begin an IL header.
+
+    The header is the body length right-aligned in 16 columns (spaces, then
+    digits), then LF: nothing else may come before the LF, which must be the
+    17th byte.
+    """
+    if len(head) < HEADER_LENGTH:
+        return _HEADER_PREFIX_RE.match(head) is not None
+    return _HEADER_RE.match(head, 0, HEADER_LENGTH) is not None
+
+
+def il_header_length(head: bytes) -> int:
+    """
+    The body length announced by a complete 17-byte IL header.
+
+    @raise ProtocolError: C{head} is not spaces, digits and LF in L&B's shape,
+        or announces no body.
+    """
+    if len(head) != HEADER_LENGTH or _HEADER_RE.match(head) is None:
+        raise ProtocolError(f"bad IL header {head!r}")
+    length = int(head)
+    if length <= 0:
+        raise ProtocolError(f"bad IL message length {length}")
+    return length
 
 
 # -- IL encoders and decoders -------------------------------------------------
@@ -200,6 +230,10 @@ class _FrameDecoder(Generic[_T]):
         self.max_size = max_size
         self._buffer = bytearray()
         self._error: ProtocolError | None = None
+        # Bytes of an oversize message still to be read and dropped, and its error.
+        self._skip = 0
+        self._skipped: MessageTooBig | None = None
+        self._skipping = False
 
     @property
     def buffered(self) -> int:
@@ -212,13 +246,38 @@ class _FrameDecoder(Generic[_T]):
         """
         Add received bytes; return the messages they complete, in order.
 
-        @raise ProtocolError: the stream is malformed; C{decoded} holds the
-            messages completed before the error. The decoder stays broken.
+        @raise ProtocolError: the stream is malformed (L{MessageTooBig} for an
+            oversize message); C{decoded} holds the messages completed before
+            the error. The decoder stays broken.
         """
+        return self._feed(data, False)  # type: ignore[return-value]
+
+    def feed_skipping(self, data: bytes) -> list[_T | MessageTooBig]:
+        """
+        Like L{feed}, but an oversize message does not break the stream: its
+        bytes are read and dropped, and once its last byte is in, a
+        L{MessageTooBig} takes its place in the output. The framing stays in
+        sync, so the sender can be answered after it has written the message.
+
+        @raise ProtocolError: the stream is malformed otherwise.
+        """
+        return self._feed(data, True)
+
+    def _feed(self, data: bytes, skipping: bool) -> list[_T | MessageTooBig]:
         if self._error is not None:
             raise ProtocolError(f"stream already broken: {self._error.reason}")
+        out: list[_T | MessageTooBig] = []
+        if self._skip:
+            n = min(self._skip, len(data))
+            self._skip -= n
+            if self._skip:
+                return out
+            data = data[n:]
+            assert self._skipped is not None
+            out.append(self._skipped)
+            self._skipped = None
         self._buffer += data
-        out: list[_T] = []
+        self._skipping = skipping
         try:
             while True:
                 msg = self._next()
@@ -231,7 +290,24 @@ class _FrameDecoder(Generic[_T]):
             e.decoded = list(out)
             raise
 
-    def _next(self) -> _T | None:
+    def _oversize(self, total: int, error: MessageTooBig) -> MessageTooBig | None:
+        """
+        A message of C{total} bytes (header included) is too big: raise
+        C{error}, or (when skipping) drop the message's bytes and return
+        C{error} once they are all in (L{None} until then).
+        """
+        if not self._skipping:
+            raise error
+        buf = self._buffer
+        if len(buf) >= total:
+            del buf[:total]
+            return error
+        self._skip = total - len(buf)
+        self._skipped = error
+        buf.clear()
+        return None
+
+    def _next(self) -> _T | MessageTooBig | None:
         raise NotImplementedError()
 
 
@@ -245,21 +321,20 @@ class ILFrameDecoder(_FrameDecoder[bytes]):
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
         super().__init__(max_size)
 
-    def _next(self) -> bytes | None:
+    def _next(self) -> bytes | MessageTooBig | None:
         buf = self._buffer
         # Check what we have of the header early so garbage fails fast.
         head = bytes(buf[:HEADER_LENGTH])
-        if not re.fullmatch(rb" *[0-9]*", head[: HEADER_LENGTH - 1]):
-            raise ProtocolError(f"bad IL header {head!r}")
-        if len(buf) < HEADER_LENGTH:
+        if len(head) < HEADER_LENGTH:
+            if not is_il_header_prefix(head):
+                raise ProtocolError(f"bad IL header {head!r}")
             return None
-        if not _HEADER_RE.match(head):
-            raise ProtocolError(f"bad IL header {head!r}")
-        length = int(head)
-        if length <= 0:
-            raise ProtocolError(f"bad IL message length {length}")
+        length = il_header_length(head)
         if length > self.max_size:
-            raise MessageTooBig(f"IL message of {length} bytes exceeds {self.max_size}")
+            return self._oversize(
+                HEADER_LENGTH + length,
+                MessageTooBig(f"IL message of {length} bytes exceeds {self.max_size}"),
+            )
         if len(buf) < HEADER_LENGTH + length:
             return None
         body = bytes(buf[HEADER_LENGTH : HEADER_LENGTH + length])
@@ -353,7 +428,7 @@ class LogdDecoder(_FrameDecoder[bytes]):
     def __init__(self, max_size: int = DEFAULT_MAX_MESSAGE) -> None:
         super().__init__(max_size)
 
-    def _next(self) -> bytes | None:
+    def _next(self) -> bytes | MessageTooBig | None:
         buf = self._buffer
         magic = bytes(buf[: len(DGLOG_MAGIC)])
         if not DGLOG_MAGIC.startswith(magic):
@@ -365,7 +440,10 @@ class LogdDecoder(_FrameDecoder[bytes]):
         if size <= 0:
             raise ProtocolError(f"bad logd message size {size}")
         if size - 1 > self.max_size:
-            raise MessageTooBig(f"logd message of {size} bytes exceeds {self.max_size}")
+            return self._oversize(
+                start + size,
+                MessageTooBig(f"logd message of {size} bytes exceeds {self.max_size}"),
+            )
         if len(buf) < start + size:
             return None
         if buf[start + size - 1] != 0:

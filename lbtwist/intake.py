@@ -2,16 +2,22 @@
 """
 The intake: producers log events over a UNIX socket.
 
-A connection's framing is detected from its first bytes and kept: C{DGLOG}
-starts L&B's logd framing, a space or digit L&B's IL framing, anything else
-the line framing (one ULM line per LF, one answer line per event: C{OK},
-C{OK duplicate} or C{ERR <code> <text>}). Answers go out in order, and a
-success only once the store's Deferred has fired, that is after the commit
-group holding the event is durable. Every event of one received chunk goes to
-the store in one call; the store groups concurrent calls into one transaction.
+A connection's framing is detected from its first bytes and kept (see
+L{lbtwist.framing}): C{DGLOG} starts L&B's logd framing, an exact IL header
+L&B's IL framing, anything else the line framing (one ULM line per LF, one
+answer line per event: C{OK}, C{OK duplicate} or C{ERR <code> <text>}).
+Answers go out in order, and a success only once the store's Deferred has
+fired, that is after the commit group holding the event is durable. Every
+event of one received chunk goes to the store in one call; the store groups
+concurrent calls into one transaction.
 
 Producers are authorized by their socket peer credentials (SO_PEERCRED).
-Connections, event size and unanswered events per connection are bounded.
+Bounds: event size (oversize events are read to their end and answered E2BIG),
+unanswered events per connection (past it the connection is not read until
+half are answered), connections (when full, the connection idle the longest
+is closed to make room; EAGAIN only when none is idle), and time: a connection
+that completes no message for C{idle_timeout} seconds while it is owed no
+answer (silent, or stuck half-way through a message) is closed.
 """
 
 from __future__ import annotations
@@ -20,8 +26,7 @@ import os
 import re
 import socket
 import struct
-from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -31,28 +36,37 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist import ilproto
 from lbtwist.errors import (
     BrokenULM,
     LBError,
     MessageIncomplete,
     PermissionDenied,
-    TooBig,
     TryAgain,
 )
 from lbtwist.events import Event, parse_event
+from lbtwist.framing import (
+    DEFAULT_WARNINGS_PER_SECOND,
+    DETECT_BYTES,
+    OK,
+    OK_DUPLICATE,
+    AnswerQueue,
+    Framing,
+    LineFraming,
+    Slot,
+    WarningLimiter,
+    detect_framing,
+    make_framing,
+)
 
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_MAX_LINE = 4 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_MAX_FIELDS = 100
 DEFAULT_REFUSAL_GRACE = 2.0
+DEFAULT_IDLE_TIMEOUT = 60.0
 
 # DG.USER given with a non-empty value (only looked for when parsing failed).
 _USER_PRESENT = re.compile(r'(?:^|\s)DG\.USER=(?!""|\s|$)', re.IGNORECASE)
-
-# Room for the IL body around the event line: magic word and length prefix.
-_IL_OVERHEAD = 64
 
 PeerCredentials = Callable[[Any], "tuple[int, int, int] | None"]
 
@@ -84,7 +98,9 @@ class IntakeStats:
     @ivar duplicates: events acknowledged as duplicates.
     @ivar errors: events answered with an error.
     @ivar refused: connections refused (credentials, connection bound).
-    @ivar broken: connections closed for broken framing (oversize, garbage).
+    @ivar broken: connections closed for broken framing (garbage).
+    @ivar idle_closed: connections closed by the idle timeout.
+    @ivar evicted: idle connections closed to make room for a new one.
     """
 
     connections: int = 0
@@ -93,166 +109,15 @@ class IntakeStats:
     errors: int = 0
     refused: int = 0
     broken: int = 0
-
-
-@attrs.frozen
-class Answer:
-    """
-    The answer to one event: C{code} 0 is success.
-    """
-
-    code: int = 0
-    text: str = "OK"
-    duplicate: bool = False
-
-    @classmethod
-    def for_error(cls, err: LBError) -> Answer:
-        return cls(err.code, err.message)
-
-
-STORED = Answer()
-DUPLICATE = Answer(0, "OK duplicate", True)
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
-# -- framings -----------------------------------------------------------------
-
-# A framing's feed returns the event payloads (or per-event errors) of the
-# bytes received, and the error that broke the framing, if any.
-_Fed = tuple[list["bytes | LBError"], "LBError | None"]
-
-
-def _framing_error(e: ilproto.ProtocolError) -> LBError:
-    if isinstance(e, ilproto.MessageTooBig):
-        return TooBig(e.reason)
-    return BrokenULM(e.reason)
-
-
-class _LineFraming:
-    name = "line"
-
-    def __init__(self, max_line: int) -> None:
-        self.max_line = max_line
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> _Fed:
-        buf = self._buffer
-        buf += data
-        out: list[bytes | LBError] = []
-        start = 0
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            line = bytes(buf[start:end])
-            start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > self.max_line:
-                del buf[:]
-                return out, TooBig(f"event line over {self.max_line} bytes")
-            if line.strip():
-                out.append(line)
-        del buf[:start]
-        if len(buf) > self.max_line:
-            del buf[:]
-            return out, TooBig(f"event line over {self.max_line} bytes")
-        return out, None
-
-    def encode(self, answer: Answer) -> bytes:
-        if answer.code == 0:
-            return b"OK duplicate\n" if answer.duplicate else b"OK\n"
-        return f"ERR {answer.code} {_one_line(answer.text)}\n".encode()
-
-
-class _ILFraming:
-    name = "IL"
-
-    def __init__(self, max_line: int) -> None:
-        self.max_line = max_line
-        self._decoder = ilproto.ILFrameDecoder(max_line + _IL_OVERHEAD)
-
-    def feed(self, data: bytes) -> _Fed:
-        fatal: LBError | None = None
-        try:
-            bodies = self._decoder.feed(data)
-        except ilproto.ProtocolError as e:
-            bodies = [b for b in e.decoded if isinstance(b, bytes)]
-            fatal = _framing_error(e)
-        out: list[bytes | LBError] = []
-        for body in bodies:
-            try:
-                out.append(ilproto.decode_il_msg(body))
-            except ilproto.ProtocolError as e:
-                out.append(BrokenULM(f"bad IL message: {e.reason}"))
-        return out, fatal
-
-    def encode(self, answer: Answer) -> bytes:
-        return ilproto.il_reply_for(answer.code, answer.text)
-
-
-class _LogdFraming:
-    name = "logd"
-
-    def __init__(self, max_line: int) -> None:
-        self.max_line = max_line
-        # The line may carry its LF (or CRLF) before the NUL.
-        self._decoder = ilproto.LogdDecoder(max_line + 2)
-
-    def feed(self, data: bytes) -> _Fed:
-        try:
-            return list(self._decoder.feed(data)), None
-        except ilproto.ProtocolError as e:
-            return [b for b in e.decoded if isinstance(b, bytes)], _framing_error(e)
-
-    def encode(self, answer: Answer) -> bytes:
-        return ilproto.encode_logd_answer(answer.code)
-
-
-_Framing = _LineFraming | _ILFraming | _LogdFraming
-
-
-def detect_framing(head: bytes) -> str | None:
-    """
-    The framing a connection speaks, from its first bytes.
-
-    @return: C{"logd"}, C{"IL"} or C{"line"}; C{None} when more bytes are needed.
-    """
-    if not head:
-        return None
-    first = head[:1]
-    if first == b"D":
-        if head.startswith(ilproto.DGLOG_MAGIC):
-            return "logd"
-        if ilproto.DGLOG_MAGIC.startswith(head):
-            return None
-        return "line"
-    if first == b" " or first.isdigit():
-        return "IL"
-    return "line"
-
-
-_FRAMINGS: dict[str, type[_LineFraming] | type[_ILFraming] | type[_LogdFraming]] = {
-    "line": _LineFraming,
-    "IL": _ILFraming,
-    "logd": _LogdFraming,
-}
+    idle_closed: int = 0
+    evicted: int = 0
 
 
 # -- protocol -----------------------------------------------------------------
 
-
-@attrs.define
-class _Slot:
-    """
-    One answer in the connection's output queue; C{answer} is C{None} until known.
-    """
-
-    answer: Answer | None = None
-    close: bool = False
+#: A handler of a non-event request line of the line framing: called with the
+#: protocol and the line, it gives (or fires with) the answer's code and text.
+LineRequest = Callable[["IntakeProtocol", bytes], "Deferred[tuple[int, str]] | tuple[int, str]"]
 
 
 class IntakeProtocol(Protocol):
@@ -265,14 +130,14 @@ class IntakeProtocol(Protocol):
 
     def __init__(self) -> None:
         self._head = b""
-        self._framing: _Framing | None = None
-        self._queue: deque[_Slot] = deque()
-        self._inflight = 0
+        self._framing: Framing | None = None
+        self._answers: AnswerQueue | None = None
         self._counted = False
         self._broken = False
         self._lost = False
         self._refusal: LBError | None = None
         self._refusal_timer: IDelayedCall | None = None
+        self._idle_timer: IDelayedCall | None = None
         self.peer: tuple[int, int, int] | None = None
 
     # connection life
@@ -288,10 +153,11 @@ class IntakeProtocol(Protocol):
             if uid not in f.allowed_uids and gid not in f.allowed_gids:
                 refusal = PermissionDenied(f"producer uid {uid} not allowed")
         if refusal is None and f.stats.connections >= f.max_connections:
-            refusal = TryAgain("too many connections")
+            if not f.close_idlest():
+                refusal = TryAgain("too many connections")
         if refusal is not None:
             f.stats.refused += 1
-            self.log.warn(
+            f.warnings.warn(
                 "intake connection from {peer} refused: {reason}",
                 peer=self.peer,
                 reason=refusal.message,
@@ -300,18 +166,28 @@ class IntakeProtocol(Protocol):
             self._refusal_timer = f.clock.callLater(f.refusal_grace, self._refuse, None)
             return
         f.stats.connections += 1
+        f.open.add(self)
         self._counted = True
+        self._answers = AnswerQueue(self.transport, f.max_inflight)
+        self._idle_timer = f.clock.callLater(f.idle_timeout, self._idle)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True
-        if self._refusal_timer is not None and self._refusal_timer.active():
-            self._refusal_timer.cancel()
-        self._refusal_timer = None
+        if self._answers is not None:
+            self._answers.lost()
+        for timer in (self._refusal_timer, self._idle_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
+        self._refusal_timer = self._idle_timer = None
+        self._uncount()
+
+    def _uncount(self) -> None:
         if self._counted:
             self._counted = False
             self.factory.stats.connections -= 1
+            self.factory.open.discard(self)
 
-    def _refuse(self, framing: _Framing | None) -> None:
+    def _refuse(self, framing: Framing | None) -> None:
         """
         Answer the refusal in C{framing} (a line when unknown) and close.
         """
@@ -321,64 +197,148 @@ class IntakeProtocol(Protocol):
         self._refusal_timer = None
         self._broken = True
         if framing is None:
-            framing = _LineFraming(0)
+            framing = LineFraming(0)
         assert self.transport is not None
-        self.transport.write(framing.encode(Answer.for_error(self._refusal)))
+        self.transport.write(framing.encode(self._refusal.code, self._refusal.message))
         self.transport.loseConnection()
+
+    # idleness
+
+    @property
+    def idle_since(self) -> float | None:
+        """
+        When the idle timeout started counting (the last complete message or
+        the connection), or L{None} when answers are owed or the timer is off.
+        """
+        answers = self._answers
+        timer = self._idle_timer
+        if answers is None or len(answers) or answers.paused or timer is None:
+            return None
+        if not timer.active():
+            return None
+        return timer.getTime() - self.factory.idle_timeout
+
+    def _idle(self) -> None:
+        """
+        No complete message for the idle timeout: close, unless answers are
+        owed (then the wait is ours, and the timer starts again).
+        """
+        f = self.factory
+        answers = self._answers
+        if answers is not None and (len(answers) or answers.paused):
+            self._idle_timer = f.clock.callLater(f.idle_timeout, self._idle)
+            return
+        self._idle_timer = None
+        f.stats.idle_closed += 1
+        f.warnings.warn(
+            "intake connection from {peer} closed: no complete message in {timeout} s",
+            peer=self.peer,
+            timeout=f.idle_timeout,
+        )
+        self.close_idle()
+
+    def close_idle(self) -> None:
+        """
+        Close this connection, which is owed no answer; its slot is free at once.
+        """
+        self._broken = True
+        if self._idle_timer is not None and self._idle_timer.active():
+            self._idle_timer.cancel()
+        self._idle_timer = None
+        self._uncount()
+        if self._answers is not None:
+            self._answers.lost()
+        if self.transport is not None:
+            self.transport.loseConnection()
 
     # input
 
     def dataReceived(self, data: bytes) -> None:
         if self._broken or self._lost:
             return
-        if self._framing is None:
+        framing = self._framing
+        if framing is None:
             self._head += data
-            name = detect_framing(self._head[: len(ilproto.DGLOG_MAGIC)])
+            name = detect_framing(self._head[:DETECT_BYTES])
             if name is None:
                 return
-            framing = _FRAMINGS[name](self.factory.max_line)
+            framing = make_framing(name, self.factory.max_line)
             if self._refusal is not None:
                 self._refuse(framing)
                 return
             self._framing = framing
+            assert self._answers is not None
+            self._answers.framing = framing
             data, self._head = self._head, b""
-        items, fatal = self._framing.feed(data)
-        self._handle(items)
+        items, fatal = framing.feed(data)
+        if items:
+            timer = self._idle_timer
+            if timer is not None:
+                timer.reset(self.factory.idle_timeout)
+            self._handle(items)
         if fatal is not None:
             self._break(fatal)
+        answers = self._answers
+        assert answers is not None
+        answers.received()
         self._flush()
 
     def _handle(self, items: Iterable[bytes | LBError]) -> None:
         f = self.factory
+        answers = self._answers
+        assert answers is not None
         batch: list[tuple[str, Event]] = []
-        slots: list[_Slot] = []
+        slots: list[Slot] = []
+        requests = (
+            f.line_requests if self._framing is not None and self._framing.name == "line" else None
+        )
         for item in items:
-            result = item if isinstance(item, LBError) else self._validate(item)
+            if isinstance(item, LBError):
+                self._error(item)
+                continue
+            if requests:
+                handler = requests.get(item.split(None, 1)[0])
+                if handler is not None:
+                    self._request(handler, item)
+                    continue
+            result = self._validate(item)
             if isinstance(result, LBError):
-                self._queue.append(_Slot(self._error_answer(result)))
-            elif self._inflight + len(batch) >= f.max_inflight:
-                self._queue.append(
-                    _Slot(self._error_answer(TryAgain(f"over {f.max_inflight} unanswered events")))
-                )
+                self._error(result)
             else:
-                slot = _Slot()
-                self._queue.append(slot)
-                slots.append(slot)
+                slots.append(answers.pending())
                 batch.append(result)
         if not batch:
             return
-        self._inflight += len(batch)
         d: Deferred[Any] = maybeDeferred(f.store.store, batch)
         d.addCallbacks(self._stored, self._storeFailed, (slots,), errbackArgs=(slots,))
         d.addErrback(lambda fail: self.log.failure("intake answer failed", fail))
 
+    def _request(self, handler: LineRequest, line: bytes) -> None:
+        """
+        Answer a non-event request line in its place in the answer order.
+        """
+        assert self._answers is not None
+        slot = self._answers.pending()
+
+        def answered(answer: tuple[int, str]) -> None:
+            slot.set(*answer)
+            self._flush()
+
+        def failed(failure: Failure) -> None:
+            error = failure.value
+            if not isinstance(error, LBError):
+                self.log.failure("intake request failed", failure)
+                error = TryAgain("request failed")
+            slot.set(error.code, error.message)
+            self._flush()
+
+        maybeDeferred(handler, self, line).addCallbacks(answered, failed)
+
     def _validate(self, raw: bytes) -> tuple[str, Event] | LBError:
-        raw = raw.rstrip(b"\r\n")
-        if len(raw) > self.factory.max_line:
-            return TooBig(f"event over {self.factory.max_line} bytes")
         nul = raw.find(b"\0")
         if nul >= 0:
             return BrokenULM(f"NUL byte at position {nul}")
+        raw = raw.rstrip(b"\r\n")
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -403,22 +363,25 @@ class IntakeProtocol(Protocol):
         """
         self._broken = True
         self.factory.stats.broken += 1
-        self._queue.append(_Slot(self._error_answer(error), close=True))
+        self._error(error, close=True)
 
     # answers
 
-    def _error_answer(self, error: LBError) -> Answer:
+    def _error(self, error: LBError, close: bool = False) -> None:
+        assert self._answers is not None
+        self._count_error(error)
+        self._answers.answer(error.code, error.message, close)
+
+    def _count_error(self, error: LBError) -> None:
         self.factory.stats.errors += 1
-        self.log.warn(
+        self.factory.warnings.warn(
             "intake event from {peer} rejected: {code} {text}",
             peer=self.peer,
             code=error.code,
             text=error.message,
         )
-        return Answer.for_error(error)
 
-    def _stored(self, results: list[object], slots: list[_Slot]) -> None:
-        self._inflight -= len(slots)
+    def _stored(self, results: list[object], slots: list[Slot]) -> None:
         stats = self.factory.stats
         if len(results) != len(slots):
             self.log.error(
@@ -427,44 +390,33 @@ class IntakeProtocol(Protocol):
             results = [TryAgain("store error")] * len(slots)
         for slot, result in zip(slots, results, strict=True):
             if isinstance(result, LBError):
-                slot.answer = self._error_answer(result)
+                self._count_error(result)
+                slot.set(result.code, result.message)
             elif isinstance(result, BaseException):
                 self.log.error("store error: {error!r}", error=result)
-                slot.answer = self._error_answer(TryAgain("store error"))
+                stats.errors += 1
+                slot.set(TryAgain.code, "store error")
             elif getattr(result, "duplicate", False):
                 stats.duplicates += 1
-                slot.answer = DUPLICATE
+                slot.set(0, OK_DUPLICATE)
             else:
                 stats.accepted += 1
-                slot.answer = STORED
+                slot.set(0, OK)
         self._flush()
 
-    def _storeFailed(self, failure: Failure, slots: list[_Slot]) -> None:
-        self._inflight -= len(slots)
+    def _storeFailed(self, failure: Failure, slots: list[Slot]) -> None:
         error = failure.value
         if not isinstance(error, LBError):
             self.log.failure("store failed", failure)
             error = TryAgain("store error")
         for slot in slots:
-            slot.answer = self._error_answer(error)
+            self._count_error(error)
+            slot.set(error.code, error.message)
         self._flush()
 
     def _flush(self) -> None:
-        out: list[bytes] = []
-        close = False
-        queue = self._queue
-        framing = self._framing
-        while queue and queue[0].answer is not None and not close:
-            slot = queue.popleft()
-            assert slot.answer is not None and framing is not None
-            out.append(framing.encode(slot.answer))
-            close = slot.close
-        if self._lost or self.transport is None:
-            return
-        if out:
-            self.transport.write(b"".join(out))
-        if close:
-            self.transport.loseConnection()
+        if self._answers is not None and not self._lost:
+            self._answers.flush()
 
 
 class IntakeFactory(Factory["IntakeProtocol"]):
@@ -472,15 +424,23 @@ class IntakeFactory(Factory["IntakeProtocol"]):
     Builds L{IntakeProtocol}s and holds their shared bounds, policy and counters.
 
     @ivar store: the L{lbtwist.store.interface.IEventStore}.
-    @ivar clock: for the grace period of refused connections.
-    @ivar max_connections: accepted connections at once (over: EAGAIN).
-    @ivar max_line: largest event line in bytes (over: E2BIG, connection closed).
-    @ivar max_inflight: unanswered events per connection (over: EAGAIN, not stored).
+    @ivar clock: for timeouts and the rate of warnings.
+    @ivar max_connections: accepted connections at once (when full, the one
+        idle the longest is closed; EAGAIN when none is idle).
+    @ivar max_line: largest event in bytes (over: read to its end, E2BIG).
+    @ivar max_inflight: unanswered events per connection (over: stop reading
+        the connection until at most half are left).
     @ivar allowed_uids: peer uids allowed to log (default: our own and root).
     @ivar allowed_gids: peer gids allowed to log.
     @ivar peer_credentials: C{transport -> (pid, uid, gid) | None}.
     @ivar max_fields: most fields in an event.
     @ivar refusal_grace: seconds a refused connection may take to show its framing.
+    @ivar idle_timeout: seconds a connection owed no answer may go without
+        completing a message before it is closed.
+    @ivar line_requests: handlers of non-event request lines of the line
+        framing, by their first word (empty: every line is an event).
+    @ivar warnings: the rate-limited log of rejected input.
+    @ivar open: the accepted connections.
     @ivar stats: L{IntakeStats}.
     """
 
@@ -499,6 +459,9 @@ class IntakeFactory(Factory["IntakeProtocol"]):
         peer_credentials: PeerCredentials = so_peercred,
         max_fields: int = DEFAULT_MAX_FIELDS,
         refusal_grace: float = DEFAULT_REFUSAL_GRACE,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        warnings_per_second: int = DEFAULT_WARNINGS_PER_SECOND,
+        line_requests: Mapping[bytes, LineRequest] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -512,7 +475,35 @@ class IntakeFactory(Factory["IntakeProtocol"]):
         self.peer_credentials = peer_credentials
         self.max_fields = max_fields
         self.refusal_grace = refusal_grace
+        self.idle_timeout = idle_timeout
+        self.line_requests: dict[bytes, LineRequest] = dict(line_requests or {})
+        self.warnings = WarningLimiter(IntakeProtocol.log, clock, warnings_per_second)
+        self.open: set[IntakeProtocol] = set()
         self.stats = IntakeStats()
+
+    def close_idlest(self) -> bool:
+        """
+        Make room for a connection: close the accepted connection idle the
+        longest (owed no answer, no complete message for the longest time).
+
+        @return: whether one was closed.
+        """
+        idlest: IntakeProtocol | None = None
+        oldest = 0.0
+        for proto in self.open:
+            since = proto.idle_since
+            if since is not None and (idlest is None or since < oldest):
+                idlest, oldest = proto, since
+        if idlest is None:
+            return False
+        self.stats.evicted += 1
+        self.warnings.warn(
+            "intake connection from {peer} closed to make room: idle for {idle:.1f} s",
+            peer=idlest.peer,
+            idle=self.clock.seconds() - oldest,
+        )
+        idlest.close_idle()
+        return True
 
     def buildProtocol(self, addr: object) -> IntakeProtocol:
         proto = IntakeProtocol()
@@ -521,7 +512,7 @@ class IntakeFactory(Factory["IntakeProtocol"]):
 
 
 __all__ = [
-    "Answer",
+    "LineRequest",
     "IntakeFactory",
     "IntakeProtocol",
     "IntakeStats",

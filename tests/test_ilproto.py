@@ -245,3 +245,60 @@ class LogdTests(SynchronousTestCase):
                 dec.feed(chunk)
         except ProtocolError as e:
             self.assertIsInstance(e.reason, str)
+
+
+class HeaderTests(SynchronousTestCase):
+    """
+    The IL header in L&B's exact shape: C{%16d} and LF.
+    """
+
+    def test_prefix(self) -> None:
+        header = b"%16d\n" % 42
+        for n in range(len(header) + 1):
+            self.assertTrue(ilproto.is_il_header_prefix(header[:n]), header[:n])
+        for bad in (b" x", b"1 ", b"  12 ", b"%16dx" % 3, b" " * 17, b"%15d\n" % 3):
+            self.assertFalse(ilproto.is_il_header_prefix(bad), bad)
+
+    def test_length(self) -> None:
+        self.assertEqual(ilproto.il_header_length(b"%16d\n" % 42), 42)
+        for bad in (b"%16d\n" % 0, b" " * 16 + b"\n", b"%15d\n" % 3, b"%16d\n" % 3 + b"x"):
+            self.assertRaises(ProtocolError, ilproto.il_header_length, bad)
+
+
+class SkippingTests(SynchronousTestCase):
+    """
+    C{feed_skipping}: an oversize message is read to its end, dropped and
+    reported in its place; the stream stays in sync.
+    """
+
+    def test_il_skip_in_one_chunk(self) -> None:
+        dec = ILFrameDecoder(max_size=10)
+        data = b"%16d\n" % 3 + b"abc" + b"%16d\n" % 20 + b"x" * 20 + b"%16d\n" % 2 + b"de"
+        out = dec.feed_skipping(data)
+        self.assertEqual(out[0], b"abc")
+        self.assertIsInstance(out[1], MessageTooBig)
+        self.assertEqual(out[2], b"de")
+        self.assertEqual(dec.buffered, 0)
+
+    @_SETTINGS
+    @given(st.integers(11, 5000), st.lists(st.integers(0, 10**6)))
+    def test_il_skip_any_cuts(self, size: int, cuts: list[int]) -> None:
+        dec = ILFrameDecoder(max_size=10)
+        stream = b"%16d\n" % size + b"x" * size + b"%16d\n" % 2 + b"de"
+        out: list[object] = []
+        for chunk in _chunks(stream, cuts):
+            out += dec.feed_skipping(chunk)
+        self.assertEqual(len(out), 2)
+        self.assertIsInstance(out[0], MessageTooBig)
+        self.assertEqual(out[1], b"de")
+
+    def test_logd_skip(self) -> None:
+        dec = LogdDecoder(max_size=5)
+        data = ilproto.encode_logd(b"x" * 50) + ilproto.encode_logd(b"ab")
+        self.assertEqual(dec.feed_skipping(data[:20]), [])
+        out = dec.feed_skipping(data[20:])
+        self.assertIsInstance(out[0], MessageTooBig)
+        self.assertEqual(out[1], b"ab")
+
+    def test_strict_feed_still_raises(self) -> None:
+        self.assertRaises(MessageTooBig, ILFrameDecoder(max_size=10).feed, b"%16d\n" % 11)

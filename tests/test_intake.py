@@ -192,28 +192,36 @@ class BoundsTests(SynchronousTestCase):
     Line size, in-flight answers and connection count are bounded.
     """
 
-    def test_oversized_line_closes(self) -> None:
+    def test_oversized_line_read_to_its_end(self) -> None:
+        """
+        An oversize line is read and dropped up to its LF, then answered
+        E2BIG in its place; the connection goes on.
+        """
         store = FakeStore()
         factory = make_factory(store, max_line=len(LINE))
         proto, transport = connect(factory)
         proto.dataReceived(EV + b"x" * (len(LINE) + 1))
+        proto.dataReceived(b"y" * 3 * len(LINE))
         self.assertEqual(transport.value(), b"")
         self.assertFalse(transport.disconnecting)
-        store.fire()
+        proto.dataReceived(b"zz\n" + EV)
+        store.fire_all()
         self.assertEqual(
-            transport.value(), b"OK\nERR %d event line over %d bytes\n" % (errno.E2BIG, len(LINE))
+            transport.value(),
+            b"OK\nERR %d event line over %d bytes\nOK\n" % (errno.E2BIG, len(LINE)),
         )
-        self.assertTrue(transport.disconnecting)
-        self.assertEqual(factory.stats.broken, 1)
-        proto.dataReceived(EV)
-        self.assertEqual(len(store.calls), 1)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(factory.stats.broken, 0)
+        self.assertEqual([len(items) for items, _ in store.calls], [1, 1])
 
     def test_oversized_line_with_lf(self) -> None:
-        factory = make_factory(max_line=10)
+        store = FakeStore()
+        factory = make_factory(store, max_line=10)
         proto, transport = connect(factory)
-        proto.dataReceived(b"A=" + b"x" * 20 + b"\n")
-        self.assertTrue(transport.value().startswith(b"ERR 7 "))
-        self.assertTrue(transport.disconnecting)
+        proto.dataReceived(b"A=" + b"x" * 20 + b"\nB=" + b"y" * 20 + b"\r\n")
+        self.assertEqual(transport.value(), b"ERR 7 event line over 10 bytes\n" * 2)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(store.calls, [])
 
     def test_max_line_exact_is_accepted(self) -> None:
         store = FakeStore()
@@ -222,27 +230,48 @@ class BoundsTests(SynchronousTestCase):
         store.fire()
         self.assertEqual(transport.value(), b"OK\n")
 
-    def test_inflight_bound(self) -> None:
+    def test_inflight_bound_pauses_reading(self) -> None:
+        """
+        Past the in-flight bound the connection is not read (no EAGAIN
+        answers); reading resumes once the answers are written.
+        """
         store = FakeStore()
         factory = make_factory(store, max_inflight=2)
         proto, transport = connect(factory)
         proto.dataReceived(EV * 3)
         [(items, _)] = store.calls
-        self.assertEqual(len(items), 2)
-        self.assertEqual(transport.value(), b"")
+        self.assertEqual(len(items), 3)
+        self.assertEqual(transport.producerState, "paused")
         store.fire()
-        self.assertEqual(transport.value(), b"OK\nOK\nERR 11 over 2 unanswered events\n")
-        proto.dataReceived(EV)
-        self.assertEqual(len(store.calls), 2)
+        self.assertEqual(transport.value(), b"OK\nOK\nOK\n")
+        self.assertEqual(transport.producerState, "producing")
+        self.assertEqual(factory.stats.errors, 0)
 
-    def test_inflight_across_chunks(self) -> None:
+    def test_inflight_resumes_below_half(self) -> None:
         store = FakeStore()
-        proto, transport = connect(make_factory(store, max_inflight=1))
-        proto.dataReceived(EV)
-        proto.dataReceived(EV)
-        self.assertEqual(len(store.calls), 1)
+        proto, transport = connect(make_factory(store, max_inflight=4))
+        for _ in range(5):
+            proto.dataReceived(EV)
+        self.assertEqual(len(store.calls), 5)
+        self.assertEqual(transport.producerState, "paused")
+        store.fire(0)
+        store.fire(1)
+        self.assertEqual(transport.producerState, "paused")
+        store.fire(2)
+        self.assertEqual(transport.producerState, "producing")
+        store.fire_all()
+        self.assertEqual(transport.value(), b"OK\n" * 5)
+
+    def test_inflight_counts_answers_waiting_in_order(self) -> None:
+        """
+        Error answers queued behind an unanswered event count too.
+        """
+        store = FakeStore()
+        proto, transport = connect(make_factory(store, max_inflight=2))
+        proto.dataReceived(EV + b"garbage\n" * 2)
+        self.assertEqual(transport.producerState, "paused")
         store.fire()
-        self.assertEqual(transport.value(), b"OK\nERR 11 over 1 unanswered events\n")
+        self.assertEqual(transport.producerState, "producing")
 
     def test_max_fields(self) -> None:
         store = FakeStore()
@@ -254,19 +283,21 @@ class BoundsTests(SynchronousTestCase):
     def test_too_many_connections_line(self) -> None:
         store = FakeStore()
         factory = make_factory(store, max_connections=1)
-        connect(factory)
+        busy, _ = connect(factory)
+        busy.dataReceived(EV)
         proto, transport = connect(factory)
         self.assertEqual(transport.value(), b"")
         proto.dataReceived(EV)
         self.assertEqual(transport.value(), b"ERR 11 too many connections\n")
         self.assertTrue(transport.disconnecting)
-        self.assertEqual(store.calls, [])
+        self.assertEqual(len(store.calls), 1)
         self.assertEqual(factory.stats.refused, 1)
         self.assertEqual(factory.stats.connections, 1)
 
     def test_too_many_connections_il(self) -> None:
         factory = make_factory(max_connections=1)
-        connect(factory)
+        busy, _ = connect(factory)
+        busy.dataReceived(EV)
         proto, transport = connect(factory)
         proto.dataReceived(ilproto.encode_il_msg(EV))
         self.assertEqual(
@@ -277,7 +308,8 @@ class BoundsTests(SynchronousTestCase):
 
     def test_too_many_connections_logd(self) -> None:
         factory = make_factory(max_connections=1)
-        connect(factory)
+        busy, _ = connect(factory)
+        busy.dataReceived(EV)
         proto, transport = connect(factory)
         proto.dataReceived(b"DG")
         self.assertEqual(transport.value(), b"")
@@ -314,6 +346,133 @@ class BoundsTests(SynchronousTestCase):
         proto.connectionLost(Exception("bye"))
         self.assertEqual(clock.getDelayedCalls(), [])
         self.assertEqual(factory.stats.connections, 0)
+
+
+class IdleTests(SynchronousTestCase):
+    """
+    Silent or half-written connections are closed after the idle timeout and
+    cannot lock active producers out.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.store = FakeStore()
+        self.factory = make_factory(self.store, clock=self.clock, idle_timeout=60.0)
+
+    def test_silent_connection_closed(self) -> None:
+        proto, transport = connect(self.factory)
+        self.clock.advance(59.9)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.factory.stats.connections, 0)
+        self.assertEqual(self.factory.stats.idle_closed, 1)
+        proto.connectionLost(Exception("closed"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_half_written_closed(self) -> None:
+        """
+        Bytes that complete no message do not count as activity.
+        """
+        proto, transport = connect(self.factory)
+        proto.dataReceived(EV)
+        self.store.fire()
+        self.clock.advance(30)
+        for _ in range(5):
+            proto.dataReceived(EV[:10])
+            self.clock.advance(5)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(5)
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(transport.value(), b"OK\n")
+
+    def test_complete_messages_keep_it_open(self) -> None:
+        proto, transport = connect(self.factory)
+        for _ in range(5):
+            self.clock.advance(50)
+            proto.dataReceived(EV)
+            self.store.fire_all()
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(transport.value(), b"OK\n" * 5)
+
+    def test_not_closed_while_answers_owed(self) -> None:
+        proto, transport = connect(self.factory)
+        proto.dataReceived(EV)
+        self.clock.advance(200)
+        self.assertFalse(transport.disconnecting)
+        self.store.fire()
+        self.assertEqual(transport.value(), b"OK\n")
+        self.clock.advance(60)
+        self.assertTrue(transport.disconnecting)
+
+    def test_idle_connections_make_room(self) -> None:
+        """
+        When the connections are all taken, the one idle the longest is
+        closed for a new one; connections owed an answer are kept.
+        """
+        factory = make_factory(self.store, clock=self.clock, max_connections=3)
+        busy, busy_t = connect(factory)
+        busy.dataReceived(EV)
+        oldest, oldest_t = connect(factory)
+        self.clock.advance(1)
+        newer, newer_t = connect(factory)
+        self.clock.advance(1)
+        proto, transport = connect(factory)
+        self.assertTrue(oldest_t.disconnecting)
+        self.assertFalse(newer_t.disconnecting or busy_t.disconnecting)
+        self.assertEqual(factory.stats.evicted, 1)
+        self.assertEqual(factory.stats.connections, 3)
+        oldest.connectionLost(Exception("closed"))
+        self.assertEqual(factory.stats.connections, 3)
+        proto.dataReceived(EV)
+        self.store.fire_all()
+        self.assertEqual(transport.value(), b"OK\n")
+        self.assertEqual(busy_t.value(), b"OK\n")
+
+    def test_many_idle_connections_do_not_lock_out(self) -> None:
+        factory = make_factory(self.store, clock=self.clock, max_connections=8)
+        idle = [connect(factory) for _ in range(20)]
+        self.assertEqual(sum(not t.disconnecting for _, t in idle), 8)
+        proto, transport = connect(factory)
+        proto.dataReceived(EV)
+        self.store.fire_all()
+        self.assertEqual(transport.value(), b"OK\n")
+        self.assertEqual(factory.stats.refused, 0)
+
+
+class LineRequestTests(SynchronousTestCase):
+    """
+    Non-event request lines of the line framing go to their handler and are
+    answered in their place in the order.
+    """
+
+    def test_request_answered_in_order(self) -> None:
+        store = FakeStore()
+        seen: list[bytes] = []
+        later: Deferred[tuple[int, str]] = Deferred()
+
+        def handler(proto: IntakeProtocol, line: bytes) -> Deferred[tuple[int, str]]:
+            seen.append(line)
+            return later
+
+        factory = make_factory(store, line_requests={b"LASTSEQ": handler})
+        proto, transport = connect(factory)
+        proto.dataReceived(EV + b"LASTSEQ https://x:9000/a\n" + EV)
+        self.assertEqual(seen, [b"LASTSEQ https://x:9000/a"])
+        self.assertEqual([len(items) for items, _ in store.calls], [2])
+        store.fire_all()
+        self.assertEqual(transport.value(), b"OK\n")
+        later.callback((0, "OK UI=1"))
+        self.assertEqual(transport.value(), b"OK\nOK UI=1\nOK\n")
+
+    def test_failed_request(self) -> None:
+        def handler(proto: IntakeProtocol, line: bytes) -> tuple[int, str]:
+            raise TryAgain("busy")
+
+        proto, transport = connect(make_factory(line_requests={b"LASTSEQ": handler}))
+        proto.dataReceived(b"LASTSEQ x\n")
+        self.assertEqual(transport.value(), b"ERR 11 busy\n")
 
 
 class PeerCredentialTests(SynchronousTestCase):
@@ -432,11 +591,24 @@ class ILFramingTests(SynchronousTestCase):
         self.assertEqual((bad.major, bad.minor), (ilproto.LB_PROTO, 1401))
         self.assertTrue(self.transport.disconnecting)
 
-    def test_oversized_closes(self) -> None:
-        self.proto.dataReceived(b"%16d\n" % (10 * len(EV)))
-        [bad] = il_replies(self.transport.value())
+    def test_oversized_read_to_its_end(self) -> None:
+        """
+        An oversize IL message is read to its announced end before E2BIG is
+        answered, so a producer still writing it sees no error; the framing
+        stays in sync.
+        """
+        size = 10 * len(EV)
+        self.proto.dataReceived(b"%16d\n" % size)
+        for _ in range(9):
+            self.proto.dataReceived(b"x" * len(EV))
+        self.assertEqual(self.transport.value(), b"")
+        self.assertFalse(self.transport.disconnecting)
+        self.proto.dataReceived(b"x" * len(EV) + ilproto.encode_il_msg(EV))
+        self.store.fire()
+        [bad, ok] = il_replies(self.transport.value())
         self.assertEqual((bad.major, bad.minor), (ilproto.LB_PROTO, errno.E2BIG))
-        self.assertTrue(self.transport.disconnecting)
+        self.assertEqual(ok, ILReply(0, 0, "OK"))
+        self.assertFalse(self.transport.disconnecting)
 
     def test_store_errors(self) -> None:
         self.proto.dataReceived(ilproto.encode_il_msg(EV))
@@ -484,10 +656,19 @@ class LogdFramingTests(SynchronousTestCase):
         self.assertEqual(self.transport.value(), ilproto.encode_logd_answer(1401))
         self.assertTrue(self.transport.disconnecting)
 
-    def test_oversized_closes(self) -> None:
-        self.proto.dataReceived(b"DGLOG\xff\xff\x00\x00")
-        self.assertEqual(self.transport.value(), ilproto.encode_logd_answer(errno.E2BIG))
-        self.assertTrue(self.transport.disconnecting)
+    def test_oversized_read_to_its_end(self) -> None:
+        big = b"A=" + b"x" * (2 * len(EV))
+        data = ilproto.encode_logd(big) + ilproto.encode_logd(EV)
+        self.proto.dataReceived(data[:100])
+        self.proto.dataReceived(data[100 : len(data) - len(EV) - 11])
+        self.assertEqual(self.transport.value(), b"")
+        self.proto.dataReceived(data[len(data) - len(EV) - 11 :])
+        self.store.fire()
+        self.assertEqual(
+            self.transport.value(),
+            ilproto.encode_logd_answer(errno.E2BIG) + ilproto.encode_logd_answer(0),
+        )
+        self.assertFalse(self.transport.disconnecting)
 
 
 class DetectionTests(SynchronousTestCase):
@@ -501,9 +682,23 @@ class DetectionTests(SynchronousTestCase):
         self.assertEqual(detect_framing(b""), None)
         self.assertEqual(detect_framing(b"DATE="), "line")
         self.assertEqual(detect_framing(b"DG."), "line")
-        self.assertEqual(detect_framing(b" "), "IL")
-        self.assertEqual(detect_framing(b"0"), "IL")
+        self.assertEqual(detect_framing(b" "), None)
+        self.assertEqual(detect_framing(b"%16d\n" % 12), "IL")
+        self.assertEqual(detect_framing(b"0"), None)
         self.assertEqual(detect_framing(b"\xff"), "line")
+
+    def test_line_starting_with_space(self) -> None:
+        """
+        A ULM line may start with whitespace: it is not taken for IL framing.
+        """
+        store = FakeStore()
+        proto, transport = connect(make_factory(store))
+        proto.dataReceived(b" ")
+        proto.dataReceived(b"\t" + EV)
+        [(items, _)] = store.calls
+        self.assertEqual(items[0][1].type, "Running")
+        store.fire()
+        self.assertEqual(transport.value(), b"OK\n")
 
     def test_line_starting_with_d(self) -> None:
         store = FakeStore()
@@ -573,8 +768,10 @@ class IsolationTests(SynchronousTestCase):
         good, good_t = connect(factory)
         bad, bad_t = connect(factory)
         good.dataReceived(EV)
-        bad.dataReceived(b"\x00\xff" * 1000)
-        self.assertTrue(bad_t.disconnecting)
+        bad.dataReceived(b"\x00\xff" * 1000 + b"\n")
+        self.assertEqual(bad_t.value(), b"ERR 7 event line over %d bytes\n" % (len(LINE) + 10))
+        bad.dataReceived(b"\x00\xff\n")
+        self.assertTrue(bad_t.value().endswith(b"\nERR 1401 NUL byte at position 0\n"))
         bad.connectionLost(Exception("closed"))
         good.dataReceived(EV)
         store.fire_all()
@@ -596,7 +793,7 @@ class IsolationTests(SynchronousTestCase):
             proto.dataReceived(chunk)
         store.fire_all()
         out = transport.value()
-        if detect_framing((prefix + b"".join(chunks))[:5]) == "line":
+        if detect_framing((prefix + b"".join(chunks))[:17]) == "line":
             for answer in out.splitlines():
                 self.assertTrue(answer.startswith((b"OK", b"ERR ")), answer)
         other, other_t = connect(factory)
