@@ -34,7 +34,14 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("max-connections", "", "Most intake connections at once."),
     ("max-event-size", "", "Largest event accepted, in bytes."),
     ("max-fields", "", "Most fields in one event."),
-    ("max-inflight", "", "Most unanswered events per intake connection (over: EAGAIN)."),
+    (
+        "max-inflight",
+        "",
+        "Most unanswered events per connection (over: reading waits for answers).",
+    ),
+    ("intake-idle-timeout", "", "Seconds an intake connection may go without a complete message."),
+    ("intake-backlog", "", "Listen backlog of the intake socket (added to --events as backlog=)."),
+    ("warning-rate", "", "Most warnings about rejected input logged per second."),
     ("query", "", "HTTPS query listener endpoint; lbtwist adds TLS (default tcp:9000)."),
     ("store", "", "IL store-port listener endpoint of the server; lbtwist adds TLS (tcp:9001)."),
     ("cert", "", "Host certificate (PEM)."),
@@ -60,6 +67,9 @@ _INT_OPTIONS = (
     "max-event-size",
     "max-fields",
     "max-inflight",
+    "intake-idle-timeout",
+    "intake-backlog",
+    "warning-rate",
     "relay-window",
     "relay-enoent-timeout",
 )
@@ -117,6 +127,9 @@ class Options(usage.Options):
             "max-event-size": config.DEFAULT_MAX_EVENT_SIZE,
             "max-fields": config.DEFAULT_MAX_FIELDS,
             "max-inflight": config.DEFAULT_MAX_INFLIGHT,
+            "intake-idle-timeout": config.DEFAULT_INTAKE_IDLE_TIMEOUT,
+            "intake-backlog": config.DEFAULT_INTAKE_BACKLOG,
+            "warning-rate": config.DEFAULT_WARNING_RATE,
             "producer-uid": [],
             "producer-gid": [],
             "local-endpoint": [],
@@ -180,6 +193,7 @@ class Options(usage.Options):
             merged["events"] = (
                 f"unix:{_escape_endpoint(os.path.join(state_dir, 'events.sock'))}:mode=660"
             )
+        merged["events"] = _with_backlog(str(merged["events"]), merged["intake-backlog"])
         merged["dev-certs"] = merged["cert"] is None
         if merged["query"] is None:
             # Development certificates are only good for this machine: listen on localhost.
@@ -236,6 +250,15 @@ def _relay_map(value: str) -> tuple[tuple[str, int], str]:
     if not sep or not endpoint:
         raise usage.UsageError(f"--relay-map: expected HOST:PORT=ENDPOINT, got {value!r}")
     return _host_port("relay-map", dest), endpoint
+
+
+def _with_backlog(endpoint: str, backlog: object) -> str:
+    """
+    Add C{backlog=} to a C{unix:} or C{tcp:} endpoint string that has none.
+    """
+    if endpoint.startswith(("unix:", "tcp:")) and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={backlog}"
+    return endpoint
 
 
 def _escape_endpoint(path: str) -> str:
@@ -305,6 +328,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_line=options["max-event-size"],
         max_inflight=options["max-inflight"],
         max_fields=options["max-fields"],
+        idle_timeout=options["intake-idle-timeout"],
+        warnings_per_second=options["warning-rate"],
         allowed_uids=set(uids),
         allowed_gids=set(options["producer-gid"]),
     )

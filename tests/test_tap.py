@@ -40,7 +40,8 @@ class OptionsTests(SynchronousTestCase):
         options = self.parse()
         state = os.path.abspath("./lbtwist-state")
         self.assertEqual(options["state-dir"], state)
-        self.assertEqual(options["events"], f"unix:{state}/events.sock:mode=660")
+        self.assertEqual(options["events"], f"unix:{state}/events.sock:mode=660:backlog=1024")
+        self.assertEqual(options["intake-idle-timeout"], 60)
         self.assertEqual(options["max-event-size"], 4 * 1024 * 1024)
         self.assertEqual(options["max-fields"], 100)
         self.assertEqual(options["producer-uid"], [])
@@ -84,7 +85,17 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["state-dir"], "/srv/lb")
         self.assertEqual(options["max-inflight"], 3)
         self.assertEqual(options["producer-uid"], [91, 92])
-        self.assertEqual(options["events"], "unix:/srv/lb/events.sock:mode=660")
+        self.assertEqual(options["events"], "unix:/srv/lb/events.sock:mode=660:backlog=1024")
+
+    def test_intake_backlog(self) -> None:
+        """
+        The listen backlog is added to an --events endpoint that has none.
+        """
+        options = self.parse("--intake-backlog", "50", "--events", "unix:/x/e.sock")
+        self.assertEqual(options["events"], "unix:/x/e.sock:backlog=50")
+        options = self.parse("--events", "unix:/x/e.sock:backlog=7")
+        self.assertEqual(options["events"], "unix:/x/e.sock:backlog=7")
+        self.assertRaises(usage.UsageError, self.parse, "--intake-idle-timeout", "0")
 
     def test_config_section_per_role(self) -> None:
         """
