@@ -354,11 +354,15 @@ class AnswerQueue:
 class WarningLimiter:
     """
     Warnings about hostile or broken input, at most C{per_second} lines a
-    second; what is left out is counted in the next line written.
+    second; what is left out is counted in the next line written. Without a
+    clock, every warning is written.
     """
 
     def __init__(
-        self, log: Logger, clock: IReactorTime, per_second: int = DEFAULT_WARNINGS_PER_SECOND
+        self,
+        log: Logger,
+        clock: IReactorTime | None,
+        per_second: int = DEFAULT_WARNINGS_PER_SECOND,
     ) -> None:
         self.log = log
         self.clock = clock
@@ -368,6 +372,9 @@ class WarningLimiter:
         self.suppressed = 0
 
     def warn(self, format: str, **kw: object) -> None:
+        if self.clock is None:
+            self.log.warn(format, **kw)
+            return
         now = int(self.clock.seconds())
         if now != self._second:
             self._second = now

@@ -15,7 +15,7 @@ otherwise). A duplicate is answered OK.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -27,19 +27,26 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist import ilproto
 from lbtwist.authz import Policy, is_super_user
 from lbtwist.errors import (
     BrokenULM,
     LBError,
     PermissionDenied,
-    TooBig,
     TryAgain,
     UnknownJob,
 )
 from lbtwist.events import Event, parse_event
+from lbtwist.framing import (
+    DEFAULT_WARNINGS_PER_SECOND,
+    DETECT_BYTES,
+    AnswerQueue,
+    Framing,
+    WarningLimiter,
+    detect_framing,
+    make_framing,
+)
+from lbtwist.framing import Slot as _Slot
 from lbtwist.identity import Identity, same_dn
-from lbtwist.intake import detect_framing
 
 log = Logger()
 
@@ -54,13 +61,8 @@ WMS_SOURCES = frozenset(
     ("NetworkServer", "WorkloadManager", "JobController", "LogMonitor", "BigHelper")
 )
 
-# Room for the IL body around the event line.
-_IL_OVERHEAD = 64
-
 # Authorization answers kept per connection.
 _ALLOWED_CACHE = 4096
-
-_OK_REPLY = ilproto.il_reply_for(0, "OK")
 
 Identify = Callable[[Any], "Identity | None"]
 
@@ -129,13 +131,6 @@ class StorePortStats:
     errors: int = 0
 
 
-@attrs.define
-class _Slot:
-    code: int | None = None
-    text: str = ""
-    close: bool = False
-
-
 @attrs.define(eq=False)
 class _Registration:
     """
@@ -155,12 +150,10 @@ class StorePortProtocol(Protocol):
 
     def __init__(self) -> None:
         self._head = b""
-        self._framing: str | None = None
-        self._decoder: ilproto.ILFrameDecoder | ilproto.LogdDecoder | None = None
-        self._queue: deque[_Slot] = deque()
+        self._framing: Framing | None = None
+        self._answers: AnswerQueue | None = None
         self._waiting: list[tuple[_Slot, tuple[str, Event] | LBError]] = []
         self._busy = False
-        self._paused = False
         self._allowed: dict[tuple[str, str], bool] = {}
         self._broken = False
         self._lost = False
@@ -204,56 +197,39 @@ class StorePortProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._broken or self._lost:
             return
-        max_line = self.factory.max_line
-        if self._decoder is None:
+        framing = self._framing
+        if framing is None:
             self._head += data
-            name = detect_framing(self._head[: len(ilproto.DGLOG_MAGIC)])
+            name = detect_framing(self._head[:DETECT_BYTES])
             if name is None:
                 return
             if name == "line":
-                log.warn("store port: not IL or logd framing, closing")
+                self.factory.warnings.warn("store port: not IL or logd framing, closing")
                 self._broken = True
                 assert self.transport is not None
                 self.transport.loseConnection()
                 return
-            self._framing = name
-            if name == "IL":
-                self._decoder = ilproto.ILFrameDecoder(max_line + _IL_OVERHEAD)
-            else:
-                self._decoder = ilproto.LogdDecoder(max_line + 2)
+            framing = self._framing = make_framing(name, self.factory.max_line)
+            self._answers = AnswerQueue(self.transport, self.factory.max_inflight)
+            self._answers.framing = framing
             data, self._head = self._head, b""
-        fatal: LBError | None = None
-        try:
-            bodies = self._decoder.feed(data)
-        except ilproto.ProtocolError as e:
-            bodies = [b for b in e.decoded if isinstance(b, bytes)]
-            fatal = (
-                TooBig(e.reason) if isinstance(e, ilproto.MessageTooBig) else BrokenULM(e.reason)
-            )
+        answers = self._answers
+        assert answers is not None
+        items, fatal = framing.feed(data)
         waiting = self._waiting
-        queue = self._queue
-        for body in bodies:
-            slot = _Slot()
-            queue.append(slot)
-            waiting.append((slot, self._validate(body)))
+        for item in items:
+            waiting.append(
+                (answers.pending(), item if isinstance(item, LBError) else self._validate(item))
+            )
         if fatal is not None:
             self._broken = True
-            queue.append(_Slot(fatal.code, fatal.message, close=True))
-        if len(queue) > self.factory.max_inflight and not self._paused:
-            # Back-pressure: read no more until the store catches up.
-            self._paused = True
-            transport: Any = self.transport
-            transport.pauseProducing()
+            answers.answer(fatal.code, fatal.message, close=True)
+        answers.received()
         self._kick()
         self._flush()
 
     def _validate(self, body: bytes) -> tuple[str, Event] | LBError:
         f = self.factory
-        if self._framing == "IL":
-            try:
-                body = ilproto.decode_il_msg(body)
-            except ilproto.ProtocolError as e:
-                return BrokenULM(f"bad IL message: {e.reason}")
         raw = body.rstrip(b"\r\n")
         if b"\0" in raw:
             return BrokenULM("NUL byte in the event")
@@ -433,31 +409,14 @@ class StorePortProtocol(Protocol):
         self._flush()
 
     def _flush(self) -> None:
-        out: list[bytes] = []
-        close = False
-        queue = self._queue
-        while queue and queue[0].code is not None and not close:
-            slot = queue.popleft()
-            assert slot.code is not None
-            if slot.code:
-                log.warn("store port: event refused: {code} {text}", code=slot.code, text=slot.text)
-            if self._framing == "logd":
-                out.append(ilproto.encode_logd_answer(slot.code))
-            elif slot.code == 0 and slot.text == "OK":
-                out.append(_OK_REPLY)
-            else:
-                out.append(ilproto.il_reply_for(slot.code, slot.text))
-            close = slot.close
-        if self._lost or self.transport is None:
+        answers = self._answers
+        if answers is None or self._lost or self.transport is None:
             return
-        if out:
-            self.transport.write(b"".join(out))
-        if close:
-            self.transport.loseConnection()
-        elif self._paused and len(queue) <= self.factory.max_inflight // 2:
-            self._paused = False
-            transport: Any = self.transport
-            transport.resumeProducing()
+        for slot in answers.flush():
+            if slot.code:
+                self.factory.warnings.warn(
+                    "store port: event refused: {code} {text}", code=slot.code, text=slot.text
+                )
 
 
 class StorePortFactory(Factory["StorePortProtocol"]):
@@ -482,6 +441,8 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_fields: int = DEFAULT_MAX_FIELDS,
         known_jobs: int = DEFAULT_KNOWN_JOBS,
+        clock: IReactorTime | None = None,
+        warnings_per_second: int = DEFAULT_WARNINGS_PER_SECOND,
     ) -> None:
         self.store = store
         self.identify = identify
@@ -495,6 +456,7 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         self.known: OrderedDict[str, None] = OrderedDict()
         self.pending: dict[str, list[_Registration]] = {}
         self._known_max = known_jobs
+        self.warnings = WarningLimiter(log, clock, warnings_per_second)
         self.stats = StorePortStats()
 
     def buildProtocol(self, addr: object) -> StorePortProtocol:
@@ -592,6 +554,8 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
         max_connections=options["max-connections"],
         max_line=options["max-event-size"],
         max_fields=options["max-fields"],
+        clock=reactor,
+        warnings_per_second=options["warning-rate"],
     )
     endpoint = tls_server_endpoint(serverFromString(reactor, options["store"]), source)
     service = StreamServerEndpointService(endpoint, factory)

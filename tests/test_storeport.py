@@ -209,6 +209,58 @@ class StorePortTests(SynchronousTestCase):
         self.assertEqual(s.factory.stats.connections, 0)
 
 
+class StorePortFramingTests(SynchronousTestCase):
+    """
+    The store port on the shared framing module.
+    """
+
+    def setUp(self) -> None:
+        self.lines = traces.wms_prelude(JOB)
+
+    def test_oversize_read_to_its_end(self) -> None:
+        """
+        An oversize IL message is read to its end, answered E2BIG in its
+        place, and the connection goes on.
+        """
+        s = Server(OWNER, max_line=2000)
+        big = ilproto.encode_il_msg(b"x" * 10000)
+        s.send(self.lines[0])
+        s.proto.dataReceived(big[:5000])
+        self.assertEqual(s.replies(), [OK])
+        s.proto.dataReceived(big[5000:])
+        s.send(self.lines[1])
+        self.assertEqual(s.replies(), [(ilproto.LB_PROTO, errno.E2BIG), OK])
+        self.assertFalse(s.transport.disconnecting)
+
+    def test_oversize_logd(self) -> None:
+        s = Server(OWNER, max_line=len(self.lines[0]) + 2)
+        s.proto.dataReceived(
+            ilproto.encode_logd(b"x" * 10000) + ilproto.encode_logd(self.lines[0].encode())
+        )
+        self.assertEqual(
+            s.transport.value(),
+            ilproto.encode_logd_answer(errno.E2BIG) + ilproto.encode_logd_answer(0),
+        )
+        self.assertFalse(s.transport.disconnecting)
+
+    def test_header_shape(self) -> None:
+        """
+        IL is recognized by the whole 17-byte header: a line starting with a
+        space is line framing, which the store port refuses.
+        """
+        s = Server(OWNER)
+        s.proto.dataReceived(b"  ")
+        self.assertFalse(s.transport.disconnecting)
+        s.proto.dataReceived(b"DATE=2024")
+        self.assertTrue(s.transport.disconnecting)
+        self.assertEqual(s.transport.value(), b"")
+        s = Server(OWNER)
+        data = ilproto.encode_il_msg(self.lines[0].encode() + b"\n")
+        for i in range(len(data)):
+            s.proto.dataReceived(data[i : i + 1])
+        self.assertEqual(s.replies(), [OK])
+
+
 class DiskError(OSError):
     """
     A failed commit (logged by the store).
