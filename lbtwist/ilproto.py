@@ -15,7 +15,10 @@ NUL; the answer is a 4-byte little-endian integer, 0 for stored, otherwise the
 L&B or errno code.
 
 Stdlib only: the decoders are incremental (feed bytes, get complete messages)
-and strict; anything malformed raises L{ProtocolError}.
+and strict; anything malformed raises L{ProtocolError}. Servers read with
+C{feed_skipping}, which reads an oversize message to its end and reports it in
+its place instead of breaking the stream (L{lbtwist.framing} builds the
+server-side framings on these).
 """
 
 from __future__ import annotations
