@@ -260,3 +260,10 @@ class WarningLimiterTests(SynchronousTestCase):
         self.assertEqual(events[3]["n"], 7)
         self.assertEqual(events[4]["i"], 10)
         self.assertTrue(all(e["log_level"] == LogLevel.warn for e in events))
+
+    def test_no_clock_no_limit(self) -> None:
+        events: list[dict[str, object]] = []
+        limiter = WarningLimiter(Logger(observer=events.append), None, per_second=1)
+        for i in range(3):
+            limiter.warn("bad {i}", i=i)
+        self.assertEqual(len(events), 3)

@@ -79,6 +79,30 @@ class IdleConnectionTests(ServiceTestCase):
             self.assertFalse(p.log(cream_direct_trace(cream_jobid(7100), T0)[0].line))
 
 
+class PipeliningTests(ServiceTestCase):
+    """
+    A producer far ahead of its answers is slowed down, never refused.
+    """
+
+    EVENTS = 5000
+
+    @with_service_logs
+    def test_no_eagain_past_the_inflight_bound(self) -> None:
+        svc = self.start_service("--max-inflight", "64")
+        lines = [
+            step.line
+            for n in range(self.EVENTS // 10 + 1)
+            for step in cream_direct_trace(cream_jobid(8000 + n), T0 + n * 10**6)
+        ][: self.EVENTS]
+        data = b"".join(line.encode() + b"\n" for line in lines)
+        with harness.connect(svc.socket_path, timeout=30) as s:
+            writer = threading.Thread(target=s.sendall, args=(data,))
+            writer.start()
+            answers = [harness.read_line(s) for _ in lines]
+            writer.join(30)
+        self.assertEqual(sorted(set(answers)), [b"OK"])
+
+
 class OversizeTests(ServiceTestCase):
     """
     L&B's own producer writes a whole IL message before it reads the reply:
