@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+from twisted.application.internet import TimerService
 from twisted.logger import ILogObserver, Logger, textFileLogObserver
 from twisted.python.logfile import LogFile
 
@@ -153,13 +154,15 @@ class WarningLimiter:
             key = next(iter(self._windows))
             self._close(self._windows.pop(key))
 
-    def flush(self) -> None:
+    def flush(self, *, everything: bool = False) -> None:
         """
         Log the summary of every window that is over, and forget the quiet causes.
+
+        @param everything: summarize the windows under way too (at shutdown).
         """
         now = self.clock.seconds()
         for key, window in list(self._windows.items()):
-            if now >= window.start + self.period:
+            if everything or now >= window.start + self.period:
                 self._close(window)
                 del self._windows[key]
 
@@ -168,6 +171,23 @@ class WarningLimiter:
         @return: warnings suppressed in the current windows (not yet summarized).
         """
         return sum(w.suppressed for w in self._windows.values())
+
+
+class SummaryService(TimerService):
+    """
+    Flushes a limiter's summaries every window, and all of them when the service
+    stops (the counts of a flood that ends the process are not lost).
+    """
+
+    def __init__(self, limiter: WarningLimiter, clock: Any) -> None:
+        super().__init__(limiter.period, limiter.flush)
+        self.clock = clock
+        self.limiter = limiter
+
+    def stopService(self) -> Any:
+        d = super().stopService()
+        self.limiter.flush(everything=True)
+        return d
 
 
 #: The process-wide limiter of L{warn} (configured by C{lbtwist.tap}).
@@ -299,6 +319,7 @@ def logger() -> Any:
 __all__ = [
     "LIMITER",
     "LogSettings",
+    "SummaryService",
     "WarningLimiter",
     "configure",
     "install_logger",

@@ -13,7 +13,7 @@ import socket
 from types import SimpleNamespace
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
@@ -315,9 +315,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # Started first, stopped last: the store outlives the listeners feeding it.
     StoreService(store).setServiceParent(top)
     logs.LIMITER.configure(clock=reactor, lines=options["warnings-per-minute"])
-    flush = TimerService(logs.WINDOW, logs.LIMITER.flush)
-    flush.clock = reactor
-    flush.setServiceParent(top)
+    logs.SummaryService(logs.LIMITER, reactor).setServiceParent(top)
 
     uids = options["producer-uid"] or sorted({os.getuid(), 0})
     factory = IntakeFactory(

@@ -79,6 +79,27 @@ class LimiterTests(SynchronousTestCase):
         self.limiter.flush()
         self.assertEqual(len(self.out.events), 4)
 
+    def test_summary_service(self) -> None:
+        """
+        L{logs.SummaryService} flushes every window and, when it stops, logs the
+        counts of the windows under way.
+        """
+        service = logs.SummaryService(self.limiter, self.clock)
+        service.startService()
+        self.flood(5)
+        self.clock.advance(60)
+        self.assertEqual(
+            self.out.lines()[-1], "2 more warnings like 'refused {n}' suppressed in 60 s"
+        )
+        self.flood(4)
+        self.clock.advance(30)
+        self.assertEqual(len(self.out.events), 7)
+        service.stopService()
+        self.assertEqual(
+            self.out.lines()[-1], "1 more warnings like 'refused {n}' suppressed in 60 s"
+        )
+        self.assertFalse(self.clock.getDelayedCalls())
+
     def test_no_summary_without_suppression(self) -> None:
         self.flood(3)
         self.clock.advance(60)

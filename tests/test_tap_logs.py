@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from twisted.application.internet import TimerService
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import globalLogPublisher
@@ -105,8 +104,11 @@ class ServiceTests(SynchronousTestCase):
         top = tap.makeService(opts, reactor)
         self.assertIs(self.limiter.clock, reactor)
         self.assertEqual(self.limiter.lines, 2)
-        timers = [s for s in top if isinstance(s, TimerService)]
-        self.assertEqual([(t.step, t.call[0]) for t in timers], [(logs.WINDOW, self.limiter.flush)])
+        timers = [s for s in top if isinstance(s, logs.SummaryService)]
+        self.assertEqual(
+            [(t.step, t.call[0], t.limiter) for t in timers],
+            [(logs.WINDOW, self.limiter.flush, self.limiter)],
+        )
         self.assertIs(timers[0].clock, reactor)
 
 

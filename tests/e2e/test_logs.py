@@ -63,7 +63,7 @@ class FloodTests(SynchronousTestCase):
     def test_warnings_rate_limited(self) -> None:
         """
         With the defaults, 12,000 rejected events give at most 10 warning lines,
-        and the proxy keeps serving.
+        the proxy keeps serving, and one summary line counts the others.
         """
         svc = self.service()
         self.assertEqual(self.flood(svc), JUNK_LINES)
@@ -73,6 +73,10 @@ class FloodTests(SynchronousTestCase):
         self.assertLessEqual(len(rejected), 10, text[-3000:])
         self.assertLess(sum(self.log_files(svc).values()), 100_000)
         self.assertTrue(svc.running)
+        # Stopping logs the count of the suppressed ones.
+        svc.stop()
+        summary = f"{JUNK_LINES - len(rejected)} more warnings like 'intake event from"
+        self.assertIn(summary, svc.log_text())
 
     def test_rotation_capped(self) -> None:
         """
