@@ -19,6 +19,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist import logs, tap
 from lbtwist.intake import IntakeProtocol
+from tests import traces
 from tests.test_intake import connect, make_factory
 
 
@@ -137,3 +138,56 @@ class FloodTests(SynchronousTestCase):
         logs.LIMITER.flush()
         self.assertEqual(len(warnings()), 6)
         self.assertEqual(warnings()[-1]["suppressed"], 995)
+
+
+class StorePortFloodTests(SynchronousTestCase):
+    def test_refused_events_rate_limited(self) -> None:
+        """
+        A peer sending 200 events it may not log gets 200 refusals; the log gets
+        C{lines} "event refused" warnings.
+        """
+        from tests.test_storeport import Server
+
+        clock = Clock()
+        self.patch(logs, "LIMITER", logs.WarningLimiter(clock=clock, lines=4))
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)  # type: ignore[arg-type]
+        s = Server("/DC=org/DC=example/CN=Somebody Else")
+        lines = traces.wms_prelude(traces.WMS_JOBID)
+        s.send(*([lines[0]] * 200))
+        self.assertEqual(len(s.replies()), 200)
+        refused = [
+            e for e in seen if e.get("log_format", "").startswith("store port: event refused")
+        ]
+        self.assertEqual(len(refused), 4)
+
+
+class RelayFloodTests(SynchronousTestCase):
+    def test_rejections_rate_limited(self) -> None:
+        """
+        A destination refusing every event: each is rejected for good (kept in the
+        rejected table), the log gets C{lines} warnings about it.
+        """
+        import errno
+
+        from lbtwist import ilproto
+        from tests.test_relay import DEST1, JOB_A, Harness, wms_lines
+
+        h = Harness(window=64)
+        self.patch(logs, "LIMITER", logs.WarningLimiter(clock=h.clock, lines=3))
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)  # type: ignore[arg-type]
+        lines = wms_lines(JOB_A)
+        h.store_lines(lines)
+        h.service.startService()
+        self.addCleanup(h.service.stopService)
+        conn = h.endpoints[DEST1].current
+        conn.take_lines()
+        for _ in lines:
+            conn.answer(ilproto.LB_PERM, errno.EPERM, "not allowed")
+        self.assertEqual(len(self.successResultOf(h.store.rejected())), len(lines))
+        rejected = [e for e in seen if "rejected for good" in e.get("log_format", "")]
+        self.assertGreater(len(lines), 3)
+        self.assertEqual(len(rejected), 3)
