@@ -25,6 +25,9 @@ DEFAULT_MAX_INFLIGHT = 1024
 
 DEFAULT_RELAY_WINDOW = 64
 
+#: Events per page of a job's history (queries).
+DEFAULT_PAGE_EVENTS = 500
+
 
 def normalize_key(key: str) -> str:
     """

@@ -31,7 +31,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist import ilproto
+from lbtwist import ilproto, logs
 from lbtwist.errors import (
     BrokenULM,
     LBError,
@@ -291,7 +291,8 @@ class IntakeProtocol(Protocol):
             refusal = TryAgain("too many connections")
         if refusal is not None:
             f.stats.refused += 1
-            self.log.warn(
+            logs.warn(
+                self.log,
                 "intake connection from {peer} refused: {reason}",
                 peer=self.peer,
                 reason=refusal.message,
@@ -409,7 +410,8 @@ class IntakeProtocol(Protocol):
 
     def _error_answer(self, error: LBError) -> Answer:
         self.factory.stats.errors += 1
-        self.log.warn(
+        logs.warn(
+            self.log,
             "intake event from {peer} rejected: {code} {text}",
             peer=self.peer,
             code=error.code,

@@ -27,7 +27,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist import ilproto
+from lbtwist import ilproto, logs
 from lbtwist.authz import Policy, is_super_user
 from lbtwist.errors import (
     BrokenULM,
@@ -109,7 +109,7 @@ def tls_identity(clock: IReactorTime, voms_dir: str | None = None) -> Identify:
         try:
             return identity_of_chain(chain, now=now, voms_dir=voms_dir)
         except Exception as e:
-            log.warn("store port: no identity in the peer chain: {error}", error=e)
+            logs.warn(log, "store port: no identity in the peer chain: {error}", error=e)
             return None
 
     return identify
@@ -171,7 +171,7 @@ class StorePortProtocol(Protocol):
     def connectionMade(self) -> None:
         f = self.factory
         if f.stats.connections >= f.max_connections:
-            log.warn("store port: too many connections, refusing one")
+            logs.warn(log, "store port: too many connections, refusing one")
             f.stats.errors += 1
             assert self.transport is not None
             self.transport.loseConnection()
@@ -211,7 +211,7 @@ class StorePortProtocol(Protocol):
             if name is None:
                 return
             if name == "line":
-                log.warn("store port: not IL or logd framing, closing")
+                logs.warn(log, "store port: not IL or logd framing, closing")
                 self._broken = True
                 assert self.transport is not None
                 self.transport.loseConnection()
@@ -440,7 +440,9 @@ class StorePortProtocol(Protocol):
             slot = queue.popleft()
             assert slot.code is not None
             if slot.code:
-                log.warn("store port: event refused: {code} {text}", code=slot.code, text=slot.text)
+                logs.warn(
+                    log, "store port: event refused: {code} {text}", code=slot.code, text=slot.text
+                )
             if self._framing == "logd":
                 out.append(ilproto.encode_logd_answer(slot.code))
             elif slot.code == 0 and slot.text == "OK":
