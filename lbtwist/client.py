@@ -446,13 +446,25 @@ class QueryClient:
         reply = await self.get([base_url(h, p) for h, p in candidates], path, what=jobid)
         return reply.json()
 
-    async def job_events(self, jobid: str, candidates: Sequence[tuple[str, int]]) -> list[Any]:
+    async def job_events(
+        self, jobid: str, candidates: Sequence[tuple[str, int]], *, max_pages: int = 10_000
+    ) -> list[Any]:
         """
-        The events of C{jobid} as the server's JSON objects.
+        The events of C{jobid} as the server's JSON objects, following the pages
+        of a long history.
         """
         path = f"/{JobId.parse(jobid).unique}/events"
-        reply = await self.get([base_url(h, p) for h, p in candidates], path, what=jobid)
-        return events_of(reply.json())
+        bases = [base_url(h, p) for h, p in candidates]
+        found: list[Any] = []
+        for _ in range(max_pages):
+            data = (await self.get(bases, path, what=jobid)).json()
+            found.extend(events_of(data))
+            # A long history comes in pages: {"events": [...], "next_events_from": N}.
+            after = data.get("next_events_from") if isinstance(data, dict) else None
+            if not isinstance(after, int):
+                break
+            path = f"/{JobId.parse(jobid).unique}/events?events_from={after}"
+        return found
 
     async def jobs(
         self,

@@ -29,9 +29,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol
 
-from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
-
 from lbtwist import ilproto
 from lbtwist.errors import BrokenULM, LBError, TooBig
 
@@ -41,8 +38,6 @@ IL_OVERHEAD = 64
 #: Answer texts of the line framing for success.
 OK = "OK"
 OK_DUPLICATE = "OK duplicate"
-
-DEFAULT_WARNINGS_PER_SECOND = 10
 
 # What a framing's feed returns: the payloads (or per-message errors) of the
 # bytes received, and the error that broke the stream, if any.
@@ -351,48 +346,6 @@ class AnswerQueue:
         self._slots.clear()
 
 
-class WarningLimiter:
-    """
-    Warnings about hostile or broken input, at most C{per_second} lines a
-    second; what is left out is counted in the next line written. Without a
-    clock, every warning is written.
-    """
-
-    def __init__(
-        self,
-        log: Logger,
-        clock: IReactorTime | None,
-        per_second: int = DEFAULT_WARNINGS_PER_SECOND,
-    ) -> None:
-        self.log = log
-        self.clock = clock
-        self.per_second = per_second
-        self._second = -1
-        self._count = 0
-        self.suppressed = 0
-
-    def warn(self, format: str, **kw: object) -> None:
-        if self.clock is None:
-            self.log.warn(format, **kw)
-            return
-        now = int(self.clock.seconds())
-        if now != self._second:
-            self._second = now
-            self._count = 0
-        if self._count >= self.per_second:
-            self.suppressed += 1
-            return
-        self._count += 1
-        if self.suppressed:
-            n, self.suppressed = self.suppressed, 0
-            self.log.warn(
-                "{n} similar warnings were left out (over {limit} a second)",
-                n=n,
-                limit=self.per_second,
-            )
-        self.log.warn(format, **kw)
-
-
 __all__ = [
     "DETECT_BYTES",
     "OK",
@@ -403,7 +356,6 @@ __all__ = [
     "LineFraming",
     "LogdFraming",
     "Slot",
-    "WarningLimiter",
     "detect_framing",
     "make_framing",
 ]

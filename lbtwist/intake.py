@@ -36,6 +36,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lbtwist import logs
 from lbtwist.errors import (
     BrokenULM,
     LBError,
@@ -45,7 +46,6 @@ from lbtwist.errors import (
 )
 from lbtwist.events import Event, parse_event
 from lbtwist.framing import (
-    DEFAULT_WARNINGS_PER_SECOND,
     DETECT_BYTES,
     OK,
     OK_DUPLICATE,
@@ -53,7 +53,6 @@ from lbtwist.framing import (
     Framing,
     LineFraming,
     Slot,
-    WarningLimiter,
     detect_framing,
     make_framing,
 )
@@ -157,7 +156,8 @@ class IntakeProtocol(Protocol):
                 refusal = TryAgain("too many connections")
         if refusal is not None:
             f.stats.refused += 1
-            f.warnings.warn(
+            logs.warn(
+                self.log,
                 "intake connection from {peer} refused: {reason}",
                 peer=self.peer,
                 reason=refusal.message,
@@ -230,7 +230,8 @@ class IntakeProtocol(Protocol):
             return
         self._idle_timer = None
         f.stats.idle_closed += 1
-        f.warnings.warn(
+        logs.warn(
+            self.log,
             "intake connection from {peer} closed: no complete message in {timeout} s",
             peer=self.peer,
             timeout=f.idle_timeout,
@@ -374,7 +375,8 @@ class IntakeProtocol(Protocol):
 
     def _count_error(self, error: LBError) -> None:
         self.factory.stats.errors += 1
-        self.factory.warnings.warn(
+        logs.warn(
+            self.log,
             "intake event from {peer} rejected: {code} {text}",
             peer=self.peer,
             code=error.code,
@@ -424,7 +426,7 @@ class IntakeFactory(Factory["IntakeProtocol"]):
     Builds L{IntakeProtocol}s and holds their shared bounds, policy and counters.
 
     @ivar store: the L{lbtwist.store.interface.IEventStore}.
-    @ivar clock: for timeouts and the rate of warnings.
+    @ivar clock: for timeouts.
     @ivar max_connections: accepted connections at once (when full, the one
         idle the longest is closed; EAGAIN when none is idle).
     @ivar max_line: largest event in bytes (over: read to its end, E2BIG).
@@ -439,7 +441,6 @@ class IntakeFactory(Factory["IntakeProtocol"]):
         completing a message before it is closed.
     @ivar line_requests: handlers of non-event request lines of the line
         framing, by their first word (empty: every line is an event).
-    @ivar warnings: the rate-limited log of rejected input.
     @ivar open: the accepted connections.
     @ivar stats: L{IntakeStats}.
     """
@@ -460,7 +461,6 @@ class IntakeFactory(Factory["IntakeProtocol"]):
         max_fields: int = DEFAULT_MAX_FIELDS,
         refusal_grace: float = DEFAULT_REFUSAL_GRACE,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
-        warnings_per_second: int = DEFAULT_WARNINGS_PER_SECOND,
         line_requests: Mapping[bytes, LineRequest] | None = None,
     ) -> None:
         self.store = store
@@ -477,7 +477,6 @@ class IntakeFactory(Factory["IntakeProtocol"]):
         self.refusal_grace = refusal_grace
         self.idle_timeout = idle_timeout
         self.line_requests: dict[bytes, LineRequest] = dict(line_requests or {})
-        self.warnings = WarningLimiter(IntakeProtocol.log, clock, warnings_per_second)
         self.open: set[IntakeProtocol] = set()
         self.stats = IntakeStats()
 
@@ -497,7 +496,8 @@ class IntakeFactory(Factory["IntakeProtocol"]):
         if idlest is None:
             return False
         self.stats.evicted += 1
-        self.warnings.warn(
+        logs.warn(
+            IntakeProtocol.log,
             "intake connection from {peer} closed to make room: idle for {idle:.1f} s",
             peer=idlest.peer,
             idle=self.clock.seconds() - oldest,

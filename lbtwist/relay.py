@@ -39,7 +39,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist import ilproto
+from lbtwist import ilproto, logs
 from lbtwist.store.interface import OutboxEntry, OutboxStats
 
 log = Logger()
@@ -341,8 +341,11 @@ class RelayQueue(Service):
         """
         if proto is not self._proto:
             return
-        log.warn(
-            "relay {dest}: dropping the connection: {reason}", dest=self.destination, reason=reason
+        logs.warn(
+            log,
+            "relay {dest}: dropping the connection: {reason}",
+            dest=self.destination,
+            reason=reason,
         )
         self.detach(proto, reason)
         proto.abort()
@@ -395,7 +398,8 @@ class RelayQueue(Service):
     def _fetch_failed(self, failure: Failure) -> None:
         # Left to the next wake-up or sweep.
         self._fetching = False
-        log.warn(
+        logs.warn(
+            log,
             "relay {dest}: reading the outbox failed: {error}",
             dest=self.destination,
             error=failure.getErrorMessage(),
@@ -449,7 +453,8 @@ class RelayQueue(Service):
             else:
                 self._retry_later(entry)
         else:
-            log.warn(
+            logs.warn(
+                log,
                 "relay {dest}: event {id} answered {major}/{minor} {text}: resending",
                 dest=self.destination,
                 id=entry.id,
@@ -463,7 +468,8 @@ class RelayQueue(Service):
     def _reject(self, entry: OutboxEntry, major: int, minor: int, text: str) -> None:
         self._attempts.pop(entry.id, None)
         self.counters.rejected += 1
-        log.warn(
+        logs.warn(
+            log,
             "relay {dest}: event {event_id} of {jobid} rejected for good ({major}/{minor} {text})",
             dest=self.destination,
             event_id=entry.event_id,

@@ -27,6 +27,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lbtwist import logs
 from lbtwist.authz import Policy, is_super_user
 from lbtwist.errors import (
     BrokenULM,
@@ -37,11 +38,9 @@ from lbtwist.errors import (
 )
 from lbtwist.events import Event, parse_event
 from lbtwist.framing import (
-    DEFAULT_WARNINGS_PER_SECOND,
     DETECT_BYTES,
     AnswerQueue,
     Framing,
-    WarningLimiter,
     detect_framing,
     make_framing,
 )
@@ -111,7 +110,7 @@ def tls_identity(clock: IReactorTime, voms_dir: str | None = None) -> Identify:
         try:
             return identity_of_chain(chain, now=now, voms_dir=voms_dir)
         except Exception as e:
-            log.warn("store port: no identity in the peer chain: {error}", error=e)
+            logs.warn(log, "store port: no identity in the peer chain: {error}", error=e)
             return None
 
     return identify
@@ -164,7 +163,7 @@ class StorePortProtocol(Protocol):
     def connectionMade(self) -> None:
         f = self.factory
         if f.stats.connections >= f.max_connections:
-            log.warn("store port: too many connections, refusing one")
+            logs.warn(log, "store port: too many connections, refusing one")
             f.stats.errors += 1
             assert self.transport is not None
             self.transport.loseConnection()
@@ -204,7 +203,7 @@ class StorePortProtocol(Protocol):
             if name is None:
                 return
             if name == "line":
-                self.factory.warnings.warn("store port: not IL or logd framing, closing")
+                logs.warn(log, "store port: not IL or logd framing, closing")
                 self._broken = True
                 assert self.transport is not None
                 self.transport.loseConnection()
@@ -414,8 +413,8 @@ class StorePortProtocol(Protocol):
             return
         for slot in answers.flush():
             if slot.code:
-                self.factory.warnings.warn(
-                    "store port: event refused: {code} {text}", code=slot.code, text=slot.text
+                logs.warn(
+                    log, "store port: event refused: {code} {text}", code=slot.code, text=slot.text
                 )
 
 
@@ -441,8 +440,6 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_fields: int = DEFAULT_MAX_FIELDS,
         known_jobs: int = DEFAULT_KNOWN_JOBS,
-        clock: IReactorTime | None = None,
-        warnings_per_second: int = DEFAULT_WARNINGS_PER_SECOND,
     ) -> None:
         self.store = store
         self.identify = identify
@@ -456,7 +453,6 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         self.known: OrderedDict[str, None] = OrderedDict()
         self.pending: dict[str, list[_Registration]] = {}
         self._known_max = known_jobs
-        self.warnings = WarningLimiter(log, clock, warnings_per_second)
         self.stats = StorePortStats()
 
     def buildProtocol(self, addr: object) -> StorePortProtocol:
@@ -554,8 +550,6 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
         max_connections=options["max-connections"],
         max_line=options["max-event-size"],
         max_fields=options["max-fields"],
-        clock=reactor,
-        warnings_per_second=options["warning-rate"],
     )
     endpoint = tls_server_endpoint(serverFromString(reactor, options["store"]), source)
     service = StreamServerEndpointService(endpoint, factory)

@@ -20,7 +20,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from lbtwist import config
+from lbtwist import config, logs
 from lbtwist.errors import LBError
 
 log = Logger()
@@ -41,7 +41,6 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ),
     ("intake-idle-timeout", "", "Seconds an intake connection may go without a complete message."),
     ("intake-backlog", "", "Listen backlog of the intake socket (added to --events as backlog=)."),
-    ("warning-rate", "", "Most warnings about rejected input logged per second."),
     ("query", "", "HTTPS query listener endpoint; lbtwist adds TLS (default tcp:9000)."),
     ("store", "", "IL store-port listener endpoint of the server; lbtwist adds TLS (tcp:9001)."),
     ("cert", "", "Host certificate (PEM)."),
@@ -52,6 +51,10 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("policy", "", "L&B authorization policy file."),
     ("relay-window", "", "Events in flight per relay destination (1 = stop-and-wait)."),
     ("relay-enoent-timeout", "", "Seconds to keep retrying events of a job unknown upstream."),
+    ("page-events", "", "Events per page of a job's history (HTML, JSON, text)."),
+    ("log-max-size", "", "Bytes at which the twistd log and the access log are rotated."),
+    ("log-max-files", "", "Rotated files kept of the twistd log and of the access log."),
+    ("warnings-per-minute", "", "Warning lines per minute per cause (then one summary)."),
 ]
 
 _LIST_OPTIONS: list[tuple[str, str]] = [
@@ -69,9 +72,12 @@ _INT_OPTIONS = (
     "max-inflight",
     "intake-idle-timeout",
     "intake-backlog",
-    "warning-rate",
     "relay-window",
     "relay-enoent-timeout",
+    "page-events",
+    "log-max-size",
+    "log-max-files",
+    "warnings-per-minute",
 )
 
 DEFAULT_CERT = "/etc/grid-security/hostcert.pem"
@@ -129,7 +135,6 @@ class Options(usage.Options):
             "max-inflight": config.DEFAULT_MAX_INFLIGHT,
             "intake-idle-timeout": config.DEFAULT_INTAKE_IDLE_TIMEOUT,
             "intake-backlog": config.DEFAULT_INTAKE_BACKLOG,
-            "warning-rate": config.DEFAULT_WARNING_RATE,
             "producer-uid": [],
             "producer-gid": [],
             "local-endpoint": [],
@@ -145,6 +150,10 @@ class Options(usage.Options):
             "relay-map": [],
             "relay-window": config.DEFAULT_RELAY_WINDOW,
             "relay-enoent-timeout": 3600,
+            "page-events": config.DEFAULT_PAGE_EVENTS,
+            "log-max-size": logs.DEFAULT_LOG_MAX_SIZE,
+            "log-max-files": logs.DEFAULT_LOG_MAX_FILES,
+            "warnings-per-minute": logs.DEFAULT_WARNINGS_PER_MINUTE,
             "grey-jobs": False,
         }
 
@@ -187,6 +196,12 @@ class Options(usage.Options):
             raise usage.UsageError(e.message) from None
         merged["relay-map"] = [_relay_map(v) for v in merged["relay-map"]]  # type: ignore[attr-defined]
         self._credentials(merged)
+        # twistd's own options (our parent) get the capped file log.
+        logs.install_logger(
+            getattr(self, "parent", None),
+            int(merged["log-max-size"]),  # type: ignore[call-overload]
+            int(merged["log-max-files"]),  # type: ignore[call-overload]
+        )
         state_dir = os.path.abspath(str(merged["state-dir"]))
         merged["state-dir"] = state_dir
         if not merged["events"]:
@@ -319,6 +334,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     top = MultiService()
     # Started first, stopped last: the store outlives the listeners feeding it.
     StoreService(store).setServiceParent(top)
+    logs.LIMITER.configure(clock=reactor, lines=options["warnings-per-minute"])
+    logs.SummaryService(logs.LIMITER, reactor).setServiceParent(top)
 
     uids = options["producer-uid"] or sorted({os.getuid(), 0})
     factory = IntakeFactory(
@@ -329,7 +346,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_inflight=options["max-inflight"],
         max_fields=options["max-fields"],
         idle_timeout=options["intake-idle-timeout"],
-        warnings_per_second=options["warning-rate"],
         allowed_uids=set(uids),
         allowed_gids=set(options["producer-gid"]),
     )

@@ -9,9 +9,7 @@ import errno
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist import ilproto
@@ -21,7 +19,6 @@ from lbtwist.framing import (
     ILFraming,
     LineFraming,
     LogdFraming,
-    WarningLimiter,
     detect_framing,
     make_framing,
 )
@@ -240,30 +237,3 @@ class AnswerQueueTests(SynchronousTestCase):
         slot.set(0, "OK")
         self.answers.flush()
         self.assertEqual(self.transport.value(), b"")
-
-
-class WarningLimiterTests(SynchronousTestCase):
-    """
-    Warnings about bad input are rate-limited.
-    """
-
-    def test_limit_and_summary(self) -> None:
-        events: list[dict[str, object]] = []
-        clock = Clock()
-        limiter = WarningLimiter(Logger(observer=events.append), clock, per_second=3)
-        for i in range(10):
-            limiter.warn("bad {i}", i=i)
-        self.assertEqual([e["i"] for e in events], [0, 1, 2])
-        self.assertEqual(limiter.suppressed, 7)
-        clock.advance(1)
-        limiter.warn("bad {i}", i=10)
-        self.assertEqual(events[3]["n"], 7)
-        self.assertEqual(events[4]["i"], 10)
-        self.assertTrue(all(e["log_level"] == LogLevel.warn for e in events))
-
-    def test_no_clock_no_limit(self) -> None:
-        events: list[dict[str, object]] = []
-        limiter = WarningLimiter(Logger(observer=events.append), None, per_second=1)
-        for i in range(3):
-            limiter.warn("bad {i}", i=i)
-        self.assertEqual(len(events), 3)

@@ -7,6 +7,7 @@ in-memory requests and an injected identity.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -697,3 +698,193 @@ class StatusJsonTests(SynchronousTestCase):
             except Exception as e:
                 got = type(e)
             self.assertEqual(got, expected)
+
+
+#: Events of the long job of L{PagingTests} (measured: a 7 MB page before paging).
+LONG_EVENTS = 30_000
+LONG_UNIQUE = "CREAM900000001"
+LONG_JOBID = f"https://{traces.CE_HOST}:9000/{LONG_UNIQUE}"
+_long: list[MemoryStore] = []
+
+
+def long_job_store() -> MemoryStore:
+    """
+    A store holding one direct CREAM job of L{LONG_EVENTS} events (built once).
+    """
+    if not _long:
+        job = traces._Direct(LONG_JOBID, LONG_UNIQUE)
+        job.start()
+        while len(job.lines) < LONG_EVENTS:
+            job.store("CMDSTART", "START")
+        store = MemoryStore(Clock())
+        lines = job.lines[:LONG_EVENTS]
+        for i in range(0, len(lines), 5000):
+            batch = [(line, parse_event(line)) for line in lines[i : i + 5000]]
+            assert all(not isinstance(r, Exception) for r in _result(store.store(batch)))
+        _long.append(store)
+    return _long[0]
+
+
+class CountingStore:
+    """
+    A store that records the history reads asked of it and refuses full loads.
+    """
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self.ranges: list[tuple[int, int, int]] = []
+
+    def find_status(self, unique: str) -> Any:
+        return self.store.find_status(unique)
+
+    def events(self, jobid: str) -> Any:
+        raise AssertionError("the whole history was loaded")
+
+    def events_range(self, jobid: str, after: int, limit: int) -> Any:
+        d = self.store.events_range(jobid, after, limit)
+        d.addCallback(lambda got: self.ranges.append((after, limit, len(got))) or got)
+        return d
+
+
+class PagingTests(SynchronousTestCase):
+    """
+    Long histories are paged: the store is asked for one page (+1 event), the page
+    holds at most C{page_events} events and links to the next.
+    """
+
+    def setUp(self) -> None:
+        self.store = CountingStore(long_job_store())
+        self.h = Harness(self.store)
+
+    def test_html_page_bounded(self) -> None:
+        """
+        The job page of a 30,000-event job holds 500 event rows, the store was asked
+        for 501 events, and the page links to the next events.
+        """
+        status = as_json(self.h.get(f"/{LONG_UNIQUE}"))
+        self.assertEqual(status["jobId"], LONG_JOBID)
+        self.assertEqual(self.store.ranges, [])
+        req = self.h.get(f"/{LONG_UNIQUE}", accept="text/html")
+        self.assertEqual(req.responseCode, 200)
+        page = body(req).decode()
+        self.assertEqual(page.count("<tr><td>") + page.count('<tr class="generated"><td>'), 500)
+        self.assertEqual(self.store.ranges, [(0, 501, 501)])
+        self.assertIn("Events 1&ndash;500 by arrival, more follow", page)
+        self.assertIn('<a href="?events_from=501">next events</a>', page)
+        self.assertNotIn("first events", page)
+        self.assertLess(len(page), 300_000)
+
+    def test_html_following_pages(self) -> None:
+        req = self.h.get(f"/{LONG_UNIQUE}?events_from=501", accept="text/html")
+        page = body(req).decode()
+        self.assertIn("Events 501&ndash;1000 by arrival, more follow", page)
+        self.assertIn('<a href="?events_from=1001">next events</a>', page)
+        self.assertIn('<a href="?events_from=1">first events</a>', page)
+        last = self.h.get(f"/{LONG_UNIQUE}/events?events_from=29801&html")
+        page = body(last).decode()
+        self.assertIn("Events 29801&ndash;30000 by arrival</h2>", page)
+        self.assertNotIn("next events", page)
+        self.assertEqual(self.store.ranges, [(500, 501, 501), (29800, 501, 200)])
+
+    def test_json_pages_cover_history(self) -> None:
+        """
+        Following C{next_events_from} through the JSON pages gives every event once;
+        no page holds more than 500 events or reads more than 501.
+        """
+        seen = 0
+        target = f"/{LONG_UNIQUE}/events"
+        while True:
+            data = as_json(self.h.get(target))
+            self.assertLessEqual(len(data["events"]), 500)
+            self.assertEqual(data["events_from"], seen + 1)
+            seen += len(data["events"])
+            if data["next_events_from"] is None:
+                break
+            target = f"/{LONG_UNIQUE}/events?events_from={data['next_events_from']}"
+        self.assertEqual(seen, LONG_EVENTS)
+        self.assertEqual(len(self.store.ranges), LONG_EVENTS // 500)
+        self.assertEqual({limit for _, limit, _ in self.store.ranges}, {501})
+
+    def test_text_pages(self) -> None:
+        text = body(self.h.get(f"/{LONG_UNIQUE}/events?text")).decode()
+        lines = text.splitlines()
+        self.assertEqual(len(lines), 501)
+        self.assertEqual(lines[-1], "events_from=501")
+        self.assertTrue(all(line.startswith("DATE=") for line in lines[:-1]))
+        last = body(self.h.get(f"/{LONG_UNIQUE}/events?text&events_from=29501")).decode()
+        self.assertEqual(len(last.splitlines()), 500)
+        self.assertNotIn("events_from=", last)
+
+    def test_page_size_option(self) -> None:
+        h = Harness(self.store)
+        h.resource.page_events = 7
+        data = as_json(h.get(f"/{LONG_UNIQUE}/events?events_from=3"))
+        self.assertEqual(len(data["events"]), 7)
+        self.assertEqual(data["next_events_from"], 10)
+        self.assertEqual(self.store.ranges, [(2, 8, 8)])
+
+    def test_small_job_unchanged(self) -> None:
+        """
+        A history that fits one page keeps its old forms: a JSON list in event
+        order, ULM lines only, the HTML count.
+        """
+        store = CountingStore(store_with(traces.cream_done_ok_unpurged()))
+        h = Harness(store)
+        lines = traces.cream_done_ok_unpurged()
+        events = as_json(h.get(f"/{DIRECT_UNIQUE}/events"))
+        self.assertIsInstance(events, list)
+        self.assertEqual(len(events), len(lines))
+        expected = _result(store.store.events(DIRECT_JOBID))
+        self.assertEqual([e["seqcode"] for e in events], [s.event.seqcode for s in expected])
+        text = body(h.get(f"/{DIRECT_UNIQUE}/events?text")).decode()
+        self.assertEqual(text.splitlines(), [s.line for s in expected])
+        page = body(h.get(f"/{DIRECT_UNIQUE}", accept="text/html")).decode()
+        self.assertIn(f"<h2>Events ({len(lines)})</h2>", page)
+        self.assertNotIn("events_from", page)
+
+    def test_bad_events_from(self) -> None:
+        for bad in ("0", "-1", "x", "1e3", "9" * 30, ""):
+            req = self.h.get(f"/{LONG_UNIQUE}/events?events_from={bad}")
+            self.assertEqual(req.responseCode, 400, bad)
+            self.assertIn("events_from", as_json(req)["message"])
+        beyond = as_json(self.h.get(f"/{LONG_UNIQUE}/events?events_from=99999"))
+        self.assertEqual(beyond, {"events": [], "events_from": 99999, "next_events_from": None})
+
+    def test_page_events_reaches_site(self) -> None:
+        site = make_site(self.store, clock=Clock(), identify=lambda r: None, page_events=42)
+        self.assertEqual(site.resource.page_events, 42)
+
+
+class AccessLogCapTests(SynchronousTestCase):
+    def test_access_log_capped(self) -> None:
+        """
+        The access log is rotated at C{access_log_max_size} bytes and keeps
+        C{access_log_max_files} rotated files.
+        """
+        from twisted.internet.testing import StringTransport
+
+        directory = self.mktemp()
+        os.mkdir(directory)
+        path = os.path.join(directory, "query-access.log")
+        clock = Clock()
+        site = make_site(
+            store_with(),
+            clock=clock,
+            identify=lambda r: None,
+            access_log=path,
+            access_log_max_size=1000,
+            access_log_max_files=2,
+        )
+        site.doStart()
+        self.addCleanup(site.doStop)
+        for i in range(200):
+            channel = site.buildProtocol(None)
+            assert channel is not None
+            channel.makeConnection(StringTransport())
+            channel.dataReceived(f"GET /CREAM{i} HTTP/1.1\r\nHost: localhost\r\n\r\n".encode())
+            clock.advance(ACCESS_LOG_DELAY)
+        site.doStop()
+        names = sorted(os.listdir(directory))
+        self.assertEqual(names, ["query-access.log", "query-access.log.1", "query-access.log.2"])
+        for name in names:
+            self.assertLess(os.path.getsize(os.path.join(directory, name)), 1000 + 500)

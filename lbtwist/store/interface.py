@@ -160,6 +160,14 @@ class IEventStore(Interface):
         @return: C{Deferred[list[StoredEvent]]} in the order of the ordering key.
         """
 
+    def events_range(jobid: str, after: int, limit: int) -> object:
+        """
+        A bounded read of a job's history, for paging: at most C{limit} events
+        whose arrival number (C{seqno}) is above C{after}.
+
+        @return: C{Deferred[list[StoredEvent]]} by arrival number.
+        """
+
     def resolve(jobid: str) -> object:
         """
         @return: C{Deferred[str | None]}: the gLite id of a mapped CREAM id.

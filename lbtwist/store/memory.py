@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Any
 
@@ -192,6 +193,11 @@ class MemoryStore(GroupedWrites):
             self.backend.by_job.get(jobid, []), key=lambda n: ordering_key(n.event, n.seqno)
         )
         return succeed([_stored(new) for new in news])
+
+    def events_range(self, jobid: str, after: int, limit: int) -> Deferred[list[StoredEvent]]:
+        news = self.backend.by_job.get(jobid, [])
+        start = bisect_right(news, after, key=lambda n: n.seqno)
+        return succeed([_stored(new) for new in news[start : start + max(limit, 0)]])
 
     def resolve(self, jobid: str) -> Deferred[str | None]:
         return succeed(self.backend.mapping.get(cream_key(jobid)))

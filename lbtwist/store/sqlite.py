@@ -447,6 +447,14 @@ class Queries:
         stored.sort(key=lambda s: ordering_key(s.event, s.seqno))
         return stored
 
+    def events_range(self, jobid: str, after: int, limit: int) -> list[StoredEvent]:
+        rows = self.conn.execute(
+            "SELECT jobid, seqno, arrived, line FROM events WHERE jobid = ? AND seqno > ?"
+            " ORDER BY seqno LIMIT ?",
+            (jobid, after, limit),
+        ).fetchall()
+        return [_stored(row) for row in rows]
+
     def resolve(self, jobid: str) -> str | None:
         row = self.conn.execute(
             "SELECT glite_id FROM cream_map WHERE cream_key = ?", (cream_key(jobid),)
@@ -687,6 +695,9 @@ class SQLiteStore(GroupedWrites):
 
     def events(self, jobid: str) -> Deferred[list[StoredEvent]]:
         return self._read(lambda: self._queries.events(jobid))
+
+    def events_range(self, jobid: str, after: int, limit: int) -> Deferred[list[StoredEvent]]:
+        return self._read(lambda: self._queries.events_range(jobid, after, limit))
 
     def resolve(self, jobid: str) -> Deferred[str | None]:
         return self._read(lambda: self._queries.resolve(jobid))

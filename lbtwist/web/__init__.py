@@ -23,7 +23,7 @@ from twisted.web.server import Request, Site
 
 from lbtwist.authz import Policy
 from lbtwist.identity import Identity
-from lbtwist.web.resources import Identify, QueryResource
+from lbtwist.web.resources import DEFAULT_PAGE_EVENTS, Identify, QueryResource
 
 log = Logger()
 
@@ -102,11 +102,17 @@ class QuerySite(Site):
     """
     The query site: as L{Site}, its access log (C{logPath}) a rotated L{LogFile}
     written in batches (L{BufferedLog}).
+
+    @ivar log_max_size: bytes at which the access log is rotated.
+    @ivar log_max_files: rotated access log files kept.
     """
+
+    log_max_size = ACCESS_LOG_ROTATE
+    log_max_files = ACCESS_LOG_KEEP
 
     def _openLogFile(self, path: str | bytes) -> Any:
         file = LogFile.fromFullPath(
-            os.fsdecode(path), rotateLength=ACCESS_LOG_ROTATE, maxRotatedFiles=ACCESS_LOG_KEEP
+            os.fsdecode(path), rotateLength=self.log_max_size, maxRotatedFiles=self.log_max_files
         )
         return BufferedLog(file, self.reactor)
 
@@ -163,6 +169,9 @@ def make_site(
     ca_dir: str | os.PathLike[str] | None = None,
     identify: Identify | None = None,
     access_log: str | os.PathLike[str] | None = None,
+    page_events: int = DEFAULT_PAGE_EVENTS,
+    access_log_max_size: int = ACCESS_LOG_ROTATE,
+    access_log_max_files: int = ACCESS_LOG_KEEP,
 ) -> Site:
     """
     The query site on C{store}.
@@ -171,6 +180,9 @@ def make_site(
     @param identify: who sent a request (default: L{chain_identity} of the TLS peer).
     @param access_log: the file of the access log (rotated), or C{None} to log
         requests to the global log as L{Site} does.
+    @param page_events: events per page of a job's history.
+    @param access_log_max_size: bytes at which the access log is rotated.
+    @param access_log_max_files: rotated access log files kept.
     """
     if identify is None:
         identify = chain_identity(clock=clock, voms_dir=voms_dir, ca_dir=ca_dir)
@@ -180,6 +192,7 @@ def make_site(
         policy=policy or Policy(),
         super_users=super_users,
         identify=identify,
+        page_events=page_events,
     )
     site = QuerySite(
         root,
@@ -188,6 +201,8 @@ def make_site(
         logPath=None if access_log is None else os.fspath(access_log),
     )
     site.displayTracebacks = False
+    site.log_max_size = access_log_max_size
+    site.log_max_files = access_log_max_files
     return site
 
 
@@ -287,6 +302,9 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
         access_log=(
             os.path.join(options["state-dir"], ACCESS_LOG) if options.get("state-dir") else None
         ),
+        page_events=options.get("page-events") or DEFAULT_PAGE_EVENTS,
+        access_log_max_size=options.get("log-max-size") or ACCESS_LOG_ROTATE,
+        access_log_max_files=options.get("log-max-files") or ACCESS_LOG_KEEP,
     )
     endpoint = tls.tls_server_endpoint(serverFromString(reactor, options["query"]), source)
     service = StreamServerEndpointService(endpoint, site)

@@ -93,6 +93,42 @@ def event_dict(stored: StoredEvent) -> dict[str, Any]:
     return data
 
 
+@attrs.frozen
+class EventsPage:
+    """
+    One page of a job's history.
+
+    @ivar events: the page's events, in event order.
+    @ivar first: the arrival number the page starts at (1: the first page).
+    @ivar next_from: the arrival number the next page starts at, C{None} on the last.
+    """
+
+    events: Sequence[StoredEvent]
+    first: int = 1
+    next_from: int | None = None
+
+    @property
+    def whole(self) -> bool:
+        """
+        Whether the page is the whole history.
+        """
+        return self.first == 1 and self.next_from is None
+
+
+def events_page_json(page: EventsPage) -> bytes:
+    """
+    @return: the JSON of a history page: a list of event objects when it is the
+        whole history (as for every job before paging), else
+        C{{"events": [...], "events_from": first, "next_events_from": next or null}}.
+    """
+    events = [event_dict(e) for e in page.events]
+    if page.whole:
+        return to_json(events)
+    return to_json(
+        {"events": events, "events_from": page.first, "next_events_from": page.next_from}
+    )
+
+
 def summary_dict(job: JobSummary) -> dict[str, Any]:
     """
     @return: the JSON object of one row of a job list.
@@ -230,6 +266,17 @@ def events_text(events: Iterable[StoredEvent]) -> str:
     return "".join(stored.line.rstrip("\r\n") + "\n" for stored in events)
 
 
+def events_page_text(page: EventsPage) -> str:
+    """
+    @return: L{events_text} of the page, then C{events_from=<next>} if another
+        page follows (as C{cursor=} ends a job list page).
+    """
+    text = events_text(page.events)
+    if page.next_from is not None:
+        text += f"events_from={page.next_from}\n"
+    return text
+
+
 def jobs_text(jobs: Iterable[JobSummary], next_cursor: str | None) -> str:
     """
     @return: one C{jobId=... state=...} line per job, then C{cursor=} if there is more.
@@ -281,11 +328,12 @@ def job_link(jobid: str) -> str:
     return "/" + quote(unique_of(jobid), safe="")
 
 
-def status_html(status: JobStatus, events: Sequence[StoredEvent] | None) -> bytes:
+def status_html(status: JobStatus, events: EventsPage | Sequence[StoredEvent] | None) -> bytes:
     """
     @return: a job page: state, CREAM state, the main fields, every other non-empty
-        field, and the event history.
+        field, and the event history (one page of it, with links to the others).
     """
+    page = events if isinstance(events, EventsPage) or events is None else EventsPage(events)
     data = public_dict(status)
     title = str(data.get("jobId") or "job")
     parts = [f"<h1>{escape(title)}</h1>"]
@@ -308,13 +356,22 @@ def status_html(status: JobStatus, events: Sequence[StoredEvent] | None) -> byte
         for name in others:
             parts.append(f'<tr><th>{escape(name)}</th><td class="v">{_cell(data[name])}</td></tr>')
         parts.append("</tbody></table></details>")
-    if events is not None:
-        parts.append(f"<h2>Events ({len(events)})</h2>")
+    if page is not None:
+        shown = page.events
+        if page.whole:
+            parts.append(f"<h2>Events ({len(shown)})</h2>")
+        else:
+            last = page.first + len(shown) - 1
+            parts.append(
+                f"<h2>Events {page.first}&ndash;{last} by arrival"
+                f"{'' if page.next_from is None else ', more follow'}</h2>"
+            )
+            parts.append(_page_links(page))
         parts.append(
             "<table><thead><tr><th>date</th><th>type</th><th>source</th><th>host</th>"
             "<th>seqcode</th><th>fields</th></tr></thead><tbody>"
         )
-        for stored in events:
+        for stored in shown:
             ev = stored.event
             own = "<br>".join(_cell(f"{k}={v}") for k, v in ev.fields.items())
             cls = ' class="generated"' if ev.generated else ""
@@ -324,7 +381,18 @@ def status_html(status: JobStatus, events: Sequence[StoredEvent] | None) -> byte
                 f'<td class="v">{_cell(ev.seqcode)}</td><td class="v">{own}</td></tr>'
             )
         parts.append("</tbody></table>")
+        if not page.whole:
+            parts.append(_page_links(page))
     return _page(title, "".join(parts))
+
+
+def _page_links(page: EventsPage) -> str:
+    links = []
+    if page.first > 1:
+        links.append('<a href="?events_from=1">first events</a>')
+    if page.next_from is not None:
+        links.append(f'<a href="?events_from={page.next_from}">next events</a>')
+    return f'<p class="pages">{" ".join(links)}</p>'
 
 
 def jobs_html(jobs: Sequence[JobSummary], next_link: str | None) -> bytes:

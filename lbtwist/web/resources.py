@@ -21,6 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from lbtwist.authz import Policy, can_read, is_super_user
 from lbtwist.identity import Identity, same_dn
+from lbtwist.seqcode import ordering_key
 from lbtwist.states.status import PURGED, JobStatus
 from lbtwist.store.query import JobCondition, JobQuery, decode_cursor, encode_cursor
 from lbtwist.web import render
@@ -42,7 +43,10 @@ _LIST_PARAMS = frozenset(
     {"query", "state", "owner", "jobtype", "since", "until", "limit", "cursor"}
 )
 _FORMAT_PARAMS = frozenset({"format", "text", "json", "html"})
-_JOB_PARAMS = frozenset({"flags"})
+_JOB_PARAMS = frozenset({"flags", "events_from"})
+
+#: Events per page of a job's history (the C{page-events} option).
+DEFAULT_PAGE_EVENTS = 500
 
 Identify = Callable[[Request], "Identity | None"]
 
@@ -131,6 +135,7 @@ class QueryResource(Resource):
         identify: Identify,
         max_uri: int = MAX_URI,
         max_limit: int = MAX_LIMIT,
+        page_events: int = DEFAULT_PAGE_EVENTS,
     ) -> None:
         super().__init__()
         self.store = store
@@ -140,6 +145,7 @@ class QueryResource(Resource):
         self.identify = identify
         self.max_uri = max_uri
         self.max_limit = max_limit
+        self.page_events = page_events
 
     def render_GET(self, request: Request) -> Any:
         d = Deferred.fromCoroutine(self._answer(request))
@@ -206,9 +212,14 @@ class QueryResource(Resource):
     async def _job(
         self, who: Identity, unique: str, params: list[tuple[str, str]], fmt: str, history: bool
     ) -> tuple[int, bytes, bytes]:
+        events_from = 1
         for name, value in params:
             if name not in _JOB_PARAMS and name not in _FORMAT_PARAMS:
                 raise HTTPError(400, f"unknown parameter {name!r}")
+            if name == "events_from":
+                if not (value.isdigit() and len(value) <= 18 and int(value) >= 1):
+                    raise HTTPError(400, "events_from must be an arrival number (1, 2, ...)")
+                events_from = int(value)
             if name == "flags":
                 flags = {f.strip().lower() for f in value.split(",") if f.strip()}
                 if flags - {"history"}:
@@ -228,23 +239,35 @@ class QueryResource(Resource):
             raise HTTPError(403, f"{who.dn} may not read {jobid}: {decision.reason}")
         if status.jobId is None:
             status.jobId = jobid
-        events = None
+        page = None
         if history or fmt == "html":
-            events = await self.store.events(jobid)
+            page = await self.history_page(jobid, events_from)
         if fmt == "html":
-            return 200, render.CONTENT_TYPES["html"], render.status_html(status, events)
+            return 200, render.CONTENT_TYPES["html"], render.status_html(status, page)
         if history:
-            assert events is not None
+            assert page is not None
             if fmt == "text":
-                return 200, render.CONTENT_TYPES["text"], render.events_text(events).encode()
-            return (
-                200,
-                render.CONTENT_TYPES["json"],
-                render.to_json([render.event_dict(e) for e in events]),
-            )
+                return 200, render.CONTENT_TYPES["text"], render.events_page_text(page).encode()
+            return 200, render.CONTENT_TYPES["json"], render.events_page_json(page)
         if fmt == "text":
             return 200, render.CONTENT_TYPES["text"], render.status_text(status).encode()
         return 200, render.CONTENT_TYPES["json"], render.status_json(status)
+
+    async def history_page(self, jobid: str, events_from: int) -> render.EventsPage:
+        """
+        One page of a job's history: at most C{page_events} events from arrival
+        number C{events_from} on, read from the store as such (one more is read
+        to learn whether another page follows), shown in event order.
+        """
+        limit = self.page_events
+        got = await self.store.events_range(jobid, events_from - 1, limit + 1)
+        more = len(got) > limit
+        events = sorted(got[:limit], key=lambda s: ordering_key(s.event, s.seqno))
+        return render.EventsPage(
+            events=events,
+            first=events_from,
+            next_from=got[limit].seqno if more else None,
+        )
 
     def list_query(
         self, who: Identity, params: list[tuple[str, str]]
