@@ -55,13 +55,16 @@ def hold_connections(
 
     case.addCleanup(close_all)
     for _ in range(count):
-        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        try:
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            continue  # closed by the server at once: that is its right
+        held.append(s)
         if data:
             try:
                 s.sendall(data)
             except OSError:
-                pass  # already closed by the server: that is its right
-        held.append(s)
+                pass
     return held
 
 
