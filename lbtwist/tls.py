@@ -566,7 +566,7 @@ class BoundedTLSProtocol(BufferingTLSTransport):
         self.established = False
         self._admitted = False
         self._timer: IDelayedCall | None = None
-        seconds = factory.clock.seconds
+        self._seconds = seconds = factory.clock.seconds
         self.last_activity = seconds()
         aggregate = self.write
 
@@ -609,11 +609,11 @@ class BoundedTLSProtocol(BufferingTLSTransport):
             factory.handshake_done(self)
 
     def dataReceived(self, data: bytes) -> None:
-        self.last_activity = self.factory.clock.seconds()
+        self.last_activity = self._seconds()
         super().dataReceived(data)
 
     def writeSequence(self, sequence: Any) -> None:
-        self.last_activity = self.factory.clock.seconds()
+        self.last_activity = self._seconds()
         super().writeSequence(sequence)
 
     def _cancel_timer(self) -> None:

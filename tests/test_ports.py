@@ -12,7 +12,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from twisted.internet.address import IPv4Address
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -323,6 +323,18 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(quote_for_log('/CN=a"b\\c'), '"/CN=a\\"b\\\\c"')
         self.assertEqual(quote_for_log("/CN=x\ny\x7f"), '"/CN=x\\x0ay\\x7f"')
         self.assertEqual(quote_for_log("/CN=Jiří\u2028"), '"/CN=Jiří\\u2028"')
+
+    def test_peer_text_and_address(self) -> None:
+        """
+        IPv6 peers are written in brackets; their whole address is the key.
+        """
+        port = Port(self)
+        addr = IPv6Address("TCP", "2001:db8::7", 4242)
+        proto = port.factory.buildProtocol(addr)
+        assert isinstance(proto, BoundedTLSProtocol)
+        proto.makeConnection(StringTransport(peerAddress=addr))
+        self.assertEqual(proto.peer_text, "[2001:db8::7]:4242")
+        self.assertEqual(port.factory.connections_from("2001:db8::7"), 1)
 
     def test_rate_limited_log(self) -> None:
         events = capture_log(self)
