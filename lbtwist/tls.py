@@ -464,7 +464,8 @@ class PortLimits:
     @ivar handshake_timeout: seconds from accept to a completed TLS handshake
         (client certificate verified); then the connection is closed.
     @ivar idle_timeout: seconds an established connection may go without a
-        byte in either direction.
+        byte in either direction (not counted while the application protocol
+        says it is C{busy}).
     @ivar max_connections: established (verified) connections at once; one
         more closes the least recently active one.
     @ivar max_handshakes: connections in the TLS handshake at once; one more
@@ -643,6 +644,11 @@ class BoundedTLSProtocol(BufferingTLSTransport):
         idle = clock.seconds() - self.last_activity
         if idle < timeout:
             self._timer = clock.callLater(timeout - idle, self._idle_check)
+            return
+        if getattr(self.wrappedProtocol, "busy", False):
+            # The application is still working on a request (a long answer, a
+            # stream): silence is its, not the peer's.
+            self._timer = clock.callLater(timeout, self._idle_check)
             return
         factory.stats.idle_timeouts += 1
         factory.refusals.emit(

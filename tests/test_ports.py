@@ -306,6 +306,23 @@ class IdleTimeoutTests(SynchronousTestCase):
         [line] = [t for t in texts(events) if "idle for" in t]
         self.assertIn("store-idle-timeout", line)
 
+    def test_busy_application_not_idle(self) -> None:
+        """
+        While the application protocol says it is busy (answering a request),
+        silence does not close the connection; once it is done, it does.
+        """
+        port = Port(self, idle_timeout=60)
+        server, client, pump = port.tls()
+        app = port.servers[-1]
+        app.busy = True  # type: ignore[attr-defined]
+        port.clock.advance(200)
+        pump.flush()
+        self.assertFalse(client.lost)
+        app.busy = False  # type: ignore[attr-defined]
+        port.clock.advance(61)
+        pump.flush()
+        self.assertTrue(client.lost)
+
     def test_writes_count_as_activity(self) -> None:
         port = Port(self, idle_timeout=60)
         server, client, pump = port.tls()

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
@@ -29,7 +30,7 @@ from lbtwist.tls import (
     ServerContextSource,
     client_context,
 )
-from lbtwist.web import make_query_service, make_site
+from lbtwist.web import QueryChannel, make_query_service, make_site
 from tests import traces
 from tests.certs import NOW, Credential, TestCA, proxy_of
 from tests.test_web import DIRECT_UNIQUE, STRANGER, store_with
@@ -253,6 +254,27 @@ class RequestHeadLimitTests(SynchronousTestCase):
         headers = [b"X-H%d: %s\r\n" % (n, b"v" * 200) for n in range(10)]
         transport = self.serve(head_with(*headers), max_header_size=1000)
         self.assertIn("1000 bytes", self.assertRefused(transport, 431)["message"])
+
+    def test_channel_busy_while_answering(self) -> None:
+        """
+        The channel is busy from a request's end of head until its answer is
+        done (the TLS port's idle timeout waits meanwhile).
+        """
+        store = store_with(traces.cream_done_ok_unpurged())
+        lookup: Deferred[Any] = Deferred()
+        store.find_status = lambda unique: lookup  # type: ignore[method-assign]
+        site = make_site(store, clock=Clock(), identify=lambda r: Identity(traces.CREAM_USER))
+        channel = site.buildProtocol(None)
+        assert isinstance(channel, QueryChannel)
+        transport = StringTransport()
+        channel.makeConnection(transport)
+        self.addCleanup(channel.connectionLost, Failure(ConnectionDone()))
+        self.assertFalse(channel.busy)
+        channel.dataReceived(get(f"/{DIRECT_UNIQUE}"))
+        self.assertEqual((channel.busy, transport.value()), (True, b""))
+        lookup.callback(None)
+        self.assertIn(b" 404 ", transport.value().split(b"\r\n")[0])
+        self.assertFalse(channel.busy)
 
     def test_line_limit_configurable(self) -> None:
         transport = self.serve(head_with(b"X-A: " + b"v" * 150 + b"\r\n"), max_request_line=100)

@@ -125,6 +125,14 @@ class QueryChannel(HTTPChannel):
     _head_lines = 0
     _refused = False
 
+    @property
+    def busy(self) -> bool:
+        """
+        Whether a request is being answered (the TLS port's idle timeout
+        waits for it, as this channel's own timeout does).
+        """
+        return bool(self._handlingRequest)
+
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
             return
