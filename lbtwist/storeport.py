@@ -49,7 +49,6 @@ from lbtwist.identity import Identity, same_dn
 
 log = Logger()
 
-DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_MAX_LINE = 4 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT = 4096
 DEFAULT_MAX_FIELDS = 100
@@ -161,15 +160,9 @@ class StorePortProtocol(Protocol):
         self._identified = False
 
     def connectionMade(self) -> None:
-        f = self.factory
-        if f.stats.connections >= f.max_connections:
-            logs.warn(log, "store port: too many connections, refusing one")
-            f.stats.errors += 1
-            assert self.transport is not None
-            self.transport.loseConnection()
-            self._broken = True
-            return
-        f.stats.connections += 1
+        # Counted only: the TLS port bounds connections (handshakes apart from
+        # verified peers, see lbtwist.tls.PortLimits).
+        self.factory.stats.connections += 1
         self._counted = True
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -435,7 +428,6 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         policy: Policy | None = None,
         super_users: Iterable[str] = (),
         grey_jobs: bool = False,
-        max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_line: int = DEFAULT_MAX_LINE,
         max_inflight: int = DEFAULT_MAX_INFLIGHT,
         max_fields: int = DEFAULT_MAX_FIELDS,
@@ -446,7 +438,6 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         self.policy = policy if policy is not None else Policy()
         self.super_users = tuple(super_users)
         self.grey_jobs = grey_jobs
-        self.max_connections = max_connections
         self.max_line = max_line
         self.max_inflight = max_inflight
         self.max_fields = max_fields
@@ -533,7 +524,7 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
 
     from lbtwist.authz import load_policy
     from lbtwist.relay import host_credentials
-    from lbtwist.tls import ServerContextSource, tls_server_endpoint
+    from lbtwist.tls import PortLimits, ServerContextSource, quote_for_log, tls_server_endpoint
 
     cert, key, ca_dir = host_credentials(options, reactor)
     source = ServerContextSource(cert, key, ca_dir, crl=options["crl"])
@@ -547,11 +538,26 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
         policy=policy,
         super_users=options["super-user"],
         grey_jobs=bool(options["grey-jobs"]),
-        max_connections=options["max-connections"],
         max_line=options["max-event-size"],
         max_fields=options["max-fields"],
     )
-    endpoint = tls_server_endpoint(serverFromString(reactor, options["store"]), source)
+
+    def log_connection(connection: Any) -> None:
+        who = connection.wrappedProtocol.identity
+        log.info(
+            "store port: connection from {peer}, DN {dn}",
+            peer=connection.peer_text,
+            dn=quote_for_log(who.dn if who is not None else None),
+        )
+
+    endpoint = tls_server_endpoint(
+        serverFromString(reactor, options["store"]),
+        source,
+        limits=PortLimits.from_options(options, "store"),
+        clock=reactor,
+        port="store",
+        on_established=log_connection,
+    )
     service = StreamServerEndpointService(endpoint, factory)
     # A server that cannot listen on its store port must not run on.
     service._raiseSynchronously = True

@@ -49,6 +49,33 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("voms-dir", "", "VOMS .lsc files (X509_VOMS_DIR)."),
     ("crl", "", "CRL checking: require, if-present or off."),
     ("policy", "", "L&B authorization policy file."),
+    ("tls-handshake-timeout", "", "Seconds a TLS port waits for a connection's handshake."),
+    (
+        "max-handshakes",
+        "",
+        "Most connections in the TLS handshake per TLS port (over: the oldest closed).",
+    ),
+    (
+        "max-handshakes-per-address",
+        "",
+        "Most connections in the TLS handshake from one address, per port.",
+    ),
+    ("max-connections-per-address", "", "Most connections from one address per TLS port."),
+    (
+        "store-max-connections",
+        "",
+        "Most established store-port connections (over: least active closed).",
+    ),
+    ("store-idle-timeout", "", "Seconds a store-port connection may stay silent."),
+    (
+        "query-max-connections",
+        "",
+        "Most established query-port connections (over: least active closed).",
+    ),
+    ("query-idle-timeout", "", "Seconds a query-port connection may stay silent."),
+    ("max-request-line", "", "Longest HTTP request or header line on the query port (414 / 431)."),
+    ("max-header-size", "", "Longest HTTP request head on the query port, in bytes (431)."),
+    ("max-headers", "", "Most HTTP header fields in one query request (431)."),
     ("relay-window", "", "Events in flight per relay destination (1 = stop-and-wait)."),
     ("relay-enoent-timeout", "", "Seconds to keep retrying events of a job unknown upstream."),
     ("page-events", "", "Events per page of a job's history (HTML, JSON, text)."),
@@ -78,7 +105,18 @@ _INT_OPTIONS = (
     "log-max-size",
     "log-max-files",
     "warnings-per-minute",
+    "max-handshakes",
+    "max-handshakes-per-address",
+    "max-connections-per-address",
+    "store-max-connections",
+    "query-max-connections",
+    "max-request-line",
+    "max-header-size",
+    "max-headers",
 )
+
+#: Options in seconds (fractions allowed).
+_SECONDS_OPTIONS = ("tls-handshake-timeout", "store-idle-timeout", "query-idle-timeout")
 
 DEFAULT_CERT = "/etc/grid-security/hostcert.pem"
 DEFAULT_KEY = "/etc/grid-security/hostkey.pem"
@@ -148,6 +186,17 @@ class Options(usage.Options):
             "policy": None,
             "super-user": [],
             "relay-map": [],
+            "tls-handshake-timeout": config.DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            "max-handshakes": config.DEFAULT_MAX_HANDSHAKES,
+            "max-handshakes-per-address": config.DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+            "max-connections-per-address": config.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            "store-max-connections": config.DEFAULT_STORE_MAX_CONNECTIONS,
+            "store-idle-timeout": config.DEFAULT_STORE_IDLE_TIMEOUT,
+            "query-max-connections": config.DEFAULT_QUERY_MAX_CONNECTIONS,
+            "query-idle-timeout": config.DEFAULT_QUERY_IDLE_TIMEOUT,
+            "max-request-line": config.DEFAULT_MAX_REQUEST_LINE,
+            "max-header-size": config.DEFAULT_MAX_HEADER_SIZE,
+            "max-headers": config.DEFAULT_MAX_HEADERS,
             "relay-window": config.DEFAULT_RELAY_WINDOW,
             "relay-enoent-timeout": 3600,
             "page-events": config.DEFAULT_PAGE_EVENTS,
@@ -180,6 +229,16 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key}: not a whole number: {merged[key]!r}") from None
             if merged[key] <= 0:  # type: ignore[operator]
                 raise usage.UsageError(f"--{key}: must be positive")
+        for key in _SECONDS_OPTIONS:
+            try:
+                seconds = float(str(merged[key]))
+            except ValueError:
+                raise usage.UsageError(
+                    f"--{key}: not a number of seconds: {merged[key]!r}"
+                ) from None
+            if not 0 < seconds < float("inf"):
+                raise usage.UsageError(f"--{key}: must be a positive number of seconds")
+            merged[key] = seconds
         merged["producer-uid"] = _ids("producer-uid", merged["producer-uid"])
         merged["producer-gid"] = _ids("producer-gid", merged["producer-gid"])
         merged["local-endpoint"] = [

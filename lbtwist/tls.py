@@ -17,7 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,15 +30,29 @@ from OpenSSL import SSL, crypto
 from service_identity import VerificationError
 from service_identity.cryptography import verify_certificate_hostname
 from twisted.internet.interfaces import (
+    IDelayedCall,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
+    IReactorTime,
     IStreamServerEndpoint,
 )
-from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.internet.protocol import connectionDone
+from twisted.logger import Logger, LogLevel
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from lbtwist.config import (
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_MAX_HANDSHAKES,
+    DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+    DEFAULT_QUERY_IDLE_TIMEOUT,
+    DEFAULT_QUERY_MAX_CONNECTIONS,
+    DEFAULT_STORE_IDLE_TIMEOUT,
+    DEFAULT_STORE_MAX_CONNECTIONS,
+    DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+)
 from lbtwist.identity import is_legacy_proxy, is_proxy, slash_dn
 
 log = Logger()
@@ -379,31 +393,496 @@ class ServerContextSource:
         return SSL.Connection(self.getContext(), None)
 
 
+# Bounded ports: every TLS listener has a handshake timeout, an idle timeout and
+# connection limits that unauthenticated connections cannot use up for verified
+# peers (docs/limits.md).
+
+#: Seconds between two log lines of one kind of refusal on one port; the lines
+#: in between are counted, and the next line says how many there were.
+REFUSAL_LOG_INTERVAL = 10.0
+
+
+def quote_for_log(text: str | None) -> str:
+    """
+    A value (a DN) for a log line: in double quotes, with C{"} and C{\\}
+    escaped by a backslash and unprintable characters as C{\\xNN},
+    C{\\uNNNN}; C{-} (unquoted) for L{None}.
+    """
+    if text is None:
+        return "-"
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            out.append(ascii(ch)[1:-1] if ord(ch) > 0xFF else f"\\x{ord(ch):02x}")
+    return '"' + "".join(out) + '"'
+
+
+class RateLimitedLog:
+    """
+    Log lines of one kind at most once every C{interval} seconds.
+
+    @param clock: provides C{seconds()}.
+    """
+
+    def __init__(
+        self, logger: Logger, clock: IReactorTime, interval: float = REFUSAL_LOG_INTERVAL
+    ) -> None:
+        self.logger = logger
+        self.clock = clock
+        self.interval = interval
+        self._next: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def emit(self, kind: str, level: LogLevel, format: str, **kw: object) -> bool:
+        """
+        Log C{format} with C{kw} unless a line of C{kind} was logged less than
+        C{interval} seconds ago.
+
+        @return: whether the line was logged.
+        """
+        now = self.clock.seconds()
+        if now < self._next.get(kind, now):
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return False
+        self._next[kind] = now + self.interval
+        suppressed = self._suppressed.pop(kind, 0)
+        if suppressed:
+            format += " ({suppressed} more since the last such line)"
+        self.logger.emit(level, format, suppressed=suppressed, **kw)
+        return True
+
+
+@attrs.frozen
+class PortLimits:
+    """
+    The bounds of one TLS port.
+
+    @ivar handshake_timeout: seconds from accept to a completed TLS handshake
+        (client certificate verified); then the connection is closed.
+    @ivar idle_timeout: seconds an established connection may go without a
+        byte in either direction (not counted while the application protocol
+        says it is C{busy}).
+    @ivar max_connections: established (verified) connections at once; one
+        more closes the least recently active one.
+    @ivar max_handshakes: connections in the TLS handshake at once; one more
+        closes the oldest of them.
+    @ivar max_handshakes_per_address: connections in the handshake from one
+        peer address; one more closes the oldest of them.
+    @ivar max_connections_per_address: connections (in the handshake or
+        established) from one peer address; one more closes the oldest of
+        them in the handshake, or is refused if all are established.
+    """
+
+    handshake_timeout: float = DEFAULT_TLS_HANDSHAKE_TIMEOUT
+    idle_timeout: float = DEFAULT_QUERY_IDLE_TIMEOUT
+    max_connections: int = DEFAULT_QUERY_MAX_CONNECTIONS
+    max_handshakes: int = DEFAULT_MAX_HANDSHAKES
+    max_handshakes_per_address: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
+    max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any], port: str) -> PortLimits:
+        """
+        The limits of C{port} (C{"store"} or C{"query"}) from the parsed
+        options: the shared C{tls-handshake-timeout}, C{max-handshakes},
+        C{max-handshakes-per-address}, C{max-connections-per-address} and the
+        port's own C{<port>-max-connections}, C{<port>-idle-timeout}; an
+        option not given takes its default.
+        """
+        idle, most = _PORT_DEFAULTS[port]
+
+        def get(name: str, default: float) -> Any:
+            value = options.get(name)
+            return default if value is None else value
+
+        return cls(
+            handshake_timeout=float(get("tls-handshake-timeout", DEFAULT_TLS_HANDSHAKE_TIMEOUT)),
+            idle_timeout=float(get(f"{port}-idle-timeout", idle)),
+            max_connections=int(get(f"{port}-max-connections", most)),
+            max_handshakes=int(get("max-handshakes", DEFAULT_MAX_HANDSHAKES)),
+            max_handshakes_per_address=int(
+                get("max-handshakes-per-address", DEFAULT_MAX_HANDSHAKES_PER_ADDRESS)
+            ),
+            max_connections_per_address=int(
+                get("max-connections-per-address", DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
+            ),
+        )
+
+
+_PORT_DEFAULTS: dict[str, tuple[float, int]] = {
+    "store": (DEFAULT_STORE_IDLE_TIMEOUT, DEFAULT_STORE_MAX_CONNECTIONS),
+    "query": (DEFAULT_QUERY_IDLE_TIMEOUT, DEFAULT_QUERY_MAX_CONNECTIONS),
+}
+
+
+@attrs.define
+class PortStats:
+    """
+    Counters of one bounded TLS port.
+    """
+
+    accepted: int = 0
+    established: int = 0
+    refused_per_address: int = 0
+    closed_handshakes: int = 0
+    closed_established: int = 0
+    handshake_timeouts: int = 0
+    idle_timeouts: int = 0
+
+
+def _address_key(peer: object) -> str:
+    host = getattr(peer, "host", None)
+    return host if isinstance(host, str) else "local"
+
+
+def _peer_text(peer: object) -> str:
+    host, port = getattr(peer, "host", None), getattr(peer, "port", None)
+    if host is None:
+        return "a local peer"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class BoundedTLSProtocol(BufferingTLSTransport):
+    """
+    A server TLS connection under its port's L{PortLimits}: closed if its
+    handshake does not complete in time, counted as established once it has
+    (the client certificate is verified then), closed when idle.
+
+    @ivar peer_address: the peer's host (the key of per-address limits).
+    @ivar last_activity: when a byte was last received or written.
+    """
+
+    factory: BoundedTLSFactory
+
+    def __init__(
+        self, factory: BoundedTLSFactory, wrappedProtocol: Any, _connectWrapped: bool = True
+    ) -> None:
+        super().__init__(factory, wrappedProtocol, _connectWrapped)
+        self.peer: object = None
+        self.peer_address = "local"
+        self.established = False
+        self._admitted = False
+        self._timer: IDelayedCall | None = None
+        self._seconds = seconds = factory.clock.seconds
+        self.last_activity = seconds()
+        aggregate = self.write
+
+        def write(data: bytes) -> None:
+            self.last_activity = seconds()
+            aggregate(data)
+
+        self.write = write  # type: ignore[method-assign]
+
+    @property
+    def peer_text(self) -> str:
+        """
+        The peer for log lines (C{host:port}).
+        """
+        return _peer_text(self.peer)
+
+    def makeConnection(self, transport: Any) -> None:
+        self.peer = transport.getPeer()
+        self.peer_address = _address_key(self.peer)
+        if not self.factory.admit(self):
+            # Refused before any TLS: the application never sees it.
+            self.transport = transport
+            transport.abortConnection()
+            return
+        self._admitted = True
+        factory = self.factory
+        self._timer = factory.clock.callLater(
+            factory.limits.handshake_timeout, self._handshake_timed_out
+        )
+        super().makeConnection(transport)
+
+    def _checkHandshakeStatus(self) -> None:
+        super()._checkHandshakeStatus()
+        if self._handshakeDone and not self.established and self._admitted and not self._aborted:
+            self.established = True
+            self._cancel_timer()
+            factory = self.factory
+            self.last_activity = factory.clock.seconds()
+            self._timer = factory.clock.callLater(factory.limits.idle_timeout, self._idle_check)
+            factory.handshake_done(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.last_activity = self._seconds()
+        super().dataReceived(data)
+
+    def writeSequence(self, sequence: Any) -> None:
+        self.last_activity = self._seconds()
+        super().writeSequence(sequence)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _handshake_timed_out(self) -> None:
+        self._timer = None
+        factory = self.factory
+        factory.stats.handshake_timeouts += 1
+        factory.refusals.emit(
+            "handshake-timeout",
+            LogLevel.warn,
+            "{port}: closing the connection of {peer}: no TLS handshake within {timeout} s"
+            " (tls-handshake-timeout)",
+            port=factory.name,
+            peer=_peer_text(self.peer),
+            timeout=factory.limits.handshake_timeout,
+        )
+        self.abortConnection()
+
+    def _idle_check(self) -> None:
+        self._timer = None
+        factory = self.factory
+        clock, timeout = factory.clock, factory.limits.idle_timeout
+        idle = clock.seconds() - self.last_activity
+        if idle < timeout:
+            self._timer = clock.callLater(timeout - idle, self._idle_check)
+            return
+        if getattr(self.wrappedProtocol, "busy", False):
+            # The application is still working on a request (a long answer, a
+            # stream): silence is its, not the peer's.
+            self._timer = clock.callLater(timeout, self._idle_check)
+            return
+        factory.stats.idle_timeouts += 1
+        factory.refusals.emit(
+            "idle-timeout",
+            LogLevel.info,
+            "{port}: closing the connection of {peer}: idle for {timeout} s ({option})",
+            port=factory.name,
+            peer=_peer_text(self.peer),
+            timeout=timeout,
+            option=f"{factory.port}-idle-timeout",
+        )
+        self.abortConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timer()
+        if not self._admitted:
+            return
+        self._admitted = False
+        self.factory.forget(self)
+        super().connectionLost(reason)
+
+
+class BoundedTLSFactory(TLSMemoryBIOFactory):
+    """
+    Server-side TLS around C{wrapped_factory}, under C{limits}.
+
+    @ivar handshaking: connections in the handshake, oldest first.
+    @ivar connected: established connections.
+    @ivar port: C{"store"}, C{"query"}: names the port in log lines and
+        its options.
+    """
+
+    protocol = BoundedTLSProtocol
+
+    def __init__(
+        self,
+        context_source: IOpenSSLServerConnectionCreator,
+        wrapped_factory: IProtocolFactory,
+        *,
+        limits: PortLimits,
+        clock: IReactorTime,
+        port: str = "tls",
+        on_established: Callable[[BoundedTLSProtocol], object] | None = None,
+    ) -> None:
+        super().__init__(context_source, False, wrapped_factory, clock)
+        self.limits = limits
+        self.clock = clock
+        self.port = port
+        self.name = f"{port} port"
+        self.on_established = on_established
+        self.handshaking: dict[BoundedTLSProtocol, None] = {}
+        self.connected: dict[BoundedTLSProtocol, None] = {}
+        self._handshaking_at: dict[str, dict[BoundedTLSProtocol, None]] = {}
+        self._connections_at: dict[str, int] = {}
+        self.stats = PortStats()
+        self.refusals = RateLimitedLog(log, clock)
+
+    def connections_from(self, address: str) -> int:
+        """
+        @return: connections (in the handshake or established) from C{address}.
+        """
+        return self._connections_at.get(address, 0)
+
+    def admit(self, proto: BoundedTLSProtocol) -> bool:
+        """
+        Count a new connection in, closing the oldest handshake in its way;
+        L{False}: refused (its address has its most established connections).
+        """
+        limits = self.limits
+        address = proto.peer_address
+        at = self._handshaking_at.get(address)
+        if self._connections_at.get(address, 0) >= limits.max_connections_per_address:
+            if not at:
+                self.stats.refused_per_address += 1
+                self._warn(
+                    "per-address",
+                    "refusing a connection of {peer}: {limit} connections from that address"
+                    " already ({option})",
+                    proto,
+                    limits.max_connections_per_address,
+                    "max-connections-per-address",
+                )
+                return False
+            self._close_handshake(
+                next(iter(at)), limits.max_connections_per_address, "max-connections-per-address"
+            )
+        elif at is not None and len(at) >= limits.max_handshakes_per_address:
+            self._close_handshake(
+                next(iter(at)), limits.max_handshakes_per_address, "max-handshakes-per-address"
+            )
+        elif len(self.handshaking) >= limits.max_handshakes:
+            self._close_handshake(
+                next(iter(self.handshaking)), limits.max_handshakes, "max-handshakes"
+            )
+        self.stats.accepted += 1
+        self._connections_at[address] = self._connections_at.get(address, 0) + 1
+        self._handshaking_at.setdefault(address, {})[proto] = None
+        self.handshaking[proto] = None
+        return True
+
+    def handshake_done(self, proto: BoundedTLSProtocol) -> None:
+        """
+        C{proto}'s handshake completed: it counts as established now, closing
+        the least recently active established connection past the limit.
+        """
+        self._drop_handshake(proto)
+        self.connected[proto] = None
+        self.stats.established += 1
+        if len(self.connected) > self.limits.max_connections:
+            victim = min(
+                (p for p in self.connected if p is not proto), key=lambda p: p.last_activity
+            )
+            self.stats.closed_established += 1
+            self._warn(
+                "max-connections",
+                "closing the least recently active connection, of {peer}: {limit}"
+                " established connections at once ({option})",
+                victim,
+                self.limits.max_connections,
+                f"{self.port}-max-connections",
+            )
+            self.forget(victim)
+            victim.abortConnection()
+        if self.on_established is not None:
+            self.on_established(proto)
+
+    def forget(self, proto: BoundedTLSProtocol) -> None:
+        """
+        C{proto} is gone (or being closed): it counts no more. Idempotent.
+        """
+        if proto in self.connected:
+            del self.connected[proto]
+        elif proto in self.handshaking:
+            self._drop_handshake(proto)
+        else:
+            return
+        address = proto.peer_address
+        left = self._connections_at.get(address, 0) - 1
+        if left > 0:
+            self._connections_at[address] = left
+        else:
+            self._connections_at.pop(address, None)
+
+    def _drop_handshake(self, proto: BoundedTLSProtocol) -> None:
+        self.handshaking.pop(proto, None)
+        at = self._handshaking_at.get(proto.peer_address)
+        if at is not None:
+            at.pop(proto, None)
+            if not at:
+                del self._handshaking_at[proto.peer_address]
+
+    def _close_handshake(self, victim: BoundedTLSProtocol, limit: int, option: str) -> None:
+        self.stats.closed_handshakes += 1
+        self._warn(
+            option,
+            "closing the oldest connection in the TLS handshake, of {peer}: {limit} at once"
+            " ({option})",
+            victim,
+            limit,
+            option,
+        )
+        self.forget(victim)
+        victim.abortConnection()
+
+    def _warn(
+        self, kind: str, format: str, proto: BoundedTLSProtocol, limit: int, option: str
+    ) -> None:
+        self.refusals.emit(
+            kind,
+            LogLevel.warn,
+            "{port}: " + format,
+            port=self.name,
+            peer=_peer_text(proto.peer),
+            limit=limit,
+            option=option,
+        )
+
+
 @implementer(IStreamServerEndpoint)
 @attrs.frozen
 class TLSServerEndpoint:
     """
-    TLS (with our context) around any stream server endpoint.
+    TLS (with our context) around any stream server endpoint, under
+    C{limits} (L{PortLimits} defaults when L{None}).
+
+    @ivar port: names the port in log lines (C{"store"}, C{"query"}).
+    @ivar on_established: called with each connection whose handshake completed.
     """
 
     endpoint: IStreamServerEndpoint
     context_source: IOpenSSLServerConnectionCreator
+    limits: PortLimits | None = None
+    clock: IReactorTime | None = None
+    port: str = "tls"
+    on_established: Callable[[BoundedTLSProtocol], object] | None = None
+
+    def factory_for(self, protocolFactory: IProtocolFactory) -> BoundedTLSFactory:
+        """
+        @return: the TLS factory wrapping C{protocolFactory}.
+        """
+        clock = self.clock
+        if clock is None:
+            from twisted.internet import reactor as clock  # type: ignore[assignment]
+        assert clock is not None
+        return BoundedTLSFactory(
+            self.context_source,
+            protocolFactory,
+            limits=self.limits if self.limits is not None else PortLimits(),
+            clock=clock,
+            port=self.port,
+            on_established=self.on_established,
+        )
 
     def listen(self, protocolFactory: IProtocolFactory) -> Any:
         """
         @return: a Deferred firing with the L{IListeningPort}.
         """
-        factory = TLSMemoryBIOFactory(self.context_source, False, protocolFactory)
-        return self.endpoint.listen(factory)
+        return self.endpoint.listen(self.factory_for(protocolFactory))
 
 
 def tls_server_endpoint(
-    endpoint: IStreamServerEndpoint, context_source: IOpenSSLServerConnectionCreator
+    endpoint: IStreamServerEndpoint,
+    context_source: IOpenSSLServerConnectionCreator,
+    *,
+    limits: PortLimits | None = None,
+    clock: IReactorTime | None = None,
+    port: str = "tls",
+    on_established: Callable[[BoundedTLSProtocol], object] | None = None,
 ) -> IStreamServerEndpoint:
     """
-    Wrap a listening endpoint so its connections speak TLS with our context.
+    Wrap a listening endpoint so its connections speak TLS with our context,
+    bounded by C{limits} (see L{PortLimits}).
     """
-    return TLSServerEndpoint(endpoint, context_source)
+    return TLSServerEndpoint(endpoint, context_source, limits, clock, port, on_established)
 
 
 def verified_chain(connection: SSL.Connection) -> list[x509.Certificate]:

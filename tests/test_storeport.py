@@ -199,13 +199,19 @@ class StorePortTests(SynchronousTestCase):
         self.assertTrue(s.transport.disconnecting)
         self.assertEqual(s.stored(), [])
 
-    def test_connection_bound(self) -> None:
-        s = Server(OWNER, max_connections=1)
+    def test_connections_counted(self) -> None:
+        """
+        Connections are counted, not refused: the TLS port bounds them
+        (tests.test_ports).
+        """
+        s = Server(OWNER)
         extra = s.factory.buildProtocol(None)
         transport = StringTransport()
         extra.makeConnection(transport)
-        self.assertTrue(transport.disconnecting)
+        self.assertFalse(transport.disconnecting)
+        self.assertEqual(s.factory.stats.connections, 2)
         s.proto.connectionLost()
+        extra.connectionLost()
         self.assertEqual(s.factory.stats.connections, 0)
 
 

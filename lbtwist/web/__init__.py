@@ -17,18 +17,27 @@ from weakref import WeakKeyDictionary
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.application.service import IService
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.logfile import LogFile
+from twisted.web.http import HTTPChannel, combinedLogFormatter
 from twisted.web.server import Request, Site
 
 from lbtwist.authz import Policy
+from lbtwist.config import (
+    DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_REQUEST_LINE,
+    DEFAULT_QUERY_IDLE_TIMEOUT,
+)
 from lbtwist.identity import Identity
+from lbtwist.tls import RateLimitedLog, quote_for_log
+from lbtwist.web.render import error_body
 from lbtwist.web.resources import DEFAULT_PAGE_EVENTS, Identify, QueryResource
 
 log = Logger()
 
-#: Seconds an idle HTTP connection is kept.
-IDLE_TIMEOUT = 300
+#: Seconds an idle HTTP connection is kept (the TLS port closes it too).
+IDLE_TIMEOUT = DEFAULT_QUERY_IDLE_TIMEOUT
 
 #: The query service's access log (combined log format, one line per request) in
 #: the state directory, rotated at C{ACCESS_LOG_ROTATE} bytes, C{ACCESS_LOG_KEEP}
@@ -98,17 +107,117 @@ class BufferedLog:
         self.file.close()
 
 
+_REASONS = {414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+class QueryChannel(HTTPChannel):
+    """
+    An L{HTTPChannel} with a bounded request head: a request line longer than
+    C{MAX_LENGTH} gets 414, a header line longer than that, a head over
+    C{totalHeadersSize} bytes or more than C{maxHeaders} header fields get
+    431; the connection is closed after the answer.
+    """
+
+    MAX_LENGTH = DEFAULT_MAX_REQUEST_LINE
+    totalHeadersSize = DEFAULT_MAX_HEADER_SIZE
+    maxHeaders = DEFAULT_MAX_HEADERS
+    #: Lines of the current request head seen so far.
+    _head_lines = 0
+    _refused = False
+
+    @property
+    def busy(self) -> bool:
+        """
+        Whether a request is being answered (the TLS port's idle timeout
+        waits for it, as this channel's own timeout does).
+        """
+        return bool(self._handlingRequest)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse_head(
+                431 if self._head_lines else 414,
+                f"request head over {self.totalHeadersSize} bytes",
+                "max-header-size",
+            )
+            return
+        if line or self._head_lines:
+            self._head_lines += 1
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._head_lines:
+            self._refuse_head(431, f"header line over {self.MAX_LENGTH} bytes", "max-request-line")
+        else:
+            self._refuse_head(414, f"request line over {self.MAX_LENGTH} bytes", "max-request-line")
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._refuse_head(431, f"more than {self.maxHeaders} header fields", "max-headers")
+            return False
+        return bool(super().headerReceived(line))
+
+    def allContentReceived(self) -> None:
+        self._head_lines = 0
+        super().allContentReceived()
+
+    def _refuse_head(self, code: int, what: str, option: str) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        body = error_body(code, what)
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (code, _REASONS[code], len(body), body)
+        )
+        refusals = getattr(getattr(self, "site", None), "refusals", None)
+        if refusals is not None:
+            peer = self.transport.getPeer()
+            refusals.emit(
+                f"head-{code}",
+                LogLevel.warn,
+                "query port: {code} to {peer}: {what} ({option}), closing",
+                code=code,
+                peer=f"{getattr(peer, 'host', '-')}:{getattr(peer, 'port', '-')}",
+                what=what,
+                option=option,
+            )
+        self.loseConnection()
+
+
 class QuerySite(Site):
     """
-    The query site: as L{Site}, its access log (C{logPath}) a rotated L{LogFile}
-    written in batches (L{BufferedLog}).
+    The query site: as L{Site}, on L{QueryChannel}s (bounded request heads);
+    its access log (C{logPath}) a rotated L{LogFile} written in batches
+    (L{BufferedLog}), one combined-format line per request with the client's
+    verified DN appended.
 
     @ivar log_max_size: bytes at which the access log is rotated.
     @ivar log_max_files: rotated access log files kept.
+    @ivar max_request_line: longest request line or header line, in bytes.
+    @ivar max_header_size: longest request head (request line and headers).
+    @ivar max_headers: most header fields in one request.
     """
 
     log_max_size = ACCESS_LOG_ROTATE
     log_max_files = ACCESS_LOG_KEEP
+    protocol = QueryChannel  # type: ignore[assignment]
+    max_request_line = DEFAULT_MAX_REQUEST_LINE
+    max_header_size = DEFAULT_MAX_HEADER_SIZE
+    max_headers = DEFAULT_MAX_HEADERS
+    refusals: RateLimitedLog | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.MAX_LENGTH = self.max_request_line
+        channel.totalHeadersSize = self.max_header_size
+        channel.maxHeaders = self.max_headers
+        return channel
 
     def _openLogFile(self, path: str | bytes) -> Any:
         file = LogFile.fromFullPath(
@@ -159,6 +268,23 @@ def chain_identity(
     return identify
 
 
+def access_log_formatter(identify: Identify) -> Any:
+    """
+    @return: an access log formatter: the combined log format, then the
+        client's verified DN (quoted, escaped; C{-} without one).
+    """
+
+    def line(timestamp: str, request: Request) -> str:
+        who = identify(request)
+        return (
+            combinedLogFormatter(timestamp, request)
+            + " "
+            + quote_for_log(who.dn if who is not None else None)
+        )
+
+    return line
+
+
 def make_site(
     store: Any,
     *,
@@ -172,6 +298,10 @@ def make_site(
     page_events: int = DEFAULT_PAGE_EVENTS,
     access_log_max_size: int = ACCESS_LOG_ROTATE,
     access_log_max_files: int = ACCESS_LOG_KEEP,
+    idle_timeout: float = IDLE_TIMEOUT,
+    max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    max_headers: int = DEFAULT_MAX_HEADERS,
 ) -> Site:
     """
     The query site on C{store}.
@@ -183,6 +313,10 @@ def make_site(
     @param page_events: events per page of a job's history.
     @param access_log_max_size: bytes at which the access log is rotated.
     @param access_log_max_files: rotated access log files kept.
+    @param idle_timeout: seconds an HTTP connection may stay silent.
+    @param max_request_line: longest request or header line (longer: 414 / 431).
+    @param max_header_size: longest request head (longer: 431).
+    @param max_headers: most header fields (more: 431).
     """
     if identify is None:
         identify = chain_identity(clock=clock, voms_dir=voms_dir, ca_dir=ca_dir)
@@ -196,13 +330,18 @@ def make_site(
     )
     site = QuerySite(
         root,
-        timeout=IDLE_TIMEOUT,
+        timeout=idle_timeout,
         reactor=clock,
         logPath=None if access_log is None else os.fspath(access_log),
+        logFormatter=access_log_formatter(identify),
     )
     site.displayTracebacks = False
     site.log_max_size = access_log_max_size
     site.log_max_files = access_log_max_files
+    site.max_request_line = max_request_line
+    site.max_header_size = max_header_size
+    site.max_headers = max_headers
+    site.refusals = RateLimitedLog(log, clock)
     return site
 
 
@@ -292,6 +431,7 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
         raise tls.TLSConfigError("the query service needs a host certificate and a CA directory")
     source = tls.ServerContextSource(cert, key, ca_dir, crl=options.get("crl") or "if-present")
     policy = load_policy(options["policy"]) if options.get("policy") else Policy()
+    limits = tls.PortLimits.from_options(options, "query")
     site = make_site(
         store,
         clock=reactor,
@@ -305,8 +445,18 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
         page_events=options.get("page-events") or DEFAULT_PAGE_EVENTS,
         access_log_max_size=options.get("log-max-size") or ACCESS_LOG_ROTATE,
         access_log_max_files=options.get("log-max-files") or ACCESS_LOG_KEEP,
+        idle_timeout=limits.idle_timeout,
+        max_request_line=int(options.get("max-request-line") or DEFAULT_MAX_REQUEST_LINE),
+        max_header_size=int(options.get("max-header-size") or DEFAULT_MAX_HEADER_SIZE),
+        max_headers=int(options.get("max-headers") or DEFAULT_MAX_HEADERS),
     )
-    endpoint = tls.tls_server_endpoint(serverFromString(reactor, options["query"]), source)
+    endpoint = tls.tls_server_endpoint(
+        serverFromString(reactor, options["query"]),
+        source,
+        limits=limits,
+        clock=reactor,
+        port="query",
+    )
     service = StreamServerEndpointService(endpoint, site)
     # A proxy silently running without its query port is worse than one that fails:
     # a port that cannot be bound stops start-up, as the intake's does.
@@ -322,7 +472,9 @@ __all__ = [
     "ACCESS_LOG",
     "ACCESS_LOG_DELAY",
     "BufferedLog",
+    "QueryChannel",
     "QuerySite",
+    "access_log_formatter",
     "chain_identity",
     "dev_commands",
     "dev_pki",
