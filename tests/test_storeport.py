@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from lbtwist import ilproto
-from lbtwist.authz import Policy, parse_policy
+from lbtwist.authz import JobRights, Policy, parse_policy
 from lbtwist.events import parse_event
 from lbtwist.identity import Identity, slash_dn
 from lbtwist.relay import RelayService, RelaySettings
@@ -102,9 +102,19 @@ class StorePortTests(SynchronousTestCase):
         self.assertEqual(s.replies(), [OK, OK, OK])
 
     def test_grey_jobs(self) -> None:
-        s = Server(OWNER, grey_jobs=True)
+        s = Server(RELAY_DN, grey_jobs=True, policy=policy_for(RELAY_DN, "LOG_WMS_EVENTS"))
         s.send(*self.lines[1:3])
         self.assertEqual(s.replies(), [OK, OK])
+
+    def test_grey_job_has_no_owner(self) -> None:
+        """
+        A grey job has no stored owner: DG.USER claiming the peer does not make
+        it the owner, only relays and super users log there.
+        """
+        s = Server(OWNER, grey_jobs=True)
+        s.send(*self.lines[1:3])
+        self.assertEqual(s.replies(), [PERM, PERM])
+        self.assertEqual(s.stored(), [])
 
     def test_known_job_looked_up_in_store(self) -> None:
         store = MemoryStore(Clock(), relay=False)
@@ -147,7 +157,10 @@ class StorePortTests(SynchronousTestCase):
         relay = Identity(RELAY_DN)
         self.assertTrue(may_log(relay, acc.evolve(source="LRMS"), ce, ()))
         self.assertFalse(may_log(relay, acc, ce, ()))
-        self.assertTrue(may_log(Identity(OWNER.lower()), acc, Policy(), ()))
+        # The owner is the job's stored owner, not DG.USER.
+        self.assertFalse(may_log(Identity(OWNER.lower()), acc, Policy(), ()))
+        owned = JobRights(owner=OWNER)
+        self.assertTrue(may_log(Identity(OWNER.lower()), acc, Policy(), (), owned))
 
     def test_duplicate_ok_stored_once(self) -> None:
         s = Server(OWNER)
