@@ -20,6 +20,7 @@ store port (the table is in C{docs/security.md}).
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -366,7 +367,13 @@ class JobRights:
 
     @classmethod
     def of(cls, status: JobAccess) -> JobRights:
-        return cls(status.owner or None, tuple(status.acl), status.payload_owner or None)
+        # Owners repeat over many cached jobs: keep one copy of each DN.
+        owner = status.owner
+        return cls(
+            sys.intern(owner) if owner else None,
+            tuple(status.acl),
+            status.payload_owner or None,
+        )
 
     def after(self, event: Any) -> JobRights:
         """
