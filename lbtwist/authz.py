@@ -12,18 +12,23 @@ The policy file is L&B's format::
     }
 
 C{".*"} is the only wildcard; C{#} starts a comment.
+
+L{may_write} decides who may log which event on which job at the server's
+store port (the table is in C{docs/security.md}).
 """
 
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
 from lbtwist.identity import Identity, same_dn
+from lbtwist.states.status import JobStatus, apply_common
 
 ACTIONS = (
     "ADMIN_ACCESS",
@@ -39,6 +44,14 @@ ACTIONS = (
     "READ_ANONYMIZED",
 )
 ATTRIBUTES = ("subject", "fqan")
+
+#: Sources whose events need LOG_WMS_EVENTS when a relay logs them.
+WMS_SOURCES = frozenset(
+    ("NetworkServer", "WorkloadManager", "JobController", "LogMonitor", "BigHelper")
+)
+
+#: Events that change who may do what on a job (owner, ACL, payload owner).
+ACCESS_EVENTS = frozenset(("RegJob", "ChangeACL", "GrantPayloadOwnership", "TakePayloadOwnership"))
 WILDCARD = ".*"
 
 
@@ -324,3 +337,160 @@ def can_read(
     if job.payload_owner and same_dn(job.payload_owner, identity.dn):
         return Decision(True, "payload owner")
     return Decision(False, "not the owner and not allowed by policy or ACL")
+
+
+def required_action(event: Any) -> str:
+    """
+    The policy action that lets a peer (a relay) log C{event} for somebody
+    else: REGISTER_JOBS for a RegJob, otherwise chosen by the event's source.
+    """
+    if event.type == "RegJob":
+        return "REGISTER_JOBS"
+    source = event.source
+    if source in WMS_SOURCES:
+        return "LOG_WMS_EVENTS"
+    if source.startswith("CREAM") or source == "LRMS":
+        return "LOG_CE_EVENTS"
+    return "LOG_GENERAL_EVENTS"
+
+
+@attrs.frozen
+class JobRights:
+    """
+    What a job's write authorization reads of its status (a L{JobAccess}):
+    small, to be cached per job at the store port.
+    """
+
+    owner: str | None = None
+    acl: tuple[Mapping[str, str], ...] = ()
+    payload_owner: str | None = None
+
+    @classmethod
+    def of(cls, status: JobAccess) -> JobRights:
+        # Owners repeat over many cached jobs: keep one copy of each DN.
+        owner = status.owner
+        return cls(
+            sys.intern(owner) if owner else None,
+            tuple(status.acl),
+            status.payload_owner or None,
+        )
+
+    def after(self, event: Any) -> JobRights:
+        """
+        The rights once C{event} (accepted) is stored, as the state machines
+        fold it: a RegJob sets the owner of a job that has none, ChangeACL and
+        the payload ownership events go through L{apply_common}.
+        """
+        kind = event.type
+        if kind == "RegJob":
+            return self if self.owner else attrs.evolve(self, owner=event.user or None)
+        if kind not in ACCESS_EVENTS:
+            return self
+        status = JobStatus(
+            owner=self.owner, acl=[dict(e) for e in self.acl], payload_owner=self.payload_owner
+        )
+        apply_common(status, event)
+        return JobRights.of(status)
+
+
+_NO_JOB = "\0no job"
+
+
+def write_key(event: Any, job: JobAccess | None) -> tuple[str | None, ...] | None:
+    """
+    Everything L{may_write} reads of C{event} and C{job}: two calls for one
+    peer (same identity, policy and super users) with equal keys get the same
+    answer. C{None} when the answer also depends on the ACL, the payload owner
+    or DG.USER of an event that is not a registration (not worth caching).
+    """
+    kind = event.type
+    if kind == "UserTag" or kind == "TakePayloadOwnership":
+        return None
+    owner = _NO_JOB if job is None else job.owner
+    if kind == "RegJob":
+        return (kind, owner, None if owner and owner is not _NO_JOB else event.user)
+    if kind == "ChangeACL" or kind == "GrantPayloadOwnership":
+        return (kind, owner)
+    return ("", required_action(event), owner)
+
+
+def may_write(
+    identity: Identity | None,
+    event: Any,
+    job: JobAccess | None,
+    policy: Policy,
+    super_users: Iterable[str] = (),
+) -> Decision:
+    """
+    May the peer C{identity} log C{event} on C{job} (C{None}: no such job, or
+    not known yet)? "Owner" is the job's stored owner, never the DG.USER an
+    event claims. In order:
+
+      - an anonymous peer: never; a super user (C{super_users} or
+        ADMIN_ACCESS): always;
+      - RegJob of a job without an owner: the peer registering itself as the
+        owner (DG.USER is its DN), or a peer with REGISTER_JOBS;
+      - RegJob of an owned job: its owner or a peer with REGISTER_JOBS (the
+        store then answers a duplicate OK, and a registration for another
+        owner, or with the EXCL flag, EEXIST);
+      - ChangeACL: the owner only;
+      - GrantPayloadOwnership: the owner, if the policy grants it
+        GRANT_OWNERSHIP;
+      - TakePayloadOwnership: only the DN the payload ownership was granted
+        to, logging as itself;
+      - UserTag: the owner, the payload owner, an ACL TAG holder (a matching
+        DENY refuses), or a relay (as below);
+      - any other event: the owner, or a relay the policy permits the
+        event's action (L{required_action}).
+    """
+    if identity is None:
+        return Decision(False, "anonymous peer")
+    if is_super_user(identity, policy, super_users):
+        return Decision(True, "super user")
+    kind = event.type
+    dn = identity.dn
+    owner = job.owner if job is not None else None
+    is_owner = owner is not None and owner != "" and same_dn(owner, dn)
+    if kind == "RegJob":
+        if is_owner:
+            return Decision(True, "owner")
+        if policy.permits("REGISTER_JOBS", identity):
+            return Decision(True, "REGISTER_JOBS")
+        if owner:
+            return Decision(False, "the job is registered to another owner")
+        if event.user and same_dn(event.user, dn):
+            return Decision(True, "registers itself as the owner")
+        return Decision(False, "registers a job for another user without REGISTER_JOBS")
+    if kind == "ChangeACL":
+        if is_owner:
+            return Decision(True, "owner")
+        return Decision(False, "only the job's owner may change its ACL")
+    if kind == "GrantPayloadOwnership":
+        if not is_owner:
+            return Decision(False, "only the job's owner may grant payload ownership")
+        if policy.permits("GRANT_OWNERSHIP", identity):
+            return Decision(True, "owner with GRANT_OWNERSHIP")
+        return Decision(False, "the owner is not permitted GRANT_OWNERSHIP")
+    if kind == "TakePayloadOwnership":
+        granted = job.payload_owner if job is not None else None
+        if not granted or not same_dn(granted, dn):
+            return Decision(False, "payload ownership was not granted to this peer")
+        if not event.user or not same_dn(event.user, dn):
+            return Decision(False, "DG.USER is not the peer taking payload ownership")
+        return Decision(True, "payload ownership granted to the peer")
+    if is_owner:
+        return Decision(True, "owner")
+    if kind == "UserTag" and job is not None:
+        if job.payload_owner and same_dn(job.payload_owner, dn):
+            return Decision(True, "payload owner")
+        tag = acl_permits(job.acl, identity, "TAG")
+        if tag:
+            return Decision(True, "TAG allowed by the job's ACL")
+        if tag is False:
+            return Decision(False, "TAG denied by the job's ACL")
+    action = required_action(event)
+    if policy.permits(action, identity):
+        return Decision(True, action)
+    if owner is None:
+        return Decision(False, f"the job has no owner yet and the peer has no {action}")
+    return Decision(False, f"not the job's owner and no {action}")

@@ -31,6 +31,7 @@ CODE_NAMES: dict[int, str] = {
     errno.EAGAIN: "EAGAIN",
     errno.ENOSPC: "ENOSPC",
     errno.ENOENT: "ENOENT",
+    errno.EEXIST: "EEXIST",
 }
 
 
@@ -100,3 +101,11 @@ class NoSpace(LBError):
 
 class UnknownJob(LBError):
     code = errno.ENOENT
+
+
+class AlreadyExists(LBError):
+    """
+    A registration the stored job refuses (EXCL of an existing job, or another owner).
+    """
+
+    code = errno.EEXIST

@@ -6,11 +6,14 @@ reply per event, in order, once the event is durable.
 
 Rules (design section 9): a job must be registered (RegJob) before its other
 events are accepted, unless grey jobs are on (ENOENT otherwise, which a relay
-retries); a registration comes from its owner (DG.USER is the peer's DN), a
-peer the policy permits REGISTER_JOBS, or a super user; other events from
-their owner, a peer permitted LOG_WMS_EVENTS, LOG_CE_EVENTS or
-LOG_GENERAL_EVENTS (chosen by the event's source), or a super user (EPERM
-otherwise). A duplicate is answered OK.
+retries). Who may log what on which job is L{lbtwist.authz.may_write}, decided
+against the job's stored owner, ACL and payload owner (EPERM otherwise, IL
+major 600); the store refuses a RegJob for another owner or an exclusive one
+of a registered job (EEXIST). A duplicate is answered OK.
+
+The rights of recently seen jobs are cached (C{known_jobs} of them), refreshed
+from the store's answer to every event this port stores and looked up in the
+store, once per job and received chunk, for the others.
 """
 
 from __future__ import annotations
@@ -28,7 +31,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbtwist import logs
-from lbtwist.authz import Policy, is_super_user
+from lbtwist.authz import (
+    ACCESS_EVENTS,
+    WMS_SOURCES,
+    Decision,
+    JobRights,
+    Policy,
+    is_super_user,
+    may_write,
+    required_action,
+    write_key,
+)
 from lbtwist.errors import (
     BrokenULM,
     LBError,
@@ -45,7 +58,7 @@ from lbtwist.framing import (
     make_framing,
 )
 from lbtwist.framing import Slot as _Slot
-from lbtwist.identity import Identity, same_dn
+from lbtwist.identity import Identity
 
 log = Logger()
 
@@ -54,44 +67,27 @@ DEFAULT_MAX_INFLIGHT = 4096
 DEFAULT_MAX_FIELDS = 100
 DEFAULT_KNOWN_JOBS = 200_000
 
-#: Sources whose events need LOG_WMS_EVENTS.
-WMS_SOURCES = frozenset(
-    ("NetworkServer", "WorkloadManager", "JobController", "LogMonitor", "BigHelper")
-)
-
-# Authorization answers kept per connection.
+# Authorization answers kept per connection (the peer is fixed there).
 _ALLOWED_CACHE = 4096
+
+# Events whose answer depends on the job's state even for a relay.
+_STATEFUL = ACCESS_EVENTS | {"UserTag"}
 
 Identify = Callable[[Any], "Identity | None"]
 
 
-def required_action(event: Event) -> str:
-    """
-    The policy action that lets a peer log C{event} for somebody else.
-    """
-    if event.type == "RegJob":
-        return "REGISTER_JOBS"
-    if event.source in WMS_SOURCES:
-        return "LOG_WMS_EVENTS"
-    if event.source.startswith("CREAM") or event.source == "LRMS":
-        return "LOG_CE_EVENTS"
-    return "LOG_GENERAL_EVENTS"
-
-
 def may_log(
-    identity: Identity | None, event: Event, policy: Policy, super_users: Iterable[str]
+    identity: Identity | None,
+    event: Event,
+    policy: Policy,
+    super_users: Iterable[str],
+    job: JobRights | None = None,
 ) -> bool:
     """
-    Whether the peer C{identity} may log C{event}: its owner, a super user, or a
-    peer the policy permits the event's action.
+    Whether the peer C{identity} may log C{event} on C{job} (C{None}: a job
+    without owner): L{lbtwist.authz.may_write}.
     """
-    if identity is None:
-        return False
-    if event.user and same_dn(event.user, identity.dn):
-        return True
-    if is_super_user(identity, policy, super_users):
-        return True
-    return policy.permits(required_action(event), identity)
+    return may_write(identity, event, job, policy, super_users).allowed
 
 
 def tls_identity(clock: IReactorTime, voms_dir: str | None = None) -> Identify:
@@ -152,7 +148,11 @@ class StorePortProtocol(Protocol):
         self._answers: AnswerQueue | None = None
         self._waiting: list[tuple[_Slot, tuple[str, Event] | LBError]] = []
         self._busy = False
-        self._allowed: dict[tuple[str, str], bool] = {}
+        # Authorization answers by L{write_key}, and whether an event's answer
+        # needs no job state, by (type, action): both for this connection's peer.
+        self._allowed: dict[tuple[str | None, ...], Decision] = {}
+        self._stateless: dict[tuple[str, str], bool] = {}
+        self._refused_jobs: dict[str, None] = {}
         self._broken = False
         self._lost = False
         self._counted = False
@@ -233,21 +233,67 @@ class StorePortProtocol(Protocol):
             event = parse_event(line, max_fields=f.max_fields, max_size=f.max_line)
         except LBError as e:
             return e
-        # The answer depends on the event's owner and action only (one peer here).
-        key = (event.user, required_action(event))
-        allowed = self._allowed.get(key)
-        if allowed is None:
-            allowed = may_log(self.identity, event, f.policy, f.super_users)
+        # Authorized in _process, against the job's state.
+        return line, event
+
+    # authorization
+
+    def _decide(self, event: Event, job: JobRights | None) -> Decision:
+        """
+        L{may_write} for this connection's peer, answers kept by L{write_key}
+        (the peer, the policy and the super users are fixed here).
+        """
+        f = self.factory
+        key = write_key(event, job)
+        if key is None:
+            return may_write(self.identity, event, job, f.policy, f.super_users)
+        decision = self._allowed.get(key)
+        if decision is None:
+            decision = may_write(self.identity, event, job, f.policy, f.super_users)
             if len(self._allowed) >= _ALLOWED_CACHE:
                 self._allowed.clear()
-            self._allowed[key] = allowed
-        if not allowed:
-            f.stats.refused += 1
-            return PermissionDenied(
-                f"{self.identity.dn if self.identity else 'anonymous'} may not log"
-                f" {event.type} of {event.jobid}"
-            )
-        return line, event
+            self._allowed[key] = decision
+        return decision
+
+    def _stateless_for(self, event: Event) -> bool:
+        """
+        Whether this peer's answer for C{event} is the same whatever the job's
+        state (a super user; a relay with the event's action, but for the
+        events only owners or payload owners log): then no job lookup is needed.
+        """
+        kind = event.type if event.type in _STATEFUL else ""
+        action = required_action(event)
+        known = self._stateless.get((kind, action))
+        if known is None:
+            f = self.factory
+            identity = self.identity
+            if identity is None:
+                known = True  # always refused
+            elif is_super_user(identity, f.policy, f.super_users):
+                known = True
+            elif kind in ("", "RegJob"):
+                known = f.policy.permits(action, identity)
+            else:
+                known = False
+            self._stateless[(kind, action)] = known
+        return known
+
+    def _refused_job(self, jobid: str) -> None:
+        """
+        This peer's RegJob of an unknown job was refused: its other events of
+        the job are refused too (not answered ENOENT, to be resent for long).
+        """
+        refused = self._refused_jobs
+        if len(refused) >= _ALLOWED_CACHE:
+            refused.clear()
+        refused[jobid] = None
+
+    def _refuse(self, event: Event, decision: Decision) -> PermissionDenied:
+        self.factory.stats.refused += 1
+        peer = self.identity.dn if self.identity is not None else "an anonymous peer"
+        return PermissionDenied(
+            f"{peer} may not log {event.type} on {event.jobid}: {decision.reason}"
+        )
 
     def _kick(self) -> None:
         """
@@ -268,35 +314,49 @@ class StorePortProtocol(Protocol):
 
     def _process(self, items: list[tuple[_Slot, tuple[str, Event] | LBError]]) -> Deferred[None]:
         """
-        Check registrations, then submit one batch; fires once it is answered.
+        Look up the jobs, then authorize and submit one batch; fires once it
+        is answered.
 
         A job counts as registered when its RegJob is in the same batch (one
         commit), was committed before, or is found in the store. A RegJob still
         being committed (by another connection) is waited for: if it fails, the
-        events depending on it fail too (EAGAIN, to be sent again).
+        events depending on it fail too (EAGAIN, to be sent again). A job's
+        rights come from the cache or one store lookup per job and chunk,
+        skipped when no event of the job here depends on them.
         """
         f = self.factory
-        checks: dict[str, Deferred[bool | None]] = {}
-        if not f.grey_jobs:
-            registering: set[str] = set()
-            for _, item in items:
-                if isinstance(item, LBError):
-                    continue
-                jobid = item[1].jobid
-                if item[1].type == "RegJob":
+        checks: dict[str, Deferred[JobRights | bool | None]] = {}
+        cached: dict[str, JobRights | bool | None] = {}
+        registering: set[str] = set()
+        for _, item in items:
+            if isinstance(item, LBError):
+                continue
+            ev = item[1]
+            jobid = ev.jobid
+            if jobid in checks or jobid in cached:
+                continue
+            job = f.cached(jobid)
+            if job is not None:
+                cached[jobid] = job
+                continue
+            if ev.type == "RegJob":
+                if self._stateless_for(ev):
                     registering.add(jobid)
-                elif jobid not in registering and jobid not in checks and jobid not in f.known:
-                    checks[jobid] = f.registered(jobid)
+                    continue
+            elif (jobid in registering or f.grey_jobs) and self._stateless_for(ev):
+                continue
+            checks[jobid] = f.lookup(jobid)
         if not checks:
-            return self._submit(items, {})
+            return self._submit(items, cached)
         jobids = list(checks)
         d = gatherResults([checks[j] for j in jobids], consumeErrors=True)
 
-        def checked(found: list[bool | None]) -> Deferred[None]:
+        def checked(found: list[JobRights | bool | None]) -> Deferred[None]:
             if self._lost:
                 # Nobody to answer: the peer sends these again.
                 return succeed(None)
-            return self._submit(items, dict(zip(jobids, found, strict=True)))
+            cached.update(zip(jobids, found, strict=True))
+            return self._submit(items, cached)
 
         def check_failed(failure: Failure) -> None:
             log.failure("store port: job lookup failed", failure)
@@ -309,33 +369,57 @@ class StorePortProtocol(Protocol):
     def _submit(
         self,
         items: list[tuple[_Slot, tuple[str, Event] | LBError]],
-        found: dict[str, bool | None],
+        found: dict[str, JobRights | bool | None],
     ) -> Deferred[None]:
         """
-        @param found: per job checked: C{True} registered, C{None} unknown,
-            C{False} its pending registration failed.
+        Authorize each event against its job's rights as the batch so far
+        leaves them, and submit the accepted ones.
+
+        @param found: per job looked up or cached: its rights, C{None} (unknown
+            to the store) or C{False} (its pending registration failed). A job
+            not there was not looked up: its events here need no state.
         """
         f = self.factory
         batch: list[tuple[str, Event]] = []
         slots: list[_Slot] = []
         registering: list[str] = []
         registered: set[str] = set()
+        # Rights as this batch changes them (RegJob, ChangeACL, payload owner).
+        rights: dict[str, JobRights | None] = {}
         for slot, item in items:
             if isinstance(item, LBError):
                 error: LBError | None = item
             else:
                 error = None
                 ev = item[1]
-                if ev.type == "RegJob":
-                    registered.add(ev.jobid)
-                    registering.append(ev.jobid)
-                elif ev.jobid not in registered:
-                    state = found.get(ev.jobid, True)
-                    if state is None:
-                        f.stats.unknown += 1
-                        error = UnknownJob(f"job {ev.jobid} not registered")
-                    elif state is False:
-                        error = TryAgain(f"registration of {ev.jobid} not stored")
+                jobid = ev.jobid
+                if jobid in rights:
+                    job = rights[jobid]
+                else:
+                    state = found.get(jobid, True)
+                    job = state if isinstance(state, JobRights) else None
+                    if ev.type != "RegJob" and jobid not in registered:
+                        if state is None and jobid in self._refused_jobs:
+                            error = self._refuse(
+                                ev, Decision(False, "its registration by this peer was refused")
+                            )
+                        elif state is None and not f.grey_jobs:
+                            f.stats.unknown += 1
+                            error = UnknownJob(f"job {jobid} not registered")
+                        elif state is False:
+                            error = TryAgain(f"registration of {jobid} not stored")
+                if error is None:
+                    decision = self._decide(ev, job)
+                    if not decision.allowed:
+                        error = self._refuse(ev, decision)
+                        if ev.type == "RegJob" and job is None:
+                            self._refused_job(jobid)
+                    else:
+                        if ev.type == "RegJob":
+                            registered.add(jobid)
+                            registering.append(jobid)
+                        if ev.type in ACCESS_EVENTS and jobid in found:
+                            rights[jobid] = (job or JobRights()).after(ev)
             if error is not None:
                 f.stats.errors += 1
                 slot.code, slot.text = error.code, error.message
@@ -367,6 +451,7 @@ class StorePortProtocol(Protocol):
         if len(results) != len(slots):
             results = [TryAgain("store error")] * len(slots)
         stored: set[str] = set()
+        refreshed: set[str] = set()
         for slot, result, (_, ev) in zip(slots, results, batch, strict=True):
             if isinstance(result, LBError):
                 f.stats.errors += 1
@@ -379,7 +464,10 @@ class StorePortProtocol(Protocol):
                     f.stats.duplicates += 1
                 else:
                     f.stats.accepted += 1
-                f.remember(result.jobid)
+                if result.jobid not in refreshed:
+                    # The job's rights as stored (once per job and batch).
+                    refreshed.add(result.jobid)
+                    f.remember(result.jobid, JobRights.of(result.status))
                 if ev.type == "RegJob":
                     stored.add(ev.jobid)
                 slot.code, slot.text = 0, "OK"
@@ -415,7 +503,8 @@ class StorePortFactory(Factory["StorePortProtocol"]):
     """
     Shared state of the store port: the store, the rules, the known-jobs cache.
 
-    @ivar known: job ids known to be registered (bounded, most recent kept).
+    @ivar known: the rights (owner, ACL, payload owner) of jobs known to be
+        stored, by job id (bounded, most recent kept).
     """
 
     noisy = False
@@ -441,7 +530,7 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         self.max_line = max_line
         self.max_inflight = max_inflight
         self.max_fields = max_fields
-        self.known: OrderedDict[str, None] = OrderedDict()
+        self.known: OrderedDict[str, JobRights] = OrderedDict()
         self.pending: dict[str, list[_Registration]] = {}
         self._known_max = known_jobs
         self.stats = StorePortStats()
@@ -456,6 +545,15 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         Whether a job's registration is known to be committed.
         """
         return jobid in self.known
+
+    def cached(self, jobid: str) -> JobRights | None:
+        """
+        @return: the cached rights of a stored job, C{None} if not cached.
+        """
+        rights = self.known.get(jobid)
+        if rights is not None:
+            self.known.move_to_end(jobid)
+        return rights
 
     def registering(self, jobid: str) -> _Registration:
         """
@@ -475,41 +573,65 @@ class StorePortFactory(Factory["StorePortProtocol"]):
             regs.remove(reg)
             if not regs:
                 del self.pending[reg.jobid]
-        if stored:
-            self.remember(reg.jobid)
         waiters, reg.waiters = reg.waiters, []
         for d in waiters:
             d.callback(stored or reg.jobid in self.known)
 
-    def registered(self, jobid: str) -> Deferred[bool | None]:
+    def lookup(self, jobid: str) -> Deferred[JobRights | bool | None]:
         """
-        Whether C{jobid} is registered: C{True}, C{None} (unknown to the store)
-        or C{False} (its RegJob was being committed and that failed).
+        The rights of C{jobid}: its L{JobRights} if stored, C{None} if unknown
+        to the store, C{False} if its RegJob was being committed and that failed.
         """
-        if jobid in self.known:
-            return succeed(True)
+        rights = self.cached(jobid)
+        if rights is not None:
+            return succeed(rights)
         regs = self.pending.get(jobid)
         if regs:
             d: Deferred[bool | None] = Deferred()
             regs[-1].waiters.append(d)
-            return d
 
-        def looked_up(status: object) -> bool | None:
+            def waited(stored: bool | None) -> JobRights | bool | None | Deferred[Any]:
+                if not stored:
+                    return False
+                rights = self.cached(jobid)
+                return rights if rights is not None else self._load(jobid)
+
+            return d.addCallback(waited)
+        return self._load(jobid)
+
+    def _load(self, jobid: str) -> Deferred[JobRights | bool | None]:
+        def looked_up(status: Any) -> JobRights | None:
             if status is None:
                 return None
-            self.remember(jobid)
-            return True
+            rights = JobRights.of(status)
+            self.remember(jobid, rights)
+            return rights
 
         return maybeDeferred(self.store.status, jobid).addCallback(looked_up)
 
-    def remember(self, jobid: str) -> None:
+    def remember(self, jobid: str, rights: JobRights) -> None:
         known = self.known
-        if jobid in known:
-            known.move_to_end(jobid)
-            return
-        known[jobid] = None
+        known[jobid] = rights
+        known.move_to_end(jobid)
         if len(known) > self._known_max:
             known.popitem(last=False)
+
+
+def authorization_summary(path: str | None, policy: Policy, super_users: Iterable[str]) -> str:
+    """
+    What the start-up log line says of who may log at the store port.
+    """
+    supers = len(tuple(super_users))
+    if not path:
+        return (
+            f"no policy file: only job owners and super users ({supers}) may log,"
+            " no relay is trusted"
+        )
+    actions = ", ".join(sorted(policy.rules)) or "none"
+    return (
+        f"policy {path} (actions {actions}): job owners, super users ({supers}) and"
+        " the relays it permits may log"
+    )
 
 
 def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
@@ -562,15 +684,18 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
     # A server that cannot listen on its store port must not run on.
     service._raiseSynchronously = True
     log.info(
-        "store port on {endpoint} (TLS), grey jobs {grey}",
+        "store port on {endpoint} (TLS), grey jobs {grey}; {authorization}",
         endpoint=options["store"],
         grey="on" if factory.grey_jobs else "off",
+        authorization=authorization_summary(options["policy"], policy, factory.super_users),
     )
     return service
 
 
 __all__ = [
+    "WMS_SOURCES",
     "StorePortFactory",
+    "authorization_summary",
     "StorePortProtocol",
     "make_store_port_service",
     "may_log",

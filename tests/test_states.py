@@ -536,6 +536,28 @@ class AdvanceTests(SynchronousTestCase):
         assert first is not None
         self.assertEqual((first.machine, first.state), ("cream", "Submitted"))
 
+    def test_later_regjob_never_moves_owner(self) -> None:
+        """
+        A second RegJob naming another owner (the store refuses one; an older
+        store may hold one) leaves the owner as the first RegJob set it, on
+        both machines, folded incrementally or recomputed.
+        """
+        stranger = "/DC=org/DC=example/O=People/CN=Somebody Else"
+        for lines in (traces.cream_done_ok(), traces.wms_prelude()):
+            pairs = pairs_of(lines)
+            reg, owner = pairs[0][0], pairs[0][0].user
+            takeover = reg.evolve(user=stranger, date=reg.date + 10_000_000)
+            status = compute_status(pairs[:3])
+            # advance() may refuse a RegJob late in the job (then it is recomputed).
+            new = advance(status, takeover, 4) or status
+            self.assertEqual(new.owner, owner)
+            if new.machine == "cream":
+                self.assertEqual(new.cream_owner, owner)
+            recomputed = compute_status([*pairs[:3], (takeover, 4)])
+            self.assertEqual(
+                (recomputed.owner, recomputed.cream_owner), (new.owner, new.cream_owner)
+            )
+
     @settings(max_examples=100, deadline=None)
     @given(st.sampled_from(sorted(traces.DIRECT_TRACES)), st.randoms(use_true_random=False))
     def test_random_arrival_incremental(self, name: str, rnd: random.Random) -> None:

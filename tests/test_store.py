@@ -6,6 +6,7 @@ store (L{tests.test_store_sqlite} runs them again on SQLite).
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -15,8 +16,8 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from lbtwist.errors import LBError, NoSpace, TryAgain
-from lbtwist.events import parse_event
+from lbtwist.errors import AlreadyExists, LBError, NoSpace, TryAgain
+from lbtwist.events import PRIO_EXCL, parse_event
 from lbtwist.states import compute_status
 from lbtwist.store.batch import (
     BatchProcessor,
@@ -49,6 +50,24 @@ def comparable(status: Any) -> dict[str, Any]:
     data = dict(status.to_json_dict())
     data.pop("last_key", None)
     return data
+
+
+STRANGER = "/DC=org/DC=example/O=People/CN=Somebody Else"
+
+
+def regjob_line(
+    line: str, *, user: str | None = None, date: str | None = None, priority: int | None = None
+) -> str:
+    """
+    The RegJob C{line} with another DG.USER, DATE or DG.PRIORITY.
+    """
+    if user is not None:
+        line = line.replace(f'DG.USER="{traces.CREAM_USER}"', f'DG.USER="{user}"')
+    if date is not None:
+        line = "DATE=" + date + line[line.index(" ") :]
+    if priority is not None:
+        line = line.replace("DG.PRIORITY=0", f"DG.PRIORITY={priority}")
+    return line
 
 
 def direct_lines() -> list[str]:
@@ -260,6 +279,65 @@ class StoreRulesMixin:
         expected = compute_status((ev, n) for n, (_, ev) in enumerate(items(lines[:6]), 1))
         self.assertEqual(comparable(status), comparable(expected))
         self.assertNotEqual(status.state, "Unknown")
+
+    def test_regjob_of_another_owner_refused(self) -> None:
+        """
+        A RegJob never takes a registered job over: one naming another owner is
+        refused with EEXIST (nothing stored, the owner stays), alone in its batch;
+        an identical one is a duplicate, the owner's own re-registration is stored.
+        """
+        store = self.make_store()
+        lines = direct_lines()
+        self.store_ok(store, lines[:3])
+        jobid = traces.DIRECT_JOBID
+        takeover = regjob_line(lines[0], user=STRANGER, date="20240314100000.000000")
+        results = self.successResultOf(store.store(items([takeover, lines[3], lines[0]])))
+        self.assertIsInstance(results[0], AlreadyExists)
+        self.assertEqual(results[0].code, errno.EEXIST)
+        self.assertIn("another owner", results[0].message)
+        self.assertIsInstance(results[1], StoreResult)
+        self.assertFalse(results[1].duplicate)
+        self.assertTrue(results[2].duplicate)
+        status = self.successResultOf(store.status(jobid))
+        self.assertEqual(status.owner, traces.CREAM_USER)
+        stored = [s.line for s in self.successResultOf(store.events(jobid))]
+        self.assertEqual(stored, lines[:4])
+        again = regjob_line(lines[0], date="20240314100000.000000")
+        self.assertFalse(self.store_ok(store, [again])[0].duplicate)
+        # A takeover in the same batch as the registration: refused too.
+        other = "https://cream-ce01.example.org:9000/CREAM000000042"
+        first = lines[0].replace(jobid, other)
+        second = regjob_line(first, user=STRANGER, date="20240314100000.000000")
+        results = self.successResultOf(store.store(items([first, second])))
+        self.assertIsInstance(results[0], StoreResult)
+        self.assertIsInstance(results[1], AlreadyExists)
+        self.assertEqual(self.successResultOf(store.status(other)).owner, traces.CREAM_USER)
+
+    def test_exclusive_regjob(self) -> None:
+        """
+        A RegJob with the EXCL flag registers a new job, and is refused with
+        EEXIST for a registered one, even by its owner; sent again unchanged
+        it is a duplicate (answered OK).
+        """
+        store = self.make_store()
+        lines = direct_lines()
+        excl = regjob_line(lines[0], priority=PRIO_EXCL)
+        self.assertFalse(self.store_ok(store, [excl])[0].duplicate)
+        self.assertTrue(self.store_ok(store, [excl])[0].duplicate)
+        later = regjob_line(lines[0], priority=PRIO_EXCL, date="20240314100000.000000")
+        results = self.successResultOf(store.store(items([later, lines[1]])))
+        self.assertIsInstance(results[0], AlreadyExists)
+        self.assertIn("exclusive", results[0].message)
+        self.assertIsInstance(results[1], StoreResult)
+        stored = [s.line for s in self.successResultOf(store.events(traces.DIRECT_JOBID))]
+        self.assertEqual(stored, [excl, lines[1]])
+        # Two exclusive registrations of a new job in one batch: the second is refused.
+        other = "https://cream-ce01.example.org:9000/CREAM000000043"
+        a = excl.replace(traces.DIRECT_JOBID, other)
+        b = later.replace(traces.DIRECT_JOBID, other)
+        results = self.successResultOf(store.store(items([a, b])))
+        self.assertIsInstance(results[0], StoreResult)
+        self.assertIsInstance(results[1], AlreadyExists)
 
     def test_out_of_order_recompute(self) -> None:
         in_order = self.make_store()

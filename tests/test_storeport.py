@@ -21,13 +21,14 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from lbtwist import ilproto
-from lbtwist.authz import Policy, parse_policy
+from lbtwist.authz import JobRights, Policy, parse_policy
 from lbtwist.events import parse_event
 from lbtwist.identity import Identity, slash_dn
 from lbtwist.relay import RelayService, RelaySettings
 from lbtwist.store.memory import MemoryStore
 from lbtwist.storeport import (
     StorePortFactory,
+    authorization_summary,
     may_log,
     required_action,
     tls_identity,
@@ -102,9 +103,19 @@ class StorePortTests(SynchronousTestCase):
         self.assertEqual(s.replies(), [OK, OK, OK])
 
     def test_grey_jobs(self) -> None:
-        s = Server(OWNER, grey_jobs=True)
+        s = Server(RELAY_DN, grey_jobs=True, policy=policy_for(RELAY_DN, "LOG_WMS_EVENTS"))
         s.send(*self.lines[1:3])
         self.assertEqual(s.replies(), [OK, OK])
+
+    def test_grey_job_has_no_owner(self) -> None:
+        """
+        A grey job has no stored owner: DG.USER claiming the peer does not make
+        it the owner, only relays and super users log there.
+        """
+        s = Server(OWNER, grey_jobs=True)
+        s.send(*self.lines[1:3])
+        self.assertEqual(s.replies(), [PERM, PERM])
+        self.assertEqual(s.stored(), [])
 
     def test_known_job_looked_up_in_store(self) -> None:
         store = MemoryStore(Clock(), relay=False)
@@ -147,7 +158,10 @@ class StorePortTests(SynchronousTestCase):
         relay = Identity(RELAY_DN)
         self.assertTrue(may_log(relay, acc.evolve(source="LRMS"), ce, ()))
         self.assertFalse(may_log(relay, acc, ce, ()))
-        self.assertTrue(may_log(Identity(OWNER.lower()), acc, Policy(), ()))
+        # The owner is the job's stored owner, not DG.USER.
+        self.assertFalse(may_log(Identity(OWNER.lower()), acc, Policy(), ()))
+        owned = JobRights(owner=OWNER)
+        self.assertTrue(may_log(Identity(OWNER.lower()), acc, Policy(), (), owned))
 
     def test_duplicate_ok_stored_once(self) -> None:
         s = Server(OWNER)
@@ -265,6 +279,280 @@ class StorePortFramingTests(SynchronousTestCase):
         for i in range(len(data)):
             s.proto.dataReceived(data[i : i + 1])
         self.assertEqual(s.replies(), [OK])
+
+
+STRANGER = "/DC=org/DC=example/O=People/CN=Mallory Stranger"
+GRANTEE = "/DC=org/DC=example/O=People/CN=Pilot Factory"
+TAGGER = "/DC=org/DC=example/O=People/CN=Tag Writer"
+OTHER_JOB = "https://lb01.example.org:9000/JobBbbbbbbbbbbbbbbbbbbb"
+EEXIST = (ilproto.LB_PROTO, errno.EEXIST)
+
+
+def ev_line(
+    kind: str,
+    user: str,
+    n: int,
+    *,
+    jobid: str = JOB,
+    source: str = "UserInterface",
+    priority: int = 0,
+    **fields: str,
+) -> str:
+    """
+    One event of C{kind} on C{jobid} claiming DG.USER C{user} (distinct per C{n}).
+    """
+    line = traces.ulm_line(
+        kind,
+        date=traces.date_text(1000 + n),
+        host="ui.example.org",
+        source=source,
+        jobid=jobid,
+        seqcode=traces.glite_seqcode(UI=100 + n),
+        user=user,
+        **fields,
+    )
+    return line.replace("DG.PRIORITY=0", f"DG.PRIORITY={priority}")
+
+
+def regjob(user: str, n: int, jobid: str = JOB, priority: int = 0) -> str:
+    return ev_line(
+        "RegJob",
+        user,
+        n,
+        jobid=jobid,
+        source="NetworkServer",
+        priority=priority,
+        ns="https://wms01.example.org:7443/wmproxy",
+        jobtype="SIMPLE",
+    )
+
+
+def change_acl(user: str, n: int, who: str, permission: str = "READ") -> str:
+    return ev_line(
+        "ChangeACL",
+        user,
+        n,
+        user_id=who,
+        user_id_type="DN",
+        permission=permission,
+        permission_type="ALLOW",
+        operation="ADD",
+    )
+
+
+class Peers:
+    """
+    One store port factory on a memory store, a StringTransport connection per
+    peer DN (the identity comes from the transport).
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        self.store = kw.pop("store", None) or MemoryStore(Clock(), relay=False)
+        self.status_calls = 0
+        real = self.store.status
+
+        def status(jobid: str) -> Any:
+            self.status_calls += 1
+            return real(jobid)
+
+        self.store.status = status  # type: ignore[method-assign]
+        self.factory = StorePortFactory(self.store, identify=lambda t: t.peer, **kw)
+
+    def connect(self, dn: str | None) -> Connection:
+        return Connection(self.factory, dn)
+
+    def owner(self) -> str | None:
+        return self.successResult(self.store.status(JOB)).owner
+
+    def stored(self, jobid: str = JOB) -> list[str]:
+        return [s.line for s in self.successResult(self.store.events(jobid))]
+
+    @staticmethod
+    def successResult(d: Deferred[Any]) -> Any:
+        out: list[Any] = []
+        d.addCallback(out.append)
+        return out[0]
+
+
+class Connection:
+    def __init__(self, factory: StorePortFactory, dn: str | None) -> None:
+        self.transport = StringTransport()
+        self.transport.peer = Identity(dn) if dn is not None else None  # type: ignore[attr-defined]
+        self.proto = factory.buildProtocol(None)
+        self.proto.makeConnection(self.transport)
+        self._decoder = ilproto.ILReplyDecoder()
+
+    def send(self, *lines: str) -> list[ilproto.ILReply]:
+        self.proto.dataReceived(
+            b"".join(ilproto.encode_il_msg(line.encode() + b"\n") for line in lines)
+        )
+        data = self.transport.value()
+        self.transport.clear()
+        return list(self._decoder.feed(data))
+
+    def codes(self, *lines: str) -> list[tuple[int, int]]:
+        return [(r.major, r.minor) for r in self.send(*lines)]
+
+
+class WriteAuthorizationTests(SynchronousTestCase):
+    """
+    Who may write what at the store port: against the job's stored owner, ACL
+    and payload owner, never the DG.USER an event claims.
+    """
+
+    def setUp(self) -> None:
+        self.peers = Peers()
+        self.alice = self.peers.connect(OWNER)
+        self.assertEqual(self.alice.codes(regjob(OWNER, 0)), [OK])
+
+    def test_stranger_cannot_rewrite_a_job(self) -> None:
+        """
+        The attack of issue 8: B, with a valid certificate, logs Abort,
+        ChangeACL, TakePayloadOwnership and a second RegJob on A's job.
+        """
+        bob = self.peers.connect(STRANGER)
+        before = self.peers.stored()
+        attacks = [
+            ev_line("Abort", STRANGER, 1, reason="mine now"),
+            ev_line("Abort", OWNER, 2, reason="claims to be A"),
+            change_acl(STRANGER, 3, STRANGER),
+            change_acl(OWNER, 4, STRANGER),
+            ev_line("TakePayloadOwnership", STRANGER, 5),
+            regjob(STRANGER, 6),
+            regjob(OWNER, 7),
+            ev_line("UserTag", STRANGER, 8, name="x", value="y"),
+        ]
+        replies = bob.send(*attacks)
+        self.assertEqual([(r.major, r.minor) for r in replies], [PERM] * len(attacks))
+        for reply in replies:
+            self.assertIn(STRANGER, reply.text)
+            self.assertIn(JOB, reply.text)
+        self.assertIn("only the job's owner may change its ACL", replies[2].text)
+        self.assertIn("registered to another owner", replies[5].text)
+        self.assertEqual(self.peers.stored(), before)
+        self.assertEqual(self.peers.owner(), OWNER)
+        self.assertEqual(self.peers.factory.stats.refused, len(attacks))
+        # A still logs on its job.
+        self.assertEqual(self.alice.codes(ev_line("Abort", OWNER, 9, reason="done")), [OK])
+
+    def test_refusal_logged_with_peer_job_event_reason(self) -> None:
+        try:
+            # Where warnings are rate-limited process-wide: a fresh budget here.
+            from lbtwist import logs  # type: ignore[attr-defined,unused-ignore]
+        except ImportError:
+            pass
+        else:
+            self.patch(logs, "LIMITER", logs.WarningLimiter())
+        logged: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        self.peers.connect(STRANGER).send(change_acl(STRANGER, 1, STRANGER))
+        from twisted.logger import formatEvent
+
+        texts = [formatEvent(e) for e in logged if "refused" in formatEvent(e)]
+        self.assertEqual(len(texts), 1, texts)
+        for part in (STRANGER, JOB, "ChangeACL", "only the job's owner"):
+            self.assertIn(part, texts[0])
+
+    def test_cached_answer_not_keyed_by_claimed_user(self) -> None:
+        """
+        B's own job and A's job on one connection: an answer for B's job (B
+        owns it) is not reused for A's job because the events claim the same
+        DG.USER.
+        """
+        bob = self.peers.connect(STRANGER)
+        mine = ev_line("Abort", STRANGER, 1, jobid=OTHER_JOB, reason="mine")
+        self.assertEqual(bob.codes(regjob(STRANGER, 0, OTHER_JOB), mine), [OK, OK])
+        self.assertEqual(bob.codes(ev_line("Abort", STRANGER, 2, reason="theirs")), [PERM])
+        # And the other way round, in one chunk.
+        carol = self.peers.connect(STRANGER)
+        theirs = ev_line("Abort", STRANGER, 3, reason="theirs")
+        mine = ev_line("Abort", STRANGER, 4, jobid=OTHER_JOB, reason="mine")
+        self.assertEqual(carol.codes(theirs, mine), [PERM, OK])
+
+    def test_acl_and_payload_ownership(self) -> None:
+        policy = policy_for(OWNER, "GRANT_OWNERSHIP")
+        peers = Peers(policy=policy)
+        alice = peers.connect(OWNER)
+        # Registration, ACL and grant in one chunk: decided on the job as the
+        # chunk leaves it.
+        grant = ev_line("GrantPayloadOwnership", OWNER, 2, payload_owner=GRANTEE)
+        self.assertEqual(
+            alice.codes(regjob(OWNER, 0), change_acl(OWNER, 1, TAGGER, "TAG"), grant),
+            [OK, OK, OK],
+        )
+        tagger, pilot, mallory = (peers.connect(d) for d in (TAGGER, GRANTEE, STRANGER))
+        self.assertEqual(tagger.codes(ev_line("UserTag", TAGGER, 3, name="a", value="1")), [OK])
+        take = ev_line("TakePayloadOwnership", GRANTEE, 4)
+        self.assertEqual(mallory.codes(ev_line("TakePayloadOwnership", STRANGER, 5)), [PERM])
+        self.assertEqual(
+            mallory.codes(ev_line("UserTag", STRANGER, 5, name="a", value="2")), [PERM]
+        )
+        self.assertEqual(pilot.codes(take), [OK])
+        self.assertEqual(pilot.codes(ev_line("UserTag", GRANTEE, 6, name="b", value="1")), [OK])
+        self.assertEqual(peers.successResult(peers.store.status(JOB)).payload_owner, GRANTEE)
+        # Without GRANT_OWNERSHIP even the owner may not grant.
+        bare = Peers()
+        owner = bare.connect(OWNER)
+        self.assertEqual(owner.codes(regjob(OWNER, 0), grant), [OK, PERM])
+
+    def test_acl_change_seen_by_other_connections(self) -> None:
+        """
+        The cached rights follow what this port stores: a TAG granted, then
+        revoked, through one connection decides the next events of another.
+        """
+        tagger = self.peers.connect(TAGGER)
+        tag = ev_line("UserTag", TAGGER, 1, name="a", value="1")
+        self.assertEqual(tagger.codes(tag), [PERM])
+        self.assertEqual(self.alice.codes(change_acl(OWNER, 2, TAGGER, "TAG")), [OK])
+        self.assertEqual(tagger.codes(tag), [OK])
+        revoke = change_acl(OWNER, 3, TAGGER, "TAG").replace('"ADD"', '"REMOVE"')
+        self.assertEqual(self.alice.codes(revoke), [OK])
+        self.assertEqual(tagger.codes(ev_line("UserTag", TAGGER, 4, name="a", value="2")), [PERM])
+
+    def test_exclusive_and_takeover_registrations(self) -> None:
+        """
+        The owner's exclusive RegJob of its registered job, and a trusted
+        relay's RegJob for another owner: EEXIST, a permanent (PROTO) reply.
+        """
+        replies = self.alice.send(regjob(OWNER, 1, priority=64))
+        self.assertEqual([(r.major, r.minor) for r in replies], [EEXIST])
+        self.assertIn("already registered", replies[0].text)
+        self.assertEqual(self.alice.codes(regjob(OWNER, 0)), [OK])  # a duplicate
+        peers = Peers(store=self.peers.store, policy=policy_for(RELAY_DN, "REGISTER_JOBS"))
+        relay = peers.connect(RELAY_DN)
+        self.assertEqual(relay.codes(regjob(STRANGER, 2)), [EEXIST])
+        self.assertEqual(peers.owner(), OWNER)
+
+    def test_one_lookup_per_job_and_chunk_then_cached(self) -> None:
+        peers = Peers(store=self.peers.store)
+        alice = peers.connect(OWNER)
+        lines = [ev_line("UserTag", OWNER, n, name=f"t{n}", value="v") for n in range(1, 5)]
+        self.assertEqual(alice.codes(*lines[:3]), [OK] * 3)
+        self.assertEqual(peers.status_calls, 1)
+        self.assertEqual(peers.factory.known[JOB], JobRights(owner=OWNER))
+        self.assertEqual(peers.connect(OWNER).codes(lines[3]), [OK])
+        self.assertEqual(peers.status_calls, 1)
+
+    def test_trusted_relay_needs_no_lookup(self) -> None:
+        policy = policy_for(RELAY_DN, "REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_GENERAL_EVENTS")
+        peers = Peers(policy=policy)
+        lines = traces.wms_prelude(JOB)
+        self.assertEqual(peers.connect(RELAY_DN).codes(*lines), [OK] * len(lines))
+        self.assertEqual(peers.status_calls, 0)
+        # A relay's ChangeACL is refused whatever the policy: only the owner
+        # changes the ACL.
+        self.assertEqual(peers.connect(RELAY_DN).codes(change_acl(OWNER, 1, RELAY_DN)), [PERM])
+
+    def test_start_up_summary(self) -> None:
+        closed = authorization_summary(None, Policy(), ())
+        self.assertIn("no policy file: only job owners and super users (0) may log", closed)
+        policy = policy_for(RELAY_DN, "REGISTER_JOBS", "LOG_CE_EVENTS")
+        opened = authorization_summary("/etc/lb/policy.conf", policy, ["/CN=a", "/CN=b"])
+        self.assertIn("policy /etc/lb/policy.conf (actions LOG_CE_EVENTS, REGISTER_JOBS)", opened)
+        self.assertIn("super users (2)", opened)
 
 
 class DiskError(OSError):

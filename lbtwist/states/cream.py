@@ -74,7 +74,9 @@ def apply(status: JobStatus, event: Event, *, cream_aware: bool = True) -> None:
     if kind == "RegJob":
         status.jobId = status.jobId or event.jobid
         status.jobtype = event.get("jobtype")
-        status.owner = status.cream_owner = event.user
+        # A later RegJob never moves the owner (the store refuses one for another).
+        status.owner = status.owner or event.user
+        status.cream_owner = status.cream_owner or event.user
         jdl = event.get("jdl")
         if jdl:
             status.jdl = status.cream_jdl = jdl

@@ -169,7 +169,8 @@ def apply(status: JobStatus, event: Event, *, cream_aware: bool = True) -> None:
         status.children_num = parse_int(event.get("nsubjobs"))
         status.jdl = event.get("jdl") or status.jdl
         status.network_server = event.get("ns")
-        status.owner = event.user
+        # A later RegJob never moves the owner (the store refuses one for another).
+        status.owner = status.owner or event.user
         mover.move(SUBMITTED)
     elif kind == "Transfer":
         result = event.get("result")

@@ -24,8 +24,16 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist.errors import LBError, TryAgain
-from lbtwist.events import PRIO_DIRECT, PRIO_INTERNAL, Event, format_event, parse_event
+from lbtwist.errors import AlreadyExists, LBError, TryAgain
+from lbtwist.events import (
+    PRIO_DIRECT,
+    PRIO_EXCL,
+    PRIO_INTERNAL,
+    Event,
+    format_event,
+    parse_event,
+)
+from lbtwist.identity import same_dn
 from lbtwist.states import advance, compute_status
 from lbtwist.states.status import JobStatus, format_iso
 from lbtwist.store.interface import OutboxEntry, StoreResult
@@ -294,7 +302,7 @@ class BatchProcessor:
         touched: dict[str, _JobWork] = {}
         try:
             plan = BatchPlan()
-            outcome: list[tuple[str, int | None]] = []
+            outcome: list[tuple[str, int | LBError | None]] = []
             for line, ev, arrived in items:
                 work = touched.get(ev.jobid)
                 if work is None:
@@ -303,6 +311,10 @@ class BatchProcessor:
                 key = dupkey(ident)
                 if self._is_duplicate(ev.jobid, work, ident, key):
                     outcome.append((ev.jobid, None))
+                    continue
+                refused = registration_conflict(work.status, ev)
+                if refused is not None:
+                    outcome.append((ev.jobid, refused))
                     continue
                 seqno = self._add(plan, work, line, ev, arrived, ident, key)
                 outcome.append((ev.jobid, seqno))
@@ -324,7 +336,9 @@ class BatchProcessor:
         # advance() and compute_status() always make new statuses, so the cached
         # one is never changed and can be handed out as is (callers must not change it).
         return [
-            StoreResult(
+            seqno
+            if isinstance(seqno, LBError)
+            else StoreResult(
                 duplicate=seqno is None, jobid=jobid, seqno=seqno, status=touched[jobid].status
             )
             for jobid, seqno in outcome
@@ -451,6 +465,21 @@ class BatchProcessor:
                     log.warn("stored event {seqno} of {jobid} unreadable", seqno=seqno, jobid=jobid)
         pairs.extend((new.event, new.seqno) for new in work.new)
         return compute_status(pairs)
+
+
+def registration_conflict(status: JobStatus, ev: Event) -> AlreadyExists | None:
+    """
+    A RegJob that a registered job (one with an owner) refuses, after the
+    duplicate check: one with the EXCL priority flag, or one naming another
+    owner (a later RegJob never changes the owner). C{None}: go ahead.
+    """
+    if ev.type != "RegJob" or not status.owner:
+        return None
+    if ev.priority & PRIO_EXCL:
+        return AlreadyExists(f"job {ev.jobid} is already registered (exclusive registration)")
+    if not ev.user or not same_dn(status.owner, ev.user):
+        return AlreadyExists(f"job {ev.jobid} is already registered to another owner")
+    return None
 
 
 def _key_bytes(key: int) -> bytes:
