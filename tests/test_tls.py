@@ -254,8 +254,8 @@ class HandshakeTests(SynchronousTestCase):
         r = connect(self.f.source(allow_legacy_proxies=True), self.f.client(cred))
         self.assertFalse(r.accepted)
         self.assertIn(
-            "refusing a chain whose non-CA issuers are not proxied",
-            [e.get("log_format") for e in self.events],
+            "bad proxy chain (a non-CA issuer's child is not its proxy)",
+            [e.get("reason") for e in self.events],
         )
 
     def test_client_checks_server_hostname(self) -> None:

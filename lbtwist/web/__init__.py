@@ -12,17 +12,16 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python.logfile import LogFile
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 
 from lbtwist.authz import Policy
-from lbtwist.identity import Identity
+from lbtwist.identity import PeerIdentity
 from lbtwist.web.resources import Identify, QueryResource
 
 log = Logger()
@@ -111,48 +110,6 @@ class QuerySite(Site):
         return BufferedLog(file, self.reactor)
 
 
-def chain_identity(
-    *, clock: Any, voms_dir: str | os.PathLike[str] | None, ca_dir: str | os.PathLike[str] | None
-) -> Identify:
-    """
-    The default C{identify}: the identity of the verified chain of the request's TLS
-    connection (computed once per connection), L{None} without one.
-    """
-    from lbtwist.identity import identity_of_chain
-    from lbtwist.tls import CADirectory, transport_chain
-
-    cache: WeakKeyDictionary[Any, Identity | None] = WeakKeyDictionary()
-    ca_certs: list[x509.Certificate] | None = None
-    if voms_dir is not None and ca_dir is not None and os.path.isdir(ca_dir):
-        ca_certs = list(CADirectory(ca_dir).load().certs)
-    voms = str(voms_dir) if voms_dir is not None and os.path.isdir(voms_dir) else None
-
-    def identify(request: Request) -> Identity | None:
-        channel = request.channel
-        transport = getattr(channel, "transport", None)
-        if transport is None:
-            return None
-        handle = getattr(transport, "getHandle", lambda: None)()
-        try:
-            if handle is not None and handle in cache:
-                return cache[handle]
-        except TypeError:
-            handle = None
-        chain = transport_chain(transport)
-        who: Identity | None = None
-        if chain:
-            now = datetime.fromtimestamp(clock.seconds(), UTC)
-            try:
-                who = identity_of_chain(chain, now=now, voms_dir=voms, ca_certs=ca_certs)
-            except ValueError as e:
-                log.warn("no identity in the client chain: {error}", error=e)
-        if handle is not None:
-            cache[handle] = who
-        return who
-
-    return identify
-
-
 def make_site(
     store: Any,
     *,
@@ -168,12 +125,20 @@ def make_site(
     The query site on C{store}.
 
     @param clock: the reactor (time, connection timeouts).
-    @param identify: who sent a request (default: L{chain_identity} of the TLS peer).
+    @param identify: who sent a request (default: the L{PeerIdentity} of the TLS
+        peer, VOMS servers checked against C{ca_dir}).
     @param access_log: the file of the access log (rotated), or C{None} to log
         requests to the global log as L{Site} does.
     """
     if identify is None:
-        identify = chain_identity(clock=clock, voms_dir=voms_dir, ca_dir=ca_dir)
+        from lbtwist.tls import CADirectory
+
+        identify = PeerIdentity(
+            clock=clock,
+            voms_dir=voms_dir,
+            ca_directory=CADirectory(ca_dir) if ca_dir is not None else None,
+            refresh=True,
+        ).of_request
     root = QueryResource(
         store,
         clock=clock,
@@ -275,15 +240,18 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
         ca_dir = ca_dir or str(pki.ca_dir)
     if cert is None or ca_dir is None:
         raise tls.TLSConfigError("the query service needs a host certificate and a CA directory")
-    source = tls.ServerContextSource(cert, key, ca_dir, crl=options.get("crl") or "if-present")
+    source = tls.ServerContextSource(
+        cert, key, ca_dir, crl=options.get("crl") or "if-present", clock=reactor
+    )
     policy = load_policy(options["policy"]) if options.get("policy") else Policy()
     site = make_site(
         store,
         clock=reactor,
         policy=policy,
         super_users=options.get("super-user") or (),
-        voms_dir=options.get("voms-dir"),
-        ca_dir=ca_dir,
+        identify=PeerIdentity.for_source(
+            source, clock=reactor, voms_dir=options.get("voms-dir")
+        ).of_request,
         access_log=(
             os.path.join(options["state-dir"], ACCESS_LOG) if options.get("state-dir") else None
         ),
@@ -305,7 +273,6 @@ __all__ = [
     "ACCESS_LOG_DELAY",
     "BufferedLog",
     "QuerySite",
-    "chain_identity",
     "dev_commands",
     "dev_pki",
     "make_query_service",
