@@ -476,10 +476,16 @@ def _refuse(
     """
     peer, host = peer_of(conn)
     if cert is None:
-        subject = issuer = "?"
-    else:
-        subject = printable(slash_dn(cert.subject))
-        issuer = printable(slash_dn(cert.issuer))
+        refusals.emit(
+            (role, reason, host),
+            level,
+            "refusing TLS {role} {peer}: {reason}",
+            role=role,
+            peer=peer,
+            reason=reason,
+        )
+        return
+    subject = printable(slash_dn(cert.subject))
     refusals.emit(
         (role, reason, host, subject),
         level,
@@ -489,7 +495,7 @@ def _refuse(
         peer=peer,
         reason=reason,
         subject=subject,
-        issuer=issuer,
+        issuer=printable(slash_dn(cert.issuer)),
         depth=depth,
     )
 
