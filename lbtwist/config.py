@@ -25,6 +25,10 @@ DEFAULT_MAX_INFLIGHT = 1024
 
 DEFAULT_RELAY_WINDOW = 64
 
+# Rate limit of TLS refusal log lines (per identical line; in all per interval).
+DEFAULT_TLS_LOG_INTERVAL = 60
+DEFAULT_TLS_LOG_BURST = 50
+
 
 def normalize_key(key: str) -> str:
     """

@@ -565,10 +565,23 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
     from lbtwist.authz import load_policy
     from lbtwist.identity import PeerIdentity
     from lbtwist.relay import host_credentials
-    from lbtwist.tls import ServerContextSource, tls_server_endpoint
+    from lbtwist.tls import (
+        REFUSAL_LOG_BURST,
+        REFUSAL_LOG_INTERVAL,
+        ServerContextSource,
+        tls_server_endpoint,
+    )
 
     cert, key, ca_dir = host_credentials(options, reactor)
-    source = ServerContextSource(cert, key, ca_dir, crl=options["crl"], clock=reactor)
+    source = ServerContextSource(
+        cert,
+        key,
+        ca_dir,
+        crl=options["crl"],
+        clock=reactor,
+        log_interval=options.get("tls-log-interval", REFUSAL_LOG_INTERVAL),
+        log_burst=options.get("tls-log-burst", REFUSAL_LOG_BURST),
+    )
     policy = load_policy(options["policy"]) if options["policy"] else Policy()
     voms_dir = options["voms-dir"]
     if voms_dir is not None and not os.path.isdir(voms_dir):

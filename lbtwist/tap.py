@@ -42,6 +42,8 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("ca-dir", "", "Trust anchors and CRLs in the hashed layout (X509_CERT_DIR)."),
     ("voms-dir", "", "VOMS .lsc files (X509_VOMS_DIR)."),
     ("crl", "", "CRL checking: require, if-present or off."),
+    ("tls-log-interval", "", "Seconds between two identical TLS refusal log lines."),
+    ("tls-log-burst", "", "Most TLS refusal log lines per interval in all."),
     ("policy", "", "L&B authorization policy file."),
     ("relay-window", "", "Events in flight per relay destination (1 = stop-and-wait)."),
     ("relay-enoent-timeout", "", "Seconds to keep retrying events of a job unknown upstream."),
@@ -62,6 +64,8 @@ _INT_OPTIONS = (
     "max-inflight",
     "relay-window",
     "relay-enoent-timeout",
+    "tls-log-interval",
+    "tls-log-burst",
 )
 
 DEFAULT_CERT = "/etc/grid-security/hostcert.pem"
@@ -127,6 +131,8 @@ class Options(usage.Options):
             "ca-dir": None,
             "voms-dir": None,
             "crl": "if-present",
+            "tls-log-interval": config.DEFAULT_TLS_LOG_INTERVAL,
+            "tls-log-burst": config.DEFAULT_TLS_LOG_BURST,
             "policy": None,
             "super-user": [],
             "relay-map": [],

@@ -43,6 +43,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from lbtwist import config
 from lbtwist.identity import is_legacy_proxy, is_proxy, printable, slash_dn
 
 log = Logger()
@@ -50,9 +51,9 @@ log = Logger()
 CRL_MODES = ("require", "if-present", "off")
 
 #: Seconds between two identical TLS refusal lines (more are counted, not logged).
-REFUSAL_LOG_INTERVAL = 60
+REFUSAL_LOG_INTERVAL = config.DEFAULT_TLS_LOG_INTERVAL
 #: Most TLS refusal lines logged per interval in all (against floods of distinct ones).
-REFUSAL_LOG_BURST = 50
+REFUSAL_LOG_BURST = config.DEFAULT_TLS_LOG_BURST
 
 
 def _x509_error(name: str, default: int) -> int:
@@ -666,6 +667,7 @@ class ServerContextSource:
         verify_time: datetime | None = None,
         clock: IReactorTime | None = None,
         log_interval: float = REFUSAL_LOG_INTERVAL,
+        log_burst: int = REFUSAL_LOG_BURST,
     ) -> None:
         self.verify_time = verify_time
         self.cert = cert
@@ -673,7 +675,7 @@ class ServerContextSource:
         self.ca_directory = CADirectory(ca_dir)
         self.crl = crl
         self.allow_legacy_proxies = allow_legacy_proxies
-        self.refusals = RefusalLog(clock, interval=log_interval)
+        self.refusals = RefusalLog(clock, interval=log_interval, burst=log_burst)
         self._context: SSL.Context | None = None
         self._trust: CATrust | None = None
         self.getContext()  # fail early on a bad configuration

@@ -20,9 +20,10 @@ from OpenSSL import SSL
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import devcerts, tls
+from lbtwist import devcerts, tap, tls
 from lbtwist.identity import (
     Identity,
     TrustAnchors,
@@ -550,6 +551,29 @@ class PortIdentityTests(SynchronousTestCase):
         bump(self.ca_dir)
         source.serverConnectionForTLS(None)
         self.assertEqual(identify(transport).fqans, ())  # type: ignore[union-attr]
+
+    def test_refusal_log_limits_are_options(self) -> None:
+        """
+        C{tls-log-interval} and C{tls-log-burst} reach the ports' refusal logs
+        (shared with the VOMS warnings of their identity layer).
+        """
+        options = self.options()
+        options.update({"tls-log-interval": 7, "tls-log-burst": 3})
+        store = make_store_port_service(options, MemoryStore(Clock()), self.reactor)
+        query = make_query_service(options, MemoryStore(Clock()), self.reactor)
+        for service in (store, query):
+            refusals = service.endpoint.context_source.refusals
+            self.assertEqual((refusals.interval, refusals.burst), (7, 3))
+        parsed = tap.ServerOptions()
+        parsed.parseOptions(["--tls-log-interval", "7", "--tls-log-burst", "3"])
+        self.assertEqual((parsed["tls-log-interval"], parsed["tls-log-burst"]), (7, 3))
+        defaults = tap.Options()
+        defaults.parseOptions([])
+        self.assertEqual(
+            (defaults["tls-log-interval"], defaults["tls-log-burst"]),
+            (tls.REFUSAL_LOG_INTERVAL, tls.REFUSAL_LOG_BURST),
+        )
+        self.assertRaises(usage.UsageError, tap.Options().parseOptions, ["--tls-log-burst", "0"])
 
     def test_not_a_tls_transport(self) -> None:
         _, identify = self.store_port()

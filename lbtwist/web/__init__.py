@@ -241,7 +241,13 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
     if cert is None or ca_dir is None:
         raise tls.TLSConfigError("the query service needs a host certificate and a CA directory")
     source = tls.ServerContextSource(
-        cert, key, ca_dir, crl=options.get("crl") or "if-present", clock=reactor
+        cert,
+        key,
+        ca_dir,
+        crl=options.get("crl") or "if-present",
+        clock=reactor,
+        log_interval=options.get("tls-log-interval", tls.REFUSAL_LOG_INTERVAL),
+        log_burst=options.get("tls-log-burst", tls.REFUSAL_LOG_BURST),
     )
     policy = load_policy(options["policy"]) if options.get("policy") else Policy()
     site = make_site(
