@@ -278,17 +278,59 @@ def _valid_at(cert: x509.Certificate, now: datetime) -> bool:
     return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
 
 
+@attrs.define
+class _TrustIndex:
+    """
+    A trust's certificates by subject and CRLs by issuer (C{cryptography}
+    builds a new name at each access: look them up once per trust), and the
+    CRL signatures already checked.
+    """
+
+    cas: dict[x509.Name, list[x509.Certificate]]
+    crls: dict[x509.Name, list[x509.CertificateRevocationList]]
+    signature_ok: dict[tuple[int, int], bool] = attrs.Factory(dict)
+
+
+_INDEXES: WeakKeyDictionary[Any, _TrustIndex] = WeakKeyDictionary()
+
+
+def _index(trust: Trust) -> _TrustIndex:
+    index = _INDEXES.get(trust)
+    if index is None:
+        cas: dict[x509.Name, list[x509.Certificate]] = {}
+        for ca in trust.certs:
+            cas.setdefault(ca.subject, []).append(ca)
+        crls: dict[x509.Name, list[x509.CertificateRevocationList]] = {}
+        for revocation_list in trust.crls:
+            crls.setdefault(revocation_list.issuer, []).append(revocation_list)
+        index = _INDEXES[trust] = _TrustIndex(cas, crls)
+    return index
+
+
 def _revocation_problem(
-    cert: x509.Certificate, ca: x509.Certificate, trust: Trust, *, now: datetime, crl: str
+    cert: x509.Certificate,
+    ca: x509.Certificate,
+    ca_name: x509.Name,
+    trust: Trust,
+    index: _TrustIndex,
+    *,
+    now: datetime,
+    crl: str,
 ) -> str | None:
-    problem = trust.broken.get(ca.subject)
+    problem = trust.broken.get(ca_name)
     if problem is not None:
         return f"cannot be checked: CRL unreadable ({problem})"
-    lists = [c for c in trust.crls if c.issuer == ca.subject]
+    lists = index.crls.get(ca_name, ())
     if not lists:
         return "cannot be checked: no CRL of its CA (crl = require)" if crl == "require" else None
     for revocation_list in lists:
-        if not revocation_list.is_signature_valid(ca.public_key()):  # type: ignore[arg-type]
+        key = (id(revocation_list), id(ca))
+        ok = index.signature_ok.get(key)
+        if ok is None:
+            ok = index.signature_ok[key] = revocation_list.is_signature_valid(
+                ca.public_key()  # type: ignore[arg-type]
+            )
+        if not ok:
             return "cannot be checked: bad CRL signature"
         next_update = revocation_list.next_update_utc
         if now < revocation_list.last_update_utc or (next_update is not None and now > next_update):
@@ -310,16 +352,16 @@ def signer_problem(
 
     @return: L{None} if it is trusted, else why not.
     """
+    index = _index(trust)
     current = cert
     for _ in range(MAX_CA_DEPTH):
         if not _valid_at(current, now):
             if current is cert:
                 return "expired or not yet valid"
             return f"issued under the CA {slash_dn(current.subject)}, expired or not yet valid"
+        issuer_name = current.issuer
         issuer = None
-        for ca in trust.certs:
-            if ca.subject != current.issuer:
-                continue
+        for ca in index.cas.get(issuer_name, ()):
             try:
                 current.verify_directly_issued_by(ca)
             except (ValueError, TypeError, InvalidSignature):
@@ -329,10 +371,12 @@ def signer_problem(
         if issuer is None:
             return "not issued by a trusted CA"
         if crl != "off":
-            problem = _revocation_problem(current, issuer, trust, now=now, crl=crl)
+            problem = _revocation_problem(
+                current, issuer, issuer_name, trust, index, now=now, crl=crl
+            )
             if problem is not None:
                 return problem if current is cert else f"issued under a CA that is {problem}"
-        if issuer.subject == issuer.issuer:
+        if issuer_name == issuer.issuer:
             return None if _valid_at(issuer, now) else "issued by an expired CA"
         current = issuer
     return "too far from a trusted CA"
