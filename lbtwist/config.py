@@ -42,6 +42,9 @@ DEFAULT_QUERY_IDLE_TIMEOUT = 60.0
 DEFAULT_MAX_REQUEST_LINE = 16 * 1024
 DEFAULT_MAX_HEADER_SIZE = 64 * 1024
 DEFAULT_MAX_HEADERS = 100
+# Rate limit of TLS refusal log lines (per identical line; in all per interval).
+DEFAULT_TLS_LOG_INTERVAL = 60
+DEFAULT_TLS_LOG_BURST = 50
 
 
 def normalize_key(key: str) -> str:

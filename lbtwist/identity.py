@@ -3,15 +3,20 @@
 Who a client is: the DN of its certificate chain and its VOMS FQANs.
 
 Chains are lists of C{cryptography} certificates, leaf first (as
-L{lbtwist.tls.verified_chain} returns them). Nothing here reads the clock.
+L{lbtwist.tls.verified_chain} returns them). The functions take the time as
+an argument; L{PeerIdentity}, the one peer-identity layer of every TLS port,
+reads it from the reactor it is given.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+from weakref import WeakKeyDictionary
 
 import attrs
 from asn1crypto import cms
@@ -21,7 +26,12 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
+
+if TYPE_CHECKING:
+    from OpenSSL import SSL
+
+    from lbtwist.tls import CADirectory, RefusalLog, ServerContextSource
 
 log = Logger()
 
@@ -119,6 +129,28 @@ def same_dn(a: str, b: str) -> bool:
     return normalize_dn(a) == normalize_dn(b)
 
 
+def _escape_char(c: str) -> str:
+    if c == "\\":
+        return "\\\\"
+    if c == '"':
+        return '\\"'
+    o = ord(c)
+    if o < 0x100:
+        return f"\\x{o:02x}"
+    return f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}"
+
+
+def printable(text: str) -> str:
+    """
+    @return: C{text} safe for a log line: control and format characters
+        (escape sequences, bidirectional overrides, line breaks), backslashes
+        and double quotes escaped Python-style (C{\\x1b}, C{\\u202e}).
+    """
+    if text.isprintable() and "\\" not in text and '"' not in text:
+        return text
+    return "".join(c if c.isprintable() and c not in '\\"' else _escape_char(c) for c in text)
+
+
 def _has_extension(cert: x509.Certificate, dotted: str) -> bool:
     return any(ext.oid.dotted_string == dotted for ext in cert.extensions)
 
@@ -184,21 +216,170 @@ def identity_of_chain(
     now: datetime,
     voms_dir: str | Path | None = None,
     ca_certs: Sequence[x509.Certificate] | None = None,
+    trust: Trust | None = None,
+    crl: str = "if-present",
     allow_legacy: bool = False,
 ) -> Identity:
     """
     Build the L{Identity} of a verified chain (FQANs only with a C{voms_dir}).
+    C{ca_certs}, C{trust} and C{crl} are as for L{voms_fqans}.
     """
     fqans: tuple[str, ...] = ()
     if voms_dir is not None:
         fqans = voms_fqans(
-            chain, voms_dir=voms_dir, now=now, ca_certs=ca_certs, allow_legacy=allow_legacy
+            chain,
+            voms_dir=voms_dir,
+            now=now,
+            ca_certs=ca_certs,
+            trust=trust,
+            crl=crl,
+            allow_legacy=allow_legacy,
         )
     return Identity(
         dn=dn_of_chain(chain, allow_legacy=allow_legacy),
         fqans=fqans,
         chain_subjects=tuple(slash_dn(c.subject) for c in chain),
     )
+
+
+# Trust of certificates met outside the TLS handshake (VOMS servers).
+
+#: The longest CA path walked from a VOMS server certificate to its root.
+MAX_CA_DEPTH = 8
+
+
+class Trust(Protocol):
+    """
+    Trust anchors and CRLs (as L{lbtwist.tls.CATrust} holds them).
+    """
+
+    @property
+    def certs(self) -> tuple[x509.Certificate, ...]: ...
+
+    @property
+    def crls(self) -> tuple[x509.CertificateRevocationList, ...]: ...
+
+    @property
+    def broken(self) -> Mapping[x509.Name, str]: ...
+
+
+@attrs.frozen(eq=False)
+class TrustAnchors:
+    """
+    A L{Trust} of CA certificates alone (no CRLs).
+    """
+
+    certs: tuple[x509.Certificate, ...]
+    crls: tuple[x509.CertificateRevocationList, ...] = ()
+    broken: Mapping[x509.Name, str] = attrs.field(factory=dict)
+
+
+def _valid_at(cert: x509.Certificate, now: datetime) -> bool:
+    return cert.not_valid_before_utc <= now <= cert.not_valid_after_utc
+
+
+@attrs.define
+class _TrustIndex:
+    """
+    A trust's certificates by subject and CRLs by issuer (C{cryptography}
+    builds a new name at each access: look them up once per trust), and the
+    CRL signatures already checked.
+    """
+
+    cas: dict[x509.Name, list[x509.Certificate]]
+    crls: dict[x509.Name, list[x509.CertificateRevocationList]]
+    signature_ok: dict[tuple[int, int], bool] = attrs.Factory(dict)
+
+
+_INDEXES: WeakKeyDictionary[Any, _TrustIndex] = WeakKeyDictionary()
+
+
+def _index(trust: Trust) -> _TrustIndex:
+    index = _INDEXES.get(trust)
+    if index is None:
+        cas: dict[x509.Name, list[x509.Certificate]] = {}
+        for ca in trust.certs:
+            cas.setdefault(ca.subject, []).append(ca)
+        crls: dict[x509.Name, list[x509.CertificateRevocationList]] = {}
+        for revocation_list in trust.crls:
+            crls.setdefault(revocation_list.issuer, []).append(revocation_list)
+        index = _INDEXES[trust] = _TrustIndex(cas, crls)
+    return index
+
+
+def _revocation_problem(
+    cert: x509.Certificate,
+    ca: x509.Certificate,
+    ca_name: x509.Name,
+    trust: Trust,
+    index: _TrustIndex,
+    *,
+    now: datetime,
+    crl: str,
+) -> str | None:
+    problem = trust.broken.get(ca_name)
+    if problem is not None:
+        return f"cannot be checked: CRL unreadable ({problem})"
+    lists = index.crls.get(ca_name, ())
+    if not lists:
+        return "cannot be checked: no CRL of its CA (crl = require)" if crl == "require" else None
+    for revocation_list in lists:
+        key = (id(revocation_list), id(ca))
+        ok = index.signature_ok.get(key)
+        if ok is None:
+            ok = index.signature_ok[key] = revocation_list.is_signature_valid(
+                ca.public_key()  # type: ignore[arg-type]
+            )
+        if not ok:
+            return "cannot be checked: bad CRL signature"
+        next_update = revocation_list.next_update_utc
+        if now < revocation_list.last_update_utc or (next_update is not None and now > next_update):
+            return "cannot be checked: CRL expired or not yet valid"
+        if revocation_list.get_revoked_certificate_by_serial_number(cert.serial_number):
+            return "revoked"
+    return None
+
+
+def signer_problem(
+    cert: x509.Certificate, trust: Trust, *, now: datetime, crl: str = "if-present"
+) -> str | None:
+    """
+    Check a certificate met outside a handshake (a VOMS server's) as TLS
+    checks a peer: a path to a self-signed CA of C{trust}, every certificate
+    valid at C{now}, and, unless C{crl} is C{"off"}, none revoked by its CA's
+    CRL (C{"require"}: a CA without CRL fails; a CA whose CRL file is broken
+    fails in both modes).
+
+    @return: L{None} if it is trusted, else why not.
+    """
+    index = _index(trust)
+    current = cert
+    for _ in range(MAX_CA_DEPTH):
+        if not _valid_at(current, now):
+            if current is cert:
+                return "expired or not yet valid"
+            return f"issued under the CA {slash_dn(current.subject)}, expired or not yet valid"
+        issuer_name = current.issuer
+        issuer = None
+        for ca in index.cas.get(issuer_name, ()):
+            try:
+                current.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            issuer = ca
+            break
+        if issuer is None:
+            return "not issued by a trusted CA"
+        if crl != "off":
+            problem = _revocation_problem(
+                current, issuer, issuer_name, trust, index, now=now, crl=crl
+            )
+            if problem is not None:
+                return problem if current is cert else f"issued under a CA that is {problem}"
+        if issuer_name == issuer.issuer:
+            return None if _valid_at(issuer, now) else "issued by an expired CA"
+        current = issuer
+    return "too far from a trusted CA"
 
 
 # VOMS attribute certificates.
@@ -319,7 +500,8 @@ def _check_ac(
     *,
     voms_dir: Path,
     now: datetime,
-    ca_certs: Sequence[x509.Certificate] | None,
+    trust: Trust | None,
+    crl: str,
 ) -> list[str]:
     info = ac["ac_info"]
     fqans, authority = _fqans_and_authority(info)
@@ -372,17 +554,10 @@ def _check_ac(
                     matched = True
     if not matched:
         raise VOMSError(f"no .lsc file of VO {vo!r} matches the AC signer")
-    if ca_certs is not None:
-        trusted = False
-        for ca in ca_certs:
-            if ca.subject == signer.issuer:
-                try:
-                    signer.verify_directly_issued_by(ca)
-                    trusted = True
-                except (ValueError, TypeError, InvalidSignature):
-                    pass
-        if not trusted:
-            raise VOMSError("VOMS server certificate not issued by a trusted CA")
+    if trust is not None:
+        problem = signer_problem(signer, trust, now=now, crl=crl)
+        if problem is not None:
+            raise VOMSError(f"VOMS server certificate {slash_dn(signer.subject)} {problem}")
     return fqans
 
 
@@ -392,6 +567,8 @@ def voms_fqans(
     voms_dir: str | Path,
     now: datetime,
     ca_certs: Sequence[x509.Certificate] | None = None,
+    trust: Trust | None = None,
+    crl: str = "if-present",
     allow_legacy: bool = False,
 ) -> tuple[str, ...]:
     """
@@ -401,13 +578,51 @@ def voms_fqans(
     VOMS extension. It is trusted when signed by the VOMS server certificate
     it carries, whose DN chain matches C{<voms_dir>/<vo>/<host>.lsc}, within
     its validity window at C{now}, and held by the chain's user certificate.
-    With C{ca_certs}, the VOMS server certificate must also be issued by one
-    of them. Any failure gives no FQANs and a log line, never an exception.
+    With a C{trust} (or only C{ca_certs}: anchors without CRLs), the VOMS
+    server certificate must also pass L{signer_problem} under C{crl}. Any
+    failure gives no FQANs and a log line, never an exception.
+    """
+    fqans, why = voms_fqans_why(
+        chain,
+        voms_dir=voms_dir,
+        now=now,
+        ca_certs=ca_certs,
+        trust=trust,
+        crl=crl,
+        allow_legacy=allow_legacy,
+    )
+    if why is not None:
+        log.warn(
+            "ignoring VOMS attributes of {dn}: {why}",
+            dn=printable(dn_of_chain(chain, allow_legacy=allow_legacy)),
+            why=printable(why),
+        )
+    return fqans
+
+
+def voms_fqans_why(
+    chain: Sequence[x509.Certificate],
+    *,
+    voms_dir: str | Path,
+    now: datetime,
+    ca_certs: Sequence[x509.Certificate] | None = None,
+    trust: Trust | None = None,
+    crl: str = "if-present",
+    allow_legacy: bool = False,
+) -> tuple[tuple[str, ...], str | None]:
+    """
+    As L{voms_fqans}, logging nothing.
+
+    @return: the trusted FQANs, and why the chain's AC was ignored
+        (L{None}: it was not, or there is none).
     """
     try:
         holder = end_entity(chain, allow_legacy=allow_legacy)
     except ValueError:
-        return ()
+        return (), None
+    if trust is None and ca_certs is not None:
+        trust = TrustAnchors(tuple(ca_certs))
+        crl = "off"
     for cert in chain:
         ext = next((e for e in cert.extensions if e.oid.dotted_string == VOMS_AC_OID), None)
         if ext is None:
@@ -418,21 +633,173 @@ def voms_fqans(
             for ac_list in _ACFull.load(raw):
                 for ac in ac_list:
                     fqans.extend(
-                        _check_ac(ac, holder, voms_dir=Path(voms_dir), now=now, ca_certs=ca_certs)
+                        _check_ac(
+                            ac, holder, voms_dir=Path(voms_dir), now=now, trust=trust, crl=crl
+                        )
                     )
-            return tuple(fqans)
+            return tuple(fqans), None
         except VOMSError as e:
-            log.warn(
-                "ignoring VOMS attributes of {dn}: {why}",
-                dn=slash_dn(holder.subject),
-                why=str(e),
-            )
-            return ()
+            return (), str(e)
         except Exception as e:
-            log.warn(
-                "ignoring malformed VOMS attributes of {dn}: {why!r}",
-                dn=slash_dn(holder.subject),
-                why=e,
+            return (), f"malformed VOMS attributes: {e!r}"
+    return (), None
+
+
+class PeerIdentity:
+    """
+    The peer-identity layer of every TLS port: the verified chain of a
+    connection -> L{Identity} (DN, trusted FQANs), computed once per
+    connection (again only if the CA trust changed since) and cached in a
+    weak dictionary keyed by the connection (Twisted owns its app data).
+
+    VOMS server certificates are checked against the same L{CADirectory}
+    and CRL mode as the TLS handshakes of the port (L{for_source}): a
+    revoked VOMS server, or one whose CA has a broken CRL, gives no FQANs.
+    Without a CA directory no FQANs are trusted at all.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Any,
+        voms_dir: str | os.PathLike[str] | None = None,
+        ca_directory: CADirectory | None = None,
+        crl: str = "if-present",
+        allow_legacy: bool = False,
+        refresh: bool = False,
+        refusals: RefusalLog | None = None,
+    ) -> None:
+        """
+        @param clock: the reactor (the time of the VOMS checks).
+        @param refresh: re-read C{ca_directory} (if changed) for each new
+            connection; leave off when a L{lbtwist.tls.ServerContextSource}
+            already does so for the same directory.
+        @param refusals: the rate-limited log for ignored VOMS attributes.
+        """
+        from lbtwist.tls import RefusalLog
+
+        self.clock = clock
+        self.voms_dir = Path(voms_dir) if voms_dir is not None else None
+        self.ca_directory = ca_directory
+        self.crl = crl
+        self.allow_legacy = allow_legacy
+        self.refresh = refresh
+        self.refusals = refusals if refusals is not None else RefusalLog(clock)
+        self._cache: WeakKeyDictionary[SSL.Connection, tuple[object, Identity]] = (
+            WeakKeyDictionary()
+        )
+
+    @classmethod
+    def for_source(
+        cls, source: ServerContextSource, *, clock: Any, voms_dir: str | os.PathLike[str] | None
+    ) -> PeerIdentity:
+        """
+        @return: the identity layer of the port whose TLS connections
+            C{source} creates: its CA directory, CRL mode and proxy rules.
+        """
+        return cls(
+            clock=clock,
+            voms_dir=voms_dir,
+            ca_directory=source.ca_directory,
+            crl=source.crl,
+            allow_legacy=source.allow_legacy_proxies,
+            refusals=source.refusals,
+        )
+
+    def _trust(self) -> Trust:
+        directory = self.ca_directory
+        if directory is None:
+            return _NO_TRUST
+        if self.refresh or directory.trust is None:
+            from lbtwist.tls import TLSConfigError
+
+            try:
+                return directory.current()
+            except TLSConfigError as e:
+                self.refusals.emit(
+                    ("identity-ca-dir",),
+                    LogLevel.error,
+                    "cannot read the CA directory for VOMS checks: {why}",
+                    why=printable(str(e)),
+                )
+        return directory.trust or _NO_TRUST
+
+    def of_chain(self, chain: Sequence[x509.Certificate], *, peer: str = "") -> Identity:
+        """
+        @return: the identity of a verified chain, leaf first.
+        @raise ValueError: the chain has no end-entity certificate.
+        """
+        return self._of_chain(chain, self._trust(), peer)
+
+    def _of_chain(self, chain: Sequence[x509.Certificate], trust: Trust, peer: str) -> Identity:
+        dn = dn_of_chain(chain, allow_legacy=self.allow_legacy)
+        fqans: tuple[str, ...] = ()
+        if self.voms_dir is not None:
+            now = datetime.fromtimestamp(self.clock.seconds(), UTC)
+            fqans, why = voms_fqans_why(
+                chain,
+                voms_dir=self.voms_dir,
+                now=now,
+                trust=trust,
+                crl=self.crl,
+                allow_legacy=self.allow_legacy,
             )
-            return ()
-    return ()
+            if why is not None:
+                self.refusals.emit(
+                    ("voms", why, dn),
+                    LogLevel.warn,
+                    "ignoring VOMS attributes of {dn} ({peer}): {why}",
+                    dn=printable(dn),
+                    peer=peer or "unknown peer",
+                    why=printable(why),
+                )
+        return Identity(
+            dn=dn, fqans=fqans, chain_subjects=tuple(slash_dn(c.subject) for c in chain)
+        )
+
+    def of_connection(self, conn: SSL.Connection) -> Identity | None:
+        """
+        @return: the identity of the verified peer of C{conn} (L{None}
+            before the handshake or without a usable chain).
+        """
+        directory = self.ca_directory
+        hit = self._cache.get(conn)
+        if hit is not None and (directory is None or hit[0] is directory.trust):
+            return hit[1]
+        from lbtwist.tls import peer_of, verified_chain
+
+        chain = verified_chain(conn)
+        if not chain:
+            return None
+        trust = self._trust()
+        peer = peer_of(conn)[0]
+        try:
+            who = self._of_chain(chain, trust, peer)
+        except ValueError as e:
+            log.warn("no identity in the chain of {peer}: {why}", peer=peer, why=str(e))
+            return None
+        self._cache[conn] = (directory.trust if directory is not None else None, who)
+        return who
+
+    def of_transport(self, transport: Any) -> Identity | None:
+        """
+        @return: the identity of a TLS transport's peer (C{getHandle()} is its
+            L{SSL.Connection}), L{None} for anything else.
+        """
+        from OpenSSL import SSL
+
+        handle = getattr(transport, "getHandle", lambda: None)()
+        if not isinstance(handle, SSL.Connection):
+            return None
+        return self.of_connection(handle)
+
+    def of_request(self, request: Any) -> Identity | None:
+        """
+        @return: the identity of the peer of a web request's connection.
+        """
+        transport = getattr(getattr(request, "channel", None), "transport", None)
+        return None if transport is None else self.of_transport(transport)
+
+
+#: The trust without a CA directory: nothing is trusted.
+_NO_TRUST = TrustAnchors(())

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -92,23 +91,13 @@ def may_log(
 
 def tls_identity(clock: IReactorTime, voms_dir: str | None = None) -> Identify:
     """
-    @return: a function giving the identity of a TLS transport's verified peer chain.
+    @return: the identity of a TLS transport's verified peer chain, by
+        L{lbtwist.identity.PeerIdentity} without a CA directory (so no
+        FQANs); the store port itself uses L{PeerIdentity.for_source}.
     """
-    from lbtwist.identity import identity_of_chain
-    from lbtwist.tls import transport_chain
+    from lbtwist.identity import PeerIdentity
 
-    def identify(transport: Any) -> Identity | None:
-        chain = transport_chain(transport)
-        if not chain:
-            return None
-        now = datetime.fromtimestamp(clock.seconds(), UTC)
-        try:
-            return identity_of_chain(chain, now=now, voms_dir=voms_dir)
-        except Exception as e:
-            logs.warn(log, "store port: no identity in the peer chain: {error}", error=e)
-            return None
-
-    return identify
+    return PeerIdentity(clock=clock, voms_dir=voms_dir).of_transport
 
 
 @attrs.define
@@ -645,18 +634,34 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
     from twisted.internet.endpoints import serverFromString
 
     from lbtwist.authz import load_policy
+    from lbtwist.identity import PeerIdentity
     from lbtwist.relay import host_credentials
-    from lbtwist.tls import PortLimits, ServerContextSource, quote_for_log, tls_server_endpoint
+    from lbtwist.tls import (
+        REFUSAL_LOG_BURST,
+        REFUSAL_LOG_INTERVAL,
+        PortLimits,
+        ServerContextSource,
+        quote_for_log,
+        tls_server_endpoint,
+    )
 
     cert, key, ca_dir = host_credentials(options, reactor)
-    source = ServerContextSource(cert, key, ca_dir, crl=options["crl"])
+    source = ServerContextSource(
+        cert,
+        key,
+        ca_dir,
+        crl=options["crl"],
+        clock=reactor,
+        log_interval=options.get("tls-log-interval", REFUSAL_LOG_INTERVAL),
+        log_burst=options.get("tls-log-burst", REFUSAL_LOG_BURST),
+    )
     policy = load_policy(options["policy"]) if options["policy"] else Policy()
     voms_dir = options["voms-dir"]
     if voms_dir is not None and not os.path.isdir(voms_dir):
         voms_dir = None
     factory = StorePortFactory(
         store,
-        identify=tls_identity(reactor, voms_dir),
+        identify=PeerIdentity.for_source(source, clock=reactor, voms_dir=voms_dir).of_transport,
         policy=policy,
         super_users=options["super-user"],
         grey_jobs=bool(options["grey-jobs"]),

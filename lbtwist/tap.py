@@ -48,6 +48,8 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("ca-dir", "", "Trust anchors and CRLs in the hashed layout (X509_CERT_DIR)."),
     ("voms-dir", "", "VOMS .lsc files (X509_VOMS_DIR)."),
     ("crl", "", "CRL checking: require, if-present or off."),
+    ("tls-log-interval", "", "Seconds between two identical TLS refusal log lines."),
+    ("tls-log-burst", "", "Most TLS refusal log lines per interval in all."),
     ("policy", "", "L&B authorization policy file."),
     ("tls-handshake-timeout", "", "Seconds a TLS port waits for a connection's handshake."),
     (
@@ -113,6 +115,8 @@ _INT_OPTIONS = (
     "max-request-line",
     "max-header-size",
     "max-headers",
+    "tls-log-interval",
+    "tls-log-burst",
 )
 
 #: Options in seconds (fractions allowed).
@@ -183,6 +187,8 @@ class Options(usage.Options):
             "ca-dir": None,
             "voms-dir": None,
             "crl": "if-present",
+            "tls-log-interval": config.DEFAULT_TLS_LOG_INTERVAL,
+            "tls-log-burst": config.DEFAULT_TLS_LOG_BURST,
             "policy": None,
             "super-user": [],
             "relay-map": [],

@@ -14,10 +14,13 @@ C{_TLSEndpointWrapper} does.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,7 @@ from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from lbtwist import config
 from lbtwist.config import (
     DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
     DEFAULT_MAX_HANDSHAKES,
@@ -53,11 +57,16 @@ from lbtwist.config import (
     DEFAULT_STORE_MAX_CONNECTIONS,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 )
-from lbtwist.identity import is_legacy_proxy, is_proxy, slash_dn
+from lbtwist.identity import is_legacy_proxy, is_proxy, printable, slash_dn
 
 log = Logger()
 
 CRL_MODES = ("require", "if-present", "off")
+
+#: Seconds between two identical TLS refusal lines (more are counted, not logged).
+REFUSAL_LOG_INTERVAL = config.DEFAULT_TLS_LOG_INTERVAL
+#: Most TLS refusal lines logged per interval in all (against floods of distinct ones).
+REFUSAL_LOG_BURST = config.DEFAULT_TLS_LOG_BURST
 
 
 def _x509_error(name: str, default: int) -> int:
@@ -77,8 +86,42 @@ _CRL_HAS_EXPIRED = _x509_error("X509_V_ERR_CRL_HAS_EXPIRED", 12)
 _INVALID_CA = _x509_error("X509_V_ERR_INVALID_CA", 79)
 _INVALID_PURPOSE = _x509_error("X509_V_ERR_INVALID_PURPOSE", 26)
 _KEYUSAGE_NO_CERTSIGN = _x509_error("X509_V_ERR_KEYUSAGE_NO_CERTSIGN", 32)
+_CERT_SIGNATURE_FAILURE = _x509_error("X509_V_ERR_CERT_SIGNATURE_FAILURE", 7)
 #: What OpenSSL says of an end-entity certificate issuing a pre-RFC proxy.
 _LEGACY_ISSUER_ERRORS = frozenset((_INVALID_CA, _INVALID_PURPOSE, _KEYUSAGE_NO_CERTSIGN))
+
+#: Readable reasons of the X509 errors an admin meets (others: OpenSSL's text).
+_REASONS = {
+    _x509_error("X509_V_ERR_CERT_HAS_EXPIRED", 10): "certificate expired",
+    _x509_error("X509_V_ERR_CERT_NOT_YET_VALID", 9): "certificate not yet valid",
+    _x509_error("X509_V_ERR_CERT_REVOKED", 23): "certificate revoked",
+    _x509_error("X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT", 2): "unknown CA",
+    _x509_error("X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY", 20): "unknown CA",
+    _x509_error("X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE", 21): "unknown CA",
+    _x509_error("X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN", 19): "unknown CA",
+    _x509_error("X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT", 18): "unknown CA",
+    _CRL_HAS_EXPIRED: "CRL expired",
+    _CRL_NOT_YET_VALID: "CRL not yet valid",
+    _UNABLE_TO_GET_CRL: "no CRL of its CA (crl = require)",
+    _x509_error("X509_V_ERR_CRL_SIGNATURE_FAILURE", 8): "bad CRL signature",
+    _CERT_SIGNATURE_FAILURE: "bad signature",
+    _x509_error("X509_V_ERR_PROXY_PATH_LENGTH_EXCEEDED", 38): "bad proxy chain (too long)",
+    _x509_error("X509_V_ERR_PROXY_CERTIFICATES_NOT_ALLOWED", 40): (
+        "bad proxy chain (proxies not allowed)"
+    ),
+    _x509_error("X509_V_ERR_INVALID_NON_CA", 37): "bad proxy chain (non-CA marked as CA)",
+    _INVALID_CA: "bad proxy chain (issuer is not a CA)",
+    _KEYUSAGE_NO_CERTSIGN: "bad proxy chain (issuer may not sign certificates)",
+    _INVALID_PURPOSE: "certificate not usable for this purpose",
+}
+
+#: The TLS alert certificate_required (TLS 1.3), and OpenSSL's reason code of
+#: "peer did not return a certificate" (TLS 1.2 sends handshake_failure).
+_ALERT_CERTIFICATE_REQUIRED = 116
+_SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE = 199
+
+#: errnos of a passing shortage: the directory is not broken, retry later.
+_TRANSIENT_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM))
 
 _CERT_FILE = re.compile(r"^[0-9a-f]{8}\.[0-9]+$")
 _CRL_FILE = re.compile(r"^[0-9a-f]{8}\.r[0-9]+$")
@@ -87,6 +130,8 @@ _CRL_FILE = re.compile(r"^[0-9a-f]{8}\.r[0-9]+$")
 _VERIFY_STATE: WeakKeyDictionary[SSL.Connection, dict[int, x509.Certificate]] = WeakKeyDictionary()
 #: The host name a client connection must find in the server's certificate.
 _EXPECTED_HOST: WeakKeyDictionary[SSL.Connection, str] = WeakKeyDictionary()
+#: The TLS protocol of each of our connections (weakly: it holds the connection).
+_PROTOCOL: WeakKeyDictionary[SSL.Connection, weakref.ref[Any]] = WeakKeyDictionary()
 
 
 class TLSConfigError(Exception):
@@ -95,46 +140,183 @@ class TLSConfigError(Exception):
     """
 
 
-@attrs.frozen
+class TrustUnavailable(TLSConfigError):
+    """
+    The CA directory could not be read for a passing reason (descriptors or
+    memory ran out): what was loaded before stays, the next connection retries.
+    """
+
+
+def _openssl_reason(code: int) -> str:
+    try:
+        from OpenSSL._util import ffi, lib
+
+        text = ffi.string(lib.X509_verify_cert_error_string(code)).decode("ascii", "replace")
+    except (ImportError, AttributeError):
+        text = ""
+    return f"{text} (X509 error {code})" if text else f"X509 error {code}"
+
+
+def refusal_reason(code: int, cert: x509.Certificate | None = None) -> str:
+    """
+    @return: a readable reason for the X509 verification error C{code}
+        (of C{cert}, when known).
+    """
+    reason = _REASONS.get(code) or _openssl_reason(code)
+    if code == _CERT_SIGNATURE_FAILURE and cert is not None and is_proxy(cert):
+        return "bad proxy chain (bad signature)"
+    return reason
+
+
+def peer_of(conn: SSL.Connection) -> tuple[str, str]:
+    """
+    @return: the peer address of one of our TLS connections, for a log line,
+        and its host alone (C{"?"} when unknown).
+    """
+    ref = _PROTOCOL.get(conn)
+    protocol = ref() if ref is not None else None
+    try:
+        address = protocol.transport.getPeer()  # type: ignore[union-attr]
+    except Exception:
+        return "unknown peer", "?"
+    host = getattr(address, "host", None)
+    if isinstance(host, str):
+        host = printable(host)
+        port = getattr(address, "port", "?")
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), host
+    name = getattr(address, "name", None)
+    if name is not None:
+        text = printable(os.fsdecode(name) if name else "(unnamed)")
+        return f"unix:{text}", text
+    return printable(str(address)), printable(str(address))
+
+
+class RefusalLog:
+    """
+    Rate-limited log lines of refusals: one line per key and C{interval}
+    (repeats are counted and the count is given with the next line of the
+    key), and at most C{burst} lines per interval in all.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime | None = None,
+        *,
+        logger: Logger | None = None,
+        interval: float = REFUSAL_LOG_INTERVAL,
+        burst: int = REFUSAL_LOG_BURST,
+        max_keys: int = 1024,
+    ) -> None:
+        self._clock = clock
+        self._log = logger if logger is not None else log
+        self.interval = interval
+        self.burst = burst
+        self.max_keys = max_keys
+        self._last: OrderedDict[Hashable, list[float]] = OrderedDict()
+        self._window = -float("inf")
+        self._count = 0
+        self._dropped = 0
+
+    def _now(self) -> float:
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor  # type: ignore[assignment]
+        return self._clock.seconds()  # type: ignore[union-attr]
+
+    def emit(self, key: Hashable, level: LogLevel, format: str, **kw: object) -> bool:
+        """
+        Log C{format} at C{level} unless a line of C{key} was logged within the
+        interval or the interval's budget is spent.
+
+        @return: whether the line was logged.
+        """
+        now = self._now()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval:
+            last[1] += 1
+            return False
+        if now - self._window >= self.interval:
+            if self._dropped:
+                log.warn(
+                    "{dropped} more TLS refusal lines not logged in {interval} s",
+                    dropped=self._dropped,
+                    interval=self.interval,
+                )
+            self._window, self._count, self._dropped = now, 0, 0
+        if self._count >= self.burst:
+            self._dropped += 1
+            return False
+        self._count += 1
+        repeats = int(last[1]) if last is not None else 0
+        self._last[key] = [now, 0]
+        self._last.move_to_end(key)
+        while len(self._last) > self.max_keys:
+            self._last.popitem(last=False)
+        if repeats:
+            format += " ({repeats} more like it since the last such line)"
+        self._log.emit(level, format, repeats=repeats, **kw)
+        return True
+
+
+@attrs.frozen(eq=False)
 class CATrust:
     """
     The trust anchors and CRLs read from a CA directory.
+
+    @ivar broken: CA subject -> the file and reason, for each CA whose CRL
+        file cannot be read or parsed (its chains are refused).
     """
 
     certs: tuple[x509.Certificate, ...]
     crls: tuple[x509.CertificateRevocationList, ...]
+    broken: Mapping[x509.Name, str] = attrs.field(factory=dict)
 
     def has_crl(self, ca: x509.Name) -> bool:
         return any(c.issuer == ca for c in self.crls)
 
 
-Fingerprint = tuple[tuple[str, int, int, int], ...]
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
+
+
+def _subject_hash(cert: x509.Certificate) -> str:
+    return f"{crypto.X509.from_cryptography(cert).subject_name_hash():08x}"
 
 
 class CADirectory:
     """
     A CA directory in the hashed layout, re-read when its files change.
 
+    One object serves the TLS context and the VOMS checks of a port, so both
+    see one trust.
+
     @ivar path: the directory.
+    @ivar trust: what the last L{load} read (L{None} before).
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._loaded: Fingerprint | None = None
+        self.trust: CATrust | None = None
 
     def fingerprint(self) -> Fingerprint:
         """
-        @return: (name, mtime_ns, size, inode) of the directory and of every
-            certificate and CRL file in it.
+        @return: (name, mtime_ns, ctime_ns, size, inode) of the directory and
+            of every certificate and CRL file in it (-1s for a name that
+            cannot be stat'ed, such as a dangling link).
+        @raise TrustUnavailable: the directory cannot be listed for lack of
+            descriptors or memory.
         """
         try:
             st = os.stat(self.path)
         except OSError:
             return ()
-        entries = [(".", st.st_mtime_ns, st.st_size, st.st_ino)]
+        entries = [(".", st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)]
         try:
             names = sorted(os.listdir(self.path))
-        except OSError:
+        except OSError as e:
+            if e.errno in _TRANSIENT_ERRNOS:
+                raise TrustUnavailable(f"cannot list {self.path}: {e.strerror}") from e
             names = []
         for name in names:
             if not (_CERT_FILE.match(name) or _CRL_FILE.match(name)):
@@ -142,41 +324,90 @@ class CADirectory:
             try:
                 fst = os.stat(self.path / name)
             except OSError:
+                entries.append((name, -1, -1, -1, -1))
                 continue
-            entries.append((name, fst.st_mtime_ns, fst.st_size, fst.st_ino))
+            entries.append((name, fst.st_mtime_ns, fst.st_ctime_ns, fst.st_size, fst.st_ino))
         return tuple(entries)
 
     def changed(self) -> bool:
         """
-        @return: whether the directory changed since the last L{load}.
+        @return: whether the directory changed since the last L{load} (or
+            cannot be looked at now).
         """
-        return self._loaded is None or self.fingerprint() != self._loaded
+        if self._loaded is None:
+            return True
+        try:
+            return self.fingerprint() != self._loaded
+        except TrustUnavailable:
+            return True
 
     def load(self) -> CATrust:
         """
-        Read every C{<hash>.N} certificate and C{<hash>.rN} CRL.
+        Read every C{<hash>.N} certificate and C{<hash>.rN} CRL. A CRL file
+        that cannot be read or parsed marks its CA broken (see
+        L{CATrust.broken}); an unreadable certificate is skipped.
+
+        @raise TrustUnavailable: a file could not be opened for lack of
+            descriptors or memory (nothing is recorded: the next call retries).
         """
         fingerprint = self.fingerprint()
         certs: list[x509.Certificate] = []
         crls: list[x509.CertificateRevocationList] = []
+        broken_files: dict[str, str] = {}
         for name, *_ in fingerprint[1:]:
             path = self.path / name
+            is_crl = bool(_CRL_FILE.match(name))
             try:
                 data = path.read_bytes()
-                if _CERT_FILE.match(name):
-                    certs.extend(x509.load_pem_x509_certificates(data))
-                else:
-                    crls.append(x509.load_pem_x509_crl(data))
-            except (OSError, ValueError) as e:
-                log.warn("skipping unreadable {path}: {why}", path=str(path), why=str(e))
+            except OSError as e:
+                if e.errno in _TRANSIENT_ERRNOS:
+                    raise TrustUnavailable(f"cannot read {path}: {e.strerror}") from e
+                why = e.strerror or str(e)
+            else:
+                try:
+                    if is_crl:
+                        crls.append(x509.load_pem_x509_crl(data))
+                    else:
+                        certs.extend(x509.load_pem_x509_certificates(data))
+                    continue
+                except ValueError as e:
+                    why = f"not a PEM {'CRL' if is_crl else 'certificate'} ({e})"
+            if is_crl:
+                broken_files.setdefault(name.split(".", 1)[0], f"{path}: {why}")
+            else:
+                log.warn("skipping unreadable {path}: {why}", path=str(path), why=why)
+        broken: dict[x509.Name, str] = {}
+        if broken_files:
+            for cert in certs:
+                problem = broken_files.get(_subject_hash(cert))
+                if problem is not None and cert.subject not in broken:
+                    broken[cert.subject] = problem
+                    log.critical(
+                        "CRL {problem}: chains of the CA {ca} are refused until the file is "
+                        "readable again (unless crl = off)",
+                        problem=printable(problem),
+                        ca=printable(slash_dn(cert.subject)),
+                    )
+        trust = CATrust(tuple(certs), tuple(crls), broken)
         self._loaded = fingerprint
+        self.trust = trust
         log.info(
             "loaded {ncerts} CA certificates and {ncrls} CRLs from {path}",
             ncerts=len(certs),
             ncrls=len(crls),
             path=str(self.path),
         )
-        return CATrust(tuple(certs), tuple(crls))
+        return trust
+
+    def current(self) -> CATrust:
+        """
+        @return: the trust, re-read first if the directory changed.
+        @raise TrustUnavailable: it changed but cannot be read now (L{trust}
+            keeps what was loaded before).
+        """
+        if self.trust is not None and not self.changed():
+            return self.trust
+        return self.load()
 
 
 def _read_credentials(
@@ -243,66 +474,138 @@ def _legacy_chain_ok(chain: Sequence[x509.Certificate]) -> bool:
 
 
 VerifyCallback = Callable[[SSL.Connection, crypto.X509, int, int, int], bool]
+InfoCallback = Callable[[SSL.Connection, int, int], None]
+
+
+def _refuse(
+    refusals: RefusalLog,
+    conn: SSL.Connection,
+    role: str,
+    reason: str,
+    cert: x509.Certificate | None,
+    depth: int,
+    level: LogLevel = LogLevel.info,
+) -> None:
+    """
+    Log a refused handshake: the peer address, the reason, and the subject
+    of the failing certificate escaped and labelled unverified.
+    """
+    peer, host = peer_of(conn)
+    if cert is None:
+        refusals.emit(
+            (role, reason, host),
+            level,
+            "refusing TLS {role} {peer}: {reason}",
+            role=role,
+            peer=peer,
+            reason=reason,
+        )
+        return
+    subject = printable(slash_dn(cert.subject))
+    refusals.emit(
+        (role, reason, host, subject),
+        level,
+        'refusing TLS {role} {peer}: {reason} (unverified subject "{subject}", '
+        'issuer "{issuer}", depth {depth})',
+        role=role,
+        peer=peer,
+        reason=reason,
+        subject=subject,
+        issuer=printable(slash_dn(cert.issuer)),
+        depth=depth,
+    )
 
 
 def _verify_callback(
-    crl: str, allow_legacy_proxies: bool, *, check_host: bool = False
+    crl: str,
+    allow_legacy_proxies: bool,
+    *,
+    check_host: bool = False,
+    trust: CATrust | None = None,
+    refusals: RefusalLog | None = None,
 ) -> VerifyCallback:
+    broken = trust.broken if trust is not None and crl != "off" else {}
+    limiter = refusals if refusals is not None else RefusalLog()
+    role = "server" if check_host else "client"
+
     def verify(conn: SSL.Connection, cert: crypto.X509, errno: int, depth: int, ok: int) -> bool:
         state = _VERIFY_STATE.setdefault(conn, {})
+        c = cert.to_cryptography()
+        if broken:
+            problem = broken.get(c.issuer)
+            if problem is not None:
+                _refuse(limiter, conn, role, f"CRL unreadable ({problem})", c, depth,
+                        LogLevel.critical)  # fmt: skip
+                return False
         if not ok:
-            subject = slash_dn(cert.to_cryptography().subject)
-            issuer = slash_dn(cert.to_cryptography().issuer)
             if errno == _UNABLE_TO_GET_CRL:
                 if crl == "if-present":
                     return True
-                log.warn(
-                    "refusing {subject}: no CRL of its issuer {issuer} (crl = require)",
-                    subject=subject,
-                    issuer=issuer,
-                )
+                _refuse(limiter, conn, role, refusal_reason(errno), c, depth, LogLevel.warn)
                 return False
             if errno in (_CRL_HAS_EXPIRED, _CRL_NOT_YET_VALID):
-                log.critical(
-                    "CRL of {issuer} is expired or not yet valid: refusing {subject}; "
-                    "is fetch-crl running?",
-                    issuer=issuer,
-                    subject=subject,
-                )
+                reason = refusal_reason(errno) + "; is fetch-crl running?"
+                _refuse(limiter, conn, role, reason, c, depth, LogLevel.critical)
                 return False
             if (
                 allow_legacy_proxies
                 and depth > 0
                 and errno in _LEGACY_ISSUER_ERRORS
-                and not _is_ca(cert.to_cryptography())
+                and not _is_ca(c)
             ):
                 # A pre-RFC proxy's issuer is an end-entity certificate; the
                 # chain's shape is checked once complete (depth 0).
                 return True
-            log.info(
-                "refusing certificate {subject} at depth {depth}: X509 error {errno}",
-                subject=subject,
-                depth=depth,
-                errno=errno,
-            )
+            _refuse(limiter, conn, role, refusal_reason(errno, c), c, depth)
             return False
-        state[depth] = cert.to_cryptography()
+        state[depth] = c
         if depth == 0 and check_host:
             host = _EXPECTED_HOST.get(conn)
             if host is not None:
                 try:
-                    _verify_host(state[0], host)
+                    _verify_host(c, host)
                 except VerificationError:
-                    log.info("server certificate does not match host {host}", host=host)
+                    reason = f"certificate does not match host {printable(host)}"
+                    _refuse(limiter, conn, role, reason, c, depth)
                     return False
         if depth == 0 and allow_legacy_proxies:
             chain = [state[d] for d in sorted(state)]
             if not _legacy_chain_ok(chain):
-                log.info("refusing a chain whose non-CA issuers are not proxied")
+                reason = "bad proxy chain (a non-CA issuer's child is not its proxy)"
+                _refuse(limiter, conn, role, reason, c, depth)
                 return False
         return True
 
     return verify
+
+
+def _peek_ssl_reason() -> int:
+    try:
+        from OpenSSL._util import lib
+
+        return int(lib.ERR_GET_REASON(lib.ERR_peek_error()))
+    except (ImportError, AttributeError):
+        return 0
+
+
+def _handshake_info(refusals: RefusalLog) -> InfoCallback:
+    """
+    An info callback logging handshakes refused for want of a client
+    certificate (the verify callback never sees those).
+    """
+
+    def info(conn: SSL.Connection, where: int, ret: int) -> None:
+        if where & SSL.SSL_CB_WRITE_ALERT != SSL.SSL_CB_WRITE_ALERT or conn in _VERIFY_STATE:
+            return
+        try:
+            if (ret & 0xFF) == _ALERT_CERTIFICATE_REQUIRED or (
+                _peek_ssl_reason() == _SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE
+            ):
+                _refuse(refusals, conn, "client", "no client certificate", None, 0)
+        except Exception:
+            log.failure("logging a refused TLS handshake")
+
+    return info
 
 
 def server_context(
@@ -313,6 +616,7 @@ def server_context(
     crl: str = "if-present",
     allow_legacy_proxies: bool = False,
     verify_time: datetime | None = None,
+    refusals: RefusalLog | None = None,
 ) -> SSL.Context:
     """
     Build the query server's TLS context.
@@ -321,15 +625,18 @@ def server_context(
     @param key: PEM key (L{None}: in the certificate file).
     @param ca_dir: the CA directory, or an already loaded L{CATrust}.
     @param crl: C{"require"} (a CA without CRL fails), C{"if-present"} (only
-        CAs with a CRL are checked) or C{"off"}.
+        CAs with a CRL are checked) or C{"off"}. Under both first modes a CA
+        whose CRL file is broken fails.
     @param allow_legacy_proxies: accept pre-RFC Globus proxies.
     @param verify_time: check validity at this time instead of OpenSSL's
         clock (for tests).
+    @param refusals: where refused handshakes are logged.
     """
     if crl not in CRL_MODES:
         raise TLSConfigError(f"crl must be one of {', '.join(CRL_MODES)}, not {crl!r}")
     trust = ca_dir if isinstance(ca_dir, CATrust) else CADirectory(ca_dir).load()
     certs, private_key = _read_credentials(cert, key)
+    refusals = refusals if refusals is not None else RefusalLog()
     ctx = SSL.Context(SSL.TLS_METHOD)
     ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
     ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
@@ -342,9 +649,10 @@ def server_context(
         )
     ctx.set_verify(
         SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT,
-        _verify_callback(crl, allow_legacy_proxies),
+        _verify_callback(crl, allow_legacy_proxies, trust=trust, refusals=refusals),
     )
     ctx.set_verify_depth(32)
+    ctx.set_info_callback(_handshake_info(refusals))
     return ctx
 
 
@@ -353,6 +661,14 @@ class ServerContextSource:
     """
     Hands out server TLS connections, rebuilding the context when the CA
     directory changes (fetch-crl replaces CRLs; OpenSSL caches them).
+
+    When the directory changed but cannot be read for lack of descriptors
+    or memory, the previous context stays and the next connection retries:
+    never a context without the CRLs.
+
+    @ivar ca_directory: the port's L{CADirectory} (share it with
+        L{lbtwist.identity.PeerIdentity} so VOMS checks see the same trust).
+    @ivar refusals: the rate-limited log of refused handshakes.
     """
 
     def __init__(
@@ -364,6 +680,9 @@ class ServerContextSource:
         crl: str = "if-present",
         allow_legacy_proxies: bool = False,
         verify_time: datetime | None = None,
+        clock: IReactorTime | None = None,
+        log_interval: float = REFUSAL_LOG_INTERVAL,
+        log_burst: int = REFUSAL_LOG_BURST,
     ) -> None:
         self.verify_time = verify_time
         self.cert = cert
@@ -371,35 +690,52 @@ class ServerContextSource:
         self.ca_directory = CADirectory(ca_dir)
         self.crl = crl
         self.allow_legacy_proxies = allow_legacy_proxies
+        self.refusals = RefusalLog(clock, interval=log_interval, burst=log_burst)
         self._context: SSL.Context | None = None
+        self._trust: CATrust | None = None
         self.getContext()  # fail early on a bad configuration
 
     def getContext(self) -> SSL.Context:
         """
         @return: the current context, rebuilt if the CA directory changed.
         """
-        if self._context is None or self.ca_directory.changed():
-            self._context = server_context(
-                self.cert,
-                self.key,
-                self.ca_directory.load(),
-                crl=self.crl,
-                allow_legacy_proxies=self.allow_legacy_proxies,
-                verify_time=self.verify_time,
+        try:
+            trust = self.ca_directory.current()
+            if self._context is None or trust is not self._trust:
+                self._context = server_context(
+                    self.cert,
+                    self.key,
+                    trust,
+                    crl=self.crl,
+                    allow_legacy_proxies=self.allow_legacy_proxies,
+                    verify_time=self.verify_time,
+                    refusals=self.refusals,
+                )
+                self._trust = trust
+        except TLSConfigError as e:
+            if self._context is None:
+                raise
+            self.refusals.emit(
+                ("context",),
+                LogLevel.error,
+                "cannot rebuild the TLS context ({why}): keeping the previous one, "
+                "retrying on the next connection",
+                why=printable(str(e)),
             )
         return self._context
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        return SSL.Connection(self.getContext(), None)
+        conn = SSL.Connection(self.getContext(), None)
+        try:
+            _PROTOCOL[conn] = weakref.ref(tlsProtocol)
+        except TypeError:
+            pass
+        return conn
 
 
 # Bounded ports: every TLS listener has a handshake timeout, an idle timeout and
 # connection limits that unauthenticated connections cannot use up for verified
 # peers (docs/limits.md).
-
-#: Seconds between two log lines of one kind of refusal on one port; the lines
-#: in between are counted, and the next line says how many there were.
-REFUSAL_LOG_INTERVAL = 10.0
 
 
 def quote_for_log(text: str | None) -> str:
@@ -419,41 +755,6 @@ def quote_for_log(text: str | None) -> str:
         else:
             out.append(ascii(ch)[1:-1] if ord(ch) > 0xFF else f"\\x{ord(ch):02x}")
     return '"' + "".join(out) + '"'
-
-
-class RateLimitedLog:
-    """
-    Log lines of one kind at most once every C{interval} seconds.
-
-    @param clock: provides C{seconds()}.
-    """
-
-    def __init__(
-        self, logger: Logger, clock: IReactorTime, interval: float = REFUSAL_LOG_INTERVAL
-    ) -> None:
-        self.logger = logger
-        self.clock = clock
-        self.interval = interval
-        self._next: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def emit(self, kind: str, level: LogLevel, format: str, **kw: object) -> bool:
-        """
-        Log C{format} with C{kw} unless a line of C{kind} was logged less than
-        C{interval} seconds ago.
-
-        @return: whether the line was logged.
-        """
-        now = self.clock.seconds()
-        if now < self._next.get(kind, now):
-            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
-            return False
-        self._next[kind] = now + self.interval
-        suppressed = self._suppressed.pop(kind, 0)
-        if suppressed:
-            format += " ({suppressed} more since the last such line)"
-        self.logger.emit(level, format, suppressed=suppressed, **kw)
-        return True
 
 
 @attrs.frozen
@@ -704,7 +1005,7 @@ class BoundedTLSFactory(TLSMemoryBIOFactory):
         self._handshaking_at: dict[str, dict[BoundedTLSProtocol, None]] = {}
         self._connections_at: dict[str, int] = {}
         self.stats = PortStats()
-        self.refusals = RateLimitedLog(log, clock)
+        self.refusals = RefusalLog(clock)
 
     def connections_from(self, address: str) -> int:
         """
@@ -947,7 +1248,7 @@ def client_context(
     if crl not in CRL_MODES:
         raise TLSConfigError(f"crl must be one of {', '.join(CRL_MODES)}, not {crl!r}")
     _load_trust(ctx, trust, crl, verify_time)
-    ctx.set_verify(SSL.VERIFY_PEER, _verify_callback(crl, False, check_host=True))
+    ctx.set_verify(SSL.VERIFY_PEER, _verify_callback(crl, False, check_host=True, trust=trust))
     return ctx
 
 
@@ -969,5 +1270,9 @@ class ClientConnectionCreator:
         except ValueError:
             conn.set_tlsext_host_name(self.hostname.encode("idna"))
         _EXPECTED_HOST[conn] = self.hostname
+        try:
+            _PROTOCOL[conn] = weakref.ref(tlsProtocol)
+        except TypeError:
+            pass
         conn.set_connect_state()
         return conn

@@ -16,7 +16,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.test import iosim
@@ -31,7 +31,6 @@ from lbtwist.tls import (
     BoundedTLSFactory,
     BoundedTLSProtocol,
     PortLimits,
-    RateLimitedLog,
     quote_for_log,
     tls_server_endpoint,
 )
@@ -352,23 +351,6 @@ class HelperTests(SynchronousTestCase):
         proto.makeConnection(StringTransport(peerAddress=addr))
         self.assertEqual(proto.peer_text, "[2001:db8::7]:4242")
         self.assertEqual(port.factory.connections_from("2001:db8::7"), 1)
-
-    def test_rate_limited_log(self) -> None:
-        events = capture_log(self)
-        clock = Clock()
-        from twisted.logger import Logger
-
-        limited = RateLimitedLog(Logger(), clock, interval=10)
-        self.assertTrue(limited.emit("a", LogLevel.warn, "first {n}", n=1))
-        self.assertFalse(limited.emit("a", LogLevel.warn, "second {n}", n=2))
-        self.assertFalse(limited.emit("a", LogLevel.warn, "third {n}", n=3))
-        self.assertTrue(limited.emit("b", LogLevel.warn, "other {n}", n=4))
-        clock.advance(10)
-        self.assertTrue(limited.emit("a", LogLevel.warn, "fourth {n}", n=5))
-        self.assertEqual(
-            texts(events),
-            ["first 1", "other 4", "fourth 5 (2 more since the last such line)"],
-        )
 
     def test_limits_from_options(self) -> None:
         self.assertEqual(

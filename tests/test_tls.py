@@ -6,6 +6,7 @@ certificates generated in the test.
 
 from __future__ import annotations
 
+import errno
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -13,12 +14,13 @@ from typing import Any, cast
 
 import attrs
 from cryptography import x509
+from OpenSSL import SSL
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IHandshakeListener, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogLevel, globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -28,10 +30,13 @@ from zope.interface.verify import verifyObject
 from lbtwist import devcerts
 from lbtwist.identity import dn_of_chain
 from lbtwist.tls import (
+    REFUSAL_LOG_INTERVAL,
     CADirectory,
     ClientConnectionCreator,
+    RefusalLog,
     ServerContextSource,
     TLSConfigError,
+    TrustUnavailable,
     client_context,
     server_context,
     tls_server_endpoint,
@@ -78,9 +83,13 @@ class Result:
         return self.server.handshake and self.server.data == b"hello"
 
 
-def connect(server_source: object, client_creator: object) -> Result:
+#: The client's address as the server sees it.
+PEER = IPv4Address("TCP", "192.0.2.7", 40001)
+
+
+def connect(server_source: object, client_creator: object, peer: IPv4Address = PEER) -> Result:
     """
-    Handshake a client and the server in memory; return both ends.
+    Handshake a client (from C{peer}) and the server in memory; return both ends.
     """
     server = Recorder()
     client = Recorder()
@@ -89,7 +98,10 @@ def connect(server_source: object, client_creator: object) -> Result:
     cf = TLSMemoryBIOFactory(client_creator, True, Factory.forProtocol(lambda: client), clock)  # type: ignore[arg-type]
     addr = IPv4Address("TCP", "127.0.0.1", 9000)
     _, _, pump = iosim.connectedServerAndClient(
-        lambda: sf.buildProtocol(addr), lambda: cf.buildProtocol(addr), clock=clock
+        lambda: sf.buildProtocol(addr),
+        lambda: cf.buildProtocol(addr),
+        serverTransportFactory=lambda p: iosim.FakeTransport(p, True, addr, peer),
+        clock=clock,
     )
     for _ in range(5):
         clock.advance(1)
@@ -112,9 +124,21 @@ class Fixture:
         self.host_cert = self.host.write(base / "host.pem")
         self.user = self.ca.user(USER_DN)
         self.user2 = self.ca.user("/DC=org/DC=example/OU=People/CN=Other User")
+        self.clock = Clock()
+        self.crl_path = self.ca_dir / f"{devcerts.subject_hash(self.ca.cert)}.r0"
+
+    def client12(self, cred: Credential | None) -> ClientConnectionCreator:
+        """
+        A client speaking TLS 1.2 at most.
+        """
+        path = cred.write(self.base / "client12.pem") if cred is not None else None
+        ctx = client_context(path, None, self.ca_dir, verify_time=NOW, crl="off")
+        ctx.set_max_proto_version(SSL.TLS1_2_VERSION)
+        return ClientConnectionCreator("localhost", ctx)
 
     def source(self, **kw: object) -> ServerContextSource:
         kw.setdefault("verify_time", NOW)
+        kw.setdefault("clock", self.clock)
         return ServerContextSource(self.host_cert, None, self.ca_dir, **kw)  # type: ignore[arg-type]
 
     def client(self, cred: Credential | None, name: str = "client.pem") -> ClientConnectionCreator:
@@ -254,8 +278,8 @@ class HandshakeTests(SynchronousTestCase):
         r = connect(self.f.source(allow_legacy_proxies=True), self.f.client(cred))
         self.assertFalse(r.accepted)
         self.assertIn(
-            "refusing a chain whose non-CA issuers are not proxied",
-            [e.get("log_format") for e in self.events],
+            "bad proxy chain (a non-CA issuer's child is not its proxy)",
+            [e.get("reason") for e in self.events],
         )
 
     def test_client_checks_server_hostname(self) -> None:
@@ -340,3 +364,245 @@ class EndpointTests(SynchronousTestCase):
         (factory,) = inner.factories
         self.assertIsInstance(factory, TLSMemoryBIOFactory)
         self.assertIs(factory.wrappedFactory, app)  # type: ignore[attr-defined]
+
+
+def emfile(*args: object, **kw: object) -> Any:
+    raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+
+class BrokenCRLTests(SynchronousTestCase):
+    """
+    A CRL file that cannot be read or parsed fails closed; running out of
+    descriptors never gives a context without CRLs.
+    """
+
+    def setUp(self) -> None:
+        self.f = Fixture(Path(self.mktemp()))
+        self.events: list[dict[str, object]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def critical(self) -> list[str]:
+        return [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.critical]
+
+    def test_corrupt_crl_refuses_until_fixed(self) -> None:
+        source = self.f.source()
+        client = self.f.client(proxy_of(self.f.user))
+        self.assertTrue(connect(source, client).accepted)
+        self.f.crl_path.write_text("-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n")
+        self.assertFalse(connect(source, client).accepted)
+        self.assertFalse(connect(source, client).accepted)
+        lines = self.critical()
+        self.assertTrue(any(str(self.f.crl_path) in line for line in lines), lines)
+        refusals = [line for line in lines if line.startswith("refusing TLS client")]
+        # Rate-limited: the second refusal of the same peer is not logged again.
+        self.assertEqual(len(refusals), 1, refusals)
+        self.assertIn("CRL unreadable", refusals[0])
+        self.assertIn("192.0.2.7:40001", refusals[0])
+        # fetch-crl puts a good CRL back: picked up by the next connection.
+        self.f.ca.install(self.f.ca_dir, self.f.ca.crl())
+        self.assertTrue(connect(source, client).accepted)
+
+    def test_dangling_crl_link_refuses(self) -> None:
+        self.f.crl_path.unlink()
+        self.f.crl_path.symlink_to(self.f.base / "missing.crl")
+        self.assertFalse(connect(self.f.source(), self.f.client(self.f.user)).accepted)
+        self.assertTrue(any("missing" in line or "r0" in line for line in self.critical()))
+
+    def test_crl_that_is_a_directory_refuses(self) -> None:
+        self.f.crl_path.unlink()
+        self.f.crl_path.mkdir()
+        self.assertFalse(connect(self.f.source(), self.f.client(self.f.user)).accepted)
+
+    def test_require_refuses_with_readable_reason(self) -> None:
+        self.f.crl_path.write_text("garbage")
+        source = self.f.source(crl="require")
+        self.assertFalse(connect(source, self.f.client(self.f.user)).accepted)
+        self.assertTrue(any("CRL unreadable" in line for line in self.critical()))
+
+    def test_broken_crl_ignored_with_crl_off(self) -> None:
+        self.f.crl_path.write_text("garbage")
+        self.assertTrue(connect(self.f.source(crl="off"), self.f.client(self.f.user)).accepted)
+
+    def test_broken_crl_of_another_ca(self) -> None:
+        """
+        Only chains of the CA whose CRL is broken are refused.
+        """
+        other = TestCA.create("/DC=org/DC=elsewhere/CN=Other CA")
+        other.install(self.f.ca_dir, other.crl())
+        (self.f.ca_dir / f"{devcerts.subject_hash(other.cert)}.r0").write_text("garbage")
+        source = self.f.source()
+        self.assertTrue(connect(source, self.f.client(self.f.user)).accepted)
+        self.assertFalse(connect(source, self.f.client(other.user(USER_DN), "o.pem")).accepted)
+
+    def test_descriptors_exhausted_reading_crl_keeps_previous_context(self) -> None:
+        self.f.ca.install(self.f.ca_dir, self.f.ca.crl([self.f.user.cert]))
+        source = self.f.source()
+        revoked = self.f.client(proxy_of(self.f.user))
+        self.assertFalse(connect(source, revoked).accepted)
+        before = source.getContext()
+        # The directory changes while no descriptor can be opened for its CRL.
+        self.f.ca.install(self.f.ca_dir, self.f.ca.crl([self.f.user.cert]))
+        os.utime(self.f.crl_path, ns=(0, os.stat(self.f.crl_path).st_mtime_ns + 10**9))
+        real = Path.read_bytes
+
+        def read_bytes(path: Path) -> bytes:
+            if path.name.endswith(".r0"):
+                emfile()
+            return real(path)
+
+        self.patch(Path, "read_bytes", read_bytes)
+        self.assertFalse(connect(source, revoked).accepted)
+        self.assertIs(source.getContext(), before)
+        errors = [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.error]
+        self.assertTrue(any("keeping the previous one" in line for line in errors), errors)
+        # Descriptors are back: the next connection reloads.
+        self.patch(Path, "read_bytes", real)
+        self.assertFalse(connect(source, revoked).accepted)
+        self.assertIsNot(source.getContext(), before)
+        self.assertTrue(connect(source, self.f.client(self.f.user2, "u2.pem")).accepted)
+
+    def test_descriptors_exhausted_listing_keeps_previous_context(self) -> None:
+        source = self.f.source()
+        before = source.getContext()
+        client = self.f.client(self.f.user)
+        TestCA.create("/CN=Another").install(self.f.ca_dir)
+        self.patch(os, "listdir", emfile)
+        self.assertTrue(connect(source, client).accepted)
+        self.assertIs(source.getContext(), before)
+
+    def test_descriptors_exhausted_at_start(self) -> None:
+        self.patch(os, "listdir", emfile)
+        self.assertRaises(TrustUnavailable, self.f.source)
+
+
+class RefusalLogLineTests(SynchronousTestCase):
+    """
+    Refused handshakes: one readable line with the peer address and reason;
+    the subject only escaped and labelled unverified.
+    """
+
+    def setUp(self) -> None:
+        self.f = Fixture(Path(self.mktemp()))
+        self.events: list[dict[str, object]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def refusals(self) -> list[str]:
+        lines = [formatEvent(e) for e in self.events]
+        return [line for line in lines if line.startswith("refusing TLS client")]
+
+    def refused(self, cred: Credential | None, **kw: object) -> str:
+        """
+        @return: the one refusal line of a handshake of C{cred}.
+        """
+        del self.events[:]
+        creator = self.f.client(cred) if kw.pop("tls13", True) else self.f.client12(cred)
+        r = connect(self.f.source(**kw), creator)
+        self.assertFalse(r.accepted)
+        [line] = self.refusals()
+        self.assertIn("192.0.2.7:40001", line)
+        self.assertNotIn("X509 error", line)
+        return line
+
+    def test_reasons(self) -> None:
+        other = TestCA.create("/DC=org/DC=elsewhere/CN=Other CA")
+        forged = devcerts.issue_proxy(self.f.user.cert, devcerts.new_key(), now=NOW)
+        table: list[tuple[Credential, str]] = [
+            (proxy_of(self.f.user, now=NOW - timedelta(days=3650), hours=1), "certificate expired"),
+            (proxy_of(self.f.user, now=NOW + timedelta(days=2)), "certificate not yet valid"),
+            (proxy_of(other.user(USER_DN)), "unknown CA"),
+            (Credential(forged[0], forged[1], [self.f.user.cert]), "bad proxy chain"),
+            (proxy_of(self.f.user, legacy=True), "bad proxy chain"),
+        ]
+        for cred, reason in table:
+            line = self.refused(cred)
+            self.assertIn(f": {reason}", line)
+
+    def test_revoked(self) -> None:
+        self.f.ca.install(self.f.ca_dir, self.f.ca.crl([self.f.user.cert]))
+        line = self.refused(proxy_of(self.f.user))
+        self.assertIn(": certificate revoked", line)
+        self.assertIn("/CN=Test User", line)
+
+    def test_crl_expired(self) -> None:
+        old = self.f.ca.crl(last_update=NOW - timedelta(days=100), days=1)
+        self.f.ca.install(self.f.ca_dir, old)
+        self.assertIn(": CRL expired", self.refused(self.f.user))
+
+    def test_no_crl_under_require(self) -> None:
+        self.f.crl_path.unlink()
+        self.assertIn(": no CRL of its CA", self.refused(self.f.user, crl="require"))
+
+    def test_no_client_certificate(self) -> None:
+        for tls13 in (True, False):
+            line = self.refused(None, tls13=tls13)
+            self.assertTrue(line.endswith(": no client certificate"), line)
+
+    def test_no_client_certificate_one_line_per_peer(self) -> None:
+        source = self.f.source()
+        for host in ("192.0.2.1", "192.0.2.2", "192.0.2.1"):
+            connect(source, self.f.client(None), IPv4Address("TCP", host, 5000))
+        lines = self.refusals()
+        self.assertEqual(len(lines), 2, lines)
+        self.assertIn("192.0.2.1:5000", lines[0])
+        self.assertIn("192.0.2.2:5000", lines[1])
+
+    def test_unverified_subject_escaped(self) -> None:
+        evil = TestCA.create("/DC=org/CN=\x1b[2J\x1b]0;owned\x07/CN=Test User\u202e")
+        line = self.refused(evil.user("/DC=org/CN=x\x1b[31mred\nfake line"))
+        self.assertTrue(line.isprintable(), line)
+        self.assertIn('unverified subject "/DC=org/CN=x\\x1b[31mred\\x0afake line"', line)
+        self.assertIn("\\x1b[2J", line)
+        self.assertIn("\\u202e", line)
+
+    def test_repeats_counted(self) -> None:
+        source = self.f.source()
+        expired = self.f.client(proxy_of(self.f.user, now=NOW - timedelta(days=3650), hours=1))
+        for _ in range(3):
+            self.assertFalse(connect(source, expired).accepted)
+        self.assertEqual(len(self.refusals()), 1)
+        self.f.clock.advance(REFUSAL_LOG_INTERVAL)
+        connect(source, expired)
+        lines = self.refusals()
+        self.assertEqual(len(lines), 2)
+        self.assertIn("(2 more like it since the last such line)", lines[1])
+
+
+class RefusalLogTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[dict[str, object]] = []
+        observer = cast(ILogObserver, self.events.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+
+    def test_interval_per_key(self) -> None:
+        limiter = RefusalLog(self.clock, interval=10)
+        self.assertTrue(limiter.emit("a", LogLevel.info, "line {n}", n=1))
+        self.assertFalse(limiter.emit("a", LogLevel.info, "line {n}", n=2))
+        self.assertTrue(limiter.emit("b", LogLevel.info, "line {n}", n=3))
+        self.clock.advance(9.9)
+        self.assertFalse(limiter.emit("a", LogLevel.info, "line {n}", n=4))
+        self.clock.advance(0.1)
+        self.assertTrue(limiter.emit("a", LogLevel.info, "line {n}", n=5))
+        self.assertEqual(
+            [formatEvent(e) for e in self.events],
+            ["line 1", "line 3", "line 5 (2 more like it since the last such line)"],
+        )
+
+    def test_burst_over_all_keys(self) -> None:
+        limiter = RefusalLog(self.clock, interval=10, burst=3)
+        logged = [limiter.emit(k, LogLevel.info, "line {k}", k=k) for k in range(5)]
+        self.assertEqual(logged, [True, True, True, False, False])
+        self.clock.advance(10)
+        self.assertTrue(limiter.emit(99, LogLevel.info, "line {k}", k=99))
+        self.assertIn("2 more TLS refusal lines not logged in 10 s", formatEvent(self.events[-2]))
+
+    def test_keys_bounded(self) -> None:
+        limiter = RefusalLog(self.clock, interval=10, burst=1000, max_keys=4)
+        for k in range(100):
+            limiter.emit(k, LogLevel.info, "x")
+        self.assertEqual(len(limiter._last), 4)

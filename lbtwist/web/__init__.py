@@ -12,7 +12,6 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from weakref import WeakKeyDictionary
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
@@ -29,8 +28,8 @@ from lbtwist.config import (
     DEFAULT_MAX_REQUEST_LINE,
     DEFAULT_QUERY_IDLE_TIMEOUT,
 )
-from lbtwist.identity import Identity
-from lbtwist.tls import RateLimitedLog, quote_for_log
+from lbtwist.identity import PeerIdentity
+from lbtwist.tls import RefusalLog, quote_for_log
 from lbtwist.web.render import error_body
 from lbtwist.web.resources import DEFAULT_PAGE_EVENTS, Identify, QueryResource
 
@@ -210,7 +209,7 @@ class QuerySite(Site):
     max_request_line = DEFAULT_MAX_REQUEST_LINE
     max_header_size = DEFAULT_MAX_HEADER_SIZE
     max_headers = DEFAULT_MAX_HEADERS
-    refusals: RateLimitedLog | None = None
+    refusals: RefusalLog | None = None
 
     def buildProtocol(self, addr: Any) -> Any:
         channel = super().buildProtocol(addr)
@@ -224,48 +223,6 @@ class QuerySite(Site):
             os.fsdecode(path), rotateLength=self.log_max_size, maxRotatedFiles=self.log_max_files
         )
         return BufferedLog(file, self.reactor)
-
-
-def chain_identity(
-    *, clock: Any, voms_dir: str | os.PathLike[str] | None, ca_dir: str | os.PathLike[str] | None
-) -> Identify:
-    """
-    The default C{identify}: the identity of the verified chain of the request's TLS
-    connection (computed once per connection), L{None} without one.
-    """
-    from lbtwist.identity import identity_of_chain
-    from lbtwist.tls import CADirectory, transport_chain
-
-    cache: WeakKeyDictionary[Any, Identity | None] = WeakKeyDictionary()
-    ca_certs: list[x509.Certificate] | None = None
-    if voms_dir is not None and ca_dir is not None and os.path.isdir(ca_dir):
-        ca_certs = list(CADirectory(ca_dir).load().certs)
-    voms = str(voms_dir) if voms_dir is not None and os.path.isdir(voms_dir) else None
-
-    def identify(request: Request) -> Identity | None:
-        channel = request.channel
-        transport = getattr(channel, "transport", None)
-        if transport is None:
-            return None
-        handle = getattr(transport, "getHandle", lambda: None)()
-        try:
-            if handle is not None and handle in cache:
-                return cache[handle]
-        except TypeError:
-            handle = None
-        chain = transport_chain(transport)
-        who: Identity | None = None
-        if chain:
-            now = datetime.fromtimestamp(clock.seconds(), UTC)
-            try:
-                who = identity_of_chain(chain, now=now, voms_dir=voms, ca_certs=ca_certs)
-            except ValueError as e:
-                log.warn("no identity in the client chain: {error}", error=e)
-        if handle is not None:
-            cache[handle] = who
-        return who
-
-    return identify
 
 
 def access_log_formatter(identify: Identify) -> Any:
@@ -307,7 +264,8 @@ def make_site(
     The query site on C{store}.
 
     @param clock: the reactor (time, connection timeouts).
-    @param identify: who sent a request (default: L{chain_identity} of the TLS peer).
+    @param identify: who sent a request (default: the L{PeerIdentity} of the TLS
+        peer, VOMS servers checked against C{ca_dir}).
     @param access_log: the file of the access log (rotated), or C{None} to log
         requests to the global log as L{Site} does.
     @param page_events: events per page of a job's history.
@@ -319,7 +277,14 @@ def make_site(
     @param max_headers: most header fields (more: 431).
     """
     if identify is None:
-        identify = chain_identity(clock=clock, voms_dir=voms_dir, ca_dir=ca_dir)
+        from lbtwist.tls import CADirectory
+
+        identify = PeerIdentity(
+            clock=clock,
+            voms_dir=voms_dir,
+            ca_directory=CADirectory(ca_dir) if ca_dir is not None else None,
+            refresh=True,
+        ).of_request
     root = QueryResource(
         store,
         clock=clock,
@@ -341,7 +306,7 @@ def make_site(
     site.max_request_line = max_request_line
     site.max_header_size = max_header_size
     site.max_headers = max_headers
-    site.refusals = RateLimitedLog(log, clock)
+    site.refusals = RefusalLog(clock, logger=log)
     return site
 
 
@@ -429,7 +394,15 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
         ca_dir = ca_dir or str(pki.ca_dir)
     if cert is None or ca_dir is None:
         raise tls.TLSConfigError("the query service needs a host certificate and a CA directory")
-    source = tls.ServerContextSource(cert, key, ca_dir, crl=options.get("crl") or "if-present")
+    source = tls.ServerContextSource(
+        cert,
+        key,
+        ca_dir,
+        crl=options.get("crl") or "if-present",
+        clock=reactor,
+        log_interval=options.get("tls-log-interval", tls.REFUSAL_LOG_INTERVAL),
+        log_burst=options.get("tls-log-burst", tls.REFUSAL_LOG_BURST),
+    )
     policy = load_policy(options["policy"]) if options.get("policy") else Policy()
     limits = tls.PortLimits.from_options(options, "query")
     site = make_site(
@@ -437,8 +410,9 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
         clock=reactor,
         policy=policy,
         super_users=options.get("super-user") or (),
-        voms_dir=options.get("voms-dir"),
-        ca_dir=ca_dir,
+        identify=PeerIdentity.for_source(
+            source, clock=reactor, voms_dir=options.get("voms-dir")
+        ).of_request,
         access_log=(
             os.path.join(options["state-dir"], ACCESS_LOG) if options.get("state-dir") else None
         ),
@@ -475,7 +449,6 @@ __all__ = [
     "QueryChannel",
     "QuerySite",
     "access_log_formatter",
-    "chain_identity",
     "dev_commands",
     "dev_pki",
     "make_query_service",
