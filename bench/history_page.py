@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """
 Benchmark of a long job's history page: the reactor time, the page size and the
 memory of one request for the job page (HTML), the JSON and the text history of a
@@ -35,13 +35,13 @@ if __package__ in (None, ""):
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
-from lbtwist.authz import Policy
-from lbtwist.events import parse_event
-from lbtwist.identity import Identity
+from lbtwist.core.events import parse_event
+from lbtwist.security.authz import Policy
+from lbtwist.security.identity import Identity
+from lbtwist.service.web import render
+from lbtwist.service.web.resources import QueryResource
 from lbtwist.store.batch import run_now
 from lbtwist.store.sqlite import SQLiteStore
-from lbtwist.web import render
-from lbtwist.web.resources import QueryResource
 from tests import traces
 
 UNIQUE = "CREAM900000001"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_identity -*-
+# -*- test-case-name: tests.unit.test_identity -*-
 """
 Benchmark of the peer-identity layer of the TLS ports, with a CA directory of
 IGTF size (one CA issuing the host, the user and the VOMS server, plus
@@ -34,8 +34,8 @@ from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
-from lbtwist import tls
-from lbtwist.identity import PeerIdentity
+from lbtwist.security import tls
+from lbtwist.security.identity import PeerIdentity
 from tests.certs import NOW, TestCA, make_ac, proxy_of, voms_extension, write_lsc
 
 FQAN = "/testvo/Role=NULL/Capability=NULL"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.unit.test_config -*-
 """
 INI configuration loading and the embedded defaults.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import configparser
 from collections.abc import Iterable, Mapping
 
-from lbtwist.errors import InvalidValue
+from lbtwist.core.errors import InvalidValue
 
 DEFAULT_STATE_DIR = "./lbtwist-state"
 

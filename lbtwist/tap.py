@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap -*-
 """
 Command-line options and service wiring for C{twistd lbproxy} and C{twistd lbserver}.
 
@@ -20,8 +20,9 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from lbtwist import config, logs
-from lbtwist.errors import LBError
+from lbtwist import config
+from lbtwist.core.errors import LBError
+from lbtwist.service import logs
 
 log = Logger()
 
@@ -378,7 +379,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    from lbtwist.intake import IntakeFactory
+    from lbtwist.service.intake import IntakeFactory
     from lbtwist.store.sqlite import SQLiteStore
 
     state_dir = options["state-dir"]
@@ -418,15 +419,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # A proxy that cannot listen for events must not run on: fail start-up instead.
     intake._raiseSynchronously = True
     intake.setServiceParent(top)
-    from lbtwist.web import make_query_service
+    from lbtwist.service.web import make_query_service
 
     make_query_service(options, store, reactor).setServiceParent(top)
     if relay:
-        from lbtwist.relay import make_relay_service
+        from lbtwist.service.relay import make_relay_service
 
         make_relay_service(options, store, reactor).setServiceParent(top)
     elif options["store"]:
-        from lbtwist.storeport import make_store_port_service
+        from lbtwist.service.storeport import make_store_port_service
 
         make_store_port_service(options, store, reactor).setServiceParent(top)
     log.info(

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 What every C{lbtwist} subcommand gets: its environment and streams, injected
 so that tests run the commands without touching the process.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 C{lbtwist logevent}: log one event, option-compatible with C{glite-lb-logevent}.
 
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 from lbtwist.cli.common import CLIContext, default_socket, env_first
 from lbtwist.cli.identity import default_user
-from lbtwist.errors import InvalidValue, KeyMisuse, MessageIncomplete
-from lbtwist.producer import LBProducer
+from lbtwist.client.producer import LBProducer
+from lbtwist.core.errors import InvalidValue, KeyMisuse, MessageIncomplete
 
 if TYPE_CHECKING:
-    from lbtwist.events import Event, EventType
+    from lbtwist.core.events import Event, EventType
 
 JOBID_ENV = ("GLITE_WMS_JOBID", "EDG_WL_JOBID")
 SEQCODE_ENV = ("GLITE_WMS_SEQUENCE_CODE", "EDG_WL_SEQUENCE_CODE")
@@ -83,7 +83,7 @@ def events_help() -> str:
     """
     The text of C{-e help}: every event type and its fields (C{*} = required).
     """
-    from lbtwist.events import CATALOGUE
+    from lbtwist.core.events import CATALOGUE
 
     lines = ["Event types and their fields (* = required):"]
     for name in sorted(CATALOGUE, key=str.lower):
@@ -103,7 +103,7 @@ def sources_help() -> str:
     """
     The text of C{-s help}: every event source.
     """
-    from lbtwist.events import SOURCES
+    from lbtwist.core.events import SOURCES
 
     return "Event sources:\n" + "".join(f"  {name}\n" for name in SOURCES)
 
@@ -114,8 +114,8 @@ def build_event(args: argparse.Namespace, ctx: CLIContext) -> Event:
 
     @raise LBError: something is missing or invalid.
     """
-    from lbtwist.events import event_type, make_event, source_name
-    from lbtwist.seqcode import next_seqcode
+    from lbtwist.core.events import event_type, make_event, source_name
+    from lbtwist.core.seqcode import next_seqcode
 
     env: Mapping[str, str] = ctx.env
     jobid = args.jobid or env_first(env, *JOBID_ENV)

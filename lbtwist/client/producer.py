@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_producer -*-
+# -*- test-case-name: tests.unit.test_producer -*-
 """
 Producer library: log events to an lbtwist intake socket.
 
@@ -26,10 +26,10 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
-from lbtwist import errors
+from lbtwist.core import errors
 
 if TYPE_CHECKING:
-    from lbtwist.events import Event
+    from lbtwist.core.events import Event
 
 EventOrLine = Union["Event", str, bytes]
 
@@ -109,7 +109,7 @@ def encode_line(event_or_line: EventOrLine) -> bytes:
     elif isinstance(event_or_line, str):
         data = event_or_line.encode("utf-8")
     else:
-        from lbtwist.events import format_event
+        from lbtwist.core.events import format_event
 
         data = format_event(event_or_line).encode("utf-8")
     data = data.rstrip(b"\r\n")

@@ -1,12 +1,12 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.unit.test_client -*-
 """
 The HTTPS query client of the C{lbtwist} command (design sections 3, 10, 11).
 
 Credentials are found as the grid tools find them (L{find_credentials}); the
-TLS context comes from L{lbtwist.tls.client_context} (the proxy chain is
+TLS context comes from L{lbtwist.security.tls.client_context} (the proxy chain is
 presented, the server is checked against the CA directory and its host
 name). L{QueryClient} asks the candidate endpoints of a job id in turn
-(L{lbtwist.jobid.query_candidates}), moving on when a connection is refused
+(L{lbtwist.core.jobid.query_candidates}), moving on when a connection is refused
 or times out, and follows redirects itself so that TLS is checked at every
 hop. Every failure becomes a L{QueryError} carrying one line for the user.
 """
@@ -30,11 +30,11 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
-from lbtwist import tls
-from lbtwist.events import Event, event_type, format_event, source_name
-from lbtwist.identity import is_proxy
-from lbtwist.jobid import JobId, query_candidates
-from lbtwist.ulm import parse_date
+from lbtwist.core.events import Event, event_type, format_event, source_name
+from lbtwist.core.jobid import JobId, query_candidates
+from lbtwist.core.ulm import parse_date
+from lbtwist.security import tls
+from lbtwist.security.identity import is_proxy
 
 #: Where the grid tools look for trust anchors without C{X509_CERT_DIR}.
 DEFAULT_CA_DIR = "/etc/grid-security/certificates"
@@ -503,9 +503,9 @@ def candidates_for(
     jobid: str, *, endpoint: str | None, env: Mapping[str, str]
 ) -> list[tuple[str, int]]:
     """
-    L{lbtwist.jobid.query_candidates}, with errors as L{QueryError}.
+    L{lbtwist.core.jobid.query_candidates}, with errors as L{QueryError}.
     """
-    from lbtwist.errors import LBError
+    from lbtwist.core.errors import LBError
 
     try:
         return query_candidates(jobid, endpoint=endpoint, env=env)

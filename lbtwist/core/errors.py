@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_errors -*-
+# -*- test-case-name: tests.unit.test_errors -*-
 """
 Exceptions carrying L&B error codes.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_events -*-
+# -*- test-case-name: tests.unit.test_events -*-
 """
 The L&B event model: catalogue, sources, parsing and formatting of events.
 
@@ -14,14 +14,14 @@ from typing import Any
 
 import attrs
 
-from lbtwist.errors import (
+from lbtwist.core.errors import (
     EventUndefined,
     InvalidValue,
     JobIdFormat,
     KeyMisuse,
     MessageIncomplete,
 )
-from lbtwist.ulm import (
+from lbtwist.core.ulm import (
     DEFAULT_MAX_FIELDS,
     DEFAULT_MAX_SIZE,
     duplicate_error,
@@ -99,7 +99,7 @@ class EventType:
 
 
 def _load_catalogue() -> tuple[tuple[FieldSpec, ...], dict[str, EventType]]:
-    table = resources.files("lbtwist").joinpath("data/events.tsv").read_text("utf-8")
+    table = resources.files("lbtwist.core").joinpath("data/events.tsv").read_text("utf-8")
     common: list[FieldSpec] = []
     rows: dict[str, tuple[str, int, list[FieldSpec]]] = {}
     lines = table.splitlines()

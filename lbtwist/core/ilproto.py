@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ilproto -*-
+# -*- test-case-name: tests.unit.test_ilproto -*-
 """
 Wire framings of the gLite L&B: the interlogger (IL) framing and the logd framing.
 
@@ -17,7 +17,7 @@ L&B or errno code.
 Stdlib only: the decoders are incremental (feed bytes, get complete messages)
 and strict; anything malformed raises L{ProtocolError}. Servers read with
 C{feed_skipping}, which reads an oversize message to its end and reports it in
-its place instead of breaking the stream (L{lbtwist.framing} builds the
+its place instead of breaking the stream (L{lbtwist.service.framing} builds the
 server-side framings on these).
 """
 

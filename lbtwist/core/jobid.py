@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_jobid -*-
+# -*- test-case-name: tests.unit.test_jobid -*-
 """
 gLite and CREAM job ids.
 
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 from attrs import frozen
 
-from lbtwist.errors import InvalidValue, JobIdFormat
+from lbtwist.core.errors import InvalidValue, JobIdFormat
 
 DEFAULT_PORT = 9000
 CREAM_PORT_SHIFT = 557

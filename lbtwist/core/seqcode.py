@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_seqcode -*-
+# -*- test-case-name: tests.unit.test_seqcode -*-
 """
 Sequence codes and the order of a job's events.
 
@@ -16,7 +16,7 @@ from typing import Protocol
 
 from attrs import field, frozen
 
-from lbtwist.errors import InvalidValue
+from lbtwist.core.errors import InvalidValue
 
 COUNTERS: tuple[str, ...] = ("UI", "NS", "WM", "BH", "JSS", "LM", "LRMS", "APP", "LBS")
 _WIDTHS: tuple[int, ...] = (6, 10, 6, 10, 6, 6, 6, 6, 6)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_translate -*-
+# -*- test-case-name: tests.unit.test_translate -*-
 """
 gLite events generated from the CREAM events of WMS jobs (design section 6).
 
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from lbtwist.events import Event, make_event
-from lbtwist.seqcode import bump_lrms, parse_seqcode
-from lbtwist.states.glite import cream_effect
-from lbtwist.states.status import MACHINE_GLITE, JobStatus
+from lbtwist.core.events import Event, make_event
+from lbtwist.core.seqcode import bump_lrms, parse_seqcode
+from lbtwist.core.states.glite import cream_effect
+from lbtwist.core.states.status import MACHINE_GLITE, JobStatus
 
 GENERATED_BY_KEY = "DG.GENERATED_BY"
 PROXY_INSTANCE = "lbtwist-proxy"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_ulm -*-
+# -*- test-case-name: tests.unit.test_ulm -*-
 """
 The ULM line codec used by L&B events.
 
@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import NoReturn
 
-from lbtwist.errors import BrokenULM, InvalidValue, KeyDuplicity, TooBig
+from lbtwist.core.errors import BrokenULM, InvalidValue, KeyDuplicity, TooBig
 
 DEFAULT_MAX_FIELDS = 100
 DEFAULT_MAX_SIZE = 4 * 1024 * 1024

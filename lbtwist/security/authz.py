@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_authz -*-
+# -*- test-case-name: tests.unit.test_authz -*-
 """
 Authorization decisions on identity values (pure: no I/O but L{load_policy}).
 
@@ -27,8 +27,8 @@ from typing import Any, Protocol
 
 import attrs
 
-from lbtwist.identity import Identity, same_dn
-from lbtwist.states.status import JobStatus, apply_common
+from lbtwist.core.states.status import JobStatus, apply_common
+from lbtwist.security.identity import Identity, same_dn
 
 ACTIONS = (
     "ADMIN_ACCESS",
@@ -242,7 +242,7 @@ def load_policy(path: str | Path) -> Policy:
 
 class JobAccess(Protocol):
     """
-    What authorization needs of a job (L{lbtwist.states.status.JobStatus}
+    What authorization needs of a job (L{lbtwist.core.states.status.JobStatus}
     has these).
     """
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_devcerts -*-
+# -*- test-case-name: tests.unit.test_devcerts -*-
 """
 Development PKI: a CA in the IGTF hashed layout with its CRL, a host
 certificate, user certificates and an RFC 3820 proxy, generated in-process

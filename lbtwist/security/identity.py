@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.test_identity -*-
+# -*- test-case-name: tests.unit.test_identity -*-
 """
 Who a client is: the DN of its certificate chain and its VOMS FQANs.
 
 Chains are lists of C{cryptography} certificates, leaf first (as
-L{lbtwist.tls.verified_chain} returns them). The functions take the time as
+L{lbtwist.security.tls.verified_chain} returns them). The functions take the time as
 an argument; L{PeerIdentity}, the one peer-identity layer of every TLS port,
 reads it from the reactor it is given.
 """
@@ -31,7 +31,7 @@ from twisted.logger import Logger, LogLevel
 if TYPE_CHECKING:
     from OpenSSL import SSL
 
-    from lbtwist.tls import CADirectory, RefusalLog, ServerContextSource
+    from lbtwist.security.tls import CADirectory, RefusalLog, ServerContextSource
 
 log = Logger()
 
@@ -250,7 +250,7 @@ MAX_CA_DEPTH = 8
 
 class Trust(Protocol):
     """
-    Trust anchors and CRLs (as L{lbtwist.tls.CATrust} holds them).
+    Trust anchors and CRLs (as L{lbtwist.security.tls.CATrust} holds them).
     """
 
     @property
@@ -672,11 +672,11 @@ class PeerIdentity:
         """
         @param clock: the reactor (the time of the VOMS checks).
         @param refresh: re-read C{ca_directory} (if changed) for each new
-            connection; leave off when a L{lbtwist.tls.ServerContextSource}
+            connection; leave off when a L{lbtwist.security.tls.ServerContextSource}
             already does so for the same directory.
         @param refusals: the rate-limited log for ignored VOMS attributes.
         """
-        from lbtwist.tls import RefusalLog
+        from lbtwist.security.tls import RefusalLog
 
         self.clock = clock
         self.voms_dir = Path(voms_dir) if voms_dir is not None else None
@@ -711,7 +711,7 @@ class PeerIdentity:
         if directory is None:
             return _NO_TRUST
         if self.refresh or directory.trust is None:
-            from lbtwist.tls import TLSConfigError
+            from lbtwist.security.tls import TLSConfigError
 
             try:
                 return directory.current()
@@ -766,7 +766,7 @@ class PeerIdentity:
         hit = self._cache.get(conn)
         if hit is not None and (directory is None or hit[0] is directory.trust):
             return hit[1]
-        from lbtwist.tls import peer_of, verified_chain
+        from lbtwist.security.tls import peer_of, verified_chain
 
         chain = verified_chain(conn)
         if not chain:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.unit.test_tls -*-
 """
 TLS for the query service and its clients, built directly with pyOpenSSL.
 
@@ -57,7 +57,7 @@ from lbtwist.config import (
     DEFAULT_STORE_MAX_CONNECTIONS,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 )
-from lbtwist.identity import is_legacy_proxy, is_proxy, printable, slash_dn
+from lbtwist.security.identity import is_legacy_proxy, is_proxy, printable, slash_dn
 
 log = Logger()
 
@@ -667,7 +667,7 @@ class ServerContextSource:
     never a context without the CRLs.
 
     @ivar ca_directory: the port's L{CADirectory} (share it with
-        L{lbtwist.identity.PeerIdentity} so VOMS checks see the same trust).
+        L{lbtwist.security.identity.PeerIdentity} so VOMS checks see the same trust).
     @ivar refusals: the rate-limited log of refused handshakes.
     """
 

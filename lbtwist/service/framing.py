@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_framing -*-
+# -*- test-case-name: tests.unit.test_framing -*-
 """
 The framings of the intake socket and the store port, on one model.
 
@@ -21,7 +21,7 @@ filled when its outcome is known) and applies the one back-pressure rule: past
 C{max_inflight} unanswered messages the transport stops reading
 (C{pauseProducing}) and reading resumes once at most half of them are left.
 The store port and the intake share all of this; the wire primitives are in
-L{lbtwist.ilproto}.
+L{lbtwist.core.ilproto}.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Protocol
 
-from lbtwist import ilproto
-from lbtwist.errors import BrokenULM, LBError, TooBig
+from lbtwist.core import ilproto
+from lbtwist.core.errors import BrokenULM, LBError, TooBig
 
 # Room for the IL body around the event line: magic word and length prefixes.
 IL_OVERHEAD = 64

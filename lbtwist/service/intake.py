@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.test_intake -*-
+# -*- test-case-name: tests.unit.test_intake -*-
 """
 The intake: producers log events over a UNIX socket.
 
 A connection's framing is detected from its first bytes and kept (see
-L{lbtwist.framing}): C{DGLOG} starts L&B's logd framing, an exact IL header
+L{lbtwist.service.framing}): C{DGLOG} starts L&B's logd framing, an exact IL header
 L&B's IL framing, anything else the line framing (one ULM line per LF, one
 answer line per event: C{OK}, C{OK duplicate} or C{ERR <code> <text>}).
 Answers go out in order, and a success only once the store's Deferred has
@@ -36,16 +36,16 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist import logs
-from lbtwist.errors import (
+from lbtwist.core.errors import (
     BrokenULM,
     LBError,
     MessageIncomplete,
     PermissionDenied,
     TryAgain,
 )
-from lbtwist.events import Event, parse_event
-from lbtwist.framing import (
+from lbtwist.core.events import Event, parse_event
+from lbtwist.service import logs
+from lbtwist.service.framing import (
     DETECT_BYTES,
     OK,
     OK_DUPLICATE,

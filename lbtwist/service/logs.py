@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_logs -*-
+# -*- test-case-name: tests.unit.test_logs -*-
 """
 Logs that cannot fill the disk.
 
@@ -46,7 +46,7 @@ DEFAULT_LOG_MAX_FILES = 10
 DEFAULT_LOG_FILE = "twistd.log"
 
 #: Environment variables read by L{logger} when it was not configured by the
-#: plugin (C{twistd --logger lbtwist.logs.logger} with another application).
+#: plugin (C{twistd --logger lbtwist.service.logs.logger} with another application).
 ENV_LOG_FILE = "LBTWIST_LOG_FILE"
 ENV_LOG_MAX_SIZE = "LBTWIST_LOG_MAX_SIZE"
 ENV_LOG_MAX_FILES = "LBTWIST_LOG_MAX_FILES"
@@ -280,7 +280,7 @@ def install_logger(twistd_options: Any, max_size: int, max_files: int) -> LogSet
     chosen = get("logger")
     if get("syslog"):
         return None
-    if chosen is not None and chosen not in (_NAME, logger):
+    if chosen is not None and chosen not in (_NAME, _OLD_NAME, logger):
         return None
     logfile = get("logfile") or ""
     if logfile == "-" or (not logfile and get("nodaemon")):
@@ -293,6 +293,8 @@ def install_logger(twistd_options: Any, max_size: int, max_files: int) -> LogSet
 
 
 _NAME = f"{__name__}.logger"
+#: The factory's name before the layer packages; still accepted (L{lbtwist.service.logs}).
+_OLD_NAME = "lbtwist.logs.logger"  # relayout: keep
 
 
 def logger() -> Any:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.unit.test_relay -*-
 """
 The relay: events of WMS jobs go from the outbox to their L&B server.
 
@@ -39,7 +39,8 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist import ilproto, logs
+from lbtwist.core import ilproto
+from lbtwist.service import logs
 from lbtwist.store.interface import OutboxEntry, OutboxStats
 
 log = Logger()
@@ -641,7 +642,7 @@ def host_credentials(options: Any, reactor: Any) -> tuple[str, str, str]:
     the development PKI under the state directory.
     """
     if options["dev-certs"]:
-        from lbtwist.devcerts import ensure_dev_pki
+        from lbtwist.security.devcerts import ensure_dev_pki
 
         pki = ensure_dev_pki(options["state-dir"], reactor)
         return str(pki.host_cert), str(pki.host_key), str(pki.ca_dir)
@@ -667,7 +668,7 @@ def tls_endpoint_factory(
     """
     from twisted.internet.endpoints import HostnameEndpoint, clientFromString, wrapClientTLS
 
-    from lbtwist.tls import ClientConnectionCreator, client_context
+    from lbtwist.security.tls import ClientConnectionCreator, client_context
 
     context = client_context(cert, key, ca_dir, crl=crl)
     mapping = {(host.lower(), port): desc for (host, port), desc in relay_map}

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_storeport -*-
+# -*- test-case-name: tests.unit.test_storeport -*-
 """
 The server's L&B store port: relays and producers log events over TLS with
 client certificates, in L&B's IL framing (or the logd framing), and get one
@@ -6,7 +6,7 @@ reply per event, in order, once the event is durable.
 
 Rules (design section 9): a job must be registered (RegJob) before its other
 events are accepted, unless grey jobs are on (ENOENT otherwise, which a relay
-retries). Who may log what on which job is L{lbtwist.authz.may_write}, decided
+retries). Who may log what on which job is L{lbtwist.security.authz.may_write}, decided
 against the job's stored owner, ACL and payload owner (EPERM otherwise, IL
 major 600); the store refuses a RegJob for another owner or an exclusive one
 of a registered job (EEXIST). A duplicate is answered OK.
@@ -29,8 +29,15 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist import logs
-from lbtwist.authz import (
+from lbtwist.core.errors import (
+    BrokenULM,
+    LBError,
+    PermissionDenied,
+    TryAgain,
+    UnknownJob,
+)
+from lbtwist.core.events import Event, parse_event
+from lbtwist.security.authz import (
     ACCESS_EVENTS,
     WMS_SOURCES,
     Decision,
@@ -41,23 +48,16 @@ from lbtwist.authz import (
     required_action,
     write_key,
 )
-from lbtwist.errors import (
-    BrokenULM,
-    LBError,
-    PermissionDenied,
-    TryAgain,
-    UnknownJob,
-)
-from lbtwist.events import Event, parse_event
-from lbtwist.framing import (
+from lbtwist.security.identity import Identity
+from lbtwist.service import logs
+from lbtwist.service.framing import (
     DETECT_BYTES,
     AnswerQueue,
     Framing,
     detect_framing,
     make_framing,
 )
-from lbtwist.framing import Slot as _Slot
-from lbtwist.identity import Identity
+from lbtwist.service.framing import Slot as _Slot
 
 log = Logger()
 
@@ -84,7 +84,7 @@ def may_log(
 ) -> bool:
     """
     Whether the peer C{identity} may log C{event} on C{job} (C{None}: a job
-    without owner): L{lbtwist.authz.may_write}.
+    without owner): L{lbtwist.security.authz.may_write}.
     """
     return may_write(identity, event, job, policy, super_users).allowed
 
@@ -92,10 +92,10 @@ def may_log(
 def tls_identity(clock: IReactorTime, voms_dir: str | None = None) -> Identify:
     """
     @return: the identity of a TLS transport's verified peer chain, by
-        L{lbtwist.identity.PeerIdentity} without a CA directory (so no
+        L{lbtwist.security.identity.PeerIdentity} without a CA directory (so no
         FQANs); the store port itself uses L{PeerIdentity.for_source}.
     """
-    from lbtwist.identity import PeerIdentity
+    from lbtwist.security.identity import PeerIdentity
 
     return PeerIdentity(clock=clock, voms_dir=voms_dir).of_transport
 
@@ -150,7 +150,7 @@ class StorePortProtocol(Protocol):
 
     def connectionMade(self) -> None:
         # Counted only: the TLS port bounds connections (handshakes apart from
-        # verified peers, see lbtwist.tls.PortLimits).
+        # verified peers, see lbtwist.security.tls.PortLimits).
         self.factory.stats.connections += 1
         self._counted = True
 
@@ -633,10 +633,9 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
 
-    from lbtwist.authz import load_policy
-    from lbtwist.identity import PeerIdentity
-    from lbtwist.relay import host_credentials
-    from lbtwist.tls import (
+    from lbtwist.security.authz import load_policy
+    from lbtwist.security.identity import PeerIdentity
+    from lbtwist.security.tls import (
         REFUSAL_LOG_BURST,
         REFUSAL_LOG_INTERVAL,
         PortLimits,
@@ -644,6 +643,7 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
         quote_for_log,
         tls_server_endpoint,
     )
+    from lbtwist.service.relay import host_credentials
 
     cert, key, ca_dir = host_credentials(options, reactor)
     source = ServerContextSource(

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store -*-
 """
 The commit-group logic every store backend shares.
 
@@ -24,8 +24,8 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist.errors import AlreadyExists, LBError, TryAgain
-from lbtwist.events import (
+from lbtwist.core.errors import AlreadyExists, LBError, TryAgain
+from lbtwist.core.events import (
     PRIO_DIRECT,
     PRIO_EXCL,
     PRIO_INTERNAL,
@@ -33,11 +33,11 @@ from lbtwist.events import (
     format_event,
     parse_event,
 )
-from lbtwist.identity import same_dn
-from lbtwist.states import advance, compute_status
-from lbtwist.states.status import JobStatus, format_iso
+from lbtwist.core.states import advance, compute_status
+from lbtwist.core.states.status import JobStatus, format_iso
+from lbtwist.core.translate import generate_events
+from lbtwist.security.identity import same_dn
 from lbtwist.store.interface import OutboxEntry, StoreResult
-from lbtwist.translate import generate_events
 
 log = Logger()
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store -*-
 """
 The event store interface and the values it hands out.
 
@@ -16,8 +16,8 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from lbtwist.events import Event
-    from lbtwist.states.status import JobStatus
+    from lbtwist.core.events import Event
+    from lbtwist.core.states.status import JobStatus
     from lbtwist.store.query import JobQuery
 
 

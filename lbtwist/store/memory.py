@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store -*-
 """
 An in-memory event store for unit tests: the same rules as the SQLite store
 (they share L{lbtwist.store.batch}), no disk.
@@ -17,9 +17,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from lbtwist.errors import LBError
-from lbtwist.seqcode import ordering_key
-from lbtwist.states.status import JobStatus
+from lbtwist.core.errors import LBError
+from lbtwist.core.seqcode import ordering_key
+from lbtwist.core.states.status import JobStatus
 from lbtwist.store.batch import (
     BatchPlan,
     BatchProcessor,

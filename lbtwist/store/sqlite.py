@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_sqlite -*-
+# -*- test-case-name: tests.unit.test_store_sqlite -*-
 """
 The SQLite event store: WAL, C{synchronous=FULL}, one writer thread.
 
@@ -23,9 +23,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from lbtwist.errors import LBError, NoSpace, TryAgain
-from lbtwist.seqcode import ordering_key
-from lbtwist.states.status import JobStatus
+from lbtwist.core.errors import LBError, NoSpace, TryAgain
+from lbtwist.core.seqcode import ordering_key
+from lbtwist.core.states.status import JobStatus
 from lbtwist.store.batch import (
     BatchPlan,
     BatchProcessor,

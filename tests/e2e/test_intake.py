@@ -11,7 +11,7 @@ import socket
 import threading
 import time
 
-from lbtwist.producer import LBProducer
+from lbtwist.client.producer import LBProducer
 from tests.e2e import harness
 from tests.e2e.harness import T0, cream_direct_trace, cream_jobid
 from tests.e2e.test_proxy import ServiceTestCase, with_service_logs

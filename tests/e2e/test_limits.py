@@ -25,8 +25,8 @@ from pathlib import Path
 from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.devcerts import USER_NAME, make_dev_pki
-from lbtwist.identity import slash_dn
+from lbtwist.security.devcerts import USER_NAME, make_dev_pki
+from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
 from tests.e2e.test_relay import ACTIONS, LB_HOST, RoleService, free_port, query, wait_for
 

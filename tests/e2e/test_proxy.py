@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.errors import PermissionDenied
-from lbtwist.producer import LBProducer
+from lbtwist.client.producer import LBProducer
+from lbtwist.core.errors import PermissionDenied
 from tests.e2e import harness
 from tests.e2e.harness import (
     T0,

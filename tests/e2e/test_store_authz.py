@@ -18,7 +18,7 @@ from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from lbtwist import ilproto
+from lbtwist.core import ilproto
 from tests.e2e import gridtools, harness
 from tests.e2e.gridtools import OpenSSLCA
 from tests.e2e.test_relay import RoleService, free_port

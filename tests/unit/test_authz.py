@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_authz -*-
+# -*- test-case-name: tests.unit.test_authz -*-
 """
-Tests for L{lbtwist.authz}.
+Tests for L{lbtwist.security.authz}.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.authz import (
+from lbtwist.security.authz import (
     ACTIONS,
     Decision,
     Policy,
@@ -23,7 +23,7 @@ from lbtwist.authz import (
     normalize_fqan,
     parse_policy,
 )
-from lbtwist.identity import Identity
+from lbtwist.security.identity import Identity
 
 OWNER = "/DC=org/DC=example/OU=People/CN=Owner"
 ADMIN = "/DC=org/DC=example/OU=People/CN=Admin"
@@ -241,7 +241,7 @@ class CanReadTests(SynchronousTestCase):
         The real job status type carries what can_read needs.
         """
         try:
-            from lbtwist.states.status import JobStatus
+            from lbtwist.core.states.status import JobStatus
         except ImportError:  # pragma: no cover
             raise self.skipTest("states not available") from None
         status = JobStatus()
@@ -270,7 +270,7 @@ resource "LB" {{
 
 
 def event(kind: str, user: str = OWNER, source: str = "UserInterface", **fields: object) -> Any:
-    from lbtwist.events import make_event
+    from lbtwist.core.events import make_event
 
     defaults: dict[str, dict[str, object]] = {
         "RegJob": {"jobtype": "SIMPLE", "ns": "https://wms.example.org:7443/wmproxy"},
@@ -574,7 +574,7 @@ class MayWriteTests(SynchronousTestCase):
         ]
 
     def test_table(self) -> None:
-        from lbtwist.authz import may_write
+        from lbtwist.security.authz import may_write
 
         for name, ev, identity, job, policy, allowed, reason in self.rows():
             supers = (OTHER,) if name == "super by option" else ()
@@ -589,7 +589,7 @@ class MayWriteTests(SynchronousTestCase):
         answer: a per-connection cache keyed by it never lets a refused event
         through on an allowed one's answer.
         """
-        from lbtwist.authz import may_write, write_key
+        from lbtwist.security.authz import may_write, write_key
 
         seen: dict[tuple[object, ...], bool] = {}
         jobs = [None, Job(), Job(owner=OTHER), Job(owner=None), Job(payload_owner=GRANTEE)]
@@ -616,7 +616,7 @@ class MayWriteTests(SynchronousTestCase):
         )
 
     def test_required_action(self) -> None:
-        from lbtwist.authz import required_action
+        from lbtwist.security.authz import required_action
 
         self.assertEqual(required_action(event("RegJob")), "REGISTER_JOBS")
         self.assertEqual(required_action(event("Abort", source="NetworkServer")), "LOG_WMS_EVENTS")
@@ -631,15 +631,15 @@ class JobRightsTests(SynchronousTestCase):
     """
 
     def test_of_status(self) -> None:
-        from lbtwist.authz import JobRights
-        from lbtwist.states.status import JobStatus
+        from lbtwist.core.states.status import JobStatus
+        from lbtwist.security.authz import JobRights
 
         status = JobStatus(owner=OWNER, acl=[ace(OTHER)], payload_owner=GRANTEE)
         self.assertEqual(JobRights.of(status), JobRights(OWNER, (ace(OTHER),), GRANTEE))
         self.assertEqual(JobRights.of(JobStatus()), JobRights())
 
     def test_after(self) -> None:
-        from lbtwist.authz import JobRights
+        from lbtwist.security.authz import JobRights
 
         new = JobRights().after(event("RegJob"))
         self.assertEqual(new.owner, OWNER)

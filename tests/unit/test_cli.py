@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 Tests for the C{lbtwist} command (L{lbtwist.cli}).
 """
@@ -24,8 +24,8 @@ from lbtwist.cli.common import DEFAULT_SOCKET, CLIContext, default_socket, env_f
 from lbtwist.cli.local import parse_time
 from lbtwist.cli.logevent import field_key, parse_field_options
 from lbtwist.cli.main import build_parser, run
-from lbtwist.errors import InvalidValue, LBError
-from tests.test_producer import LineServer, start_server
+from lbtwist.core.errors import InvalidValue, LBError
+from tests.unit.test_producer import LineServer, start_server
 
 FIXTURES = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "fixtures", "glite-lb-streams"
@@ -71,7 +71,7 @@ def validating_answer() -> object:
     An answer function for L{LineServer} that validates like the intake:
     parse errors as C{ERR}, repeated lines as C{OK duplicate}.
     """
-    from lbtwist.events import parse_event
+    from lbtwist.core.events import parse_event
 
     seen: set[bytes] = set()
 
@@ -89,7 +89,7 @@ def validating_answer() -> object:
 
 
 def sent_events(server: LineServer) -> list[object]:
-    from lbtwist.events import parse_event
+    from lbtwist.core.events import parse_event
 
     return [parse_event(line.decode("utf-8")) for line in server.lines]
 
@@ -277,7 +277,7 @@ class LogEventTests(SynchronousTestCase):
         return ["logevent", "-S", self.server.path, "-U", USER, *extra]
 
     def test_logs_and_prints_new_seqcode(self) -> None:
-        from lbtwist.ulm import format_date
+        from lbtwist.core.ulm import format_date
 
         old = "UI=000000:NS=0000000003:WM=000004:BH=0000000000:JSS=000002:LM=000000:LRMS=000000:APP=000000:LBS=000000"
         status, out, err = call(
@@ -457,7 +457,7 @@ class JobRegTests(SynchronousTestCase):
         self.server = start_server(self, validating_answer())  # type: ignore[arg-type]
 
     def test_simple(self) -> None:
-        from lbtwist.jobid import JobId
+        from lbtwist.core.jobid import JobId
 
         jdl = self.mktemp()
         with open(jdl, "w") as f:
@@ -495,7 +495,7 @@ class JobRegTests(SynchronousTestCase):
         self.assertEqual(event.priority & 64, 64)  # type: ignore[attr-defined]
 
     def test_collection(self) -> None:
-        from lbtwist.jobid import JobId, subjob
+        from lbtwist.core.jobid import JobId, subjob
 
         status, out, err = call(
             [
@@ -634,7 +634,7 @@ class ReplayTests(SynchronousTestCase):
 
     def test_dump_lines(self) -> None:
         from lbtwist.cli.replay import example_lines, parse_line
-        from lbtwist.ulm import parse_date
+        from lbtwist.core.ulm import parse_date
 
         line = example_lines()[0]
         event = parse_line("DG.ARRIVED=20240314092700.000001 " + line)
@@ -661,8 +661,8 @@ def reference_read(sources: Sequence[tuple[str, Sequence[str | bytes]]]) -> tupl
     The plain reading of replay's input (one evolve per dump line, no fast
     paths): C{(jobs, errors, count)} as L{lbtwist.cli.replay.read_events} gives them.
     """
-    from lbtwist.events import parse_event
-    from lbtwist.ulm import parse_date
+    from lbtwist.core.events import parse_event
+    from lbtwist.core.ulm import parse_date
 
     jobs: dict[str, list[tuple[Any, int]]] = {}
     errors: list[str] = []
@@ -702,7 +702,7 @@ class ReplayReadTests(SynchronousTestCase):
         The dump arrival copy knows every field of L{Event} and equals C{evolve}.
         """
         from lbtwist.cli.replay import _EVENT_FIELDS, _with_arrived, example_lines
-        from lbtwist.events import Event, parse_event
+        from lbtwist.core.events import Event, parse_event
 
         self.assertEqual(tuple(f.name for f in attrs.fields(Event)), _EVENT_FIELDS)
         for line in example_lines():
@@ -803,7 +803,7 @@ class LocalStoreTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         from lbtwist.cli.replay import example_lines
-        from lbtwist.events import parse_event
+        from lbtwist.core.events import parse_event
         from lbtwist.store.batch import run_now
         from lbtwist.store.sqlite import SQLiteStore
 

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.unit.test_client -*-
 """
-Tests for L{lbtwist.client} and the HTTPS commands of L{lbtwist.cli.query}.
+Tests for L{lbtwist.client.query} and the HTTPS commands of L{lbtwist.cli.query}.
 
 The TLS tests run a real twisted.web site over TLS on loopback with the
 real reactor (certificates made in the test), as the client meets servers.
@@ -27,8 +27,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from lbtwist import client
-from lbtwist.client import (
+from lbtwist.client import query as client
+from lbtwist.client.query import (
     Credentials,
     QueryClient,
     QueryError,
@@ -40,10 +40,10 @@ from lbtwist.client import (
     find_credentials,
     http_error,
 )
-from lbtwist.events import format_event, make_event, parse_event
-from lbtwist.identity import dn_of_chain
-from lbtwist.states.status import JobStatus
-from lbtwist.tls import ServerContextSource, tls_server_endpoint, transport_chain
+from lbtwist.core.events import format_event, make_event, parse_event
+from lbtwist.core.states.status import JobStatus
+from lbtwist.security.identity import dn_of_chain
+from lbtwist.security.tls import ServerContextSource, tls_server_endpoint, transport_chain
 from tests.certs import Credential, TestCA, proxy_of
 
 JOBID = "https://localhost:9000/Hq3tK8vWZ0bQy1n2m3p4rA"
@@ -174,8 +174,8 @@ class HTTPErrorTests(SynchronousTestCase):
 
 
 def event_json(ev: Any, iso: bool = True) -> dict[str, Any]:
-    from lbtwist.states.status import format_iso
-    from lbtwist.ulm import format_date
+    from lbtwist.core.states.status import format_iso
+    from lbtwist.core.ulm import format_date
 
     data: dict[str, Any] = {
         "type": ev.type,

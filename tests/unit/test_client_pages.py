@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_client_pages -*-
+# -*- test-case-name: tests.unit.test_client_pages -*-
 """
-L{lbtwist.client.QueryClient.job_events} follows the pages of a long history.
+L{lbtwist.client.query.QueryClient.job_events} follows the pages of a long history.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.client import QueryClient, Reply
+from lbtwist.client.query import QueryClient, Reply
 
 UNIQUE = "CREAM900000001"
 JOBID = f"https://ce.example.org:9000/{UNIQUE}"

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_devcerts -*-
+# -*- test-case-name: tests.unit.test_devcerts -*-
 """
-Tests for L{lbtwist.devcerts}.
+Tests for L{lbtwist.security.devcerts}.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import devcerts
-from lbtwist.identity import dn_of_chain, is_proxy, slash_dn
-from lbtwist.tls import ClientConnectionCreator, ServerContextSource, client_context
+from lbtwist.security import devcerts
+from lbtwist.security.identity import dn_of_chain, is_proxy, slash_dn
+from lbtwist.security.tls import ClientConnectionCreator, ServerContextSource, client_context
 from tests.certs import NOW
-from tests.test_tls import connect
+from tests.unit.test_tls import connect
 
 
 class _AttrValue(asn1.Sequence):

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_events -*-
+# -*- test-case-name: tests.unit.test_events -*-
 """
-Tests for L{lbtwist.events}.
+Tests for L{lbtwist.core.events}.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from lbtwist.errors import (
+from lbtwist.core.errors import (
     BrokenULM,
     EventUndefined,
     InvalidValue,
@@ -25,7 +25,7 @@ from lbtwist.errors import (
     LBError,
     MessageIncomplete,
 )
-from lbtwist.events import (
+from lbtwist.core.events import (
     CATALOGUE,
     COMMON_FIELDS,
     PRIO_DIRECT,
@@ -239,7 +239,7 @@ class ParseEventTests(SynchronousTestCase):
         """
         Well-formed job ids are remembered (bounded); bad ones never pass.
         """
-        from lbtwist import events
+        from lbtwist.core import events
 
         self.patch(events, "_GOOD_JOBIDS", set())
         self.patch(events, "_GOOD_JOBIDS_SIZE", 2)
@@ -490,7 +490,7 @@ class ParseEventTests(SynchronousTestCase):
         """
         The field and size limits are passed down to the ULM parser.
         """
-        from lbtwist.errors import TooBig
+        from lbtwist.core.errors import TooBig
 
         self.assertRaises(TooBig, parse_event, RUNNING, max_fields=5)
         self.assertRaises(TooBig, parse_event, RUNNING, max_size=100)
@@ -723,7 +723,7 @@ def parse_fields_or_fail(
     """
     L{parse_fields} of a fixture line, failing the test with its location.
     """
-    from lbtwist.ulm import parse_fields
+    from lbtwist.core.ulm import parse_fields
 
     try:
         return parse_fields(line)

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_framing -*-
+# -*- test-case-name: tests.unit.test_framing -*-
 """
-Tests for L{lbtwist.framing}.
+Tests for L{lbtwist.service.framing}.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import ilproto
-from lbtwist.errors import BrokenULM, LBError, TooBig
-from lbtwist.framing import (
+from lbtwist.core import ilproto
+from lbtwist.core.errors import BrokenULM, LBError, TooBig
+from lbtwist.service.framing import (
     AnswerQueue,
     ILFraming,
     LineFraming,

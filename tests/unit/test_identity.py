@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_identity -*-
+# -*- test-case-name: tests.unit.test_identity -*-
 """
-Tests for L{lbtwist.identity}: DNs of chains, DN comparison, VOMS FQANs.
+Tests for L{lbtwist.security.identity}: DNs of chains, DN comparison, VOMS FQANs.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import devcerts, tap, tls
-from lbtwist.identity import (
+from lbtwist import tap
+from lbtwist.security import devcerts, tls
+from lbtwist.security.identity import (
     Identity,
     TrustAnchors,
     dn_of_chain,
@@ -37,9 +38,9 @@ from lbtwist.identity import (
     slash_dn,
     voms_fqans,
 )
+from lbtwist.service.storeport import make_store_port_service
+from lbtwist.service.web import make_query_service
 from lbtwist.store.memory import MemoryStore
-from lbtwist.storeport import make_store_port_service
-from lbtwist.web import make_query_service
 from tests.certs import (
     NOW,
     Credential,

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_ilproto -*-
+# -*- test-case-name: tests.unit.test_ilproto -*-
 """
-Tests for L{lbtwist.ilproto}.
+Tests for L{lbtwist.core.ilproto}.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import ilproto
-from lbtwist.ilproto import (
+from lbtwist.core import ilproto
+from lbtwist.core.ilproto import (
     ILFrameDecoder,
     ILMessageDecoder,
     ILReply,

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_intake -*-
+# -*- test-case-name: tests.unit.test_intake -*-
 """
-Tests for L{lbtwist.intake}.
+Tests for L{lbtwist.service.intake}.
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import ilproto
-from lbtwist.errors import LBError, NoSpace, TryAgain
-from lbtwist.ilproto import ILReply, ILReplyDecoder
-from lbtwist.intake import IntakeFactory, IntakeProtocol, detect_framing, so_peercred
+from lbtwist.core import ilproto
+from lbtwist.core.errors import LBError, NoSpace, TryAgain
+from lbtwist.core.ilproto import ILReply, ILReplyDecoder
+from lbtwist.service.intake import IntakeFactory, IntakeProtocol, detect_framing, so_peercred
 
 LINE = (
     'DATE=20080928052815.033466 HOST="bohr3727.tier2.hep.manchester.ac.uk" PROG=edg-wms '

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_jobid -*-
+# -*- test-case-name: tests.unit.test_jobid -*-
 """
-Tests for L{lbtwist.jobid}.
+Tests for L{lbtwist.core.jobid}.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.errors import JOBID_FORMAT, InvalidValue, JobIdFormat
-from lbtwist.jobid import (
+from lbtwist.core.errors import JOBID_FORMAT, InvalidValue, JobIdFormat
+from lbtwist.core.jobid import (
     CREAM_PORT_SHIFT,
     DEFAULT_PORT,
     JobId,

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_logs -*-
+# -*- test-case-name: tests.unit.test_logs -*-
 """
-Tests for L{lbtwist.logs}: the warning limiter and the capped twistd log.
+Tests for L{lbtwist.service.logs}: the warning limiter and the capped twistd log.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import logs
+from lbtwist.service import logs
 
 
 class Captured:
@@ -21,7 +21,7 @@ class Captured:
     A L{Logger} whose events are kept, and their text.
     """
 
-    def __init__(self, namespace: str = "tests.test_logs") -> None:
+    def __init__(self, namespace: str = "tests.unit.test_logs") -> None:
         self.events: list[dict[str, Any]] = []
         self.log = Logger(namespace=namespace, observer=self.events.append)  # type: ignore[arg-type]
 
@@ -176,7 +176,7 @@ class InstallTests(SynchronousTestCase):
         """
         opts = FakeTwistdOptions(logfile="x.log", nodaemon=True)
         settings = logs.install_logger(opts, 1000, 3)
-        self.assertEqual(opts["logger"], "lbtwist.logs.logger")
+        self.assertEqual(opts["logger"], "lbtwist.service.logs.logger")
         self.assertEqual(settings, logs.LogSettings("x.log", 1000, 3))
         self.assertEqual(logs._configured, settings)
 
@@ -204,9 +204,9 @@ class InstallTests(SynchronousTestCase):
 
     def test_explicit_logger_configured(self) -> None:
         """
-        C{twistd --logger lbtwist.logs.logger --logfile X lbproxy}: the caps still apply.
+        C{twistd --logger lbtwist.service.logs.logger --logfile X lbproxy}: the caps still apply.
         """
-        opts = FakeTwistdOptions(logfile="x.log", logger="lbtwist.logs.logger")
+        opts = FakeTwistdOptions(logfile="x.log", logger="lbtwist.service.logs.logger")
         self.assertEqual(logs.install_logger(opts, 5, 2), logs.LogSettings("x.log", 5, 2))
 
 

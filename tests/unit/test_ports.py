@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_ports -*-
+# -*- test-case-name: tests.unit.test_ports -*-
 """
-Tests for the bounded TLS ports of L{lbtwist.tls} (L{BoundedTLSFactory}):
+Tests for the bounded TLS ports of L{lbtwist.security.tls} (L{BoundedTLSFactory}):
 handshake and idle timeouts, handshake slots apart from established
 connections, per-address caps; the store port's connection log; the option
 table entries. Real TLS with client certificates over iosim, a L{Clock}.
@@ -24,18 +24,18 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from lbtwist import config, tap
-from lbtwist.identity import Identity
-from lbtwist.store.memory import MemoryStore
-from lbtwist.storeport import make_store_port_service
-from lbtwist.tls import (
+from lbtwist.security.identity import Identity
+from lbtwist.security.tls import (
     BoundedTLSFactory,
     BoundedTLSProtocol,
     PortLimits,
     quote_for_log,
     tls_server_endpoint,
 )
+from lbtwist.service.storeport import make_store_port_service
+from lbtwist.store.memory import MemoryStore
 from tests.certs import NOW
-from tests.test_tls import USER_DN, Fixture, Recorder
+from tests.unit.test_tls import USER_DN, Fixture, Recorder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -375,7 +375,7 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(PortLimits.from_options(options, "query").max_connections, 11)
 
     def test_endpoint_builds_bounded_factory(self) -> None:
-        from tests.test_tls import FakeEndpoint
+        from tests.unit.test_tls import FakeEndpoint
 
         fixture = Fixture(Path(self.mktemp()))
         inner = FakeEndpoint()

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_producer -*-
+# -*- test-case-name: tests.unit.test_producer -*-
 """
-Tests for L{lbtwist.producer}.
+Tests for L{lbtwist.client.producer}.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import errors
-from lbtwist.producer import (
+from lbtwist.client.producer import (
     LBProducer,
     ProducerProtocol,
     ProtocolError,
@@ -29,6 +28,7 @@ from lbtwist.producer import (
     error_for_code,
     parse_answer,
 )
+from lbtwist.core import errors
 
 
 def answer_ok(line: bytes) -> bytes:
@@ -306,7 +306,7 @@ class ProducerAgainstIntakeTests(SynchronousTestCase):
         from twisted.internet.task import Clock
         from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
 
-        from lbtwist.intake import IntakeFactory
+        from lbtwist.service.intake import IntakeFactory
         from lbtwist.store.memory import MemoryStore
 
         lines = [

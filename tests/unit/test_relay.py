@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_relay -*-
+# -*- test-case-name: tests.unit.test_relay -*-
 """
-Tests for L{lbtwist.relay} and the relay side of the stores (outbox reads,
+Tests for L{lbtwist.service.relay} and the relay side of the stores (outbox reads,
 grouped acknowledgements, the rejected table, commit notifications).
 """
 
@@ -21,9 +21,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from lbtwist import ilproto
-from lbtwist.events import parse_event
-from lbtwist.relay import (
+from lbtwist.core import ilproto
+from lbtwist.core.events import parse_event
+from lbtwist.service.relay import (
     RelayProtocol,
     RelayQueue,
     RelayService,

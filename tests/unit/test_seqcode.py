@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_seqcode -*-
+# -*- test-case-name: tests.unit.test_seqcode -*-
 """
-Tests for L{lbtwist.seqcode}.
+Tests for L{lbtwist.core.seqcode}.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.errors import InvalidValue
-from lbtwist.seqcode import (
+from lbtwist.core.errors import InvalidValue
+from lbtwist.core.seqcode import (
     COUNTERS,
     SOURCE_COUNTER,
     GliteSeqCode,
@@ -42,7 +42,7 @@ SOURCES = st.sampled_from(sorted(SOURCE_COUNTER) + ["CREAMInterface", "CREAMExec
 @frozen
 class FakeEvent:
     """
-    The part of L{lbtwist.events.Event} that L{ordering_key} reads.
+    The part of L{lbtwist.core.events.Event} that L{ordering_key} reads.
     """
 
     seqcode: str

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_states -*-
+# -*- test-case-name: tests.unit.test_states -*-
 """
-Tests for L{lbtwist.states}: JobStatus, the CREAM and gLite machines, folding.
+Tests for L{lbtwist.core.states}: JobStatus, the CREAM and gLite machines, folding.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from lbtwist.states import advance, compute_status
-from lbtwist.states.status import (
+from lbtwist.core.states import advance, compute_status
+from lbtwist.core.states.status import (
     DONE_CANCELLED,
     DONE_FAILED,
     DONE_OK,
@@ -168,7 +168,7 @@ class StatusValueTests(SynchronousTestCase):
         """
         Formatted seconds are remembered, within a bound; results do not change.
         """
-        from lbtwist.states import status as module
+        from lbtwist.core.states import status as module
 
         self.patch(module, "_ISO_CACHE_SIZE", 4)
         self.patch(module, "_ISO_SECONDS", {})
@@ -1114,7 +1114,7 @@ class FromJsonTests(SynchronousTestCase):
         self.assertEqual(outcome(parse_iso, text), outcome(reference_parse_iso, text))
 
     def test_parse_iso_cache_bounded(self) -> None:
-        from lbtwist.states import status as module
+        from lbtwist.core.states import status as module
 
         self.patch(module, "_ISO_CACHE_SIZE", 3)
         self.patch(module, "_ISO_PARSED", {})

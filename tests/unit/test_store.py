@@ -1,7 +1,7 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store -*-
 """
 Tests for L{lbtwist.store}: the rules every store follows, run here on the memory
-store (L{tests.test_store_sqlite} runs them again on SQLite).
+store (L{tests.unit.test_store_sqlite} runs them again on SQLite).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from lbtwist.errors import AlreadyExists, LBError, NoSpace, TryAgain
-from lbtwist.events import PRIO_EXCL, parse_event
-from lbtwist.states import compute_status
+from lbtwist.core.errors import AlreadyExists, LBError, NoSpace, TryAgain
+from lbtwist.core.events import PRIO_EXCL, parse_event
+from lbtwist.core.states import compute_status
 from lbtwist.store.batch import (
     BatchProcessor,
     _has_key,

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_range -*-
+# -*- test-case-name: tests.unit.test_store_range -*-
 """
 Tests for the bounded history read C{events_range} of both stores.
 """
@@ -15,7 +15,7 @@ from lbtwist.store.batch import run_now
 from lbtwist.store.memory import MemoryStore
 from lbtwist.store.sqlite import SQLiteStore
 from tests import traces
-from tests.test_store import PROXY, direct_lines, items
+from tests.unit.test_store import PROXY, direct_lines, items
 
 
 class RangeMixin:

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_sqlite -*-
+# -*- test-case-name: tests.unit.test_store_sqlite -*-
 """
 Tests for L{lbtwist.store.sqlite}: the store rules on SQLite, durability across a
 restart, disk full, schema migrations, the real writer thread; and the ceiling bench.
@@ -17,9 +17,9 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bench.sqlite_ceiling import measure
-from lbtwist.errors import LBError, NoSpace, TryAgain
-from lbtwist.events import parse_event
-from lbtwist.states import compute_status
+from lbtwist.core.errors import LBError, NoSpace, TryAgain
+from lbtwist.core.events import parse_event
+from lbtwist.core.states import compute_status
 from lbtwist.store import batch
 from lbtwist.store.batch import run_now
 from lbtwist.store.sqlite import (
@@ -32,7 +32,7 @@ from lbtwist.store.sqlite import (
     translate_error,
 )
 from tests import traces
-from tests.test_store import PROXY, StoreRulesMixin, direct_lines, items, wms_lines
+from tests.unit.test_store import PROXY, StoreRulesMixin, direct_lines, items, wms_lines
 
 
 class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_storeport -*-
+# -*- test-case-name: tests.unit.test_storeport -*-
 """
-Tests for L{lbtwist.storeport}: the server's store port, alone over a
+Tests for L{lbtwist.service.storeport}: the server's store port, alone over a
 StringTransport and behind the relay over in-memory TLS with real certificates.
 """
 
@@ -20,20 +20,20 @@ from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from lbtwist import ilproto
-from lbtwist.authz import JobRights, Policy, parse_policy
-from lbtwist.events import parse_event
-from lbtwist.identity import Identity, slash_dn
-from lbtwist.relay import RelayService, RelaySettings
-from lbtwist.store.memory import MemoryStore
-from lbtwist.storeport import (
+from lbtwist.core import ilproto
+from lbtwist.core.events import parse_event
+from lbtwist.security.authz import JobRights, Policy, parse_policy
+from lbtwist.security.identity import Identity, slash_dn
+from lbtwist.security.tls import ClientConnectionCreator, ServerContextSource, client_context
+from lbtwist.service.relay import RelayService, RelaySettings
+from lbtwist.service.storeport import (
     StorePortFactory,
     authorization_summary,
     may_log,
     required_action,
     tls_identity,
 )
-from lbtwist.tls import ClientConnectionCreator, ServerContextSource, client_context
+from lbtwist.store.memory import MemoryStore
 from tests import traces
 from tests.certs import NOW, TestCA
 
@@ -216,7 +216,7 @@ class StorePortTests(SynchronousTestCase):
     def test_connections_counted(self) -> None:
         """
         Connections are counted, not refused: the TLS port bounds them
-        (tests.test_ports).
+        (tests.unit.test_ports).
         """
         s = Server(OWNER)
         extra = s.factory.buildProtocol(None)
@@ -438,7 +438,7 @@ class WriteAuthorizationTests(SynchronousTestCase):
     def test_refusal_logged_with_peer_job_event_reason(self) -> None:
         try:
             # Where warnings are rate-limited process-wide: a fresh budget here.
-            from lbtwist import logs  # type: ignore[attr-defined,unused-ignore]
+            from lbtwist.service import logs  # type: ignore[attr-defined,unused-ignore]
         except ImportError:
             pass
         else:

@@ -12,7 +12,7 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist import config, tap
-from lbtwist.errors import InvalidValue
+from lbtwist.core.errors import InvalidValue
 
 
 class PluginTests(SynchronousTestCase):

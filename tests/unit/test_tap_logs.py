@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap_logs -*-
+# -*- test-case-name: tests.unit.test_tap_logs -*-
 """
 Tests for the log wiring of L{lbtwist.tap}: the capped twistd log installed
 through twistd's own option parsing, the warning limiter configured and
@@ -17,10 +17,11 @@ from twisted.python import usage
 from twisted.scripts._twistd_unix import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import logs, tap
-from lbtwist.intake import IntakeProtocol
+from lbtwist import tap
+from lbtwist.service import logs
+from lbtwist.service.intake import IntakeProtocol
 from tests import traces
-from tests.test_intake import connect, make_factory
+from tests.unit.test_intake import connect, make_factory
 
 
 class TwistdOptionsTests(SynchronousTestCase):
@@ -147,7 +148,7 @@ class StorePortFloodTests(SynchronousTestCase):
         A peer sending 200 events it may not log gets 200 refusals; the log gets
         C{lines} "event refused" warnings.
         """
-        from tests.test_storeport import Server
+        from tests.unit.test_storeport import Server
 
         clock = Clock()
         self.patch(logs, "LIMITER", logs.WarningLimiter(clock=clock, lines=4))
@@ -172,8 +173,8 @@ class RelayFloodTests(SynchronousTestCase):
         """
         import errno
 
-        from lbtwist import ilproto
-        from tests.test_relay import DEST1, JOB_A, Harness, wms_lines
+        from lbtwist.core import ilproto
+        from tests.unit.test_relay import DEST1, JOB_A, Harness, wms_lines
 
         h = Harness(window=64)
         self.patch(logs, "LIMITER", logs.WarningLimiter(clock=h.clock, lines=3))

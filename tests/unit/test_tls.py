@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_tls -*-
+# -*- test-case-name: tests.unit.test_tls -*-
 """
-Tests for L{lbtwist.tls}: in-memory TLS handshakes over iosim with
+Tests for L{lbtwist.security.tls}: in-memory TLS handshakes over iosim with
 certificates generated in the test.
 """
 
@@ -27,9 +27,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from lbtwist import devcerts
-from lbtwist.identity import dn_of_chain
-from lbtwist.tls import (
+from lbtwist.security import devcerts
+from lbtwist.security.identity import dn_of_chain
+from lbtwist.security.tls import (
     REFUSAL_LOG_INTERVAL,
     CADirectory,
     ClientConnectionCreator,

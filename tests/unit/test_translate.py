@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_translate -*-
+# -*- test-case-name: tests.unit.test_translate -*-
 """
-Tests for L{lbtwist.translate}: gLite events generated for WMS jobs on CREAM.
+Tests for L{lbtwist.core.translate}: gLite events generated for WMS jobs on CREAM.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from typing import Any
 from hypothesis import given, settings
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.events import format_event, parse_event
-from lbtwist.seqcode import parse_seqcode
-from lbtwist.states import compute_status
-from lbtwist.states.glite import is_cream_event
-from lbtwist.states.status import DONE_CANCELLED, DONE_FAILED, DONE_OK, JobStatus
-from lbtwist.translate import generate_events
+from lbtwist.core.events import format_event, parse_event
+from lbtwist.core.seqcode import parse_seqcode
+from lbtwist.core.states import compute_status
+from lbtwist.core.states.glite import is_cream_event
+from lbtwist.core.states.status import DONE_CANCELLED, DONE_FAILED, DONE_OK, JobStatus
+from lbtwist.core.translate import generate_events
 from tests import traces
 
 PROXY = "proxy.cream-ce01.example.org"

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_ulm -*-
+# -*- test-case-name: tests.unit.test_ulm -*-
 """
-Tests for L{lbtwist.ulm}.
+Tests for L{lbtwist.core.ulm}.
 """
 
 from __future__ import annotations
@@ -12,9 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import ulm
-from lbtwist.errors import BROKEN_ULM, KEY_DUPLICITY, BrokenULM, InvalidValue, KeyDuplicity, TooBig
-from lbtwist.ulm import (
+from lbtwist.core import ulm
+from lbtwist.core.errors import (
+    BROKEN_ULM,
+    KEY_DUPLICITY,
+    BrokenULM,
+    InvalidValue,
+    KeyDuplicity,
+    TooBig,
+)
+from lbtwist.core.ulm import (
     DEFAULT_MAX_FIELDS,
     DEFAULT_MAX_SIZE,
     escape,

@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """
-Tests for L{lbtwist.web}: the query resources over the memory store, driven with
+Tests for L{lbtwist.service.web}: the query resources over the memory store, driven with
 in-memory requests and an injected identity.
 """
 
@@ -20,15 +20,15 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Request
 from twisted.web.test.requesthelper import DummyRequest
 
-from lbtwist.authz import parse_policy
-from lbtwist.events import parse_event
-from lbtwist.identity import Identity
-from lbtwist.states import compute_status
-from lbtwist.states.status import DONE_CODE_NAMES, JobStatus, done_code_value, public_dict
+from lbtwist.core.events import parse_event
+from lbtwist.core.states import compute_status
+from lbtwist.core.states.status import DONE_CODE_NAMES, JobStatus, done_code_value, public_dict
+from lbtwist.security.authz import parse_policy
+from lbtwist.security.identity import Identity
+from lbtwist.service.web import ACCESS_LOG_DELAY, BufferedLog, dev_commands, make_site
+from lbtwist.service.web.resources import QueryResource, choose_format, split_query
 from lbtwist.store.memory import MemoryStore
 from lbtwist.store.query import unique_of
-from lbtwist.web import ACCESS_LOG_DELAY, BufferedLog, dev_commands, make_site
-from lbtwist.web.resources import QueryResource, choose_format, split_query
 from tests import test_states, traces
 
 OWNER = traces.CREAM_USER
@@ -646,7 +646,7 @@ class StatusJsonTests(SynchronousTestCase):
     """
 
     def check(self, status: JobStatus) -> None:
-        from lbtwist.web import render
+        from lbtwist.service.web import render
 
         self.assertEqual(render.status_json(status), render.to_json(render.status_dict(status)))
 
@@ -668,7 +668,7 @@ class StatusJsonTests(SynchronousTestCase):
         """
         Values of unexpected types give the same bytes too (or the same error).
         """
-        from lbtwist.web import render
+        from lbtwist.service.web import render
 
         for status in (
             JobStatus(exit_code=True),  # type: ignore[arg-type]

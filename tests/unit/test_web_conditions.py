@@ -1,6 +1,6 @@
-# -*- test-case-name: tests.test_web_conditions -*-
+# -*- test-case-name: tests.unit.test_web_conditions -*-
 """
-Tests for L{lbtwist.web.conditions} (L&B's query condition syntax) and the job
+Tests for L{lbtwist.service.web.conditions} (L&B's query condition syntax) and the job
 list queries of both stores (L{lbtwist.store.query}).
 """
 
@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.states.status import JobStatus, format_iso
+from lbtwist.core.states.status import JobStatus, format_iso
+from lbtwist.service.web.conditions import (
+    MAX_CONDITIONS,
+    ConditionError,
+    parse_conditions,
+    parse_time,
+)
 from lbtwist.store.batch import BatchPlan, JobRow, MappingRow, run_now
 from lbtwist.store.memory import MemoryStore
 from lbtwist.store.query import (
@@ -25,12 +31,6 @@ from lbtwist.store.query import (
     unique_of,
 )
 from lbtwist.store.sqlite import SQLiteStore
-from lbtwist.web.conditions import (
-    MAX_CONDITIONS,
-    ConditionError,
-    parse_conditions,
-    parse_time,
-)
 
 NOW = 1_700_000_000 * 1_000_000
 

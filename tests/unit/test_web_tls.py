@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_tls -*-
+# -*- test-case-name: tests.unit.test_web_tls -*-
 """
 The query site through real TLS with client certificates, in memory (iosim): the
 caller's identity is the verified chain of the connection.
@@ -22,18 +22,18 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.identity import Identity
-from lbtwist.tls import (
+from lbtwist.security.identity import Identity
+from lbtwist.security.tls import (
     BoundedTLSFactory,
     ClientConnectionCreator,
     PortLimits,
     ServerContextSource,
     client_context,
 )
-from lbtwist.web import QueryChannel, make_query_service, make_site
+from lbtwist.service.web import QueryChannel, make_query_service, make_site
 from tests import traces
 from tests.certs import NOW, Credential, TestCA, proxy_of
-from tests.test_web import DIRECT_UNIQUE, STRANGER, store_with
+from tests.unit.test_web import DIRECT_UNIQUE, STRANGER, store_with
 
 
 class HTTPClient(Protocol):

@@ -1,9 +1,9 @@
-# -*- test-case-name: tests.test_states -*-
+# -*- test-case-name: tests.unit.test_states -*-
 """
 Job states: pure folds of a job's events into a L{JobStatus}.
 
 The state of a job is a function of its events sorted by
-L{lbtwist.seqcode.ordering_key} (design section 4). The first RegJob in that
+L{lbtwist.core.seqcode.ordering_key} (design section 4). The first RegJob in that
 order picks the machine: jobtype CREAM the CREAM machine, anything else the
 gLite one; without a RegJob the job stays C{Unknown}.
 """
@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from lbtwist.seqcode import ordering_key
-from lbtwist.states import cream, glite
-from lbtwist.states.status import (
+from lbtwist.core.seqcode import ordering_key
+from lbtwist.core.states import cream, glite
+from lbtwist.core.states.status import (
     MACHINE_CREAM,
     MACHINE_GLITE,
     JobStatus,
@@ -23,7 +23,7 @@ from lbtwist.states.status import (
 )
 
 if TYPE_CHECKING:
-    from lbtwist.events import Event
+    from lbtwist.core.events import Event
 
 __all__ = ["JobStatus", "advance", "compute_status", "format_text", "machine_for"]
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_states -*-
+# -*- test-case-name: tests.unit.test_states -*-
 """
 The CREAM state machine: jobs submitted directly to CREAM (design section 5).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lbtwist.states.status import (
+from lbtwist.core.states.status import (
     ABORTED,
     CANCELLED,
     CLEARED,
@@ -27,7 +27,7 @@ from lbtwist.states.status import (
 )
 
 if TYPE_CHECKING:
-    from lbtwist.events import Event
+    from lbtwist.core.events import Event
 
 # CREAM state -> (job state or None for unchanged, done code or None).
 CREAM_TO_STATE: dict[str, tuple[str | None, int | None]] = {

@@ -1,10 +1,10 @@
-# -*- test-case-name: tests.test_states -*-
+# -*- test-case-name: tests.unit.test_states -*-
 """
 The gLite state machine: WMS jobs (SIMPLE, DAG, COLLECTION...), design section 5.
 
 With C{cream_aware=True} (the default) it also reads the CREAM events of a WMS
 job executed by CREAM: it fills the C{cream_*} fields and, on a change of
-C{cream_state}, moves the job as the gLite events that L{lbtwist.translate}
+C{cream_state}, moves the job as the gLite events that L{lbtwist.core.translate}
 generates for that change would; so it skips those generated events. With
 C{cream_aware=False} it ignores CREAM events and applies generated events like
 any other: that is the machine of an L&B server that knows no CREAM events.
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lbtwist.seqcode import parse_seqcode
-from lbtwist.states.status import (
+from lbtwist.core.seqcode import parse_seqcode
+from lbtwist.core.states.status import (
     ABORTED,
     CANCELLED,
     CLEARED,
@@ -36,7 +36,7 @@ from lbtwist.states.status import (
 )
 
 if TYPE_CHECKING:
-    from lbtwist.events import Event
+    from lbtwist.core.events import Event
 
 JSS = "JobController"
 LM = "LogMonitor"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_states -*-
+# -*- test-case-name: tests.unit.test_states -*-
 """
 The status of one job: the value the state machines fold events into.
 
@@ -305,7 +305,7 @@ def _compile(name: str, body: str, **names: Any) -> Any:
     """
     namespace: dict[str, Any] = {"_new": object.__new__, "JobStatus": JobStatus, "_iso": format_iso}
     namespace.update(names)
-    exec(compile(body, f"<lbtwist.states.status {name}>", "exec"), namespace)  # noqa: S102
+    exec(compile(body, f"<lbtwist.core.states.status {name}>", "exec"), namespace)  # noqa: S102
     return namespace[name]
 
 

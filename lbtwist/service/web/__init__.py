@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """
 The HTTPS query service: L{make_site} builds the twisted.web site,
 L{make_query_service} the TLS listener around it (with the development PKI
@@ -21,17 +21,17 @@ from twisted.python.logfile import LogFile
 from twisted.web.http import HTTPChannel, combinedLogFormatter
 from twisted.web.server import Request, Site
 
-from lbtwist.authz import Policy
 from lbtwist.config import (
     DEFAULT_MAX_HEADER_SIZE,
     DEFAULT_MAX_HEADERS,
     DEFAULT_MAX_REQUEST_LINE,
     DEFAULT_QUERY_IDLE_TIMEOUT,
 )
-from lbtwist.identity import PeerIdentity
-from lbtwist.tls import RefusalLog, quote_for_log
-from lbtwist.web.render import error_body
-from lbtwist.web.resources import DEFAULT_PAGE_EVENTS, Identify, QueryResource
+from lbtwist.security.authz import Policy
+from lbtwist.security.identity import PeerIdentity
+from lbtwist.security.tls import RefusalLog, quote_for_log
+from lbtwist.service.web.render import error_body
+from lbtwist.service.web.resources import DEFAULT_PAGE_EVENTS, Identify, QueryResource
 
 log = Logger()
 
@@ -277,7 +277,7 @@ def make_site(
     @param max_headers: most header fields (more: 431).
     """
     if identify is None:
-        from lbtwist.tls import CADirectory
+        from lbtwist.security.tls import CADirectory
 
         identify = PeerIdentity(
             clock=clock,
@@ -322,7 +322,7 @@ def _proxy_valid(path: Path, now: datetime) -> bool:
 
 
 def _refresh_proxy(pki: Any, now: datetime) -> None:
-    from lbtwist import devcerts
+    from lbtwist.security import devcerts
 
     user_cert = x509.load_pem_x509_certificate(pki.user_cert.read_bytes())
     user_key = load_pem_private_key(pki.user_key.read_bytes(), None)
@@ -336,12 +336,12 @@ def _refresh_proxy(pki: Any, now: datetime) -> None:
 
 def dev_pki(state_dir: str | os.PathLike[str], reactor: Any) -> Any:
     """
-    The development PKI of C{<state_dir>/devcerts} (L{lbtwist.devcerts.ensure_dev_pki}),
+    The development PKI of C{<state_dir>/devcerts} (L{lbtwist.security.devcerts.ensure_dev_pki}),
     its user proxy renewed when it expires within the hour.
 
-    @return: a L{lbtwist.devcerts.DevPKI}.
+    @return: a L{lbtwist.security.devcerts.DevPKI}.
     """
-    from lbtwist import devcerts
+    from lbtwist.security import devcerts
 
     pki = devcerts.ensure_dev_pki(state_dir, reactor, hostnames=("localhost",))
     now = datetime.fromtimestamp(reactor.seconds(), UTC)
@@ -383,8 +383,8 @@ def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> 
     from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
 
-    from lbtwist import tls
-    from lbtwist.authz import load_policy
+    from lbtwist.security import tls
+    from lbtwist.security.authz import load_policy
 
     cert, key, ca_dir = options.get("cert"), options.get("key"), options.get("ca-dir")
     pki = None

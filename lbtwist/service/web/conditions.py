@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_conditions -*-
+# -*- test-case-name: tests.unit.test_web_conditions -*-
 """
 L&B's query condition syntax, as the C{?query=} parameter takes it.
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
-from lbtwist.states.status import STATES, cream_state_name
+from lbtwist.core.states.status import STATES, cream_state_name
 from lbtwist.store.query import FIELD_TYPES, JobCondition
 
 #: Most conditions (alternatives counted one by one) in one query.

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """
 Rendering of statuses, events and job lists: JSON, L&B's C{key=value} text, and
 self-contained HTML pages (no external assets, everything escaped).
@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import attrs
 
-from lbtwist.states.status import (
+from lbtwist.core.states.status import (
     DONE_CODE_NAMES,
     TEXT_ORDER,
     JobStatus,
@@ -217,7 +217,7 @@ def _make_public_json_text() -> Any:
         "_int": int.__repr__,
         "_done_names": DONE_CODE_NAMES,
     }
-    exec(compile(source, "<lbtwist.web.render _public_json_text>", "exec"), namespace)  # noqa: S102
+    exec(compile(source, "<lbtwist.service.web.render _public_json_text>", "exec"), namespace)  # noqa: S102
     return namespace["_public_json_text"]
 
 

@@ -1,10 +1,10 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """
 The query resources: C{/<unique>} (status), C{/<unique>/events} and
 C{?flags=history} (logging-info), C{/} (job lists), in JSON, text or HTML.
 
 Who asks comes from an injected C{identify(request) -> Identity | None}; what
-they may read is decided by L{lbtwist.authz.can_read}.
+they may read is decided by L{lbtwist.security.authz.can_read}.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
-from lbtwist.authz import Policy, can_read, is_super_user
-from lbtwist.identity import Identity, same_dn
-from lbtwist.seqcode import ordering_key
-from lbtwist.states.status import PURGED, JobStatus
+from lbtwist.core.seqcode import ordering_key
+from lbtwist.core.states.status import PURGED, JobStatus
+from lbtwist.security.authz import Policy, can_read, is_super_user
+from lbtwist.security.identity import Identity, same_dn
+from lbtwist.service.web import render
+from lbtwist.service.web.conditions import ConditionError, parse_conditions, parse_time, parse_value
 from lbtwist.store.query import JobCondition, JobQuery, decode_cursor, encode_cursor
-from lbtwist.web import render
-from lbtwist.web.conditions import ConditionError, parse_conditions, parse_time, parse_value
 
 log = Logger()
 
