@@ -97,6 +97,30 @@ _FROM_ROOT = re.compile(
 )
 
 
+_FROM_TESTS = re.compile(
+    r"^(?P<indent>[ \t]*)from tests import (?P<names>[^()\n#]+?)(?P<tail>[ \t]*#.*)?$", re.M
+)
+# importlib.resources.files("lbtwist").joinpath("data/...")
+_RESOURCE = re.compile(
+    r"""files\((["'])lbtwist\1\)(\s*\.joinpath\(["'](?:""" + "|".join(DATA_DIRS) + r")/)"
+)
+
+
+def _from_tests(match: re.Match[str]) -> str:
+    indent, tail = match.group("indent"), match.group("tail") or ""
+    names = [n.strip() for n in match.group("names").split(",") if n.strip()]
+    moved = [n for n in names if n.startswith("test_")]
+    if not moved:
+        return match.group(0)
+    lines = []
+    kept = [n for n in names if not n.startswith("test_")]
+    if kept:
+        lines.append(f"{indent}from tests import {', '.join(kept)}")
+    lines.append(f"{indent}from tests.unit import {', '.join(moved)}")
+    lines[0] += tail
+    return "\n".join(lines)
+
+
 def _dotted(match: re.Match[str]) -> str:
     old = match.group(1)
     if old == "client":
@@ -159,6 +183,8 @@ def rewrite(text: str) -> str:
 
 def _rewrite(text: str) -> str:
     text = _FROM_ROOT.sub(_from_root, text)
+    text = _FROM_TESTS.sub(_from_tests, text)
+    text = _RESOURCE.sub(r"files(\1lbtwist.core\1)\2", text)
     text = _DOTTED.sub(_dotted, text)
     text = _PATH.sub(_path, text)
     text = _DATA.sub(lambda m: "lbtwist/" + DATA_DIRS[m.group(1)] + "/", text)

@@ -25,13 +25,8 @@ from lbtwist.cli.local import parse_time
 from lbtwist.cli.logevent import field_key, parse_field_options
 from lbtwist.cli.main import build_parser, run
 from lbtwist.core.errors import InvalidValue, LBError
+from tests import fixtures
 from tests.unit.test_producer import LineServer, start_server
-
-FIXTURES = os.path.join(
-    os.path.dirname(__file__), "..", "..", "shared", "fixtures", "glite-lb-streams"
-)
-if not os.path.isdir(FIXTURES):
-    FIXTURES = "/work/shared/fixtures/glite-lb-streams"
 
 NOW = 1_710_408_413_123_456  # 2024-03-14 09:26:53.123456 UTC
 JOBID = "https://lb.example.org:9000/Hq3tK8vWZ0bQy1n2m3p4rA"
@@ -546,9 +541,13 @@ class ReplayTests(SynchronousTestCase):
     """
 
     def fixture(self, name: str) -> str:
-        path = os.path.join(FIXTURES, name)
-        if not os.path.exists(path):
-            self.skipTest(f"fixture {path} not available")
+        """
+        A file holding the (uncompressed) stream C{name} of C{tests/fixtures}.
+        """
+        os.mkdir(here := self.mktemp())
+        path = os.path.join(here, name)
+        with open(path, "wb") as f:
+            f.write(fixtures.stream_bytes(name))
         return path
 
     def test_fixture_simple(self) -> None:

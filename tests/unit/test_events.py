@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import csv
 import errno
-import os
-from pathlib import Path
+import io
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.errors import (
     BrokenULM,
@@ -45,6 +44,7 @@ from lbtwist.core.events import (
     parse_event,
     source_name,
 )
+from tests import fixtures
 
 JOBID = "https://lb.example.org:9000/rReV1TpJ5oY0Z1_M4NBfHw"
 SEQCODE = "UI=000000:NS=0000000003:WM=000003:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000"
@@ -56,28 +56,15 @@ COMMON = (
 RUNNING = COMMON + ' DG.EVNT="Running" DG.RUNNING.NODE="wn01.example.org"'
 
 
-def fixtures_dir() -> Path | None:
+def stream_files() -> list[tuple[str, list[str]]]:
     """
-    The shared fixtures directory: C{$LBTWIST_FIXTURES}, else
-    C{../shared/fixtures} next to the repository; L{None} if absent.
+    The recorded L&B event streams shipped in C{tests/fixtures}: each name
+    with its lines (line ends kept, as read from a text file).
     """
-    configured = os.environ.get("LBTWIST_FIXTURES")
-    path = (
-        Path(configured)
-        if configured
-        else Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
-    )
-    return path if path.is_dir() else None
-
-
-def stream_files() -> list[Path]:
-    """
-    The recorded L&B event streams; skip the test if they are not there.
-    """
-    base = fixtures_dir()
-    if base is None or not (base / "glite-lb-streams").is_dir():
-        raise SkipTest("fixtures not found (set LBTWIST_FIXTURES or provide ../shared/fixtures)")
-    return sorted((base / "glite-lb-streams").glob("*.log"))
+    return [
+        (name, list(io.StringIO(fixtures.stream_text(name), newline=None)))
+        for name in fixtures.stream_names()
+    ]
 
 
 def complete(line: str, unique: str = "fixtureJobId0000000000") -> str:
@@ -161,19 +148,9 @@ class CatalogueTests(SynchronousTestCase):
 
     def test_sharedTable(self) -> None:
         """
-        The package's catalogue is the shared C{catalogue/events.tsv}.
+        The package's catalogue is the L&B catalogue (C{tests/fixtures/catalogue/events.tsv}).
         """
-        base = fixtures_dir()
-        table = (
-            base.parent / "catalogue" / "events.tsv"
-            if base is not None
-            else Path(__file__).resolve().parent.parent.parent
-            / "shared"
-            / "catalogue"
-            / "events.tsv"
-        )
-        if not table.exists():
-            raise SkipTest(f"{table} not found")
+        table = fixtures.CATALOGUE
         expected: dict[str, list[tuple[str, str, str, bool, tuple[str, ...], str]]] = {}
         codes: dict[str, tuple[str, int]] = {}
         with table.open(encoding="utf-8", newline="") as f:
@@ -638,13 +615,12 @@ class FixtureTests(SynchronousTestCase):
         Every line of every stream is valid ULM.
         """
         count = 0
-        for path in stream_files():
-            with path.open(encoding="utf-8") as f:
-                for number, line in enumerate(f, 1):
-                    fields = parse_fields_or_fail(self, path, number, line)
-                    if line.strip():
-                        self.assertIn("DG.EVNT", [k for k, _ in fields])
-                        count += 1
+        for path, f in stream_files():
+            for number, line in enumerate(f, 1):
+                fields = parse_fields_or_fail(self, path, number, line)
+                if line.strip():
+                    self.assertIn("DG.EVNT", [k for k, _ in fields])
+                    count += 1
         self.assertGreater(count, 2000)
 
     def test_parseEvent(self) -> None:
@@ -653,20 +629,17 @@ class FixtureTests(SynchronousTestCase):
         and survives a format/parse round trip.
         """
         count = 0
-        for path in stream_files():
-            with path.open(encoding="utf-8") as f:
-                for number, raw in enumerate(f, 1):
-                    if not raw.strip():
-                        continue
-                    try:
-                        ev = parse_event(complete(raw))
-                    except LBError as e:
-                        self.fail(f"{path.name}:{number}: {e}")
-                    self.assertEqual(
-                        ev.type.upper(), raw.split('DG.EVNT="')[1].split('"')[0].upper()
-                    )
-                    self.assertEqual(parse_event(format_event(ev)), ev)
-                    count += 1
+        for path, f in stream_files():
+            for number, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    ev = parse_event(complete(raw))
+                except LBError as e:
+                    self.fail(f"{path}:{number}: {e}")
+                self.assertEqual(ev.type.upper(), raw.split('DG.EVNT="')[1].split('"')[0].upper())
+                self.assertEqual(parse_event(format_event(ev)), ev)
+                count += 1
         self.assertGreater(count, 2000)
 
     def test_templatesNeedJobid(self) -> None:
@@ -674,23 +647,21 @@ class FixtureTests(SynchronousTestCase):
         A template line without DG.JOBID is 1403 unless C{require_jobid=False}.
         """
         checked = 0
-        for path in stream_files():
-            with path.open(encoding="utf-8") as f:
-                for raw in f:
-                    if raw.strip() and "DG.JOBID=" not in raw and "DG.USER=" in raw:
-                        err = self.assertRaises(MessageIncomplete, parse_event, raw)
-                        self.assertIn("DG.JOBID", err.message)
-                        self.assertEqual(parse_event(raw, require_jobid=False).jobid, "")
-                        checked += 1
+        for _, f in stream_files():
+            for raw in f:
+                if raw.strip() and "DG.JOBID=" not in raw and "DG.USER=" in raw:
+                    err = self.assertRaises(MessageIncomplete, parse_event, raw)
+                    self.assertIn("DG.JOBID", err.message)
+                    self.assertEqual(parse_event(raw, require_jobid=False).jobid, "")
+                    checked += 1
         self.assertGreater(checked, 100)
 
     def test_simpleJob(self) -> None:
         """
         Known values of the first two events of the simple job.
         """
-        path = [p for p in stream_files() if p.name == "perf_simple_avg_events.log"][0]
-        with path.open(encoding="utf-8") as f:
-            reg, enq = parse_event(f.readline()), parse_event(f.readline())
+        f = io.StringIO(fixtures.stream_text("perf_simple_avg_events.log"), newline=None)
+        reg, enq = parse_event(f.readline()), parse_event(f.readline())
         self.assertEqual(
             (reg.type, reg.source, reg.fields["jobtype"]), ("RegJob", "NetworkServer", "SIMPLE")
         )
@@ -707,9 +678,7 @@ class FixtureTests(SynchronousTestCase):
         """
         The 1.78 MB DAG registration parses.
         """
-        path = [p for p in stream_files() if p.name == "perf_dag_max_subjobs.reg.log"][0]
-        with path.open("rb") as f:
-            raw = f.readline()
+        raw = io.BytesIO(fixtures.stream_bytes("perf_dag_max_subjobs.reg.log")).readline()
         self.assertGreater(len(raw), 1_700_000)
         ev = parse_event(complete(raw.decode("utf-8")))
         self.assertEqual((ev.type, ev.fields["jobtype"]), ("RegJob", "DAG"))
@@ -718,7 +687,7 @@ class FixtureTests(SynchronousTestCase):
 
 
 def parse_fields_or_fail(
-    case: SynchronousTestCase, path: Path, number: int, line: str
+    case: SynchronousTestCase, path: str, number: int, line: str
 ) -> list[tuple[str, str]]:
     """
     L{parse_fields} of a fixture line, failing the test with its location.
@@ -728,4 +697,4 @@ def parse_fields_or_fail(
     try:
         return parse_fields(line)
     except LBError as e:
-        case.fail(f"{path.name}:{number}: {e}")
+        case.fail(f"{path}:{number}: {e}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -23,6 +22,7 @@ from lbtwist.core import ilproto
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.ilproto import ILReply, ILReplyDecoder
 from lbtwist.service.intake import IntakeFactory, IntakeProtocol, detect_framing, so_peercred
+from tests import fixtures
 
 LINE = (
     'DATE=20080928052815.033466 HOST="bohr3727.tier2.hep.manchester.ac.uk" PROG=edg-wms '
@@ -35,8 +35,6 @@ LINE = (
 EV = LINE.encode() + b"\n"
 NO_USER = LINE.replace(' DG.USER="/C=IT/O=INFN/CN=Vincenzo Miccio"', "").encode() + b"\n"
 ANONYMOUS = LINE.replace("/C=IT/O=INFN/CN=Vincenzo Miccio", "anonymous").encode() + b"\n"
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "glite-lb-streams"
 
 UID = 1000
 GID = 1000
@@ -808,10 +806,8 @@ class MemoryStoreTests(SynchronousTestCase):
     """
 
     def _lines(self) -> list[bytes]:
-        if not FIXTURES.is_dir():
-            raise self.skipTest(f"no fixtures at {FIXTURES}")
-        with open(FIXTURES / "perf_simple_avg_events.log", "rb") as f:
-            return [line for line in f.read().split(b"\n") if line.strip()]
+        data = fixtures.stream_bytes("perf_simple_avg_events.log")
+        return [line for line in data.split(b"\n") if line.strip()]
 
     def test_fixture_stream_each_framing(self) -> None:
         from lbtwist.store.memory import MemoryStore

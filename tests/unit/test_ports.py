@@ -37,7 +37,7 @@ from lbtwist.store.memory import MemoryStore
 from tests.certs import NOW
 from tests.unit.test_tls import USER_DN, Fixture, Recorder
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def capture_log(case: SynchronousTestCase) -> list[dict[str, Any]]:

@@ -312,7 +312,7 @@ class ProducerAgainstIntakeTests(SynchronousTestCase):
         lines = [
             line
             for line in (
-                importlib.resources.files("lbtwist")
+                importlib.resources.files("lbtwist.core")
                 .joinpath("data/example-cream.ulm")
                 .read_text("utf-8")
                 .splitlines()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import errno
 import json
 import random
-from pathlib import Path
 
 from attrs import frozen
 from hypothesis import given, settings
@@ -25,6 +24,7 @@ from lbtwist.core.seqcode import (
     ordering_key,
     parse_seqcode,
 )
+from tests import fixtures
 
 ZERO = "UI=000000:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000"
 SAMPLE = "UI=000002:NS=0000000004:WM=000003:BH=0000000001:JSS=000005:LM=000006:LRMS=000007:APP=000008:LBS=000009"
@@ -32,8 +32,6 @@ SAMPLE8 = (
     "UI=000002:NS=0000000004:WM=000003:BH=0000000001:JSS=000005:LM=000006:LRMS=000007:APP=000008"
 )
 OPAQUE = "no_seqcodes_with_cream_execute_CREAM123_0"
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "glite-lb-streams"
 
 COUNTER_VALUES = st.tuples(*[st.integers(min_value=0, max_value=10**12) for _ in COUNTERS])
 SOURCES = st.sampled_from(sorted(SOURCE_COUNTER) + ["CREAMInterface", "CREAMExecutor"])
@@ -183,11 +181,9 @@ class ParseSeqcodeTests(SynchronousTestCase):
         """
         Every seqcode in the real L&B streams parses and formats back verbatim.
         """
-        if not FIXTURES.is_dir():
-            raise self.skipTest(f"no fixtures at {FIXTURES}")
         seen = 0
-        for path in sorted(FIXTURES.glob("*.log")):
-            for line in path.read_text().splitlines():
+        for name in fixtures.stream_names():
+            for line in fixtures.stream_text(name).splitlines():
                 start = line.find('DG.SEQCODE="')
                 if start < 0:
                     continue

@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import random
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import attrs
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.states import advance, compute_status
 from lbtwist.core.states.status import (
@@ -32,7 +30,7 @@ from lbtwist.core.states.status import (
     parse_iso,
     public_dict,
 )
-from tests import traces
+from tests import fixtures, traces
 from tests.traces import glite_seqcode, parse_lines, ulm_line
 
 Pairs = list[tuple[Any, int]]
@@ -46,21 +44,12 @@ def status_of(lines: list[str], **kw: Any) -> JobStatus:
     return compute_status(pairs_of(lines), **kw)
 
 
-def fixtures_dir() -> Path:
-    env = os.environ.get("LBTWIST_FIXTURES")
-    base = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
-    path = base / "glite-lb-streams"
-    if not path.is_dir():
-        raise SkipTest(f"no fixtures at {path}")
-    return path
-
-
 def fixture_lines(name: str, jobid: str | None = None) -> list[str]:
     """
     Non-empty lines of a fixture; C{jobid} is injected into template lines.
     """
     lines = []
-    for line in (fixtures_dir() / name).read_text(encoding="utf-8").splitlines():
+    for line in fixtures.stream_text(name).splitlines():
         if not line.strip():
             continue
         if jobid is not None and "DG.JOBID=" not in line:

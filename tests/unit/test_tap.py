@@ -120,7 +120,7 @@ class OptionsTests(SynchronousTestCase):
         """
         The documented sample files in etc/ are valid for their role.
         """
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         for name, cls in (("lbproxy.conf", tap.Options), ("lbserver.conf", tap.ServerOptions)):
             options = self.parse("--config", os.path.join(here, "etc", name), cls=cls)
             self.assertEqual(options["state-dir"], "/var/lib/lbtwist")

@@ -29,7 +29,8 @@ from lbtwist.service.web import ACCESS_LOG_DELAY, BufferedLog, dev_commands, mak
 from lbtwist.service.web.resources import QueryResource, choose_format, split_query
 from lbtwist.store.memory import MemoryStore
 from lbtwist.store.query import unique_of
-from tests import test_states, traces
+from tests import traces
+from tests.unit import test_states
 
 OWNER = traces.CREAM_USER
 WMS_OWNER = traces.WMS_USER
