@@ -209,6 +209,18 @@ class InstallTests(SynchronousTestCase):
         opts = FakeTwistdOptions(logfile="x.log", logger="lbtwist.service.logs.logger")
         self.assertEqual(logs.install_logger(opts, 5, 2), logs.LogSettings("x.log", 5, 2))
 
+    def test_old_logger_name(self) -> None:
+        """
+        The name from before the layer packages still works: twistd can import
+        it, and it gets the caps (not taken for another logger).
+        """
+        from twisted.python.reflect import namedAny
+
+        old = "lbtwist.logs.logger"  # relayout: keep
+        self.assertIs(namedAny(old), logs.logger)
+        opts = FakeTwistdOptions(logfile="x.log", logger=old)
+        self.assertEqual(logs.install_logger(opts, 5, 2), logs.LogSettings("x.log", 5, 2))
+
 
 class LogFileTests(SynchronousTestCase):
     def setUp(self) -> None:
