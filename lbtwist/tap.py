@@ -45,6 +45,8 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("policy", "", "L&B authorization policy file."),
     ("relay-window", "", "Events in flight per relay destination (1 = stop-and-wait)."),
     ("relay-enoent-timeout", "", "Seconds to keep retrying events of a job unknown upstream."),
+    ("max-future-skew", "", "Seconds a DATE may lie ahead; later ones order as at arrival."),
+    ("refold-slice", "", "Most events one commit folds to place late events (per commit)."),
 ]
 
 _LIST_OPTIONS: list[tuple[str, str]] = [
@@ -62,6 +64,8 @@ _INT_OPTIONS = (
     "max-inflight",
     "relay-window",
     "relay-enoent-timeout",
+    "max-future-skew",
+    "refold-slice",
 )
 
 DEFAULT_CERT = "/etc/grid-security/hostcert.pem"
@@ -132,6 +136,8 @@ class Options(usage.Options):
             "relay-map": [],
             "relay-window": config.DEFAULT_RELAY_WINDOW,
             "relay-enoent-timeout": 3600,
+            "max-future-skew": config.DEFAULT_MAX_FUTURE_SKEW,
+            "refold-slice": config.DEFAULT_REFOLD_SLICE,
             "grey-jobs": False,
         }
 
@@ -291,6 +297,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         relay=relay,
         local_endpoints=local_endpoints,
         proxy_host=hostname,
+        max_future_skew=options["max-future-skew"] * 1_000_000,
+        refold_slice=options["refold-slice"],
     )
 
     top = MultiService()

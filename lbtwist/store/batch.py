@@ -23,6 +23,7 @@ Nothing here touches the reactor or the clock: arrival times come in with the it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections import OrderedDict
@@ -65,7 +66,7 @@ _UNKNOWN = "\0unknown"
 CHECKPOINT_EVERY = 256
 
 #: Default most events one commit group folds for late events (all jobs together).
-REFOLD_SLICE = 1000
+REFOLD_SLICE = 100
 
 #: Default of the service's C{--max-future-skew}: most microseconds an event's DATE
 #: may lie ahead of its arrival and still order it (one day).
@@ -105,10 +106,21 @@ def encode_key(key: Sequence[int]) -> bytes:
     return b"".join(out)
 
 
+@functools.lru_cache(maxsize=64)
+def _key_format(count: int) -> struct.Struct:
+    return struct.Struct(">" + "HQ" * count)
+
+
 def decode_key(data: bytes) -> list[int]:
     """
     The inverse of L{encode_key}.
     """
+    count, rest = divmod(len(data), 10)
+    if not rest:
+        parts = _key_format(count).unpack(data)
+        tags = parts[0::2]
+        if tags.count(0x8008) == count:
+            return list(parts[1::2])
     key = []
     at = 0
     while at < len(data):

@@ -123,7 +123,11 @@ class MemoryBackend:
         for new in plan.events:
             self.events.append(new)
             self.by_job.setdefault(new.jobid, []).append(new)
-            bisect.insort(self.by_key.setdefault(new.jobid, []), new, key=_okey)
+            ordered = self.by_key.setdefault(new.jobid, [])
+            if not ordered or ordered[-1].okey < new.okey:
+                ordered.append(new)
+            else:
+                bisect.insort(ordered, new, key=_okey)
             by_id[new.event_id] = new
         for row in plan.jobs:
             self.jobs[row.jobid] = (json.loads(row.status_json), row.nevents, row)
