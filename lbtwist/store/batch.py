@@ -41,7 +41,7 @@ from lbtwist.errors import LBError, TryAgain
 from lbtwist.events import PRIO_DIRECT, PRIO_INTERNAL, Event, format_event, parse_event
 from lbtwist.seqcode import ordering_key
 from lbtwist.states import advance_key, fold, machine_for
-from lbtwist.states.status import JobStatus, format_iso
+from lbtwist.states.status import MACHINE_GLITE, JobStatus, format_iso
 from lbtwist.store.interface import OutboxEntry, StoreResult
 from lbtwist.translate import generate_events
 
@@ -342,6 +342,8 @@ class _JobWork:
     checkpoints: list[tuple[bytes, int, JobStatus]] = attrs.Factory(list)
     #: The status changed without a new event (a refold went on or completed).
     changed: bool = False
+    #: Events its refold may still fold in this group (C{None}: the processor's slice).
+    budget: int | None = None
 
 
 @attrs.define
@@ -648,8 +650,15 @@ class BatchProcessor:
                     work.checkpoints.append((okey, after.event_count, after))
             else:
                 self._late(jobid, work, ev, okey, refold)
-                done = self._run_refold(jobid, work)
-                if trigger and done and refold is None:
+                # The refold runs once the group's events are in (_refold_pending),
+                # unless gLite events may be generated from its result (jobs on the
+                # gLite machine, or becoming so by this RegJob).
+                glite = before.machine == MACHINE_GLITE or (
+                    before.machine is None
+                    and ev.type == "RegJob"
+                    and machine_for(ev) == MACHINE_GLITE
+                )
+                if trigger and glite and refold is None and self._run_refold(jobid, work):
                     after = work.status
             if trigger and after is not None:
                 generated = generate_events(ev, before, after, proxy_host=self.proxy_host)
@@ -670,7 +679,12 @@ class BatchProcessor:
         at the end: from the nearest checkpoint before it, or from the start when it
         is a RegJob that may change the job's machine.
         """
-        if refold is not None and refold.status is not None and okey > refold.okey:
+        if (
+            refold is not None
+            and refold.status is not None
+            and okey > refold.okey
+            and (ev.type != "RegJob" or refold.status.machine == machine_for(ev))
+        ):
             return  # the refold in progress reaches it
         self.recomputes += 1
         if refold is not None and refold.status is None:
@@ -735,7 +749,7 @@ class BatchProcessor:
 
     def _run_refold(self, jobid: str, work: _JobWork) -> bool:
         """
-        Go on with the job's refold for at most the group's remaining budget.
+        Go on with the job's refold for at most the job's remaining budget in this group.
 
         @return: whether it completed (the job's status is then a fold of all its events).
         """
@@ -749,10 +763,12 @@ class BatchProcessor:
             else:
                 refold.okey, status = found
                 refold.status = status.copy()
-        if self._budget <= 0:
+        if work.budget is None:
+            work.budget = self.refold_slice
+        limit = work.budget
+        if limit <= 0:
             return False
         status, after = refold.status, refold.okey
-        limit = self._budget
         stored = self._load_after(jobid, after, limit + 1) if work.committed else []
         new = sorted((n.okey, n.seqno, n.event) for n in work.new if n.okey > after)
         folded = 0
@@ -784,7 +800,7 @@ class BatchProcessor:
         except BaseException:
             refold.status = None  # resume from the last checkpoint
             raise
-        self._budget -= folded
+        work.budget -= folded
         self.refolded += folded
         work.changed = True
         if i < len(stored) or j < len(new) or len(stored) > limit:
@@ -796,15 +812,20 @@ class BatchProcessor:
 
     def _refold_pending(self, touched: dict[str, _JobWork]) -> None:
         """
-        Spend what is left of the group's budget on pending refolds.
+        Go on with pending refolds: those of the jobs in this group, then others
+        within one shared slice.
         """
         for jobid in list(self._refolds):
-            if self._budget <= 0:
-                return
             work = touched.get(jobid)
             if work is None:
+                if self._budget <= 0:
+                    continue
                 work = touched[jobid] = self._load(jobid)
-            self._run_refold(jobid, work)
+                work.budget = self._budget
+                self._run_refold(jobid, work)
+                self._budget = work.budget
+            else:
+                self._run_refold(jobid, work)
 
     def _plan_checkpoints(self, plan: BatchPlan, jobid: str, work: _JobWork) -> None:
         if work.cut is not None:
