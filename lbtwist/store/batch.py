@@ -972,6 +972,13 @@ class GroupCommit:
             d.callback(None)
         return d
 
+    def kick(self) -> None:
+        """
+        Start the background groups if refolds are pending (a store opened on them).
+        """
+        if not self._running and not self._queue:
+            self._next()
+
     def _later(self) -> None:
         self._background = None
         if not self._running and not self._stopped:

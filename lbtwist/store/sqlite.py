@@ -753,6 +753,7 @@ class SQLiteStore(GroupedWrites):
         for listener in self._listeners:
             self._notifier.add(listener)
         self._outbox = OutboxWriter(clock, runner, self.backend.outbox_done)
+        self._commit.kick()
 
     def __getattr__(self, name: str) -> Any:
         # The parts made by start(): using any of them starts the store.
