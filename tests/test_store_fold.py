@@ -449,7 +449,9 @@ class ProcessorTests(SynchronousTestCase):
                     raise AttributeError(name)
                 return getattr(backend, name)
 
-        proc = BatchProcessor(Plain(), relay=False, local_endpoints=(), proxy_host=PROXY)
+        proc = BatchProcessor(
+            Plain(), relay=False, local_endpoints=(), proxy_host=PROXY, checkpoint_every=4
+        )
         lines = big_job(20)
         proc.process([(line, parse_event(line), 1) for line in lines[1:]])
         results = proc.process([(lines[0], parse_event(lines[0]), 2)])
