@@ -6,10 +6,11 @@ temporary state directory, driven over its UNIX socket with the line framing.
 
 Run A: one direct CREAM job gets C{--events} events in order; then, for C{--seconds},
 a hostile producer sends that job one event dated far ahead (9999-12-31), then events
-after a backward clock step of a minute, every 20th dated before the job began, while
+after a backward clock step of 10 s, every 20th dated before the job began, while
 an unrelated producer logs one event at a time for other jobs and times each round
-trip. Prints the round trip p50/p99 (a round trip not answered by the end of the
-phase counts as the phase's length) and the hostile events answered.
+trip. Prints the round trip p50/p99 (from each probe's scheduled time, so a stall
+counts for every probe it delays; probes not answered by the end of the phase count
+up to its end) and the hostile events answered.
 
 Run B: one job of C{--big} events in order, pipelined; prints the rate of its first
 1,000 and last 1,000 events and their ratio.
@@ -119,36 +120,49 @@ def pipeline(path: str, lines: list[bytes], window: int, until: float | None = N
     return answers
 
 
-def hostile(path: str, jobid: str, first: int, last_date: int, until: float, out: Any) -> None:
+def hostile_lines(jobid: str, first: int, last_date: int, count: int) -> list[bytes]:
     """
-    Late and future-dated events for the big job until C{until}; puts the count answered.
+    Late and future-dated events for the big job: one dated 9999-12-31, then events
+    after a backward clock step of 10 s (each sorting before the job's last events),
+    every 20th dated a day before the job began.
     """
     lines = [job_event(jobid, first, FAR_FUTURE)]
-    step = last_date - 60_000_000
-    for k in range(1, 200_000):
+    step = last_date - 10_000_000
+    for k in range(1, count):
         date = step - 86_400_000_000 + k if k % 20 == 0 else step + k * 10_000
         lines.append(job_event(jobid, first + k, date))
-    answered = pipeline(path, [line.encode() + b"\n" for line in lines], 64, until)
-    out.put(len(answered))
+    return [line.encode() + b"\n" for line in lines]
+
+
+def hostile(path: str, lines: list[bytes], until: float, out: Any) -> None:
+    """
+    Send C{lines} pipelined until C{until}; puts the count answered.
+    """
+    out.put(len(pipeline(path, lines, 64, until)))
 
 
 def probe(path: str, until: float, interval: float) -> list[float]:
     """
-    One event at a time for other jobs until C{until}: round trips in seconds.
+    One event at a time for other jobs, on a schedule of one every C{interval} s until
+    C{until}: each scheduled event's latency from its scheduled time to its answer (so a
+    stall counts for every event it delays); those not answered by C{until} count
+    C{until} minus their scheduled time.
     """
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
     trips: list[float] = []
     n = 0
     base = int(time.time() * 1_000_000)
-    while time.perf_counter() < until:
+    t0 = time.perf_counter()
+    while True:
+        due = t0 + n * interval
+        if due >= until:
+            break
+        time.sleep(max(0.0, due - time.perf_counter()))
         jobid = cream_jobid(900_000_000 + n // 10)
-        line = job_event(jobid, n % 10, base + n).encode() + b"\n"
-        n += 1
-        sent = time.perf_counter()
-        sock.sendall(line)
+        sock.sendall(job_event(jobid, n % 10, base + n).encode() + b"\n")
         buf = b""
-        sock.settimeout(max(0.001, until - sent))
+        sock.settimeout(max(0.001, until - time.perf_counter()))
         try:
             while b"\n" not in buf:
                 chunk = sock.recv(4096)
@@ -156,10 +170,13 @@ def probe(path: str, until: float, interval: float) -> list[float]:
                     raise ConnectionError("closed by the service")
                 buf += chunk
         except TimeoutError:
-            trips.append(time.perf_counter() - sent)
             break
-        trips.append(time.perf_counter() - sent)
-        time.sleep(max(0.0, interval - (time.perf_counter() - sent)))
+        trips.append(time.perf_counter() - due)
+        n += 1
+    # Scheduled but not answered (or not sent) by the end of the phase.
+    while t0 + n * interval < until:
+        trips.append(until - (t0 + n * interval))
+        n += 1
     sock.close()
     return trips
 
@@ -174,13 +191,11 @@ def run_stall(base: str, events: int, seconds: float) -> dict[str, float]:
         t = time.perf_counter()
         pipeline(svc.socket_path, lines, 64)
         fill = time.perf_counter() - t
+        bad = hostile_lines(jobid, events, start + events * 1_000, 100_000)
         ctx = multiprocessing.get_context("fork")
         out = ctx.Queue()
         until = time.perf_counter() + seconds
-        proc = ctx.Process(
-            target=hostile,
-            args=(svc.socket_path, jobid, events, start + events * 1_000, until, out),
-        )
+        proc = ctx.Process(target=hostile, args=(svc.socket_path, bad, until, out))
         proc.start()
         time.sleep(0.5)
         trips = sorted(probe(svc.socket_path, until, 0.02))

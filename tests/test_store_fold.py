@@ -515,3 +515,28 @@ class OptionTests(SynchronousTestCase):
         tap.makeService(options, reactor=Clock())
         self.assertEqual(built[0]["max_future_skew"], 60_000_000)
         self.assertEqual(built[0]["refold_slice"], 7)
+
+
+class StalledTests(SynchronousTestCase):
+    def test_no_background_loop_on_failure(self) -> None:
+        """
+        A background group that fails is not retried at once; the next events resume
+        the refold.
+        """
+        from lbtwist.errors import NoSpace
+
+        store = MemoryStore(Clock(), proxy_host=PROXY, refold_slice=10)
+        lines = big_job(100)
+        self.successResultOf(store.store(items(lines[:1] + lines[2:99])))
+        self.successResultOf(store.store(items(lines[1:2])))
+        store.backend.fail_next = NoSpace("disk full")
+        store.clock.advance(0)
+        self.assertFalse(store.processor.pending())
+        self.assertEqual(store.clock.getDelayedCalls(), [])
+        self.successResultOf(store.store(items(lines[99:])))
+        store.clock.advance(0)
+        status = self.successResultOf(store.status(JOBID))
+        self.assertEqual(status.event_count, 100)
+        stored = self.successResultOf(store.events(JOBID))
+        expected = compute_status((s.event, s.seqno) for s in stored)
+        self.assertEqual(comparable(status), comparable(expected))

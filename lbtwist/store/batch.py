@@ -411,6 +411,8 @@ class BatchProcessor:
             jobid: _Refold(None) for jobid in getattr(backend, "refold_jobs", list)()
         }
         self._budget = 0
+        # The last group failed: no background groups until one succeeds.
+        self._stalled = False
         self._future_logged: OrderedDict[str, None] = OrderedDict()
         self.reparsed = 0
         self.recomputes = 0
@@ -482,11 +484,13 @@ class BatchProcessor:
                 if jobid in self._refolds:
                     # Its fold may hold events not written: resume from what is stored.
                     self._refolds[jobid] = _Refold(None)
+            self._stalled = True
             error = e if isinstance(e, LBError) else self._backend.translate_error(e)
             if error is None:
                 log.failure("unexpected store failure", Failure(e))
                 error = TryAgain(f"store failure: {e}")
             return [error] * len(items)
+        self._stalled = False
         for jobid, work in touched.items():
             self._remember(jobid, work.status, work.nevents, work.keys)
         # advance_key() and refolds always make new statuses, so the cached
@@ -500,9 +504,11 @@ class BatchProcessor:
 
     def pending(self) -> bool:
         """
-        Whether refolds are pending (then an empty commit group makes progress).
+        Whether refolds are pending (then an empty commit group makes progress), and
+        the last group did not fail (a failing store is not retried in a loop: the
+        next events or a restart resume the refolds).
         """
-        return bool(self._refolds)
+        return bool(self._refolds) and not self._stalled
 
     def cached(self, jobid: str) -> JobStatus | None:
         """
