@@ -181,8 +181,10 @@ def probe(path: str, until: float, interval: float) -> list[float]:
     return trips
 
 
-def run_stall(base: str, events: int, seconds: float) -> dict[str, float]:
-    svc = LBService(os.path.join(base, "stall"))
+def run_stall(
+    base: str, events: int, seconds: float, interval: float, args: list[str]
+) -> dict[str, float]:
+    svc = LBService(os.path.join(base, "stall"), args=args)
     svc.start()
     try:
         jobid = cream_jobid(1)
@@ -198,7 +200,7 @@ def run_stall(base: str, events: int, seconds: float) -> dict[str, float]:
         proc = ctx.Process(target=hostile, args=(svc.socket_path, bad, until, out))
         proc.start()
         time.sleep(0.5)
-        trips = sorted(probe(svc.socket_path, until, 0.02))
+        trips = sorted(probe(svc.socket_path, until, interval))
         answered = out.get(timeout=seconds + 60)
         proc.join()
     finally:
@@ -213,8 +215,8 @@ def run_stall(base: str, events: int, seconds: float) -> dict[str, float]:
     }
 
 
-def run_growth(base: str, big: int) -> dict[str, float]:
-    svc = LBService(os.path.join(base, "growth"))
+def run_growth(base: str, big: int, args: list[str]) -> dict[str, float]:
+    svc = LBService(os.path.join(base, "growth"), args=args)
     svc.start()
     try:
         jobid = cream_jobid(2)
@@ -234,11 +236,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--big", type=int, default=50_000, help="size of run B's job")
     parser.add_argument("--seconds", type=float, default=20.0, help="run A's hostile phase")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each; medians")
+    parser.add_argument("--interval", type=float, default=0.1, help="seconds between probes")
+    parser.add_argument(
+        "--service-arg", action="append", default=[], help="an lbproxy option (repeatable)"
+    )
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
     args = parser.parse_args(argv)
     base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-fold-")
     runs = [
-        run_stall(os.path.join(base, f"a{r}"), args.events, args.seconds)
+        run_stall(
+            os.path.join(base, f"a{r}"), args.events, args.seconds, args.interval, args.service_arg
+        )
         for r in range(args.repeat)
     ]
     a = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
@@ -250,7 +258,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" ({int(a['probes'])} round trips)",
         flush=True,
     )
-    growth = [run_growth(os.path.join(base, f"b{r}"), args.big) for r in range(args.repeat)]
+    growth = [
+        run_growth(os.path.join(base, f"b{r}"), args.big, args.service_arg)
+        for r in range(args.repeat)
+    ]
     b = {k: statistics.median(r[k] for r in growth) for k in growth[0]}
     print("B runs: " + "; ".join(f"x{r['ratio']:.2f}" for r in growth))
     print(

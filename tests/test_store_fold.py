@@ -540,3 +540,33 @@ class StalledTests(SynchronousTestCase):
         stored = self.successResultOf(store.events(JOBID))
         expected = compute_status((s.event, s.seqno) for s in stored)
         self.assertEqual(comparable(status), comparable(expected))
+
+
+class SQLiteIndexTests(SynchronousTestCase):
+    def test_duplicate_index_by_date(self) -> None:
+        """
+        Duplicates are looked up by job and DATE (an index a job's events fill at its
+        end), not by job and duplicate key (random places in the index, so that every
+        commit of a big job wrote more pages).
+        """
+        path = self.mktemp()
+        conn = connect(path)
+        self.addCleanup(conn.close)
+        migrate(conn)
+        indexes = {row[1] for row in conn.execute("PRAGMA index_list(events)")}
+        self.assertIn("events_date", indexes)
+        self.assertNotIn("events_dup", indexes)
+        backend = SQLiteBackend(conn)
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT type FROM events WHERE jobid = ? AND date = ?"
+            " AND dupkey = ?",
+            (JOBID, 1, 2),
+        ).fetchall()
+        self.assertIn("events_date", " ".join(str(row) for row in plan))
+        proc = BatchProcessor(backend, relay=False, local_endpoints=(), proxy_host=PROXY)
+        lines = big_job(100)
+        proc.process([(line, parse_event(line), 1) for line in lines])
+        again = BatchProcessor(backend, relay=False, local_endpoints=(), proxy_host=PROXY)
+        results = again.process([(line, parse_event(line), 2) for line in lines[40:42]])
+        self.assertEqual([r.duplicate for r in results], [True, True])  # type: ignore[union-attr]
+        self.assertEqual(again.lookups, 2)

@@ -298,6 +298,9 @@ class StoreBackend(Protocol):
     # stored event of a job. A backend that has it spares a duplicate lookup per
     # event for jobs loaded from storage.
     #
+    # Optional: C{find_dated(jobid, date, key) -> list[Identity]}, L{find_identities}
+    # of the events with that DATE too (the SQLite store indexes DATE, not the key).
+    #
     # Optional (late events; without them a late event reads all the job's events):
     # C{load_after(jobid, okey, limit) -> list[tuple[bytes, str]]}: C{(okey, line)} of
     # at most C{limit} of the job's events with a key above C{okey}, in key order;
@@ -557,6 +560,9 @@ class BatchProcessor:
         ):
             return False
         self.lookups += 1
+        find_dated = getattr(self._backend, "find_dated", None)
+        if find_dated is not None:
+            return ident in find_dated(jobid, ident[3], key)
         return ident in self._backend.find_identities(jobid, key)
 
     def _add(

@@ -90,6 +90,13 @@ class MemoryBackend:
     def find_identities(self, jobid: str, key: int) -> list[Identity]:
         return [identity(new.event) for new in self.by_job.get(jobid, []) if new.dupkey == key]
 
+    def find_dated(self, jobid: str, date: int, key: int) -> list[Identity]:
+        return [
+            identity(new.event)
+            for new in self.by_job.get(jobid, [])
+            if new.dupkey == key and new.event.date == date
+        ]
+
     def load_dupkeys(self, jobid: str) -> list[int]:
         return [new.dupkey for new in self.by_job.get(jobid, [])]
 
