@@ -136,9 +136,11 @@ def hostile_lines(jobid: str, first: int, last_date: int, count: int) -> list[by
 
 def hostile(path: str, lines: list[bytes], until: float, out: Any) -> None:
     """
-    Send C{lines} pipelined until C{until}; puts the count answered.
+    Send C{lines} pipelined until C{until}; puts the count answered, and whether
+    the phase ended with lines still to send (the load lasted the whole phase).
     """
-    out.put(len(pipeline(path, lines, 64, until)))
+    answered = len(pipeline(path, lines, 64, until))
+    out.put((answered, answered < len(lines)))
 
 
 def probe(path: str, until: float, interval: float) -> list[float]:
@@ -193,7 +195,7 @@ def run_stall(
         t = time.perf_counter()
         pipeline(svc.socket_path, lines, 64)
         fill = time.perf_counter() - t
-        bad = hostile_lines(jobid, events, start + events * 1_000, 100_000)
+        bad = hostile_lines(jobid, events, start + events * 1_000, 400_000)
         ctx = multiprocessing.get_context("fork")
         out = ctx.Queue()
         until = time.perf_counter() + seconds
@@ -201,7 +203,9 @@ def run_stall(
         proc.start()
         time.sleep(0.5)
         trips = sorted(probe(svc.socket_path, until, interval))
-        answered = out.get(timeout=seconds + 60)
+        answered, lasted = out.get(timeout=seconds + 60)
+        if not lasted:
+            print("warning: the hostile events ran out before the phase ended", file=sys.stderr)
         proc.join()
     finally:
         svc.kill()
