@@ -246,6 +246,24 @@ class FoldRulesMixin:
         self.assertEqual(len(warnings), 1)
         self.assertEqual(warnings[0]["jobid"], JOBID)
 
+    def test_future_dated_log_rate_limited(self) -> None:
+        """
+        Future-dated events of many jobs give at most one log line a second (of arrival
+        time), which counts the jobs not logged since the one before.
+        """
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)  # type: ignore[attr-defined]
+        store = self.make_store(max_future_skew=HOUR)
+        store.clock.advance(NOW / 1e6)
+        line = traces.cream_done_ok()[0].replace("DATE=2024", "DATE=9999")
+        jobs = [line.replace("CREAM812461375", f"CREAM{n:09d}") for n in range(50)]
+        self.store(store, jobs[:30])
+        store.clock.advance(1)
+        self.store(store, jobs[30:])
+        warnings = [e for e in logged if "ahead of its arrival" in e.get("log_format", "")]
+        self.assertEqual([w["suppressed"] for w in warnings], [0, 29])  # type: ignore[attr-defined]
+
     def test_future_skew_within(self) -> None:
         """
         Within the skew an event's DATE orders it: a later-dated event arriving first

@@ -75,6 +75,9 @@ MAX_FUTURE_SKEW = 86_400 * 1_000_000
 #: Jobs remembered as already logged for a future-dated event.
 _FUTURE_LOGGED_SIZE = 4096
 
+#: Microseconds (of arrival time) between two log lines about future-dated events.
+_FUTURE_LOG_INTERVAL = 1_000_000
+
 #: Above this many events a job's duplicate keys are kept as a set, not as bytes.
 _KEYS_AS_SET = 64
 
@@ -417,6 +420,8 @@ class BatchProcessor:
         # The last group failed: no background groups until one succeeds.
         self._stalled = False
         self._future_logged: OrderedDict[str, None] = OrderedDict()
+        self._future_log_at = -_FUTURE_LOG_INTERVAL
+        self._future_suppressed = 0
         self.reparsed = 0
         self.recomputes = 0
         self.lookups = 0
@@ -621,13 +626,21 @@ class BatchProcessor:
             if len(self._future_logged) >= _FUTURE_LOGGED_SIZE:
                 self._future_logged.popitem(last=False)
             self._future_logged[ev.jobid] = None
-            log.warn(
-                "event {type} of {jobid} dated {ahead} s ahead of its arrival: ordered"
-                " as dated at arrival (further ones of this job not logged)",
-                type=ev.type,
-                jobid=ev.jobid,
-                ahead=(ev.date - arrived) // 1_000_000,
-            )
+            # Once per job, and at most one line a second (by arrival time) for all jobs.
+            if arrived - self._future_log_at < _FUTURE_LOG_INTERVAL:
+                self._future_suppressed += 1
+            else:
+                self._future_log_at = arrived
+                suppressed, self._future_suppressed = self._future_suppressed, 0
+                log.warn(
+                    "event {type} of {jobid} dated {ahead} s ahead of its arrival: ordered"
+                    " as dated at arrival (further ones of this job not logged; other jobs'"
+                    " not logged since the last such line: {suppressed})",
+                    type=ev.type,
+                    jobid=ev.jobid,
+                    ahead=(ev.date - arrived) // 1_000_000,
+                    suppressed=suppressed,
+                )
         at = SimpleNamespace(jobid=ev.jobid, seqcode=ev.seqcode, date=arrived)
         return list(ordering_key(at, seqno))
 
