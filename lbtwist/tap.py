@@ -85,6 +85,8 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("log-max-size", "", "Bytes at which the twistd log and the access log are rotated."),
     ("log-max-files", "", "Rotated files kept of the twistd log and of the access log."),
     ("warnings-per-minute", "", "Warning lines per minute per cause (then one summary)."),
+    ("max-future-skew", "", "Seconds a DATE may lie ahead; later ones order as at arrival."),
+    ("refold-slice", "", "Most events one commit folds to place late events (per commit)."),
 ]
 
 _LIST_OPTIONS: list[tuple[str, str]] = [
@@ -118,6 +120,8 @@ _INT_OPTIONS = (
     "max-headers",
     "tls-log-interval",
     "tls-log-burst",
+    "max-future-skew",
+    "refold-slice",
 )
 
 #: Options in seconds (fractions allowed).
@@ -210,6 +214,8 @@ class Options(usage.Options):
             "log-max-size": logs.DEFAULT_LOG_MAX_SIZE,
             "log-max-files": logs.DEFAULT_LOG_MAX_FILES,
             "warnings-per-minute": logs.DEFAULT_WARNINGS_PER_MINUTE,
+            "max-future-skew": config.DEFAULT_MAX_FUTURE_SKEW,
+            "refold-slice": config.DEFAULT_REFOLD_SLICE,
             "grey-jobs": False,
         }
 
@@ -395,6 +401,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         relay=relay,
         local_endpoints=local_endpoints,
         proxy_host=hostname,
+        max_future_skew=options["max-future-skew"] * 1_000_000,
+        refold_slice=options["refold-slice"],
     )
 
     top = MultiService()

@@ -19,6 +19,11 @@ branch that added C{lbtwist/txproducer.py} or C{tests/test_store_fold.py}) are
 moved first with C{git mv}. Running it twice changes nothing the second time.
 Afterwards run C{ruff check --fix lbtwist tests bench twisted} to re-sort the
 imports and C{ruff format}.
+
+With C{--resolve-imports}, after a C{git merge} between a branch in the old
+layout and one in the new, conflicts that are only import lines (one side
+old, one side new) are settled with the old side rewritten; other conflicts
+stay for a human.
 """
 
 from __future__ import annotations
@@ -195,6 +200,48 @@ def _rewrite(text: str) -> str:
     return text
 
 
+_CONFLICT = re.compile(
+    r"^<<<<<<< [^\n]*\n(?P<ours>.*?)^(?:\|\|\|\|\|\|\| [^\n]*\n.*?)?=======\n(?P<theirs>.*?)^>>>>>>> [^\n]*\n",
+    re.M | re.S,
+)
+_IMPORT_LINE = re.compile(r"^\s*(?:from \S+ import .*|import \S+.*|[\w, ]+,?|\)|)$")
+
+
+def _only_imports(block: str) -> bool:
+    return all(_IMPORT_LINE.match(line) for line in block.splitlines())
+
+
+def resolve_imports(text: str) -> str:
+    """
+    Settle the merge conflicts that only the move made: a conflict whose two
+    sides hold nothing but import lines, one side in the old layout and the
+    other in the new one, becomes the old side rewritten (it carries the
+    branch's own change) plus the new side's lines it lacks (an import the
+    move only re-sorted into the block). C{ruff check --fix} then sorts the
+    block and drops what is unused.
+    """
+
+    def settle(match: re.Match[str]) -> str:
+        ours, theirs = match.group("ours"), match.group("theirs")
+        if not (_only_imports(ours) and _only_imports(theirs)):
+            return match.group(0)
+        old_ours, old_theirs = rewrite(ours) != ours, rewrite(theirs) != theirs
+        if old_ours == old_theirs:
+            return match.group(0)
+        settled = rewrite(ours if old_ours else theirs)
+        other = theirs if old_ours else ours
+        if "(" in other:
+            extra = [other] if other not in settled else []
+        else:
+            have = set(settled.splitlines())
+            extra = [
+                line + "\n" for line in other.splitlines() if line.strip() and line not in have
+            ]
+        return settled + "".join(extra)
+
+    return _CONFLICT.sub(settle, text)
+
+
 def _git_mv(old: Path, new: Path, dry: bool) -> None:
     print(f"move {old} -> {new}")
     if dry:
@@ -259,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", default=list(DEFAULT_PATHS))
     parser.add_argument("--move", action="store_true", help="git mv files left at old paths")
     parser.add_argument("--dry-run", action="store_true", help="only say what would change")
+    parser.add_argument(
+        "--resolve-imports",
+        action="store_true",
+        help="settle merge conflicts between old-layout and new-layout import lines",
+    )
     args = parser.parse_args(argv)
     if args.move:
         move_leftovers(Path("."), args.dry_run)
@@ -270,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if SKIP_FILE in text:
             continue
-        new = rewrite(text)
+        new = resolve_imports(text) if args.resolve_imports else text
+        new = rewrite(new)
         if new != text:
             changed += 1
             print(f"rewrite {f}")

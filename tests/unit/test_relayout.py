@@ -101,3 +101,40 @@ class RewriteTests(SynchronousTestCase):
             and relayout.rewrite(f.read_text("utf-8")) != f.read_text("utf-8")
         ]
         self.assertEqual(stale, [])
+
+
+CONFLICTED = """\
+<<<<<<< HEAD
+from lbtwist.core.errors import LBError
+from lbtwist.core.seqcode import ordering_key
+=======
+from lbtwist.errors import LBError, TryAgain
+>>>>>>> main
+x = 1
+<<<<<<< HEAD
+real = 1
+=======
+real = 2
+>>>>>>> main
+"""
+
+
+class ResolveTests(SynchronousTestCase):
+    def test_import_conflict(self) -> None:
+        """
+        An import-only conflict between the layouts becomes the old side
+        rewritten plus the new side's other lines; any other conflict stays.
+        """
+        self.assertEqual(
+            relayout.resolve_imports(CONFLICTED),
+            "from lbtwist.core.errors import LBError, TryAgain\n"
+            "from lbtwist.core.seqcode import ordering_key\n"
+            "x = 1\n" + CONFLICTED.split("x = 1\n", 1)[1],
+        )
+
+    def test_same_layout(self) -> None:
+        """
+        A conflict of imports both in the new layout is left to a human.
+        """
+        both_new = CONFLICTED.replace("lbtwist.errors", "lbtwist.core.errors")
+        self.assertEqual(relayout.resolve_imports(both_new), both_new)

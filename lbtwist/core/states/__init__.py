@@ -25,7 +25,15 @@ from lbtwist.core.states.status import (
 if TYPE_CHECKING:
     from lbtwist.core.events import Event
 
-__all__ = ["JobStatus", "advance", "compute_status", "format_text", "machine_for"]
+__all__ = [
+    "JobStatus",
+    "advance",
+    "advance_key",
+    "compute_status",
+    "fold",
+    "format_text",
+    "machine_for",
+]
 
 
 def machine_for(regjob: Event) -> str:
@@ -80,7 +88,16 @@ def advance(
         job with no machine yet): the caller then recomputes with
         L{compute_status}.
     """
-    key = list(ordering_key(event, arrival))
+    return advance_key(status, event, list(ordering_key(event, arrival)), cream_aware=cream_aware)
+
+
+def advance_key(
+    status: JobStatus, event: Event, key: list[int], *, cream_aware: bool = True
+) -> JobStatus | None:
+    """
+    L{advance} with the event's ordering key given (the store orders events dated
+    too far ahead by their arrival, not by their DATE).
+    """
     if status.last_key is not None and key <= status.last_key:
         return None
     new = status.copy()
@@ -90,3 +107,12 @@ def advance(
         new.machine = machine_for(event)
     _fold(new, event, key, cream_aware)
     return new
+
+
+def fold(status: JobStatus, event: Event, key: list[int], *, cream_aware: bool = True) -> None:
+    """
+    Fold C{event}, whose ordering key C{key} sorts after every event already folded
+    into C{status}, into C{status} in place (its machine must be set already, or stay
+    unset: see L{compute_status}).
+    """
+    _fold(status, event, key, cream_aware)
