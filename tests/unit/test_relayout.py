@@ -123,11 +123,13 @@ class ResolveTests(SynchronousTestCase):
     def test_import_conflict(self) -> None:
         """
         An import-only conflict between the layouts becomes the old side
-        rewritten plus the new side's other lines; any other conflict stays.
+        rewritten plus the new side's other lines (ruff's import sorting merges
+        the two C{lbtwist.core.errors} lines); any other conflict stays.
         """
         self.assertEqual(
             relayout.resolve_imports(CONFLICTED),
             "from lbtwist.core.errors import LBError, TryAgain\n"
+            "from lbtwist.core.errors import LBError\n"
             "from lbtwist.core.seqcode import ordering_key\n"
             "x = 1\n" + CONFLICTED.split("x = 1\n", 1)[1],
         )
