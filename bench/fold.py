@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.unit.test_store -*-
 """
-Benchmark of late and future-dated events in big jobs (design section 14, "no
+Benchmark of late and future-dated events in big jobs (docs/reference.md, Performance targets, "no
 pathological cases"): a real C{twistd lbproxy} (SQLite, WAL, synchronous=FULL) on a
 temporary state directory, driven over its UNIX socket with the line framing.
 

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.e2e.test_proxy -*-
 """
-Benchmark of the durable intake (design section 14): a real C{twistd lbproxy}
+Benchmark of the durable intake (docs/reference.md, Performance targets): a real C{twistd lbproxy}
 on a temporary state directory (SQLite WAL, synchronous=FULL), driven by
 producer processes over the UNIX socket with the line framing, pipelining with
 a window, logging direct CREAM jobs' traces (RegJob, CREAMAccepted, CREAMStore,
@@ -255,7 +255,7 @@ def fmt(name: str, r: dict[str, float]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Durable intake benchmark (design 14).")
+    parser = argparse.ArgumentParser(description="Durable intake benchmark.")
     parser.add_argument("--count", type=int, default=100_000, help="events per run")
     parser.add_argument("--window", type=int, default=64, help="unanswered events per connection")
     parser.add_argument("--connections", type=int, default=16)

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.unit.test_web -*-
 """
-Benchmark of the HTTPS query service (design section 14): job status by id and a
+Benchmark of the HTTPS query service (docs/reference.md, Performance targets): job status by id and a
 job list page with a million jobs stored.
 
 Fills a fresh store directly (the store's own schema and migrations; jobs rows in

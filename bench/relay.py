@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.e2e.test_relay -*-
 """
-Benchmark of the relay (design section 14): a real C{twistd lbproxy} relaying
+Benchmark of the relay (docs/reference.md, Performance targets): a real C{twistd lbproxy} relaying
 over TLS on loopback to a real C{twistd lbserver}, both durable (SQLite WAL,
 synchronous=FULL), a fixed count of events of many WMS jobs (RegJob ...
 CREAMStatus Done-ok, plus the gLite events the proxy generates).

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import gzip
 import io
 import os
 import statistics
@@ -33,7 +34,13 @@ from lbtwist.core.events import Event, parse_event
 from lbtwist.core.states import compute_status
 from tests.e2e.harness import ENDINGS, T0, cream_direct_trace, cream_jobid
 
-DEFAULT_FIXTURES = "/work/shared/fixtures/glite-lb-streams"
+#: The recorded gLite L&B streams shipped with the tests.
+DEFAULT_FIXTURES = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "tests",
+    "fixtures",
+    "glite-lb-streams",
+)
 
 
 def generated_lines(jobs: int) -> list[str]:
@@ -58,10 +65,14 @@ def fixture_lines(directory: str) -> list[str]:
     The valid event lines of the fixture streams (templates without a job id skipped).
     """
     lines = []
-    for path in sorted(glob.glob(os.path.join(directory, "*.log"))):
-        if path.endswith(".reg.log"):
+    paths = glob.glob(os.path.join(directory, "*.log")) + glob.glob(
+        os.path.join(directory, "*.log.gz")
+    )
+    for path in sorted(paths):
+        if path.endswith((".reg.log", ".reg.log.gz")):
             continue  # the registrations are repeated in the full streams
-        with open(path, encoding="utf-8") as f:
+        opener = gzip.open if path.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
             for line in f:
                 line = line.rstrip("\n")
                 if not line.strip():

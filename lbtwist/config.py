@@ -17,7 +17,7 @@ from lbtwist.core.errors import InvalidValue
 
 DEFAULT_STATE_DIR = "./lbtwist-state"
 
-# Intake bounds (design section 7); every one is an option.
+# Intake bounds (docs/protocol.md); every one is an option.
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_FIELDS = 100

@@ -170,7 +170,7 @@ class Options(usage.Options):
 
     def role_defaults(self) -> dict[str, object]:
         """
-        The embedded defaults of this role (design section 12).
+        The embedded defaults of this role (docs/reference.md, Embedded defaults).
         """
         return {
             "state-dir": config.DEFAULT_STATE_DIR,

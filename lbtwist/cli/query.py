@@ -65,7 +65,7 @@ def _now(ctx: CLIContext) -> datetime:
 def make_tls(args: argparse.Namespace, ctx: CLIContext) -> tuple[SSL.Context, VerifyLog]:
     """
     The client TLS context for the credentials the options and environment
-    name (design section 11).
+    name (docs/reference.md, Command line).
 
     @raise QueryError: no usable credentials.
     """
@@ -172,7 +172,7 @@ def jobs_server(args: argparse.Namespace, ctx: CLIContext) -> tuple[str, int]:
 
 def jobs_params(args: argparse.Namespace) -> list[tuple[str, str]]:
     """
-    The query string of C{lbtwist jobs} (design section 10).
+    The query string of C{lbtwist jobs} (docs/reference.md, Queries).
     """
     params: list[tuple[str, str]] = []
     if args.query:

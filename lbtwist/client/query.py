@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.unit.test_client -*-
 """
-The HTTPS query client of the C{lbtwist} command (design sections 3, 10, 11).
+The HTTPS query client of the C{lbtwist} command (docs/reference.md: Job ids and ports, Queries, Command line).
 
 Credentials are found as the grid tools find them (L{find_credentials}); the
 TLS context comes from L{lbtwist.security.tls.client_context} (the proxy chain is
@@ -38,7 +38,7 @@ from lbtwist.security.identity import is_proxy
 
 #: Where the grid tools look for trust anchors without C{X509_CERT_DIR}.
 DEFAULT_CA_DIR = "/etc/grid-security/certificates"
-#: HTTP redirects followed (design section 3).
+#: HTTP redirects followed (docs/reference.md, Job ids and ports).
 REDIRECT_CODES = frozenset((301, 302, 307, 308))
 MAX_REDIRECTS = 5
 #: Seconds to wait for a TCP connection before trying the next candidate.
@@ -102,7 +102,7 @@ def find_credentials(
     exists: Any = os.path.exists,
 ) -> Credentials:
     """
-    Find the client credentials as the grid tools do (design section 11).
+    Find the client credentials as the grid tools do (docs/reference.md, Command line).
 
     C{cert}/C{key}/C{capath} (command-line options) win; then
     C{X509_USER_PROXY}, C{/tmp/x509up_u<uid>}, C{X509_USER_CERT} with
@@ -578,7 +578,7 @@ def parse_time_value(value: Any) -> int:
 
 def event_from_json(data: Mapping[str, Any]) -> Event:
     """
-    Rebuild an event from its JSON object (design section 10: C{type}, the
+    Rebuild an event from its JSON object (docs/reference.md, Queries: C{type}, the
     common fields and its own fields by catalogue name).
 
     @raise QueryError: the object is not an event.
@@ -597,7 +597,7 @@ def event_from_json(data: Mapping[str, Any]) -> Event:
                 fields[name] = str(value)
         extra = tuple((str(k), str(v)) for k, v in (data.get("extra") or ()))
         if data.get("generated") and not extra:
-            # The server flags events it generated (design section 6).
+            # The server flags events it generated (docs/reference.md, Generated gLite events).
             extra = (("DG.GENERATED_BY", "lbtwist-proxy"),)
         return Event(
             type=etype.name,

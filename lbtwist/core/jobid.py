@@ -159,7 +159,7 @@ def query_candidates(
     jobid: str | JobId, *, endpoint: str | None, env: Mapping[str, str]
 ) -> list[tuple[str, int]]:
     """
-    The (host, port) pairs to ask about C{jobid}, in order (design section 3).
+    The (host, port) pairs to ask about C{jobid}, in order (docs/reference.md, Job ids and ports).
 
     @param endpoint: an explicit server (C{--endpoint}); wins over C{env}.
     @param env: the environment, read for C{GLITE_WMS_QUERY_SERVER} and then

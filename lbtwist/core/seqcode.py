@@ -187,7 +187,7 @@ def next_seqcode(text: str | None, source: str) -> str:
 
 def bump_lrms(text: str, by: int) -> str:
     """
-    C{text} with its LRMS counter raised by C{by} (generated events, design section 6).
+    C{text} with its LRMS counter raised by C{by} (generated events: docs/reference.md, Generated gLite events).
 
     @raise InvalidValue: if C{text} is not a gLite seqcode.
     """

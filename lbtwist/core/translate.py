@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.unit.test_translate -*-
 """
-gLite events generated from the CREAM events of WMS jobs (design section 6).
+gLite events generated from the CREAM events of WMS jobs (docs/reference.md, Generated gLite events).
 
 An L&B server that knows no CREAM events still shows the right state of a WMS
 job executed by CREAM, because the proxy logs, for each change of the job's
@@ -32,7 +32,7 @@ def generate_events(
     @param proxy_host: the proxy's host name, the generated events' C{HOST}.
     @return: empty unless the job is on the gLite machine (a WMS job), the trigger
         is not itself generated, carries a gLite seqcode and changed
-        C{cream_state} to a state the table of design section 6 maps.
+        C{cream_state} to a state docs/reference.md, Generated gLite events, maps.
     """
     if after.machine != MACHINE_GLITE or trigger.generated:
         return []

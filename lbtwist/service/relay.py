@@ -5,7 +5,7 @@ The relay: events of WMS jobs go from the outbox to their L&B server.
 One L{RelayQueue} per destination (C{host:port}, the job id's port + 1), each
 with its own L{ClientService} and back-off. A queue reads its outbox rows in id
 order, keeps up to C{window} of them in flight on the current connection and
-matches the IL replies in order (design section 8):
+matches the IL replies in order (docs/relay.md):
 
  - 0: delivered, the row is removed;
  - 400 PROTO and 600 PERM: rejected for good, the row moves to the rejected

@@ -4,7 +4,7 @@ The server's L&B store port: relays and producers log events over TLS with
 client certificates, in L&B's IL framing (or the logd framing), and get one
 reply per event, in order, once the event is durable.
 
-Rules (design section 9): a job must be registered (RegJob) before its other
+Rules (docs/relay.md, The store port): a job must be registered (RegJob) before its other
 events are accepted, unless grey jobs are on (ENOENT otherwise, which a relay
 retries). Who may log what on which job is L{lbtwist.security.authz.may_write}, decided
 against the job's stored owner, ACL and payload owner (EPERM otherwise, IL

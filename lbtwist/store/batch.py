@@ -145,7 +145,7 @@ def decode_key(data: bytes) -> list[int]:
 
 def identity(ev: Event) -> Identity:
     """
-    The fields that make two events of one job duplicates (design section 4).
+    The fields that make two events of one job duplicates (docs/reference.md, Duplicates).
     """
     return (ev.type, ev.source, ev.host, ev.date, ev.level, ev.user, ev.seqcode)
 

@@ -57,7 +57,7 @@ def now() -> datetime:
 
 class FindCredentialsTests(SynchronousTestCase):
     """
-    Credential discovery in the grid tools' order (design section 11).
+    Credential discovery in the grid tools' order (docs/reference.md, Command line).
     """
 
     def find(
@@ -291,7 +291,7 @@ def failure_of(testcase: SynchronousTestCase, coroutine: Any) -> str:
 
 class CandidateTests(SynchronousTestCase):
     """
-    Candidates and redirects (design section 3), with scripted answers.
+    Candidates and redirects (docs/reference.md, Job ids and ports), with scripted answers.
     """
 
     def test_next_candidate_on_refusal_and_timeout(self) -> None:

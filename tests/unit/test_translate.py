@@ -50,7 +50,7 @@ def unaware(stored: list[tuple[Any, int]]) -> JobStatus:
 
 class GenerateTests(SynchronousTestCase):
     """
-    The table of design section 6, field by field.
+    The table of docs/reference.md, Generated gLite events, field by field.
     """
 
     def test_done_ok_sequence(self) -> None:
@@ -160,7 +160,7 @@ class GenerateTests(SynchronousTestCase):
 
 class CreamUnawareProperty(SynchronousTestCase):
     """
-    Design section 6: after each generated event and at the end, a CREAM-unaware
+    docs/reference.md, The gLite machine: after each generated event and at the end, a CREAM-unaware
     gLite machine over the non-CREAM events agrees with the CREAM-aware one.
     """
 

@@ -3,9 +3,10 @@
 Job states: pure folds of a job's events into a L{JobStatus}.
 
 The state of a job is a function of its events sorted by
-L{lbtwist.core.seqcode.ordering_key} (design section 4). The first RegJob in that
-order picks the machine: jobtype CREAM the CREAM machine, anything else the
-gLite one; without a RegJob the job stays C{Unknown}.
+L{lbtwist.core.seqcode.ordering_key} (docs/reference.md, Sequence codes and event
+order). The first RegJob in that order picks the machine: jobtype CREAM the
+CREAM machine, anything else the gLite one; without a RegJob the job stays
+C{Unknown}.
 """
 
 from __future__ import annotations

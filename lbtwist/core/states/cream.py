@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.unit.test_states -*-
 """
-The CREAM state machine: jobs submitted directly to CREAM (design section 5).
+The CREAM state machine: jobs submitted directly to CREAM (docs/reference.md, The CREAM machine).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.unit.test_states -*-
 """
-The gLite state machine: WMS jobs (SIMPLE, DAG, COLLECTION...), design section 5.
+The gLite state machine: WMS jobs (SIMPLE, DAG, COLLECTION...), docs/reference.md, The gLite machine.
 
 With C{cream_aware=True} (the default) it also reads the CREAM events of a WMS
 job executed by CREAM: it fills the C{cream_*} fields and, on a change of
@@ -99,7 +99,7 @@ class _Mover:
         return True
 
     # The effects of the gLite events translate.py generates, shared by the
-    # CREAM-aware path so both machines agree (design section 6 property).
+    # CREAM-aware path so both machines agree (docs/reference.md, The gLite machine).
     def accepted(self, source: str, local_jobid: str | None) -> None:
         if local_jobid:
             if source == LRMS:
@@ -307,7 +307,7 @@ def _apply_cream(status: JobStatus, event: Event) -> None:
 
 def cream_effect(status: JobStatus, cream_host: str = "") -> tuple[str, str, dict[str, str]] | None:
     """
-    The gLite event that stands for C{status.cream_state} (design section 6 table).
+    The gLite event that stands for C{status.cream_state} (docs/reference.md, Generated gLite events).
 
     @param status: the job's status just after its CREAM state changed.
     @param cream_host: the CE host, for C{Accepted.from_host}.

@@ -16,7 +16,7 @@ from typing import Any
 
 import attrs
 
-# Job states (design section 5).
+# Job states (docs/reference.md, Job status).
 SUBMITTED = "Submitted"
 WAITING = "Waiting"
 READY = "Ready"

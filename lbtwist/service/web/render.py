@@ -62,7 +62,7 @@ MAIN_FIELDS = (
 
 def status_dict(status: JobStatus) -> dict[str, Any]:
     """
-    @return: the JSON object of a status (design section 10): its public fields.
+    @return: the JSON object of a status (docs/reference.md, Queries): its public fields.
     """
     return public_dict(status)
 
