@@ -34,11 +34,13 @@ from twisted.python.failure import Failure
 from lbtwist import ilproto
 from lbtwist.errors import (
     BrokenULM,
+    InvalidValue,
     LBError,
     MessageIncomplete,
     PermissionDenied,
     TooBig,
     TryAgain,
+    UnknownJob,
 )
 from lbtwist.events import Event, parse_event
 
@@ -47,6 +49,10 @@ DEFAULT_MAX_LINE = 4 * 1024 * 1024
 DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_MAX_FIELDS = 100
 DEFAULT_REFUSAL_GRACE = 2.0
+
+#: A line of the line framing that asks for a job's last sequence code
+#: (C{?SEQCODE <jobid>}); no ULM line starts with C{?}.
+SEQCODE_REQUEST = b"?SEQCODE"
 
 # DG.USER given with a non-empty value (only looked for when parsing failed).
 _USER_PRESENT = re.compile(r'(?:^|\s)DG\.USER=(?!""|\s|$)', re.IGNORECASE)
@@ -164,7 +170,12 @@ class _LineFraming:
 
     def encode(self, answer: Answer) -> bytes:
         if answer.code == 0:
-            return b"OK duplicate\n" if answer.duplicate else b"OK\n"
+            if answer is STORED or answer.text == "OK":
+                return b"OK\n"
+            if answer.duplicate:
+                return b"OK duplicate\n"
+            # A request's answer (sequence code): its text as it is.
+            return f"{_one_line(answer.text)}\n".encode()
         return f"ERR {answer.code} {_one_line(answer.text)}\n".encode()
 
 
@@ -352,7 +363,11 @@ class IntakeProtocol(Protocol):
         f = self.factory
         batch: list[tuple[str, Event]] = []
         slots: list[_Slot] = []
+        line = isinstance(self._framing, _LineFraming)
         for item in items:
+            if line and isinstance(item, bytes) and item.startswith(SEQCODE_REQUEST):
+                self._queue.append(self._sequence_request(item))
+                continue
             result = item if isinstance(item, LBError) else self._validate(item)
             if isinstance(result, LBError):
                 self._queue.append(_Slot(self._error_answer(result)))
@@ -371,6 +386,42 @@ class IntakeProtocol(Protocol):
         d: Deferred[Any] = maybeDeferred(f.store.store, batch)
         d.addCallbacks(self._stored, self._storeFailed, (slots,), errbackArgs=(slots,))
         d.addErrback(lambda fail: self.log.failure("intake answer failed", fail))
+
+    def _sequence_request(self, raw: bytes) -> _Slot:
+        """
+        Answer C{?SEQCODE <jobid>} (line framing only): C{OK <code>} with the
+        sequence code of the job's last stored event, C{ERR 2} for a job without
+        events, C{ERR 22} for a malformed request. The peer was authorized as a
+        producer when it connected (EPERM otherwise, like any line).
+
+        @return: the request's slot in the answer queue.
+        """
+        slot = _Slot()
+        jobid = raw[len(SEQCODE_REQUEST) + 1 :].decode("utf-8", "replace")
+        if (
+            raw[len(SEQCODE_REQUEST) : len(SEQCODE_REQUEST) + 1] != b" "
+            or not jobid
+            or any(c.isspace() for c in jobid)
+        ):
+            slot.answer = self._error_answer(InvalidValue("usage: ?SEQCODE <jobid>"))
+            return slot
+
+        def found(code: str | None) -> None:
+            if code is None:
+                slot.answer = self._error_answer(UnknownJob(f"unknown job {jobid}"))
+            else:
+                slot.answer = Answer(0, f"OK {code}")
+            self._flush()
+
+        def failed(failure: Failure) -> None:
+            self.log.failure("sequence code of {jobid} not read", failure, jobid=jobid)
+            slot.answer = self._error_answer(TryAgain("store error"))
+            self._flush()
+
+        d: Deferred[Any] = maybeDeferred(self.factory.store.last_seqcode, jobid)
+        d.addCallbacks(found, failed)
+        d.addErrback(lambda fail: self.log.failure("intake answer failed", fail))
+        return slot
 
     def _validate(self, raw: bytes) -> tuple[str, Event] | LBError:
         raw = raw.rstrip(b"\r\n")

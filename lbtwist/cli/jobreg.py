@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from lbtwist.cli.common import CLIContext, default_socket
+from lbtwist.cli.common import CLIContext, add_timeout_option, default_socket, producer_for
 from lbtwist.cli.identity import default_user
 from lbtwist.errors import InvalidValue, LBError
-from lbtwist.producer import LBProducer
+from lbtwist.producer import DEFAULT_TIMEOUT
 
 if TYPE_CHECKING:
     from lbtwist.events import Event
@@ -36,9 +36,6 @@ DEFAULT_SERVER = "localhost:9000"
 
 #: DG.PRIORITY bit: the registration must be new (C{-E}).
 PRIO_EXCL = 64
-
-#: Seconds to wait for the intake's answers.
-TIMEOUT = 120.0
 
 
 @attrs.frozen
@@ -148,7 +145,7 @@ def format_output(reg: Registration) -> str:
 
 def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
     reg = build_registration(args, ctx)
-    with LBProducer(args.socket or default_socket(ctx.env), timeout=TIMEOUT) as producer:
+    with producer_for(args.socket or default_socket(ctx.env), args.timeout, ctx) as producer:
         results = producer.log_many(reg.events)
     for event, result in zip(reg.events, results, strict=True):
         if isinstance(result, LBError):
@@ -193,4 +190,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("-S", "--socket", metavar="SOCK", help="intake socket")
     p.add_argument("-U", "--user", metavar="DN", help="user DN to register as")
     p.add_argument("--ns", help="network server address logged in the RegJob")
+    add_timeout_option(p, DEFAULT_TIMEOUT)
     p.set_defaults(handler=handle)

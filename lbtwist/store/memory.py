@@ -193,6 +193,12 @@ class MemoryStore(GroupedWrites):
         )
         return succeed([_stored(new) for new in news])
 
+    def last_seqcode(self, jobid: str) -> Deferred[str | None]:
+        news = self.backend.by_job.get(jobid)
+        if not news:
+            return succeed(None)
+        return succeed(max(news, key=lambda n: ordering_key(n.event, n.seqno)).event.seqcode)
+
     def resolve(self, jobid: str) -> Deferred[str | None]:
         return succeed(self.backend.mapping.get(cream_key(jobid)))
 

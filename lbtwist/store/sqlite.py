@@ -16,7 +16,7 @@ import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
@@ -395,6 +395,16 @@ def _stored(row: tuple[Any, ...]) -> StoredEvent:
     return StoredEvent(jobid, seqno, arrived, line, reparse(line))
 
 
+class _SeqKey(NamedTuple):
+    """
+    What L{ordering_key} reads of an event row.
+    """
+
+    jobid: str
+    seqcode: str
+    date: int
+
+
 class Queries:
     """
     Synchronous queries on one connection (the reader thread's, or the CLI's).
@@ -446,6 +456,15 @@ class Queries:
         stored = [_stored(row) for row in rows]
         stored.sort(key=lambda s: ordering_key(s.event, s.seqno))
         return stored
+
+    def last_seqcode(self, jobid: str) -> str | None:
+        rows = self.conn.execute(
+            "SELECT seqno, date, seqcode FROM events WHERE jobid = ?", (jobid,)
+        ).fetchall()
+        if not rows:
+            return None
+        last = max(rows, key=lambda r: ordering_key(_SeqKey(jobid, r[2], r[1]), r[0]))
+        return str(last[2])
 
     def resolve(self, jobid: str) -> str | None:
         row = self.conn.execute(
@@ -687,6 +706,9 @@ class SQLiteStore(GroupedWrites):
 
     def events(self, jobid: str) -> Deferred[list[StoredEvent]]:
         return self._read(lambda: self._queries.events(jobid))
+
+    def last_seqcode(self, jobid: str) -> Deferred[str | None]:
+        return self._read(lambda: self._queries.last_seqcode(jobid))
 
     def resolve(self, jobid: str) -> Deferred[str | None]:
         return self._read(lambda: self._queries.resolve(jobid))
