@@ -349,12 +349,9 @@ class LBProducer:
 
     def _backoff(self, attempt: int, deadline: float | None, last: BaseException) -> None:
         """
-        Wait before retry C{attempt}, or raise L{GaveUp} if the deadline is past.
+        Wait before retry C{attempt}, or raise L{GaveUp} if it would come after
+        the deadline.
         """
-        remaining = self._remaining(deadline)
-        if remaining is not None and remaining <= 0:
-            code, text = _describe(last)
-            raise GaveUp(self.socket_path, self.timeout, code, text)
         delay = retry_delay(
             attempt,
             self._jitter(),
@@ -362,7 +359,12 @@ class LBProducer:
             factor=self.retry_factor,
             maximum=self.retry_max,
         )
-        self._sleep(delay if remaining is None else min(delay, remaining))
+        remaining = self._remaining(deadline)
+        if remaining is not None and remaining < delay:
+            # The next try would come after the deadline.
+            code, text = _describe(last)
+            raise GaveUp(self.socket_path, self.timeout, code, text)
+        self._sleep(delay)
 
     def _read_answer(self, sock: Any, deadline: float | None) -> bytes:
         while b"\n" not in self._buffer:
@@ -372,7 +374,10 @@ class LBProducer:
             if remaining is not None and remaining <= 0:
                 raise TimeoutError("no answer from the server")
             sock.settimeout(remaining)
-            chunk = sock.recv(65536)
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                raise TimeoutError("no answer from the server") from None
             if not chunk:
                 raise ConnectionError("connection closed by the server before its answer")
             self._buffer += chunk
@@ -493,12 +498,26 @@ class LBProducer:
             with selectors.DefaultSelector() as sel:
                 sel.register(sock, selectors.EVENT_READ)
                 writing = False
-                while position < len(todo) or sent:
+                while True:
+                    while b"\n" in self._buffer and sent:
+                        answer, _, self._buffer = self._buffer.partition(b"\n")
+                        index = sent.popleft()
+                        deadline = self._deadline()
+                        try:
+                            results[index] = parse_answer(answer)
+                        except errors.TryAgain as e:
+                            again = e
+                        except errors.LBError as e:
+                            results[index] = e
+                    if b"\n" not in self._buffer and len(self._buffer) > MAX_ANSWER:
+                        raise ProtocolError("answer line too long")
                     while position < len(todo) and len(sent) < self.window:
                         index = todo[position]
                         out += datas[index]
                         sent.append(index)
                         position += 1
+                    if not sent:
+                        break
                     if bool(out) != writing:
                         writing = bool(out)
                         sel.modify(
@@ -515,18 +534,6 @@ class LBProducer:
                             if not chunk:
                                 raise ConnectionError("connection closed by the server")
                             self._buffer += chunk
-                            while b"\n" in self._buffer and sent:
-                                answer, _, self._buffer = self._buffer.partition(b"\n")
-                                index = sent.popleft()
-                                deadline = self._deadline()
-                                try:
-                                    results[index] = parse_answer(answer)
-                                except errors.TryAgain as e:
-                                    again = e
-                                except errors.LBError as e:
-                                    results[index] = e
-                            if b"\n" not in self._buffer and len(self._buffer) > MAX_ANSWER:
-                                raise ProtocolError("answer line too long")
         finally:
             if self._sock is sock:
                 sock.setblocking(True)

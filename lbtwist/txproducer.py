@@ -234,7 +234,9 @@ def connect_producer(
     started = when.seconds()
 
     def attempt(n: int) -> Deferred[ProducerProtocol]:
-        d = connectProtocol(target, ProducerProtocol(when, timeout=timeout, policy=retry, name=name))
+        d = connectProtocol(
+            target, ProducerProtocol(when, timeout=timeout, policy=retry, name=name)
+        )
         d.addErrback(failed, n)
         return d
 

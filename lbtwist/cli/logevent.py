@@ -213,9 +213,7 @@ def build_event(
         check_seqcode(given[0], event.jobid, given[1])
     elif not JobId.parse(event.jobid).is_cream:
         if ask is None:
-            raise MessageIncomplete(
-                "no sequence code: give -c or set GLITE_WMS_SEQUENCE_CODE"
-            )
+            raise MessageIncomplete("no sequence code: give -c or set GLITE_WMS_SEQUENCE_CODE")
         event = event.evolve(seqcode=next_seqcode(ask(event.jobid), source))
     return event
 
@@ -234,9 +232,7 @@ def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
             try:
                 return producer.sequence_code(jobid)
             except UnknownJob as e:
-                raise UnknownJob(
-                    f"{e.message}; give -c or set GLITE_WMS_SEQUENCE_CODE"
-                ) from None
+                raise UnknownJob(f"{e.message}; give -c or set GLITE_WMS_SEQUENCE_CODE") from None
 
         event = build_event(args, ctx, ask)
         producer.log(event)
