@@ -447,8 +447,8 @@ class LBProducer:
         todo = list(range(len(datas)))
         last: BaseException = TimeoutError("no answer from the server")
         attempt = 0
+        deadline = self._deadline()
         while todo:
-            deadline = self._deadline()
             before = len(todo)
             try:
                 sock = self._socket(deadline)
@@ -464,7 +464,9 @@ class LBProducer:
             if not todo:
                 break
             if len(todo) < before:
+                # Progress: the timeout counts again from now.
                 attempt = 0
+                deadline = self._deadline()
             try:
                 self._backoff(attempt, deadline, last)
             except GaveUp as e:

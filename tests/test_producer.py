@@ -439,6 +439,16 @@ class RetryTests(SynchronousTestCase):
         self.assertEqual(results[3:], [False, False])
         self.assertEqual(len(time.sleeps), 1)
 
+    def test_log_many_gives_up(self) -> None:
+        refused = [ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")] * 100
+        p, connect, time = scripted(self, *refused, timeout=4.0)
+        results = p.log_many(["A=1", "A=2"])
+        self.assertEqual(len(results), 2)
+        for result in results:
+            assert isinstance(result, GaveUp)
+            self.assertEqual(result.code, errno.ECONNREFUSED)
+        self.assertLessEqual(time.now, 4.0)
+
     def test_sequence_code(self) -> None:
         code = "UI=000000:NS=0000000003:WM=000004:BH=0000000000:JSS=000002:LM=000000:LRMS=000000:APP=000000:LBS=000000"
         p, connect, time = scripted(
