@@ -25,7 +25,7 @@ from lbtwist.cli.local import parse_time
 from lbtwist.cli.logevent import field_key, parse_field_options
 from lbtwist.cli.main import build_parser, run
 from lbtwist.errors import InvalidValue, LBError
-from tests.test_producer import LineServer, start_server
+from tests.test_producer import LineServer, short_path, start_server
 
 FIXTURES = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "fixtures", "glite-lb-streams"
@@ -435,7 +435,7 @@ class LogEventTests(SynchronousTestCase):
         self.assertEqual(err, "lbtwist logevent: ERR 28 disk full\n")
 
     def test_no_socket(self) -> None:
-        missing = os.path.abspath(self.mktemp())
+        missing = short_path(self)
         status, out, err = call(
             [
                 "logevent",
@@ -502,7 +502,7 @@ class LogEventTests(SynchronousTestCase):
         # characters do not.
         status, out, err = call(self.log_argv("-j", CREAM_JOBID, "-c", "no_seqcodes_with_cream_7"))
         self.assertEqual((status, out), (0, "no_seqcodes_with_cream_7\n"))
-        for bad in ["UI=1", "a\tb", " padded"]:
+        for bad in ["UI=1", "a\tb", " padded", "a b", 'a"b']:
             status, out, err = call(self.log_argv("-j", CREAM_JOBID, "-c", bad))
             self.assertEqual(status, 1, bad)
             self.assertIn("malformed sequence code for a CREAM job", err)
@@ -521,7 +521,7 @@ class LogEventTests(SynchronousTestCase):
 
     def test_retries_until_socket_appears(self) -> None:
         # The socket is missing at first (proxy restarting): retried, not lost.
-        path = os.path.abspath(self.mktemp())
+        path = short_path(self)
         time = FakeTime()
         servers: list[LineServer] = []
 
@@ -551,7 +551,7 @@ class LogEventTests(SynchronousTestCase):
         self.assertEqual(len(time.sleeps), 1)
 
     def test_timeout_option(self) -> None:
-        missing = os.path.abspath(self.mktemp())
+        missing = short_path(self)
         time = FakeTime()
         argv = [
             "logevent",
@@ -582,7 +582,7 @@ class LogEventTests(SynchronousTestCase):
             self.assertIn("not a number of seconds", err)
 
     def test_default_timeout(self) -> None:
-        missing = os.path.abspath(self.mktemp())
+        missing = short_path(self)
         time = FakeTime()
         argv = [
             "logevent",
@@ -606,7 +606,7 @@ class LogEventTests(SynchronousTestCase):
         import subprocess
         import sys
 
-        missing = os.path.abspath(self.mktemp())
+        missing = short_path(self)
         script = (
             "import sys\n"
             "from lbtwist.cli.main import run\n"
@@ -757,7 +757,7 @@ class JobRegTests(SynchronousTestCase):
         self.assertEqual(len(set(self.server.lines)), 4)
 
     def test_timeout_option(self) -> None:
-        missing = os.path.abspath(self.mktemp())
+        missing = short_path(self)
         time = FakeTime()
         status, out, err = call(
             ["job-reg", "-j", JOBID, "-S", missing, "-U", USER, "--timeout", "3"],

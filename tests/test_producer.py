@@ -8,7 +8,9 @@ from __future__ import annotations
 import errno
 import importlib.resources
 import os
+import shutil
 import socket
+import tempfile
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -107,6 +109,16 @@ class LineServer:
             pass
         self.listener.close()
         self.thread.join(10)
+
+
+def short_path(case: SynchronousTestCase) -> str:
+    """
+    A socket path in a fresh short temporary directory (removed on cleanup):
+    trial's temporary paths can pass the ~107 bytes AF_UNIX allows.
+    """
+    d = tempfile.mkdtemp(prefix="lbt-")
+    case.addCleanup(shutil.rmtree, d, True)
+    return os.path.join(d, "events.sock")
 
 
 def start_server(
@@ -236,7 +248,7 @@ class LBProducerTests(SynchronousTestCase):
         self.assertEqual(server.lines, [b"A=1"])
 
     def test_no_server(self) -> None:
-        path = os.path.abspath(self.mktemp())
+        path = short_path(self)
         time = FakeTime()
         p = LBProducer(path, 1, clock=time.clock, sleep=time.sleep, jitter=lambda: 0.0)
         e = self.assertRaises(GaveUp, p.log, "A=1")

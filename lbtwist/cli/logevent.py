@@ -121,8 +121,8 @@ def check_seqcode(code: str, jobid: str, origin: str) -> str:
     Refuse a malformed current sequence code, as C{glite-lb-logevent} does.
 
     A gLite job needs a gLite code; a direct CREAM job takes CREAM's opaque codes
-    too (any text without control characters), but a code that starts like a gLite
-    one must be one.
+    too (no white space, quotes or control characters), but a code that starts like
+    a gLite one must be one.
 
     @param origin: where the code came from (C{-c}, the variable), for the message.
     @return: C{code}.
@@ -140,7 +140,7 @@ def check_seqcode(code: str, jobid: str, origin: str) -> str:
         JobId.parse(jobid).is_cream
         and not code.startswith("UI=")
         and code.isprintable()
-        and code.strip() == code
+        and not any(c.isspace() or c == '"' for c in code)
     )
     if not opaque_ok:
         kind = "a CREAM job" if JobId.parse(jobid).is_cream else "a gLite job"
