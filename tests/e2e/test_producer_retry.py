@@ -29,6 +29,36 @@ BACKLOG = os.environ.get("LBTWIST_E2E_RETRY_BACKLOG", "4")
 
 JOBID = harness.WMS_LB + "/producerRetryJob000000001"
 
+#: Seconds to wait for all the calls to reach the (stopped) proxy.
+SETTLE_TIMEOUT = 180.0
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except OSError:
+        return "Z"
+
+
+def wait_settled(procs: list[subprocess.Popen[str]], timeout: float) -> float:
+    """
+    Wait until every process is asleep or gone (blocked on the stopped proxy,
+    backing off, or exited) at three looks 0.1 s apart: all of them have
+    started and tried to connect.
+
+    @return: the monotonic time they were seen settled.
+    """
+    deadline = time.monotonic() + timeout
+    calm = 0
+    while time.monotonic() < deadline:
+        states = {_state(proc.pid) for proc in procs}
+        calm = calm + 1 if states <= {"S", "Z", "X"} else 0
+        if calm >= 3:
+            return time.monotonic()
+        time.sleep(0.1)
+    raise AssertionError(f"the calls did not settle within {timeout} s")
+
 
 class ProducerRetryTests(SynchronousTestCase):
     """
@@ -72,7 +102,6 @@ class ProducerRetryTests(SynchronousTestCase):
         env = {"GLITE_WMS_LBPROXY_STORE_SOCK": svc.socket_path}
         full_env = {**os.environ, **env}
         svc.process.send_signal(signal.SIGSTOP)
-        stopped = time.monotonic()
         procs = []
         try:
             for i in range(CALLS):
@@ -88,7 +117,10 @@ class ProducerRetryTests(SynchronousTestCase):
                         text=True,
                     )
                 )
-            time.sleep(max(0.0, STOP_SECONDS - (time.monotonic() - stopped)))
+            # Every call has tried the stopped proxy (the box may be slow to start
+            # them all), then the stop lasts its full time.
+            settled = wait_settled(procs, SETTLE_TIMEOUT)
+            time.sleep(max(0.0, STOP_SECONDS - (time.monotonic() - settled)))
         finally:
             svc.process.send_signal(signal.SIGCONT)
         results = [proc.communicate(timeout=120) for proc in procs]
