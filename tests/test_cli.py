@@ -581,6 +581,24 @@ class LogEventTests(SynchronousTestCase):
             self.assertEqual(status, 2, bad)
             self.assertIn("not a number of seconds", err)
 
+    def test_timeout_from_environment(self) -> None:
+        missing = short_path(self)
+        argv = ["logevent", "-S", missing, "-U", USER, "-j", JOBID, "-c", PROXY_SEQ]
+        argv += ["-s", "Application", "-e", "UserTag", "--name=a", "--value=b"]
+        for env, options, seconds in [
+            ({"GLITE_WMS_LOG_TIMEOUT": "4", "EDG_WL_LOG_TIMEOUT": "9"}, [], "4"),
+            ({"EDG_WL_LOG_TIMEOUT": "9"}, [], "9"),
+            ({"GLITE_WMS_LOG_TIMEOUT": "4"}, ["--timeout", "2"], "2"),
+        ]:
+            status, out, err = call(argv + options, make_ctx(env))
+            self.assertEqual(status, 1)
+            self.assertIn(f"gave up after {seconds} s", err)
+        status, out, err = call(argv, make_ctx({"GLITE_WMS_LOG_TIMEOUT": "later"}))
+        self.assertEqual(
+            err,
+            "lbtwist logevent: ERR 22 $GLITE_WMS_LOG_TIMEOUT: not a number of seconds: 'later'\n",
+        )
+
     def test_default_timeout(self) -> None:
         missing = short_path(self)
         time = FakeTime()

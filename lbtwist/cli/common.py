@@ -75,18 +75,49 @@ def default_socket(env: Mapping[str, str]) -> str:
     return env_first(env, SOCKET_ENV) or DEFAULT_SOCKET
 
 
+#: Environment variables giving the producers' timeout when C{--timeout} is not
+#: given (L&B's logging-timeout variable and its older name).
+TIMEOUT_ENV = ("GLITE_WMS_LOG_TIMEOUT", "EDG_WL_LOG_TIMEOUT")
+
+
 def add_timeout_option(parser: Any, default: float) -> None:
     """
     Add C{--timeout SECONDS}: how long a producer command retries a refused,
-    backlogged or busy (C{ERR 11}) intake before it fails.
+    backlogged or busy (C{ERR 11}) intake before it fails. Read it with
+    L{producer_timeout}.
     """
     parser.add_argument(
         "--timeout",
         type=_seconds,
-        default=default,
+        default=None,
         metavar="SECONDS",
-        help=f"give up retrying a refused or busy intake after SECONDS (default {default:g})",
+        help=(
+            "give up retrying a refused or busy intake after SECONDS "
+            f"(default $GLITE_WMS_LOG_TIMEOUT, $EDG_WL_LOG_TIMEOUT, else {default:g})"
+        ),
     )
+    parser.set_defaults(default_timeout=default)
+
+
+def producer_timeout(args: argparse.Namespace, env: Mapping[str, str]) -> float:
+    """
+    The timeout of a producer command: C{--timeout}, else the environment
+    (L{TIMEOUT_ENV}), else the command's default.
+
+    @raise InvalidValue: the environment's value is not a number of seconds.
+    """
+    if args.timeout is not None:
+        return float(args.timeout)
+    for name in TIMEOUT_ENV:
+        text = env.get(name)
+        if text:
+            try:
+                return _seconds(text)
+            except argparse.ArgumentTypeError as e:
+                from lbtwist.errors import InvalidValue
+
+                raise InvalidValue(f"${name}: {e}") from None
+    return float(args.default_timeout)
 
 
 def _seconds(text: str) -> float:

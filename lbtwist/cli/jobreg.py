@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from lbtwist.cli.common import CLIContext, add_timeout_option, default_socket, producer_for
+from lbtwist.cli.common import (
+    CLIContext,
+    add_timeout_option,
+    default_socket,
+    producer_for,
+    producer_timeout,
+)
 from lbtwist.cli.identity import default_user
 from lbtwist.errors import InvalidValue, LBError
 from lbtwist.producer import DEFAULT_TIMEOUT
@@ -145,7 +151,8 @@ def format_output(reg: Registration) -> str:
 
 def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
     reg = build_registration(args, ctx)
-    with producer_for(args.socket or default_socket(ctx.env), args.timeout, ctx) as producer:
+    path = args.socket or default_socket(ctx.env)
+    with producer_for(path, producer_timeout(args, ctx.env), ctx) as producer:
         results = producer.log_many(reg.events)
     for event, result in zip(reg.events, results, strict=True):
         if isinstance(result, LBError):

@@ -25,6 +25,7 @@ from lbtwist.cli.common import (
     default_socket,
     env_first,
     producer_for,
+    producer_timeout,
 )
 from lbtwist.cli.identity import default_user
 from lbtwist.errors import InvalidValue, KeyMisuse, MessageIncomplete, UnknownJob
@@ -226,7 +227,7 @@ def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
         ctx.stdout.write(sources_help())
         return 0
     path = args.socket or default_socket(ctx.env)
-    with producer_for(path, args.timeout, ctx) as producer:
+    with producer_for(path, producer_timeout(args, ctx.env), ctx) as producer:
 
         def ask(jobid: str) -> str:
             try:
