@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store -*-
 """
 In-process CPU profile of the intake path, stage by stage, in microseconds per event.
 
@@ -42,14 +42,14 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from bench.intake import connection_lines
-from lbtwist.events import Event, parse_event
-from lbtwist.intake import IntakeFactory
-from lbtwist.states import advance
-from lbtwist.states.status import JobStatus
+from lbtwist.core.events import Event, parse_event
+from lbtwist.core.states import advance
+from lbtwist.core.states.status import JobStatus
+from lbtwist.core.ulm import parse_fields
+from lbtwist.service.intake import IntakeFactory
 from lbtwist.store.batch import BatchPlan, BatchProcessor, Identity
 from lbtwist.store.interface import StoreResult
 from lbtwist.store.sqlite import SQLiteBackend, connect, migrate
-from lbtwist.ulm import parse_fields
 
 STAGES = ("parse_fields", "parse_event", "intake", "states", "batch", "sqlite", "sqlite-full")
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web -*-
+# -*- test-case-name: tests.unit.test_web -*-
 """
 Benchmark of the HTTPS query service (design section 14): job status by id and a
 job list page with a million jobs stored.
@@ -45,11 +45,11 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lbtwist.devcerts import USER_NAME, ensure_dev_pki
-from lbtwist.events import parse_event
-from lbtwist.identity import slash_dn
-from lbtwist.states import compute_status
-from lbtwist.states.status import format_iso
+from lbtwist.core.events import parse_event
+from lbtwist.core.states import compute_status
+from lbtwist.core.states.status import format_iso
+from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
+from lbtwist.security.identity import slash_dn
 from lbtwist.store.batch import dupkey, identity
 from lbtwist.store.query import owner_key
 from lbtwist.store.sqlite import connect, migrate

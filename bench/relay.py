@@ -39,8 +39,8 @@ from typing import Any
 
 from cryptography import x509
 
-from lbtwist.devcerts import make_dev_pki
-from lbtwist.identity import slash_dn
+from lbtwist.security.devcerts import make_dev_pki
+from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
 from tests.e2e.test_relay import ACTIONS, LB_HOST, RoleService, free_port
 

@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.e2e.test_proxy -*-
 """
 Benchmark of the pure core on one core: events per second of
-L{lbtwist.events.parse_event}, of L{lbtwist.states.compute_status}, and of the
+L{lbtwist.core.events.parse_event}, of L{lbtwist.core.states.compute_status}, and of the
 whole C{lbtwist replay} path (read lines, parse, group by job, fold, JSON),
 over generated CREAM traces and, when present, the gLite L&B fixture streams.
 
@@ -28,9 +28,9 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from lbtwist.cli.replay import read_events, status_json
-from lbtwist.errors import LBError
-from lbtwist.events import Event, parse_event
-from lbtwist.states import compute_status
+from lbtwist.core.errors import LBError
+from lbtwist.core.events import Event, parse_event
+from lbtwist.core.states import compute_status
 from tests.e2e.harness import ENDINGS, T0, cream_direct_trace, cream_jobid
 
 DEFAULT_FIXTURES = "/work/shared/fixtures/glite-lb-streams"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store_sqlite -*-
+# -*- test-case-name: tests.unit.test_store_sqlite -*-
 """
 This machine's raw SQLite ceiling: WAL, synchronous=FULL, N rows per fsync'ed commit.
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_config -*-
+# -*- test-case-name: tests.unit.test_config -*-
 """
 INI configuration loading and the embedded defaults.
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import configparser
 from collections.abc import Iterable, Mapping
 
-from lbtwist.errors import InvalidValue
+from lbtwist.core.errors import InvalidValue
 
 DEFAULT_STATE_DIR = "./lbtwist-state"
 
@@ -22,8 +22,31 @@ DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_MAX_EVENT_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_FIELDS = 100
 DEFAULT_MAX_INFLIGHT = 1024
+DEFAULT_INTAKE_IDLE_TIMEOUT = 60
+DEFAULT_INTAKE_BACKLOG = 1024
 
 DEFAULT_RELAY_WINDOW = 64
+DEFAULT_MAX_FUTURE_SKEW = 86_400  # seconds
+DEFAULT_REFOLD_SLICE = 100  # events
+
+#: Events per page of a job's history (queries).
+DEFAULT_PAGE_EVENTS = 500
+# Bounds of the TLS ports (docs/limits.md); every one is an option.
+DEFAULT_TLS_HANDSHAKE_TIMEOUT = 10.0
+DEFAULT_MAX_HANDSHAKES = 64
+DEFAULT_MAX_HANDSHAKES_PER_ADDRESS = 8
+DEFAULT_MAX_CONNECTIONS_PER_ADDRESS = 64
+DEFAULT_STORE_MAX_CONNECTIONS = 256
+DEFAULT_STORE_IDLE_TIMEOUT = 300.0
+DEFAULT_QUERY_MAX_CONNECTIONS = 256
+DEFAULT_QUERY_IDLE_TIMEOUT = 60.0
+# HTTP request head bounds of the query port.
+DEFAULT_MAX_REQUEST_LINE = 16 * 1024
+DEFAULT_MAX_HEADER_SIZE = 64 * 1024
+DEFAULT_MAX_HEADERS = 100
+# Rate limit of TLS refusal log lines (per identical line; in all per interval).
+DEFAULT_TLS_LOG_INTERVAL = 60
+DEFAULT_TLS_LOG_BURST = 50
 
 
 def normalize_key(key: str) -> str:

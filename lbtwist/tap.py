@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap -*-
 """
 Command-line options and service wiring for C{twistd lbproxy} and C{twistd lbserver}.
 
@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from lbtwist import config
-from lbtwist.errors import LBError
+from lbtwist.core.errors import LBError
+from lbtwist.service import logs
 
 log = Logger()
 
@@ -34,7 +35,13 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("max-connections", "", "Most intake connections at once."),
     ("max-event-size", "", "Largest event accepted, in bytes."),
     ("max-fields", "", "Most fields in one event."),
-    ("max-inflight", "", "Most unanswered events per intake connection (over: EAGAIN)."),
+    (
+        "max-inflight",
+        "",
+        "Most unanswered events per connection (over: reading waits for answers).",
+    ),
+    ("intake-idle-timeout", "", "Seconds an intake connection may go without a complete message."),
+    ("intake-backlog", "", "Listen backlog of the intake socket (added to --events as backlog=)."),
     ("query", "", "HTTPS query listener endpoint; lbtwist adds TLS (default tcp:9000)."),
     ("store", "", "IL store-port listener endpoint of the server; lbtwist adds TLS (tcp:9001)."),
     ("cert", "", "Host certificate (PEM)."),
@@ -42,9 +49,44 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("ca-dir", "", "Trust anchors and CRLs in the hashed layout (X509_CERT_DIR)."),
     ("voms-dir", "", "VOMS .lsc files (X509_VOMS_DIR)."),
     ("crl", "", "CRL checking: require, if-present or off."),
+    ("tls-log-interval", "", "Seconds between two identical TLS refusal log lines."),
+    ("tls-log-burst", "", "Most TLS refusal log lines per interval in all."),
     ("policy", "", "L&B authorization policy file."),
+    ("tls-handshake-timeout", "", "Seconds a TLS port waits for a connection's handshake."),
+    (
+        "max-handshakes",
+        "",
+        "Most connections in the TLS handshake per TLS port (over: the oldest closed).",
+    ),
+    (
+        "max-handshakes-per-address",
+        "",
+        "Most connections in the TLS handshake from one address, per port.",
+    ),
+    ("max-connections-per-address", "", "Most connections from one address per TLS port."),
+    (
+        "store-max-connections",
+        "",
+        "Most established store-port connections (over: least active closed).",
+    ),
+    ("store-idle-timeout", "", "Seconds a store-port connection may stay silent."),
+    (
+        "query-max-connections",
+        "",
+        "Most established query-port connections (over: least active closed).",
+    ),
+    ("query-idle-timeout", "", "Seconds a query-port connection may stay silent."),
+    ("max-request-line", "", "Longest HTTP request or header line on the query port (414 / 431)."),
+    ("max-header-size", "", "Longest HTTP request head on the query port, in bytes (431)."),
+    ("max-headers", "", "Most HTTP header fields in one query request (431)."),
     ("relay-window", "", "Events in flight per relay destination (1 = stop-and-wait)."),
     ("relay-enoent-timeout", "", "Seconds to keep retrying events of a job unknown upstream."),
+    ("page-events", "", "Events per page of a job's history (HTML, JSON, text)."),
+    ("log-max-size", "", "Bytes at which the twistd log and the access log are rotated."),
+    ("log-max-files", "", "Rotated files kept of the twistd log and of the access log."),
+    ("warnings-per-minute", "", "Warning lines per minute per cause (then one summary)."),
+    ("max-future-skew", "", "Seconds a DATE may lie ahead; later ones order as at arrival."),
+    ("refold-slice", "", "Most events one commit folds to place late events (per commit)."),
 ]
 
 _LIST_OPTIONS: list[tuple[str, str]] = [
@@ -60,9 +102,30 @@ _INT_OPTIONS = (
     "max-event-size",
     "max-fields",
     "max-inflight",
+    "intake-idle-timeout",
+    "intake-backlog",
     "relay-window",
     "relay-enoent-timeout",
+    "page-events",
+    "log-max-size",
+    "log-max-files",
+    "warnings-per-minute",
+    "max-handshakes",
+    "max-handshakes-per-address",
+    "max-connections-per-address",
+    "store-max-connections",
+    "query-max-connections",
+    "max-request-line",
+    "max-header-size",
+    "max-headers",
+    "tls-log-interval",
+    "tls-log-burst",
+    "max-future-skew",
+    "refold-slice",
 )
+
+#: Options in seconds (fractions allowed).
+_SECONDS_OPTIONS = ("tls-handshake-timeout", "store-idle-timeout", "query-idle-timeout")
 
 DEFAULT_CERT = "/etc/grid-security/hostcert.pem"
 DEFAULT_KEY = "/etc/grid-security/hostkey.pem"
@@ -117,6 +180,8 @@ class Options(usage.Options):
             "max-event-size": config.DEFAULT_MAX_EVENT_SIZE,
             "max-fields": config.DEFAULT_MAX_FIELDS,
             "max-inflight": config.DEFAULT_MAX_INFLIGHT,
+            "intake-idle-timeout": config.DEFAULT_INTAKE_IDLE_TIMEOUT,
+            "intake-backlog": config.DEFAULT_INTAKE_BACKLOG,
             "producer-uid": [],
             "producer-gid": [],
             "local-endpoint": [],
@@ -127,11 +192,30 @@ class Options(usage.Options):
             "ca-dir": None,
             "voms-dir": None,
             "crl": "if-present",
+            "tls-log-interval": config.DEFAULT_TLS_LOG_INTERVAL,
+            "tls-log-burst": config.DEFAULT_TLS_LOG_BURST,
             "policy": None,
             "super-user": [],
             "relay-map": [],
+            "tls-handshake-timeout": config.DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+            "max-handshakes": config.DEFAULT_MAX_HANDSHAKES,
+            "max-handshakes-per-address": config.DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
+            "max-connections-per-address": config.DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            "store-max-connections": config.DEFAULT_STORE_MAX_CONNECTIONS,
+            "store-idle-timeout": config.DEFAULT_STORE_IDLE_TIMEOUT,
+            "query-max-connections": config.DEFAULT_QUERY_MAX_CONNECTIONS,
+            "query-idle-timeout": config.DEFAULT_QUERY_IDLE_TIMEOUT,
+            "max-request-line": config.DEFAULT_MAX_REQUEST_LINE,
+            "max-header-size": config.DEFAULT_MAX_HEADER_SIZE,
+            "max-headers": config.DEFAULT_MAX_HEADERS,
             "relay-window": config.DEFAULT_RELAY_WINDOW,
             "relay-enoent-timeout": 3600,
+            "page-events": config.DEFAULT_PAGE_EVENTS,
+            "log-max-size": logs.DEFAULT_LOG_MAX_SIZE,
+            "log-max-files": logs.DEFAULT_LOG_MAX_FILES,
+            "warnings-per-minute": logs.DEFAULT_WARNINGS_PER_MINUTE,
+            "max-future-skew": config.DEFAULT_MAX_FUTURE_SKEW,
+            "refold-slice": config.DEFAULT_REFOLD_SLICE,
             "grey-jobs": False,
         }
 
@@ -158,6 +242,16 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{key}: not a whole number: {merged[key]!r}") from None
             if merged[key] <= 0:  # type: ignore[operator]
                 raise usage.UsageError(f"--{key}: must be positive")
+        for key in _SECONDS_OPTIONS:
+            try:
+                seconds = float(str(merged[key]))
+            except ValueError:
+                raise usage.UsageError(
+                    f"--{key}: not a number of seconds: {merged[key]!r}"
+                ) from None
+            if not 0 < seconds < float("inf"):
+                raise usage.UsageError(f"--{key}: must be a positive number of seconds")
+            merged[key] = seconds
         merged["producer-uid"] = _ids("producer-uid", merged["producer-uid"])
         merged["producer-gid"] = _ids("producer-gid", merged["producer-gid"])
         merged["local-endpoint"] = [
@@ -174,12 +268,19 @@ class Options(usage.Options):
             raise usage.UsageError(e.message) from None
         merged["relay-map"] = [_relay_map(v) for v in merged["relay-map"]]  # type: ignore[attr-defined]
         self._credentials(merged)
+        # twistd's own options (our parent) get the capped file log.
+        logs.install_logger(
+            getattr(self, "parent", None),
+            int(merged["log-max-size"]),  # type: ignore[call-overload]
+            int(merged["log-max-files"]),  # type: ignore[call-overload]
+        )
         state_dir = os.path.abspath(str(merged["state-dir"]))
         merged["state-dir"] = state_dir
         if not merged["events"]:
             merged["events"] = (
                 f"unix:{_escape_endpoint(os.path.join(state_dir, 'events.sock'))}:mode=660"
             )
+        merged["events"] = _with_backlog(str(merged["events"]), merged["intake-backlog"])
         merged["dev-certs"] = merged["cert"] is None
         if merged["query"] is None:
             # Development certificates are only good for this machine: listen on localhost.
@@ -238,6 +339,15 @@ def _relay_map(value: str) -> tuple[tuple[str, int], str]:
     return _host_port("relay-map", dest), endpoint
 
 
+def _with_backlog(endpoint: str, backlog: object) -> str:
+    """
+    Add C{backlog=} to a C{unix:} or C{tcp:} endpoint string that has none.
+    """
+    if endpoint.startswith(("unix:", "tcp:")) and "backlog=" not in endpoint:
+        return f"{endpoint}:backlog={backlog}"
+    return endpoint
+
+
 def _escape_endpoint(path: str) -> str:
     """
     Escape a file name for use in an endpoint description string.
@@ -275,7 +385,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
-    from lbtwist.intake import IntakeFactory
+    from lbtwist.service.intake import IntakeFactory
     from lbtwist.store.sqlite import SQLiteStore
 
     state_dir = options["state-dir"]
@@ -291,11 +401,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         relay=relay,
         local_endpoints=local_endpoints,
         proxy_host=hostname,
+        max_future_skew=options["max-future-skew"] * 1_000_000,
+        refold_slice=options["refold-slice"],
     )
 
     top = MultiService()
     # Started first, stopped last: the store outlives the listeners feeding it.
     StoreService(store).setServiceParent(top)
+    logs.LIMITER.configure(clock=reactor, lines=options["warnings-per-minute"])
+    logs.SummaryService(logs.LIMITER, reactor).setServiceParent(top)
 
     uids = options["producer-uid"] or sorted({os.getuid(), 0})
     factory = IntakeFactory(
@@ -305,6 +419,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         max_line=options["max-event-size"],
         max_inflight=options["max-inflight"],
         max_fields=options["max-fields"],
+        idle_timeout=options["intake-idle-timeout"],
         allowed_uids=set(uids),
         allowed_gids=set(options["producer-gid"]),
     )
@@ -312,15 +427,15 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # A proxy that cannot listen for events must not run on: fail start-up instead.
     intake._raiseSynchronously = True
     intake.setServiceParent(top)
-    from lbtwist.web import make_query_service
+    from lbtwist.service.web import make_query_service
 
     make_query_service(options, store, reactor).setServiceParent(top)
     if relay:
-        from lbtwist.relay import make_relay_service
+        from lbtwist.service.relay import make_relay_service
 
         make_relay_service(options, store, reactor).setServiceParent(top)
     elif options["store"]:
-        from lbtwist.storeport import make_store_port_service
+        from lbtwist.service.storeport import make_store_port_service
 
         make_store_port_service(options, store, reactor).setServiceParent(top)
     log.info(

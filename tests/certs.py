@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_identity -*-
+# -*- test-case-name: tests.unit.test_identity -*-
 """
 Test helpers: a small PKI built in-process (CA, users, RFC 3820 proxies,
 CRLs, a VOMS server and VOMS attribute certificates).
@@ -19,9 +19,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from lbtwist import devcerts
-from lbtwist.devcerts import PrivateKey
-from lbtwist.identity import VOMS_AC_OID, VOMS_CERTS_OID, VOMS_FQAN_OID, slash_dn
+from lbtwist.security import devcerts
+from lbtwist.security.devcerts import PrivateKey
+from lbtwist.security.identity import VOMS_AC_OID, VOMS_CERTS_OID, VOMS_FQAN_OID, slash_dn
 
 #: A fixed "now" for tests.
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_states -*-
+# -*- test-case-name: tests.unit.test_states -*-
 """
 Hand-written CREAM event traces as ULM text, for tests and example data.
 
@@ -531,11 +531,11 @@ def iter_all() -> Iterator[tuple[str, list[str]]]:
 
 def parse_lines(lines: list[str]) -> list[Any]:
     """
-    C{lines} parsed into events, with L{lbtwist.events.parse_event} when it exists
-    (else with a minimal stand-in built on L{lbtwist.ulm}, for early testing).
+    C{lines} parsed into events, with L{lbtwist.core.events.parse_event} when it exists
+    (else with a minimal stand-in built on L{lbtwist.core.ulm}, for early testing).
     """
     try:
-        from lbtwist.events import parse_event
+        from lbtwist.core.events import parse_event
     except ImportError:
         return [_StandIn.parse(line) for line in lines]
     return [parse_event(line) for line in lines]
@@ -547,7 +547,7 @@ def _catalogue() -> dict[str, tuple[str, str, bool]]:
 
     import lbtwist
 
-    table = Path(lbtwist.__file__).parent / "data" / "events.tsv"
+    table = Path(lbtwist.__file__).parent / "core" / "data" / "events.tsv"
     result: dict[str, tuple[str, str, bool]] = {}
     with table.open() as f:
         for row in csv.DictReader(f, delimiter="\t"):
@@ -565,7 +565,7 @@ _SOURCES = (
 
 class _StandIn:
     """
-    The attributes of L{lbtwist.events.Event} the state machines read.
+    The attributes of L{lbtwist.core.events.Event} the state machines read.
     """
 
     def __init__(self, **kw: Any) -> None:
@@ -580,7 +580,7 @@ class _StandIn:
 
     @classmethod
     def parse(cls, line: str) -> _StandIn:
-        from lbtwist.ulm import parse_date, parse_fields
+        from lbtwist.core.ulm import parse_date, parse_fields
 
         cat = _catalogue()
         common: dict[str, str] = {}

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 What every C{lbtwist} subcommand gets: its environment and streams, injected
 so that tests run the commands without touching the process.
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import attrs
 
 if TYPE_CHECKING:
-    from lbtwist.producer import LBProducer
+    from lbtwist.client.producer import LBProducer
 
 #: The intake socket used when neither C{-S} nor the environment names one.
 DEFAULT_SOCKET = os.path.join("lbtwist-state", "events.sock")
@@ -114,7 +114,7 @@ def producer_timeout(args: argparse.Namespace, env: Mapping[str, str]) -> float:
             try:
                 return _seconds(text)
             except argparse.ArgumentTypeError as e:
-                from lbtwist.errors import InvalidValue
+                from lbtwist.core.errors import InvalidValue
 
                 raise InvalidValue(f"${name}: {e}") from None
     return float(args.default_timeout)
@@ -134,6 +134,6 @@ def producer_for(path: str, timeout: float, ctx: CLIContext) -> LBProducer:
     """
     The L{LBProducer} of a command run: C{timeout} and the context's clock.
     """
-    from lbtwist.producer import LBProducer
+    from lbtwist.client.producer import LBProducer
 
     return LBProducer(path, timeout, clock=ctx.monotonic, sleep=ctx.sleep)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 The DN the client tools log events as, when C{-U} does not give one.
 """
@@ -23,7 +23,7 @@ def certificate_dn(pem: bytes) -> str:
     """
     from cryptography import x509
 
-    from lbtwist.identity import dn_of_chain, slash_dn
+    from lbtwist.security.identity import dn_of_chain, slash_dn
 
     chain = x509.load_pem_x509_certificates(pem)
     try:

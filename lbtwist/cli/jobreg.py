@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 C{lbtwist job-reg}: register a job, option-compatible with C{glite-lb-job_reg}.
 
@@ -30,12 +30,12 @@ from lbtwist.cli.common import (
     producer_timeout,
 )
 from lbtwist.cli.identity import default_user
-from lbtwist.errors import InvalidValue, LBError
-from lbtwist.producer import DEFAULT_TIMEOUT
+from lbtwist.client.producer import DEFAULT_TIMEOUT
+from lbtwist.core.errors import InvalidValue, LBError
 
 if TYPE_CHECKING:
-    from lbtwist.events import Event
-    from lbtwist.jobid import JobId
+    from lbtwist.core.events import Event
+    from lbtwist.core.jobid import JobId
 
 #: The L&B server job ids are made on when C{-m} is not given.
 DEFAULT_SERVER = "localhost:9000"
@@ -60,7 +60,7 @@ def cream_jobid(host: str, port: int, rnd: bytes) -> JobId:
     """
     A CREAM-style job id C{https://host:port/CREAM<9 digits>}.
     """
-    from lbtwist.jobid import JobId
+    from lbtwist.core.jobid import JobId
 
     digits = int.from_bytes(rnd[:8], "big") % 10**9
     return JobId(host, port, f"CREAM{digits:09d}")
@@ -72,9 +72,9 @@ def build_registration(args: argparse.Namespace, ctx: CLIContext) -> Registratio
 
     @raise LBError: invalid options.
     """
-    from lbtwist.events import make_event, source_name
-    from lbtwist.jobid import JobId, generate, parse_endpoint, subjob
-    from lbtwist.seqcode import next_seqcode
+    from lbtwist.core.events import make_event, source_name
+    from lbtwist.core.jobid import JobId, generate, parse_endpoint, subjob
+    from lbtwist.core.seqcode import next_seqcode
 
     if args.subjobs < 0:
         raise InvalidValue("-n must not be negative")

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 C{lbtwist status}, C{log} and C{dump}: read a local store directly (admins
 on the node, no TLS) through L{lbtwist.store.sqlite.SQLiteReader}; without
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from lbtwist.cli.common import CLIContext
 from lbtwist.cli.query import add_client_options
 from lbtwist.cli.replay import format_status_text, status_json
-from lbtwist.errors import InvalidValue
+from lbtwist.core.errors import InvalidValue
 
 if TYPE_CHECKING:
     from lbtwist.store.sqlite import SQLiteReader
@@ -128,7 +128,7 @@ def handle_log(args: argparse.Namespace, ctx: CLIContext) -> int:
             ctx.stderr.write(f"lbtwist log: {args.jobid}: no such job\n")
             return 1
         if args.json:
-            from lbtwist.ulm import format_date
+            from lbtwist.core.ulm import format_date
 
             for stored in events:
                 record = {
@@ -146,7 +146,7 @@ def handle_log(args: argparse.Namespace, ctx: CLIContext) -> int:
 
 
 def handle_dump(args: argparse.Namespace, ctx: CLIContext) -> int:
-    from lbtwist.ulm import format_date
+    from lbtwist.core.ulm import format_date
 
     start = parse_time(args.from_) if args.from_ else None
     end = parse_time(args.to) if args.to else None

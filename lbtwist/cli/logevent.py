@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 C{lbtwist logevent}: log one event, option-compatible with C{glite-lb-logevent}.
 
@@ -28,11 +28,11 @@ from lbtwist.cli.common import (
     producer_timeout,
 )
 from lbtwist.cli.identity import default_user
-from lbtwist.errors import InvalidValue, KeyMisuse, MessageIncomplete, UnknownJob
-from lbtwist.producer import DEFAULT_TIMEOUT
+from lbtwist.client.producer import DEFAULT_TIMEOUT
+from lbtwist.core.errors import InvalidValue, KeyMisuse, MessageIncomplete, UnknownJob
 
 if TYPE_CHECKING:
-    from lbtwist.events import Event, EventType
+    from lbtwist.core.events import Event, EventType
 
 JOBID_ENV = ("GLITE_WMS_JOBID", "EDG_WL_JOBID")
 SEQCODE_ENV = ("GLITE_WMS_SEQUENCE_CODE", "EDG_WL_SEQUENCE_CODE")
@@ -92,7 +92,7 @@ def events_help() -> str:
     """
     The text of C{-e help}: every event type and its fields (C{*} = required).
     """
-    from lbtwist.events import CATALOGUE
+    from lbtwist.core.events import CATALOGUE
 
     lines = ["Event types and their fields (* = required):"]
     for name in sorted(CATALOGUE, key=str.lower):
@@ -112,7 +112,7 @@ def sources_help() -> str:
     """
     The text of C{-s help}: every event source.
     """
-    from lbtwist.events import SOURCES
+    from lbtwist.core.events import SOURCES
 
     return "Event sources:\n" + "".join(f"  {name}\n" for name in SOURCES)
 
@@ -129,8 +129,8 @@ def check_seqcode(code: str, jobid: str, origin: str) -> str:
     @return: C{code}.
     @raise InvalidValue: the code is malformed.
     """
-    from lbtwist.jobid import JobId
-    from lbtwist.seqcode import GliteSeqCode
+    from lbtwist.core.jobid import JobId
+    from lbtwist.core.seqcode import GliteSeqCode
 
     try:
         GliteSeqCode.parse(code)
@@ -180,9 +180,9 @@ def build_event(
     @param ask: returns the job's last stored sequence code.
     @raise LBError: something is missing or invalid.
     """
-    from lbtwist.events import event_type, make_event, source_name
-    from lbtwist.jobid import JobId
-    from lbtwist.seqcode import next_seqcode
+    from lbtwist.core.events import event_type, make_event, source_name
+    from lbtwist.core.jobid import JobId
+    from lbtwist.core.seqcode import next_seqcode
 
     env: Mapping[str, str] = ctx.env
     jobid = args.jobid or env_first(env, *JOBID_ENV)

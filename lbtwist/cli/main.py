@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 The C{lbtwist} command: a dispatcher over subcommand modules.
 
@@ -20,7 +20,7 @@ from typing import NoReturn
 
 from lbtwist import __version__
 from lbtwist.cli.common import CLIContext
-from lbtwist.errors import LBError
+from lbtwist.core.errors import LBError
 
 COMMAND_MODULES: list[str] = [
     "lbtwist.cli.logevent",

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_client -*-
+# -*- test-case-name: tests.unit.test_client -*-
 """
 The commands that ask an L&B query server over HTTPS: C{lbtwist status} and
 C{lbtwist log} without C{--state-dir} (see L{lbtwist.cli.local}), C{lbtwist
@@ -20,7 +20,7 @@ from typing import Any
 from OpenSSL import SSL
 
 from lbtwist.cli.common import CLIContext, env_first
-from lbtwist.client import (
+from lbtwist.client.query import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SERVER,
     QueryClient,
@@ -32,7 +32,7 @@ from lbtwist.client import (
     event_line,
     find_credentials,
 )
-from lbtwist.jobid import QUERY_SERVER_ENV, parse_endpoint
+from lbtwist.core.jobid import QUERY_SERVER_ENV, parse_endpoint
 
 Query = Callable[[QueryClient], Coroutine[Any, Any, int]]
 
@@ -115,7 +115,7 @@ async def query_status(client: QueryClient, args: argparse.Namespace, ctx: CLICo
     that fails gets its error line and the exit status 1.
     """
     from lbtwist.cli.replay import format_status_text
-    from lbtwist.states.status import JobStatus, public_dict
+    from lbtwist.core.states.status import JobStatus, public_dict
 
     failed = False
     for jobid in args.jobids:
@@ -161,7 +161,7 @@ def jobs_server(args: argparse.Namespace, ctx: CLIContext) -> tuple[str, int]:
     The server C{lbtwist jobs} asks: C{--endpoint}, the environment, else
     L{DEFAULT_SERVER}.
     """
-    from lbtwist.errors import LBError
+    from lbtwist.core.errors import LBError
 
     text = args.endpoint or env_first(ctx.env, *QUERY_SERVER_ENV) or DEFAULT_SERVER
     try:
@@ -226,7 +226,7 @@ def handle_jobs(args: argparse.Namespace, ctx: CLIContext) -> int:
 
 
 def handle_certs_dev(args: argparse.Namespace, ctx: CLIContext) -> int:
-    from lbtwist.devcerts import main_certs_dev
+    from lbtwist.security.devcerts import main_certs_dev
 
     return main_certs_dev([args.directory], now=_now(ctx), out=ctx.stdout, err=ctx.stderr)
 

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_cli -*-
+# -*- test-case-name: tests.unit.test_cli -*-
 """
 C{lbtwist replay}: offline, compute job states from ULM or dump lines.
 """
@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import attrs
 
 from lbtwist.cli.common import CLIContext
-from lbtwist.errors import BROKEN_ULM, LBError
+from lbtwist.core.errors import BROKEN_ULM, LBError
 
 if TYPE_CHECKING:
-    from lbtwist.events import Event
-    from lbtwist.states.status import JobStatus
+    from lbtwist.core.events import Event
+    from lbtwist.core.states.status import JobStatus
 
 #: The prefix of a line in L&B dump format.
 DUMP_PREFIX = "DG.ARRIVED="
@@ -52,8 +52,8 @@ def _core() -> tuple[Callable[[str], Event], Callable[[str], int]]:
     C{parse_event} and C{parse_date}, imported on first use (the CLI starts
     without the catalogue) and once only (an import per line costs a few us).
     """
-    from lbtwist.events import parse_event
-    from lbtwist.ulm import parse_date
+    from lbtwist.core.events import parse_event
+    from lbtwist.core.ulm import parse_date
 
     return parse_event, parse_date
 
@@ -76,7 +76,7 @@ def parse_line(line: str) -> Event:
 def _with_arrived(ev: Event, arrived: int) -> Event:
     """
     C{ev.evolve(arrived=arrived)} at a third of the cost: every field of
-    L{Event} by name (L{tests.test_cli} checks the list is complete).
+    L{Event} by name (L{tests.unit.test_cli} checks the list is complete).
     """
     return ev.__class__(
         type=ev.type,
@@ -172,7 +172,7 @@ def format_status_text(status: JobStatus) -> str:
     """
     The C{glite-lb-job_status} text of C{status}, ending in a newline.
     """
-    from lbtwist.states.status import format_text
+    from lbtwist.core.states.status import format_text
 
     text = format_text(status)
     return text if text.endswith("\n") else f"{text}\n"
@@ -182,7 +182,7 @@ def status_json(status: JobStatus) -> str:
     """
     One line of JSON for C{status}: its public fields.
     """
-    from lbtwist.states.status import public_dict
+    from lbtwist.core.states.status import public_dict
 
     data: dict[str, Any] = public_dict(status)
     return _encode_json(data)
@@ -192,7 +192,7 @@ def write_statuses(result: ReplayResult, ctx: CLIContext, as_json: bool) -> None
     """
     Compute and print the status of every job of C{result}.
     """
-    from lbtwist.states import compute_status
+    from lbtwist.core.states import compute_status
 
     first = True
     for events in result.jobs.values():
@@ -210,7 +210,9 @@ def example_lines() -> list[str]:
     """
     The lines of the bundled example stream.
     """
-    return importlib.resources.files("lbtwist").joinpath(EXAMPLE).read_text("utf-8").splitlines()
+    return (
+        importlib.resources.files("lbtwist.core").joinpath(EXAMPLE).read_text("utf-8").splitlines()
+    )
 
 
 def handle(args: argparse.Namespace, ctx: CLIContext) -> int:

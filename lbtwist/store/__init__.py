@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store -*-
 """
 Durable storage of events, job states, CREAM id mappings and the relay outbox.
 

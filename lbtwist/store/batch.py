@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store -*-
 """
 The commit-group logic every store backend shares.
 
@@ -8,14 +8,27 @@ incremental-or-recompute status rule and the generation of gLite events for WMS 
 a backend writes the plan in one transaction. L{GroupCommit} queues C{store()} calls
 while a commit runs, so that they all share the next transaction.
 
+Late events (sorting before the last one folded into a job's status) do not make the
+job's status a fold of all its events: every L{CHECKPOINT_EVERY} events in ordering-key
+order the status is kept as a checkpoint (stored with the job), and a late event refolds
+from the nearest checkpoint before it, reading only the events after that checkpoint in
+key order (the stores keep each event's encoded key, L{encode_key}, indexed). A refold
+folds at most C{refold_slice} events per commit group; one that needs more goes on in
+the next groups (L{GroupCommit} runs empty ones while refolds are pending), the job's
+stored status staying the one it had until the refold completes. An event dated more
+than C{max_future_skew} ahead of its arrival is ordered as if dated at its arrival.
+
 Nothing here touches the reactor or the clock: arrival times come in with the items.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import struct
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from types import SimpleNamespace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -24,12 +37,21 @@ from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist.errors import LBError, TryAgain
-from lbtwist.events import PRIO_DIRECT, PRIO_INTERNAL, Event, format_event, parse_event
-from lbtwist.states import advance, compute_status
-from lbtwist.states.status import JobStatus, format_iso
+from lbtwist.core.errors import AlreadyExists, LBError, TryAgain
+from lbtwist.core.events import (
+    PRIO_DIRECT,
+    PRIO_EXCL,
+    PRIO_INTERNAL,
+    Event,
+    format_event,
+    parse_event,
+)
+from lbtwist.core.seqcode import ordering_key
+from lbtwist.core.states import advance_key, fold, machine_for
+from lbtwist.core.states.status import MACHINE_GLITE, JobStatus, format_iso
+from lbtwist.core.translate import generate_events
+from lbtwist.security.identity import same_dn
 from lbtwist.store.interface import OutboxEntry, StoreResult
-from lbtwist.translate import generate_events
 
 log = Logger()
 
@@ -47,6 +69,78 @@ Identity = tuple[str, str, str, int, str, str, str]
 #: Relay destinations remembered by L{BatchProcessor.relay_destination}.
 _DESTINATIONS_SIZE = 1 << 16
 _UNKNOWN = "\0unknown"
+
+#: Default: a status checkpoint every this many events of a job (in key order).
+CHECKPOINT_EVERY = 256
+
+#: Default most events one commit group folds for late events (all jobs together).
+REFOLD_SLICE = 100
+
+#: Default of the service's C{--max-future-skew}: most microseconds an event's DATE
+#: may lie ahead of its arrival and still order it (one day).
+MAX_FUTURE_SKEW = 86_400 * 1_000_000
+
+#: Jobs remembered as already logged for a future-dated event.
+_FUTURE_LOGGED_SIZE = 4096
+
+#: Microseconds (of arrival time) between two log lines about future-dated events.
+_FUTURE_LOG_INTERVAL = 1_000_000
+
+#: Above this many events a job's duplicate keys are kept as a set, not as bytes.
+_KEYS_AS_SET = 64
+
+_KEY_PART = struct.Struct(">HQ")
+_U64 = 1 << 64
+
+
+def encode_key(key: Sequence[int]) -> bytes:
+    """
+    An ordering key as bytes that compare as the key does (the stores index it).
+
+    Each int is a 2-byte tag then its magnitude: 8 bytes for C{-2**64 < n < 2**64},
+    more (and a tag that sorts accordingly) beyond; negative ints are complemented.
+    """
+    out = []
+    pack = _KEY_PART.pack
+    for n in key:
+        if 0 <= n < _U64:
+            out.append(pack(0x8008, n))
+        elif -_U64 < n < 0:
+            out.append(pack(0x7FF8, _U64 - 1 + n))
+        else:
+            size = max(8, ((-n if n < 0 else n).bit_length() + 7) // 8)
+            if n >= 0:
+                out.append((0x8000 + size).to_bytes(2, "big") + n.to_bytes(size, "big"))
+            else:
+                body = (1 << (8 * size)) - 1 + n
+                out.append((0x8000 - size).to_bytes(2, "big") + body.to_bytes(size, "big"))
+    return b"".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _key_format(count: int) -> struct.Struct:
+    return struct.Struct(">" + "HQ" * count)
+
+
+def decode_key(data: bytes) -> list[int]:
+    """
+    The inverse of L{encode_key}.
+    """
+    count, rest = divmod(len(data), 10)
+    if not rest:
+        parts = _key_format(count).unpack(data)
+        tags = parts[0::2]
+        if tags.count(0x8008) == count:
+            return list(parts[1::2])
+    key = []
+    at = 0
+    while at < len(data):
+        tag = int.from_bytes(data[at : at + 2], "big")
+        size = tag - 0x8000 if tag >= 0x8000 else 0x8000 - tag
+        body = int.from_bytes(data[at + 2 : at + 2 + size], "big")
+        key.append(body if tag >= 0x8000 else body - (1 << (8 * size)) + 1)
+        at += 2 + size
+    return key
 
 
 def identity(ev: Event) -> Identity:
@@ -114,6 +208,8 @@ class NewEvent:
     line: str
     event: Event
     dupkey: int
+    #: The event's ordering key, L{encode_key}d.
+    okey: bytes = b""
 
 
 @attrs.frozen
@@ -129,6 +225,21 @@ class JobRow:
     last_update: str | None
     machine: str | None
     nevents: int
+    status_json: str
+    #: A refold of the job's status is pending (the status is not yet a fold of all
+    #: its events); it resumes from the job's last checkpoint after a restart.
+    refold: bool = False
+
+
+@attrs.frozen
+class CheckpointRow:
+    """
+    A job's status after its events up to C{okey} (ordering-key order), C{position} of them.
+    """
+
+    jobid: str
+    okey: bytes
+    position: int
     status_json: str
 
 
@@ -163,6 +274,10 @@ class BatchPlan:
     jobs: list[JobRow] = attrs.Factory(list)
     mappings: list[MappingRow] = attrs.Factory(list)
     outbox: list[OutboxRow] = attrs.Factory(list)
+    #: C{(jobid, okey)}: drop the job's checkpoints after C{okey} (before adding
+    #: L{checkpoints}).
+    cuts: list[tuple[str, bytes]] = attrs.Factory(list)
+    checkpoints: list[CheckpointRow] = attrs.Factory(list)
 
 
 class StoreBackend(Protocol):
@@ -193,6 +308,19 @@ class StoreBackend(Protocol):
     # Optional: C{load_dupkeys(jobid) -> list[int]}, the duplicate keys of every
     # stored event of a job. A backend that has it spares a duplicate lookup per
     # event for jobs loaded from storage.
+    #
+    # Optional: C{find_dated(jobid, date, key) -> list[Identity]}, L{find_identities}
+    # of the events with that DATE too (the SQLite store indexes DATE, not the key).
+    #
+    # Optional (late events; without them a late event reads all the job's events):
+    # C{load_after(jobid, okey, limit) -> list[tuple[bytes, str]]}: C{(okey, line)} of
+    # at most C{limit} of the job's events with a key above C{okey}, in key order;
+    # C{checkpoint_before(jobid, before, upto) -> tuple[bytes, dict] | None}: the
+    # job's last checkpoint with a key below C{before} (C{None}: any) and not above
+    # C{upto} (C{None}: any), as its key and status (JSON dict);
+    # C{first_regjob(jobid) -> tuple[bytes, str] | None}: key and line of the job's
+    # RegJob with the lowest key; C{refold_jobs() -> list[str]}: jobs whose refold
+    # is pending.
 
     def write(self, plan: BatchPlan) -> None:
         """
@@ -216,11 +344,31 @@ class _JobWork:
     committed: int
     new: list[NewEvent] = attrs.Factory(list)
     seen: set[Identity] = attrs.Factory(set)
-    #: Duplicate keys of all the job's events (8 bytes each, see L{_key_bytes}),
-    #: C{None} when not known: then every event needs a lookup in the backend.
-    keys: bytes | None = None
+    #: Duplicate keys of all the job's events: 8 bytes each (see L{_key_bytes}) for
+    #: small jobs, a set past L{_KEYS_AS_SET}; C{None} when not known: then every
+    #: event needs a lookup in the backend.
+    keys: bytes | set[int] | None = None
     #: Relay destination, C{""} for a local job, C{None} until computed.
     destination: str | None = None
+    #: Stored checkpoints after this key are dropped by this group (C{None}: none are).
+    cut: bytes | None = None
+    #: Checkpoints made in this group, in key order (all after L{cut}).
+    checkpoints: list[tuple[bytes, int, JobStatus]] = attrs.Factory(list)
+    #: The status changed without a new event (a refold went on or completed).
+    changed: bool = False
+    #: Events its refold may still fold in this group (C{None}: the processor's slice).
+    budget: int | None = None
+
+
+@attrs.define
+class _Refold:
+    """
+    A refold in progress: C{status} is the fold of the job's events up to C{okey};
+    C{status} C{None} resumes from the job's last checkpoint.
+    """
+
+    status: JobStatus | None
+    okey: bytes = b""
 
 
 class BatchProcessor:
@@ -243,18 +391,50 @@ class BatchProcessor:
         local_endpoints: Iterable[tuple[str, int]],
         proxy_host: str,
         cache_size: int = 100_000,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        refold_slice: int = REFOLD_SLICE,
+        max_future_skew: int | None = None,
     ) -> None:
+        """
+        @param checkpoint_every: a status checkpoint every this many events of a job.
+        @param refold_slice: most events one commit group folds for late events.
+        @param max_future_skew: microseconds an event's DATE may lie ahead of its
+            arrival and still order it; later ones are ordered as dated at arrival.
+            C{None} (tests whose clocks start at 0): no limit. The service passes
+            its C{--max-future-skew} (default L{MAX_FUTURE_SKEW}).
+        """
+        if checkpoint_every < 1 or refold_slice < 1:
+            raise ValueError("checkpoint_every and refold_slice must be positive")
+        if max_future_skew is not None and max_future_skew < 0:
+            raise ValueError("max_future_skew must not be negative")
         self._backend = backend
         self.relay = relay
         self.local_endpoints = frozenset(local_endpoints)
         self.proxy_host = proxy_host
         # jobid -> (status, event count, duplicate keys of its events or None)
-        self._cache: OrderedDict[str, tuple[JobStatus, int, bytes | None]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[JobStatus, int, bytes | set[int] | None]] = (
+            OrderedDict()
+        )
         self._cache_size = cache_size
         self._next_id = backend.max_event_id() + 1
+        self.checkpoint_every = checkpoint_every
+        self.refold_slice = refold_slice
+        self.max_future_skew = max_future_skew
+        # Jobs whose status is being refolded (persisted: the jobs' refold flag).
+        self._refolds: dict[str, _Refold] = {
+            jobid: _Refold(None) for jobid in getattr(backend, "refold_jobs", list)()
+        }
+        self._budget = 0
+        # The last group failed: no background groups until one succeeds.
+        self._stalled = False
+        self._future_logged: OrderedDict[str, None] = OrderedDict()
+        self._future_log_at = -_FUTURE_LOG_INTERVAL
+        self._future_suppressed = 0
         self.reparsed = 0
         self.recomputes = 0
         self.lookups = 0
+        #: Events folded by refolds.
+        self.refolded = 0
         self._destinations: dict[str, str | None] = {}
         self._destinations_for: frozenset[tuple[str, int]] | None = None
 
@@ -292,9 +472,10 @@ class BatchProcessor:
         Store one commit group: C{(line, event, arrived)} items.
         """
         touched: dict[str, _JobWork] = {}
+        self._budget = self.refold_slice
         try:
             plan = BatchPlan()
-            outcome: list[tuple[str, int | None]] = []
+            outcome: list[tuple[str, int | LBError | None]] = []
             for line, ev, arrived in items:
                 work = touched.get(ev.jobid)
                 if work is None:
@@ -304,31 +485,52 @@ class BatchProcessor:
                 if self._is_duplicate(ev.jobid, work, ident, key):
                     outcome.append((ev.jobid, None))
                     continue
+                refused = registration_conflict(work.status, ev)
+                if refused is not None:
+                    outcome.append((ev.jobid, refused))
+                    continue
                 seqno = self._add(plan, work, line, ev, arrived, ident, key)
                 outcome.append((ev.jobid, seqno))
+            self._refold_pending(touched)
             for jobid, work in touched.items():
-                if work.new:
-                    plan.jobs.append(_job_row(jobid, work))
-            if plan.events:
+                if work.new or work.changed:
+                    plan.jobs.append(_job_row(jobid, work, jobid in self._refolds))
+                    self._plan_checkpoints(plan, jobid, work)
+            if plan.jobs:
                 self._backend.write(plan)
         except Exception as e:
             for jobid in touched:
                 self._cache.pop(jobid, None)
+                if jobid in self._refolds:
+                    # Its fold may hold events not written: resume from what is stored.
+                    self._refolds[jobid] = _Refold(None)
+            self._stalled = True
             error = e if isinstance(e, LBError) else self._backend.translate_error(e)
             if error is None:
                 log.failure("unexpected store failure", Failure(e))
                 error = TryAgain(f"store failure: {e}")
             return [error] * len(items)
+        self._stalled = False
         for jobid, work in touched.items():
             self._remember(jobid, work.status, work.nevents, work.keys)
-        # advance() and compute_status() always make new statuses, so the cached
+        # advance_key() and refolds always make new statuses, so the cached
         # one is never changed and can be handed out as is (callers must not change it).
         return [
-            StoreResult(
+            seqno
+            if isinstance(seqno, LBError)
+            else StoreResult(
                 duplicate=seqno is None, jobid=jobid, seqno=seqno, status=touched[jobid].status
             )
             for jobid, seqno in outcome
         ]
+
+    def pending(self) -> bool:
+        """
+        Whether refolds are pending (then an empty commit group makes progress), and
+        the last group did not fail (a failing store is not retried in a loop: the
+        next events or a restart resume the refolds).
+        """
+        return bool(self._refolds) and not self._stalled
 
     def cached(self, jobid: str) -> JobStatus | None:
         """
@@ -338,7 +540,7 @@ class BatchProcessor:
         return entry[0] if entry is not None else None
 
     def _remember(
-        self, jobid: str, status: JobStatus, nevents: int, keys: bytes | None = None
+        self, jobid: str, status: JobStatus, nevents: int, keys: bytes | set[int] | None = None
     ) -> None:
         self._cache[jobid] = (status, nevents, keys)
         self._cache.move_to_end(jobid)
@@ -354,10 +556,14 @@ class BatchProcessor:
         if stored is None:
             return _JobWork(status=JobStatus(), nevents=0, committed=0, keys=b"")
         data, nevents = stored
-        keys: bytes | None = None
+        keys: bytes | set[int] | None = None
         load_dupkeys = getattr(self._backend, "load_dupkeys", None)
         if load_dupkeys is not None:
-            keys = b"".join(_key_bytes(k) for k in load_dupkeys(jobid))
+            stored_keys = load_dupkeys(jobid)
+            if len(stored_keys) > _KEYS_AS_SET:
+                keys = set(stored_keys)
+            else:
+                keys = b"".join(_key_bytes(k) for k in stored_keys)
         return _JobWork(
             status=status_from_json(data), nevents=nevents, committed=nevents, keys=keys
         )
@@ -367,9 +573,15 @@ class BatchProcessor:
             return True
         if work.committed == 0:
             return False
-        if work.keys is not None and not _has_key(work.keys, _key_bytes(key)):
+        keys = work.keys
+        if keys is not None and not (
+            key in keys if keys.__class__ is set else _has_key(keys, _key_bytes(key))  # type: ignore[arg-type,operator]
+        ):
             return False
         self.lookups += 1
+        find_dated = getattr(self._backend, "find_dated", None)
+        if find_dated is not None:
+            return ident in find_dated(jobid, ident[3], key)
         return ident in self._backend.find_identities(jobid, key)
 
     def _add(
@@ -384,6 +596,7 @@ class BatchProcessor:
     ) -> int:
         work.nevents += 1
         seqno = work.nevents
+        okey = self._ordering_key(ev, seqno, arrived)
         new = NewEvent(
             event_id=self._next_id,
             jobid=ev.jobid,
@@ -392,21 +605,58 @@ class BatchProcessor:
             line=line,
             event=ev,
             dupkey=key,
+            okey=encode_key(okey),
         )
         self._next_id += 1
         plan.events.append(new)
         work.new.append(new)
         work.seen.add(ident)
-        if work.keys is not None:
-            work.keys += _key_bytes(key)
+        keys = work.keys
+        if keys is not None:
+            if keys.__class__ is set:
+                keys.add(key)  # type: ignore[union-attr]
+            elif len(keys) < 8 * _KEYS_AS_SET:
+                work.keys = keys + _key_bytes(key)  # type: ignore[operator]
+            else:
+                work.keys = {*_split_keys(keys), key}  # type: ignore[arg-type]
         if work.destination is None:
             work.destination = self.relay_destination(ev.jobid) or ""
         if work.destination and not ev.priority & NO_RELAY:
             plan.outbox.append(OutboxRow(work.destination, new.event_id))
         if ev.type == "CREAMAccepted" and not ev.generated:
             self._map(plan, ev)
-        self._apply(plan, work, ev, seqno, arrived)
+        self._apply(plan, work, ev, okey, new.okey, arrived)
         return seqno
+
+    def _ordering_key(self, ev: Event, seqno: int, arrived: int) -> list[int]:
+        """
+        The event's ordering key; one dated more than the skew after its arrival
+        is ordered as if dated at its arrival (logged once per job).
+        """
+        skew = self.max_future_skew
+        if skew is None or ev.date - arrived <= skew:
+            return list(ordering_key(ev, seqno))
+        if ev.jobid not in self._future_logged:
+            if len(self._future_logged) >= _FUTURE_LOGGED_SIZE:
+                self._future_logged.popitem(last=False)
+            self._future_logged[ev.jobid] = None
+            # Once per job, and at most one line a second (by arrival time) for all jobs.
+            if arrived - self._future_log_at < _FUTURE_LOG_INTERVAL:
+                self._future_suppressed += 1
+            else:
+                self._future_log_at = arrived
+                suppressed, self._future_suppressed = self._future_suppressed, 0
+                log.warn(
+                    "event {type} of {jobid} dated {ahead} s ahead of its arrival: ordered"
+                    " as dated at arrival (further ones of this job not logged; other jobs'"
+                    " not logged since the last such line: {suppressed})",
+                    type=ev.type,
+                    jobid=ev.jobid,
+                    ahead=(ev.date - arrived) // 1_000_000,
+                    suppressed=suppressed,
+                )
+        at = SimpleNamespace(jobid=ev.jobid, seqcode=ev.seqcode, date=arrived)
+        return list(ordering_key(at, seqno))
 
     def _map(self, plan: BatchPlan, ev: Event) -> None:
         parts = split_jobid(ev.jobid)
@@ -415,46 +665,258 @@ class BatchProcessor:
             return
         plan.mappings.append(MappingRow(cream_key(local), local, ev.jobid))
 
-    def _apply(self, plan: BatchPlan, work: _JobWork, ev: Event, seqno: int, arrived: int) -> None:
+    def _apply(
+        self,
+        plan: BatchPlan,
+        work: _JobWork,
+        ev: Event,
+        key: list[int],
+        okey: bytes,
+        arrived: int,
+    ) -> None:
         # Only a proxy (the relaying role) generates gLite events: a server receives
         # the proxy's, and must not add its own.
         trigger = self.relay and not ev.generated and ev.type.startswith("CREAM")
         generated: list[Event] = []
+        jobid = ev.jobid
         try:
             before = work.status
-            after = advance(work.status, ev, seqno)
-            if after is None:
-                after = self._recompute(ev.jobid, work)
-            work.status = after
-            if trigger:
+            refold = self._refolds.get(jobid)
+            after = None if refold is not None else advance_key(before, ev, key)
+            if after is not None:
+                work.status = after
+                if after.event_count % self.checkpoint_every == 0:
+                    work.checkpoints.append((okey, after.event_count, after))
+            else:
+                self._late(jobid, work, ev, okey, refold)
+                # The refold runs once the group's events are in (_refold_pending),
+                # unless gLite events may be generated from its result (jobs on the
+                # gLite machine, or becoming so by this RegJob).
+                glite = before.machine == MACHINE_GLITE or (
+                    before.machine is None
+                    and ev.type == "RegJob"
+                    and machine_for(ev) == MACHINE_GLITE
+                )
+                if trigger and glite and refold is None and self._run_refold(jobid, work):
+                    after = work.status
+            if trigger and after is not None:
                 generated = generate_events(ev, before, after, proxy_host=self.proxy_host)
         except Exception:
             # The event is kept whatever the state machines make of it: CREAM's
             # events must not be lost.
-            log.failure("status of {jobid} not updated by {type}", jobid=ev.jobid, type=ev.type)
+            log.failure("status of {jobid} not updated by {type}", jobid=jobid, type=ev.type)
         for gen in generated:
             ident = identity(gen)
             if ident not in work.seen:
                 self._add(plan, work, format_event(gen), gen, arrived, ident, dupkey(ident))
 
-    def _recompute(self, jobid: str, work: _JobWork) -> JobStatus:
+    def _late(
+        self, jobid: str, work: _JobWork, ev: Event, okey: bytes, refold: _Refold | None
+    ) -> None:
+        """
+        Start (or move back) the job's refold for an event that cannot be folded in
+        at the end: from the nearest checkpoint before it, or from the start when it
+        is a RegJob that may change the job's machine.
+        """
+        if (
+            refold is not None
+            and refold.status is not None
+            and okey > refold.okey
+            and (ev.type != "RegJob" or refold.status.machine == machine_for(ev))
+        ):
+            return  # the refold in progress reaches it
         self.recomputes += 1
-        pairs: list[tuple[Event, int]] = []
-        if work.committed:
-            for seqno, line in self._backend.load_lines(jobid):
-                if seqno > work.committed:
-                    continue
-                self.reparsed += 1
+        if refold is not None and refold.status is None:
+            current = None
+        else:
+            current = refold.status if refold is not None else work.status
+        if ev.type == "RegJob" and (current is None or current.machine != machine_for(ev)):
+            found = None
+        else:
+            found = self._checkpoint_before(jobid, work, okey)
+        start = b"" if found is None else found[0]
+        if work.cut is None or start < work.cut:
+            work.cut = start
+        work.checkpoints = [cp for cp in work.checkpoints if cp[0] <= start]
+        if found is None:
+            status = JobStatus()
+            status.machine = self._first_machine(jobid, work)
+        else:
+            status = found[1].copy()
+        self._refolds[jobid] = _Refold(status, start)
+
+    def _checkpoint_before(
+        self, jobid: str, work: _JobWork, before: bytes | None
+    ) -> tuple[bytes, JobStatus] | None:
+        """
+        The job's last valid checkpoint with a key below C{before} (C{None}: any).
+        """
+        for okey, _, status in reversed(work.checkpoints):
+            if before is None or okey < before:
+                return okey, status
+        find = getattr(self._backend, "checkpoint_before", None)
+        if find is None:
+            return None
+        stored = find(jobid, before, work.cut)
+        if stored is None:
+            return None
+        return stored[0], status_from_json(stored[1])
+
+    def _first_machine(self, jobid: str, work: _JobWork) -> str | None:
+        """
+        The machine the job's RegJob with the lowest key picks.
+        """
+        best: tuple[bytes, Event] | None = None
+        first = getattr(self._backend, "first_regjob", None)
+        if first is not None and work.committed:
+            stored = first(jobid)
+            if stored is not None:
                 try:
-                    pairs.append((reparse(line), seqno))
+                    best = (stored[0], reparse(stored[1]))
                 except LBError:
-                    log.warn("stored event {seqno} of {jobid} unreadable", seqno=seqno, jobid=jobid)
-        pairs.extend((new.event, new.seqno) for new in work.new)
-        return compute_status(pairs)
+                    log.warn("stored RegJob of {jobid} unreadable", jobid=jobid)
+        elif work.committed:
+            for okey, line in self._load_after(jobid, b"", None):
+                ev = self._reparse(jobid, line)
+                if ev is not None and ev.type == "RegJob":
+                    best = (okey, ev)
+                    break
+        for new in work.new:
+            if new.event.type == "RegJob" and (best is None or new.okey < best[0]):
+                best = (new.okey, new.event)
+        return None if best is None else machine_for(best[1])
+
+    def _run_refold(self, jobid: str, work: _JobWork) -> bool:
+        """
+        Go on with the job's refold for at most the job's remaining budget in this group.
+
+        @return: whether it completed (the job's status is then a fold of all its events).
+        """
+        refold = self._refolds[jobid]
+        if refold.status is None:
+            found = self._checkpoint_before(jobid, work, None)
+            if found is None:
+                refold.status = JobStatus()
+                refold.status.machine = self._first_machine(jobid, work)
+                refold.okey = b""
+            else:
+                refold.okey, status = found
+                refold.status = status.copy()
+        if work.budget is None:
+            work.budget = self.refold_slice
+        limit = work.budget
+        if limit <= 0:
+            return False
+        status, after = refold.status, refold.okey
+        stored = self._load_after(jobid, after, limit + 1) if work.committed else []
+        new = sorted((n.okey, n.seqno, n.event) for n in work.new if n.okey > after)
+        folded = 0
+        i = j = 0
+        every = self.checkpoint_every
+        try:
+            while folded < limit and (i < len(stored) or j < len(new)):
+                if j >= len(new) or (i < len(stored) and stored[i][0] < new[j][0]):
+                    okey, line = stored[i]
+                    i += 1
+                    after = okey
+                    event = self._reparse(jobid, line)
+                    if event is None:
+                        continue
+                else:
+                    okey, _, event = new[j]
+                    j += 1
+                    after = okey
+                folded += 1
+                key = decode_key(okey)
+                try:
+                    fold(status, event, key)
+                except Exception:
+                    log.failure(
+                        "status of {jobid} not updated by {type}", jobid=jobid, type=event.type
+                    )
+                if status.event_count % every == 0:
+                    work.checkpoints.append((okey, status.event_count, status.copy()))
+        except BaseException:
+            refold.status = None  # resume from the last checkpoint
+            raise
+        work.budget -= folded
+        self.refolded += folded
+        work.changed = True
+        if i < len(stored) or j < len(new) or len(stored) > limit:
+            refold.okey = after
+            return False
+        del self._refolds[jobid]
+        work.status = status
+        return True
+
+    def _refold_pending(self, touched: dict[str, _JobWork]) -> None:
+        """
+        Go on with pending refolds: those of the jobs in this group, then others
+        within one shared slice.
+        """
+        for jobid in list(self._refolds):
+            work = touched.get(jobid)
+            if work is None:
+                if self._budget <= 0:
+                    continue
+                work = touched[jobid] = self._load(jobid)
+                work.budget = self._budget
+                self._run_refold(jobid, work)
+                self._budget = work.budget
+            else:
+                self._run_refold(jobid, work)
+
+    def _plan_checkpoints(self, plan: BatchPlan, jobid: str, work: _JobWork) -> None:
+        if work.cut is not None:
+            plan.cuts.append((jobid, work.cut))
+        for okey, position, status in work.checkpoints:
+            plan.checkpoints.append(CheckpointRow(jobid, okey, position, status.to_json()))
+
+    def _load_after(self, jobid: str, okey: bytes, limit: int | None) -> list[tuple[bytes, str]]:
+        load = getattr(self._backend, "load_after", None)
+        if load is not None and limit is not None:
+            return load(jobid, okey, limit)  # type: ignore[no-any-return]
+        # A backend without keys: every line, keyed by its DATE as logged.
+        rows = []
+        for seqno, line in self._backend.load_lines(jobid):
+            ev = self._reparse(jobid, line)
+            if ev is not None:
+                key = encode_key(ordering_key(ev, seqno))
+                if key > okey:
+                    rows.append((key, line))
+        rows.sort()
+        return rows if limit is None else rows[:limit]
+
+    def _reparse(self, jobid: str, line: str) -> Event | None:
+        self.reparsed += 1
+        try:
+            return reparse(line)
+        except LBError:
+            log.warn("stored event of {jobid} unreadable", jobid=jobid)
+            return None
+
+
+def registration_conflict(status: JobStatus, ev: Event) -> AlreadyExists | None:
+    """
+    A RegJob that a registered job (one with an owner) refuses, after the
+    duplicate check: one with the EXCL priority flag, or one naming another
+    owner (a later RegJob never changes the owner). C{None}: go ahead.
+    """
+    if ev.type != "RegJob" or not status.owner:
+        return None
+    if ev.priority & PRIO_EXCL:
+        return AlreadyExists(f"job {ev.jobid} is already registered (exclusive registration)")
+    if not ev.user or not same_dn(status.owner, ev.user):
+        return AlreadyExists(f"job {ev.jobid} is already registered to another owner")
+    return None
 
 
 def _key_bytes(key: int) -> bytes:
     return key.to_bytes(8, "big", signed=True)
+
+
+def _split_keys(keys: bytes) -> list[int]:
+    return [int.from_bytes(keys[i : i + 8], "big", signed=True) for i in range(0, len(keys), 8)]
 
 
 def _has_key(keys: bytes, key: bytes) -> bool:
@@ -469,7 +931,7 @@ def _has_key(keys: bytes, key: bytes) -> bool:
     return False
 
 
-def _job_row(jobid: str, work: _JobWork) -> JobRow:
+def _job_row(jobid: str, work: _JobWork, refold: bool = False) -> JobRow:
     status = work.status
     updated = status.lastUpdateTime
     return JobRow(
@@ -481,6 +943,7 @@ def _job_row(jobid: str, work: _JobWork) -> JobRow:
         machine=_text(status.machine),
         nevents=work.nevents,
         status_json=status.to_json(),
+        refold=refold,
     )
 
 
@@ -503,7 +966,9 @@ def run_now(work: Callable[[], Any]) -> Deferred[Any]:
 class GroupCommit:
     """
     Commit groups without timers: a commit starts at once when none is running;
-    items submitted while one runs all go into the next one.
+    items submitted while one runs all go into the next one. While C{pending()}
+    says there is background work (refolds), an empty group follows on the next
+    reactor turn (so waiting items always go first).
 
     @ivar commits: number of commit groups started.
     """
@@ -513,14 +978,28 @@ class GroupCommit:
         clock: Any,
         process: Callable[[list[tuple[str, Event, int]]], list[StoreResult | LBError]],
         runner: Runner,
+        pending: Callable[[], bool] | None = None,
     ) -> None:
         self._clock = clock
         self._process = process
         self._runner = runner
+        self._pending = pending
         self._queue: list[tuple[list[tuple[str, Event, int]], Deferred[list[Any]]]] = []
         self._running = False
         self._idle: list[Deferred[None]] = []
+        self._background: Any = None
+        self._stopped = False
         self.commits = 0
+
+    def stop(self) -> None:
+        """
+        Run no more background groups (the store is closing; pending refolds resume
+        after a restart).
+        """
+        self._stopped = True
+        if self._background is not None and self._background.active():
+            self._background.cancel()
+        self._background = None
 
     def submit(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
         """
@@ -547,8 +1026,27 @@ class GroupCommit:
             d.callback(None)
         return d
 
-    def _next(self) -> None:
-        if not self._queue:
+    def kick(self) -> None:
+        """
+        Start the background groups if refolds are pending (a store opened on them).
+        """
+        if not self._running and not self._queue:
+            self._next()
+
+    def _later(self) -> None:
+        self._background = None
+        if not self._running and not self._stopped:
+            self._next(background=True)
+
+    def _next(self, background: bool = False) -> None:
+        if not self._queue and not background:
+            if (
+                self._pending is not None
+                and not self._stopped
+                and self._background is None
+                and self._pending()
+            ):
+                self._background = self._clock.callLater(0, self._later)
             idle, self._idle = self._idle, []
             for d in idle:
                 d.callback(None)

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store -*-
 """
 The event store interface and the values it hands out.
 
@@ -16,8 +16,8 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from lbtwist.events import Event
-    from lbtwist.states.status import JobStatus
+    from lbtwist.core.events import Event
+    from lbtwist.core.states.status import JobStatus
     from lbtwist.store.query import JobQuery
 
 
@@ -166,6 +166,14 @@ class IEventStore(Interface):
         which a producer without a code of its own continues from.
 
         @return: C{Deferred[str | None]}, C{None} for a job without events.
+        """
+
+    def events_range(jobid: str, after: int, limit: int) -> object:
+        """
+        A bounded read of a job's history, for paging: at most C{limit} events
+        whose arrival number (C{seqno}) is above C{after}.
+
+        @return: C{Deferred[list[StoredEvent]]} by arrival number.
         """
 
     def resolve(jobid: str) -> object:

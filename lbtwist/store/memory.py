@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_store -*-
+# -*- test-case-name: tests.unit.test_store -*-
 """
 An in-memory event store for unit tests: the same rules as the SQLite store
 (they share L{lbtwist.store.batch}), no disk.
@@ -6,8 +6,10 @@ An in-memory event store for unit tests: the same rules as the SQLite store
 
 from __future__ import annotations
 
+import bisect
 import json
 import socket
+from bisect import bisect_right
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,9 +18,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from lbtwist.errors import LBError
-from lbtwist.seqcode import ordering_key
-from lbtwist.states.status import JobStatus
+from lbtwist.core.errors import LBError
+from lbtwist.core.states.status import JobStatus
 from lbtwist.store.batch import (
     BatchPlan,
     BatchProcessor,
@@ -65,6 +66,10 @@ class MemoryBackend:
     def __init__(self) -> None:
         self.events: list[NewEvent] = []
         self.by_job: dict[str, list[NewEvent]] = {}
+        #: Each job's events in ordering-key order.
+        self.by_key: dict[str, list[NewEvent]] = {}
+        #: Each job's checkpoints in key order: C{(okey, position, status JSON)}.
+        self.checkpoints: dict[str, list[tuple[bytes, int, str]]] = {}
         self.jobs: dict[str, tuple[dict[str, Any], int, Any]] = {}
         self.mapping: dict[str, str] = {}
         self.outbox: list[OutboxEntry] = []
@@ -86,8 +91,37 @@ class MemoryBackend:
     def find_identities(self, jobid: str, key: int) -> list[Identity]:
         return [identity(new.event) for new in self.by_job.get(jobid, []) if new.dupkey == key]
 
+    def find_dated(self, jobid: str, date: int, key: int) -> list[Identity]:
+        return [
+            identity(new.event)
+            for new in self.by_job.get(jobid, [])
+            if new.dupkey == key and new.event.date == date
+        ]
+
     def load_dupkeys(self, jobid: str) -> list[int]:
         return [new.dupkey for new in self.by_job.get(jobid, [])]
+
+    def load_after(self, jobid: str, okey: bytes, limit: int) -> list[tuple[bytes, str]]:
+        news = self.by_key.get(jobid, [])
+        at = bisect.bisect_right(news, okey, key=_okey)
+        return [(new.okey, new.line) for new in news[at : at + limit]]
+
+    def checkpoint_before(
+        self, jobid: str, before: bytes | None, upto: bytes | None
+    ) -> tuple[bytes, dict[str, Any]] | None:
+        for okey, _, text in reversed(self.checkpoints.get(jobid, [])):
+            if (before is None or okey < before) and (upto is None or okey <= upto):
+                return okey, json.loads(text)
+        return None
+
+    def first_regjob(self, jobid: str) -> tuple[bytes, str] | None:
+        for new in self.by_key.get(jobid, []):
+            if new.event.type == "RegJob":
+                return new.okey, new.line
+        return None
+
+    def refold_jobs(self) -> list[str]:
+        return [jobid for jobid, (_, _, row) in self.jobs.items() if row.refold]
 
     def write(self, plan: BatchPlan) -> None:
         if self.fail_next is not None:
@@ -97,9 +131,22 @@ class MemoryBackend:
         for new in plan.events:
             self.events.append(new)
             self.by_job.setdefault(new.jobid, []).append(new)
+            ordered = self.by_key.setdefault(new.jobid, [])
+            if not ordered or ordered[-1].okey < new.okey:
+                ordered.append(new)
+            else:
+                bisect.insort(ordered, new, key=_okey)
             by_id[new.event_id] = new
         for row in plan.jobs:
             self.jobs[row.jobid] = (json.loads(row.status_json), row.nevents, row)
+        for jobid, cut in plan.cuts:
+            kept = self.checkpoints.get(jobid, [])
+            self.checkpoints[jobid] = [cp for cp in kept if cp[0] <= cut]
+        for cp in plan.checkpoints:
+            kept = [c for c in self.checkpoints.get(cp.jobid, []) if c[0] != cp.okey]
+            kept.append((cp.okey, cp.position, cp.status_json))
+            kept.sort()
+            self.checkpoints[cp.jobid] = kept
         for mapping in plan.mappings:
             self.mapping[mapping.cream_key] = mapping.glite_id
         for out in plan.outbox:
@@ -147,6 +194,10 @@ class MemoryBackend:
         return None
 
 
+def _okey(new: NewEvent) -> bytes:
+    return new.okey
+
+
 def _stored(new: NewEvent) -> StoredEvent:
     return StoredEvent(new.jobid, new.seqno, new.arrived, new.line, new.event)
 
@@ -168,7 +219,12 @@ class MemoryStore(GroupedWrites):
         local_endpoints: Iterable[tuple[str, int]] = (),
         proxy_host: str | None = None,
         runner: Runner = run_now,
+        **tuning: int,
     ) -> None:
+        """
+        @param tuning: C{checkpoint_every}, C{refold_slice}, C{max_future_skew} of
+            L{BatchProcessor}.
+        """
         self.relay = relay
         self.backend = MemoryBackend()
         self.processor = BatchProcessor(
@@ -176,9 +232,12 @@ class MemoryStore(GroupedWrites):
             relay=relay,
             local_endpoints=local_endpoints,
             proxy_host=proxy_host or socket.getfqdn(),
+            **tuning,
         )
         self.clock = clock or Clock()
-        self._commit = GroupCommit(self.clock, self.processor.process, runner)
+        self._commit = GroupCommit(
+            self.clock, self.processor.process, runner, self.processor.pending
+        )
         self._notifier = CommitNotifier(self.processor)
         self._outbox = OutboxWriter(self.clock, runner, self.backend.outbox_done)
         self._closed = False
@@ -188,16 +247,18 @@ class MemoryStore(GroupedWrites):
         return succeed(None if row is None else status_from_json(row[0]))
 
     def events(self, jobid: str) -> Deferred[list[StoredEvent]]:
-        news = sorted(
-            self.backend.by_job.get(jobid, []), key=lambda n: ordering_key(n.event, n.seqno)
-        )
-        return succeed([_stored(new) for new in news])
+        return succeed([_stored(new) for new in self.backend.by_key.get(jobid, [])])
+
+    def events_range(self, jobid: str, after: int, limit: int) -> Deferred[list[StoredEvent]]:
+        news = self.backend.by_job.get(jobid, [])
+        start = bisect_right(news, after, key=lambda n: n.seqno)
+        return succeed([_stored(new) for new in news[start : start + max(limit, 0)]])
 
     def last_seqcode(self, jobid: str) -> Deferred[str | None]:
         news = self.backend.by_job.get(jobid)
         if not news:
             return succeed(None)
-        return succeed(max(news, key=lambda n: ordering_key(n.event, n.seqno)).event.seqcode)
+        return succeed(max(news, key=lambda n: n.okey).event.seqcode)
 
     def resolve(self, jobid: str) -> Deferred[str | None]:
         return succeed(self.backend.mapping.get(cream_key(jobid)))
@@ -296,6 +357,7 @@ class MemoryStore(GroupedWrites):
 
     def close(self) -> Deferred[None]:
         self._closed = True
+        self._commit.stop()
         d = self._commit.when_idle()
         d.addCallback(lambda _: self._outbox.when_idle())
         return d

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_web_conditions -*-
+# -*- test-case-name: tests.unit.test_web_conditions -*-
 """
 Job list queries: the filter values the stores accept, and how each store applies them.
 
@@ -19,8 +19,8 @@ from typing import Any
 
 import attrs
 
-from lbtwist.identity import normalize_dn
-from lbtwist.states.status import format_iso
+from lbtwist.core.states.status import format_iso
+from lbtwist.security.identity import normalize_dn
 
 #: Comparison operators of L&B's condition syntax.
 OPERATORS: tuple[str, ...] = ("=", "!=", "<", ">", "<=", ">=")

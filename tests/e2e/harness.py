@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 
 import attrs
 
-from lbtwist import ilproto
+from lbtwist.core import ilproto
 
 BIN_DIR = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN_DIR, "twistd")

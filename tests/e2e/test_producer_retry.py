@@ -19,7 +19,7 @@ import time
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.producer import LBProducer
+from lbtwist.client.producer import LBProducer
 from tests.e2e import harness
 from tests.e2e.harness import LBService, dump_lines, field_map, glite_seqcode, run_lbtwist
 

@@ -314,8 +314,8 @@ class DevCertificateTests(SynchronousTestCase):
     """
 
     def test_dev_pki_status(self) -> None:
-        from lbtwist.devcerts import USER_NAME
-        from lbtwist.identity import slash_dn
+        from lbtwist.security.devcerts import USER_NAME
+        from lbtwist.security.identity import slash_dn
 
         base = Path(tempfile.mkdtemp(prefix="lbtwist-dev-"))
         self.addCleanup(shutil.rmtree, base, True)

@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.devcerts import make_dev_pki
-from lbtwist.identity import slash_dn
+from lbtwist.security.devcerts import make_dev_pki
+from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
 
 LB_HOST = "lb.example.org"

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_tap -*-
+# -*- test-case-name: tests.unit.test_tap -*-
 """
 The C{twistd lbproxy} and C{twistd lbserver} plugins; all logic lives in L{lbtwist.tap}.
 """

@@ -1,0 +1,456 @@
+# -*- test-case-name: tests.unit.test_web -*-
+"""
+The HTTPS query service: L{make_site} builds the twisted.web site,
+L{make_query_service} the TLS listener around it (with the development PKI
+when no host certificate is configured).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
+from twisted.application.service import IService
+from twisted.logger import Logger, LogLevel
+from twisted.python.logfile import LogFile
+from twisted.web.http import HTTPChannel, combinedLogFormatter
+from twisted.web.server import Request, Site
+
+from lbtwist.config import (
+    DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_REQUEST_LINE,
+    DEFAULT_QUERY_IDLE_TIMEOUT,
+)
+from lbtwist.security.authz import Policy
+from lbtwist.security.identity import PeerIdentity
+from lbtwist.security.tls import RefusalLog, quote_for_log
+from lbtwist.service.web.render import error_body
+from lbtwist.service.web.resources import DEFAULT_PAGE_EVENTS, Identify, QueryResource
+
+log = Logger()
+
+#: Seconds an idle HTTP connection is kept (the TLS port closes it too).
+IDLE_TIMEOUT = DEFAULT_QUERY_IDLE_TIMEOUT
+
+#: The query service's access log (combined log format, one line per request) in
+#: the state directory, rotated at C{ACCESS_LOG_ROTATE} bytes, C{ACCESS_LOG_KEEP}
+#: old files kept. Written to its own file: a line per request through twistd's
+#: log cost about a quarter of the CPU of a status request. Lines reach the file
+#: within C{ACCESS_LOG_DELAY} seconds (a crash loses at most that much).
+ACCESS_LOG = "query-access.log"
+ACCESS_LOG_ROTATE = 10_000_000
+ACCESS_LOG_KEEP = 5
+
+
+#: Seconds access log lines wait in memory before they are written, at most.
+ACCESS_LOG_DELAY = 1.0
+#: Characters of waiting lines that are written at once.
+ACCESS_LOG_BUFFER = 64 * 1024
+
+
+class BufferedLog:
+    """
+    Lines written to a file in batches: at most C{delay} seconds after the first
+    waiting one, when C{limit} characters wait, and on L{close}.
+
+    @param file: has C{write(str)} and C{close()} (a L{LogFile}).
+    @param clock: provides C{callLater}.
+    """
+
+    def __init__(
+        self,
+        file: Any,
+        clock: Any,
+        *,
+        delay: float = ACCESS_LOG_DELAY,
+        limit: int = ACCESS_LOG_BUFFER,
+    ) -> None:
+        self.file = file
+        self.clock = clock
+        self.delay = delay
+        self.limit = limit
+        self._lines: list[str] = []
+        self._size = 0
+        self._call: Any = None
+
+    def write(self, line: str) -> None:
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size >= self.limit:
+            self.flush()
+        elif self._call is None:
+            self._call = self.clock.callLater(self.delay, self.flush)
+
+    def flush(self) -> None:
+        """
+        Write the waiting lines now.
+        """
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+        if self._lines:
+            data = "".join(self._lines)
+            self._lines = []
+            self._size = 0
+            self.file.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self.file.close()
+
+
+_REASONS = {414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+
+
+class QueryChannel(HTTPChannel):
+    """
+    An L{HTTPChannel} with a bounded request head: a request line longer than
+    C{MAX_LENGTH} gets 414, a header line longer than that, a head over
+    C{totalHeadersSize} bytes or more than C{maxHeaders} header fields get
+    431; the connection is closed after the answer.
+    """
+
+    MAX_LENGTH = DEFAULT_MAX_REQUEST_LINE
+    totalHeadersSize = DEFAULT_MAX_HEADER_SIZE
+    maxHeaders = DEFAULT_MAX_HEADERS
+    #: Lines of the current request head seen so far.
+    _head_lines = 0
+    _refused = False
+
+    @property
+    def busy(self) -> bool:
+        """
+        Whether a request is being answered (the TLS port's idle timeout
+        waits for it, as this channel's own timeout does).
+        """
+        return bool(self._handlingRequest)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._refused:
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._refuse_head(
+                431 if self._head_lines else 414,
+                f"request head over {self.totalHeadersSize} bytes",
+                "max-header-size",
+            )
+            return
+        if line or self._head_lines:
+            self._head_lines += 1
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        if self._head_lines:
+            self._refuse_head(431, f"header line over {self.MAX_LENGTH} bytes", "max-request-line")
+        else:
+            self._refuse_head(414, f"request line over {self.MAX_LENGTH} bytes", "max-request-line")
+
+    def headerReceived(self, line: bytes) -> bool:
+        if self._receivedHeaderCount >= self.maxHeaders:
+            self._refuse_head(431, f"more than {self.maxHeaders} header fields", "max-headers")
+            return False
+        return bool(super().headerReceived(line))
+
+    def allContentReceived(self) -> None:
+        self._head_lines = 0
+        super().allContentReceived()
+
+    def _refuse_head(self, code: int, what: str, option: str) -> None:
+        if self._refused:
+            return
+        self._refused = True
+        self.dataReceived = lambda data: None  # type: ignore[method-assign]
+        body = error_body(code, what)
+        assert self.transport is not None
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (code, _REASONS[code], len(body), body)
+        )
+        refusals = getattr(getattr(self, "site", None), "refusals", None)
+        if refusals is not None:
+            peer = self.transport.getPeer()
+            refusals.emit(
+                f"head-{code}",
+                LogLevel.warn,
+                "query port: {code} to {peer}: {what} ({option}), closing",
+                code=code,
+                peer=f"{getattr(peer, 'host', '-')}:{getattr(peer, 'port', '-')}",
+                what=what,
+                option=option,
+            )
+        self.loseConnection()
+
+
+class QuerySite(Site):
+    """
+    The query site: as L{Site}, on L{QueryChannel}s (bounded request heads);
+    its access log (C{logPath}) a rotated L{LogFile} written in batches
+    (L{BufferedLog}), one combined-format line per request with the client's
+    verified DN appended.
+
+    @ivar log_max_size: bytes at which the access log is rotated.
+    @ivar log_max_files: rotated access log files kept.
+    @ivar max_request_line: longest request line or header line, in bytes.
+    @ivar max_header_size: longest request head (request line and headers).
+    @ivar max_headers: most header fields in one request.
+    """
+
+    log_max_size = ACCESS_LOG_ROTATE
+    log_max_files = ACCESS_LOG_KEEP
+    protocol = QueryChannel  # type: ignore[assignment]
+    max_request_line = DEFAULT_MAX_REQUEST_LINE
+    max_header_size = DEFAULT_MAX_HEADER_SIZE
+    max_headers = DEFAULT_MAX_HEADERS
+    refusals: RefusalLog | None = None
+
+    def buildProtocol(self, addr: Any) -> Any:
+        channel = super().buildProtocol(addr)
+        channel.MAX_LENGTH = self.max_request_line
+        channel.totalHeadersSize = self.max_header_size
+        channel.maxHeaders = self.max_headers
+        return channel
+
+    def _openLogFile(self, path: str | bytes) -> Any:
+        file = LogFile.fromFullPath(
+            os.fsdecode(path), rotateLength=self.log_max_size, maxRotatedFiles=self.log_max_files
+        )
+        return BufferedLog(file, self.reactor)
+
+
+def access_log_formatter(identify: Identify) -> Any:
+    """
+    @return: an access log formatter: the combined log format, then the
+        client's verified DN (quoted, escaped; C{-} without one).
+    """
+
+    def line(timestamp: str, request: Request) -> str:
+        who = identify(request)
+        return (
+            combinedLogFormatter(timestamp, request)
+            + " "
+            + quote_for_log(who.dn if who is not None else None)
+        )
+
+    return line
+
+
+def make_site(
+    store: Any,
+    *,
+    clock: Any,
+    policy: Policy | None = None,
+    super_users: Iterable[str] = (),
+    voms_dir: str | os.PathLike[str] | None = None,
+    ca_dir: str | os.PathLike[str] | None = None,
+    identify: Identify | None = None,
+    access_log: str | os.PathLike[str] | None = None,
+    page_events: int = DEFAULT_PAGE_EVENTS,
+    access_log_max_size: int = ACCESS_LOG_ROTATE,
+    access_log_max_files: int = ACCESS_LOG_KEEP,
+    idle_timeout: float = IDLE_TIMEOUT,
+    max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+) -> Site:
+    """
+    The query site on C{store}.
+
+    @param clock: the reactor (time, connection timeouts).
+    @param identify: who sent a request (default: the L{PeerIdentity} of the TLS
+        peer, VOMS servers checked against C{ca_dir}).
+    @param access_log: the file of the access log (rotated), or C{None} to log
+        requests to the global log as L{Site} does.
+    @param page_events: events per page of a job's history.
+    @param access_log_max_size: bytes at which the access log is rotated.
+    @param access_log_max_files: rotated access log files kept.
+    @param idle_timeout: seconds an HTTP connection may stay silent.
+    @param max_request_line: longest request or header line (longer: 414 / 431).
+    @param max_header_size: longest request head (longer: 431).
+    @param max_headers: most header fields (more: 431).
+    """
+    if identify is None:
+        from lbtwist.security.tls import CADirectory
+
+        identify = PeerIdentity(
+            clock=clock,
+            voms_dir=voms_dir,
+            ca_directory=CADirectory(ca_dir) if ca_dir is not None else None,
+            refresh=True,
+        ).of_request
+    root = QueryResource(
+        store,
+        clock=clock,
+        policy=policy or Policy(),
+        super_users=super_users,
+        identify=identify,
+        page_events=page_events,
+    )
+    site = QuerySite(
+        root,
+        timeout=idle_timeout,
+        reactor=clock,
+        logPath=None if access_log is None else os.fspath(access_log),
+        logFormatter=access_log_formatter(identify),
+    )
+    site.displayTracebacks = False
+    site.log_max_size = access_log_max_size
+    site.log_max_files = access_log_max_files
+    site.max_request_line = max_request_line
+    site.max_header_size = max_header_size
+    site.max_headers = max_headers
+    site.refusals = RefusalLog(clock, logger=log)
+    return site
+
+
+# The development PKI.
+
+
+def _proxy_valid(path: Path, now: datetime) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return cert.not_valid_after_utc > now + timedelta(hours=1)
+
+
+def _refresh_proxy(pki: Any, now: datetime) -> None:
+    from lbtwist.security import devcerts
+
+    user_cert = x509.load_pem_x509_certificate(pki.user_cert.read_bytes())
+    user_key = load_pem_private_key(pki.user_key.read_bytes(), None)
+    proxy, proxy_key = devcerts.issue_proxy(user_cert, user_key, now=now, hours=12)  # type: ignore[arg-type]
+    devcerts.write_file(
+        pki.user_proxy,
+        devcerts.cert_pem(proxy) + devcerts.key_pem(proxy_key) + devcerts.cert_pem(user_cert),
+        0o600,
+    )
+
+
+def dev_pki(state_dir: str | os.PathLike[str], reactor: Any) -> Any:
+    """
+    The development PKI of C{<state_dir>/devcerts} (L{lbtwist.security.devcerts.ensure_dev_pki}),
+    its user proxy renewed when it expires within the hour.
+
+    @return: a L{lbtwist.security.devcerts.DevPKI}.
+    """
+    from lbtwist.security import devcerts
+
+    pki = devcerts.ensure_dev_pki(state_dir, reactor, hostnames=("localhost",))
+    now = datetime.fromtimestamp(reactor.seconds(), UTC)
+    if not _proxy_valid(pki.user_proxy, now):
+        log.info("renewing the development user proxy {path}", path=str(pki.user_proxy))
+        _refresh_proxy(pki, now)
+    return pki
+
+
+def _port_of(endpoint: str) -> int:
+    for part in endpoint.split(":")[1:]:
+        name, eq, value = part.partition("=")
+        if eq and name == "port" and value.isdigit():
+            return int(value)
+        if not eq and part.isdigit():
+            return int(part)
+    return 9000
+
+
+def dev_commands(pki: Any, port: int) -> list[str]:
+    """
+    @return: command lines that query the service with the development user's proxy.
+    """
+    base = f"https://localhost:{port}"
+    return [
+        f"X509_USER_PROXY={pki.user_proxy} X509_CERT_DIR={pki.ca_dir} "
+        f"lbtwist status {base}/<unique>",
+        f"curl --cert {pki.user_proxy} --key {pki.user_proxy} --capath {pki.ca_dir} "
+        f"{base}/<unique>",
+        f"curl --cert {pki.user_proxy} --key {pki.user_proxy} --capath {pki.ca_dir} {base}/",
+    ]
+
+
+def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> IService:
+    """
+    The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
+    certificates around C{options["query"]}, serving L{make_site}.
+    """
+    from twisted.application.internet import StreamServerEndpointService
+    from twisted.internet.endpoints import serverFromString
+
+    from lbtwist.security import tls
+    from lbtwist.security.authz import load_policy
+
+    cert, key, ca_dir = options.get("cert"), options.get("key"), options.get("ca-dir")
+    pki = None
+    if options.get("dev-certs"):
+        pki = dev_pki(options["state-dir"], reactor)
+        cert, key = str(pki.host_cert), str(pki.host_key)
+        ca_dir = ca_dir or str(pki.ca_dir)
+    if cert is None or ca_dir is None:
+        raise tls.TLSConfigError("the query service needs a host certificate and a CA directory")
+    source = tls.ServerContextSource(
+        cert,
+        key,
+        ca_dir,
+        crl=options.get("crl") or "if-present",
+        clock=reactor,
+        log_interval=options.get("tls-log-interval", tls.REFUSAL_LOG_INTERVAL),
+        log_burst=options.get("tls-log-burst", tls.REFUSAL_LOG_BURST),
+    )
+    policy = load_policy(options["policy"]) if options.get("policy") else Policy()
+    limits = tls.PortLimits.from_options(options, "query")
+    site = make_site(
+        store,
+        clock=reactor,
+        policy=policy,
+        super_users=options.get("super-user") or (),
+        identify=PeerIdentity.for_source(
+            source, clock=reactor, voms_dir=options.get("voms-dir")
+        ).of_request,
+        access_log=(
+            os.path.join(options["state-dir"], ACCESS_LOG) if options.get("state-dir") else None
+        ),
+        page_events=options.get("page-events") or DEFAULT_PAGE_EVENTS,
+        access_log_max_size=options.get("log-max-size") or ACCESS_LOG_ROTATE,
+        access_log_max_files=options.get("log-max-files") or ACCESS_LOG_KEEP,
+        idle_timeout=limits.idle_timeout,
+        max_request_line=int(options.get("max-request-line") or DEFAULT_MAX_REQUEST_LINE),
+        max_header_size=int(options.get("max-header-size") or DEFAULT_MAX_HEADER_SIZE),
+        max_headers=int(options.get("max-headers") or DEFAULT_MAX_HEADERS),
+    )
+    endpoint = tls.tls_server_endpoint(
+        serverFromString(reactor, options["query"]),
+        source,
+        limits=limits,
+        clock=reactor,
+        port="query",
+    )
+    service = StreamServerEndpointService(endpoint, site)
+    # A proxy silently running without its query port is worse than one that fails:
+    # a port that cannot be bound stops start-up, as the intake's does.
+    service._raiseSynchronously = True
+    log.info("queries over HTTPS on {query}", query=options["query"])
+    if pki is not None:
+        for line in dev_commands(pki, _port_of(options["query"])):
+            log.info("development PKI: query with: {command}", command=line)
+    return service
+
+
+__all__ = [
+    "ACCESS_LOG",
+    "ACCESS_LOG_DELAY",
+    "BufferedLog",
+    "QueryChannel",
+    "QuerySite",
+    "access_log_formatter",
+    "dev_commands",
+    "dev_pki",
+    "make_query_service",
+    "make_site",
+]
