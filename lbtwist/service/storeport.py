@@ -503,7 +503,7 @@ class StorePortFactory(Factory["StorePortProtocol"]):
 
     def __init__(
         self,
-        store: Any,
+        store: IEventStore,
         *,
         identify: Identify,
         policy: Policy | None = None,

@@ -244,7 +244,7 @@ def access_log_formatter(identify: Identify) -> Any:
 
 
 def make_site(
-    store: Any,
+    store: IEventStore,
     *,
     clock: Any,
     policy: Policy | None = None,
