@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -26,11 +26,14 @@ from twisted.python import usage
 from lbtwist import config
 from lbtwist.config import Settings
 from lbtwist.core.errors import LBError
-from lbtwist.security.authz import Policy
-from lbtwist.security.credentials import HostCredentials
-from lbtwist.security.tls import PortLimits, ServerContextSource
 from lbtwist.service import logs
-from lbtwist.store.interface import IEventStore
+
+if TYPE_CHECKING:
+    # Imported where they are used: parsing options (twistd --help) loads no TLS code.
+    from lbtwist.security.authz import Policy
+    from lbtwist.security.credentials import HostCredentials
+    from lbtwist.security.tls import PortLimits, ServerContextSource
+    from lbtwist.store.interface import IEventStore
 
 log = Logger()
 
@@ -141,6 +144,8 @@ def host_credentials(settings: Settings, reactor: Any) -> HostCredentials:
     reused there (its user proxy renewed), with C{--ca-dir} / C{X509_CERT_DIR} still
     naming the trust anchors when given.
     """
+    from lbtwist.security.credentials import HostCredentials
+
     if not settings.dev_certs:
         assert settings.cert is not None and settings.ca_dir is not None
         return HostCredentials(settings.cert, settings.key, settings.ca_dir)
@@ -208,6 +213,8 @@ def port_limits(settings: Settings, port: str) -> PortLimits:
     """
     The bounds of the TLS port C{port} (C{"query"} or C{"store"}).
     """
+    from lbtwist.security.tls import PortLimits
+
     store = port == "store"
     return PortLimits(
         handshake_timeout=settings.tls_handshake_timeout,
@@ -228,6 +235,8 @@ def context_source(
     The TLS server side of one port: the host credentials, client chains checked against
     the CA directory and CRLs, refusals logged at the configured rate.
     """
+    from lbtwist.security.tls import ServerContextSource
+
     return ServerContextSource(
         credentials.cert,
         credentials.key,
@@ -243,11 +252,10 @@ def load_policy(settings: Settings) -> Policy:
     """
     The authorization policy of C{--policy}; without one, the empty policy.
     """
-    if settings.policy is None:
-        return Policy()
+    from lbtwist.security.authz import Policy
     from lbtwist.security.authz import load_policy as load
 
-    return load(settings.policy)
+    return Policy() if settings.policy is None else load(settings.policy)
 
 
 def query_service(
