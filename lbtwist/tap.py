@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
@@ -23,6 +23,9 @@ from twisted.python import usage
 from lbtwist import config
 from lbtwist.core.errors import LBError
 from lbtwist.service import logs
+
+if TYPE_CHECKING:
+    from lbtwist.store.sqlite import SQLiteStore
 
 log = Logger()
 
@@ -375,6 +378,32 @@ class StoreService(Service):
         return self.store.close()  # type: ignore[no-any-return]
 
 
+def _make_store(options: Options, reactor: Any, *, relay: bool) -> SQLiteStore:
+    """
+    The role's store: a proxy's relays the events of WMS jobs, with the gLite
+    events it generates (L{lbtwist.core.translate.proxy_policy}); a server's
+    relays and generates nothing.
+    """
+    from lbtwist.store import store_path
+    from lbtwist.store.sqlite import SQLiteStore
+
+    policy = None
+    if relay:
+        from lbtwist.core.translate import proxy_policy
+
+        hostname = options["hostname"].lower()
+        local_endpoints = {(hostname, 9000), ("localhost", 9000)}
+        local_endpoints.update(options["local-endpoint"])
+        policy = proxy_policy(local_endpoints, hostname)
+    return SQLiteStore(
+        store_path(options["state-dir"]),
+        clock=reactor,
+        policy=policy,
+        max_future_skew=options["max-future-skew"] * 1_000_000,
+        refold_slice=options["refold-slice"],
+    )
+
+
 def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the service tree of one role from parsed options.
@@ -386,24 +415,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = _reactor
     from lbtwist.service.intake import IntakeFactory
-    from lbtwist.store.sqlite import SQLiteStore
 
     state_dir = options["state-dir"]
     os.makedirs(state_dir, mode=0o750, exist_ok=True)
 
-    hostname = options["hostname"].lower()
-    local_endpoints = {(hostname, 9000), ("localhost", 9000)}
-    local_endpoints.update(options["local-endpoint"])
     relay = options.role == "lbproxy"
-    store = SQLiteStore(
-        os.path.join(state_dir, "lbtwist.sqlite"),
-        clock=reactor,
-        relay=relay,
-        local_endpoints=local_endpoints,
-        proxy_host=hostname,
-        max_future_skew=options["max-future-skew"] * 1_000_000,
-        refold_slice=options["refold-slice"],
-    )
+    store = _make_store(options, reactor, relay=relay)
 
     top = MultiService()
     # Started first, stopped last: the store outlives the listeners feeding it.

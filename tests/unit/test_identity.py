@@ -40,7 +40,7 @@ from lbtwist.security.identity import (
 )
 from lbtwist.service.storeport import make_store_port_service
 from lbtwist.service.web import make_query_service
-from lbtwist.store.memory import MemoryStore
+from lbtwist.testing import MemoryStore
 from tests.certs import (
     NOW,
     Credential,

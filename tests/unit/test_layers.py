@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("service", ("service",)),
     ("client", ("client",)),
     ("cli", ("cli",)),
-    ("top", ("tap", "logs", "__main__")),
+    ("top", ("tap", "logs", "__main__", "testing")),
 ]
 
 #: Layers on the same level that must not import each other.

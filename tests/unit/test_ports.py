@@ -33,7 +33,7 @@ from lbtwist.security.tls import (
     tls_server_endpoint,
 )
 from lbtwist.service.storeport import make_store_port_service
-from lbtwist.store.memory import MemoryStore
+from lbtwist.testing import MemoryStore
 from tests.certs import NOW
 from tests.unit.test_tls import USER_DN, Fixture, Recorder
 

@@ -307,7 +307,7 @@ class ProducerAgainstIntakeTests(SynchronousTestCase):
         from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
 
         from lbtwist.service.intake import IntakeFactory
-        from lbtwist.store.memory import MemoryStore
+        from lbtwist.testing import MemoryStore
 
         lines = [
             line

@@ -11,7 +11,6 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
@@ -19,6 +18,7 @@ from zope.interface.verify import verifyObject
 from lbtwist.core.errors import AlreadyExists, LBError, NoSpace, TryAgain
 from lbtwist.core.events import PRIO_EXCL, parse_event
 from lbtwist.core.states import compute_status
+from lbtwist.core.translate import proxy_policy
 from lbtwist.store.batch import (
     BatchProcessor,
     _has_key,
@@ -26,10 +26,9 @@ from lbtwist.store.batch import (
     cream_key,
     dupkey,
     identity,
-    split_jobid,
 )
 from lbtwist.store.interface import IEventStore, StoreResult
-from lbtwist.store.memory import MemoryBackend, MemoryStore
+from lbtwist.testing import HeldRunner, MemoryBackend, MemoryStore
 from tests import traces
 
 LB_DEST = f"{traces.LB_HOST}:9001"
@@ -95,24 +94,6 @@ def priority_line(priority: int, n: int) -> str:
         value="x",
     )
     return line.replace("DG.PRIORITY=0", f"DG.PRIORITY={priority}")
-
-
-class HeldRunner:
-    """
-    A runner that keeps the work until the test releases it: a commit in progress.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Any, Deferred[Any]]] = []
-
-    def __call__(self, work: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.pending.append((work, d))
-        return d
-
-    def release(self) -> None:
-        work, d = self.pending.pop(0)
-        d.callback(work())
 
 
 class StoreRulesMixin:
@@ -530,14 +511,6 @@ class MemoryStoreTests(StoreRulesMixin, SynchronousTestCase):
 
 
 class HelperTests(SynchronousTestCase):
-    def test_split_jobid(self) -> None:
-        self.assertEqual(split_jobid("https://a.example.org/U1"), ("a.example.org", 9000, "U1"))
-        self.assertEqual(
-            split_jobid("https://a.example.org:8443/U1"), ("a.example.org", 8443, "U1")
-        )
-        self.assertIsNone(split_jobid("not a job id"))
-        self.assertIsNone(split_jobid("https://a.example.org:port/U1"))
-
     def test_cream_key(self) -> None:
         self.assertEqual(cream_key("https://ce:8443/CREAM42"), "CREAM42")
         self.assertEqual(cream_key("CREAM42"), "CREAM42")
@@ -557,26 +530,23 @@ class HelperTests(SynchronousTestCase):
         self.assertFalse(_has_key(keys, ones))
         self.assertTrue(_has_key(keys + ones, ones))
 
-    def test_relay_destination_remembered(self) -> None:
+    def test_relay_destination_from_policy(self) -> None:
         """
-        Destinations are remembered (bounded) and follow changed settings.
+        The processor's destinations are its policy's; without one nothing is relayed.
         """
-        from lbtwist.store import batch
-
-        self.patch(batch, "_DESTINATIONS_SIZE", 2)
-        proc = BatchProcessor(MemoryBackend(), relay=True, local_endpoints=(), proxy_host=PROXY)
+        proc = BatchProcessor(MemoryBackend(), policy=proxy_policy((), PROXY))
         for _ in range(2):
             self.assertEqual(proc.relay_destination(traces.WMS_JOBID), LB_DEST)
             self.assertIsNone(proc.relay_destination(traces.DIRECT_JOBID))
             self.assertIsNone(proc.relay_destination("not a job id"))
-            self.assertLessEqual(len(proc._destinations), 2)
-        proc.local_endpoints = frozenset({(traces.LB_HOST, 9000)})
-        self.assertIsNone(proc.relay_destination(traces.WMS_JOBID))
-        proc.relay = False
-        proc.local_endpoints = frozenset()
-        self.assertIsNone(proc.relay_destination(traces.WMS_JOBID))
-        proc.relay = True
-        self.assertEqual(proc.relay_destination(traces.WMS_JOBID), LB_DEST)
+        self.assertTrue(proc.relay)
+        local = BatchProcessor(
+            MemoryBackend(), policy=proxy_policy({(traces.LB_HOST, 9000)}, PROXY)
+        )
+        self.assertIsNone(local.relay_destination(traces.WMS_JOBID))
+        server = BatchProcessor(MemoryBackend())
+        self.assertFalse(server.relay)
+        self.assertIsNone(server.relay_destination(traces.WMS_JOBID))
 
     def test_backend_without_dupkeys(self) -> None:
         """
@@ -591,16 +561,16 @@ class HelperTests(SynchronousTestCase):
                 return getattr(backend, name)
 
         lines = direct_lines()
-        first = BatchProcessor(Plain(), relay=True, local_endpoints=(), proxy_host=PROXY)
+        first = BatchProcessor(Plain(), policy=proxy_policy((), PROXY))
         first.process([(line, parse_event(line), 1) for line in lines[:3]])
-        second = BatchProcessor(Plain(), relay=True, local_endpoints=(), proxy_host=PROXY)
+        second = BatchProcessor(Plain(), policy=proxy_policy((), PROXY))
         results = second.process([(line, parse_event(line), 2) for line in lines[1:5]])
         self.assertEqual(
             [r.duplicate for r in results if isinstance(r, StoreResult)],
             [True, True, False, False],
         )
         self.assertEqual(second.lookups, 4)
-        third = BatchProcessor(backend, relay=True, local_endpoints=(), proxy_host=PROXY)
+        third = BatchProcessor(backend, policy=proxy_policy((), PROXY))
         results = third.process([(line, parse_event(line), 3) for line in lines[4:6]])
         self.assertEqual(
             [r.duplicate for r in results if isinstance(r, StoreResult)], [True, False]

@@ -20,6 +20,7 @@ from bench.sqlite_ceiling import measure
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
+from lbtwist.core.translate import proxy_policy
 from lbtwist.store import batch
 from lbtwist.store.batch import run_now
 from lbtwist.store.sqlite import (
@@ -49,7 +50,9 @@ class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
             store.close()
 
     def make_store(self, **kwargs: Any) -> SQLiteStore:
-        kwargs.setdefault("proxy_host", PROXY)
+        if kwargs.pop("relay", True):
+            local = kwargs.pop("local_endpoints", ())
+            kwargs["policy"] = proxy_policy(local, kwargs.pop("proxy_host", PROXY))
         kwargs.setdefault("clock", Clock())
         kwargs.setdefault("runner", run_now)
         path = kwargs.pop("path", None)
@@ -185,7 +188,9 @@ class MigrationTests(SynchronousTestCase):
         self.path = self.mktemp()
 
     def open(self) -> SQLiteStore:
-        store = SQLiteStore(self.path, clock=Clock(), runner=run_now, proxy_host=PROXY)
+        store = SQLiteStore(
+            self.path, clock=Clock(), runner=run_now, policy=proxy_policy((), PROXY)
+        )
         self.addCleanup(store.close)
         return store
 
@@ -270,7 +275,7 @@ class ThreadedStoreTests(TestCase):
     @inlineCallbacks
     def test_threads(self) -> Any:
         path = self.mktemp()
-        store = SQLiteStore(path, clock=reactor, proxy_host=PROXY)
+        store = SQLiteStore(path, clock=reactor, policy=proxy_policy((), PROXY))
         lines = wms_lines()
         ds = [store.store(items([line])) for line in lines]
         results = []

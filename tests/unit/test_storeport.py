@@ -33,7 +33,7 @@ from lbtwist.service.storeport import (
     required_action,
     tls_identity,
 )
-from lbtwist.store.memory import MemoryStore
+from lbtwist.testing import MemoryStore
 from tests import traces
 from tests.certs import NOW, TestCA
 
