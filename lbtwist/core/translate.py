@@ -17,7 +17,7 @@ from lbtwist.core.events import Event, make_event
 from lbtwist.core.jobid import relay_destination
 from lbtwist.core.relaypolicy import RelayPolicy
 from lbtwist.core.seqcode import bump_lrms, parse_seqcode
-from lbtwist.core.states.glite import cream_effect
+from lbtwist.core.states.glite import cream_effect, is_cream_event
 from lbtwist.core.states.status import MACHINE_GLITE, JobStatus
 
 GENERATED_BY_KEY = "DG.GENERATED_BY"
@@ -32,7 +32,7 @@ def may_generate(trigger: Event) -> bool:
     Whether C{trigger} can generate gLite events (L{generate_events}): a CREAM
     event not itself generated.
     """
-    return not trigger.generated and trigger.type.startswith("CREAM")
+    return not trigger.generated and is_cream_event(trigger)
 
 
 def proxy_policy(local_endpoints: Iterable[tuple[str, int]], proxy_host: str) -> RelayPolicy:

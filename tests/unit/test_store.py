@@ -7,6 +7,7 @@ store (L{tests.unit.test_store_sqlite} runs them again on SQLite).
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -16,8 +17,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from lbtwist.core.errors import AlreadyExists, LBError, NoSpace, TryAgain
-from lbtwist.core.events import PRIO_EXCL, parse_event
+from lbtwist.core.events import PRIO_EXCL, Event, make_event, parse_event
+from lbtwist.core.relaypolicy import RelayPolicy
 from lbtwist.core.states import compute_status
+from lbtwist.core.states.status import JobStatus
 from lbtwist.core.translate import proxy_policy
 from lbtwist.store.batch import (
     BatchProcessor,
@@ -429,6 +432,47 @@ class StoreRulesMixin:
         self.store_ok(store, direct_lines())
         self.assertEqual(self.successResultOf(store.outbox_pending()), [])
 
+    def test_injected_policy(self) -> None:
+        """
+        A relaying store asks its policy, and only it, where events go and what
+        a state change generates: here every job's events (the generated ones too)
+        go to one destination, and a RegJob generates a UserTag.
+        """
+        calls: list[tuple[str, str, str]] = []
+
+        def generate(ev: Event, before: JobStatus, after: JobStatus) -> list[Event]:
+            calls.append((ev.type, before.state, after.state))
+            tag = make_event(
+                "UserTag",
+                jobid=ev.jobid,
+                date=ev.date,
+                host="policy.example.org",
+                user=ev.user,
+                source=ev.source,
+                seqcode=ev.seqcode,
+                name="made_by",
+                value="policy",
+            )
+            return [tag]
+
+        policy = RelayPolicy(
+            destination=lambda jobid: "relay.example.org:7777",
+            triggers=lambda ev: ev.type == "RegJob",
+            generate=generate,
+        )
+        store = self.make_store(policy=policy)
+        lines = direct_lines()
+        self.store_ok(store, lines[:3])
+        self.assertEqual(calls, [("RegJob", "Unknown", "Submitted")])
+        stored = self.successResultOf(store.events(traces.DIRECT_JOBID))
+        self.assertEqual(len(stored), 4)
+        [tag] = [s.event for s in stored if s.event.type == "UserTag"]
+        self.assertEqual((tag.host, tag.get("value")), ("policy.example.org", "policy"))
+        outbox = self.successResultOf(store.outbox_pending())
+        self.assertEqual({o.destination for o in outbox}, {"relay.example.org:7777"})
+        self.assertEqual(len(outbox), 4)
+        self.assertTrue(store.relay)
+
     def test_group_commit(self) -> None:
         runner = HeldRunner()
         store = self.make_store(runner=runner)
@@ -607,3 +651,60 @@ class ProfileHarnessTests(SynchronousTestCase):
             self.addCleanup(conn.close)
             self.assertEqual(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0], 320)
             self.assertEqual(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0], 32)
+
+
+class ServiceStoreTests(SynchronousTestCase):
+    """
+    The store each C{twistd} role builds: a proxy's has the proxy's relay policy
+    (with its local endpoints and host name), a server's none.
+    """
+
+    def built(self, options: Any) -> dict[str, Any]:
+        from lbtwist import tap
+        from lbtwist.store import sqlite as sqlite_module
+
+        built: list[dict[str, Any]] = []
+
+        class Recording(sqlite_module.SQLiteStore):
+            def __init__(self, path: str, **kwargs: Any) -> None:
+                built.append({"path": path, **kwargs})
+                super().__init__(path, **kwargs)
+
+        self.patch(sqlite_module, "SQLiteStore", Recording)
+        tap.makeService(options, reactor=Clock())
+        [kwargs] = built
+        return kwargs
+
+    def test_proxy(self) -> None:
+        from lbtwist.tap import Options
+
+        state_dir = self.mktemp()
+        options = Options()
+        options.parseOptions(
+            ["--state-dir", state_dir, "--hostname", "CE.Example.org"]
+            + ["--local-endpoint", "alias.example.org:9010"]
+        )
+        kwargs = self.built(options)
+        self.assertEqual(kwargs["path"], os.path.join(os.path.abspath(state_dir), "lbtwist.sqlite"))
+        policy = kwargs["policy"]
+        self.assertEqual(policy.destination(traces.WMS_JOBID), LB_DEST)
+        for local in (
+            "https://ce.example.org:9000/U1",
+            "https://localhost:9000/U1",
+            "https://alias.example.org:9010/U1",
+            traces.DIRECT_JOBID,
+        ):
+            self.assertIsNone(policy.destination(local), local)
+        prelude, tail = traces.wms_cream_lines(["Idle", "Running"])
+        events = [parse_event(line) for line in prelude + tail]
+        before = compute_status((ev, n) for n, ev in enumerate(events[:-1], 1))
+        after = compute_status((ev, n) for n, ev in enumerate(events, 1))
+        [made] = policy.generate(events[-1], before, after)
+        self.assertEqual(made.host, "ce.example.org")
+
+    def test_server(self) -> None:
+        from lbtwist.tap import ServerOptions
+
+        options = ServerOptions()
+        options.parseOptions(["--state-dir", self.mktemp(), "--store", ""])
+        self.assertIsNone(self.built(options)["policy"])
