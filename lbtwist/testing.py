@@ -32,6 +32,8 @@ from lbtwist.core.relaypolicy import RelayPolicy
 from lbtwist.core.states.status import JobStatus
 from lbtwist.core.translate import proxy_policy
 from lbtwist.store.batch import (
+    CHECKPOINT_EVERY,
+    REFOLD_SLICE,
     BatchPlan,
     BatchProcessor,
     CommitListener,
@@ -271,21 +273,30 @@ class MemoryStore(GroupedWrites):
         proxy_host: str | None = None,
         policy: RelayPolicy | None = None,
         runner: Runner = run_now,
-        **tuning: int,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        refold_slice: int = REFOLD_SLICE,
+        max_future_skew: int | None = None,
     ) -> None:
         """
         @param relay: relay and generate as a proxy does (C{False}: a server's store).
         @param local_endpoints: the proxy's own C{(host, query port)} pairs.
         @param proxy_host: the C{HOST} of generated events (default: this machine's name).
         @param policy: a relay policy to use instead of the proxy's (with C{relay}).
-        @param tuning: C{checkpoint_every}, C{refold_slice}, C{max_future_skew} of
-            L{BatchProcessor}.
+        @param checkpoint_every: see L{BatchProcessor}.
+        @param refold_slice: see L{BatchProcessor}.
+        @param max_future_skew: see L{BatchProcessor}.
         """
         if relay and policy is None:
             policy = proxy_policy(local_endpoints, proxy_host or socket.getfqdn())
         self.relay = relay
         self.backend = MemoryBackend()
-        self.processor = BatchProcessor(self.backend, policy=policy if relay else None, **tuning)
+        self.processor = BatchProcessor(
+            self.backend,
+            policy=policy if relay else None,
+            checkpoint_every=checkpoint_every,
+            refold_slice=refold_slice,
+            max_future_skew=max_future_skew,
+        )
         self.clock = clock or Clock()
         self._commit = GroupCommit(
             self.clock, self.processor.process, runner, self.processor.pending

@@ -355,6 +355,16 @@ class _Refold:
     okey: bytes = b""
 
 
+def check_tuning(checkpoint_every: int, refold_slice: int, max_future_skew: int | None) -> None:
+    """
+    @raise ValueError: the fold tuning of a L{BatchProcessor} is out of range.
+    """
+    if checkpoint_every < 1 or refold_slice < 1:
+        raise ValueError("checkpoint_every and refold_slice must be positive")
+    if max_future_skew is not None and max_future_skew < 0:
+        raise ValueError("max_future_skew must not be negative")
+
+
 class BatchProcessor:
     """
     Turns commit groups into plans and keeps a bounded cache of job statuses.
@@ -388,10 +398,7 @@ class BatchProcessor:
             C{None} (tests whose clocks start at 0): no limit. The service passes
             its C{--max-future-skew} (default L{MAX_FUTURE_SKEW}).
         """
-        if checkpoint_every < 1 or refold_slice < 1:
-            raise ValueError("checkpoint_every and refold_slice must be positive")
-        if max_future_skew is not None and max_future_skew < 0:
-            raise ValueError("max_future_skew must not be negative")
+        check_tuning(checkpoint_every, refold_slice, max_future_skew)
         self._backend = backend
         self.policy = policy
         # jobid -> (status, event count, duplicate keys of its events or None)

@@ -27,6 +27,8 @@ from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.seqcode import ordering_key
 from lbtwist.core.states.status import JobStatus
 from lbtwist.store.batch import (
+    CHECKPOINT_EVERY,
+    REFOLD_SLICE,
     BatchPlan,
     BatchProcessor,
     CommitListener,
@@ -37,6 +39,7 @@ from lbtwist.store.batch import (
     OutboxWriter,
     RejectRow,
     Runner,
+    check_tuning,
     cream_key,
     dupkey,
     encode_key,
@@ -713,14 +716,21 @@ class SQLiteStore(GroupedWrites):
         runner: Runner | None = None,
         read_runner: Runner | None = None,
         cache_size: int = 100_000,
-        **tuning: int,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        refold_slice: int = REFOLD_SLICE,
+        max_future_skew: int | None = None,
     ) -> None:
         """
-        @param tuning: C{checkpoint_every}, C{refold_slice}, C{max_future_skew} of
-            L{BatchProcessor}.
+        @param checkpoint_every: see L{BatchProcessor}.
+        @param refold_slice: see L{BatchProcessor}.
+        @param max_future_skew: see L{BatchProcessor}.
+        @raise ValueError: a tuning value is out of range.
         """
+        check_tuning(checkpoint_every, refold_slice, max_future_skew)
         self.path = path
-        self._tuning = tuning
+        self._checkpoint_every = checkpoint_every
+        self._refold_slice = refold_slice
+        self._max_future_skew = max_future_skew
         self.policy = policy
         self.relay = policy is not None
         self._clock = clock
@@ -761,7 +771,9 @@ class SQLiteStore(GroupedWrites):
             self.backend,
             policy=self.policy,
             cache_size=self._cache_size,
-            **self._tuning,
+            checkpoint_every=self._checkpoint_every,
+            refold_slice=self._refold_slice,
+            max_future_skew=self._max_future_skew,
         )
         # The clock is the reactor unless one is given for the threads.
         reactor = self._thread_reactor or cast(IReactorFromThreads, clock)

@@ -183,6 +183,19 @@ class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
         self.assertRaises(LBError, SQLiteReader, path)
 
 
+class ConstructionTests(SynchronousTestCase):
+    def test_bad_tuning_refused_at_once(self) -> None:
+        """
+        Out-of-range tuning and unknown arguments fail when the store is built
+        (in C{makeService}), not when it starts after C{twistd} has forked.
+        """
+        path = self.mktemp()
+        for kwargs in ({"checkpoint_every": 0}, {"refold_slice": 0}, {"max_future_skew": -1}):
+            self.assertRaises(ValueError, SQLiteStore, path, clock=Clock(), **kwargs)
+        self.assertRaises(TypeError, SQLiteStore, path, clock=Clock(), proxy_host=PROXY)
+        self.assertFalse(os.path.exists(path))
+
+
 class OpenReaderTests(SynchronousTestCase):
     """
     L{lbtwist.store.open_reader}: the command line's way into a state directory's store.
