@@ -11,6 +11,7 @@ of L{generate} come from the caller.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 from collections.abc import Container, Mapping
@@ -119,10 +120,13 @@ class JobId:
         return (self.host, self.port)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def unique_of(text: str) -> str:
     """
     The unique part of a job id (after C{host:port/}); text that is no job id
     comes back as it is (a bare CREAM id, C{CREAM<digits>}, keys its mapping).
+    Remembered for the jobs asked about most (the store asks for every job
+    row it writes, the query pages for every job they link to).
     """
     try:
         return JobId.parse(text).unique
