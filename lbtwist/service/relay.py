@@ -41,7 +41,7 @@ from twisted.python.failure import Failure
 
 from lbtwist.core import ilproto
 from lbtwist.service import logs
-from lbtwist.store.interface import OutboxEntry, OutboxStats
+from lbtwist.store.interface import IEventStore, OutboxEntry, OutboxStats
 
 log = Logger()
 
@@ -204,7 +204,7 @@ class RelayQueue(Service):
     def __init__(
         self,
         destination: str,
-        store: Any,
+        store: IEventStore,
         clock: IReactorTime,
         endpoint: IStreamClientEndpoint,
         settings: RelaySettings = RelaySettings(),
@@ -549,7 +549,7 @@ class RelayService(MultiService):
 
     def __init__(
         self,
-        store: Any,
+        store: IEventStore,
         clock: IReactorTime,
         endpoint_for: EndpointFactory,
         settings: RelaySettings = RelaySettings(),
@@ -685,7 +685,7 @@ def tls_endpoint_factory(
     return endpoint_for
 
 
-def make_relay_service(options: Any, store: Any, reactor: Any) -> IService:
+def make_relay_service(options: Any, store: IEventStore, reactor: Any) -> IService:
     """
     The relay of C{twistd lbproxy}, from parsed options.
     """

@@ -58,6 +58,7 @@ from lbtwist.service.framing import (
     make_framing,
 )
 from lbtwist.service.framing import Slot as _Slot
+from lbtwist.store.interface import IEventStore
 
 log = Logger()
 
@@ -500,7 +501,7 @@ class StorePortFactory(Factory["StorePortProtocol"]):
 
     def __init__(
         self,
-        store: Any,
+        store: IEventStore,
         *,
         identify: Identify,
         policy: Policy | None = None,
@@ -623,7 +624,7 @@ def authorization_summary(path: str | None, policy: Policy, super_users: Iterabl
     )
 
 
-def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
+def make_store_port_service(options: Any, store: IEventStore, reactor: Any) -> Any:
     """
     The store-port listener of C{twistd lbserver}: TLS with client certificates
     around the C{--store} endpoint.

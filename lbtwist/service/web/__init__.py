@@ -32,6 +32,7 @@ from lbtwist.security.identity import PeerIdentity
 from lbtwist.security.tls import RefusalLog, quote_for_log
 from lbtwist.service.web.render import error_body
 from lbtwist.service.web.resources import DEFAULT_PAGE_EVENTS, Identify, QueryResource
+from lbtwist.store.interface import IEventStore
 
 log = Logger()
 
@@ -243,7 +244,7 @@ def access_log_formatter(identify: Identify) -> Any:
 
 
 def make_site(
-    store: Any,
+    store: IEventStore,
     *,
     clock: Any,
     policy: Policy | None = None,
@@ -375,7 +376,7 @@ def dev_commands(pki: Any, port: int) -> list[str]:
     ]
 
 
-def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> IService:
+def make_query_service(options: Mapping[str, Any], store: IEventStore, reactor: Any) -> IService:
     """
     The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
     certificates around C{options["query"]}, serving L{make_site}.
