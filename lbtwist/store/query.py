@@ -231,7 +231,7 @@ def row_matches(query: JobQuery, jobid: str, status: Mapping[str, Any]) -> bool:
     return True
 
 
-def _compare(have: Any, op: str, want: Any) -> bool:
+def _compare(have: object, op: str, want: object) -> bool:
     if isinstance(have, str) != isinstance(want, str):
         return False
     return _PY_OPS[op](have, want)
