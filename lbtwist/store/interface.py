@@ -144,7 +144,9 @@ class IEventStore(Interface):
     Durable storage of events, job states, the CREAM id mapping and the relay outbox.
     """
 
-    relay = Attribute("C{True} if events of non-local jobs get outbox rows.")
+    relay = Attribute(
+        "C{True} for a store given a relay policy (a proxy's): its events may get outbox rows."
+    )
 
     def store(items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
         """
