@@ -159,19 +159,25 @@ def host_credentials(settings: Settings, reactor: Any) -> HostCredentials:
 
 def make_store(settings: Settings, reactor: Any) -> IEventStore:
     """
-    The event store of the role, in the state directory.
+    The event store of the role, in the state directory: a proxy's relays the
+    events of WMS jobs, with the gLite events it generates
+    (L{lbtwist.core.translate.proxy_policy}); a server's relays and generates nothing.
     """
+    from lbtwist.store import store_path
     from lbtwist.store.sqlite import SQLiteStore
 
-    hostname = settings.hostname.lower()
-    local_endpoints = {(hostname, 9000), ("localhost", 9000)}
-    local_endpoints.update(settings.local_endpoint)
+    policy = None
+    if settings.role == config.PROXY:
+        from lbtwist.core.translate import proxy_policy
+
+        hostname = settings.hostname.lower()
+        local_endpoints = {(hostname, 9000), ("localhost", 9000)}
+        local_endpoints.update(settings.local_endpoint)
+        policy = proxy_policy(local_endpoints, hostname)
     return SQLiteStore(
-        os.path.join(settings.state_dir, "lbtwist.sqlite"),
+        store_path(settings.state_dir),
         clock=reactor,
-        relay=settings.role == config.PROXY,
-        local_endpoints=local_endpoints,
-        proxy_host=hostname,
+        policy=policy,
         max_future_skew=settings.max_future_skew * 1_000_000,
         refold_slice=settings.refold_slice,
     )

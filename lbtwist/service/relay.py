@@ -204,7 +204,7 @@ class RelayQueue(Service):
     def __init__(
         self,
         destination: str,
-        store: Any,
+        store: IEventStore,
         clock: IReactorTime,
         endpoint: IStreamClientEndpoint,
         settings: RelaySettings = RelaySettings(),
@@ -549,7 +549,7 @@ class RelayService(MultiService):
 
     def __init__(
         self,
-        store: Any,
+        store: IEventStore,
         clock: IReactorTime,
         endpoint_for: EndpointFactory,
         settings: RelaySettings = RelaySettings(),

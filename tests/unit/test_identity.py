@@ -38,7 +38,7 @@ from lbtwist.security.identity import (
     slash_dn,
     voms_fqans,
 )
-from lbtwist.store.memory import MemoryStore
+from lbtwist.testing import MemoryStore
 from tests.certs import (
     NOW,
     Credential,

@@ -32,7 +32,7 @@ from lbtwist.security.tls import (
     quote_for_log,
     tls_server_endpoint,
 )
-from lbtwist.store.memory import MemoryStore
+from lbtwist.testing import MemoryStore
 from tests.certs import NOW
 from tests.unit.test_settings import store_port_service_of
 from tests.unit.test_tls import USER_DN, Fixture, Recorder
