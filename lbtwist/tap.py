@@ -31,6 +31,12 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("config", "", "INI file with a [lbproxy] or [lbserver] section (keys = option names)."),
     ("state-dir", "", "Directory for the store, the intake socket and generated certificates."),
     ("events", "", "Intake listener endpoint (default unix:<state-dir>/events.sock:mode=660)."),
+    (
+        "serve",
+        "",
+        "Local query (serve) socket endpoint (default unix:<state-dir>/serve.sock:mode=660).",
+    ),
+    ("serve-max-answer", "", "Largest answer of the serve socket, in bytes (STATUS, EVENTS)."),
     ("hostname", "", "This node's host name (HOST of generated events; local job ids)."),
     ("max-connections", "", "Most intake connections at once."),
     ("max-event-size", "", "Largest event accepted, in bytes."),
@@ -98,6 +104,7 @@ _LIST_OPTIONS: list[tuple[str, str]] = [
 ]
 
 _INT_OPTIONS = (
+    "serve-max-answer",
     "max-connections",
     "max-event-size",
     "max-fields",
@@ -175,6 +182,8 @@ class Options(usage.Options):
         return {
             "state-dir": config.DEFAULT_STATE_DIR,
             "events": None,
+            "serve": None,
+            "serve-max-answer": 16 * 1024 * 1024,
             "hostname": socket.getfqdn(),
             "max-connections": config.DEFAULT_MAX_CONNECTIONS,
             "max-event-size": config.DEFAULT_MAX_EVENT_SIZE,
@@ -281,6 +290,10 @@ class Options(usage.Options):
                 f"unix:{_escape_endpoint(os.path.join(state_dir, 'events.sock'))}:mode=660"
             )
         merged["events"] = _with_backlog(str(merged["events"]), merged["intake-backlog"])
+        if not merged["serve"]:
+            merged["serve"] = (
+                f"unix:{_escape_endpoint(os.path.join(state_dir, 'serve.sock'))}:mode=660"
+            )
         merged["dev-certs"] = merged["cert"] is None
         if merged["query"] is None:
             # Development certificates are only good for this machine: listen on localhost.
@@ -412,6 +425,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     logs.SummaryService(logs.LIMITER, reactor).setServiceParent(top)
 
     uids = options["producer-uid"] or sorted({os.getuid(), 0})
+    from lbtwist.service.serve import ServeFactory, make_requests
+
+    requests = make_requests(store, max_answer=options["serve-max-answer"])
     factory = IntakeFactory(
         store,
         clock=reactor,
@@ -422,7 +438,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         idle_timeout=options["intake-idle-timeout"],
         allowed_uids=set(uids),
         allowed_gids=set(options["producer-gid"]),
+        line_requests={b"SEQCODE": requests[b"SEQCODE"]},
     )
+    serve = ServeFactory(
+        requests, clock=reactor, allowed_uids=set(uids), allowed_gids=set(options["producer-gid"])
+    )
+    StreamServerEndpointService(
+        serverFromString(reactor, options["serve"]), serve
+    ).setServiceParent(top)
     intake = StreamServerEndpointService(serverFromString(reactor, options["events"]), factory)
     # A proxy that cannot listen for events must not run on: fail start-up instead.
     intake._raiseSynchronously = True

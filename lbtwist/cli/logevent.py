@@ -2,10 +2,17 @@
 """
 C{lbtwist logevent}: log one event, option-compatible with C{glite-lb-logevent}.
 
-On success the new sequence code is the only output on stdout, so the Job
-Wrapper idiom works::
+On success the sequence code the next producer must start from is the only output on
+stdout, so the Job Wrapper idiom works::
 
     GLITE_WMS_SEQUENCE_CODE=$(lbtwist logevent ... || echo $GLITE_WMS_SEQUENCE_CODE)
+
+As C{glite-lb-logevent}: given the code C{C}, the event is logged with C{C} plus one in
+the source's counter and C{C} plus two is printed (C{-I}: logged as C{C}, C{C} plus one
+printed); CREAM's opaque codes are logged and printed as given. Fields that belong to
+another event type are dropped with a warning (C{--strict}: refused). The line is
+written as L&B's unparser writes it (L{lbtwist.core.unparse}), C{DG.PRIORITY} 8 (the
+proxy flag), C{HOST} this machine's C{gethostname()}.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lbtwist.cli.common import CLIContext, default_socket, env_first
+from lbtwist.cli.common import CLIContext, default_serve_socket, default_socket, env_first
 from lbtwist.cli.identity import default_user
 from lbtwist.client.producer import LBProducer
 from lbtwist.core.errors import InvalidValue, KeyMisuse, MessageIncomplete
@@ -30,6 +37,9 @@ TIMEOUT = 120.0
 
 #: DG.PRIORITY bit for synchronous logging (C{-p}).
 PRIO_SYNC = 2
+
+#: DG.PRIORITY bit of events logged to the proxy (L&B's EDG_WLL_LOGFLAG_PROXY).
+PRIO_PROXY = 8
 
 
 def field_key(option: str) -> str:
@@ -63,18 +73,38 @@ def parse_field_options(extra: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def event_fields(etype: EventType, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def event_fields(
+    etype: EventType,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    strict: bool = False,
+    dropped: list[str] | None = None,
+) -> dict[str, Any]:
     """
     Map option names to the catalogue field names of C{etype}.
 
-    @raise KeyMisuse: a name is not a field of C{etype}.
+    As C{glite-lb-logevent}, a field of another event type is dropped (its option
+    name appended to C{dropped}); with C{strict} it is refused.
+
+    @raise KeyMisuse: a name is no field of any event type, or (C{strict}) not one of
+        C{etype}.
     """
+    from lbtwist.core.events import CATALOGUE
+
     by_key = {field_key(f.name): f.name for f in etype.fields}
     fields: dict[str, Any] = {}
     for name, value in pairs:
-        canonical = by_key.get(field_key(name))
+        key = field_key(name)
+        canonical = by_key.get(key)
         if canonical is None:
-            raise KeyMisuse(f"--{name} is not a field of event {etype.name}")
+            known = any(
+                field_key(f.name) == key for other in CATALOGUE.values() for f in other.fields
+            )
+            if strict or not known:
+                raise KeyMisuse(f"--{name} is not a field of event {etype.name}")
+            if dropped is not None:
+                dropped.append(name)
+            continue
         fields[canonical] = value
     return fields
 
@@ -108,10 +138,27 @@ def sources_help() -> str:
     return "Event sources:\n" + "".join(f"  {name}\n" for name in SOURCES)
 
 
-def build_event(args: argparse.Namespace, ctx: CLIContext) -> Event:
+def current_seqcode(args: argparse.Namespace, ctx: CLIContext, jobid: str) -> str | None:
+    """
+    The code given (C{-c}, then the environment); with C{-x} and none given, the job's
+    current code asked from the proxy's serve socket.
+    """
+    old = args.sequence or env_first(ctx.env, *SEQCODE_ENV)
+    if old or not args.proxy:
+        return old
+    from lbtwist.client.serve import ServeClient
+
+    with ServeClient(args.serve_socket or default_serve_socket(ctx.env), TIMEOUT) as client:
+        return client.seqcode(jobid)
+
+
+def build_event(
+    args: argparse.Namespace, ctx: CLIContext, dropped: list[str] | None = None
+) -> Event:
     """
     The event described by the options and environment.
 
+    @param dropped: gets the names of the field options dropped (other event types').
     @raise LBError: something is missing or invalid.
     """
     from lbtwist.core.events import event_type, make_event, source_name
@@ -127,17 +174,20 @@ def build_event(args: argparse.Namespace, ctx: CLIContext) -> Event:
         raise MessageIncomplete("no event source: give -s (-s help lists them)")
     etype = event_type(args.event)
     source = source_name(args.source)
-    fields = event_fields(etype, parse_field_options(args.extra))
-    old = args.sequence or env_first(env, *SEQCODE_ENV)
+    fields = event_fields(
+        etype, parse_field_options(args.extra), strict=args.strict, dropped=dropped
+    )
+    old = current_seqcode(args, ctx, jobid)
+    seqcode = (old or next_seqcode(None, source)) if args.dont_increment else None
     return make_event(
         etype.name,
         jobid=jobid,
         date=ctx.now(),
-        host=args.host or ctx.fqdn(),
+        host=args.host or ctx.hostname(),
         user=args.user or default_user(env, ctx.login),
         source=source,
-        seqcode=next_seqcode(old, source),
-        priority=PRIO_SYNC if args.priority else 0,
+        seqcode=seqcode or next_seqcode(old, source),
+        priority=PRIO_PROXY | (PRIO_SYNC if args.priority else 0),
         src_instance=args.instance or "",
         **fields,
     )
@@ -150,10 +200,18 @@ def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
     if args.source is not None and args.source.lower() == "help":
         ctx.stdout.write(sources_help())
         return 0
-    event = build_event(args, ctx)
+    from lbtwist.core.seqcode import next_seqcode
+    from lbtwist.core.unparse import unparse_event
+
+    dropped: list[str] = []
+    event = build_event(args, ctx, dropped)
+    for name in dropped:
+        ctx.stderr.write(
+            f"lbtwist logevent: warning: --{name} is not a field of event {event.type}, dropped\n"
+        )
     with LBProducer(args.socket or default_socket(ctx.env), timeout=TIMEOUT) as producer:
-        producer.log(event)
-    ctx.stdout.write(event.seqcode + "\n")
+        producer.log(unparse_event(event))
+    ctx.stdout.write(next_seqcode(event.seqcode, event.source) + "\n")
     return 0
 
 
@@ -179,15 +237,39 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("-p", "--priority", action="store_true", help="synchronous logging")
     p.add_argument(
-        "-x", "--proxy", action="store_true", help="log to the proxy socket (the default)"
+        "-x",
+        "--proxy",
+        "--lbproxy",
+        action="store_true",
+        help="log to the proxy (always so); without -c ask the serve socket for the job's code",
+    )
+    p.add_argument(
+        "-I",
+        "--dont-increment",
+        action="store_true",
+        help="log with the code given, not the next one",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse fields of other event types (default: drop them with a warning)",
+    )
+    p.add_argument(
+        "--serve-socket",
+        metavar="SOCK",
+        help="serve socket for -x (default $GLITE_WMS_LBPROXY_SERVE_SOCK, "
+        "./lbtwist-state/serve.sock)",
     )
     p.add_argument(
         "-S",
         "--socket",
+        "--lbproxy-store-sock",
         metavar="SOCK",
         help="intake socket (default $GLITE_WMS_LBPROXY_STORE_SOCK, ./lbtwist-state/events.sock)",
     )
-    p.add_argument("-U", "--user", metavar="DN", help="user DN to log as")
-    p.add_argument("-H", "--host", help="host name to log (default: this host's FQDN)")
-    p.add_argument("-i", "--instance", help="source instance (DG.SRC_INSTANCE)")
+    p.add_argument("-U", "--user", "--lbproxy-user-dn", metavar="DN", help="user DN to log as")
+    p.add_argument("-H", "--host", help="host name to log (default: gethostname())")
+    p.add_argument(
+        "-i", "--instance", "--source-instance", help="source instance (DG.SRC_INSTANCE)"
+    )
     p.set_defaults(handler=handle, extra_args=True)

@@ -47,6 +47,7 @@ def make_ctx(env: Mapping[str, str] | None = None, stdin: str = "") -> CLIContex
         random_bytes=lambda n: bytes(range(n)),
         pid=4242,
         fqdn=lambda: "node.example.org",
+        hostname=lambda: "node.example.org",
         login=lambda: "jana",
     )
 
@@ -126,7 +127,8 @@ class DispatcherTests(SynchronousTestCase):
         ctx = make_ctx({"X509_USER_PROXY": "/nonexistent/x509up"})
         status, out, err = call(["status", JOBID], ctx)
         self.assertEqual(status, 1)
-        self.assertEqual(out, "")
+        # glite-lb-job_status starts with an empty line, whatever follows.
+        self.assertEqual(out, "\n")
         self.assertIn("lbtwist status: cannot read certificate /nonexistent/x509up", err)
         self.assertEqual(err.count("\n"), 1)
 
@@ -291,8 +293,9 @@ class LogEventTests(SynchronousTestCase):
             )
         )
         self.assertEqual((status, err), (0, ""))
+        # As glite-lb-logevent: logged with the next code, the one after it printed.
         new = old.replace("LM=000000", "LM=000001")
-        self.assertEqual(out, new + "\n")
+        self.assertEqual(out, old.replace("LM=000000", "LM=000002") + "\n")
         [event] = sent_events(self.server)
         self.assertEqual(event.type, "Running")  # type: ignore[attr-defined]
         self.assertEqual(event.jobid, JOBID)  # type: ignore[attr-defined]
@@ -344,7 +347,7 @@ class LogEventTests(SynchronousTestCase):
         self.assertEqual(status, 0, err)
         self.assertTrue(
             out.startswith(
-                "UI=000000:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000001"
+                "UI=000000:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000002"
             )
         )
         [event] = sent_events(self.server)
@@ -372,7 +375,16 @@ class LogEventTests(SynchronousTestCase):
         self.assertTrue(err.startswith("lbtwist logevent: ERR 1403 "), err)
 
     def test_unknown_field(self) -> None:
-        status, out, err = call(self.argv("-j", JOBID, "-s", "LRMS", "-e", "Running", "--jdl=x"))
+        # --strict refuses a field of another event type (--jdl is RegJob's).
+        status, out, err = call(
+            self.argv("--strict", "-j", JOBID, "-s", "LRMS", "-e", "Running", "--jdl=x")
+        )
+        self.assertEqual((status, out), (1, ""))
+        self.assertTrue(err.startswith("lbtwist logevent: ERR 1405 "), err)
+        # A name that is no field of any event type is refused without --strict too.
+        status, out, err = call(
+            self.argv("-j", JOBID, "-s", "LRMS", "-e", "Running", "--node=n", "--bogus=x")
+        )
         self.assertEqual((status, out), (1, ""))
         self.assertTrue(err.startswith("lbtwist logevent: ERR 1405 "), err)
 
@@ -428,6 +440,8 @@ class LogEventTests(SynchronousTestCase):
             self.argv(
                 "-x",
                 "-p",
+                "-c",
+                "UI=000000:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000",
                 "-j",
                 JOBID,
                 "-s",
@@ -458,7 +472,7 @@ class JobRegTests(SynchronousTestCase):
         with open(jdl, "w") as f:
             f.write('[ Executable = "/bin/date"; ]')
         status, out, err = call(
-            ["job-reg", "-m", "lb.example.org", "-S", self.server.path, "-U", USER, "-l", jdl]
+            ["job-reg", "-m", "lb.example.org", "-X", self.server.path, "-U", USER, "-l", jdl]
         )
         self.assertEqual((status, err), (0, ""))
         [event] = sent_events(self.server)
@@ -467,18 +481,18 @@ class JobRegTests(SynchronousTestCase):
         seq = "UI=000000:NS=0000000001:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000"
         self.assertEqual(
             out,
-            f'\nEDG_JOBID="{jid}"\nEDG_WL_SEQUENCE="{seq}"\n'
+            f'new jobid: {jid}\n\nEDG_JOBID="{jid}"\nEDG_WL_SEQUENCE="{seq}"\n'
             f'GLITE_WMS_JOBID="{jid}"\nGLITE_WMS_SEQUENCE_CODE="{seq}"\n',
         )
         self.assertEqual(event.type, "RegJob")  # type: ignore[attr-defined]
         self.assertEqual(event.source, "NetworkServer")  # type: ignore[attr-defined]
         self.assertEqual(event.get("jobtype"), "SIMPLE")  # type: ignore[attr-defined]
         self.assertEqual(event.get("jdl"), '[ Executable = "/bin/date"; ]')  # type: ignore[attr-defined]
-        self.assertEqual(event.priority, 0)  # type: ignore[attr-defined]
+        self.assertEqual(event.priority, 8)  # type: ignore[attr-defined]
 
     def test_cream_exclusive(self) -> None:
         status, out, err = call(
-            ["job-reg", "-c", "-E", "-m", "ce.example.org:9000", "-S", self.server.path, "-U", USER]
+            ["job-reg", "-c", "-E", "-m", "ce.example.org:9000", "-X", self.server.path, "-U", USER]
         )
         self.assertEqual((status, err), (0, ""))
         [event] = sent_events(self.server)
@@ -501,7 +515,9 @@ class JobRegTests(SynchronousTestCase):
                 "3",
                 "-s",
                 "UserInterface",
+                "-C",
                 "-S",
+                "-X",
                 self.server.path,
                 "-U",
                 USER,
@@ -525,12 +541,12 @@ class JobRegTests(SynchronousTestCase):
 
     def test_refused(self) -> None:
         self.server.answer = lambda line: b"ERR 1 producer uid 7 not allowed"
-        status, out, err = call(["job-reg", "-j", JOBID, "-S", self.server.path, "-U", USER])
+        status, out, err = call(["job-reg", "-j", JOBID, "-X", self.server.path, "-U", USER])
         self.assertEqual((status, out), (1, ""))
         self.assertEqual(err, f"lbtwist job-reg: {JOBID}: ERR 1 producer uid 7 not allowed\n")
 
     def test_bad_jobid(self) -> None:
-        status, out, err = call(["job-reg", "-j", "nonsense", "-S", self.server.path])
+        status, out, err = call(["job-reg", "-j", "nonsense", "-X", self.server.path])
         self.assertEqual((status, out), (1, ""))
         self.assertTrue(err.startswith("lbtwist job-reg: ERR 1409 "), err)
 
@@ -826,7 +842,9 @@ class LocalStoreTests(SynchronousTestCase):
         self.wms = "https://lb01.example.org:9000/Hq3tK8vWZ0bQy1n2m3p4rA"
 
     def test_status_text(self) -> None:
-        status, out, err = call(["status", "--state-dir", self.state_dir, self.direct])
+        status, out, err = call(
+            ["status", "--lbtwist-layout", "--state-dir", self.state_dir, self.direct]
+        )
         self.assertEqual((status, err), (0, ""))
         self.assertTrue(out.startswith("\nBOOKKEEPING INFORMATION:\n\n"))
         self.assertIn(f"jobId : {self.direct}\n", out)
@@ -856,11 +874,11 @@ class LocalStoreTests(SynchronousTestCase):
 
     def test_no_store(self) -> None:
         status, out, err = call(["status", "--state-dir", "/nonexistent", JOBID])
-        self.assertEqual((status, out), (1, ""))
+        self.assertEqual((status, out), (1, "\n"))
         self.assertIn("no lbtwist store", err)
 
     def test_log(self) -> None:
-        status, out, err = call(["log", "--state-dir", self.state_dir, self.direct])
+        status, out, err = call(["log", "--raw", "--state-dir", self.state_dir, self.direct])
         self.assertEqual((status, err), (0, ""))
         lines = out.splitlines()
         n = sum(1 for x in self.lines if self.direct in x)
