@@ -885,6 +885,37 @@ class LocalStoreTests(SynchronousTestCase):
         self.assertEqual(lines[-1], f"Found {n} events")
         self.assertEqual(len([x for x in lines if x.startswith("DATE=")]), n)
 
+    def test_status_lb_layout_default(self) -> None:
+        status, out, err = call(["status", "--state-dir", self.state_dir, self.direct])
+        self.assertEqual((status, err), (0, ""))
+        self.assertTrue(out.startswith("\nstate : "), out[:40])
+        lines = out.splitlines()
+        self.assertIn("suspended : 0", lines)
+        self.assertIn("matched_jdl : (null)", lines)
+        self.assertTrue(any(x.startswith("cream_state : ") for x in lines))
+
+    def test_status_all(self) -> None:
+        status, out, err = call(["status", "-all", "--state-dir", self.state_dir])
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(f"jobId : {self.direct}\n", out)
+        self.assertIn(f"jobId : {self.wms}\n", out)
+
+    def test_log_lb_layout(self) -> None:
+        status, out, err = call(["log", "--state-dir", self.state_dir, self.direct])
+        self.assertEqual((status, err), (0, ""))
+        events = [x for x in out.split("\n") if x.startswith("DATE=")]
+        self.assertTrue(events and all(x.endswith(" ") for x in events))
+        self.assertIn("\n\nDATE=", out)
+
+    def test_dump_lines_unparsed(self) -> None:
+        from lbtwist.core.events import parse_event
+        from lbtwist.core.unparse import unparse_event
+
+        status, out, err = call(["dump", "--state-dir", self.state_dir])
+        first = out.splitlines()[0]
+        arrived, _, rest = first.partition(" ")
+        self.assertEqual(rest, unparse_event(parse_event(self.lines[0])))
+
     def test_dump_all_and_window(self) -> None:
         from lbtwist.cli.replay import parse_line
 
@@ -915,3 +946,87 @@ class LocalStoreTests(SynchronousTestCase):
         window = out.splitlines()
         self.assertTrue(0 < len(window) < len(dumped))
         self.assertTrue(all(x in dumped for x in window))
+
+
+class LBCompatTests(SynchronousTestCase):
+    """
+    Behaviour of the C{glite-lb-*} tools that L&B's test scripts rely on.
+    """
+
+    def setUp(self) -> None:
+        self.server = start_server(self, validating_answer())  # type: ignore[arg-type]
+
+    def argv(self, *extra: str) -> list[str]:
+        return ["logevent", "-S", self.server.path, "-U", USER, *extra]
+
+    def test_foreign_fields_dropped(self) -> None:
+        """
+        As lb-test-cream.sh logs them: CREAMAccepted with Accepted's --from fields.
+        """
+        status, out, err = call(
+            self.argv(
+                "-j", CREAM_JOBID, "-c", "no_seqcodes_with_CREAM", "-s", "CREAMExecutor",
+                "-e", "CREAMAccepted", "--from=CREAMExecutor", "--from_host=h",
+                "--from_instance=i", "--local_jobid=CREAM-test-1",
+            )
+        )  # fmt: skip
+        self.assertEqual((status, out), (0, "no_seqcodes_with_CREAM\n"))
+        self.assertEqual(err.count("warning: --from"), 3, err)
+        [event] = sent_events(self.server)
+        self.assertEqual(event.get("local_jobid"), "CREAM-test-1")  # type: ignore[attr-defined]
+
+    def test_unparser_line_priority_host(self) -> None:
+        call(self.argv("-j", JOBID, "-s", "Application", "-e", "UserTag", "--name=a", "--value=b"))
+        line = self.server.lines[0].decode()
+        self.assertIn(' LVL=SYSTEM DG.PRIORITY=8 DG.SOURCE="Application" DG.SRC_INSTANCE="" ', line)
+        self.assertIn('HOST="node.example.org"', line)
+        self.assertTrue(line.endswith('DG.USERTAG.VALUE="b" '), line)
+
+    def test_dont_increment(self) -> None:
+        code = "UI=000003:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000"
+        status, out, err = call(
+            self.argv("-I", "-c", code, "-j", JOBID, "-s", "UserInterface", "-e", "UserTag",
+                      "--name=a", "--value=b")
+        )  # fmt: skip
+        self.assertEqual(status, 0, err)
+        [event] = sent_events(self.server)
+        self.assertEqual(event.seqcode, code)  # type: ignore[attr-defined]
+        self.assertEqual(out, code.replace("UI=000003", "UI=000004") + "\n")
+
+    def test_x_without_c_asks_serve_socket(self) -> None:
+        last = "UI=000000:NS=0000000001:WM=000007:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000"
+        serve = start_server(self, lambda line: b"OK " + last.encode())  # type: ignore[arg-type]
+        status, out, err = call(
+            self.argv("-x", "--serve-socket", serve.path, "-j", JOBID, "-s", "WorkloadManager",
+                      "-e", "UserTag", "--name=a", "--value=b")
+        )  # fmt: skip
+        self.assertEqual(status, 0, err)
+        self.assertEqual(serve.lines, [f"SEQCODE {JOBID}".encode()])
+        [event] = sent_events(self.server)
+        self.assertEqual(event.seqcode, last.replace("WM=000007", "WM=000008"))  # type: ignore[attr-defined]
+        self.assertEqual(out, last.replace("WM=000007", "WM=000009") + "\n")
+
+    def test_job_reg_prints_new_jobid(self) -> None:
+        status, out, err = call(
+            ["job-reg", "-m", "lb.example.org:9000", "-s", "application", "-X", self.server.path]
+        )
+        self.assertEqual(status, 0, err)
+        first = out.splitlines()[0]
+        self.assertTrue(first.startswith("new jobid: https://lb.example.org:9000/"), out)
+        # lb-test-cream.sh: grep "new jobid" | awk '{ print $3 }'
+        self.assertEqual(first.split()[2], sent_events(self.server)[0].jobid)  # type: ignore[attr-defined]
+
+    def test_job_reg_dag_without_subjob_registration(self) -> None:
+        status, out, err = call(["job-reg", "-j", JOBID, "-n", "2", "-X", self.server.path])
+        self.assertEqual(status, 0, err)
+        [event] = sent_events(self.server)
+        self.assertEqual(event.get("jobtype"), "DAG")  # type: ignore[attr-defined]
+        self.assertIn(f'EDG_WL_DAG_JOBID="{JOBID}"', out)
+        self.assertNotIn("new jobid", out)
+
+    def test_subcommand_usage_on_unknown_option(self) -> None:
+        status, out, err = call(["job-reg", "-Q"])
+        self.assertEqual(status, 2)
+        self.assertTrue(err.startswith("usage: lbtwist job-reg "), err)
+        status, out, err = call(["status", "--bogus", JOBID])
+        self.assertTrue(err.startswith("usage: lbtwist status "), err)
