@@ -438,7 +438,6 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         idle_timeout=options["intake-idle-timeout"],
         allowed_uids=set(uids),
         allowed_gids=set(options["producer-gid"]),
-        line_requests={b"SEQCODE": requests[b"SEQCODE"]},
     )
     serve = ServeFactory(
         requests, clock=reactor, allowed_uids=set(uids), allowed_gids=set(options["producer-gid"])

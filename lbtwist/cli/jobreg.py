@@ -25,9 +25,15 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from lbtwist.cli.common import CLIContext, default_socket
+from lbtwist.cli.common import (
+    CLIContext,
+    add_timeout_option,
+    default_socket,
+    producer_for,
+    producer_timeout,
+)
 from lbtwist.cli.identity import default_user
-from lbtwist.client.producer import LBProducer
+from lbtwist.client.producer import DEFAULT_TIMEOUT
 from lbtwist.core.errors import InvalidValue, LBError
 
 if TYPE_CHECKING:
@@ -42,9 +48,6 @@ PRIO_EXCL = 64
 
 #: DG.PRIORITY bit of events logged to the proxy.
 PRIO_PROXY = 8
-
-#: Seconds to wait for the intake's answers.
-TIMEOUT = 120.0
 
 
 @attrs.frozen
@@ -172,7 +175,8 @@ def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
     from lbtwist.core.unparse import unparse_event
 
     reg = build_registration(args, ctx)
-    with LBProducer(args.socket or default_socket(ctx.env), timeout=TIMEOUT) as producer:
+    path = args.socket or default_socket(ctx.env)
+    with producer_for(path, producer_timeout(args, ctx.env), ctx) as producer:
         results = producer.log_many([unparse_event(e) for e in reg.events])
     for event, result in zip(reg.events, results, strict=True):
         if isinstance(result, LBError):
@@ -239,4 +243,5 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("-U", "--user", metavar="DN", help="user DN to register as")
     p.add_argument("--ns", help="network server address logged in the RegJob")
+    add_timeout_option(p, DEFAULT_TIMEOUT)
     p.set_defaults(handler=handle)

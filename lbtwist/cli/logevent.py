@@ -2,8 +2,8 @@
 """
 C{lbtwist logevent}: log one event, option-compatible with C{glite-lb-logevent}.
 
-On success the sequence code the next producer must start from is the only output on
-stdout, so the Job Wrapper idiom works::
+On success the new sequence code is the only output on stdout, so the Job
+Wrapper idiom works::
 
     GLITE_WMS_SEQUENCE_CODE=$(lbtwist logevent ... || echo $GLITE_WMS_SEQUENCE_CODE)
 
@@ -13,27 +13,36 @@ printed); CREAM's opaque codes are logged and printed as given. Fields that belo
 another event type are dropped with a warning (C{--strict}: refused). The line is
 written as L&B's unparser writes it (L{lbtwist.core.unparse}), C{DG.PRIORITY} 8 (the
 proxy flag), C{HOST} this machine's C{gethostname()}.
+
+A refused, backlogged or busy intake is retried for C{--timeout} seconds, so an
+event is not lost to a passing overload; only then does the command fail (exit
+1, one line on stderr naming the socket and the last error). This module must
+not load Twisted: a Job Wrapper runs it for every event.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lbtwist.cli.common import CLIContext, default_serve_socket, default_socket, env_first
+from lbtwist.cli.common import (
+    CLIContext,
+    add_timeout_option,
+    default_socket,
+    env_first,
+    producer_for,
+    producer_timeout,
+)
 from lbtwist.cli.identity import default_user
-from lbtwist.client.producer import LBProducer
-from lbtwist.core.errors import InvalidValue, KeyMisuse, MessageIncomplete
+from lbtwist.client.producer import DEFAULT_TIMEOUT
+from lbtwist.core.errors import InvalidValue, KeyMisuse, MessageIncomplete, UnknownJob
 
 if TYPE_CHECKING:
     from lbtwist.core.events import Event, EventType
 
 JOBID_ENV = ("GLITE_WMS_JOBID", "EDG_WL_JOBID")
 SEQCODE_ENV = ("GLITE_WMS_SEQUENCE_CODE", "EDG_WL_SEQUENCE_CODE")
-
-#: Seconds to wait for the intake's answer.
-TIMEOUT = 120.0
 
 #: DG.PRIORITY bit for synchronous logging (C{-p}).
 PRIO_SYNC = 2
@@ -138,30 +147,75 @@ def sources_help() -> str:
     return "Event sources:\n" + "".join(f"  {name}\n" for name in SOURCES)
 
 
-def current_seqcode(args: argparse.Namespace, ctx: CLIContext, jobid: str) -> str | None:
+def check_seqcode(code: str, jobid: str, origin: str) -> str:
     """
-    The code given (C{-c}, then the environment); with C{-x} and none given, the job's
-    current code asked from the proxy's serve socket.
-    """
-    old = args.sequence or env_first(ctx.env, *SEQCODE_ENV)
-    if old or not args.proxy:
-        return old
-    from lbtwist.client.serve import ServeClient
+    Refuse a malformed current sequence code, as C{glite-lb-logevent} does.
 
-    with ServeClient(args.serve_socket or default_serve_socket(ctx.env), TIMEOUT) as client:
-        return client.seqcode(jobid)
+    A gLite job needs a gLite code; a direct CREAM job takes CREAM's opaque codes
+    too (no white space, quotes or control characters), but a code that starts like
+    a gLite one must be one.
+
+    @param origin: where the code came from (C{-c}, the variable), for the message.
+    @return: C{code}.
+    @raise InvalidValue: the code is malformed.
+    """
+    from lbtwist.core.jobid import JobId
+    from lbtwist.core.seqcode import GliteSeqCode
+
+    try:
+        GliteSeqCode.parse(code)
+        return code
+    except InvalidValue:
+        pass
+    opaque_ok = (
+        JobId.parse(jobid).is_cream
+        and not code.startswith("UI=")
+        and code.isprintable()
+        and not any(c.isspace() or c == '"' for c in code)
+    )
+    if not opaque_ok:
+        kind = "a CREAM job" if JobId.parse(jobid).is_cream else "a gLite job"
+        raise InvalidValue(
+            f"{origin}: malformed sequence code for {kind}: {code!r} "
+            "(expected UI=<n>:NS=<n>:WM=<n>:BH=<n>:JSS=<n>:LM=<n>:LRMS=<n>:APP=<n>[:LBS=<n>])"
+        )
+    return code
+
+
+def current_seqcode(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """
+    The current sequence code given by C{-c} or the environment, and where it
+    came from; C{None} when neither gives one.
+    """
+    if args.sequence:
+        return args.sequence, "-c"
+    for name in SEQCODE_ENV:
+        value = env.get(name)
+        if value:
+            return value, f"${name}"
+    return None
 
 
 def build_event(
-    args: argparse.Namespace, ctx: CLIContext, dropped: list[str] | None = None
+    args: argparse.Namespace,
+    ctx: CLIContext,
+    ask: Callable[[str], str] | None = None,
+    dropped: list[str] | None = None,
 ) -> Event:
     """
     The event described by the options and environment.
 
+    Without a current sequence code (C{-c}, C{$GLITE_WMS_SEQUENCE_CODE}) the code
+    of a gLite job is C{ask(jobid)}, the proxy's last code of the job, as
+    C{glite-lb-logevent} asks its proxy; a direct CREAM job starts from zero
+    counters, as before. The code is then incremented for the event's source.
+
+    @param ask: returns the job's last stored sequence code.
     @param dropped: gets the names of the field options dropped (other event types').
     @raise LBError: something is missing or invalid.
     """
     from lbtwist.core.events import event_type, make_event, source_name
+    from lbtwist.core.jobid import JobId
     from lbtwist.core.seqcode import next_seqcode
 
     env: Mapping[str, str] = ctx.env
@@ -177,20 +231,35 @@ def build_event(
     fields = event_fields(
         etype, parse_field_options(args.extra), strict=args.strict, dropped=dropped
     )
-    old = current_seqcode(args, ctx, jobid)
-    seqcode = (old or next_seqcode(None, source)) if args.dont_increment else None
-    return make_event(
+    given = current_seqcode(args, env)
+    old = None if given is None else given[0]
+
+    def logged_code(current: str | None) -> str:
+        # -I: the code given is the one to log (L&B's "don't increment").
+        if args.dont_increment and current:
+            return current
+        return next_seqcode(current, source)
+
+    event = make_event(
         etype.name,
         jobid=jobid,
         date=ctx.now(),
         host=args.host or ctx.hostname(),
         user=args.user or default_user(env, ctx.login),
         source=source,
-        seqcode=seqcode or next_seqcode(old, source),
+        seqcode=logged_code(old),
         priority=PRIO_PROXY | (PRIO_SYNC if args.priority else 0),
         src_instance=args.instance or "",
         **fields,
     )
+    # Everything else is valid: now the code (which may take a request).
+    if given is not None:
+        check_seqcode(given[0], event.jobid, given[1])
+    elif not JobId.parse(event.jobid).is_cream:
+        if ask is None:
+            raise MessageIncomplete("no sequence code: give -c or set GLITE_WMS_SEQUENCE_CODE")
+        event = event.evolve(seqcode=logged_code(ask(event.jobid)))
+    return event
 
 
 def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
@@ -203,14 +272,24 @@ def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
     from lbtwist.core.seqcode import next_seqcode
     from lbtwist.core.unparse import unparse_event
 
-    dropped: list[str] = []
-    event = build_event(args, ctx, dropped)
-    for name in dropped:
-        ctx.stderr.write(
-            f"lbtwist logevent: warning: --{name} is not a field of event {event.type}, dropped\n"
-        )
-    with LBProducer(args.socket or default_socket(ctx.env), timeout=TIMEOUT) as producer:
+    path = args.socket or default_socket(ctx.env)
+    with producer_for(path, producer_timeout(args, ctx.env), ctx) as producer:
+
+        def ask(jobid: str) -> str:
+            try:
+                return producer.sequence_code(jobid)
+            except UnknownJob as e:
+                raise UnknownJob(f"{e.message}; give -c or set GLITE_WMS_SEQUENCE_CODE") from None
+
+        dropped: list[str] = []
+        event = build_event(args, ctx, ask, dropped)
+        for name in dropped:
+            ctx.stderr.write(
+                f"lbtwist logevent: warning: --{name} is not a field of event {event.type}, "
+                "dropped\n"
+            )
         producer.log(unparse_event(event))
+    # As glite-lb-logevent: the code the next producer starts from.
     ctx.stdout.write(next_seqcode(event.seqcode, event.source) + "\n")
     return 0
 
@@ -241,24 +320,15 @@ def register(subparsers: Any) -> None:
         "--proxy",
         "--lbproxy",
         action="store_true",
-        help="log to the proxy (always so); without -c ask the serve socket for the job's code",
+        help="log to the proxy socket (always so)",
     )
     p.add_argument(
-        "-I",
-        "--dont-increment",
-        action="store_true",
-        help="log with the code given, not the next one",
+        "-I", "--dont-increment", action="store_true", help="log with the code given, not the next"
     )
     p.add_argument(
         "--strict",
         action="store_true",
         help="refuse fields of other event types (default: drop them with a warning)",
-    )
-    p.add_argument(
-        "--serve-socket",
-        metavar="SOCK",
-        help="serve socket for -x (default $GLITE_WMS_LBPROXY_SERVE_SOCK, "
-        "./lbtwist-state/serve.sock)",
     )
     p.add_argument(
         "-S",
@@ -272,4 +342,5 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "-i", "--instance", "--source-instance", help="source instance (DG.SRC_INSTANCE)"
     )
+    add_timeout_option(p, DEFAULT_TIMEOUT)
     p.set_defaults(handler=handle, extra_args=True)

@@ -11,9 +11,9 @@ one answer line, in order::
     EVENTS <jobid>    ->  OK <the job's events, a JSON list of ULM lines>
     (error)           ->  ERR <code> <text>
 
-The requests are L{LineRequest} handlers, the same hook the event socket offers
-(L{lbtwist.service.intake.IntakeFactory.line_requests}); C{SEQCODE} is also answered
-there, so a producer may ask on the socket it logs to. Peers are authorized as on the
+The requests are L{LineRequest} handlers, the hook the event socket offers
+(L{lbtwist.service.intake.IntakeFactory.line_requests}), and C{SEQCODE} answers from the
+store's C{last_seqcode} as the event socket's C{?SEQCODE} does. Peers are authorized as on the
 event socket: by their uid or gid (C{SO_PEERCRED}).
 """
 
@@ -31,7 +31,6 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from lbtwist.core.errors import LBError, PermissionDenied, TooBig, TryAgain, UnknownJob
-from lbtwist.core.seqcode import ordering_key
 from lbtwist.core.states.status import public_dict
 from lbtwist.service import logs
 from lbtwist.service.intake import so_peercred
@@ -81,11 +80,10 @@ def make_requests(store: Any, *, max_answer: int = DEFAULT_MAX_ANSWER) -> dict[b
 
     async def seqcode(jobid: str) -> Answer:
         jobid = await _resolved(store, jobid)
-        events = await maybeDeferred(store.events, jobid)
-        if not events:
+        code = await maybeDeferred(store.last_seqcode, jobid)
+        if code is None:
             raise UnknownJob(f"no such job {jobid}")
-        last = max(events, key=lambda s: ordering_key(s.event, s.seqno))
-        return 0, f"OK {last.event.seqcode}"
+        return 0, f"OK {code}"
 
     async def status(jobid: str) -> Answer:
         jobid = await _resolved(store, jobid)
