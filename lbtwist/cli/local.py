@@ -129,7 +129,7 @@ def serve_status(args: argparse.Namespace, ctx: CLIContext) -> int:
     """
     C{lbtwist status -x SOCK}: ask the proxy's serve socket.
     """
-    from lbtwist.client.serve import ServeClient
+    from lbtwist.client.servesock import ServeClient
     from lbtwist.core.errors import LBError
     from lbtwist.core.states.status import JobStatus
 
@@ -192,7 +192,7 @@ def write_log(args: argparse.Namespace, ctx: CLIContext, lines: list[str]) -> No
 
 def handle_log(args: argparse.Namespace, ctx: CLIContext) -> int:
     if args.serve:
-        from lbtwist.client.serve import ServeClient
+        from lbtwist.client.servesock import ServeClient
 
         with ServeClient(args.serve) as client:
             write_log(args, ctx, client.events(args.jobid))

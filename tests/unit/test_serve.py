@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.unit.test_serve -*-
 """
 Tests for the proxy's serve socket (L{lbtwist.service.serve}) and its blocking
-client (L{lbtwist.client.serve}).
+client (L{lbtwist.client.servesock}).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.client.serve import ServeClient
+from lbtwist.client.servesock import ServeClient
 from lbtwist.core.errors import LBError
 from lbtwist.core.events import make_event
 from lbtwist.core.unparse import unparse_event
