@@ -102,6 +102,9 @@ def write_status(args: argparse.Namespace, ctx: CLIContext, status: JobStatus) -
     """
     from lbtwist.cli.lblayout import format_lb_status
 
+    if not getattr(args, "preamble_done", False):
+        args.preamble_done = True
+        status_preamble(args, ctx)
     if args.json:
         ctx.stdout.write(status_json(status) + "\n")
     elif args.lbtwist_layout:
@@ -114,7 +117,8 @@ def write_status(args: argparse.Namespace, ctx: CLIContext, status: JobStatus) -
 def status_preamble(args: argparse.Namespace, ctx: CLIContext) -> None:
     """
     What C{glite-lb-job_status} prints before the jobs: an empty line, and a note
-    of a C{-fullhist}/C{-fasthist} flag.
+    of a C{-fullhist}/C{-fasthist} flag (written before the first job, so a run that
+    finds no job prints nothing on stdout).
     """
     if args.json or args.lbtwist_layout:
         return
@@ -150,7 +154,6 @@ def handle_status(args: argparse.Namespace, ctx: CLIContext) -> int:
     if not args.jobids and not args.all:
         ctx.stderr.write("lbtwist status: give job ids or -all\n")
         return 2
-    status_preamble(args, ctx)
     if args.serve:
         return serve_status(args, ctx)
     if not args.state_dir:

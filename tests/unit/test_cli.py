@@ -158,8 +158,7 @@ class DispatcherTests(SynchronousTestCase):
         ctx = make_ctx({"X509_USER_PROXY": "/nonexistent/x509up"})
         status, out, err = call(["status", JOBID], ctx)
         self.assertEqual(status, 1)
-        # glite-lb-job_status starts with an empty line, whatever follows.
-        self.assertEqual(out, "\n")
+        self.assertEqual(out, "")
         self.assertIn("lbtwist status: cannot read certificate /nonexistent/x509up", err)
         self.assertEqual(err.count("\n"), 1)
 
@@ -1130,7 +1129,7 @@ class LocalStoreTests(SynchronousTestCase):
 
     def test_no_store(self) -> None:
         status, out, err = call(["status", "--state-dir", "/nonexistent", JOBID])
-        self.assertEqual((status, out), (1, "\n"))
+        self.assertEqual((status, out), (1, ""))
         self.assertIn("no lbtwist store", err)
 
     def test_log(self) -> None:
