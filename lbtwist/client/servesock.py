@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.unit.test_serve -*-
 """
-A blocking client of the proxy's serve socket (C{docs/protocol.md}, section 11), for
+A blocking client of the proxy's serve socket (C{docs/protocol.md}, section 12), for
 C{lbtwist logevent -x}, C{status -x} and C{log -x}. Imports no Twisted, so that
 C{lbtwist logevent} stays light.
 """

@@ -3,7 +3,7 @@
 The proxy's query ("serve") socket: local queries over a second UNIX socket, as L&B's
 proxy answers them on C{GLITE_WMS_LBPROXY_SERVE_SOCK}.
 
-The wire is lbtwist's line protocol (C{docs/protocol.md}, section 11): one request line,
+The wire is lbtwist's line protocol (C{docs/protocol.md}, section 12): one request line,
 one answer line, in order::
 
     SEQCODE <jobid>   ->  OK <the job's current sequence code>
@@ -172,8 +172,10 @@ class ServeProtocol(LineOnlyReceiver):
         word = line.split(None, 1)[0].upper()
         handler = self.factory.requests.get(word)
         if handler is None:
+            shown = word.decode("ascii", "replace")[:40]
+            logs.warn(self.log, "serve socket: unknown request {word!r}", word=shown)
             answer: Deferred[Answer] = Deferred()
-            answer.errback(LBError(f"unknown request {word.decode('ascii', 'replace')}", 22))
+            answer.errback(LBError(f"unknown request {shown}", 22))
         else:
             answer = maybeDeferred(handler, self, line)
         previous = self._queue
@@ -199,6 +201,7 @@ class ServeProtocol(LineOnlyReceiver):
         self._queue = done
 
     def lineLengthExceeded(self, line: bytes) -> None:
+        logs.warn(self.log, "serve socket: request line over {limit} bytes", limit=self.MAX_LENGTH)
         self._send(TooBig.code, f"request line over {self.MAX_LENGTH} bytes")
         assert self.transport is not None
         self.transport.loseConnection()

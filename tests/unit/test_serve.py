@@ -105,6 +105,12 @@ class ServeRequestTests(SynchronousTestCase):
         self.assertEqual(answers[1], "ERR 22 unknown request FLY")
         self.assertTrue(answers[2].startswith("ERR 22 "), answers)
 
+    def test_long_request_line(self) -> None:
+        proto, transport = connect(factory_for(filled_store(self)))
+        proto.dataReceived(b"STATUS " + b"x" * 5000 + b"\n")
+        self.assertEqual(transport.value(), b"ERR 7 request line over 4096 bytes\n")
+        self.assertTrue(transport.disconnecting)
+
     def test_answer_limit(self) -> None:
         proto, transport = connect(factory_for(filled_store(self), max_answer=100))
         proto.dataReceived(f"EVENTS {JOBID}\n".encode())

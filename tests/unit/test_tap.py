@@ -46,6 +46,18 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["max-fields"], 100)
         self.assertEqual(options["producer-uid"], [])
 
+    def test_serve_socket_options(self) -> None:
+        """
+        The serve socket sits beside the events socket unless C{--serve} moves it;
+        C{--serve-max-answer} is a number of bytes.
+        """
+        state = os.path.abspath("./lbtwist-state")
+        options = self.parse()
+        self.assertEqual(options["serve"], f"unix:{state}/serve.sock:mode=660")
+        self.assertEqual(options["serve-max-answer"], 16 * 1024 * 1024)
+        options = self.parse("--serve", "unix:/x/s.sock", "--serve-max-answer", "1000")
+        self.assertEqual((options["serve"], options["serve-max-answer"]), ("unix:/x/s.sock", 1000))
+
     def test_repeatable_and_ints(self) -> None:
         options = self.parse(
             "--producer-uid", "91", "--producer-uid=0", "--max-inflight", "7",
