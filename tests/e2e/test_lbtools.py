@@ -2,7 +2,8 @@
 """
 End-to-end: L&B-style scripts against C{twistd lbproxy} through C{glite-lb-*} wrapper
 scripts (C{tests/e2e/lbtools/}): the state and output checks of L&B's
-C{lb-test-cream.sh} for a direct CREAM job and a WMS job, and the serve socket.
+C{lb-test-cream.sh} for a direct CREAM job and a WMS job, those of
+C{lb-test-job-states.sh}, and the serve socket.
 """
 
 from __future__ import annotations
@@ -75,6 +76,15 @@ class LBToolsTests(SynchronousTestCase):
         lines = self.run_checks("wms-cream")
         self.assertIn("ok suspended 1", lines)
         self.assertIn("ok state Done Done-ok", lines)
+
+    def test_job_states(self) -> None:
+        """
+        The checks of L&B's C{lb-test-job-states.sh}: a gLite job from Submitted through
+        Waiting, Ready, Scheduled, Running and Done to Cleared.
+        """
+        lines = self.run_checks("job-states")
+        self.assertEqual(lines[-1], "ok state Cleared")
+        self.assertEqual(len(lines), 16)
 
     def test_job_log_through_serve_socket(self) -> None:
         """

@@ -224,7 +224,8 @@ class QueryServiceTests(SynchronousTestCase):
 
         result = self.lbtwist("log", job_a, proxy=alice)
         self.assertEqual(result.returncode, 0, result.stderr)
-        lines = result.stdout.splitlines()
+        # As glite-lb-job_log: a blank line after each event.
+        lines = [line for line in result.stdout.splitlines() if line]
         self.assertEqual(lines[-1], "Found 2 events")
         self.assertIn('DG.EVNT="RegJob"', lines[0])
         self.assertIn('DG.EVNT="ChangeACL"', lines[1])

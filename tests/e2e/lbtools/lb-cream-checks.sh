@@ -1,13 +1,14 @@
 #!/bin/bash
-# State checks in the manner of L&B's LB/tests/lb-test-cream.sh (glite-testsuites),
-# written for lbtwist: the glite-lb-* names on PATH are thin wrappers around lbtwist
+# State checks in the manner of L&B's LB/tests/lb-test-cream.sh and
+# lb-test-job-states.sh (glite-testsuites), written for lbtwist: the glite-lb-* names on PATH are thin wrappers around lbtwist
 # subcommands. Prints "ok <what>" or "FAIL <what>: <detail>" per check; exit 1 if any
 # check failed.
 #
-# Usage: lb-cream-checks.sh direct|wms|wms-cream SERVER
-#   direct     a job submitted to CREAM directly
-#   wms        a WMS job up to CREAMAccepted, then its gLite events (Done, Clear)
-#   wms-cream  a WMS job's CREAM events (CREAMStore, suspension): L&B bug #45971 checks
+# Usage: lb-cream-checks.sh direct|wms|wms-cream|job-states SERVER
+#   direct      a job submitted to CREAM directly
+#   wms         a WMS job up to CREAMAccepted, then its gLite events (Done, Clear)
+#   wms-cream   a WMS job's CREAM events (CREAMStore, suspension): L&B bug #45971 checks
+#   job-states  a gLite job through every state, grep "state :" as lb-test-job-states.sh
 
 part=$1
 server=$2
@@ -131,8 +132,45 @@ wms-cream)
 	cream_status Running Really-running; check_state "$jobid" Running Really-running
 	cream_status Really-running Done-ok; check_state "$jobid" Done Done-ok
 	;;
+job-states)
+	jobid=$(glite-lb-job_reg -m "$server" -s application | grep "new jobid" | awk '{ print $3 }')
+	[ -n "$jobid" ] || { echo "FAIL job_reg: no new jobid"; exit 1; }
+	echo "ok registered $jobid"
+	state_is () {  # the script's own grep: "state :" without -w
+		local s
+		s=$(glite-lb-job_status "$jobid" | grep "state :" | awk '{print $3}')
+		if [ "$s" = "$1" ]; then echo "ok state $1"; else echo "FAIL state: '$s' (want $1)"; failed=1; fi
+	}
+	state_is Submitted
+	seq="UI=000003:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000"
+	log -s NetworkServer -e Accepted --from=UserInterface --from_host="sending host" \
+		--from_instance="sending instance" --local_jobid="new local id"; state_is Waiting
+	log -s NetworkServer -e EnQueued --queue="destination queue" --job="job description" \
+		--result=OK --reason="transfer"; state_is Waiting
+	log -s WorkloadManager -e DeQueued --queue="queue name" --local_jobid="local id"; state_is Waiting
+	log -s WorkloadManager -e HelperCall --helper_name="helper" --helper_params="params" \
+		--src_role=CALLING; state_is Waiting
+	log -s WorkloadManager -e Match --dest_id="ce.example.org:2119/jobmanager-pbs-long"; state_is Waiting
+	log -s WorkloadManager -e HelperReturn --helper_name="helper" --retval="data" \
+		--src_role=CALLING; state_is Waiting
+	log -s WorkloadManager -e EnQueued --queue="destination queue" --job="job description" \
+		--result=OK --reason="transfer"; state_is Ready
+	log -s JobController -e DeQueued --queue="queue name" --local_jobid="local id"; state_is Ready
+	log -s JobController -e Transfer --destination=LRMS --dest_host="destination host" \
+		--dest_instance="destination instance" --job="job description" --result=OK \
+		--reason="transfer" --dest_jobid="destination id"; state_is Ready
+	log -s LogMonitor -e Accepted --from=JobController --from_host="sending host" \
+		--from_instance="sending instance" --local_jobid="new local id"; state_is Ready
+	log -s LogMonitor -e Transfer --destination=LRMS --dest_host="destination host" \
+		--dest_instance="destination instance" --job="job description" --result=OK \
+		--reason="transfer" --dest_jobid="destination id"; state_is Scheduled
+	log -s LogMonitor -e Running --node="worker node"; state_is Running
+	log -s LogMonitor -e Done --status_code=OK --reason="reason for the change" --exit_code=0
+	state_is Done
+	log -s LogMonitor -e Clear --reason=USER; state_is Cleared
+	;;
 *)
-	echo "usage: $0 direct|wms|wms-cream SERVER" >&2
+	echo "usage: $0 direct|wms|wms-cream|job-states SERVER" >&2
 	exit 2
 	;;
 esac
