@@ -66,6 +66,8 @@ def unparse_event(ev: Event) -> str:
 
 def dump_line(ev: Event, arrived: int) -> str:
     """
-    One line of C{glite-lb-dump}: C{DG.ARRIVED=<date> } and the unparsed event, with LF.
+    One event of C{glite-lb-dump}: C{DG.ARRIVED=<date> }, the unparsed event and its LF,
+    then an empty line, as the EMI server's dump writes it (its format adds an LF to
+    the unparser's line, which ends in one already).
     """
-    return f"DG.ARRIVED={format_date(arrived)} {unparse_event(ev)}\n"
+    return f"DG.ARRIVED={format_date(arrived)} {unparse_event(ev)}\n\n"

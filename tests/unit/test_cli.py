@@ -1167,16 +1167,17 @@ class LocalStoreTests(SynchronousTestCase):
         from lbtwist.core.unparse import unparse_event
 
         status, out, err = call(["dump", "--state-dir", self.state_dir])
-        first = out.splitlines()[0]
+        first, blank = out.split("\n")[:2]
         arrived, _, rest = first.partition(" ")
         self.assertEqual(rest, unparse_event(parse_event(self.lines[0])))
+        self.assertEqual(blank, "")
 
     def test_dump_all_and_window(self) -> None:
         from lbtwist.cli.replay import parse_line
 
         status, out, err = call(["dump", "--state-dir", self.state_dir])
         self.assertEqual((status, err), (0, ""))
-        dumped = out.splitlines()
+        dumped = [x for x in out.splitlines() if x]
         self.assertGreaterEqual(len(dumped), len(self.lines))
         arrivals = [parse_line(x).arrived for x in dumped]  # type: ignore[attr-defined]
         self.assertEqual(arrivals, sorted(arrivals))
@@ -1198,7 +1199,7 @@ class LocalStoreTests(SynchronousTestCase):
             ]
         )
         self.assertEqual((status, err), (0, ""))
-        window = out.splitlines()
+        window = [x for x in out.splitlines() if x]
         self.assertTrue(0 < len(window) < len(dumped))
         self.assertTrue(all(x in dumped for x in window))
 

@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.events import make_event, parse_event
 from lbtwist.core.unparse import dump_line, unparse_event
+from tests import fixtures
 
 JOBID = "https://ce.example.org:9000/CREAM123456789"
 
@@ -65,5 +66,26 @@ class UnparseTests(SynchronousTestCase):
         ev = cream_status()
         self.assertEqual(
             dump_line(ev, 1_710_408_414_000_001),  # type: ignore[arg-type]
-            "DG.ARRIVED=20240314092654.000001 " + unparse_event(ev) + "\n",  # type: ignore[arg-type]
+            "DG.ARRIVED=20240314092654.000001 " + unparse_event(ev) + "\n\n",  # type: ignore[arg-type]
         )
+
+
+class RecordedStreamTests(SynchronousTestCase):
+    def test_lines_as_lb_wrote_them(self) -> None:
+        """
+        Every event with a job id in the recorded gLite L&B streams (written by L&B's
+        unparser) comes out of parse and unparse byte for byte; RegJob has gained
+        C{DG.REGJOB.WMS_DN} since, which the old lines lack.
+        """
+        checked = 0
+        for name in fixtures.stream_names():
+            for line in fixtures.stream_text(name).splitlines():
+                if "DG.JOBID=" not in line:
+                    continue  # the stress tool's templates, not the unparser's lines
+                ev = parse_event(line)
+                got = unparse_event(ev)
+                if ev.type == "RegJob":
+                    got = got.removesuffix('DG.REGJOB.WMS_DN="" ')
+                self.assertEqual(got, line)
+                checked += 1
+        self.assertGreater(checked, 1000)
