@@ -24,7 +24,7 @@ from lbtwist.core.events import make_event
 from lbtwist.core.unparse import unparse_event
 from lbtwist.service.intake import IntakeFactory
 from lbtwist.service.serve import ServeFactory, ServeProtocol, make_requests
-from lbtwist.store.memory import MemoryStore
+from lbtwist.testing import MemoryStore
 
 JOBID = "https://lb.example.org:9000/ServeJob000000000001"
 UID = 4711
