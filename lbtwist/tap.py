@@ -22,7 +22,7 @@ from twisted.python import usage
 
 from lbtwist import config
 from lbtwist.core.errors import LBError
-from lbtwist.service import logs
+from lbtwist.service import ilspool, logs
 
 log = Logger()
 
@@ -87,6 +87,12 @@ _VALUE_OPTIONS: list[tuple[str, str, str]] = [
     ("warnings-per-minute", "", "Warning lines per minute per cause (then one summary)."),
     ("max-future-skew", "", "Seconds a DATE may lie ahead; later ones order as at arrival."),
     ("refold-slice", "", "Most events one commit folds to place late events (per commit)."),
+    ("il-spool", "", "Read L&B interlogger spool files PREFIX.* (CREAM's LB_IL_PREFIX); off."),
+    ("il-socket", "", "Interlogger notification socket (endpoint or path); needs --il-spool."),
+    ("il-rescan-interval", "", "Seconds between full rescans of the spool directory (inotify on)."),
+    ("il-poll-interval", "", "Seconds between spool rescans without inotify; store retry delay."),
+    ("il-remove-idle", "", "Seconds a fully stored spool file stays unchanged before removal."),
+    ("il-batch-events", "", "Most spool lines read per pass (one store call)."),
 ]
 
 _LIST_OPTIONS: list[tuple[str, str]] = [
@@ -122,10 +128,25 @@ _INT_OPTIONS = (
     "tls-log-burst",
     "max-future-skew",
     "refold-slice",
+    "il-batch-events",
 )
 
 #: Options in seconds (fractions allowed).
-_SECONDS_OPTIONS = ("tls-handshake-timeout", "store-idle-timeout", "query-idle-timeout")
+_SECONDS_OPTIONS = (
+    "tls-handshake-timeout",
+    "store-idle-timeout",
+    "query-idle-timeout",
+    "il-rescan-interval",
+    "il-poll-interval",
+    "il-remove-idle",
+)
+
+#: Flags (also C{yes}/C{no} keys of the config file).
+_FLAGS = [
+    ["grey-jobs", None, "Server: accept events of jobs not registered yet."],
+    ["il-keep-files", None, "Leave fully stored spool files in place (default: remove idle ones)."],
+    ["il-no-inotify", None, "Find new spool bytes by rescans only (every --il-poll-interval)."],
+]
 
 DEFAULT_CERT = "/etc/grid-security/hostcert.pem"
 DEFAULT_KEY = "/etc/grid-security/hostkey.pem"
@@ -141,7 +162,7 @@ class Options(usage.Options):
     role = "lbproxy"
 
     optParameters = [[name, short or None, None, text] for name, short, text in _VALUE_OPTIONS]
-    optFlags = [["grey-jobs", None, "Server: accept events of jobs not registered yet."]]
+    optFlags = _FLAGS
 
     def __init__(self) -> None:
         super().__init__()
@@ -216,11 +237,20 @@ class Options(usage.Options):
             "warnings-per-minute": logs.DEFAULT_WARNINGS_PER_MINUTE,
             "max-future-skew": config.DEFAULT_MAX_FUTURE_SKEW,
             "refold-slice": config.DEFAULT_REFOLD_SLICE,
+            "il-spool": None,
+            "il-socket": None,
+            "il-rescan-interval": ilspool.DEFAULT_RESCAN_INTERVAL,
+            "il-poll-interval": ilspool.DEFAULT_POLL_INTERVAL,
+            "il-remove-idle": ilspool.DEFAULT_REMOVE_IDLE,
+            "il-batch-events": ilspool.DEFAULT_BATCH_EVENTS,
+            "il-keep-files": False,
+            "il-no-inotify": False,
             "grey-jobs": False,
         }
 
     def postOptions(self) -> None:
-        known = [name for name, _, _ in _VALUE_OPTIONS if name != "config"] + ["grey-jobs"]
+        flags = [str(flag[0]) for flag in _FLAGS]
+        known = [name for name, _, _ in _VALUE_OPTIONS if name != "config"] + flags
         known += [name for name, _ in _LIST_OPTIONS]
         from_file: dict[str, Any] = {}
         if self["config"]:
@@ -263,9 +293,14 @@ class Options(usage.Options):
                 f"--crl: expected require, if-present or off, got {merged['crl']!r}"
             )
         try:
-            merged["grey-jobs"] = config.parse_bool("grey-jobs", str(merged["grey-jobs"]))
+            for flag in flags:
+                merged[flag] = config.parse_bool(flag, str(merged[flag]))
         except LBError as e:
             raise usage.UsageError(e.message) from None
+        if merged["il-socket"] and not merged["il-spool"]:
+            raise usage.UsageError("--il-socket needs --il-spool (pokes only name the files)")
+        if merged["il-socket"] and str(merged["il-socket"]).startswith("/"):
+            merged["il-socket"] = f"unix:{_escape_endpoint(str(merged['il-socket']))}:mode=660"
         merged["relay-map"] = [_relay_map(v) for v in merged["relay-map"]]  # type: ignore[attr-defined]
         self._credentials(merged)
         # twistd's own options (our parent) get the capped file log.
@@ -427,6 +462,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     # A proxy that cannot listen for events must not run on: fail start-up instead.
     intake._raiseSynchronously = True
     intake.setServiceParent(top)
+    if options["il-spool"]:
+        _spool_services(options, store, reactor, set(uids)).setServiceParent(top)
     from lbtwist.service.web import make_query_service
 
     make_query_service(options, store, reactor).setServiceParent(top)
@@ -446,6 +483,51 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         uids=uids,
     )
     return top
+
+
+def _spool_services(options: Options, store: Any, reactor: Any, uids: set[int]) -> IService:
+    """
+    The interlogger-compatible intake: the spool scanner and, if asked for, the
+    notification socket.
+    """
+    spool = MultiService()
+    scanner = ilspool.SpoolScanner(
+        store,
+        options["il-spool"],
+        clock=reactor,
+        rescan_interval=options["il-rescan-interval"],
+        poll_interval=options["il-poll-interval"],
+        remove_idle=None if options["il-keep-files"] else options["il-remove-idle"],
+        batch_events=options["il-batch-events"],
+        max_line=options["max-event-size"],
+        max_fields=options["max-fields"],
+        allowed_uids=uids,
+        allowed_gids=set(options["producer-gid"]),
+        inotify=not options["il-no-inotify"],
+        reactor=reactor,
+    )
+    scanner.setServiceParent(spool)
+    if options["il-socket"]:
+        factory = ilspool.PokeFactory(
+            scanner,
+            clock=reactor,
+            max_line=options["max-event-size"],
+            max_connections=options["max-connections"],
+            idle_timeout=options["intake-idle-timeout"],
+            allowed_uids=uids,
+            allowed_gids=set(options["producer-gid"]),
+        )
+        socket_service = StreamServerEndpointService(
+            serverFromString(reactor, options["il-socket"]), factory
+        )
+        socket_service._raiseSynchronously = True
+        socket_service.setServiceParent(spool)
+    log.info(
+        "lbtwist spool intake: {prefix}.* (pokes on {socket})",
+        prefix=scanner.prefix,
+        socket=options["il-socket"] or "no socket",
+    )
+    return spool
 
 
 # What the two ServiceMakers of twisted/plugins/lbtwist_plugins.py name: each role's Options

@@ -344,8 +344,10 @@ def parse_event(
             continue
         spec = own.get(upper)
         if spec is not None:
-            if value:
+            if value and (value != "null" or spec.type != "jobid"):
                 fields[spec.name] = _field_value(spec, value)
+            # else: empty, or the Java producer's "null" job id (no parent): L&B's
+            # parser ignored it too.
             continue
         owner = _WIRE_OWNER.get(upper)
         if owner is not None:

@@ -142,12 +142,22 @@ class IEventStore(Interface):
 
     relay = Attribute("C{True} if events of non-local jobs get outbox rows.")
 
-    def store(items: list[tuple[str, Event]]) -> object:
+    def store(
+        items: list[tuple[str, Event]], offsets: dict[str, tuple[int, int] | None] | None = None
+    ) -> object:
         """
         Store events (raw line and parsed event) in one group commit.
 
+        @param offsets: spool file offsets (name -> C{(inode, offset)}, or L{None}
+            to forget a file) written in the same transaction as the events.
         @return: C{Deferred[list[StoreResult | LBError]]}, one per item, in order;
             fires only once the group is durable.
+        """
+
+    def spool_offsets() -> object:
+        """
+        @return: C{Deferred[dict[str, tuple[int, int]]]}: the committed spool file
+            offsets, name -> C{(inode, offset)}.
         """
 
     def status(jobid: str) -> object:
