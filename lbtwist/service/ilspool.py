@@ -360,11 +360,9 @@ class SpoolScanner(Service):
                 directory=self.directory,
             )
         now = self.clock.seconds()
-        ctl = set()
+        ctl = {entry for entry in names if entry.endswith(CTL_SUFFIX)}
         for entry in names:
             if not is_spool_name(self.base, entry):
-                if entry.endswith(CTL_SUFFIX):
-                    ctl.add(entry)
                 continue
             name = os.path.join(self.directory, entry)
             try:
@@ -581,8 +579,21 @@ class SpoolScanner(Service):
             left = st.st_size - cursor.read
             if left <= 0:
                 return False
-            budget = max(self.max_line + 2, 1 << 20)
-            data = os.pread(fd, min(left, budget), cursor.read)
+            budget = min(left, max(self.max_line + 2, 1 << 20))
+            start = cursor.read
+            if start and cursor.skip_from is None:
+                # The byte before a line boundary is an LF, or the file is not the
+                # one read so far (replaced, its inode reused).
+                data = os.pread(fd, budget + 1, start - 1)
+                if data[:1] != b"\n":
+                    self._restart(name, cursor, st.st_ino, "replaced")
+                    left = st.st_size
+                    budget = min(left, max(self.max_line + 2, 1 << 20))
+                    data = os.pread(fd, budget, 0)
+                else:
+                    data = data[1:]
+            else:
+                data = os.pread(fd, budget, start)
         finally:
             os.close(fd)
         boundary = self._take(name, cursor, data, items)
