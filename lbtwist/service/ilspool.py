@@ -651,6 +651,7 @@ class SpoolScanner(Service):
 
     def _count(self, results: list[Any]) -> None:
         stats = self.stats
+        before = stats.duplicates
         for result in results:
             if isinstance(result, LBError):
                 stats.rejected += 1
@@ -664,6 +665,15 @@ class SpoolScanner(Service):
                 stats.duplicates += 1
             else:
                 stats.accepted += 1
+        if stats.duplicates > before:
+            # Not expected: offsets go with their events. A file replaced or
+            # truncated and read again gets here (logged as such before).
+            logs.warn(
+                self.log,
+                "spool: {n} events read were already stored (duplicates, {total} in all)",
+                n=stats.duplicates - before,
+                total=stats.duplicates,
+            )
 
     def _failed(self, failure: Failure, offsets: dict[str, tuple[int, int] | None]) -> None:
         self._busy = None
