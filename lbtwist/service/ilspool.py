@@ -23,12 +23,13 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import struct
 from collections.abc import Collection
 from typing import Any
 
 import attrs
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -50,15 +51,22 @@ DEFAULT_RESCAN_INTERVAL = 60.0
 DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_REMOVE_IDLE = 600.0
 DEFAULT_BATCH_EVENTS = 2000
+#: Store calls under way at once (reading goes on while the store commits).
+DEFAULT_PASSES = 2
 DEFAULT_MAX_LINE = 4 * 1024 * 1024
 DEFAULT_MAX_FIELDS = 100
 
-#: inotify events that mean new bytes or a new file in the spool directory.
+#: inotify events that mean new bytes or a new file in the spool directory (one
+#: IN_MODIFY per append; not IN_CLOSE_WRITE, which ContextIL adds to every one).
 _IN_MODIFY = 0x002
-_IN_CLOSE_WRITE = 0x008
 _IN_MOVED_TO = 0x080
 _IN_CREATE = 0x100
-_IN_MASK = _IN_MODIFY | _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE
+_IN_MASK = _IN_MODIFY | _IN_MOVED_TO | _IN_CREATE
+#: The kernel's queue of events overflowed: some were lost.
+_IN_Q_OVERFLOW = 0x4000
+#: The watch is gone (the directory was removed or its file system unmounted).
+_IN_IGNORED = 0x8000
+_EVENT_HEADER = struct.Struct("=iIII")
 
 
 @attrs.define
@@ -130,6 +138,8 @@ class SpoolScanner(Service):
     @param allowed_gids: groups whose files are read.
     @param inotify: use inotify when the system has it.
     @param reactor: the reactor inotify runs on (default C{clock}).
+    @param passes: store calls under way at once (each of at most C{batch_events}
+        lines; a file is in at most one).
     """
 
     log = Logger()
@@ -150,6 +160,7 @@ class SpoolScanner(Service):
         allowed_gids: Collection[int] = (),
         inotify: bool = True,
         reactor: Any = None,
+        passes: int = DEFAULT_PASSES,
     ) -> None:
         self.store = store
         self.prefix = os.path.abspath(prefix)
@@ -166,13 +177,22 @@ class SpoolScanner(Service):
         self.allowed_uids = frozenset(allowed_uids)
         self.allowed_gids = frozenset(allowed_gids)
         self.use_inotify = inotify
+        self.passes = passes
         self.reactor = reactor if reactor is not None else clock
         self.stats = SpoolStats()
+        #: inotify queue overflows seen (each followed by a rescan).
+        self.overflows = 0
         self.cursors: dict[str, FileCursor] = {}
         self._dirty: set[str] = set()
+        self._pokes: dict[str, list[tuple[int, bytes]]] = {}
         self._refused: set[tuple[str, int]] = set()
-        self._busy: Deferred[None] | None = None
+        #: Store calls under way, and the files whose lines they hold (a file is
+        #: not read again until its call is answered: one failure rewinds it safely).
+        self._calls: list[Deferred[None]] = []
+        self._held: set[str] = set()
         self._soon: IDelayedCall | None = None
+        self._retry: set[str] = set()
+        self._retry_call: IDelayedCall | None = None
         self._rescan_call: IDelayedCall | None = None
         self._inotify: Any = None
         self._draining: list[tuple[str, int, FileCursor]] = []
@@ -191,19 +211,16 @@ class SpoolScanner(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._stopping = True
-        for call in (self._soon, self._rescan_call):
+        for call in (self._soon, self._rescan_call, self._retry_call):
             if call is not None and call.active():
                 call.cancel()
-        self._soon = self._rescan_call = None
+        self._soon = self._rescan_call = self._retry_call = None
         if self._inotify is not None:
             self._inotify.loseConnection()
             self._inotify = None
-        busy = self._busy
-        if busy is None:
+        if not self._calls:
             return succeed(None)
-        done: Deferred[None] = Deferred()
-        busy.addBoth(lambda _: done.callback(None))
-        return done
+        return gatherResults(list(self._calls)).addBoth(lambda _: None)
 
     def _load_failed(self, failure: Failure) -> None:
         self.log.failure("spool offsets could not be read; retrying", failure)
@@ -238,9 +255,37 @@ class SpoolScanner(Service):
             from twisted.internet import inotify
             from twisted.python.filepath import FilePath
 
-            notifier = inotify.INotify(self.reactor)
+            scanner = self
+
+            class _Notifier(inotify.INotify):
+                # Twisted's reader makes FilePath objects and calls for every event
+                # (about 100 us each, one per append); this one hands the names
+                # straight to the scanner and sees the kernel's queue overflows,
+                # which Twisted drops (events were lost: list the directory again).
+                def _doRead(self, in_: bytes) -> None:
+                    buffer = self._buffer + in_
+                    pos = 0
+                    size = _EVENT_HEADER.size
+                    end = len(buffer)
+                    names = []
+                    while end - pos >= size:
+                        _wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(buffer, pos)
+                        if end - pos < size + length:
+                            break
+                        if mask & _IN_Q_OVERFLOW:
+                            scanner.overflows += 1
+                            scanner.clock.callLater(0, scanner.rescan)
+                        elif mask & _IN_IGNORED:
+                            scanner.watch_lost()
+                        elif length:
+                            names.append(buffer[pos + size : pos + size + length].rstrip(b"\0"))
+                        pos += size + length
+                    self._buffer = buffer[pos:]
+                    scanner.notified(names)
+
+            notifier = _Notifier(self.reactor)
             notifier.startReading()
-            notifier.watch(FilePath(self.directory), _IN_MASK, callbacks=[self._notified])
+            notifier.watch(FilePath(self.directory), _IN_MASK)
         except Exception as e:
             logs.warn(
                 self.log,
@@ -263,12 +308,35 @@ class SpoolScanner(Service):
 
     # -- wake-ups -----------------------------------------------------------------
 
-    def _notified(self, _watch: object, path: Any, mask: int) -> None:
-        name = path.basename()
-        if isinstance(name, bytes):
-            name = os.fsdecode(name)
-        if is_spool_name(self.base, name):
-            self.touch(os.path.join(self.directory, name))
+    def notified(self, names: list[bytes]) -> None:
+        """
+        inotify saw changes to these entries of the spool directory.
+        """
+        base = self.base
+        directory = self.directory
+        dirty = self._dirty
+        for raw in names:
+            name = os.fsdecode(raw)
+            if is_spool_name(base, name):
+                dirty.add(os.path.join(directory, name))
+        if names:
+            self._schedule()
+
+    def watch_lost(self) -> None:
+        """
+        The spool directory is no longer watched: rescans find new bytes now.
+        """
+        if self._inotify is None:
+            return
+        notifier, self._inotify = self._inotify, None
+        self.clock.callLater(0, notifier.loseConnection)
+        logs.warn(
+            self.log,
+            "spool {directory}: inotify watch lost; rescanning every {interval} s",
+            directory=self.directory,
+            interval=self.poll_interval,
+        )
+        self.rescan()
 
     def touch(self, name: str) -> None:
         """
@@ -291,34 +359,42 @@ class SpoolScanner(Service):
                 "interlogger poke ignored: its line names no job id usable as a spool file",
             )
             return
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW)
-        except OSError as e:
-            self.stats.poke_mismatches += 1
-            logs.warn(
-                self.log,
-                "interlogger poke for {file} ignored: {error}",
-                file=name,
-                error=e.strerror,
-            )
-            return
-        try:
-            found = os.pread(fd, len(line), offset)
-        finally:
-            os.close(fd)
-        if found != line:
-            self.stats.poke_mismatches += 1
-            logs.warn(
-                self.log,
-                "interlogger poke for {file} at offset {offset}: its line is not in the "
-                "file there; the file is read as it is",
-                file=name,
-                offset=offset,
-            )
+        pending = self._pokes.setdefault(name, [])
+        if len(pending) < self.batch_events:
+            # Checked when the file is next read (no file access per poke here).
+            pending.append((offset, line))
         self.touch(name)
 
+    def _check_pokes(
+        self, name: str, fd: int | None, start: int, data: bytes, pokes: list[tuple[int, bytes]]
+    ) -> None:
+        """
+        Check pokes of C{name} against the file: C{data} is what was just read at
+        C{start}; pokes outside it are read from C{fd} (L{None}: the file is gone).
+        """
+        end = start + len(data)
+        for offset, line in pokes:
+            if start <= offset and offset + len(line) <= end:
+                found = data[offset - start : offset - start + len(line)]
+            elif fd is not None:
+                try:
+                    found = os.pread(fd, len(line), offset)
+                except OSError:
+                    found = b""
+            else:
+                found = b""
+            if found != line:
+                self.stats.poke_mismatches += 1
+                logs.warn(
+                    self.log,
+                    "interlogger poke for {file} at offset {offset}: its line is not in the "
+                    "file there; the file is read as it is",
+                    file=name,
+                    offset=offset,
+                )
+
     def _schedule(self, delay: float = 0.0) -> None:
-        if not self._ready or self._stopping or self._busy is not None:
+        if not self._ready or self._stopping or len(self._calls) >= self.passes:
             return
         if self._soon is not None and self._soon.active():
             if delay == 0.0 and self._soon.getTime() > self.clock.seconds():
@@ -382,7 +458,7 @@ class SpoolScanner(Service):
                 and cursor.settled
                 and name not in self._dirty
                 and now - st.st_mtime >= self.remove_idle
-                and self._busy is None
+                and name not in self._held
             ):
                 self._remove(name, cursor)
         self._schedule()
@@ -515,13 +591,16 @@ class SpoolScanner(Service):
         the new offsets in one call.
         """
         self._soon = None
-        if self._busy is not None or self._stopping:
+        if len(self._calls) >= self.passes or self._stopping:
             return
         self.stats.scans += 1
         items: list[tuple[str, Event]] = []
         offsets: dict[str, tuple[int, int] | None] = {}
         dirty, self._dirty = self._dirty, set()
-        pending = list(dirty)
+        held = self._held
+        pending = [name for name in dirty if name not in held]
+        if len(pending) < len(dirty):
+            self._dirty.update(name for name in dirty if name in held)
         while pending and len(items) < self.batch_events:
             name = pending.pop()
             if self._read(name, items, offsets):
@@ -529,13 +608,24 @@ class SpoolScanner(Service):
         self._dirty.update(pending)
         if not items and not offsets:
             return
+        held.update(offsets)
         d = maybeDeferred(self.store.store, items, offsets)
-        busy: Deferred[None] = d.addCallbacks(
+        call: Deferred[None] = d.addCallbacks(
             self._stored, self._failed, (offsets,), errbackArgs=(offsets,)
         )
-        busy.addErrback(lambda f: self.log.failure("spool intake failed", f))
-        if self._busy is None and not busy.called:
-            self._busy = busy
+        call.addErrback(lambda f: self.log.failure("spool intake failed", f))
+        if not call.called:
+            self._calls.append(call)
+            call.addBoth(self._answered, call)
+            # Read on while the store commits (the next call joins its next group).
+            if self._dirty:
+                self._schedule()
+
+    def _answered(self, result: object, call: Deferred[None]) -> object:
+        self._calls.remove(call)
+        if self._dirty:
+            self._schedule()
+        return result
 
     def _read(
         self,
@@ -549,11 +639,14 @@ class SpoolScanner(Service):
         @return: whether more is left to read.
         """
         cursor = self.cursors.get(name)
+        pokes = self._pokes.pop(name, None)
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as e:
             if e.errno != errno.ENOENT:
                 logs.warn(self.log, "spool {file} unreadable: {error}", file=name, error=e.strerror)
+            if pokes:
+                self._check_pokes(name, None, 0, b"", pokes)
             return False
         try:
             st = os.fstat(fd)
@@ -594,7 +687,12 @@ class SpoolScanner(Service):
                     data = data[1:]
             else:
                 data = os.pread(fd, budget, start)
+            if pokes:
+                self._check_pokes(name, fd, cursor.read, data, pokes)
+                pokes = None
         finally:
+            if pokes:
+                self._check_pokes(name, fd, 0, b"", pokes)
             os.close(fd)
         boundary = self._take(name, cursor, data, items)
         if boundary > cursor.committed:
@@ -636,7 +734,7 @@ class SpoolScanner(Service):
         return taken.boundary
 
     def _stored(self, results: list[Any], offsets: dict[str, tuple[int, int] | None]) -> None:
-        self._busy = None
+        self._held.difference_update(offsets)
         failed = [r for r in results if isinstance(r, (TryAgain, NoSpace))]
         if failed:
             self._failed(Failure(failed[0]), offsets)
@@ -646,8 +744,6 @@ class SpoolScanner(Service):
             cursor = self.cursors.get(name)
             if cursor is not None and spooled is not None and cursor.inode == spooled[0]:
                 cursor.stored(spooled[1])
-        if self._dirty:
-            self._schedule()
 
     def _count(self, results: list[Any]) -> None:
         stats = self.stats
@@ -676,7 +772,7 @@ class SpoolScanner(Service):
             )
 
     def _failed(self, failure: Failure, offsets: dict[str, tuple[int, int] | None]) -> None:
-        self._busy = None
+        self._held.difference_update(offsets)
         self.stats.failures += 1
         logs.warn(
             self.log,
@@ -688,8 +784,15 @@ class SpoolScanner(Service):
             cursor = self.cursors.get(name)
             if cursor is not None:
                 cursor.rewind()
-                self._dirty.add(name)
-        self._schedule(self.poll_interval)
+        self._retry.update(offsets)
+        if self._retry_call is None or not self._retry_call.active():
+            self._retry_call = self.clock.callLater(self.poll_interval, self._retry_now)
+
+    def _retry_now(self) -> None:
+        self._retry_call = None
+        retry, self._retry = self._retry, set()
+        self._dirty.update(retry)
+        self._schedule()
 
 
 # -- the notification socket ------------------------------------------------------
