@@ -264,6 +264,9 @@ class Options(usage.Options):
                 else:
                     from_file[key] = value
         explicit = {key: self[key] for key in known}
+        for flag in flags:
+            # usage.Options leaves an unset flag 0: "not given", so the file may set it.
+            explicit[flag] = True if explicit[flag] else None
         merged = config.merge(explicit, from_file, self.role_defaults())
         for key in _INT_OPTIONS:
             try:

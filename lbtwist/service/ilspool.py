@@ -69,6 +69,30 @@ _IN_IGNORED = 0x8000
 _EVENT_HEADER = struct.Struct("=iIII")
 
 
+def parse_inotify(buffer: bytes) -> tuple[list[bytes], int, bytes]:
+    """
+    The complete inotify events at the start of C{buffer}.
+
+    @return: the entry names they name, the union of the masks of the events
+        naming none (C{IN_Q_OVERFLOW}, C{IN_IGNORED}), and the bytes left over.
+    """
+    pos = 0
+    size = _EVENT_HEADER.size
+    end = len(buffer)
+    names = []
+    flags = 0
+    while end - pos >= size:
+        _wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(buffer, pos)
+        if end - pos < size + length:
+            break
+        if length:
+            names.append(buffer[pos + size : pos + size + length].rstrip(b"\0"))
+        else:
+            flags |= mask
+        pos += size + length
+    return names, flags, buffer[pos:]
+
+
 @attrs.define
 class SpoolStats:
     """
@@ -263,24 +287,12 @@ class SpoolScanner(Service):
                 # straight to the scanner and sees the kernel's queue overflows,
                 # which Twisted drops (events were lost: list the directory again).
                 def _doRead(self, in_: bytes) -> None:
-                    buffer = self._buffer + in_
-                    pos = 0
-                    size = _EVENT_HEADER.size
-                    end = len(buffer)
-                    names = []
-                    while end - pos >= size:
-                        _wd, mask, _cookie, length = _EVENT_HEADER.unpack_from(buffer, pos)
-                        if end - pos < size + length:
-                            break
-                        if mask & _IN_Q_OVERFLOW:
-                            scanner.overflows += 1
-                            scanner.clock.callLater(0, scanner.rescan)
-                        elif mask & _IN_IGNORED:
-                            scanner.watch_lost()
-                        elif length:
-                            names.append(buffer[pos + size : pos + size + length].rstrip(b"\0"))
-                        pos += size + length
-                    self._buffer = buffer[pos:]
+                    names, flags, self._buffer = parse_inotify(self._buffer + in_)
+                    if flags & _IN_Q_OVERFLOW:
+                        scanner.overflows += 1
+                        scanner.clock.callLater(0, scanner.rescan)
+                    if flags & _IN_IGNORED:
+                        scanner.watch_lost()
                     scanner.notified(names)
 
             notifier = _Notifier(self.reactor)

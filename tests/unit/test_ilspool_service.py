@@ -340,3 +340,26 @@ class PokeTests(ScannerTestBase):
         proto.dataReceived(encode_poke(0, b"x" * 100))
         self.assertTrue(transport.disconnecting)
         self.assertEqual(scanner.stats.pokes, 0)
+
+
+class InotifyParseTests(SynchronousTestCase):
+    def test_names_overflow_and_rest(self) -> None:
+        """
+        Names come out of complete events; the overflow event (no name, no watch)
+        is reported; a cut event is kept for the next read.
+        """
+        import struct
+
+        from lbtwist.service.ilspool import parse_inotify
+
+        def event(mask: int, name: bytes = b"") -> bytes:
+            padded = name + b"\0" * (-len(name) % 16) if name else b""
+            return struct.pack("=iIII", 1, mask, 0, len(padded)) + padded
+
+        data = event(0x2, b"dglogd.log.CREAM1") + event(0x4000) + event(0x2, b"x")
+        names, flags, rest = parse_inotify(data[:-5])
+        self.assertEqual(names, [b"dglogd.log.CREAM1"])
+        self.assertTrue(flags & 0x4000)
+        self.assertEqual(rest, data[len(data) - 16 - 16 : -5])
+        names, flags, rest = parse_inotify(rest + data[-5:])
+        self.assertEqual((names, flags, rest), ([b"x"], 0, b""))
