@@ -22,9 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from lbtwist.cli.common import CLIContext, default_socket
+from lbtwist.cli.common import (
+    CLIContext,
+    add_timeout_option,
+    default_socket,
+    producer_for,
+    producer_timeout,
+)
 from lbtwist.cli.identity import default_user
-from lbtwist.client.producer import LBProducer
+from lbtwist.client.producer import DEFAULT_TIMEOUT
 from lbtwist.core.errors import InvalidValue, LBError
 
 if TYPE_CHECKING:
@@ -36,9 +42,6 @@ DEFAULT_SERVER = "localhost:9000"
 
 #: DG.PRIORITY bit: the registration must be new (C{-E}).
 PRIO_EXCL = 64
-
-#: Seconds to wait for the intake's answers.
-TIMEOUT = 120.0
 
 
 @attrs.frozen
@@ -148,7 +151,8 @@ def format_output(reg: Registration) -> str:
 
 def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
     reg = build_registration(args, ctx)
-    with LBProducer(args.socket or default_socket(ctx.env), timeout=TIMEOUT) as producer:
+    path = args.socket or default_socket(ctx.env)
+    with producer_for(path, producer_timeout(args, ctx.env), ctx) as producer:
         results = producer.log_many(reg.events)
     for event, result in zip(reg.events, results, strict=True):
         if isinstance(result, LBError):
@@ -193,4 +197,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("-S", "--socket", metavar="SOCK", help="intake socket")
     p.add_argument("-U", "--user", metavar="DN", help="user DN to register as")
     p.add_argument("--ns", help="network server address logged in the RegJob")
+    add_timeout_option(p, DEFAULT_TIMEOUT)
     p.set_defaults(handler=handle)

@@ -6,27 +6,36 @@ On success the new sequence code is the only output on stdout, so the Job
 Wrapper idiom works::
 
     GLITE_WMS_SEQUENCE_CODE=$(lbtwist logevent ... || echo $GLITE_WMS_SEQUENCE_CODE)
+
+A refused, backlogged or busy intake is retried for C{--timeout} seconds, so an
+event is not lost to a passing overload; only then does the command fail (exit
+1, one line on stderr naming the socket and the last error). This module must
+not load Twisted: a Job Wrapper runs it for every event.
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from lbtwist.cli.common import CLIContext, default_socket, env_first
+from lbtwist.cli.common import (
+    CLIContext,
+    add_timeout_option,
+    default_socket,
+    env_first,
+    producer_for,
+    producer_timeout,
+)
 from lbtwist.cli.identity import default_user
-from lbtwist.client.producer import LBProducer
-from lbtwist.core.errors import InvalidValue, KeyMisuse, MessageIncomplete
+from lbtwist.client.producer import DEFAULT_TIMEOUT
+from lbtwist.core.errors import InvalidValue, KeyMisuse, MessageIncomplete, UnknownJob
 
 if TYPE_CHECKING:
     from lbtwist.core.events import Event, EventType
 
 JOBID_ENV = ("GLITE_WMS_JOBID", "EDG_WL_JOBID")
 SEQCODE_ENV = ("GLITE_WMS_SEQUENCE_CODE", "EDG_WL_SEQUENCE_CODE")
-
-#: Seconds to wait for the intake's answer.
-TIMEOUT = 120.0
 
 #: DG.PRIORITY bit for synchronous logging (C{-p}).
 PRIO_SYNC = 2
@@ -108,13 +117,71 @@ def sources_help() -> str:
     return "Event sources:\n" + "".join(f"  {name}\n" for name in SOURCES)
 
 
-def build_event(args: argparse.Namespace, ctx: CLIContext) -> Event:
+def check_seqcode(code: str, jobid: str, origin: str) -> str:
+    """
+    Refuse a malformed current sequence code, as C{glite-lb-logevent} does.
+
+    A gLite job needs a gLite code; a direct CREAM job takes CREAM's opaque codes
+    too (no white space, quotes or control characters), but a code that starts like
+    a gLite one must be one.
+
+    @param origin: where the code came from (C{-c}, the variable), for the message.
+    @return: C{code}.
+    @raise InvalidValue: the code is malformed.
+    """
+    from lbtwist.core.jobid import JobId
+    from lbtwist.core.seqcode import GliteSeqCode
+
+    try:
+        GliteSeqCode.parse(code)
+        return code
+    except InvalidValue:
+        pass
+    opaque_ok = (
+        JobId.parse(jobid).is_cream
+        and not code.startswith("UI=")
+        and code.isprintable()
+        and not any(c.isspace() or c == '"' for c in code)
+    )
+    if not opaque_ok:
+        kind = "a CREAM job" if JobId.parse(jobid).is_cream else "a gLite job"
+        raise InvalidValue(
+            f"{origin}: malformed sequence code for {kind}: {code!r} "
+            "(expected UI=<n>:NS=<n>:WM=<n>:BH=<n>:JSS=<n>:LM=<n>:LRMS=<n>:APP=<n>[:LBS=<n>])"
+        )
+    return code
+
+
+def current_seqcode(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[str, str] | None:
+    """
+    The current sequence code given by C{-c} or the environment, and where it
+    came from; C{None} when neither gives one.
+    """
+    if args.sequence:
+        return args.sequence, "-c"
+    for name in SEQCODE_ENV:
+        value = env.get(name)
+        if value:
+            return value, f"${name}"
+    return None
+
+
+def build_event(
+    args: argparse.Namespace, ctx: CLIContext, ask: Callable[[str], str] | None = None
+) -> Event:
     """
     The event described by the options and environment.
 
+    Without a current sequence code (C{-c}, C{$GLITE_WMS_SEQUENCE_CODE}) the code
+    of a gLite job is C{ask(jobid)}, the proxy's last code of the job, as
+    C{glite-lb-logevent} asks its proxy; a direct CREAM job starts from zero
+    counters, as before. The code is then incremented for the event's source.
+
+    @param ask: returns the job's last stored sequence code.
     @raise LBError: something is missing or invalid.
     """
     from lbtwist.core.events import event_type, make_event, source_name
+    from lbtwist.core.jobid import JobId
     from lbtwist.core.seqcode import next_seqcode
 
     env: Mapping[str, str] = ctx.env
@@ -128,8 +195,9 @@ def build_event(args: argparse.Namespace, ctx: CLIContext) -> Event:
     etype = event_type(args.event)
     source = source_name(args.source)
     fields = event_fields(etype, parse_field_options(args.extra))
-    old = args.sequence or env_first(env, *SEQCODE_ENV)
-    return make_event(
+    given = current_seqcode(args, env)
+    old = None if given is None else given[0]
+    event = make_event(
         etype.name,
         jobid=jobid,
         date=ctx.now(),
@@ -141,6 +209,14 @@ def build_event(args: argparse.Namespace, ctx: CLIContext) -> Event:
         src_instance=args.instance or "",
         **fields,
     )
+    # Everything else is valid: now the code (which may take a request).
+    if given is not None:
+        check_seqcode(given[0], event.jobid, given[1])
+    elif not JobId.parse(event.jobid).is_cream:
+        if ask is None:
+            raise MessageIncomplete("no sequence code: give -c or set GLITE_WMS_SEQUENCE_CODE")
+        event = event.evolve(seqcode=next_seqcode(ask(event.jobid), source))
+    return event
 
 
 def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
@@ -150,8 +226,16 @@ def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
     if args.source is not None and args.source.lower() == "help":
         ctx.stdout.write(sources_help())
         return 0
-    event = build_event(args, ctx)
-    with LBProducer(args.socket or default_socket(ctx.env), timeout=TIMEOUT) as producer:
+    path = args.socket or default_socket(ctx.env)
+    with producer_for(path, producer_timeout(args, ctx.env), ctx) as producer:
+
+        def ask(jobid: str) -> str:
+            try:
+                return producer.sequence_code(jobid)
+            except UnknownJob as e:
+                raise UnknownJob(f"{e.message}; give -c or set GLITE_WMS_SEQUENCE_CODE") from None
+
+        event = build_event(args, ctx, ask)
         producer.log(event)
     ctx.stdout.write(event.seqcode + "\n")
     return 0
@@ -190,4 +274,5 @@ def register(subparsers: Any) -> None:
     p.add_argument("-U", "--user", metavar="DN", help="user DN to log as")
     p.add_argument("-H", "--host", help="host name to log (default: this host's FQDN)")
     p.add_argument("-i", "--instance", help="source instance (DG.SRC_INSTANCE)")
+    add_timeout_option(p, DEFAULT_TIMEOUT)
     p.set_defaults(handler=handle, extra_args=True)

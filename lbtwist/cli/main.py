@@ -31,9 +31,18 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Subcommands whose runs load only their own module (they run once per event,
+#: so they must not pay for the others' imports: Twisted, pyOpenSSL).
+LIGHT_COMMANDS: dict[str, str] = {
+    "logevent": "lbtwist.cli.logevent",
+    "job-reg": "lbtwist.cli.jobreg",
+}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """
-    The parser of C{lbtwist} with every subcommand registered.
+    The parser of C{lbtwist} with every subcommand registered (only module
+    C{only} if given).
     """
     parser = argparse.ArgumentParser(
         prog="lbtwist",
@@ -41,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"lbtwist {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    for name in COMMAND_MODULES if only is None else [only]:
         importlib.import_module(name).register(subparsers)
     return parser
 
@@ -63,7 +72,7 @@ def run(argv: Sequence[str], ctx: CLIContext) -> int:
 
     @return: the exit status.
     """
-    parser = build_parser()
+    parser = build_parser(LIGHT_COMMANDS.get(argv[0]) if argv else None)
     saved = sys.stdout, sys.stderr
     # argparse writes usage and help to sys.std*: point them at the context's.
     sys.stdout, sys.stderr = ctx.stdout, ctx.stderr

@@ -101,7 +101,8 @@ def proxy_cert_info_der(
     value: dict[str, object] = {"proxy_policy": {"policy_language": policy_language}}
     if path_len is not None:
         value["path_len_constraint"] = path_len
-    return _ProxyCertInfo(value).dump()
+    der: bytes = _ProxyCertInfo(value).dump()
+    return der
 
 
 def new_key() -> PrivateKey:

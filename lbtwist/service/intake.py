@@ -38,10 +38,12 @@ from twisted.python.failure import Failure
 
 from lbtwist.core.errors import (
     BrokenULM,
+    InvalidValue,
     LBError,
     MessageIncomplete,
     PermissionDenied,
     TryAgain,
+    UnknownJob,
 )
 from lbtwist.core.events import Event, parse_event
 from lbtwist.service import logs
@@ -63,6 +65,10 @@ DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_MAX_FIELDS = 100
 DEFAULT_REFUSAL_GRACE = 2.0
 DEFAULT_IDLE_TIMEOUT = 60.0
+
+#: A line of the line framing that asks for a job's last sequence code
+#: (C{?SEQCODE <jobid>}); no ULM line starts with C{?}.
+SEQCODE_REQUEST = b"?SEQCODE"
 
 # DG.USER given with a non-empty value (only looked for when parsing failed).
 _USER_PRESENT = re.compile(r'(?:^|\s)DG\.USER=(?!""|\s|$)', re.IGNORECASE)
@@ -421,6 +427,34 @@ class IntakeProtocol(Protocol):
             self._answers.flush()
 
 
+def sequence_request(
+    proto: IntakeProtocol, raw: bytes
+) -> Deferred[tuple[int, str]] | tuple[int, str]:
+    """
+    Answer C{?SEQCODE <jobid>} (line framing only): C{OK <code>} with the
+    sequence code of the job's last stored event, C{ERR 2} for a job without
+    events, C{ERR 22} for a malformed request. The peer was authorized as a
+    producer when it connected (EPERM otherwise, like any line).
+    """
+    jobid = raw[len(SEQCODE_REQUEST) + 1 :].decode("utf-8", "replace")
+    if (
+        raw[len(SEQCODE_REQUEST) : len(SEQCODE_REQUEST) + 1] != b" "
+        or not jobid
+        or any(c.isspace() for c in jobid)
+    ):
+        error: LBError = InvalidValue("usage: ?SEQCODE <jobid>")
+        return error.code, error.message
+
+    def found(code: str | None) -> tuple[int, str]:
+        if code is None:
+            error = UnknownJob(f"unknown job {jobid}")
+            return error.code, error.message
+        return 0, f"OK {code}"
+
+    d: Deferred[Any] = maybeDeferred(proto.factory.store.last_seqcode, jobid)
+    return d.addCallback(found)
+
+
 class IntakeFactory(Factory["IntakeProtocol"]):
     """
     Builds L{IntakeProtocol}s and holds their shared bounds, policy and counters.
@@ -476,7 +510,10 @@ class IntakeFactory(Factory["IntakeProtocol"]):
         self.max_fields = max_fields
         self.refusal_grace = refusal_grace
         self.idle_timeout = idle_timeout
-        self.line_requests: dict[bytes, LineRequest] = dict(line_requests or {})
+        self.line_requests: dict[bytes, LineRequest] = {
+            SEQCODE_REQUEST: sequence_request,
+            **(line_requests or {}),
+        }
         self.open: set[IntakeProtocol] = set()
         self.stats = IntakeStats()
 

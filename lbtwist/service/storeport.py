@@ -24,7 +24,6 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -87,17 +86,6 @@ def may_log(
     without owner): L{lbtwist.security.authz.may_write}.
     """
     return may_write(identity, event, job, policy, super_users).allowed
-
-
-def tls_identity(clock: IReactorTime, voms_dir: str | None = None) -> Identify:
-    """
-    @return: the identity of a TLS transport's verified peer chain, by
-        L{lbtwist.security.identity.PeerIdentity} without a CA directory (so no
-        FQANs); the store port itself uses L{PeerIdentity.for_source}.
-    """
-    from lbtwist.security.identity import PeerIdentity
-
-    return PeerIdentity(clock=clock, voms_dir=voms_dir).of_transport
 
 
 @attrs.define
@@ -705,5 +693,4 @@ __all__ = [
     "make_store_port_service",
     "may_log",
     "required_action",
-    "tls_identity",
 ]

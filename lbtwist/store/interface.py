@@ -170,6 +170,14 @@ class IEventStore(Interface):
         @return: C{Deferred[list[StoredEvent]]} in the order of the ordering key.
         """
 
+    def last_seqcode(jobid: str) -> object:
+        """
+        The sequence code of the job's event that sorts last (the ordering key),
+        which a producer without a code of its own continues from.
+
+        @return: C{Deferred[str | None]}, C{None} for a job without events.
+        """
+
     def events_range(jobid: str, after: int, limit: int) -> object:
         """
         A bounded read of a job's history, for paging: at most C{limit} events

@@ -264,6 +264,12 @@ class MemoryStore(GroupedWrites):
         start = bisect_right(news, after, key=lambda n: n.seqno)
         return succeed([_stored(new) for new in news[start : start + max(limit, 0)]])
 
+    def last_seqcode(self, jobid: str) -> Deferred[str | None]:
+        news = self.backend.by_job.get(jobid)
+        if not news:
+            return succeed(None)
+        return succeed(max(news, key=lambda n: n.okey).event.seqcode)
+
     def resolve(self, jobid: str) -> Deferred[str | None]:
         return succeed(self.backend.mapping.get(cream_key(jobid)))
 

@@ -582,6 +582,12 @@ class Queries:
         ).fetchall()
         return [_stored(row) for row in rows]
 
+    def last_seqcode(self, jobid: str) -> str | None:
+        row = self.conn.execute(
+            "SELECT seqcode FROM events WHERE jobid = ? ORDER BY okey DESC LIMIT 1", (jobid,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def resolve(self, jobid: str) -> str | None:
         row = self.conn.execute(
             "SELECT glite_id FROM cream_map WHERE cream_key = ?", (cream_key(jobid),)
@@ -836,6 +842,9 @@ class SQLiteStore(GroupedWrites):
         The committed spool file offsets: name -> C{(inode, offset)}.
         """
         return self._read(self._queries.spool_offsets)
+
+    def last_seqcode(self, jobid: str) -> Deferred[str | None]:
+        return self._read(lambda: self._queries.last_seqcode(jobid))
 
     def events_range(self, jobid: str, after: int, limit: int) -> Deferred[list[StoredEvent]]:
         return self._read(lambda: self._queries.events_range(jobid, after, limit))

@@ -554,6 +554,8 @@ class JobWrapperTests(ServiceTestCase):
             GLITE_WMS_LBPROXY_STORE_SOCK=sock,
             GLITE_WMS_JOBID=jobid,
             GLITE_WMS_SEQUENCE_CODE=seqcode,
+            # A missing socket is retried this long before the script's fallback.
+            GLITE_WMS_LOG_TIMEOUT="1",
             LBTWIST=" ".join(harness.LBTWIST),
         )
         result = subprocess.run(

@@ -26,19 +26,48 @@ from lbtwist.cli.logevent import field_key, parse_field_options
 from lbtwist.cli.main import build_parser, run
 from lbtwist.core.errors import InvalidValue, LBError
 from tests import fixtures
-from tests.unit.test_producer import LineServer, start_server
+from tests.unit.test_producer import LineServer, short_path, start_server
 
 NOW = 1_710_408_413_123_456  # 2024-03-14 09:26:53.123456 UTC
 JOBID = "https://lb.example.org:9000/Hq3tK8vWZ0bQy1n2m3p4rA"
 CREAM_JOBID = "https://ce.example.org:9000/CREAM812461375"
 USER = "/C=CZ/O=Example/CN=Jana Novakova"
+PROXY_SEQ = "UI=000000:NS=0000000003:WM=000004:BH=0000000000:JSS=000002:LM=000000:LRMS=000000:APP=000000:LBS=000000"
+#: What the test server answers to a sequence-code request, by job id.
+PROXY_CODES = {JOBID: b"OK " + PROXY_SEQ.encode()}
 
 
-def make_ctx(env: Mapping[str, str] | None = None, stdin: str = "") -> CLIContext:
+class FakeTime:
     """
-    A context with fixed time, randomness, host and login, and string streams.
+    Monotonic seconds that only L{sleep} moves; C{on_sleep} runs at each sleep.
     """
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.on_sleep: list[Any] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        if self.on_sleep:
+            self.on_sleep.pop(0)()
+
+
+def make_ctx(
+    env: Mapping[str, str] | None = None, stdin: str = "", time: FakeTime | None = None
+) -> CLIContext:
+    """
+    A context with fixed time, randomness, host and login, and string streams;
+    producer retries wait on C{time} (a fresh L{FakeTime} if none), not for real.
+    """
+    time = time or FakeTime()
     return CLIContext(
+        monotonic=time.clock,
+        sleep=time.sleep,
         env=dict(env or {}),
         stdout=io.StringIO(),
         stderr=io.StringIO(),
@@ -71,6 +100,8 @@ def validating_answer() -> object:
     seen: set[bytes] = set()
 
     def answer(line: bytes) -> bytes:
+        if line.startswith(b"?SEQCODE "):
+            return PROXY_CODES.get(line[9:].decode(), b"ERR 2 unknown job " + line[9:])
         try:
             parse_event(line.decode("utf-8"))
         except LBError as e:
@@ -83,10 +114,10 @@ def validating_answer() -> object:
     return answer
 
 
-def sent_events(server: LineServer) -> list[object]:
+def sent_events(server: LineServer, skip: int = 0) -> list[object]:
     from lbtwist.core.events import parse_event
 
-    return [parse_event(line.decode("utf-8")) for line in server.lines]
+    return [parse_event(line.decode("utf-8")) for line in server.lines[skip:]]
 
 
 class DispatcherTests(SynchronousTestCase):
@@ -342,16 +373,25 @@ class LogEventTests(SynchronousTestCase):
             make_ctx(env),
         )
         self.assertEqual(status, 0, err)
-        self.assertTrue(
-            out.startswith(
-                "UI=000000:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000001"
-            )
-        )
-        [event] = sent_events(self.server)
+        # No code given: the proxy's last code of the job, APP counter bumped.
+        self.assertEqual(out, PROXY_SEQ.replace("APP=000000", "APP=000001") + "\n")
+        self.assertEqual(self.server.lines[0], f"?SEQCODE {JOBID}".encode())
+        [event] = sent_events(self.server, skip=1)
         self.assertEqual(event.jobid, JOBID)  # type: ignore[attr-defined]
 
     def test_duplicate_is_success(self) -> None:
-        argv = self.argv("-j", JOBID, "-s", "Application", "-e", "UserTag", "--name=a", "--value=b")
+        argv = self.argv(
+            "-j",
+            JOBID,
+            "-c",
+            PROXY_SEQ,
+            "-s",
+            "Application",
+            "-e",
+            "UserTag",
+            "--name=a",
+            "--value=b",
+        )
         self.assertEqual(call(argv)[0], 0)
         status, out, err = call(argv)
         self.assertEqual((status, err), (0, ""))
@@ -390,7 +430,7 @@ class LogEventTests(SynchronousTestCase):
         self.assertEqual(err, "lbtwist logevent: ERR 28 disk full\n")
 
     def test_no_socket(self) -> None:
-        missing = os.path.abspath(self.mktemp())
+        missing = short_path(self)
         status, out, err = call(
             [
                 "logevent",
@@ -409,6 +449,190 @@ class LogEventTests(SynchronousTestCase):
         self.assertEqual((status, out), (1, ""))
         self.assertTrue(err.startswith("lbtwist logevent: ERR "), err)
         self.assertIn(missing, err)
+
+    def log_argv(self, *extra: str) -> list[str]:
+        return self.argv("-s", "Application", "-e", "UserTag", "--name=a", "--value=b", *extra)
+
+    def test_asks_proxy_for_seqcode(self) -> None:
+        status, out, err = call(self.log_argv("-j", JOBID, "-s", "LogMonitor"))
+        self.assertEqual((status, err), (0, ""))
+        new = PROXY_SEQ.replace("LM=000000", "LM=000001")
+        self.assertEqual(out, new + "\n")
+        self.assertEqual(self.server.lines[0], f"?SEQCODE {JOBID}".encode())
+        [event] = sent_events(self.server, skip=1)
+        self.assertEqual(event.seqcode, new)  # type: ignore[attr-defined]
+
+    def test_unknown_job_without_code(self) -> None:
+        other = "https://lb.example.org:9000/unregistered_job_0001"
+        status, out, err = call(self.log_argv("-j", other))
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(
+            err,
+            f"lbtwist logevent: ERR 2 unknown job {other}; "
+            "give -c or set GLITE_WMS_SEQUENCE_CODE\n",
+        )
+        # Asked, and no event with an all-zero code was logged.
+        self.assertEqual(self.server.lines, [f"?SEQCODE {other}".encode()])
+
+    def test_malformed_code_refused(self) -> None:
+        for code in ["garbage", "UI=1:NS=2", "UI=000000:NS=x:WM=0:BH=0:JSS=0:LM=0:LRMS=0:APP=0"]:
+            status, out, err = call(self.log_argv("-j", JOBID, "-c", code))
+            self.assertEqual((status, out), (1, ""))
+            self.assertTrue(
+                err.startswith(
+                    "lbtwist logevent: ERR 22 -c: malformed sequence code for a gLite job: "
+                ),
+                err,
+            )
+            self.assertEqual(err.count("\n"), 1)
+        status, out, err = call(
+            self.log_argv("-j", JOBID), make_ctx({"GLITE_WMS_SEQUENCE_CODE": "rubbish"})
+        )
+        self.assertEqual(status, 1)
+        self.assertIn("ERR 22 $GLITE_WMS_SEQUENCE_CODE: malformed sequence code", err)
+        self.assertEqual(self.server.lines, [])
+
+    def test_cream_codes(self) -> None:
+        # Opaque codes pass for a direct CREAM job; gLite-looking or control
+        # characters do not.
+        status, out, err = call(self.log_argv("-j", CREAM_JOBID, "-c", "no_seqcodes_with_cream_7"))
+        self.assertEqual((status, out), (0, "no_seqcodes_with_cream_7\n"))
+        for bad in ["UI=1", "a\tb", " padded", "a b", 'a"b']:
+            status, out, err = call(self.log_argv("-j", CREAM_JOBID, "-c", bad))
+            self.assertEqual(status, 1, bad)
+            self.assertIn("malformed sequence code for a CREAM job", err)
+        self.assertEqual(len(self.server.lines), 1)
+
+    def test_cream_without_code(self) -> None:
+        # As before: zero counters, bumped for the source; the proxy is not asked.
+        status, out, err = call(self.log_argv("-j", CREAM_JOBID))
+        self.assertEqual(status, 0, err)
+        self.assertEqual(
+            out,
+            "UI=000000:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000001:LBS=000000\n",
+        )
+        [event] = sent_events(self.server)
+        self.assertEqual(event.jobid, CREAM_JOBID)  # type: ignore[attr-defined]
+
+    def test_retries_until_socket_appears(self) -> None:
+        # The socket is missing at first (proxy restarting): retried, not lost.
+        path = short_path(self)
+        time = FakeTime()
+        servers: list[LineServer] = []
+
+        def appear() -> None:
+            servers.append(LineServer(path, validating_answer()))  # type: ignore[arg-type]
+            self.addCleanup(servers[0].stop)
+
+        time.on_sleep = [lambda: None, appear]
+        argv = ["logevent", "-S", path, "-U", USER, "-j", JOBID, "-c", PROXY_SEQ]
+        status, out, err = call(
+            argv + ["-s", "Application", "-e", "UserTag", "--name=a", "--value=b"],
+            make_ctx(time=time),
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(len(time.sleeps), 2)
+        [event] = sent_events(servers[0])
+        self.assertEqual(out, event.seqcode + "\n")  # type: ignore[attr-defined]
+
+    def test_busy_retried(self) -> None:
+        answers = [b"ERR 11 too many connections", b"OK"]
+        self.server.answer = lambda line: answers.pop(0)
+        time = FakeTime()
+        status, out, err = call(self.log_argv("-j", JOBID, "-c", PROXY_SEQ), make_ctx(time=time))
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(len(self.server.lines), 2)
+        self.assertEqual(self.server.lines[0], self.server.lines[1])
+        self.assertEqual(len(time.sleeps), 1)
+
+    def test_timeout_option(self) -> None:
+        missing = short_path(self)
+        time = FakeTime()
+        argv = [
+            "logevent",
+            "-S",
+            missing,
+            "-U",
+            USER,
+            "-j",
+            JOBID,
+            "-c",
+            PROXY_SEQ,
+            "--name=a",
+            "--value=b",
+        ]
+        status, out, err = call(
+            argv + ["-s", "Application", "-e", "UserTag", "--timeout", "7.5"], make_ctx(time=time)
+        )
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(
+            err,
+            f"lbtwist logevent: ERR 2 {missing}: gave up after 7.5 s: No such file or directory\n",
+        )
+        self.assertLessEqual(time.now, 7.5)
+        self.assertGreater(time.now, 5.0)
+        for bad in ["-1", "soon", "nan"]:
+            status, out, err = call(argv + ["-s", "Application", "-e", "UserTag", "--timeout", bad])
+            self.assertEqual(status, 2, bad)
+            self.assertIn("not a number of seconds", err)
+
+    def test_timeout_from_environment(self) -> None:
+        missing = short_path(self)
+        argv = ["logevent", "-S", missing, "-U", USER, "-j", JOBID, "-c", PROXY_SEQ]
+        argv += ["-s", "Application", "-e", "UserTag", "--name=a", "--value=b"]
+        for env, options, seconds in [
+            ({"GLITE_WMS_LOG_TIMEOUT": "4", "EDG_WL_LOG_TIMEOUT": "9"}, [], "4"),
+            ({"EDG_WL_LOG_TIMEOUT": "9"}, [], "9"),
+            ({"GLITE_WMS_LOG_TIMEOUT": "4"}, ["--timeout", "2"], "2"),
+        ]:
+            status, out, err = call(argv + options, make_ctx(env))
+            self.assertEqual(status, 1)
+            self.assertIn(f"gave up after {seconds} s", err)
+        status, out, err = call(argv, make_ctx({"GLITE_WMS_LOG_TIMEOUT": "later"}))
+        self.assertEqual(
+            err,
+            "lbtwist logevent: ERR 22 $GLITE_WMS_LOG_TIMEOUT: not a number of seconds: 'later'\n",
+        )
+
+    def test_default_timeout(self) -> None:
+        missing = short_path(self)
+        time = FakeTime()
+        argv = [
+            "logevent",
+            "-S",
+            missing,
+            "-U",
+            USER,
+            "-j",
+            JOBID,
+            "-c",
+            PROXY_SEQ,
+            "--name=a",
+            "--value=b",
+        ]
+        status, out, err = call(argv + ["-s", "Application", "-e", "UserTag"], make_ctx(time=time))
+        self.assertEqual(status, 1)
+        self.assertIn("gave up after 60 s", err)
+        self.assertGreater(time.now, 57.0)
+
+    def test_does_not_load_twisted(self) -> None:
+        import subprocess
+        import sys
+
+        missing = short_path(self)
+        script = (
+            "import sys\n"
+            "from lbtwist.cli.main import run\n"
+            "from lbtwist.cli.common import CLIContext\n"
+            f"run(['logevent', '-S', {missing!r}, '-j', {JOBID!r}, '-s', 'Application',"
+            " '-e', 'UserTag', '--name=a', '--value=b', '--timeout', '0'], CLIContext())\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'twisted', 'OpenSSL', 'cryptography'}))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+        )
+        self.assertEqual(result.stdout, "[]\n")
+        self.assertIn("gave up after 0 s", result.stderr)
 
     def test_event_help(self) -> None:
         status, out, err = call(["logevent", "-e", "help"])
@@ -430,6 +654,8 @@ class LogEventTests(SynchronousTestCase):
                 "-p",
                 "-j",
                 JOBID,
+                "-c",
+                PROXY_SEQ,
                 "-s",
                 "Application",
                 "-e",
@@ -528,6 +754,33 @@ class JobRegTests(SynchronousTestCase):
         status, out, err = call(["job-reg", "-j", JOBID, "-S", self.server.path, "-U", USER])
         self.assertEqual((status, out), (1, ""))
         self.assertEqual(err, f"lbtwist job-reg: {JOBID}: ERR 1 producer uid 7 not allowed\n")
+
+    def test_busy_retried(self) -> None:
+        answers = [b"OK", b"ERR 11 over 1024 unanswered events", b"OK", b"OK", b"OK"]
+        self.server.answer = lambda line: answers.pop(0)
+        time = FakeTime()
+        status, out, err = call(
+            ["job-reg", "-j", JOBID, "-n", "3", "-S", self.server.path, "-U", USER],
+            make_ctx(time=time),
+        )
+        self.assertEqual((status, err), (0, ""))
+        # The refused sub-job registration went again; nothing else did.
+        self.assertEqual(len(self.server.lines), 5)
+        self.assertEqual(self.server.lines[1], self.server.lines[4])
+        self.assertEqual(len(set(self.server.lines)), 4)
+
+    def test_timeout_option(self) -> None:
+        missing = short_path(self)
+        time = FakeTime()
+        status, out, err = call(
+            ["job-reg", "-j", JOBID, "-S", missing, "-U", USER, "--timeout", "3"],
+            make_ctx(time=time),
+        )
+        self.assertEqual((status, out), (1, ""))
+        self.assertEqual(
+            err,
+            f"lbtwist job-reg: {JOBID}: ERR 2 {missing}: gave up after 3 s: No such file or directory\n",
+        )
 
     def test_bad_jobid(self) -> None:
         status, out, err = call(["job-reg", "-j", "nonsense", "-S", self.server.path])

@@ -23,7 +23,7 @@ from zope.interface import implementer
 from lbtwist.core import ilproto
 from lbtwist.core.events import parse_event
 from lbtwist.security.authz import JobRights, Policy, parse_policy
-from lbtwist.security.identity import Identity, slash_dn
+from lbtwist.security.identity import Identity, PeerIdentity, slash_dn
 from lbtwist.security.tls import ClientConnectionCreator, ServerContextSource, client_context
 from lbtwist.service.relay import RelayService, RelaySettings
 from lbtwist.service.storeport import (
@@ -31,7 +31,6 @@ from lbtwist.service.storeport import (
     authorization_summary,
     may_log,
     required_action,
-    tls_identity,
 )
 from lbtwist.store.memory import MemoryStore
 from tests import traces
@@ -764,7 +763,11 @@ class RelayToStorePortTests(SynchronousTestCase):
 
     def run_relay(self, hostname: str, policy: Policy) -> tuple[StorePortFactory, Any]:
         factory = StorePortFactory(
-            self.server_store, identify=tls_identity(self.clock), policy=policy
+            self.server_store,
+            identify=PeerIdentity.for_source(
+                self.source, clock=self.clock, voms_dir=None
+            ).of_transport,
+            policy=policy,
         )
         endpoint = MemoryTLSEndpoint(
             ClientConnectionCreator(hostname, self.context), self.source, factory, self.clock

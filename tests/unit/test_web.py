@@ -240,15 +240,15 @@ class StatusTests(SynchronousTestCase):
     def test_html_event_fields_one_per_line(self) -> None:
         """
         The fields column of the event history shows each field on its own line
-        (a C{<br>} between them), never a literal backslash-n.
+        (a C{<br />} between them), never a literal backslash-n.
         """
         page = body(self.h.get(f"/{self.unique}?format=html")).decode()
         self.assertNotIn("\\n", page)
-        self.assertRegex(page, r"new_state=[A-Z_-]+<br>")
+        self.assertRegex(page, r"new_state=[A-Z_-]+<br />")
         for row in re.findall(r"<tr[^>]*>(.*?)</tr>", page):
             cells = re.findall(r"<td[^>]*>(.*?)</td>", row)
             if len(cells) == 6:
-                for line in cells[5].split("<br>"):
+                for line in cells[5].split("<br />"):
                     self.assertRegex(line, r"^[A-Za-z_]+=")
 
     def test_html_escapes(self) -> None:
@@ -770,7 +770,7 @@ class PagingTests(SynchronousTestCase):
         page = body(req).decode()
         self.assertEqual(page.count("<tr><td>") + page.count('<tr class="generated"><td>'), 500)
         self.assertEqual(self.store.ranges, [(0, 501, 501)])
-        self.assertIn("Events 1&ndash;500 by arrival, more follow", page)
+        self.assertIn("Events 1&#8211;500 by arrival, more follow", page)
         self.assertIn('<a href="?events_from=501">next events</a>', page)
         self.assertNotIn("first events", page)
         self.assertLess(len(page), 300_000)
@@ -778,12 +778,12 @@ class PagingTests(SynchronousTestCase):
     def test_html_following_pages(self) -> None:
         req = self.h.get(f"/{LONG_UNIQUE}?events_from=501", accept="text/html")
         page = body(req).decode()
-        self.assertIn("Events 501&ndash;1000 by arrival, more follow", page)
+        self.assertIn("Events 501&#8211;1000 by arrival, more follow", page)
         self.assertIn('<a href="?events_from=1001">next events</a>', page)
         self.assertIn('<a href="?events_from=1">first events</a>', page)
         last = self.h.get(f"/{LONG_UNIQUE}/events?events_from=29801&html")
         page = body(last).decode()
-        self.assertIn("Events 29801&ndash;30000 by arrival</h2>", page)
+        self.assertIn("Events 29801&#8211;30000 by arrival</h2>", page)
         self.assertNotIn("next events", page)
         self.assertEqual(self.store.ranges, [(500, 501, 501), (29800, 501, 200)])
 

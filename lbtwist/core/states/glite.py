@@ -2,19 +2,24 @@
 """
 The gLite state machine: WMS jobs (SIMPLE, DAG, COLLECTION...), design section 5.
 
-With C{cream_aware=True} (the default) it also reads the CREAM events of a WMS
-job executed by CREAM: it fills the C{cream_*} fields and, on a change of
-C{cream_state}, moves the job as the gLite events that L{lbtwist.core.translate}
-generates for that change would; so it skips those generated events. With
+Each gLite event type has one handler in L{GLITE_HANDLERS}. With
+C{cream_aware=True} (the default) the machine also reads the CREAM events of a
+WMS job executed by CREAM: the effects shared with the CREAM machine
+(L{lbtwist.core.states.cream.CREAM_EFFECTS}) fill the C{cream_*} fields and
+C{suspended}, and a change of C{cream_state} moves the job as the gLite event
+that L{lbtwist.core.translate} generates for that change would (L{cream_effect});
+so it skips those generated events. With
 C{cream_aware=False} it ignores CREAM events and applies generated events like
 any other: that is the machine of an L&B server that knows no CREAM events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from lbtwist.core.seqcode import parse_seqcode
+from lbtwist.core.states.cream import CREAM_EFFECTS, enter_cream_state
 from lbtwist.core.states.status import (
     ABORTED,
     CANCELLED,
@@ -31,7 +36,6 @@ from lbtwist.core.states.status import (
     WAITING,
     JobStatus,
     apply_common,
-    cream_state_name,
     parse_int,
 )
 
@@ -145,6 +149,144 @@ class _Mover:
             self.status.suspend_reason = reason
 
 
+# Per-event handlers of the gLite machine: (status, event, mover) -> None.
+GliteHandler = Callable[[JobStatus, "Event", _Mover], None]
+
+
+def _regjob(status: JobStatus, event: Event, mover: _Mover) -> None:
+    status.jobId = status.jobId or event.jobid
+    status.jobtype = event.get("jobtype")
+    status.parent_job = event.get("parent")
+    status.seed = event.get("seed")
+    status.children_num = parse_int(event.get("nsubjobs"))
+    status.jdl = event.get("jdl") or status.jdl
+    status.network_server = event.get("ns")
+    # A later RegJob never moves the owner (the store refuses one for another).
+    status.owner = status.owner or event.user
+    mover.move(SUBMITTED)
+
+
+def _transfer(status: JobStatus, event: Event, mover: _Mover) -> None:
+    result = event.get("result")
+    if result == "FAIL" and event.get("reason"):
+        status.reason = event.get("reason")
+    mover.move(_TRANSFER.get((result or "", event.source)))
+
+
+def _accepted(status: JobStatus, event: Event, mover: _Mover) -> None:
+    mover.accepted(event.source, event.get("local_jobid"))
+
+
+def _refused(status: JobStatus, event: Event, mover: _Mover) -> None:
+    if event.get("reason"):
+        status.reason = event.get("reason")
+    mover.move(_REFUSED.get(event.source))
+
+
+def _enqueued(status: JobStatus, event: Event, mover: _Mover) -> None:
+    source = event.source
+    if event.get("result") == "OK" and mover.move(_ENQUEUED.get(source)) and source == LM:
+        status.resubmitted = True
+
+
+def _dequeued(status: JobStatus, event: Event, mover: _Mover) -> None:
+    mover.move(_DEQUEUED.get(event.source))
+
+
+def _waiting(status: JobStatus, event: Event, mover: _Mover) -> None:
+    mover.move(WAITING)
+
+
+def _match(status: JobStatus, event: Event, mover: _Mover) -> None:
+    if event.get("dest_id"):
+        status.destination = event.get("dest_id")
+    mover.move(WAITING)
+
+
+def _pending(status: JobStatus, event: Event, mover: _Mover) -> None:
+    if event.get("reason"):
+        status.reason = event.get("reason")
+    mover.move(WAITING)
+
+
+def _running(status: JobStatus, event: Event, mover: _Mover) -> None:
+    mover.running(event.get("node"))
+
+
+def _really_running(status: JobStatus, event: Event, mover: _Mover) -> None:
+    mover.really_running()
+
+
+def _done(status: JobStatus, event: Event, mover: _Mover) -> None:
+    if event.source == LRMS:
+        status.jw_status = "DONE"
+        return
+    mover.done(event.get("status_code"), parse_int(event.get("exit_code")), event.get("reason"))
+
+
+def _cancel(status: JobStatus, event: Event, mover: _Mover) -> None:
+    code = event.get("status_code")
+    if code == "REQ":
+        status.cancelling = True
+    elif code == "DONE":
+        status.cancelReason = event.get("reason") or status.cancelReason
+        if not mover.frozen:
+            status.done_code = DONE_CANCELLED
+        mover.move(CANCELLED)
+    elif code in ("REFUSE", "ABORT"):
+        status.cancelling = False
+
+
+def _abort(status: JobStatus, event: Event, mover: _Mover) -> None:
+    mover.abort(event.get("reason"))
+
+
+def _clear(status: JobStatus, event: Event, mover: _Mover) -> None:
+    mover.move(CLEARED)
+
+
+def _suspend(status: JobStatus, event: Event, mover: _Mover) -> None:
+    mover.suspend(event.get("reason"))
+
+
+def _resume(status: JobStatus, event: Event, mover: _Mover) -> None:
+    status.suspended = False
+
+
+def _resubmission(status: JobStatus, event: Event, mover: _Mover) -> None:
+    if event.get("result") == "WILLRESUB":
+        branch = parse_seqcode(event.seqcode)
+        if branch is not None:
+            status.branch_wm = branch.get("WM")
+    if event.get("reason"):
+        status.reason = event.get("reason")
+
+
+#: The gLite events and their effects; other types (Purge, Sandbox, Listener...)
+#: change nothing but C{lastUpdateTime}.
+GLITE_HANDLERS: dict[str, GliteHandler] = {
+    "RegJob": _regjob,
+    "Transfer": _transfer,
+    "Accepted": _accepted,
+    "Refused": _refused,
+    "EnQueued": _enqueued,
+    "DeQueued": _dequeued,
+    "HelperCall": _waiting,
+    "HelperReturn": _waiting,
+    "Match": _match,
+    "Pending": _pending,
+    "Running": _running,
+    "ReallyRunning": _really_running,
+    "Done": _done,
+    "Cancel": _cancel,
+    "Abort": _abort,
+    "Clear": _clear,
+    "Suspend": _suspend,
+    "Resume": _resume,
+    "Resubmission": _resubmission,
+}
+
+
 def apply(status: JobStatus, event: Event, *, cream_aware: bool = True) -> None:
     """
     Fold C{event} into C{status} in place (gLite machine).
@@ -159,150 +301,47 @@ def apply(status: JobStatus, event: Event, *, cream_aware: bool = True) -> None:
     status.lastUpdateTime = event.date
     if apply_common(status, event):
         return
-    mover = _Mover(status, event.date, _is_late(status, event))
-    kind, source = event.type, event.source
-    if kind == "RegJob":
-        status.jobId = status.jobId or event.jobid
-        status.jobtype = event.get("jobtype")
-        status.parent_job = event.get("parent")
-        status.seed = event.get("seed")
-        status.children_num = parse_int(event.get("nsubjobs"))
-        status.jdl = event.get("jdl") or status.jdl
-        status.network_server = event.get("ns")
-        # A later RegJob never moves the owner (the store refuses one for another).
-        status.owner = status.owner or event.user
-        mover.move(SUBMITTED)
-    elif kind == "Transfer":
-        result = event.get("result")
-        if result == "FAIL" and event.get("reason"):
-            status.reason = event.get("reason")
-        mover.move(_TRANSFER.get((result or "", source)))
-    elif kind == "Accepted":
-        mover.accepted(source, event.get("local_jobid"))
-    elif kind == "Refused":
-        if event.get("reason"):
-            status.reason = event.get("reason")
-        mover.move(_REFUSED.get(source))
-    elif kind == "EnQueued":
-        if event.get("result") == "OK" and mover.move(_ENQUEUED.get(source)) and source == LM:
-            status.resubmitted = True
-    elif kind == "DeQueued":
-        mover.move(_DEQUEUED.get(source))
-    elif kind in ("HelperCall", "HelperReturn", "Match", "Pending"):
-        if kind == "Match" and event.get("dest_id"):
-            status.destination = event.get("dest_id")
-        if kind == "Pending" and event.get("reason"):
-            status.reason = event.get("reason")
-        mover.move(WAITING)
-    elif kind == "Running":
-        mover.running(event.get("node"))
-    elif kind == "ReallyRunning":
-        mover.really_running()
-    elif kind == "Done":
-        if source == LRMS:
-            status.jw_status = "DONE"
-        else:
-            mover.done(
-                event.get("status_code"), parse_int(event.get("exit_code")), event.get("reason")
-            )
-    elif kind == "Cancel":
-        code = event.get("status_code")
-        if code == "REQ":
-            status.cancelling = True
-        elif code == "DONE":
-            status.cancelReason = event.get("reason") or status.cancelReason
-            if not mover.frozen:
-                status.done_code = DONE_CANCELLED
-            mover.move(CANCELLED)
-        elif code in ("REFUSE", "ABORT"):
-            status.cancelling = False
-    elif kind == "Abort":
-        mover.abort(event.get("reason"))
-    elif kind == "Clear":
-        mover.move(CLEARED)
-    elif kind == "Suspend":
-        mover.suspend(event.get("reason"))
-    elif kind == "Resume":
-        status.suspended = False
-    elif kind == "Resubmission":
-        if event.get("result") == "WILLRESUB":
-            branch = parse_seqcode(event.seqcode)
-            if branch is not None:
-                status.branch_wm = branch.get("WM")
-        if event.get("reason"):
-            status.reason = event.get("reason")
+    handler = GLITE_HANDLERS.get(event.type)
+    if handler is not None:
+        handler(status, event, _Mover(status, event.date, _is_late(status, event)))
+
+
+# How the gLite event standing for a CREAM state change (cream_effect) moves the
+# job: the same _Mover steps as the handlers of those events above.
+_GLITE_EFFECTS: dict[str, Callable[[_Mover, str, dict[str, str]], None]] = {
+    "Accepted": lambda mover, source, fields: mover.accepted(source, fields.get("local_jobid")),
+    "Running": lambda mover, source, fields: mover.running(fields.get("node")),
+    "ReallyRunning": lambda mover, source, fields: mover.really_running(),
+    "Done": lambda mover, source, fields: mover.done(
+        fields["status_code"], parse_int(fields.get("exit_code")), fields.get("reason")
+    ),
+    "Abort": lambda mover, source, fields: mover.abort(fields.get("reason")),
+    "Suspend": lambda mover, source, fields: mover.suspend(fields.get("reason")),
+}
 
 
 def _apply_cream(status: JobStatus, event: Event) -> None:
-    kind = event.type
-    new_cream: str | None = None
-    reason = event.get("reason")
-    if kind == "CREAMAccepted":
-        local = event.get("local_jobid")
-        if local:
-            status.cream_id = status.cream_jobid = local
-            status.glite_jobid = status.jobId or event.jobid
-    elif kind == "CREAMStore":
-        if reason:
-            status.cream_reason = reason
-    elif kind == "CREAMCall":
-        if (
-            event.source == "CREAMExecutor"
-            and event.get("callee") == LRMS
-            and event.get("result") == "OK"
-            and event.get("command") == "CMDCANCEL"
-        ):
-            status.cream_cancelling = True
-    elif kind == "CREAMCancel":
-        if event.get("status_code") == "DONE":
-            if reason:
-                status.cream_reason = reason
-            new_cream = "Cancelled"
-    elif kind == "CREAMAbort":
-        if reason:
-            status.cream_reason = reason
-        new_cream = "Aborted"
-    elif kind == "CREAMStatus" and event.get("result") == "DONE":
-        exit_code = parse_int(event.get("exit_code"))
-        if exit_code is not None:
-            status.cream_exit_code = exit_code
-        if event.get("worker_node"):
-            status.cream_node = event.get("worker_node")
-        if event.get("LRMS_jobid"):
-            status.cream_lrms_id = event.get("LRMS_jobid")
-        if event.get("failure_reason"):
-            status.cream_failure_reason = event.get("failure_reason")
-        new_cream = cream_state_name(event.get("new_state") or "")
-    if new_cream is None or new_cream == status.cream_state:
-        return
-    status.cream_state = new_cream
-    if new_cream == "Done-ok":
-        status.cream_done_code = DONE_OK
-    elif new_cream == "Done-failed":
-        status.cream_done_code = DONE_FAILED
-    elif new_cream == "Cancelled":
-        status.cream_done_code = DONE_CANCELLED
-    elif new_cream == "Running":
-        status.cream_jw_status = "WRAPPER_RUNNING"
-    elif new_cream == "Really-running":
-        status.cream_jw_status = "PAYLOAD_RUNNING"
-    mover = _Mover(status, event.date, _is_late(status, event))
-    effect = cream_effect(status)
+    """
+    A CREAM event of a WMS job: the shared CREAM effects on the C{cream_*}
+    fields, then, on a change of C{cream_state}, the move of the generated event.
+    """
+    effect = CREAM_EFFECTS.get(event.type)
     if effect is None:
         return
-    glite_kind, source, fields = effect
-    if glite_kind == "Accepted":
-        mover.accepted(source, fields.get("local_jobid"))
-    elif glite_kind == "Running":
-        mover.running(fields.get("node"))
-    elif glite_kind == "ReallyRunning":
-        mover.really_running()
-    elif glite_kind == "Done":
-        mover.done(fields["status_code"], parse_int(fields.get("exit_code")), fields.get("reason"))
-    elif glite_kind == "Abort":
-        mover.abort(fields.get("reason"))
-    elif glite_kind == "Suspend":
-        mover.suspend(fields.get("reason"))
+    new_cream = effect(status, event, False)
+    if new_cream is None or new_cream == status.cream_state:
+        return
+    enter_cream_state(status, new_cream)
+    mover = _Mover(status, event.date, _is_late(status, event))
+    glite = cream_effect(status)
+    if glite is not None:
+        kind, source, fields = glite
+        _GLITE_EFFECTS[kind](mover, source, fields)
+    if not mover.frozen and status.state != RUNNING and new_cream != "Held":
+        # As in L&B's gLite machine, a job that is not running is not suspended
+        # (CREAM's CmdSuspend, ended by a move back to Idle, L&B bug #45971).
+        status.suspended = False
+        status.suspend_reason = None
 
 
 def cream_effect(status: JobStatus, cream_host: str = "") -> tuple[str, str, dict[str, str]] | None:

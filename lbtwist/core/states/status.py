@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import copy as _copy
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
-from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined,unused-ignore]
 from typing import Any
 
 import attrs
@@ -274,7 +275,7 @@ class JobStatus:
         The inverse of L{to_json_dict} (and of L{public_dict}: done codes may be
         names); unknown keys are ignored, missing ones default.
         """
-        return _from_json(cls, data)  # type: ignore[no-any-return]
+        return _from_json(cls, data)
 
 
 _TIME_FIELDS = frozenset({"stateEnterTime", "lastUpdateTime"})
@@ -310,7 +311,7 @@ def _compile(name: str, body: str, **names: Any) -> Any:
 
 
 _FIELD_NAMES: tuple[str, ...] = tuple(f.name for f in attrs.fields(JobStatus))
-_copy_status = _compile(
+_copy_status: Callable[[JobStatus], JobStatus] = _compile(
     "_copy_status",
     "def _copy_status(s):\n    n = _new(JobStatus)\n"
     + "".join(
@@ -319,7 +320,7 @@ _copy_status = _compile(
     )
     + "    return n\n",
 )
-_json_dict = _compile(
+_json_dict: Callable[[JobStatus], dict[str, Any]] = _compile(
     "_json_dict",
     "def _json_dict(s):\n    return {\n"
     + "".join(
@@ -336,7 +337,7 @@ _JSON_SORTED_EXPR: dict[str, str] = {
     "stateEnterTimes": "{{k: _iso(t) for k, t in sorted({v}.items())}}",
     "acl": "[dict(sorted(e.items())) for e in {v}]",
 }
-_json_sorted = _compile(
+_json_sorted: Callable[[JobStatus], dict[str, Any]] = _compile(
     "_json_sorted",
     "def _json_sorted(s):\n    return {\n"
     + "".join(
@@ -377,7 +378,7 @@ _FIELDS_BY_NAME = {field.name: field for field in attrs.fields(JobStatus)}
 
 # The status as JSON text in one expression: key prefixes written once, each value
 # by the cheapest encoder for its type. Same text as _json_encode(_json_sorted(s)).
-_json_text = _compile(
+_json_text: Callable[[JobStatus], str] = _compile(
     "_json_text",
     "def _json_text(s):\n    return ''.join((\n"
     + "".join(
@@ -562,7 +563,7 @@ def _factory(field: Any) -> Any:
 
 # The inverse of to_json_dict in one generated function: each field read once
 # (missing ones default), converted by its own expression.
-_from_json = _compile(
+_from_json: Callable[[type[JobStatus], dict[str, Any]], JobStatus] = _compile(
     "_from_json",
     "def _from_json(cls, d):\n    n = _new(cls)\n    get = d.get\n"
     + "".join(

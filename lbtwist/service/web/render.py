@@ -1,19 +1,21 @@
 # -*- test-case-name: tests.unit.test_web -*-
 """
 Rendering of statuses, events and job lists: JSON, L&B's C{key=value} text, and
-self-contained HTML pages (no external assets, everything escaped).
+self-contained HTML pages (no external assets), built with L{twisted.web.template}
+so that every value is escaped by construction.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from html import escape
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 from urllib.parse import quote
 
 import attrs
+from twisted.python.failure import Failure
+from twisted.web.template import CharRef, Flattenable, Tag, flattenString, tags
 
 from lbtwist.core.states.status import (
     DONE_CODE_NAMES,
@@ -306,19 +308,35 @@ td.v { font-family: monospace; white-space: pre-wrap; word-break: break-all; }
 tr.generated td { color: #666; font-style: italic; }
 """
 
+_NDASH = CharRef(0x2013)
 
-def _page(title: str, body: str) -> bytes:
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body>{body}</body></html>\n"
-    ).encode()
+
+def _flatten(root: Flattenable) -> bytes:
+    """
+    C{root} as bytes: everything it holds is synchronous, so the flattening is done
+    when L{flattenString} returns.
+    """
+    done: list[bytes | Failure] = []
+    flattenString(None, root).addBoth(done.append)
+    [result] = done
+    if isinstance(result, Failure):
+        result.raiseException()
+    assert isinstance(result, bytes)
+    return result
+
+
+def _page(title: str, body: Flattenable) -> bytes:
+    page = tags.html(lang="en")(
+        tags.head(tags.meta(charset="utf-8"), tags.title(title), tags.style(_STYLE)),
+        tags.body(body),
+    )
+    return b"<!DOCTYPE html>\n" + _flatten(page) + b"\n"
 
 
 def _cell(value: Any) -> str:
     if value is None:
         return ""
-    return escape(_text(value))
+    return _text(value)
 
 
 def job_link(jobid: str) -> str:
@@ -326,6 +344,50 @@ def job_link(jobid: str) -> str:
     @return: the relative address of a job's page on this server.
     """
     return "/" + quote(unique_of(jobid), safe="")
+
+
+def _field_rows(data: dict[str, Any], names: Iterable[str]) -> list[Tag]:
+    return [tags.tr(tags.th(name), tags.td(class_="v")(_cell(data[name]))) for name in names]
+
+
+def _event_row(stored: StoredEvent) -> Tag:
+    ev = stored.event
+    own: list[Flattenable] = []
+    for k, v in ev.fields.items():
+        if own:
+            own.append(tags.br())
+        own.append(_cell(f"{k}={v}"))
+    row = tags.tr(class_="generated") if ev.generated else tags.tr()
+    return row(
+        tags.td(_cell(format_iso(ev.date))),
+        tags.td(_cell(ev.type)),
+        tags.td(_cell(ev.source)),
+        tags.td(_cell(ev.host)),
+        tags.td(class_="v")(_cell(ev.seqcode)),
+        tags.td(class_="v")(own),
+    )
+
+
+def _history(page: EventsPage) -> list[Tag]:
+    shown = page.events
+    parts: list[Tag] = []
+    if page.whole:
+        parts.append(tags.h2(f"Events ({len(shown)})"))
+    else:
+        last = page.first + len(shown) - 1
+        more = "" if page.next_from is None else ", more follow"
+        parts.append(tags.h2(f"Events {page.first}", _NDASH, f"{last} by arrival{more}"))
+        parts.append(_page_links(page))
+    head = tags.tr([tags.th(name) for name in ("date", "type", "source", "host", "seqcode")])
+    parts.append(
+        tags.table(
+            tags.thead(head(tags.th("fields"))),
+            tags.tbody([_event_row(stored) for stored in shown]),
+        )
+    )
+    if not page.whole:
+        parts.append(_page_links(page))
+    return parts
 
 
 def status_html(status: JobStatus, events: EventsPage | Sequence[StoredEvent] | None) -> bytes:
@@ -336,81 +398,62 @@ def status_html(status: JobStatus, events: EventsPage | Sequence[StoredEvent] | 
     page = events if isinstance(events, EventsPage) or events is None else EventsPage(events)
     data = public_dict(status)
     title = str(data.get("jobId") or "job")
-    parts = [f"<h1>{escape(title)}</h1>"]
-    parts.append(f'<p><span class="badge state">{escape(str(data.get("state")))}</span>')
+    badges = tags.p(tags.span(class_="badge state")(str(data.get("state"))))
     if data.get("cream_state"):
-        parts.append(f'<span class="badge">CREAM: {escape(str(data["cream_state"]))}</span>')
-    parts.append(' <a href="?format=json">JSON</a> <a href="?format=text">text</a></p>')
-    parts.append("<table><tbody>")
-    for name in MAIN_FIELDS:
-        if data.get(name) not in (None, "", [], {}):
-            parts.append(f'<tr><th>{escape(name)}</th><td class="v">{_cell(data[name])}</td></tr>')
-    parts.append("</tbody></table>")
+        badges(tags.span(class_="badge")(f"CREAM: {data['cream_state']}"))
+    badges(" ", tags.a(href="?format=json")("JSON"), " ", tags.a(href="?format=text")("text"))
+    main = [n for n in MAIN_FIELDS if data.get(n) not in (None, "", [], {})]
+    parts: list[Flattenable] = [
+        tags.h1(title),
+        badges,
+        tags.table(tags.tbody(_field_rows(data, main))),
+    ]
     others = [
         n
         for n in TEXT_ORDER
         if n not in MAIN_FIELDS and data.get(n) not in (None, "", [], {}, False)
     ]
     if others:
-        parts.append("<details><summary>All fields</summary><table><tbody>")
-        for name in others:
-            parts.append(f'<tr><th>{escape(name)}</th><td class="v">{_cell(data[name])}</td></tr>')
-        parts.append("</tbody></table></details>")
-    if page is not None:
-        shown = page.events
-        if page.whole:
-            parts.append(f"<h2>Events ({len(shown)})</h2>")
-        else:
-            last = page.first + len(shown) - 1
-            parts.append(
-                f"<h2>Events {page.first}&ndash;{last} by arrival"
-                f"{'' if page.next_from is None else ', more follow'}</h2>"
-            )
-            parts.append(_page_links(page))
         parts.append(
-            "<table><thead><tr><th>date</th><th>type</th><th>source</th><th>host</th>"
-            "<th>seqcode</th><th>fields</th></tr></thead><tbody>"
-        )
-        for stored in shown:
-            ev = stored.event
-            own = "<br>".join(_cell(f"{k}={v}") for k, v in ev.fields.items())
-            cls = ' class="generated"' if ev.generated else ""
-            parts.append(
-                f"<tr{cls}><td>{_cell(format_iso(ev.date))}</td><td>{_cell(ev.type)}</td>"
-                f"<td>{_cell(ev.source)}</td><td>{_cell(ev.host)}</td>"
-                f'<td class="v">{_cell(ev.seqcode)}</td><td class="v">{own}</td></tr>'
+            tags.details(
+                tags.summary("All fields"), tags.table(tags.tbody(_field_rows(data, others)))
             )
-        parts.append("</tbody></table>")
-        if not page.whole:
-            parts.append(_page_links(page))
-    return _page(title, "".join(parts))
+        )
+    if page is not None:
+        parts.extend(_history(page))
+    return _page(title, parts)
 
 
-def _page_links(page: EventsPage) -> str:
-    links = []
+def _page_links(page: EventsPage) -> Tag:
+    links: list[Flattenable] = []
     if page.first > 1:
-        links.append('<a href="?events_from=1">first events</a>')
+        links.append(tags.a(href="?events_from=1")("first events"))
     if page.next_from is not None:
-        links.append(f'<a href="?events_from={page.next_from}">next events</a>')
-    return f'<p class="pages">{" ".join(links)}</p>'
+        if links:
+            links.append(" ")
+        links.append(tags.a(href=f"?events_from={page.next_from}")("next events"))
+    return tags.p(class_="pages")(links)
 
 
 def jobs_html(jobs: Sequence[JobSummary], next_link: str | None) -> bytes:
     """
     @return: a job list page with a link to each job and to the next page.
     """
-    parts = [f"<h1>Jobs ({len(jobs)})</h1>"]
-    parts.append(
-        "<table><thead><tr><th>job</th><th>state</th><th>type</th><th>owner</th>"
-        "<th>last update</th></tr></thead><tbody>"
-    )
-    for job in jobs:
-        parts.append(
-            f'<tr><td><a href="{escape(job_link(job.jobid))}">{escape(job.jobid)}</a></td>'
-            f"<td>{_cell(job.state)}</td><td>{_cell(job.jobtype)}</td>"
-            f"<td>{_cell(job.owner)}</td><td>{_cell(job.last_update)}</td></tr>"
+    head = tags.tr([tags.th(name) for name in ("job", "state", "type", "owner", "last update")])
+    rows = [
+        tags.tr(
+            tags.td(tags.a(href=job_link(job.jobid))(job.jobid)),
+            tags.td(_cell(job.state)),
+            tags.td(_cell(job.jobtype)),
+            tags.td(_cell(job.owner)),
+            tags.td(_cell(job.last_update)),
         )
-    parts.append("</tbody></table>")
+        for job in jobs
+    ]
+    parts: list[Flattenable] = [
+        tags.h1(f"Jobs ({len(jobs)})"),
+        tags.table(tags.thead(head), tags.tbody(rows)),
+    ]
     if next_link is not None:
-        parts.append(f'<p><a href="{escape(next_link)}">next page</a></p>')
-    return _page("Jobs", "".join(parts))
+        parts.append(tags.p(tags.a(href=next_link)("next page")))
+    return _page("Jobs", parts)

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote, urlencode
 
+import attrs
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -38,10 +39,8 @@ DEFAULT_LIMIT = 100
 
 _UNIQUE = re.compile(r"[A-Za-z0-9_.~-]{1,200}")
 
-#: Query parameters of a job list; C{text}, C{json}, C{html} and C{format} choose the format.
-_LIST_PARAMS = frozenset(
-    {"query", "state", "owner", "jobtype", "since", "until", "limit", "cursor"}
-)
+#: C{text}, C{json}, C{html} and C{format} choose the format (the job list's own
+#: parameters are in L{_LIST_PARAM_HANDLERS}).
 _FORMAT_PARAMS = frozenset({"format", "text", "json", "html"})
 _JOB_PARAMS = frozenset({"flags", "events_from"})
 
@@ -111,6 +110,94 @@ def choose_format(params: Iterable[tuple[str, str]], accept: str) -> str:
         if kind is not None and q > best_q:
             best, best_q = kind, q
     return best
+
+
+@attrs.define
+class _ListRequest:
+    """
+    A job list request while its parameters are read.
+    """
+
+    now: int
+    owner: str | None
+    limit: int
+    after: Any = None
+    conditions: list[JobCondition] = attrs.Factory(list)
+    keep: list[tuple[str, str]] = attrs.Factory(list)
+
+
+def _query(request: _ListRequest, name: str, value: str, max_limit: int) -> None:
+    request.conditions.extend(parse_conditions(value, now=request.now))
+
+
+def _owner(request: _ListRequest, name: str, value: str, max_limit: int) -> None:
+    request.owner = None if value in ("*", "") else value
+
+
+def _alternatives(request: _ListRequest, name: str, value: str, max_limit: int) -> None:
+    alts = tuple(("=", parse_value(name, v, now=request.now)) for v in value.split(","))
+    request.conditions.append(JobCondition(name, alts))
+
+
+def _since(request: _ListRequest, name: str, value: str, max_limit: int) -> None:
+    moment = parse_time(value, now=request.now)
+    request.conditions.append(JobCondition("lastUpdateTime", ((">=", moment),)))
+
+
+def _until(request: _ListRequest, name: str, value: str, max_limit: int) -> None:
+    moment = parse_time(value, now=request.now)
+    request.conditions.append(JobCondition("lastUpdateTime", (("<", moment),)))
+
+
+def _limit(request: _ListRequest, name: str, value: str, max_limit: int) -> None:
+    if not value.isdigit() or not 1 <= int(value) <= max_limit:
+        raise HTTPError(400, f"limit must be 1 to {max_limit}")
+    request.limit = int(value)
+
+
+def _cursor(request: _ListRequest, name: str, value: str, max_limit: int) -> None:
+    request.after = decode_cursor(value)
+
+
+def _bare_conditions(request: _ListRequest, name: str, value: str, max_limit: int) -> None:
+    # An unencoded & inside ?query= splits it: take the rest as conditions.
+    bare = value == "" and any(c in name for c in "<>!")
+    text = name if bare else f"{name}={value}"
+    try:
+        request.conditions.extend(parse_conditions(text, now=request.now))
+    except ConditionError as e:
+        raise HTTPError(400, f"unknown parameter {name!r} ({e})") from None
+
+
+#: Each job list parameter and how it narrows the query: C{(request, name,
+#: value, max_limit)}; names not listed are read as L&B conditions.
+_LIST_PARAM_HANDLERS: dict[str, Callable[[_ListRequest, str, str, int], None]] = {
+    "query": _query,
+    "owner": _owner,
+    "state": _alternatives,
+    "jobtype": _alternatives,
+    "since": _since,
+    "until": _until,
+    "limit": _limit,
+    "cursor": _cursor,
+}
+
+
+def _authorize_list(
+    who: Identity, privileged: bool, owner: str | None, conditions: Iterable[JobCondition]
+) -> None:
+    """
+    Who may list what: anyone their own jobs; super users and READ_ALL holders
+    any owner's, and they alone may name an owner in conditions.
+
+    @raise HTTPError: 403.
+    """
+    if privileged:
+        return
+    if any(cond.field == "owner" for cond in conditions):
+        raise HTTPError(403, "only super users may query by owner")
+    if owner is None or not same_dn(owner, who.dn):
+        raise HTTPError(403, "only super users may list other users' jobs")
 
 
 class QueryResource(Resource):
@@ -273,17 +360,16 @@ class QueryResource(Resource):
         self, who: Identity, params: list[tuple[str, str]]
     ) -> tuple[JobQuery, list[tuple[str, str]]]:
         """
-        Build the store query of a job list request.
+        Build the store query of a job list request: each parameter through its
+        entry of L{_LIST_PARAM_HANDLERS} (other names are read as L&B conditions),
+        then one authorization step.
 
         @return: the query and the parameters to repeat in the next page's link.
         @raise HTTPError: bad or forbidden parameters.
         """
-        now = self.now()
-        conditions: list[JobCondition] = []
-        owner: str | None = who.dn
-        limit = min(DEFAULT_LIMIT, self.max_limit)
-        after = None
-        keep: list[tuple[str, str]] = []
+        request = _ListRequest(
+            now=self.now(), owner=who.dn, limit=min(DEFAULT_LIMIT, self.max_limit)
+        )
         privileged = is_super_user(who, self.policy, self.super_users) or self.policy.permits(
             "READ_ALL", who
         )
@@ -291,52 +377,21 @@ class QueryResource(Resource):
             for name, value in params:
                 if name in _FORMAT_PARAMS:
                     continue
-                if name not in _LIST_PARAMS:
-                    # An unencoded & inside ?query= splits it: take the rest as conditions.
-                    bare = value == "" and any(c in name for c in "<>!")
-                    text = name if bare else f"{name}={value}"
-                    try:
-                        conditions.extend(parse_conditions(text, now=now))
-                    except ConditionError as e:
-                        raise HTTPError(400, f"unknown parameter {name!r} ({e})") from None
-                    keep.append((name, value))
-                    continue
+                handler = _LIST_PARAM_HANDLERS.get(name)
+                if handler is None:
+                    handler = _bare_conditions
                 if name != "cursor":
-                    keep.append((name, value))
-                if name == "query":
-                    conditions.extend(parse_conditions(value, now=now))
-                elif name == "owner":
-                    owner = None if value in ("*", "") else value
-                elif name in ("state", "jobtype"):
-                    alts = tuple(("=", parse_value(name, v, now=now)) for v in value.split(","))
-                    conditions.append(JobCondition(name, alts))
-                elif name == "since":
-                    conditions.append(
-                        JobCondition("lastUpdateTime", ((">=", parse_time(value, now=now)),))
-                    )
-                elif name == "until":
-                    conditions.append(
-                        JobCondition("lastUpdateTime", (("<", parse_time(value, now=now)),))
-                    )
-                elif name == "limit":
-                    if not value.isdigit() or not 1 <= int(value) <= self.max_limit:
-                        raise HTTPError(400, f"limit must be 1 to {self.max_limit}")
-                    limit = int(value)
-                elif name == "cursor":
-                    after = decode_cursor(value)
+                    request.keep.append((name, value))
+                handler(request, name, value, self.max_limit)
         except ConditionError as e:
             raise HTTPError(400, str(e)) from None
         except ValueError as e:
             raise HTTPError(400, str(e)) from None
+        conditions = tuple(request.conditions)
         if sum(len(c.alternatives) for c in conditions) > 32:
             raise HTTPError(400, "more than 32 conditions")
-        for cond in conditions:
-            if cond.field == "owner":
-                if not privileged:
-                    raise HTTPError(403, "only super users may query by owner")
-        if not privileged and (owner is None or not same_dn(owner, who.dn)):
-            raise HTTPError(403, "only super users may list other users' jobs")
-        return JobQuery(owner, tuple(conditions), limit, after), keep
+        _authorize_list(who, privileged, request.owner, conditions)
+        return JobQuery(request.owner, conditions, request.limit, request.after), request.keep
 
     async def _jobs(
         self, request: Request, who: Identity, params: list[tuple[str, str]], fmt: str
