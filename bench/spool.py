@@ -3,7 +3,7 @@
 Benchmark of the interlogger-compatible intake (C{--il-spool}, C{--il-socket})
 beside the socket intake, each on a fresh C{twistd lbproxy} in the same run.
 
-Runs, each with C{--writers} producer processes (16) logging direct CREAM jobs'
+Runs (the three intakes in turn, C{--rounds} times; medians reported), each with C{--writers} producer processes (16) logging direct CREAM jobs'
 traces (the events of L{bench.intake}):
 
   - the socket intake: the line framing, pipelined (window 64), as L{bench.intake};
@@ -149,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--writers", type=int, default=16)
     parser.add_argument("--window", type=int, default=64, help="socket run: unanswered events")
     parser.add_argument("--probes", type=int, default=100, help="latency probes")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of the three intakes")
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
     args = parser.parse_args(argv)
     base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-spool-")
@@ -166,33 +167,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         svc.start()
         return svc, prefix, sock
 
-    figures: dict[str, dict[str, float]] = {}
-    svc, prefix, sock = service(0)
-    try:
-        figures["socket"] = drive(svc.socket_path, args.writers, args.count, 0, args.window, None)
-    finally:
-        svc.cleanup()
-    print(
-        f"socket intake, {args.writers} connections (window {args.window}): "
-        f"{figures['socket']['rate']:,.0f} events/s",
-        flush=True,
-    )
-    for run, (name, poke) in enumerate((("spool, poked", True), ("spool, no pokes", False)), 1):
+    rates: dict[str, list[float]] = {"socket": [], "spool, poked": [], "spool, no pokes": []}
+    run = 0
+    # The three intakes take turns, --rounds times: a busy box slows them alike.
+    for _ in range(args.rounds):
         svc, prefix, sock = service(run)
         try:
-            figures[name] = spool_run(
-                svc, prefix, sock if poke else None, args.writers, args.count, run
-            )
+            r = drive(svc.socket_path, args.writers, args.count, run, args.window, None)
         finally:
             svc.cleanup()
-        r = figures[name]
+        run += 1
+        rates["socket"].append(r["rate"])
         print(
-            f"{name}, {args.writers} writers: {r['rate']:,.0f} events/s stored "
-            f"({int(r['events'])} events in {r['seconds']:.2f} s; appended in "
-            f"{r['write_seconds']:.2f} s)",
+            f"socket intake, {args.writers} connections (window {args.window}): "
+            f"{r['rate']:,.0f} events/s",
             flush=True,
         )
-    svc, prefix, sock = service(3)
+        for name, poke in (("spool, poked", True), ("spool, no pokes", False)):
+            svc, prefix, sock = service(run)
+            try:
+                r = spool_run(svc, prefix, sock if poke else None, args.writers, args.count, run)
+            finally:
+                svc.cleanup()
+            run += 1
+            rates[name].append(r["rate"])
+            print(
+                f"{name}, {args.writers} writers: {r['rate']:,.0f} events/s stored "
+                f"({int(r['events'])} events in {r['seconds']:.2f} s; appended in "
+                f"{r['write_seconds']:.2f} s)",
+                flush=True,
+            )
+    figures = {name: {"rate": statistics.median(values)} for name, values in rates.items()}
+    svc, prefix, sock = service(run)
     try:
         lat = sorted(latency(svc, prefix, sock, args.probes))
     finally:
@@ -205,10 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     met = min(ratios.values()) >= 0.8 and median <= 50
     command = (
         f".venv/bin/python -m bench.spool --count {args.count} --writers {args.writers} "
-        f"--window {args.window} --probes {args.probes}"
+        f"--window {args.window} --probes {args.probes} --rounds {args.rounds}"
     )
     print(
-        f"spool bench: socket {socket_rate:,.0f} ev/s; spool poked "
+        f"spool bench (medians of {args.rounds}): socket {socket_rate:,.0f} ev/s; spool poked "
         f"{figures['spool, poked']['rate']:,.0f} ev/s ({ratios['spool, poked']:.2f}x), no pokes "
         f"{figures['spool, no pokes']['rate']:,.0f} ev/s ({ratios['spool, no pokes']:.2f}x); "
         f"poked p50 {median:.1f} ms; target {'met' if met else 'NOT met'} | {command}"

@@ -267,7 +267,7 @@ class SpoolScanner(Service):
             self.cursors[name] = cursor
         if gone:
             # Removed while we were down: forget them (no events with it).
-            self.store.store([], gone)
+            self.store.store([], gone).addErrback(self._forget_failed, ", ".join(gone))
         self._ready = True
         self._start_inotify()
         self.rescan()
@@ -449,6 +449,14 @@ class SpoolScanner(Service):
             )
         now = self.clock.seconds()
         ctl = {entry for entry in names if entry.endswith(CTL_SUFFIX)}
+        listed = {os.path.join(self.directory, entry) for entry in names}
+        gone: dict[str, tuple[int, int] | None] = {}
+        for name in [n for n in self.cursors if n not in listed and n not in self._held]:
+            # Removed by someone else: forget it (a new file of that name is new).
+            del self.cursors[name]
+            gone[name] = None
+        if gone:
+            self.store.store([], gone).addErrback(self._forget_failed, ", ".join(gone))
         for entry in names:
             if not is_spool_name(self.base, entry):
                 continue

@@ -363,3 +363,19 @@ class InotifyParseTests(SynchronousTestCase):
         self.assertEqual(rest, data[len(data) - 16 - 16 : -5])
         names, flags, rest = parse_inotify(rest + data[-5:])
         self.assertEqual((names, flags, rest), ([b"x"], 0, b""))
+
+
+class ForgetTests(ScannerTestBase):
+    def test_removed_by_others_forgotten(self) -> None:
+        """
+        A file removed by someone else is forgotten at the next rescan (its cursor
+        and its stored offset), so a new file of that name is read from 0.
+        """
+        scanner = self.scanner(poll_interval=1.0)
+        self.append(b"".join(self.lines[:3]))
+        self.tick()
+        self.assertIn(self.file, self.store.backend.spool)
+        os.unlink(self.file)
+        self.tick()
+        self.assertEqual(self.store.backend.spool, {})
+        self.assertNotIn(self.file, scanner.cursors)
