@@ -242,6 +242,9 @@ class SpoolScanner(Service):
         if self._inotify is not None:
             self._inotify.loseConnection()
             self._inotify = None
+        if self._draining:
+            # Removed files: what was appended to them after their last read.
+            self._drain()
         if not self._calls:
             return succeed(None)
         return gatherResults(list(self._calls)).addBoth(lambda _: None)
@@ -593,7 +596,12 @@ class SpoolScanner(Service):
             )
         if items:
             d = maybeDeferred(self.store.store, items)
-            d.addCallbacks(self._count, self._drain_failed, errbackArgs=(len(items),))
+            call: Deferred[None] = d.addCallbacks(
+                self._count, self._drain_failed, errbackArgs=(len(items),)
+            )
+            if not call.called:
+                self._calls.append(call)
+                call.addBoth(self._answered, call)
 
     def _drain_failed(self, failure: Failure, n: int) -> None:
         self.stats.failures += 1

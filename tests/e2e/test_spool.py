@@ -248,6 +248,9 @@ class CrashTests(SpoolTestCase):
         self.assertEqual(max(seqcodes.values()), 1)
         self.assertEqual(svc.starts, self.ROUNDS + 1)
         self.assertNotIn("already stored (duplicates", svc.log_text())
+        print(
+            f"kill -9 x{self.ROUNDS}: {total} lines from {self.WRITERS} writers, each stored once"
+        )
 
 
 class SameStatesTests(SpoolTestCase):
