@@ -36,6 +36,7 @@ from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
 from lbtwist.core.events import parse_event
+from lbtwist.core.translate import proxy_policy
 from lbtwist.security.authz import Policy
 from lbtwist.security.identity import Identity
 from lbtwist.service.web import render
@@ -53,7 +54,9 @@ def fill(path: str, n: int) -> SQLiteStore:
     job.start()
     while len(job.lines) < n:
         job.store("CMDSTART", "START")
-    store = SQLiteStore(path, clock=Clock(), runner=run_now, proxy_host="proxy.example.org")
+    store = SQLiteStore(
+        path, clock=Clock(), runner=run_now, policy=proxy_policy((), "proxy.example.org")
+    )
     lines = job.lines[:n]
     for i in range(0, n, 2000):
         store.store([(line, parse_event(line)) for line in lines[i : i + 2000]])

@@ -45,6 +45,7 @@ from bench.intake import connection_lines
 from lbtwist.core.events import Event, parse_event
 from lbtwist.core.states import advance
 from lbtwist.core.states.status import JobStatus
+from lbtwist.core.translate import proxy_policy
 from lbtwist.core.ulm import parse_fields
 from lbtwist.service.intake import IntakeFactory
 from lbtwist.store.batch import BatchPlan, BatchProcessor, Identity
@@ -171,9 +172,7 @@ def stage_runner(name: str, lines: list[str], batch: int, tmp: str) -> Callable[
     if name == "batch":
 
         def batch_only() -> None:
-            proc = BatchProcessor(
-                NullBackend(), relay=True, local_endpoints=(), proxy_host="proxy.example.org"
-            )
+            proc = BatchProcessor(NullBackend(), policy=proxy_policy((), "proxy.example.org"))
             for group in groups:
                 proc.process(group)
             assert proc.recomputes == 0
@@ -190,12 +189,7 @@ def stage_runner(name: str, lines: list[str], batch: int, tmp: str) -> Callable[
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {'FULL' if name == 'sqlite-full' else 'OFF'}")
             migrate(conn)
-            proc = BatchProcessor(
-                SQLiteBackend(conn),
-                relay=True,
-                local_endpoints=(),
-                proxy_host="proxy.example.org",
-            )
+            proc = BatchProcessor(SQLiteBackend(conn), policy=proxy_policy((), "proxy.example.org"))
             for group in groups:
                 proc.process(group)
             conn.close()

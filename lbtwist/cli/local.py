@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.unit.test_cli -*-
 """
 C{lbtwist status}, C{log} and C{dump}: read a local store directly (admins
-on the node, no TLS) through L{lbtwist.store.sqlite.SQLiteReader}; without
+on the node, no TLS) through L{lbtwist.store.open_reader}; without
 C{--state-dir}, C{status} and C{log} ask a query server over HTTPS
 (L{lbtwist.cli.query}).
 """
@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 from lbtwist.cli.common import CLIContext
@@ -23,10 +21,7 @@ from lbtwist.cli.replay import format_status_text, status_json
 from lbtwist.core.errors import InvalidValue
 
 if TYPE_CHECKING:
-    from lbtwist.store.sqlite import SQLiteReader
-
-#: The store file inside a state directory (as C{twistd lbproxy} creates it).
-STORE_FILE = "lbtwist.sqlite"
+    from lbtwist.store import StoreReader
 
 _COMPACT = re.compile(r"^([0-9]{14})(?:\.([0-9]{1,6}))?$")
 _EPOCH = re.compile(r"^[0-9]+(?:\.[0-9]+)?$")
@@ -62,26 +57,17 @@ def parse_time(text: str) -> int:
     return (delta.days * 86400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
-@contextmanager
-def open_reader(state_dir: str) -> Iterator[SQLiteReader]:
+def open_reader(state_dir: str) -> AbstractContextManager[StoreReader]:
     """
-    Open the store of C{state_dir} read-only.
-
-    @raise FileNotFoundError: there is no store there.
+    The store of C{state_dir}, read-only (L{lbtwist.store.open_reader}: loaded
+    only by the commands that read it).
     """
-    from lbtwist.store.sqlite import SQLiteReader
+    from lbtwist.store import open_reader as open_store
 
-    path = os.path.join(state_dir, STORE_FILE)
-    if not os.path.exists(path):
-        raise FileNotFoundError(2, "no lbtwist store", path)
-    reader = SQLiteReader(path)
-    try:
-        yield reader
-    finally:
-        reader.close()
+    return open_store(state_dir)
 
 
-def lookup(reader: SQLiteReader, jobid: str) -> str | None:
+def lookup(reader: StoreReader, jobid: str) -> str | None:
     """
     The stored job id for C{jobid} (a CREAM id of a mapped WMS job resolves to
     its gLite id), or C{None} if the store does not know the job.

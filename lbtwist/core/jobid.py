@@ -11,9 +11,10 @@ of L{generate} come from the caller.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 
 from attrs import frozen
 
@@ -110,13 +111,47 @@ class JobId:
     @property
     def store_endpoint(self) -> tuple[str, int]:
         """
-        The L&B store (relay) port: query port + 1.
+        The L&B store (relay) port: query port + 1 (the one place that knows it).
         """
         return (self.host, self.port + 1)
 
     @property
     def query_endpoint(self) -> tuple[str, int]:
         return (self.host, self.port)
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def unique_of(text: str) -> str:
+    """
+    The unique part of a job id (after C{host:port/}); text that is no job id
+    comes back as it is (a bare CREAM id, C{CREAM<digits>}, keys its mapping).
+    Remembered for the jobs asked about most (the store asks for every job
+    row it writes, the query pages for every job they link to).
+    """
+    try:
+        return JobId.parse(text).unique
+    except JobIdFormat:
+        return text
+
+
+def relay_destination(jobid: str, local_endpoints: Container[tuple[str, int]]) -> str | None:
+    """
+    Where a proxy relays the events of a job: C{"host:port"} of the L&B store
+    port its id names (L{JobId.store_endpoint}; the host in lower case, IPv6
+    without brackets).
+
+    @param local_endpoints: C{(host, query port)} pairs (hosts in lower case)
+        of this node: their jobs are local.
+    @return: C{None} for a CREAM id, a local job or text that is no job id.
+    """
+    try:
+        jid = JobId.parse(jobid)
+    except JobIdFormat:
+        return None
+    host = jid.host.lower()
+    if jid.is_cream or (host, jid.port) in local_endpoints:
+        return None
+    return f"{host}:{jid.store_endpoint[1]}"
 
 
 def generate(host: str, port: int = DEFAULT_PORT, *, now: int, pid: int, rnd: bytes) -> JobId:

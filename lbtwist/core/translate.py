@@ -9,15 +9,54 @@ CREAM state, the gLite event that the WMS LogMonitor or the LRMS would have.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
 from typing import Any
 
 from lbtwist.core.events import Event, make_event
+from lbtwist.core.jobid import relay_destination
+from lbtwist.core.relaypolicy import RelayPolicy
 from lbtwist.core.seqcode import bump_lrms, parse_seqcode
-from lbtwist.core.states.glite import cream_effect
+from lbtwist.core.states.glite import cream_effect, is_cream_event
 from lbtwist.core.states.status import MACHINE_GLITE, JobStatus
 
 GENERATED_BY_KEY = "DG.GENERATED_BY"
 PROXY_INSTANCE = "lbtwist-proxy"
+
+#: Job destinations a proxy policy remembers (the answer is asked for every event).
+DESTINATIONS_CACHED = 1 << 16
+
+
+def may_generate(trigger: Event) -> bool:
+    """
+    Whether C{trigger} can generate gLite events (L{generate_events}): a CREAM
+    event not itself generated.
+    """
+    return not trigger.generated and is_cream_event(trigger)
+
+
+def proxy_policy(local_endpoints: Iterable[tuple[str, int]], proxy_host: str) -> RelayPolicy:
+    """
+    The relay policy of a proxy: the events of WMS jobs (ids naming another
+    server than this node's C{local_endpoints}) go to that server's store port
+    (L{lbtwist.core.jobid.relay_destination}), with the gLite events
+    L{generate_events} makes from their CREAM events.
+
+    @param local_endpoints: C{(host, query port)} pairs naming this node (hosts in
+        lower case): jobs with such ids are not relayed.
+    @param proxy_host: the C{HOST} of generated events.
+    """
+    local = frozenset(local_endpoints)
+
+    @functools.lru_cache(maxsize=DESTINATIONS_CACHED)
+    def destination(jobid: str) -> str | None:
+        return relay_destination(jobid, local)
+
+    return RelayPolicy(
+        destination=destination,
+        triggers=may_generate,
+        generate=functools.partial(generate_events, proxy_host=proxy_host),
+    )
 
 
 def generate_events(

@@ -11,7 +11,6 @@ reads it from the reactor it is given.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,6 +26,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from twisted.logger import Logger, LogLevel
+
+# The one DN normalization is the core's (the store compares owners with it too);
+# re-exported here for the callers that know it from this module.
+from lbtwist.core.dn import normalize_dn as normalize_dn
+from lbtwist.core.dn import same_dn as same_dn
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -109,24 +113,6 @@ def _asn1_slash_dn(name: ax509.Name) -> str:
             )
         )
     return "".join("/" + p for p in parts)
-
-
-_EMAIL = re.compile(r"/(?:emailaddress|email|e)=")
-
-
-def normalize_dn(dn: str) -> str:
-    """
-    Normalize a DN for comparison as L&B does: case-insensitive, and
-    C{/emailAddress=}, C{/Email=} and C{/E=} are the same attribute.
-    """
-    return _EMAIL.sub("/emailaddress=", dn.strip().lower())
-
-
-def same_dn(a: str, b: str) -> bool:
-    """
-    @return: whether the two slash-form DNs name the same subject.
-    """
-    return normalize_dn(a) == normalize_dn(b)
 
 
 def _escape_char(c: str) -> str:

@@ -35,6 +35,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from lbtwist import config
 from lbtwist.core.errors import LBError, NoSpace, PermissionDenied, TryAgain
 from lbtwist.core.events import Event, parse_event
 from lbtwist.core.ilspool import (
@@ -47,10 +48,10 @@ from lbtwist.core.ilspool import (
 )
 from lbtwist.service import logs
 
-DEFAULT_RESCAN_INTERVAL = 60.0
-DEFAULT_POLL_INTERVAL = 1.0
-DEFAULT_REMOVE_IDLE = 600.0
-DEFAULT_BATCH_EVENTS = 2000
+DEFAULT_RESCAN_INTERVAL = config.DEFAULT_IL_RESCAN_INTERVAL
+DEFAULT_POLL_INTERVAL = config.DEFAULT_IL_POLL_INTERVAL
+DEFAULT_REMOVE_IDLE = config.DEFAULT_IL_REMOVE_IDLE
+DEFAULT_BATCH_EVENTS = config.DEFAULT_IL_BATCH_EVENTS
 #: Store calls under way at once (reading goes on while the store commits).
 DEFAULT_PASSES = 2
 DEFAULT_MAX_LINE = 4 * 1024 * 1024

@@ -58,6 +58,7 @@ from lbtwist.service.framing import (
     detect_framing,
     make_framing,
 )
+from lbtwist.store.interface import IEventStore
 
 DEFAULT_MAX_CONNECTIONS = 256
 DEFAULT_MAX_LINE = 4 * 1024 * 1024
@@ -483,7 +484,7 @@ class IntakeFactory(Factory["IntakeProtocol"]):
 
     def __init__(
         self,
-        store: Any,
+        store: IEventStore,
         *,
         clock: IReactorTime,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,

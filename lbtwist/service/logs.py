@@ -30,8 +30,10 @@ from twisted.application.internet import TimerService
 from twisted.logger import ILogObserver, Logger, textFileLogObserver
 from twisted.python.logfile import LogFile
 
+from lbtwist import config
+
 #: Warning lines per cause and window before the rest are only counted.
-DEFAULT_WARNINGS_PER_MINUTE = 10
+DEFAULT_WARNINGS_PER_MINUTE = config.DEFAULT_WARNINGS_PER_MINUTE
 #: Seconds of a rate-limit window.
 WINDOW = 60.0
 #: Longest text of one value in a rate-limited warning (hostile input can be
@@ -41,8 +43,8 @@ MAX_VALUE = 1000
 MAX_CAUSES = 1000
 
 #: Defaults of the capped twistd log.
-DEFAULT_LOG_MAX_SIZE = 10_000_000
-DEFAULT_LOG_MAX_FILES = 10
+DEFAULT_LOG_MAX_SIZE = config.DEFAULT_LOG_MAX_SIZE
+DEFAULT_LOG_MAX_FILES = config.DEFAULT_LOG_MAX_FILES
 DEFAULT_LOG_FILE = "twistd.log"
 
 #: Environment variables read by L{logger} when it was not configured by the

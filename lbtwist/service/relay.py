@@ -25,14 +25,13 @@ destination's queue depth, oldest pending age and rejected count.
 from __future__ import annotations
 
 import errno
-import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
 from twisted.application.internet import ClientService, TimerService, backoffPolicy
-from twisted.application.service import IService, MultiService, Service
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -40,8 +39,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from lbtwist.core import ilproto
+from lbtwist.security.credentials import HostCredentials
 from lbtwist.service import logs
-from lbtwist.store.interface import OutboxEntry, OutboxStats
+from lbtwist.store.interface import IEventStore, OutboxEntry, OutboxStats
 
 log = Logger()
 
@@ -204,7 +204,7 @@ class RelayQueue(Service):
     def __init__(
         self,
         destination: str,
-        store: Any,
+        store: IEventStore,
         clock: IReactorTime,
         endpoint: IStreamClientEndpoint,
         settings: RelaySettings = RelaySettings(),
@@ -549,7 +549,7 @@ class RelayService(MultiService):
 
     def __init__(
         self,
-        store: Any,
+        store: IEventStore,
         clock: IReactorTime,
         endpoint_for: EndpointFactory,
         settings: RelaySettings = RelaySettings(),
@@ -636,27 +636,11 @@ class RelayService(MultiService):
 # -- wiring ---------------------------------------------------------------------
 
 
-def host_credentials(options: Any, reactor: Any) -> tuple[str, str, str]:
-    """
-    The host certificate, key and CA directory of the service: from the options, or
-    the development PKI under the state directory.
-    """
-    if options["dev-certs"]:
-        from lbtwist.security.devcerts import ensure_dev_pki
-
-        pki = ensure_dev_pki(options["state-dir"], reactor)
-        return str(pki.host_cert), str(pki.host_key), str(pki.ca_dir)
-    ca_dir = (
-        options["ca-dir"] or os.environ.get("X509_CERT_DIR") or "/etc/grid-security/certificates"
-    )
-    return options["cert"], options["key"], ca_dir
-
-
 def tls_endpoint_factory(
     reactor: Any,
     *,
     cert: str,
-    key: str,
+    key: str | None,
     ca_dir: str,
     crl: str = "if-present",
     relay_map: Iterable[tuple[tuple[str, int], str]] = (),
@@ -685,28 +669,33 @@ def tls_endpoint_factory(
     return endpoint_for
 
 
-def make_relay_service(options: Any, store: Any, reactor: Any) -> IService:
+def make_relay_service(
+    store: IEventStore,
+    reactor: Any,
+    *,
+    credentials: HostCredentials,
+    crl: str = "if-present",
+    relay_map: Sequence[tuple[tuple[str, int], str]] = (),
+    settings: RelaySettings = RelaySettings(),
+) -> RelayService:
     """
-    The relay of C{twistd lbproxy}, from parsed options.
+    The relay of C{twistd lbproxy}: TLS to each destination with the host
+    C{credentials} (C{crl} the server certificates' CRL mode), C{relay_map}
+    sending destinations elsewhere (L{tls_endpoint_factory}).
     """
-    cert, key, ca_dir = host_credentials(options, reactor)
-    settings = RelaySettings(
-        window=int(options["relay-window"]),
-        enoent_timeout=float(options["relay-enoent-timeout"]),
-    )
     endpoint_for = tls_endpoint_factory(
         reactor,
-        cert=cert,
-        key=key,
-        ca_dir=ca_dir,
-        crl=options["crl"],
-        relay_map=options["relay-map"],
+        cert=credentials.cert,
+        key=credentials.key,
+        ca_dir=credentials.ca_dir,
+        crl=crl,
+        relay_map=relay_map,
     )
     log.info(
         "relay: window {window}, ENOENT retries for {timeout} s, {n} mapped destinations",
         window=settings.window,
         timeout=settings.enoent_timeout,
-        n=len(options["relay-map"]),
+        n=len(relay_map),
     )
     return RelayService(store, reactor, endpoint_for, settings)
 

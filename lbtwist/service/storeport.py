@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
@@ -48,6 +49,7 @@ from lbtwist.security.authz import (
     write_key,
 )
 from lbtwist.security.identity import Identity
+from lbtwist.security.tls import PortLimits, ServerContextSource
 from lbtwist.service import logs
 from lbtwist.service.framing import (
     DETECT_BYTES,
@@ -57,6 +59,7 @@ from lbtwist.service.framing import (
     make_framing,
 )
 from lbtwist.service.framing import Slot as _Slot
+from lbtwist.store.interface import IEventStore
 
 log = Logger()
 
@@ -488,7 +491,7 @@ class StorePortFactory(Factory["StorePortProtocol"]):
 
     def __init__(
         self,
-        store: Any,
+        store: IEventStore,
         *,
         identify: Identify,
         policy: Policy | None = None,
@@ -611,50 +614,45 @@ def authorization_summary(path: str | None, policy: Policy, super_users: Iterabl
     )
 
 
-def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
+def make_store_port_service(
+    store: IEventStore,
+    reactor: Any,
+    *,
+    endpoint: str,
+    source: ServerContextSource,
+    limits: PortLimits,
+    policy: Policy,
+    policy_path: str | None = None,
+    super_users: Iterable[str] = (),
+    voms_dir: str | None = None,
+    grey_jobs: bool = False,
+    max_line: int = DEFAULT_MAX_LINE,
+    max_fields: int = DEFAULT_MAX_FIELDS,
+) -> StreamServerEndpointService:
     """
     The store-port listener of C{twistd lbserver}: TLS with client certificates
-    around the C{--store} endpoint.
+    (C{source}, bounded by C{limits}) around the C{endpoint} string.
+
+    @param policy_path: the file C{policy} was read from (for the start-up log line).
+    @param voms_dir: the VOMS C{.lsc} files; ignored when it is not a directory.
     """
     import os
 
-    from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
 
-    from lbtwist.security.authz import load_policy
     from lbtwist.security.identity import PeerIdentity
-    from lbtwist.security.tls import (
-        REFUSAL_LOG_BURST,
-        REFUSAL_LOG_INTERVAL,
-        PortLimits,
-        ServerContextSource,
-        quote_for_log,
-        tls_server_endpoint,
-    )
-    from lbtwist.service.relay import host_credentials
+    from lbtwist.security.tls import quote_for_log, tls_server_endpoint
 
-    cert, key, ca_dir = host_credentials(options, reactor)
-    source = ServerContextSource(
-        cert,
-        key,
-        ca_dir,
-        crl=options["crl"],
-        clock=reactor,
-        log_interval=options.get("tls-log-interval", REFUSAL_LOG_INTERVAL),
-        log_burst=options.get("tls-log-burst", REFUSAL_LOG_BURST),
-    )
-    policy = load_policy(options["policy"]) if options["policy"] else Policy()
-    voms_dir = options["voms-dir"]
     if voms_dir is not None and not os.path.isdir(voms_dir):
         voms_dir = None
     factory = StorePortFactory(
         store,
         identify=PeerIdentity.for_source(source, clock=reactor, voms_dir=voms_dir).of_transport,
         policy=policy,
-        super_users=options["super-user"],
-        grey_jobs=bool(options["grey-jobs"]),
-        max_line=options["max-event-size"],
-        max_fields=options["max-fields"],
+        super_users=super_users,
+        grey_jobs=grey_jobs,
+        max_line=max_line,
+        max_fields=max_fields,
     )
 
     def log_connection(connection: Any) -> None:
@@ -665,22 +663,22 @@ def make_store_port_service(options: Any, store: Any, reactor: Any) -> Any:
             dn=quote_for_log(who.dn if who is not None else None),
         )
 
-    endpoint = tls_server_endpoint(
-        serverFromString(reactor, options["store"]),
+    tls_endpoint = tls_server_endpoint(
+        serverFromString(reactor, endpoint),
         source,
-        limits=PortLimits.from_options(options, "store"),
+        limits=limits,
         clock=reactor,
         port="store",
         on_established=log_connection,
     )
-    service = StreamServerEndpointService(endpoint, factory)
+    service = StreamServerEndpointService(tls_endpoint, factory)
     # A server that cannot listen on its store port must not run on.
     service._raiseSynchronously = True
     log.info(
         "store port on {endpoint} (TLS), grey jobs {grey}; {authorization}",
-        endpoint=options["store"],
+        endpoint=endpoint,
         grey="on" if factory.grey_jobs else "off",
-        authorization=authorization_summary(options["policy"], policy, factory.super_users),
+        authorization=authorization_summary(policy_path, policy, factory.super_users),
     )
     return service
 

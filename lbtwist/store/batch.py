@@ -3,9 +3,12 @@
 The commit-group logic every store backend shares.
 
 L{BatchProcessor} turns a group of incoming events into one L{BatchPlan} (new event
-rows, job rows, CREAM id mappings, outbox rows) applying the duplicate rule, the
-incremental-or-recompute status rule and the generation of gLite events for WMS jobs;
-a backend writes the plan in one transaction. L{GroupCommit} queues C{store()} calls
+rows, job rows, CREAM id mappings, outbox rows) applying the duplicate rule and the
+incremental-or-recompute status rule; a backend writes the plan in one transaction
+(a new kind of row written with a group's events is one more L{BatchPlan} list that
+each backend's C{write} handles). The store knows no role: which events are relayed
+where, and which events a state change generates, is the L{RelayPolicy} it is given
+(a proxy's; a server's store has none). L{GroupCommit} queues C{store()} calls
 while a commit runs, so that they all share the next transaction.
 
 Late events (sorting before the last one folded into a job's status) do not make the
@@ -29,15 +32,16 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from types import SimpleNamespace
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from lbtwist.core.errors import AlreadyExists, LBError, TryAgain
+from lbtwist.core.dn import same_dn
+from lbtwist.core.errors import AlreadyExists, JobIdFormat, LBError, TryAgain
 from lbtwist.core.events import (
     PRIO_DIRECT,
     PRIO_EXCL,
@@ -46,20 +50,19 @@ from lbtwist.core.events import (
     format_event,
     parse_event,
 )
+from lbtwist.core.jobid import JobId, unique_of
 from lbtwist.core.seqcode import ordering_key
 from lbtwist.core.states import advance_key, fold, machine_for
 from lbtwist.core.states.status import MACHINE_GLITE, JobStatus, format_iso
-from lbtwist.core.translate import generate_events
-from lbtwist.security.identity import same_dn
 from lbtwist.store.interface import OutboxEntry, StoreResult
+
+if TYPE_CHECKING:
+    from lbtwist.core.relaypolicy import RelayPolicy
 
 log = Logger()
 
 #: Priority flags of events never relayed.
 NO_RELAY = PRIO_DIRECT | PRIO_INTERNAL
-
-#: Default port of a gLite job id without one.
-DEFAULT_PORT = 9000
 
 #: Limits used when re-parsing stored lines: they were accepted once, accept them again.
 _REPARSE_LIMITS: dict[str, int] = {"max_fields": 1_000_000, "max_size": 1 << 31}
@@ -68,10 +71,6 @@ Identity = tuple[str, str, str, int, str, str, str]
 #: Spool file offsets committed with a group: file name -> C{(inode, offset)}, or
 #: L{None} to forget the file (it was removed).
 SpoolOffsets = dict[str, "tuple[int, int] | None"]
-
-#: Relay destinations remembered by L{BatchProcessor.relay_destination}.
-_DESTINATIONS_SIZE = 1 << 16
-_UNKNOWN = "\0unknown"
 
 #: Default: a status checkpoint every this many events of a job (in key order).
 CHECKPOINT_EVERY = 256
@@ -161,27 +160,12 @@ def dupkey(ident: Identity) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def split_jobid(jobid: str) -> tuple[str, int, str] | None:
-    """
-    @return: C{(host, port, unique)} of a job id URL, or C{None} if it is not one.
-    """
-    try:
-        parts = urlsplit(jobid)
-        port = parts.port or DEFAULT_PORT
-    except ValueError:
-        return None
-    if not parts.hostname:
-        return None
-    return parts.hostname, port, parts.path.lstrip("/")
-
-
 def cream_key(jobid: str) -> str:
     """
-    The mapping key of a CREAM id: its C{CREAM<digits>} part, so that the id as CREAM
-    hands it out and the proxy's own form of it both resolve.
+    The mapping key of a CREAM id: its C{CREAM<digits>} part (L{unique_of}), so that
+    the id as CREAM hands it out and the proxy's own form of it both resolve.
     """
-    parts = split_jobid(jobid)
-    return parts[2] if parts is not None else jobid
+    return unique_of(jobid)
 
 
 def status_from_json(data: dict[str, Any]) -> JobStatus:
@@ -376,6 +360,16 @@ class _Refold:
     okey: bytes = b""
 
 
+def check_tuning(checkpoint_every: int, refold_slice: int, max_future_skew: int | None) -> None:
+    """
+    @raise ValueError: the fold tuning of a L{BatchProcessor} is out of range.
+    """
+    if checkpoint_every < 1 or refold_slice < 1:
+        raise ValueError("checkpoint_every and refold_slice must be positive")
+    if max_future_skew is not None and max_future_skew < 0:
+        raise ValueError("max_future_skew must not be negative")
+
+
 class BatchProcessor:
     """
     Turns commit groups into plans and keeps a bounded cache of job statuses.
@@ -392,15 +386,16 @@ class BatchProcessor:
         self,
         backend: StoreBackend,
         *,
-        relay: bool,
-        local_endpoints: Iterable[tuple[str, int]],
-        proxy_host: str,
+        policy: RelayPolicy | None = None,
         cache_size: int = 100_000,
         checkpoint_every: int = CHECKPOINT_EVERY,
         refold_slice: int = REFOLD_SLICE,
         max_future_skew: int | None = None,
     ) -> None:
         """
+        @param policy: the relaying role (a proxy's store): outbox rows for the
+            events of jobs it gives a destination, and the events it generates.
+            C{None} (a server's store): nothing is relayed or generated.
         @param checkpoint_every: a status checkpoint every this many events of a job.
         @param refold_slice: most events one commit group folds for late events.
         @param max_future_skew: microseconds an event's DATE may lie ahead of its
@@ -408,14 +403,9 @@ class BatchProcessor:
             C{None} (tests whose clocks start at 0): no limit. The service passes
             its C{--max-future-skew} (default L{MAX_FUTURE_SKEW}).
         """
-        if checkpoint_every < 1 or refold_slice < 1:
-            raise ValueError("checkpoint_every and refold_slice must be positive")
-        if max_future_skew is not None and max_future_skew < 0:
-            raise ValueError("max_future_skew must not be negative")
+        check_tuning(checkpoint_every, refold_slice, max_future_skew)
         self._backend = backend
-        self.relay = relay
-        self.local_endpoints = frozenset(local_endpoints)
-        self.proxy_host = proxy_host
+        self.policy = policy
         # jobid -> (status, event count, duplicate keys of its events or None)
         self._cache: OrderedDict[str, tuple[JobStatus, int, bytes | set[int] | None]] = (
             OrderedDict()
@@ -440,37 +430,20 @@ class BatchProcessor:
         self.lookups = 0
         #: Events folded by refolds.
         self.refolded = 0
-        self._destinations: dict[str, str | None] = {}
-        self._destinations_for: frozenset[tuple[str, int]] | None = None
+
+    @property
+    def relay(self) -> bool:
+        """
+        Whether the store relays (it has a L{RelayPolicy}).
+        """
+        return self.policy is not None
 
     def relay_destination(self, jobid: str) -> str | None:
         """
         @return: C{"host:port"} to relay a job's events to, or C{None} if it is local.
         """
-        if not self.relay:
-            return None
-        # Asked for every event and every commit notice: remember the answers
-        # (bounded), as long as the settings they depend on stay the same.
-        if self._destinations_for is not self.local_endpoints:
-            self._destinations = {}
-            self._destinations_for = self.local_endpoints
-        known = self._destinations.get(jobid, _UNKNOWN)
-        if known is not _UNKNOWN:
-            return known
-        destination = self._destination(jobid)
-        if len(self._destinations) >= _DESTINATIONS_SIZE:
-            self._destinations = {}
-        self._destinations[jobid] = destination
-        return destination
-
-    def _destination(self, jobid: str) -> str | None:
-        parts = split_jobid(jobid)
-        if parts is None:
-            return None
-        host, port, unique = parts
-        if unique.startswith("CREAM") or (host, port) in self.local_endpoints:
-            return None
-        return f"{host}:{port + 1}"
+        policy = self.policy
+        return None if policy is None else policy.destination(jobid)
 
     def process(
         self, items: list[tuple[str, Event, int]], offsets: SpoolOffsets | None = None
@@ -669,9 +642,13 @@ class BatchProcessor:
         return list(ordering_key(at, seqno))
 
     def _map(self, plan: BatchPlan, ev: Event) -> None:
-        parts = split_jobid(ev.jobid)
         local = ev.get("local_jobid")
-        if parts is None or parts[2].startswith("CREAM") or not local:
+        if not local:
+            return
+        try:
+            if JobId.parse(ev.jobid).is_cream:
+                return
+        except JobIdFormat:
             return
         plan.mappings.append(MappingRow(cream_key(local), local, ev.jobid))
 
@@ -684,9 +661,10 @@ class BatchProcessor:
         okey: bytes,
         arrived: int,
     ) -> None:
-        # Only a proxy (the relaying role) generates gLite events: a server receives
-        # the proxy's, and must not add its own.
-        trigger = self.relay and not ev.generated and ev.type.startswith("CREAM")
+        # Only a relaying store (a proxy's) generates events: a server receives the
+        # proxy's, and must not add its own.
+        policy = self.policy
+        trigger = policy is not None and policy.triggers(ev)
         generated: list[Event] = []
         jobid = ev.jobid
         try:
@@ -709,8 +687,8 @@ class BatchProcessor:
                 )
                 if trigger and glite and refold is None and self._run_refold(jobid, work):
                     after = work.status
-            if trigger and after is not None:
-                generated = generate_events(ev, before, after, proxy_host=self.proxy_host)
+            if policy is not None and trigger and after is not None:
+                generated = policy.generate(ev, before, after)
         except Exception:
             # The event is kept whatever the state machines make of it: CREAM's
             # events must not be lost.
@@ -963,10 +941,21 @@ def _text(value: object) -> str | None:
     return str(value)
 
 
-Runner = Callable[[Callable[[], Any]], "Deferred[Any]"]
+_T = TypeVar("_T")
+
+#: What a commit group's results are: one per item.
+Results = list[StoreResult | LBError]
 
 
-def run_now(work: Callable[[], Any]) -> Deferred[Any]:
+class Runner(Protocol):
+    """
+    Runs store work somewhere (the writer thread, or at once) and gives its result.
+    """
+
+    def __call__(self, work: Callable[[], _T], /) -> Deferred[_T]: ...
+
+
+def run_now(work: Callable[[], _T]) -> Deferred[_T]:
     """
     A synchronous runner: calls C{work} at once (memory store, tests).
     """
@@ -985,8 +974,8 @@ class GroupCommit:
 
     def __init__(
         self,
-        clock: Any,
-        process: Callable[..., list[StoreResult | LBError]],
+        clock: IReactorTime,
+        process: Callable[..., Results],
         runner: Runner,
         pending: Callable[[], bool] | None = None,
     ) -> None:
@@ -994,11 +983,11 @@ class GroupCommit:
         self._process = process
         self._runner = runner
         self._pending = pending
-        self._queue: list[tuple[list[tuple[str, Event, int]], Deferred[list[Any]]]] = []
+        self._queue: list[tuple[list[tuple[str, Event, int]], Deferred[Results]]] = []
         self._offsets: SpoolOffsets = {}
         self._running = False
         self._idle: list[Deferred[None]] = []
-        self._background: Any = None
+        self._background: IDelayedCall | None = None
         self._stopped = False
         self.commits = 0
 
@@ -1020,7 +1009,7 @@ class GroupCommit:
         C{offsets} are written in the same transaction (later ones win).
         """
         now = int(self._clock.seconds() * 1_000_000)
-        d: Deferred[list[Any]] = Deferred()
+        d: Deferred[Results] = Deferred()
         if not items and not offsets:
             d.callback([])
             return d
@@ -1077,7 +1066,7 @@ class GroupCommit:
         else:
             result = self._runner(lambda: self._process(items))
 
-        def done(results: list[Any]) -> None:
+        def done(results: Results) -> None:
             start = 0
             for part, d in group:
                 d.callback(results[start : start + len(part)])
@@ -1116,7 +1105,7 @@ class CommitNotifier:
         """
         self._listeners.append(listener)
 
-    def notify(self, results: list[Any]) -> list[Any]:
+    def notify(self, results: Results) -> Results:
         """
         A callback on C{store()}'s Deferred: passes C{results} through.
         """
@@ -1164,7 +1153,7 @@ class OutboxWriter:
 
     def __init__(
         self,
-        clock: Any,
+        clock: IReactorTime,
         runner: Runner,
         apply: Callable[[list[int], list[RejectRow]], None],
     ) -> None:

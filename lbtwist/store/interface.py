@@ -3,12 +3,13 @@
 The event store interface and the values it hands out.
 
 Every method of L{IEventStore} returns a L{Deferred}; implementations keep the
-reactor free of disk waits.
+reactor free of disk waits. L{StoreReader} is the synchronous read side of a store
+file that the command line opens (L{lbtwist.store.open_reader}).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 from zope.interface import Attribute, Interface
@@ -16,9 +17,12 @@ from zope.interface import Attribute, Interface
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from twisted.internet.defer import Deferred
+
+    from lbtwist.core.errors import LBError
     from lbtwist.core.events import Event
     from lbtwist.core.states.status import JobStatus
-    from lbtwist.store.query import JobQuery
+    from lbtwist.store.query import JobPage, JobQuery
 
 
 @attrs.frozen
@@ -140,11 +144,13 @@ class IEventStore(Interface):
     Durable storage of events, job states, the CREAM id mapping and the relay outbox.
     """
 
-    relay = Attribute("C{True} if events of non-local jobs get outbox rows.")
+    relay = Attribute(
+        "C{True} for a store given a relay policy (a proxy's): its events may get outbox rows."
+    )
 
     def store(
         items: list[tuple[str, Event]], offsets: dict[str, tuple[int, int] | None] | None = None
-    ) -> object:
+    ) -> Deferred[list[StoreResult | LBError]]:
         """
         Store events (raw line and parsed event) in one group commit.
 
@@ -154,23 +160,22 @@ class IEventStore(Interface):
             fires only once the group is durable.
         """
 
-    def spool_offsets() -> object:
+    def spool_offsets() -> Deferred[dict[str, tuple[int, int]]]:
         """
-        @return: C{Deferred[dict[str, tuple[int, int]]]}: the committed spool file
-            offsets, name -> C{(inode, offset)}.
+        @return: the committed spool file offsets, name -> C{(inode, offset)}.
         """
 
-    def status(jobid: str) -> object:
+    def status(jobid: str) -> Deferred[JobStatus | None]:
         """
         @return: C{Deferred[JobStatus | None]}, the stored current status.
         """
 
-    def events(jobid: str) -> object:
+    def events(jobid: str) -> Deferred[list[StoredEvent]]:
         """
         @return: C{Deferred[list[StoredEvent]]} in the order of the ordering key.
         """
 
-    def last_seqcode(jobid: str) -> object:
+    def last_seqcode(jobid: str) -> Deferred[str | None]:
         """
         The sequence code of the job's event that sorts last (the ordering key),
         which a producer without a code of its own continues from.
@@ -178,7 +183,7 @@ class IEventStore(Interface):
         @return: C{Deferred[str | None]}, C{None} for a job without events.
         """
 
-    def events_range(jobid: str, after: int, limit: int) -> object:
+    def events_range(jobid: str, after: int, limit: int) -> Deferred[list[StoredEvent]]:
         """
         A bounded read of a job's history, for paging: at most C{limit} events
         whose arrival number (C{seqno}) is above C{after}.
@@ -186,19 +191,19 @@ class IEventStore(Interface):
         @return: C{Deferred[list[StoredEvent]]} by arrival number.
         """
 
-    def resolve(jobid: str) -> object:
+    def resolve(jobid: str) -> Deferred[str | None]:
         """
         @return: C{Deferred[str | None]}: the gLite id of a mapped CREAM id.
         """
 
     def jobs(
         owner: str | None = None, state: str | None = None, limit: int | None = None
-    ) -> object:
+    ) -> Deferred[list[JobSummary]]:
         """
         @return: C{Deferred[list[JobSummary]]}, by job id.
         """
 
-    def find_job(unique: str) -> object:
+    def find_job(unique: str) -> Deferred[str | None]:
         """
         The job a query address names: the job whose id has this unique part, else
         the gLite job a CREAM id (C{CREAM<digits>}) is mapped to.
@@ -206,37 +211,39 @@ class IEventStore(Interface):
         @return: C{Deferred[str | None]}, the job id.
         """
 
-    def find_status(unique: str) -> object:
+    def find_status(unique: str) -> Deferred[tuple[str, JobStatus] | None]:
         """
         L{find_job} and the job's L{status} in one read.
 
         @return: C{Deferred[tuple[str, JobStatus] | None]}, the job id and status.
         """
 
-    def query_jobs(query: JobQuery) -> object:
+    def query_jobs(query: JobQuery) -> Deferred[JobPage]:
         """
         One page of a job listing (L{lbtwist.store.query}), newest update first.
 
         @return: C{Deferred[JobPage]}.
         """
 
-    def dump(from_arrived: int | None = None, to_arrived: int | None = None) -> object:
+    def dump(
+        from_arrived: int | None = None, to_arrived: int | None = None
+    ) -> Deferred[list[StoredEvent]]:
         """
         @return: C{Deferred[list[StoredEvent]]} by arrival, C{from <= arrived < to}.
         """
 
-    def outbox_pending(destination: str | None = None) -> object:
+    def outbox_pending(destination: str | None = None) -> Deferred[list[OutboxEntry]]:
         """
         @return: C{Deferred[list[OutboxEntry]]} in outbox order.
         """
 
-    def outbox_after(destination: str, after_id: int, limit: int) -> object:
+    def outbox_after(destination: str, after_id: int, limit: int) -> Deferred[list[OutboxEntry]]:
         """
         @return: C{Deferred[list[OutboxEntry]]}: at most C{limit} rows of C{destination}
             with an id above C{after_id}, in outbox order.
         """
 
-    def outbox_ack(ids: list[int]) -> object:
+    def outbox_ack(ids: list[int]) -> Deferred[None]:
         """
         Remove delivered rows. Calls made while a removal runs share the next
         transaction (group commit, like C{store}).
@@ -244,7 +251,7 @@ class IEventStore(Interface):
         @return: C{Deferred[None]}, fired once durable.
         """
 
-    def reject(entry: OutboxEntry, major: int, minor: int, reason: str) -> object:
+    def reject(entry: OutboxEntry, major: int, minor: int, reason: str) -> Deferred[None]:
         """
         Move a row to the rejected table, with the reason and the time, in one
         transaction (shared with concurrent acknowledgements).
@@ -252,13 +259,13 @@ class IEventStore(Interface):
         @return: C{Deferred[None]}, fired once durable.
         """
 
-    def outbox_stats() -> object:
+    def outbox_stats() -> Deferred[dict[str, OutboxStats]]:
         """
         @return: C{Deferred[dict[str, OutboxStats]]} by destination (every destination
             with waiting or rejected rows).
         """
 
-    def rejected(destination: str | None = None) -> object:
+    def rejected(destination: str | None = None) -> Deferred[list[RejectedEntry]]:
         """
         @return: C{Deferred[list[RejectedEntry]]} in rejection order.
         """
@@ -269,7 +276,84 @@ class IEventStore(Interface):
         added outbox rows, with their destinations.
         """
 
-    def close() -> object:
+    def close() -> Deferred[None]:
         """
         @return: C{Deferred[None]}, fired when the store is closed.
+        """
+
+
+class StoreReader(Protocol):
+    """
+    Synchronous reads of a store file (the command line's, on the node): the reads
+    of L{IEventStore}, answered at once. Close it when done (L{lbtwist.store.open_reader}
+    does).
+    """
+
+    def status(self, jobid: str) -> JobStatus | None:
+        """
+        The stored current status of a job.
+        """
+
+    def events(self, jobid: str) -> list[StoredEvent]:
+        """
+        A job's events in the order of the ordering key.
+        """
+
+    def events_range(self, jobid: str, after: int, limit: int) -> list[StoredEvent]:
+        """
+        At most C{limit} of a job's events with an arrival number above C{after}.
+        """
+
+    def resolve(self, jobid: str) -> str | None:
+        """
+        The gLite id of a mapped CREAM id.
+        """
+
+    def jobs(
+        self, owner: str | None = None, state: str | None = None, limit: int | None = None
+    ) -> list[JobSummary]:
+        """
+        Jobs by job id.
+        """
+
+    def find_job(self, unique: str) -> str | None:
+        """
+        The job a unique part (or a mapped CREAM id) names.
+        """
+
+    def find_status(self, unique: str) -> tuple[str, JobStatus] | None:
+        """
+        L{find_job} and the job's status.
+        """
+
+    def query_jobs(self, query: JobQuery) -> JobPage:
+        """
+        One page of a job listing.
+        """
+
+    def dump(
+        self, from_arrived: int | None = None, to_arrived: int | None = None
+    ) -> list[StoredEvent]:
+        """
+        Events by arrival, C{from <= arrived < to}.
+        """
+
+    def outbox_pending(self, destination: str | None = None) -> list[OutboxEntry]:
+        """
+        Events waiting to be relayed, in outbox order.
+        """
+
+    def outbox_stats(self) -> dict[str, OutboxStats]:
+        """
+        The relay state by destination.
+        """
+
+    def rejected(self, destination: str | None = None) -> list[RejectedEntry]:
+        """
+        Events refused for good, in rejection order.
+        """
+
+    def close(self) -> None:
+        """
+        Close the file.
         """

@@ -15,12 +15,31 @@ import binascii
 import json
 import operator
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from lbtwist.core.dn import normalize_dn
+from lbtwist.core.jobid import unique_of
 from lbtwist.core.states.status import format_iso
-from lbtwist.security.identity import normalize_dn
+
+if TYPE_CHECKING:
+    from lbtwist.store.interface import JobSummary
+
+__all__ = [
+    "FIELD_TYPES",
+    "OPERATORS",
+    "JobCondition",
+    "JobPage",
+    "JobQuery",
+    "decode_cursor",
+    "encode_cursor",
+    "order_rows",
+    "owner_key",
+    "row_matches",
+    "sql_where",
+    "unique_of",
+]
 
 #: Comparison operators of L&B's condition syntax.
 OPERATORS: tuple[str, ...] = ("=", "!=", "<", ">", "<=", ">=")
@@ -103,7 +122,7 @@ class JobPage:
     @ivar next: the position of the next page, L{None} on the last page.
     """
 
-    jobs: list[Any]
+    jobs: list[JobSummary]
     next: tuple[str, str] | None
 
 
@@ -129,16 +148,6 @@ def decode_cursor(text: str) -> tuple[str, str]:
     if not isinstance(value, list) or len(value) != 2 or not all(isinstance(v, str) for v in value):
         raise ValueError("bad cursor")
     return value[0], value[1]
-
-
-def unique_of(jobid: str) -> str:
-    """
-    @return: the unique part of a job id (the path after C{host:port/}).
-    """
-    scheme, sep, rest = jobid.partition("://")
-    if not sep:
-        return jobid
-    return rest.partition("/")[2]
 
 
 def owner_key(owner: str | None) -> str | None:
@@ -222,7 +231,7 @@ def row_matches(query: JobQuery, jobid: str, status: Mapping[str, Any]) -> bool:
     return True
 
 
-def _compare(have: Any, op: str, want: Any) -> bool:
+def _compare(have: object, op: str, want: object) -> bool:
     if isinstance(have, str) != isinstance(want, str):
         return False
     return _PY_OPS[op](have, want)

@@ -5,21 +5,20 @@ The SQLite event store: WAL, C{synchronous=FULL}, one writer thread.
 Every commit group is one transaction holding its events, the touched jobs' statuses,
 CREAM id mappings and outbox rows. Reads use a second connection on a second thread,
 so queries never wait for an fsync. L{SQLiteReader} is the synchronous read-only
-access of the offline command line.
+access of the offline command line (L{lbtwist.store.open_reader}).
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from functools import partial
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
@@ -28,6 +27,8 @@ from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.seqcode import ordering_key
 from lbtwist.core.states.status import JobStatus
 from lbtwist.store.batch import (
+    CHECKPOINT_EVERY,
+    REFOLD_SLICE,
     BatchPlan,
     BatchProcessor,
     CommitListener,
@@ -39,6 +40,7 @@ from lbtwist.store.batch import (
     RejectRow,
     Runner,
     SpoolOffsets,
+    check_tuning,
     cream_key,
     dupkey,
     encode_key,
@@ -54,6 +56,11 @@ from lbtwist.store.interface import (
     StoredEvent,
 )
 from lbtwist.store.query import JobPage, JobQuery, owner_key, sql_where, unique_of
+
+if TYPE_CHECKING:
+    from lbtwist.core.relaypolicy import RelayPolicy
+
+_T = TypeVar("_T")
 
 _V1 = """
 CREATE TABLE events (
@@ -714,10 +721,14 @@ _STARTED_PARTS = frozenset(
 )
 
 
-def _thread_runner(reactor: Any, name: str) -> tuple[Runner, ThreadPool]:
+def _thread_runner(reactor: IReactorFromThreads, name: str) -> tuple[Runner, ThreadPool]:
     pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
     pool.start()
-    return partial(deferToThreadPool, reactor, pool), pool
+
+    def run(work: Callable[[], _T]) -> Deferred[_T]:
+        return deferToThreadPool(reactor, pool, work)
+
+    return run, pool
 
 
 @implementer(IEventStore)
@@ -728,9 +739,9 @@ class SQLiteStore(GroupedWrites):
     @param path: database file (created and migrated as needed).
     @param clock: provides C{seconds()} (arrival times).
     @param reactor: runs the threads (default: C{clock}).
-    @param relay: write outbox rows for events of non-local jobs (C{False}: server role).
-    @param local_endpoints: C{(host, port)} whose job ids are local (not relayed).
-    @param proxy_host: HOST of generated events (default: this machine's name).
+    @param policy: the relaying role (a proxy's store, L{RelayPolicy}): outbox rows
+        for the events of jobs it gives a destination, and the events it generates;
+        C{None} (a server's store): nothing is relayed or generated.
     @param runner: runs writer work (default: a dedicated thread); tests pass a
         synchronous one.
     @param read_runner: runs queries (default: a second thread; C{runner} if one is given).
@@ -740,27 +751,31 @@ class SQLiteStore(GroupedWrites):
         self,
         path: str,
         *,
-        clock: Any,
-        reactor: Any = None,
-        relay: bool = True,
-        local_endpoints: Iterable[tuple[str, int]] = (),
-        proxy_host: str | None = None,
+        clock: IReactorTime,
+        reactor: IReactorFromThreads | None = None,
+        policy: RelayPolicy | None = None,
         runner: Runner | None = None,
         read_runner: Runner | None = None,
         cache_size: int = 100_000,
-        **tuning: int,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        refold_slice: int = REFOLD_SLICE,
+        max_future_skew: int | None = None,
     ) -> None:
         """
-        @param tuning: C{checkpoint_every}, C{refold_slice}, C{max_future_skew} of
-            L{BatchProcessor}.
+        @param checkpoint_every: see L{BatchProcessor}.
+        @param refold_slice: see L{BatchProcessor}.
+        @param max_future_skew: see L{BatchProcessor}.
+        @raise ValueError: a tuning value is out of range.
         """
+        check_tuning(checkpoint_every, refold_slice, max_future_skew)
         self.path = path
-        self._tuning = tuning
-        self.relay = relay
+        self._checkpoint_every = checkpoint_every
+        self._refold_slice = refold_slice
+        self._max_future_skew = max_future_skew
+        self.policy = policy
+        self.relay = policy is not None
         self._clock = clock
-        self._thread_reactor = reactor if reactor is not None else clock
-        self._local_endpoints = local_endpoints
-        self._proxy_host = proxy_host
+        self._thread_reactor = reactor
         self._given_runner = runner
         self._given_read_runner = read_runner
         self._cache_size = cache_size
@@ -795,13 +810,14 @@ class SQLiteStore(GroupedWrites):
         self._queries = Queries(self._reader)
         self.processor = BatchProcessor(
             self.backend,
-            relay=self.relay,
-            local_endpoints=self._local_endpoints,
-            proxy_host=self._proxy_host or socket.getfqdn(),
+            policy=self.policy,
             cache_size=self._cache_size,
-            **self._tuning,
+            checkpoint_every=self._checkpoint_every,
+            refold_slice=self._refold_slice,
+            max_future_skew=self._max_future_skew,
         )
-        reactor = self._thread_reactor
+        # The clock is the reactor unless one is given for the threads.
+        reactor = self._thread_reactor or cast(IReactorFromThreads, clock)
         if runner is None:
             runner, pool = _thread_runner(reactor, "lbtwist-store-writer")
             self._pools.append(pool)
@@ -817,7 +833,7 @@ class SQLiteStore(GroupedWrites):
         self._outbox = OutboxWriter(clock, runner, self.backend.outbox_done)
         self._commit.kick()
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         # The parts made by start(): using any of them starts the store.
         if name in _STARTED_PARTS and not self.__dict__.get("_started", True):
             self.start()

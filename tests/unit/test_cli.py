@@ -1056,6 +1056,7 @@ class LocalStoreTests(SynchronousTestCase):
     def setUp(self) -> None:
         from lbtwist.cli.replay import example_lines
         from lbtwist.core.events import parse_event
+        from lbtwist.core.translate import proxy_policy
         from lbtwist.store.batch import run_now
         from lbtwist.store.sqlite import SQLiteStore
 
@@ -1067,7 +1068,7 @@ class LocalStoreTests(SynchronousTestCase):
             os.path.join(self.state_dir, "lbtwist.sqlite"),
             clock=clock,
             runner=run_now,
-            proxy_host="ce.example.org",
+            policy=proxy_policy((), "ce.example.org"),
         )
         self.lines = example_lines()
         for line in self.lines:

@@ -38,9 +38,7 @@ from lbtwist.security.identity import (
     slash_dn,
     voms_fqans,
 )
-from lbtwist.service.storeport import make_store_port_service
-from lbtwist.service.web import make_query_service
-from lbtwist.store.memory import MemoryStore
+from lbtwist.testing import MemoryStore
 from tests.certs import (
     NOW,
     Credential,
@@ -51,6 +49,7 @@ from tests.certs import (
     voms_extension,
     write_lsc,
 )
+from tests.unit.test_settings import query_service_of, store_port_service_of
 
 USER_DN = "/DC=org/DC=example/OU=People/CN=Test User"
 FQANS = ["/testvo/Role=NULL/Capability=NULL", "/testvo/prod/Role=NULL/Capability=NULL"]
@@ -443,7 +442,7 @@ class PortIdentityTests(SynchronousTestCase):
             "query": "tcp:9000:interface=127.0.0.1",
             "store": "tcp:9001:interface=127.0.0.1",
             "cert": str(self.host_pem),
-            "key": None,
+            "key": str(self.host_pem),
             "ca-dir": str(self.ca_dir),
             "voms-dir": str(self.voms_dir),
             "crl": "if-present",
@@ -458,11 +457,11 @@ class PortIdentityTests(SynchronousTestCase):
         }
 
     def store_port(self) -> tuple[Any, Callable[[FakeTransport], Identity | None]]:
-        service = make_store_port_service(self.options(), MemoryStore(Clock()), self.reactor)
+        service = store_port_service_of(self.options(), MemoryStore(Clock()), self.reactor)
         return service.endpoint.context_source, service.factory.identify
 
     def query_port(self) -> tuple[Any, Callable[[FakeTransport], Identity | None]]:
-        service = make_query_service(self.options(), MemoryStore(Clock()), self.reactor)
+        service = query_service_of(self.options(), MemoryStore(Clock()), self.reactor)
         identify = service.factory.resource.identify
         return service.endpoint.context_source, lambda t: identify(FakeRequest(FakeChannel(t)))
 
@@ -560,8 +559,8 @@ class PortIdentityTests(SynchronousTestCase):
         """
         options = self.options()
         options.update({"tls-log-interval": 7, "tls-log-burst": 3})
-        store = make_store_port_service(options, MemoryStore(Clock()), self.reactor)
-        query = make_query_service(options, MemoryStore(Clock()), self.reactor)
+        store = store_port_service_of(options, MemoryStore(Clock()), self.reactor)
+        query = query_service_of(options, MemoryStore(Clock()), self.reactor)
         for service in (store, query):
             refusals = service.endpoint.context_source.refusals
             self.assertEqual((refusals.interval, refusals.burst), (7, 3))

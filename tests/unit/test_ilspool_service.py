@@ -19,7 +19,7 @@ from lbtwist.core.errors import TryAgain
 from lbtwist.core.ilspool import encode_poke
 from lbtwist.service import logs
 from lbtwist.service.ilspool import PokeFactory, SpoolScanner
-from lbtwist.store.memory import MemoryStore
+from lbtwist.testing import MemoryStore
 from tests import traces
 from tests.unit.test_store import PROXY
 

@@ -810,7 +810,7 @@ class MemoryStoreTests(SynchronousTestCase):
         return [line for line in data.split(b"\n") if line.strip()]
 
     def test_fixture_stream_each_framing(self) -> None:
-        from lbtwist.store.memory import MemoryStore
+        from lbtwist.testing import MemoryStore
 
         lines = self._lines()
         self.assertGreater(len(lines), 10)

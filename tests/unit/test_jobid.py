@@ -21,7 +21,9 @@ from lbtwist.core.jobid import (
     generate,
     parse_endpoint,
     query_candidates,
+    relay_destination,
     subjob,
+    unique_of,
 )
 
 URLSAFE = frozenset(string.ascii_letters + string.digits + "-_")
@@ -294,3 +296,75 @@ class QueryCandidatesTests(SynchronousTestCase):
                 endpoint=None,
                 env={"GLITE_WMS_QUERY_SERVER": bad},
             )
+
+
+class StoreHelperTests(SynchronousTestCase):
+    """
+    The job-id questions the store and the relay policy ask, answered by the one parser.
+    """
+
+    def test_unique_of(self) -> None:
+        self.assertEqual(unique_of("https://lb.example.org:9000/Hq3tK8vW"), "Hq3tK8vW")
+        self.assertEqual(unique_of("https://lb.example.org/Hq3tK8vW"), "Hq3tK8vW")
+        self.assertEqual(unique_of("https://[2001:db8::1]:8443/CREAM42"), "CREAM42")
+        # A bare CREAM id (CREAMAccepted's local_jobid) is its own key.
+        self.assertEqual(unique_of("CREAM42"), "CREAM42")
+        self.assertEqual(unique_of("not a job id"), "not a job id")
+
+    def test_relay_destination(self) -> None:
+        """
+        A WMS job's events go to its server's store port: query port + 1.
+        """
+        self.assertEqual(
+            relay_destination("https://lb.example.org:9000/U1", ()), "lb.example.org:9001"
+        )
+        self.assertEqual(relay_destination("https://lb.example.org/U1", ()), "lb.example.org:9001")
+        self.assertEqual(
+            relay_destination("https://lb.example.org:7846/U1", ()), "lb.example.org:7847"
+        )
+        self.assertEqual(
+            relay_destination("https://lb.example.org/U1", ()),
+            "{}:{}".format(*JobId.parse("https://lb.example.org/U1").store_endpoint),
+        )
+
+    def test_relay_destination_host_lower_case(self) -> None:
+        """
+        Host names compare and are written in lower case (as the old URL split did).
+        """
+        self.assertEqual(relay_destination("https://LB.Example.ORG/U1", ()), "lb.example.org:9001")
+        self.assertIsNone(
+            relay_destination("https://LB.Example.ORG/U1", {("lb.example.org", 9000)})
+        )
+
+    def test_relay_destination_ipv6(self) -> None:
+        self.assertEqual(relay_destination("https://[2001:db8::1]:9000/U1", ()), "2001:db8::1:9001")
+
+    def test_local_and_cream_not_relayed(self) -> None:
+        self.assertIsNone(relay_destination("https://ce.example.org:8443/CREAM42", ()))
+        self.assertIsNone(
+            relay_destination("https://ce.example.org:9000/U1", {("ce.example.org", 9000)})
+        )
+        self.assertEqual(
+            relay_destination("https://ce.example.org:9010/U1", {("ce.example.org", 9000)}),
+            "ce.example.org:9011",
+        )
+
+    def test_no_job_id_not_relayed(self) -> None:
+        for text in ("not a job id", "https://lb.example.org:port/U1", "https://lb.example.org/"):
+            self.assertIsNone(relay_destination(text, ()), text)
+
+    @given(HOSTS, PORTS, UNIQUES)
+    @settings(max_examples=200)
+    def test_agrees_with_parse(self, host: str, port: int, unique: str) -> None:
+        """
+        Both helpers answer from L{JobId.parse}: the same unique part and endpoint.
+        """
+        text = f"https://{host}:{port}/{unique}"
+        try:
+            jid = JobId.parse(text)
+        except JobIdFormat:
+            self.assertIsNone(relay_destination(text, ()))
+            return
+        self.assertEqual(unique_of(text), jid.unique)
+        expected = None if jid.is_cream else f"{host}:{port + 1}"
+        self.assertEqual(relay_destination(text, ()), expected)

@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("service", ("service",)),
     ("client", ("client",)),
     ("cli", ("cli",)),
-    ("top", ("tap", "logs", "__main__")),
+    ("top", ("tap", "logs", "__main__", "testing")),
 ]
 
 #: Layers on the same level that must not import each other.
@@ -227,3 +227,61 @@ class LayerRuleTests(SynchronousTestCase):
         )
         self.assertEqual(check("lbtwist.tap", "from lbtwist.service import intake\n"), [])
         self.assertEqual(check("lbtwist.cli.main", "from lbtwist import __version__\n"), [])
+
+
+#: What the store must not import: the role it plays is a policy it is given
+#: (L{lbtwist.core.relaypolicy}), and DNs are normalized in the core.
+STORE_FORBIDDEN = ("lbtwist.core.translate", "lbtwist.security", "lbtwist.service")
+
+#: What the command line must not import of the store: it reads a store
+#: through L{lbtwist.store.open_reader}.
+CLI_FORBIDDEN_STORE = ("lbtwist.store.sqlite", "lbtwist.store.batch")
+
+
+def forbidden_imports(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    """
+    The imports of C{package}'s modules that name one of C{forbidden} (or below it).
+    """
+    found = []
+    for module, path in modules():
+        if module != package and not module.startswith(package + "."):
+            continue
+        source = path.read_text("utf-8")
+        for line, target in imports_of(module, source, path.name == "__init__.py"):
+            if any(target == f or target.startswith(f + ".") for f in forbidden):
+                found.append(f"{module} (line {line}) imports {target}")
+    return found
+
+
+class RoleNeutralStoreTests(SynchronousTestCase):
+    """
+    The store knows no role; the CLI reads it through its public reader.
+    """
+
+    def test_store_knows_no_role(self) -> None:
+        """
+        No store module imports the translation, security or a service.
+        """
+        problems = forbidden_imports("lbtwist.store", STORE_FORBIDDEN)
+        self.assertEqual(problems, [], "\n" + "\n".join(problems))
+
+    def test_cli_reads_through_open_reader(self) -> None:
+        """
+        The command line imports no store internals.
+        """
+        problems = forbidden_imports("lbtwist.cli", CLI_FORBIDDEN_STORE)
+        self.assertEqual(problems, [], "\n" + "\n".join(problems))
+
+    def test_one_dn_normalization(self) -> None:
+        """
+        The store and the security layer compare DNs with the core's one function.
+        """
+        from lbtwist.core import dn
+        from lbtwist.security import identity
+        from lbtwist.store import query
+
+        self.assertIs(identity.normalize_dn, dn.normalize_dn)
+        self.assertIs(identity.same_dn, dn.same_dn)
+        self.assertEqual(
+            query.owner_key("/DC=org/CN=A/E=a@b"), dn.normalize_dn("/dc=org/cn=a/emailAddress=a@b")
+        )

@@ -32,9 +32,9 @@ from lbtwist.security.tls import (
     quote_for_log,
     tls_server_endpoint,
 )
-from lbtwist.service.storeport import make_store_port_service
-from lbtwist.store.memory import MemoryStore
+from lbtwist.testing import MemoryStore
 from tests.certs import NOW
+from tests.unit.test_settings import store_port_service_of
 from tests.unit.test_tls import USER_DN, Fixture, Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -419,7 +419,7 @@ class StorePortWiringTests(SynchronousTestCase):
         events = capture_log(self)
         reactor = MemoryReactorClock()
         reactor.advance(NOW.timestamp())
-        service = make_store_port_service(self.options, MemoryStore(reactor), reactor)
+        service = store_port_service_of(self.options, MemoryStore(reactor), reactor)
         service.privilegedStartService()
         [(_, factory, _, _)] = reactor.tcpServers
         assert isinstance(factory, BoundedTLSFactory)

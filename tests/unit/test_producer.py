@@ -682,7 +682,7 @@ class ProducerAgainstIntakeTests(SynchronousTestCase):
         from twisted.test.iosim import connect, makeFakeClient, makeFakeServer
 
         from lbtwist.service.intake import IntakeFactory
-        from lbtwist.store.memory import MemoryStore
+        from lbtwist.testing import MemoryStore
 
         lines = [
             line
@@ -758,8 +758,8 @@ class LastSeqcodeTests(SynchronousTestCase):
         from twisted.internet.task import Clock
 
         from lbtwist.store.batch import run_now
-        from lbtwist.store.memory import MemoryStore
         from lbtwist.store.sqlite import SQLiteStore
+        from lbtwist.testing import MemoryStore
 
         sqlite = SQLiteStore(os.path.join(self.mktemp() + ".db"), clock=Clock(), runner=run_now)
         self.addCleanup(sqlite.close)
@@ -801,7 +801,7 @@ class SequenceCodeRequestTests(SynchronousTestCase):
         from twisted.internet.task import Clock
 
         from lbtwist.service.intake import IntakeFactory
-        from lbtwist.store.memory import MemoryStore
+        from lbtwist.testing import MemoryStore
 
         clock = Clock()
         store = MemoryStore(clock)

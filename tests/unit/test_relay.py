@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from lbtwist.core import ilproto
 from lbtwist.core.events import parse_event
+from lbtwist.core.translate import proxy_policy
 from lbtwist.service.relay import (
     RelayProtocol,
     RelayQueue,
@@ -32,8 +33,8 @@ from lbtwist.service.relay import (
     split_destination,
 )
 from lbtwist.store.batch import run_now
-from lbtwist.store.memory import MemoryStore
 from lbtwist.store.sqlite import SCHEMA_VERSION, SQLiteStore, connect, schema_version
+from lbtwist.testing import MemoryStore
 from tests import traces
 
 JOB_A = "https://lb01.example.org:9000/JobAaaaaaaaaaaaaaaaaaaa"
@@ -452,8 +453,7 @@ class SQLiteOutboxTests(SynchronousTestCase):
         store = SQLiteStore(
             self.path,
             clock=self.clock,
-            relay=True,
-            proxy_host="ce.example.org",
+            policy=proxy_policy((), "ce.example.org"),
             runner=run_now,
         )
         self.addCleanup(store.close)

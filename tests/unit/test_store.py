@@ -7,18 +7,21 @@ store (L{tests.unit.test_store_sqlite} runs them again on SQLite).
 from __future__ import annotations
 
 import errno
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from lbtwist.core.errors import AlreadyExists, LBError, NoSpace, TryAgain
-from lbtwist.core.events import PRIO_EXCL, parse_event
+from lbtwist.core.events import PRIO_EXCL, Event, make_event, parse_event
+from lbtwist.core.relaypolicy import RelayPolicy
 from lbtwist.core.states import compute_status
+from lbtwist.core.states.status import JobStatus
+from lbtwist.core.translate import proxy_policy
 from lbtwist.store.batch import (
     BatchProcessor,
     _has_key,
@@ -26,10 +29,9 @@ from lbtwist.store.batch import (
     cream_key,
     dupkey,
     identity,
-    split_jobid,
 )
 from lbtwist.store.interface import IEventStore, StoreResult
-from lbtwist.store.memory import MemoryBackend, MemoryStore
+from lbtwist.testing import HeldRunner, MemoryBackend, MemoryStore
 from tests import traces
 
 LB_DEST = f"{traces.LB_HOST}:9001"
@@ -95,24 +97,6 @@ def priority_line(priority: int, n: int) -> str:
         value="x",
     )
     return line.replace("DG.PRIORITY=0", f"DG.PRIORITY={priority}")
-
-
-class HeldRunner:
-    """
-    A runner that keeps the work until the test releases it: a commit in progress.
-    """
-
-    def __init__(self) -> None:
-        self.pending: list[tuple[Any, Deferred[Any]]] = []
-
-    def __call__(self, work: Any) -> Deferred[Any]:
-        d: Deferred[Any] = Deferred()
-        self.pending.append((work, d))
-        return d
-
-    def release(self) -> None:
-        work, d = self.pending.pop(0)
-        d.callback(work())
 
 
 class StoreRulesMixin:
@@ -448,6 +432,47 @@ class StoreRulesMixin:
         self.store_ok(store, direct_lines())
         self.assertEqual(self.successResultOf(store.outbox_pending()), [])
 
+    def test_injected_policy(self) -> None:
+        """
+        A relaying store asks its policy, and only it, where events go and what
+        a state change generates: here every job's events (the generated ones too)
+        go to one destination, and a RegJob generates a UserTag.
+        """
+        calls: list[tuple[str, str, str]] = []
+
+        def generate(ev: Event, before: JobStatus, after: JobStatus) -> list[Event]:
+            calls.append((ev.type, before.state, after.state))
+            tag = make_event(
+                "UserTag",
+                jobid=ev.jobid,
+                date=ev.date,
+                host="policy.example.org",
+                user=ev.user,
+                source=ev.source,
+                seqcode=ev.seqcode,
+                name="made_by",
+                value="policy",
+            )
+            return [tag]
+
+        policy = RelayPolicy(
+            destination=lambda jobid: "relay.example.org:7777",
+            triggers=lambda ev: ev.type == "RegJob",
+            generate=generate,
+        )
+        store = self.make_store(policy=policy)
+        lines = direct_lines()
+        self.store_ok(store, lines[:3])
+        self.assertEqual(calls, [("RegJob", "Unknown", "Submitted")])
+        stored = self.successResultOf(store.events(traces.DIRECT_JOBID))
+        self.assertEqual(len(stored), 4)
+        [tag] = [s.event for s in stored if s.event.type == "UserTag"]
+        self.assertEqual((tag.host, tag.get("value")), ("policy.example.org", "policy"))
+        outbox = self.successResultOf(store.outbox_pending())
+        self.assertEqual({o.destination for o in outbox}, {"relay.example.org:7777"})
+        self.assertEqual(len(outbox), 4)
+        self.assertTrue(store.relay)
+
     def test_group_commit(self) -> None:
         runner = HeldRunner()
         store = self.make_store(runner=runner)
@@ -530,14 +555,6 @@ class MemoryStoreTests(StoreRulesMixin, SynchronousTestCase):
 
 
 class HelperTests(SynchronousTestCase):
-    def test_split_jobid(self) -> None:
-        self.assertEqual(split_jobid("https://a.example.org/U1"), ("a.example.org", 9000, "U1"))
-        self.assertEqual(
-            split_jobid("https://a.example.org:8443/U1"), ("a.example.org", 8443, "U1")
-        )
-        self.assertIsNone(split_jobid("not a job id"))
-        self.assertIsNone(split_jobid("https://a.example.org:port/U1"))
-
     def test_cream_key(self) -> None:
         self.assertEqual(cream_key("https://ce:8443/CREAM42"), "CREAM42")
         self.assertEqual(cream_key("CREAM42"), "CREAM42")
@@ -557,26 +574,23 @@ class HelperTests(SynchronousTestCase):
         self.assertFalse(_has_key(keys, ones))
         self.assertTrue(_has_key(keys + ones, ones))
 
-    def test_relay_destination_remembered(self) -> None:
+    def test_relay_destination_from_policy(self) -> None:
         """
-        Destinations are remembered (bounded) and follow changed settings.
+        The processor's destinations are its policy's; without one nothing is relayed.
         """
-        from lbtwist.store import batch
-
-        self.patch(batch, "_DESTINATIONS_SIZE", 2)
-        proc = BatchProcessor(MemoryBackend(), relay=True, local_endpoints=(), proxy_host=PROXY)
+        proc = BatchProcessor(MemoryBackend(), policy=proxy_policy((), PROXY))
         for _ in range(2):
             self.assertEqual(proc.relay_destination(traces.WMS_JOBID), LB_DEST)
             self.assertIsNone(proc.relay_destination(traces.DIRECT_JOBID))
             self.assertIsNone(proc.relay_destination("not a job id"))
-            self.assertLessEqual(len(proc._destinations), 2)
-        proc.local_endpoints = frozenset({(traces.LB_HOST, 9000)})
-        self.assertIsNone(proc.relay_destination(traces.WMS_JOBID))
-        proc.relay = False
-        proc.local_endpoints = frozenset()
-        self.assertIsNone(proc.relay_destination(traces.WMS_JOBID))
-        proc.relay = True
-        self.assertEqual(proc.relay_destination(traces.WMS_JOBID), LB_DEST)
+        self.assertTrue(proc.relay)
+        local = BatchProcessor(
+            MemoryBackend(), policy=proxy_policy({(traces.LB_HOST, 9000)}, PROXY)
+        )
+        self.assertIsNone(local.relay_destination(traces.WMS_JOBID))
+        server = BatchProcessor(MemoryBackend())
+        self.assertFalse(server.relay)
+        self.assertIsNone(server.relay_destination(traces.WMS_JOBID))
 
     def test_backend_without_dupkeys(self) -> None:
         """
@@ -591,16 +605,16 @@ class HelperTests(SynchronousTestCase):
                 return getattr(backend, name)
 
         lines = direct_lines()
-        first = BatchProcessor(Plain(), relay=True, local_endpoints=(), proxy_host=PROXY)
+        first = BatchProcessor(Plain(), policy=proxy_policy((), PROXY))
         first.process([(line, parse_event(line), 1) for line in lines[:3]])
-        second = BatchProcessor(Plain(), relay=True, local_endpoints=(), proxy_host=PROXY)
+        second = BatchProcessor(Plain(), policy=proxy_policy((), PROXY))
         results = second.process([(line, parse_event(line), 2) for line in lines[1:5]])
         self.assertEqual(
             [r.duplicate for r in results if isinstance(r, StoreResult)],
             [True, True, False, False],
         )
         self.assertEqual(second.lookups, 4)
-        third = BatchProcessor(backend, relay=True, local_endpoints=(), proxy_host=PROXY)
+        third = BatchProcessor(backend, policy=proxy_policy((), PROXY))
         results = third.process([(line, parse_event(line), 3) for line in lines[4:6]])
         self.assertEqual(
             [r.duplicate for r in results if isinstance(r, StoreResult)], [True, False]
@@ -637,3 +651,60 @@ class ProfileHarnessTests(SynchronousTestCase):
             self.addCleanup(conn.close)
             self.assertEqual(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0], 320)
             self.assertEqual(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0], 32)
+
+
+class ServiceStoreTests(SynchronousTestCase):
+    """
+    The store each C{twistd} role builds: a proxy's has the proxy's relay policy
+    (with its local endpoints and host name), a server's none.
+    """
+
+    def built(self, options: Any) -> dict[str, Any]:
+        from lbtwist import tap
+        from lbtwist.store import sqlite as sqlite_module
+
+        built: list[dict[str, Any]] = []
+
+        class Recording(sqlite_module.SQLiteStore):
+            def __init__(self, path: str, **kwargs: Any) -> None:
+                built.append({"path": path, **kwargs})
+                super().__init__(path, **kwargs)
+
+        self.patch(sqlite_module, "SQLiteStore", Recording)
+        tap.makeService(options, reactor=Clock())
+        [kwargs] = built
+        return kwargs
+
+    def test_proxy(self) -> None:
+        from lbtwist.tap import Options
+
+        state_dir = self.mktemp()
+        options = Options()
+        options.parseOptions(
+            ["--state-dir", state_dir, "--hostname", "CE.Example.org"]
+            + ["--local-endpoint", "alias.example.org:9010"]
+        )
+        kwargs = self.built(options)
+        self.assertEqual(kwargs["path"], os.path.join(os.path.abspath(state_dir), "lbtwist.sqlite"))
+        policy = kwargs["policy"]
+        self.assertEqual(policy.destination(traces.WMS_JOBID), LB_DEST)
+        for local in (
+            "https://ce.example.org:9000/U1",
+            "https://localhost:9000/U1",
+            "https://alias.example.org:9010/U1",
+            traces.DIRECT_JOBID,
+        ):
+            self.assertIsNone(policy.destination(local), local)
+        prelude, tail = traces.wms_cream_lines(["Idle", "Running"])
+        events = [parse_event(line) for line in prelude + tail]
+        before = compute_status((ev, n) for n, ev in enumerate(events[:-1], 1))
+        after = compute_status((ev, n) for n, ev in enumerate(events, 1))
+        [made] = policy.generate(events[-1], before, after)
+        self.assertEqual(made.host, "ce.example.org")
+
+    def test_server(self) -> None:
+        from lbtwist.tap import ServerOptions
+
+        options = ServerOptions()
+        options.parseOptions(["--state-dir", self.mktemp(), "--store", ""])
+        self.assertIsNone(self.built(options)["policy"])

@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
+from lbtwist.core.translate import proxy_policy
 from lbtwist.store.batch import (
     BatchProcessor,
     decode_key,
@@ -25,9 +26,9 @@ from lbtwist.store.batch import (
     run_now,
 )
 from lbtwist.store.interface import StoreResult
-from lbtwist.store.memory import MemoryBackend, MemoryStore
 from lbtwist.store.sqlite import SQLiteBackend, SQLiteStore, connect, migrate
 from lbtwist.tap import Options
+from lbtwist.testing import MemoryBackend, MemoryStore
 from tests import traces
 from tests.unit.test_store import PROXY, comparable, items
 
@@ -335,7 +336,9 @@ class SQLiteFoldTests(FoldRulesMixin, SynchronousTestCase):
         if path is None:
             path = os.path.join(self.mktemp() + ".d", "store.sqlite")
             os.makedirs(os.path.dirname(path))
-        store = SQLiteStore(path, clock=Clock(), runner=run_now, proxy_host=PROXY, **kwargs)
+        store = SQLiteStore(
+            path, clock=Clock(), runner=run_now, policy=proxy_policy((), PROXY), **kwargs
+        )
         store.clock = store._clock  # type: ignore[attr-defined]
         self.stores.append(store)
         return store
@@ -448,9 +451,6 @@ class ProcessorTests(SynchronousTestCase):
                 ValueError,
                 BatchProcessor,
                 MemoryBackend(),
-                relay=False,
-                local_endpoints=(),
-                proxy_host=PROXY,
                 **kwargs,
             )
 
@@ -467,9 +467,7 @@ class ProcessorTests(SynchronousTestCase):
                     raise AttributeError(name)
                 return getattr(backend, name)
 
-        proc = BatchProcessor(
-            Plain(), relay=False, local_endpoints=(), proxy_host=PROXY, checkpoint_every=4
-        )
+        proc = BatchProcessor(Plain(), checkpoint_every=4)
         lines = big_job(20)
         proc.process([(line, parse_event(line), 1) for line in lines[1:]])
         results = proc.process([(lines[0], parse_event(lines[0]), 2)])
@@ -487,7 +485,7 @@ class ProcessorTests(SynchronousTestCase):
         self.addCleanup(conn.close)
         migrate(conn)
         backend = SQLiteBackend(conn)
-        proc = BatchProcessor(backend, relay=False, local_endpoints=(), proxy_host=PROXY)
+        proc = BatchProcessor(backend)
         lines = big_job(10)
         proc.process([(line, parse_event(line), 1) for line in lines[::-1]])
         got = backend.load_after(JOBID, b"", 100)
@@ -581,10 +579,10 @@ class SQLiteIndexTests(SynchronousTestCase):
             (JOBID, 1, 2),
         ).fetchall()
         self.assertIn("events_date", " ".join(str(row) for row in plan))
-        proc = BatchProcessor(backend, relay=False, local_endpoints=(), proxy_host=PROXY)
+        proc = BatchProcessor(backend)
         lines = big_job(100)
         proc.process([(line, parse_event(line), 1) for line in lines])
-        again = BatchProcessor(backend, relay=False, local_endpoints=(), proxy_host=PROXY)
+        again = BatchProcessor(backend)
         results = again.process([(line, parse_event(line), 2) for line in lines[40:42]])
         self.assertEqual([r.duplicate for r in results], [True, True])  # type: ignore[union-attr]
         self.assertEqual(again.lookups, 2)

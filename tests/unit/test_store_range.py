@@ -11,9 +11,10 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbtwist.core.translate import proxy_policy
 from lbtwist.store.batch import run_now
-from lbtwist.store.memory import MemoryStore
 from lbtwist.store.sqlite import SQLiteStore
+from lbtwist.testing import MemoryStore
 from tests import traces
 from tests.unit.test_store import PROXY, direct_lines, items
 
@@ -78,7 +79,7 @@ class SQLiteRangeTests(RangeMixin, SynchronousTestCase):
     def make_store(self) -> SQLiteStore:
         path = os.path.join(self.mktemp() + ".d", "store.sqlite")
         os.makedirs(os.path.dirname(path))
-        store = SQLiteStore(path, clock=Clock(), runner=run_now, proxy_host=PROXY)
+        store = SQLiteStore(path, clock=Clock(), runner=run_now, policy=proxy_policy((), PROXY))
         self.addCleanup(store.close)
         return store
 

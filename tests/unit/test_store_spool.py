@@ -13,9 +13,10 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.errors import LBError, TryAgain
+from lbtwist.core.translate import proxy_policy
 from lbtwist.store.batch import run_now
-from lbtwist.store.memory import MemoryStore
 from lbtwist.store.sqlite import SQLiteStore, connect, migrate, schema_version
+from lbtwist.testing import MemoryStore
 from tests.unit.test_store import PROXY, direct_lines, items
 
 
@@ -121,7 +122,7 @@ class SQLiteSpoolOffsetsTests(SpoolOffsetsMixin, SynchronousTestCase):
             base = self.mktemp()
             os.makedirs(base)
             path = os.path.join(base, "store.sqlite")
-        store = SQLiteStore(path, clock=Clock(), runner=run_now, proxy_host=PROXY)
+        store = SQLiteStore(path, clock=Clock(), runner=run_now, policy=proxy_policy((), PROXY))
         self.addCleanup(store.close)
         return store
 

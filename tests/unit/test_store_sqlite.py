@@ -20,6 +20,7 @@ from bench.sqlite_ceiling import measure
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
+from lbtwist.core.translate import proxy_policy
 from lbtwist.store import batch
 from lbtwist.store.batch import run_now
 from lbtwist.store.sqlite import (
@@ -49,7 +50,9 @@ class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
             store.close()
 
     def make_store(self, **kwargs: Any) -> SQLiteStore:
-        kwargs.setdefault("proxy_host", PROXY)
+        if kwargs.pop("relay", True) and "policy" not in kwargs:
+            local = kwargs.pop("local_endpoints", ())
+            kwargs["policy"] = proxy_policy(local, kwargs.pop("proxy_host", PROXY))
         kwargs.setdefault("clock", Clock())
         kwargs.setdefault("runner", run_now)
         path = kwargs.pop("path", None)
@@ -180,12 +183,87 @@ class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
         self.assertRaises(LBError, SQLiteReader, path)
 
 
+class ConstructionTests(SynchronousTestCase):
+    def test_bad_tuning_refused_at_once(self) -> None:
+        """
+        Out-of-range tuning and unknown arguments fail when the store is built
+        (in C{makeService}), not when it starts after C{twistd} has forked.
+        """
+        path = self.mktemp()
+        for kwargs in ({"checkpoint_every": 0}, {"refold_slice": 0}, {"max_future_skew": -1}):
+            self.assertRaises(ValueError, SQLiteStore, path, clock=Clock(), **kwargs)
+        self.assertRaises(TypeError, SQLiteStore, path, clock=Clock(), proxy_host=PROXY)
+        self.assertFalse(os.path.exists(path))
+
+
+class OpenReaderTests(SynchronousTestCase):
+    """
+    L{lbtwist.store.open_reader}: the command line's way into a state directory's store.
+    """
+
+    def test_reads_state_dir(self) -> None:
+        """
+        The store that C{twistd} keeps in a state directory is read, then closed.
+        """
+        from lbtwist.store import STORE_FILE, open_reader, store_path
+
+        state_dir = self.mktemp()
+        os.makedirs(state_dir)
+        self.assertEqual(store_path(state_dir), os.path.join(state_dir, STORE_FILE))
+        store = SQLiteStore(
+            store_path(state_dir),
+            clock=Clock(),
+            runner=run_now,
+            policy=proxy_policy((), PROXY),
+        )
+        self.successResultOf(store.store(items(wms_lines() + direct_lines())))
+        self.successResultOf(store.close())
+        with open_reader(state_dir) as reader:
+            self.assertEqual(reader.status(traces.WMS_JOBID).state, "Done")  # type: ignore[union-attr]
+            self.assertEqual([s.line for s in reader.events(traces.DIRECT_JOBID)], direct_lines())
+            self.assertEqual(
+                reader.resolve(f"https://{traces.CE_HOST}:8443/{traces.WMS_CREAM_ID}"),
+                traces.WMS_JOBID,
+            )
+            self.assertEqual(len(reader.outbox_pending()), len(wms_lines()) + 4)
+            conn = reader.conn  # type: ignore[attr-defined]
+        self.assertRaises(sqlite3.ProgrammingError, conn.execute, "SELECT 1")
+
+    def test_no_store(self) -> None:
+        """
+        A directory without a store is a L{FileNotFoundError} naming the file.
+        """
+        from lbtwist.store import open_reader
+
+        state_dir = self.mktemp()
+        os.makedirs(state_dir)
+        with self.assertRaises(FileNotFoundError) as caught:
+            with open_reader(state_dir):
+                pass
+        self.assertEqual(caught.exception.filename, os.path.join(state_dir, "lbtwist.sqlite"))
+        self.assertFalse(os.path.exists(os.path.join(state_dir, "lbtwist.sqlite")))
+
+    def test_other_schema(self) -> None:
+        from lbtwist.store import open_reader, store_path
+
+        state_dir = self.mktemp()
+        os.makedirs(state_dir)
+        conn = connect(store_path(state_dir))
+        migrate(conn, 1)
+        conn.close()
+        with self.assertRaises(LBError):
+            with open_reader(state_dir):
+                pass
+
+
 class MigrationTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.path = self.mktemp()
 
     def open(self) -> SQLiteStore:
-        store = SQLiteStore(self.path, clock=Clock(), runner=run_now, proxy_host=PROXY)
+        store = SQLiteStore(
+            self.path, clock=Clock(), runner=run_now, policy=proxy_policy((), PROXY)
+        )
         self.addCleanup(store.close)
         return store
 
@@ -270,7 +348,7 @@ class ThreadedStoreTests(TestCase):
     @inlineCallbacks
     def test_threads(self) -> Any:
         path = self.mktemp()
-        store = SQLiteStore(path, clock=reactor, proxy_host=PROXY)
+        store = SQLiteStore(path, clock=reactor, policy=proxy_policy((), PROXY))
         lines = wms_lines()
         ds = [store.store(items([line])) for line in lines]
         results = []

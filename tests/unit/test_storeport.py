@@ -32,7 +32,7 @@ from lbtwist.service.storeport import (
     may_log,
     required_action,
 )
-from lbtwist.store.memory import MemoryStore
+from lbtwist.testing import MemoryStore
 from tests import traces
 from tests.certs import NOW, TestCA
 

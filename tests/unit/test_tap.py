@@ -5,14 +5,23 @@ Tests for L{lbtwist.tap}, L{lbtwist.config} and the twistd plugins.
 from __future__ import annotations
 
 import os
+from typing import Any
 
-from twisted.application.service import IServiceMaker
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist import config, tap
 from lbtwist.core.errors import InvalidValue
+from lbtwist.security.tls import BoundedTLSFactory
+from lbtwist.service import logs
+from lbtwist.service.intake import IntakeFactory
+from lbtwist.service.relay import RelayService
+from lbtwist.service.storeport import StorePortFactory
+from lbtwist.service.web import QuerySite
+from tests.certs import NOW
 
 
 class PluginTests(SynchronousTestCase):
@@ -140,3 +149,145 @@ class ConfigTests(SynchronousTestCase):
             {"a": None, "b": 2, "c": []}, {"a": "file", "c": ["f"]}, {"a": 0, "d": 4}
         )
         self.assertEqual(merged, {"a": "file", "b": 2, "c": ["f"], "d": 4})
+
+
+class MakeServiceTests(SynchronousTestCase):
+    """
+    L{tap.makeService} of both roles on a L{MemoryReactorClock}: the services it
+    builds, the endpoints they listen on, and host credentials resolved once.
+    """
+
+    def setUp(self) -> None:
+        from lbtwist.security import devcerts
+
+        self.state = os.path.abspath(self.mktemp())
+        self.pki_calls: list[str] = []
+        ensure = devcerts.ensure_dev_pki
+
+        def counting(state_dir: Any, reactor: Any, **kw: Any) -> Any:
+            self.pki_calls.append(str(state_dir))
+            return ensure(state_dir, reactor, **kw)
+
+        self.patch(devcerts, "ensure_dev_pki", counting)
+        # Neither grid host credentials nor the caller's X509_* variables apply here.
+        self.patch(config, "DEFAULT_CERT", os.path.join(self.state, "no-such-cert.pem"))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("X509_")}
+        self.patch(os, "environ", env)
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(NOW.timestamp())
+
+    def build(self, cls: type[tap.Options], *argv: str) -> tuple[MultiService, dict[str, Any]]:
+        options = cls()
+        options.parseOptions(["--state-dir", self.state, *argv])
+        top = tap.makeService(options, self.reactor)
+        assert isinstance(top, MultiService)
+        top.privilegedStartService()
+        found: dict[str, Any] = {}
+        for service in top:
+            factory = getattr(service, "factory", None)
+            if isinstance(service, tap.StoreService):
+                found["store"] = service
+            elif isinstance(service, logs.SummaryService):
+                found["summaries"] = service
+            elif isinstance(factory, IntakeFactory):
+                found["intake"] = service
+            elif isinstance(factory, QuerySite):
+                found["query"] = service
+            elif isinstance(factory, StorePortFactory):
+                found["store-port"] = service
+            elif isinstance(service, RelayService):
+                found["relay"] = service
+            else:
+                self.fail(f"unexpected service {service!r}")
+        return top, found
+
+    def tcp(self) -> list[tuple[int, str, type]]:
+        return [(port, interface, type(f)) for port, f, _, interface in self.reactor.tcpServers]
+
+    def test_proxy(self) -> None:
+        """
+        The proxy: store, warning summaries, intake on its socket, the query
+        port on localhost (development PKI), the relay; no store port.
+        """
+        _, found = self.build(tap.Options)
+        self.assertEqual(sorted(found), ["intake", "query", "relay", "store", "summaries"])
+        [(address, factory, backlog, mode, _)] = self.reactor.unixServers
+        self.assertEqual(address, os.path.join(self.state, "events.sock"))
+        self.assertEqual((backlog, mode), (1024, 0o660))
+        self.assertIs(factory, found["intake"].factory)
+        self.assertEqual(self.tcp(), [(9000, "127.0.0.1", BoundedTLSFactory)])
+        self.assertIs(found["store"].store, found["query"].factory.resource.store)
+
+    def test_server(self) -> None:
+        """
+        The server: the store port on 9001 besides the query port; no relay.
+        """
+        _, found = self.build(tap.ServerOptions, "--query", "tcp:9010")
+        self.assertEqual(sorted(found), ["intake", "query", "store", "store-port", "summaries"])
+        self.assertEqual(
+            sorted(self.tcp()), [(9001, "", BoundedTLSFactory), (9010, "", BoundedTLSFactory)]
+        )
+        self.assertIs(found["store-port"].factory.store, found["store"].store)
+
+    def test_dev_pki_resolved_once(self) -> None:
+        """
+        Without host credentials the development PKI is made or read once at
+        start-up, and every TLS port presents its host certificate.
+        """
+        for cls in (tap.Options, tap.ServerOptions):
+            del self.pki_calls[:]
+            _, found = self.build(cls)
+            self.assertEqual(self.pki_calls, [self.state], cls.role)
+            host = os.path.join(self.state, "devcerts", "hostcert.pem")
+            ports = [found[n] for n in ("query", "store-port") if n in found]
+            for port in ports:
+                self.assertEqual(str(port.endpoint.context_source.cert), host)
+
+    def test_configured_credentials(self) -> None:
+        """
+        Given host credentials, no development PKI is made and the ports use them.
+        """
+        from lbtwist.security.devcerts import make_dev_pki
+
+        pki = make_dev_pki(self.mktemp(), now=NOW)
+        _, found = self.build(
+            tap.ServerOptions,
+            *("--cert", str(pki.host_cert), "--key", str(pki.host_key)),
+            *("--ca-dir", str(pki.ca_dir)),
+        )
+        self.assertEqual(self.pki_calls, [])
+        for name in ("query", "store-port"):
+            source = found[name].endpoint.context_source
+            self.assertEqual(
+                (str(source.cert), str(source.key)), (str(pki.host_cert), str(pki.host_key))
+            )
+        self.assertEqual(self.tcp()[0][:2], (9000, ""))
+
+    def test_settings_reach_the_services(self) -> None:
+        """
+        Option values reach the objects they bound.
+        """
+        _, found = self.build(
+            tap.ServerOptions,
+            *("--max-inflight", "7", "--max-event-size", "5000", "--grey-jobs"),
+            *("--store-max-connections", "3", "--query-idle-timeout", "4.5"),
+            *("--page-events", "9", "--producer-uid", "91"),
+        )
+        intake = found["intake"].factory
+        self.assertEqual((intake.max_inflight, intake.allowed_uids), (7, {91}))
+        port = found["store-port"].factory
+        self.assertEqual((port.grey_jobs, port.max_line), (True, 5000))
+        [query, store] = sorted(self.reactor.tcpServers, key=lambda s: s[0])
+        self.assertEqual(store[1].limits.max_connections, 3)
+        self.assertEqual(query[1].limits.idle_timeout, 4.5)
+        self.assertEqual(found["query"].factory.resource.page_events, 9)
+
+    def test_grey_jobs_from_config_file(self) -> None:
+        """
+        C{grey-jobs = yes} in the configuration file turns grey jobs on.
+        """
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("[lbserver]\ngrey-jobs = yes\n")
+        _, found = self.build(tap.ServerOptions, "--config", path)
+        self.assertTrue(found["store-port"].factory.grey_jobs)

@@ -15,7 +15,7 @@ from lbtwist.core.seqcode import parse_seqcode
 from lbtwist.core.states import compute_status
 from lbtwist.core.states.glite import is_cream_event
 from lbtwist.core.states.status import DONE_CANCELLED, DONE_FAILED, DONE_OK, JobStatus
-from lbtwist.core.translate import generate_events
+from lbtwist.core.translate import generate_events, proxy_policy
 from tests import traces
 
 PROXY = "proxy.cream-ce01.example.org"
@@ -190,3 +190,63 @@ class CreamUnawareProperty(SynchronousTestCase):
     @given(traces.cream_paths())
     def test_random_paths(self, states: list[str]) -> None:
         self.check(states)
+
+
+class ProxyPolicyTests(SynchronousTestCase):
+    """
+    L{proxy_policy}: the relay policy a proxy's store is given.
+    """
+
+    def test_destination(self) -> None:
+        policy = proxy_policy({("ce.example.org", 9000)}, PROXY)
+        self.assertEqual(
+            policy.destination("https://lb.example.org:9000/U1"), "lb.example.org:9001"
+        )
+        self.assertIsNone(policy.destination("https://ce.example.org:9000/U1"))
+        self.assertIsNone(policy.destination("https://ce.example.org:8443/CREAM1"))
+
+    def test_destination_remembered(self) -> None:
+        """
+        Destinations are asked for every event: the policy remembers them, bounded.
+        """
+        from lbtwist.core import translate
+
+        self.patch(translate, "DESTINATIONS_CACHED", 2)
+        policy = proxy_policy((), PROXY)
+        for n in range(5):
+            self.assertEqual(policy.destination(f"https://lb{n}:9000/U"), f"lb{n}:9001")
+        self.assertEqual(policy.destination("https://lb4:9000/U"), "lb4:9001")
+        info = policy.destination.cache_info()  # type: ignore[attr-defined]
+        self.assertEqual((info.hits, info.currsize, info.maxsize), (1, 2, 2))
+
+    def test_triggers(self) -> None:
+        """
+        Only CREAM events not themselves generated may generate events.
+        """
+        prelude, tail = traces.wms_cream_lines(["Idle", "Running", "Done-ok"])
+        stored, per_trigger = replay(prelude, tail)
+        policy = proxy_policy((), PROXY)
+        kinds = {ev.type: policy.triggers(ev) for ev, _ in stored}
+        self.assertTrue(kinds["CREAMStatus"])
+        self.assertFalse(kinds["RegJob"])
+        made = [gen for batch in per_trigger for gen in batch]
+        self.assertTrue(made)
+        self.assertFalse(any(policy.triggers(gen) for gen in made))
+
+    def test_generate(self) -> None:
+        """
+        The policy generates what L{generate_events} does, with its proxy host.
+        """
+        policy = proxy_policy((), PROXY)
+        prelude, tail = traces.wms_cream_lines(["Idle", "Running", "Really-running", "Done-ok"])
+        stored: list[tuple[Any, int]] = []
+        made = []
+        for ev in traces.parse_lines(prelude + tail):
+            before = compute_status(stored)
+            stored.append((ev, len(stored)))
+            after = compute_status(stored)
+            got = policy.generate(ev, before, after)
+            self.assertEqual(got, generate_events(ev, before, after, proxy_host=PROXY))
+            made.extend(got)
+        self.assertEqual(len(made), 4)
+        self.assertEqual({gen.host for gen in made}, {PROXY})

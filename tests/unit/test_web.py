@@ -27,8 +27,8 @@ from lbtwist.security.authz import parse_policy
 from lbtwist.security.identity import Identity
 from lbtwist.service.web import ACCESS_LOG_DELAY, BufferedLog, dev_commands, make_site
 from lbtwist.service.web.resources import QueryResource, choose_format, split_query
-from lbtwist.store.memory import MemoryStore
 from lbtwist.store.query import unique_of
+from lbtwist.testing import MemoryStore
 from tests import traces
 from tests.unit import test_states
 

@@ -22,7 +22,6 @@ from lbtwist.service.web.conditions import (
     parse_time,
 )
 from lbtwist.store.batch import BatchPlan, JobRow, MappingRow, run_now
-from lbtwist.store.memory import MemoryStore
 from lbtwist.store.query import (
     JobCondition,
     JobQuery,
@@ -31,6 +30,7 @@ from lbtwist.store.query import (
     unique_of,
 )
 from lbtwist.store.sqlite import SQLiteStore
+from lbtwist.testing import MemoryStore
 
 NOW = 1_700_000_000 * 1_000_000
 

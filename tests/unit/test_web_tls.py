@@ -30,9 +30,10 @@ from lbtwist.security.tls import (
     ServerContextSource,
     client_context,
 )
-from lbtwist.service.web import QueryChannel, make_query_service, make_site
+from lbtwist.service.web import QueryChannel, make_site
 from tests import traces
 from tests.certs import NOW, Credential, TestCA, proxy_of
+from tests.unit.test_settings import query_service_of
 from tests.unit.test_web import DIRECT_UNIQUE, STRANGER, store_with
 
 
@@ -303,7 +304,8 @@ class BusyPortReactor(MemoryReactorClock):
 
 class QueryServiceTests(SynchronousTestCase):
     """
-    L{make_query_service}: the TLS listener of the query site.
+    L{make_query_service}: the TLS listener of the query site (built as
+    C{makeService} builds it).
     """
 
     def setUp(self) -> None:
@@ -311,10 +313,11 @@ class QueryServiceTests(SynchronousTestCase):
         base.mkdir(parents=True)
         ca = TestCA.create()
         ca.install(base / "certificates", ca.crl())
+        host_pem = str(ca.host("localhost").write(base / "host.pem"))
         self.options: dict[str, Any] = {
             "query": "tcp:9000:interface=127.0.0.1",
-            "cert": str(ca.host("localhost").write(base / "host.pem")),
-            "key": None,
+            "cert": host_pem,
+            "key": host_pem,
             "ca-dir": str(base / "certificates"),
             "crl": "if-present",
             "policy": None,
@@ -334,7 +337,7 @@ class QueryServiceTests(SynchronousTestCase):
             {"query-max-connections": 9, "query-idle-timeout": 7.0, "max-handshakes": 4}
         )
         self.options.update({"max-header-size": 3000, "max-headers": 12})
-        service = make_query_service(self.options, self.store, reactor)
+        service = query_service_of(self.options, self.store, reactor)
         service.privilegedStartService()
         [(_, factory, _, _)] = reactor.tcpServers
         assert isinstance(factory, BoundedTLSFactory)
@@ -345,7 +348,7 @@ class QueryServiceTests(SynchronousTestCase):
 
     def test_listens(self) -> None:
         reactor = MemoryReactorClock()
-        service = make_query_service(self.options, self.store, reactor)
+        service = query_service_of(self.options, self.store, reactor)
         service.privilegedStartService()
         [(port, factory, _, interface)] = reactor.tcpServers
         self.assertEqual((port, interface), (9000, "127.0.0.1"))
@@ -356,5 +359,5 @@ class QueryServiceTests(SynchronousTestCase):
         A query port that cannot be bound fails start-up instead of leaving the
         service running without it.
         """
-        service = make_query_service(self.options, self.store, BusyPortReactor())
+        service = query_service_of(self.options, self.store, BusyPortReactor())
         self.assertRaises(CannotListenError, service.privilegedStartService)

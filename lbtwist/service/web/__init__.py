@@ -1,21 +1,21 @@
 # -*- test-case-name: tests.unit.test_web -*-
 """
 The HTTPS query service: L{make_site} builds the twisted.web site,
-L{make_query_service} the TLS listener around it (with the development PKI
-when no host certificate is configured).
+L{make_query_service} the TLS listener around it; L{dev_pki} the development
+PKI that C{lbtwist.tap} falls back to when no host certificate is configured.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
-from twisted.application.service import IService
+from twisted.application.internet import StreamServerEndpointService
 from twisted.logger import Logger, LogLevel
 from twisted.python.logfile import LogFile
 from twisted.web.http import HTTPChannel, combinedLogFormatter
@@ -29,9 +29,10 @@ from lbtwist.config import (
 )
 from lbtwist.security.authz import Policy
 from lbtwist.security.identity import PeerIdentity
-from lbtwist.security.tls import RefusalLog, quote_for_log
+from lbtwist.security.tls import PortLimits, RefusalLog, ServerContextSource, quote_for_log
 from lbtwist.service.web.render import error_body
 from lbtwist.service.web.resources import DEFAULT_PAGE_EVENTS, Identify, QueryResource
+from lbtwist.store.interface import IEventStore
 
 log = Logger()
 
@@ -243,7 +244,7 @@ def access_log_formatter(identify: Identify) -> Any:
 
 
 def make_site(
-    store: Any,
+    store: IEventStore,
     *,
     clock: Any,
     policy: Policy | None = None,
@@ -375,70 +376,62 @@ def dev_commands(pki: Any, port: int) -> list[str]:
     ]
 
 
-def make_query_service(options: Mapping[str, Any], store: Any, reactor: Any) -> IService:
+def make_query_service(
+    store: IEventStore,
+    reactor: Any,
+    *,
+    endpoint: str,
+    source: ServerContextSource,
+    limits: PortLimits,
+    policy: Policy,
+    super_users: Iterable[str] = (),
+    voms_dir: str | None = None,
+    access_log: str | os.PathLike[str] | None = None,
+    page_events: int = DEFAULT_PAGE_EVENTS,
+    access_log_max_size: int = ACCESS_LOG_ROTATE,
+    access_log_max_files: int = ACCESS_LOG_KEEP,
+    max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
+    max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+) -> StreamServerEndpointService:
     """
     The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
-    certificates around C{options["query"]}, serving L{make_site}.
+    certificates (C{source}, bounded by C{limits}) around the C{endpoint} string,
+    serving L{make_site} (the other arguments are L{make_site}'s).
+
+    @param reactor: listens (C{serverFromString}) and keeps time.
     """
-    from twisted.application.internet import StreamServerEndpointService
     from twisted.internet.endpoints import serverFromString
 
     from lbtwist.security import tls
-    from lbtwist.security.authz import load_policy
 
-    cert, key, ca_dir = options.get("cert"), options.get("key"), options.get("ca-dir")
-    pki = None
-    if options.get("dev-certs"):
-        pki = dev_pki(options["state-dir"], reactor)
-        cert, key = str(pki.host_cert), str(pki.host_key)
-        ca_dir = ca_dir or str(pki.ca_dir)
-    if cert is None or ca_dir is None:
-        raise tls.TLSConfigError("the query service needs a host certificate and a CA directory")
-    source = tls.ServerContextSource(
-        cert,
-        key,
-        ca_dir,
-        crl=options.get("crl") or "if-present",
-        clock=reactor,
-        log_interval=options.get("tls-log-interval", tls.REFUSAL_LOG_INTERVAL),
-        log_burst=options.get("tls-log-burst", tls.REFUSAL_LOG_BURST),
-    )
-    policy = load_policy(options["policy"]) if options.get("policy") else Policy()
-    limits = tls.PortLimits.from_options(options, "query")
     site = make_site(
         store,
         clock=reactor,
         policy=policy,
-        super_users=options.get("super-user") or (),
-        identify=PeerIdentity.for_source(
-            source, clock=reactor, voms_dir=options.get("voms-dir")
-        ).of_request,
-        access_log=(
-            os.path.join(options["state-dir"], ACCESS_LOG) if options.get("state-dir") else None
-        ),
-        page_events=options.get("page-events") or DEFAULT_PAGE_EVENTS,
-        access_log_max_size=options.get("log-max-size") or ACCESS_LOG_ROTATE,
-        access_log_max_files=options.get("log-max-files") or ACCESS_LOG_KEEP,
+        super_users=super_users,
+        identify=PeerIdentity.for_source(source, clock=reactor, voms_dir=voms_dir).of_request,
+        access_log=access_log,
+        page_events=page_events,
+        access_log_max_size=access_log_max_size,
+        access_log_max_files=access_log_max_files,
         idle_timeout=limits.idle_timeout,
-        max_request_line=int(options.get("max-request-line") or DEFAULT_MAX_REQUEST_LINE),
-        max_header_size=int(options.get("max-header-size") or DEFAULT_MAX_HEADER_SIZE),
-        max_headers=int(options.get("max-headers") or DEFAULT_MAX_HEADERS),
+        max_request_line=max_request_line,
+        max_header_size=max_header_size,
+        max_headers=max_headers,
     )
-    endpoint = tls.tls_server_endpoint(
-        serverFromString(reactor, options["query"]),
+    tls_endpoint = tls.tls_server_endpoint(
+        serverFromString(reactor, endpoint),
         source,
         limits=limits,
         clock=reactor,
         port="query",
     )
-    service = StreamServerEndpointService(endpoint, site)
+    service = StreamServerEndpointService(tls_endpoint, site)
     # A proxy silently running without its query port is worse than one that fails:
     # a port that cannot be bound stops start-up, as the intake's does.
     service._raiseSynchronously = True
-    log.info("queries over HTTPS on {query}", query=options["query"])
-    if pki is not None:
-        for line in dev_commands(pki, _port_of(options["query"])):
-            log.info("development PKI: query with: {command}", command=line)
+    log.info("queries over HTTPS on {query}", query=endpoint)
     return service
 
 

@@ -26,6 +26,7 @@ from lbtwist.security.authz import Policy, can_read, is_super_user
 from lbtwist.security.identity import Identity, same_dn
 from lbtwist.service.web import render
 from lbtwist.service.web.conditions import ConditionError, parse_conditions, parse_time, parse_value
+from lbtwist.store.interface import IEventStore
 from lbtwist.store.query import JobCondition, JobQuery, decode_cursor, encode_cursor
 
 log = Logger()
@@ -214,7 +215,7 @@ class QueryResource(Resource):
 
     def __init__(
         self,
-        store: Any,
+        store: IEventStore,
         *,
         clock: Any,
         policy: Policy,

@@ -1,7 +1,16 @@
-# -*- test-case-name: tests.unit.test_store -*-
+# -*- test-case-name: tests.unit.test_testing -*-
 """
-An in-memory event store for unit tests: the same rules as the SQLite store
-(they share L{lbtwist.store.batch}), no disk.
+Test doubles for code that uses lbtwist's store, shipped with the package (as
+txacme ships its own) so that tests of the services, and of code built on them,
+need not write their own.
+
+L{MemoryStore} is an L{IEventStore} in memory: the same rules as the SQLite
+store (both are driven by L{lbtwist.store.batch}), no disk, commits run at once
+(or when a L{HeldRunner} releases them). It stays, rather than SQLite on a
+temporary file with a synchronous runner, because the tests inspect and break
+its tables directly (L{MemoryBackend}: rows, C{fail_next}), because it is a
+second implementation the store rules are checked against, and because it
+keeps the unit suite off the disk (a SQLite commit is an fsync).
 """
 
 from __future__ import annotations
@@ -10,8 +19,8 @@ import bisect
 import json
 import socket
 from bisect import bisect_right
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
@@ -19,8 +28,12 @@ from twisted.internet.task import Clock
 from zope.interface import implementer
 
 from lbtwist.core.errors import LBError
+from lbtwist.core.relaypolicy import RelayPolicy
 from lbtwist.core.states.status import JobStatus
+from lbtwist.core.translate import proxy_policy
 from lbtwist.store.batch import (
+    CHECKPOINT_EVERY,
+    REFOLD_SLICE,
     BatchPlan,
     BatchProcessor,
     CommitListener,
@@ -28,6 +41,7 @@ from lbtwist.store.batch import (
     GroupCommit,
     GroupedWrites,
     Identity,
+    JobRow,
     NewEvent,
     OutboxWriter,
     RejectRow,
@@ -54,6 +68,42 @@ from lbtwist.store.query import (
     unique_of,
 )
 
+__all__ = ["HeldRunner", "MemoryBackend", "MemoryStore", "proxy_policy", "run_now"]
+
+_T = TypeVar("_T")
+
+
+class HeldRunner:
+    """
+    A store runner (C{runner=} of L{MemoryStore} or
+    L{lbtwist.store.sqlite.SQLiteStore}) that keeps each piece of work until the
+    test releases or fails it: a commit in progress, for as long as the test wants.
+
+    @ivar pending: the work not yet run, oldest first, each with its Deferred.
+    """
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[Callable[[], Any], Deferred[Any]]] = []
+
+    def __call__(self, work: Callable[[], _T]) -> Deferred[_T]:
+        d: Deferred[_T] = Deferred()
+        self.pending.append((work, d))
+        return d
+
+    def release(self) -> None:
+        """
+        Run the oldest held work (a commit group: written, then its callers answered).
+        """
+        work, d = self.pending.pop(0)
+        d.callback(work())
+
+    def fail(self, error: Exception) -> None:
+        """
+        Fail the oldest held work without running it (nothing written).
+        """
+        _, d = self.pending.pop(0)
+        d.errback(error)
+
 
 class MemoryBackend:
     """
@@ -70,7 +120,7 @@ class MemoryBackend:
         self.by_key: dict[str, list[NewEvent]] = {}
         #: Each job's checkpoints in key order: C{(okey, position, status JSON)}.
         self.checkpoints: dict[str, list[tuple[bytes, int, str]]] = {}
-        self.jobs: dict[str, tuple[dict[str, Any], int, Any]] = {}
+        self.jobs: dict[str, tuple[dict[str, Any], int, JobRow]] = {}
         self.mapping: dict[str, str] = {}
         self.outbox: list[OutboxEntry] = []
         self.rejected: list[RejectedEntry] = []
@@ -214,6 +264,9 @@ class MemoryStore(GroupedWrites):
     """
     L{IEventStore} in memory.
 
+    By default a proxy's store (the policy of L{proxy_policy}): most tests of the
+    services need relayed and generated events; C{relay=False} is a server's.
+
     @ivar backend: the L{MemoryBackend} (tests inspect it).
     @ivar processor: the shared L{BatchProcessor}.
     """
@@ -225,21 +278,31 @@ class MemoryStore(GroupedWrites):
         relay: bool = True,
         local_endpoints: Iterable[tuple[str, int]] = (),
         proxy_host: str | None = None,
+        policy: RelayPolicy | None = None,
         runner: Runner = run_now,
-        **tuning: int,
+        checkpoint_every: int = CHECKPOINT_EVERY,
+        refold_slice: int = REFOLD_SLICE,
+        max_future_skew: int | None = None,
     ) -> None:
         """
-        @param tuning: C{checkpoint_every}, C{refold_slice}, C{max_future_skew} of
-            L{BatchProcessor}.
+        @param relay: relay and generate as a proxy does (C{False}: a server's store).
+        @param local_endpoints: the proxy's own C{(host, query port)} pairs.
+        @param proxy_host: the C{HOST} of generated events (default: this machine's name).
+        @param policy: a relay policy to use instead of the proxy's (with C{relay}).
+        @param checkpoint_every: see L{BatchProcessor}.
+        @param refold_slice: see L{BatchProcessor}.
+        @param max_future_skew: see L{BatchProcessor}.
         """
+        if relay and policy is None:
+            policy = proxy_policy(local_endpoints, proxy_host or socket.getfqdn())
         self.relay = relay
         self.backend = MemoryBackend()
         self.processor = BatchProcessor(
             self.backend,
-            relay=relay,
-            local_endpoints=local_endpoints,
-            proxy_host=proxy_host or socket.getfqdn(),
-            **tuning,
+            policy=policy if relay else None,
+            checkpoint_every=checkpoint_every,
+            refold_slice=refold_slice,
+            max_future_skew=max_future_skew,
         )
         self.clock = clock or Clock()
         self._commit = GroupCommit(
