@@ -65,6 +65,7 @@ class ContextILWriter:
         self.fsync = fsync
         self.locked_out = 0
         self.poke_errors = 0
+        self.last_poke_error: OSError | None = None
 
     def log(self, line: str) -> int:
         """
@@ -99,13 +100,22 @@ class ContextILWriter:
             self.poke(offset, data)
         return offset
 
+    #: ContextIL's connection attempts and timeout (seconds) of one poke.
+    CONN_ATTEMPTS = 3
+    TIMEOUT = 3.0
+
     def poke(self, offset: int, data: bytes) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.settimeout(3.0)
-            s.connect(self.socket_path)
-            s.sendall(encode_poke(offset, data))
-        except OSError:
-            self.poke_errors += 1
-        finally:
-            s.close()
+        assert self.socket_path is not None
+        message = encode_poke(offset, data)
+        for _ in range(self.CONN_ATTEMPTS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.settimeout(self.TIMEOUT)
+                s.connect(self.socket_path)
+                s.sendall(message)
+                return
+            except OSError as e:
+                self.last_poke_error = e
+            finally:
+                s.close()
+        self.poke_errors += 1

@@ -92,7 +92,9 @@ class ContextILTests(SpoolTestCase):
         trace = cream_direct_trace(jobid, T0)
         for step in trace:
             writer.log(java_form(step.line))
-        self.assertEqual((writer.locked_out, writer.poke_errors), (0, 0))
+        self.assertEqual(
+            (writer.locked_out, writer.poke_errors), (0, 0), repr(writer.last_poke_error)
+        )
         self.wait_for(svc, len(trace))
         self.assertState(svc, jobid, trace[-1].state, trace[-1].cream_state)
 
