@@ -38,6 +38,7 @@ DEFAULT_INTAKE_BACKLOG = 1024
 DEFAULT_RELAY_WINDOW = 64
 DEFAULT_MAX_FUTURE_SKEW = 86_400  # seconds
 DEFAULT_REFOLD_SLICE = 100  # events
+DEFAULT_SERVE_MAX_ANSWER = 16 * 1024 * 1024  # bytes
 
 #: Events per page of a job's history (queries).
 DEFAULT_PAGE_EVENTS = 500
@@ -324,6 +325,18 @@ OPTIONS: tuple[Option, ...] = (
         "Intake listener endpoint (default unix:<state-dir>/events.sock:mode=660).",
     ),
     _value(
+        "serve",
+        _text,
+        None,
+        "Local query (serve) socket endpoint (default unix:<state-dir>/serve.sock:mode=660).",
+    ),
+    _value(
+        "serve-max-answer",
+        _count,
+        DEFAULT_SERVE_MAX_ANSWER,
+        "Largest answer of the serve socket, in bytes (STATUS, EVENTS).",
+    ),
+    _value(
         "hostname", _text, None, "This node's host name (HOST of generated events; local job ids)."
     ),
     _value("max-connections", _count, DEFAULT_MAX_CONNECTIONS, "Most intake connections at once."),
@@ -602,6 +615,8 @@ class Settings:
     config: str | None
     state_dir: str
     events: str
+    serve: str
+    serve_max_answer: int
     hostname: str
     max_connections: int
     max_event_size: int
@@ -727,6 +742,8 @@ def load_settings(
         raise InvalidValue("--il-socket needs --il-spool (pokes only name the files)")
     if values["il_socket"] and values["il_socket"].startswith("/"):
         values["il_socket"] = f"unix:{_escape_endpoint(values['il_socket'])}:mode=660"
+    if not values["serve"]:
+        values["serve"] = f"unix:{_escape_endpoint(os.path.join(state_dir, 'serve.sock'))}:mode=660"
     values["hostname"] = values["hostname"] or fqdn()
     values["dev_certs"] = values["cert"] is None
     if values["query"] is None:

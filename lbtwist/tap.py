@@ -263,6 +263,23 @@ def spool_services(settings: Settings, store: IEventStore, reactor: Any) -> Mult
     return spool
 
 
+def serve_service(
+    settings: Settings, store: IEventStore, reactor: Any
+) -> StreamServerEndpointService:
+    """
+    The local query (serve) socket on C{--serve}: the producers' uids and gids.
+    """
+    from lbtwist.service.serve import ServeFactory, make_requests
+
+    factory = ServeFactory(
+        make_requests(store, max_answer=settings.serve_max_answer),
+        clock=reactor,
+        allowed_uids=set(producer_uids(settings)),
+        allowed_gids=set(settings.producer_gid),
+    )
+    return StreamServerEndpointService(serverFromString(reactor, settings.serve), factory)
+
+
 def port_limits(settings: Settings, port: str) -> PortLimits:
     """
     The bounds of the TLS port C{port} (C{"query"} or C{"store"}).
@@ -423,6 +440,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     intake_service(settings, store, reactor).setServiceParent(top)
     if settings.il_spool:
         spool_services(settings, store, reactor).setServiceParent(top)
+    serve_service(settings, store, reactor).setServiceParent(top)
     query_service(settings, credentials, policy, store, reactor).setServiceParent(top)
     if credentials.dev_pki is not None:
         _log_dev_commands(credentials.dev_pki, settings.query)

@@ -26,6 +26,12 @@ DEFAULT_SOCKET = os.path.join("lbtwist-state", "events.sock")
 #: Environment variable naming the intake socket (L&B's name for its proxy socket).
 SOCKET_ENV = "GLITE_WMS_LBPROXY_STORE_SOCK"
 
+#: The serve socket used when neither an option nor the environment names one.
+DEFAULT_SERVE_SOCKET = os.path.join("lbtwist-state", "serve.sock")
+
+#: Environment variable naming the proxy's serve (query) socket.
+SERVE_SOCKET_ENV = "GLITE_WMS_LBPROXY_SERVE_SOCK"
+
 
 def _now() -> int:
     return time.time_ns() // 1000
@@ -39,6 +45,7 @@ class CLIContext:
     @ivar now: returns the current time in microseconds since the epoch.
     @ivar random_bytes: returns that many random bytes.
     @ivar fqdn: returns this host's fully qualified name.
+    @ivar hostname: returns this host's name as C{gethostname()} gives it (L&B's HOST).
     @ivar login: returns the local user's login name.
     @ivar monotonic: returns monotonic seconds (producer retry deadlines).
     @ivar sleep: waits that many seconds (producer retry delays).
@@ -52,6 +59,7 @@ class CLIContext:
     random_bytes: Callable[[int], bytes] = os.urandom
     pid: int = attrs.field(factory=os.getpid)
     fqdn: Callable[[], str] = socket.getfqdn
+    hostname: Callable[[], str] = socket.gethostname
     login: Callable[[], str] = getpass.getuser
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], object] = time.sleep
@@ -73,6 +81,13 @@ def default_socket(env: Mapping[str, str]) -> str:
     The intake socket: C{$GLITE_WMS_LBPROXY_STORE_SOCK}, else L{DEFAULT_SOCKET}.
     """
     return env_first(env, SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def default_serve_socket(env: Mapping[str, str]) -> str:
+    """
+    The serve socket: C{$GLITE_WMS_LBPROXY_SERVE_SOCK}, else L{DEFAULT_SERVE_SOCKET}.
+    """
+    return env_first(env, SERVE_SOCKET_ENV) or DEFAULT_SERVE_SOCKET
 
 
 #: Environment variables giving the producers' timeout when C{--timeout} is not

@@ -21,6 +21,7 @@ from lbtwist.cli.replay import format_status_text, status_json
 from lbtwist.core.errors import InvalidValue
 
 if TYPE_CHECKING:
+    from lbtwist.core.states.status import JobStatus
     from lbtwist.store import StoreReader
 
 _COMPACT = re.compile(r"^([0-9]{14})(?:\.([0-9]{1,6}))?$")
@@ -80,29 +81,111 @@ def lookup(reader: StoreReader, jobid: str) -> str | None:
     return None
 
 
+def write_status(args: argparse.Namespace, ctx: CLIContext, status: JobStatus) -> None:
+    """
+    One job's status in the layout the options ask for: L&B's (the default),
+    C{--lbtwist-layout} or C{--json}.
+    """
+    from lbtwist.cli.lblayout import format_lb_status
+
+    if not getattr(args, "preamble_done", False):
+        args.preamble_done = True
+        status_preamble(args, ctx)
+    if args.json:
+        ctx.stdout.write(status_json(status) + "\n")
+    elif args.lbtwist_layout:
+        ctx.stdout.write("\nBOOKKEEPING INFORMATION:\n\n")
+        ctx.stdout.write(format_status_text(status))
+    else:
+        ctx.stdout.write(format_lb_status(status))
+
+
+def status_preamble(args: argparse.Namespace, ctx: CLIContext) -> None:
+    """
+    What C{glite-lb-job_status} prints before the jobs: an empty line, and a note
+    of a C{-fullhist}/C{-fasthist} flag (written before the first job, so a run that
+    finds no job prints nothing on stdout).
+    """
+    if args.json or args.lbtwist_layout:
+        return
+    ctx.stdout.write("\n")
+    if args.fullhist:
+        ctx.stdout.write("\nFound a FULLHIST flag\n\n")
+    if args.fasthist:
+        ctx.stdout.write("\nFound a FASTHIST flag\n\n")
+
+
+def serve_status(args: argparse.Namespace, ctx: CLIContext) -> int:
+    """
+    C{lbtwist status -x SOCK}: ask the proxy's serve socket.
+    """
+    from lbtwist.client.servesock import ServeClient
+    from lbtwist.core.errors import LBError
+    from lbtwist.core.states.status import JobStatus
+
+    failed = False
+    with ServeClient(args.serve) as client:
+        for jobid in args.jobids:
+            try:
+                status = JobStatus.from_json_dict(client.status(jobid))
+            except LBError as e:
+                ctx.stderr.write(f"lbtwist status: {jobid}: ERR {e.code} {e.message}\n")
+                failed = True
+                continue
+            write_status(args, ctx, status)
+    return 1 if failed else 0
+
+
 def handle_status(args: argparse.Namespace, ctx: CLIContext) -> int:
+    if not args.jobids and not args.all:
+        ctx.stderr.write("lbtwist status: give job ids or -all\n")
+        return 2
+    if args.serve:
+        return serve_status(args, ctx)
     if not args.state_dir:
+        if args.all:
+            ctx.stderr.write("lbtwist status: -all needs --state-dir or -x\n")
+            return 2
         from lbtwist.cli.query import remote_status
 
         return remote_status(args, ctx)
     failed = False
     with open_reader(args.state_dir) as reader:
-        for jobid in args.jobids:
+        jobids = list(args.jobids)
+        if args.all:
+            jobids += [job.jobid for job in reader.jobs()]
+        for jobid in jobids:
             found = lookup(reader, jobid)
             status = reader.status(found) if found else None
             if status is None:
                 ctx.stderr.write(f"lbtwist status: {jobid}: no such job\n")
                 failed = True
                 continue
-            if args.json:
-                ctx.stdout.write(status_json(status) + "\n")
-            else:
-                ctx.stdout.write("\nBOOKKEEPING INFORMATION:\n\n")
-                ctx.stdout.write(format_status_text(status))
+            write_status(args, ctx, status)
     return 1 if failed else 0
 
 
+def write_log(args: argparse.Namespace, ctx: CLIContext, lines: list[str]) -> None:
+    """
+    A job's events as C{glite-lb-job_log} prints them, or (C{--raw}) as stored.
+    """
+    from lbtwist.cli.lblayout import format_lb_log
+
+    if args.raw:
+        for line in lines:
+            ctx.stdout.write(line.rstrip("\n") + "\n")
+        ctx.stdout.write(f"\nFound {len(lines)} events\n")
+    else:
+        ctx.stdout.write(format_lb_log(lines))
+
+
 def handle_log(args: argparse.Namespace, ctx: CLIContext) -> int:
+    if args.serve:
+        from lbtwist.client.servesock import ServeClient
+
+        with ServeClient(args.serve) as client:
+            write_log(args, ctx, client.events(args.jobid))
+        return 0
     if not args.state_dir:
         from lbtwist.cli.query import remote_log
 
@@ -125,31 +208,43 @@ def handle_log(args: argparse.Namespace, ctx: CLIContext) -> int:
                 }
                 ctx.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
-            for stored in events:
-                ctx.stdout.write(stored.line.rstrip("\n") + "\n")
-            ctx.stdout.write(f"\nFound {len(events)} events\n")
+            write_log(args, ctx, [stored.line for stored in events])
     return 0
 
 
 def handle_dump(args: argparse.Namespace, ctx: CLIContext) -> int:
-    from lbtwist.core.ulm import format_date
+    from lbtwist.core.unparse import dump_line
 
     start = parse_time(args.from_) if args.from_ else None
     end = parse_time(args.to) if args.to else None
     with open_reader(args.state_dir) as reader:
         for stored in reader.dump(start, end):
-            line = stored.line.rstrip("\n")
-            ctx.stdout.write(f"DG.ARRIVED={format_date(stored.arrived)} {line}\n")
+            ctx.stdout.write(dump_line(stored.event, stored.arrived))
     return 0
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "status",
+        allow_abbrev=False,
         help="print job states (glite-lb-job_status)",
-        description="Print the status of jobs as key : value lines (or JSON).",
+        description=(
+            "Print the status of jobs as glite-lb-job_status does (every field, L&B's "
+            "order and spelling), or in lbtwist's shorter layout, or as JSON."
+        ),
     )
-    p.add_argument("jobids", nargs="+", metavar="JOBID")
+    p.add_argument("jobids", nargs="*", metavar="JOBID")
+    p.add_argument("-x", dest="serve", metavar="SOCK", help="ask the proxy's serve socket SOCK")
+    p.add_argument(
+        "-all", dest="all", action="store_true", help="every job of the store (with --state-dir)"
+    )
+    p.add_argument("-fullhist", dest="fullhist", action="store_true", help="full child histogram")
+    p.add_argument("-fasthist", dest="fasthist", action="store_true", help="fast child histogram")
+    p.add_argument(
+        "--lbtwist-layout",
+        action="store_true",
+        help="lbtwist's layout: only the fields set, readable times",
+    )
     p.add_argument(
         "--state-dir", metavar="DIR", help="read the local store in DIR (no HTTPS query)"
     )
@@ -159,10 +254,16 @@ def register(subparsers: Any) -> None:
 
     p = subparsers.add_parser(
         "log",
+        allow_abbrev=False,
         help="print a job's events (glite-lb-job_log)",
-        description="Print a job's events as ULM lines, then 'Found N events'.",
+        description=(
+            "Print a job's events as glite-lb-job_log does (each as L&B's unparser writes "
+            "it, a blank line after each), then 'Found N events'."
+        ),
     )
     p.add_argument("jobid", metavar="JOBID")
+    p.add_argument("-x", dest="serve", metavar="SOCK", help="ask the proxy's serve socket SOCK")
+    p.add_argument("--raw", action="store_true", help="the lines as stored, one per line")
     p.add_argument(
         "--state-dir", metavar="DIR", help="read the local store in DIR (no HTTPS query)"
     )

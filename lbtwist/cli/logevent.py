@@ -7,6 +7,13 @@ Wrapper idiom works::
 
     GLITE_WMS_SEQUENCE_CODE=$(lbtwist logevent ... || echo $GLITE_WMS_SEQUENCE_CODE)
 
+As C{glite-lb-logevent}: given the code C{C}, the event is logged with C{C} plus one in
+the source's counter and C{C} plus two is printed (C{-I}: logged as C{C}, C{C} plus one
+printed); CREAM's opaque codes are logged and printed as given. Fields that belong to
+another event type are dropped with a warning (C{--strict}: refused). The line is
+written as L&B's unparser writes it (L{lbtwist.core.unparse}), C{DG.PRIORITY} 8 (the
+proxy flag), C{HOST} this machine's C{gethostname()}.
+
 A refused, backlogged or busy intake is retried for C{--timeout} seconds, so an
 event is not lost to a passing overload; only then does the command fail (exit
 1, one line on stderr naming the socket and the last error). This module must
@@ -40,6 +47,9 @@ SEQCODE_ENV = ("GLITE_WMS_SEQUENCE_CODE", "EDG_WL_SEQUENCE_CODE")
 #: DG.PRIORITY bit for synchronous logging (C{-p}).
 PRIO_SYNC = 2
 
+#: DG.PRIORITY bit of events logged to the proxy (L&B's EDG_WLL_LOGFLAG_PROXY).
+PRIO_PROXY = 8
+
 
 def field_key(option: str) -> str:
     """
@@ -72,18 +82,38 @@ def parse_field_options(extra: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def event_fields(etype: EventType, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+def event_fields(
+    etype: EventType,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    strict: bool = False,
+    dropped: list[str] | None = None,
+) -> dict[str, Any]:
     """
     Map option names to the catalogue field names of C{etype}.
 
-    @raise KeyMisuse: a name is not a field of C{etype}.
+    As C{glite-lb-logevent}, a field of another event type is dropped (its option
+    name appended to C{dropped}); with C{strict} it is refused.
+
+    @raise KeyMisuse: a name is no field of any event type, or (C{strict}) not one of
+        C{etype}.
     """
+    from lbtwist.core.events import CATALOGUE
+
     by_key = {field_key(f.name): f.name for f in etype.fields}
     fields: dict[str, Any] = {}
     for name, value in pairs:
-        canonical = by_key.get(field_key(name))
+        key = field_key(name)
+        canonical = by_key.get(key)
         if canonical is None:
-            raise KeyMisuse(f"--{name} is not a field of event {etype.name}")
+            known = any(
+                field_key(f.name) == key for other in CATALOGUE.values() for f in other.fields
+            )
+            if strict or not known:
+                raise KeyMisuse(f"--{name} is not a field of event {etype.name}")
+            if dropped is not None:
+                dropped.append(name)
+            continue
         fields[canonical] = value
     return fields
 
@@ -167,7 +197,10 @@ def current_seqcode(args: argparse.Namespace, env: Mapping[str, str]) -> tuple[s
 
 
 def build_event(
-    args: argparse.Namespace, ctx: CLIContext, ask: Callable[[str], str] | None = None
+    args: argparse.Namespace,
+    ctx: CLIContext,
+    ask: Callable[[str], str] | None = None,
+    dropped: list[str] | None = None,
 ) -> Event:
     """
     The event described by the options and environment.
@@ -178,6 +211,7 @@ def build_event(
     counters, as before. The code is then incremented for the event's source.
 
     @param ask: returns the job's last stored sequence code.
+    @param dropped: gets the names of the field options dropped (other event types').
     @raise LBError: something is missing or invalid.
     """
     from lbtwist.core.events import event_type, make_event, source_name
@@ -194,18 +228,27 @@ def build_event(
         raise MessageIncomplete("no event source: give -s (-s help lists them)")
     etype = event_type(args.event)
     source = source_name(args.source)
-    fields = event_fields(etype, parse_field_options(args.extra))
+    fields = event_fields(
+        etype, parse_field_options(args.extra), strict=args.strict, dropped=dropped
+    )
     given = current_seqcode(args, env)
     old = None if given is None else given[0]
+
+    def logged_code(current: str | None) -> str:
+        # -I: the code given is the one to log (L&B's "don't increment").
+        if args.dont_increment and current:
+            return current
+        return next_seqcode(current, source)
+
     event = make_event(
         etype.name,
         jobid=jobid,
         date=ctx.now(),
-        host=args.host or ctx.fqdn(),
+        host=args.host or ctx.hostname(),
         user=args.user or default_user(env, ctx.login),
         source=source,
-        seqcode=next_seqcode(old, source),
-        priority=PRIO_SYNC if args.priority else 0,
+        seqcode=logged_code(old),
+        priority=PRIO_PROXY | (PRIO_SYNC if args.priority else 0),
         src_instance=args.instance or "",
         **fields,
     )
@@ -215,7 +258,7 @@ def build_event(
     elif not JobId.parse(event.jobid).is_cream:
         if ask is None:
             raise MessageIncomplete("no sequence code: give -c or set GLITE_WMS_SEQUENCE_CODE")
-        event = event.evolve(seqcode=next_seqcode(ask(event.jobid), source))
+        event = event.evolve(seqcode=logged_code(ask(event.jobid)))
     return event
 
 
@@ -226,6 +269,9 @@ def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
     if args.source is not None and args.source.lower() == "help":
         ctx.stdout.write(sources_help())
         return 0
+    from lbtwist.core.seqcode import next_seqcode
+    from lbtwist.core.unparse import unparse_event
+
     path = args.socket or default_socket(ctx.env)
     with producer_for(path, producer_timeout(args, ctx.env), ctx) as producer:
 
@@ -235,9 +281,16 @@ def handle(args: argparse.Namespace, ctx: CLIContext) -> int:
             except UnknownJob as e:
                 raise UnknownJob(f"{e.message}; give -c or set GLITE_WMS_SEQUENCE_CODE") from None
 
-        event = build_event(args, ctx, ask)
-        producer.log(event)
-    ctx.stdout.write(event.seqcode + "\n")
+        dropped: list[str] = []
+        event = build_event(args, ctx, ask, dropped)
+        for name in dropped:
+            ctx.stderr.write(
+                f"lbtwist logevent: warning: --{name} is not a field of event {event.type}, "
+                "dropped\n"
+            )
+        producer.log(unparse_event(event))
+    # As glite-lb-logevent: the code the next producer starts from.
+    ctx.stdout.write(next_seqcode(event.seqcode, event.source) + "\n")
     return 0
 
 
@@ -263,16 +316,31 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("-p", "--priority", action="store_true", help="synchronous logging")
     p.add_argument(
-        "-x", "--proxy", action="store_true", help="log to the proxy socket (the default)"
+        "-x",
+        "--proxy",
+        "--lbproxy",
+        action="store_true",
+        help="log to the proxy socket (always so)",
+    )
+    p.add_argument(
+        "-I", "--dont-increment", action="store_true", help="log with the code given, not the next"
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse fields of other event types (default: drop them with a warning)",
     )
     p.add_argument(
         "-S",
         "--socket",
+        "--lbproxy-store-sock",
         metavar="SOCK",
         help="intake socket (default $GLITE_WMS_LBPROXY_STORE_SOCK, ./lbtwist-state/events.sock)",
     )
-    p.add_argument("-U", "--user", metavar="DN", help="user DN to log as")
-    p.add_argument("-H", "--host", help="host name to log (default: this host's FQDN)")
-    p.add_argument("-i", "--instance", help="source instance (DG.SRC_INSTANCE)")
+    p.add_argument("-U", "--user", "--lbproxy-user-dn", metavar="DN", help="user DN to log as")
+    p.add_argument("-H", "--host", help="host name to log (default: gethostname())")
+    p.add_argument(
+        "-i", "--instance", "--source-instance", help="source instance (DG.SRC_INSTANCE)"
+    )
     add_timeout_option(p, DEFAULT_TIMEOUT)
     p.set_defaults(handler=handle, extra_args=True)

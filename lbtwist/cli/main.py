@@ -55,6 +55,18 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """
+    The parser of subcommand C{command} (C{parser} itself if there is none).
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found = action.choices.get(command)
+            if isinstance(found, argparse.ArgumentParser):
+                return found
+    return parser
+
+
 def describe_oserror(e: OSError) -> str:
     """
     One line for a system error: C{ERR <errno> <text>[: <file>]}.
@@ -79,7 +91,8 @@ def run(argv: Sequence[str], ctx: CLIContext) -> int:
     try:
         args, extra = parser.parse_known_args(list(argv))
         if extra and not getattr(args, "extra_args", False):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            # The subcommand's own usage, as each glite-lb-* tool prints its own.
+            subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 2
     finally:

@@ -114,7 +114,7 @@ async def query_status(client: QueryClient, args: argparse.Namespace, ctx: CLICo
     C{lbtwist status JOBID...}: each job's status, in text or JSON; a job
     that fails gets its error line and the exit status 1.
     """
-    from lbtwist.cli.replay import format_status_text
+    from lbtwist.cli.local import write_status
     from lbtwist.core.states.status import JobStatus, public_dict
 
     failed = False
@@ -131,8 +131,7 @@ async def query_status(client: QueryClient, args: argparse.Namespace, ctx: CLICo
                     status = JobStatus.from_json_dict(data)
                 except (TypeError, ValueError) as e:
                     raise QueryError(f"unexpected status of {jobid} ({e})") from None
-                ctx.stdout.write("\nBOOKKEEPING INFORMATION:\n\n")
-                ctx.stdout.write(format_status_text(status))
+                write_status(args, ctx, status)
         except QueryError as e:
             ctx.stderr.write(f"lbtwist status: {e}\n")
             failed = True
@@ -149,10 +148,9 @@ async def query_log(client: QueryClient, args: argparse.Namespace, ctx: CLIConte
         for data in events:
             ctx.stdout.write(json.dumps(data, ensure_ascii=False) + "\n")
         return 0
-    lines = [event_line(data) for data in events]
-    for line in lines:
-        ctx.stdout.write(line + "\n")
-    ctx.stdout.write(f"\nFound {len(lines)} events\n")
+    from lbtwist.cli.local import write_log
+
+    write_log(args, ctx, [event_line(data) for data in events])
     return 0
 
 

@@ -219,6 +219,9 @@ def _code_name(key: str, value: str, codes: tuple[str, ...]) -> str:
     for code in codes:
         if code == upper:
             return code
+    if upper == "UNDEFINED":
+        # L&B's unparser writes an unset enumeration so: read as absent.
+        return ""
     raise InvalidValue(f"{key}: bad value {value!r}; allowed: {' '.join(codes)}")
 
 
@@ -345,7 +348,9 @@ def parse_event(
         spec = own.get(upper)
         if spec is not None:
             if value and (value != "null" or spec.type != "jobid"):
-                fields[spec.name] = _field_value(spec, value)
+                value = _field_value(spec, value)
+                if value:
+                    fields[spec.name] = value
             # else: empty, or the Java producer's "null" job id (no parent): L&B's
             # parser ignored it too.
             continue

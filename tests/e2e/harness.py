@@ -506,11 +506,20 @@ class LBService:
         # AF_UNIX paths are limited to ~107 bytes, trial's temp paths are longer.
         self.socket_dir = tempfile.mkdtemp(prefix="lbtwist-e2e-")
         self.socket_path = os.path.join(self.socket_dir, "events.sock")
+        self.serve_path = os.path.join(self.socket_dir, "serve.sock")
         self.logfile = os.path.join(self.base, "twistd.log")
         self.args = list(args)
         self.twistd_args = list(twistd_args)
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+
+    def serve_args(self) -> list[str]:
+        """
+        C{["--serve", ...]} on L{serve_path} unless the test's options set C{--serve}.
+        """
+        if any(a == "--serve" or a.startswith("--serve=") for a in self.args):
+            return []
+        return ["--serve", f"unix:{self.serve_path}:mode=660"]
 
     @property
     def db_path(self) -> str:
@@ -547,6 +556,8 @@ class LBService:
             CE_HOST,
             "--events",
             f"unix:{self.socket_path}:mode=660",
+            # The serve socket next to the events socket (AF_UNIX paths are short).
+            *self.serve_args(),
             *default_query(self.args),
             *self.args,
         ]

@@ -122,7 +122,7 @@ class QueryPortIdentityTests(SynchronousTestCase):
         """
         jobid = f"https://localhost:{self.port}/e2eIdentity00000001"
         sock = ["-S", self.svc.socket_path, "-j", jobid, "-U", ALICE]
-        self.lbtwist("job-reg", *sock)
+        self.lbtwist("job-reg", "-X", *sock[1:])
         self.lbtwist(
             "logevent", *sock, "-s", "UserInterface", "-e", "ChangeACL",
             f"--user_id={FQAN}", "--user_id_type=FQAN", "--permission=READ",

@@ -207,7 +207,7 @@ class QueryPortTests(SynchronousTestCase):
         owner = slash_dn(USER_NAME)
         jobid = f"https://localhost:{self.port}/e2eLimits00000001"
         reg = harness.run_lbtwist(
-            ["job-reg", "-S", self.svc.socket_path, "-j", jobid, "-U", owner], env=self.env
+            ["job-reg", "-X", self.svc.socket_path, "-j", jobid, "-U", owner], env=self.env
         )
         self.assertEqual(reg.returncode, 0, reg.stderr)
         hold_connections(self, self.port, FLOOD + 50, TLS_RECORD_START)

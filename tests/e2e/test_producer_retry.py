@@ -87,7 +87,7 @@ class ProducerRetryTests(SynchronousTestCase):
         return result.stdout
 
     def register(self, svc: LBService) -> str:
-        out = self.cli("job-reg", "-j", JOBID, "-S", svc.socket_path, "-U", harness.USER_DN)
+        out = self.cli("job-reg", "-j", JOBID, "-X", svc.socket_path, "-U", harness.USER_DN)
         values = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
         return values["GLITE_WMS_SEQUENCE_CODE"].strip('"')
 
@@ -131,13 +131,17 @@ class ProducerRetryTests(SynchronousTestCase):
         ]
         self.assertEqual(failed, [])
         printed = {out.strip() for out, err in results}
-        self.assertEqual(printed, {glite_seqcode(NS=1, APP=2 * i + 1) for i in range(CALLS)})
+        # As glite-lb-logevent: logged with APP 2i+1, the code after it printed.
+        self.assertEqual(printed, {glite_seqcode(NS=1, APP=2 * i + 2) for i in range(CALLS)})
         stored = [
             field_map(line)
             for line in dump_lines(svc.state_dir)
             if 'DG.EVNT="UserTag"' in line and JOBID in line
         ]
-        self.assertEqual(sorted(f["DG.SEQCODE"] for f in stored), sorted(printed))
+        self.assertEqual(
+            sorted(f["DG.SEQCODE"] for f in stored),
+            sorted(glite_seqcode(NS=1, APP=2 * i + 1) for i in range(CALLS)),
+        )
 
     def test_sequence_code_from_proxy(self) -> None:
         """
@@ -149,10 +153,11 @@ class ProducerRetryTests(SynchronousTestCase):
         self.assertEqual(registered, glite_seqcode(NS=1))
         env = {"GLITE_WMS_LBPROXY_STORE_SOCK": svc.socket_path, "GLITE_WMS_JOBID": JOBID}
         log = ["logevent", "-s", "LogMonitor", "-e", "Running", "-U", harness.USER_DN]
+        # Logged with LM 1, then (asked again) LM 2; each prints the code after it.
         first = self.cli(*log, "--node=wn1", env=env).strip()
-        self.assertEqual(first, glite_seqcode(NS=1, LM=1))
+        self.assertEqual(first, glite_seqcode(NS=1, LM=2))
         second = self.cli(*log, "--node=wn2", env=env).strip()
-        self.assertEqual(second, glite_seqcode(NS=1, LM=2))
+        self.assertEqual(second, glite_seqcode(NS=1, LM=3))
 
         bad = run_lbtwist([*log, "-c", "garbage", "--node=wn3"], env=env)
         self.assertEqual((bad.returncode, bad.stdout), (1, ""))
@@ -164,7 +169,7 @@ class ProducerRetryTests(SynchronousTestCase):
         self.assertIn("ERR 2 unknown job", unknown.stderr)
 
         codes = [field_map(line)["DG.SEQCODE"] for line in dump_lines(svc.state_dir)]
-        self.assertEqual(codes, [registered, first, second])
+        self.assertEqual(codes, [registered, glite_seqcode(NS=1, LM=1), glite_seqcode(NS=1, LM=2)])
 
     def test_log_many_keeps_the_window(self) -> None:
         """

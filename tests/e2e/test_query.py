@@ -160,7 +160,7 @@ class QueryServiceTests(SynchronousTestCase):
 
     def register(self, jobid: str, owner: str, *extra: str) -> None:
         result = self.lbtwist(
-            "job-reg", "-S", self.svc.socket_path, "-j", jobid, "-U", owner, *extra
+            "job-reg", "-X", self.svc.socket_path, "-j", jobid, "-U", owner, *extra
         )
         self.assertEqual(result.returncode, 0, result.stderr)
 
@@ -224,7 +224,8 @@ class QueryServiceTests(SynchronousTestCase):
 
         result = self.lbtwist("log", job_a, proxy=alice)
         self.assertEqual(result.returncode, 0, result.stderr)
-        lines = result.stdout.splitlines()
+        # As glite-lb-job_log: a blank line after each event.
+        lines = [line for line in result.stdout.splitlines() if line]
         self.assertEqual(lines[-1], "Found 2 events")
         self.assertIn('DG.EVNT="RegJob"', lines[0])
         self.assertIn('DG.EVNT="ChangeACL"', lines[1])
@@ -341,7 +342,7 @@ class DevCertificateTests(SynchronousTestCase):
         }
         jobid = f"https://localhost:{port}/{unique(7)}"
         owner = slash_dn(USER_NAME)
-        reg = run_lbtwist(["job-reg", "-S", svc.socket_path, "-j", jobid, "-U", owner], env=env)
+        reg = run_lbtwist(["job-reg", "-X", svc.socket_path, "-j", jobid, "-U", owner], env=env)
         self.assertEqual(reg.returncode, 0, reg.stderr)
         result = run_lbtwist(["status", jobid], env=env)
         self.assertEqual(result.returncode, 0, result.stderr)

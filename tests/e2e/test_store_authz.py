@@ -168,7 +168,7 @@ class ExclusiveRegistrationTests(SynchronousTestCase):
         self.proxy.start()
 
     def job_reg(self, *args: str) -> Any:
-        return harness.run_lbtwist(["job-reg", "-S", self.proxy.socket_path, *args])
+        return harness.run_lbtwist(["job-reg", "-X", self.proxy.socket_path, *args])
 
     def test_exclusive_registration_of_an_existing_job(self) -> None:
         jobid = "https://lb.example.org:9000/e2eExclusiveJob0000001"

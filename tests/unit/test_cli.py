@@ -76,6 +76,7 @@ def make_ctx(
         random_bytes=lambda n: bytes(range(n)),
         pid=4242,
         fqdn=lambda: "node.example.org",
+        hostname=lambda: "node.example.org",
         login=lambda: "jana",
     )
 
@@ -322,8 +323,9 @@ class LogEventTests(SynchronousTestCase):
             )
         )
         self.assertEqual((status, err), (0, ""))
+        # As glite-lb-logevent: logged with the next code, the one after it printed.
         new = old.replace("LM=000000", "LM=000001")
-        self.assertEqual(out, new + "\n")
+        self.assertEqual(out, old.replace("LM=000000", "LM=000002") + "\n")
         [event] = sent_events(self.server)
         self.assertEqual(event.type, "Running")  # type: ignore[attr-defined]
         self.assertEqual(event.jobid, JOBID)  # type: ignore[attr-defined]
@@ -374,7 +376,7 @@ class LogEventTests(SynchronousTestCase):
         )
         self.assertEqual(status, 0, err)
         # No code given: the proxy's last code of the job, APP counter bumped.
-        self.assertEqual(out, PROXY_SEQ.replace("APP=000000", "APP=000001") + "\n")
+        self.assertEqual(out, PROXY_SEQ.replace("APP=000000", "APP=000002") + "\n")
         self.assertEqual(self.server.lines[0], f"?SEQCODE {JOBID}".encode())
         [event] = sent_events(self.server, skip=1)
         self.assertEqual(event.jobid, JOBID)  # type: ignore[attr-defined]
@@ -412,7 +414,16 @@ class LogEventTests(SynchronousTestCase):
         self.assertTrue(err.startswith("lbtwist logevent: ERR 1403 "), err)
 
     def test_unknown_field(self) -> None:
-        status, out, err = call(self.argv("-j", JOBID, "-s", "LRMS", "-e", "Running", "--jdl=x"))
+        # --strict refuses a field of another event type (--jdl is RegJob's).
+        status, out, err = call(
+            self.argv("--strict", "-j", JOBID, "-s", "LRMS", "-e", "Running", "--jdl=x")
+        )
+        self.assertEqual((status, out), (1, ""))
+        self.assertTrue(err.startswith("lbtwist logevent: ERR 1405 "), err)
+        # A name that is no field of any event type is refused without --strict too.
+        status, out, err = call(
+            self.argv("-j", JOBID, "-s", "LRMS", "-e", "Running", "--node=n", "--bogus=x")
+        )
         self.assertEqual((status, out), (1, ""))
         self.assertTrue(err.startswith("lbtwist logevent: ERR 1405 "), err)
 
@@ -457,7 +468,8 @@ class LogEventTests(SynchronousTestCase):
         status, out, err = call(self.log_argv("-j", JOBID, "-s", "LogMonitor"))
         self.assertEqual((status, err), (0, ""))
         new = PROXY_SEQ.replace("LM=000000", "LM=000001")
-        self.assertEqual(out, new + "\n")
+        # L&B prints the code after the one logged.
+        self.assertEqual(out, PROXY_SEQ.replace("LM=000000", "LM=000002") + "\n")
         self.assertEqual(self.server.lines[0], f"?SEQCODE {JOBID}".encode())
         [event] = sent_events(self.server, skip=1)
         self.assertEqual(event.seqcode, new)  # type: ignore[attr-defined]
@@ -509,7 +521,7 @@ class LogEventTests(SynchronousTestCase):
         self.assertEqual(status, 0, err)
         self.assertEqual(
             out,
-            "UI=000000:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000001:LBS=000000\n",
+            "UI=000000:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000002:LBS=000000\n",
         )
         [event] = sent_events(self.server)
         self.assertEqual(event.jobid, CREAM_JOBID)  # type: ignore[attr-defined]
@@ -533,7 +545,9 @@ class LogEventTests(SynchronousTestCase):
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(len(time.sleeps), 2)
         [event] = sent_events(servers[0])
-        self.assertEqual(out, event.seqcode + "\n")  # type: ignore[attr-defined]
+        from lbtwist.core.seqcode import next_seqcode
+
+        self.assertEqual(out, next_seqcode(event.seqcode, "Application") + "\n")  # type: ignore[attr-defined]
 
     def test_busy_retried(self) -> None:
         answers = [b"ERR 11 too many connections", b"OK"]
@@ -652,6 +666,8 @@ class LogEventTests(SynchronousTestCase):
             self.argv(
                 "-x",
                 "-p",
+                "-c",
+                "UI=000000:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000",
                 "-j",
                 JOBID,
                 "-c",
@@ -684,7 +700,7 @@ class JobRegTests(SynchronousTestCase):
         with open(jdl, "w") as f:
             f.write('[ Executable = "/bin/date"; ]')
         status, out, err = call(
-            ["job-reg", "-m", "lb.example.org", "-S", self.server.path, "-U", USER, "-l", jdl]
+            ["job-reg", "-m", "lb.example.org", "-X", self.server.path, "-U", USER, "-l", jdl]
         )
         self.assertEqual((status, err), (0, ""))
         [event] = sent_events(self.server)
@@ -693,18 +709,18 @@ class JobRegTests(SynchronousTestCase):
         seq = "UI=000000:NS=0000000001:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000"
         self.assertEqual(
             out,
-            f'\nEDG_JOBID="{jid}"\nEDG_WL_SEQUENCE="{seq}"\n'
+            f'new jobid: {jid}\n\nEDG_JOBID="{jid}"\nEDG_WL_SEQUENCE="{seq}"\n'
             f'GLITE_WMS_JOBID="{jid}"\nGLITE_WMS_SEQUENCE_CODE="{seq}"\n',
         )
         self.assertEqual(event.type, "RegJob")  # type: ignore[attr-defined]
         self.assertEqual(event.source, "NetworkServer")  # type: ignore[attr-defined]
         self.assertEqual(event.get("jobtype"), "SIMPLE")  # type: ignore[attr-defined]
         self.assertEqual(event.get("jdl"), '[ Executable = "/bin/date"; ]')  # type: ignore[attr-defined]
-        self.assertEqual(event.priority, 0)  # type: ignore[attr-defined]
+        self.assertEqual(event.priority, 8)  # type: ignore[attr-defined]
 
     def test_cream_exclusive(self) -> None:
         status, out, err = call(
-            ["job-reg", "-c", "-E", "-m", "ce.example.org:9000", "-S", self.server.path, "-U", USER]
+            ["job-reg", "-c", "-E", "-m", "ce.example.org:9000", "-X", self.server.path, "-U", USER]
         )
         self.assertEqual((status, err), (0, ""))
         [event] = sent_events(self.server)
@@ -727,7 +743,9 @@ class JobRegTests(SynchronousTestCase):
                 "3",
                 "-s",
                 "UserInterface",
+                "-C",
                 "-S",
+                "-X",
                 self.server.path,
                 "-U",
                 USER,
@@ -751,7 +769,7 @@ class JobRegTests(SynchronousTestCase):
 
     def test_refused(self) -> None:
         self.server.answer = lambda line: b"ERR 1 producer uid 7 not allowed"
-        status, out, err = call(["job-reg", "-j", JOBID, "-S", self.server.path, "-U", USER])
+        status, out, err = call(["job-reg", "-j", JOBID, "-X", self.server.path, "-U", USER])
         self.assertEqual((status, out), (1, ""))
         self.assertEqual(err, f"lbtwist job-reg: {JOBID}: ERR 1 producer uid 7 not allowed\n")
 
@@ -760,7 +778,7 @@ class JobRegTests(SynchronousTestCase):
         self.server.answer = lambda line: answers.pop(0)
         time = FakeTime()
         status, out, err = call(
-            ["job-reg", "-j", JOBID, "-n", "3", "-S", self.server.path, "-U", USER],
+            ["job-reg", "-j", JOBID, "-n", "3", "-S", "-X", self.server.path, "-U", USER],
             make_ctx(time=time),
         )
         self.assertEqual((status, err), (0, ""))
@@ -773,7 +791,7 @@ class JobRegTests(SynchronousTestCase):
         missing = short_path(self)
         time = FakeTime()
         status, out, err = call(
-            ["job-reg", "-j", JOBID, "-S", missing, "-U", USER, "--timeout", "3"],
+            ["job-reg", "-j", JOBID, "-X", missing, "-U", USER, "--timeout", "3"],
             make_ctx(time=time),
         )
         self.assertEqual((status, out), (1, ""))
@@ -783,7 +801,7 @@ class JobRegTests(SynchronousTestCase):
         )
 
     def test_bad_jobid(self) -> None:
-        status, out, err = call(["job-reg", "-j", "nonsense", "-S", self.server.path])
+        status, out, err = call(["job-reg", "-j", "nonsense", "-X", self.server.path])
         self.assertEqual((status, out), (1, ""))
         self.assertTrue(err.startswith("lbtwist job-reg: ERR 1409 "), err)
 
@@ -1080,7 +1098,9 @@ class LocalStoreTests(SynchronousTestCase):
         self.wms = "https://lb01.example.org:9000/Hq3tK8vWZ0bQy1n2m3p4rA"
 
     def test_status_text(self) -> None:
-        status, out, err = call(["status", "--state-dir", self.state_dir, self.direct])
+        status, out, err = call(
+            ["status", "--lbtwist-layout", "--state-dir", self.state_dir, self.direct]
+        )
         self.assertEqual((status, err), (0, ""))
         self.assertTrue(out.startswith("\nBOOKKEEPING INFORMATION:\n\n"))
         self.assertIn(f"jobId : {self.direct}\n", out)
@@ -1114,19 +1134,51 @@ class LocalStoreTests(SynchronousTestCase):
         self.assertIn("no lbtwist store", err)
 
     def test_log(self) -> None:
-        status, out, err = call(["log", "--state-dir", self.state_dir, self.direct])
+        status, out, err = call(["log", "--raw", "--state-dir", self.state_dir, self.direct])
         self.assertEqual((status, err), (0, ""))
         lines = out.splitlines()
         n = sum(1 for x in self.lines if self.direct in x)
         self.assertEqual(lines[-1], f"Found {n} events")
         self.assertEqual(len([x for x in lines if x.startswith("DATE=")]), n)
 
+    def test_status_lb_layout_default(self) -> None:
+        status, out, err = call(["status", "--state-dir", self.state_dir, self.direct])
+        self.assertEqual((status, err), (0, ""))
+        self.assertTrue(out.startswith("\nstate : "), out[:40])
+        lines = out.splitlines()
+        self.assertIn("suspended : 0", lines)
+        self.assertIn("matched_jdl : (null)", lines)
+        self.assertTrue(any(x.startswith("cream_state : ") for x in lines))
+
+    def test_status_all(self) -> None:
+        status, out, err = call(["status", "-all", "--state-dir", self.state_dir])
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(f"jobId : {self.direct}\n", out)
+        self.assertIn(f"jobId : {self.wms}\n", out)
+
+    def test_log_lb_layout(self) -> None:
+        status, out, err = call(["log", "--state-dir", self.state_dir, self.direct])
+        self.assertEqual((status, err), (0, ""))
+        events = [x for x in out.split("\n") if x.startswith("DATE=")]
+        self.assertTrue(events and all(x.endswith(" ") for x in events))
+        self.assertIn("\n\nDATE=", out)
+
+    def test_dump_lines_unparsed(self) -> None:
+        from lbtwist.core.events import parse_event
+        from lbtwist.core.unparse import unparse_event
+
+        status, out, err = call(["dump", "--state-dir", self.state_dir])
+        first, blank = out.split("\n")[:2]
+        arrived, _, rest = first.partition(" ")
+        self.assertEqual(rest, unparse_event(parse_event(self.lines[0])))
+        self.assertEqual(blank, "")
+
     def test_dump_all_and_window(self) -> None:
         from lbtwist.cli.replay import parse_line
 
         status, out, err = call(["dump", "--state-dir", self.state_dir])
         self.assertEqual((status, err), (0, ""))
-        dumped = out.splitlines()
+        dumped = [x for x in out.splitlines() if x]
         self.assertGreaterEqual(len(dumped), len(self.lines))
         arrivals = [parse_line(x).arrived for x in dumped]  # type: ignore[attr-defined]
         self.assertEqual(arrivals, sorted(arrivals))
@@ -1148,6 +1200,80 @@ class LocalStoreTests(SynchronousTestCase):
             ]
         )
         self.assertEqual((status, err), (0, ""))
-        window = out.splitlines()
+        window = [x for x in out.splitlines() if x]
         self.assertTrue(0 < len(window) < len(dumped))
         self.assertTrue(all(x in dumped for x in window))
+
+
+class LBCompatTests(SynchronousTestCase):
+    """
+    Behaviour of the C{glite-lb-*} tools that L&B's test scripts rely on.
+    """
+
+    def setUp(self) -> None:
+        self.server = start_server(self, validating_answer())  # type: ignore[arg-type]
+
+    def argv(self, *extra: str) -> list[str]:
+        return ["logevent", "-S", self.server.path, "-U", USER, *extra]
+
+    def test_foreign_fields_dropped(self) -> None:
+        """
+        As lb-test-cream.sh logs them: CREAMAccepted with Accepted's --from fields.
+        """
+        status, out, err = call(
+            self.argv(
+                "-j", CREAM_JOBID, "-c", "no_seqcodes_with_CREAM", "-s", "CREAMExecutor",
+                "-e", "CREAMAccepted", "--from=CREAMExecutor", "--from_host=h",
+                "--from_instance=i", "--local_jobid=CREAM-test-1",
+            )
+        )  # fmt: skip
+        self.assertEqual((status, out), (0, "no_seqcodes_with_CREAM\n"))
+        self.assertEqual(err.count("warning: --from"), 3, err)
+        [event] = sent_events(self.server)
+        self.assertEqual(event.get("local_jobid"), "CREAM-test-1")  # type: ignore[attr-defined]
+
+    def test_unparser_line_priority_host(self) -> None:
+        call(
+            self.argv("-c", "no_seq", "-j", CREAM_JOBID, "-s", "Application", "-e", "UserTag",
+                      "--name=a", "--value=b")
+        )  # fmt: skip
+        line = self.server.lines[0].decode()
+        self.assertIn(' LVL=SYSTEM DG.PRIORITY=8 DG.SOURCE="Application" DG.SRC_INSTANCE="" ', line)
+        self.assertIn('HOST="node.example.org"', line)
+        self.assertTrue(line.endswith('DG.USERTAG.VALUE="b" '), line)
+
+    def test_dont_increment(self) -> None:
+        code = "UI=000003:NS=0000000000:WM=000000:BH=0000000000:JSS=000000:LM=000000:LRMS=000000:APP=000000:LBS=000000"
+        status, out, err = call(
+            self.argv("-I", "-c", code, "-j", JOBID, "-s", "UserInterface", "-e", "UserTag",
+                      "--name=a", "--value=b")
+        )  # fmt: skip
+        self.assertEqual(status, 0, err)
+        [event] = sent_events(self.server)
+        self.assertEqual(event.seqcode, code)  # type: ignore[attr-defined]
+        self.assertEqual(out, code.replace("UI=000003", "UI=000004") + "\n")
+
+    def test_job_reg_prints_new_jobid(self) -> None:
+        status, out, err = call(
+            ["job-reg", "-m", "lb.example.org:9000", "-s", "application", "-X", self.server.path]
+        )
+        self.assertEqual(status, 0, err)
+        first = out.splitlines()[0]
+        self.assertTrue(first.startswith("new jobid: https://lb.example.org:9000/"), out)
+        # lb-test-cream.sh: grep "new jobid" | awk '{ print $3 }'
+        self.assertEqual(first.split()[2], sent_events(self.server)[0].jobid)  # type: ignore[attr-defined]
+
+    def test_job_reg_dag_without_subjob_registration(self) -> None:
+        status, out, err = call(["job-reg", "-j", JOBID, "-n", "2", "-X", self.server.path])
+        self.assertEqual(status, 0, err)
+        [event] = sent_events(self.server)
+        self.assertEqual(event.get("jobtype"), "DAG")  # type: ignore[attr-defined]
+        self.assertIn(f'EDG_WL_DAG_JOBID="{JOBID}"', out)
+        self.assertNotIn("new jobid", out)
+
+    def test_subcommand_usage_on_unknown_option(self) -> None:
+        status, out, err = call(["job-reg", "-Q"])
+        self.assertEqual(status, 2)
+        self.assertTrue(err.startswith("usage: lbtwist job-reg "), err)
+        status, out, err = call(["status", "--bogus", JOBID])
+        self.assertTrue(err.startswith("usage: lbtwist status "), err)

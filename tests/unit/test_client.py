@@ -681,7 +681,7 @@ class CommandTests(SynchronousTestCase):
         ).encode()
         status, out, err, _ = self.run_query(
             query_status,
-            ["status", JOBID, other],
+            ["status", "--lbtwist-layout", JOBID, other],
             {
                 f"https://localhost:9000/{UNIQUE}": (200, {}, body),
                 f"https://localhost:9000/{other.rsplit('/', 1)[1]}": (403, {}, b""),
@@ -736,8 +736,11 @@ class CommandTests(SynchronousTestCase):
             {f"https://localhost:9000/{UNIQUE}/events": (200, {}, answer)},
         )
         self.assertEqual(status, 0)
-        line = format_event(ev.evolve(extra=(("DG.GENERATED_BY", "lbtwist-proxy"),)))
-        self.assertEqual(out, f"{line}\n\nFound 1 events\n")
+        from lbtwist.core.unparse import unparse_event
+
+        # As glite-lb-job_log: the unparsed line, a blank line, then the count.
+        line = unparse_event(ev.evolve(extra=(("DG.GENERATED_BY", "lbtwist-proxy"),)))
+        self.assertEqual(out, f"{line}\n\n\nFound 1 events\n")
         self.assertEqual(parse_event(out.splitlines()[0]).generated, True)
 
     def test_jobs_paging(self) -> None:

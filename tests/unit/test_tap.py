@@ -19,6 +19,7 @@ from lbtwist.security.tls import BoundedTLSFactory
 from lbtwist.service import logs
 from lbtwist.service.intake import IntakeFactory
 from lbtwist.service.relay import RelayService
+from lbtwist.service.serve import ServeFactory
 from lbtwist.service.storeport import StorePortFactory
 from lbtwist.service.web import QuerySite
 from tests.certs import NOW
@@ -54,6 +55,18 @@ class OptionsTests(SynchronousTestCase):
         self.assertEqual(options["max-event-size"], 4 * 1024 * 1024)
         self.assertEqual(options["max-fields"], 100)
         self.assertEqual(options["producer-uid"], [])
+
+    def test_serve_socket_options(self) -> None:
+        """
+        The serve socket sits beside the events socket unless C{--serve} moves it;
+        C{--serve-max-answer} is a number of bytes.
+        """
+        state = os.path.abspath("./lbtwist-state")
+        options = self.parse()
+        self.assertEqual(options["serve"], f"unix:{state}/serve.sock:mode=660")
+        self.assertEqual(options["serve-max-answer"], 16 * 1024 * 1024)
+        options = self.parse("--serve", "unix:/x/s.sock", "--serve-max-answer", "1000")
+        self.assertEqual((options["serve"], options["serve-max-answer"]), ("unix:/x/s.sock", 1000))
 
     def test_repeatable_and_ints(self) -> None:
         options = self.parse(
@@ -191,6 +204,8 @@ class MakeServiceTests(SynchronousTestCase):
                 found["summaries"] = service
             elif isinstance(factory, IntakeFactory):
                 found["intake"] = service
+            elif isinstance(factory, ServeFactory):
+                found["serve"] = service
             elif isinstance(factory, QuerySite):
                 found["query"] = service
             elif isinstance(factory, StorePortFactory):
@@ -210,11 +225,15 @@ class MakeServiceTests(SynchronousTestCase):
         port on localhost (development PKI), the relay; no store port.
         """
         _, found = self.build(tap.Options)
-        self.assertEqual(sorted(found), ["intake", "query", "relay", "store", "summaries"])
-        [(address, factory, backlog, mode, _)] = self.reactor.unixServers
+        self.assertEqual(sorted(found), ["intake", "query", "relay", "serve", "store", "summaries"])
+        [(address, factory, backlog, mode, _), serve] = self.reactor.unixServers
         self.assertEqual(address, os.path.join(self.state, "events.sock"))
         self.assertEqual((backlog, mode), (1024, 0o660))
         self.assertIs(factory, found["intake"].factory)
+        # The serve socket beside it, for the same producers.
+        self.assertEqual((serve[0], serve[3]), (os.path.join(self.state, "serve.sock"), 0o660))
+        self.assertIs(serve[1], found["serve"].factory)
+        self.assertEqual(serve[1].allowed_uids, factory.allowed_uids)
         self.assertEqual(self.tcp(), [(9000, "127.0.0.1", BoundedTLSFactory)])
         self.assertIs(found["store"].store, found["query"].factory.resource.store)
 
@@ -223,7 +242,9 @@ class MakeServiceTests(SynchronousTestCase):
         The server: the store port on 9001 besides the query port; no relay.
         """
         _, found = self.build(tap.ServerOptions, "--query", "tcp:9010")
-        self.assertEqual(sorted(found), ["intake", "query", "store", "store-port", "summaries"])
+        self.assertEqual(
+            sorted(found), ["intake", "query", "serve", "store", "store-port", "summaries"]
+        )
         self.assertEqual(
             sorted(self.tcp()), [(9001, "", BoundedTLSFactory), (9010, "", BoundedTLSFactory)]
         )
