@@ -78,14 +78,14 @@ USER_NAME = person_name("lbtwist dev user")
 USER2_NAME = person_name("lbtwist dev user two")
 
 
-class _ProxyPolicy(asn1.Sequence):
+class _ProxyPolicy(asn1.Sequence):  # type: ignore[misc]  # asn1crypto ships no type hints
     _fields = [
         ("policy_language", asn1.ObjectIdentifier),
         ("policy", asn1.OctetString, {"optional": True}),
     ]
 
 
-class _ProxyCertInfo(asn1.Sequence):
+class _ProxyCertInfo(asn1.Sequence):  # type: ignore[misc]  # asn1crypto ships no type hints
     _fields = [
         ("path_len_constraint", asn1.Integer, {"optional": True}),
         ("proxy_policy", _ProxyPolicy),

@@ -371,19 +371,19 @@ def signer_problem(
 # VOMS attribute certificates.
 
 
-class _ACList(asn1.SequenceOf):
+class _ACList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
     _child_spec = cms.AttributeCertificateV2
 
 
-class _ACFull(asn1.SequenceOf):
+class _ACFull(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
     _child_spec = _ACList
 
 
-class _CertList(asn1.SequenceOf):
+class _CertList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
     _child_spec = ax509.Certificate
 
 
-class _ACCerts(asn1.Sequence):
+class _ACCerts(asn1.Sequence):  # type: ignore[misc]  # asn1crypto ships no type hints
     _fields = [("certs", _CertList)]
 
 
@@ -614,7 +614,7 @@ def voms_fqans_why(
         if ext is None:
             continue
         try:
-            raw = ext.value.value  # type: ignore[attr-defined]
+            raw = ext.value.value
             fqans: list[str] = []
             for ac_list in _ACFull.load(raw):
                 for ac in ac_list:
