@@ -19,7 +19,6 @@ import ipaddress
 import os
 import re
 import weakref
-from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -53,11 +52,10 @@ from lbtwist.config import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_QUERY_IDLE_TIMEOUT,
     DEFAULT_QUERY_MAX_CONNECTIONS,
-    DEFAULT_STORE_IDLE_TIMEOUT,
-    DEFAULT_STORE_MAX_CONNECTIONS,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 )
 from lbtwist.security.identity import is_legacy_proxy, is_proxy, printable, slash_dn
+from lbtwist.security.ratelimit import RateLimitedLog
 
 log = Logger()
 
@@ -191,11 +189,11 @@ def peer_of(conn: SSL.Connection) -> tuple[str, str]:
     return printable(str(address)), printable(str(address))
 
 
-class RefusalLog:
+class RefusalLog(RateLimitedLog):
     """
-    Rate-limited log lines of refusals: one line per key and C{interval}
-    (repeats are counted and the count is given with the next line of the
-    key), and at most C{burst} lines per interval in all.
+    Rate-limited log lines of refusals (a L{RateLimitedLog}): one line per key
+    and C{interval} (repeats are counted and the count is given with the next
+    line of the key), and at most C{burst} lines per interval in all.
     """
 
     def __init__(
@@ -207,22 +205,24 @@ class RefusalLog:
         burst: int = REFUSAL_LOG_BURST,
         max_keys: int = 1024,
     ) -> None:
-        self._clock = clock
+        super().__init__(
+            clock,
+            lines=1,
+            period=interval,
+            burst=burst,
+            max_keys=max_keys,
+            inline=True,
+            dropped="{dropped} more TLS refusal lines not logged in {interval} s",
+            logger=log,
+        )
         self._log = logger if logger is not None else log
-        self.interval = interval
-        self.burst = burst
-        self.max_keys = max_keys
-        self._last: OrderedDict[Hashable, list[float]] = OrderedDict()
-        self._window = -float("inf")
-        self._count = 0
-        self._dropped = 0
 
-    def _now(self) -> float:
-        if self._clock is None:
-            from twisted.internet import reactor
-
-            self._clock = reactor
-        return self._clock.seconds()
+    @property
+    def interval(self) -> float:
+        """
+        Seconds between two lines of a key (the window of the burst too).
+        """
+        return self.period
 
     def emit(self, key: Hashable, level: LogLevel, format: str, **kw: object) -> bool:
         """
@@ -231,32 +231,7 @@ class RefusalLog:
 
         @return: whether the line was logged.
         """
-        now = self._now()
-        last = self._last.get(key)
-        if last is not None and now - last[0] < self.interval:
-            last[1] += 1
-            return False
-        if now - self._window >= self.interval:
-            if self._dropped:
-                log.warn(
-                    "{dropped} more TLS refusal lines not logged in {interval} s",
-                    dropped=self._dropped,
-                    interval=self.interval,
-                )
-            self._window, self._count, self._dropped = now, 0, 0
-        if self._count >= self.burst:
-            self._dropped += 1
-            return False
-        self._count += 1
-        repeats = int(last[1]) if last is not None else 0
-        self._last[key] = [now, 0]
-        self._last.move_to_end(key)
-        while len(self._last) > self.max_keys:
-            self._last.popitem(last=False)
-        if repeats:
-            format += " ({repeats} more like it since the last such line)"
-        self._log.emit(level, format, repeats=repeats, **kw)
-        return True
+        return self.emit_line(self._log, key, level, format, **kw)
 
 
 @attrs.frozen(eq=False)
@@ -784,40 +759,6 @@ class PortLimits:
     max_handshakes: int = DEFAULT_MAX_HANDSHAKES
     max_handshakes_per_address: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
-
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any], port: str) -> PortLimits:
-        """
-        The limits of C{port} (C{"store"} or C{"query"}) from the parsed
-        options: the shared C{tls-handshake-timeout}, C{max-handshakes},
-        C{max-handshakes-per-address}, C{max-connections-per-address} and the
-        port's own C{<port>-max-connections}, C{<port>-idle-timeout}; an
-        option not given takes its default.
-        """
-        idle, most = _PORT_DEFAULTS[port]
-
-        def get(name: str, default: float) -> Any:
-            value = options.get(name)
-            return default if value is None else value
-
-        return cls(
-            handshake_timeout=float(get("tls-handshake-timeout", DEFAULT_TLS_HANDSHAKE_TIMEOUT)),
-            idle_timeout=float(get(f"{port}-idle-timeout", idle)),
-            max_connections=int(get(f"{port}-max-connections", most)),
-            max_handshakes=int(get("max-handshakes", DEFAULT_MAX_HANDSHAKES)),
-            max_handshakes_per_address=int(
-                get("max-handshakes-per-address", DEFAULT_MAX_HANDSHAKES_PER_ADDRESS)
-            ),
-            max_connections_per_address=int(
-                get("max-connections-per-address", DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
-            ),
-        )
-
-
-_PORT_DEFAULTS: dict[str, tuple[float, int]] = {
-    "store": (DEFAULT_STORE_IDLE_TIMEOUT, DEFAULT_STORE_MAX_CONNECTIONS),
-    "query": (DEFAULT_QUERY_IDLE_TIMEOUT, DEFAULT_QUERY_MAX_CONNECTIONS),
-}
 
 
 @attrs.define

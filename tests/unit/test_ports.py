@@ -353,11 +353,19 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(port.factory.connections_from("2001:db8::7"), 1)
 
     def test_limits_from_options(self) -> None:
+        """
+        C{tap.port_limits} builds each port's L{PortLimits} from the settings:
+        the shared TLS options and the port's own ones, defaults where not given.
+        """
+        from lbtwist import config, tap
+        from tests.unit.test_settings import settings_of
+
+        defaults = settings_of(config.SERVER, {})
         self.assertEqual(
-            PortLimits.from_options({}, "store"),
+            tap.port_limits(defaults, "store"),
             PortLimits(idle_timeout=300.0, max_connections=256),
         )
-        self.assertEqual(PortLimits.from_options({}, "query"), PortLimits())
+        self.assertEqual(tap.port_limits(defaults, "query"), PortLimits())
         self.assertEqual(PortLimits().idle_timeout, 60.0)
         options = {
             "tls-handshake-timeout": 2.5,
@@ -368,11 +376,9 @@ class HelperTests(SynchronousTestCase):
             "store-idle-timeout": 9.0,
             "query-max-connections": 11,
         }
-        self.assertEqual(
-            PortLimits.from_options(options, "store"),
-            PortLimits(2.5, 9.0, 7, 5, 2, 3),
-        )
-        self.assertEqual(PortLimits.from_options(options, "query").max_connections, 11)
+        settings = settings_of(config.SERVER, options)
+        self.assertEqual(tap.port_limits(settings, "store"), PortLimits(2.5, 9.0, 7, 5, 2, 3))
+        self.assertEqual(tap.port_limits(settings, "query").max_connections, 11)
 
     def test_endpoint_builds_bounded_factory(self) -> None:
         from tests.unit.test_tls import FakeEndpoint
