@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
+from twisted.logger import Logger
 
 #: RFC 3820 proxyCertInfo extension.
 PROXY_CERT_INFO_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
@@ -36,6 +37,8 @@ PPL_INDEPENDENT = "1.3.6.1.5.5.7.21.2"
 PPL_LIMITED = "1.3.6.1.4.1.3536.1.1.1.9"
 
 PrivateKey = ec.EllipticCurvePrivateKey
+
+log = Logger()
 
 CA_NAME = x509.Name(
     [
@@ -546,3 +549,44 @@ def ensure_dev_pki(
         return found
     now = datetime.fromtimestamp(reactor.seconds(), UTC)  # type: ignore[attr-defined]
     return make_dev_pki(directory, now=now, hostnames=hostnames)
+
+
+#: A user proxy that expires sooner than this is renewed at start-up.
+PROXY_RENEW_MARGIN = timedelta(hours=1)
+
+
+def _proxy_valid(path: Path, now: datetime) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return cert.not_valid_after_utc > now + PROXY_RENEW_MARGIN
+
+
+def renew_user_proxy(pki: DevPKI, now: datetime, *, hours: float = 12) -> None:
+    """
+    Write a fresh proxy of the development user (valid C{hours} from C{now})
+    over C{pki.user_proxy}.
+    """
+    user_cert = x509.load_pem_x509_certificate(pki.user_cert.read_bytes())
+    user_key = serialization.load_pem_private_key(pki.user_key.read_bytes(), None)
+    if not isinstance(user_key, PrivateKey):
+        raise ValueError(f"{pki.user_key}: not the EC key of a development PKI")
+    proxy, proxy_key = issue_proxy(user_cert, user_key, now=now, hours=hours)
+    write_file(pki.user_proxy, cert_pem(proxy) + key_pem(proxy_key) + cert_pem(user_cert), 0o600)
+
+
+def dev_pki(state_dir: str | os.PathLike[str], reactor: object) -> DevPKI:
+    """
+    The development PKI of C{twistd lbproxy}/C{lbserver} without host
+    credentials: L{ensure_dev_pki} under C{state_dir}, its user proxy renewed
+    (L{renew_user_proxy}) when it expires within L{PROXY_RENEW_MARGIN}.
+
+    @param reactor: provides C{seconds()}.
+    """
+    pki = ensure_dev_pki(state_dir, reactor, hostnames=("localhost",))
+    now = datetime.fromtimestamp(reactor.seconds(), UTC)  # type: ignore[attr-defined]
+    if not _proxy_valid(pki.user_proxy, now):
+        log.info("renewing the development user proxy {path}", path=str(pki.user_proxy))
+        renew_user_proxy(pki, now)
+    return pki

@@ -34,6 +34,7 @@ from lbtwist.core.dn import same_dn as same_dn
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
+    from twisted.internet.interfaces import IReactorTime
 
     from lbtwist.security.tls import CADirectory, RefusalLog, ServerContextSource
 
@@ -647,7 +648,7 @@ class PeerIdentity:
     def __init__(
         self,
         *,
-        clock: Any,
+        clock: IReactorTime,
         voms_dir: str | os.PathLike[str] | None = None,
         ca_directory: CADirectory | None = None,
         crl: str = "if-present",
@@ -677,7 +678,11 @@ class PeerIdentity:
 
     @classmethod
     def for_source(
-        cls, source: ServerContextSource, *, clock: Any, voms_dir: str | os.PathLike[str] | None
+        cls,
+        source: ServerContextSource,
+        *,
+        clock: IReactorTime,
+        voms_dir: str | os.PathLike[str] | None,
     ) -> PeerIdentity:
         """
         @return: the identity layer of the port whose TLS connections
