@@ -131,8 +131,7 @@ class StoreService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        closed: Deferred[None] = self.store.close()  # type: ignore[assignment]
-        return closed
+        return self.store.close()
 
 
 # -- building blocks, each from the settings ----------------------------------------------

@@ -772,7 +772,7 @@ class PeerIdentity:
         self._cache[conn] = (directory.trust if directory is not None else None, who)
         return who
 
-    def of_transport(self, transport: Any) -> Identity | None:
+    def of_transport(self, transport: object) -> Identity | None:
         """
         @return: the identity of a TLS transport's peer (C{getHandle()} is its
             L{SSL.Connection}), L{None} for anything else.
@@ -784,7 +784,7 @@ class PeerIdentity:
             return None
         return self.of_connection(handle)
 
-    def of_request(self, request: Any) -> Identity | None:
+    def of_request(self, request: object) -> Identity | None:
         """
         @return: the identity of the peer of a web request's connection.
         """

@@ -19,7 +19,7 @@ import ipaddress
 import os
 import re
 import weakref
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,11 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
+    IProtocol,
     IProtocolFactory,
     IReactorTime,
     IStreamServerEndpoint,
+    ITCPTransport,
 )
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger, LogLevel
@@ -801,7 +803,7 @@ class BoundedTLSProtocol(BufferingTLSTransport):
     factory: BoundedTLSFactory
 
     def __init__(
-        self, factory: BoundedTLSFactory, wrappedProtocol: Any, _connectWrapped: bool = True
+        self, factory: BoundedTLSFactory, wrappedProtocol: IProtocol, _connectWrapped: bool = True
     ) -> None:
         super().__init__(factory, wrappedProtocol, _connectWrapped)
         self.peer: object = None
@@ -826,7 +828,7 @@ class BoundedTLSProtocol(BufferingTLSTransport):
         """
         return _peer_text(self.peer)
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: ITCPTransport) -> None:
         self.peer = transport.getPeer()
         self.peer_address = _address_key(self.peer)
         if not self.factory.admit(self):
@@ -855,7 +857,7 @@ class BoundedTLSProtocol(BufferingTLSTransport):
         self.last_activity = self._seconds()
         super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's TLSMemoryBIOProtocol is unannotated
 
-    def writeSequence(self, sequence: Any) -> None:
+    def writeSequence(self, sequence: Iterable[bytes]) -> None:
         self.last_activity = self._seconds()
         super().writeSequence(sequence)
 
@@ -1142,7 +1144,7 @@ def verified_chain(connection: SSL.Connection) -> list[x509.Certificate]:
     return list(chain) if chain else []
 
 
-def transport_chain(transport: Any) -> list[x509.Certificate]:
+def transport_chain(transport: object) -> list[x509.Certificate]:
     """
     @return: the verified chain of a TLS transport (C{getHandle()} is its
         L{SSL.Connection}), empty if it is not one.

@@ -24,6 +24,7 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 import attrs
@@ -252,7 +253,7 @@ def logger() -> Any:
     file = settings.open()
     if not signal.getsignal(signal.SIGUSR1):
 
-        def rotate(signum: int, frame: Any) -> None:
+        def rotate(signum: int, frame: FrameType | None) -> None:
             from twisted.internet import reactor
 
             reactor.callFromThread(file.rotate)  # type: ignore[attr-defined]
