@@ -66,7 +66,7 @@ class BufferedLog:
 
     def __init__(
         self,
-        file: Any,
+        file: LogFile,
         clock: IReactorTime,
         *,
         delay: float = ACCESS_LOG_DELAY,
