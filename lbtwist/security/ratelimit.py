@@ -20,7 +20,7 @@ security layer, the lowest one that logs, so that both can use it.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from typing import Protocol
 
 import attrs
@@ -71,8 +71,8 @@ class RateLimitedLog:
     @param lines: lines logged per key and window.
     @param period: seconds of a window.
     @param burst: lines of all keys logged per period (L{None}: no such limit).
-    @param max_keys: keys tracked at once; past that the quiet ones, then the
-        least recently logged ones are reported and forgotten.
+    @param max_keys: keys tracked at once; past that the least recently logged
+        one is reported and forgotten.
     @param max_value: longest string value logged (longer ones are cut);
         L{None}: values are logged whole.
     @param inline: report a key's held-back lines with its next line.
@@ -121,34 +121,42 @@ class RateLimitedLog:
         self.lines = lines
         self.period = period
 
-    def _now(self) -> float:
-        if self.clock is None:
-            from twisted.internet import reactor
+    def _reactor_clock(self) -> Seconds:
+        from twisted.internet import reactor
 
-            self.clock = reactor
-        return self.clock.seconds()
+        self.clock = reactor
+        return self.clock
 
     def emit_line(
-        self, logger: Logger, key: Hashable, level: LogLevel, format: str, /, **kw: object
+        self,
+        logger: Logger,
+        key: Hashable,
+        level: LogLevel,
+        format: str,
+        values: Mapping[str, object],
     ) -> bool:
         """
-        C{logger.emit(level, format, **kw)} unless C{key}'s quota for its window
-        or the burst is spent.
+        C{logger.emit(level, format, **values)} unless C{key}'s quota for its
+        window or the burst is spent. A held-back line costs a clock reading
+        and a look-up.
 
         @return: whether the line was logged.
         """
-        now = self._now()
+        clock = self.clock if self.clock is not None else self._reactor_clock()
+        now = clock.seconds()
         window = self._windows.get(key)
-        over = window is not None and now >= window.start + self.period
-        if window is not None and not over and window.emitted >= self.lines:
-            window.suppressed += 1
-            return False
+        over = False
+        if window is not None:
+            over = now >= window.start + self.period
+            if not over and window.emitted >= self.lines:
+                window.suppressed += 1
+                return False
         if self.burst is not None and not self._within_burst(now, self.burst):
             return False
         repeats = 0
         if window is None:
             if len(self._windows) >= self.max_keys:
-                self._forget(now)
+                self._forget()
             window = _Window(logger, format, now)
         else:
             del self._windows[key]
@@ -160,13 +168,13 @@ class RateLimitedLog:
         window.emitted += 1
         limit = self.max_value
         if limit is not None:
-            kw = {k: _short(v, limit) for k, v in kw.items()}
+            values = {k: _short(v, limit) for k, v in values.items()}
         if self.inline:
             if repeats:
                 format += INLINE
-            logger.emit(level, format, repeats=repeats, **kw)
+            logger.emit(level, format, repeats=repeats, **values)
         else:
-            logger.emit(level, format, **kw)
+            logger.emit(level, format, **values)
         return True
 
     def _within_burst(self, now: float, burst: int) -> bool:
@@ -190,11 +198,9 @@ class RateLimitedLog:
             )
         window.emitted = window.suppressed = 0
 
-    def _forget(self, now: float) -> None:
-        for key, window in list(self._windows.items()):
-            if now >= window.start + self.period:
-                self._close(window)
-                del self._windows[key]
+    def _forget(self) -> None:
+        # The keys are in the order of their last logged line: the first is the
+        # quietest (one pop a new key, whatever the number of keys).
         while len(self._windows) >= self.max_keys:
             key = next(iter(self._windows))
             self._close(self._windows.pop(key))
@@ -205,7 +211,8 @@ class RateLimitedLog:
 
         @param everything: the windows under way too (at shutdown).
         """
-        now = self._now()
+        clock = self.clock if self.clock is not None else self._reactor_clock()
+        now = clock.seconds()
         for key, window in list(self._windows.items()):
             if everything or now >= window.start + self.period:
                 self._close(window)

@@ -233,7 +233,7 @@ class RefusalLog(RateLimitedLog):
 
         @return: whether the line was logged.
         """
-        return self.emit_line(self._log, key, level, format, **kw)
+        return self.emit_line(self._log, key, level, format, kw)
 
 
 @attrs.frozen(eq=False)

@@ -116,7 +116,7 @@ class WarningLimiter(RateLimitedLog):
         @return: whether the line was logged.
         """
         key = (log.namespace, cause if cause is not None else format)
-        return self.emit_line(log, key, LogLevel.warn, format, **kwargs)
+        return self.emit_line(log, key, LogLevel.warn, format, kwargs)
 
 
 class SummaryService(TimerService):

@@ -36,7 +36,7 @@ class RateLimitedLogTests(SynchronousTestCase):
 
     def test_level_kept(self) -> None:
         limiter = RateLimitedLog(self.clock)
-        limiter.emit_line(self.log, "k", LogLevel.info, "line")
+        limiter.emit_line(self.log, "k", LogLevel.info, "line", {})
         self.assertEqual(self.events[0]["log_level"], LogLevel.info)
 
     def test_least_recently_logged_forgotten(self) -> None:
@@ -46,10 +46,10 @@ class RateLimitedLogTests(SynchronousTestCase):
         """
         limiter = RateLimitedLog(self.clock, lines=2, period=60, max_keys=2)
         for key in "abaa":
-            limiter.emit_line(self.log, key, LogLevel.warn, key)
+            limiter.emit_line(self.log, key, LogLevel.warn, key, {})
             self.clock.advance(1)
-        limiter.emit_line(self.log, "c", LogLevel.warn, "c")
-        limiter.emit_line(self.log, "a", LogLevel.warn, "a")
+        limiter.emit_line(self.log, "c", LogLevel.warn, "c", {})
+        limiter.emit_line(self.log, "a", LogLevel.warn, "a", {})
         self.assertEqual(self.lines(), ["a", "b", "a", "c"])
         self.assertEqual(limiter.suppressed(), 2)
 
@@ -59,10 +59,12 @@ class RateLimitedLogTests(SynchronousTestCase):
         against its key); a key's own window and summary are kept beside it.
         """
         limiter = RateLimitedLog(self.clock, lines=2, period=10, burst=3, logger=self.log)
-        logged = [limiter.emit_line(self.log, k % 2, LogLevel.warn, f"k{k % 2}") for k in range(6)]
+        logged = [
+            limiter.emit_line(self.log, k % 2, LogLevel.warn, f"k{k % 2}", {}) for k in range(6)
+        ]
         self.assertEqual(logged, [True, True, True, False, False, False])
         self.clock.advance(10)
-        self.assertTrue(limiter.emit_line(self.log, 0, LogLevel.warn, "k0"))
+        self.assertTrue(limiter.emit_line(self.log, 0, LogLevel.warn, "k0", {}))
         self.assertEqual(
             self.lines()[3:],
             [
