@@ -37,6 +37,7 @@ from lbtwist.core.errors import (
     UnknownJob,
 )
 from lbtwist.core.events import Event, parse_event
+from lbtwist.core.states.status import JobStatus
 from lbtwist.security.authz import (
     ACCESS_EVENTS,
     WMS_SOURCES,
@@ -580,7 +581,7 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         return self._load(jobid)
 
     def _load(self, jobid: str) -> Deferred[JobRights | bool | None]:
-        def looked_up(status: Any) -> JobRights | None:
+        def looked_up(status: JobStatus | None) -> JobRights | None:
             if status is None:
                 return None
             rights = JobRights.of(status)
