@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -32,6 +33,7 @@ from lbtwist.security.tls import (
     quote_for_log,
     tls_server_endpoint,
 )
+from lbtwist.service.ports import tls_listener
 from lbtwist.testing import MemoryStore
 from tests.certs import NOW
 from tests.unit.test_settings import store_port_service_of
@@ -516,3 +518,51 @@ class OptionTests(SynchronousTestCase):
         limits_doc = (ROOT / "docs" / "limits.md").read_text()
         for key in self.NAMES:
             self.assertIn(f"`--{key}", limits_doc)
+
+
+class ListenerTests(SynchronousTestCase):
+    """
+    L{tls_listener}, the listening side of the query and store ports.
+    """
+
+    def setUp(self) -> None:
+        self.fixture = Fixture(Path(self.mktemp()))
+        self.factory = Factory.forProtocol(Protocol)
+
+    def test_bounded_tls_port(self) -> None:
+        """
+        The application factory is served behind a bounded TLS factory with the
+        port's limits and name, on the endpoint description given.
+        """
+        reactor = MemoryReactorClock()
+        limits = PortLimits(max_connections=3)
+        service = tls_listener(
+            reactor,
+            "tcp:9011:interface=127.0.0.1",
+            self.fixture.source(),
+            self.factory,
+            limits=limits,
+            port="store",
+        )
+        service.privilegedStartService()
+        [(port, factory, _, interface)] = reactor.tcpServers
+        assert isinstance(factory, BoundedTLSFactory)
+        self.assertEqual((port, interface), (9011, "127.0.0.1"))
+        self.assertIs(factory.wrappedFactory, self.factory)
+        self.assertEqual((factory.limits, factory.name), (limits, "store port"))
+
+    def test_port_taken_stops_start_up(self) -> None:
+        """
+        A port that cannot be bound fails start-up (the store port as the query port).
+        """
+        from tests.unit.test_web_tls import BusyPortReactor
+
+        service = tls_listener(
+            BusyPortReactor(),
+            "tcp:9011",
+            self.fixture.source(),
+            self.factory,
+            limits=PortLimits(),
+            port="store",
+        )
+        self.assertRaises(CannotListenError, service.privilegedStartService)

@@ -367,9 +367,7 @@ def make_query_service(
 
     @param reactor: listens (C{serverFromString}) and keeps time.
     """
-    from twisted.internet.endpoints import serverFromString
-
-    from lbtwist.security import tls
+    from lbtwist.service.ports import tls_listener
 
     site = make_site(
         store,
@@ -386,17 +384,8 @@ def make_query_service(
         max_header_size=max_header_size,
         max_headers=max_headers,
     )
-    tls_endpoint = tls.tls_server_endpoint(
-        serverFromString(reactor, endpoint),
-        source,
-        limits=limits,
-        clock=reactor,
-        port="query",
-    )
-    service = StreamServerEndpointService(tls_endpoint, site)
-    # A proxy silently running without its query port is worse than one that fails:
-    # a port that cannot be bound stops start-up, as the intake's does.
-    service._raiseSynchronously = True
+    # A port that cannot be bound stops start-up, as the intake's does.
+    service = tls_listener(reactor, endpoint, source, site, limits=limits, port="query")
     log.info("queries over HTTPS on {query}", query=endpoint)
     return service
 
