@@ -315,6 +315,8 @@ def _revocation_problem(
         ok = index.signature_ok.get(key)
         if ok is None:
             ok = index.signature_ok[key] = revocation_list.is_signature_valid(
+                # cryptography types public_key() wider than the issuer key types
+                # is_signature_valid takes (a CA's key is one of them).
                 ca.public_key()  # type: ignore[arg-type]
             )
         if not ok:

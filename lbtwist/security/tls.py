@@ -176,6 +176,7 @@ def peer_of(conn: SSL.Connection) -> tuple[str, str]:
     ref = _PROTOCOL.get(conn)
     protocol = ref() if ref is not None else None
     try:
+        # No protocol (gone) or no transport yet: the except below answers.
         address = protocol.transport.getPeer()  # type: ignore[union-attr]
     except Exception:
         return "unknown peer", "?"
@@ -819,6 +820,7 @@ class BoundedTLSProtocol(BufferingTLSTransport):
             self.last_activity = seconds()
             aggregate(data)
 
+        # Per connection, the write that stamps the activity (mypy forbids the assignment).
         self.write = write  # type: ignore[method-assign]
 
     @property
