@@ -116,7 +116,7 @@ class RateLimitedLog:
         @raise ValueError: C{lines} below 1 or C{period} not positive.
         """
         if lines < 1 or period <= 0:
-            raise ValueError("a log rate limit needs lines >= 1 and period > 0")
+            raise ValueError("a warning limit needs lines >= 1 and period > 0")
         self.clock = clock
         self.lines = lines
         self.period = period
