@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     # Imported where they are used: parsing options (twistd --help) loads no TLS code.
     from lbtwist.security.authz import Policy
     from lbtwist.security.credentials import HostCredentials
+    from lbtwist.security.devcerts import DevPKI
     from lbtwist.security.tls import PortLimits, ServerContextSource
     from lbtwist.store.interface import IEventStore
 
@@ -130,8 +131,7 @@ class StoreService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        closed: Deferred[None] = self.store.close()  # type: ignore[assignment]
-        return closed
+        return self.store.close()
 
 
 # -- building blocks, each from the settings ----------------------------------------------
@@ -149,7 +149,7 @@ def host_credentials(settings: Settings, reactor: Any) -> HostCredentials:
     if not settings.dev_certs:
         assert settings.cert is not None and settings.ca_dir is not None
         return HostCredentials(settings.cert, settings.key, settings.ca_dir)
-    from lbtwist.service.web import dev_pki
+    from lbtwist.security.devcerts import dev_pki
 
     pki = dev_pki(settings.state_dir, reactor)
     return HostCredentials(
@@ -409,10 +409,10 @@ def relay_service(
     )
 
 
-def _log_dev_commands(pki: Any, query: str) -> None:
-    from lbtwist.service.web import _port_of, dev_commands
+def _log_dev_commands(pki: DevPKI, query: str) -> None:
+    from lbtwist.service.web import dev_commands, endpoint_port
 
-    for line in dev_commands(pki, _port_of(query)):
+    for line in dev_commands(pki, endpoint_port(query)):
         log.info("development PKI: query with: {command}", command=line)
 
 
