@@ -284,6 +284,13 @@ class Option:
 
 
 _SERVER_ONLY = frozenset({SERVER})
+_PROXY_ONLY = frozenset({PROXY})
+
+# The interlogger-compatible intake (docs/spool.md): off unless --il-spool is given.
+DEFAULT_IL_RESCAN_INTERVAL = 60.0
+DEFAULT_IL_POLL_INTERVAL = 1.0
+DEFAULT_IL_REMOVE_IDLE = 600.0
+DEFAULT_IL_BATCH_EVENTS = 2000
 
 
 def _value(
@@ -517,6 +524,64 @@ OPTIONS: tuple[Option, ...] = (
         "DEST=ENDPOINT: send relay destination host:port elsewhere (repeatable).",
     ),
     _value(
+        "il-spool",
+        _text,
+        None,
+        "Read L&B interlogger spool files PREFIX.* (CREAM's LB_IL_PREFIX); off.",
+        roles=_PROXY_ONLY,
+    ),
+    _value(
+        "il-socket",
+        _text,
+        None,
+        "Interlogger notification socket (endpoint or path); needs --il-spool.",
+        roles=_PROXY_ONLY,
+    ),
+    _value(
+        "il-rescan-interval",
+        _seconds,
+        DEFAULT_IL_RESCAN_INTERVAL,
+        "Seconds between full rescans of the spool directory (inotify on).",
+        roles=_PROXY_ONLY,
+    ),
+    _value(
+        "il-poll-interval",
+        _seconds,
+        DEFAULT_IL_POLL_INTERVAL,
+        "Seconds between spool rescans without inotify; store retry delay.",
+        roles=_PROXY_ONLY,
+    ),
+    _value(
+        "il-remove-idle",
+        _seconds,
+        DEFAULT_IL_REMOVE_IDLE,
+        "Seconds a fully stored spool file stays unchanged before removal.",
+        roles=_PROXY_ONLY,
+    ),
+    _value(
+        "il-batch-events",
+        _count,
+        DEFAULT_IL_BATCH_EVENTS,
+        "Most spool lines read per pass (one store call).",
+        roles=_PROXY_ONLY,
+    ),
+    _value(
+        "il-keep-files",
+        _flag,
+        False,
+        "Leave fully stored spool files in place (default: remove idle ones).",
+        flag=True,
+        roles=_PROXY_ONLY,
+    ),
+    _value(
+        "il-no-inotify",
+        _flag,
+        False,
+        "Find new spool bytes by rescans only (every --il-poll-interval).",
+        flag=True,
+        roles=_PROXY_ONLY,
+    ),
+    _value(
         "grey-jobs",
         _flag,
         False,
@@ -593,6 +658,14 @@ class Settings:
     local_endpoint: tuple[tuple[str, int], ...]
     super_user: tuple[str, ...]
     relay_map: tuple[tuple[tuple[str, int], str], ...]
+    il_spool: str | None
+    il_socket: str | None
+    il_rescan_interval: float
+    il_poll_interval: float
+    il_remove_idle: float
+    il_batch_events: int
+    il_keep_files: bool
+    il_no_inotify: bool
     grey_jobs: bool
     dev_certs: bool
 
@@ -665,6 +738,10 @@ def load_settings(
             f"unix:{_escape_endpoint(os.path.join(state_dir, 'events.sock'))}:mode=660"
         )
     values["events"] = _with_backlog(values["events"], values["intake_backlog"])
+    if values["il_socket"] and not values["il_spool"]:
+        raise InvalidValue("--il-socket needs --il-spool (pokes only name the files)")
+    if values["il_socket"] and values["il_socket"].startswith("/"):
+        values["il_socket"] = f"unix:{_escape_endpoint(values['il_socket'])}:mode=660"
     if not values["serve"]:
         values["serve"] = f"unix:{_escape_endpoint(os.path.join(state_dir, 'serve.sock'))}:mode=660"
     values["hostname"] = values["hostname"] or fqdn()

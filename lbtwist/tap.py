@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     # Imported where they are used: parsing options (twistd --help) loads no TLS code.
     from lbtwist.security.authz import Policy
     from lbtwist.security.credentials import HostCredentials
+    from lbtwist.security.devcerts import DevPKI
     from lbtwist.security.tls import PortLimits, ServerContextSource
     from lbtwist.store.interface import IEventStore
 
@@ -130,8 +131,7 @@ class StoreService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
-        closed: Deferred[None] = self.store.close()  # type: ignore[assignment]
-        return closed
+        return self.store.close()
 
 
 # -- building blocks, each from the settings ----------------------------------------------
@@ -149,7 +149,7 @@ def host_credentials(settings: Settings, reactor: Any) -> HostCredentials:
     if not settings.dev_certs:
         assert settings.cert is not None and settings.ca_dir is not None
         return HostCredentials(settings.cert, settings.key, settings.ca_dir)
-    from lbtwist.service.web import dev_pki
+    from lbtwist.security.devcerts import dev_pki
 
     pki = dev_pki(settings.state_dir, reactor)
     return HostCredentials(
@@ -213,6 +213,54 @@ def intake_service(
     # A proxy that cannot listen for events must not run on: fail start-up instead.
     intake._raiseSynchronously = True
     return intake
+
+
+def spool_services(settings: Settings, store: IEventStore, reactor: Any) -> MultiService:
+    """
+    The interlogger-compatible intake (C{--il-spool}): the spool scanner and, with
+    C{--il-socket}, the notification socket.
+    """
+    from lbtwist.service import ilspool
+
+    assert settings.il_spool is not None
+    uids = set(producer_uids(settings))
+    spool = MultiService()
+    scanner = ilspool.SpoolScanner(
+        store,
+        settings.il_spool,
+        clock=reactor,
+        rescan_interval=settings.il_rescan_interval,
+        poll_interval=settings.il_poll_interval,
+        remove_idle=None if settings.il_keep_files else settings.il_remove_idle,
+        batch_events=settings.il_batch_events,
+        max_line=settings.max_event_size,
+        max_fields=settings.max_fields,
+        allowed_uids=uids,
+        allowed_gids=set(settings.producer_gid),
+        inotify=not settings.il_no_inotify,
+        reactor=reactor,
+    )
+    scanner.setServiceParent(spool)
+    if settings.il_socket:
+        factory = ilspool.PokeFactory(
+            scanner,
+            clock=reactor,
+            max_line=settings.max_event_size,
+            max_connections=settings.max_connections,
+            idle_timeout=settings.intake_idle_timeout,
+            allowed_uids=uids,
+            allowed_gids=set(settings.producer_gid),
+        )
+        pokes = StreamServerEndpointService(serverFromString(reactor, settings.il_socket), factory)
+        # Like the intake: a proxy that cannot listen where CREAM pokes must not run on.
+        pokes._raiseSynchronously = True
+        pokes.setServiceParent(spool)
+    log.info(
+        "lbtwist spool intake: {prefix}.* (pokes on {socket})",
+        prefix=scanner.prefix,
+        socket=settings.il_socket or "no socket",
+    )
+    return spool
 
 
 def serve_service(
@@ -361,10 +409,10 @@ def relay_service(
     )
 
 
-def _log_dev_commands(pki: Any, query: str) -> None:
-    from lbtwist.service.web import _port_of, dev_commands
+def _log_dev_commands(pki: DevPKI, query: str) -> None:
+    from lbtwist.service.web import dev_commands, endpoint_port
 
-    for line in dev_commands(pki, _port_of(query)):
+    for line in dev_commands(pki, endpoint_port(query)):
         log.info("development PKI: query with: {command}", command=line)
 
 
@@ -390,6 +438,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     logs.LIMITER.configure(clock=reactor, lines=settings.warnings_per_minute)
     logs.SummaryService(logs.LIMITER, reactor).setServiceParent(top)
     intake_service(settings, store, reactor).setServiceParent(top)
+    if settings.il_spool:
+        spool_services(settings, store, reactor).setServiceParent(top)
     serve_service(settings, store, reactor).setServiceParent(top)
     query_service(settings, credentials, policy, store, reactor).setServiceParent(top)
     if credentials.dev_pki is not None:

@@ -127,6 +127,8 @@ class MemoryBackend:
         self._outbox_seq = 0
         self.transactions = 0
         self.fail_next: LBError | None = None
+        #: Committed spool file offsets: name -> C{(inode, offset)}.
+        self.spool: dict[str, tuple[int, int]] = {}
 
     def max_event_id(self) -> int:
         return self.events[-1].event_id if self.events else 0
@@ -199,6 +201,11 @@ class MemoryBackend:
             self.checkpoints[cp.jobid] = kept
         for mapping in plan.mappings:
             self.mapping[mapping.cream_key] = mapping.glite_id
+        for name, spooled in plan.offsets.items():
+            if spooled is None:
+                self.spool.pop(name, None)
+            else:
+                self.spool[name] = spooled
         for out in plan.outbox:
             new = by_id[out.event_id]
             self._outbox_seq += 1
@@ -304,6 +311,9 @@ class MemoryStore(GroupedWrites):
         self._notifier = CommitNotifier(self.processor)
         self._outbox = OutboxWriter(self.clock, runner, self.backend.outbox_done)
         self._closed = False
+
+    def spool_offsets(self) -> Deferred[dict[str, tuple[int, int]]]:
+        return succeed(dict(self.backend.spool))
 
     def status(self, jobid: str) -> Deferred[JobStatus | None]:
         row = self.backend.jobs.get(jobid)

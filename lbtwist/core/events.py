@@ -347,10 +347,12 @@ def parse_event(
             continue
         spec = own.get(upper)
         if spec is not None:
-            if value:
+            if value and (value != "null" or spec.type != "jobid"):
                 value = _field_value(spec, value)
                 if value:
                     fields[spec.name] = value
+            # else: empty, or the Java producer's "null" job id (no parent): L&B's
+            # parser ignored it too.
             continue
         owner = _WIRE_OWNER.get(upper)
         if owner is not None:

@@ -23,10 +23,11 @@ import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import attrs
 
+from lbtwist.core.events import Event
 from lbtwist.core.states.status import JobStatus, apply_common
 from lbtwist.security.identity import Identity, same_dn
 
@@ -339,7 +340,7 @@ def can_read(
     return Decision(False, "not the owner and not allowed by policy or ACL")
 
 
-def required_action(event: Any) -> str:
+def required_action(event: Event) -> str:
     """
     The policy action that lets a peer (a relay) log C{event} for somebody
     else: REGISTER_JOBS for a RegJob, otherwise chosen by the event's source.
@@ -375,7 +376,7 @@ class JobRights:
             status.payload_owner or None,
         )
 
-    def after(self, event: Any) -> JobRights:
+    def after(self, event: Event) -> JobRights:
         """
         The rights once C{event} (accepted) is stored, as the state machines
         fold it: a RegJob sets the owner of a job that has none, ChangeACL and
@@ -396,7 +397,7 @@ class JobRights:
 _NO_JOB = "\0no job"
 
 
-def write_key(event: Any, job: JobAccess | None) -> tuple[str | None, ...] | None:
+def write_key(event: Event, job: JobAccess | None) -> tuple[str | None, ...] | None:
     """
     Everything L{may_write} reads of C{event} and C{job}: two calls for one
     peer (same identity, policy and super users) with equal keys get the same
@@ -416,7 +417,7 @@ def write_key(event: Any, job: JobAccess | None) -> tuple[str | None, ...] | Non
 
 def may_write(
     identity: Identity | None,
-    event: Any,
+    event: Event,
     job: JobAccess | None,
     policy: Policy,
     super_users: Iterable[str] = (),

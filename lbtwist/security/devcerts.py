@@ -26,6 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
 #: RFC 3820 proxyCertInfo extension.
 PROXY_CERT_INFO_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
@@ -36,6 +38,8 @@ PPL_INDEPENDENT = "1.3.6.1.5.5.7.21.2"
 PPL_LIMITED = "1.3.6.1.4.1.3536.1.1.1.9"
 
 PrivateKey = ec.EllipticCurvePrivateKey
+
+log = Logger()
 
 CA_NAME = x509.Name(
     [
@@ -78,14 +82,14 @@ USER_NAME = person_name("lbtwist dev user")
 USER2_NAME = person_name("lbtwist dev user two")
 
 
-class _ProxyPolicy(asn1.Sequence):
+class _ProxyPolicy(asn1.Sequence):  # type: ignore[misc]  # asn1crypto ships no type hints
     _fields = [
         ("policy_language", asn1.ObjectIdentifier),
         ("policy", asn1.OctetString, {"optional": True}),
     ]
 
 
-class _ProxyCertInfo(asn1.Sequence):
+class _ProxyCertInfo(asn1.Sequence):  # type: ignore[misc]  # asn1crypto ships no type hints
     _fields = [
         ("path_len_constraint", asn1.Integer, {"optional": True}),
         ("proxy_policy", _ProxyPolicy),
@@ -383,6 +387,28 @@ class DevPKI:
     user2_cert: Path
     user2_key: Path
 
+    @classmethod
+    def under(cls, root: Path, ca_cert: Path, crl: Path) -> DevPKI:
+        """
+        @return: the paths of a development PKI in L{make_dev_pki}'s layout
+            under C{root}, whose CA certificate and CRL are C{ca_cert} and C{crl}
+            (their names are the CA's subject hash).
+        """
+        return cls(
+            directory=root,
+            ca_dir=root / "certificates",
+            ca_cert=ca_cert,
+            ca_key=root / "ca" / "cakey.pem",
+            crl=crl,
+            host_cert=root / "hostcert.pem",
+            host_key=root / "hostkey.pem",
+            user_cert=root / "user" / "usercert.pem",
+            user_key=root / "user" / "userkey.pem",
+            user_proxy=root / "user" / "x509up",
+            user2_cert=root / "user2" / "usercert.pem",
+            user2_key=root / "user2" / "userkey.pem",
+        )
+
     def paths(self) -> list[tuple[str, Path]]:
         """
         @return: (description, path) of every file written.
@@ -424,48 +450,29 @@ def make_dev_pki(
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     root = Path(directory)
-    ca_dir = root / "certificates"
     ca_cert, ca_key = make_ca(now=now)
     crl = make_crl(ca_cert, ca_key, now=now)
-    ca_path, crl_path = install_ca(ca_dir, ca_cert, crl)
+    ca_path, crl_path = install_ca(root / "certificates", ca_cert, crl)
     assert crl_path is not None
-    ca_key_path = root / "ca" / "cakey.pem"
-    write_file(ca_key_path, key_pem(ca_key), 0o600)
+    pki = DevPKI.under(root, ca_path, crl_path)
+    write_file(pki.ca_key, key_pem(ca_key), 0o600)
 
     host_cert, host_key = issue_cert(
         host_name(hostnames[0]), ca_cert, ca_key, now=now, hostnames=hostnames
     )
-    write_file(root / "hostcert.pem", cert_pem(host_cert))
-    write_file(root / "hostkey.pem", key_pem(host_key), 0o600)
+    write_file(pki.host_cert, cert_pem(host_cert))
+    write_file(pki.host_key, key_pem(host_key), 0o600)
 
     user_cert, user_key = issue_cert(USER_NAME, ca_cert, ca_key, now=now)
-    write_file(root / "user" / "usercert.pem", cert_pem(user_cert))
-    write_file(root / "user" / "userkey.pem", key_pem(user_key), 0o600)
+    write_file(pki.user_cert, cert_pem(user_cert))
+    write_file(pki.user_key, key_pem(user_key), 0o600)
     proxy, proxy_key = issue_proxy(user_cert, user_key, now=now, hours=12)
-    write_file(
-        root / "user" / "x509up",
-        cert_pem(proxy) + key_pem(proxy_key) + cert_pem(user_cert),
-        0o600,
-    )
+    write_file(pki.user_proxy, cert_pem(proxy) + key_pem(proxy_key) + cert_pem(user_cert), 0o600)
 
     user2_cert, user2_key = issue_cert(USER2_NAME, ca_cert, ca_key, now=now)
-    write_file(root / "user2" / "usercert.pem", cert_pem(user2_cert))
-    write_file(root / "user2" / "userkey.pem", key_pem(user2_key), 0o600)
-
-    return DevPKI(
-        directory=root,
-        ca_dir=ca_dir,
-        ca_cert=ca_path,
-        ca_key=ca_key_path,
-        crl=crl_path,
-        host_cert=root / "hostcert.pem",
-        host_key=root / "hostkey.pem",
-        user_cert=root / "user" / "usercert.pem",
-        user_key=root / "user" / "userkey.pem",
-        user_proxy=root / "user" / "x509up",
-        user2_cert=root / "user2" / "usercert.pem",
-        user2_key=root / "user2" / "userkey.pem",
-    )
+    write_file(pki.user2_cert, cert_pem(user2_cert))
+    write_file(pki.user2_key, key_pem(user2_key), 0o600)
+    return pki
 
 
 def main_certs_dev(
@@ -511,26 +518,13 @@ def existing_dev_pki(directory: str | os.PathLike[str]) -> DevPKI | None:
     if len(certs) != 1:
         return None
     ca_cert = certs[0]
-    pki = DevPKI(
-        directory=root,
-        ca_dir=ca_dir,
-        ca_cert=ca_cert,
-        ca_key=root / "ca" / "cakey.pem",
-        crl=ca_cert.with_name(ca_cert.stem + ".r0"),
-        host_cert=root / "hostcert.pem",
-        host_key=root / "hostkey.pem",
-        user_cert=root / "user" / "usercert.pem",
-        user_key=root / "user" / "userkey.pem",
-        user_proxy=root / "user" / "x509up",
-        user2_cert=root / "user2" / "usercert.pem",
-        user2_key=root / "user2" / "userkey.pem",
-    )
+    pki = DevPKI.under(root, ca_cert, ca_cert.with_name(ca_cert.stem + ".r0"))
     return pki if pki.exists() else None
 
 
 def ensure_dev_pki(
     state_dir: str | os.PathLike[str],
-    reactor: object,
+    reactor: IReactorTime,
     *,
     hostnames: Sequence[str] = ("localhost",),
 ) -> DevPKI:
@@ -544,5 +538,46 @@ def ensure_dev_pki(
     found = existing_dev_pki(directory)
     if found is not None:
         return found
-    now = datetime.fromtimestamp(reactor.seconds(), UTC)  # type: ignore[attr-defined]
+    now = datetime.fromtimestamp(reactor.seconds(), UTC)
     return make_dev_pki(directory, now=now, hostnames=hostnames)
+
+
+#: A user proxy that expires sooner than this is renewed at start-up.
+PROXY_RENEW_MARGIN = timedelta(hours=1)
+
+
+def _proxy_valid(path: Path, now: datetime) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return cert.not_valid_after_utc > now + PROXY_RENEW_MARGIN
+
+
+def renew_user_proxy(pki: DevPKI, now: datetime, *, hours: float = 12) -> None:
+    """
+    Write a fresh proxy of the development user (valid C{hours} from C{now})
+    over C{pki.user_proxy}.
+    """
+    user_cert = x509.load_pem_x509_certificate(pki.user_cert.read_bytes())
+    user_key = serialization.load_pem_private_key(pki.user_key.read_bytes(), None)
+    if not isinstance(user_key, PrivateKey):
+        raise ValueError(f"{pki.user_key}: not the EC key of a development PKI")
+    proxy, proxy_key = issue_proxy(user_cert, user_key, now=now, hours=hours)
+    write_file(pki.user_proxy, cert_pem(proxy) + key_pem(proxy_key) + cert_pem(user_cert), 0o600)
+
+
+def dev_pki(state_dir: str | os.PathLike[str], reactor: IReactorTime) -> DevPKI:
+    """
+    The development PKI of C{twistd lbproxy}/C{lbserver} without host
+    credentials: L{ensure_dev_pki} under C{state_dir}, its user proxy renewed
+    (L{renew_user_proxy}) when it expires within L{PROXY_RENEW_MARGIN}.
+
+    @param reactor: provides C{seconds()}.
+    """
+    pki = ensure_dev_pki(state_dir, reactor, hostnames=("localhost",))
+    now = datetime.fromtimestamp(reactor.seconds(), UTC)
+    if not _proxy_valid(pki.user_proxy, now):
+        log.info("renewing the development user proxy {path}", path=str(pki.user_proxy))
+        renew_user_proxy(pki, now)
+    return pki

@@ -34,6 +34,7 @@ from lbtwist.core.dn import same_dn as same_dn
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
+    from twisted.internet.interfaces import IReactorTime
 
     from lbtwist.security.tls import CADirectory, RefusalLog, ServerContextSource
 
@@ -314,6 +315,8 @@ def _revocation_problem(
         ok = index.signature_ok.get(key)
         if ok is None:
             ok = index.signature_ok[key] = revocation_list.is_signature_valid(
+                # cryptography types public_key() wider than the issuer key types
+                # is_signature_valid takes (a CA's key is one of them).
                 ca.public_key()  # type: ignore[arg-type]
             )
         if not ok:
@@ -371,19 +374,19 @@ def signer_problem(
 # VOMS attribute certificates.
 
 
-class _ACList(asn1.SequenceOf):
+class _ACList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
     _child_spec = cms.AttributeCertificateV2
 
 
-class _ACFull(asn1.SequenceOf):
+class _ACFull(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
     _child_spec = _ACList
 
 
-class _CertList(asn1.SequenceOf):
+class _CertList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
     _child_spec = ax509.Certificate
 
 
-class _ACCerts(asn1.Sequence):
+class _ACCerts(asn1.Sequence):  # type: ignore[misc]  # asn1crypto ships no type hints
     _fields = [("certs", _CertList)]
 
 
@@ -614,7 +617,7 @@ def voms_fqans_why(
         if ext is None:
             continue
         try:
-            raw = ext.value.value  # type: ignore[attr-defined]
+            raw = ext.value.value
             fqans: list[str] = []
             for ac_list in _ACFull.load(raw):
                 for ac in ac_list:
@@ -647,7 +650,7 @@ class PeerIdentity:
     def __init__(
         self,
         *,
-        clock: Any,
+        clock: IReactorTime,
         voms_dir: str | os.PathLike[str] | None = None,
         ca_directory: CADirectory | None = None,
         crl: str = "if-present",
@@ -677,7 +680,11 @@ class PeerIdentity:
 
     @classmethod
     def for_source(
-        cls, source: ServerContextSource, *, clock: Any, voms_dir: str | os.PathLike[str] | None
+        cls,
+        source: ServerContextSource,
+        *,
+        clock: IReactorTime,
+        voms_dir: str | os.PathLike[str] | None,
     ) -> PeerIdentity:
         """
         @return: the identity layer of the port whose TLS connections
@@ -767,7 +774,7 @@ class PeerIdentity:
         self._cache[conn] = (directory.trust if directory is not None else None, who)
         return who
 
-    def of_transport(self, transport: Any) -> Identity | None:
+    def of_transport(self, transport: object) -> Identity | None:
         """
         @return: the identity of a TLS transport's peer (C{getHandle()} is its
             L{SSL.Connection}), L{None} for anything else.
@@ -779,7 +786,7 @@ class PeerIdentity:
             return None
         return self.of_connection(handle)
 
-    def of_request(self, request: Any) -> Identity | None:
+    def of_request(self, request: object) -> Identity | None:
         """
         @return: the identity of the peer of a web request's connection.
         """

@@ -19,8 +19,7 @@ import ipaddress
 import os
 import re
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,9 +35,11 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IOpenSSLClientConnectionCreator,
     IOpenSSLServerConnectionCreator,
+    IProtocol,
     IProtocolFactory,
     IReactorTime,
     IStreamServerEndpoint,
+    ITCPTransport,
 )
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger, LogLevel
@@ -53,11 +54,10 @@ from lbtwist.config import (
     DEFAULT_MAX_HANDSHAKES_PER_ADDRESS,
     DEFAULT_QUERY_IDLE_TIMEOUT,
     DEFAULT_QUERY_MAX_CONNECTIONS,
-    DEFAULT_STORE_IDLE_TIMEOUT,
-    DEFAULT_STORE_MAX_CONNECTIONS,
     DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 )
 from lbtwist.security.identity import is_legacy_proxy, is_proxy, printable, slash_dn
+from lbtwist.security.ratelimit import RateLimitedLog
 
 log = Logger()
 
@@ -176,6 +176,7 @@ def peer_of(conn: SSL.Connection) -> tuple[str, str]:
     ref = _PROTOCOL.get(conn)
     protocol = ref() if ref is not None else None
     try:
+        # No protocol (gone) or no transport yet: the except below answers.
         address = protocol.transport.getPeer()  # type: ignore[union-attr]
     except Exception:
         return "unknown peer", "?"
@@ -191,11 +192,11 @@ def peer_of(conn: SSL.Connection) -> tuple[str, str]:
     return printable(str(address)), printable(str(address))
 
 
-class RefusalLog:
+class RefusalLog(RateLimitedLog):
     """
-    Rate-limited log lines of refusals: one line per key and C{interval}
-    (repeats are counted and the count is given with the next line of the
-    key), and at most C{burst} lines per interval in all.
+    Rate-limited log lines of refusals (a L{RateLimitedLog}): one line per key
+    and C{interval} (repeats are counted and the count is given with the next
+    line of the key), and at most C{burst} lines per interval in all.
     """
 
     def __init__(
@@ -207,22 +208,24 @@ class RefusalLog:
         burst: int = REFUSAL_LOG_BURST,
         max_keys: int = 1024,
     ) -> None:
-        self._clock = clock
+        super().__init__(
+            clock,
+            lines=1,
+            period=interval,
+            burst=burst,
+            max_keys=max_keys,
+            inline=True,
+            dropped="{dropped} more TLS refusal lines not logged in {interval} s",
+            logger=log,
+        )
         self._log = logger if logger is not None else log
-        self.interval = interval
-        self.burst = burst
-        self.max_keys = max_keys
-        self._last: OrderedDict[Hashable, list[float]] = OrderedDict()
-        self._window = -float("inf")
-        self._count = 0
-        self._dropped = 0
 
-    def _now(self) -> float:
-        if self._clock is None:
-            from twisted.internet import reactor
-
-            self._clock = reactor  # type: ignore[assignment]
-        return self._clock.seconds()  # type: ignore[union-attr]
+    @property
+    def interval(self) -> float:
+        """
+        Seconds between two lines of a key (the window of the burst too).
+        """
+        return self.period
 
     def emit(self, key: Hashable, level: LogLevel, format: str, **kw: object) -> bool:
         """
@@ -231,32 +234,7 @@ class RefusalLog:
 
         @return: whether the line was logged.
         """
-        now = self._now()
-        last = self._last.get(key)
-        if last is not None and now - last[0] < self.interval:
-            last[1] += 1
-            return False
-        if now - self._window >= self.interval:
-            if self._dropped:
-                log.warn(
-                    "{dropped} more TLS refusal lines not logged in {interval} s",
-                    dropped=self._dropped,
-                    interval=self.interval,
-                )
-            self._window, self._count, self._dropped = now, 0, 0
-        if self._count >= self.burst:
-            self._dropped += 1
-            return False
-        self._count += 1
-        repeats = int(last[1]) if last is not None else 0
-        self._last[key] = [now, 0]
-        self._last.move_to_end(key)
-        while len(self._last) > self.max_keys:
-            self._last.popitem(last=False)
-        if repeats:
-            format += " ({repeats} more like it since the last such line)"
-        self._log.emit(level, format, repeats=repeats, **kw)
-        return True
+        return self.emit_line(self._log, key, level, format, kw)
 
 
 @attrs.frozen(eq=False)
@@ -785,40 +763,6 @@ class PortLimits:
     max_handshakes_per_address: int = DEFAULT_MAX_HANDSHAKES_PER_ADDRESS
     max_connections_per_address: int = DEFAULT_MAX_CONNECTIONS_PER_ADDRESS
 
-    @classmethod
-    def from_options(cls, options: Mapping[str, Any], port: str) -> PortLimits:
-        """
-        The limits of C{port} (C{"store"} or C{"query"}) from the parsed
-        options: the shared C{tls-handshake-timeout}, C{max-handshakes},
-        C{max-handshakes-per-address}, C{max-connections-per-address} and the
-        port's own C{<port>-max-connections}, C{<port>-idle-timeout}; an
-        option not given takes its default.
-        """
-        idle, most = _PORT_DEFAULTS[port]
-
-        def get(name: str, default: float) -> Any:
-            value = options.get(name)
-            return default if value is None else value
-
-        return cls(
-            handshake_timeout=float(get("tls-handshake-timeout", DEFAULT_TLS_HANDSHAKE_TIMEOUT)),
-            idle_timeout=float(get(f"{port}-idle-timeout", idle)),
-            max_connections=int(get(f"{port}-max-connections", most)),
-            max_handshakes=int(get("max-handshakes", DEFAULT_MAX_HANDSHAKES)),
-            max_handshakes_per_address=int(
-                get("max-handshakes-per-address", DEFAULT_MAX_HANDSHAKES_PER_ADDRESS)
-            ),
-            max_connections_per_address=int(
-                get("max-connections-per-address", DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)
-            ),
-        )
-
-
-_PORT_DEFAULTS: dict[str, tuple[float, int]] = {
-    "store": (DEFAULT_STORE_IDLE_TIMEOUT, DEFAULT_STORE_MAX_CONNECTIONS),
-    "query": (DEFAULT_QUERY_IDLE_TIMEOUT, DEFAULT_QUERY_MAX_CONNECTIONS),
-}
-
 
 @attrs.define
 class PortStats:
@@ -860,7 +804,7 @@ class BoundedTLSProtocol(BufferingTLSTransport):
     factory: BoundedTLSFactory
 
     def __init__(
-        self, factory: BoundedTLSFactory, wrappedProtocol: Any, _connectWrapped: bool = True
+        self, factory: BoundedTLSFactory, wrappedProtocol: IProtocol, _connectWrapped: bool = True
     ) -> None:
         super().__init__(factory, wrappedProtocol, _connectWrapped)
         self.peer: object = None
@@ -870,12 +814,13 @@ class BoundedTLSProtocol(BufferingTLSTransport):
         self._timer: IDelayedCall | None = None
         self._seconds = seconds = factory.clock.seconds
         self.last_activity = seconds()
-        aggregate = self.write
+        aggregate: Callable[[bytes], None] = self.write  # Twisted's is unannotated
 
         def write(data: bytes) -> None:
             self.last_activity = seconds()
             aggregate(data)
 
+        # Per connection, the write that stamps the activity (mypy forbids the assignment).
         self.write = write  # type: ignore[method-assign]
 
     @property
@@ -885,7 +830,7 @@ class BoundedTLSProtocol(BufferingTLSTransport):
         """
         return _peer_text(self.peer)
 
-    def makeConnection(self, transport: Any) -> None:
+    def makeConnection(self, transport: ITCPTransport) -> None:
         self.peer = transport.getPeer()
         self.peer_address = _address_key(self.peer)
         if not self.factory.admit(self):
@@ -898,10 +843,10 @@ class BoundedTLSProtocol(BufferingTLSTransport):
         self._timer = factory.clock.callLater(
             factory.limits.handshake_timeout, self._handshake_timed_out
         )
-        super().makeConnection(transport)
+        super().makeConnection(transport)  # type: ignore[no-untyped-call]  # Twisted's TLSMemoryBIOProtocol is unannotated
 
     def _checkHandshakeStatus(self) -> None:
-        super()._checkHandshakeStatus()
+        super()._checkHandshakeStatus()  # type: ignore[no-untyped-call]  # Twisted's TLSMemoryBIOProtocol is unannotated
         if self._handshakeDone and not self.established and self._admitted and not self._aborted:
             self.established = True
             self._cancel_timer()
@@ -912,11 +857,17 @@ class BoundedTLSProtocol(BufferingTLSTransport):
 
     def dataReceived(self, data: bytes) -> None:
         self.last_activity = self._seconds()
-        super().dataReceived(data)
+        super().dataReceived(data)  # type: ignore[no-untyped-call]  # Twisted's TLSMemoryBIOProtocol is unannotated
 
-    def writeSequence(self, sequence: Any) -> None:
+    def writeSequence(self, sequence: Iterable[bytes]) -> None:
         self.last_activity = self._seconds()
         super().writeSequence(sequence)
+
+    def abortConnection(self) -> None:
+        """
+        Close at once (as Twisted's, with a typed signature for the callers here).
+        """
+        super().abortConnection()  # type: ignore[no-untyped-call]  # Twisted's TLSMemoryBIOProtocol is unannotated
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer.active():
@@ -1152,7 +1103,7 @@ class TLSServerEndpoint:
         """
         clock = self.clock
         if clock is None:
-            from twisted.internet import reactor as clock  # type: ignore[assignment]
+            from twisted.internet import reactor as clock
         assert clock is not None
         return BoundedTLSFactory(
             self.context_source,
@@ -1195,7 +1146,7 @@ def verified_chain(connection: SSL.Connection) -> list[x509.Certificate]:
     return list(chain) if chain else []
 
 
-def transport_chain(transport: Any) -> list[x509.Certificate]:
+def transport_chain(transport: object) -> list[x509.Certificate]:
     """
     @return: the verified chain of a TLS transport (C{getHandle()} is its
         L{SSL.Connection}), empty if it is not one.

@@ -9,7 +9,8 @@ Two parts:
     seconds are logged; the rest are counted and reported in one summary line
     when the window is over (at the cause's next warning, or at L{flush}, which
     the service calls every window). L{warn} logs through the process-wide
-    L{LIMITER}, which C{lbtwist.tap} configures from the options.
+    L{LIMITER}, which C{lbtwist.tap} configures from the options. The limiter
+    itself is the shared L{lbtwist.security.ratelimit.RateLimitedLog}.
   - L{logger}: a C{twistd --logger} factory writing the twistd log to a file
     rotated at C{log-max-size} bytes, keeping C{log-max-files} rotated files
     (twistd's own file log rotates at 1 MB and keeps every file). C{lbtwist.tap}
@@ -23,14 +24,17 @@ import os
 import signal
 import time
 from collections.abc import Mapping
+from types import FrameType
 from typing import Any
 
 import attrs
 from twisted.application.internet import TimerService
-from twisted.logger import ILogObserver, Logger, textFileLogObserver
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import ILogObserver, Logger, LogLevel, textFileLogObserver
 from twisted.python.logfile import LogFile
 
 from lbtwist import config
+from lbtwist.security.ratelimit import RateLimitedLog, Seconds
 
 #: Warning lines per cause and window before the rest are only counted.
 DEFAULT_WARNINGS_PER_MINUTE = config.DEFAULT_WARNINGS_PER_MINUTE
@@ -59,25 +63,11 @@ class _WallClock:
         return time.time()
 
 
-@attrs.define
-class _Window:
-    log: Logger
-    format: str
-    start: float
-    emitted: int = 0
-    suppressed: int = 0
-
-
-def _short(value: object, limit: int) -> object:
-    if isinstance(value, (str, bytes)) and len(value) > limit:
-        return value[:limit] + (b"..." if isinstance(value, bytes) else "...")  # type: ignore[operator]
-    return value
-
-
-class WarningLimiter:
+class WarningLimiter(RateLimitedLog):
     """
     At most C{lines} warnings per cause every C{period} seconds, then one summary
-    line with the count of the suppressed ones.
+    line with the count of the suppressed ones (a L{RateLimitedLog} keyed by the
+    logger's namespace and the cause).
 
     @param clock: provides C{seconds()} (default: the wall clock).
     @param lines: warnings logged per cause and window.
@@ -89,90 +79,44 @@ class WarningLimiter:
     def __init__(
         self,
         *,
-        clock: Any = None,
+        clock: Seconds | None = None,
         lines: int = DEFAULT_WARNINGS_PER_MINUTE,
         period: float = WINDOW,
         max_value: int = MAX_VALUE,
         max_causes: int = MAX_CAUSES,
     ) -> None:
-        self.configure(clock=clock, lines=lines, period=period)
-        self.max_value = max_value
-        self.max_causes = max_causes
-        self._windows: dict[tuple[str, str], _Window] = {}
+        super().__init__(
+            clock if clock is not None else _WallClock(),
+            lines=lines,
+            period=period,
+            max_keys=max_causes,
+            max_value=max_value,
+        )
 
     def configure(
-        self, *, clock: Any = None, lines: int = DEFAULT_WARNINGS_PER_MINUTE, period: float = WINDOW
+        self,
+        *,
+        clock: Seconds | None = None,
+        lines: int = DEFAULT_WARNINGS_PER_MINUTE,
+        period: float = WINDOW,
     ) -> None:
         """
-        Set the clock and the limits (windows under way keep their counts).
+        Set the clock (default: the wall clock) and the limits (windows under way
+        keep their counts).
         """
-        if lines < 1 or period <= 0:
-            raise ValueError("a warning limit needs lines >= 1 and period > 0")
-        self.clock = clock if clock is not None else _WallClock()
-        self.lines = lines
-        self.period = period
+        super().configure(
+            clock=clock if clock is not None else _WallClock(), lines=lines, period=period
+        )
 
-    def warn(self, log: Logger, format: str, *, cause: str | None = None, **kwargs: Any) -> bool:
+    def warn(self, log: Logger, format: str, *, cause: str | None = None, **kwargs: object) -> bool:
         """
         C{log.warn(format, **kwargs)} unless this cause's quota for the window is used.
 
         @param cause: what is counted together (default: C{format}).
         @return: whether the line was logged.
         """
-        now = self.clock.seconds()
         key = (log.namespace, cause if cause is not None else format)
-        window = self._windows.get(key)
-        if window is None:
-            if len(self._windows) >= self.max_causes:
-                self._forget(now)
-            window = self._windows[key] = _Window(log, format, now)
-        elif now >= window.start + self.period:
-            self._close(window)
-            window.start = now
-        if window.emitted >= self.lines:
-            window.suppressed += 1
-            return False
-        window.emitted += 1
-        limit = self.max_value
-        log.warn(format, **{k: _short(v, limit) for k, v in kwargs.items()})
-        return True
-
-    def _close(self, window: _Window) -> None:
-        if window.suppressed:
-            window.log.warn(
-                "{suppressed} more warnings like {like!r} suppressed in {period:.0f} s",
-                suppressed=window.suppressed,
-                like=window.format,
-                period=self.period,
-            )
-        window.emitted = window.suppressed = 0
-
-    def _forget(self, now: float) -> None:
-        for key, window in list(self._windows.items()):
-            if now >= window.start + self.period:
-                self._close(window)
-                del self._windows[key]
-        while len(self._windows) >= self.max_causes:
-            key = next(iter(self._windows))
-            self._close(self._windows.pop(key))
-
-    def flush(self, *, everything: bool = False) -> None:
-        """
-        Log the summary of every window that is over, and forget the quiet causes.
-
-        @param everything: summarize the windows under way too (at shutdown).
-        """
-        now = self.clock.seconds()
-        for key, window in list(self._windows.items()):
-            if everything or now >= window.start + self.period:
-                self._close(window)
-                del self._windows[key]
-
-    def suppressed(self) -> int:
-        """
-        @return: warnings suppressed in the current windows (not yet summarized).
-        """
-        return sum(w.suppressed for w in self._windows.values())
+        return self.emit_line(log, key, LogLevel.warn, format, kwargs)
 
 
 class SummaryService(TimerService):
@@ -181,7 +125,7 @@ class SummaryService(TimerService):
     stops (the counts of a flood that ends the process are not lost).
     """
 
-    def __init__(self, limiter: WarningLimiter, clock: Any) -> None:
+    def __init__(self, limiter: WarningLimiter, clock: IReactorTime) -> None:
         super().__init__(limiter.period, limiter.flush)
         self.clock = clock
         self.limiter = limiter
@@ -309,7 +253,7 @@ def logger() -> Any:
     file = settings.open()
     if not signal.getsignal(signal.SIGUSR1):
 
-        def rotate(signum: int, frame: Any) -> None:
+        def rotate(signum: int, frame: FrameType | None) -> None:
             from twisted.internet import reactor
 
             reactor.callFromThread(file.rotate)  # type: ignore[attr-defined]

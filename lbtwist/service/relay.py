@@ -168,7 +168,7 @@ class RelayProtocol(Protocol):
         """
         Drop the connection at once.
         """
-        transport: Any = self.transport
+        transport = self.transport
         if transport is None:
             return
         abort = getattr(transport, "abortConnection", None)

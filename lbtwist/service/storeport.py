@@ -37,6 +37,7 @@ from lbtwist.core.errors import (
     UnknownJob,
 )
 from lbtwist.core.events import Event, parse_event
+from lbtwist.core.states.status import JobStatus
 from lbtwist.security.authz import (
     ACCESS_EVENTS,
     WMS_SOURCES,
@@ -580,7 +581,7 @@ class StorePortFactory(Factory["StorePortProtocol"]):
         return self._load(jobid)
 
     def _load(self, jobid: str) -> Deferred[JobRights | bool | None]:
-        def looked_up(status: Any) -> JobRights | None:
+        def looked_up(status: JobStatus | None) -> JobRights | None:
             if status is None:
                 return None
             rights = JobRights.of(status)
@@ -638,10 +639,9 @@ def make_store_port_service(
     """
     import os
 
-    from twisted.internet.endpoints import serverFromString
-
     from lbtwist.security.identity import PeerIdentity
-    from lbtwist.security.tls import quote_for_log, tls_server_endpoint
+    from lbtwist.security.tls import quote_for_log
+    from lbtwist.service.ports import tls_listener
 
     if voms_dir is not None and not os.path.isdir(voms_dir):
         voms_dir = None
@@ -663,17 +663,16 @@ def make_store_port_service(
             dn=quote_for_log(who.dn if who is not None else None),
         )
 
-    tls_endpoint = tls_server_endpoint(
-        serverFromString(reactor, endpoint),
+    # A server that cannot listen on its store port must not run on.
+    service = tls_listener(
+        reactor,
+        endpoint,
         source,
+        factory,
         limits=limits,
-        clock=reactor,
         port="store",
         on_established=log_connection,
     )
-    service = StreamServerEndpointService(tls_endpoint, factory)
-    # A server that cannot listen on its store port must not run on.
-    service._raiseSynchronously = True
     log.info(
         "store port on {endpoint} (TLS), grey jobs {grey}; {authorization}",
         endpoint=endpoint,

@@ -68,6 +68,9 @@ NO_RELAY = PRIO_DIRECT | PRIO_INTERNAL
 _REPARSE_LIMITS: dict[str, int] = {"max_fields": 1_000_000, "max_size": 1 << 31}
 
 Identity = tuple[str, str, str, int, str, str, str]
+#: Spool file offsets committed with a group: file name -> C{(inode, offset)}, or
+#: L{None} to forget the file (it was removed).
+SpoolOffsets = dict[str, "tuple[int, int] | None"]
 
 #: Default: a status checkpoint every this many events of a job (in key order).
 CHECKPOINT_EVERY = 256
@@ -262,6 +265,8 @@ class BatchPlan:
     #: L{checkpoints}).
     cuts: list[tuple[str, bytes]] = attrs.Factory(list)
     checkpoints: list[CheckpointRow] = attrs.Factory(list)
+    #: Spool file offsets committed with these events (L{SpoolOffsets}).
+    offsets: SpoolOffsets = attrs.Factory(dict)
 
 
 class StoreBackend(Protocol):
@@ -440,14 +445,19 @@ class BatchProcessor:
         policy = self.policy
         return None if policy is None else policy.destination(jobid)
 
-    def process(self, items: list[tuple[str, Event, int]]) -> list[StoreResult | LBError]:
+    def process(
+        self, items: list[tuple[str, Event, int]], offsets: SpoolOffsets | None = None
+    ) -> list[StoreResult | LBError]:
         """
-        Store one commit group: C{(line, event, arrived)} items.
+        Store one commit group: C{(line, event, arrived)} items, and the spool file
+        offsets read with them (written in the same transaction).
         """
         touched: dict[str, _JobWork] = {}
         self._budget = self.refold_slice
         try:
             plan = BatchPlan()
+            if offsets:
+                plan.offsets = offsets
             outcome: list[tuple[str, int | LBError | None]] = []
             for line, ev, arrived in items:
                 work = touched.get(ev.jobid)
@@ -469,7 +479,7 @@ class BatchProcessor:
                 if work.new or work.changed:
                     plan.jobs.append(_job_row(jobid, work, jobid in self._refolds))
                     self._plan_checkpoints(plan, jobid, work)
-            if plan.jobs:
+            if plan.jobs or plan.offsets:
                 self._backend.write(plan)
         except Exception as e:
             for jobid in touched:
@@ -965,7 +975,7 @@ class GroupCommit:
     def __init__(
         self,
         clock: IReactorTime,
-        process: Callable[[list[tuple[str, Event, int]]], Results],
+        process: Callable[..., Results],
         runner: Runner,
         pending: Callable[[], bool] | None = None,
     ) -> None:
@@ -974,6 +984,7 @@ class GroupCommit:
         self._runner = runner
         self._pending = pending
         self._queue: list[tuple[list[tuple[str, Event, int]], Deferred[Results]]] = []
+        self._offsets: SpoolOffsets = {}
         self._running = False
         self._idle: list[Deferred[None]] = []
         self._background: IDelayedCall | None = None
@@ -990,15 +1001,20 @@ class GroupCommit:
             self._background.cancel()
         self._background = None
 
-    def submit(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
+    def submit(
+        self, items: list[tuple[str, Event]], offsets: SpoolOffsets | None = None
+    ) -> Deferred[list[StoreResult | LBError]]:
         """
-        Queue items, stamped with their arrival time, for the next commit group.
+        Queue items, stamped with their arrival time, for the next commit group;
+        C{offsets} are written in the same transaction (later ones win).
         """
         now = int(self._clock.seconds() * 1_000_000)
         d: Deferred[Results] = Deferred()
-        if not items:
+        if not items and not offsets:
             d.callback([])
             return d
+        if offsets:
+            self._offsets.update(offsets)
         self._queue.append(([(line, ev, now) for line, ev in items], d))
         if not self._running:
             self._next()
@@ -1041,10 +1057,14 @@ class GroupCommit:
                 d.callback(None)
             return
         group, self._queue = self._queue, []
+        offsets, self._offsets = self._offsets, {}
         items = [item for part, _ in group for item in part]
         self._running = True
         self.commits += 1
-        result = self._runner(lambda: self._process(items))
+        if offsets:
+            result = self._runner(lambda: self._process(items, offsets))
+        else:
+            result = self._runner(lambda: self._process(items))
 
         def done(results: Results) -> None:
             start = 0
@@ -1224,10 +1244,12 @@ class GroupedWrites:
     _notifier: CommitNotifier
     _outbox: OutboxWriter
 
-    def store(self, items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
+    def store(
+        self, items: list[tuple[str, Event]], offsets: SpoolOffsets | None = None
+    ) -> Deferred[list[StoreResult | LBError]]:
         if self._closed:
             return fail(TryAgain("store closed"))
-        return self._commit.submit(items).addCallback(self._notifier.notify)
+        return self._commit.submit(items, offsets).addCallback(self._notifier.notify)
 
     def outbox_ack(self, ids: list[int]) -> Deferred[None]:
         if self._closed:

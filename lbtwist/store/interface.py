@@ -148,12 +148,21 @@ class IEventStore(Interface):
         "C{True} for a store given a relay policy (a proxy's): its events may get outbox rows."
     )
 
-    def store(items: list[tuple[str, Event]]) -> Deferred[list[StoreResult | LBError]]:
+    def store(
+        items: list[tuple[str, Event]], offsets: dict[str, tuple[int, int] | None] | None = None
+    ) -> Deferred[list[StoreResult | LBError]]:
         """
         Store events (raw line and parsed event) in one group commit.
 
+        @param offsets: spool file offsets (name -> C{(inode, offset)}, or L{None}
+            to forget a file) written in the same transaction as the events.
         @return: C{Deferred[list[StoreResult | LBError]]}, one per item, in order;
             fires only once the group is durable.
+        """
+
+    def spool_offsets() -> Deferred[dict[str, tuple[int, int]]]:
+        """
+        @return: the committed spool file offsets, name -> C{(inode, offset)}.
         """
 
     def status(jobid: str) -> Deferred[JobStatus | None]:

@@ -39,6 +39,7 @@ from lbtwist.store.batch import (
     OutboxWriter,
     RejectRow,
     Runner,
+    SpoolOffsets,
     check_tuning,
     cream_key,
     dupkey,
@@ -227,6 +228,22 @@ def _migrate_v5_fold(conn: sqlite3.Connection) -> None:
     _script(conn, _V5_INDEXES)
 
 
+_V6_SPOOL = """
+CREATE TABLE spool_offsets (
+    name TEXT PRIMARY KEY,
+    inode INTEGER NOT NULL,
+    offset INTEGER NOT NULL
+)
+"""
+
+
+def _migrate_v6_spool(conn: sqlite3.Connection) -> None:
+    """
+    The committed offsets of the interlogger spool files (written with their events).
+    """
+    _script(conn, _V6_SPOOL)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
@@ -234,6 +251,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v3_rejected,
     _migrate_v4_query,
     _migrate_v5_fold,
+    _migrate_v6_spool,
 ]
 
 #: The schema version this code writes.
@@ -447,6 +465,8 @@ class SQLiteBackend:
                     "INSERT INTO outbox (destination, event_id) VALUES (?, ?)",
                     [(o.destination, o.event_id) for o in plan.outbox],
                 )
+            if plan.offsets:
+                _write_offsets(conn, plan.offsets)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -489,6 +509,17 @@ class SQLiteBackend:
                 conn.execute("ROLLBACK")
             raise
         self.transactions += 1
+
+
+def _write_offsets(conn: sqlite3.Connection, offsets: SpoolOffsets) -> None:
+    gone = [(name,) for name, spooled in offsets.items() if spooled is None]
+    if gone:
+        conn.executemany("DELETE FROM spool_offsets WHERE name = ?", gone)
+    conn.executemany(
+        "INSERT INTO spool_offsets (name, inode, offset) VALUES (?, ?, ?)"
+        " ON CONFLICT (name) DO UPDATE SET inode = excluded.inode, offset = excluded.offset",
+        [(name, s[0], s[1]) for name, s in offsets.items() if s is not None],
+    )
 
 
 def _stored(row: tuple[Any, ...]) -> StoredEvent:
@@ -545,6 +576,10 @@ class Queries:
             (jobid,),
         ).fetchall()
         return [_stored(row) for row in rows]
+
+    def spool_offsets(self) -> dict[str, tuple[int, int]]:
+        rows = self.conn.execute("SELECT name, inode, offset FROM spool_offsets")
+        return {name: (int(inode), int(offset)) for name, inode, offset in rows}
 
     def events_range(self, jobid: str, after: int, limit: int) -> list[StoredEvent]:
         rows = self.conn.execute(
@@ -817,6 +852,12 @@ class SQLiteStore(GroupedWrites):
 
     def events(self, jobid: str) -> Deferred[list[StoredEvent]]:
         return self._read(lambda: self._queries.events(jobid))
+
+    def spool_offsets(self) -> Deferred[dict[str, tuple[int, int]]]:
+        """
+        The committed spool file offsets: name -> C{(inode, offset)}.
+        """
+        return self._read(self._queries.spool_offsets)
 
     def last_seqcode(self, jobid: str) -> Deferred[str | None]:
         return self._read(lambda: self._queries.last_seqcode(jobid))

@@ -9,12 +9,13 @@ import hashlib
 import io
 import re
 import stat
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from asn1crypto import core as asn1
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.security import devcerts
@@ -142,6 +143,58 @@ class DevPKITests(SynchronousTestCase):
         self.assertEqual(again.directory, self.dir)
         self.assertTrue(again.exists())
         self.assertNotEqual(again.ca_cert.read_bytes(), before)
+
+
+class ServiceDevPKITests(SynchronousTestCase):
+    """
+    L{devcerts.dev_pki}: the development PKI of a service without host
+    credentials, made once under the state directory, its user proxy renewed.
+    """
+
+    def setUp(self) -> None:
+        self.state = Path(self.mktemp())
+        self.clock = Clock()
+        self.clock.advance(NOW.timestamp())
+
+    def proxy_expiry(self, pki: devcerts.DevPKI) -> datetime:
+        return x509.load_pem_x509_certificate(pki.user_proxy.read_bytes()).not_valid_after_utc
+
+    def test_made_then_reused(self) -> None:
+        pki = devcerts.dev_pki(self.state, self.clock)
+        self.assertEqual(pki.directory, self.state / devcerts.DEV_PKI_DIR)
+        ca = pki.ca_cert.read_bytes()
+        again = devcerts.dev_pki(self.state, self.clock)
+        self.assertEqual((again, again.ca_cert.read_bytes()), (pki, ca))
+
+    def test_valid_proxy_kept(self) -> None:
+        pki = devcerts.dev_pki(self.state, self.clock)
+        proxy = pki.user_proxy.read_bytes()
+        self.clock.advance(timedelta(hours=10).total_seconds())
+        devcerts.dev_pki(self.state, self.clock)
+        self.assertEqual(pki.user_proxy.read_bytes(), proxy)
+
+    def test_expiring_proxy_renewed(self) -> None:
+        """
+        A user proxy that expires within the hour is replaced by one valid for
+        12 hours from now, issued by the same user; the CA stays.
+        """
+        pki = devcerts.dev_pki(self.state, self.clock)
+        ca = pki.ca_cert.read_bytes()
+        self.clock.advance(timedelta(hours=11, minutes=30).total_seconds())
+        now = datetime.fromtimestamp(self.clock.seconds(), UTC)
+        devcerts.dev_pki(self.state, self.clock)
+        self.assertEqual(self.proxy_expiry(pki), (now + timedelta(hours=12)).replace(microsecond=0))
+        chain = x509.load_pem_x509_certificates(pki.user_proxy.read_bytes())
+        self.assertTrue(is_proxy(chain[0]))
+        self.assertEqual(chain[1], x509.load_pem_x509_certificate(pki.user_cert.read_bytes()))
+        self.assertEqual(stat.S_IMODE(pki.user_proxy.stat().st_mode), 0o600)
+        self.assertEqual(pki.ca_cert.read_bytes(), ca)
+
+    def test_unreadable_proxy_renewed(self) -> None:
+        pki = devcerts.dev_pki(self.state, self.clock)
+        pki.user_proxy.write_bytes(b"not a certificate")
+        devcerts.dev_pki(self.state, self.clock)
+        self.assertTrue(is_proxy(x509.load_pem_x509_certificate(pki.user_proxy.read_bytes())))
 
 
 class MainTests(SynchronousTestCase):

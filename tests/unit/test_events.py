@@ -698,3 +698,44 @@ def parse_fields_or_fail(
         return parse_fields(line)
     except LBError as e:
         case.fail(f"{path}:{number}: {e}")
+
+
+#: A RegJob as L&B's Java producer (ContextIL, driven by CREAM's LBLogger) writes it:
+#: DG.LLLID first, the 20-digit DATE, two spaces before the event's own fields, every
+#: field written, and the parent job id Java's "null".
+JAVA_REGJOB = (
+    'DG.LLLID="0" DG.USER="/C=IT/O=INFN/CN=Test User" DATE=20261201221300123000 '
+    'HOST="ce.example.org" PROG=edg-wms LVL=SYSTEM DG.PRIORITY=0 DG.SOURCE="CREAMExecutor" '
+    'DG.SRC_INSTANCE="" DG.EVNT="RegJob" DG.JOBID="https://ce.example.org:8443/CREAM123456789" '
+    'DG.SEQCODE="no_seqcodes_with_cream_register_cheat"  DG.REGJOB.JDL="[ a = 1 ]" '
+    'DG.REGJOB.NS="https://ce.example.org:8443/ce-cream/services" DG.REGJOB.PARENT="null" '
+    'DG.REGJOB.JOBTYPE="CREAM" DG.REGJOB.NSUBJOBS="0" DG.REGJOB.SEED="" DG.REGJOB.WMS_DN=""'
+)
+
+
+class JavaProducerTests(SynchronousTestCase):
+    """
+    Lines of L&B's Java producer parse as L&B's C parser took them.
+    """
+
+    def test_null_parent(self) -> None:
+        """
+        C{DG.REGJOB.PARENT="null"} is no parent (L&B ignored the failed parse): the
+        RegJob is not lost, and its round trip holds.
+        """
+        ev = parse_event(JAVA_REGJOB)
+        self.assertEqual((ev.type, ev.fields["jobtype"]), ("RegJob", "CREAM"))
+        self.assertNotIn("parent", ev.fields)
+        self.assertEqual(ev.date, 1796163180123000)
+        self.assertIn(("DG.LLLID", "0"), ev.extra)
+        self.assertEqual(parse_event(format_event(ev)), ev)
+
+    def test_null_only_for_job_ids(self) -> None:
+        """
+        Elsewhere "null" is a value like any other, and a job id field with any
+        other bad value is still an error.
+        """
+        with self.assertRaises(JobIdFormat):
+            parse_event(JAVA_REGJOB.replace('PARENT="null"', 'PARENT="nil"'))
+        ev = parse_event(JAVA_REGJOB.replace('DG.REGJOB.SEED=""', 'DG.REGJOB.SEED="null"'))
+        self.assertEqual(ev.fields["seed"], "null")

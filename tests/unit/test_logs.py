@@ -139,7 +139,7 @@ class LimiterTests(SynchronousTestCase):
         for i in range(10):
             for _ in range(2):
                 limiter.warn(self.out.log, f"cause {i}")
-        self.assertLessEqual(len(limiter._windows), 4)
+        self.assertLessEqual(limiter.tracked(), 4)
         self.assertIn("1 more warnings like 'cause 0' suppressed in 60 s", self.out.lines())
 
     def test_bad_limits(self) -> None:

@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
@@ -32,6 +33,7 @@ from lbtwist.security.tls import (
     quote_for_log,
     tls_server_endpoint,
 )
+from lbtwist.service.ports import tls_listener
 from lbtwist.testing import MemoryStore
 from tests.certs import NOW
 from tests.unit.test_settings import store_port_service_of
@@ -353,11 +355,19 @@ class HelperTests(SynchronousTestCase):
         self.assertEqual(port.factory.connections_from("2001:db8::7"), 1)
 
     def test_limits_from_options(self) -> None:
+        """
+        C{tap.port_limits} builds each port's L{PortLimits} from the settings:
+        the shared TLS options and the port's own ones, defaults where not given.
+        """
+        from lbtwist import config, tap
+        from tests.unit.test_settings import settings_of
+
+        defaults = settings_of(config.SERVER, {})
         self.assertEqual(
-            PortLimits.from_options({}, "store"),
+            tap.port_limits(defaults, "store"),
             PortLimits(idle_timeout=300.0, max_connections=256),
         )
-        self.assertEqual(PortLimits.from_options({}, "query"), PortLimits())
+        self.assertEqual(tap.port_limits(defaults, "query"), PortLimits())
         self.assertEqual(PortLimits().idle_timeout, 60.0)
         options = {
             "tls-handshake-timeout": 2.5,
@@ -368,11 +378,9 @@ class HelperTests(SynchronousTestCase):
             "store-idle-timeout": 9.0,
             "query-max-connections": 11,
         }
-        self.assertEqual(
-            PortLimits.from_options(options, "store"),
-            PortLimits(2.5, 9.0, 7, 5, 2, 3),
-        )
-        self.assertEqual(PortLimits.from_options(options, "query").max_connections, 11)
+        settings = settings_of(config.SERVER, options)
+        self.assertEqual(tap.port_limits(settings, "store"), PortLimits(2.5, 9.0, 7, 5, 2, 3))
+        self.assertEqual(tap.port_limits(settings, "query").max_connections, 11)
 
     def test_endpoint_builds_bounded_factory(self) -> None:
         from tests.unit.test_tls import FakeEndpoint
@@ -510,3 +518,51 @@ class OptionTests(SynchronousTestCase):
         limits_doc = (ROOT / "docs" / "limits.md").read_text()
         for key in self.NAMES:
             self.assertIn(f"`--{key}", limits_doc)
+
+
+class ListenerTests(SynchronousTestCase):
+    """
+    L{tls_listener}, the listening side of the query and store ports.
+    """
+
+    def setUp(self) -> None:
+        self.fixture = Fixture(Path(self.mktemp()))
+        self.factory = Factory.forProtocol(Protocol)
+
+    def test_bounded_tls_port(self) -> None:
+        """
+        The application factory is served behind a bounded TLS factory with the
+        port's limits and name, on the endpoint description given.
+        """
+        reactor = MemoryReactorClock()
+        limits = PortLimits(max_connections=3)
+        service = tls_listener(
+            reactor,
+            "tcp:9011:interface=127.0.0.1",
+            self.fixture.source(),
+            self.factory,
+            limits=limits,
+            port="store",
+        )
+        service.privilegedStartService()
+        [(port, factory, _, interface)] = reactor.tcpServers
+        assert isinstance(factory, BoundedTLSFactory)
+        self.assertEqual((port, interface), (9011, "127.0.0.1"))
+        self.assertIs(factory.wrappedFactory, self.factory)
+        self.assertEqual((factory.limits, factory.name), (limits, "store port"))
+
+    def test_port_taken_stops_start_up(self) -> None:
+        """
+        A port that cannot be bound fails start-up (the store port as the query port).
+        """
+        from tests.unit.test_web_tls import BusyPortReactor
+
+        service = tls_listener(
+            BusyPortReactor(),
+            "tcp:9011",
+            self.fixture.source(),
+            self.factory,
+            limits=PortLimits(),
+            port="store",
+        )
+        self.assertRaises(CannotListenError, service.privilegedStartService)

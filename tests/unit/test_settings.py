@@ -206,6 +206,10 @@ class TableTests(SynchronousTestCase):
             "super-user": ["/CN=x"],
             "relay-map": ["a:1=tcp:host=b:port=2"],
             "grey-jobs": True,
+            "il-spool": "/spool/dglogd.log",
+            "il-socket": "/run/il.sock",
+            "il-keep-files": True,
+            "il-no-inotify": True,
         }
         for option in OPTIONS:
             if option.in_file and option.name not in samples:

@@ -605,4 +605,4 @@ class RefusalLogTests(SynchronousTestCase):
         limiter = RefusalLog(self.clock, interval=10, burst=1000, max_keys=4)
         for k in range(100):
             limiter.emit(k, LogLevel.info, "x")
-        self.assertEqual(len(limiter._last), 4)
+        self.assertEqual(limiter.tracked(), 4)

@@ -25,7 +25,13 @@ from lbtwist.core.states import compute_status
 from lbtwist.core.states.status import DONE_CODE_NAMES, JobStatus, done_code_value, public_dict
 from lbtwist.security.authz import parse_policy
 from lbtwist.security.identity import Identity
-from lbtwist.service.web import ACCESS_LOG_DELAY, BufferedLog, dev_commands, make_site
+from lbtwist.service.web import (
+    ACCESS_LOG_DELAY,
+    BufferedLog,
+    dev_commands,
+    endpoint_port,
+    make_site,
+)
 from lbtwist.service.web.resources import QueryResource, choose_format, split_query
 from lbtwist.store.query import unique_of
 from lbtwist.testing import MemoryStore
@@ -625,6 +631,19 @@ class SiteTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
         clock.advance(5)
         self.assertEqual(len(written), 3)
+
+    def test_endpoint_port(self) -> None:
+        """
+        The port the development commands name, from the query endpoint description.
+        """
+        table = [
+            ("ssl:9000", 9000),
+            ("tcp:9010", 9010),
+            ("tcp:port=9020:interface=\\:\\:1", 9020),
+            ("tcp:interface=127.0.0.1:9030", 9030),
+            ("unix:/run/q.sock", 9000),
+        ]
+        self.assertEqual([endpoint_port(e) for e, _ in table], [p for _, p in table])
 
     def test_dev_commands(self) -> None:
         class PKI:

@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.logfile import LogFile
 from twisted.web.http import HTTPChannel, combinedLogFormatter
@@ -33,6 +30,9 @@ from lbtwist.security.tls import PortLimits, RefusalLog, ServerContextSource, qu
 from lbtwist.service.web.render import error_body
 from lbtwist.service.web.resources import DEFAULT_PAGE_EVENTS, Identify, QueryResource
 from lbtwist.store.interface import IEventStore
+
+if TYPE_CHECKING:
+    from lbtwist.security.devcerts import DevPKI
 
 log = Logger()
 
@@ -66,8 +66,8 @@ class BufferedLog:
 
     def __init__(
         self,
-        file: Any,
-        clock: Any,
+        file: LogFile,
+        clock: IReactorTime,
         *,
         delay: float = ACCESS_LOG_DELAY,
         limit: int = ACCESS_LOG_BUFFER,
@@ -78,7 +78,7 @@ class BufferedLog:
         self.limit = limit
         self._lines: list[str] = []
         self._size = 0
-        self._call: Any = None
+        self._call: IDelayedCall | None = None
 
     def write(self, line: str) -> None:
         self._lines.append(line)
@@ -246,7 +246,7 @@ def access_log_formatter(identify: Identify) -> Any:
 def make_site(
     store: IEventStore,
     *,
-    clock: Any,
+    clock: IReactorTime,
     policy: Policy | None = None,
     super_users: Iterable[str] = (),
     voms_dir: str | os.PathLike[str] | None = None,
@@ -311,48 +311,14 @@ def make_site(
     return site
 
 
-# The development PKI.
+# The development PKI's commands.
 
 
-def _proxy_valid(path: Path, now: datetime) -> bool:
-    try:
-        cert = x509.load_pem_x509_certificate(path.read_bytes())
-    except (OSError, ValueError):
-        return False
-    return cert.not_valid_after_utc > now + timedelta(hours=1)
-
-
-def _refresh_proxy(pki: Any, now: datetime) -> None:
-    from lbtwist.security import devcerts
-
-    user_cert = x509.load_pem_x509_certificate(pki.user_cert.read_bytes())
-    user_key = load_pem_private_key(pki.user_key.read_bytes(), None)
-    proxy, proxy_key = devcerts.issue_proxy(user_cert, user_key, now=now, hours=12)  # type: ignore[arg-type]
-    devcerts.write_file(
-        pki.user_proxy,
-        devcerts.cert_pem(proxy) + devcerts.key_pem(proxy_key) + devcerts.cert_pem(user_cert),
-        0o600,
-    )
-
-
-def dev_pki(state_dir: str | os.PathLike[str], reactor: Any) -> Any:
+def endpoint_port(endpoint: str) -> int:
     """
-    The development PKI of C{<state_dir>/devcerts} (L{lbtwist.security.devcerts.ensure_dev_pki}),
-    its user proxy renewed when it expires within the hour.
-
-    @return: a L{lbtwist.security.devcerts.DevPKI}.
+    @return: the port of a server endpoint description (C{ssl:9000},
+        C{tcp:port=9000:interface=::1}); 9000 when it names none.
     """
-    from lbtwist.security import devcerts
-
-    pki = devcerts.ensure_dev_pki(state_dir, reactor, hostnames=("localhost",))
-    now = datetime.fromtimestamp(reactor.seconds(), UTC)
-    if not _proxy_valid(pki.user_proxy, now):
-        log.info("renewing the development user proxy {path}", path=str(pki.user_proxy))
-        _refresh_proxy(pki, now)
-    return pki
-
-
-def _port_of(endpoint: str) -> int:
     for part in endpoint.split(":")[1:]:
         name, eq, value = part.partition("=")
         if eq and name == "port" and value.isdigit():
@@ -362,7 +328,7 @@ def _port_of(endpoint: str) -> int:
     return 9000
 
 
-def dev_commands(pki: Any, port: int) -> list[str]:
+def dev_commands(pki: DevPKI, port: int) -> list[str]:
     """
     @return: command lines that query the service with the development user's proxy.
     """
@@ -401,9 +367,7 @@ def make_query_service(
 
     @param reactor: listens (C{serverFromString}) and keeps time.
     """
-    from twisted.internet.endpoints import serverFromString
-
-    from lbtwist.security import tls
+    from lbtwist.service.ports import tls_listener
 
     site = make_site(
         store,
@@ -420,17 +384,8 @@ def make_query_service(
         max_header_size=max_header_size,
         max_headers=max_headers,
     )
-    tls_endpoint = tls.tls_server_endpoint(
-        serverFromString(reactor, endpoint),
-        source,
-        limits=limits,
-        clock=reactor,
-        port="query",
-    )
-    service = StreamServerEndpointService(tls_endpoint, site)
-    # A proxy silently running without its query port is worse than one that fails:
-    # a port that cannot be bound stops start-up, as the intake's does.
-    service._raiseSynchronously = True
+    # A port that cannot be bound stops start-up, as the intake's does.
+    service = tls_listener(reactor, endpoint, source, site, limits=limits, port="query")
     log.info("queries over HTTPS on {query}", query=endpoint)
     return service
 
@@ -443,7 +398,7 @@ __all__ = [
     "QuerySite",
     "access_log_formatter",
     "dev_commands",
-    "dev_pki",
+    "endpoint_port",
     "make_query_service",
     "make_site",
 ]

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlencode
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -217,7 +218,7 @@ class QueryResource(Resource):
         self,
         store: IEventStore,
         *,
-        clock: Any,
+        clock: IReactorTime,
         policy: Policy,
         super_users: Iterable[str],
         identify: Identify,

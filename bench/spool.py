@@ -1,0 +1,226 @@
+# -*- test-case-name: tests.e2e.test_spool -*-
+"""
+Benchmark of the interlogger-compatible intake (C{--il-spool}, C{--il-socket})
+beside the socket intake, each on a fresh C{twistd lbproxy} in the same run.
+
+Runs (the three intakes in turn, C{--rounds} times; medians reported), each with C{--writers} producer processes (16) logging direct CREAM jobs'
+traces (the events of L{bench.intake}):
+
+  - the socket intake: the line framing, pipelined (window 64), as L{bench.intake};
+  - the spool with pokes: each event appended to its job's file under a lock and
+    poked, as L&B's Java C{ContextIL} does with a socket;
+  - the spool without pokes (CREAM's C{LBLogger} never pokes): inotify finds them;
+  - poke latency: one producer logs one poked event at a time while the others
+    are idle, and waits until it is in the store (polled every 1 ms).
+
+The spool runs count an event when it is in the store (polled every 20 ms).
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.spool [--count 32000] [--writers 16]
+
+Targets: spool rates >= 0.8 x the socket intake's; median poked-event latency
+<= 50 ms. The last line is a one-line summary and the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.intake import connection_lines, drive
+from tests.e2e.contextil import ContextILWriter, java_form
+from tests.e2e.harness import T0, LBService, cream_jobid, ulm_line
+
+
+def stored(db: str) -> int:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
+
+
+def writer(prefix: str, sock: str | None, conn: int, count: int, run: int, start: Any) -> None:
+    lines = [java_form(line) for line in connection_lines(conn, count, run)]
+    w = ContextILWriter(prefix, sock)
+    start.wait()
+    for line in lines:
+        w.log(line)
+
+
+def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count: int, run: int):
+    """
+    C{count} events from C{writers} processes appending (and poking if C{sock});
+    the time until all are stored.
+    """
+    ctx = multiprocessing.get_context("fork")
+    start = ctx.Event()
+    per = count // writers
+    procs = [
+        ctx.Process(target=writer, args=(prefix, sock, c, per, run, start)) for c in range(writers)
+    ]
+    for p in procs:
+        p.start()
+    time.sleep(0.5)
+    before = stored(svc.db_path)
+    t0 = time.perf_counter()
+    start.set()
+    total = per * writers
+    written_at = None
+    while True:
+        n = stored(svc.db_path) - before
+        if written_at is None and not any(p.is_alive() for p in procs):
+            written_at = time.perf_counter()
+        if n >= total:
+            break
+        if time.perf_counter() - t0 > 600:
+            raise RuntimeError(f"only {n} of {total} events stored")
+        time.sleep(0.02)
+    seconds = time.perf_counter() - t0
+    for p in procs:
+        p.join()
+    return {
+        "events": total,
+        "seconds": seconds,
+        "rate": total / seconds,
+        "write_seconds": (written_at or time.perf_counter()) - t0,
+    }
+
+
+def latency(svc: LBService, prefix: str, sock: str, probes: int) -> list[float]:
+    """
+    Seconds from the append (and poke) of one event to its row in the store.
+    """
+    w = ContextILWriter(prefix, sock)
+    jobid = cream_jobid(999_000_001)
+    conn = sqlite3.connect(f"file:{svc.db_path}?mode=ro", uri=True, timeout=5)
+    result = []
+    try:
+        for n in range(probes):
+            date = T0 + 10**12 + n * 1000
+            line = ulm_line(
+                "CREAMStatus",
+                jobid=jobid,
+                date=date,
+                source="CREAMExecutor",
+                seqcode=f"no_seqcodes_with_cream_probe_{n}",
+                result="DONE",
+                new_state="RUNNING",
+            )
+            t0 = time.perf_counter()
+            w.log(java_form(line))
+            while True:
+                try:
+                    if conn.execute(
+                        "SELECT 1 FROM events WHERE jobid = ? AND date = ?", (jobid, date)
+                    ).fetchone():
+                        break
+                except sqlite3.OperationalError:
+                    # Opened before the service had made its schema: open again.
+                    conn.close()
+                    conn = sqlite3.connect(f"file:{svc.db_path}?mode=ro", uri=True, timeout=5)
+                if time.perf_counter() - t0 > 10:
+                    raise RuntimeError("probe event not stored in 10 s")
+                time.sleep(0.001)
+            result.append(time.perf_counter() - t0)
+            time.sleep(0.02)
+    finally:
+        conn.close()
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Spool intake benchmark.")
+    parser.add_argument("--count", type=int, default=32_000, help="events per run")
+    parser.add_argument("--writers", type=int, default=16)
+    parser.add_argument("--window", type=int, default=64, help="socket run: unanswered events")
+    parser.add_argument("--probes", type=int, default=100, help="latency probes")
+    parser.add_argument("--rounds", type=int, default=3, help="turns of the three intakes")
+    parser.add_argument("--dir", help="work directory (default: a new temporary one)")
+    args = parser.parse_args(argv)
+    base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-spool-")
+    sock_dir = tempfile.mkdtemp(prefix="lbtwist-il-")
+
+    def service(run: int, *extra: str) -> tuple[LBService, str, str]:
+        spool = os.path.join(base, f"spool{run}")
+        os.makedirs(spool)
+        prefix = os.path.join(spool, "dglogd.log")
+        sock = os.path.join(sock_dir, f"il{run}.sock")
+        svc = LBService(
+            os.path.join(base, f"run{run}"),
+            ["--il-spool", prefix, "--il-socket", sock, "--il-keep-files", *extra],
+        )
+        svc.start()
+        return svc, prefix, sock
+
+    rates: dict[str, list[float]] = {"socket": [], "spool, poked": [], "spool, no pokes": []}
+    run = 0
+    # The three intakes take turns, --rounds times: a busy box slows them alike.
+    for _ in range(args.rounds):
+        svc, prefix, sock = service(run)
+        try:
+            r = drive(svc.socket_path, args.writers, args.count, run, args.window, None)
+        finally:
+            svc.cleanup()
+        run += 1
+        rates["socket"].append(r["rate"])
+        print(
+            f"socket intake, {args.writers} connections (window {args.window}): "
+            f"{r['rate']:,.0f} events/s",
+            flush=True,
+        )
+        for name, poke in (("spool, poked", True), ("spool, no pokes", False)):
+            svc, prefix, sock = service(run)
+            try:
+                r = spool_run(svc, prefix, sock if poke else None, args.writers, args.count, run)
+            finally:
+                svc.cleanup()
+            run += 1
+            rates[name].append(r["rate"])
+            print(
+                f"{name}, {args.writers} writers: {r['rate']:,.0f} events/s stored "
+                f"({int(r['events'])} events in {r['seconds']:.2f} s; appended in "
+                f"{r['write_seconds']:.2f} s)",
+                flush=True,
+            )
+    figures = {name: {"rate": statistics.median(values)} for name, values in rates.items()}
+    svc, prefix, sock = service(run)
+    try:
+        lat = sorted(latency(svc, prefix, sock, args.probes))
+    finally:
+        svc.cleanup()
+    median = statistics.median(lat) * 1000
+    p99 = lat[max(0, int(len(lat) * 0.99) - 1)] * 1000
+    print(f"poked event stored: median {median:.1f} ms, p99 {p99:.1f} ms ({len(lat)} probes)")
+    socket_rate = figures["socket"]["rate"]
+    ratios = {k: figures[k]["rate"] / socket_rate for k in ("spool, poked", "spool, no pokes")}
+    met = min(ratios.values()) >= 0.8 and median <= 50
+    command = (
+        f".venv/bin/python -m bench.spool --count {args.count} --writers {args.writers} "
+        f"--window {args.window} --probes {args.probes} --rounds {args.rounds}"
+    )
+    print(
+        f"spool bench (medians of {args.rounds}): socket {socket_rate:,.0f} ev/s; spool poked "
+        f"{figures['spool, poked']['rate']:,.0f} ev/s ({ratios['spool, poked']:.2f}x), no pokes "
+        f"{figures['spool, no pokes']['rate']:,.0f} ev/s ({ratios['spool, no pokes']:.2f}x); "
+        f"poked p50 {median:.1f} ms; target {'met' if met else 'NOT met'} | {command}"
+    )
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
