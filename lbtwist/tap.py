@@ -187,7 +187,9 @@ def producer_uids(settings: Settings) -> list[int]:
     """
     Who may log over the socket: C{--producer-uid}, else the service's own uid and root.
     """
-    return list(settings.producer_uid) or sorted({os.getuid(), 0})
+    from lbtwist.service.intake import default_producer_uids
+
+    return list(settings.producer_uid) or list(default_producer_uids())
 
 
 def intake_service(

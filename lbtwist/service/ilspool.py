@@ -47,6 +47,7 @@ from lbtwist.core.ilspool import (
     spool_file_of,
 )
 from lbtwist.service import logs
+from lbtwist.service.intake import default_producer_uids
 
 DEFAULT_RESCAN_INTERVAL = config.DEFAULT_IL_RESCAN_INTERVAL
 DEFAULT_POLL_INTERVAL = config.DEFAULT_IL_POLL_INTERVAL
@@ -198,7 +199,7 @@ class SpoolScanner(Service):
         self.max_line = max_line
         self.max_fields = max_fields
         if allowed_uids is None:
-            allowed_uids = (os.getuid(), 0)
+            allowed_uids = default_producer_uids()
         self.allowed_uids = frozenset(allowed_uids)
         self.allowed_gids = frozenset(allowed_gids)
         self.use_inotify = inotify
@@ -921,7 +922,7 @@ class PokeFactory(Factory["PokeProtocol"]):
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         if allowed_uids is None:
-            allowed_uids = (os.getuid(), 0)
+            allowed_uids = default_producer_uids()
         self.allowed_uids = frozenset(allowed_uids)
         self.allowed_gids = frozenset(allowed_gids)
         self.peer_credentials = peer_credentials or so_peercred

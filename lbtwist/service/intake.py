@@ -77,6 +77,14 @@ _USER_PRESENT = re.compile(r'(?:^|\s)DG\.USER=(?!""|\s|$)', re.IGNORECASE)
 PeerCredentials = Callable[[Any], "tuple[int, int, int] | None"]
 
 
+def default_producer_uids() -> tuple[int, ...]:
+    """
+    Who may log over a local socket when no uid is configured: the service's
+    own uid and root (the one default of the event, poke and serve sockets).
+    """
+    return tuple(sorted({os.getuid(), 0}))
+
+
 def so_peercred(transport: Any) -> tuple[int, int, int] | None:
     """
     The (pid, uid, gid) of the peer of a UNIX socket transport, or C{None}
@@ -504,7 +512,7 @@ class IntakeFactory(Factory["IntakeProtocol"]):
         self.max_line = max_line
         self.max_inflight = max_inflight
         if allowed_uids is None:
-            allowed_uids = (os.getuid(), 0)
+            allowed_uids = default_producer_uids()
         self.allowed_uids = frozenset(allowed_uids)
         self.allowed_gids = frozenset(allowed_gids)
         self.peer_credentials = peer_credentials
