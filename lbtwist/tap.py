@@ -253,7 +253,9 @@ def spool_services(settings: Settings, store: IEventStore, reactor: Any) -> Mult
             allowed_uids=uids,
             allowed_gids=set(settings.producer_gid),
         )
-        pokes = StreamServerEndpointService(serverFromString(reactor, settings.il_socket), factory)
+        # A UNIX socket's pokes are taken by a lean acceptor (a connection per poke).
+        endpoint = ilspool.PokeEndpoint(serverFromString(reactor, settings.il_socket), reactor)
+        pokes = StreamServerEndpointService(endpoint, factory)
         # Like the intake: a proxy that cannot listen where CREAM pokes must not run on.
         pokes._raiseSynchronously = True
         pokes.setServiceParent(spool)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 import struct
 from collections.abc import Collection
@@ -30,10 +31,17 @@ from typing import Any
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IListeningPort,
+    IReactorTime,
+    IReadDescriptor,
+    IStreamServerEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from lbtwist import config
 from lbtwist.core.errors import LBError, NoSpace, PermissionDenied, TryAgain
@@ -826,11 +834,21 @@ class SpoolScanner(Service):
 
 
 # -- the notification socket ------------------------------------------------------
+#
+# A poke is one connection per event (ContextIL: connect, send, close, no reply
+# read), so the socket's cost is that of a connection. Over a UNIX socket
+# (L{PokeEndpoint}) connections are taken by a lean acceptor: accept, SO_PEERCRED,
+# read what is there (usually the whole poke and its end), close; only a
+# connection whose poke is not complete yet is watched by the reactor. Every
+# other endpoint goes through Twisted's transports and L{PokeProtocol}. Both share
+# the factory's admission (producers only, C{max_connections}) and one idle sweep.
 
 
 class PokeProtocol(Protocol):
     """
     One producer's poke connection: pokes in, nothing out (ContextIL reads no reply).
+
+    @ivar last: when its last complete poke came (for the factory's idle sweep).
     """
 
     factory: PokeFactory
@@ -838,27 +856,23 @@ class PokeProtocol(Protocol):
 
     def __init__(self) -> None:
         self._decoder: PokeDecoder | None = None
-        self._timer: IDelayedCall | None = None
+        self._admitted = False
+        self.last = 0.0
 
     def connectionMade(self) -> None:
         f = self.factory
-        peer = f.peer_credentials(self.transport)
-        if peer is None or (peer[1] not in f.allowed_uids and peer[2] not in f.allowed_gids):
-            logs.warn(self.log, "interlogger poke from {peer} refused", peer=peer)
-            assert self.transport is not None
+        assert self.transport is not None
+        if not f.admit(f.peer_credentials(self.transport)):
             self.transport.loseConnection()
             return
-        if f.connections >= f.max_connections:
-            logs.warn(self.log, "interlogger poke refused: {n} connections open", n=f.connections)
-            assert self.transport is not None
-            self.transport.loseConnection()
-            return
-        f.connections += 1
+        self._admitted = True
         self._decoder = PokeDecoder(f.max_line)
-        self._timer = f.clock.callLater(f.idle_timeout, self._idle)
+        f.track(self)
 
-    def _idle(self) -> None:
-        self._timer = None
+    def idle_close(self) -> None:
+        """
+        Silent for the factory's C{idle_timeout}: close.
+        """
         logs.warn(self.log, "interlogger poke connection closed: idle")
         assert self.transport is not None
         self.transport.loseConnection()
@@ -875,32 +889,35 @@ class PokeProtocol(Protocol):
             assert self.transport is not None
             self.transport.loseConnection()
             return
-        for offset, line in pokes:
-            self.factory.scanner.poked(offset, line)
-        if pokes and self._timer is not None and self._timer.active():
-            self._timer.reset(self.factory.idle_timeout)
+        if pokes:
+            poked = self.factory.scanner.poked
+            for offset, line in pokes:
+                poked(offset, line)
+            self.last = self.factory.clock.seconds()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if self._decoder is not None:
-            self.factory.connections -= 1
-            if self._decoder.pending:
-                logs.warn(
-                    self.log,
-                    "interlogger poke connection closed with {n} bytes of an incomplete poke",
-                    n=self._decoder.pending,
-                )
-            self._decoder = None
+        if self._decoder is not None and self._decoder.pending:
+            logs.warn(
+                self.log,
+                "interlogger poke connection closed with {n} bytes of an incomplete poke",
+                n=self._decoder.pending,
+            )
+        self._decoder = None
+        if self._admitted:
+            self._admitted = False
+            self.factory.release(self)
 
 
 class PokeFactory(Factory["PokeProtocol"]):
     """
     The notification socket: every poke wakes L{SpoolScanner} for its file.
+
+    Open connections are closed after C{idle_timeout} seconds without a
+    complete poke by one sweep timer for all of them (none per connection).
     """
 
     noisy = False
+    log = Logger()
 
     def __init__(
         self,
@@ -926,15 +943,312 @@ class PokeFactory(Factory["PokeProtocol"]):
         self.allowed_uids = frozenset(allowed_uids)
         self.allowed_gids = frozenset(allowed_gids)
         self.peer_credentials = peer_credentials or so_peercred
+        #: Connections admitted and not closed yet.
         self.connections = 0
+        #: Connections waiting for bytes (the idle sweep's), with a C{last} time.
+        self._open: set[Any] = set()
+        self._sweep_call: IDelayedCall | None = None
 
     def buildProtocol(self, addr: object) -> PokeProtocol:
         proto = PokeProtocol()
         proto.factory = self
         return proto
 
+    def admit(self, peer: tuple[int, int, int] | None) -> bool:
+        """
+        Whether a new connection of C{peer} (pid, uid, gid) may poke; counted if so.
+        """
+        if peer is None or (peer[1] not in self.allowed_uids and peer[2] not in self.allowed_gids):
+            logs.warn(self.log, "interlogger poke from {peer} refused", peer=peer)
+            return False
+        if self.connections >= self.max_connections:
+            logs.warn(
+                self.log, "interlogger poke refused: {n} connections open", n=self.connections
+            )
+            return False
+        self.connections += 1
+        return True
+
+    def track(self, conn: Any) -> None:
+        """
+        C{conn} (with C{last} and C{idle_close()}) waits for bytes: sweep it when idle.
+        """
+        conn.last = self.clock.seconds()
+        self._open.add(conn)
+        if self._sweep_call is None:
+            self._sweep_call = self.clock.callLater(self.idle_timeout, self._sweep)
+
+    def release(self, conn: Any) -> None:
+        """
+        An admitted connection is closed.
+        """
+        self.connections -= 1
+        self._open.discard(conn)
+
+    def _sweep(self) -> None:
+        self._sweep_call = None
+        now = self.clock.seconds()
+        due: float | None = None
+        for conn in list(self._open):
+            if now - conn.last >= self.idle_timeout:
+                self._open.discard(conn)
+                conn.idle_close()
+            elif due is None or conn.last < due:
+                due = conn.last
+        if due is not None and self._open:
+            self._sweep_call = self.clock.callLater(
+                max(0.0, due + self.idle_timeout - now), self._sweep
+            )
+
+    def stopFactory(self) -> None:
+        if self._sweep_call is not None and self._sweep_call.active():
+            self._sweep_call.cancel()
+        self._sweep_call = None
+
+
+@implementer(IReadDescriptor)
+class _PokeSocket:
+    """
+    A poke connection taken by L{_PokeAcceptor} whose poke was not complete on
+    accept: watched by the reactor until its end.
+    """
+
+    __slots__ = ("acceptor", "sock", "decoder", "last", "watched")
+
+    log = Logger()
+
+    def __init__(self, acceptor: _PokeAcceptor, sock: socket.socket) -> None:
+        self.acceptor = acceptor
+        self.sock: socket.socket | None = sock
+        self.decoder = PokeDecoder(acceptor.factory.max_line)
+        self.last = 0.0
+        self.watched = False
+
+    def getHandle(self) -> socket.socket | None:
+        """
+        The socket (for L{PokeFactory.peer_credentials}).
+        """
+        return self.sock
+
+    def fileno(self) -> int:
+        return self.sock.fileno() if self.sock is not None else -1
+
+    def logPrefix(self) -> str:
+        return "interlogger-poke"
+
+    def doRead(self) -> None:
+        self.acceptor.read(self)
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.acceptor.close(self)
+
+    def idle_close(self) -> None:
+        logs.warn(self.log, "interlogger poke connection closed: idle")
+        self.acceptor.close(self)
+
+
+@implementer(IReadDescriptor)
+class _PokeAcceptor:
+    """
+    Takes the connections of a listening UNIX socket for a L{PokeFactory}
+    without a transport or protocol each: at most C{accepts} per reactor turn.
+    """
+
+    log = Logger()
+    #: Seconds accepting pauses when the process is out of file descriptors.
+    PAUSE = 0.5
+    #: recv() size.
+    CHUNK = 1 << 16
+
+    def __init__(
+        self, listening: socket.socket, factory: PokeFactory, reactor: Any, accepts: int = 100
+    ) -> None:
+        self.listening = listening
+        self.factory = factory
+        self.reactor = reactor
+        self.accepts = accepts
+        self.watched: set[_PokeSocket] = set()
+        self._paused: IDelayedCall | None = None
+        self._reading = False
+
+    def start(self) -> None:
+        if not self._reading:
+            self._reading = True
+            self.reactor.addReader(self)
+
+    def stop(self) -> None:
+        """
+        Stop accepting and close the connections still open.
+        """
+        if self._reading:
+            self._reading = False
+            self.reactor.removeReader(self)
+        if self._paused is not None and self._paused.active():
+            self._paused.cancel()
+        self._paused = None
+        for conn in list(self.watched):
+            self.close(conn)
+
+    def fileno(self) -> int:
+        return self.listening.fileno()
+
+    def logPrefix(self) -> str:
+        return "interlogger-pokes"
+
+    def connectionLost(self, reason: Failure) -> None:
+        self._reading = False
+
+    def doRead(self) -> None:
+        accept = self.listening.accept
+        for _ in range(self.accepts):
+            try:
+                sock, _addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno == errno.ECONNABORTED:
+                    continue
+                # Out of descriptors or memory: level-triggered, the socket would
+                # wake the reactor at once again; pause instead.
+                logs.warn(
+                    self.log,
+                    "interlogger poke socket: cannot accept ({error}); pausing {delay} s",
+                    error=e.strerror,
+                    delay=self.PAUSE,
+                )
+                if self._reading:
+                    self._reading = False
+                    self.reactor.removeReader(self)
+                    self._paused = self.reactor.callLater(self.PAUSE, self._resume)
+                return
+            self.serve(sock)
+
+    def _resume(self) -> None:
+        self._paused = None
+        self.start()
+
+    def serve(self, sock: socket.socket) -> None:
+        """
+        An accepted connection: check its peer, read what it sent.
+        """
+        conn = _PokeSocket(self, sock)
+        factory = self.factory
+        if not factory.admit(factory.peer_credentials(conn)):
+            conn.sock = None
+            sock.close()
+            return
+        self.read(conn)
+        if conn.sock is not None and not conn.watched:
+            conn.watched = True
+            self.watched.add(conn)
+            self.reactor.addReader(conn)
+            factory.track(conn)
+
+    def read(self, conn: _PokeSocket) -> None:
+        """
+        Take what C{conn} has sent; close it at its end or on a broken poke.
+        """
+        sock = conn.sock
+        if sock is None:
+            return
+        poked = self.factory.scanner.poked
+        while True:
+            try:
+                data = sock.recv(self.CHUNK, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                logs.warn(self.log, "interlogger poke connection failed: {error}", error=e.strerror)
+                self.close(conn)
+                return
+            if not data:
+                if conn.decoder.pending:
+                    logs.warn(
+                        self.log,
+                        "interlogger poke connection closed with {n} bytes of an incomplete poke",
+                        n=conn.decoder.pending,
+                    )
+                self.close(conn)
+                return
+            try:
+                pokes = conn.decoder.feed(data)
+            except LBError as e:
+                logs.warn(self.log, "interlogger poke connection closed: {error}", error=e.message)
+                self.close(conn)
+                return
+            for offset, line in pokes:
+                poked(offset, line)
+            if pokes and conn.watched:
+                conn.last = self.factory.clock.seconds()
+
+    def close(self, conn: _PokeSocket) -> None:
+        sock = conn.sock
+        if sock is None:
+            return
+        if conn.watched:
+            conn.watched = False
+            self.watched.discard(conn)
+            self.reactor.removeReader(conn)
+        conn.sock = None
+        sock.close()
+        self.factory.release(conn)
+
+
+@implementer(IListeningPort)
+class _LeanPort:
+    """
+    A listening UNIX port whose connections L{_PokeAcceptor} takes.
+    """
+
+    def __init__(self, port: Any, acceptor: _PokeAcceptor) -> None:
+        self.port = port
+        self.acceptor = acceptor
+
+    def startListening(self) -> None:
+        self.port.startListening()
+
+    def stopListening(self) -> Any:
+        self.acceptor.stop()
+        return self.port.stopListening()
+
+    def getHost(self) -> Any:
+        return self.port.getHost()
+
+
+@implementer(IStreamServerEndpoint)
+class PokeEndpoint:
+    """
+    The notification socket's endpoint: C{endpoint} listens; when that is a UNIX
+    socket and the factory a L{PokeFactory}, its connections are taken by the
+    lean acceptor (no transport, protocol or timer per poke).
+    """
+
+    def __init__(self, endpoint: IStreamServerEndpoint, reactor: Any) -> None:
+        self.endpoint = endpoint
+        self.reactor = reactor
+
+    def listen(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self.endpoint.listen(factory)
+        d.addCallback(self._take_over, factory)
+        return d
+
+    def _take_over(self, port: Any, factory: Any) -> Any:
+        listening = getattr(port, "socket", None)
+        if (
+            not isinstance(factory, PokeFactory)
+            or not isinstance(listening, socket.socket)
+            or listening.family != socket.AF_UNIX
+            or not callable(getattr(port, "stopReading", None))
+        ):
+            return port
+        port.stopReading()
+        acceptor = _PokeAcceptor(listening, factory, self.reactor)
+        acceptor.start()
+        return _LeanPort(port, acceptor)
+
 
 __all__ = [
+    "PokeEndpoint",
     "PokeFactory",
     "PokeProtocol",
     "SpoolScanner",
