@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import resource
 import sqlite3
 import statistics
 import sys
@@ -54,12 +55,53 @@ def stored(db: str) -> int:
         conn.close()
 
 
-def writer(prefix: str, sock: str | None, conn: int, count: int, run: int, start: Any) -> None:
+def proxy_cpu(svc: LBService) -> float:
+    """
+    CPU seconds (user and system, all threads) the service's process used so far.
+    """
+    assert svc.process is not None
+    with open(f"/proc/{svc.process.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    """
+    CPU seconds of this process's children that have been waited for.
+    """
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class Costs:
+    """
+    CPU seconds of the service and of the producers over one run.
+    """
+
+    def __init__(self, svc: LBService) -> None:
+        self.svc = svc
+        self.proxy = proxy_cpu(svc)
+        self.producers = children_cpu()
+
+    def done(self, events: int) -> dict[str, float]:
+        """
+        Microseconds of CPU per event: the service's and the producers'.
+        """
+        return {
+            "proxy_us": (proxy_cpu(self.svc) - self.proxy) / events * 1e6,
+            "producers_us": (children_cpu() - self.producers) / events * 1e6,
+        }
+
+
+def writer(
+    prefix: str, sock: str | None, conn: int, count: int, run: int, start: Any, out: Any
+) -> None:
     lines = [java_form(line) for line in connection_lines(conn, count, run)]
     w = ContextILWriter(prefix, sock)
     start.wait()
     for line in lines:
         w.log(line)
+    out.put(w.poke_errors)
 
 
 def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count: int, run: int):
@@ -69,14 +111,17 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
     """
     ctx = multiprocessing.get_context("fork")
     start = ctx.Event()
+    out = ctx.Queue()
     per = count // writers
     procs = [
-        ctx.Process(target=writer, args=(prefix, sock, c, per, run, start)) for c in range(writers)
+        ctx.Process(target=writer, args=(prefix, sock, c, per, run, start, out))
+        for c in range(writers)
     ]
     for p in procs:
         p.start()
     time.sleep(0.5)
     before = stored(svc.db_path)
+    costs = Costs(svc)
     t0 = time.perf_counter()
     start.set()
     total = per * writers
@@ -91,6 +136,7 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
             raise RuntimeError(f"only {n} of {total} events stored")
         time.sleep(0.02)
     seconds = time.perf_counter() - t0
+    lost = sum(out.get(timeout=60) for _ in procs)
     for p in procs:
         p.join()
     return {
@@ -98,6 +144,9 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
         "seconds": seconds,
         "rate": total / seconds,
         "write_seconds": (written_at or time.perf_counter()) - t0,
+        # Pokes the kernel refused (listen queue full); ContextIL ignores that.
+        "pokes_lost": lost,
+        **costs.done(total),
     }
 
 
@@ -168,19 +217,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return svc, prefix, sock
 
     rates: dict[str, list[float]] = {"socket": [], "spool, poked": [], "spool, no pokes": []}
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in rates}
     run = 0
     # The three intakes take turns, --rounds times: a busy box slows them alike.
     for _ in range(args.rounds):
         svc, prefix, sock = service(run)
         try:
+            costs = Costs(svc)
             r = drive(svc.socket_path, args.writers, args.count, run, args.window, None)
+            r.update(costs.done(int(r["events"])))
         finally:
             svc.cleanup()
         run += 1
         rates["socket"].append(r["rate"])
+        cpu["socket"].append((r["proxy_us"], r["producers_us"]))
         print(
             f"socket intake, {args.writers} connections (window {args.window}): "
-            f"{r['rate']:,.0f} events/s",
+            f"{r['rate']:,.0f} events/s; CPU per event: service {r['proxy_us']:.0f} us, "
+            f"producers {r['producers_us']:.0f} us",
             flush=True,
         )
         for name, poke in (("spool, poked", True), ("spool, no pokes", False)):
@@ -191,10 +245,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 svc.cleanup()
             run += 1
             rates[name].append(r["rate"])
+            cpu[name].append((r["proxy_us"], r["producers_us"]))
+            lost = f", {int(r['pokes_lost'])} pokes refused by the kernel" if poke else ""
             print(
                 f"{name}, {args.writers} writers: {r['rate']:,.0f} events/s stored "
                 f"({int(r['events'])} events in {r['seconds']:.2f} s; appended in "
-                f"{r['write_seconds']:.2f} s)",
+                f"{r['write_seconds']:.2f} s); CPU per event: service {r['proxy_us']:.0f} us, "
+                f"writers {r['producers_us']:.0f} us{lost}",
                 flush=True,
             )
     figures = {name: {"rate": statistics.median(values)} for name, values in rates.items()}
@@ -206,6 +263,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     median = statistics.median(lat) * 1000
     p99 = lat[max(0, int(len(lat) * 0.99) - 1)] * 1000
     print(f"poked event stored: median {median:.1f} ms, p99 {p99:.1f} ms ({len(lat)} probes)")
+    for name, values in cpu.items():
+        print(
+            f"{name}: median CPU per event: service "
+            f"{statistics.median(v[0] for v in values):.0f} us, producers "
+            f"{statistics.median(v[1] for v in values):.0f} us"
+        )
     socket_rate = figures["socket"]["rate"]
     ratios = {k: figures[k]["rate"] / socket_rate for k in ("spool, poked", "spool, no pokes")}
     met = min(ratios.values()) >= 0.8 and median <= 50

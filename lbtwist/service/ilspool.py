@@ -1061,7 +1061,7 @@ class _PokeAcceptor:
     CHUNK = 1 << 16
 
     def __init__(
-        self, listening: socket.socket, factory: PokeFactory, reactor: Any, accepts: int = 100
+        self, listening: socket.socket, factory: PokeFactory, reactor: Any, accepts: int = 1024
     ) -> None:
         self.listening = listening
         self.factory = factory
