@@ -379,3 +379,224 @@ class ForgetTests(ScannerTestBase):
         self.tick()
         self.assertEqual(self.store.backend.spool, {})
         self.assertNotIn(self.file, scanner.cursors)
+
+
+class PokeSweepTests(ScannerTestBase):
+    """
+    The poke connections of Twisted transports: one idle sweep for all of them.
+    """
+
+    def connections(self, n: int, **kwargs: Any) -> tuple[PokeFactory, list[Any]]:
+        scanner = self.scanner(poll_interval=1000.0)
+        kwargs.setdefault("peer_credentials", lambda t: (1, os.getuid(), os.getgid()))
+        factory = PokeFactory(scanner, clock=self.clock, idle_timeout=60.0, **kwargs)
+        self.timers = len(self.clock.getDelayedCalls())
+        made = []
+        for _ in range(n):
+            proto = factory.buildProtocol(None)
+            transport = StringTransport()
+            proto.makeConnection(transport)
+            made.append((proto, transport))
+        return factory, made
+
+    def test_one_timer_for_all(self) -> None:
+        """
+        Open poke connections share one idle timer (none per connection); each is
+        closed C{idle_timeout} seconds after its last complete poke.
+        """
+        factory, made = self.connections(5)
+        self.assertEqual(len(self.clock.getDelayedCalls()), self.timers + 1)
+        self.clock.advance(30)
+        busy, busy_transport = made[0]
+        offset = self.append(self.lines[0])
+        busy.dataReceived(encode_poke(offset, self.lines[0]))
+        self.clock.advance(30)
+        self.assertEqual([t.disconnecting for _, t in made], [False] + [True] * 4)
+        for proto, transport in made[1:]:
+            proto.connectionLost(None)
+        self.assertEqual(factory.connections, 1)
+        self.clock.advance(30)
+        self.assertTrue(busy_transport.disconnecting)
+        busy.connectionLost(None)
+        self.assertEqual(factory.connections, 0)
+        self.assertEqual(sum("closed: idle" in line for line in self.logged), 5)
+
+    def test_broken_poke_releases_its_slot(self) -> None:
+        """
+        A connection closed for a poke over the limit no longer counts against
+        C{max_connections} once gone.
+        """
+        factory, [(proto, transport)] = self.connections(1, max_line=64)
+        proto.dataReceived(encode_poke(0, b"x" * 100))
+        self.assertTrue(transport.disconnecting)
+        proto.connectionLost(None)
+        self.assertEqual(factory.connections, 0)
+
+
+class LeanAcceptorTests(ScannerTestBase):
+    """
+    The lean acceptor of a UNIX poke socket, on real sockets driven by hand (no
+    reactor runs: L{MemoryReactorClock} records the readers and timers).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        import shutil
+        import socket
+        import tempfile
+
+        from twisted.internet.testing import MemoryReactorClock
+
+        sockdir = tempfile.mkdtemp(prefix="lbt-poke-")
+        self.addCleanup(shutil.rmtree, sockdir, True)
+        self.path = os.path.join(sockdir, "il.sock")
+        self.listening = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(self.listening.close)
+        self.listening.bind(self.path)
+        self.listening.listen(64)
+        self.listening.setblocking(False)
+        self.reactor = MemoryReactorClock()
+        self.clients: list[Any] = []
+
+    def acceptor(self, **kwargs: Any) -> Any:
+        from lbtwist.service.ilspool import _PokeAcceptor
+
+        self.sc = self.scanner(poll_interval=1000.0)
+        kwargs.setdefault("peer_credentials", lambda t: (1, os.getuid(), os.getgid()))
+        factory = PokeFactory(self.sc, clock=self.reactor, idle_timeout=60.0, **kwargs)
+        acceptor = _PokeAcceptor(self.listening, factory, self.reactor)
+        acceptor.start()
+        self.addCleanup(acceptor.stop)
+        return acceptor
+
+    def client(self, data: bytes, close: bool = True) -> Any:
+        import socket
+
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(self.path)
+        c.sendall(data)
+        if close:
+            c.close()
+        else:
+            self.addCleanup(c.close)
+        return c
+
+    def test_pokes_taken_at_accept(self) -> None:
+        """
+        Pokes sent and closed before the accept are taken in one read of the
+        listening socket: no transport, reader or timer is left per connection,
+        and the scanner reads the file.
+        """
+        acceptor = self.acceptor()
+        for line in self.lines[:3]:
+            self.client(encode_poke(self.append(line), line))
+        acceptor.doRead()
+        self.clock.advance(0)
+        self.assertEqual(self.sc.stats.pokes, 3)
+        self.assertEqual(len(self.stored_lines()), 3)
+        self.assertEqual(set(self.reactor.readers), {acceptor})
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(acceptor.factory.connections, 0)
+
+    def test_incomplete_poke_watched_then_swept(self) -> None:
+        """
+        A connection whose poke is not complete at the accept is watched by the
+        reactor; its poke counts once complete; silent for C{idle_timeout}, it is
+        closed by the one sweep.
+        """
+        acceptor = self.acceptor()
+        offset = self.append(self.lines[0])
+        poke = encode_poke(offset, self.lines[0])
+        c = self.client(poke[:20], close=False)
+        acceptor.doRead()
+        [conn] = acceptor.watched
+        self.assertIn(conn, self.reactor.readers)
+        self.assertEqual(acceptor.factory.connections, 1)
+        self.assertEqual(len(self.reactor.getDelayedCalls()), 1)
+        c.sendall(poke[20:])
+        conn.doRead()
+        self.assertEqual(self.sc.stats.pokes, 1)
+        self.reactor.advance(60)
+        self.assertEqual(set(self.reactor.readers), {acceptor})
+        self.assertEqual(acceptor.factory.connections, 0)
+        self.assertEqual(c.recv(10), b"")
+        self.assertEqual(sum("closed: idle" in line for line in self.logged), 1)
+
+    def test_refused_peer(self) -> None:
+        """
+        A peer that is not an allowed producer is closed unread (logged).
+        """
+        acceptor = self.acceptor(peer_credentials=lambda t: (1, 4242, 4242), allowed_uids=[0])
+        self.client(encode_poke(self.append(self.lines[0]), self.lines[0]))
+        acceptor.doRead()
+        self.assertEqual(self.sc.stats.pokes, 0)
+        self.assertEqual(acceptor.factory.connections, 0)
+        self.assertTrue(any("refused" in line for line in self.logged), self.logged)
+
+    def test_max_connections(self) -> None:
+        """
+        Connections still open count against C{max_connections}; one more is
+        refused (logged).
+        """
+        acceptor = self.acceptor(max_connections=1)
+        self.client(b"\0" * 4, close=False)
+        self.client(encode_poke(self.append(self.lines[0]), self.lines[0]))
+        acceptor.doRead()
+        self.assertEqual(self.sc.stats.pokes, 0)
+        self.assertEqual(len(acceptor.watched), 1)
+        self.assertTrue(any("1 connections open" in line for line in self.logged), self.logged)
+
+    def test_too_long(self) -> None:
+        """
+        A poke over the limit closes its connection (logged); its slot is free.
+        """
+        acceptor = self.acceptor(max_line=64)
+        self.client(encode_poke(0, b"x" * 100))
+        acceptor.doRead()
+        self.assertEqual((self.sc.stats.pokes, acceptor.factory.connections), (0, 0))
+        self.assertTrue(any("longer than 64" in line for line in self.logged), self.logged)
+
+    def test_endpoint_takes_over_unix_ports(self) -> None:
+        """
+        L{PokeEndpoint} gives a UNIX port's connections to the lean acceptor, and
+        stopping it stops both; other ports are left as they are.
+        """
+        from twisted.internet.defer import succeed
+
+        from lbtwist.service.ilspool import PokeEndpoint
+
+        scanner = self.scanner(poll_interval=1000.0)
+        factory = PokeFactory(scanner, clock=self.reactor)
+        calls: list[str] = []
+
+        class Port:
+            def __init__(self, sock: Any) -> None:
+                self.socket = sock
+
+            def stopReading(self) -> None:
+                calls.append("stopReading")
+
+            def stopListening(self) -> None:
+                calls.append("stopListening")
+
+        class Endpoint:
+            def __init__(self, port: Any) -> None:
+                self.port = port
+
+            def listen(self, factory: Any) -> Any:
+                return succeed(self.port)
+
+        port = self.successResultOf(
+            PokeEndpoint(Endpoint(Port(self.listening)), self.reactor).listen(factory)
+        )
+        self.assertEqual(calls, ["stopReading"])
+        [acceptor] = self.reactor.readers
+        self.assertEqual(acceptor.fileno(), self.listening.fileno())
+        port.stopListening()
+        self.assertEqual(calls, ["stopReading", "stopListening"])
+        self.assertEqual(set(self.reactor.readers), set())
+        other = Port(None)
+        self.assertIs(
+            self.successResultOf(PokeEndpoint(Endpoint(other), self.reactor).listen(factory)),
+            other,
+        )
