@@ -412,7 +412,7 @@ class PokeSweepTests(ScannerTestBase):
         busy.dataReceived(encode_poke(offset, self.lines[0]))
         self.clock.advance(30)
         self.assertEqual([t.disconnecting for _, t in made], [False] + [True] * 4)
-        for proto, transport in made[1:]:
+        for proto, _transport in made[1:]:
             proto.connectionLost(None)
         self.assertEqual(factory.connections, 1)
         self.clock.advance(30)
