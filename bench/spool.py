@@ -29,6 +29,8 @@ import argparse
 import multiprocessing
 import os
 import resource
+import shutil
+import socket
 import sqlite3
 import statistics
 import sys
@@ -150,6 +152,73 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
     }
 
 
+def _poke_cost_child(n: int, lean: bool, out: Any) -> None:
+    """
+    In a child process (its own reactor): C{n} pokes queued on a UNIX socket
+    (each a connection: connect, send, close), then the service side's CPU
+    seconds until all are decoded and handed to the scanner (a counting stub).
+    """
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    from lbtwist.core.ilspool import encode_poke
+    from lbtwist.service.ilspool import PokeEndpoint, PokeFactory
+
+    class Scanner:
+        count = 0
+
+        def poked(self, offset: int, line: bytes) -> None:
+            self.count += 1
+            if self.count == n:
+                reactor.stop()
+
+    directory = tempfile.mkdtemp(prefix="lbtwist-pokes-")
+    path = os.path.join(directory, "il.sock")
+    factory = PokeFactory(
+        Scanner(),  # type: ignore[arg-type]
+        clock=reactor,
+        allowed_uids=[os.getuid()],
+        max_connections=n + 1,
+    )
+    endpoint: Any = serverFromString(reactor, f"unix:{path}:backlog={n + 16}")
+    if lean:
+        endpoint = PokeEndpoint(endpoint, reactor)
+    endpoint.listen(factory)
+    line = java_form(connection_lines(0, 1, 0)[0]).encode() + b"\n"
+    message = encode_poke(0, line)
+    started: list[float] = []
+
+    def producers() -> None:
+        for _ in range(n):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            s.sendall(message)
+            s.close()
+        started.append(time.process_time())
+
+    reactor.callWhenRunning(producers)
+    reactor.run()
+    out.put(time.process_time() - started[0])
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def poke_cost(n: int, rounds: int) -> dict[str, float]:
+    """
+    Median service-side CPU microseconds per poke: Twisted's transport and
+    protocol per connection, and the lean acceptor of the UNIX poke socket.
+    """
+    ctx = multiprocessing.get_context("fork")
+    figures: dict[str, list[float]] = {"transport": [], "lean": []}
+    for _ in range(rounds):
+        for name, lean in (("transport", False), ("lean", True)):
+            out = ctx.Queue()
+            p = ctx.Process(target=_poke_cost_child, args=(n, lean, out))
+            p.start()
+            figures[name].append(out.get(timeout=120) / n * 1e6)
+            p.join()
+    return {name: statistics.median(values) for name, values in figures.items()}
+
+
 def latency(svc: LBService, prefix: str, sock: str, probes: int) -> list[float]:
     """
     Seconds from the append (and poke) of one event to its row in the store.
@@ -200,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--probes", type=int, default=100, help="latency probes")
     parser.add_argument("--rounds", type=int, default=3, help="turns of the three intakes")
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
+    parser.add_argument(
+        "--poke-cost", type=int, default=3000, help="pokes of the per-poke CPU run (0: none)"
+    )
     args = parser.parse_args(argv)
     base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-spool-")
     sock_dir = tempfile.mkdtemp(prefix="lbtwist-il-")
@@ -269,12 +341,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{statistics.median(v[0] for v in values):.0f} us, producers "
             f"{statistics.median(v[1] for v in values):.0f} us"
         )
+    if args.poke_cost:
+        cost = poke_cost(args.poke_cost, args.rounds)
+        print(
+            f"service CPU per poke (socket side, {args.poke_cost} pokes, median of "
+            f"{args.rounds}): Twisted transport and protocol {cost['transport']:.1f} us, "
+            f"lean acceptor {cost['lean']:.1f} us ({cost['transport'] / cost['lean']:.1f}x less)"
+        )
     socket_rate = figures["socket"]["rate"]
     ratios = {k: figures[k]["rate"] / socket_rate for k in ("spool, poked", "spool, no pokes")}
     met = min(ratios.values()) >= 0.8 and median <= 50
     command = (
         f".venv/bin/python -m bench.spool --count {args.count} --writers {args.writers} "
-        f"--window {args.window} --probes {args.probes} --rounds {args.rounds}"
+        f"--window {args.window} --probes {args.probes} --rounds {args.rounds} "
+        f"--poke-cost {args.poke_cost}"
     )
     print(
         f"spool bench (medians of {args.rounds}): socket {socket_rate:,.0f} ev/s; spool poked "
