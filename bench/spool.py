@@ -48,7 +48,11 @@ from tests.e2e.harness import T0, LBService, cream_jobid, ulm_line
 
 
 def stored(db: str) -> int:
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    except sqlite3.OperationalError:
+        # Not made yet: the service is still starting.
+        return 0
     try:
         return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0])
     except sqlite3.OperationalError:
@@ -225,6 +229,12 @@ def latency(svc: LBService, prefix: str, sock: str, probes: int) -> list[float]:
     """
     w = ContextILWriter(prefix, sock)
     jobid = cream_jobid(999_000_001)
+    waited = time.perf_counter()
+    while not os.path.exists(svc.db_path):
+        # A loaded box: the service may not have made its store yet.
+        if time.perf_counter() - waited > 60:
+            raise RuntimeError(f"no store {svc.db_path} after 60 s")
+        time.sleep(0.05)
     conn = sqlite3.connect(f"file:{svc.db_path}?mode=ro", uri=True, timeout=5)
     result = []
     try:
