@@ -285,6 +285,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-spool-")
     sock_dir = tempfile.mkdtemp(prefix="lbtwist-il-")
+    try:
+        return run(args, base, sock_dir)
+    finally:
+        # The state directories and spool files of every run (hundreds of MB).
+        if not args.dir:
+            shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, base: str, sock_dir: str) -> int:
+    """
+    The runs, the figures and the summary line (see L{main}).
+    """
 
     def service(run: int, *extra: str) -> tuple[LBService, str, str]:
         spool = os.path.join(base, f"spool{run}")
