@@ -382,3 +382,155 @@ class MessagesTests(SynchronousTestCase):
         self.assertEqual(kinds, [(4, "gap"), (5, "status"), (6, "status"), (7, "status")])
         self.assertEqual(got["messages"][0]["dropped"], 4)
         self.assertEqual(as_json(h.request("GET", f"/notif/{reg['unique']}"))["dropped"], 4)
+
+
+class StreamRequest(DummyRequest):
+    """
+    A request that keeps its push producer (as a transport does) and can play a
+    client that stops reading after some writes.
+    """
+
+    pause_after: int | None = None
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
+        self.producer = producer
+        self.streaming = streaming
+
+    def unregisterProducer(self) -> None:  # noqa: N802
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.pause_after is not None and b"event: status" in data:
+            self.pause_after -= 1
+            if self.pause_after <= 0:
+                self.pause_after = None
+                self.producer.pauseProducing()
+
+
+class StreamTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.h = Harness(settings=NotifySettings(keepalive=15, page_messages=1000))
+        self.reg = self.h.register(
+            {"conditions": {"jobid": [JOBID]}, "flags": {"state_changes_only": True}}
+        )
+        self.unique = self.reg["unique"]
+        self.lines = traces.cream_done_ok()
+
+    def open(self, query: str = "", headers: dict[str, str] | None = None) -> StreamRequest:
+        target = f"/notif/{self.unique}/stream{query}"
+        req = StreamRequest([b"notif", self.unique.encode(), b"stream"])
+        req.method = b"GET"
+        req.uri = target.encode()
+        for name, value in (headers or {}).items():
+            req.requestHeaders.setRawHeaders(name.encode(), [value.encode()])
+        req.content = BytesIO(b"")
+        self.h.who = Identity(OWNER)
+        self.h.root.render(req)  # type: ignore[arg-type]
+        return req
+
+    def events(self, req: DummyRequest) -> list[tuple[int, str, dict[str, Any]]]:
+        out = []
+        for block in b"".join(req.written).decode().split("\n\n"):
+            fields = dict(
+                line.split(": ", 1)
+                for line in block.splitlines()
+                if line and not line.startswith(":")
+            )
+            if "id" in fields:
+                out.append((int(fields["id"]), fields["event"], json.loads(fields["data"])))
+        return out
+
+    def test_headers_and_live_messages(self) -> None:
+        req = self.open()
+        self.assertEqual(req.responseCode, 200)
+        self.assertEqual(
+            req.responseHeaders.getRawHeaders(b"content-type"),
+            [b"text/event-stream; charset=utf-8"],
+        )
+        self.assertTrue(req.streaming)
+        self.assertFalse(req.finished)
+        self.assertEqual(b"".join(req.written), b": keep-alive\n\n")
+        self.h.log(self.lines[:4])
+        got = self.events(req)
+        self.assertEqual([(s, k) for s, k, _ in got], [(1, "status"), (2, "status")])
+        self.assertEqual(got[1][2]["status"]["cream_state"], "Pending")
+        self.assertEqual(got[1][2]["seq"], 2)
+        self.h.log(self.lines[4:])
+        self.assertEqual([s for s, _, _ in self.events(req)], list(range(1, 8)))
+
+    def test_resume_with_last_event_id(self) -> None:
+        self.h.log(self.lines)
+        req = self.open(headers={"last-event-id": "4"})
+        got = self.events(req)
+        self.assertEqual([s for s, _, _ in got], [5, 6, 7])
+        self.assertEqual(got[0][2]["status"]["cream_state"], "Really-running")
+        # what it resumed after is acknowledged
+        obj = as_json(self.h.request("GET", f"/notif/{self.unique}"))
+        self.assertEqual((obj["acked"], obj["queued"]), (4, 3))
+        self.assertEqual([s for s, _, _ in self.events(self.open("?after=6"))], [7])
+
+    def test_bad_last_event_id(self) -> None:
+        req = self.open(headers={"last-event-id": "x"})
+        self.assertEqual(req.responseCode, 400)
+        self.assertTrue(req.finished)
+
+    def test_paused_reader_is_not_fed(self) -> None:
+        req = self.open()
+        req.producer.pauseProducing()
+        self.h.log(self.lines)
+        self.assertEqual(self.events(req), [])
+        req.producer.resumeProducing()
+        self.assertEqual([s for s, _, _ in self.events(req)], list(range(1, 8)))
+
+    def test_pause_holds_at_most_a_page(self) -> None:
+        self.h.service.settings = NotifySettings(page_messages=2)
+        self.h.log(self.lines)
+        req = StreamRequest([b"notif", self.unique.encode(), b"stream"])
+        req.pause_after = 1
+        req.method = b"GET"
+        req.uri = f"/notif/{self.unique}/stream".encode()
+        req.content = BytesIO(b"")
+        self.h.root.render(req)  # type: ignore[arg-type]
+        self.assertEqual([s for s, _, _ in self.events(req)], [1, 2])
+        self.h.clock.advance(60)  # keep-alive ticks read nothing while paused
+        self.assertEqual([s for s, _, _ in self.events(req)], [1, 2])
+        req.producer.resumeProducing()
+        self.assertEqual([s for s, _, _ in self.events(req)], list(range(1, 8)))
+
+    def test_keepalive(self) -> None:
+        req = self.open()
+        self.h.clock.advance(15)
+        self.assertEqual(b"".join(req.written), b": keep-alive\n\n" * 2)
+        self.h.clock.advance(15)
+        self.assertEqual(b"".join(req.written).count(b": keep-alive"), 3)
+
+    def test_drop_ends_stream(self) -> None:
+        req = self.open()
+        self.h.request("DELETE", f"/notif/{self.unique}")
+        self.assertTrue(req.finished)
+        self.assertTrue(
+            b"".join(req.written).endswith(b'event: end\ndata: {"reason": "dropped"}\n\n')
+        )
+        self.assertEqual(self.h.notif.streams, {})
+
+    def test_expiry_ends_stream_after_messages(self) -> None:
+        req = self.open()
+        self.h.log(self.lines[:4])
+        self.h.clock.advance(3 * 3600)
+        self.assertTrue(req.finished)
+        written = b"".join(req.written)
+        self.assertEqual([s for s, _, _ in self.events(req)], [1, 2])
+        self.assertTrue(written.endswith(b'event: end\ndata: {"reason": "expired"}\n\n'))
+
+    def test_expired_refused(self) -> None:
+        self.h.clock.advance(3 * 3600)
+        req = self.open()
+        self.assertEqual(req.responseCode, 410)
+
+    def test_client_gone(self) -> None:
+        req = self.open()
+        req.processingFailed(Exception("connection lost"))
+        self.assertEqual(self.h.notif.streams, {})
+        self.h.log(self.lines)  # nothing written to a closed stream
+        self.h.clock.advance(60)
