@@ -544,26 +544,51 @@ def message_status(status: JobStatus, jobid: str, *, jdl: bool, anonymized: bool
     return data
 
 
-def status_message(
-    status: JobStatus, jobid: str, *, jdl: bool, anonymized: bool, history: bool
-) -> bytes:
+def status_message(status: JobStatus, jobid: str, *, anonymized: bool) -> bytes:
     """
-    A status message's body as stored: a JSON object without its C{seq} (see
-    L{with_seq}). With C{history}, C{history_upto} records the job's event count
-    at that moment (the reader attaches the events up to it).
+    A status message's body as stored: a JSON object without its C{seq}, the
+    status in the stores' own form (L{JobStatus.to_json}: cheap on the commit
+    path), whether the registrant may see it only anonymized, and the job's event
+    count at that moment (for the history). L{render_message} makes what the
+    client gets of it.
     """
-    body: dict[str, Any] = {
+    return b'{"kind":"status","jobid":%s,"view":"%s","nevents":%d,"status":%s}' % (
+        json.dumps(jobid).encode("utf-8"),
+        b"anonymized" if anonymized else b"full",
+        status.event_count,
+        status.to_json().encode("utf-8"),
+    )
+
+
+def render_message(seq: int, body: bytes, flags: Flags) -> tuple[bytes, int | None]:
+    """
+    What the client gets of a stored message: C{{"seq", "kind", "jobid", "status"}}
+    with the public status (L{message_status}: JDL fields only with the C{jdl}
+    flag, pseudonyms when anonymized by flag or by rights), and C{"jdl"} with
+    the C{jdl} flag. A gap marker is returned as it is.
+
+    @return: the JSON object (without the history), and for a status message of
+        a registration with the C{history} flag the job's event count at that
+        message (the events to attach), else L{None}.
+    """
+    if not body.startswith(b'{"kind":"status"'):
+        return with_seq(seq, body), None
+    data = json.loads(body)
+    status = JobStatus.from_json_dict(data["status"])
+    jobid = data["jobid"]
+    anonymized = flags.anonymized or data.get("view") == "anonymized"
+    out: dict[str, Any] = {
+        "seq": seq,
         "kind": "status",
         "jobid": jobid,
-        "status": message_status(status, jobid, jdl=jdl, anonymized=anonymized),
+        "status": message_status(status, jobid, jdl=flags.jdl, anonymized=anonymized),
     }
-    if jdl:
+    if flags.jdl:
         text = status.jdl or status.cream_jdl
         if text:
-            body["jdl"] = text
-    if history:
-        body["history_upto"] = status.event_count
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+            out["jdl"] = text
+    upto = data.get("nevents") if flags.history else None
+    return json.dumps(out, separators=(",", ":")).encode("utf-8"), upto
 
 
 def gap_message(dropped: int) -> bytes:

@@ -13,6 +13,7 @@ L{lbtwist.service.web.notif}.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -42,6 +43,10 @@ from lbtwist.store.interface import IEventStore
 from lbtwist.store.notif import Notifications, RegState, Rights
 
 log = Logger()
+
+#: What a registration unique may look like (L{lbtwist.core.notif.new_unique} makes 22
+#: URL-safe characters).
+_UNIQUE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 #: Defaults of the options.
 DEFAULT_MAX_PER_USER = 100
@@ -184,7 +189,7 @@ class NotifyService(Service):
         @raise Refused: 404 when it does not exist or C{who} may not know of it;
             403 when C{who} knows of it but may not operate on it.
         """
-        reg = self.notifications.registration(unique)
+        reg = None if not _UNIQUE.fullmatch(unique) else self.notifications.registration(unique)
         if reg is None or not self.may_see(who, reg):
             raise Refused(404, f"no registration {unique!r}")
         if operate and not self.may_operate(who, reg):

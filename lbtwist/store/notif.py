@@ -489,7 +489,7 @@ class NotifMatcher:
         now: float,
     ) -> list[NotifRow]:
         rows = []
-        bodies: dict[tuple[bool, bool, bool], bytes] = {}
+        bodies: dict[bool, bytes] = {}
         for reg in candidates:
             try:
                 if not matches(reg, before, after, jobid, now):
@@ -497,13 +497,10 @@ class NotifMatcher:
                 rights = self.rights(reg, after)
                 if rights is None:
                     continue
-                flags = reg.flags
-                variant = (flags.jdl, flags.anonymized or rights == "anonymized", flags.history)
-                body = bodies.get(variant)
+                anonymized = rights == "anonymized"
+                body = bodies.get(anonymized)
                 if body is None:
-                    body = bodies[variant] = status_message(
-                        after, jobid, jdl=variant[0], anonymized=variant[1], history=variant[2]
-                    )
+                    body = bodies[anonymized] = status_message(after, jobid, anonymized=anonymized)
                 rows.append(NotifRow(reg.unique, jobid, body))
             except Exception:
                 log.failure("notification {reg} of {jobid} failed", reg=reg.unique, jobid=jobid)

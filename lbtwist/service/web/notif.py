@@ -30,10 +30,11 @@ from twisted.web.template import Tag, tags
 
 from lbtwist.core.notif import (
     SSE_KEEPALIVE,
+    Flags,
     registration_id,
+    render_message,
     sse_end,
     sse_event,
-    with_seq,
 )
 from lbtwist.core.states.status import format_text_time
 from lbtwist.security.identity import Identity
@@ -303,10 +304,7 @@ class NotifResource(Resource):
         elif after > 0:
             await notifications.ack(unique, after)
         got = await notifications.messages(unique, after, limit)
-        if reg.flags.history:
-            bodies = [await self.with_history(m) for m in got]
-        else:
-            bodies = [with_seq(m.seq, m.body) for m in got]
+        bodies = await self.render_messages(got, reg.flags)
         current = notifications.registration(unique) or reg
         return (
             200,
@@ -320,21 +318,21 @@ class NotifResource(Resource):
             ),
         )
 
-    async def with_history(self, message: Message) -> bytes:
+    async def render_messages(self, messages: list[Message], flags: Flags) -> list[bytes]:
         """
-        A message with the job's events up to the message's status attached
-        (at most C{page_events} of them).
+        The messages as the client gets them (L{render_message}), with the
+        C{history} flag the job's events up to each (at most C{page_events}).
         """
-        if message.kind != "status":
-            return with_seq(message.seq, message.body)
-        data = json.loads(message.body)
-        upto = data.pop("history_upto", None)
-        if isinstance(upto, int):
-            got = await self.service.store.events_range(
-                data["jobid"], 0, min(upto, self.page_events)
-            )
-            data["history"] = [render.event_dict(e) for e in got]
-        return with_seq(message.seq, render.to_json(data))
+        out = []
+        for m in messages:
+            data, upto = render_message(m.seq, m.body, flags)
+            if upto is not None:
+                jobid = json.loads(data)["jobid"]
+                got = await self.service.store.events_range(jobid, 0, min(upto, self.page_events))
+                history = render.to_json([render.event_dict(e) for e in got]).strip()
+                data = data[:-1] + b',"history":' + history + b"}"
+            out.append(data)
+        return out
 
     async def _stream(
         self, request: Request, who: Identity, unique: str, params: list[tuple[str, str]]
@@ -352,7 +350,7 @@ class NotifResource(Resource):
             after = state.acked if state is not None else 0
         elif after > 0:
             await notifications.ack(unique, after)
-        stream = EventStream(self, request, unique, after, history=reg.flags.history)
+        stream = EventStream(self, request, unique, after)
         stream.start()
 
 
@@ -369,14 +367,11 @@ class EventStream:
         request: Request,
         unique: str,
         after: int,
-        *,
-        history: bool,
     ) -> None:
         self.resource = resource
         self.request = request
         self.unique = unique
         self.after = after
-        self.history = history
         self.paused = False
         self.fetching = False
         self.wanted = True
@@ -436,19 +431,15 @@ class EventStream:
         d.addErrback(self._failed)
 
     async def _render(self, messages: list[Message]) -> list[bytes]:
-        out = []
-        for m in messages:
-            data = await self.resource.with_history(m) if self.history else with_seq(m.seq, m.body)
-            out.append(sse_event(m.seq, m.kind, data))
-        return out
+        reg = self.resource.service.notifications.registration(self.unique)
+        flags = reg.flags if reg is not None else Flags()
+        bodies = await self.resource.render_messages(messages, flags)
+        return [sse_event(m.seq, m.kind, data) for m, data in zip(messages, bodies, strict=True)]
 
     def _got(self, messages: list[Message]) -> Deferred[None] | None:
         if self.closed:
             return None
-        if self.history and messages:
-            return Deferred.fromCoroutine(self._render(messages)).addCallback(self._write, messages)
-        self._write([sse_event(m.seq, m.kind, with_seq(m.seq, m.body)) for m in messages], messages)
-        return None
+        return Deferred.fromCoroutine(self._render(messages)).addCallback(self._write, messages)
 
     def _write(self, events: list[bytes], messages: list[Message]) -> None:
         self.fetching = False
