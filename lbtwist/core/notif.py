@@ -82,6 +82,14 @@ class Conditions:
     vo: str | None = None
     destination: str | None = None
     states: tuple[str, ...] = ()
+    #: The unique parts of L{jobids} (what matching compares).
+    uniques: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+    #: L{states}, lower case.
+    folded_states: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "uniques", frozenset(unique_of(j) for j in self.jobids))
+        object.__setattr__(self, "folded_states", frozenset(s.lower() for s in self.states))
 
     def to_dict(self) -> dict[str, Any]:
         """
@@ -362,10 +370,8 @@ def conditions_hold(conditions: Conditions, status: JobStatus, jobid: str) -> bo
     """
     Whether a job's status satisfies every given condition.
     """
-    if conditions.jobids:
-        unique = unique_of(jobid)
-        if not any(unique_of(j) == unique for j in conditions.jobids):
-            return False
+    if conditions.uniques and unique_of(jobid) not in conditions.uniques:
+        return False
     if conditions.owner is not None and not (
         status.owner and same_dn(status.owner, conditions.owner)
     ):
@@ -383,7 +389,7 @@ def conditions_hold(conditions: Conditions, status: JobStatus, jobid: str) -> bo
         if vo is None or vo.lower() != conditions.vo.strip("/").lower():
             return False
     if conditions.states:
-        wanted = {s.lower() for s in conditions.states}
+        wanted = conditions.folded_states
         if status.state.lower() not in wanted and (status.cream_state or "").lower() not in wanted:
             return False
     return True

@@ -54,6 +54,7 @@ DEFAULT_SWEEP_INTERVAL = 60.0
 DEFAULT_SWEEP_CHUNK = 500
 DEFAULT_KEEPALIVE = 15.0
 DEFAULT_PAGE_MESSAGES = 1000
+DEFAULT_MAX_BODY = 64 * 1024
 
 
 class Refused(Exception):
@@ -81,9 +82,10 @@ class NotifySettings:
     keepalive: float = DEFAULT_KEEPALIVE
     bootstrap_max: int = 10_000
     page_messages: int = DEFAULT_PAGE_MESSAGES
+    max_body: int = DEFAULT_MAX_BODY
 
     def __attrs_post_init__(self) -> None:
-        for name in ("max_per_user", "sweep_chunk", "bootstrap_max", "page_messages"):
+        for name in ("max_per_user", "sweep_chunk", "bootstrap_max", "page_messages", "max_body"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if self.sweep_interval <= 0 or self.keepalive <= 0:

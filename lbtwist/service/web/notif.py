@@ -52,9 +52,6 @@ from lbtwist.store.notif import Message, RegState
 
 log = Logger()
 
-#: Largest request body (a registration) accepted, in bytes.
-MAX_BODY = 64 * 1024
-
 #: Default C{limit} of C{/messages}.
 DEFAULT_LIMIT = 100
 
@@ -224,10 +221,11 @@ class NotifResource(Resource):
         request.finish()
 
     def _body(self, request: Request) -> object:
+        most = self.service.settings.max_body
         content = request.content
-        data = content.read(MAX_BODY + 1) if content is not None else b""
-        if len(data) > MAX_BODY:
-            raise HTTPError(413, f"request body over {MAX_BODY} bytes")
+        data = content.read(most + 1) if content is not None else b""
+        if len(data) > most:
+            raise HTTPError(413, f"request body over {most} bytes (notify-max-body)")
         if not data.strip():
             return {}
         try:
