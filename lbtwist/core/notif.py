@@ -550,14 +550,16 @@ def message_status(status: JobStatus, jobid: str, *, jdl: bool, anonymized: bool
     return data
 
 
-def status_message(status: JobStatus, jobid: str, *, anonymized: bool) -> bytes:
+def status_message(status: JobStatus, jobid: str, *, anonymized: bool, jdl: bool = True) -> bytes:
     """
     A status message's body as stored: a JSON object without its C{seq}, the
     status in the stores' own form (L{JobStatus.to_json}: cheap on the commit
-    path), whether the registrant may see it only anonymized, and the job's event
-    count at that moment (for the history). L{render_message} makes what the
-    client gets of it.
+    path; without C{jdl} its JDL fields left out), whether the registrant may
+    see it only anonymized, and the job's event count at that moment (for the
+    history). L{render_message} makes what the client gets of it.
     """
+    if not jdl and (status.jdl or status.matched_jdl or status.cream_jdl):
+        status = attrs.evolve(status, jdl=None, matched_jdl=None, cream_jdl=None)
     return b'{"kind":"status","jobid":%s,"view":"%s","nevents":%d,"status":%s}' % (
         json.dumps(jobid).encode("utf-8"),
         b"anonymized" if anonymized else b"full",

@@ -489,7 +489,7 @@ class NotifMatcher:
         now: float,
     ) -> list[NotifRow]:
         rows = []
-        bodies: dict[bool, bytes] = {}
+        bodies: dict[tuple[bool, bool], bytes] = {}
         for reg in candidates:
             try:
                 if not matches(reg, before, after, jobid, now):
@@ -497,10 +497,12 @@ class NotifMatcher:
                 rights = self.rights(reg, after)
                 if rights is None:
                     continue
-                anonymized = rights == "anonymized"
-                body = bodies.get(anonymized)
+                variant = (rights == "anonymized", reg.flags.jdl)
+                body = bodies.get(variant)
                 if body is None:
-                    body = bodies[anonymized] = status_message(after, jobid, anonymized=anonymized)
+                    body = bodies[variant] = status_message(
+                        after, jobid, anonymized=variant[0], jdl=variant[1]
+                    )
                 rows.append(NotifRow(reg.unique, jobid, body))
             except Exception:
                 log.failure("notification {reg} of {jobid} failed", reg=reg.unique, jobid=jobid)

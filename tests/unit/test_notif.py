@@ -313,6 +313,12 @@ class MessageTests(SynchronousTestCase):
         self.assertEqual(by_rights, by_flag)
         self.assertNotIn(OWNER.encode(), by_rights)
 
+    def test_jdl_not_stored_without_the_flag(self) -> None:
+        s = status(jdl="[ Executable = x ]", cream_jdl="[ Executable = y ]")
+        self.assertNotIn(b"Executable", status_message(s, JOB, anonymized=False, jdl=False))
+        self.assertIn(b"Executable = y", status_message(s, JOB, anonymized=False, jdl=True))
+        self.assertEqual(s.jdl, "[ Executable = x ]")  # the status is left alone
+
     def test_history_count(self) -> None:
         s = status(event_count=7)
         stored = status_message(s, JOB, anonymized=False)
