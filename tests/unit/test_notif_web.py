@@ -332,6 +332,20 @@ class MessagesTests(SynchronousTestCase):
         got = as_json(h.request("GET", f"/notif/{reg['unique']}/messages"))
         self.assertEqual(got["messages"][0]["seq"], 4)
 
+    def test_after_beyond_the_newest(self) -> None:
+        """
+        An C{after} past the newest message acknowledges what there is, no more:
+        later messages are not lost to it.
+        """
+        h = Harness()
+        reg = h.register({"conditions": {"jobid": [JOBID]}, "flags": {"state_changes_only": True}})
+        h.log(traces.cream_done_ok()[:4])
+        got = as_json(h.request("GET", f"/notif/{reg['unique']}/messages?after=1000"))
+        self.assertEqual((got["messages"], got["next"]), ([], 2))
+        h.log(traces.cream_done_ok()[4:])
+        got = as_json(h.request("GET", f"/notif/{reg['unique']}/messages?after=2"))
+        self.assertEqual(got["messages"][0]["seq"], 3)
+
     def test_bad_parameters(self) -> None:
         h = Harness(settings=NotifySettings(page_messages=50))
         unique = h.register()["unique"]

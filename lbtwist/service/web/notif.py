@@ -296,11 +296,7 @@ class NotifResource(Resource):
         after, limit = self._page_params(params)
         reg = self.service.lookup(who, unique)
         notifications = self.service.notifications
-        if after is None:
-            state = await notifications.get(unique)
-            after = state.acked if state is not None else 0
-        elif after > 0:
-            await notifications.ack(unique, after)
+        after = await self._acknowledge(unique, after)
         got = await notifications.messages(unique, after, limit)
         bodies = await self.render_messages(got, reg.flags)
         current = notifications.registration(unique) or reg
@@ -315,6 +311,22 @@ class NotifResource(Resource):
                 b"true" if current.expired(self.service.now()) else b"false",
             ),
         )
+
+    async def _acknowledge(self, unique: str, after: int | None) -> int:
+        """
+        Where a read starts: after C{after} (acknowledging the messages up to it,
+        never past the newest), or after the acknowledged ones.
+        """
+        notifications = self.service.notifications
+        state = await notifications.get(unique)
+        if state is None:
+            raise HTTPError(404, f"no registration {unique!r}")
+        if after is None:
+            return state.acked
+        after = min(after, state.last_seq)
+        if after > state.acked:
+            await notifications.ack(unique, after)
+        return after
 
     async def render_messages(self, messages: list[Message], flags: Flags) -> list[bytes]:
         """
@@ -342,12 +354,7 @@ class NotifResource(Resource):
         reg = self.service.lookup(who, unique)
         if reg.expired(self.service.now()):
             raise Refused(410, f"registration {unique!r} has expired")
-        notifications = self.service.notifications
-        if after is None:
-            state = await notifications.get(unique)
-            after = state.acked if state is not None else 0
-        elif after > 0:
-            await notifications.ack(unique, after)
+        after = await self._acknowledge(unique, after)
         stream = EventStream(self, request, unique, after)
         stream.start()
 
