@@ -818,15 +818,21 @@ class SQLiteStore(GroupedWrites):
         )
         # The clock is the reactor unless one is given for the threads.
         reactor = self._thread_reactor or cast(IReactorFromThreads, clock)
+        # The store's own writer thread drains the commit queue itself, handing each
+        # committed group's results to the reactor (GroupCommit, handoff).
+        handoff = None
         if runner is None:
             runner, pool = _thread_runner(reactor, "lbtwist-store-writer")
             self._pools.append(pool)
+            handoff = reactor.callFromThread
             if read_runner is None:
                 read_runner, pool = _thread_runner(reactor, "lbtwist-store-reader")
                 self._pools.append(pool)
         self._runner = runner
         self._read = read_runner or runner
-        self._commit = GroupCommit(clock, self.processor.process, runner, self.processor.pending)
+        self._commit = GroupCommit(
+            clock, self.processor.process, runner, self.processor.pending, handoff
+        )
         self._notifier = CommitNotifier(self.processor)
         for listener in self._listeners:
             self._notifier.add(listener)
