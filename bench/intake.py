@@ -13,7 +13,9 @@ each on a fresh service:
     rate of the same round;
  2. the same number of realistic producers, as fast as they go: each sends one event and
     waits for its answer before the next (as CREAM's and L&B's C producers do);
- 3. realistic producers offered half the rate of run 1: the acknowledgement latency;
+ 3. C{--wait-connections} realistic producers (default 64: 16 waiting producers can
+    offer at most 16 events per acknowledgement time) offered half the rate of run 1
+    between them: the acknowledgement latency;
  4. pipelining producers at half the rate of run 1.
 
 Rated producers send on a schedule shifted by a fraction of their send interval, so the
@@ -382,6 +384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--window", type=int, default=64, help="unanswered events per pipelining connection"
     )
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument(
+        "--wait-connections",
+        type=int,
+        default=64,
+        help="waiting producers of the half-rate latency run (16 waiting producers can"
+        " offer at most 16 events per acknowledgement time)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="rounds (figures are medians)")
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
     parser.add_argument(
@@ -397,7 +406,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     conns = args.connections
     number = [0]
 
-    def one(name: str, window: int, count: int, rate: float | None) -> dict[str, float]:
+    def one(
+        name: str, window: int, count: int, rate: float | None, conns: int = conns
+    ) -> dict[str, float]:
         run = number[0]
         number[0] += 1
         twistd_args = []
@@ -454,9 +465,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         full["ratio"] = full["rate"] / ceiling["rows_per_s_batch256"]
         figures["pipe"] = full
         half = full["rate"] / 2
-        figures["wait"] = one(wait, 1, max(conns, int(half * args.seconds)), None)
+        figures["wait"] = one(wait, 1, max(conns, int(half * args.seconds / 3)), None)
+        waiting = args.wait_connections
         figures["wait_half"] = one(
-            f"{wait}, at {half:,.0f}/s", 1, max(conns, int(half * args.seconds)), half
+            f"{waiting} connections waiting for each answer, at {half:,.0f}/s",
+            1,
+            max(waiting, int(half * args.seconds)),
+            half,
+            waiting,
         )
         figures["pipe_half"] = one(
             f"{pipe}, at {half:,.0f}/s", args.window, max(conns, int(half * args.seconds)), half
@@ -485,7 +501,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" p99 {med('wait', 'p99_ms'):.2f} ms"
     )
     print(
-        f"  {wait}, at half rate: {med('wait_half', 'rate'):,.0f} events/s achieved;"
+        f"  {args.wait_connections} connections waiting for each answer, at half rate:"
+        f" {med('wait_half', 'rate'):,.0f} events/s achieved;"
         f" p50 {p50:.2f} ms, p99 {p99:.2f} ms (targets < 5, < 20)"
     )
     print(
@@ -500,7 +517,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f".venv/bin/python -m bench.intake --count {args.count} --seconds {args.seconds:g}"
-        f" --window {args.window} --connections {conns} --repeat {args.repeat}"
+        f" --window {args.window} --connections {conns}"
+        f" --wait-connections {args.wait_connections} --repeat {args.repeat}"
     )
     return 0
 

@@ -995,12 +995,20 @@ class GroupCommit:
         runner: Runner,
         pending: Callable[[], bool] | None = None,
         handoff: Handoff | None = None,
+        yield_to: Callable[[], bool] | None = None,
     ) -> None:
+        """
+        @param handoff: see the class; C{None}: one runner call per group.
+        @param yield_to: with a C{handoff}, whether other work waits for the runner
+            (the outbox's acknowledgements): then the drain stops after the group
+            that committed and starts again behind that work.
+        """
         self._clock = clock
         self._process = process
         self._runner = runner
         self._pending = pending
         self._handoff = handoff
+        self._yield_to = yield_to
         self._queue: _Group = []
         self._offsets: SpoolOffsets = {}
         # Guards _queue, _offsets and _running between the reactor and a draining runner.
@@ -1147,8 +1155,16 @@ class GroupCommit:
         """
         handoff = self._handoff
         assert handoff is not None
+        yield_to = self._yield_to
+        first = True
         while True:
             with self._lock:
+                if not first and yield_to is not None and yield_to():
+                    # Other work waits for this thread: let it run first (_drained
+                    # starts the drain again behind it).
+                    self._running = False
+                    return
+                first = False
                 group, self._queue = self._queue, []
                 offsets, self._offsets = self._offsets, {}
                 if not group and not offsets:
@@ -1173,15 +1189,16 @@ class GroupCommit:
         self._drains -= 1
         if isinstance(result, Failure):
             log.failure("commit runner failed", result)
-            with self._lock:
+        with self._lock:
+            if isinstance(result, Failure):
                 self._running = False
-                restart = bool(self._queue)
-                if restart:
-                    self._running = True
+            # Items left queued (the drain yielded, or failed): drain again.
+            restart = not self._running and bool(self._queue or self._offsets)
             if restart:
-                self._drain_start()
-                return
-        if not self._running and not self._queue and not self._drains:
+                self._running = True
+        if restart:
+            self._drain_start()
+        elif not self._running and not self._queue and not self._drains:
             self._fire_idle()
 
 
@@ -1266,6 +1283,13 @@ class OutboxWriter:
         self._idle: list[Deferred[None]] = []
         self._running = False
         self.transactions = 0
+
+    @property
+    def busy(self) -> bool:
+        """
+        Whether an update was handed to the runner and has not finished.
+        """
+        return self._running
 
     def ack(self, ids: Iterable[int]) -> Deferred[None]:
         """

@@ -830,8 +830,14 @@ class SQLiteStore(GroupedWrites):
                 self._pools.append(pool)
         self._runner = runner
         self._read = read_runner or runner
+        # A draining writer yields to the outbox's acknowledgements (same thread).
         self._commit = GroupCommit(
-            clock, self.processor.process, runner, self.processor.pending, handoff
+            clock,
+            self.processor.process,
+            runner,
+            self.processor.pending,
+            handoff,
+            yield_to=lambda: self._outbox.busy,
         )
         self._notifier = CommitNotifier(self.processor)
         for listener in self._listeners:

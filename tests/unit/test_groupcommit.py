@@ -201,6 +201,44 @@ class DrainTests(SynchronousTestCase):
         self.threads.run_writer()
         self.assertEqual(pending, [5])
 
+    def test_yields_to_other_work(self) -> None:
+        """
+        When other work waits for the writer thread (the outbox), the drain stops
+        after the group that committed, and the reactor starts it again behind
+        that work; nothing queued is lost.
+        """
+        busy = [False]
+        commit = GroupCommit(
+            Clock(),
+            self.process,
+            self.threads.runner,
+            handoff=self.threads.handoff,
+            yield_to=lambda: busy[0],
+        )
+        d1 = commit.submit(lines(1))
+        later: list[Deferred[Any]] = []
+
+        def arrive() -> None:
+            later.append(commit.submit(lines(2)))
+            busy[0] = True
+            self.threads.runner(lambda: "outbox")
+
+        self.during = arrive
+        self.threads.run_writer()
+        self.assertEqual(len(self.groups), 1)
+        self.threads.run_reactor()
+        self.successResultOf(d1)
+        self.assertNoResult(later[0])
+        # The outbox's work runs first, then the drain started again.
+        self.assertEqual(len(self.threads.work), 2)
+        self.assertEqual(self.threads.work[0][0](), "outbox")
+        self.threads.work.pop(0)
+        busy[0] = False
+        self.threads.run_writer()
+        self.threads.run_reactor()
+        self.assertEqual(len(self.successResultOf(later[0])), 3)
+        self.successResultOf(commit.when_idle())
+
     def _one(self, items: list[tuple[str, Any]]) -> Deferred[Any]:
         d = self.commit.submit(items)
         self.threads.run_writer()
