@@ -38,6 +38,9 @@ DEFAULT_INTAKE_BACKLOG = 1024
 DEFAULT_RELAY_WINDOW = 64
 DEFAULT_MAX_FUTURE_SKEW = 86_400  # seconds
 DEFAULT_REFOLD_SLICE = 100  # events
+#: Python's thread switch interval while the store's threads run (microseconds; the
+#: interpreter's own is 5,000): how long the reactor may wait for the writer thread.
+DEFAULT_THREAD_SWITCH_INTERVAL = 500
 DEFAULT_SERVE_MAX_ANSWER = 16 * 1024 * 1024  # bytes
 
 #: Events per page of a job's history (queries).
@@ -589,6 +592,12 @@ OPTIONS: tuple[Option, ...] = (
         flag=True,
         roles=_SERVER_ONLY,
     ),
+    _value(
+        "thread-switch-interval",
+        _count,
+        DEFAULT_THREAD_SWITCH_INTERVAL,
+        "Microseconds a thread runs before Python lets another (the reactor) in.",
+    ),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
@@ -667,6 +676,7 @@ class Settings:
     il_keep_files: bool
     il_no_inotify: bool
     grey_jobs: bool
+    thread_switch_interval: int
     dev_certs: bool
 
     def as_options(self) -> dict[str, object]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from collections import OrderedDict
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -760,14 +761,23 @@ class SQLiteStore(GroupedWrites):
         checkpoint_every: int = CHECKPOINT_EVERY,
         refold_slice: int = REFOLD_SLICE,
         max_future_skew: int | None = None,
+        switch_interval: float | None = None,
     ) -> None:
         """
         @param checkpoint_every: see L{BatchProcessor}.
         @param refold_slice: see L{BatchProcessor}.
         @param max_future_skew: see L{BatchProcessor}.
+        @param switch_interval: seconds; set as the interpreter's thread switch interval
+            (C{sys.setswitchinterval}) when the store starts its own threads: a reactor
+            woken by a socket waits at most this long for the writer thread, busy
+            planning a commit, to let it run (the interpreter's default is 5 ms).
+            C{None}: left as it is.
         @raise ValueError: a tuning value is out of range.
         """
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
+        if switch_interval is not None and not switch_interval > 0:
+            raise ValueError("switch_interval must be positive")
+        self._switch_interval = switch_interval
         self.path = path
         self._checkpoint_every = checkpoint_every
         self._refold_slice = refold_slice
@@ -822,6 +832,8 @@ class SQLiteStore(GroupedWrites):
         # committed group's results to the reactor (GroupCommit, handoff).
         handoff = None
         if runner is None:
+            if self._switch_interval is not None:
+                sys.setswitchinterval(self._switch_interval)
             runner, pool = _thread_runner(reactor, "lbtwist-store-writer")
             self._pools.append(pool)
             handoff = reactor.callFromThread
