@@ -394,6 +394,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="rounds (figures are medians)")
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
     parser.add_argument(
+        "--service-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an option of lbproxy for every run (repeatable), e.g."
+        " --service-option=--thread-switch-interval=5000",
+    )
+    parser.add_argument(
         "--profile", metavar="FILE", help="run twistd under cProfile, stats to FILE.<run>"
     )
     parser.add_argument(
@@ -414,7 +422,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         twistd_args = []
         if args.profile:
             twistd_args = [f"--profile={args.profile}.{run}", "--profiler=cprofile", "--savestats"]
-        svc = LBService(os.path.join(base, f"run{run}"), twistd_args=twistd_args)
+        svc = LBService(
+            os.path.join(base, f"run{run}"), args.service_option, twistd_args=twistd_args
+        )
         svc.start()
         spy = None
         try:
@@ -519,6 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f".venv/bin/python -m bench.intake --count {args.count} --seconds {args.seconds:g}"
         f" --window {args.window} --connections {conns}"
         f" --wait-connections {args.wait_connections} --repeat {args.repeat}"
+        + "".join(f" --service-option={o}" for o in args.service_option)
     )
     return 0
 
