@@ -1284,13 +1284,6 @@ class OutboxWriter:
         self._running = False
         self.transactions = 0
 
-    @property
-    def busy(self) -> bool:
-        """
-        Whether an update was handed to the runner and has not finished.
-        """
-        return self._running
-
     def ack(self, ids: Iterable[int]) -> Deferred[None]:
         """
         Remove rows (delivered).

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -722,14 +723,34 @@ _STARTED_PARTS = frozenset(
 )
 
 
-def _thread_runner(reactor: IReactorFromThreads, name: str) -> tuple[Runner, ThreadPool]:
+class ThreadRunner:
+    """
+    Runs work on a one-thread pool and counts the calls handed to it that have not
+    started yet (C{waiting}): a draining commit yields to them.
+    """
+
+    def __init__(self, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
+        self._reactor = reactor
+        self._pool = pool
+        self._lock = threading.Lock()
+        self.waiting = 0
+
+    def __call__(self, work: Callable[[], _T]) -> Deferred[_T]:
+        with self._lock:
+            self.waiting += 1
+
+        def started() -> _T:
+            with self._lock:
+                self.waiting -= 1
+            return work()
+
+        return deferToThreadPool(self._reactor, self._pool, started)
+
+
+def _thread_runner(reactor: IReactorFromThreads, name: str) -> tuple[ThreadRunner, ThreadPool]:
     pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
     pool.start()
-
-    def run(work: Callable[[], _T]) -> Deferred[_T]:
-        return deferToThreadPool(reactor, pool, work)
-
-    return run, pool
+    return ThreadRunner(reactor, pool), pool
 
 
 @implementer(IEventStore)
@@ -831,25 +852,27 @@ class SQLiteStore(GroupedWrites):
         # The store's own writer thread drains the commit queue itself, handing each
         # committed group's results to the reactor (GroupCommit, handoff).
         handoff = None
+        yield_to = None
         if runner is None:
             if self._switch_interval is not None:
                 sys.setswitchinterval(self._switch_interval)
-            runner, pool = _thread_runner(reactor, "lbtwist-store-writer")
+            writer, pool = _thread_runner(reactor, "lbtwist-store-writer")
             self._pools.append(pool)
+            runner = writer
             handoff = reactor.callFromThread
+
+            # A draining writer yields to any other work handed to its thread (the
+            # outbox's acknowledgements, closing).
+            def yield_to() -> bool:
+                return writer.waiting > 0
+
             if read_runner is None:
                 read_runner, pool = _thread_runner(reactor, "lbtwist-store-reader")
                 self._pools.append(pool)
         self._runner = runner
         self._read = read_runner or runner
-        # A draining writer yields to the outbox's acknowledgements (same thread).
         self._commit = GroupCommit(
-            clock,
-            self.processor.process,
-            runner,
-            self.processor.pending,
-            handoff,
-            yield_to=lambda: self._outbox.busy,
+            clock, self.processor.process, runner, self.processor.pending, handoff, yield_to
         )
         self._notifier = CommitNotifier(self.processor)
         for listener in self._listeners:

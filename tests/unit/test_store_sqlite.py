@@ -440,3 +440,33 @@ class SwitchIntervalTests(TestCase):
             options.parseOptions,
             ["--state-dir", self.mktemp(), "--thread-switch-interval", "0"],
         )
+
+
+class ThreadRunnerTests(SynchronousTestCase):
+    """
+    The writer thread's runner counts the work handed to it and not started yet.
+    """
+
+    def test_waiting(self) -> None:
+        from lbtwist.store.sqlite import ThreadRunner
+
+        class Pool:
+            def __init__(self) -> None:
+                self.calls: list[Any] = []
+
+            def callInThreadWithCallback(self, on_result: Any, f: Any) -> None:
+                self.calls.append((on_result, f))
+
+        class Reactor:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                f(*args)
+
+        pool = Pool()
+        runner = ThreadRunner(Reactor(), pool)  # type: ignore[arg-type]  # stand-ins
+        first = runner(lambda: 1)
+        runner(lambda: 2)
+        self.assertEqual(runner.waiting, 2)
+        on_result, f = pool.calls.pop(0)
+        on_result(True, f())
+        self.assertEqual(runner.waiting, 1)
+        self.assertEqual(self.successResultOf(first), 1)
