@@ -38,6 +38,9 @@ DEFAULT_INTAKE_BACKLOG = 1024
 DEFAULT_RELAY_WINDOW = 64
 DEFAULT_MAX_FUTURE_SKEW = 86_400  # seconds
 DEFAULT_REFOLD_SLICE = 100  # events
+#: Python's thread switch interval while the store's threads run (microseconds; the
+#: interpreter's own is 5,000): how long the reactor may wait for the writer thread.
+DEFAULT_THREAD_SWITCH_INTERVAL = 500
 DEFAULT_SERVE_MAX_ANSWER = 16 * 1024 * 1024  # bytes
 
 #: Events per page of a job's history (queries).
@@ -669,6 +672,12 @@ OPTIONS: tuple[Option, ...] = (
         DEFAULT_NOTIFY_PAGE_MESSAGES,
         "Most messages of one /messages answer and of one read of an event stream.",
     ),
+    _value(
+        "thread-switch-interval",
+        _count,
+        DEFAULT_THREAD_SWITCH_INTERVAL,
+        "Microseconds a thread runs before Python lets another (the reactor) in.",
+    ),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
@@ -758,6 +767,7 @@ class Settings:
     notify_bootstrap_max_jobs: int
     notify_max_body: int
     notify_page_messages: int
+    thread_switch_interval: int
     dev_certs: bool
 
     def as_options(self) -> dict[str, object]:

@@ -333,7 +333,9 @@ class AnswerQueue:
             self.closed = True
             slots.clear()
             transport.loseConnection()
-        elif self.paused and len(slots) <= self.max_inflight // 2:
+            return done
+        write_now(transport)
+        if self.paused and len(slots) <= self.max_inflight // 2:
             self.paused = False
             transport.resumeProducing()
         return done
@@ -344,6 +346,31 @@ class AnswerQueue:
         """
         self.closed = True
         self._slots.clear()
+
+
+def write_now(transport: Any) -> None:
+    """
+    Send what was just written to a socket transport in this reactor turn.
+
+    A descriptor transport (C{FileDescriptor}) only buffers a write and sends it
+    when the next poll finds the socket writable, after everything else that
+    turn reads and parses: acknowledgements waited behind other connections'
+    input. This sends at once what the socket takes (C{doWrite}, as the reactor
+    would); the rest stays buffered for the reactor. An error is left to the
+    reactor too (the descriptor stays registered for writing, the next poll
+    meets the error and closes the connection). Transports without a
+    descriptor of their own (TLS, test transports) and closing ones are left
+    alone.
+    """
+    do_write = getattr(transport, "doWrite", None)
+    if (
+        do_write is None
+        or not getattr(transport, "connected", False)
+        or getattr(transport, "disconnecting", True)
+        or getattr(transport, "_writeDisconnecting", False)
+    ):
+        return
+    do_write()
 
 
 __all__ = [
@@ -358,4 +385,5 @@ __all__ = [
     "Slot",
     "detect_framing",
     "make_framing",
+    "write_now",
 ]

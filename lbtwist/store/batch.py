@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_store -*-
+# -*- test-case-name: tests.unit.test_store,tests.unit.test_groupcommit -*-
 """
 The commit-group logic every store backend shares.
 
@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from types import SimpleNamespace
@@ -969,12 +970,27 @@ def run_now(work: Callable[[], _T]) -> Deferred[_T]:
     return maybeDeferred(work)
 
 
+#: Hands a call to the reactor thread (C{reactor.callFromThread}).
+Handoff = Callable[..., object]
+
+_Group = list[tuple[list[tuple[str, Event, int]], Deferred[Results]]]
+
+
 class GroupCommit:
     """
     Commit groups without timers: a commit starts at once when none is running;
     items submitted while one runs all go into the next one. While C{pending()}
-    says there is background work (refolds), an empty group follows on the next
-    reactor turn (so waiting items always go first).
+    says there is background work (refolds), an empty group follows (on the next
+    reactor turn, or at once on a draining runner; waiting items always go first).
+
+    Given a C{handoff} (C{reactor.callFromThread}, when C{runner} is the store's
+    own writer thread), the runner drains the queue itself: as soon as a group
+    has committed, the writer thread takes everything queued meanwhile as the
+    next group and starts it, and hands the committed group's results to the
+    reactor thread through C{handoff}; the next commit does not wait for the
+    reactor to run the previous one's callbacks. Without one, each group is one
+    runner call started from the reactor thread once the previous one's results
+    are delivered (synchronous runners, L{lbtwist.testing.HeldRunner}).
 
     @ivar commits: number of commit groups started.
     """
@@ -985,14 +1001,28 @@ class GroupCommit:
         process: Callable[..., Results],
         runner: Runner,
         pending: Callable[[], bool] | None = None,
+        handoff: Handoff | None = None,
+        yield_to: Callable[[], bool] | None = None,
     ) -> None:
+        """
+        @param handoff: see the class; C{None}: one runner call per group.
+        @param yield_to: with a C{handoff}, whether other work waits for the runner
+            (the outbox's acknowledgements): then the drain stops after the group
+            that committed and starts again behind that work.
+        """
         self._clock = clock
         self._process = process
         self._runner = runner
         self._pending = pending
-        self._queue: list[tuple[list[tuple[str, Event, int]], Deferred[Results]]] = []
+        self._handoff = handoff
+        self._yield_to = yield_to
+        self._queue: _Group = []
         self._offsets: SpoolOffsets = {}
+        # Guards _queue, _offsets and _running between the reactor and a draining runner.
+        self._lock = threading.Lock()
         self._running = False
+        # Drains started and not yet seen ending on the reactor thread (L{_drained}).
+        self._drains = 0
         self._idle: list[Deferred[None]] = []
         self._background: IDelayedCall | None = None
         self._stopped = False
@@ -1020,11 +1050,19 @@ class GroupCommit:
         if not items and not offsets:
             d.callback([])
             return d
-        if offsets:
-            self._offsets.update(offsets)
-        self._queue.append(([(line, ev, now) for line, ev in items], d))
-        if not self._running:
-            self._next()
+        part = [(line, ev, now) for line, ev in items]
+        with self._lock:
+            if offsets:
+                self._offsets.update(offsets)
+            self._queue.append((part, d))
+            start = not self._running
+            if start and self._handoff is not None:
+                self._running = True
+        if start:
+            if self._handoff is not None:
+                self._drain_start()
+            else:
+                self._next()
         return d
 
     def when_idle(self) -> Deferred[None]:
@@ -1032,7 +1070,7 @@ class GroupCommit:
         @return: a Deferred fired once no commit is running or queued.
         """
         d: Deferred[None] = Deferred()
-        if self._running or self._queue:
+        if self._running or self._queue or self._drains:
             self._idle.append(d)
         else:
             d.callback(None)
@@ -1042,7 +1080,14 @@ class GroupCommit:
         """
         Start the background groups if refolds are pending (a store opened on them).
         """
-        if not self._running and not self._queue:
+        if self._handoff is not None:
+            with self._lock:
+                start = not self._running and not self._queue
+                if start:
+                    self._running = True
+            if start:
+                self._drain_start()
+        elif not self._running and not self._queue:
             self._next()
 
     def _later(self) -> None:
@@ -1059,9 +1104,7 @@ class GroupCommit:
                 and self._pending()
             ):
                 self._background = self._clock.callLater(0, self._later)
-            idle, self._idle = self._idle, []
-            for d in idle:
-                d.callback(None)
+            self._fire_idle()
             return
         group, self._queue = self._queue, []
         offsets, self._offsets = self._offsets, {}
@@ -1073,23 +1116,97 @@ class GroupCommit:
         else:
             result = self._runner(lambda: self._process(items))
 
-        def done(results: Results) -> None:
-            start = 0
-            for part, d in group:
-                d.callback(results[start : start + len(part)])
-                start += len(part)
-
         def failed(failure: Failure) -> None:
-            log.failure("commit group failed", failure)
-            for _, d in group:
-                d.errback(TryAgain("store failure"))
+            self._failed(group, failure)
 
         def finished(_: object) -> None:
             self._running = False
             self._next()
 
-        result.addCallbacks(done, failed)
+        result.addCallbacks(self._deliver, failed, (group,))
         result.addBoth(finished)
+
+    def _deliver(self, results: Results, group: _Group) -> None:
+        """
+        Answer a committed group's callers (on the reactor thread).
+        """
+        start = 0
+        for part, d in group:
+            d.callback(results[start : start + len(part)])
+            start += len(part)
+
+    def _failed(self, group: _Group, failure: Failure) -> None:
+        log.failure("commit group failed", failure)
+        for _, d in group:
+            d.errback(TryAgain("store failure"))
+
+    def _fire_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for d in idle:
+            d.callback(None)
+
+    # -- the draining runner (a handoff given) ------------------------------------
+
+    def _drain_start(self) -> None:
+        """
+        Start the runner on L{_drain} (C{_running} is set).
+        """
+        self._drains += 1
+        self._runner(self._drain).addBoth(self._drained)
+
+    def _drain(self) -> None:
+        """
+        On the runner: commit group after group while items are queued (then the
+        background groups while refolds are pending), each group's results handed
+        to the reactor as soon as it has committed.
+        """
+        handoff = self._handoff
+        assert handoff is not None
+        yield_to = self._yield_to
+        first = True
+        while True:
+            with self._lock:
+                if not first and yield_to is not None and yield_to():
+                    # Other work waits for this thread: let it run first (_drained
+                    # starts the drain again behind it).
+                    self._running = False
+                    return
+                first = False
+                group, self._queue = self._queue, []
+                offsets, self._offsets = self._offsets, {}
+                if not group and not offsets:
+                    background = self._pending is not None and not self._stopped and self._pending()
+                    if not background:
+                        self._running = False
+                        return
+            self.commits += 1
+            items = [item for part, _ in group for item in part]
+            try:
+                results = self._process(items, offsets) if offsets else self._process(items)
+            except Exception:
+                handoff(self._failed, group, Failure())
+            else:
+                if group:
+                    handoff(self._deliver, results, group)
+
+    def _drained(self, result: object) -> None:
+        """
+        On the reactor, after the runner left L{_drain} (every handoff of it has run).
+        """
+        self._drains -= 1
+        if isinstance(result, Failure):
+            log.failure("commit runner failed", result)
+        with self._lock:
+            if isinstance(result, Failure):
+                self._running = False
+            # Items left queued (the drain yielded, or failed): drain again.
+            restart = not self._running and bool(self._queue or self._offsets)
+            if restart:
+                self._running = True
+        if restart:
+            self._drain_start()
+        elif not self._running and not self._queue and not self._drains:
+            self._fire_idle()
 
 
 # -- relay support: commit notifications and outbox bookkeeping ------------------

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -781,14 +783,34 @@ _STARTED_PARTS = frozenset(
 )
 
 
-def _thread_runner(reactor: IReactorFromThreads, name: str) -> tuple[Runner, ThreadPool]:
+class ThreadRunner:
+    """
+    Runs work on a one-thread pool and counts the calls handed to it that have not
+    started yet (C{waiting}): a draining commit yields to them.
+    """
+
+    def __init__(self, reactor: IReactorFromThreads, pool: ThreadPool) -> None:
+        self._reactor = reactor
+        self._pool = pool
+        self._lock = threading.Lock()
+        self.waiting = 0
+
+    def __call__(self, work: Callable[[], _T]) -> Deferred[_T]:
+        with self._lock:
+            self.waiting += 1
+
+        def started() -> _T:
+            with self._lock:
+                self.waiting -= 1
+            return work()
+
+        return deferToThreadPool(self._reactor, self._pool, started)
+
+
+def _thread_runner(reactor: IReactorFromThreads, name: str) -> tuple[ThreadRunner, ThreadPool]:
     pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
     pool.start()
-
-    def run(work: Callable[[], _T]) -> Deferred[_T]:
-        return deferToThreadPool(reactor, pool, work)
-
-    return run, pool
+    return ThreadRunner(reactor, pool), pool
 
 
 @implementer(IEventStore)
@@ -820,14 +842,23 @@ class SQLiteStore(GroupedWrites):
         checkpoint_every: int = CHECKPOINT_EVERY,
         refold_slice: int = REFOLD_SLICE,
         max_future_skew: int | None = None,
+        switch_interval: float | None = None,
     ) -> None:
         """
         @param checkpoint_every: see L{BatchProcessor}.
         @param refold_slice: see L{BatchProcessor}.
         @param max_future_skew: see L{BatchProcessor}.
+        @param switch_interval: seconds; set as the interpreter's thread switch interval
+            (C{sys.setswitchinterval}) when the store starts its own threads: a reactor
+            woken by a socket waits at most this long for the writer thread, busy
+            planning a commit, to let it run (the interpreter's default is 5 ms).
+            C{None}: left as it is.
         @raise ValueError: a tuning value is out of range.
         """
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
+        if switch_interval is not None and not switch_interval > 0:
+            raise ValueError("switch_interval must be positive")
+        self._switch_interval = switch_interval
         self.path = path
         self._checkpoint_every = checkpoint_every
         self._refold_slice = refold_slice
@@ -878,15 +909,31 @@ class SQLiteStore(GroupedWrites):
         )
         # The clock is the reactor unless one is given for the threads.
         reactor = self._thread_reactor or cast(IReactorFromThreads, clock)
+        # The store's own writer thread drains the commit queue itself, handing each
+        # committed group's results to the reactor (GroupCommit, handoff).
+        handoff = None
+        yield_to = None
         if runner is None:
-            runner, pool = _thread_runner(reactor, "lbtwist-store-writer")
+            if self._switch_interval is not None:
+                sys.setswitchinterval(self._switch_interval)
+            writer, pool = _thread_runner(reactor, "lbtwist-store-writer")
             self._pools.append(pool)
+            runner = writer
+            handoff = reactor.callFromThread
+
+            # A draining writer yields to any other work handed to its thread (the
+            # outbox's acknowledgements, closing).
+            def yield_to() -> bool:
+                return writer.waiting > 0
+
             if read_runner is None:
                 read_runner, pool = _thread_runner(reactor, "lbtwist-store-reader")
                 self._pools.append(pool)
         self._runner = runner
         self._read = read_runner or runner
-        self._commit = GroupCommit(clock, self.processor.process, runner, self.processor.pending)
+        self._commit = GroupCommit(
+            clock, self.processor.process, runner, self.processor.pending, handoff, yield_to
+        )
         self.notifications = self.backend.notif = Notifications(
             SQLNotifTables(conn, self._reader),
             writer=runner,

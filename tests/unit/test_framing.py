@@ -9,7 +9,8 @@ import errno
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.testing import StringTransport
+from twisted.internet.abstract import FileDescriptor
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core import ilproto
@@ -237,3 +238,72 @@ class AnswerQueueTests(SynchronousTestCase):
         slot.set(0, "OK")
         self.answers.flush()
         self.assertEqual(self.transport.value(), b"")
+
+
+class _Descriptor(FileDescriptor):
+    """
+    A socket transport whose socket takes C{room} bytes per write (all if C{None}).
+    """
+
+    def __init__(self, reactor: MemoryReactor, room: int | None = None) -> None:
+        super().__init__(reactor)
+        self.connected = 1
+        self.room = room
+        self.sent: list[bytes] = []
+
+    def writeSomeData(self, data: bytes) -> int:  # type: ignore[override]
+        taken = bytes(data) if self.room is None else bytes(data[: self.room])
+        self.sent.append(taken)
+        return len(taken)
+
+    def fileno(self) -> int:
+        return -1
+
+
+class WriteNowTests(SynchronousTestCase):
+    """
+    Answers go to the socket in the reactor turn that produced them.
+    """
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactor()
+
+    def queue(self, transport: _Descriptor) -> AnswerQueue:
+        answers = AnswerQueue(transport, max_inflight=4)
+        answers.framing = LineFraming(100)
+        return answers
+
+    def test_sent_at_once(self) -> None:
+        """
+        Flushed answers are sent before the reactor polls again; nothing is left
+        for it to write.
+        """
+        transport = _Descriptor(self.reactor)
+        answers = self.queue(transport)
+        answers.pending().set(0, "OK")
+        answers.answer(22, "bad")
+        answers.flush()
+        self.assertEqual(transport.sent, [b"OK\nERR 22 bad\n"])
+        self.assertNotIn(transport, self.reactor.getWriters())
+        # A closing answer is the reactor's to write (it then closes).
+        answers.answer(1401, "broken", close=True)
+        answers.flush()
+        self.assertEqual(len(transport.sent), 1)
+        self.assertTrue(transport.disconnecting)
+        self.assertIn(transport, self.reactor.getWriters())
+
+    def test_rest_left_to_reactor(self) -> None:
+        """
+        What the socket does not take stays buffered, the descriptor registered
+        for writing.
+        """
+        transport = _Descriptor(self.reactor, room=2)
+        answers = self.queue(transport)
+        answers.answer(0, "OK")
+        answers.answer(0, "OK")
+        answers.flush()
+        self.assertEqual(transport.sent, [b"OK"])
+        self.assertIn(transport, self.reactor.getWriters())
+        transport.room = None
+        transport.doWrite()
+        self.assertEqual(b"".join(transport.sent), b"OK\nOK\n")

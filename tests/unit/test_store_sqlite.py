@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import sys
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.task import Clock
+from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from bench.sqlite_ceiling import measure
@@ -371,3 +373,100 @@ class CeilingBenchTests(SynchronousTestCase):
         self.assertEqual(result["commits"], 3)
         self.assertGreater(result["rows_per_s"], 0)
         self.assertGreater(result["commits_per_s"], 0)
+
+
+class SwitchIntervalTests(TestCase):
+    """
+    The store's own threads come with the thread switch interval it is given.
+    """
+
+    def setUp(self) -> None:
+        self.addCleanup(sys.setswitchinterval, sys.getswitchinterval())
+
+    @inlineCallbacks
+    def test_set_with_threads(self) -> Any:
+        """
+        The interval is set when the store starts its threads, which then commit as
+        before.
+        """
+        sys.setswitchinterval(0.005)
+        store = SQLiteStore(self.mktemp(), clock=reactor, switch_interval=0.0007)
+        self.assertEqual(sys.getswitchinterval(), 0.005)  # nothing before start
+        store.start()
+        self.assertAlmostEqual(sys.getswitchinterval(), 0.0007)
+        results = yield store.store(items(direct_lines()))
+        self.assertEqual(len(results), len(direct_lines()))
+        yield store.close()
+
+    def test_not_without_threads(self) -> None:
+        """
+        A store given a runner starts no threads and leaves the interval alone.
+        """
+        sys.setswitchinterval(0.005)
+        store = SQLiteStore(self.mktemp(), clock=Clock(), runner=run_now, switch_interval=0.0007)
+        store.start()
+        self.addCleanup(store.close)
+        self.assertEqual(sys.getswitchinterval(), 0.005)
+
+    def test_bad_interval(self) -> None:
+        for bad in (0.0, -1.0):
+            self.assertRaises(
+                ValueError, SQLiteStore, self.mktemp(), clock=Clock(), switch_interval=bad
+            )
+
+    def test_service_option(self) -> None:
+        """
+        C{--thread-switch-interval} (microseconds, default 500) reaches the store.
+        """
+        import lbtwist.store.sqlite as sqlite_module
+        from lbtwist import tap
+
+        built: list[dict[str, Any]] = []
+
+        class Recording(SQLiteStore):
+            def __init__(self, path: str, **kwargs: Any) -> None:
+                built.append(kwargs)
+                super().__init__(path, **kwargs)
+
+        self.patch(sqlite_module, "SQLiteStore", Recording)
+        for args, expected in (((), 0.0005), (("--thread-switch-interval", "200"), 0.0002)):
+            options = tap.Options()
+            options.parseOptions(["--state-dir", self.mktemp(), *args])
+            tap.makeService(options, reactor=Clock())
+            self.assertAlmostEqual(built[-1]["switch_interval"], expected)
+        options = tap.Options()
+        self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--state-dir", self.mktemp(), "--thread-switch-interval", "0"],
+        )
+
+
+class ThreadRunnerTests(SynchronousTestCase):
+    """
+    The writer thread's runner counts the work handed to it and not started yet.
+    """
+
+    def test_waiting(self) -> None:
+        from lbtwist.store.sqlite import ThreadRunner
+
+        class Pool:
+            def __init__(self) -> None:
+                self.calls: list[Any] = []
+
+            def callInThreadWithCallback(self, on_result: Any, f: Any) -> None:
+                self.calls.append((on_result, f))
+
+        class Reactor:
+            def callFromThread(self, f: Any, *args: Any) -> None:
+                f(*args)
+
+        pool = Pool()
+        runner = ThreadRunner(Reactor(), pool)  # type: ignore[arg-type]  # stand-ins
+        first = runner(lambda: 1)
+        runner(lambda: 2)
+        self.assertEqual(runner.waiting, 2)
+        on_result, f = pool.calls.pop(0)
+        on_result(True, f())
+        self.assertEqual(runner.waiting, 1)
+        self.assertEqual(self.successResultOf(first), 1)
