@@ -39,6 +39,10 @@ DEFAULT_RELAY_WINDOW = 64
 DEFAULT_MAX_FUTURE_SKEW = 86_400  # seconds
 DEFAULT_REFOLD_SLICE = 100  # events
 DEFAULT_SERVE_MAX_ANSWER = 16 * 1024 * 1024  # bytes
+# Memory bounds of the store (docs/reference.md, Performance targets); every one is an option.
+DEFAULT_JOB_CACHE = 20_000  # job statuses the writer keeps
+DEFAULT_QUERY_CACHE = 2048  # parsed statuses the query reader keeps
+DEFAULT_SQLITE_CACHE = 2000  # KiB of SQLite page cache per connection (SQLite's own default)
 
 #: Events per page of a job's history (queries).
 DEFAULT_PAGE_EVENTS = 500
@@ -508,6 +512,24 @@ OPTIONS: tuple[Option, ...] = (
         DEFAULT_REFOLD_SLICE,
         "Most events one commit folds to place late events (per commit).",
     ),
+    _value(
+        "job-cache",
+        _count,
+        DEFAULT_JOB_CACHE,
+        "Job statuses the store's writer keeps in memory (least recently used dropped).",
+    ),
+    _value(
+        "query-cache",
+        _count,
+        DEFAULT_QUERY_CACHE,
+        "Parsed job statuses the query reader keeps while unchanged (polled jobs).",
+    ),
+    _value(
+        "sqlite-cache",
+        _count,
+        DEFAULT_SQLITE_CACHE,
+        "KiB of SQLite page cache per store connection (writer and reader).",
+    ),
     _list(
         "producer-uid",
         _numeric_id,
@@ -653,6 +675,9 @@ class Settings:
     warnings_per_minute: int
     max_future_skew: int
     refold_slice: int
+    job_cache: int
+    query_cache: int
+    sqlite_cache: int
     producer_uid: tuple[int, ...]
     producer_gid: tuple[int, ...]
     local_endpoint: tuple[tuple[str, int], ...]

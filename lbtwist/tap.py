@@ -180,6 +180,9 @@ def make_store(settings: Settings, reactor: Any) -> IEventStore:
         policy=policy,
         max_future_skew=settings.max_future_skew * 1_000_000,
         refold_slice=settings.refold_slice,
+        cache_size=settings.job_cache,
+        query_cache=settings.query_cache,
+        page_cache=settings.sqlite_cache,
     )
 
 

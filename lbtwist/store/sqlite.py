@@ -110,8 +110,24 @@ CREATE INDEX outbox_destination ON outbox (destination, id);
 _IDENTITY_COLUMNS = "type, source, host, date, level, user_dn, seqcode"
 
 #: Statuses kept parsed by the query connection (L{Queries.find_status}): the jobs
-#: being polled; about 5 kB each.
+#: being polled; about 5 kB each (the C{query-cache} option).
 STATUS_CACHE_SIZE = 2048
+
+#: KiB of page cache per connection (the C{sqlite-cache} option; SQLite's own default).
+PAGE_CACHE_KIB = 2000
+
+
+def set_page_cache(conn: sqlite3.Connection, kib: int) -> None:
+    """
+    Bound the page cache of C{conn} to C{kib} KiB (memory-mapped I/O stays off,
+    so the database's pages are only in memory through this cache).
+
+    @raise ValueError: C{kib} is not positive.
+    """
+    if kib < 1:
+        raise ValueError("the SQLite page cache must be at least 1 KiB")
+    conn.execute(f"PRAGMA cache_size = -{int(kib)}")
+    conn.execute("PRAGMA mmap_size = 0")
 
 
 def _script(conn: sqlite3.Connection, sql: str) -> None:
@@ -530,10 +546,15 @@ def _stored(row: tuple[Any, ...]) -> StoredEvent:
 class Queries:
     """
     Synchronous queries on one connection (the reader thread's, or the CLI's).
+
+    @param status_cache: most parsed statuses kept (least recently used dropped).
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, *, status_cache: int = STATUS_CACHE_SIZE) -> None:
+        if status_cache < 1:
+            raise ValueError("the status cache must hold at least one status")
         self.conn = conn
+        self.status_cache = status_cache
         # Statuses rebuilt from their JSON, by job id, with that JSON: reused while
         # the stored JSON is the same (parsing it is most of a status query).
         self._parsed: OrderedDict[str, tuple[str, JobStatus]] = OrderedDict()
@@ -545,7 +566,7 @@ class Queries:
             return cached[1].copy()
         status = status_from_json(json.loads(text))
         self._parsed[jobid] = (text, status.copy())
-        if len(self._parsed) > STATUS_CACHE_SIZE:
+        if len(self._parsed) > self.status_cache:
             self._parsed.popitem(last=False)
         return status
 
@@ -745,6 +766,9 @@ class SQLiteStore(GroupedWrites):
     @param runner: runs writer work (default: a dedicated thread); tests pass a
         synchronous one.
     @param read_runner: runs queries (default: a second thread; C{runner} if one is given).
+    @param cache_size: job statuses the writer keeps (the C{job-cache} option).
+    @param query_cache: parsed statuses the reader keeps (the C{query-cache} option).
+    @param page_cache: KiB of SQLite page cache per connection (C{sqlite-cache}).
     """
 
     def __init__(
@@ -760,6 +784,8 @@ class SQLiteStore(GroupedWrites):
         checkpoint_every: int = CHECKPOINT_EVERY,
         refold_slice: int = REFOLD_SLICE,
         max_future_skew: int | None = None,
+        query_cache: int = STATUS_CACHE_SIZE,
+        page_cache: int = PAGE_CACHE_KIB,
     ) -> None:
         """
         @param checkpoint_every: see L{BatchProcessor}.
@@ -768,7 +794,11 @@ class SQLiteStore(GroupedWrites):
         @raise ValueError: a tuning value is out of range.
         """
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
+        if cache_size < 1 or query_cache < 1 or page_cache < 1:
+            raise ValueError("cache_size, query_cache and page_cache must be positive")
         self.path = path
+        self._query_cache = query_cache
+        self._page_cache = page_cache
         self._checkpoint_every = checkpoint_every
         self._refold_slice = refold_slice
         self._max_future_skew = max_future_skew
@@ -801,13 +831,15 @@ class SQLiteStore(GroupedWrites):
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
+            set_page_cache(conn, self._page_cache)
             migrate(conn)
         except BaseException:
             conn.close()
             raise
         self.backend = SQLiteBackend(conn)
         self._reader = connect(path)
-        self._queries = Queries(self._reader)
+        set_page_cache(self._reader, self._page_cache)
+        self._queries = Queries(self._reader, status_cache=self._query_cache)
         self.processor = BatchProcessor(
             self.backend,
             policy=self.policy,
