@@ -43,6 +43,7 @@ DEFAULT_SERVE_MAX_ANSWER = 16 * 1024 * 1024  # bytes
 DEFAULT_JOB_CACHE = 20_000  # job statuses the writer keeps
 DEFAULT_QUERY_CACHE = 2048  # parsed statuses the query reader keeps
 DEFAULT_SQLITE_CACHE = 2000  # KiB of SQLite page cache per connection (SQLite's own default)
+DEFAULT_LIST_SCAN = 1000  # jobs one filtered job list page examines
 
 #: Events per page of a job's history (queries).
 DEFAULT_PAGE_EVENTS = 500
@@ -530,6 +531,12 @@ OPTIONS: tuple[Option, ...] = (
         DEFAULT_SQLITE_CACHE,
         "KiB of SQLite page cache per store connection (writer and reader).",
     ),
+    _value(
+        "list-scan",
+        _count,
+        DEFAULT_LIST_SCAN,
+        "Most jobs one page of a filtered job list examines (then a short page, a cursor).",
+    ),
     _list(
         "producer-uid",
         _numeric_id,
@@ -678,6 +685,7 @@ class Settings:
     job_cache: int
     query_cache: int
     sqlite_cache: int
+    list_scan: int
     producer_uid: tuple[int, ...]
     producer_gid: tuple[int, ...]
     local_endpoint: tuple[tuple[str, int], ...]

@@ -183,6 +183,7 @@ def make_store(settings: Settings, reactor: Any) -> IEventStore:
         cache_size=settings.job_cache,
         query_cache=settings.query_cache,
         page_cache=settings.sqlite_cache,
+        list_scan=settings.list_scan,
     )
 
 

@@ -1,23 +1,31 @@
 # -*- test-case-name: tests.unit.test_store_memory -*-
 """
-Tests for the memory bounds of the SQLite store: the writer's job cache, the query
-reader's parsed-status cache and the SQLite page cache, each an option
-(C{--job-cache}, C{--query-cache}, C{--sqlite-cache}).
+Tests for the memory and work bounds of the SQLite store: the writer's job cache, the
+query reader's parsed-status cache, the SQLite page cache and the jobs one filtered job
+list page examines, each an option (C{--job-cache}, C{--query-cache},
+C{--sqlite-cache}, C{--list-scan}).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
+import attrs
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist import config, tap
 from lbtwist.core.errors import InvalidValue
+from lbtwist.core.states.status import JobStatus
 from lbtwist.store import sqlite as sqlite_module
-from lbtwist.store.batch import run_now
+from lbtwist.store.batch import BatchPlan, JobRow, run_now
+from lbtwist.store.query import JobCondition, JobQuery
 from lbtwist.store.sqlite import PAGE_CACHE_KIB, Queries, SQLiteStore, set_page_cache
+from lbtwist.testing import MemoryStore
 from tests import traces
 from tests.unit.test_store import items
 
@@ -112,12 +120,13 @@ class StoreMemoryTests(SynchronousTestCase):
 
     def test_bad_bounds_refused(self) -> None:
         path = self.mktemp()
-        for kwargs in ({"cache_size": 0}, {"query_cache": 0}, {"page_cache": 0}):
+        for kwargs in ({"cache_size": 0}, {"query_cache": 0}, {"page_cache": 0}, {"list_scan": 0}):
             self.assertRaises(ValueError, SQLiteStore, path, clock=Clock(), **kwargs)
         self.assertFalse(os.path.exists(path))
         conn = sqlite_module.connect(":memory:")
         self.addCleanup(conn.close)
         self.assertRaises(ValueError, Queries, conn, status_cache=0)
+        self.assertRaises(ValueError, Queries, conn, list_scan=0)
         self.assertRaises(ValueError, set_page_cache, conn, 0)
 
 
@@ -130,20 +139,32 @@ class MemoryOptionTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         settings = self.settings()
         self.assertEqual(
-            (settings.job_cache, settings.query_cache, settings.sqlite_cache),
-            (config.DEFAULT_JOB_CACHE, config.DEFAULT_QUERY_CACHE, config.DEFAULT_SQLITE_CACHE),
+            (settings.job_cache, settings.query_cache, settings.sqlite_cache, settings.list_scan),
+            (
+                config.DEFAULT_JOB_CACHE,
+                config.DEFAULT_QUERY_CACHE,
+                config.DEFAULT_SQLITE_CACHE,
+                config.DEFAULT_LIST_SCAN,
+            ),
         )
 
     def test_options_reach_the_store(self) -> None:
-        settings = self.settings("--job-cache", "7", "--query-cache", "5", "--sqlite-cache", "99")
+        settings = self.settings(
+            *("--job-cache", "7", "--query-cache", "5", "--sqlite-cache", "99", "--list-scan", "3")
+        )
         store = tap.make_store(settings, Clock())
         assert isinstance(store, SQLiteStore)
-        self.assertEqual((store._cache_size, store._query_cache, store._page_cache), (7, 5, 99))
+        self.assertEqual(
+            (store._cache_size, store._query_cache, store._page_cache, store._list_scan),
+            (7, 5, 99, 3),
+        )
 
     def test_from_config_file(self) -> None:
         path = self.mktemp()
         with open(path, "w") as f:
-            f.write("[lbserver]\njob-cache = 11\nquery-cache = 12\nsqlite-cache = 13\n")
+            f.write(
+                "[lbserver]\njob-cache = 11\nquery-cache = 12\nsqlite-cache = 13\nlist-scan = 14\n"
+            )
         options = tap.ServerOptions()
         options.parseOptions(["--state-dir", os.path.abspath(self.mktemp()), "--config", path])
         settings = options.settings
@@ -152,6 +173,106 @@ class MemoryOptionTests(SynchronousTestCase):
         )
 
     def test_non_positive_refused(self) -> None:
-        for name in ("job-cache", "query-cache", "sqlite-cache"):
+        for name in ("job-cache", "query-cache", "sqlite-cache", "list-scan"):
             option = config.OPTIONS_BY_NAME[name]
             self.assertRaises(InvalidValue, option.parse, name, "0")
+
+
+class ListScanTests(SynchronousTestCase):
+    """
+    A page of a job list with conditions examines at most C{list_scan} jobs.
+    """
+
+    def stores(self, rows: list[Any], list_scan: int) -> tuple[MemoryStore, SQLiteStore]:
+        memory = MemoryStore(Clock())
+        memory.backend.write(BatchPlan(jobs=list(rows)))
+        sqlite = SQLiteStore(self.mktemp(), clock=Clock(), runner=run_now, list_scan=list_scan)
+        self.addCleanup(sqlite.close)
+        sqlite.backend.write(BatchPlan(jobs=list(rows)))
+        return memory, sqlite
+
+    def test_no_match_pages_are_short(self) -> None:
+        """
+        A condition no job meets: each page examines 5 jobs and comes back empty
+        with a cursor, until the last one.
+        """
+        rows = _rows(12, exit_code=lambda i: 0)
+        _, sqlite = self.stores(rows, 5)
+        query = JobQuery(owner=OWNER, conditions=(JobCondition("exit_code", (("=", 7),)),))
+        pages = all_pages(sqlite, query)
+        self.assertEqual(pages, [[], [], []])
+
+    def test_unbounded_without_conditions(self) -> None:
+        rows = _rows(12, exit_code=lambda i: 0)
+        _, sqlite = self.stores(rows, 5)
+        self.assertEqual(
+            [len(p) for p in all_pages(sqlite, JobQuery(owner=OWNER, limit=100))], [12]
+        )
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.integers(0, 30),
+        st.integers(1, 6),
+        st.integers(1, 8),
+        st.sampled_from([("=", 0), ("!=", 0), (">", 5), ("<", 2)]),
+    )
+    def test_same_jobs_in_order(self, n: int, list_scan: int, limit: int, alt: Any) -> None:
+        """
+        Bounded pages put together list the same jobs, in the same order, as the
+        memory store's unbounded ones; no page holds more than C{limit} jobs.
+        """
+        rows = _rows(n, exit_code=lambda i: i % 7)
+        memory, sqlite = self.stores(rows, list_scan)
+        query = JobQuery(owner=OWNER, conditions=(JobCondition("exit_code", (alt,)),), limit=limit)
+        bounded = all_pages(sqlite, query)
+        self.assertTrue(all(len(p) <= limit for p in bounded))
+        # At most one page per list_scan jobs, plus the pages that are full.
+        whole = [j for p in all_pages(memory, query) for j in p]
+        self.assertLessEqual(len(bounded), n // list_scan + len(whole) // limit + 1)
+        self.assertEqual([j for p in bounded for j in p], whole)
+
+
+def _rows(n: int, *, exit_code: Any) -> list[Any]:
+    rows = []
+    for i in range(n):
+        data = JobStatus(
+            state="Done",
+            owner=OWNER,
+            exit_code=exit_code(i),
+            # Ties in the time (pairs of jobs) order by job id.
+            lastUpdateTime=1_700_000_000_000_000 + (i // 2) * 1_000_000,
+            jobId=f"https://ce.example.org:9000/CREAM{i:06d}",
+        ).to_json_dict()
+        rows.append(
+            JobRow(
+                str(data["jobId"]),
+                OWNER,
+                "Done",
+                "CREAM",
+                data["lastUpdateTime"],
+                "cream",
+                1,
+                json.dumps(data),
+            )
+        )
+    return rows
+
+
+OWNER = "/DC=org/DC=example/CN=Lister"
+
+
+def all_pages(store: Any, query: JobQuery) -> list[list[str]]:
+    pages = []
+    for _ in range(1000):
+        page = _done(store.query_jobs(query))
+        pages.append([j.jobid for j in page.jobs])
+        if page.next is None:
+            return pages
+        query = attrs.evolve(query, after=page.next)
+    raise AssertionError("more than 1000 pages")
+
+
+def _done(d: Any) -> Any:
+    out: list[Any] = []
+    d.addBoth(out.append)
+    return out[0]
