@@ -75,11 +75,15 @@ def memory_mb(pid: int) -> dict[str, float]:
     return found
 
 
+#: Tells the jobs of one run from those of earlier runs on a reused store.
+RUN_TAG = f"{int(time.time()) % 1_000_000:06d}"
+
+
 def job_lines(run: int, n: int) -> list[str]:
     """
     The events of the C{n}th new WMS job of producer C{run} (a job not in the filled store).
     """
-    jobid = f"https://{LB_HOST}:9000/mem{run}x{n:07d}"
+    jobid = f"https://{LB_HOST}:9000/mem{RUN_TAG}p{run}x{n:07d}"
     wms, cream = harness.wms_job_trace(jobid, harness.cream_jobid(n), harness.T0 + n * 10_000)
     return wms + cream
 

@@ -11,7 +11,8 @@ queries it with a keep-alive HTTPS client presenting the development user's prox
 1. job status, one kept-alive TLS connection: latency p50/p99;
 2. job status, 8 concurrent clients (processes), one connection each: p50/p99, rate;
 3. a job list page (100 of the caller's jobs, newest first), first and later pages
-   (cursor), with and without a state filter, and as HTML: p50/p99;
+   (cursor), with and without a state filter, with a condition no job meets (each page
+   examines C{--list-scan} jobs), and as HTML: p50/p99;
 4. logging-info (the events) of sampled jobs, and their HTML job pages;
 
 then reports the service's resident memory (VmRSS) and start-up time.
@@ -357,6 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             list_pages(client, "limit=100&query=status%3Ddone%7C%3Daborted%26exit_code%3D0", 20)
         )
         print(fmt("list pages, ?query=status=done|=aborted&...", figures["list_query"]))
+        figures["list_nomatch"] = summary(list_pages(client, "limit=100&query=exit_code%3D77", 20))
+        print(fmt("list pages, a condition no job meets", figures["list_nomatch"]), flush=True)
         html = []
         for _ in range(50):
             code, body, elapsed = client.get("/?limit=100&format=html")
