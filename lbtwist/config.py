@@ -42,6 +42,11 @@ DEFAULT_REFOLD_SLICE = 100  # events
 #: interpreter's own is 5,000): how long the reactor may wait for the writer thread.
 DEFAULT_THREAD_SWITCH_INTERVAL = 500
 DEFAULT_SERVE_MAX_ANSWER = 16 * 1024 * 1024  # bytes
+# Memory bounds of the store (docs/reference.md, Performance targets); every one is an option.
+DEFAULT_JOB_CACHE = 20_000  # job statuses the writer keeps
+DEFAULT_QUERY_CACHE = 2048  # parsed statuses the query reader keeps
+DEFAULT_SQLITE_CACHE = 2000  # KiB of SQLite page cache per connection (SQLite's own default)
+DEFAULT_LIST_SCAN = 1000  # jobs one filtered job list page examines
 
 #: Events per page of a job's history (queries).
 DEFAULT_PAGE_EVENTS = 500
@@ -524,6 +529,30 @@ OPTIONS: tuple[Option, ...] = (
         DEFAULT_REFOLD_SLICE,
         "Most events one commit folds to place late events (per commit).",
     ),
+    _value(
+        "job-cache",
+        _count,
+        DEFAULT_JOB_CACHE,
+        "Job statuses the store's writer keeps in memory (least recently used dropped).",
+    ),
+    _value(
+        "query-cache",
+        _count,
+        DEFAULT_QUERY_CACHE,
+        "Parsed job statuses the query reader keeps while unchanged (polled jobs).",
+    ),
+    _value(
+        "sqlite-cache",
+        _count,
+        DEFAULT_SQLITE_CACHE,
+        "KiB of SQLite page cache per store connection (writer and reader).",
+    ),
+    _value(
+        "list-scan",
+        _count,
+        DEFAULT_LIST_SCAN,
+        "Most jobs one page of a filtered job list examines (then a short page, a cursor).",
+    ),
     _list(
         "producer-uid",
         _numeric_id,
@@ -742,6 +771,10 @@ class Settings:
     warnings_per_minute: int
     max_future_skew: int
     refold_slice: int
+    job_cache: int
+    query_cache: int
+    sqlite_cache: int
+    list_scan: int
     producer_uid: tuple[int, ...]
     producer_gid: tuple[int, ...]
     local_endpoint: tuple[tuple[str, int], ...]

@@ -181,6 +181,10 @@ def make_store(settings: Settings, reactor: Any) -> IEventStore:
         max_future_skew=settings.max_future_skew * 1_000_000,
         refold_slice=settings.refold_slice,
         switch_interval=settings.thread_switch_interval / 1_000_000,
+        cache_size=settings.job_cache,
+        query_cache=settings.query_cache,
+        page_cache=settings.sqlite_cache,
+        list_scan=settings.list_scan,
     )
 
 

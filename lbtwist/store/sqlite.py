@@ -19,6 +19,7 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
@@ -113,8 +114,27 @@ CREATE INDEX outbox_destination ON outbox (destination, id);
 _IDENTITY_COLUMNS = "type, source, host, date, level, user_dn, seqcode"
 
 #: Statuses kept parsed by the query connection (L{Queries.find_status}): the jobs
-#: being polled; about 5 kB each.
+#: being polled; about 5 kB each (the C{query-cache} option).
 STATUS_CACHE_SIZE = 2048
+
+#: KiB of page cache per connection (the C{sqlite-cache} option; SQLite's own default).
+PAGE_CACHE_KIB = 2000
+
+#: Most jobs one page of a filtered job list examines (the C{list-scan} option).
+LIST_SCAN = 1000
+
+
+def set_page_cache(conn: sqlite3.Connection, kib: int) -> None:
+    """
+    Bound the page cache of C{conn} to C{kib} KiB (memory-mapped I/O stays off,
+    so the database's pages are only in memory through this cache).
+
+    @raise ValueError: C{kib} is not positive.
+    """
+    if kib < 1:
+        raise ValueError("the SQLite page cache must be at least 1 KiB")
+    conn.execute(f"PRAGMA cache_size = -{int(kib)}")
+    conn.execute("PRAGMA mmap_size = 0")
 
 
 def _script(conn: sqlite3.Connection, sql: str) -> None:
@@ -591,10 +611,26 @@ def _stored(row: tuple[Any, ...]) -> StoredEvent:
 class Queries:
     """
     Synchronous queries on one connection (the reader thread's, or the CLI's).
+
+    @param status_cache: most parsed statuses kept (least recently used dropped).
+    @param list_scan: most jobs a page of a job list with conditions examines, in
+        listing order; C{None}: no bound.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        status_cache: int = STATUS_CACHE_SIZE,
+        list_scan: int | None = LIST_SCAN,
+    ) -> None:
+        if status_cache < 1:
+            raise ValueError("the status cache must hold at least one status")
+        if list_scan is not None and list_scan < 1:
+            raise ValueError("a job list page must examine at least one job")
         self.conn = conn
+        self.status_cache = status_cache
+        self.list_scan = list_scan
         # Statuses rebuilt from their JSON, by job id, with that JSON: reused while
         # the stored JSON is the same (parsing it is most of a status query).
         self._parsed: OrderedDict[str, tuple[str, JobStatus]] = OrderedDict()
@@ -606,7 +642,7 @@ class Queries:
             return cached[1].copy()
         status = status_from_json(json.loads(text))
         self._parsed[jobid] = (text, status.copy())
-        if len(self._parsed) > STATUS_CACHE_SIZE:
+        if len(self._parsed) > self.status_cache:
             self._parsed.popitem(last=False)
         return status
 
@@ -691,18 +727,49 @@ class Queries:
         return None if row is None else str(row[0])
 
     def query_jobs(self, query: JobQuery) -> JobPage:
+        """
+        One page of a job list. With conditions, the page examines at most
+        C{list_scan} jobs in listing order (the owner's, after the cursor): a
+        condition few jobs meet cannot make one page scan the whole table. The
+        page then holds the matches among them, maybe none, and a cursor after
+        the last job examined.
+        """
         where, args = sql_where(query)
+        bound = self._scan_bound(query) if query.conditions else None
+        if bound is not None:
+            # Only the jobs up to the bound (in listing order): the index range ends there.
+            where += " AND list_time >= ? AND (list_time > ? OR jobid <= ?)"
+            args.extend([bound[0], bound[0], bound[1]])
         rows = self.conn.execute(
             "SELECT jobid, owner, state, jobtype, last_update, list_time FROM jobs"
             f" WHERE {where} ORDER BY list_time DESC, jobid LIMIT ?",
             [*args, query.limit + 1],
         ).fetchall()
         page = rows[: query.limit]
-        more = len(rows) > query.limit and page
-        return JobPage(
-            [JobSummary(*row[:5]) for row in page],
-            (page[-1][5], page[-1][0]) if more else None,
-        )
+        following: tuple[str, str] | None = None
+        if len(rows) > query.limit and page:
+            following = (page[-1][5], page[-1][0])
+        elif bound is not None:
+            following = bound
+        return JobPage([JobSummary(*row[:5]) for row in page], following)
+
+    def _scan_bound(self, query: JobQuery) -> tuple[str, str] | None:
+        """
+        @return: the position of the last job a page of C{query} examines: the
+            C{list_scan}th in listing order after the cursor (an index-only read),
+            C{None} when no more jobs follow it.
+        """
+        if self.list_scan is None:
+            return None
+        where, args = sql_where(attrs.evolve(query, conditions=()))
+        rows = self.conn.execute(
+            f"SELECT list_time, jobid FROM jobs WHERE {where}"
+            " ORDER BY list_time DESC, jobid LIMIT 2 OFFSET ?",
+            [*args, self.list_scan - 1],
+        ).fetchall()
+        if len(rows) < 2:
+            return None
+        return str(rows[0][0]), str(rows[0][1])
 
     def dump(
         self, from_arrived: int | None = None, to_arrived: int | None = None
@@ -827,6 +894,10 @@ class SQLiteStore(GroupedWrites):
     @param runner: runs writer work (default: a dedicated thread); tests pass a
         synchronous one.
     @param read_runner: runs queries (default: a second thread; C{runner} if one is given).
+    @param cache_size: job statuses the writer keeps (the C{job-cache} option).
+    @param query_cache: parsed statuses the reader keeps (the C{query-cache} option).
+    @param page_cache: KiB of SQLite page cache per connection (C{sqlite-cache}).
+    @param list_scan: most jobs a page of a filtered job list examines (C{list-scan}).
     """
 
     def __init__(
@@ -843,6 +914,9 @@ class SQLiteStore(GroupedWrites):
         refold_slice: int = REFOLD_SLICE,
         max_future_skew: int | None = None,
         switch_interval: float | None = None,
+        query_cache: int = STATUS_CACHE_SIZE,
+        page_cache: int = PAGE_CACHE_KIB,
+        list_scan: int = LIST_SCAN,
     ) -> None:
         """
         @param checkpoint_every: see L{BatchProcessor}.
@@ -859,7 +933,12 @@ class SQLiteStore(GroupedWrites):
         if switch_interval is not None and not switch_interval > 0:
             raise ValueError("switch_interval must be positive")
         self._switch_interval = switch_interval
+        if cache_size < 1 or query_cache < 1 or page_cache < 1 or list_scan < 1:
+            raise ValueError("cache_size, query_cache, page_cache and list_scan must be positive")
+        self._list_scan = list_scan
         self.path = path
+        self._query_cache = query_cache
+        self._page_cache = page_cache
         self._checkpoint_every = checkpoint_every
         self._refold_slice = refold_slice
         self._max_future_skew = max_future_skew
@@ -892,13 +971,17 @@ class SQLiteStore(GroupedWrites):
         try:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
+            set_page_cache(conn, self._page_cache)
             migrate(conn)
         except BaseException:
             conn.close()
             raise
         self.backend = SQLiteBackend(conn)
         self._reader = connect(path)
-        self._queries = Queries(self._reader)
+        set_page_cache(self._reader, self._page_cache)
+        self._queries = Queries(
+            self._reader, status_cache=self._query_cache, list_scan=self._list_scan
+        )
         self.processor = BatchProcessor(
             self.backend,
             policy=self.policy,
