@@ -35,7 +35,9 @@ DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_INTAKE_IDLE_TIMEOUT = 60
 DEFAULT_INTAKE_BACKLOG = 1024
 
-DEFAULT_RELAY_WINDOW = 64
+DEFAULT_RELAY_WINDOW = 1024
+#: Committed outbox rows the relay keeps in memory per destination (docs/relay.md).
+DEFAULT_RELAY_TAIL = 8192
 DEFAULT_MAX_FUTURE_SKEW = 86_400  # seconds
 DEFAULT_REFOLD_SLICE = 100  # events
 DEFAULT_SERVE_MAX_ANSWER = 16 * 1024 * 1024  # bytes
@@ -589,6 +591,13 @@ OPTIONS: tuple[Option, ...] = (
         flag=True,
         roles=_SERVER_ONLY,
     ),
+    _value(
+        "relay-tail",
+        _count,
+        DEFAULT_RELAY_TAIL,
+        "Committed outbox rows kept in memory per destination for the relay.",
+        roles=_PROXY_ONLY,
+    ),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
@@ -667,6 +676,7 @@ class Settings:
     il_keep_files: bool
     il_no_inotify: bool
     grey_jobs: bool
+    relay_tail: int
     dev_certs: bool
 
     def as_options(self) -> dict[str, object]:

@@ -180,6 +180,7 @@ def make_store(settings: Settings, reactor: Any) -> IEventStore:
         policy=policy,
         max_future_skew=settings.max_future_skew * 1_000_000,
         refold_slice=settings.refold_slice,
+        outbox_tail=settings.relay_tail,
     )
 
 

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections import OrderedDict
-from collections.abc import Callable
+import threading
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from itertools import islice
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -323,6 +325,8 @@ class SQLiteBackend:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.transactions = 0
+        #: The committed outbox rows kept for the relay (L{OutboxTail}), if any.
+        self.tail: OutboxTail | None = None
 
     def max_event_id(self) -> int:
         return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
@@ -460,11 +464,14 @@ class SQLiteBackend:
                     " VALUES (?, ?, ?)",
                     [(m.cream_key, m.cream_id, m.glite_id) for m in plan.mappings],
                 )
+            tail: list[TailRow] | None = None
             if plan.outbox:
                 conn.executemany(
                     "INSERT INTO outbox (destination, event_id) VALUES (?, ?)",
                     [(o.destination, o.event_id) for o in plan.outbox],
                 )
+                if self.tail is not None:
+                    tail = _tail_rows(conn, plan)
             if plan.offsets:
                 _write_offsets(conn, plan.offsets)
             conn.execute("COMMIT")
@@ -473,6 +480,8 @@ class SQLiteBackend:
                 conn.execute("ROLLBACK")
             raise
         self.transactions += 1
+        if tail is not None and self.tail is not None:
+            self.tail.add(tail)
 
     def translate_error(self, error: Exception) -> LBError | None:
         return translate_error(error)
@@ -520,6 +529,98 @@ def _write_offsets(conn: sqlite3.Connection, offsets: SpoolOffsets) -> None:
         " ON CONFLICT (name) DO UPDATE SET inode = excluded.inode, offset = excluded.offset",
         [(name, s[0], s[1]) for name, s in offsets.items() if s is not None],
     )
+
+
+#: An outbox row as L{OutboxTail} keeps it: the fields of L{OutboxEntry}.
+TailRow = tuple[int, str, int, str, str, int]
+
+#: Outbox rows kept in memory per destination by default (L{OutboxTail}).
+OUTBOX_TAIL = 8192
+
+
+def _tail_rows(conn: sqlite3.Connection, plan: BatchPlan) -> list[TailRow] | None:
+    """
+    The outbox rows C{plan} inserts, with their ids: the last ones the table's
+    AUTOINCREMENT gave (one writer, consecutive ids), read inside the
+    transaction. C{None} if an outbox row's event is not in the plan.
+    """
+    last = int(conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0])
+    events = {n.event_id: n for n in plan.events}
+    rows: list[TailRow] = []
+    for row_id, o in enumerate(plan.outbox, last - len(plan.outbox) + 1):
+        n = events.get(o.event_id)
+        if n is None:
+            return None
+        rows.append((row_id, o.destination, o.event_id, n.jobid, n.line, n.arrived))
+    return rows
+
+
+class OutboxTail:
+    """
+    The outbox rows of the latest commits, per destination, kept in memory so that
+    the relay sends live events without reading them back (L{SQLiteStore.outbox_after}).
+
+    Per destination, every committed row with an id above C{base} is kept, in id
+    order, at most C{limit} of them: beyond, the oldest are dropped and C{base}
+    rises (those rows are read from the database again). A read after an id at or
+    above C{base} is answered here and forgets the rows up to that id (the relay
+    reads each destination forward); one below it goes to the database.
+
+    Rows are added by the writer thread after their commit and read on the reactor
+    thread, under a lock.
+    """
+
+    def __init__(self, limit: int, start: int) -> None:
+        """
+        @param limit: rows kept per destination.
+        @param start: the highest outbox id at start: rows up to it are only in
+            the database.
+        """
+        if limit < 1:
+            raise ValueError(f"outbox tail of {limit} rows")
+        self.limit = limit
+        self._start = start
+        self._rows: dict[str, deque[TailRow]] = {}
+        self._base: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, rows: Iterable[TailRow]) -> None:
+        """
+        Rows just committed, in id order.
+        """
+        with self._lock:
+            for row in rows:
+                dest = row[1]
+                kept = self._rows.get(dest)
+                if kept is None:
+                    kept = self._rows[dest] = deque()
+                kept.append(row)
+                if len(kept) > self.limit:
+                    self._base[dest] = kept.popleft()[0]
+
+    def after(self, destination: str, after_id: int, limit: int) -> list[TailRow] | None:
+        """
+        @return: up to C{limit} committed rows of C{destination} with an id above
+            C{after_id}, or C{None} if some of them may only be in the database.
+        """
+        with self._lock:
+            base = self._base.get(destination, self._start)
+            if after_id < base:
+                return None
+            kept = self._rows.get(destination)
+            if not kept:
+                return []
+            while kept and kept[0][0] <= after_id:
+                base = kept.popleft()[0]
+            self._base[destination] = base
+            return list(islice(kept, limit))
+
+    def depth(self, destination: str) -> int:
+        """
+        Rows kept for C{destination}.
+        """
+        with self._lock:
+            return len(self._rows.get(destination, ()))
 
 
 def _stored(row: tuple[Any, ...]) -> StoredEvent:
@@ -760,14 +861,20 @@ class SQLiteStore(GroupedWrites):
         checkpoint_every: int = CHECKPOINT_EVERY,
         refold_slice: int = REFOLD_SLICE,
         max_future_skew: int | None = None,
+        outbox_tail: int = OUTBOX_TAIL,
     ) -> None:
         """
         @param checkpoint_every: see L{BatchProcessor}.
         @param refold_slice: see L{BatchProcessor}.
         @param max_future_skew: see L{BatchProcessor}.
+        @param outbox_tail: committed outbox rows kept in memory per destination for
+            the relay (L{OutboxTail}; a relaying store only).
         @raise ValueError: a tuning value is out of range.
         """
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
+        if outbox_tail < 1:
+            raise ValueError(f"outbox tail of {outbox_tail} rows")
+        self._outbox_tail = outbox_tail
         self.path = path
         self._checkpoint_every = checkpoint_every
         self._refold_slice = refold_slice
@@ -806,6 +913,9 @@ class SQLiteStore(GroupedWrites):
             conn.close()
             raise
         self.backend = SQLiteBackend(conn)
+        if self.relay:
+            last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+            self.backend.tail = OutboxTail(self._outbox_tail, int(last))
         self._reader = connect(path)
         self._queries = Queries(self._reader)
         self.processor = BatchProcessor(
@@ -893,6 +1003,15 @@ class SQLiteStore(GroupedWrites):
     def outbox_after(
         self, destination: str, after_id: int, limit: int
     ) -> Deferred[list[OutboxEntry]]:
+        """
+        Rows committed since the last read come from the L{OutboxTail} (at once,
+        no query), older ones from the database on the reader thread.
+        """
+        tail = self.backend.tail
+        if tail is not None:
+            rows = tail.after(destination, after_id, limit)
+            if rows is not None:
+                return succeed([OutboxEntry(*row) for row in rows])
         return self._read(lambda: self._queries.outbox_after(destination, after_id, limit))
 
     def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 from typing import Any
 
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from lbtwist.core import ilproto
+from lbtwist.core.errors import TryAgain
 from lbtwist.core.events import parse_event
 from lbtwist.core.translate import proxy_policy
 from lbtwist.service.relay import (
@@ -449,15 +451,111 @@ class SQLiteOutboxTests(SynchronousTestCase):
         self.path = os.path.join(self.mktemp() + ".sqlite")
         self.store = self.open()
 
-    def open(self) -> SQLiteStore:
+    def open(self, **kw: Any) -> SQLiteStore:
         store = SQLiteStore(
             self.path,
             clock=self.clock,
             policy=proxy_policy((), "ce.example.org"),
             runner=run_now,
+            **kw,
         )
         self.addCleanup(store.close)
         return store
+
+    def count_queries(self, store: SQLiteStore) -> list[tuple[str, int, int]]:
+        """
+        Record the outbox reads that go to the database.
+        """
+        calls: list[tuple[str, int, int]] = []
+        real = store._queries.outbox_after
+
+        def outbox_after(destination: str, after_id: int, limit: int) -> Any:
+            calls.append((destination, after_id, limit))
+            return real(destination, after_id, limit)
+
+        store._queries.outbox_after = outbox_after  # type: ignore[method-assign]
+        return calls
+
+    def test_live_rows_from_the_tail(self) -> None:
+        """
+        Rows committed since the store opened are read from memory, with the same
+        ids, events and arrival times as the outbox table's, each destination
+        forward from the last row read.
+        """
+        calls = self.count_queries(self.store)
+        lines = wms_lines(JOB_A)[:5] + wms_lines(JOB_C)[:2]
+        self.store_lines(lines[:3])
+        first = self.successResultOf(self.store.outbox_after(DEST1, 0, 2))
+        self.store_lines(lines[3:])
+        rest = self.successResultOf(self.store.outbox_after(DEST1, first[-1].id, 100))
+        other = self.successResultOf(self.store.outbox_after(DEST2, 0, 100))
+        self.assertEqual(calls, [])
+        table = self.store._queries.outbox_after
+        self.assertEqual(first + rest, table(DEST1, 0, 100))
+        self.assertEqual(other, table(DEST2, 0, 100))
+        self.assertEqual([r.line for r in first + rest], lines[:5])
+        self.assertEqual(self.successResultOf(self.store.outbox_after(DEST1, rest[-1].id, 9)), [])
+
+    def test_tail_bounded(self) -> None:
+        """
+        At most C{outbox_tail} rows stay in memory per destination: the older
+        ones are read from the database, then the relay goes on from memory.
+        """
+        self.store = self.open(outbox_tail=3)
+        calls = self.count_queries(self.store)
+        lines = wms_lines(JOB_A)[:5]
+        self.store_lines(lines)
+        self.assertEqual(self.store.backend.tail.depth(DEST1), 3)  # type: ignore[union-attr]
+        head = self.successResultOf(self.store.outbox_after(DEST1, 0, 1))
+        self.assertEqual(len(calls), 1)
+        rest = self.successResultOf(self.store.outbox_after(DEST1, head[-1].id, 100))
+        self.assertEqual(len(calls), 2)
+        self.assertEqual([r.line for r in head + rest], lines)
+        self.store_lines(wms_lines(JOB_A)[5:7])
+        more = self.successResultOf(self.store.outbox_after(DEST1, rest[-1].id, 100))
+        self.assertEqual(len(calls), 2)
+        self.assertEqual([r.line for r in more], wms_lines(JOB_A)[5:7])
+        self.assertRaises(ValueError, SQLiteStore, self.path, clock=self.clock, outbox_tail=0)
+
+    def test_rows_before_a_restart_from_the_database(self) -> None:
+        lines = wms_lines(JOB_A)[:4]
+        self.store_lines(lines[:2])
+        self.successResultOf(self.store.close())
+        self.store = self.open()
+        calls = self.count_queries(self.store)
+        self.store_lines(lines[2:])
+        rows = self.successResultOf(self.store.outbox_after(DEST1, 0, 100))
+        self.assertEqual([r.line for r in rows], lines)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(self.successResultOf(self.store.outbox_after(DEST1, rows[-1].id, 9)), [])
+        self.assertEqual(len(calls), 1)
+
+    def test_failed_commit_not_in_the_tail(self) -> None:
+        """
+        A commit that fails leaves no row in memory.
+        """
+        self.store.start()
+        backend = self.store.backend
+        real = backend.conn
+
+        class Failing:
+            in_transaction = True
+
+            def execute(self, sql: str, *args: Any) -> Any:
+                if sql == "COMMIT":
+                    raise sqlite3.OperationalError("disk I/O error")
+                return real.execute(sql, *args)
+
+            def executemany(self, sql: str, *args: Any) -> Any:
+                return real.executemany(sql, *args)
+
+        backend.conn = Failing()  # type: ignore[assignment]
+        d = self.store.store([(ln, parse_event(ln)) for ln in wms_lines(JOB_A)[:2]])
+        results = self.successResultOf(d)
+        backend.conn = real
+        self.assertEqual([type(r) for r in results], [TryAgain, TryAgain])
+        self.assertEqual(backend.tail.depth(DEST1), 0)  # type: ignore[union-attr]
+        self.assertEqual(self.successResultOf(self.store.outbox_after(DEST1, 0, 9)), [])
 
     def store_lines(self, lines: list[str]) -> None:
         self.successResultOf(self.store.store([(ln, parse_event(ln)) for ln in lines]))
@@ -625,6 +723,25 @@ class AckAndReplyTests(SynchronousTestCase):
 
 
 class MiscTests(SynchronousTestCase):
+    def test_relay_tail_option(self) -> None:
+        """
+        C{--relay-tail} bounds the proxy store's in-memory outbox rows.
+        """
+        from lbtwist import config, tap
+
+        state = os.path.abspath(self.mktemp())
+        env = {"fqdn": lambda: "ce.example.org", "exists": lambda p: False}
+        proxy = config.load_settings(
+            config.PROXY,
+            {"state-dir": state, "relay-tail": "5"},
+            env={},
+            **env,  # type: ignore[arg-type]
+        )
+        self.assertEqual(config.load_settings(config.PROXY, {}, env={}).relay_tail, 8192)  # type: ignore[arg-type]
+        store = tap.make_store(proxy, Clock())
+        self.assertEqual(store._outbox_tail, 5)  # type: ignore[attr-defined]
+        self.assertTrue(store.relay)
+
     def test_split_destination(self) -> None:
         self.assertEqual(split_destination("lb.example.org:9001"), ("lb.example.org", 9001))
 
