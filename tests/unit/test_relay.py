@@ -33,6 +33,7 @@ from lbtwist.service.relay import (
     RelaySettings,
     count_ok_replies,
     split_destination,
+    tcp_no_delay,
 )
 from lbtwist.store.batch import run_now
 from lbtwist.store.sqlite import SCHEMA_VERSION, SQLiteStore, connect, schema_version
@@ -720,6 +721,59 @@ class AckAndReplyTests(SynchronousTestCase):
         proto.dataReceived(data[pos:])
         expected = ilproto.ILReplyDecoder().feed(data)
         self.assertEqual(got, expected)
+
+
+class NoDelayTransport(StringTransport):
+    """
+    A TCP-like transport that records C{setTcpNoDelay}.
+    """
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.no_delay: list[bool] = []
+        self.fail = fail
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        if self.fail:
+            raise OSError("not a socket")
+        self.no_delay.append(enabled)
+
+
+class Wrapper:
+    """
+    What a TLS wrapper looks like to the protocol it wraps: the TCP transport
+    under C{transport}.
+    """
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+
+
+class NoDelayTests(SynchronousTestCase):
+    def test_through_wrappers(self) -> None:
+        tcp = NoDelayTransport()
+        self.assertTrue(tcp_no_delay(Wrapper(Wrapper(tcp))))
+        self.assertEqual(tcp.no_delay, [True])
+
+    def test_no_tcp(self) -> None:
+        self.assertFalse(tcp_no_delay(StringTransport()))
+        self.assertFalse(tcp_no_delay(None))
+        self.assertFalse(tcp_no_delay(Wrapper(NoDelayTransport(fail=True))))
+
+    def test_relay_connection(self) -> None:
+        """
+        The relay's connections send without Nagle's delay.
+        """
+        attached: list[object] = []
+
+        class Queue:
+            def attach(self, proto: object) -> None:
+                attached.append(proto)
+
+        tcp = NoDelayTransport()
+        proto = RelayProtocol(Queue())  # type: ignore[arg-type]
+        proto.makeConnection(Wrapper(tcp))  # type: ignore[arg-type]
+        self.assertEqual((tcp.no_delay, attached), ([True], [proto]))
 
 
 class MiscTests(SynchronousTestCase):
