@@ -489,7 +489,21 @@ class SQLiteBackend:
     def outbox_done(self, acks: list[int], rejects: list[RejectRow]) -> None:
         """
         Remove acknowledged outbox rows and move rejected ones, in one transaction.
+
+        That transaction is not synced by itself (C{synchronous = NORMAL} for it):
+        the next event commit's sync makes it durable too. A power cut before that
+        only leaves the rows in the outbox, to be sent again (the server answers a
+        duplicate OK, a rejection is rejected again); it saves the writer thread,
+        which the intake's commits need, one sync per acknowledgement group.
         """
+        conn = self.conn
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self._outbox_done(acks, rejects)
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
+
+    def _outbox_done(self, acks: list[int], rejects: list[RejectRow]) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:

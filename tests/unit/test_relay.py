@@ -631,6 +631,24 @@ class SQLiteOutboxTests(SynchronousTestCase):
         self.assertEqual(self.store.backend.transactions - before, 2)
         self.assertEqual(self.successResultOf(self.store.outbox_pending()), [])
 
+    def test_acks_not_synced_alone(self) -> None:
+        """
+        Acknowledgements commit without a sync of their own (the next event
+        commit syncs them); event commits stay synchronous=FULL.
+        """
+        self.store_lines(wms_lines(JOB_A)[:3])
+        rows = self.successResultOf(self.store.outbox_after(DEST1, 0, 100))
+        conn = self.store.backend.conn
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        self.addCleanup(conn.set_trace_callback, None)
+        self.successResultOf(self.store.outbox_ack([r.id for r in rows]))
+        self.assertEqual(statements[0], "PRAGMA synchronous = NORMAL")
+        self.assertEqual(statements[-1], "PRAGMA synchronous = FULL")
+        self.assertIn("COMMIT", statements)
+        self.assertEqual(conn.execute("PRAGMA synchronous").fetchone()[0], 2)
+        self.assertEqual(self.successResultOf(self.store.outbox_pending()), [])
+
     def test_relay_against_sqlite(self) -> None:
         lines = wms_lines(JOB_A)
         self.store_lines(lines)
