@@ -14,8 +14,9 @@ Each repetition starts a fresh pair and runs four phases:
     backlog (first to last arrival at the server), nothing else running;
  3. live: the events are logged as fast as the proxy answers while it relays:
     the intake rate of this phase, the relay rate (relayed events over their
-    own span, first to last commit at the server), their ratio, the deepest
-    outbox seen (sampled every 50 ms) and the latency at full rate;
+    own span, first to last commit at the server), their ratio, the largest
+    backlog seen (rows created at the proxy less rows committed at the server,
+    sampled every 50 ms) and the latency at full rate;
  4. half rate: producers paced at half the rate of phase 1: the latency from
     the proxy's intake acknowledgement to the server's commit of each event
     (the time a poller of the server's database, every 2 ms, first sees it: the
@@ -268,17 +269,27 @@ class CommitPoller:
 
 class DepthSampler(Sampler):
     """
-    The deepest outbox seen.
+    The largest backlog seen: outbox rows the proxy created in this phase (its
+    AUTOINCREMENT counter) less the events the server committed in it (the
+    poller's count). Rows delivered but not yet removed do not count.
     """
 
-    def __init__(self, proxy: RoleService, interval: float = 0.05) -> None:
+    def __init__(self, proxy: RoleService, poller: CommitPoller, interval: float = 0.05) -> None:
         self.deepest = 0
+        self._poller = poller
         self._conn = ro_connect(proxy.db_path)
+        self._start = self._created()
         super().__init__(interval, self._depth)
 
+    def _created(self) -> int:
+        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def current(self) -> int:
+        return self._created() - self._start - len(self._poller.seen)
+
     def _depth(self) -> None:
-        n = int(self._conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-        self.deepest = max(self.deepest, n)
+        self.deepest = max(self.deepest, self.current())
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -364,10 +375,10 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
         )
         # 3. Live, as fast as the intake answers.
         pcpu0, scpu0 = cpu_seconds(proxy), cpu_seconds(server)
-        with DepthSampler(proxy) as depth, CommitPoller(server) as poller:
+        with CommitPoller(server) as poller, DepthSampler(proxy, poller) as depth:
             t0, acks, errors = log_events(proxy.socket_path, f"{rep}b", count, conns, pipe)
             intake_end = max(acks.values())
-            backlog = count_rows(proxy.db_path, "SELECT COUNT(*) FROM outbox")
+            backlog = depth.current()
             wait_drained(proxy)
         rows = server_arrivals(server, f"{rep}b")
         seen = [poller.seen[line] for line in rows if line in poller.seen]
@@ -385,8 +396,8 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
             f"  [{rep}] live: {len(acks)} logged ({errors} errors) in {span:.2f} s:"
             f" {fig['live_intake_logged']:.0f} logged/s, {fig['live_intake']:.0f} relayed rows/s"
             f" into the outbox; relay {fig['live']:.0f} rows/s"
-            f" ({fig['live'] / fig['live_intake']:.2f} x); outbox at most {depth.deepest},"
-            f" {backlog} at the end of the intake; ack -> server commit median"
+            f" ({fig['live'] / fig['live_intake']:.2f} x); backlog at most {depth.deepest} rows"
+            f" ({backlog} by the end of the intake); ack -> server commit median"
             f" {fig['live_p50']:.1f} ms, p99 {fig['live_p99']:.1f} ms",
             flush=True,
         )
@@ -466,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"  live: intake {med('live_intake_logged'):.0f} logged/s = {med('live_intake'):.0f}"
         f" rows/s, relay {med('live'):.0f} rows/s = {live_ratio:.2f} x the live intake,"
-        f" {alone_ratio:.2f} x the intake alone; deepest outbox {med('live_deepest'):.0f};"
+        f" {alone_ratio:.2f} x the intake alone; largest backlog {med('live_deepest'):.0f} rows;"
         f" ack -> server commit median {med('live_p50'):.1f} ms p99 {med('live_p99'):.1f} ms"
     )
     print(
