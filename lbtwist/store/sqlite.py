@@ -480,8 +480,12 @@ class SQLiteBackend:
                 conn.execute("ROLLBACK")
             raise
         self.transactions += 1
-        if tail is not None and self.tail is not None:
-            self.tail.add(tail)
+        if self.tail is not None and plan.outbox:
+            if tail is None:
+                # Rows it cannot describe: the database answers for them.
+                self.tail.reset(_last_outbox_id(conn))
+            else:
+                self.tail.add(tail)
 
     def translate_error(self, error: Exception) -> LBError | None:
         return translate_error(error)
@@ -552,13 +556,21 @@ TailRow = tuple[int, str, int, str, str, int]
 OUTBOX_TAIL = 8192
 
 
+def _last_outbox_id(conn: sqlite3.Connection) -> int:
+    """
+    The highest outbox id ever given (the AUTOINCREMENT counter).
+    """
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
 def _tail_rows(conn: sqlite3.Connection, plan: BatchPlan) -> list[TailRow] | None:
     """
     The outbox rows C{plan} inserts, with their ids: the last ones the table's
     AUTOINCREMENT gave (one writer, consecutive ids), read inside the
     transaction. C{None} if an outbox row's event is not in the plan.
     """
-    last = int(conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()[0])
+    last = _last_outbox_id(conn)
     events = {n.event_id: n for n in plan.events}
     rows: list[TailRow] = []
     for row_id, o in enumerate(plan.outbox, last - len(plan.outbox) + 1):
@@ -628,6 +640,15 @@ class OutboxTail:
                 base = kept.popleft()[0]
             self._base[destination] = base
             return list(islice(kept, limit))
+
+    def reset(self, upto: int) -> None:
+        """
+        Forget every row: those up to C{upto} are read from the database.
+        """
+        with self._lock:
+            self._rows.clear()
+            self._base.clear()
+            self._start = max(self._start, upto)
 
     def depth(self, destination: str) -> int:
         """

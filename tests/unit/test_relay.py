@@ -35,7 +35,7 @@ from lbtwist.service.relay import (
     split_destination,
     tcp_no_delay,
 )
-from lbtwist.store.batch import run_now
+from lbtwist.store.batch import BatchPlan, OutboxRow, run_now
 from lbtwist.store.sqlite import SCHEMA_VERSION, SQLiteStore, connect, schema_version
 from lbtwist.testing import MemoryStore
 from tests import traces
@@ -529,6 +529,27 @@ class SQLiteOutboxTests(SynchronousTestCase):
         self.assertEqual([r.line for r in rows], lines)
         self.assertEqual(len(calls), 1)
         self.assertEqual(self.successResultOf(self.store.outbox_after(DEST1, rows[-1].id, 9)), [])
+        self.assertEqual(len(calls), 1)
+
+    def test_undescribed_rows_read_from_the_database(self) -> None:
+        """
+        A commit whose outbox rows the tail cannot describe (their event is not in
+        the commit) empties it: those rows come from the database.
+        """
+        lines = wms_lines(JOB_A)[:2]
+        self.store_lines(lines[:1])
+        first = self.successResultOf(self.store.outbox_after(DEST1, 0, 9))
+        plan = BatchPlan()
+        plan.outbox.append(OutboxRow(DEST1, first[0].event_id))
+        self.store.backend.write(plan)
+        self.assertEqual(self.store.backend.tail.depth(DEST1), 0)  # type: ignore[union-attr]
+        calls = self.count_queries(self.store)
+        again = self.successResultOf(self.store.outbox_after(DEST1, first[0].id, 9))
+        self.assertEqual([(r.id, r.line) for r in again], [(first[0].id + 1, lines[0])])
+        self.assertEqual(len(calls), 1)
+        self.store_lines(lines[1:])
+        last = self.successResultOf(self.store.outbox_after(DEST1, again[0].id, 9))
+        self.assertEqual([r.line for r in last], lines[1:])
         self.assertEqual(len(calls), 1)
 
     def test_failed_commit_not_in_the_tail(self) -> None:
