@@ -445,6 +445,71 @@ class RelayPropertyTests(SynchronousTestCase):
         self.successResultOf(h.service.stopService())
 
 
+class SQLiteTailPropertyTests(SynchronousTestCase):
+    @settings(max_examples=40, deadline=None)
+    @given(
+        st.integers(1, 6),
+        st.integers(1, 8),
+        st.integers(1, 5),
+        st.lists(st.sampled_from(["ok", "ok", "ok", "drop", "commit", "commit"]), max_size=60),
+    )
+    def test_delivered_once_in_order_from_tail_and_table(
+        self, tail: int, window: int, fetch: int, script: list[str]
+    ) -> None:
+        """
+        Events committed while the relay runs, the in-memory tail overflowing
+        and the connection breaking: every event reaches the server in the order
+        it was stored, and the outbox ends empty.
+        """
+        clock = Clock()
+        clock.advance(T0)
+        store = SQLiteStore(
+            self.mktemp() + ".sqlite",
+            clock=clock,
+            policy=proxy_policy((), "ce.example.org"),
+            runner=run_now,
+            outbox_tail=tail,
+        )
+        self.addCleanup(store.close)
+        h = Harness(store=store, clock=clock, window=window, fetch_size=fetch)
+        lines = wms_lines(JOB_A) + wms_lines(JOB_B)
+        chunks = [lines[i : i + 3] for i in range(0, len(lines), 3)]
+        h.store_lines(chunks.pop(0))
+        h.service.startService()
+        endpoint = h.endpoints[DEST1]
+        stored: list[str] = []
+        steps = iter(script)
+        for _ in range(2000):
+            queue = h.service.queues[DEST1]
+            if not chunks and not h.outbox():
+                break
+            step = next(steps, "commit" if chunks else "ok")
+            if step == "commit" and chunks:
+                h.store_lines(chunks.pop(0))
+                continue
+            if not queue.connected:
+                clock.advance(60)
+                continue
+            conn = endpoint.current
+            conn.unanswered.extend(conn.take_lines())
+            if not conn.unanswered:
+                if chunks:
+                    h.store_lines(chunks.pop(0))
+                else:
+                    clock.advance(60)
+                continue
+            line = conn.unanswered.pop(0)
+            if step == "drop":
+                conn.loseConnection()
+                continue
+            if line not in stored:
+                stored.append(line)
+            conn.answer(0)
+        self.assertEqual(h.outbox(), [])
+        self.assertEqual(stored, lines)
+        self.successResultOf(h.service.stopService())
+
+
 class SQLiteOutboxTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
