@@ -35,7 +35,9 @@ DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_INTAKE_IDLE_TIMEOUT = 60
 DEFAULT_INTAKE_BACKLOG = 1024
 
-DEFAULT_RELAY_WINDOW = 64
+DEFAULT_RELAY_WINDOW = 1024
+#: Committed outbox rows the relay keeps in memory per destination (docs/relay.md).
+DEFAULT_RELAY_TAIL = 8192
 DEFAULT_MAX_FUTURE_SKEW = 86_400  # seconds
 DEFAULT_REFOLD_SLICE = 100  # events
 #: Python's thread switch interval while the store's threads run (microseconds; the
@@ -707,6 +709,13 @@ OPTIONS: tuple[Option, ...] = (
         DEFAULT_THREAD_SWITCH_INTERVAL,
         "Microseconds a thread runs before Python lets another (the reactor) in.",
     ),
+    _value(
+        "relay-tail",
+        _count,
+        DEFAULT_RELAY_TAIL,
+        "Committed outbox rows kept in memory per destination for the relay.",
+        roles=_PROXY_ONLY,
+    ),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
@@ -801,6 +810,7 @@ class Settings:
     notify_max_body: int
     notify_page_messages: int
     thread_switch_interval: int
+    relay_tail: int
     dev_certs: bool
 
     def as_options(self) -> dict[str, object]:

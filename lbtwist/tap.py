@@ -185,6 +185,7 @@ def make_store(settings: Settings, reactor: Any) -> IEventStore:
         query_cache=settings.query_cache,
         page_cache=settings.sqlite_cache,
         list_scan=settings.list_scan,
+        outbox_tail=settings.relay_tail,
     )
 
 

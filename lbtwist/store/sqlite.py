@@ -14,8 +14,9 @@ import json
 import sqlite3
 import sys
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from itertools import islice
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -400,6 +401,8 @@ class SQLiteBackend:
         self.transactions = 0
         #: The store's notifications (set when the store opens).
         self.notif: Notifications = cast("Notifications", None)
+        #: The committed outbox rows kept for the relay (L{OutboxTail}), if any.
+        self.tail: OutboxTail | None = None
 
     def max_event_id(self) -> int:
         return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
@@ -537,11 +540,14 @@ class SQLiteBackend:
                     " VALUES (?, ?, ?)",
                     [(m.cream_key, m.cream_id, m.glite_id) for m in plan.mappings],
                 )
+            tail: list[TailRow] | None = None
             if plan.outbox:
                 conn.executemany(
                     "INSERT INTO outbox (destination, event_id) VALUES (?, ?)",
                     [(o.destination, o.event_id) for o in plan.outbox],
                 )
+                if self.tail is not None:
+                    tail = _tail_rows(conn, plan)
             if plan.offsets:
                 _write_offsets(conn, plan.offsets)
             if plan.notifications:
@@ -554,6 +560,12 @@ class SQLiteBackend:
         self.transactions += 1
         if plan.notifications:
             self.notif.committed(plan.notifications)
+        if self.tail is not None and plan.outbox:
+            if tail is None:
+                # Rows it cannot describe: the database answers for them.
+                self.tail.reset(_last_outbox_id(conn))
+            else:
+                self.tail.add(tail)
 
     def translate_error(self, error: Exception) -> LBError | None:
         return translate_error(error)
@@ -561,7 +573,21 @@ class SQLiteBackend:
     def outbox_done(self, acks: list[int], rejects: list[RejectRow]) -> None:
         """
         Remove acknowledged outbox rows and move rejected ones, in one transaction.
+
+        That transaction is not synced by itself (C{synchronous = NORMAL} for it):
+        the next event commit's sync makes it durable too. A power cut before that
+        only leaves the rows in the outbox, to be sent again (the server answers a
+        duplicate OK, a rejection is rejected again); it saves the writer thread,
+        which the intake's commits need, one sync per acknowledgement group.
         """
+        conn = self.conn
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self._outbox_done(acks, rejects)
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
+
+    def _outbox_done(self, acks: list[int], rejects: list[RejectRow]) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -601,6 +627,115 @@ def _write_offsets(conn: sqlite3.Connection, offsets: SpoolOffsets) -> None:
         " ON CONFLICT (name) DO UPDATE SET inode = excluded.inode, offset = excluded.offset",
         [(name, s[0], s[1]) for name, s in offsets.items() if s is not None],
     )
+
+
+#: An outbox row as L{OutboxTail} keeps it: the fields of L{OutboxEntry}.
+TailRow = tuple[int, str, int, str, str, int]
+
+#: Outbox rows kept in memory per destination by default (L{OutboxTail}).
+OUTBOX_TAIL = 8192
+
+
+def _last_outbox_id(conn: sqlite3.Connection) -> int:
+    """
+    The highest outbox id ever given (the AUTOINCREMENT counter).
+    """
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _tail_rows(conn: sqlite3.Connection, plan: BatchPlan) -> list[TailRow] | None:
+    """
+    The outbox rows C{plan} inserts, with their ids: the last ones the table's
+    AUTOINCREMENT gave (one writer, consecutive ids), read inside the
+    transaction. C{None} if an outbox row's event is not in the plan.
+    """
+    last = _last_outbox_id(conn)
+    events = {n.event_id: n for n in plan.events}
+    rows: list[TailRow] = []
+    for row_id, o in enumerate(plan.outbox, last - len(plan.outbox) + 1):
+        n = events.get(o.event_id)
+        if n is None:
+            return None
+        rows.append((row_id, o.destination, o.event_id, n.jobid, n.line, n.arrived))
+    return rows
+
+
+class OutboxTail:
+    """
+    The outbox rows of the latest commits, per destination, kept in memory so that
+    the relay sends live events without reading them back (L{SQLiteStore.outbox_after}).
+
+    Per destination, every committed row with an id above C{base} is kept, in id
+    order, at most C{limit} of them: beyond, the oldest are dropped and C{base}
+    rises (those rows are read from the database again). A read after an id at or
+    above C{base} is answered here and forgets the rows up to that id (the relay
+    reads each destination forward); one below it goes to the database.
+
+    Rows are added by the writer thread after their commit and read on the reactor
+    thread, under a lock.
+    """
+
+    def __init__(self, limit: int, start: int) -> None:
+        """
+        @param limit: rows kept per destination.
+        @param start: the highest outbox id at start: rows up to it are only in
+            the database.
+        """
+        if limit < 1:
+            raise ValueError(f"outbox tail of {limit} rows")
+        self.limit = limit
+        self._start = start
+        self._rows: dict[str, deque[TailRow]] = {}
+        self._base: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, rows: Iterable[TailRow]) -> None:
+        """
+        Rows just committed, in id order.
+        """
+        with self._lock:
+            for row in rows:
+                dest = row[1]
+                kept = self._rows.get(dest)
+                if kept is None:
+                    kept = self._rows[dest] = deque()
+                kept.append(row)
+                if len(kept) > self.limit:
+                    self._base[dest] = kept.popleft()[0]
+
+    def after(self, destination: str, after_id: int, limit: int) -> list[TailRow] | None:
+        """
+        @return: up to C{limit} committed rows of C{destination} with an id above
+            C{after_id}, or C{None} if some of them may only be in the database.
+        """
+        with self._lock:
+            base = self._base.get(destination, self._start)
+            if after_id < base:
+                return None
+            kept = self._rows.get(destination)
+            if not kept:
+                return []
+            while kept and kept[0][0] <= after_id:
+                base = kept.popleft()[0]
+            self._base[destination] = base
+            return list(islice(kept, limit))
+
+    def reset(self, upto: int) -> None:
+        """
+        Forget every row: those up to C{upto} are read from the database.
+        """
+        with self._lock:
+            self._rows.clear()
+            self._base.clear()
+            self._start = max(self._start, upto)
+
+    def depth(self, destination: str) -> int:
+        """
+        Rows kept for C{destination}.
+        """
+        with self._lock:
+            return len(self._rows.get(destination, ()))
 
 
 def _stored(row: tuple[Any, ...]) -> StoredEvent:
@@ -917,6 +1052,7 @@ class SQLiteStore(GroupedWrites):
         query_cache: int = STATUS_CACHE_SIZE,
         page_cache: int = PAGE_CACHE_KIB,
         list_scan: int = LIST_SCAN,
+        outbox_tail: int = OUTBOX_TAIL,
     ) -> None:
         """
         @param checkpoint_every: see L{BatchProcessor}.
@@ -927,6 +1063,8 @@ class SQLiteStore(GroupedWrites):
             woken by a socket waits at most this long for the writer thread, busy
             planning a commit, to let it run (the interpreter's default is 5 ms).
             C{None}: left as it is.
+        @param outbox_tail: committed outbox rows kept in memory per destination for
+            the relay (L{OutboxTail}; a relaying store only).
         @raise ValueError: a tuning value is out of range.
         """
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
@@ -936,6 +1074,9 @@ class SQLiteStore(GroupedWrites):
         if cache_size < 1 or query_cache < 1 or page_cache < 1 or list_scan < 1:
             raise ValueError("cache_size, query_cache, page_cache and list_scan must be positive")
         self._list_scan = list_scan
+        if outbox_tail < 1:
+            raise ValueError(f"outbox tail of {outbox_tail} rows")
+        self._outbox_tail = outbox_tail
         self.path = path
         self._query_cache = query_cache
         self._page_cache = page_cache
@@ -977,6 +1118,9 @@ class SQLiteStore(GroupedWrites):
             conn.close()
             raise
         self.backend = SQLiteBackend(conn)
+        if self.relay:
+            last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+            self.backend.tail = OutboxTail(self._outbox_tail, int(last))
         self._reader = connect(path)
         set_page_cache(self._reader, self._page_cache)
         self._queries = Queries(
@@ -1090,6 +1234,15 @@ class SQLiteStore(GroupedWrites):
     def outbox_after(
         self, destination: str, after_id: int, limit: int
     ) -> Deferred[list[OutboxEntry]]:
+        """
+        Rows committed since the last read come from the L{OutboxTail} (at once,
+        no query), older ones from the database on the reader thread.
+        """
+        tail = self.backend.tail
+        if tail is not None:
+            rows = tail.after(destination, after_id, limit)
+            if rows is not None:
+                return succeed([OutboxEntry(*row) for row in rows])
         return self._read(lambda: self._queries.outbox_after(destination, after_id, limit))
 
     def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
