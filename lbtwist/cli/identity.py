@@ -5,11 +5,19 @@ The DN the client tools log events as, when C{-U} does not give one.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
 
-#: Proxy certificate name components (RFC 3820 numbers, legacy Globus names).
-_PROXY_CN = re.compile(r"^(?:[0-9]+|proxy|limited proxy)$")
+
+def _is_proxy_cn(value: str) -> bool:
+    """
+    Whether a CN value names a proxy (RFC 3820 digits, legacy Globus names).
+    """
+    if value.endswith("\n"):
+        # As a regular expression's "$" would, a final line feed is let through.
+        value = value[:-1]
+    return (value.isdigit() and value.isascii()) or value in ("proxy", "limited proxy")
 
 
 def certificate_dn(pem: bytes) -> str:
@@ -31,7 +39,7 @@ def certificate_dn(pem: bytes) -> str:
     except ValueError:
         pass
     parts = slash_dn(chain[0].subject).split("/")[1:]
-    while len(parts) > 1 and parts[-1].startswith("CN=") and _PROXY_CN.match(parts[-1][3:]):
+    while len(parts) > 1 and parts[-1].startswith("CN=") and _is_proxy_cn(parts[-1][3:]):
         parts.pop()
     return "".join(f"/{part}" for part in parts)
 
