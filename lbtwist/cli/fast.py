@@ -188,7 +188,8 @@ def scan(
     @return: the values by destination (C{True} for a flag; the last one given
         wins) and the free fields in order, or C{None} for anything else (help,
         positional words, clustered or attached short options, a value that
-        starts with C{-}, a missing value).
+        starts with C{-}, a missing value, a C{--timeout} that is not a number
+        of seconds, even if a later one is: argparse checks each).
     """
     values: dict[str, str | bool] = {}
     fields: list[tuple[str, str]] = []
@@ -207,6 +208,8 @@ def scan(
                 dest, takes = option
                 if dest is None or not takes:
                     return None
+                if dest == "timeout" and seconds_or_none(value) is None:
+                    return None
                 values[dest] = value
                 continue
         if option is not None:
@@ -217,6 +220,8 @@ def scan(
                 values[dest] = True
                 continue
             if i >= n or argv[i][:1] == "-":
+                return None
+            if dest == "timeout" and seconds_or_none(argv[i]) is None:
                 return None
             values[dest] = argv[i]
             i += 1
