@@ -11,6 +11,8 @@ round, so load on the machine falls on all alike):
   - C{python -c pass} (the bare interpreter start of the same virtualenv, the
     reference of the target ratio),
   - C{python -c "import lbtwist"},
+  - C{lbtwist logevent} with C{$X509_USER_PROXY} set (as the Job Wrapper runs it:
+    the DN logged is read from the proxy file),
   - C{python -m lbtwist logevent ...} (the same call without the console script),
   - C{glite-lb-logevent -x} when such a binary is on C{PATH} (L&B's own C tool,
     against the same proxy socket).
@@ -76,7 +78,11 @@ def timed(argv: Sequence[str], env: Mapping[str, str]) -> tuple[float, str]:
     return elapsed, proc.stdout
 
 
-def commands(sock: str, glite: str | None) -> dict[str, list[str]]:
+#: The label of the run with $X509_USER_PROXY set.
+WITH_PROXY = "lbtwist logevent, X509_USER_PROXY"
+
+
+def commands(sock: str, glite: str | None, lbtwist: str) -> dict[str, list[str]]:
     """
     The commands measured, by label. Job ids are filled in per run (L{argv_for}).
     """
@@ -85,8 +91,9 @@ def commands(sock: str, glite: str | None) -> dict[str, list[str]]:
     cmds = {
         "python -c pass": [PYTHON, "-c", "pass"],
         'python -c "import lbtwist"': [PYTHON, "-c", "import lbtwist"],
-        "lbtwist job-reg": [LBTWIST, "job-reg", "-x", "-c", "-X", sock, "-j"],
-        "lbtwist logevent": [LBTWIST, *logevent],
+        "lbtwist job-reg": [lbtwist, "job-reg", "-x", "-c", "-X", sock, "-j"],
+        "lbtwist logevent": [lbtwist, *logevent],
+        WITH_PROXY: [lbtwist, *logevent],
         "python -m lbtwist logevent": [PYTHON, "-m", "lbtwist", *logevent],
     }
     if glite is not None:
@@ -155,6 +162,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--glite", default=None, help="path of glite-lb-logevent (default: looked up on PATH)"
     )
     parser.add_argument(
+        "--lbtwist",
+        default=LBTWIST,
+        metavar="PATH",
+        help="the lbtwist command to measure (default: the one beside this Python)",
+    )
+    parser.add_argument(
         "--no-bytecode",
         action="store_true",
         help=(
@@ -183,32 +196,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             env.pop("PYTHONDONTWRITEBYTECODE", None)
             env["PYTHONPYCACHEPREFIX"] = os.path.join(base, "pycache")
         env["GLITE_WMS_LBPROXY_STORE_SOCK"] = sock
-        env.pop("GLITE_WMS_SEQUENCE_CODE", None)
-        env.pop("EDG_WL_SEQUENCE_CODE", None)
+        for name in ("GLITE_WMS_SEQUENCE_CODE", "EDG_WL_SEQUENCE_CODE", "X509_USER_PROXY"):
+            env.pop(name, None)
+        env.pop("X509_USER_CERT", None)
+        with_proxy = dict(env, X509_USER_PROXY=_user_proxy(service.state_dir, base))
         jobid = "https://localhost:9000/CREAM800000000"
-        timed([LBTWIST, "job-reg", "-x", "-c", "-X", sock, "-j", jobid], env)
-        cmds = commands(sock, glite)
+        timed([args.lbtwist, "job-reg", "-x", "-c", "-X", sock, "-j", jobid], env)
+        cmds = commands(sock, glite, args.lbtwist)
         samples: dict[str, list[float]] = {label: [] for label in cmds}
         # One warm-up round (page cache, .pyc files), not counted.
         for round_ in range(args.runs + 1):
             for label, cmd in cmds.items():
-                ms, _ = timed(argv_for(label, cmd, round_, jobid), env)
+                run_env = with_proxy if label == WITH_PROXY else env
+                ms, _ = timed(argv_for(label, cmd, round_, jobid), run_env)
                 if round_ > 0:
                     samples[label].append(ms)
         report = [
             f"lbtwist CLI, {args.runs} runs each, interleaved; load before: {_load()}",
-            f"{'command':<30} {'median ms':>10} {'p90 ms':>8} {'x python -c pass':>17}",
+            f"{'command':<34} {'median ms':>10} {'p90 ms':>8} {'x python -c pass':>17}",
         ]
         bare = statistics.median(samples["python -c pass"])
         for label, values in samples.items():
             med = statistics.median(values)
             report.append(
-                f"{label:<30} {med:10.1f} {percentile(values, 0.9):8.1f} {med / bare:17.2f}"
+                f"{label:<34} {med:10.1f} {percentile(values, 0.9):8.1f} {med / bare:17.2f}"
             )
         if glite is None:
             report.append("(no glite-lb-logevent binary on PATH: the C tool not measured)")
         verdicts = []
-        for label in ("lbtwist logevent", "lbtwist job-reg"):
+        for label in ("lbtwist logevent", WITH_PROXY, "lbtwist job-reg"):
             med = statistics.median(samples[label])
             ok = med < TARGET_MS and med <= TARGET_RATIO * bare
             verdicts.append(
@@ -218,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         report += verdicts
         report.append(f"load after: {_load()}")
         if args.importtime:
-            report.append(importtime([LBTWIST, *cmds["lbtwist logevent"][1:], jobid], env, 15))
+            report.append(importtime([*cmds["lbtwist logevent"], jobid], with_proxy, 15))
         print("\n".join(report))
     finally:
         service.cleanup()
@@ -228,8 +244,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += " --importtime"
     if args.no_bytecode:
         command += " --no-bytecode"
+    if args.lbtwist != LBTWIST:
+        command += f" --lbtwist {args.lbtwist}"
     print(command)
     return 0
+
+
+def _user_proxy(state_dir: str, base: str) -> str:
+    """
+    A user proxy file: the development one the proxy made in its state
+    directory, else a fresh development PKI's.
+    """
+    path = os.path.join(state_dir, "devcerts", "user", "x509up")
+    if os.path.exists(path):
+        return path
+    from datetime import UTC, datetime
+
+    from lbtwist.security.devcerts import make_dev_pki
+
+    return str(make_dev_pki(os.path.join(base, "pki"), now=datetime.now(UTC)).user_proxy)
 
 
 def _is_script(path: str) -> bool:

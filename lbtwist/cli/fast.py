@@ -478,11 +478,7 @@ def _sendable(*texts: str) -> bool:
 
 
 def _event_type(name: str) -> EventRow | None:
-    upper = name.upper()
-    for etype in catalogue.load()[1].values():
-        if etype[0].upper() == upper:
-            return etype
-    return None
+    return catalogue.find_event(name)
 
 
 def _common(

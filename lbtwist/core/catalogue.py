@@ -58,21 +58,29 @@ def _table_text() -> str:
         return resources.files("lbtwist.core").joinpath("data/events.tsv").read_text("utf-8")
 
 
-def parse_table(table: str) -> tuple[tuple[FieldRow, ...], dict[str, EventRow]]:
+def parse_table(
+    table: str, only: str | None = None
+) -> tuple[tuple[FieldRow, ...], dict[str, EventRow]]:
     """
     The common fields and the event types of a catalogue table (tab-separated,
     a header line naming the columns).
 
+    @param only: read only the event type of this name (in upper case), and no
+        common fields.
     @return: the common fields, and the event types by name in event code order.
     """
     common: list[FieldRow] = []
     rows: dict[str, tuple[str, int, list[FieldRow]]] = {}
     lines = table.splitlines()
     header = lines[0].split("\t")
+    event_column = header.index("event")
     for line in lines[1:]:
         if not line.strip():
             continue
-        row = dict(zip(header, line.split("\t"), strict=False))
+        cells = line.split("\t")
+        if only is not None and cells[event_column].upper() != only:
+            continue
+        row = dict(zip(header, cells, strict=False))
         spec: FieldRow | None = None
         if row.get("field"):
             spec = (
@@ -95,6 +103,22 @@ def parse_table(table: str) -> tuple[tuple[FieldRow, ...], dict[str, EventRow]]:
         for name, (group, code, specs) in sorted(rows.items(), key=lambda item: item[1][1])
     }
     return tuple(common), catalogue
+
+
+def find_event(name: str) -> EventRow | None:
+    """
+    The event type C{name} (in any case), reading no other row of the table
+    (a producer call needs one type).
+    """
+    if _LOADED:
+        rows = _LOADED[0][1]
+    else:
+        rows = parse_table(_table_text(), name.upper())[1]
+    upper = name.upper()
+    for row_name, row in rows.items():
+        if row_name.upper() == upper:
+            return row
+    return None
 
 
 def load() -> tuple[tuple[FieldRow, ...], dict[str, EventRow]]:

@@ -370,6 +370,14 @@ class PureTests(SynchronousTestCase):
         self.assertEqual([f[0] for f in common], [f.name for f in COMMON_FIELDS])
         self.assertEqual(catalogue.SOURCES, SOURCES)
 
+    def test_find_event(self) -> None:
+        text = catalogue._table_text()
+        for name, row in catalogue.load()[1].items():
+            for spelling in (name, name.lower(), name.upper()):
+                self.assertEqual(catalogue.parse_table(text, spelling.upper())[1], {name: row})
+                self.assertEqual(catalogue.find_event(spelling), row)
+        self.assertIsNone(catalogue.find_event("NoSuchEvent"))
+
     def test_seqcode_tables(self) -> None:
         self.assertEqual(fast.COUNTERS, seqcode.COUNTERS)
         self.assertEqual(fast.WIDTHS, seqcode._WIDTHS)
