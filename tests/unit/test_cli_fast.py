@@ -659,3 +659,28 @@ class LightImportTests(SynchronousTestCase):
             [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
         )
         self.assertEqual(result.stdout.splitlines()[-1], "0 []", result.stderr)
+
+
+class ParserImportTests(SynchronousTestCase):
+    """
+    Building the parsers of every subcommand (C{lbtwist --help}, C{lbtwist
+    status ...}) loads no Twisted: the HTTPS client is imported when a query runs.
+    """
+
+    def test_parsers_load_no_twisted(self) -> None:
+        script = (
+            "import sys\n"
+            "from lbtwist.cli.main import build_parser\n"
+            "build_parser()\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'twisted', 'OpenSSL'}))\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.stdout, "[]\n", result.stderr)
+
+    def test_connect_timeout_default(self) -> None:
+        from lbtwist.cli import query
+        from lbtwist.client.query import DEFAULT_CONNECT_TIMEOUT
+
+        self.assertEqual(query.DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)
