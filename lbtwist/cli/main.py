@@ -132,6 +132,9 @@ def run(argv: Sequence[str], ctx: CLIContext) -> int:
         if status is not None:
             return status
     parser = build_parser(COMMANDS.get(command))
+    if command in COMMANDS and subparser(parser, command) is parser:
+        # The table names a module that no longer registers it: every module's.
+        parser = build_parser()
     saved = sys.stdout, sys.stderr
     # argparse writes usage and help to sys.std*: point them at the context's.
     sys.stdout, sys.stderr = ctx.stdout, ctx.stderr

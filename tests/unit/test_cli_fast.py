@@ -684,3 +684,27 @@ class ParserImportTests(SynchronousTestCase):
         from lbtwist.client.query import DEFAULT_CONNECT_TIMEOUT
 
         self.assertEqual(query.DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)
+
+
+class DispatchTableTests(SynchronousTestCase):
+    """
+    L{main.COMMANDS} makes a run build one module's parser; a stale line does
+    not break the subcommand.
+    """
+
+    def test_every_command_listed_is_registered_there(self) -> None:
+        for command, module in main.COMMANDS.items():
+            parser = main.build_parser(module)
+            self.assertIsNot(main.subparser(parser, command), parser, command)
+
+    def test_stale_line_falls_back_to_every_module(self) -> None:
+        self.patch(main, "COMMANDS", {**main.COMMANDS, "replay": "lbtwist.cli.jobreg"})
+        status, out, err = self.call(["replay", "--example"])
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn("Running", out)
+
+    def call(self, argv: list[str]) -> tuple[int, str, str]:
+        ctx = make_ctx()
+        status = main.run(argv, ctx)
+        assert isinstance(ctx.stdout, io.StringIO) and isinstance(ctx.stderr, io.StringIO)
+        return status, ctx.stdout.getvalue(), ctx.stderr.getvalue()
