@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.unit.test_cli_light -*-
+# -*- test-case-name: tests.unit.test_cli_fast -*-
 """
 Benchmark of the producer command line (docs/reference.md, Performance targets): one
 C{lbtwist logevent} and one C{lbtwist job-reg} call, process start to exit with the

@@ -64,10 +64,6 @@ FAST_LANES: dict[str, str] = {
     "job-reg": "lbtwist.cli.fast:job_reg",
 }
 
-#: Kept for callers of the earlier name: the subcommands that load only their module.
-LIGHT_COMMANDS: dict[str, str] = COMMANDS
-
-
 def _import(name: str) -> object:
     # __import__, not importlib: importing importlib costs a producer call.
     __import__(name)

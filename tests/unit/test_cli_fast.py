@@ -483,7 +483,9 @@ def _grouped(names: list[tuple[Any, str, Any]]) -> list[list[tuple[Any, str, Any
     groups: list[list[tuple[Any, str, Any]]] = []
     for oid, value, kind in names:
         if value.startswith("+") and groups:
-            groups[-1].append((oid, value[1:] or "v", kind))
+            if all(o != oid or v != (value[1:] or "v") for o, v, _ in groups[-1]):
+                # (An RDN cannot hold the same attribute twice.)
+                groups[-1].append((oid, value[1:] or "v", kind))
         else:
             groups.append([(oid, value, kind)])
     return groups
