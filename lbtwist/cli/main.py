@@ -64,6 +64,7 @@ FAST_LANES: dict[str, str] = {
     "job-reg": "lbtwist.cli.fast:job_reg",
 }
 
+
 def _import(name: str) -> object:
     # __import__, not importlib: importing importlib costs a producer call.
     __import__(name)
