@@ -88,7 +88,7 @@ def format_grace(seconds: int | None) -> str:
     """
     if seconds is None:
         return "never"
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):
         size = _UNITS[unit]
         if seconds and seconds % size == 0:
             return f"{seconds // size}{unit}"

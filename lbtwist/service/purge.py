@@ -457,3 +457,64 @@ class PurgeService(Service):
                 self._schedule()
 
         d.addBoth(again)
+
+
+class _WallClock:
+    """
+    The time of day, for a purge run outside the reactor (the offline command).
+    """
+
+    def seconds(self) -> float:
+        return time.time()
+
+
+def offline_purge(
+    state_dir: str,
+    request: PurgeRequest,
+    *,
+    chunk: int = DEFAULT_CHUNK,
+    jpdump_dir: str | None = None,
+    vacuum: bool = False,
+    list_limit: int = DEFAULT_LIST_LIMIT,
+    clock: Any = None,
+) -> PurgeReport:
+    """
+    Purge the store of C{state_dir} with no service running (C{lbtwist purge
+    --state-dir}): the store is opened with its lock (refused, EBUSY, while a service
+    holds it), the purge runs at once, chunk after chunk. C{vacuum} then rewrites the
+    file so that it gives space back from now on (stores made before incremental
+    vacuum).
+
+    @raise FileNotFoundError: there is no store in C{state_dir}.
+    @raise lbtwist.core.errors.LBError: the store is in use.
+    """
+    from lbtwist.store import store_path
+    from lbtwist.store.batch import run_now
+    from lbtwist.store.purging import vacuum_full
+    from lbtwist.store.sqlite import SQLiteStore
+
+    path = store_path(state_dir)
+    if not os.path.exists(path):
+        raise FileNotFoundError(2, "no lbtwist store", path)
+    wall: Any = clock if clock is not None else _WallClock()
+    store = SQLiteStore(path, clock=wall, runner=run_now, lock=True)
+    store.start()
+    try:
+        purger = Purger(
+            store,  # type: ignore[arg-type]
+            wall,
+            state_dir=state_dir,
+            chunk=chunk,
+            jpdump_dir=jpdump_dir,
+            list_limit=list_limit,
+        )
+        results: list[Any] = []
+        purger.run(request).addBoth(results.append)
+        outcome = results[0]
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        if vacuum and not request.dry_run:
+            vacuum_full(store.backend.conn)
+        return outcome  # type: ignore[no-any-return]
+    finally:
+        store.close()

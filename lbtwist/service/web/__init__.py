@@ -8,7 +8,7 @@ PKI that C{lbtwist.tap} falls back to when no host certificate is configured.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -260,6 +260,7 @@ def make_site(
     max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
+    admin: Callable[..., Any] | None = None,
 ) -> Site:
     """
     The query site on C{store}.
@@ -276,6 +277,7 @@ def make_site(
     @param max_request_line: longest request or header line (longer: 414 / 431).
     @param max_header_size: longest request head (longer: 431).
     @param max_headers: most header fields (more: 431).
+    @param admin: the handler of C{POST /admin/...} (L{lbtwist.service.web.admin}).
     """
     if identify is None:
         from lbtwist.security.tls import CADirectory
@@ -294,6 +296,7 @@ def make_site(
         identify=identify,
         page_events=page_events,
     )
+    root.admin = admin
     site = QuerySite(
         root,
         timeout=idle_timeout,
@@ -359,6 +362,7 @@ def make_query_service(
     max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
+    admin: Callable[..., Any] | None = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
@@ -383,6 +387,7 @@ def make_query_service(
         max_request_line=max_request_line,
         max_header_size=max_header_size,
         max_headers=max_headers,
+        admin=admin,
     )
     # A port that cannot be bound stops start-up, as the intake's does.
     service = tls_listener(reactor, endpoint, source, site, limits=limits, port="query")
