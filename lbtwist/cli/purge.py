@@ -66,6 +66,18 @@ def write_report(args: argparse.Namespace, ctx: CLIContext, report: dict[str, An
         ctx.stderr.write(f"lbtwist purge: server dump: {report['server_file']}\n")
 
 
+class _Clock:
+    """
+    The command's time (L{CLIContext.now}) as the purge reads it.
+    """
+
+    def __init__(self, ctx: CLIContext) -> None:
+        self._now = ctx.now
+
+    def seconds(self) -> float:
+        return self._now() / 1_000_000
+
+
 def handle_purge(args: argparse.Namespace, ctx: CLIContext) -> int:
     overrides = _overrides(args)
     if args.state_dir and args.server:
@@ -86,6 +98,7 @@ def handle_purge(args: argparse.Namespace, ctx: CLIContext) -> int:
         chunk=args.chunk,
         jpdump_dir=args.jpdump_dir,
         vacuum=args.vacuum,
+        clock=_Clock(ctx),
     )
     write_report(args, ctx, report.as_json())
     if args.vacuum and not args.dry_run:

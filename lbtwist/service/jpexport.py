@@ -46,7 +46,7 @@ class JPRegExporter(Service):
 
     @param run: runs the file writing off the reactor (a thread); tests pass a
         synchronous one.
-    @ivar exported: messages written so far.
+    @ivar exported: messages written so far (C{batches}: in how many batches).
     """
 
     def __init__(
@@ -74,6 +74,8 @@ class JPRegExporter(Service):
         self._call: IDelayedCall | None = None
         self._busy = False
         self.exported = 0
+        #: Batches written so far.
+        self.batches = 0
 
     def startService(self) -> None:
         super().startService()
@@ -140,4 +142,5 @@ class JPRegExporter(Service):
         await self._run(write)
         await self.store.jp_done([row[0] for row in rows])
         self.exported += len(rows)
+        self.batches += 1
         return len(rows) >= self.batch
