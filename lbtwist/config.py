@@ -323,7 +323,7 @@ DEFAULT_IL_REMOVE_IDLE = 600.0
 DEFAULT_IL_BATCH_EVENTS = 2000
 
 # Purge and Job Provenance export (docs/lifecycle.md).
-DEFAULT_PURGE_CHUNK = 500
+DEFAULT_PURGE_CHUNK = 100
 _DAY = 86_400
 DEFAULT_JPREG_INTERVAL = 1.0
 DEFAULT_JPREG_BATCH = 500
@@ -663,7 +663,7 @@ OPTIONS: tuple[Option, ...] = (
         "purge-chunk",
         _count,
         DEFAULT_PURGE_CHUNK,
-        "Job rows a purge looks at per transaction (between commit groups).",
+        "Job rows a purge looks at per transaction, between commit groups (at most 10000).",
     ),
     _value(
         "jpreg-dir",

@@ -195,7 +195,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("-m", "--server", metavar="HOST:PORT", help="purge through this service")
     p.add_argument("--state-dir", metavar="DIR", help="purge the store in DIR (service stopped)")
     p.add_argument(
-        "--chunk", type=int, default=500, metavar="N", help="job rows per transaction (offline)"
+        "--chunk", type=int, default=100, metavar="N", help="job rows per transaction (offline)"
     )
     p.add_argument(
         "--jpdump-dir", metavar="DIR", help="offline: Job Provenance dump export directory"

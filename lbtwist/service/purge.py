@@ -36,7 +36,7 @@ from lbtwist.store.purging import PurgeChunk, PurgedJob
 log = Logger()
 
 #: Default jobs looked at per chunk (the C{purge-chunk} option).
-DEFAULT_CHUNK = 500
+DEFAULT_CHUNK = 100
 #: Default most job ids a purge answer lists (the rest are counted).
 DEFAULT_LIST_LIMIT = 10_000
 #: Where C{-s} dumps go, in the state directory.

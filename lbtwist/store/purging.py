@@ -17,20 +17,22 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from lbtwist.core.errors import LBError
 from lbtwist.core.jobid import unique_of
-from lbtwist.core.purge import PurgeRules, is_due, trace_record
-from lbtwist.core.states.status import format_iso, parse_iso
+from lbtwist.core.purge import TRACE_DROPPED, PurgeRules, is_due
+from lbtwist.core.states.status import DONE_CODE_NAMES, INTERNAL_FIELDS, format_iso, parse_iso
 
 if TYPE_CHECKING:
     from lbtwist.store.batch import BatchPlan
 
 #: Pages one incremental vacuum step frees (4 kB pages: 8 MB).
 VACUUM_PAGES = 2048
+#: Most job rows one chunk looks at, whatever it is asked (its IN lists stay short).
+MAX_CHUNK = 10_000
 
 
 @attrs.frozen
@@ -110,7 +112,7 @@ def purge_chunk(
     before_commit: Callable[[Sequence[PurgedJob]], None] | None = None,
 ) -> PurgeChunk:
     """
-    Look at the next C{limit} jobs (oldest update first, from C{after}) and purge those
+    Look at the next C{limit} jobs (at most L{MAX_CHUNK}; oldest update first, from C{after}) and purge those
     due under C{rules} at C{now}, in one transaction: their events, checkpoints, CREAM
     id mappings, rejected relay rows and job rows are deleted and a zombie row (the
     trace record) is written for each. Jobs with events still waiting in the outbox are
@@ -122,6 +124,7 @@ def purge_chunk(
     @param before_commit: called with the chunk's purged jobs inside the transaction
         (it writes the dump files); an exception rolls the chunk back.
     """
+    limit = min(limit, MAX_CHUNK)
     shortest = rules.shortest()
     if shortest is None:
         return PurgeChunk((), 0, None)
@@ -142,21 +145,25 @@ def purge_chunk(
     if not due:
         return PurgeChunk((), len(rows), nxt)
     ids = [d[0] for d in due]
-    waiting = _with_outbox(conn, ids)
+    marks = ",".join("?" * len(ids))
+    waiting = _with_outbox(conn, ids, marks)
+    rows_by_id = {
+        str(r[0]): r
+        for r in conn.execute(
+            "SELECT jobid, owner, json_extract(status, '$.parent_job') FROM jobs"
+            f" WHERE jobid IN ({marks})",
+            ids,
+        )
+    }
     chosen: list[PurgedJob] = []
-    statuses: dict[str, dict[str, Any]] = {}
     due_ids = set(ids)
     for jobid, state, last in due:
-        if jobid in waiting:
+        row = rows_by_id.get(jobid)
+        if jobid in waiting or row is None:
             continue
-        row = conn.execute("SELECT status, owner FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
-        if row is None:
-            continue
-        status = json.loads(row[0])
-        parent = status.get("parent_job")
+        parent = row[2]
         if parent and parent not in due_ids and _exists(conn, parent):
             continue
-        statuses[jobid] = status
         events: tuple[tuple[int, str], ...] = ()
         if keep_events:
             events = tuple(
@@ -176,27 +183,13 @@ def purge_chunk(
             f"DELETE FROM rejected WHERE event_id IN (SELECT id FROM events WHERE jobid IN ({marks}))",
             gone,
         )
-        zombies = []
-        for job in chosen:
-            sources = [
-                str(r[0])
-                for r in conn.execute(
-                    "SELECT source FROM events WHERE jobid = ? GROUP BY source ORDER BY MIN(id)",
-                    (job.jobid,),
-                )
-            ]
-            zombies.append(
-                (unique_of(job.jobid), job.jobid, now, trace_record(statuses[job.jobid], sources))
-            )
+        # The zombies and their trace records first, from the rows about to go.
+        conn.execute(_ZOMBIES.format(marks=marks), [now, *gone])
         pairs = [(j,) for j in gone]
         conn.executemany("DELETE FROM events WHERE jobid = ?", pairs)
         conn.executemany("DELETE FROM checkpoints WHERE jobid = ?", pairs)
         conn.executemany("DELETE FROM cream_map WHERE glite_id = ?", pairs)
         conn.executemany("DELETE FROM jobs WHERE jobid = ?", pairs)
-        conn.executemany(
-            "INSERT OR REPLACE INTO zombies (uniq, jobid, purged_at, trace) VALUES (?, ?, ?, ?)",
-            zombies,
-        )
         if before_commit is not None:
             before_commit(chosen)
         conn.execute("COMMIT")
@@ -207,13 +200,36 @@ def purge_chunk(
     return PurgeChunk(tuple(chosen), len(rows), nxt, len(waiting))
 
 
-def _with_outbox(conn: sqlite3.Connection, jobids: list[str]) -> set[str]:
+def _done_code(field: str) -> str:
+    names = " ".join(f"WHEN {code} THEN '{name}'" for code, name in DONE_CODE_NAMES.items())
+    value = f"json_extract(status, '$.{field}')"
+    return f"'$.{field}', CASE {value} {names} ELSE {value} END"
+
+
+# The trace record of L{lbtwist.core.purge.trace_record}, built by SQLite's JSON
+# functions (no status parsed in Python: the purge's time goes into the deletes).
+_ZOMBIES = (
+    "INSERT OR REPLACE INTO zombies (uniq, jobid, purged_at, trace)"
+    " SELECT uniq, jobid, ?, json_object("
+    "'fqans', json(coalesce(json_extract(status, '$.user_fqans'), '[]')),"
+    " 'sources', (SELECT json_group_array(source) FROM (SELECT source FROM events e"
+    " WHERE e.jobid = jobs.jobid GROUP BY source ORDER BY MIN(id))),"
+    " 'status', json_set(json_remove(status, "
+    + ", ".join(f"'$.{k}'" for k in sorted(TRACE_DROPPED | INTERNAL_FIELDS))
+    + "), "
+    + _done_code("done_code")
+    + ", "
+    + _done_code("cream_done_code")
+    + ")) FROM jobs WHERE jobid IN ({marks})"
+)
+
+
+def _with_outbox(conn: sqlite3.Connection, jobids: list[str], marks: str) -> set[str]:
     """
     Those of C{jobids} with events waiting in the outbox (one pass over the outbox).
     """
     if conn.execute("SELECT 1 FROM outbox LIMIT 1").fetchone() is None:
         return set()
-    marks = ",".join("?" * len(jobids))
     rows = conn.execute(
         "SELECT DISTINCT e.jobid FROM outbox o JOIN events e ON e.id = o.event_id"
         f" WHERE e.jobid IN ({marks})",

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.errors import LBError
 from lbtwist.core.events import PRIO_EXCL, parse_event
-from lbtwist.core.purge import DAY, PurgeRules
+from lbtwist.core.purge import DAY, PurgeRules, trace_record
 from lbtwist.core.states.status import PURGED
 from lbtwist.core.translate import proxy_policy
 from lbtwist.store import purging
@@ -113,6 +113,28 @@ class PurgeStoreTests(SynchronousTestCase):
         later = now + 10 * DAY * 1_000_000
         chunk = results(store.purge_chunk(PurgeRules(), later, None, 100))
         self.assertEqual([j.jobid for j in chunk.purged], [aborted])
+
+    def test_traceAsTraceRecord(self) -> None:
+        """
+        The trace the purge writes (built by SQLite) is L{trace_record} of the job's
+        stored status and its events' sources.
+        """
+        store = self.filled()
+        expected = {}
+        for job in results(store.jobs()):
+            row = store.backend.conn.execute(
+                "SELECT status FROM jobs WHERE jobid = ?", (job.jobid,)
+            ).fetchone()
+            sources = [e.event.source for e in results(store.events(job.jobid))]
+            expected[job.jobid] = json.loads(trace_record(json.loads(row[0]), sources))
+        now = self.last_update(store, traces.DIRECT_JOBID) + 40 * DAY * 1_000_000
+        results(store.purge_chunk(PurgeRules(), now, None, 100))
+        for jobid, trace in expected.items():
+            self.assertEqual(json.loads(results(store.zombie(jobid)).trace), trace)
+        self.assertEqual(
+            expected["https://cream-ce01.example.org:9000/CREAM812461377"]["status"]["done_code"],
+            "FAILED",
+        )
 
     def test_dryRunChangesNothing(self) -> None:
         """
