@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.errors import LBError
 from lbtwist.core.events import PRIO_EXCL, parse_event
+from lbtwist.core.ilproto import il_major
 from lbtwist.core.purge import DAY, PurgeRules, trace_record
 from lbtwist.core.states.status import PURGED
 from lbtwist.core.translate import proxy_policy
@@ -339,6 +340,16 @@ class PurgeStoreTests(SynchronousTestCase):
         self.assertEqual(schema_version(conn), SCHEMA_VERSION)
         names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         self.assertTrue({"zombies", "jp_pending"} <= names)
+
+
+class ZombieReplyTests(SynchronousTestCase):
+    def test_relayGivesUp(self) -> None:
+        """
+        EIDRM (an event of a purged job) is a permanent IL refusal, as EEXIST is:
+        a relay must not resend it forever.
+        """
+        self.assertEqual(il_major(errno.EIDRM), il_major(errno.EEXIST))
+        self.assertNotEqual(il_major(errno.EIDRM), il_major(errno.EAGAIN))
 
 
 class MemoryZombieTests(SynchronousTestCase):
