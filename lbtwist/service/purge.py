@@ -41,6 +41,9 @@ DEFAULT_CHUNK = 100
 DEFAULT_LIST_LIMIT = 10_000
 #: Where C{-s} dumps go, in the state directory.
 DUMP_DIR = "purge-dumps"
+#: A chunk lets waiting commit groups go first at most this many times in a row (then
+#: it runs anyway: a busy intake cannot starve a purge).
+MAX_YIELDS = 3
 
 
 class PurgeStore(Protocol):
@@ -58,6 +61,7 @@ class PurgeStore(Protocol):
         dry_run: bool = ...,
         keep_events: bool = ...,
         before_commit: Any = ...,
+        may_yield: bool = ...,
     ) -> Deferred[PurgeChunk]: ...
 
     def vacuum_step(self, pages: int = ...) -> Deferred[int]: ...
@@ -345,7 +349,7 @@ class Purger:
                 jp.add(jobs, now)
 
         listed: list[str] = []
-        count = scanned = chunks = undelivered = 0
+        count = scanned = chunks = undelivered = yields = 0
         after: tuple[str, str] | None = None
         try:
             while True:
@@ -357,7 +361,12 @@ class Purger:
                     dry_run=request.dry_run,
                     keep_events=dump is not None or jp is not None,
                     before_commit=before_commit if (dump or jp) else None,
+                    may_yield=yields < MAX_YIELDS,
                 )
+                if chunk.yielded:
+                    yields += 1
+                    continue
+                yields = 0
                 chunks += 1
                 scanned += chunk.scanned
                 undelivered += chunk.undelivered
@@ -401,14 +410,14 @@ class Purger:
     async def _vacuum(self) -> int:
         """
         Incremental vacuum steps (each on the writer, between commit groups) until no
-        free page is left.
+        free page is left, at most as many as the free pages after the first step call
+        for (commits meanwhile free pages of their own: they are not chased).
         """
         free = await self.store.vacuum_step(self.vacuum_pages)
-        while free > 0:
-            left = await self.store.vacuum_step(self.vacuum_pages)
-            if left >= free:
-                break
-            free = left
+        steps = free // self.vacuum_pages + 1
+        while free > 0 and steps > 0:
+            free = await self.store.vacuum_step(self.vacuum_pages)
+            steps -= 1
         return free
 
 

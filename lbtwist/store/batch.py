@@ -1050,6 +1050,14 @@ class GroupCommit:
             self._next()
         return d
 
+    @property
+    def busy(self) -> bool:
+        """
+        Whether a commit group is running or queued on the runner (read from the writer
+        thread by a purge chunk, to let intake go first: a hint, not a lock).
+        """
+        return self._running
+
     def when_idle(self) -> Deferred[None]:
         """
         @return: a Deferred fired once no commit is running or queued.

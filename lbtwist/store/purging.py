@@ -60,12 +60,15 @@ class PurgeChunk:
     @ivar scanned: job rows looked at.
     @ivar after: where the next chunk starts (C{(list_time, jobid)}), L{None}: done.
     @ivar undelivered: due jobs kept because some of their events wait in the outbox.
+    @ivar yielded: nothing was done, a commit group waited (ask again from C{after}).
     """
 
     purged: tuple[PurgedJob, ...]
     scanned: int
     after: tuple[str, str] | None
     undelivered: int = 0
+    #: The chunk did nothing: a commit group was waiting, it goes first (run it again).
+    yielded: bool = False
 
 
 @attrs.frozen

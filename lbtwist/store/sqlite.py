@@ -1006,16 +1006,24 @@ class SQLiteStore(GroupedWrites):
         dry_run: bool = False,
         keep_events: bool = False,
         before_commit: Callable[[Any], None] | None = None,
+        may_yield: bool = False,
     ) -> Deferred[purging.PurgeChunk]:
         """
         One bounded chunk of a purge (L{purging.purge_chunk}) on the writer thread,
         queued behind the running commit group; the purged jobs leave the status cache.
+
+        @param may_yield: when a commit group is queued behind the chunk as it starts,
+            do nothing (C{yielded}) so that the group goes first.
         """
         if self._closed:
             return fail(TryAgain("store closed"))
         destination = self.processor.relay_destination if self.policy is not None else None
 
+        commit = self._commit
+
         def work() -> purging.PurgeChunk:
+            if may_yield and commit.busy:
+                return purging.PurgeChunk((), 0, after, yielded=True)
             chunk = purging.purge_chunk(
                 self.backend.conn,
                 rules=rules,

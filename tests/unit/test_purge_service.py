@@ -95,8 +95,9 @@ class PurgerTests(SynchronousTestCase):
 
     def test_chunksBetweenCommitGroups(self) -> None:
         """
-        A purge is a series of chunks on the writer; a commit group submitted while a
-        chunk runs goes before the next chunk, so intake waits at most one chunk.
+        A purge is a series of chunks on the writer; a chunk that finds a commit group
+        queued behind it as it starts lets the group go first, so intake waits at most
+        for one chunk already running.
         """
         held = HeldRunner()
         store = self.store(held)
@@ -104,20 +105,45 @@ class PurgerTests(SynchronousTestCase):
         purger = Purger(store, self.clock, state_dir=self.dir, chunk=1)
         d = purger.run(PurgeRequest(PurgeRules()))
         self.assertEqual(len(held.pending), 1)  # the first chunk
-        line = traces.cream_done_ok_unpurged()
-        stored = store.store(items(line[:1]))
+        stored = store.store(items(traces.cream_done_ok_unpurged()[:1]))
         self.assertEqual(len(held.pending), 2)
-        held.release()  # chunk 1
-        self.assertNoResult(d)
+        held.release()  # chunk 1 yields: the group is queued behind it
+        self.assertEqual(len(held.pending), 2)
         self.assertNoResult(stored)
-        held.release()  # the commit group, before chunk 2
+        held.release()  # the commit group
         self.assertNotIsInstance(fired(stored)[0], LBError)
+        self.assertNoResult(d)
         while held.pending:
             held.release()
         report = fired(d)
-        self.assertEqual(report.count, 3)
-        self.assertGreaterEqual(report.chunks, 3)
+        # The three jobs and the one just registered (dated 2024 too).
+        self.assertEqual(report.count, 4)
+        self.assertEqual(report.chunks, 5)
         self.assertEqual(purger.running, False)
+
+    def test_busyIntakeDoesNotStarve(self) -> None:
+        """
+        With a commit group always waiting, a chunk yields at most three times in a
+        row, then runs.
+        """
+        held = HeldRunner()
+        store = self.store(held)
+        self.fill(store, held)
+        purger = Purger(store, self.clock, state_dir=self.dir, chunk=10)
+        d = purger.run(PurgeRequest(PurgeRules()))
+        lines = traces.cream_done_ok_unpurged()
+        store.store(items(lines[:1]))  # a group queued behind the chunk
+        n = 1
+        releases = 0
+        while not d.called:
+            # Keep one more group waiting in the commit queue all the time.
+            store.store(items(lines[n : n + 1]))
+            n += 1
+            held.release()
+            releases += 1
+            self.assertLess(releases, 20)
+        # The three jobs and the one being logged (dated 2024 too).
+        self.assertEqual(fired(d).count, 4)
 
     def test_secondPurgeRefused(self) -> None:
         held = HeldRunner()
