@@ -19,11 +19,12 @@ file's size before and after (incremental vacuum gives the space back).
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.purge [--jobs 1000000] [--purge 100000] [--rate 200]
-        [--seconds 20] [--chunk 100]
+    .venv/bin/python -m bench.purge [--jobs 1000000] [--purge 100000] [--runs 3]
+        [--rate 200] [--seconds 20] [--chunk 100]
 
-By default the oldest 100,000 of the 1,000,000 stored jobs are purged (a few minutes);
-C{--purge 0} purges them all (a long run). Target: p50 and p99 during the purge within
+Three runs (C{--runs}) on one filled store, each a baseline then a purge of the next
+100,000 oldest of the 1,000,000 stored jobs (C{--purge}; 0: all of them at once, a long
+run); the ratios are of the same run, then their medians. Target: p50 and p99 during the purge within
 2 x the baseline. The last line is the command.
 """
 
@@ -272,6 +273,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=100_000,
         help="purge the oldest N of the stored jobs (0: all of them)",
     )
+    parser.add_argument("--runs", type=int, default=3, help="baseline + purge rounds")
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
     args = parser.parse_args(argv)
     command = "python -m bench.purge " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -294,53 +296,65 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(fmt(f"fill {args.jobs} jobs", filled), flush=True)
         service.start()
         count = int(args.rate * args.seconds)
-        warm = intake_lines(INTAKE_BASE, 200)
-        measure(service.socket_path, warm, args.rate)
-        base_lat, base_err = measure(
-            service.socket_path, intake_lines(INTAKE_BASE + 100, count), args.rate
-        )
-        baseline = summary(base_lat)
-        print(fmt("intake ack, no purge", {**baseline, "errors": base_err}), flush=True)
-
-        outcome: dict[str, Any] = {}
-        query = grace_for(args.purge, args.jobs)
-        purge = threading.Thread(target=post_purge, args=(port, pki_dir, query, outcome))
-        purge.start()
-        during: list[float] = []
-        errors = 0
-        n = INTAKE_BASE + 1_000_000
-        # Rounds of one second each until the purge answers.
-        while purge.is_alive():
-            got, err = measure(service.socket_path, intake_lines(n, int(args.rate)), args.rate)
-            n += int(args.rate) // 10 + 1
-            if purge.is_alive():
-                during.extend(got)
-                errors += err
-        purge.join()
-        if outcome.get("status") != 200:
-            raise SystemExit(f"purge failed: {outcome}")
-        report = outcome["body"]
-        purged = summary(during) if during else {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0}
-        print(fmt("intake ack, during the purge", {**purged, "errors": errors}), flush=True)
-        seconds = outcome["seconds"]
-        print(
-            fmt(
-                "purge",
-                {
-                    "jobs": report["count"],
-                    "seconds": seconds,
-                    "jobs_per_s": report["count"] / seconds if seconds else 0.0,
-                    "chunks": report["chunks"],
-                },
-            ),
-            flush=True,
-        )
+        measure(service.socket_path, intake_lines(INTAKE_BASE, 200), args.rate)  # warm-up
+        n = INTAKE_BASE + 1000
+        ratios: list[tuple[float, float]] = []
+        for run in range(1, args.runs + 1):
+            base_lat, base_err = measure(service.socket_path, intake_lines(n, count), args.rate)
+            n += count // 10 + 1
+            baseline = summary(base_lat)
+            print(fmt(f"run {run}: intake ack, no purge", {**baseline, "errors": base_err}))
+            outcome: dict[str, Any] = {}
+            # Each run purges the next --purge oldest jobs (all of them with 0).
+            query = grace_for(args.purge * run, args.jobs)
+            purge = threading.Thread(target=post_purge, args=(port, pki_dir, query, outcome))
+            purge.start()
+            during: list[float] = []
+            errors = 0
+            # Rounds of one second each until the purge answers.
+            while purge.is_alive():
+                got, err = measure(service.socket_path, intake_lines(n, int(args.rate)), args.rate)
+                n += int(args.rate) // 10 + 1
+                if purge.is_alive():
+                    during.extend(got)
+                    errors += err
+            purge.join()
+            if outcome.get("status") != 200:
+                raise SystemExit(f"purge failed: {outcome}")
+            report = outcome["body"]
+            purged = summary(during) if during else {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0}
+            print(fmt(f"run {run}: intake ack, during the purge", {**purged, "errors": errors}))
+            seconds = outcome["seconds"]
+            print(
+                fmt(
+                    f"run {run}: purge",
+                    {
+                        "jobs": report["count"],
+                        "seconds": seconds,
+                        "jobs_per_s": report["count"] / seconds if seconds else 0.0,
+                        "chunks": report["chunks"],
+                    },
+                ),
+                flush=True,
+            )
+            p50 = purged["p50_ms"] / baseline["p50_ms"] if baseline["p50_ms"] else float("nan")
+            p99 = purged["p99_ms"] / baseline["p99_ms"] if baseline["p99_ms"] else float("nan")
+            ratios.append((p50, p99))
+            print(fmt(f"run {run}: ratio during/without purge", {"p50": p50, "p99": p99}))
+            if args.purge <= 0 or args.purge * run >= args.jobs:
+                break
         service.stop()
         after = os.path.getsize(service.db_path) / 1e6
         print(fmt("store file", {"before_mb": filled["size_mb"], "after_mb": after}), flush=True)
-        p50 = purged["p50_ms"] / baseline["p50_ms"] if baseline["p50_ms"] else float("nan")
-        p99 = purged["p99_ms"] / baseline["p99_ms"] if baseline["p99_ms"] else float("nan")
-        print(fmt("ratio during/without purge", {"p50": p50, "p99": p99}), flush=True)
+        print(
+            fmt(
+                f"median of {len(ratios)} runs: ratio",
+                {
+                    "p50": statistics.median(r[0] for r in ratios),
+                    "p99": statistics.median(r[1] for r in ratios),
+                },
+            )
+        )
         with open("/proc/loadavg") as f:
             print(f"load average: {f.read().strip()}")
     finally:

@@ -206,6 +206,19 @@ def _crl(name: str, text: str) -> str:
     return text
 
 
+def _ratio(name: str, text: str) -> float:
+    """
+    A finite number, zero or more.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidValue(f"--{name}: not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise InvalidValue(f"--{name}: must be zero or more")
+    return value
+
+
 def _grace(name: str, text: str) -> int | None:
     """
     A purge grace period: a duration (C{2d}, C{12h}, C{30m}, seconds) or C{never}.
@@ -324,6 +337,7 @@ DEFAULT_IL_BATCH_EVENTS = 2000
 
 # Purge and Job Provenance export (docs/lifecycle.md).
 DEFAULT_PURGE_CHUNK = 100
+DEFAULT_PURGE_PAUSE = 1.0
 _DAY = 86_400
 DEFAULT_JPREG_INTERVAL = 1.0
 DEFAULT_JPREG_BATCH = 500
@@ -666,6 +680,12 @@ OPTIONS: tuple[Option, ...] = (
         "Job rows a purge looks at per transaction, between commit groups (at most 10000).",
     ),
     _value(
+        "purge-pause",
+        _ratio,
+        DEFAULT_PURGE_PAUSE,
+        "After each purge chunk wait this many times its duration (1: writer half idle).",
+    ),
+    _value(
         "jpreg-dir",
         _text,
         None,
@@ -775,6 +795,7 @@ class Settings:
     purge_other: int | None
     proxy_purge_delivered: int | None
     purge_chunk: int
+    purge_pause: float
     jpreg_dir: str | None
     jpreg_interval: float
     jpreg_batch: int

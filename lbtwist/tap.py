@@ -451,6 +451,7 @@ def purge_services(
         chunk=settings.purge_chunk,
         jpdump_dir=settings.jpdump_dir,
         server=settings.hostname,
+        pause=settings.purge_pause,
     )
     services: list[IService] = []
     if settings.purge_interval:

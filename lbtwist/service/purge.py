@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -286,6 +287,8 @@ class Purger:
     @param jpdump_dir: the Job Provenance dump export (L{JPDumpExport}), or L{None}.
     @param list_limit: most job ids an answer lists.
     @param vacuum_pages: pages each vacuum step gives back.
+    @param pause: after each chunk, wait this many times as long as the chunk took on
+        the writer (1: the writer at most about half busy with the purge; 0: no pause).
     """
 
     def __init__(
@@ -299,9 +302,11 @@ class Purger:
         server: str = "localhost",
         list_limit: int = DEFAULT_LIST_LIMIT,
         vacuum_pages: int = 2048,
+        pause: float = 0.0,
     ) -> None:
-        if chunk < 1:
-            raise ValueError("chunk must be positive")
+        if chunk < 1 or pause < 0:
+            raise ValueError("chunk must be positive, pause not negative")
+        self.pause = pause
         self.store = store
         self.clock = clock
         self.state_dir = state_dir
@@ -368,6 +373,8 @@ class Purger:
                     continue
                 yields = 0
                 chunks += 1
+                if self.pause and chunk.seconds > 0 and chunk.after is not None:
+                    await deferLater(self.clock, chunk.seconds * self.pause)
                 scanned += chunk.scanned
                 undelivered += chunk.undelivered
                 count += len(chunk.purged)

@@ -69,6 +69,8 @@ class PurgeChunk:
     undelivered: int = 0
     #: The chunk did nothing: a commit group was waiting, it goes first (run it again).
     yielded: bool = False
+    #: Seconds the chunk took on the writer.
+    seconds: float = 0.0
 
 
 @attrs.frozen

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
@@ -1024,6 +1026,7 @@ class SQLiteStore(GroupedWrites):
         def work() -> purging.PurgeChunk:
             if may_yield and commit.busy:
                 return purging.PurgeChunk((), 0, after, yielded=True)
+            started = time.perf_counter()
             chunk = purging.purge_chunk(
                 self.backend.conn,
                 rules=rules,
@@ -1038,7 +1041,7 @@ class SQLiteStore(GroupedWrites):
             if not dry_run and chunk.purged:
                 self.processor.forget([job.jobid for job in chunk.purged])
                 self.backend.transactions += 1
-            return chunk
+            return attrs.evolve(chunk, seconds=time.perf_counter() - started)
 
         return self._runner(work)
 

@@ -303,3 +303,47 @@ class MaildirTests(SynchronousTestCase):
         self.assertNotEqual(path, second)
         self.assertEqual(os.listdir(os.path.join(root, "tmp")), [])
         self.assertEqual(read_maildir(root), sorted(["a\nb", "c"], key=lambda m: m))
+
+
+class _ChunkStore:
+    """
+    Chunks of half a second each, two of them; counts the calls.
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def purge_chunk(self, rules: Any, now: int, after: Any, limit: int, **kw: Any) -> Any:
+        from twisted.internet.defer import succeed
+
+        from lbtwist.store.purging import PurgeChunk
+
+        self.calls += 1
+        return succeed(PurgeChunk((), limit, ("t", "j") if self.calls == 1 else None, seconds=0.5))
+
+    def vacuum_step(self, pages: int = 0) -> Any:
+        from twisted.internet.defer import succeed
+
+        return succeed(0)
+
+
+class PauseTests(SynchronousTestCase):
+    def test_pauseBetweenChunks(self) -> None:
+        """
+        With C{pause=1}, the next chunk is asked for as long after a chunk as the
+        chunk took; with 0 at once.
+        """
+        clock = Clock()
+        store = _ChunkStore()
+        d = Purger(store, clock, state_dir=self.mktemp(), pause=1.0).run(  # type: ignore[arg-type]
+            PurgeRequest(PurgeRules())
+        )
+        self.assertEqual(store.calls, 1)
+        clock.advance(0.49)
+        self.assertEqual(store.calls, 1)
+        clock.advance(0.01)
+        self.assertEqual(store.calls, 2)
+        self.assertEqual(fired(d).chunks, 2)
+        quick = _ChunkStore()
+        fired(Purger(quick, clock, state_dir=self.mktemp()).run(PurgeRequest(PurgeRules())))  # type: ignore[arg-type]
+        self.assertEqual(quick.calls, 2)
