@@ -333,6 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "seconds": seconds,
                         "jobs_per_s": report["count"] / seconds if seconds else 0.0,
                         "chunks": report["chunks"],
+                        "free_pages_left": report["free_pages"],
                     },
                 ),
                 flush=True,

@@ -21,8 +21,8 @@ from typing import Any, Protocol
 import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,7 +32,7 @@ from lbtwist.core.purge import PurgeRules
 from lbtwist.core.ulm import format_date
 from lbtwist.core.unparse import dump_line
 from lbtwist.store.batch import reparse
-from lbtwist.store.purging import PurgeChunk, PurgedJob
+from lbtwist.store.purging import VACUUM_PAGES, PurgeChunk, PurgedJob
 
 log = Logger()
 
@@ -301,7 +301,7 @@ class Purger:
         jpdump_dir: str | None = None,
         server: str = "localhost",
         list_limit: int = DEFAULT_LIST_LIMIT,
-        vacuum_pages: int = 2048,
+        vacuum_pages: int = VACUUM_PAGES,
         pause: float = 0.0,
     ) -> None:
         if chunk < 1 or pause < 0:
