@@ -39,6 +39,7 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.local",
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
+    "lbtwist.cli.purge",
 ]
 
 #: Subcommand -> the module that registers it: a run of a subcommand listed
