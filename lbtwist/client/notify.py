@@ -619,7 +619,8 @@ class _SSEBody(Protocol):
     def __init__(self, stream: NotificationStream, decoder: SSEDecoder) -> None:
         self.stream = stream
         self.decoder = decoder
-        self.done: Deferred[Failure] = Deferred()
+        self.done: Deferred[None] = Deferred()
+        self.reason: Failure | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self.stream._activity()
@@ -631,7 +632,8 @@ class _SSEBody(Protocol):
         self.stream._events(events)
 
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self.done.callback(reason if reason is not None else Failure(ResponseDone()))
+        self.reason = reason if reason is not None else Failure(ResponseDone())
+        self.done.callback(None)
 
 
 class NotificationStream:
@@ -854,14 +856,15 @@ class NotificationStream:
         self._body = body
         self._activity()
         response.deliverBody(body)
-        reason = await body.done
+        await body.done
+        reason = body.reason
         self._body = None
         self._cancel_idle()
         await self._drain()
         if self._ended is not None or self._stopping or self._error is not None:
             return self._ended
         why = "the server closed the stream"
-        if not reason.check(ResponseDone):
+        if reason is not None and not reason.check(ResponseDone):
             why = f"stream lost ({reason.getErrorMessage() or reason.value!r})"
         raise _Retry(why)
 
