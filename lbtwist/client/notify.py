@@ -284,7 +284,7 @@ def registration_body(
     body: dict[str, Any] = {}
     if conditions:
         body["conditions"] = conditions
-    if flags:
+    if flags and any(flags.values()):
         body["flags"] = {k: bool(v) for k, v in flags.items() if v}
     if validity is not None:
         body["validity"] = validity
