@@ -563,29 +563,33 @@ def run_notify(
     status = [1]
     on_stop: list[Callable[[], None]] = []
     signalled: list[int] = []
+    interrupted: list[bool] = []
 
     async def main(reactor: Any) -> None:
         query = QueryClient(reactor, context, verify_log, connect_timeout=args.connect_timeout)
         client = NotifyClient(query)
         try:
             if command is cmd_receive:
-                status[0] = await command(client, args, ctx, reactor, on_stop)
+                result = await command(client, args, ctx, reactor, on_stop)
             else:
-                status[0] = await command(client, args, ctx)
+                result = await command(client, args, ctx)
         except QueryError as e:
             _quiet_write(ctx, f"{name}: {e}\n")
-            status[0] = 1
+            result = 1
         except BrokenPipeError:
-            status[0] = 1
+            result = 1
+        if not interrupted:
+            status[0] = result
 
     def start(reactor: Any) -> Deferred[None]:
         done = Deferred.fromCoroutine(main(reactor))
 
         def shutting_down() -> None:
             if not done.called:
+                interrupted.append(True)
+                status[0] = 128 + (signalled[0] if signalled else signal.SIGINT)
                 for stop in on_stop:
                     stop()
-                status[0] = 128 + (signalled[0] if signalled else signal.SIGINT)
 
         reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
         for signum in (signal.SIGINT, signal.SIGTERM):

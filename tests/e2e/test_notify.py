@@ -239,17 +239,22 @@ class NotifyTestCase(SynchronousTestCase):
 
 class ReceiveTests(NotifyTestCase):
     """
-    Register, log, receive: in order, and nothing missed across receivers.
+    Register, log, receive: in order, nothing missed across receivers, all
+    of it for a client that was never there; Ctrl-C and a closed pipe quiet.
     """
 
-    def test_state_changes_in_order_then_the_missed_ones(self) -> None:
+    def test_in_order_missed_ones_and_absent_client(self) -> None:
         """
         C{new -j JOB -c}, C{receive} in the background: each state change as
         it is logged, in order, as L&B prints it; stopped (Ctrl-C) while more
-        events are logged, a new receiver prints exactly the missed ones.
+        events are logged, a new receiver prints exactly the missed ones. A
+        second registration (C{-O}) read by nobody meanwhile: its first
+        receiver prints one message per event of both jobs, in order.
         """
         jobid, lines, states = trace_lines(1, harness.T0)
+        other, other_lines, other_states = trace_lines(2, harness.T0 + 10_000_000)
         nid = self.new("-j", jobid, "-c")
+        absent = self.new("-O")
         first = self.receive(nid, "-i", "60")
         cut = 7  # Submitted, Waiting, Scheduled so far
         self.log(lines[:cut])
@@ -261,44 +266,32 @@ class ReceiveTests(NotifyTestCase):
         self.assertNotIn("Traceback", first.errors())
         self.assertIn("notification is valid until: '", first.errors())
         # Logged while nobody listens.
-        self.log(lines[cut:])
+        self.log(lines[cut:] + other_lines)
         second = self.receive(nid, "-i", "60", "-f", "state,cream_state")
         got = second.wait_for(len(expected) - 3)
         self.assertEqual(got, expected[3:], second.errors())
         self.assertIn("\tDone\tDone-ok\n", second.output())
-        time.sleep(0.5)
-        self.assertEqual(second.messages(), expected[3:])
-        self.assertEqual(second.interrupt(), 130)
-
-    def test_absent_client_receives_all(self) -> None:
-        """
-        Every event of three jobs logged before any receiver runs: the first
-        receiver prints one message per event, per job in the trace's order.
-        """
-        traces = [trace_lines(n, harness.T0 + n * 10_000_000) for n in (2, 3, 4)]
-        nid = self.new("-O")
-        for _, lines, _ in traces:
-            self.log(lines)
-        total = sum(len(lines) for _, lines, _ in traces)
-        r = self.receive(nid, "-i", "60")
-        got = r.wait_for(total)
-        self.assertEqual(len(got), total, r.errors() + self.svc.log_text()[-3000:])
-        for jobid, _, states in traces:
-            self.assertEqual([s for j, s in got if j == jobid], states)
-        r.interrupt()
-
-    def test_closed_pipe_no_traceback(self) -> None:
-        jobid, lines, _ = trace_lines(5, harness.T0)
-        nid = self.new("-j", jobid)
-        self.log(lines)
+        # A closed pipe: no traceback (its own place file: the others stay).
         full = {**os.environ, **self.env}
-        result = subprocess.run(
-            f"{harness.LBTWIST[0]} notify receive -i 30 {nid} | head -n 1",
+        piped = subprocess.run(
+            f"{harness.LBTWIST[0]} notify receive -i 30 --seq-file {self.base}/pipe.seq "
+            f"{absent} | head -n 1",
             shell=True, env=full, capture_output=True, text=True, timeout=60,
         )  # fmt: skip
-        self.assertEqual(result.stdout.count("\n"), 1)
-        self.assertNotIn("Traceback", result.stderr)
-        self.assertNotIn("Exception", result.stderr)
+        self.assertEqual(piped.stdout, f"{jobid}\tSubmitted\n")
+        self.assertNotIn("Traceback", piped.stderr)
+        # The registration nobody read: everything, per job in order.
+        third = self.receive(absent, "-i", "60")
+        total = len(lines) + len(other_lines)
+        got = third.wait_for(total)
+        self.assertEqual(len(got), total, third.errors())
+        self.assertEqual([s for j, s in got if j == jobid], states)
+        self.assertEqual([s for j, s in got if j == other], other_states)
+        time.sleep(0.3)
+        self.assertEqual(second.messages(), expected[3:])
+        self.assertEqual(second.interrupt(), 130)
+        self.assertEqual(len(third.messages()), total)
+        self.assertEqual(third.interrupt(), 130)
 
 
 class KillTests(NotifyTestCase):
@@ -345,68 +338,59 @@ class KillTests(NotifyTestCase):
         self.assertNotIn("Traceback", r.errors())
 
 
-class ExpiryTests(NotifyTestCase):
+class RightsTests(NotifyTestCase):
     """
-    A registration that expires while its messages wait.
-    """
-
-    def test_expired_while_messages_wait(self) -> None:
-        jobid, lines, _ = trace_lines(6, harness.T0)
-        nid = self.new("-j", jobid, "-t", "2")
-        self.log(lines)
-        time.sleep(2.5)
-        r = self.receive(nid, "-i", "20")
-        self.assertEqual(r.process.wait(30), 1)
-        self.assertEqual(r.messages(), [])
-        self.assertRegex(r.errors(), r"expired|no such notification")
-        self.assertNotIn("Traceback", r.errors())
-
-
-class OtherUserTests(NotifyTestCase):
-    """
-    A second user neither sees nor operates another's registration, and
-    receives nothing of jobs they may not read.
+    A registration that expires while its messages wait; a second user
+    neither sees nor operates another's registration, and receives nothing
+    of jobs they may not read.
     """
 
-    def test_invisible_and_not_operable(self) -> None:
-        jobid, lines, _ = trace_lines(7, harness.T0)
+    def test_expiry_other_users_and_read_rights(self) -> None:
+        jobid, lines, states = trace_lines(6, harness.T0)
+        made = time.monotonic()
+        expiring = self.new("-j", jobid, "-t", "2")
         nid = self.new("-j", jobid)
+        result = self.notify("new", *self.user2, "-j", jobid)
+        other_nid = None
+        if result.returncode == 0:
+            other_nid = result.stdout.splitlines()[0].split(": ", 1)[1]
+        else:
+            # Refusing the registration outright is as good: nothing can come.
+            self.assertRegex(result.stderr, "403|not allowed")
+        self.log(lines)
+        # The owner's registration gets every event: the control.
+        owner = self.receive(nid, "-i", "30")
+        self.assertEqual(len(owner.wait_for(len(states))), len(states), owner.errors())
+        # Expired (at least 2 s after it was made) with its messages waiting.
+        time.sleep(max(0.0, 2.5 - (time.monotonic() - made)))
+        late = self.receive(expiring, "-i", "20", "--seq-file", str(self.base / "x.seq"))
+        self.assertEqual(late.process.wait(30), 1)
+        self.assertEqual(late.messages(), [])
+        self.assertRegex(late.errors(), r"expired|no such notification")
+        self.assertNotIn("Traceback", late.errors())
+        # The other user: not in their list, not operable, not receivable.
         mine = self.notify("list")
         self.assertEqual(mine.returncode, 0, mine.stderr)
         self.assertIn(nid, mine.stdout)
         theirs = self.notify("list", *self.user2)
         self.assertEqual(theirs.returncode, 0, theirs.stderr)
         self.assertNotIn(nid, theirs.stdout)
-        self.assertIn("Found 0 notifications", theirs.stdout)
-        for action in (["drop"], ["refresh"], ["bind"], ["change", "-c"]):
+        for action in (["drop"], ["refresh"], ["change", "--state", "done"]):
             result = self.notify(*action, *self.user2, nid)
             self.assertEqual(result.returncode, 1, (action, result.stdout))
             self.assertIn(f"404 no such notification {nid}", result.stderr)
             self.assertEqual(result.stderr.count("\n"), 1, result.stderr)
-        r = self.receive(nid, *self.user2, "-i", "20")
+        r = self.receive(nid, *self.user2, "-i", "20", "--seq-file", str(self.base / "y.seq"))
         self.assertEqual(r.process.wait(30), 1)
         self.assertIn("404 no such notification", r.errors())
-        # Still the owner's.
-        self.assertEqual(self.notify("refresh", nid).returncode, 0)
-        self.assertIn(nid, self.notify("list").stdout)
+        # The other user's own registration for a job they may not read: nothing.
+        if other_nid is not None:
+            other = self.receive(other_nid, *self.user2, "--seq-file",
+                                 str(self.base / "o.seq"), "-i", "2")  # fmt: skip
+            other.process.wait(30)
+            self.assertEqual(other.messages(), [], other.output())
+        # Still the owner's, who may drop it.
+        self.assertEqual(owner.interrupt(), 130)
         drop = self.notify("drop", nid)
         self.assertEqual((drop.returncode, drop.stdout), (0, ""), drop.stderr)
         self.assertNotIn(nid, self.notify("list").stdout)
-
-    def test_no_read_rights_nothing_received(self) -> None:
-        jobid, lines, states = trace_lines(8, harness.T0)
-        owner_nid = self.new("-j", jobid)
-        result = self.notify("new", *self.user2, "-j", jobid)
-        if result.returncode != 0:
-            # Refusing the registration outright is as good: nothing can come.
-            self.assertRegex(result.stderr, "403|not allowed")
-            return
-        other_nid = result.stdout.splitlines()[0].split(": ", 1)[1]
-        self.log(lines)
-        owner = self.receive(owner_nid, "-i", "30")
-        self.assertEqual(len(owner.wait_for(len(states))), len(states), owner.errors())
-        other = self.receive(other_nid, *self.user2, "--seq-file", str(self.base / "o.seq"),
-                             "-i", "2")  # fmt: skip
-        other.process.wait(30)
-        self.assertEqual(other.messages(), [], other.output())
-        owner.interrupt()
