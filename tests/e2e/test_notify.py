@@ -47,6 +47,16 @@ def trace_lines(n: int, start: int, ending: str = "ok") -> tuple[str, list[str],
 
     @return: the job id, its ULM lines and the state after each.
     """
+    jobid, lines, pairs = trace_pairs(n, start, ending)
+    return jobid, lines, [state for state, _ in pairs]
+
+
+def trace_pairs(
+    n: int, start: int, ending: str = "ok"
+) -> tuple[str, list[str], list[tuple[str, str]]]:
+    """
+    As L{trace_lines}, with the (state, CREAM state) after each event.
+    """
     jobid = f"https://localhost:9000/CREAM{n:09d}"
     steps = cream_direct_trace(jobid, start, ending)
     lines = [
@@ -54,18 +64,20 @@ def trace_lines(n: int, start: int, ending: str = "ok") -> tuple[str, list[str],
                  user=DEV_DN, **dict(s.fields))
         for s in steps
     ]  # fmt: skip
-    return jobid, lines, [s.state for s in steps]
+    return jobid, lines, [(s.state, s.cream_state) for s in steps]
 
 
-def changes(states: Sequence[str]) -> list[str]:
+def changes(pairs: Sequence[tuple[str, str]]) -> list[str]:
     """
-    The states a state-changes-only registration reports: each state once
-    per run of equal states.
+    The states a state-changes-only (C{-c}) registration reports: one
+    message per change of the job's state or of its CREAM state.
     """
     out: list[str] = []
-    for state in states:
-        if not out or out[-1] != state:
-            out.append(state)
+    last: tuple[str, str] | None = None
+    for pair in pairs:
+        if pair != last:
+            out.append(pair[0])
+            last = pair
     return out
 
 
@@ -251,14 +263,15 @@ class ReceiveTests(NotifyTestCase):
         second registration (C{-O}) read by nobody meanwhile: its first
         receiver prints one message per event of both jobs, in order.
         """
-        jobid, lines, states = trace_lines(1, harness.T0)
+        jobid, lines, pairs = trace_pairs(1, harness.T0)
+        states = [state for state, _ in pairs]
         other, other_lines, other_states = trace_lines(2, harness.T0 + 10_000_000)
         nid = self.new("-j", jobid, "-c")
         absent = self.new("-O")
         first = self.receive(nid, "-i", "60")
         cut = 7  # Submitted, Waiting, Scheduled so far
         self.log(lines[:cut])
-        expected = [(jobid, s) for s in changes(states)]
+        expected = [(jobid, s) for s in changes(pairs)]
         got = first.wait_for(3)
         self.assertEqual(got, expected[:3], first.errors() + self.svc.log_text()[-3000:])
         self.assertIn(f"\t{DEV_DN}\n", first.output())
@@ -359,7 +372,7 @@ class RightsTests(NotifyTestCase):
             self.assertRegex(result.stderr, "403|not allowed")
         self.log(lines)
         # The owner's registration gets every event: the control.
-        owner = self.receive(nid, "-i", "30")
+        owner = self.receive(nid, "-i", "300")
         self.assertEqual(len(owner.wait_for(len(states))), len(states), owner.errors())
         # Expired (at least 2 s after it was made) with its messages waiting.
         time.sleep(max(0.0, 2.5 - (time.monotonic() - made)))
