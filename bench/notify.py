@@ -49,7 +49,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.intake import drive, fmt, job_lines
+from lbtwist.security.devcerts import USER_NAME
+from lbtwist.security.identity import slash_dn
 from tests.e2e.harness import LBService, cream_jobid
+
+DEV_DN = slash_dn(USER_NAME)
 
 #: Jobs of the intake's run C{r}, connection C{c}: C{r * 10_000_000 + c * 100_000 + k}.
 EVENTS_PER_JOB = len(job_lines(0))
@@ -57,6 +61,10 @@ EVENTS_PER_JOB = len(job_lines(0))
 UNRELATED_BASE = 90_000_000
 PROBE_BASE = 95_000_000
 ALL_JOBS_REGISTRATIONS = 100
+#: The run number of the intake's jobs (their ids; every run has its own store).
+RUN = 1
+#: Validity asked for (the service's maximum, 24 h by default, is granted).
+VALIDITY = 86400
 
 
 def free_port() -> int:
@@ -81,15 +89,24 @@ class Service:
     of its development credentials.
     """
 
-    def __init__(self, base: str, registrations: int, queue_messages: int) -> None:
+    def __init__(
+        self, base: str, registrations: int, queue_messages: int, template: str | None = None
+    ) -> None:
         self.port = free_port()
+        if template is not None:
+            # The registrations made once, copied for each run (a stopped service's state).
+            shutil.copytree(template, os.path.join(base, "state"))
         self.svc = LBService(
             base,
             [
+                # The traces' jobs belong to the harness's user: the registrant reads all.
+                "--super-user", DEV_DN,
                 "--query", f"tcp:{self.port}:interface=127.0.0.1",
                 "--notify-max-per-user", str(registrations + 1000),
                 "--notify-queue-max-messages", str(queue_messages),
                 "--notify-queue-max-bytes", str(1 << 40),
+                # The registering client opens --concurrency connections at once.
+                "--max-handshakes-per-address", "64",
             ],
         )  # fmt: skip
         self.started = 0.0
@@ -144,9 +161,9 @@ def registration_specs(total: int, matching: list[str]) -> list[dict[str, Any]]:
     """
     C{total} registrations: one per job of C{matching}, the rest for jobs never logged.
     """
-    specs = [{"conditions": {"jobid": [j]}} for j in matching]
+    specs = [{"conditions": {"jobid": [j]}, "validity": VALIDITY} for j in matching]
     specs += [
-        {"conditions": {"jobid": [cream_jobid(UNRELATED_BASE + i)]}}
+        {"conditions": {"jobid": [cream_jobid(UNRELATED_BASE + i)]}, "validity": VALIDITY}
         for i in range(total - len(specs))
     ]
     return specs
@@ -301,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--messages", type=int, default=100_000, help="messages queued for the RSS figure"
     )
-    parser.add_argument("--concurrency", type=int, default=16, help="registering requests")
+    parser.add_argument("--concurrency", type=int, default=8, help="registering requests")
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
     parser.add_argument("--helper", choices=("register", "probe"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -316,54 +333,58 @@ def main(argv: Sequence[str] | None = None) -> int:
     queue_bound = max(10_000, args.messages // ALL_JOBS_REGISTRATIONS + 100)
     run = 0
 
-    def service(name: str) -> Service:
+    def service(name: str, template: str | None = None) -> Service:
         nonlocal run
         run += 1
-        s = Service(os.path.join(base, f"{run}-{name}"), args.registrations, queue_bound)
+        s = Service(
+            os.path.join(base, f"{run}-{name}"), args.registrations + ALL_JOBS_REGISTRATIONS,
+            queue_bound, template,
+        )  # fmt: skip
         s.start()
         return s
+
+    def finish(svc: Service) -> None:
+        svc.stop()
+        shutil.rmtree(svc.svc.base, ignore_errors=True)
+
+    # The registrations, made once over HTTPS: one per matching job of the
+    # intake's runs, the others for jobs never logged.
+    jobs = run_jobs(RUN, args.connections, args.count)
+    step = max(1, len(jobs) // args.matching)
+    specs = registration_specs(args.registrations, jobs[::step][: args.matching])
+    svc = service("template")
+    reg_rate = register(svc, specs, base, args.concurrency)
+    svc.svc.stop()
+    template = os.path.join(base, "template-state")
+    shutil.copytree(svc.svc.state_dir, template)
+    finish(svc)
+    print(f"registered {args.registrations} at {reg_rate:,.0f}/s", flush=True)
 
     # 1. Intake with and without registrations, alternating.
     without: list[float] = []
     with_regs: list[float] = []
-    reg_rates: list[float] = []
     rss_after: list[float] = []
     for rep in range(args.repeat):
         for kind in ("none", "regs"):
-            svc = service(kind)
+            svc = service(kind, template if kind == "regs" else None)
             try:
-                if kind == "regs":
-                    jobs = run_jobs(run, args.connections, args.count)
-                    step = max(1, len(jobs) // args.matching)
-                    matching = jobs[::step][: args.matching]
-                    specs = registration_specs(args.registrations, matching)
-                    reg_rates.append(register(svc, specs, base, args.concurrency))
                 figures = drive(
-                    svc.svc.socket_path, args.connections, args.count, run, args.window, None
+                    svc.svc.socket_path, args.connections, args.count, RUN, args.window, None
                 )
                 if kind == "regs":
                     rss_after.append(rss_mb(svc.svc.process.pid))  # type: ignore[union-attr]
             finally:
-                svc.stop()
-                shutil.rmtree(svc.svc.base, ignore_errors=True)
+                finish(svc)
             (without if kind == "none" else with_regs).append(figures["rate"])
             print(fmt(f"run {rep + 1}, {kind}", figures), flush=True)
         print(f"  ratio {with_regs[-1] / without[-1]:.2f}", flush=True)
     ratios = [w / n for w, n in zip(with_regs, without, strict=True)]
-    print(
-        f"registering {args.registrations}: median {statistics.median(reg_rates):,.0f}/s; "
-        f"RSS after a run with them {statistics.median(rss_after):.0f} MB",
-        flush=True,
-    )
+    print(f"RSS after a run with the registrations {statistics.median(rss_after):.0f} MB")
 
     # 2. Latency at half the intake rate with the registrations.
     half = statistics.median(with_regs) / 2
-    svc = service("latency")
+    svc = service("latency", template)
     try:
-        jobs = run_jobs(run, args.connections, args.count // 2)
-        step = max(1, len(jobs) // args.matching)
-        specs = registration_specs(args.registrations - 1, jobs[::step][: args.matching])
-        register(svc, specs, base, args.concurrency)
         result: dict[str, Any] = {}
 
         def probe() -> None:
@@ -372,26 +393,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         t = threading.Thread(target=probe)
         t.start()
-        load = drive(svc.svc.socket_path, args.connections, args.count // 2, run, args.window, half)
+        time.sleep(2.0)  # the probe's registration and stream first
+        load = drive(svc.svc.socket_path, args.connections, args.count, RUN, args.window, half)
         t.join()
     finally:
-        svc.stop()
-        shutil.rmtree(svc.svc.base, ignore_errors=True)
+        finish(svc)
     print(fmt(f"load at {half:,.0f}/s", load), flush=True)
+    if not result.get("received"):
+        raise RuntimeError(f"no probe message received: {result}")
     print(
         f"ack to receipt over {result['received']}/{result['probes']} probes: median "
         f"{result['median_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms, max {result['max_ms']:.1f} ms",
         flush=True,
     )
 
-    # 3. RSS with registrations and queued messages.
-    svc = service("rss")
+    # 3. RSS with the registrations plus 100 for all jobs, and queued messages.
+    svc = service("rss", template)
     try:
-        specs = [{"conditions": {"owner": "self"}} for _ in range(ALL_JOBS_REGISTRATIONS)]
-        specs += registration_specs(args.registrations - ALL_JOBS_REGISTRATIONS, [])
-        register(svc, specs, base, args.concurrency)
+        everything = [{"validity": VALIDITY} for _ in range(ALL_JOBS_REGISTRATIONS)]
+        register(svc, everything, base, args.concurrency)
         events = -(-args.messages // ALL_JOBS_REGISTRATIONS)
-        drive(svc.svc.socket_path, args.connections, events, run, args.window, None)
+        drive(svc.svc.socket_path, args.connections, events, RUN + 1, args.window, None)
         pid = svc.svc.process.pid  # type: ignore[union-attr]
         rss_full = rss_mb(pid)
         svc.svc.stop()
@@ -400,10 +422,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         rss_restart = rss_mb(svc.svc.process.pid)  # type: ignore[union-attr]
         size = os.path.getsize(svc.svc.db_path) / 2**20
     finally:
-        svc.stop()
+        finish(svc)
     queued = events * ALL_JOBS_REGISTRATIONS
     print(
-        f"RSS with {args.registrations} registrations and {queued:,} queued messages: "
+        f"RSS with {args.registrations + ALL_JOBS_REGISTRATIONS} registrations and "
+        f"{queued:,} queued messages: "
         f"{rss_full:.0f} MB; after a restart {rss_restart:.0f} MB (start-up {restart:.2f} s); "
         f"store {size:.0f} MB",
         flush=True,
