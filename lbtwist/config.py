@@ -286,6 +286,18 @@ class Option:
 _SERVER_ONLY = frozenset({SERVER})
 _PROXY_ONLY = frozenset({PROXY})
 
+# Notifications (docs/notifications.md).
+DEFAULT_NOTIFY_VALIDITY = 2 * 3600
+DEFAULT_NOTIFY_MAX_VALIDITY = 24 * 3600
+DEFAULT_NOTIFY_QUEUE_MESSAGES = 10_000
+DEFAULT_NOTIFY_QUEUE_BYTES = 16 * 1024 * 1024
+DEFAULT_NOTIFY_KEEPALIVE = 15.0
+DEFAULT_NOTIFY_MAX_PER_USER = 100
+DEFAULT_NOTIFY_SWEEP_INTERVAL = 60.0
+DEFAULT_NOTIFY_SWEEP_CHUNK = 500
+DEFAULT_NOTIFY_BOOTSTRAP_JOBS = 10_000
+DEFAULT_NOTIFY_PAGE_MESSAGES = 1000
+
 # The interlogger-compatible intake (docs/spool.md): off unless --il-spool is given.
 DEFAULT_IL_RESCAN_INTERVAL = 60.0
 DEFAULT_IL_POLL_INTERVAL = 1.0
@@ -589,6 +601,67 @@ OPTIONS: tuple[Option, ...] = (
         flag=True,
         roles=_SERVER_ONLY,
     ),
+    # Notifications (docs/notifications.md).
+    _value(
+        "notify-default-validity",
+        _count,
+        DEFAULT_NOTIFY_VALIDITY,
+        "Seconds a notification registration is valid unless it asks otherwise.",
+    ),
+    _value(
+        "notify-max-validity",
+        _count,
+        DEFAULT_NOTIFY_MAX_VALIDITY,
+        "Most seconds a notification registration may be valid (never past its proxy).",
+    ),
+    _value(
+        "notify-queue-max-messages",
+        _count,
+        DEFAULT_NOTIFY_QUEUE_MESSAGES,
+        "Most messages one registration's queue keeps; the oldest are dropped for a gap marker.",
+    ),
+    _value(
+        "notify-queue-max-bytes",
+        _count,
+        DEFAULT_NOTIFY_QUEUE_BYTES,
+        "Most bytes of messages one registration's queue keeps (oldest dropped).",
+    ),
+    _value(
+        "notify-keepalive",
+        _seconds,
+        DEFAULT_NOTIFY_KEEPALIVE,
+        "Seconds between keep-alive comments of a notification event stream.",
+    ),
+    _value(
+        "notify-max-per-user",
+        _count,
+        DEFAULT_NOTIFY_MAX_PER_USER,
+        "Most notification registrations one DN may hold.",
+    ),
+    _value(
+        "notify-sweep-interval",
+        _seconds,
+        DEFAULT_NOTIFY_SWEEP_INTERVAL,
+        "Seconds between sweeps of expired notification registrations.",
+    ),
+    _value(
+        "notify-sweep-chunk",
+        _count,
+        DEFAULT_NOTIFY_SWEEP_CHUNK,
+        "Expired registrations removed per store transaction of a sweep.",
+    ),
+    _value(
+        "notify-bootstrap-max-jobs",
+        _count,
+        DEFAULT_NOTIFY_BOOTSTRAP_JOBS,
+        "Most jobs a bootstrap (-B) registration looks at (most recently updated first).",
+    ),
+    _value(
+        "notify-page-messages",
+        _count,
+        DEFAULT_NOTIFY_PAGE_MESSAGES,
+        "Most messages of one /messages answer and of one read of an event stream.",
+    ),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
@@ -667,6 +740,16 @@ class Settings:
     il_keep_files: bool
     il_no_inotify: bool
     grey_jobs: bool
+    notify_default_validity: int
+    notify_max_validity: int
+    notify_queue_max_messages: int
+    notify_queue_max_bytes: int
+    notify_keepalive: float
+    notify_max_per_user: int
+    notify_sweep_interval: float
+    notify_sweep_chunk: int
+    notify_bootstrap_max_jobs: int
+    notify_page_messages: int
     dev_certs: bool
 
     def as_options(self) -> dict[str, object]:

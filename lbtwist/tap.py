@@ -337,9 +337,11 @@ def query_service(
     policy: Policy,
     store: IEventStore,
     reactor: Any,
+    notify: Any = None,
 ) -> StreamServerEndpointService:
     """
-    The HTTPS query port on C{--query}.
+    The HTTPS query port on C{--query} (with the notification routes of C{notify},
+    a L{lbtwist.service.notify.NotifyService}, if given).
     """
     from lbtwist.service.web import ACCESS_LOG, make_query_service
 
@@ -359,6 +361,38 @@ def query_service(
         max_request_line=settings.max_request_line,
         max_header_size=settings.max_header_size,
         max_headers=settings.max_headers,
+        notify=notify,
+    )
+
+
+def notify_service(settings: Settings, policy: Policy, store: IEventStore, reactor: Any) -> Any:
+    """
+    The notification service (registrations, rights, the sweep of expired ones)
+    from the C{notify-*} options.
+    """
+    from lbtwist.core.notif import QueueBounds, ValidityRules
+    from lbtwist.service.notify import NotifyService, NotifySettings
+
+    return NotifyService(
+        store,
+        clock=reactor,
+        policy=policy,
+        super_users=settings.super_user,
+        settings=NotifySettings(
+            validity=ValidityRules(
+                default=settings.notify_default_validity, maximum=settings.notify_max_validity
+            ),
+            bounds=QueueBounds(
+                max_messages=settings.notify_queue_max_messages,
+                max_bytes=settings.notify_queue_max_bytes,
+            ),
+            max_per_user=settings.notify_max_per_user,
+            sweep_interval=settings.notify_sweep_interval,
+            sweep_chunk=settings.notify_sweep_chunk,
+            keepalive=settings.notify_keepalive,
+            bootstrap_max=settings.notify_bootstrap_max_jobs,
+            page_messages=settings.notify_page_messages,
+        ),
     )
 
 
@@ -443,7 +477,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if settings.il_spool:
         spool_services(settings, store, reactor).setServiceParent(top)
     serve_service(settings, store, reactor).setServiceParent(top)
-    query_service(settings, credentials, policy, store, reactor).setServiceParent(top)
+    notify = notify_service(settings, policy, store, reactor)
+    notify.setServiceParent(top)
+    query_service(settings, credentials, policy, store, reactor, notify).setServiceParent(top)
     if credentials.dev_pki is not None:
         _log_dev_commands(credentials.dev_pki, settings.query)
     if settings.role == config.PROXY:

@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
+from lbtwist.core.dn import same_dn
 from lbtwist.core.errors import LBError
 from lbtwist.core.relaypolicy import RelayPolicy
 from lbtwist.core.states.status import JobStatus
@@ -59,6 +60,7 @@ from lbtwist.store.interface import (
     RejectedEntry,
     StoredEvent,
 )
+from lbtwist.store.notif import MemoryNotifTables, Notifications, memory_reader
 from lbtwist.store.query import (
     JobPage,
     JobQuery,
@@ -129,6 +131,9 @@ class MemoryBackend:
         self.fail_next: LBError | None = None
         #: Committed spool file offsets: name -> C{(inode, offset)}.
         self.spool: dict[str, tuple[int, int]] = {}
+        #: The notification tables, and the store's notifications (set by the store).
+        self.notif_tables = MemoryNotifTables()
+        self.notif: Notifications | None = None
 
     def max_event_id(self) -> int:
         return self.events[-1].event_id if self.events else 0
@@ -206,6 +211,8 @@ class MemoryBackend:
                 self.spool.pop(name, None)
             else:
                 self.spool[name] = spooled
+        if plan.notifications and self.notif is not None:
+            self.notif.write_messages(plan.notifications)
         for out in plan.outbox:
             new = by_id[out.event_id]
             self._outbox_seq += 1
@@ -220,6 +227,8 @@ class MemoryBackend:
                 )
             )
         self.transactions += 1
+        if plan.notifications and self.notif is not None:
+            self.notif.committed(plan.notifications)
 
     def outbox_done(self, acks: list[int], rejects: list[RejectRow]) -> None:
         """
@@ -311,6 +320,31 @@ class MemoryStore(GroupedWrites):
         self._notifier = CommitNotifier(self.processor)
         self._outbox = OutboxWriter(self.clock, runner, self.backend.outbox_done)
         self._closed = False
+        self.notifications = self.backend.notif = Notifications(
+            self.backend.notif_tables,
+            writer=runner,
+            reader=memory_reader,
+            jobs=self._bootstrap_jobs,
+        )
+        self.processor.notify = self.notifications.matcher
+
+    def _bootstrap_jobs(self, reg: Any, limit: int) -> list[tuple[str, JobStatus]]:
+        rows = sorted(
+            self.backend.jobs.items(), key=lambda item: item[1][2].last_update or "", reverse=True
+        )
+        found: list[tuple[str, JobStatus]] = []
+        for jobid, (data, _, _) in rows:
+            if len(found) >= limit:
+                break
+            if reg.conditions.jobids and unique_of(jobid) not in {
+                unique_of(j) for j in reg.conditions.jobids
+            }:
+                continue
+            owner = reg.conditions.owner
+            if owner is not None and not (data.get("owner") and same_dn(data["owner"], owner)):
+                continue
+            found.append((jobid, status_from_json(data)))
+        return found
 
     def spool_offsets(self) -> Deferred[dict[str, tuple[int, int]]]:
         return succeed(dict(self.backend.spool))

@@ -76,11 +76,24 @@ class Identity:
     @ivar dn: slash-form DN of the first non-proxy certificate.
     @ivar fqans: trusted VOMS FQANs, in AC order (may be empty).
     @ivar chain_subjects: slash-form subjects of the chain, leaf first.
+    @ivar not_after: when the first certificate of the chain expires, seconds
+        since the epoch (L{None}: not known); not part of equality.
     """
 
     dn: str
     fqans: tuple[str, ...] = ()
     chain_subjects: tuple[str, ...] = ()
+    not_after: int | None = attrs.field(default=None, eq=False)
+
+
+def chain_not_after(chain: Sequence[x509.Certificate]) -> int | None:
+    """
+    @return: the earliest end of validity of the chain's certificates (a proxy's
+        remaining lifetime), seconds since the epoch; L{None} for an empty chain.
+    """
+    if not chain:
+        return None
+    return int(min(c.not_valid_after_utc for c in chain).timestamp())
 
 
 def _value_text(value: object) -> str:
@@ -226,6 +239,7 @@ def identity_of_chain(
         dn=dn_of_chain(chain, allow_legacy=allow_legacy),
         fqans=fqans,
         chain_subjects=tuple(slash_dn(c.subject) for c in chain),
+        not_after=chain_not_after(chain),
     )
 
 
@@ -747,7 +761,10 @@ class PeerIdentity:
                     why=printable(why),
                 )
         return Identity(
-            dn=dn, fqans=fqans, chain_subjects=tuple(slash_dn(c.subject) for c in chain)
+            dn=dn,
+            fqans=fqans,
+            chain_subjects=tuple(slash_dn(c.subject) for c in chain),
+            not_after=chain_not_after(chain),
         )
 
     def of_connection(self, conn: SSL.Connection) -> Identity | None:

@@ -267,6 +267,8 @@ class BatchPlan:
     checkpoints: list[CheckpointRow] = attrs.Factory(list)
     #: Spool file offsets committed with these events (L{SpoolOffsets}).
     offsets: SpoolOffsets = attrs.Factory(dict)
+    #: Notification messages of the new statuses (L{lbtwist.store.notif.NotifRow}s).
+    notifications: list[Any] = attrs.Factory(list)
 
 
 class StoreBackend(Protocol):
@@ -430,6 +432,9 @@ class BatchProcessor:
         self.lookups = 0
         #: Events folded by refolds.
         self.refolded = 0
+        #: The notification hook: C{notify(jobid, before, after, arrived)} gives the
+        #: messages of a job's new status, written with it (L{lbtwist.store.notif}).
+        self.notify: Callable[[str, JobStatus, JobStatus, int], list[Any]] | None = None
 
     @property
     def relay(self) -> bool:
@@ -675,6 +680,8 @@ class BatchProcessor:
                 work.status = after
                 if after.event_count % self.checkpoint_every == 0:
                     work.checkpoints.append((okey, after.event_count, after))
+                if self.notify is not None:
+                    plan.notifications.extend(self.notify(jobid, before, after, arrived))
             else:
                 self._late(jobid, work, ev, okey, refold)
                 # The refold runs once the group's events are in (_refold_pending),

@@ -148,6 +148,12 @@ class IEventStore(Interface):
         "C{True} for a store given a relay policy (a proxy's): its events may get outbox rows."
     )
 
+    notifications = Attribute(
+        "The store's notification registrations and queues, a"
+        " L{lbtwist.store.notif.Notifications}: messages of new statuses are written"
+        " in the same transaction as the events that made them."
+    )
+
     def store(
         items: list[tuple[str, Event]], offsets: dict[str, tuple[int, int] | None] | None = None
     ) -> Deferred[list[StoreResult | LBError]]:

@@ -55,6 +55,7 @@ from lbtwist.store.interface import (
     RejectedEntry,
     StoredEvent,
 )
+from lbtwist.store.notif import Notifications, SQLNotifTables
 from lbtwist.store.query import JobPage, JobQuery, owner_key, sql_where, unique_of
 
 if TYPE_CHECKING:
@@ -244,6 +245,51 @@ def _migrate_v6_spool(conn: sqlite3.Connection) -> None:
     _script(conn, _V6_SPOOL)
 
 
+_NOTIFY = """
+CREATE TABLE notif_regs (
+    uniq TEXT PRIMARY KEY,
+    owner TEXT NOT NULL,
+    owner_norm TEXT NOT NULL,
+    fqans TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    selector TEXT NOT NULL,
+    valid_until INTEGER NOT NULL,
+    created INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    acked INTEGER NOT NULL DEFAULT 0,
+    queued INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX notif_regs_owner ON notif_regs (owner_norm);
+CREATE INDEX notif_regs_valid ON notif_regs (valid_until);
+CREATE INDEX notif_regs_all ON notif_regs (uniq) WHERE selector = 'all';
+CREATE TABLE notif_jobs (
+    job TEXT NOT NULL,
+    uniq TEXT NOT NULL,
+    PRIMARY KEY (job, uniq)
+) WITHOUT ROWID;
+CREATE INDEX notif_jobs_reg ON notif_jobs (uniq);
+CREATE TABLE notif_messages (
+    reg TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    jobid TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (reg, seq)
+) WITHOUT ROWID
+"""
+
+
+def _migrate_notify(conn: sqlite3.Connection) -> None:
+    """
+    Notification registrations (by owner, and the "all jobs" ones by a partial
+    index), their job index and their message queues (C{lbtwist.store.notif}).
+    """
+    _script(conn, _NOTIFY)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
@@ -252,6 +298,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v4_query,
     _migrate_v5_fold,
     _migrate_v6_spool,
+    _migrate_notify,
 ]
 
 #: The schema version this code writes.
@@ -323,6 +370,8 @@ class SQLiteBackend:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.transactions = 0
+        #: The store's notifications (set when the store opens).
+        self.notif: Notifications = cast("Notifications", None)
 
     def max_event_id(self) -> int:
         return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
@@ -467,12 +516,16 @@ class SQLiteBackend:
                 )
             if plan.offsets:
                 _write_offsets(conn, plan.offsets)
+            if plan.notifications:
+                self.notif.write_messages(plan.notifications)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         self.transactions += 1
+        if plan.notifications:
+            self.notif.committed(plan.notifications)
 
     def translate_error(self, error: Exception) -> LBError | None:
         return translate_error(error)
@@ -717,6 +770,7 @@ _STARTED_PARTS = frozenset(
         "_commit",
         "_notifier",
         "_outbox",
+        "notifications",
     }
 )
 
@@ -827,6 +881,13 @@ class SQLiteStore(GroupedWrites):
         self._runner = runner
         self._read = read_runner or runner
         self._commit = GroupCommit(clock, self.processor.process, runner, self.processor.pending)
+        self.notifications = self.backend.notif = Notifications(
+            SQLNotifTables(conn, self._reader),
+            writer=runner,
+            reader=self._read,
+            call_from_thread=reactor.callFromThread if self._pools else None,
+        )
+        self.processor.notify = self.notifications.matcher
         self._notifier = CommitNotifier(self.processor)
         for listener in self._listeners:
             self._notifier.add(listener)

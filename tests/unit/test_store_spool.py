@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbtwist.core.errors import LBError, TryAgain
 from lbtwist.core.translate import proxy_policy
 from lbtwist.store.batch import run_now
-from lbtwist.store.sqlite import SQLiteStore, connect, migrate, schema_version
+from lbtwist.store.sqlite import SCHEMA_VERSION, SQLiteStore, connect, migrate, schema_version
 from lbtwist.testing import MemoryStore
 from tests.unit.test_store import PROXY, direct_lines, items
 
@@ -143,7 +143,7 @@ class SQLiteSpoolOffsetsTests(SpoolOffsetsMixin, SynchronousTestCase):
         conn.close()
         conn = connect(path)
         self.assertEqual(migrate(conn), 5)
-        self.assertEqual(schema_version(conn), 6)
+        self.assertEqual(schema_version(conn), SCHEMA_VERSION)
         self.assertEqual(conn.execute("SELECT COUNT(*) FROM spool_offsets").fetchone()[0], 0)
         self.assertEqual(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0], 1)
         conn.close()

@@ -18,6 +18,7 @@ from lbtwist.core.errors import InvalidValue
 from lbtwist.security.tls import BoundedTLSFactory
 from lbtwist.service import logs
 from lbtwist.service.intake import IntakeFactory
+from lbtwist.service.notify import NotifyService
 from lbtwist.service.relay import RelayService
 from lbtwist.service.serve import ServeFactory
 from lbtwist.service.storeport import StorePortFactory
@@ -212,6 +213,8 @@ class MakeServiceTests(SynchronousTestCase):
                 found["store-port"] = service
             elif isinstance(service, RelayService):
                 found["relay"] = service
+            elif isinstance(service, NotifyService):
+                found["notify"] = service
             else:
                 self.fail(f"unexpected service {service!r}")
         return top, found
@@ -225,7 +228,9 @@ class MakeServiceTests(SynchronousTestCase):
         port on localhost (development PKI), the relay; no store port.
         """
         _, found = self.build(tap.Options)
-        self.assertEqual(sorted(found), ["intake", "query", "relay", "serve", "store", "summaries"])
+        self.assertEqual(
+            sorted(found), ["intake", "notify", "query", "relay", "serve", "store", "summaries"]
+        )
         [(address, factory, backlog, mode, _), serve] = self.reactor.unixServers
         self.assertEqual(address, os.path.join(self.state, "events.sock"))
         self.assertEqual((backlog, mode), (1024, 0o660))
@@ -243,7 +248,8 @@ class MakeServiceTests(SynchronousTestCase):
         """
         _, found = self.build(tap.ServerOptions, "--query", "tcp:9010")
         self.assertEqual(
-            sorted(found), ["intake", "query", "serve", "store", "store-port", "summaries"]
+            sorted(found),
+            ["intake", "notify", "query", "serve", "store", "store-port", "summaries"],
         )
         self.assertEqual(
             sorted(self.tcp()), [(9001, "", BoundedTLSFactory), (9010, "", BoundedTLSFactory)]

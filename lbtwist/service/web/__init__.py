@@ -33,6 +33,7 @@ from lbtwist.store.interface import IEventStore
 
 if TYPE_CHECKING:
     from lbtwist.security.devcerts import DevPKI
+    from lbtwist.service.notify import NotifyService
 
 log = Logger()
 
@@ -260,6 +261,7 @@ def make_site(
     max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
+    notify: NotifyService | None = None,
 ) -> Site:
     """
     The query site on C{store}.
@@ -276,6 +278,8 @@ def make_site(
     @param max_request_line: longest request or header line (longer: 414 / 431).
     @param max_header_size: longest request head (longer: 431).
     @param max_headers: most header fields (more: 431).
+    @param notify: the notification service, whose routes (C{/notif},
+        L{lbtwist.service.web.notif}) then come before the query tree.
     """
     if identify is None:
         from lbtwist.security.tls import CADirectory
@@ -294,6 +298,11 @@ def make_site(
         identify=identify,
         page_events=page_events,
     )
+    if notify is not None:
+        from lbtwist.service.web.notif import NotifResource, NotifRoot
+
+        notif = NotifResource(notify, clock=clock, identify=identify, page_events=page_events)
+        root = NotifRoot(root, notif)  # type: ignore[assignment]
     site = QuerySite(
         root,
         timeout=idle_timeout,
@@ -359,6 +368,7 @@ def make_query_service(
     max_request_line: int = DEFAULT_MAX_REQUEST_LINE,
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
+    notify: NotifyService | None = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
@@ -383,6 +393,7 @@ def make_query_service(
         max_request_line=max_request_line,
         max_header_size=max_header_size,
         max_headers=max_headers,
+        notify=notify,
     )
     # A port that cannot be bound stops start-up, as the intake's does.
     service = tls_listener(reactor, endpoint, source, site, limits=limits, port="query")
