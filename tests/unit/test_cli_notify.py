@@ -336,6 +336,31 @@ class ReceiveTests(SynchronousTestCase):
         receiver.stop()
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_failed_refresh_tried_again(self) -> None:
+        """
+        A refresh that fails is reported on stderr and tried again after
+        C{--refresh-retry} seconds; the stream goes on meanwhile.
+        """
+        receiver, done = self.receive(
+            "-r", "--refresh-retry", "30", "--idle-timeout", "4000", "-i", "9000"
+        )
+        body = self.stream(after=0)
+        self.agent.routes[("PUT", "/notif/abc123")] = lambda r: FakeResponse(503, {})
+        self.clock.advance(1800)
+        self.assertIn("warning: refresh failed (HTTP 503", self.io.err.getvalue())
+        puts = [s for s in self.agent.sent if s.method == "PUT"]
+        self.assertEqual(len(puts), 2)
+        self.agent.routes[("PUT", "/notif/abc123")] = lambda r: FakeResponse(
+            200, registration(valid_until=NOW + 7200)
+        )
+        self.clock.advance(29)
+        self.assertEqual(len([s for s in self.agent.sent if s.method == "PUT"]), 2)
+        self.clock.advance(1)
+        self.assertEqual(len([s for s in self.agent.sent if s.method == "PUT"]), 3)
+        self.assertFalse(body.finished)
+        receiver.stop()
+        self.assertEqual(self.successResultOf(done), 0)
+
     def test_survives_a_restart_of_the_service(self) -> None:
         receiver, done = self.receive()
         body = self.stream(after=0)
