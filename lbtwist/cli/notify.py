@@ -431,6 +431,7 @@ class Receiver:
         self._refresh_call: Any = None
         self._timeout_call: Any = None
         self._reason: str | None = None
+        self._lost = False
 
     def _now(self) -> int:
         return self.ctx.now() // 1_000_000
@@ -457,6 +458,8 @@ class Receiver:
             poll_interval=self.args.poll_interval,
             page_size=self.args.page_size,
             max_message_bytes=self.args.max_message_bytes,
+            on_connect=self._connected,
+            on_retry=self._retrying,
         )
         if self.args.i is not None:
             self._timeout_call = self.clock.callLater(self.args.i, self._timed_out)
@@ -468,6 +471,17 @@ class Receiver:
             return 0
         self._err(f"lbtwist notify: notification {self.nid} {_ended_text(ended)}")
         return 1
+
+    def _retrying(self, why: str, delay: float) -> None:
+        # One line when a working connection breaks, not one per attempt.
+        if not self._lost:
+            self._lost = True
+            self._err(f"lbtwist notify: {why}; reconnecting")
+
+    def _connected(self, last_seq: int) -> None:
+        if self._lost:
+            self._lost = False
+            self._err(f"lbtwist notify: reconnected, going on after message {last_seq}")
 
     def stop(self) -> None:
         if self.stream is not None:

@@ -664,6 +664,7 @@ class NotificationStream:
         page_size: int = DEFAULT_PAGE_SIZE,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         on_connect: Callable[[int], None] | None = None,
+        on_retry: Callable[[str, float], None] | None = None,
     ) -> None:
         """
         @param mode: C{"stream"}, C{"poll"} or C{"auto"} (stream, polling if
@@ -674,6 +675,8 @@ class NotificationStream:
             keep-alive) is dropped and opened again.
         @param on_connect: called with L{last_seq} whenever a stream or a
             poll is answered.
+        @param on_retry: called with why and the seconds until the next
+            attempt whenever an attempt failed or a stream broke.
         """
         if mode not in ("auto", "stream", "poll"):
             raise ValueError(f"unknown mode {mode!r}")
@@ -692,6 +695,7 @@ class NotificationStream:
         self.page_size = page_size
         self.max_message_bytes = max_message_bytes
         self.on_connect = on_connect
+        self.on_retry = on_retry
         self.connects = 0
         self.duplicates = 0
         self._failures = 0
@@ -760,6 +764,8 @@ class NotificationStream:
                     why=e.message,
                     delay=delay,
                 )
+                if self.on_retry is not None:
+                    self.on_retry(e.message, delay)
                 await self._sleep(delay)
                 continue
             except CancelledError:

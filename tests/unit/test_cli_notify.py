@@ -371,6 +371,9 @@ class ReceiveTests(SynchronousTestCase):
         self.clock.advance(60)
         self.stream(after=2).send(sse(2) + sse(3))
         self.assertEqual(self.io.out.getvalue().count(f"{JOB}\t"), 3)
+        err = self.io.err.getvalue().splitlines()
+        self.assertEqual(len([e for e in err if e.endswith("; reconnecting")]), 1, err)
+        self.assertIn("lbtwist notify: reconnected, going on after message 2", err)
         receiver.stop()
 
     def test_closed_pipe(self) -> None:
