@@ -293,8 +293,9 @@ class ReceiveTests(NotifyTestCase):
         )  # fmt: skip
         self.assertEqual(piped.stdout, f"{jobid}\tSubmitted\n")
         self.assertNotIn("Traceback", piped.stderr)
-        # The registration nobody read: everything, per job in order.
-        third = self.receive(absent, "-i", "60")
+        # The registration nobody read: everything, per job in order (polled).
+        third = self.receive(absent, "-i", "60", "--poll", "--poll-interval", "0.2",
+                             "--page-size", "5")  # fmt: skip
         total = len(lines) + len(other_lines)
         got = third.wait_for(total)
         self.assertEqual(len(got), total, third.errors())
