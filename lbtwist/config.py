@@ -297,6 +297,7 @@ DEFAULT_NOTIFY_SWEEP_INTERVAL = 60.0
 DEFAULT_NOTIFY_SWEEP_CHUNK = 500
 DEFAULT_NOTIFY_BOOTSTRAP_JOBS = 10_000
 DEFAULT_NOTIFY_PAGE_MESSAGES = 1000
+DEFAULT_NOTIFY_MAX_BODY = 64 * 1024
 
 # The interlogger-compatible intake (docs/spool.md): off unless --il-spool is given.
 DEFAULT_IL_RESCAN_INTERVAL = 60.0
@@ -657,6 +658,12 @@ OPTIONS: tuple[Option, ...] = (
         "Most jobs a bootstrap (-B) registration looks at (most recently updated first).",
     ),
     _value(
+        "notify-max-body",
+        _count,
+        DEFAULT_NOTIFY_MAX_BODY,
+        "Largest notification request body (a registration), in bytes (413 past it).",
+    ),
+    _value(
         "notify-page-messages",
         _count,
         DEFAULT_NOTIFY_PAGE_MESSAGES,
@@ -749,6 +756,7 @@ class Settings:
     notify_sweep_interval: float
     notify_sweep_chunk: int
     notify_bootstrap_max_jobs: int
+    notify_max_body: int
     notify_page_messages: int
     dev_certs: bool
 

@@ -392,6 +392,7 @@ def notify_service(settings: Settings, policy: Policy, store: IEventStore, react
             keepalive=settings.notify_keepalive,
             bootstrap_max=settings.notify_bootstrap_max_jobs,
             page_messages=settings.notify_page_messages,
+            max_body=settings.notify_max_body,
         ),
     )
 

@@ -82,6 +82,14 @@ class Conditions:
     vo: str | None = None
     destination: str | None = None
     states: tuple[str, ...] = ()
+    #: The unique parts of L{jobids} (what matching compares).
+    uniques: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+    #: L{states}, lower case.
+    folded_states: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        object.__setattr__(self, "uniques", frozenset(unique_of(j) for j in self.jobids))
+        object.__setattr__(self, "folded_states", frozenset(s.lower() for s in self.states))
 
     def to_dict(self) -> dict[str, Any]:
         """
@@ -362,10 +370,8 @@ def conditions_hold(conditions: Conditions, status: JobStatus, jobid: str) -> bo
     """
     Whether a job's status satisfies every given condition.
     """
-    if conditions.jobids:
-        unique = unique_of(jobid)
-        if not any(unique_of(j) == unique for j in conditions.jobids):
-            return False
+    if conditions.uniques and unique_of(jobid) not in conditions.uniques:
+        return False
     if conditions.owner is not None and not (
         status.owner and same_dn(status.owner, conditions.owner)
     ):
@@ -383,7 +389,7 @@ def conditions_hold(conditions: Conditions, status: JobStatus, jobid: str) -> bo
         if vo is None or vo.lower() != conditions.vo.strip("/").lower():
             return False
     if conditions.states:
-        wanted = {s.lower() for s in conditions.states}
+        wanted = conditions.folded_states
         if status.state.lower() not in wanted and (status.cream_state or "").lower() not in wanted:
             return False
     return True
@@ -544,26 +550,54 @@ def message_status(status: JobStatus, jobid: str, *, jdl: bool, anonymized: bool
     return data
 
 
-def status_message(
-    status: JobStatus, jobid: str, *, jdl: bool, anonymized: bool, history: bool
-) -> bytes:
+def status_message(status: JobStatus, jobid: str, *, anonymized: bool, jdl: bool = True) -> bytes:
     """
-    A status message's body as stored: a JSON object without its C{seq} (see
-    L{with_seq}). With C{history}, C{history_upto} records the job's event count
-    at that moment (the reader attaches the events up to it).
+    A status message's body as stored: a JSON object without its C{seq}, the
+    status in the stores' own form (L{JobStatus.to_json}: cheap on the commit
+    path; without C{jdl} its JDL fields left out), whether the registrant may
+    see it only anonymized, and the job's event count at that moment (for the
+    history). L{render_message} makes what the client gets of it.
     """
-    body: dict[str, Any] = {
+    if not jdl and (status.jdl or status.matched_jdl or status.cream_jdl):
+        status = status.copy()  # (much cheaper than attrs.evolve)
+        status.jdl = status.matched_jdl = status.cream_jdl = None
+    return b'{"kind":"status","jobid":%s,"view":"%s","nevents":%d,"status":%s}' % (
+        json.dumps(jobid).encode("utf-8"),
+        b"anonymized" if anonymized else b"full",
+        status.event_count,
+        status.to_json().encode("utf-8"),
+    )
+
+
+def render_message(seq: int, body: bytes, flags: Flags) -> tuple[bytes, int | None]:
+    """
+    What the client gets of a stored message: C{{"seq", "kind", "jobid", "status"}}
+    with the public status (L{message_status}: JDL fields only with the C{jdl}
+    flag, pseudonyms when anonymized by flag or by rights), and C{"jdl"} with
+    the C{jdl} flag. A gap marker is returned as it is.
+
+    @return: the JSON object (without the history), and for a status message of
+        a registration with the C{history} flag the job's event count at that
+        message (the events to attach), else L{None}.
+    """
+    if not body.startswith(b'{"kind":"status"'):
+        return with_seq(seq, body), None
+    data = json.loads(body)
+    status = JobStatus.from_json_dict(data["status"])
+    jobid = data["jobid"]
+    anonymized = flags.anonymized or data.get("view") == "anonymized"
+    out: dict[str, Any] = {
+        "seq": seq,
         "kind": "status",
         "jobid": jobid,
-        "status": message_status(status, jobid, jdl=jdl, anonymized=anonymized),
+        "status": message_status(status, jobid, jdl=flags.jdl, anonymized=anonymized),
     }
-    if jdl:
+    if flags.jdl:
         text = status.jdl or status.cream_jdl
         if text:
-            body["jdl"] = text
-    if history:
-        body["history_upto"] = status.event_count
-    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+            out["jdl"] = text
+    upto = data.get("nevents") if flags.history else None
+    return json.dumps(out, separators=(",", ":")).encode("utf-8"), upto
 
 
 def gap_message(dropped: int) -> bytes:

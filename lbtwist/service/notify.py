@@ -13,6 +13,7 @@ L{lbtwist.service.web.notif}.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -43,12 +44,17 @@ from lbtwist.store.notif import Notifications, RegState, Rights
 
 log = Logger()
 
+#: What a registration unique may look like (L{lbtwist.core.notif.new_unique} makes 22
+#: URL-safe characters).
+_UNIQUE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
 #: Defaults of the options.
 DEFAULT_MAX_PER_USER = 100
 DEFAULT_SWEEP_INTERVAL = 60.0
 DEFAULT_SWEEP_CHUNK = 500
 DEFAULT_KEEPALIVE = 15.0
 DEFAULT_PAGE_MESSAGES = 1000
+DEFAULT_MAX_BODY = 64 * 1024
 
 
 class Refused(Exception):
@@ -76,9 +82,10 @@ class NotifySettings:
     keepalive: float = DEFAULT_KEEPALIVE
     bootstrap_max: int = 10_000
     page_messages: int = DEFAULT_PAGE_MESSAGES
+    max_body: int = DEFAULT_MAX_BODY
 
     def __attrs_post_init__(self) -> None:
-        for name in ("max_per_user", "sweep_chunk", "bootstrap_max", "page_messages"):
+        for name in ("max_per_user", "sweep_chunk", "bootstrap_max", "page_messages", "max_body"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive")
         if self.sweep_interval <= 0 or self.keepalive <= 0:
@@ -184,7 +191,7 @@ class NotifyService(Service):
         @raise Refused: 404 when it does not exist or C{who} may not know of it;
             403 when C{who} knows of it but may not operate on it.
         """
-        reg = self.notifications.registration(unique)
+        reg = None if not _UNIQUE.fullmatch(unique) else self.notifications.registration(unique)
         if reg is None or not self.may_see(who, reg):
             raise Refused(404, f"no registration {unique!r}")
         if operate and not self.may_operate(who, reg):

@@ -489,7 +489,7 @@ class NotifMatcher:
         now: float,
     ) -> list[NotifRow]:
         rows = []
-        bodies: dict[tuple[bool, bool, bool], bytes] = {}
+        bodies: dict[tuple[bool, bool], bytes] = {}
         for reg in candidates:
             try:
                 if not matches(reg, before, after, jobid, now):
@@ -497,12 +497,11 @@ class NotifMatcher:
                 rights = self.rights(reg, after)
                 if rights is None:
                     continue
-                flags = reg.flags
-                variant = (flags.jdl, flags.anonymized or rights == "anonymized", flags.history)
+                variant = (rights == "anonymized", reg.flags.jdl)
                 body = bodies.get(variant)
                 if body is None:
                     body = bodies[variant] = status_message(
-                        after, jobid, jdl=variant[0], anonymized=variant[1], history=variant[2]
+                        after, jobid, anonymized=variant[0], jdl=variant[1]
                     )
                 rows.append(NotifRow(reg.unique, jobid, body))
             except Exception:

@@ -271,15 +271,21 @@ CREATE TABLE notif_jobs (
 ) WITHOUT ROWID;
 CREATE INDEX notif_jobs_reg ON notif_jobs (uniq);
 CREATE TABLE notif_messages (
+    id INTEGER PRIMARY KEY,
     reg TEXT NOT NULL,
     seq INTEGER NOT NULL,
     kind TEXT NOT NULL,
     jobid TEXT NOT NULL,
     size INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    PRIMARY KEY (reg, seq)
-) WITHOUT ROWID
+    body BLOB NOT NULL
+);
+CREATE UNIQUE INDEX notif_messages_reg ON notif_messages (reg, seq)
 """
+
+
+# Messages are rows of a rowid table (appended in commit order: a commit's messages
+# fill few pages) with a small unique index (registration, seq); a table clustered
+# on (registration, seq) put each ~2 kB body in a random place of the tree.
 
 
 def _migrate_notify(conn: sqlite3.Connection) -> None:

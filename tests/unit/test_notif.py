@@ -27,6 +27,7 @@ from lbtwist.core.notif import (
     parse_conditions,
     parse_flags,
     registration_id,
+    render_message,
     sse_end,
     sse_event,
     status_message,
@@ -283,10 +284,17 @@ class MessageTests(SynchronousTestCase):
         self.assertEqual(data["jobId"], JOB)
         self.assertEqual(data["owner"], OWNER)
         self.assertNotIn("event_count", data)
-        body = json.loads(status_message(s, JOB, jdl=True, anonymized=False, history=False))
+        stored = status_message(s, JOB, anonymized=False)
+        out, upto = render_message(4, stored, Flags(jdl=True))
+        body = json.loads(out)
+        self.assertEqual(upto, None)
+        self.assertEqual((body["seq"], body["kind"], body["jobid"]), (4, "status", JOB))
         self.assertEqual(body["jdl"], "[ Executable = x ]")
         self.assertEqual(body["status"]["jdl"], "[ Executable = x ]")
-        self.assertEqual((body["kind"], body["jobid"]), ("status", JOB))
+        body = json.loads(render_message(4, stored, Flags())[0])
+        self.assertNotIn("jdl", body)
+        self.assertNotIn("jdl", body["status"])
+        self.assertEqual(body["status"], message_status(s, JOB, jdl=False, anonymized=False))
 
     def test_anonymized(self) -> None:
         s = status(payload_owner=OTHER, user_fqans=["/atlas"], acl=[{"user_id": OTHER}])
@@ -297,11 +305,31 @@ class MessageTests(SynchronousTestCase):
         self.assertNotIn(OWNER, json.dumps(data))
         self.assertEqual(anonymize_dn(OWNER), anonymize_dn(OWNER.upper()))
         self.assertNotEqual(anonymize_dn(OWNER), anonymize_dn(OTHER))
+        # by the registrant's rights, or by its flag
+        by_rights = render_message(1, status_message(s, JOB, anonymized=True), Flags())[0]
+        by_flag = render_message(
+            1, status_message(s, JOB, anonymized=False), Flags(anonymized=True)
+        )[0]
+        self.assertEqual(by_rights, by_flag)
+        self.assertNotIn(OWNER.encode(), by_rights)
 
-    def test_history_marker(self) -> None:
+    def test_jdl_not_stored_without_the_flag(self) -> None:
+        s = status(jdl="[ Executable = x ]", cream_jdl="[ Executable = y ]")
+        self.assertNotIn(b"Executable", status_message(s, JOB, anonymized=False, jdl=False))
+        self.assertIn(b"Executable = y", status_message(s, JOB, anonymized=False, jdl=True))
+        self.assertEqual(s.jdl, "[ Executable = x ]")  # the status is left alone
+
+    def test_history_count(self) -> None:
         s = status(event_count=7)
-        body = json.loads(status_message(s, JOB, jdl=False, anonymized=False, history=True))
-        self.assertEqual(body["history_upto"], 7)
+        stored = status_message(s, JOB, anonymized=False)
+        self.assertEqual(render_message(1, stored, Flags(history=True))[1], 7)
+        self.assertIsNone(render_message(1, stored, Flags())[1])
+
+    def test_gap_rendered_as_is(self) -> None:
+        self.assertEqual(
+            render_message(9, gap_message(2), Flags(jdl=True)),
+            (b'{"seq":9,"kind":"gap","dropped":2}', None),
+        )
 
     def test_with_seq(self) -> None:
         self.assertEqual(

@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.errors import TryAgain
 from lbtwist.core.events import parse_event
-from lbtwist.core.notif import Conditions, Flags, QueueBounds, Registration
+from lbtwist.core.notif import Conditions, Flags, QueueBounds, Registration, render_message
 from lbtwist.core.states.status import JobStatus
 from lbtwist.security.authz import parse_policy
 from lbtwist.security.identity import Identity
@@ -337,7 +337,7 @@ class RightsTests(SynchronousTestCase):
         rows = s.notifications.matcher.messages(
             [registration(owner=OTHER, flags=Flags())], JOBID, None, self.job(), NOW
         )
-        body = json.loads(rows[0].body)
+        body = json.loads(render_message(1, rows[0].body, Flags())[0])
         self.assertNotEqual(body["status"]["owner"], OWNER)
         self.assertTrue(body["status"]["owner"].startswith("anonymized:"))
 

@@ -194,9 +194,9 @@ class RegisterTests(SynchronousTestCase):
         self.assertEqual(code(h.request("POST", "/notif", {}, as_dn=None)), 403)
 
     def test_body_too_big(self) -> None:
-        h = Harness()
-        req = h.request("POST", "/notif", b" " * (64 * 1024 + 1))
-        self.assertEqual(code(req), 413)
+        h = Harness(settings=NotifySettings(max_body=100))
+        self.assertEqual(code(h.request("POST", "/notif", b" " * 100 + b"{}")), 413)
+        self.assertEqual(code(h.request("POST", "/notif", b" " * 98 + b"{}")), 201)
 
     def test_query_tree_still_served(self) -> None:
         h = Harness()
@@ -331,6 +331,20 @@ class MessagesTests(SynchronousTestCase):
         # without after: from the acknowledged point on
         got = as_json(h.request("GET", f"/notif/{reg['unique']}/messages"))
         self.assertEqual(got["messages"][0]["seq"], 4)
+
+    def test_after_beyond_the_newest(self) -> None:
+        """
+        An C{after} past the newest message acknowledges what there is, no more:
+        later messages are not lost to it.
+        """
+        h = Harness()
+        reg = h.register({"conditions": {"jobid": [JOBID]}, "flags": {"state_changes_only": True}})
+        h.log(traces.cream_done_ok()[:4])
+        got = as_json(h.request("GET", f"/notif/{reg['unique']}/messages?after=1000"))
+        self.assertEqual((got["messages"], got["next"]), ([], 2))
+        h.log(traces.cream_done_ok()[4:])
+        got = as_json(h.request("GET", f"/notif/{reg['unique']}/messages?after=2"))
+        self.assertEqual(got["messages"][0]["seq"], 3)
 
     def test_bad_parameters(self) -> None:
         h = Harness(settings=NotifySettings(page_messages=50))

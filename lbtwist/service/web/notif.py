@@ -30,10 +30,11 @@ from twisted.web.template import Tag, tags
 
 from lbtwist.core.notif import (
     SSE_KEEPALIVE,
+    Flags,
     registration_id,
+    render_message,
     sse_end,
     sse_event,
-    with_seq,
 )
 from lbtwist.core.states.status import format_text_time
 from lbtwist.security.identity import Identity
@@ -50,9 +51,6 @@ from lbtwist.service.web.resources import (
 from lbtwist.store.notif import Message, RegState
 
 log = Logger()
-
-#: Largest request body (a registration) accepted, in bytes.
-MAX_BODY = 64 * 1024
 
 #: Default C{limit} of C{/messages}.
 DEFAULT_LIMIT = 100
@@ -223,10 +221,11 @@ class NotifResource(Resource):
         request.finish()
 
     def _body(self, request: Request) -> object:
+        most = self.service.settings.max_body
         content = request.content
-        data = content.read(MAX_BODY + 1) if content is not None else b""
-        if len(data) > MAX_BODY:
-            raise HTTPError(413, f"request body over {MAX_BODY} bytes")
+        data = content.read(most + 1) if content is not None else b""
+        if len(data) > most:
+            raise HTTPError(413, f"request body over {most} bytes (notify-max-body)")
         if not data.strip():
             return {}
         try:
@@ -297,16 +296,9 @@ class NotifResource(Resource):
         after, limit = self._page_params(params)
         reg = self.service.lookup(who, unique)
         notifications = self.service.notifications
-        if after is None:
-            state = await notifications.get(unique)
-            after = state.acked if state is not None else 0
-        elif after > 0:
-            await notifications.ack(unique, after)
+        after = await self._acknowledge(unique, after)
         got = await notifications.messages(unique, after, limit)
-        if reg.flags.history:
-            bodies = [await self.with_history(m) for m in got]
-        else:
-            bodies = [with_seq(m.seq, m.body) for m in got]
+        bodies = await self.render_messages(got, reg.flags)
         current = notifications.registration(unique) or reg
         return (
             200,
@@ -320,21 +312,37 @@ class NotifResource(Resource):
             ),
         )
 
-    async def with_history(self, message: Message) -> bytes:
+    async def _acknowledge(self, unique: str, after: int | None) -> int:
         """
-        A message with the job's events up to the message's status attached
-        (at most C{page_events} of them).
+        Where a read starts: after C{after} (acknowledging the messages up to it,
+        never past the newest), or after the acknowledged ones.
         """
-        if message.kind != "status":
-            return with_seq(message.seq, message.body)
-        data = json.loads(message.body)
-        upto = data.pop("history_upto", None)
-        if isinstance(upto, int):
-            got = await self.service.store.events_range(
-                data["jobid"], 0, min(upto, self.page_events)
-            )
-            data["history"] = [render.event_dict(e) for e in got]
-        return with_seq(message.seq, render.to_json(data))
+        notifications = self.service.notifications
+        state = await notifications.get(unique)
+        if state is None:
+            raise HTTPError(404, f"no registration {unique!r}")
+        if after is None:
+            return state.acked
+        after = min(after, state.last_seq)
+        if after > state.acked:
+            await notifications.ack(unique, after)
+        return after
+
+    async def render_messages(self, messages: list[Message], flags: Flags) -> list[bytes]:
+        """
+        The messages as the client gets them (L{render_message}), with the
+        C{history} flag the job's events up to each (at most C{page_events}).
+        """
+        out = []
+        for m in messages:
+            data, upto = render_message(m.seq, m.body, flags)
+            if upto is not None:
+                jobid = json.loads(data)["jobid"]
+                got = await self.service.store.events_range(jobid, 0, min(upto, self.page_events))
+                history = render.to_json([render.event_dict(e) for e in got]).strip()
+                data = data[:-1] + b',"history":' + history + b"}"
+            out.append(data)
+        return out
 
     async def _stream(
         self, request: Request, who: Identity, unique: str, params: list[tuple[str, str]]
@@ -346,13 +354,8 @@ class NotifResource(Resource):
         reg = self.service.lookup(who, unique)
         if reg.expired(self.service.now()):
             raise Refused(410, f"registration {unique!r} has expired")
-        notifications = self.service.notifications
-        if after is None:
-            state = await notifications.get(unique)
-            after = state.acked if state is not None else 0
-        elif after > 0:
-            await notifications.ack(unique, after)
-        stream = EventStream(self, request, unique, after, history=reg.flags.history)
+        after = await self._acknowledge(unique, after)
+        stream = EventStream(self, request, unique, after)
         stream.start()
 
 
@@ -369,14 +372,11 @@ class EventStream:
         request: Request,
         unique: str,
         after: int,
-        *,
-        history: bool,
     ) -> None:
         self.resource = resource
         self.request = request
         self.unique = unique
         self.after = after
-        self.history = history
         self.paused = False
         self.fetching = False
         self.wanted = True
@@ -436,19 +436,15 @@ class EventStream:
         d.addErrback(self._failed)
 
     async def _render(self, messages: list[Message]) -> list[bytes]:
-        out = []
-        for m in messages:
-            data = await self.resource.with_history(m) if self.history else with_seq(m.seq, m.body)
-            out.append(sse_event(m.seq, m.kind, data))
-        return out
+        reg = self.resource.service.notifications.registration(self.unique)
+        flags = reg.flags if reg is not None else Flags()
+        bodies = await self.resource.render_messages(messages, flags)
+        return [sse_event(m.seq, m.kind, data) for m, data in zip(messages, bodies, strict=True)]
 
     def _got(self, messages: list[Message]) -> Deferred[None] | None:
         if self.closed:
             return None
-        if self.history and messages:
-            return Deferred.fromCoroutine(self._render(messages)).addCallback(self._write, messages)
-        self._write([sse_event(m.seq, m.kind, with_seq(m.seq, m.body)) for m in messages], messages)
-        return None
+        return Deferred.fromCoroutine(self._render(messages)).addCallback(self._write, messages)
 
     def _write(self, events: list[bytes], messages: list[Message]) -> None:
         self.fetching = False
