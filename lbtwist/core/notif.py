@@ -445,6 +445,8 @@ class RegistrationIndex:
         self.by_job: dict[str, set[str]] = {}
         self.by_owner: dict[str, set[str]] = {}
         self.all_jobs: set[str] = set()
+        #: Registrations held per owner (normalized DN).
+        self.held: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.by_unique)
@@ -470,6 +472,8 @@ class RegistrationIndex:
         """
         self.remove(reg.unique)
         self.by_unique[reg.unique] = reg
+        owner = normalize_dn(reg.owner)
+        self.held[owner] = self.held.get(owner, 0) + 1
         for table, key in self._keys(reg):
             if table is None:
                 self.all_jobs.add(reg.unique)
@@ -480,6 +484,12 @@ class RegistrationIndex:
         reg = self.by_unique.pop(unique, None)
         if reg is None:
             return None
+        owner = normalize_dn(reg.owner)
+        left = self.held.get(owner, 1) - 1
+        if left:
+            self.held[owner] = left
+        else:
+            self.held.pop(owner, None)
         for table, key in self._keys(reg):
             if table is None:
                 self.all_jobs.discard(unique)
@@ -507,6 +517,12 @@ class RegistrationIndex:
             found.update(self.all_jobs)
         by_unique = self.by_unique
         return [by_unique[u] for u in sorted(found)]
+
+    def count_of(self, owner: str) -> int:
+        """
+        @return: how many registrations C{owner} holds (no scan).
+        """
+        return self.held.get(normalize_dn(owner), 0)
 
     def of_owner(self, owner: str) -> list[Registration]:
         """

@@ -605,7 +605,7 @@ class Notifications:
         @return: how many registrations C{owner} holds.
         """
         with self.lock:
-            return len(self.index.of_owner(owner))
+            return self.index.count_of(owner)
 
     def registration(self, unique: str) -> Registration | None:
         """

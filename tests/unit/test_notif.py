@@ -274,6 +274,13 @@ class IndexTests(SynchronousTestCase):
         index.add(Registration("b", OWNER.lower(), created=1))
         index.add(Registration("c", OTHER))
         self.assertEqual([r.unique for r in index.of_owner(OWNER)], ["b", "a"])
+        self.assertEqual((index.count_of(OWNER.upper()), index.count_of(OTHER)), (2, 1))
+        index.add(Registration("a", OTHER))  # moved to another owner
+        index.remove("c")
+        self.assertEqual((index.count_of(OWNER), index.count_of(OTHER)), (1, 1))
+        index.remove("a")
+        index.remove("b")
+        self.assertEqual(index.held, {})
 
 
 class MessageTests(SynchronousTestCase):

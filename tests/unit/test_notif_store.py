@@ -346,3 +346,28 @@ class RightsTests(SynchronousTestCase):
         s = self.service()
         self.assertTrue(s.may_operate(Identity(OWNER.upper()), registration()))
         self.assertFalse(s.may_operate(Identity(OTHER), registration()))
+
+
+class ProxyLifetimeTests(SynchronousTestCase):
+    """
+    The identity of a verified chain knows when the chain ends (what caps a
+    registration's validity).
+    """
+
+    def test_not_after_of_a_proxy_chain(self) -> None:
+        from datetime import UTC, datetime
+
+        from cryptography import x509
+
+        from lbtwist.security.devcerts import make_dev_pki
+        from lbtwist.security.identity import identity_of_chain
+
+        now = datetime(2026, 1, 1, tzinfo=UTC)
+        pki = make_dev_pki(self.mktemp(), now=now)
+        with open(pki.user_proxy, "rb") as f:
+            chain = x509.load_pem_x509_certificates(f.read())
+        who = identity_of_chain(chain, now=now)
+        ends = [int(c.not_valid_after_utc.timestamp()) for c in chain]
+        self.assertEqual(who.not_after, min(ends))
+        self.assertLess(who.not_after, max(ends))  # the proxy ends before the user's certificate
+        self.assertEqual(who, Identity(who.dn, who.fqans, who.chain_subjects))  # not compared
