@@ -40,7 +40,7 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
     "lbtwist.cli.purge",
-    "lbtwist.cli.notify",
+    "lbtwist.cli.notifyargs",
 ]
 
 #: Subcommand -> the module that registers it: a run of a subcommand listed
@@ -56,7 +56,7 @@ COMMANDS: dict[str, str] = {
     "jobs": "lbtwist.cli.query",
     "certs": "lbtwist.cli.query",
     "purge": "lbtwist.cli.purge",
-    "notify": "lbtwist.cli.notify",
+    "notify": "lbtwist.cli.notifyargs",
 }
 
 #: Subcommands with a fast lane: C{"module:function"}, the function taking the

@@ -44,22 +44,21 @@ from twisted.web.http_headers import Headers
 from lbtwist.client.query import QueryClient, QueryError, base_url
 from lbtwist.core.errors import LBError
 from lbtwist.core.jobid import parse_endpoint
+from lbtwist.core.notif import (  # noqa: F401 (the consumer's defaults live with the core)
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PAGE_SIZE,
+    DEFAULT_POLL_INTERVAL,
+    NOTIF_SERVER_ENV,
+)
 
 log = Logger()
 
-#: The environment variable naming the notification server (as L&B's).
-NOTIF_SERVER_ENV = "GLITE_WMS_NOTIF_SERVER"
 #: What precedes the unique part of a notification id's path.
 NOTIF_MARK = "NOTIF:"
 #: A registration's unique part: URL-safe characters only.
 _UNIQUE = re.compile(r"[A-Za-z0-9._~-]{1,128}")
 
-#: Defaults of the consumer's limits (each a parameter of L{NotificationStream}
-#: and an option of C{lbtwist notify receive}).
-DEFAULT_IDLE_TIMEOUT = 90.0
-DEFAULT_POLL_INTERVAL = 5.0
-DEFAULT_PAGE_SIZE = 500
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 DEFAULT_RETRY_MAX = 30.0
 
 #: HTTP answers after which a consumer stops for good (the others are retried).

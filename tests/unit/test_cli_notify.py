@@ -21,6 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseFailed
 
 from lbtwist.cli import notify as cli
+from lbtwist.cli import notifyargs
 from lbtwist.cli.common import CLIContext
 from lbtwist.cli.main import build_parser, run
 from lbtwist.client.notify import Notification, NotifId
@@ -40,7 +41,7 @@ NOW = 1796169600
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    args, extra = build_parser("lbtwist.cli.notify").parse_known_args(["notify", *argv])
+    args, extra = build_parser("lbtwist.cli.notifyargs").parse_known_args(["notify", *argv])
     assert not extra, extra
     return args
 
@@ -232,7 +233,7 @@ class OutputTests(SynchronousTestCase):
             reason="two\nlines\tand a tab",
             jdl='[ VirtualOrganisation = "atlas"; Executable = "/bin/true" ]',
         )
-        fields = cli.parse_fields("Destination,location,stateentertime,exit_code,resubmitted,"
+        fields = notifyargs.parse_fields("Destination,location,stateentertime,exit_code,resubmitted,"
                                   "reason,jdl:VirtualOrganisation,jdl:Nothing")  # fmt: skip
         self.assertEqual(
             cli.message_lines(m, fields),
