@@ -28,6 +28,9 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.local",
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
+    "lbtwist.cli.dump",
+    "lbtwist.cli.load",
+    "lbtwist.cli.explain",
 ]
 
 
