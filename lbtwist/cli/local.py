@@ -136,15 +136,16 @@ def serve_status(args: argparse.Namespace, ctx: CLIContext) -> int:
     return 1 if failed else 0
 
 
-def status_then(reader: StoreReader, jobid: str, when: int, by_arrival: bool) -> JobStatus:
+def status_then(reader: StoreReader, jobid: str, when: int, by_arrival: bool) -> JobStatus | None:
     """
     The status C{jobid} had at C{when}: its stored events dated (or, with
-    C{by_arrival}, arrived) up to then, folded again.
+    C{by_arrival}, arrived) up to then, folded again; C{None} if none was.
     """
     from lbtwist.core.states.explain import BY_ARRIVAL, BY_DATE, status_at
 
     events = [(stored.event, stored.arrived) for stored in reader.events(jobid)]
-    return status_at(events, when, by=BY_ARRIVAL if by_arrival else BY_DATE)
+    status = status_at(events, when, by=BY_ARRIVAL if by_arrival else BY_DATE)
+    return status if status.event_count else None
 
 
 def handle_status(args: argparse.Namespace, ctx: CLIContext) -> int:
