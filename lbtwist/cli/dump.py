@@ -35,7 +35,22 @@ def read_last(state_dir: str) -> tuple[int, int] | None:
 
     @raise InvalidValue: the file is not what L{write_last} writes.
     """
-    path = os.path.join(state_dir, LAST_FILE)
+    return read_last_file(os.path.join(state_dir, LAST_FILE))
+
+
+def write_last(state_dir: str, low: int, high: int) -> None:
+    """
+    Keep the bounds of a finished dump of C{state_dir}.
+    """
+    write_last_file(os.path.join(state_dir, LAST_FILE), low, high)
+
+
+def read_last_file(path: str) -> tuple[int, int] | None:
+    """
+    The bounds kept in C{path} by L{write_last_file}, if it exists.
+
+    @raise InvalidValue: the file holds something else.
+    """
     try:
         with open(path, encoding="ascii") as f:
             text = f.read()
@@ -48,11 +63,10 @@ def read_last(state_dir: str) -> tuple[int, int] | None:
     return low, high
 
 
-def write_last(state_dir: str, low: int, high: int) -> None:
+def write_last_file(path: str, low: int, high: int) -> None:
     """
     Keep the bounds of a finished dump (written to a temporary file, then renamed).
     """
-    path = os.path.join(state_dir, LAST_FILE)
     tmp = f"{path}.tmp"
     with open(tmp, "w", encoding="ascii") as f:
         f.write(f"{low} {high}\n")
@@ -120,7 +134,48 @@ def write_dump(reader: StoreReader, ctx: CLIContext, low: int | None, high: int 
             return count
 
 
+def remote_dump(args: argparse.Namespace, ctx: CLIContext) -> int:
+    """
+    C{lbtwist dump -m HOST:PORT}: ask the server's C{GET /dump} with the user's
+    credentials (an admin's); C{--since-last} keeps its bound in C{--last-file}.
+    """
+    from urllib.parse import urlencode
+
+    from lbtwist.cli.query import run_query
+    from lbtwist.client.query import QueryClient, base_url
+    from lbtwist.core.jobid import parse_endpoint
+    from lbtwist.core.ulm import format_date
+
+    if args.since_last and not args.last_file:
+        raise InvalidValue("-m with --since-last needs --last-file FILE")
+    host, port = parse_endpoint(args.server)
+    last = read_last_file(args.last_file) if args.last_file else None
+    low, high = window_of(args, ctx, last)
+    query = {}
+    if low is not None:
+        query["from"] = format_date(low)
+    if high is not None:
+        query["to"] = format_date(high)
+    path = "/dump" + (f"?{urlencode(query)}" if query else "")
+
+    async def ask(client: QueryClient) -> int:
+        reply = await client.get([base_url(host, port)], path, what="the dump")
+        ctx.stdout.write(reply.body.decode("utf-8", "surrogateescape"))
+        ctx.stdout.flush()
+        if args.last_file:
+            end = high if high is not None else ctx.now() - int(args.settle * 1_000_000)
+            write_last_file(args.last_file, low if low is not None else 0, end)
+        return 0
+
+    return run_query(args, ctx, ask)
+
+
 def handle_dump(args: argparse.Namespace, ctx: CLIContext) -> int:
+    if args.server:
+        return remote_dump(args, ctx)
+    if not args.state_dir:
+        ctx.stderr.write("lbtwist dump: give --state-dir DIR or -m HOST:PORT\n")
+        return 2
     last = read_last(args.state_dir) if os.path.isdir(args.state_dir) else None
     low, high = window_of(args, ctx, last)
     with open_reader(args.state_dir) as reader:
@@ -166,6 +221,8 @@ def add_window_options(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
+    from lbtwist.cli.query import add_client_options
+
     p = subparsers.add_parser(
         "dump",
         allow_abbrev=False,
@@ -177,7 +234,16 @@ def register(subparsers: Any) -> None:
             "state directory records its window; --since-last starts where the last ended."
         ),
     )
-    p.add_argument("--state-dir", metavar="DIR", required=True, help="the local store's directory")
+    p.add_argument("--state-dir", metavar="DIR", help="the local store's directory")
+    p.add_argument(
+        "-m", dest="server", metavar="HOST:PORT", help="ask this server over HTTPS (admins)"
+    )
+    p.add_argument(
+        "--last-file",
+        metavar="FILE",
+        help="with -m: where --since-last keeps the last window's bounds",
+    )
     add_window_options(p)
     p.add_argument("-v", "--verbose", action="store_true", help="a summary line on stderr")
+    add_client_options(p)
     p.set_defaults(handler=handle_dump)

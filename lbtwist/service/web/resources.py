@@ -25,7 +25,7 @@ from lbtwist.core.seqcode import ordering_key
 from lbtwist.core.states.status import PURGED, JobStatus
 from lbtwist.security.authz import Policy, can_read, is_super_user
 from lbtwist.security.identity import Identity, same_dn
-from lbtwist.service.web import render, timeline
+from lbtwist.service.web import dump, render, timeline
 from lbtwist.service.web.conditions import ConditionError, parse_conditions, parse_time, parse_value
 from lbtwist.store.interface import IEventStore
 from lbtwist.store.query import JobCondition, JobQuery, decode_cursor, encode_cursor
@@ -263,6 +263,9 @@ class QueryResource(Resource):
             if who is None:
                 raise HTTPError(403, "no verified client certificate")
             path = [seg.decode("utf-8", "replace") for seg in request.postpath or []]
+            if path == dump.PATH:
+                await self._dump(request, who, params)
+                return
             if path in ([], [""]):
                 code, ctype, body = await self._jobs(request, who, params, fmt)
             elif len(path) == 1 or (len(path) == 2 and path[1] in ("", "events")):
@@ -349,6 +352,17 @@ class QueryResource(Resource):
         if fmt == "text":
             return 200, render.CONTENT_TYPES["text"], render.status_text(status).encode()
         return 200, render.CONTENT_TYPES["json"], render.status_json(status)
+
+    async def _dump(self, request: Request, who: Identity, params: list[tuple[str, str]]) -> None:
+        """
+        C{GET /dump}: admins only; streamed by L{dump.stream}.
+        """
+        if not is_super_user(who, self.policy, self.super_users):
+            raise HTTPError(403, f"{who.dn} may not dump the store (ADMIN_ACCESS)")
+        try:
+            await dump.stream(self.store, request, params, self.page_events)
+        except dump.BadDumpRequest as e:
+            raise HTTPError(400, str(e)) from None
 
     async def history_page(self, jobid: str, events_from: int) -> render.EventsPage:
         """
