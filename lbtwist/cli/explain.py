@@ -3,7 +3,8 @@
 C{lbtwist explain JOB}: every event of a job in arrival order with what it did
 to the job's status (L{lbtwist.core.states.explain}), read from a local store
 (an admin's view: with each event's DATE minus its arrival, and the skew per
-producer).
+producer) or, without C{--state-dir}, asked from the job's query server over
+HTTPS (C{GET /<unique>?explain}).
 """
 
 from __future__ import annotations
@@ -16,9 +17,46 @@ from lbtwist.cli.common import CLIContext
 from lbtwist.cli.local import lookup, open_reader
 
 
+def remote_get(args: argparse.Namespace, ctx: CLIContext, jobid: str, query: str) -> int:
+    """
+    Ask the job's query server for C{/<unique>?<query>} with the user's credentials
+    and write the answer's body.
+    """
+    from lbtwist.cli.query import run_query
+    from lbtwist.client.query import QueryClient, base_url, candidates_for
+    from lbtwist.core.jobid import JobId
+
+    async def ask(client: QueryClient) -> int:
+        candidates = candidates_for(jobid, endpoint=args.endpoint, env=ctx.env)
+        path = f"/{JobId.parse(jobid).unique}?{query}"
+        reply = await client.get([base_url(h, p) for h, p in candidates], path, what=jobid)
+        body = reply.body.decode("utf-8", "replace")
+        ctx.stdout.write(body if body.endswith("\n") else body + "\n")
+        return 0
+
+    return run_query(args, ctx, ask)
+
+
+def remote_status_at(args: argparse.Namespace, ctx: CLIContext, when: int) -> int:
+    """
+    C{lbtwist status --at T JOB...} over HTTPS: C{GET /<unique>?at=T[&by=arrival]},
+    as JSON (the layouts of the local command need the whole status: use C{--json}
+    or C{--state-dir} for them).
+    """
+    query = f"at={when / 1_000_000:.6f}" + ("&by=arrival" if args.by_arrival else "")
+    status = 0
+    for jobid in args.jobids:
+        status |= remote_get(args, ctx, jobid, query + "&format=json")
+    return status
+
+
 def handle_explain(args: argparse.Namespace, ctx: CLIContext) -> int:
     from lbtwist.core.states.explain import effect_dict, explain, format_effects
 
+    if not args.state_dir:
+        return remote_get(
+            args, ctx, args.jobid, "explain&format=" + ("json" if args.json else "text")
+        )
     with open_reader(args.state_dir) as reader:
         found = lookup(reader, args.jobid)
         events = reader.events(found) if found else []
@@ -37,6 +75,8 @@ def handle_explain(args: argparse.Namespace, ctx: CLIContext) -> int:
 
 
 def register(subparsers: Any) -> None:
+    from lbtwist.cli.query import add_client_options
+
     p = subparsers.add_parser(
         "explain",
         allow_abbrev=False,
@@ -49,6 +89,9 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("jobid", metavar="JOBID")
-    p.add_argument("--state-dir", metavar="DIR", required=True, help="the local store's directory")
+    p.add_argument(
+        "--state-dir", metavar="DIR", help="read the local store in DIR (no HTTPS query)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
+    add_client_options(p)
     p.set_defaults(handler=handle_explain)

@@ -156,8 +156,12 @@ def handle_status(args: argparse.Namespace, ctx: CLIContext) -> int:
         ctx.stderr.write("lbtwist status: --by-arrival needs --at\n")
         return 2
     if args.at and not args.state_dir:
-        ctx.stderr.write("lbtwist status: --at needs --state-dir\n")
-        return 2
+        if args.serve or args.all:
+            ctx.stderr.write("lbtwist status: --at needs --state-dir or HTTPS\n")
+            return 2
+        from lbtwist.cli.explain import remote_status_at
+
+        return remote_status_at(args, ctx, parse_time(args.at))
     if args.serve:
         return serve_status(args, ctx)
     if not args.state_dir:

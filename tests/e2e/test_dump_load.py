@@ -100,3 +100,18 @@ class DumpLoadTests(SynchronousTestCase):
         self.assertEqual(why.returncode, 0, why.stderr)
         self.assertTrue(why.stdout.startswith(f"{aborted}: Aborted\n"), why.stdout[:200])
         self.assertEqual(why.stdout.count("-> Aborted"), 1)
+
+        # The same over HTTPS from the running service: the admin sees the skew.
+        remote = self.lbtwist("explain", aborted, proxy=admin)
+        self.assertEqual(remote.returncode, 0, remote.stderr)
+        self.assertEqual(remote.stdout, why.stdout)
+        first_date = json.loads(
+            self.lbtwist("explain", "--json", "--state-dir", copy, aborted).stdout.splitlines()[0]
+        )["date"]
+        then = self.lbtwist("status", "--at", first_date, "--json", aborted, proxy=admin)
+        self.assertEqual(then.returncode, 0, then.stderr)
+        local_then = self.lbtwist(
+            "status", "--at", first_date, "--json", "--state-dir", copy, aborted
+        )
+        self.assertEqual(json.loads(then.stdout)["state"], json.loads(local_then.stdout)["state"])
+        self.assertNotEqual(json.loads(then.stdout)["state"], "Aborted")

@@ -307,7 +307,11 @@ class AtAndExplainTests(SynchronousTestCase):
         self.assertEqual(first[0], 1)
         self.assertIn("no such job", first[2])
         self.assertEqual(call(["status", "--by-arrival", "--state-dir", "x", "j"])[0], 2)
-        self.assertEqual(call(["status", "--at", "now", "j"])[0], 2)
+        self.assertEqual(call(["status", "--at", "now", "-all"])[0], 2)
+        # Without --state-dir over HTTPS: a bad time fails before any connection.
+        status, out, err = call(["status", "--at", "whenever", "j"])
+        self.assertEqual((status, out), (1, ""))
+        self.assertIn("bad time", err)
 
     def test_explain(self) -> None:
         status, out, err = call(["explain", "--state-dir", self.state_dir, self.jobid])
