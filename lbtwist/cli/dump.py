@@ -115,7 +115,13 @@ def time_arg(text: str, now: int, last: tuple[int, int] | None) -> int:
     return parse_time(text)
 
 
-def write_dump(reader: StoreReader, ctx: CLIContext, low: int | None, high: int | None) -> int:
+def write_dump(
+    reader: StoreReader,
+    ctx: CLIContext,
+    low: int | None,
+    high: int | None,
+    page_size: int = PAGE,
+) -> int:
     """
     Write the events that arrived in C{(low, high]} page by page.
 
@@ -126,7 +132,7 @@ def write_dump(reader: StoreReader, ctx: CLIContext, low: int | None, high: int 
     count = 0
     after: tuple[int, int] | None = None
     while True:
-        page, after = reader.dump_page(low, high, after, PAGE)
+        page, after = reader.dump_page(low, high, after, page_size)
         for stored in page:
             ctx.stdout.write(dump_line(stored.event, stored.arrived))
         count += len(page)
@@ -176,10 +182,13 @@ def handle_dump(args: argparse.Namespace, ctx: CLIContext) -> int:
     if not args.state_dir:
         ctx.stderr.write("lbtwist dump: give --state-dir DIR or -m HOST:PORT\n")
         return 2
+    if args.page < 1:
+        ctx.stderr.write("lbtwist dump: --page must be at least 1\n")
+        return 2
     last = read_last(args.state_dir) if os.path.isdir(args.state_dir) else None
     low, high = window_of(args, ctx, last)
     with open_reader(args.state_dir) as reader:
-        count = write_dump(reader, ctx, low, high)
+        count = write_dump(reader, ctx, low, high, args.page)
     ctx.stdout.flush()
     # An unbounded dump is recorded as ending at now - settle: the next --since-last
     # dump repeats the last moments rather than miss an event still being committed.
@@ -244,6 +253,13 @@ def register(subparsers: Any) -> None:
         help="with -m: where --since-last keeps the last window's bounds",
     )
     add_window_options(p)
+    p.add_argument(
+        "--page",
+        type=int,
+        default=PAGE,
+        metavar="N",
+        help="events read from the store at a time (default %(default)s)",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="a summary line on stderr")
     add_client_options(p)
     p.set_defaults(handler=handle_dump)

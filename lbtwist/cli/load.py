@@ -72,13 +72,14 @@ def load_lines(
     max_future_skew: int | None = None,
     errors: TextIO | None = None,
     name: str = "-",
+    max_errors: int = MAX_ERROR_LINES,
 ) -> LoadCounts:
     """
     Load dump C{lines} into the store of C{state_dir} (created if absent), C{chunk}
     events per transaction.
 
     @param errors: where unreadable or refused lines are reported (the first
-        L{MAX_ERROR_LINES}).
+        C{max_errors}).
     """
     from lbtwist.store import store_path
     from lbtwist.store.sqlite import SQLiteLoader
@@ -89,7 +90,7 @@ def load_lines(
     def report(number: int, error: LBError) -> None:
         nonlocal printed
         counts.refused += 1
-        if errors is not None and printed < MAX_ERROR_LINES:
+        if errors is not None and printed < max_errors:
             printed += 1
             errors.write(f"{name}:{number}: ERR {error.code} {error.message}\n")
 
@@ -133,7 +134,12 @@ def handle_load(args: argparse.Namespace, ctx: CLIContext) -> int:
     skew = None if args.max_future_skew is None else args.max_future_skew * 1_000_000
     if args.file == "-":
         counts = load_lines(
-            ctx.stdin, args.state_dir, chunk=args.chunk, max_future_skew=skew, errors=ctx.stderr
+            ctx.stdin,
+            args.state_dir,
+            chunk=args.chunk,
+            max_future_skew=skew,
+            errors=ctx.stderr,
+            max_errors=args.max_errors,
         )
     else:
         with open(args.file, encoding="utf-8", errors="surrogateescape") as f:
@@ -144,6 +150,7 @@ def handle_load(args: argparse.Namespace, ctx: CLIContext) -> int:
                 max_future_skew=skew,
                 errors=ctx.stderr,
                 name=args.file,
+                max_errors=args.max_errors,
             )
     ctx.stdout.write(
         f"stored {counts.stored}, duplicate {counts.duplicate}, refused {counts.refused}\n"
@@ -179,6 +186,13 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_CHUNK,
         metavar="N",
         help="events per transaction (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-errors",
+        type=int,
+        default=MAX_ERROR_LINES,
+        metavar="N",
+        help="most bad lines reported on stderr, the rest only counted (default %(default)s)",
     )
     p.add_argument(
         "--max-future-skew",

@@ -176,6 +176,9 @@ class DumpWindowTests(SynchronousTestCase):
             if after is None:
                 break
         self.assertEqual(pages, -(-len(self.lines) // 3))
+        out = call(["dump", "--state-dir", self.state_dir, "--page", "2"])[1]
+        self.assertEqual(out, call(["dump", "--state-dir", self.state_dir])[1])
+        self.assertEqual(call(["dump", "--state-dir", self.state_dir, "--page", "0"])[0], 2)
         self.assertEqual([e.arrived for e in got], self.arrivals)
         self.assertEqual(reader.dump(), got)
 
@@ -224,6 +227,13 @@ class LoadTests(SynchronousTestCase):
         self.assertIn("no DG.ARRIVED= prefix", err)
         self.assertIn("-:3: ERR", err)
         self.assertEqual(call(["load", "-", "--state-dir", "x", "--chunk", "0"])[0], 2)
+        # --max-errors caps the lines reported, not the count.
+        status, out, err = call(
+            ["load", "-", "--state-dir", self.mktemp(), "--max-errors", "1"],
+            make_ctx(stdin="\n".join(bad) + "\n"),
+        )
+        self.assertIn("refused 2", out)
+        self.assertEqual(err.count("ERR"), 1)
 
     @settings(max_examples=10, deadline=None)
     @given(
