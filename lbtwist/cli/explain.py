@@ -63,6 +63,8 @@ def handle_explain(args: argparse.Namespace, ctx: CLIContext) -> int:
     if not events:
         ctx.stderr.write(f"lbtwist explain: {args.jobid}: no such job\n")
         return 1
+    # The store hands a job's events in event order: explain replays them as they arrived.
+    events = sorted(events, key=lambda stored: stored.seqno)
     effects = explain([(stored.event, stored.arrived) for stored in events])
     if args.json:
         for effect in effects:

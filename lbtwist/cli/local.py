@@ -143,7 +143,8 @@ def status_then(reader: StoreReader, jobid: str, when: int, by_arrival: bool) ->
     """
     from lbtwist.core.states.explain import BY_ARRIVAL, BY_DATE, status_at
 
-    events = [(stored.event, stored.arrived) for stored in reader.events(jobid)]
+    stored_events = sorted(reader.events(jobid), key=lambda stored: stored.seqno)
+    events = [(stored.event, stored.arrived) for stored in stored_events]
     status = status_at(events, when, by=BY_ARRIVAL if by_arrival else BY_DATE)
     return status if status.event_count else None
 

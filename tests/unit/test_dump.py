@@ -336,3 +336,19 @@ class AtAndExplainTests(SynchronousTestCase):
         self.assertEqual(len(records), len(self.lines))
         self.assertTrue(all("skew_s" in r for r in records))
         self.assertEqual(call(["explain", "--state-dir", self.state_dir, "https://x/y"])[0], 1)
+
+    def test_explain_in_arrival_order(self) -> None:
+        """
+        An event that arrived last but is dated before the end shows as late, last.
+        """
+        lines = traces.cream_done_ok_unpurged()
+        late = next(x for x in lines if "REALLY-RUNNING" in x.split("NEW_STATE=")[-1])
+        lines = [x for x in lines if x is not late] + [late]
+        state_dir = self.mktemp()
+        fill(state_dir, lines)
+        jobid = parse_event(lines[0]).jobid
+        status, out, err = call(["explain", "--json", "--state-dir", state_dir, jobid])
+        records = [json.loads(x) for x in out.splitlines()]
+        self.assertEqual([r["number"] for r in records], list(range(1, len(lines) + 1)))
+        self.assertEqual(records[-1]["effect"], "late")
+        self.assertIn("late_before", records[-1])

@@ -70,7 +70,8 @@ async def answer(
     if by not in (BY_DATE, BY_ARRIVAL) or ("by" in params and "at" not in params):
         raise BadTimelineRequest("by is date or arrival, with at")
     stored = await store.events(jobid)
-    pairs = [(s.event, s.arrived) for s in stored]
+    # In arrival order (the store hands them in event order).
+    pairs = [(s.event, s.arrived) for s in sorted(stored, key=lambda s: s.seqno)]
     if "at" in params:
         status = status_at(pairs, parse_at(params["at"]), by=by)
         if status.jobId is None:
