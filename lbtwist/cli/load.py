@@ -10,7 +10,6 @@ arrived then. Prints how many events were stored, duplicate and refused.
 from __future__ import annotations
 
 import argparse
-import os
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -81,8 +80,7 @@ def load_lines(
     @param errors: where unreadable or refused lines are reported (the first
         C{max_errors}).
     """
-    from lbtwist.store import store_path
-    from lbtwist.store.sqlite import SQLiteLoader
+    from lbtwist.store import open_loader
 
     counts = LoadCounts()
     printed = 0
@@ -94,9 +92,7 @@ def load_lines(
             printed += 1
             errors.write(f"{name}:{number}: ERR {error.code} {error.message}\n")
 
-    os.makedirs(state_dir, exist_ok=True)
-    loader = SQLiteLoader(store_path(state_dir), max_future_skew=max_future_skew)
-    try:
+    with open_loader(state_dir, max_future_skew=max_future_skew) as loader:
         group: list[tuple[str, Event, int]] = []
         numbers: list[int] = []
 
@@ -122,8 +118,6 @@ def load_lines(
                 flush()
         if group:
             flush()
-    finally:
-        loader.close()
     return counts
 
 

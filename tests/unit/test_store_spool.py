@@ -142,7 +142,8 @@ class SQLiteSpoolOffsetsTests(SpoolOffsetsMixin, SynchronousTestCase):
         conn.execute("INSERT INTO jobs (jobid, status, nevents) VALUES ('j', '{}', 0)")
         conn.close()
         conn = connect(path)
-        self.assertEqual(migrate(conn), 5)
+        # Up to v6 only: later migrations are not this test's.
+        self.assertEqual(migrate(conn, 6), 5)
         self.assertEqual(schema_version(conn), 6)
         self.assertEqual(conn.execute("SELECT COUNT(*) FROM spool_offsets").fetchone()[0], 0)
         self.assertEqual(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0], 1)
