@@ -41,6 +41,9 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.query",
     "lbtwist.cli.purge",
     "lbtwist.cli.notifyargs",
+    "lbtwist.cli.dump",
+    "lbtwist.cli.load",
+    "lbtwist.cli.explain",
 ]
 
 #: Subcommand -> the module that registers it: a run of a subcommand listed
@@ -51,7 +54,9 @@ COMMANDS: dict[str, str] = {
     "job-reg": "lbtwist.cli.jobreg",
     "status": "lbtwist.cli.local",
     "log": "lbtwist.cli.local",
-    "dump": "lbtwist.cli.local",
+    "dump": "lbtwist.cli.dump",
+    "load": "lbtwist.cli.load",
+    "explain": "lbtwist.cli.explain",
     "replay": "lbtwist.cli.replay",
     "jobs": "lbtwist.cli.query",
     "certs": "lbtwist.cli.query",
