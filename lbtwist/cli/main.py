@@ -28,6 +28,7 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.local",
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
+    "lbtwist.cli.purge",
 ]
 
 
