@@ -354,6 +354,11 @@ DEFAULT_PURGE_PAUSE = 1.0
 _DAY = 86_400
 DEFAULT_JPREG_INTERVAL = 1.0
 DEFAULT_JPREG_BATCH = 500
+DEFAULT_STATS_MAX_JOBS = 100_000
+DEFAULT_STATS_MAX_BUCKETS = 1000
+DEFAULT_TRACE_MAX_JOBS = 1000
+DEFAULT_TRACE_RETENTION = 365 * _DAY
+DEFAULT_TRACE_EXPIRE_CHUNK = 500
 
 
 def _value(
@@ -789,6 +794,37 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Job Provenance: purge writes per-job dump files and a maildir message each here.",
     ),
+    # Statistics and traceability (docs/lifecycle.md).
+    _value(
+        "stats-max-jobs",
+        _count,
+        DEFAULT_STATS_MAX_JOBS,
+        "Most jobs one /stats duration request reads (413 past it: a shorter window).",
+    ),
+    _value(
+        "stats-max-buckets",
+        _count,
+        DEFAULT_STATS_MAX_BUCKETS,
+        "Most step buckets of one /stats rate request (400 past it).",
+    ),
+    _value(
+        "trace-max-jobs",
+        _count,
+        DEFAULT_TRACE_MAX_JOBS,
+        "Most jobs one /trace answer lists (the rest: truncated).",
+    ),
+    _value(
+        "trace-retention",
+        _grace,
+        DEFAULT_TRACE_RETENTION,
+        "Keep purged jobs traceable this long after their last update (never: for ever).",
+    ),
+    _value(
+        "trace-expire-chunk",
+        _count,
+        DEFAULT_TRACE_EXPIRE_CHUNK,
+        "Expired trace rows of purged jobs removed per store transaction (hourly).",
+    ),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
@@ -891,6 +927,11 @@ class Settings:
     jpreg_interval: float
     jpreg_batch: int
     jpdump_dir: str | None
+    stats_max_jobs: int
+    stats_max_buckets: int
+    trace_max_jobs: int
+    trace_retention: int | None
+    trace_expire_chunk: int
     dev_certs: bool
 
     def as_options(self) -> dict[str, object]:
