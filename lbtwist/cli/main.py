@@ -29,6 +29,7 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
     "lbtwist.cli.purge",
+    "lbtwist.cli.stats",
 ]
 
 
