@@ -229,6 +229,16 @@ def _grace(name: str, text: str) -> int | None:
         raise InvalidValue(f"--{name}: {e.message}") from None
 
 
+def _seconds_int(name: str, text: str) -> int:
+    """
+    A duration (C{2d}, C{12h}, C{30m}, seconds), not C{never}.
+    """
+    value = _grace(name, text)
+    if value is None:
+        raise InvalidValue(f"--{name}: a duration is needed, not never")
+    return value
+
+
 def _interval_or_off(name: str, text: str) -> float | None:
     """
     A period of a background task as a duration; C{0} or C{off}: not run (L{None}).
@@ -358,6 +368,7 @@ DEFAULT_STATS_MAX_JOBS = 100_000
 DEFAULT_STATS_MAX_BUCKETS = 1000
 DEFAULT_TRACE_MAX_JOBS = 1000
 DEFAULT_TRACE_RETENTION = 365 * _DAY
+DEFAULT_TRACE_MAX_LIFETIME = 31 * _DAY
 DEFAULT_TRACE_EXPIRE_CHUNK = 500
 
 
@@ -814,6 +825,12 @@ OPTIONS: tuple[Option, ...] = (
         "Most jobs one /trace answer lists (the rest: truncated).",
     ),
     _value(
+        "trace-max-lifetime",
+        _seconds_int,
+        DEFAULT_TRACE_MAX_LIFETIME,
+        "A /trace by DN or FQAN finds jobs started at most this long before its from.",
+    ),
+    _value(
         "trace-retention",
         _grace,
         DEFAULT_TRACE_RETENTION,
@@ -930,6 +947,7 @@ class Settings:
     stats_max_jobs: int
     stats_max_buckets: int
     trace_max_jobs: int
+    trace_max_lifetime: int
     trace_retention: int | None
     trace_expire_chunk: int
     dev_certs: bool

@@ -382,6 +382,7 @@ def lifecycle_limits(settings: Settings) -> Any:
         stats_max_jobs=settings.stats_max_jobs,
         stats_max_buckets=settings.stats_max_buckets,
         trace_max_jobs=settings.trace_max_jobs,
+        trace_max_lifetime=settings.trace_max_lifetime,
     )
 
 

@@ -69,7 +69,8 @@ def _local(args: argparse.Namespace, ctx: CLIContext, command: str) -> Any:
             )
             return reader.stats(request, args.max_jobs)  # type: ignore[attr-defined]
         found = reader.trace(  # type: ignore[attr-defined]
-            core_trace.TraceRequest.parse(trace_params(args)), args.max_jobs
+            core_trace.TraceRequest.parse(trace_params(args), max_lifetime=args.max_lifetime),
+            args.max_jobs,
         )
         return {"jobs": found[0], "truncated": found[1]}
 
@@ -177,5 +178,12 @@ def register(subparsers: Any) -> None:
         t.add_argument(option, dest=key, metavar="VALUE", help=text)
     t.add_argument("--at", metavar="TIME", help="with --node: the moment (ISO 8601 or epoch)")
     t.add_argument("--max-jobs", type=int, default=1000, help="local: most jobs listed")
+    t.add_argument(
+        "--max-lifetime",
+        type=int,
+        default=31 * 86_400,
+        metavar="SECONDS",
+        help="local, --dn/--fqan: jobs started at most this long before --from",
+    )
     _common(t)
     t.set_defaults(handler=handle_trace)

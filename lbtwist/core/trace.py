@@ -6,7 +6,9 @@ back to the grid job and its user.
 The store keeps one trace row per job (L{TraceRow}, from its status: L{trace_row})
 indexed by LRMS id, CREAM id, worker node with the job's running interval, owner
 and primary FQAN with the job's lifetime. A request (L{TraceRequest}) names exactly
-one key; C{node} takes a time C{at}, C{dn} and C{fqan} a window C{[from, to]}.
+one key; C{node} takes a time C{at}, C{dn} and C{fqan} a window C{[from, to]}: the
+jobs whose life (first state entry to last update) overlaps it and which started at
+most C{max_lifetime} before C{from} (the bound of the index scan).
 The answer lists, per job, the owner DN, FQANs, ids, worker node, state entry times
 and event sources (L{job_answer}); purged jobs answer from their zombie's trace record.
 """
@@ -35,6 +37,10 @@ from lbtwist.core.stats import parse_time
 #: The keys a trace request may name, and the time parameters.
 KEYS = ("lrms_id", "cream_id", "jobid", "node", "dn", "fqan")
 PARAMS = frozenset((*KEYS, "at", "from", "to"))
+
+#: How long before a window's start a job found by DN or FQAN may have started, by
+#: default (seconds; the option C{trace-max-lifetime}): the bound of the index scan.
+DEFAULT_MAX_LIFETIME = 31 * 86_400
 
 #: States that end a job's run on its worker node.
 _AFTER_RUNNING = (DONE, ABORTED, CANCELLED, CLEARED)
@@ -125,10 +131,16 @@ class TraceRequest:
     at: int | None = None
     start: int | None = None
     end: int | None = None
+    #: Microseconds a job found by DN or FQAN may have lived before C{start}.
+    lifetime: int = DEFAULT_MAX_LIFETIME * 1_000_000
 
     @classmethod
-    def parse(cls, params: Iterable[tuple[str, str]]) -> TraceRequest:
+    def parse(
+        cls, params: Iterable[tuple[str, str]], *, max_lifetime: int = DEFAULT_MAX_LIFETIME
+    ) -> TraceRequest:
         """
+        @param max_lifetime: seconds a job found by DN or FQAN may have started before
+            the window's start (C{trace-max-lifetime}).
         @raise InvalidValue: unknown parameters, no key or two, C{node} without C{at}.
         """
         given: dict[str, str] = {}
@@ -162,7 +174,7 @@ class TraceRequest:
             value = normalize_dn(value)
         if key == "cream_id":
             value = _cream_unique(value) or value
-        return cls(key, value, at, start, end)
+        return cls(key, value, at, start, end, max_lifetime * 1_000_000)
 
 
 def matches(request: TraceRequest, row: TraceRow) -> bool:
@@ -190,8 +202,11 @@ def matches(request: TraceRequest, row: TraceRow) -> bool:
         return False
     if request.end is not None and (row.first is None or row.first > request.end):
         return False
-    if request.start is not None and (row.last is None or row.last < request.start):
-        return False
+    if request.start is not None:
+        if row.last is None or row.last < request.start:
+            return False
+        if row.first is None or row.first < request.start - request.lifetime:
+            return False
     return True
 
 

@@ -203,8 +203,8 @@ def trace(
             where += " AND first <= ?"
             args += (request.end,)
         if request.start is not None:
-            where += " AND last >= ?"
-            args += (request.start,)
+            where += " AND first >= ? AND last >= ?"
+            args += (request.start - request.lifetime, request.start)
     else:  # pragma: no cover - TraceRequest.parse knows no other key
         raise InvalidValue(f"unknown trace key {key!r}")
     rows = conn.execute(

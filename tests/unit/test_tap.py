@@ -20,10 +20,10 @@ from lbtwist.service import logs
 from lbtwist.service.intake import IntakeFactory
 from lbtwist.service.notify import NotifyService
 from lbtwist.service.purge import PurgeService
-from lbtwist.service.traceexpiry import TraceExpiry
 from lbtwist.service.relay import RelayService
 from lbtwist.service.serve import ServeFactory
 from lbtwist.service.storeport import StorePortFactory
+from lbtwist.service.traceexpiry import TraceExpiry
 from lbtwist.service.web import QuerySite
 from tests.certs import NOW
 

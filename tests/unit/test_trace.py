@@ -93,6 +93,10 @@ class RequestTests(SynchronousTestCase):
         self.assertTrue(
             matches(request(("fqan", "/atlas/Role=production"), ("to", str(T0 // S))), row)
         )
+        # A job started longer than max_lifetime before from is not looked for.
+        window = (("dn", DN), ("from", str(T0 // S + 400)))
+        self.assertTrue(matches(TraceRequest.parse(window, max_lifetime=400), row))
+        self.assertFalse(matches(TraceRequest.parse(window, max_lifetime=399), row))
         still = trace_row("j", status(stateEnterTimes={"Running": T0}))
         self.assertTrue(matches(request(("node", "wn7"), ("at", str(T0 // S + 10**6))), still))
 

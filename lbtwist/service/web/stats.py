@@ -42,6 +42,7 @@ class LifecycleLimits:
     stats_max_jobs: int = DEFAULT_STATS_MAX_JOBS
     stats_max_buckets: int = DEFAULT_STATS_MAX_BUCKETS
     trace_max_jobs: int = DEFAULT_TRACE_MAX_JOBS
+    trace_max_lifetime: int = core_trace.DEFAULT_MAX_LIFETIME
 
 
 class Refused(Exception):
@@ -124,7 +125,9 @@ async def answer_trace(
         logs.warn(log, "trace refused to {dn}: no TRACE or ADMIN_ACCESS right", dn=who.dn)
         raise Refused(403, f"{who.dn} may not trace jobs (needs TRACE or ADMIN_ACCESS)")
     try:
-        request = core_trace.TraceRequest.parse(_own(params))
+        request = core_trace.TraceRequest.parse(
+            _own(params), max_lifetime=limits.trace_max_lifetime
+        )
     except InvalidValue as e:
         logs.warn(log, "bad trace request: {message}", message=e.message)
         raise Refused(400, e.message) from None
