@@ -181,7 +181,7 @@ def register(subparsers: Any) -> None:
     t.add_argument(
         "--max-lifetime",
         type=int,
-        default=31 * 86_400,
+        default=7 * 86_400,
         metavar="SECONDS",
         help="local, --dn/--fqan: jobs started at most this long before --from",
     )

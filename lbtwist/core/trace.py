@@ -40,7 +40,7 @@ PARAMS = frozenset((*KEYS, "at", "from", "to"))
 
 #: How long before a window's start a job found by DN or FQAN may have started, by
 #: default (seconds; the option C{trace-max-lifetime}): the bound of the index scan.
-DEFAULT_MAX_LIFETIME = 31 * 86_400
+DEFAULT_MAX_LIFETIME = 7 * 86_400
 
 #: States that end a job's run on its worker node.
 _AFTER_RUNNING = (DONE, ABORTED, CANCELLED, CLEARED)

@@ -53,8 +53,8 @@ CREATE TABLE trace_jobs (
 CREATE INDEX trace_lrms ON trace_jobs (lrms_id) WHERE lrms_id IS NOT NULL;
 CREATE INDEX trace_cream ON trace_jobs (cream_id) WHERE cream_id IS NOT NULL;
 CREATE INDEX trace_node ON trace_jobs (worker_node, running_from) WHERE worker_node IS NOT NULL;
-CREATE INDEX trace_owner ON trace_jobs (owner_norm, first);
-CREATE INDEX trace_fqan ON trace_jobs (fqan, first) WHERE fqan IS NOT NULL;
+CREATE INDEX trace_owner ON trace_jobs (owner_norm, first, last);
+CREATE INDEX trace_fqan ON trace_jobs (fqan, first, last) WHERE fqan IS NOT NULL;
 CREATE INDEX trace_last ON trace_jobs (last)
 """
 
