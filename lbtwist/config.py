@@ -834,7 +834,7 @@ OPTIONS: tuple[Option, ...] = (
         "trace-retention",
         _grace,
         DEFAULT_TRACE_RETENTION,
-        "Keep purged jobs traceable this long after their last update (never: for ever).",
+        "Keep purged jobs traceable this long after their last state change (never: for ever).",
     ),
     _value(
         "trace-expire-chunk",

@@ -7,7 +7,7 @@ The store keeps one trace row per job (L{TraceRow}, from its status: L{trace_row
 indexed by LRMS id, CREAM id, worker node with the job's running interval, owner
 and primary FQAN with the job's lifetime. A request (L{TraceRequest}) names exactly
 one key; C{node} takes a time C{at}, C{dn} and C{fqan} a window C{[from, to]}: the
-jobs whose life (first state entry to last update) overlaps it and which started at
+jobs whose life (first to last state entry) overlaps it and which started at
 most C{max_lifetime} before C{from} (the bound of the index scan).
 The answer lists, per job, the owner DN, FQANs, ids, worker node, state entry times
 and event sources (L{job_answer}); purged jobs answer from their zombie's trace record.
@@ -105,18 +105,40 @@ def trace_row(jobid: str, status: JobStatus) -> TraceRow:
         running_from=start,
         running_to=end,
         first=min(times.values()) if times else None,
-        last=status.lastUpdateTime,
+        # The last state entry, not lastUpdateTime: the row changes with the state, not
+        # with every event.
+        last=max(times.values()) if times else None,
+    )
+
+
+def _fields(status: JobStatus) -> tuple[Any, ...]:
+    # What a trace row is made of besides the state entry times.
+    return (
+        status.owner,
+        status.user_fqans[:1],
+        status.cream_lrms_id,
+        status.localId,
+        status.globusId,
+        status.cream_id,
+        status.cream_jobid,
+        status.cream_node,
+        status.ce_node,
     )
 
 
 def changed_row(jobid: str, before: JobStatus | None, after: JobStatus) -> TraceRow | None:
     """
-    The trace row to write after a status change, L{None} if it is the same as before.
+    The trace row to write after a status change, L{None} if it is the same as before
+    (cheap: the row is built only when an entry time or one of its fields changed).
     """
-    row = trace_row(jobid, after)
-    if before is not None and before.event_count and trace_row(jobid, before) == row:
+    if (
+        before is not None
+        and before.event_count
+        and before.stateEnterTimes == after.stateEnterTimes
+        and _fields(before) == _fields(after)
+    ):
         return None
-    return row
+    return trace_row(jobid, after)
 
 
 @attrs.frozen

@@ -9,7 +9,7 @@ C{state_entries} is clustered on C{(state, entered, jobid)} and holds the groupi
 columns, so a rate or a grouped count reads one range of one tree; a unique index on
 C{(jobid, state)} keeps one row per job and state (the last entry) and joins the
 start of a duration. C{trace_jobs} has one row per job, kept after a purge until
-C{trace-retention} has passed since its last update (L{expire_traces}).
+C{trace-retention} has passed since its last state change (L{expire_traces}).
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def _job(conn: sqlite3.Connection, jobid: str) -> dict[str, Any] | None:
 
 def expire_traces(conn: sqlite3.Connection, *, before: int, limit: int) -> int:
     """
-    Remove up to C{limit} trace rows of purged jobs last updated before C{before}
+    Remove up to C{limit} trace rows of purged jobs whose last state change is before C{before}
     (microseconds), with their state entries, in one transaction.
 
     @return: how many trace rows went (fewer than C{limit}: none are left).

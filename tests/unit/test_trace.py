@@ -53,7 +53,7 @@ class RowTests(SynchronousTestCase):
             (row.lrms_id, row.cream_id, row.worker_node), ("4711.batch", "CREAM123", "wn7")
         )
         self.assertEqual((row.running_from, row.running_to), (T0 + 100 * S, T0 + 400 * S))
-        self.assertEqual((row.first, row.last), (T0, T0 + 500 * S))
+        self.assertEqual((row.first, row.last), (T0, T0 + 400 * S))
         self.assertEqual(row.owner_norm, "/dc=org/dc=example/cn=jana novakova")
         self.assertEqual(row.fqan, "/atlas/Role=production")
 
@@ -87,8 +87,9 @@ class RequestTests(SynchronousTestCase):
         self.assertFalse(matches(request(("node", "wn8"), ("at", str(T0 // S + 200))), row))
         # The DN compared normalized; the window overlaps the job's life.
         self.assertTrue(matches(request(("dn", DN.upper())), row))
-        self.assertTrue(matches(request(("dn", DN), ("from", str(T0 // S + 500))), row))
-        self.assertFalse(matches(request(("dn", DN), ("from", str(T0 // S + 501))), row))
+        # The job's life: from its first state entry to its last one (Done).
+        self.assertTrue(matches(request(("dn", DN), ("from", str(T0 // S + 400))), row))
+        self.assertFalse(matches(request(("dn", DN), ("from", str(T0 // S + 401))), row))
         self.assertFalse(matches(request(("dn", DN), ("to", str(T0 // S - 1))), row))
         self.assertTrue(
             matches(request(("fqan", "/atlas/Role=production"), ("to", str(T0 // S))), row)
