@@ -44,6 +44,7 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.dump",
     "lbtwist.cli.load",
     "lbtwist.cli.explain",
+    "lbtwist.cli.stats",
 ]
 
 #: Subcommand -> the module that registers it: a run of a subcommand listed
@@ -57,6 +58,8 @@ COMMANDS: dict[str, str] = {
     "dump": "lbtwist.cli.dump",
     "load": "lbtwist.cli.load",
     "explain": "lbtwist.cli.explain",
+    "stats": "lbtwist.cli.stats",
+    "trace": "lbtwist.cli.stats",
     "replay": "lbtwist.cli.replay",
     "jobs": "lbtwist.cli.query",
     "certs": "lbtwist.cli.query",

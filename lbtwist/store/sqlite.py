@@ -31,7 +31,9 @@ from zope.interface import implementer
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.seqcode import ordering_key
 from lbtwist.core.states.status import PURGED, JobStatus
-from lbtwist.store import purging
+from lbtwist.core.stats import StatsRequest
+from lbtwist.core.trace import TraceRequest
+from lbtwist.store import lifecycle, purging
 from lbtwist.store.batch import (
     CHECKPOINT_EVERY,
     REFOLD_SLICE,
@@ -353,6 +355,15 @@ def _migrate_dump(conn: sqlite3.Connection) -> None:
     _script(conn, "CREATE INDEX IF NOT EXISTS events_arrived ON events (arrived, id);")
 
 
+def _migrate_stats(conn: sqlite3.Connection) -> None:
+    """
+    The state-entry and trace indexes of statistics and traceability
+    (C{lbtwist.store.lifecycle}), filled from the stored statuses.
+    """
+    _script(conn, lifecycle.SCHEMA)
+    lifecycle.backfill(conn)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
@@ -364,6 +375,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_notify,
     _migrate_purge,
     _migrate_dump,
+    _migrate_stats,
 ]
 
 #: The schema version this code writes.
@@ -598,6 +610,8 @@ class SQLiteBackend:
                 self.notif.write_messages(plan.notifications)
             if self.jp_register:
                 purging.write_jp_pending(conn, plan)
+            if plan.entries or plan.traces:
+                lifecycle.write(conn, plan.entries, plan.traces)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -856,6 +870,18 @@ class Queries:
         The zombie (purge time and trace record) of a purged job, by unique part or id.
         """
         return purging.find_zombie(self.conn, unique)
+
+    def stats(self, request: StatsRequest, max_jobs: int) -> dict[str, Any]:
+        """
+        A statistics answer (L{lifecycle.stats}).
+        """
+        return lifecycle.stats(self.conn, request, max_jobs=max_jobs)
+
+    def trace(self, request: TraceRequest, max_jobs: int) -> tuple[list[dict[str, Any]], bool]:
+        """
+        The jobs of a trace request, and whether there were more (L{lifecycle.trace}).
+        """
+        return lifecycle.trace(self.conn, request, max_jobs=max_jobs)
 
     def status(self, jobid: str) -> JobStatus | None:
         row = self.conn.execute("SELECT status FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
@@ -1460,6 +1486,30 @@ class SQLiteStore(GroupedWrites):
         The zombie of a purged job (reader thread).
         """
         return self._read(lambda: self._queries.zombie(unique))
+
+    def stats(self, request: StatsRequest, max_jobs: int) -> Deferred[dict[str, Any]]:
+        """
+        A statistics answer (reader thread).
+        """
+        return self._read(lambda: self._queries.stats(request, max_jobs))
+
+    def trace(
+        self, request: TraceRequest, max_jobs: int
+    ) -> Deferred[tuple[list[dict[str, Any]], bool]]:
+        """
+        A trace answer (reader thread).
+        """
+        return self._read(lambda: self._queries.trace(request, max_jobs))
+
+    def expire_traces(self, before: int, limit: int) -> Deferred[int]:
+        """
+        Remove one chunk of expired trace rows of purged jobs (writer thread).
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._runner(
+            lambda: lifecycle.expire_traces(self.backend.conn, before=before, limit=limit)
+        )
 
     def jp_pending(self, after: int, limit: int) -> Deferred[list[tuple[int, str, str]]]:
         """

@@ -217,6 +217,8 @@ class QueryResource(Resource):
     #: Admin requests, C{POST /admin/<name>}: C{admin(request, who, path, params)} giving
     #: C{(code, content type, body)} (L{lbtwist.service.web.admin}); L{None}: none.
     admin: Callable[..., Any] | None = None
+    #: The limits of C{/stats} and C{/trace} (L{lbtwist.service.web.stats.LifecycleLimits}).
+    lifecycle: Any = None
 
     def __init__(
         self,
@@ -276,6 +278,8 @@ class QueryResource(Resource):
                 code, ctype, body = await self.admin(request, who, path[1:], params)
             elif request.method == b"POST":
                 raise HTTPError(405, "POST is for /admin/ requests only")
+            elif path in (["stats"], ["trace"]):
+                code, ctype, body = await self._lifecycle(path[0], who, params, fmt)
             elif path in ([], [""]):
                 code, ctype, body = await self._jobs(request, who, params, fmt)
             elif len(path) == 1 or (len(path) == 2 and path[1] in ("", "events")):
@@ -310,6 +314,37 @@ class QueryResource(Resource):
         if request.method != b"HEAD":
             request.write(body)
         request.finish()
+
+    async def _lifecycle(
+        self, name: str, who: Identity, params: list[tuple[str, str]], fmt: str
+    ) -> tuple[int, bytes, bytes]:
+        # GET /stats and GET /trace (lbtwist.service.web.stats).
+        from lbtwist.service.web import stats
+
+        limits = self.lifecycle or stats.LifecycleLimits()
+        try:
+            if name == "stats":
+                return await stats.answer_stats(
+                    self.store,
+                    who,
+                    params,
+                    fmt,
+                    now=self.now(),
+                    policy=self.policy,
+                    super_users=self.super_users,
+                    limits=limits,
+                )
+            return await stats.answer_trace(
+                self.store,
+                who,
+                params,
+                fmt,
+                policy=self.policy,
+                super_users=self.super_users,
+                limits=limits,
+            )
+        except stats.Refused as e:
+            raise HTTPError(e.code, e.message) from None
 
     async def _job(
         self, who: Identity, unique: str, params: list[tuple[str, str]], fmt: str, history: bool
