@@ -521,6 +521,13 @@ class BatchProcessor:
         """
         return bool(self._refolds) and not self._stalled
 
+    def forget(self) -> None:
+        """
+        Drop every cached status: a store whose jobs other writers change too (the
+        PostgreSQL store's front ends) reads them again, under its lock, per group.
+        """
+        self._cache.clear()
+
     def cached(self, jobid: str) -> JobStatus | None:
         """
         @return: the cached status of a job (for tests and the writer thread only).
