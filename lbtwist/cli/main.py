@@ -39,6 +39,7 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.local",
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
+    "lbtwist.cli.store",
 ]
 
 #: Subcommand -> the module that registers it: a run of a subcommand listed
@@ -53,6 +54,7 @@ COMMANDS: dict[str, str] = {
     "replay": "lbtwist.cli.replay",
     "jobs": "lbtwist.cli.query",
     "certs": "lbtwist.cli.query",
+    "store": "lbtwist.cli.store",
 }
 
 #: Subcommands with a fast lane: C{"module:function"}, the function taking the

@@ -1,0 +1,83 @@
+# -*- test-case-name: tests.integration.test_cli_store -*-
+"""
+Tests for C{lbtwist store} (L{lbtwist.cli.store}) and for the choice of the store
+by C{--store-url} (L{lbtwist.tap.make_store}), against the private cluster.
+"""
+
+from __future__ import annotations
+
+import io
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from lbtwist import config, tap
+from lbtwist.cli.common import CLIContext
+from lbtwist.cli.main import run
+from lbtwist.core.errors import InvalidValue
+from lbtwist.store.postgres import SCHEMA_VERSION, PostgresStore, connect, schema_version
+from lbtwist.store.sqlite import SQLiteStore
+from tests.integration.pgcluster import cluster
+
+
+def lbtwist(*argv: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = run(list(argv), CLIContext(env={}, stdout=out, stderr=err))
+    return code, out.getvalue(), err.getvalue()
+
+
+def settings(**explicit: str) -> config.Settings:
+    return config.load_settings(
+        config.SERVER, explicit, env={}, exists=lambda path: False, fqdn=lambda: "lb.example.org"
+    )
+
+
+class StoreCommandTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.url = cluster().new_database()
+
+    def test_migrate_then_version(self) -> None:
+        self.assertEqual(
+            lbtwist("store", "version", "--store-url", self.url),
+            (0, f"schema version 0 (this lbtwist writes {SCHEMA_VERSION})\n", ""),
+        )
+        self.assertEqual(
+            lbtwist("store", "migrate", "--store-url", self.url),
+            (0, f"schema version 0 -> {SCHEMA_VERSION}\n", ""),
+        )
+        conn = connect(self.url)
+        self.addCleanup(conn.close)
+        self.assertEqual(schema_version(conn), SCHEMA_VERSION)
+        self.assertEqual(
+            lbtwist("store", "migrate", "--store-url", self.url),
+            (0, f"schema version {SCHEMA_VERSION}: up to date\n", ""),
+        )
+
+    def test_not_a_url(self) -> None:
+        code, out, err = lbtwist("store", "migrate", "--store-url", "/var/lib/lbtwist")
+        self.assertEqual((code, out), (2, ""))
+        self.assertIn("not a postgresql:// URL", err)
+
+    def test_unreachable(self) -> None:
+        code, _, err = lbtwist(
+            "store", "version", "--store-url", "postgresql://lbtest@/none?host=/nonexistent"
+        )
+        self.assertEqual(code, 1)
+        self.assertIn("cannot connect to PostgreSQL", err)
+
+
+class MakeStoreTests(SynchronousTestCase):
+    def test_store_url_selects_postgres(self) -> None:
+        url = cluster().new_database()
+        store = tap.make_store(settings(**{"store-url": url, "store-pool": "3"}), Clock())
+        self.assertIsInstance(store, PostgresStore)
+        self.assertEqual((store.url, store._pool_size), (url, 3))  # type: ignore[attr-defined]
+
+    def test_default_sqlite(self) -> None:
+        store = tap.make_store(settings(**{"state-dir": self.mktemp()}), Clock())
+        self.assertIsInstance(store, SQLiteStore)
+
+    def test_other_url_refused(self) -> None:
+        self.assertRaises(
+            InvalidValue, tap.make_store, settings(**{"store-url": "mysql://x/y"}), Clock()
+        )
