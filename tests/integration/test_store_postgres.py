@@ -13,8 +13,10 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.core.errors import LBError
 from lbtwist.core.states import compute_status
@@ -247,3 +249,30 @@ class FrontEndTests(SynchronousTestCase):
         finally:
             for store in fronts:
                 store.close()
+
+
+class ThreadedStoreTests(TestCase):
+    """
+    The real writer thread and reader pool, with the real reactor.
+    """
+
+    @inlineCallbacks
+    def test_threads(self) -> Any:
+        url = cluster().new_database()
+        store = PostgresStore(url, clock=reactor, policy=proxy_policy((), PROXY), pool_size=3)
+        lines = wms_lines()
+        ds = [store.store(items([line])) for line in lines]
+        results = []
+        for d in ds:
+            results.extend((yield d))
+        self.assertEqual([r.duplicate for r in results], [False] * len(lines))
+        self.assertLess(store.commits, len(lines) + 1)
+        statuses = yield gatherResults([store.status(traces.WMS_JOBID) for _ in range(6)])
+        self.assertEqual({s.state for s in statuses}, {"Done"})
+        outbox = yield store.outbox_pending()
+        self.assertEqual(len(outbox), len(lines) + 4)
+        yield store.outbox_ack([outbox[0].id])
+        self.assertEqual(len((yield store.outbox_pending())), len(lines) + 3)
+        yield store.close()
+        self.assertEqual(store._pools, [])
+        self.assertIsNone(store._readers)
