@@ -827,3 +827,91 @@ class PostgresStore(GroupedWrites):
         if self._readers is not None:
             self._readers.stop()
             self._readers = None
+
+
+#: The tables L{copy_from_sqlite} moves, with their columns (the same on both stores).
+COPIED_TABLES: dict[str, str] = {
+    "events": "id, jobid, seqno, arrived, type, date, source, host, level, user_dn,"
+    " seqcode, priority, line, dupkey, okey",
+    "jobs": "jobid, owner, state, jobtype, last_update, machine, nevents, status, uniq,"
+    " owner_norm, list_time, refold",
+    "cream_map": "cream_key, cream_id, glite_id",
+    "checkpoints": "jobid, okey, position, status",
+    "outbox": "id, destination, event_id",
+    "rejected": "id, outbox_id, destination, event_id, major, minor, reason, rejected_at",
+    "spool_offsets": 'name, inode, "offset"',
+}
+
+#: Rows moved per statement by L{copy_from_sqlite}.
+COPY_BATCH = 5000
+
+
+def copy_from_sqlite(path: str, url: str, batch: int = COPY_BATCH) -> dict[str, int]:
+    """
+    Copy a SQLite store (its events, statuses, CREAM mappings, checkpoints, outbox,
+    rejected events and spool offsets) into the empty PostgreSQL store of C{url}
+    (created or migrated first), in one transaction, then check that every job's
+    stored status is the same on both.
+
+    @return: rows copied per table.
+    @raise LBError: the SQLite store's schema is not this code's, the target
+        holds events already, or a status differs after the copy.
+    """
+    from lbtwist.store.sqlite import SCHEMA_VERSION as SQLITE_VERSION
+    from lbtwist.store.sqlite import connect as sqlite_connect
+    from lbtwist.store.sqlite import schema_version as sqlite_schema_version
+
+    source = sqlite_connect(path, readonly=True)
+    target = connect(url)
+    try:
+        found = sqlite_schema_version(source)
+        if found != SQLITE_VERSION:
+            raise LBError(f"{path}: SQLite schema version {found}, expected {SQLITE_VERSION}")
+        migrate(target)
+        if target.execute("SELECT EXISTS (SELECT 1 FROM events)").fetchone()[0]:
+            raise LBError("the PostgreSQL store holds events already: copy into an empty one")
+        counts: dict[str, int] = {}
+        target.execute("BEGIN")
+        try:
+            for table, columns in COPIED_TABLES.items():
+                src_columns = columns.replace('"offset"', "offset")
+                marks = ", ".join("?" for _ in columns.split(","))
+                rows = source.execute(f"SELECT {src_columns} FROM {table}")
+                counts[table] = 0
+                while chunk := rows.fetchmany(batch):
+                    target.executemany(f"INSERT INTO {table} ({columns}) VALUES ({marks})", chunk)
+                    counts[table] += len(chunk)
+            for table, sequence in (
+                ("events", "events_id_seq"),
+                ("outbox", "outbox_id_seq"),
+                ("rejected", "rejected_id_seq"),
+            ):
+                target.execute(
+                    f"SELECT setval('{sequence}', (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}),"
+                    " false)"
+                )
+            target.execute("COMMIT")
+        except BaseException:
+            if target.in_transaction:
+                target.execute("ROLLBACK")
+            raise
+        differ = _compare_statuses(source, target, batch)
+        if differ:
+            raise LBError(f"{differ} job statuses differ after the copy")
+        return counts
+    finally:
+        source.close()
+        target.close()
+
+
+def _compare_statuses(source: Any, target: PgConnection, batch: int) -> int:
+    differ = 0
+    rows = source.execute("SELECT jobid, status FROM jobs ORDER BY jobid")
+    while chunk := rows.fetchmany(batch):
+        stored = dict(
+            target.execute(
+                "SELECT jobid, status FROM jobs WHERE jobid = ANY(?)", ([j for j, _ in chunk],)
+            ).fetchall()
+        )
+        differ += sum(1 for jobid, status in chunk if stored.get(jobid) != status)
+    return differ
