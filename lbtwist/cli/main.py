@@ -40,6 +40,8 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
     "lbtwist.cli.store",
+    "lbtwist.cli.purge",
+    "lbtwist.cli.notifyargs",
 ]
 
 #: Subcommand -> the module that registers it: a run of a subcommand listed
@@ -55,6 +57,8 @@ COMMANDS: dict[str, str] = {
     "jobs": "lbtwist.cli.query",
     "certs": "lbtwist.cli.query",
     "store": "lbtwist.cli.store",
+    "purge": "lbtwist.cli.purge",
+    "notify": "lbtwist.cli.notifyargs",
 }
 
 #: Subcommands with a fast lane: C{"module:function"}, the function taking the

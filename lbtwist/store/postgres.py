@@ -188,9 +188,33 @@ def _migrate_base(conn: Any) -> None:
     _script(conn, _V1)
 
 
+_PURGE = """
+CREATE TABLE zombies (
+    uniq TEXT PRIMARY KEY,
+    jobid TEXT NOT NULL,
+    purged_at BIGINT NOT NULL,
+    trace TEXT NOT NULL
+);
+CREATE TABLE jp_pending (
+    id BIGSERIAL PRIMARY KEY,
+    jobid TEXT NOT NULL,
+    owner TEXT NOT NULL
+)
+"""
+
+
+def _migrate_purge(conn: Any) -> None:
+    """
+    Purged jobs (zombies: their events are refused on every front end) and the Job
+    Provenance registrations not yet exported, as in the SQLite store.
+    """
+    _script(conn, _PURGE)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_base,
+    _migrate_purge,
 ]
 
 #: The schema version this code writes.
@@ -727,7 +751,7 @@ class PostgresStore(GroupedWrites):
         except Exception as e:
             error = translate_error(e) or TryAgain(f"store failure: {e}")
             return [error] * len(items)
-        self.processor.forget()
+        self.processor.drop_cache()
         try:
             return self.processor.process(items, offsets)
         finally:
@@ -840,6 +864,8 @@ COPIED_TABLES: dict[str, str] = {
     "outbox": "id, destination, event_id",
     "rejected": "id, outbox_id, destination, event_id, major, minor, reason, rejected_at",
     "spool_offsets": 'name, inode, "offset"',
+    "zombies": "uniq, jobid, purged_at, trace",
+    "jp_pending": "id, jobid, owner",
 }
 
 #: Rows moved per statement by L{copy_from_sqlite}.
@@ -885,6 +911,7 @@ def copy_from_sqlite(path: str, url: str, batch: int = COPY_BATCH) -> dict[str, 
                 ("events", "events_id_seq"),
                 ("outbox", "outbox_id_seq"),
                 ("rejected", "rejected_id_seq"),
+                ("jp_pending", "jp_pending_id_seq"),
             ):
                 target.execute(
                     f"SELECT setval('{sequence}', (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}),"

@@ -113,6 +113,7 @@ class StoreCopyTests(SynchronousTestCase):
         code, out, err = lbtwist("store", "copy", "--from", state, "--to", url)
         self.assertEqual((code, err), (0, ""))
         self.assertIn(f"events={stored} jobs=2 cream_map=1", out)
+        self.assertIn("zombies=0 jp_pending=0", out)
         self.assertIn("every job's status checked", out)
         pg = PostgresStore(url, clock=Clock(), runner=run_now, policy=policy)
         self.addCleanup(pg.close)

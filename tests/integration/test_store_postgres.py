@@ -220,6 +220,21 @@ class FrontEndTests(SynchronousTestCase):
         self.assertEqual(sorted(s.line for s in stored), sorted(line for line, _ in lines))
         self.assertEqual(sorted(s.seqno for s in stored), list(range(1, len(lines) + 1)))
 
+    def test_zombie_seen_by_every_front_end(self) -> None:
+        """
+        A job purged (a zombie row) has its events refused at any front end.
+        """
+        from lbtwist.core.errors import AlreadyExists
+        from lbtwist.core.jobid import unique_of
+
+        line, ev = items(direct_lines())[0]
+        self.fronts[0].backend.conn.execute(
+            "INSERT INTO zombies (uniq, jobid, purged_at, trace) VALUES (?, ?, 1, '')",
+            (unique_of(ev.jobid), ev.jobid),
+        )
+        [answer] = self.fronts[1]._process([(line, ev, 1)])
+        self.assertIsInstance(answer, AlreadyExists)
+
     @settings(
         max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
     )
