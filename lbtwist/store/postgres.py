@@ -211,10 +211,18 @@ def _migrate_purge(conn: Any) -> None:
     _script(conn, _PURGE)
 
 
+def _migrate_dump(conn: Any) -> None:
+    """
+    Events by arrival time: the incremental dumps (C{arrived} in C{(from, to]}).
+    """
+    _script(conn, "CREATE INDEX IF NOT EXISTS events_arrived ON events (arrived, id)")
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_base,
     _migrate_purge,
+    _migrate_dump,
 ]
 
 #: The schema version this code writes.
@@ -806,6 +814,15 @@ class PostgresStore(GroupedWrites):
         self, from_arrived: int | None = None, to_arrived: int | None = None
     ) -> Deferred[list[StoredEvent]]:
         return self._reads(lambda q: q.dump(from_arrived, to_arrived))
+
+    def dump_page(
+        self,
+        from_arrived: int | None,
+        to_arrived: int | None,
+        after: tuple[int, int] | None,
+        limit: int,
+    ) -> Deferred[tuple[list[StoredEvent], tuple[int, int] | None]]:
+        return self._reads(lambda q: q.dump_page(from_arrived, to_arrived, after, limit))
 
     def outbox_pending(self, destination: str | None = None) -> Deferred[list[OutboxEntry]]:
         return self._reads(lambda q: q.outbox_pending(destination))
