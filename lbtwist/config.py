@@ -401,6 +401,13 @@ OPTIONS: tuple[Option, ...] = (
     _value("voms-dir", _text, None, "VOMS .lsc files (X509_VOMS_DIR)."),
     _value("crl", _crl, "if-present", "CRL checking: require, if-present or off."),
     _value(
+        "allow-no-ca",
+        _flag,
+        False,
+        "Start even when --ca-dir holds no CA certificate (every client is then refused).",
+        flag=True,
+    ),
+    _value(
         "tls-log-interval",
         _count,
         DEFAULT_TLS_LOG_INTERVAL,
@@ -749,6 +756,7 @@ class Settings:
     ca_dir: str | None
     voms_dir: str | None
     crl: str
+    allow_no_ca: bool
     tls_log_interval: int
     tls_log_burst: int
     policy: str | None
