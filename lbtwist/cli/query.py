@@ -180,7 +180,8 @@ def jobs_params(args: argparse.Namespace) -> list[tuple[str, str]]:
     if args.owner:
         params.append(("owner", args.owner))
     if args.limit is not None:
-        params.append(("limit", str(args.limit)))
+        # One more than shown: whether more exist (the limited-result warning).
+        params.append(("limit", str(args.limit + 1)))
     return params
 
 
@@ -188,7 +189,15 @@ async def query_jobs(client: QueryClient, args: argparse.Namespace, ctx: CLICont
     """
     C{lbtwist jobs}: one line per job, its id and state (or its JSON).
     """
-    jobs = await client.jobs(jobs_server(args, ctx), jobs_params(args), max_jobs=args.limit)
+    limit = args.limit
+    jobs = await client.jobs(
+        jobs_server(args, ctx), jobs_params(args), max_jobs=None if limit is None else limit + 1
+    )
+    limited = limit is not None and len(jobs) > limit
+    if limited:
+        jobs = jobs[:limit]
+        # As L&B's query tools say it when the server had more to give.
+        ctx.stderr.write("Warning: only limited result returned!\n")
     for job in jobs:
         if args.json:
             ctx.stdout.write(json.dumps(job, ensure_ascii=False) + "\n")
@@ -196,7 +205,7 @@ async def query_jobs(client: QueryClient, args: argparse.Namespace, ctx: CLICont
         jobid = job.get("jobid") or job.get("jobId") or job.get("id") or "?"
         ctx.stdout.write(f"{jobid}  {job.get('state', 'Unknown')}\n")
     if not args.json:
-        ctx.stdout.write(f"\nFound {len(jobs)} jobs\n")
+        ctx.stdout.write(f"\nFound {len(jobs)} job{'' if len(jobs) == 1 else 's'}\n")
     return 0
 
 
