@@ -219,3 +219,55 @@ class StartupSummaryTests(SynchronousTestCase):
         )
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertIn(f"lbtwist {__version__}", out.stdout)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class PackagingTests(SynchronousTestCase):
+    def test_wheel_ships_configs_units_and_docs(self) -> None:
+        """
+        The wheel installs the sample configurations, the systemd units and the docs
+        under C{share/}.
+        """
+        import sys
+        import zipfile
+
+        out = tempfile.mkdtemp(prefix="lbtwist-wheel-")
+        self.addCleanup(shutil.rmtree, out, True)
+        built = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, ROOT],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(built.returncode, 0, built.stderr[-2000:])
+        (wheel,) = [name for name in os.listdir(out) if name.endswith(".whl")]
+        with zipfile.ZipFile(os.path.join(out, wheel)) as z:
+            names = {name.split(".data/data/", 1)[-1] for name in z.namelist()}
+        for expected in (
+            "share/lbtwist/etc/lbproxy.conf",
+            "share/lbtwist/etc/lbserver.conf",
+            "share/lbtwist/systemd/lbtwist-lbproxy.service",
+            "share/lbtwist/systemd/lbtwist-lbserver.service",
+            "share/lbtwist/systemd/lbtwist.sysusers.conf",
+            "share/doc/lbtwist/README.md",
+            "share/doc/lbtwist/operations.md",
+            "lbtwist/core/data/events.tsv",
+        ):
+            self.assertIn(expected, names)
+
+    def test_systemd_units(self) -> None:
+        """
+        Each role's unit runs twistd in the foreground without a pid file on its own
+        configuration, as a dedicated user, with state and log directories and a
+        descriptor limit.
+        """
+        for role in ("lbproxy", "lbserver"):
+            with open(os.path.join(ROOT, "etc", "systemd", f"lbtwist-{role}.service")) as f:
+                text = f.read()
+            (exec_start,) = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+            self.assertIn("twistd --nodaemon --pidfile= ", exec_start)
+            self.assertIn(f" {role} --config /etc/lbtwist/{role}.conf", exec_start)
+            for key in ("User=lbtwist", "StateDirectory=", "LogsDirectory=", "LimitNOFILE="):
+                self.assertIn(key, text)
