@@ -180,8 +180,7 @@ def jobs_params(args: argparse.Namespace) -> list[tuple[str, str]]:
     if args.owner:
         params.append(("owner", args.owner))
     if args.limit is not None:
-        # One more than shown: whether more exist (the limited-result warning).
-        params.append(("limit", str(args.limit + 1)))
+        params.append(("limit", str(args.limit)))
     return params
 
 
@@ -189,13 +188,8 @@ async def query_jobs(client: QueryClient, args: argparse.Namespace, ctx: CLICont
     """
     C{lbtwist jobs}: one line per job, its id and state (or its JSON).
     """
-    limit = args.limit
-    jobs = await client.jobs(
-        jobs_server(args, ctx), jobs_params(args), max_jobs=None if limit is None else limit + 1
-    )
-    limited = limit is not None and len(jobs) > limit
-    if limited:
-        jobs = jobs[:limit]
+    jobs = await client.jobs(jobs_server(args, ctx), jobs_params(args), max_jobs=args.limit)
+    if args.limit is not None and getattr(client, "more_jobs", False):
         # As L&B's query tools say it when the server had more to give.
         ctx.stderr.write("Warning: only limited result returned!\n")
     for job in jobs:

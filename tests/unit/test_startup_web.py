@@ -1,7 +1,8 @@
 # -*- test-case-name: tests.unit.test_startup_web -*-
 """
 The query service's answer for a job with events but no registration yet: 404 "not
-registered yet" to whoever logged the events, 403 to others.
+registered yet" to whoever logged the events, 403 to others; the job list's count and
+limited-result warning.
 """
 
 from __future__ import annotations
@@ -36,3 +37,39 @@ class NotRegisteredTests(SynchronousTestCase):
         req = self.h.get(f"/{DIRECT_UNIQUE}", as_dn=STRANGER)
         self.assertEqual(req.responseCode, 403)
         self.assertNotIn("not registered", as_json(req)["message"])
+
+
+class JobsListTests(SynchronousTestCase):
+    """
+    C{lbtwist jobs}: "Found 1 job", and L&B's warning when C{--limit} left jobs out.
+    """
+
+    def run_jobs(self, page: dict[str, object], *argv: str) -> tuple[int, str, str]:
+        import json
+
+        from lbtwist.cli.query import query_jobs
+        from tests.unit.test_client import CommandTests
+
+        case = CommandTests("test_jobs_paging")
+        url = "https://lb:9000/" + ("?limit=1" if "--limit" in argv else "")
+        status, out, err, _ = case.run_query(
+            query_jobs,
+            ["jobs", *argv],
+            {url: (200, {}, json.dumps(page).encode())},
+            GLITE_WMS_QUERY_SERVER="lb:9000",
+        )
+        return status, out, err
+
+    def test_limited(self) -> None:
+        page = {"jobs": [{"jobId": "https://lb:9000/a", "state": "Running"}], "cursor": "more"}
+        status, out, err = self.run_jobs(page, "--limit", "1")
+        self.assertEqual(status, 0, err)
+        self.assertEqual(err, "Warning: only limited result returned!\n")
+        self.assertTrue(out.endswith("\nFound 1 job\n"), out)
+
+    def test_all_returned(self) -> None:
+        page = {"jobs": [{"jobId": "https://lb:9000/a", "state": "Running"}], "cursor": None}
+        status, out, err = self.run_jobs(page, "--limit", "1")
+        self.assertEqual((status, err), (0, ""))
+        status, out, err = self.run_jobs({"jobs": [], "cursor": None})
+        self.assertTrue(out.endswith("\nFound 0 jobs\n"), out)
