@@ -501,6 +501,12 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds to keep retrying events of a job unknown upstream.",
     ),
     _value(
+        "relay-reconnect-max",
+        _seconds,
+        300.0,
+        "Longest delay between reconnections of a relay (failed TLS handshakes included).",
+    ),
+    _value(
         "page-events",
         _count,
         DEFAULT_PAGE_EVENTS,
@@ -773,6 +779,7 @@ class Settings:
     max_headers: int
     relay_window: int
     relay_enoent_timeout: int
+    relay_reconnect_max: float
     page_events: int
     log_max_size: int
     log_max_files: int

@@ -491,7 +491,9 @@ def relay_service(
         crl=settings.crl,
         relay_map=settings.relay_map,
         settings=RelaySettings(
-            window=settings.relay_window, enoent_timeout=float(settings.relay_enoent_timeout)
+            window=settings.relay_window,
+            enoent_timeout=float(settings.relay_enoent_timeout),
+            reconnect_max=settings.relay_reconnect_max,
         ),
     )
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from lbtwist import __version__
 from lbtwist.security.devcerts import make_dev_pki
@@ -271,3 +271,37 @@ class PackagingTests(SynchronousTestCase):
             self.assertIn(f" {role} --config /etc/lbtwist/{role}.conf", exec_start)
             for key in ("User=lbtwist", "StateDirectory=", "LogsDirectory=", "LimitNOFILE="):
                 self.assertIn(key, text)
+
+
+class DevCredentialsTests(SynchronousTestCase):
+    def test_grid_proxy_init_takes_dev_user(self) -> None:
+        """
+        The development user's key is RSA: C{grid-proxy-init} makes a proxy from it.
+        """
+        if shutil.which("grid-proxy-init") is None:
+            raise SkipTest("grid-proxy-init is not installed")
+        base = tempfile.mkdtemp(prefix="lbtwist-devcerts-")
+        self.addCleanup(shutil.rmtree, base, True)
+        pki = make_dev_pki(os.path.join(base, "pki"), now=datetime.now(UTC))
+        out = os.path.join(base, "x509up")
+        result = subprocess.run(
+            [
+                "grid-proxy-init",
+                "-cert",
+                str(pki.user_cert),
+                "-key",
+                str(pki.user_key),
+                "-certdir",
+                str(pki.ca_dir),
+                "-bits",
+                "1024",
+                "-out",
+                out,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertTrue(os.path.getsize(out) > 0)
