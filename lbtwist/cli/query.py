@@ -232,6 +232,14 @@ def handle_certs_dev(args: argparse.Namespace, ctx: CLIContext) -> int:
     return main_certs_dev([args.directory], now=_now(ctx), out=ctx.stdout, err=ctx.stderr)
 
 
+def handle_certs_proxy(args: argparse.Namespace, ctx: CLIContext) -> int:
+    from lbtwist.security.devcerts import main_certs_proxy
+
+    return main_certs_proxy(
+        args.directory, hours=args.hours, now=_now(ctx), out=ctx.stdout, err=ctx.stderr
+    )
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "jobs",
@@ -269,3 +277,13 @@ def register(subparsers: Any) -> None:
     )
     dev.add_argument("directory", metavar="DIR")
     dev.set_defaults(handler=handle_certs_dev)
+    proxy = certs.add_parser(
+        "proxy",
+        help="renew the development user's proxy",
+        description="Write a fresh proxy of the development user of DIR (DIR/user/x509up).",
+    )
+    proxy.add_argument("directory", metavar="DIR")
+    proxy.add_argument(
+        "--hours", type=float, default=12.0, metavar="N", help="validity (default 12)"
+    )
+    proxy.set_defaults(handler=handle_certs_proxy)

@@ -505,8 +505,17 @@ def main_certs_dev(
         print("usage: lbtwist certs dev DIR", file=err if err is not None else sys.stderr)
         return 2
     try:
-        pki = make_dev_pki(argv[0], now=now or datetime.now(UTC))
-    except OSError as e:
+        found = existing_dev_pki(argv[0])
+        if found is not None:
+            # Keep the keys and certificates (clients and services trust them): renew
+            # what expires, the CRL and the user proxy.
+            renew_dev_crl(found, now or datetime.now(UTC))
+            renew_user_proxy(found, now or datetime.now(UTC))
+            print(f"renewed the CRL and the user proxy of {argv[0]}", file=out)
+            pki = found
+        else:
+            pki = make_dev_pki(argv[0], now=now or datetime.now(UTC))
+    except (OSError, ValueError) as e:
         print(f"lbtwist certs dev: {e}", file=err if err is not None else sys.stderr)
         return 1
     for what, path in pki.paths():
@@ -577,6 +586,52 @@ def renew_user_proxy(pki: DevPKI, now: datetime, *, hours: float = 12) -> None:
         raise ValueError(f"{pki.user_key}: not the EC key of a development PKI")
     proxy, proxy_key = issue_proxy(user_cert, user_key, now=now, hours=hours)
     write_file(pki.user_proxy, cert_pem(proxy) + key_pem(proxy_key) + cert_pem(user_cert), 0o600)
+
+
+def renew_dev_crl(pki: DevPKI, now: datetime) -> None:
+    """
+    Write a fresh (empty) CRL of the development CA over C{pki.crl}, valid 30 days.
+    """
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+    if not isinstance(ca_key, PrivateKey):
+        raise ValueError(f"{pki.ca_key}: not the key of a development CA")
+    write_file(pki.crl, crl_pem(make_crl(ca_cert, ca_key, now=now)))
+
+
+def main_certs_proxy(
+    directory: str,
+    *,
+    hours: float = 12,
+    now: datetime | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """
+    C{lbtwist certs proxy DIR [--hours N]}: renew the development user's proxy.
+
+    @return: the exit status.
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    pki = existing_dev_pki(directory)
+    if pki is None:
+        print(
+            f"lbtwist certs proxy: {directory}: no development PKI there"
+            " (make one with lbtwist certs dev DIR)",
+            file=err,
+        )
+        return 1
+    if not 0 < hours <= 24 * 366:
+        print("lbtwist certs proxy: --hours must be above 0 and at most a year", file=err)
+        return 2
+    try:
+        renew_user_proxy(pki, now or datetime.now(UTC), hours=hours)
+    except (OSError, ValueError) as e:
+        print(f"lbtwist certs proxy: {e}", file=err)
+        return 1
+    print(f"user proxy (X509_USER_PROXY): {pki.user_proxy}, valid {hours:g} h", file=out)
+    return 0
 
 
 def dev_pki(state_dir: str | os.PathLike[str], reactor: IReactorTime) -> DevPKI:
