@@ -501,6 +501,12 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds to keep retrying events of a job unknown upstream.",
     ),
     _value(
+        "dev-proxy-warning",
+        _seconds,
+        6 * 3600.0,
+        "Warn this many seconds before the development user proxy expires.",
+    ),
+    _value(
         "relay-reconnect-max",
         _seconds,
         300.0,
@@ -780,6 +786,7 @@ class Settings:
     relay_window: int
     relay_enoent_timeout: int
     relay_reconnect_max: float
+    dev_proxy_warning: float
     page_events: int
     log_max_size: int
     log_max_files: int

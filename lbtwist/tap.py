@@ -538,12 +538,63 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     query_service(settings, credentials, policy, store, reactor, notify).setServiceParent(top)
     if credentials.dev_pki is not None:
         _log_dev_commands(credentials.dev_pki, settings.query)
+        DevProxyWatch(
+            credentials.dev_pki.user_proxy, reactor, settings.dev_proxy_warning
+        ).setServiceParent(top)
     if settings.role == config.PROXY:
         relay_service(settings, credentials, store, reactor).setServiceParent(top)
     elif settings.store:
         store_port_service(settings, credentials, policy, store, reactor).setServiceParent(top)
     SummaryLine(settings, credentials, trust, store).setServiceParent(top)
     return top
+
+
+class DevProxyWatch(Service):
+    """
+    Warns in the log, once an hour, when the development user proxy expires within
+    C{--dev-proxy-warning} seconds (renew it with C{lbtwist certs proxy}).
+    """
+
+    #: Seconds between checks.
+    interval = 3600.0
+
+    def __init__(self, path: Any, clock: Any, margin: float) -> None:
+        self.path = path
+        self.clock = clock
+        self.margin = margin
+        self._call: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.check()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def check(self) -> None:
+        """
+        Log the warning if due, and schedule the next check.
+        """
+        from cryptography import x509
+
+        try:
+            with open(self.path, "rb") as f:
+                expiry = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc.timestamp()
+        except (OSError, ValueError):
+            expiry = None
+        left = None if expiry is None else expiry - self.clock.seconds()
+        if left is not None and left < self.margin:
+            log.warn(
+                "the development user proxy {path} expires in {hours:.1f} h: renew it with"
+                " lbtwist certs proxy {directory}",
+                path=str(self.path),
+                hours=max(left, 0) / 3600,
+                directory=os.path.dirname(os.path.dirname(str(self.path))),
+            )
+        self._call = self.clock.callLater(self.interval, self.check)
 
 
 def twistd_make_service(options: Options) -> IService:

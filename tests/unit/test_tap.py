@@ -215,7 +215,7 @@ class MakeServiceTests(SynchronousTestCase):
                 found["relay"] = service
             elif isinstance(service, NotifyService):
                 found["notify"] = service
-            elif isinstance(service, tap.SummaryLine):
+            elif isinstance(service, (tap.SummaryLine, tap.DevProxyWatch)):
                 continue
             else:
                 self.fail(f"unexpected service {service!r}")
