@@ -473,6 +473,13 @@ OPTIONS: tuple[Option, ...] = (
     _value("voms-dir", _text, None, "VOMS .lsc files (X509_VOMS_DIR)."),
     _value("crl", _crl, "if-present", "CRL checking: require, if-present or off."),
     _value(
+        "allow-no-ca",
+        _flag,
+        False,
+        "Start even when --ca-dir holds no CA certificate (every client is then refused).",
+        flag=True,
+    ),
+    _value(
         "tls-log-interval",
         _count,
         DEFAULT_TLS_LOG_INTERVAL,
@@ -564,6 +571,18 @@ OPTIONS: tuple[Option, ...] = (
         _count,
         DEFAULT_RELAY_ENOENT_TIMEOUT,
         "Seconds to keep retrying events of a job unknown upstream.",
+    ),
+    _value(
+        "dev-proxy-warning",
+        _seconds,
+        6 * 3600.0,
+        "Warn this many seconds before the development user proxy expires.",
+    ),
+    _value(
+        "relay-reconnect-max",
+        _seconds,
+        300.0,
+        "Longest delay between reconnections of a relay (failed TLS handshakes included).",
     ),
     _value(
         "page-events",
@@ -947,6 +966,7 @@ class Settings:
     ca_dir: str | None
     voms_dir: str | None
     crl: str
+    allow_no_ca: bool
     tls_log_interval: int
     tls_log_burst: int
     policy: str | None
@@ -963,6 +983,8 @@ class Settings:
     max_headers: int
     relay_window: int
     relay_enoent_timeout: int
+    relay_reconnect_max: float
+    dev_proxy_warning: float
     page_events: int
     log_max_size: int
     log_max_files: int

@@ -12,6 +12,7 @@ L{MultiService}.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from lbtwist import config
+from lbtwist import __version__, config
 from lbtwist.config import Settings
 from lbtwist.core.errors import InvalidValue, LBError
 from lbtwist.service import logs
@@ -42,6 +43,24 @@ DEFAULT_CERT = config.DEFAULT_CERT
 DEFAULT_KEY = config.DEFAULT_KEY
 DEFAULT_CA_DIR = config.DEFAULT_CA_DIR
 DEFAULT_VOMS_DIR = config.DEFAULT_VOMS_DIR
+
+
+class StartupError(Exception):
+    """
+    A start-up mistake: the one line (naming the option and the fix) that C{twistd} prints
+    instead of a traceback.
+    """
+
+
+def fail(message: str, status: int = 1) -> None:
+    """
+    Print C{message} as one line on the real stderr (twistd may have redirected
+    L{sys.stderr} to its log) and exit with C{status}.
+    """
+    stream = sys.__stderr__ or sys.stderr
+    stream.write(f"lbtwist: error: {message}\n")
+    stream.flush()
+    raise SystemExit(status)
 
 
 def _repeatable(option: config.Option) -> Callable[[usage.Options, str], None]:
@@ -74,6 +93,30 @@ class Options(usage.Options):
         for option in config.OPTIONS:
             if option.repeatable:
                 self[option.name] = []
+            default = option.default_for(self.role)
+            if option.name in self.docs and default not in (None, (), False):
+                self.docs[option.name] += f" [default: {default}]"
+
+    def opt_version(self) -> None:
+        """
+        Print lbtwist's version (and Twisted's) and exit.
+        """
+        from twisted import version as twisted_version
+
+        print(f"lbtwist {__version__} (twistd {self.role}, Twisted {twisted_version.short()})")
+        sys.exit(0)
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Parse as L{usage.Options} does; under C{twistd} (a parent is set), a usage error
+        is one line on stderr and exit status 2 instead of twistd's full usage text.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if getattr(self, "parent", None) is None:
+                raise
+            fail(f"{e} (see twistd {self.role} --help)", status=2)
 
     def role_defaults(self) -> dict[str, object]:
         """
@@ -497,7 +540,9 @@ def relay_service(
         crl=settings.crl,
         relay_map=settings.relay_map,
         settings=RelaySettings(
-            window=settings.relay_window, enoent_timeout=float(settings.relay_enoent_timeout)
+            window=settings.relay_window,
+            enoent_timeout=float(settings.relay_enoent_timeout),
+            reconnect_max=settings.relay_reconnect_max,
         ),
     )
 
@@ -580,8 +625,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
 
         reactor = _reactor
     settings = options.settings
-    os.makedirs(settings.state_dir, mode=0o750, exist_ok=True)
+    prepare_state_dir(settings.state_dir)
+    lock_state_dir(settings.state_dir)
+    check_endpoints(settings, reactor)
     credentials = host_credentials(settings, reactor)
+    trust = check_credentials(settings, credentials)
     policy = load_policy(settings)
     store = make_store(settings, reactor)
 
@@ -607,21 +655,319 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     ).setServiceParent(top)
     if credentials.dev_pki is not None:
         _log_dev_commands(credentials.dev_pki, settings.query)
+        DevProxyWatch(
+            credentials.dev_pki.user_proxy, reactor, settings.dev_proxy_warning
+        ).setServiceParent(top)
     if settings.role == config.PROXY:
         relay_service(settings, credentials, store, reactor).setServiceParent(top)
     elif settings.store:
         store_port_service(settings, credentials, policy, store, reactor).setServiceParent(top)
-    log.info(
-        "lbtwist {role}: state in {state_dir}, events on {events}, producers uid {uids}",
-        role=settings.role,
-        state_dir=settings.state_dir,
-        events=settings.events,
-        uids=producer_uids(settings),
-    )
+    SummaryLine(settings, credentials, trust, store).setServiceParent(top)
     return top
+
+
+class DevProxyWatch(Service):
+    """
+    Warns in the log, once an hour, when the development user proxy expires within
+    C{--dev-proxy-warning} seconds (renew it with C{lbtwist certs proxy}).
+    """
+
+    #: Seconds between checks.
+    interval = 3600.0
+
+    def __init__(self, path: Any, clock: Any, margin: float) -> None:
+        self.path = path
+        self.clock = clock
+        self.margin = margin
+        self._call: Any = None
+
+    def startService(self) -> None:
+        super().startService()
+        self.check()
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._call is not None and self._call.active():
+            self._call.cancel()
+        self._call = None
+
+    def check(self) -> None:
+        """
+        Log the warning if due, and schedule the next check.
+        """
+        from cryptography import x509
+
+        try:
+            with open(self.path, "rb") as f:
+                expiry = x509.load_pem_x509_certificate(f.read()).not_valid_after_utc.timestamp()
+        except (OSError, ValueError):
+            expiry = None
+        left = None if expiry is None else expiry - self.clock.seconds()
+        if left is not None and left < self.margin:
+            log.warn(
+                "the development user proxy {path} expires in {hours:.1f} h: renew it with"
+                " lbtwist certs proxy {directory}",
+                path=str(self.path),
+                hours=max(left, 0) / 3600,
+                directory=os.path.dirname(os.path.dirname(str(self.path))),
+            )
+        self._call = self.clock.callLater(self.interval, self.check)
+
+
+def twistd_make_service(options: Options) -> IService:
+    """
+    L{makeService} as C{twistd} calls it: a L{StartupError} (or a credential, endpoint or
+    state directory error) is one line on stderr and exit status 1, no traceback.
+    """
+    try:
+        return makeService(options)
+    except StartupError as e:
+        fail(str(e))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# -- start-up checks: each mistake is one StartupError naming the option and the fix ------
+
+
+def prepare_state_dir(state_dir: str) -> None:
+    """
+    Make C{state_dir} (mode 750) and check that it is a writable directory.
+
+    @raise StartupError: it is a file, or cannot be made or written.
+    """
+    try:
+        os.makedirs(state_dir, mode=0o750, exist_ok=True)
+    except FileExistsError:
+        raise StartupError(
+            f"--state-dir {state_dir}: a file is in the way; remove it or choose another directory"
+        ) from None
+    except OSError as e:
+        raise StartupError(
+            f"--state-dir {state_dir}: cannot create it ({e.strerror}); create it for the"
+            " service's user or choose another directory"
+        ) from None
+    if not os.path.isdir(state_dir):
+        raise StartupError(
+            f"--state-dir {state_dir}: not a directory; remove it or choose another directory"
+        )
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise StartupError(
+            f"--state-dir {state_dir}: not writable by uid {os.getuid()}; chown it to the"
+            " service's user or choose another directory"
+        )
+
+
+#: The lock file of a state directory (held while the service runs).
+LOCK_FILE = "lbtwist.lock"
+#: The lock files this process holds, by state directory.
+_locks: dict[str, Any] = {}
+
+
+def lock_state_dir(state_dir: str) -> None:
+    """
+    Hold an exclusive lock on C{state_dir}'s L{LOCK_FILE} for the life of the process
+    (the descriptor survives twistd's fork into the background).
+
+    @raise StartupError: another process holds it.
+    """
+    import fcntl
+
+    path = os.path.join(state_dir, LOCK_FILE)
+    if path in _locks:
+        return
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        owner = handle.read().strip() or "unknown"
+        handle.close()
+        raise StartupError(
+            f"--state-dir {state_dir}: another lbtwist (pid {owner}) runs on it; stop it"
+            " or give this one its own --state-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _locks[path] = handle
+
+
+def _write_pid(handle: Any) -> None:
+    # twistd forks into the background after makeService: the daemon writes its own pid.
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+
+
+def store_counts(state_dir: str) -> tuple[int, int, int]:
+    """
+    Jobs, events and relay backlog (outbox rows) of the store in C{state_dir}, read once
+    at start-up from a read-only connection (C{-1} each when it cannot be read).
+    """
+    import sqlite3
+
+    from lbtwist.store import store_path
+
+    try:
+        db = sqlite3.connect(f"file:{store_path(state_dir)}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return (-1, -1, -1)
+    try:
+        counts = []
+        for query in (
+            "SELECT count(*) FROM jobs",
+            "SELECT coalesce(max(rowid), 0) FROM events",
+            "SELECT count(*) FROM outbox",
+        ):
+            counts.append(int(db.execute(query).fetchone()[0]))
+        return (counts[0], counts[1], counts[2])
+    except sqlite3.Error:
+        return (-1, -1, -1)
+    finally:
+        db.close()
+
+
+def summary_fields(settings: Settings, credentials: HostCredentials, trust: Any) -> dict[str, Any]:
+    """
+    The fields of the start-up summary line but the store's counts.
+    """
+    from cryptography import x509
+
+    from lbtwist.security.identity import slash_dn
+
+    subject, expiry = "?", "?"
+    try:
+        with open(credentials.cert, "rb") as f:
+            cert = x509.load_pem_x509_certificates(f.read())[0]
+        subject = slash_dn(cert.subject)
+        expiry = cert.not_valid_after_utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "version": __version__,
+        "role": settings.role,
+        "state_dir": settings.state_dir,
+        "subject": subject,
+        "expiry": expiry,
+        "ncas": len(trust.certs),
+        "ncrls": len(trust.crls),
+        "ca_dir": credentials.ca_dir,
+        "listeners": " ".join(f"{name}={value}" for name, value in _endpoint_options(settings)),
+    }
+
+
+class SummaryLine(Service):
+    """
+    Logs the one start-up summary line when the service starts (after twistd has gone
+    to the background): version, role, state directory, jobs/events/backlog, the host
+    certificate's subject and expiry, the CA and CRL counts and the listeners.
+    """
+
+    def __init__(
+        self, settings: Settings, credentials: HostCredentials, trust: Any, store: Any
+    ) -> None:
+        self.fields = summary_fields(settings, credentials, trust)
+        self.state_dir = settings.state_dir
+
+    def startService(self) -> None:
+        super().startService()
+        for handle in _locks.values():
+            _write_pid(handle)
+        jobs, events, backlog = store_counts(self.state_dir)
+        log.info(
+            "lbtwist {version} {role} started: state {state_dir}, {jobs} jobs, {events} events,"
+            " relay backlog {backlog}; host {subject} (expires {expiry}); {ncas} CAs and"
+            " {ncrls} CRLs from {ca_dir}; listening {listeners}",
+            jobs=jobs,
+            events=events,
+            backlog=backlog,
+            **self.fields,
+        )
+
+
+def _endpoint_options(settings: Settings) -> list[tuple[str, str]]:
+    found = [("events", settings.events), ("serve", settings.serve), ("query", settings.query)]
+    if settings.il_socket:
+        found.append(("il-socket", settings.il_socket))
+    if settings.role == config.SERVER and settings.store:
+        found.append(("store", settings.store))
+    return found
+
+
+def check_endpoints(settings: Settings, reactor: Any) -> None:
+    """
+    Check that every listener option is an endpoint description and that its TCP port is
+    free now (a clear line before twistd goes to the background, rather than a
+    C{CannotListenError} later).
+
+    @raise StartupError: not an endpoint, or the port is in use.
+    """
+    import socket
+
+    for name, description in _endpoint_options(settings):
+        try:
+            endpoint = serverFromString(reactor, description)
+        except (ValueError, TypeError) as e:
+            hint = f"tcp:{description}" if description.isdigit() else "tcp:PORT or unix:PATH"
+            raise StartupError(
+                f"--{name} {description}: not an endpoint description ({e}); write {hint}"
+            ) from None
+        port = getattr(endpoint, "_port", None)
+        if not isinstance(port, int) or port == 0:
+            continue
+        interface = getattr(endpoint, "_interface", "") or ""
+        family = socket.AF_INET6 if ":" in interface else socket.AF_INET
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((interface, port))
+        except OSError as e:
+            raise StartupError(
+                f"--{name} {description}: cannot listen on port {port} ({e.strerror});"
+                " stop what uses it or choose another port"
+            ) from None
+        finally:
+            probe.close()
+
+
+def check_credentials(settings: Settings, credentials: HostCredentials) -> Any:
+    """
+    Load the host credentials and the trust anchors once, as every TLS port will.
+
+    @return: the loaded L{lbtwist.security.tls.CATrust}.
+    @raise StartupError: a credential cannot be read or does not match its key, or the
+        CA directory holds no CA certificate (without C{--allow-no-ca}).
+    """
+    from lbtwist.security.tls import CADirectory, TLSConfigError, server_context
+
+    try:
+        trust = CADirectory(credentials.ca_dir).load()
+    except TLSConfigError as e:
+        raise StartupError(f"--ca-dir {credentials.ca_dir}: {e}") from None
+    try:
+        server_context(credentials.cert, credentials.key, trust, crl=settings.crl)
+    except TLSConfigError as e:
+        raise StartupError(
+            f"--cert {credentials.cert} / --key {credentials.key}: {e}; give a readable"
+            " certificate and its own key"
+        ) from None
+    except Exception as e:  # pyOpenSSL errors of a key that does not match, say
+        raise StartupError(
+            f"--cert {credentials.cert} / --key {credentials.key}: unusable ({e});"
+            " give a readable certificate and its own key"
+        ) from None
+    if not trust.certs and not settings.allow_no_ca:
+        raise StartupError(
+            f"--ca-dir {credentials.ca_dir}: no CA certificate there, so every client would be"
+            " refused; install the IGTF CAs (or your site's), point --ca-dir at them, or"
+            " give --allow-no-ca"
+        )
+    return trust
 
 
 # What the two ServiceMakers of twisted/plugins/lbtwist_plugins.py name: each role's Options
 # and the shared makeService.
-proxy = SimpleNamespace(Options=Options, makeService=makeService)
-server = SimpleNamespace(Options=ServerOptions, makeService=makeService)
+proxy = SimpleNamespace(Options=Options, makeService=twistd_make_service)
+server = SimpleNamespace(Options=ServerOptions, makeService=twistd_make_service)

@@ -184,7 +184,12 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     """
     Console script entry point.
     """
-    status = run(sys.argv[1:] if argv is None else argv, CLIContext())
+    try:
+        status = run(sys.argv[1:] if argv is None else argv, CLIContext())
+    except KeyboardInterrupt:
+        # Ctrl-C: the shell's status for SIGINT, no traceback.
+        sys.stderr.write("lbtwist: interrupted\n")
+        status = 130
     try:
         sys.stdout.flush()
     except BrokenPipeError:

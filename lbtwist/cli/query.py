@@ -197,6 +197,9 @@ async def query_jobs(client: QueryClient, args: argparse.Namespace, ctx: CLICont
     C{lbtwist jobs}: one line per job, its id and state (or its JSON).
     """
     jobs = await client.jobs(jobs_server(args, ctx), jobs_params(args), max_jobs=args.limit)
+    if args.limit is not None and getattr(client, "more_jobs", False):
+        # As L&B's query tools say it when the server had more to give.
+        ctx.stderr.write("Warning: only limited result returned!\n")
     for job in jobs:
         if args.json:
             ctx.stdout.write(json.dumps(job, ensure_ascii=False) + "\n")
@@ -204,7 +207,7 @@ async def query_jobs(client: QueryClient, args: argparse.Namespace, ctx: CLICont
         jobid = job.get("jobid") or job.get("jobId") or job.get("id") or "?"
         ctx.stdout.write(f"{jobid}  {job.get('state', 'Unknown')}\n")
     if not args.json:
-        ctx.stdout.write(f"\nFound {len(jobs)} jobs\n")
+        ctx.stdout.write(f"\nFound {len(jobs)} job{'' if len(jobs) == 1 else 's'}\n")
     return 0
 
 
@@ -237,6 +240,14 @@ def handle_certs_dev(args: argparse.Namespace, ctx: CLIContext) -> int:
     from lbtwist.security.devcerts import main_certs_dev
 
     return main_certs_dev([args.directory], now=_now(ctx), out=ctx.stdout, err=ctx.stderr)
+
+
+def handle_certs_proxy(args: argparse.Namespace, ctx: CLIContext) -> int:
+    from lbtwist.security.devcerts import main_certs_proxy
+
+    return main_certs_proxy(
+        args.directory, hours=args.hours, now=_now(ctx), out=ctx.stdout, err=ctx.stderr
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -276,3 +287,13 @@ def register(subparsers: Any) -> None:
     )
     dev.add_argument("directory", metavar="DIR")
     dev.set_defaults(handler=handle_certs_dev)
+    proxy = certs.add_parser(
+        "proxy",
+        help="renew the development user's proxy",
+        description="Write a fresh proxy of the development user of DIR (DIR/user/x509up).",
+    )
+    proxy.add_argument("directory", metavar="DIR")
+    proxy.add_argument(
+        "--hours", type=float, default=12.0, metavar="N", help="validity (default 12)"
+    )
+    proxy.set_defaults(handler=handle_certs_proxy)

@@ -352,6 +352,8 @@ class QueryClient:
         self.verify_log = verify_log if verify_log is not None else VerifyLog()
         self.timeout = timeout
         self.max_redirects = max_redirects
+        #: Whether the last L{jobs} left jobs out (a limit reached, the server's cursor).
+        self.more_jobs = False
         self.agent = Agent(
             reactor,
             contextFactory=LBPolicy(context),
@@ -490,6 +492,8 @@ class QueryClient:
             cursor = data.get("cursor") if isinstance(data, dict) else None
             if not cursor or (max_jobs is not None and len(found) >= max_jobs):
                 break
+        # Whether the server had more than what is returned (a cursor left, or cut here).
+        self.more_jobs = bool(cursor) or (max_jobs is not None and len(found) > max_jobs)
         return found[:max_jobs] if max_jobs is not None else found
 
 

@@ -23,7 +23,7 @@ import attrs
 from asn1crypto import core as asn1
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 from twisted.internet.interfaces import IReactorTime
@@ -37,7 +37,7 @@ PPL_INDEPENDENT = "1.3.6.1.5.5.7.21.2"
 #: Globus "limited proxy" policy language.
 PPL_LIMITED = "1.3.6.1.4.1.3536.1.1.1.9"
 
-PrivateKey = ec.EllipticCurvePrivateKey
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 log = Logger()
 
@@ -114,6 +114,18 @@ def new_key() -> PrivateKey:
     @return: a fresh EC P-256 key (fast to generate, fine for tests and dev).
     """
     return ec.generate_private_key(ec.SECP256R1())
+
+
+#: The size of the development PKI's RSA keys.
+DEV_RSA_BITS = 2048
+
+
+def new_rsa_key(bits: int = DEV_RSA_BITS) -> PrivateKey:
+    """
+    @return: a fresh RSA key: what the development PKI's CA, host and users get, since
+        the grid tools (C{grid-proxy-init}, C{voms-proxy-init}) refuse EC keys.
+    """
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
 
 
 def _serial() -> int:
@@ -450,7 +462,7 @@ def make_dev_pki(
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
     root = Path(directory)
-    ca_cert, ca_key = make_ca(now=now)
+    ca_cert, ca_key = make_ca(now=now, key=new_rsa_key())
     crl = make_crl(ca_cert, ca_key, now=now)
     ca_path, crl_path = install_ca(root / "certificates", ca_cert, crl)
     assert crl_path is not None
@@ -458,18 +470,18 @@ def make_dev_pki(
     write_file(pki.ca_key, key_pem(ca_key), 0o600)
 
     host_cert, host_key = issue_cert(
-        host_name(hostnames[0]), ca_cert, ca_key, now=now, hostnames=hostnames
+        host_name(hostnames[0]), ca_cert, ca_key, now=now, hostnames=hostnames, key=new_rsa_key()
     )
     write_file(pki.host_cert, cert_pem(host_cert))
     write_file(pki.host_key, key_pem(host_key), 0o600)
 
-    user_cert, user_key = issue_cert(USER_NAME, ca_cert, ca_key, now=now)
+    user_cert, user_key = issue_cert(USER_NAME, ca_cert, ca_key, now=now, key=new_rsa_key())
     write_file(pki.user_cert, cert_pem(user_cert))
     write_file(pki.user_key, key_pem(user_key), 0o600)
     proxy, proxy_key = issue_proxy(user_cert, user_key, now=now, hours=12)
     write_file(pki.user_proxy, cert_pem(proxy) + key_pem(proxy_key) + cert_pem(user_cert), 0o600)
 
-    user2_cert, user2_key = issue_cert(USER2_NAME, ca_cert, ca_key, now=now)
+    user2_cert, user2_key = issue_cert(USER2_NAME, ca_cert, ca_key, now=now, key=new_rsa_key())
     write_file(pki.user2_cert, cert_pem(user2_cert))
     write_file(pki.user2_key, key_pem(user2_key), 0o600)
     return pki
@@ -493,8 +505,17 @@ def main_certs_dev(
         print("usage: lbtwist certs dev DIR", file=err if err is not None else sys.stderr)
         return 2
     try:
-        pki = make_dev_pki(argv[0], now=now or datetime.now(UTC))
-    except OSError as e:
+        found = existing_dev_pki(argv[0])
+        if found is not None:
+            # Keep the keys and certificates (clients and services trust them): renew
+            # what expires, the CRL and the user proxy.
+            renew_dev_crl(found, now or datetime.now(UTC))
+            renew_user_proxy(found, now or datetime.now(UTC))
+            print(f"renewed the CRL and the user proxy of {argv[0]}", file=out)
+            pki = found
+        else:
+            pki = make_dev_pki(argv[0], now=now or datetime.now(UTC))
+    except (OSError, ValueError) as e:
         print(f"lbtwist certs dev: {e}", file=err if err is not None else sys.stderr)
         return 1
     for what, path in pki.paths():
@@ -565,6 +586,52 @@ def renew_user_proxy(pki: DevPKI, now: datetime, *, hours: float = 12) -> None:
         raise ValueError(f"{pki.user_key}: not the EC key of a development PKI")
     proxy, proxy_key = issue_proxy(user_cert, user_key, now=now, hours=hours)
     write_file(pki.user_proxy, cert_pem(proxy) + key_pem(proxy_key) + cert_pem(user_cert), 0o600)
+
+
+def renew_dev_crl(pki: DevPKI, now: datetime) -> None:
+    """
+    Write a fresh (empty) CRL of the development CA over C{pki.crl}, valid 30 days.
+    """
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
+    if not isinstance(ca_key, PrivateKey):
+        raise ValueError(f"{pki.ca_key}: not the key of a development CA")
+    write_file(pki.crl, crl_pem(make_crl(ca_cert, ca_key, now=now)))
+
+
+def main_certs_proxy(
+    directory: str,
+    *,
+    hours: float = 12,
+    now: datetime | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """
+    C{lbtwist certs proxy DIR [--hours N]}: renew the development user's proxy.
+
+    @return: the exit status.
+    """
+    out = out if out is not None else sys.stdout
+    err = err if err is not None else sys.stderr
+    pki = existing_dev_pki(directory)
+    if pki is None:
+        print(
+            f"lbtwist certs proxy: {directory}: no development PKI there"
+            " (make one with lbtwist certs dev DIR)",
+            file=err,
+        )
+        return 1
+    if not 0 < hours <= 24 * 366:
+        print("lbtwist certs proxy: --hours must be above 0 and at most a year", file=err)
+        return 2
+    try:
+        renew_user_proxy(pki, now or datetime.now(UTC), hours=hours)
+    except (OSError, ValueError) as e:
+        print(f"lbtwist certs proxy: {e}", file=err)
+        return 1
+    print(f"user proxy (X509_USER_PROXY): {pki.user_proxy}, valid {hours:g} h", file=out)
+    return 0
 
 
 def dev_pki(state_dir: str | os.PathLike[str], reactor: IReactorTime) -> DevPKI:

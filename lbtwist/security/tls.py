@@ -367,14 +367,17 @@ class CADirectory:
                         ca=printable(slash_dn(cert.subject)),
                     )
         trust = CATrust(tuple(certs), tuple(crls), broken)
+        # The first load of each port is in the start-up summary line; reloads are news.
+        reload = self._loaded is not None
         self._loaded = fingerprint
         self.trust = trust
-        log.info(
-            "loaded {ncerts} CA certificates and {ncrls} CRLs from {path}",
-            ncerts=len(certs),
-            ncrls=len(crls),
-            path=str(self.path),
-        )
+        if reload:
+            log.info(
+                "loaded {ncerts} CA certificates and {ncrls} CRLs from {path}",
+                ncerts=len(certs),
+                ncrls=len(crls),
+                path=str(self.path),
+            )
         return trust
 
     def current(self) -> CATrust:

@@ -33,10 +33,16 @@ import attrs
 from twisted.application.internet import ClientService, TimerService, backoffPolicy
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from lbtwist.core import ilproto
 from lbtwist.security.credentials import HostCredentials
@@ -77,7 +83,7 @@ class RelaySettings:
     reply_timeout: float = 60.0
     fetch_size: int = 1024
     reconnect_initial: float = 0.5
-    reconnect_max: float = 30.0
+    reconnect_max: float = 300.0
     ack_delay: float = 0.25
     ack_max: int = 8192
 
@@ -688,9 +694,110 @@ def tls_endpoint_factory(
             base: IStreamClientEndpoint = clientFromString(reactor, desc)
         else:
             base = HostnameEndpoint(reactor, host, port)
-        return wrapClientTLS(ClientConnectionCreator(host, context), base)
+        return HandshakeEndpoint(
+            wrapClientTLS(ClientConnectionCreator(host, context), base), destination
+        )
 
     return endpoint_for
+
+
+@implementer(IHandshakeListener)
+class _HandshakeWatcher(Protocol):
+    """
+    Stands between TLS and the relay's protocol: the relay's protocol is connected only
+    once the handshake is done, and a connection lost before that is a failed connection
+    attempt (so that C{ClientService} backs off), not a connection.
+    """
+
+    def __init__(self, endpoint: HandshakeEndpoint, wrapped: Protocol, done: Deferred[Any]):
+        self.endpoint = endpoint
+        self.wrapped = wrapped
+        self.done = done
+        self.ready = False
+
+    def handshakeCompleted(self) -> None:
+        self.ready = True
+        self.endpoint.connected()
+        assert self.transport is not None
+        self.wrapped.makeConnection(self.transport)
+        if not self.done.called:
+            self.done.callback(self.wrapped)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.ready:
+            self.wrapped.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if self.ready:
+            self.wrapped.connectionLost(reason)
+        elif not self.done.called:
+            self.endpoint.failed(reason)
+            self.done.errback(reason)
+
+
+class _HandshakeFactory(Factory):
+    noisy = False
+
+    def __init__(self, endpoint: HandshakeEndpoint, factory: Any, done: Deferred[Any]) -> None:
+        self.endpoint = endpoint
+        self.factory = factory
+        self.done = done
+
+    def buildProtocol(self, addr: object) -> Protocol | None:
+        wrapped = self.factory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return _HandshakeWatcher(self.endpoint, wrapped, self.done)
+
+
+@implementer(IStreamClientEndpoint)
+class HandshakeEndpoint:
+    """
+    A TLS client endpoint (C{wrapClientTLS}) whose connection counts once its handshake
+    succeeded; a failure's reason is logged once per change. Its C{repr} names the
+    destination (C{ClientService}'s retry lines show it).
+    """
+
+    def __init__(self, inner: IStreamClientEndpoint, destination: str) -> None:
+        self.inner = inner
+        self.destination = destination
+        self.last_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<relay to {self.destination}>"
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        done: Deferred[Any] = Deferred()
+        connecting = self.inner.connect(_HandshakeFactory(self, factory, done))
+
+        def refused(failure: Failure) -> None:
+            if not done.called:
+                self.failed(failure)
+                done.errback(failure)
+
+        connecting.addErrback(refused)
+        return done
+
+    def failed(self, reason: Failure) -> None:
+        """
+        A connection attempt failed: log why, unless it is the same reason as last time.
+        """
+        text = reason.getErrorMessage() or getattr(reason.type, "__name__", "error")
+        if text != self.last_error:
+            self.last_error = text
+            log.warn(
+                "relay to {destination}: cannot connect: {reason}",
+                destination=self.destination,
+                reason=text,
+            )
+
+    def connected(self) -> None:
+        """
+        A handshake succeeded (after failures: say so once).
+        """
+        if self.last_error is not None:
+            log.info("relay to {destination}: connected again", destination=self.destination)
+        self.last_error = None
 
 
 def make_relay_service(

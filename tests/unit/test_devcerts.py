@@ -221,3 +221,56 @@ class MainTests(SynchronousTestCase):
         self.assertEqual(devcerts.main_certs_dev([str(blocker)], now=NOW, err=err), 1)
         self.assertIn("lbtwist certs dev: ", err.getvalue())
         self.assertEqual(err.getvalue().count("\n"), 1)
+
+
+class RenewTests(SynchronousTestCase):
+    """
+    RSA keys; C{lbtwist certs dev} on an existing directory renews the CRL and the
+    proxy and keeps the rest; C{lbtwist certs proxy} renews the proxy.
+    """
+
+    def setUp(self) -> None:
+        self.dir = self.mktemp()
+        self.pki = devcerts.make_dev_pki(self.dir, now=NOW)
+
+    def test_keys_are_rsa(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        for path in (self.pki.user_key, self.pki.host_key, self.pki.ca_key, self.pki.user2_key):
+            key = serialization.load_pem_private_key(path.read_bytes(), None)
+            self.assertIsInstance(key, rsa.RSAPrivateKey)
+
+    def test_certs_dev_again_renews_crl_and_proxy(self) -> None:
+        later = NOW + timedelta(days=40)
+        user_cert = self.pki.user_cert.read_bytes()
+        out = io.StringIO()
+        self.assertEqual(devcerts.main_certs_dev([self.dir], now=later, out=out), 0)
+        self.assertIn("renewed", out.getvalue())
+        self.assertEqual(self.pki.user_cert.read_bytes(), user_cert)
+        crl = x509.load_pem_x509_crl(self.pki.crl.read_bytes())
+        assert crl.next_update_utc is not None
+        self.assertGreater(crl.next_update_utc, later)
+        proxy = x509.load_pem_x509_certificate(self.pki.user_proxy.read_bytes())
+        self.assertGreater(proxy.not_valid_after_utc, later)
+
+    def test_certs_proxy_hours(self) -> None:
+        later = NOW + timedelta(days=2)
+        out, err = io.StringIO(), io.StringIO()
+        status = devcerts.main_certs_proxy(self.dir, hours=48, now=later, out=out, err=err)
+        self.assertEqual(status, 0, err.getvalue())
+        proxy = x509.load_pem_x509_certificate(self.pki.user_proxy.read_bytes())
+        self.assertEqual(proxy.not_valid_after_utc, later + timedelta(hours=48))
+
+    def test_certs_proxy_without_pki(self) -> None:
+        err = io.StringIO()
+        self.assertEqual(devcerts.main_certs_proxy(self.mktemp(), err=err), 1)
+        self.assertIn("lbtwist certs dev", err.getvalue())
+        self.assertEqual(devcerts.main_certs_proxy(self.dir, hours=0, err=err), 2)
+
+    def test_cli(self) -> None:
+        from lbtwist.cli.main import run
+        from tests.unit.test_client import cli_ctx
+
+        ctx = cli_ctx()
+        self.assertEqual(run(["certs", "proxy", self.dir, "--hours", "2"], ctx), 0)
+        self.assertIn("valid 2 h", ctx.stdout.getvalue())

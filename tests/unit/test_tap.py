@@ -221,6 +221,8 @@ class MakeServiceTests(SynchronousTestCase):
                 found["purge"] = service
             elif isinstance(service, TraceExpiry):
                 found["trace-expiry"] = service
+            elif isinstance(service, (tap.SummaryLine, tap.DevProxyWatch)):
+                continue
             else:
                 self.fail(f"unexpected service {service!r}")
         return top, found

@@ -373,6 +373,9 @@ class QueryResource(Resource):
             raise HTTPError(410, f"job {jobid} was purged")
         decision = can_read(who, status, self.policy, self.super_users)
         if not decision:
+            if not status.owner and await self._logged_by(jobid, who):
+                # Events but no RegJob yet: tell the one who logged them, not a 403.
+                raise HTTPError(404, f"job {jobid} not registered yet (events but no RegJob)")
             raise HTTPError(403, f"{who.dn} may not read {jobid}: {decision.reason}")
         if status.jobId is None:
             status.jobId = jobid
@@ -408,6 +411,14 @@ class QueryResource(Resource):
             await dump.stream(self.store, request, params, self.page_events)
         except dump.BadDumpRequest as e:
             raise HTTPError(400, str(e)) from None
+
+    async def _logged_by(self, jobid: str, who: Identity) -> bool:
+        """
+        Whether C{who} logged one of the (first page of) events of C{jobid}: read only
+        when a job without owner is refused.
+        """
+        events = await self.store.events_range(jobid, 0, self.page_events)
+        return any(e.event.user and same_dn(e.event.user, who.dn) for e in events)
 
     async def history_page(self, jobid: str, events_from: int) -> render.EventsPage:
         """
