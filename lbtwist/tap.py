@@ -446,7 +446,53 @@ def relay_service(
         settings=RelaySettings(
             window=settings.relay_window, enoent_timeout=float(settings.relay_enoent_timeout)
         ),
+        sweep_interval=settings.relay_sweep_interval,
     )
+
+
+def metrics_service(
+    settings: Settings,
+    credentials: HostCredentials,
+    store: IEventStore,
+    reactor: Any,
+) -> Any:
+    """
+    The metrics and health listener on C{--metrics} (TLS with C{--metrics-tls}) and its
+    refresh timer: a L{lbtwist.service.metrics.MetricsService} whose C{metrics} the
+    other parts are registered with.
+    """
+    from lbtwist import __version__
+    from lbtwist.service.metrics import (
+        MetricsListener,
+        MetricsService,
+        ServiceMetrics,
+        metrics_site,
+    )
+    from lbtwist.store import store_path
+
+    metrics = ServiceMetrics(
+        store,
+        reactor,
+        role=settings.role,
+        version=__version__,
+        store_path=store_path(settings.state_dir),
+        ca_dir=credentials.ca_dir,
+        cert=credentials.cert,
+    )
+    service = MetricsService(metrics, settings.metrics_refresh_interval)
+    endpoint = serverFromString(reactor, settings.metrics)
+    if settings.metrics_tls:
+        from lbtwist.security.tls import tls_server_endpoint
+
+        endpoint = tls_server_endpoint(
+            endpoint,
+            context_source(settings, credentials, reactor),
+            limits=port_limits(settings, "query"),
+            clock=reactor,
+            port="metrics",
+        )
+    MetricsListener(endpoint, settings.metrics, metrics_site(metrics)).setServiceParent(service)
+    return service
 
 
 def _log_dev_commands(pki: DevPKI, query: str) -> None:
@@ -477,7 +523,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     StoreService(store).setServiceParent(top)
     logs.LIMITER.configure(clock=reactor, lines=settings.warnings_per_minute)
     logs.SummaryService(logs.LIMITER, reactor).setServiceParent(top)
-    intake_service(settings, store, reactor).setServiceParent(top)
+    intake = intake_service(settings, store, reactor)
+    intake.setServiceParent(top)
     if settings.il_spool:
         spool_services(settings, store, reactor).setServiceParent(top)
     serve_service(settings, store, reactor).setServiceParent(top)
@@ -486,10 +533,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     query_service(settings, credentials, policy, store, reactor, notify).setServiceParent(top)
     if credentials.dev_pki is not None:
         _log_dev_commands(credentials.dev_pki, settings.query)
+    relay = None
     if settings.role == config.PROXY:
-        relay_service(settings, credentials, store, reactor).setServiceParent(top)
+        relay = relay_service(settings, credentials, store, reactor)
+        relay.setServiceParent(top)
     elif settings.store:
         store_port_service(settings, credentials, policy, store, reactor).setServiceParent(top)
+    if settings.metrics.lower() != "none":
+        metrics = metrics_service(settings, credentials, store, reactor)
+        metrics.metrics.add_intake("events", intake.factory)
+        metrics.metrics.relay = relay
+        metrics.setServiceParent(top)
     log.info(
         "lbtwist {role}: state in {state_dir}, events on {events}, producers uid {uids}",
         role=settings.role,

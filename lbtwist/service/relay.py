@@ -37,6 +37,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClien
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from lbtwist.core import ilproto
 from lbtwist.security.credentials import HostCredentials
@@ -193,6 +194,26 @@ class _RelayFactory(Factory):
         return proto
 
 
+@implementer(IStreamClientEndpoint)
+class _RecordingEndpoint:
+    """
+    An endpoint whose connection failures are kept as the queue's C{last_error}.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, queue: RelayQueue) -> None:
+        self._endpoint = endpoint
+        self._queue = queue
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self._endpoint.connect(factory)
+
+        def failed(failure: Failure) -> Failure:
+            self._queue.last_error = failure.getErrorMessage()
+            return failure
+
+        return d.addErrback(failed)
+
+
 class RelayQueue(Service):
     """
     The ordered queue of one destination and its connection.
@@ -230,6 +251,8 @@ class RelayQueue(Service):
         self._reply_timer: IDelayedCall | None = None
         self._ack_timer: IDelayedCall | None = None
         self._acks: list[int] = []
+        #: The last connection failure or loss (for metrics and health), L{None} if none.
+        self.last_error: str | None = None
         policy_args: dict[str, Any] = {
             "initialDelay": settings.reconnect_initial,
             "maxDelay": settings.reconnect_max,
@@ -238,7 +261,7 @@ class RelayQueue(Service):
         if jitter is not None:
             policy_args["jitter"] = jitter
         self.client = ClientService(
-            endpoint,
+            _RecordingEndpoint(endpoint, self),
             _RelayFactory(self),
             retryPolicy=backoffPolicy(**policy_args),
             clock=clock,
@@ -329,6 +352,7 @@ class RelayQueue(Service):
             self.counters.resent += len(self._inflight)
         self._requeue()
         text = reason if isinstance(reason, str) else reason.getErrorMessage()
+        self.last_error = text
         log.info(
             "relay {dest}: connection lost ({reason}), {n} events to resend",
             dest=self.destination,
@@ -677,6 +701,7 @@ def make_relay_service(
     crl: str = "if-present",
     relay_map: Sequence[tuple[tuple[str, int], str]] = (),
     settings: RelaySettings = RelaySettings(),
+    sweep_interval: float = SWEEP_INTERVAL,
 ) -> RelayService:
     """
     The relay of C{twistd lbproxy}: TLS to each destination with the host
@@ -697,7 +722,7 @@ def make_relay_service(
         timeout=settings.enoent_timeout,
         n=len(relay_map),
     )
-    return RelayService(store, reactor, endpoint_for, settings)
+    return RelayService(store, reactor, endpoint_for, settings, sweep_interval=sweep_interval)
 
 
 __all__ = [
