@@ -28,6 +28,8 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.local",
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
+    "lbtwist.cli.probe",
+    "lbtwist.cli.relayadmin",
 ]
 
 
