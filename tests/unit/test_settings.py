@@ -210,6 +210,7 @@ class TableTests(SynchronousTestCase):
             "il-socket": "/run/il.sock",
             "il-keep-files": True,
             "il-no-inotify": True,
+            "metrics-tls": True,
         }
         for option in OPTIONS:
             if option.in_file and option.name not in samples:

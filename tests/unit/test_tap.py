@@ -18,6 +18,7 @@ from lbtwist.core.errors import InvalidValue
 from lbtwist.security.tls import BoundedTLSFactory
 from lbtwist.service import logs
 from lbtwist.service.intake import IntakeFactory
+from lbtwist.service.metrics import MetricsService
 from lbtwist.service.notify import NotifyService
 from lbtwist.service.relay import RelayService
 from lbtwist.service.serve import ServeFactory
@@ -215,6 +216,8 @@ class MakeServiceTests(SynchronousTestCase):
                 found["relay"] = service
             elif isinstance(service, NotifyService):
                 found["notify"] = service
+            elif isinstance(service, MetricsService):
+                found["metrics"] = service
             else:
                 self.fail(f"unexpected service {service!r}")
         return top, found
@@ -229,7 +232,8 @@ class MakeServiceTests(SynchronousTestCase):
         """
         _, found = self.build(tap.Options)
         self.assertEqual(
-            sorted(found), ["intake", "notify", "query", "relay", "serve", "store", "summaries"]
+            sorted(found),
+            ["intake", "metrics", "notify", "query", "relay", "serve", "store", "summaries"],
         )
         [(address, factory, backlog, mode, _), serve] = self.reactor.unixServers
         self.assertEqual(address, os.path.join(self.state, "events.sock"))
@@ -249,7 +253,7 @@ class MakeServiceTests(SynchronousTestCase):
         _, found = self.build(tap.ServerOptions, "--query", "tcp:9010")
         self.assertEqual(
             sorted(found),
-            ["intake", "notify", "query", "serve", "store", "store-port", "summaries"],
+            ["intake", "metrics", "notify", "query", "serve", "store", "store-port", "summaries"],
         )
         self.assertEqual(
             sorted(self.tcp()), [(9001, "", BoundedTLSFactory), (9010, "", BoundedTLSFactory)]
