@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -99,12 +100,20 @@ def cert_summary(path: str | None) -> dict[str, Any]:
 
 def store_summary(path: str) -> dict[str, Any]:
     """
-    @return: C{{"path", "writable", "size"}} of the store file (with its WAL).
+    @return: C{{"path", "writable", "size"}} of the store file (with its WAL):
+        writable when a file can be made in its directory and the store opened
+        for writing (tried, not guessed from the mode bits: root ignores them).
     """
     directory = os.path.dirname(path) or "."
-    writable = os.access(directory, os.W_OK) and (
-        not os.path.exists(path) or os.access(path, os.W_OK)
-    )
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+        if os.path.exists(path):
+            with open(path, "r+b"):
+                pass
+        writable = True
+    except OSError:
+        writable = False
     size = 0
     for name in (path, path + "-wal"):
         try:
