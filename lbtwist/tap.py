@@ -341,10 +341,12 @@ def query_service(
     store: IEventStore,
     reactor: Any,
     notify: Any = None,
+    health: Any = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query port on C{--query} (with the notification routes of C{notify},
-    a L{lbtwist.service.notify.NotifyService}, if given).
+    a L{lbtwist.service.notify.NotifyService}, and C{/health}, a
+    L{lbtwist.service.health.HealthResource}, if given).
     """
     from lbtwist.service.web import ACCESS_LOG, make_query_service
 
@@ -365,6 +367,7 @@ def query_service(
         max_header_size=settings.max_header_size,
         max_headers=settings.max_headers,
         notify=notify,
+        health=health,
     )
 
 
@@ -457,9 +460,10 @@ def metrics_service(
     reactor: Any,
 ) -> Any:
     """
-    The metrics and health listener on C{--metrics} (TLS with C{--metrics-tls}) and its
-    refresh timer: a L{lbtwist.service.metrics.MetricsService} whose C{metrics} the
-    other parts are registered with.
+    The metrics and health listener on C{--metrics} (TLS with C{--metrics-tls}; none
+    with C{--metrics none}) and its refresh timer: a
+    L{lbtwist.service.metrics.MetricsService} whose C{metrics} the other parts are
+    registered with.
     """
     from lbtwist import __version__
     from lbtwist.service.metrics import (
@@ -480,6 +484,8 @@ def metrics_service(
         cert=credentials.cert,
     )
     service = MetricsService(metrics, settings.metrics_refresh_interval)
+    if settings.metrics.lower() == "none":
+        return service
     endpoint = serverFromString(reactor, settings.metrics)
     if settings.metrics_tls:
         from lbtwist.security.tls import tls_server_endpoint
@@ -530,7 +536,13 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     serve_service(settings, store, reactor).setServiceParent(top)
     notify = notify_service(settings, policy, store, reactor)
     notify.setServiceParent(top)
-    query_service(settings, credentials, policy, store, reactor, notify).setServiceParent(top)
+    metrics = metrics_service(settings, credentials, store, reactor)
+    from lbtwist.service.health import HealthResource
+
+    health = HealthResource(metrics.metrics.health)
+    query_service(settings, credentials, policy, store, reactor, notify, health).setServiceParent(
+        top
+    )
     if credentials.dev_pki is not None:
         _log_dev_commands(credentials.dev_pki, settings.query)
     relay = None
@@ -539,11 +551,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         relay.setServiceParent(top)
     elif settings.store:
         store_port_service(settings, credentials, policy, store, reactor).setServiceParent(top)
-    if settings.metrics.lower() != "none":
-        metrics = metrics_service(settings, credentials, store, reactor)
-        metrics.metrics.add_intake("events", intake.factory)
-        metrics.metrics.relay = relay
-        metrics.setServiceParent(top)
+    metrics.metrics.add_intake("events", intake.factory)
+    metrics.metrics.relay = relay
+    metrics.setServiceParent(top)
     log.info(
         "lbtwist {role}: state in {state_dir}, events on {events}, producers uid {uids}",
         role=settings.role,

@@ -217,8 +217,34 @@ class HealthResource(Resource):
         return json.dumps(body, sort_keys=True).encode() + b"\n"
 
 
+class HealthRoot(Resource):
+    """
+    A port's root that answers C{/health} itself and hands every other path to
+    C{inner} (the query port's tree).
+    """
+
+    isLeaf = True
+
+    def __init__(self, inner: Resource, health: HealthResource) -> None:
+        super().__init__()
+        self.inner = inner
+        self.health = health
+
+    def __getattr__(self, name: str) -> Any:
+        # The inner tree's attributes (store, policy...) as before.
+        if name in ("inner", "health"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def render(self, request: Request) -> Any:
+        if request.postpath == [b"health"]:
+            return self.health.render(request)
+        return self.inner.render(request)
+
+
 __all__ = [
     "CASummary",
+    "HealthRoot",
     "HealthResource",
     "ca_summary",
     "cert_summary",

@@ -8,7 +8,9 @@ C{lbtwist relay retry} and delivered once the server's policy allows it.
 
 from __future__ import annotations
 
+import json
 import os
+import ssl
 import urllib.request
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -96,6 +98,7 @@ class OperationsEndToEndTests(SynchronousTestCase):
             ],
             self.store_port,
         )
+        self.query_port = free_port()
         self.proxy = RoleService(
             os.path.join(self.base, "proxy"),
             "lbproxy",
@@ -104,7 +107,7 @@ class OperationsEndToEndTests(SynchronousTestCase):
                 "--hostname",
                 "localhost",
                 "--query",
-                f"tcp:{free_port()}:interface=127.0.0.1",
+                f"tcp:{self.query_port}:interface=127.0.0.1",
                 "--metrics",
                 f"tcp:{self.metrics_port}:interface=127.0.0.1",
                 "--metrics-refresh-interval",
@@ -182,6 +185,19 @@ class OperationsEndToEndTests(SynchronousTestCase):
         )
         self.assertEqual(metric_value(text, "lbtwist_relay_connected", destination=dest), 1)
         self.assertGreater(metric_value(text, "lbtwist_store_size_bytes") or 0, 0)
+
+        # /health on the metrics listener and, for a client certificate, on the query port.
+        # The outbox figures are read every --metrics-refresh-interval.
+        wait_for("an empty backlog", lambda: json.loads(self.scrape("/health"))["backlog"] == 0)
+        plain = json.loads(self.scrape("/health"))
+        self.assertEqual((plain["ok"], plain["backlog"], plain["ca"]["cas"]), (True, 0, 1))
+        self.assertEqual([d["destination"] for d in plain["relay"]], [dest])
+        context = ssl.create_default_context(capath=str(self.pki.ca_dir))
+        context.load_cert_chain(str(self.pki.user_proxy))
+        url = f"https://localhost:{self.query_port}/health"
+        with urllib.request.urlopen(url, timeout=10, context=context) as answer:
+            self.assertEqual(answer.status, 200)
+            self.assertEqual(json.loads(answer.read())["store"]["writable"], True)
 
         # Nothing waits: OK.
         code, line = self.probe("-w", "2", "-c", "3600")

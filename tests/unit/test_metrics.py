@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
 from twisted.web.test.requesthelper import DummyRequest
 from twisted.web.wsgi import WSGIResource
 
@@ -310,3 +311,35 @@ class LastErrorTests(SynchronousTestCase):
         queue.client.startService()
         self.assertIn("Connection refused", str(queue.last_error))
         queue.client.stopService()
+
+
+class HealthRootTests(SynchronousTestCase):
+    def test_routes(self) -> None:
+        """
+        C{/health} is answered by the health resource, every other path by the tree.
+        """
+
+        class Inner(Resource):
+            isLeaf = True
+            store = "the store"
+
+            def render(self, request: Any) -> bytes:
+                return b"inner"
+
+        root = health.HealthRoot(Inner(), health.HealthResource(lambda: {"ok": True}))
+        request = DummyRequest([b"health"])
+        self.assertEqual(json.loads(root.render(request)), {"ok": True})
+        self.assertEqual(request.responseCode, 200)
+        self.assertEqual(root.render(DummyRequest([b"health", b"x"])), b"inner")
+        self.assertEqual(root.render(DummyRequest([b"SomeJobUnique"])), b"inner")
+        self.assertEqual(root.store, "the store")
+
+    def test_failing_report(self) -> None:
+        def broken() -> dict[str, Any]:
+            raise RuntimeError("boom")
+
+        request = DummyRequest([b"health"])
+        body = json.loads(health.HealthResource(broken).render(request))
+        self.assertEqual(request.responseCode, 503)
+        self.assertFalse(body["ok"])
+        self.flushLoggedErrors(RuntimeError)

@@ -262,6 +262,7 @@ def make_site(
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
     notify: NotifyService | None = None,
+    health: Any = None,
 ) -> Site:
     """
     The query site on C{store}.
@@ -303,6 +304,11 @@ def make_site(
 
         notif = NotifResource(notify, clock=clock, identify=identify, page_events=page_events)
         root = NotifRoot(root, notif)  # type: ignore[assignment]
+    if health is not None:
+        # /health (a HealthResource) before the query tree.
+        from lbtwist.service.health import HealthRoot
+
+        root = HealthRoot(root, health)  # type: ignore[assignment]
     site = QuerySite(
         root,
         timeout=idle_timeout,
@@ -369,6 +375,7 @@ def make_query_service(
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
     notify: NotifyService | None = None,
+    health: Any = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
@@ -394,6 +401,7 @@ def make_query_service(
         max_header_size=max_header_size,
         max_headers=max_headers,
         notify=notify,
+        health=health,
     )
     # A port that cannot be bound stops start-up, as the intake's does.
     service = tls_listener(reactor, endpoint, source, site, limits=limits, port="query")
