@@ -497,6 +497,7 @@ def metrics_service(
             clock=reactor,
             port="metrics",
         )
+        metrics.add_tls("metrics", endpoint)
     MetricsListener(endpoint, settings.metrics, metrics_site(metrics)).setServiceParent(service)
     return service
 
@@ -540,9 +541,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     from lbtwist.service.health import HealthResource
 
     health = HealthResource(metrics.metrics.health)
-    query_service(settings, credentials, policy, store, reactor, notify, health).setServiceParent(
-        top
-    )
+    query = query_service(settings, credentials, policy, store, reactor, notify, health)
+    query.setServiceParent(top)
+    metrics.metrics.add_tls("query", query.endpoint)
     if credentials.dev_pki is not None:
         _log_dev_commands(credentials.dev_pki, settings.query)
     relay = None
@@ -550,7 +551,9 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         relay = relay_service(settings, credentials, store, reactor)
         relay.setServiceParent(top)
     elif settings.store:
-        store_port_service(settings, credentials, policy, store, reactor).setServiceParent(top)
+        store_port = store_port_service(settings, credentials, policy, store, reactor)
+        store_port.setServiceParent(top)
+        metrics.metrics.add_tls("store", store_port.endpoint)
     metrics.metrics.add_intake("events", intake.factory)
     metrics.metrics.relay = relay
     metrics.setServiceParent(top)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import attrs
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.twisted import MetricsResource
@@ -70,6 +71,7 @@ class ServiceMetrics:
         self.ca = CASummary(ca_dir)
         self.cert = cert
         self.intakes: list[tuple[str, Any]] = []
+        self.tls: list[tuple[str, Any]] = []
         self.relay: Any = None
         self.notifications: Callable[[], int] | None = None
         self.outbox: dict[str, OutboxStats] = {}
@@ -82,6 +84,13 @@ class ServiceMetrics:
         Count the connections and events of an intake-like factory (one with C{stats}).
         """
         self.intakes.append((port, factory))
+
+    def add_tls(self, port: str, endpoint: Any) -> None:
+        """
+        Count the connections and refusals of a TLS port: C{endpoint} is its
+        L{lbtwist.security.tls.TLSServerEndpoint} (C{factories}, C{context_source}).
+        """
+        self.tls.append((port, endpoint))
 
     def refresh(self) -> Deferred[None]:
         """
@@ -125,6 +134,9 @@ class _Collector:
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.m = metrics
 
+    def _tls(self) -> Iterator[Metric]:
+        return _tls_families(self.m.tls)
+
     def collect(self) -> Iterator[Metric]:
         m = self.m
         info = GaugeMetricFamily(
@@ -159,6 +171,8 @@ class _Collector:
         yield events
         yield conns
         yield closed
+
+        yield from self._tls()
 
         size = 0
         for name in (m.store_path, m.store_path + "-wal"):
@@ -247,6 +261,58 @@ class _QuietSite(Site):
 
     def log(self, request: Any) -> None:
         pass
+
+
+def _tls_families(tls: list[tuple[str, Any]]) -> Iterator[Metric]:
+    conns = GaugeMetricFamily(
+        "lbtwist_tls_connections",
+        "TLS connections open now, in the handshake or established.",
+        labels=["port", "state"],
+    )
+    accepted = CounterMetricFamily(
+        "lbtwist_tls_accepted_connections",
+        "TCP connections accepted by a TLS port.",
+        labels=["port"],
+    )
+    established = CounterMetricFamily(
+        "lbtwist_tls_established_connections",
+        "TLS handshakes completed (client certificate verified).",
+        labels=["port"],
+    )
+    closed = CounterMetricFamily(
+        "lbtwist_tls_closed_connections",
+        "TLS connections closed by the port, by reason (per_address, handshake_timeout,"
+        " idle_timeout, failed_handshake).",
+        labels=["port", "reason"],
+    )
+    refused = CounterMetricFamily(
+        "lbtwist_tls_refusals",
+        "Refused TLS handshakes, by reason (certificate checks).",
+        labels=["port", "reason"],
+    )
+    for port, endpoint in tls:
+        handshaking = live = 0
+        stats: dict[str, int] = {}
+        for factory in endpoint.factories:
+            handshaking += len(factory.handshaking)
+            live += len(factory.connected)
+            for name, value in attrs.asdict(factory.stats).items():
+                stats[name] = stats.get(name, 0) + value
+        conns.add_metric([port, "handshake"], handshaking)
+        conns.add_metric([port, "established"], live)
+        accepted.add_metric([port], stats.get("accepted", 0))
+        established.add_metric([port], stats.get("established", 0))
+        for reason, name in (
+            ("per_address", "refused_per_address"),
+            ("handshake_timeout", "handshake_timeouts"),
+            ("idle_timeout", "idle_timeouts"),
+            ("failed_handshake", "closed_handshakes"),
+        ):
+            closed.add_metric([port, reason], stats.get(name, 0))
+        refusals = getattr(getattr(endpoint, "context_source", None), "refusals", None)
+        for reason, n in sorted(getattr(refusals, "reasons", {}).items()):
+            refused.add_metric([port, reason], n)
+    yield from (conns, accepted, established, closed, refused)
 
 
 def metrics_site(metrics: ServiceMetrics) -> Site:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import ssl
 import urllib.request
 from collections.abc import Sequence
@@ -198,6 +199,25 @@ class OperationsEndToEndTests(SynchronousTestCase):
         with urllib.request.urlopen(url, timeout=10, context=context) as answer:
             self.assertEqual(answer.status, 200)
             self.assertEqual(json.loads(answer.read())["store"]["writable"], True)
+
+        # A client without a certificate: refused, counted by reason.
+        bare = ssl.create_default_context(capath=str(self.pki.ca_dir))
+        try:
+            with socket.create_connection(("127.0.0.1", self.query_port), timeout=10) as raw:
+                with bare.wrap_socket(raw, server_hostname="localhost") as tls:
+                    tls.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    tls.recv(100)
+        except OSError:
+            pass
+        refusal = (
+            "lbtwist_tls_refusals_total",
+            {"port": "query", "reason": "no client certificate"},
+        )
+        wait_for(
+            "the refusal counted",
+            lambda: metric_value(self.scrape(), refusal[0], **refusal[1]) == 1,
+            timeout=20,
+        )
 
         # Nothing waits: OK.
         code, line = self.probe("-w", "2", "-c", "3600")

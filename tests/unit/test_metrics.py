@@ -343,3 +343,72 @@ class HealthRootTests(SynchronousTestCase):
         self.assertEqual(request.responseCode, 503)
         self.assertFalse(body["ok"])
         self.flushLoggedErrors(RuntimeError)
+
+
+class TLSMetricsTests(SynchronousTestCase):
+    def test_tls_port(self) -> None:
+        """
+        A TLS port's open connections, counters and refusal reasons.
+        """
+        from lbtwist.security.tls import PortStats, RefusalLog
+
+        refusals = RefusalLog(task.Clock())
+        refusals.count("certificate has expired")
+        refusals.count("certificate has expired")
+        refusals.count("no client certificate")
+
+        @attrs.define
+        class Factory:
+            handshaking: dict[object, None]
+            connected: dict[object, None]
+            stats: PortStats
+
+        @attrs.define
+        class Source:
+            refusals: RefusalLog
+
+        @attrs.define
+        class Endpoint:
+            factories: list[Factory]
+            context_source: Source
+
+        factory = Factory({object(): None}, {object(): None, object(): None}, PortStats())
+        factory.stats.accepted = 9
+        factory.stats.established = 7
+        factory.stats.handshake_timeouts = 1
+        clock = task.Clock()
+        metrics = ServiceMetrics(
+            FakeStore({}),  # type: ignore[arg-type]
+            clock,
+            role="lbserver",
+            version="1",
+            store_path="/nonexistent/lbtwist.sqlite",
+        )
+        metrics.add_tls("store", Endpoint([factory], Source(refusals)))
+        got = samples(metrics)
+        port = ("port", "store")
+        self.assertEqual(got[("lbtwist_tls_connections", (port, ("state", "handshake")))], 1)
+        self.assertEqual(got[("lbtwist_tls_connections", (port, ("state", "established")))], 2)
+        self.assertEqual(got[("lbtwist_tls_accepted_connections_total", (port,))], 9)
+        self.assertEqual(got[("lbtwist_tls_established_connections_total", (port,))], 7)
+        self.assertEqual(
+            got[("lbtwist_tls_closed_connections_total", (port, ("reason", "handshake_timeout")))],
+            1,
+        )
+        self.assertEqual(
+            got[("lbtwist_tls_refusals_total", (port, ("reason", "certificate has expired")))], 2
+        )
+        self.assertEqual(
+            got[("lbtwist_tls_refusals_total", (port, ("reason", "no client certificate")))], 1
+        )
+
+    def test_reasons_bounded(self) -> None:
+        from lbtwist.security.tls import MAX_REASONS, RefusalLog
+
+        refusals = RefusalLog(task.Clock())
+        for n in range(MAX_REASONS + 5):
+            refusals.count(f"reason {n}")
+        refusals.count("reason 0")
+        self.assertEqual(len(refusals.reasons), MAX_REASONS + 1)
+        self.assertEqual(refusals.reasons["other"], 5)
+        self.assertEqual(refusals.reasons["reason 0"], 2)

@@ -245,6 +245,11 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(serve[1].allowed_uids, factory.allowed_uids)
         self.assertEqual(self.tcp(), [(9000, "127.0.0.1", BoundedTLSFactory)])
         self.assertIs(found["store"].store, found["query"].factory.resource.store)
+        # The metrics read the intake, the query port and the relay.
+        metrics = found["metrics"].metrics
+        self.assertEqual(metrics.intakes, [("events", factory)])
+        self.assertEqual(metrics.tls, [("query", found["query"].endpoint)])
+        self.assertIs(metrics.relay, found["relay"])
 
     def test_server(self) -> None:
         """
@@ -259,6 +264,9 @@ class MakeServiceTests(SynchronousTestCase):
             sorted(self.tcp()), [(9001, "", BoundedTLSFactory), (9010, "", BoundedTLSFactory)]
         )
         self.assertIs(found["store-port"].factory.store, found["store"].store)
+        metrics = found["metrics"].metrics
+        self.assertEqual([port for port, _ in metrics.tls], ["query", "store"])
+        self.assertIsNone(metrics.relay)
 
     def test_dev_pki_resolved_once(self) -> None:
         """
