@@ -342,6 +342,7 @@ def query_service(
     reactor: Any,
     notify: Any = None,
     health: Any = None,
+    routes: Any = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query port on C{--query} (with the notification routes of C{notify},
@@ -368,6 +369,7 @@ def query_service(
         max_headers=settings.max_headers,
         notify=notify,
         health=health,
+        routes=routes,
     )
 
 
@@ -502,6 +504,31 @@ def metrics_service(
     return service
 
 
+def relay_admin_routes(
+    settings: Settings, policy: Policy, relay: IService, reactor: Any
+) -> Callable[[Any], dict[bytes, Any]]:
+    """
+    The query port's C{/relay} routes of a proxy (for super users), a function of the
+    port's identify callable.
+    """
+
+    def routes(identify: Any) -> dict[bytes, Any]:
+        from lbtwist.service.web.admin_relay import RelayAdminResource
+
+        return {
+            b"relay": RelayAdminResource(
+                settings.state_dir,
+                identify=identify,
+                policy=policy,
+                super_users=settings.super_user,
+                relay=relay,
+                now=reactor.seconds,
+            )
+        }
+
+    return routes
+
+
 def _log_dev_commands(pki: DevPKI, query: str) -> None:
     from lbtwist.service.web import dev_commands, endpoint_port
 
@@ -541,14 +568,17 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     from lbtwist.service.health import HealthResource
 
     health = HealthResource(metrics.metrics.health)
-    query = query_service(settings, credentials, policy, store, reactor, notify, health)
+    relay = None
+    routes = None
+    if settings.role == config.PROXY:
+        relay = relay_service(settings, credentials, store, reactor)
+        routes = relay_admin_routes(settings, policy, relay, reactor)
+    query = query_service(settings, credentials, policy, store, reactor, notify, health, routes)
     query.setServiceParent(top)
     metrics.metrics.add_tls("query", query.endpoint)
     if credentials.dev_pki is not None:
         _log_dev_commands(credentials.dev_pki, settings.query)
-    relay = None
-    if settings.role == config.PROXY:
-        relay = relay_service(settings, credentials, store, reactor)
+    if relay is not None:
         relay.setServiceParent(top)
     elif settings.store:
         store_port = store_port_service(settings, credentials, policy, store, reactor)

@@ -15,125 +15,23 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 import time
 from typing import Any
 
 from lbtwist.cli.common import CLIContext
-from lbtwist.core.errors import InvalidValue, UnknownJob
+from lbtwist.core.errors import InvalidValue
 from lbtwist.core.ulm import format_date
+from lbtwist.store.relayadmin import (
+    drop,
+    open_store,
+    rejected_rows,
+    retry,
+    selection,
+    status_rows,
+)
 
 #: The file of the state directory that records every drop and retry.
 ADMIN_LOG = "relay-admin.log"
-
-
-def _open(state_dir: str) -> sqlite3.Connection:
-    from lbtwist.store import store_path
-    from lbtwist.store.sqlite import SCHEMA_VERSION, connect, schema_version
-
-    path = store_path(state_dir)
-    if not os.path.exists(path):
-        raise UnknownJob(f"no store in {state_dir}")
-    conn = connect(path)
-    found = schema_version(conn)
-    if found != SCHEMA_VERSION:
-        conn.close()
-        raise InvalidValue(f"store schema version {found}, expected {SCHEMA_VERSION}")
-    return conn
-
-
-def _where(args: Any) -> tuple[str, list[object]]:
-    """
-    The rejected rows the selection names (C{--event}, C{--destination}, C{--all}).
-    """
-    clauses: list[str] = []
-    params: list[object] = []
-    if args.event:
-        clauses.append(f"event_id IN ({', '.join('?' * len(args.event))})")
-        params.extend(args.event)
-    if args.destination:
-        clauses.append("destination = ?")
-        params.append(args.destination)
-    if not clauses and not args.all:
-        raise InvalidValue("name events (--event ID), a --destination, or --all")
-    return (" AND ".join(clauses) or "1"), params
-
-
-def status_rows(conn: sqlite3.Connection, now: float) -> list[dict[str, Any]]:
-    """
-    @return: per destination: waiting events, the oldest one's age (seconds), rejected.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for dest, depth, oldest in conn.execute(
-        "SELECT o.destination, COUNT(*), MIN(e.arrived) FROM outbox o"
-        " JOIN events e ON e.id = o.event_id GROUP BY o.destination"
-    ):
-        out[dest] = {
-            "destination": dest,
-            "depth": depth,
-            "oldest_age": max(now - oldest / 1e6, 0.0),
-            "rejected": 0,
-        }
-    for dest, n in conn.execute("SELECT destination, COUNT(*) FROM rejected GROUP BY destination"):
-        row = out.setdefault(
-            dest, {"destination": dest, "depth": 0, "oldest_age": None, "rejected": 0}
-        )
-        row["rejected"] = n
-    return [out[d] for d in sorted(out)]
-
-
-def rejected_rows(conn: sqlite3.Connection, destination: str | None) -> list[dict[str, Any]]:
-    sql = (
-        "SELECT r.event_id, r.destination, r.major, r.minor, r.reason, r.rejected_at, e.jobid,"
-        " e.line FROM rejected r JOIN events e ON e.id = r.event_id"
-    )
-    params: list[object] = []
-    if destination:
-        sql += " WHERE r.destination = ?"
-        params.append(destination)
-    keys = ("event", "destination", "major", "minor", "reason", "rejected_at", "jobid", "line")
-    return [
-        dict(zip(keys, row, strict=True)) for row in conn.execute(sql + " ORDER BY r.id", params)
-    ]
-
-
-def retry(conn: sqlite3.Connection, where: str, params: list[object]) -> int:
-    """
-    Move the selected rejected events back to the outbox, in their order.
-
-    @return: how many.
-    """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        cur = conn.execute(
-            "INSERT INTO outbox (destination, event_id) SELECT destination, event_id"
-            f" FROM rejected WHERE {where} ORDER BY id",
-            params,
-        )
-        n = cur.rowcount
-        conn.execute(f"DELETE FROM rejected WHERE {where}", params)
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return n
-
-
-def drop(conn: sqlite3.Connection, table: str, where: str, params: list[object]) -> int:
-    """
-    Remove the selected rows of C{table} (C{rejected} or C{outbox}).
-
-    @return: how many.
-    """
-    assert table in ("rejected", "outbox")
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        n = conn.execute(f"DELETE FROM {table} WHERE {where}", params).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    return n
 
 
 def _record(state_dir: str, ctx: CLIContext, text: str) -> None:
@@ -142,8 +40,57 @@ def _record(state_dir: str, ctx: CLIContext, text: str) -> None:
         f.write(line)
 
 
+def _remote(args: Any, ctx: CLIContext) -> Any:
+    """
+    Call the proxy's C{/relay} routes on C{-m HOST:PORT} with the user's grid credentials.
+    """
+    import ssl
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from lbtwist.client.query import QueryError, find_credentials
+
+    try:
+        creds = find_credentials(
+            ctx.env, uid=os.getuid(), cert=args.cert, key=args.key, capath=args.capath
+        )
+        context = ssl.create_default_context(capath=creds.ca_dir)
+        context.load_cert_chain(creds.cert, creds.key)
+    except (QueryError, ssl.SSLError) as e:
+        raise InvalidValue(f"credentials: {e}") from None
+    query: list[tuple[str, str]] = [("event", str(e)) for e in args.event or ()]
+    if args.destination:
+        query.append(("destination", args.destination))
+    if args.all:
+        query.append(("all", "1"))
+    if args.reason:
+        query.append(("reason", args.reason))
+    if args.pending:
+        query.append(("pending", "1"))
+    path = {"status": "", "rejected": "/rejected"}.get(args.action, f"/{args.action}")
+    url = f"https://{args.server}/relay{path}"
+    if query:
+        url += "?" + urllib.parse.urlencode(query)
+    method = "GET" if args.action in ("status", "rejected") else "POST"
+    request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(request, timeout=args.timeout, context=context) as answer:
+            return json.loads(answer.read())
+    except urllib.error.HTTPError as e:
+        try:
+            error = json.loads(e.read()).get("error", e.reason)
+        except ValueError:
+            error = e.reason
+        raise InvalidValue(f"{args.server}: {e.code} {error}") from None
+    except urllib.error.URLError as e:
+        raise InvalidValue(f"{args.server}: {e.reason}") from None
+
+
 def handle_relay(args: Any, ctx: CLIContext) -> int:
-    conn = _open(args.state_dir)
+    if args.server:
+        return _handle_remote(args, ctx)
+    conn = open_store(args.state_dir)
     try:
         action = args.action
         if action == "status":
@@ -176,7 +123,7 @@ def handle_relay(args: Any, ctx: CLIContext) -> int:
                 n = len(rows)
                 ctx.stdout.write(f"{n} rejected event{'' if n == 1 else 's'}\n")
             return 0
-        where, params = _where(args)
+        where, params = selection(args.event, args.destination, args.all)
         if action == "retry":
             n = retry(conn, where, params)
             what = f"re-queued {n} rejected event{'' if n == 1 else 's'}"
@@ -187,18 +134,50 @@ def handle_relay(args: Any, ctx: CLIContext) -> int:
             n = drop(conn, table, where, params)
             kind = "waiting" if args.pending else "rejected"
             what = f"dropped {n} {kind} event{'' if n == 1 else 's'} ({args.reason})"
-        selection = " ".join(
+        named = " ".join(
             [*(f"event {e}" for e in args.event or ())]
             + ([f"destination {args.destination}"] if args.destination else [])
             + (["all"] if args.all else [])
         )
-        _record(args.state_dir, ctx, f"{what}: {selection}")
+        _record(args.state_dir, ctx, f"{what}: {named}")
         ctx.stdout.write(f"relay: {what}\n")
         if action == "retry" and n:
             ctx.stdout.write("relay: a running proxy sends them at its next relay sweep\n")
         return 0 if n else 1
     finally:
         conn.close()
+
+
+def _handle_remote(args: Any, ctx: CLIContext) -> int:
+    if args.action == "drop" and not args.reason:
+        raise InvalidValue("drop needs a --reason (it is logged)")
+    if args.action in ("retry", "drop"):
+        selection(args.event, args.destination, args.all)  # the same check as local
+    result = _remote(args, ctx)
+    if args.action in ("status", "rejected"):
+        rows = list(result)
+        for row in rows:
+            if args.json:
+                ctx.stdout.write(json.dumps(row, sort_keys=True) + "\n")
+            elif args.action == "status":
+                age = "-" if row["oldest_age"] is None else f"{row['oldest_age']:.0f} s"
+                ctx.stdout.write(
+                    f"{row['destination']}: {row['depth']} waiting, oldest {age},"
+                    f" {row['rejected']} rejected\n"
+                )
+            else:
+                ctx.stdout.write(
+                    f"event {row['event']} of {row['jobid']} to {row['destination']}:"
+                    f" {row['major']}/{row['minor']} {row['reason']}\n"
+                )
+        if args.action == "rejected" and not args.json:
+            n = len(rows)
+            ctx.stdout.write(f"{n} rejected event{'' if n == 1 else 's'}\n")
+        return 0
+    n = int(result["events"])
+    verb = "re-queued" if args.action == "retry" else "dropped"
+    ctx.stdout.write(f"relay: {verb} {n} event{'' if n == 1 else 's'} on {args.server}\n")
+    return 0 if n else 1
 
 
 def register(subparsers: Any) -> None:
@@ -213,7 +192,18 @@ def register(subparsers: Any) -> None:
         ),
     )
     p.add_argument("action", choices=("status", "rejected", "retry", "drop"))
-    p.add_argument("--state-dir", required=True, metavar="DIR", help="the proxy's state dir")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-dir", metavar="DIR", help="the proxy's state dir (local)")
+    where.add_argument(
+        "-m",
+        dest="server",
+        metavar="HOST:PORT",
+        help="the proxy's query port over HTTPS (ADMIN_ACCESS or --super-user)",
+    )
+    p.add_argument("--cert", help="client certificate or proxy (-m; default: grid lookup)")
+    p.add_argument("--key", help="client key (-m)")
+    p.add_argument("--capath", help="CA directory (-m; default X509_CERT_DIR)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait (-m; 30)")
     p.add_argument("--destination", metavar="HOST:PORT", help="only this destination")
     p.add_argument(
         "--event", type=int, action="append", metavar="ID", help="this event (repeatable)"

@@ -219,26 +219,37 @@ class HealthResource(Resource):
 
 class HealthRoot(Resource):
     """
-    A port's root that answers C{/health} itself and hands every other path to
-    C{inner} (the query port's tree).
+    A port's root that answers C{/health} itself, the first path segments of
+    C{routes} by their (leaf) resources, and hands every other path to C{inner}
+    (the query port's tree).
     """
 
     isLeaf = True
 
-    def __init__(self, inner: Resource, health: HealthResource) -> None:
+    def __init__(
+        self,
+        inner: Resource,
+        health: HealthResource | None,
+        routes: Mapping[bytes, Resource] = {},
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.health = health
+        self.routes = dict(routes)
 
     def __getattr__(self, name: str) -> Any:
         # The inner tree's attributes (store, policy...) as before.
-        if name in ("inner", "health"):
+        if name in ("inner", "health", "routes"):
             raise AttributeError(name)
         return getattr(self.inner, name)
 
     def render(self, request: Request) -> Any:
-        if request.postpath == [b"health"]:
+        path = request.postpath or []
+        if path == [b"health"] and self.health is not None:
             return self.health.render(request)
+        route = self.routes.get(path[0]) if path else None
+        if route is not None:
+            return route.render(request)
         return self.inner.render(request)
 
 

@@ -79,7 +79,7 @@ class OperationsEndToEndTests(SynchronousTestCase):
         with open(self.policy, "w") as f:
             f.write(f'resource "LB" {{\n{body}}}\n')
 
-    def start_pair(self, actions: Sequence[str] = ACTIONS) -> None:
+    def start_pair(self, actions: Sequence[str] = ACTIONS, proxy_args: Sequence[str] = ()) -> None:
         self.write_policy(actions)
         self.server = RoleService(
             os.path.join(self.base, "server"),
@@ -119,6 +119,7 @@ class OperationsEndToEndTests(SynchronousTestCase):
                 f"{LB_HOST}:9001=tcp:host=127.0.0.1:port={self.store_port}",
                 "--relay-map",
                 f"{OTHER_HOST}:9001=tcp:host=127.0.0.1:port={free_port()}",
+                *proxy_args,
             ],
             self.metrics_port,
         )
@@ -249,7 +250,11 @@ class OperationsEndToEndTests(SynchronousTestCase):
         self.assertIn('lbtwist_relay_last_error_info{destination="lb2.example.org:9001"', text)
 
     def test_rejected_event_retried_after_fix(self) -> None:
-        self.start_pair(actions=("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS"))
+        user = x509.load_pem_x509_certificate(self.pki.user_cert.read_bytes())
+        self.start_pair(
+            actions=("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS"),
+            proxy_args=["--super-user", slash_dn(user.subject)],
+        )
         jobid, lines = self.job(3)
         tag = harness.ulm_line(
             "UserTag",
@@ -270,6 +275,19 @@ class OperationsEndToEndTests(SynchronousTestCase):
         self.assertIn("1 rejected event\n", result.stdout)
         status = harness.run_lbtwist(["relay", "status", "--state-dir", state])
         self.assertIn(f"{LB_HOST}:9001: 0 waiting, oldest -, 1 rejected", status.stdout)
+
+        # Over HTTPS: the super user sees the same; another DN is refused.
+        remote = ["-m", f"localhost:{self.query_port}", "--capath", str(self.pki.ca_dir)]
+        user = ["--cert", str(self.pki.user_proxy)]
+        result = harness.run_lbtwist(["relay", "rejected", *remote, *user])
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f"of {jobid} to {LB_HOST}:9001: 600/", result.stdout)
+        result = harness.run_lbtwist(["relay", "status", *remote, *user])
+        self.assertIn(f"{LB_HOST}:9001: 0 waiting, oldest -, 1 rejected", result.stdout)
+        host = ["--cert", str(self.pki.host_cert), "--key", str(self.pki.host_key)]
+        result = harness.run_lbtwist(["relay", "retry", "--all", *remote, *host])
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("403 relay administration needs ADMIN_ACCESS", result.stderr)
 
         # The cause fixed (the server now lets the host log general events): re-queued.
         self.write_policy(ACTIONS)

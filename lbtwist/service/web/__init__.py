@@ -263,6 +263,7 @@ def make_site(
     max_headers: int = DEFAULT_MAX_HEADERS,
     notify: NotifyService | None = None,
     health: Any = None,
+    routes: Any = None,
 ) -> Site:
     """
     The query site on C{store}.
@@ -304,11 +305,13 @@ def make_site(
 
         notif = NotifResource(notify, clock=clock, identify=identify, page_events=page_events)
         root = NotifRoot(root, notif)  # type: ignore[assignment]
-    if health is not None:
-        # /health (a HealthResource) before the query tree.
+    if health is not None or routes is not None:
+        # /health (a HealthResource) and the routes (a function of the identify
+        # callable, giving first path segments and their resources) before the tree.
         from lbtwist.service.health import HealthRoot
 
-        root = HealthRoot(root, health)  # type: ignore[assignment]
+        extra = routes(identify) if routes is not None else {}
+        root = HealthRoot(root, health, extra)  # type: ignore[assignment]
     site = QuerySite(
         root,
         timeout=idle_timeout,
@@ -376,6 +379,7 @@ def make_query_service(
     max_headers: int = DEFAULT_MAX_HEADERS,
     notify: NotifyService | None = None,
     health: Any = None,
+    routes: Any = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
@@ -402,6 +406,7 @@ def make_query_service(
         max_headers=max_headers,
         notify=notify,
         health=health,
+        routes=routes,
     )
     # A port that cannot be bound stops start-up, as the intake's does.
     service = tls_listener(reactor, endpoint, source, site, limits=limits, port="query")
