@@ -11,6 +11,9 @@ Two ways are measured on the same store:
   - C{paged}: the query resource as it is (one page of C{--page-events} events,
     read with C{events_range}).
 
+and the rows of one HTML page (C{--page-events} events) rendered as the job page writes
+them (escaped strings) and as twisted.web.template trees (how it was written before).
+
 Run from the repository root::
 
     .venv/bin/python -m bench.history_page [--events 30000] [--page-events 500]
@@ -33,6 +36,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from twisted.internet.task import Clock
+from twisted.web.template import tags
 from twisted.web.test.requesthelper import DummyRequest
 
 from lbtwist.core.events import parse_event
@@ -44,6 +48,7 @@ from lbtwist.service.web.resources import QueryResource
 from lbtwist.store.batch import run_now
 from lbtwist.store.sqlite import SQLiteStore
 from tests import traces
+from tests.unit.test_web_render import flat, template_event_row
 
 UNIQUE = "CREAM900000001"
 JOBID = f"https://{traces.CE_HOST}:9000/{UNIQUE}"
@@ -124,6 +129,19 @@ def main(argv: list[str] | None = None) -> None:
             page_events=args.page_events,
         )
         summary = []
+        rows = result(store.events_range(JOBID, 0, args.page_events))
+        strings = measure(lambda: "".join(render._event_row(e) for e in rows), args.repeat)
+        template = measure(
+            lambda: flat(tags.tbody([template_event_row(e) for e in rows])), args.repeat
+        )
+        print(
+            f"html rows of one page ({len(rows)} events): twisted.web.template"
+            f" {template[0] * 1000:.1f} ms, strings {strings[0] * 1000:.2f} ms"
+            f" ({template[0] / strings[0]:.0f} x)"
+        )
+        summary.append(
+            f"rows template {template[0] * 1000:.1f} ms -> strings {strings[0] * 1000:.2f} ms"
+        )
         for fmt in ("html", "json", "text"):
             w = measure(lambda f=fmt: whole(store, f), args.repeat)
             p = measure(lambda f=fmt: paged(resource, f), args.repeat)
@@ -137,6 +155,7 @@ def main(argv: list[str] | None = None) -> None:
         f"history page of {args.events} events, {args.page_events} a page: "
         + ", ".join(summary)
         + f" | .venv/bin/python -m bench.history_page --events {args.events}"
+        + f" --page-events {args.page_events} --repeat {args.repeat}"
     )
 
 

@@ -1,24 +1,39 @@
 # -*- test-case-name: tests.e2e.test_relay -*-
 """
-Benchmark of the relay (docs/reference.md, Performance targets): a real C{twistd lbproxy} relaying
-over TLS on loopback to a real C{twistd lbserver}, both durable (SQLite WAL,
-synchronous=FULL), a fixed count of events of many WMS jobs (RegJob ...
-CREAMStatus Done-ok, plus the gLite events the proxy generates).
+Benchmark of the relay (docs/relay.md, Benchmark): a real C{twistd lbproxy}
+relaying over TLS on loopback to a real C{twistd lbserver}, both durable (SQLite
+WAL, synchronous=FULL), the events of many WMS jobs (RegJob ... CREAMStatus
+Done-ok, plus the gLite events the proxy generates), logged by producer processes
+over the proxy's UNIX socket, each pipelining up to C{--pipeline} unanswered events.
 
-Two runs:
- - live: producers log to the proxy (8 connections, pipelined) while it relays;
-   end-to-end events/s and, per logged event, the time from the proxy's intake
-   acknowledgement to the server storing it (its C{arrived} stamp, taken when the
-   event enters the server's commit group: the fsync of that group comes after);
- - backlog: the server is stopped, the events are logged, the server started:
-   the relay's drain rate alone.
+Each repetition starts a fresh pair and runs four phases:
+
+ 1. intake alone: the server is down, the events are logged as fast as the proxy
+    answers: the proxy's intake rate without relaying (they wait in the outbox);
+ 2. drain: the server is started: the rate at which the relay empties that
+    backlog (first to last arrival at the server), nothing else running;
+ 3. live: the events are logged as fast as the proxy answers while it relays:
+    the intake rate of this phase, the relay rate (relayed events over their
+    own span, first to last commit at the server), their ratio, the largest
+    backlog seen (rows created at the proxy less rows committed at the server,
+    sampled every 50 ms) and the latency at full rate;
+ 4. half rate: producers paced at half the rate of phase 1: the latency from
+    the proxy's intake acknowledgement to the server's commit of each event
+    (the time a poller of the server's database, every 2 ms, first sees it: the
+    server answers right after that commit), split into the part up to the
+    event's arrival in the server's commit group and the commit itself.
+
+Rates count relayed events (generated ones included) for the relay and the drain,
+and the same relayed events over the intake's span for the intake ("rows/s"), so
+the ratios compare like with like; the logged events/s are printed beside them.
 
 Run from the repository root::
 
-    .venv/bin/python -m bench.relay [--count 60000] [--window 64]
+    .venv/bin/python -m bench.relay [--count 40000] [--repeat 3] [--window N]
 
-Target: >= 15,000 events/s proxy -> server. The last line is the summary and
-the command.
+Targets: live relay rate >= 1.0 x the intake rate of the same phase (no backlog
+builds), drain >= 1.5 x the intake alone, median intake-ack -> server-ack under
+50 ms at half rate. The last line is the summary and the command.
 """
 
 from __future__ import annotations
@@ -27,13 +42,16 @@ import argparse
 import multiprocessing
 import os
 import selectors
+import shutil
 import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,16 +62,16 @@ from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
 from tests.e2e.test_relay import ACTIONS, LB_HOST, RoleService, free_port
 
-CONNECTIONS = 8
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def job_lines(run: int, n: int) -> list[str]:
+def job_lines(run: str, n: int) -> list[str]:
     jobid = f"https://{LB_HOST}:9000/bench{run}x{n:07d}"
     wms, cream = harness.wms_job_trace(jobid, harness.cream_jobid(n), harness.T0 + n * 10_000)
     return wms + cream
 
 
-def connection_lines(run: int, conn: int, count: int) -> list[str]:
+def connection_lines(run: str, conn: int, count: int) -> list[str]:
     lines: list[str] = []
     k = 0
     while len(lines) < count:
@@ -62,10 +80,11 @@ def connection_lines(run: int, conn: int, count: int) -> list[str]:
     return lines[:count]
 
 
-def producer(path: str, lines: list[str], window: int, start: Any, out: Any) -> None:
+def producer(path: str, lines: list[str], window: int, rate: float, start: Any, out: Any) -> None:
     """
-    Pipeline C{lines} with at most C{window} unanswered; report the wall-clock
-    acknowledgement time of each.
+    Pipeline C{lines} with at most C{window} unanswered, at most C{rate} a second
+    if C{rate} (0: as fast as answered); report the wall-clock acknowledgement
+    time of each.
     """
     payload = [line.encode() + b"\n" for line in lines]
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -78,8 +97,10 @@ def producer(path: str, lines: list[str], window: int, start: Any, out: Any) -> 
     buf = pending = b""
     nxt = 0
     start.wait()
+    t0 = time.time()
     while len(acked) < len(payload):
-        while nxt < len(payload) and nxt - len(acked) < window:
+        due = len(payload) if not rate else min(len(payload), int((time.time() - t0) * rate) + 1)
+        while nxt < due and nxt - len(acked) < window:
             pending += payload[nxt]
             nxt += 1
         if pending:
@@ -87,7 +108,13 @@ def producer(path: str, lines: list[str], window: int, start: Any, out: Any) -> 
                 pending = pending[sock.send(pending) :]
             except BlockingIOError:
                 pass
-        for _key, _mask in sel.select(0.0 if pending else 0.05):
+        if pending:
+            timeout = 0.0
+        elif rate and nxt < len(payload) and nxt - len(acked) < window:
+            timeout = max(0.0, t0 + nxt / rate - time.time())
+        else:
+            timeout = 0.05
+        for _key, _mask in sel.select(timeout):
             chunk = sock.recv(1 << 16)
             if not chunk:
                 raise ConnectionError("intake closed the connection")
@@ -102,17 +129,26 @@ def producer(path: str, lines: list[str], window: int, start: Any, out: Any) -> 
     sock.close()
 
 
-def log_events(path: str, run: int, count: int, window: int) -> tuple[dict[str, float], int]:
+def log_events(
+    path: str, run: str, count: int, connections: int, window: int, rate: float = 0.0
+) -> tuple[float, dict[str, float], int]:
+    """
+    @return: the start time, the acknowledgement time of each line, the errors.
+    """
     ctx = multiprocessing.get_context("fork")
     start, out = ctx.Event(), ctx.Queue()
-    per = count // CONNECTIONS
+    per = count // connections
     procs = [
-        ctx.Process(target=producer, args=(path, connection_lines(run, c, per), window, start, out))
-        for c in range(CONNECTIONS)
+        ctx.Process(
+            target=producer,
+            args=(path, connection_lines(run, c, per), window, rate / connections, start, out),
+        )
+        for c in range(connections)
     ]
     for p in procs:
         p.start()
     time.sleep(0.5)
+    t0 = time.time()
     start.set()
     results = [out.get(timeout=900) for _ in procs]
     for p in procs:
@@ -122,11 +158,15 @@ def log_events(path: str, run: int, count: int, window: int) -> tuple[dict[str, 
     for lines, acked, errs in results:
         acks.update(zip(lines, acked, strict=True))
         errors += errs
-    return acks, errors
+    return t0, acks, errors
+
+
+def ro_connect(path: str) -> sqlite3.Connection:
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30, check_same_thread=False)
 
 
 def count_rows(path: str, sql: str) -> int:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    conn = ro_connect(path)
     try:
         return int(conn.execute(sql).fetchone()[0])
     except sqlite3.OperationalError:
@@ -135,7 +175,7 @@ def count_rows(path: str, sql: str) -> int:
         conn.close()
 
 
-def wait_drained(proxy: RoleService, server: RoleService, timeout: float = 900) -> None:
+def wait_drained(proxy: RoleService, timeout: float = 900) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if count_rows(proxy.db_path, "SELECT COUNT(*) FROM outbox") == 0:
@@ -144,23 +184,120 @@ def wait_drained(proxy: RoleService, server: RoleService, timeout: float = 900) 
     raise RuntimeError("relay did not drain in time")
 
 
-def server_arrivals(server: RoleService, like: str) -> list[tuple[str, int]]:
-    conn = sqlite3.connect(f"file:{server.db_path}?mode=ro", uri=True, timeout=30)
+def server_arrivals(server: RoleService, run: str) -> dict[str, int]:
+    """
+    @return: the server's arrival stamp (microseconds) of each line of run C{run}.
+    """
+    conn = ro_connect(server.db_path)
     try:
-        return conn.execute(
-            "SELECT line, arrived FROM events WHERE jobid LIKE ? ORDER BY id", (like,)
+        rows = conn.execute(
+            "SELECT line, arrived FROM events WHERE jobid LIKE ?",
+            (f"https://{LB_HOST}:9000/bench{run}x%",),
         ).fetchall()
     finally:
         conn.close()
+    return dict(rows)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.relay")
-    parser.add_argument("--count", type=int, default=60_000, help="events logged per run")
-    parser.add_argument("--window", type=int, default=64, help="relay window")
-    parser.add_argument("--dir", default=None, help="working directory (default: a temp dir)")
-    args = parser.parse_args(argv)
-    base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-relay-")
+def cpu_seconds(service: RoleService) -> float:
+    """
+    User and system CPU seconds the service's process used so far.
+    """
+    assert service.process is not None
+    with open(f"/proc/{service.process.pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class Sampler:
+    """
+    A thread that calls C{sample()} every C{interval} seconds until stopped.
+    """
+
+    def __init__(self, interval: float, sample: Callable[[], None]) -> None:
+        self.interval = interval
+        self.sample = sample
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+        self.sample()
+
+
+class CommitPoller:
+    """
+    When each event of the server's database became visible (its commit): a
+    read-only connection polled every C{interval} seconds.
+    """
+
+    def __init__(self, server: RoleService, interval: float = 0.002) -> None:
+        self.seen: dict[str, float] = {}
+        self._conn = ro_connect(server.db_path)
+        self._after = int(
+            self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+        )
+        self.sampler = Sampler(interval, self._poll)
+
+    def _poll(self) -> None:
+        rows = self._conn.execute(
+            "SELECT id, line FROM events WHERE id > ? ORDER BY id", (self._after,)
+        ).fetchall()
+        now = time.time()
+        for _id, line in rows:
+            self.seen.setdefault(line, now)
+        if rows:
+            self._after = rows[-1][0]
+
+    def __enter__(self) -> CommitPoller:
+        self.sampler.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sampler.__exit__()
+        self._conn.close()
+
+
+class DepthSampler(Sampler):
+    """
+    The largest backlog seen: outbox rows the proxy created in this phase (its
+    AUTOINCREMENT counter) less the events the server committed in it (the
+    poller's count). Rows delivered but not yet removed do not count.
+    """
+
+    def __init__(self, proxy: RoleService, poller: CommitPoller, interval: float = 0.05) -> None:
+        self.deepest = 0
+        self._poller = poller
+        self._conn = ro_connect(proxy.db_path)
+        self._start = self._created()
+        super().__init__(interval, self._depth)
+
+    def _created(self) -> int:
+        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def current(self) -> int:
+        return self._created() - self._start - len(self._poller.seen)
+
+    def _depth(self) -> None:
+        self.deepest = max(self.deepest, self.current())
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(len(ordered) * q) - 1))]
+
+
+def make_pair(base: str, window: int | None) -> tuple[RoleService, RoleService]:
     pki = make_dev_pki(
         os.path.join(base, "pki"), now=datetime.now(UTC), hostnames=("localhost", LB_HOST)
     )
@@ -198,45 +335,101 @@ def main(argv: Sequence[str] | None = None) -> int:
             "localhost",
             "--query",
             f"tcp:{free_port()}:interface=127.0.0.1",
-            "--relay-window",
-            str(args.window),
+            *(["--relay-window", str(window)] if window else []),
             "--relay-map",
             f"{LB_HOST}:9001=tcp:host=127.0.0.1:port={store_port}",
         ],
         None,
     )
+    return proxy, server
+
+
+def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
+    proxy, server = make_pair(base, args.window)
+    fig: dict[str, float] = {}
+    conns, pipe, count = args.connections, args.pipeline, args.count
     try:
-        server.start()
         proxy.start()
-        # Live run.
-        t0 = time.time()
-        acks, errors = log_events(proxy.socket_path, 1, args.count, 64)
-        intake_done = time.time()
-        wait_drained(proxy, server)
-        arrivals = server_arrivals(server, f"https://{LB_HOST}:9000/bench1x%")
-        last = max(a for _, a in arrivals) / 1e6
-        live_rate = len(arrivals) / (last - t0)
-        lat = sorted(a / 1e6 - acks[line] for line, a in arrivals if line in acks)
-        median = statistics.median(lat) * 1000
-        p99 = lat[int(len(lat) * 0.99) - 1] * 1000
-        print(
-            f"live: {len(acks)} logged ({errors} errors) in {intake_done - t0:.2f} s,"
-            f" {len(arrivals)} stored at the server (generated included) by"
-            f" {last - t0:.2f} s: {live_rate:.0f} events/s end to end;"
-            f" intake ack -> server: median {median:.1f} ms, p99 {p99:.1f} ms"
-        )
-        # Backlog run.
-        server.stop()
-        acks2, errors2 = log_events(proxy.socket_path, 2, args.count, 64)
+        # 1. Intake alone (the server is down: the events wait in the outbox).
+        cpu0 = cpu_seconds(proxy)
+        t0, acks, errors = log_events(proxy.socket_path, f"{rep}a", count, conns, pipe)
+        span = max(acks.values()) - t0
+        fig["alone_cpu_ms"] = (cpu_seconds(proxy) - cpu0) * 1000 / len(acks)
+        alone_logged = len(acks) / span
+        # 2. Drain.
         pending = count_rows(proxy.db_path, "SELECT COUNT(*) FROM outbox")
         server.start()
-        wait_drained(proxy, server)
-        arrivals2 = server_arrivals(server, f"https://{LB_HOST}:9000/bench2x%")
-        times = [a / 1e6 for _, a in arrivals2]
-        drain_rate = len(arrivals2) / max(max(times) - min(times), 1e-6)
+        pcpu0, scpu0 = cpu_seconds(proxy), cpu_seconds(server)
+        wait_drained(proxy)
+        arrived = list(server_arrivals(server, f"{rep}a").values())
+        fig["alone"] = len(arrived) / span
+        fig["alone_logged"] = alone_logged
+        fig["drain"] = len(arrived) / max((max(arrived) - min(arrived)) / 1e6, 1e-6)
+        fig["drain_proxy_cpu_ms"] = (cpu_seconds(proxy) - pcpu0) * 1000 / len(arrived)
+        fig["drain_server_cpu_ms"] = (cpu_seconds(server) - scpu0) * 1000 / len(arrived)
         print(
-            f"backlog: {pending} waiting events drained at {drain_rate:.0f} events/s"
-            f" ({errors2} intake errors)"
+            f"  [{rep}] intake alone: {len(acks)} logged ({errors} errors) in {span:.2f} s:"
+            f" {alone_logged:.0f} logged/s, {fig['alone']:.0f} relayed rows/s;"
+            f" drain of {pending} rows: {fig['drain']:.0f} rows/s",
+            flush=True,
+        )
+        # 3. Live, as fast as the intake answers.
+        pcpu0, scpu0 = cpu_seconds(proxy), cpu_seconds(server)
+        with CommitPoller(server) as poller, DepthSampler(proxy, poller) as depth:
+            t0, acks, errors = log_events(proxy.socket_path, f"{rep}b", count, conns, pipe)
+            intake_end = max(acks.values())
+            backlog = depth.current()
+            wait_drained(proxy)
+        rows = server_arrivals(server, f"{rep}b")
+        seen = [poller.seen[line] for line in rows if line in poller.seen]
+        span = intake_end - t0
+        fig["live_intake"] = len(rows) / span
+        fig["live_intake_logged"] = len(acks) / span
+        fig["live"] = len(seen) / max(max(seen) - min(seen), 1e-6)
+        fig["live_proxy_cpu_ms"] = (cpu_seconds(proxy) - pcpu0) * 1000 / len(rows)
+        fig["live_server_cpu_ms"] = (cpu_seconds(server) - scpu0) * 1000 / len(rows)
+        lat = [poller.seen[line] - acks[line] for line in acks if line in poller.seen]
+        fig["live_p50"] = statistics.median(lat) * 1000
+        fig["live_p99"] = percentile(lat, 0.99) * 1000
+        fig["live_deepest"] = depth.deepest
+        print(
+            f"  [{rep}] live: {len(acks)} logged ({errors} errors) in {span:.2f} s:"
+            f" {fig['live_intake_logged']:.0f} logged/s, {fig['live_intake']:.0f} relayed rows/s"
+            f" into the outbox; relay {fig['live']:.0f} rows/s"
+            f" ({fig['live'] / fig['live_intake']:.2f} x); backlog at most {depth.deepest} rows"
+            f" ({backlog} by the end of the intake); ack -> server commit median"
+            f" {fig['live_p50']:.1f} ms, p99 {fig['live_p99']:.1f} ms",
+            flush=True,
+        )
+        # 4. Half the rate of the intake alone: latency.
+        rate = alone_logged / 2
+        with CommitPoller(server) as poller:
+            t0, acks, errors = log_events(proxy.socket_path, f"{rep}c", count, conns, pipe, rate)
+            wait_drained(proxy)
+        arrivals = server_arrivals(server, f"{rep}c")
+        lat = [poller.seen[line] - acks[line] for line in acks if line in poller.seen]
+        to_server = [arrivals[line] / 1e6 - acks[line] for line in acks if line in arrivals]
+        commit = [
+            poller.seen[line] - arrivals[line] / 1e6 for line in arrivals if line in poller.seen
+        ]
+        fig["half_rate"] = len(acks) / (max(acks.values()) - t0)
+        fig["half_p50"] = statistics.median(lat) * 1000
+        fig["half_p99"] = percentile(lat, 0.99) * 1000
+        fig["half_arrive_p50"] = statistics.median(to_server) * 1000
+        fig["half_commit_p50"] = statistics.median(commit) * 1000
+        print(
+            f"  [{rep}] half rate: {fig['half_rate']:.0f} logged/s ({errors} errors):"
+            f" intake ack -> server commit median {fig['half_p50']:.1f} ms,"
+            f" p99 {fig['half_p99']:.1f} ms (to the server's commit group"
+            f" {fig['half_arrive_p50']:.1f} ms, its commit {fig['half_commit_p50']:.1f} ms)",
+            flush=True,
+        )
+        print(
+            f"  [{rep}] CPU per relayed row: intake alone {fig['alone_cpu_ms']:.3f} ms (proxy);"
+            f" drain proxy {fig['drain_proxy_cpu_ms']:.3f} ms, server"
+            f" {fig['drain_server_cpu_ms']:.3f} ms; live proxy {fig['live_proxy_cpu_ms']:.3f} ms,"
+            f" server {fig['live_server_cpu_ms']:.3f} ms",
+            flush=True,
         )
     except Exception:
         print(proxy.log_text()[-5000:], file=sys.stderr)
@@ -245,11 +438,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         proxy.cleanup()
         server.cleanup()
+    return fig
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.relay")
+    parser.add_argument("--count", type=int, default=40_000, help="events logged per phase")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (medians)")
+    parser.add_argument("--window", type=int, default=None, help="--relay-window (default: its)")
+    parser.add_argument("--connections", type=int, default=16, help="producer connections")
+    parser.add_argument("--pipeline", type=int, default=64, help="unanswered events a connection")
+    parser.add_argument("--dir", default=None, help="working directory (default: a temp dir)")
+    parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    args = parser.parse_args(argv)
+    base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-relay-")
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"relay bench: {args.count} events a phase, {args.repeat} runs; {load}", flush=True)
+    figs: list[dict[str, float]] = []
+    try:
+        for rep in range(args.repeat):
+            figs.append(one_run(os.path.join(base, f"run{rep}"), args, rep))
+    finally:
+        if not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+
+    def med(key: str) -> float:
+        return statistics.median(f[key] for f in figs)
+
+    live_ratio = statistics.median(f["live"] / f["live_intake"] for f in figs)
+    alone_ratio = statistics.median(f["live"] / f["alone"] for f in figs)
+    drain_ratio = statistics.median(f["drain"] / f["alone"] for f in figs)
+    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    print(f"medians of {len(figs)} runs (load after: {load}):")
     print(
-        f"relay: live {live_rate:.0f} events/s end to end, backlog drain {drain_rate:.0f}"
-        f" events/s, intake ack -> server median {median:.1f} ms p99 {p99:.1f} ms"
-        f" (window {args.window}, {args.count} events); command:"
-        f" .venv/bin/python -m bench.relay --count {args.count} --window {args.window}"
+        f"  intake alone {med('alone_logged'):.0f} logged/s = {med('alone'):.0f} relayed rows/s;"
+        f" drain {med('drain'):.0f} rows/s = {drain_ratio:.2f} x the intake alone"
+    )
+    print(
+        f"  live: intake {med('live_intake_logged'):.0f} logged/s = {med('live_intake'):.0f}"
+        f" rows/s, relay {med('live'):.0f} rows/s = {live_ratio:.2f} x the live intake,"
+        f" {alone_ratio:.2f} x the intake alone; largest backlog {med('live_deepest'):.0f} rows;"
+        f" ack -> server commit median {med('live_p50'):.1f} ms p99 {med('live_p99'):.1f} ms"
+    )
+    print(
+        f"  half rate ({med('half_rate'):.0f} logged/s): intake ack -> server commit median"
+        f" {med('half_p50'):.1f} ms, p99 {med('half_p99'):.1f} ms"
+    )
+    print(
+        f"relay: live {med('live'):.0f} rows/s ({live_ratio:.2f} x intake {med('live_intake'):.0f}),"
+        f" drain {med('drain'):.0f} rows/s ({drain_ratio:.2f} x intake alone {med('alone'):.0f}),"
+        f" half-rate ack -> server p50 {med('half_p50'):.1f} ms p99 {med('half_p99'):.1f} ms;"
+        f" command: .venv/bin/python -m bench.relay --count {args.count} --repeat {args.repeat}"
+        + (f" --window {args.window}" if args.window else "")
+        + f" --connections {args.connections} --pipeline {args.pipeline}"
     )
     return 0
 

@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from lbtwist.core.errors import InvalidValue
+from lbtwist.core.purge import parse_duration, parse_grace
 
 DEFAULT_STATE_DIR = "./lbtwist-state"
 
@@ -35,7 +36,9 @@ DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_INTAKE_IDLE_TIMEOUT = 60
 DEFAULT_INTAKE_BACKLOG = 1024
 
-DEFAULT_RELAY_WINDOW = 64
+DEFAULT_RELAY_WINDOW = 1024
+#: Committed outbox rows the relay keeps in memory per destination (docs/relay.md).
+DEFAULT_RELAY_TAIL = 8192
 DEFAULT_MAX_FUTURE_SKEW = 86_400  # seconds
 DEFAULT_REFOLD_SLICE = 100  # events
 #: Python's thread switch interval while the store's threads run (microseconds; the
@@ -46,6 +49,11 @@ DEFAULT_METRICS = "tcp:9100:interface=127.0.0.1"
 DEFAULT_METRICS_REFRESH_INTERVAL = 15.0
 DEFAULT_RELAY_SWEEP_INTERVAL = 60.0
 DEFAULT_SERVE_MAX_ANSWER = 16 * 1024 * 1024  # bytes
+# Memory bounds of the store (docs/reference.md, Performance targets); every one is an option.
+DEFAULT_JOB_CACHE = 20_000  # job statuses the writer keeps
+DEFAULT_QUERY_CACHE = 2048  # parsed statuses the query reader keeps
+DEFAULT_SQLITE_CACHE = 2000  # KiB of SQLite page cache per connection (SQLite's own default)
+DEFAULT_LIST_SCAN = 1000  # jobs one filtered job list page examines
 
 #: Events per page of a job's history (queries).
 DEFAULT_PAGE_EVENTS = 500
@@ -212,6 +220,48 @@ def _crl(name: str, text: str) -> str:
     return text
 
 
+def _ratio(name: str, text: str) -> float:
+    """
+    A finite number, zero or more.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidValue(f"--{name}: not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise InvalidValue(f"--{name}: must be zero or more")
+    return value
+
+
+def _grace(name: str, text: str) -> int | None:
+    """
+    A purge grace period: a duration (C{2d}, C{12h}, C{30m}, seconds) or C{never}.
+    """
+    try:
+        return parse_grace(text)
+    except InvalidValue as e:
+        raise InvalidValue(f"--{name}: {e.message}") from None
+
+
+def _interval_or_off(name: str, text: str) -> float | None:
+    """
+    A period of a background task as a duration; C{0} or C{off}: not run (L{None}).
+    """
+    if text.strip().lower() in ("off", "never", "no", "none"):
+        return None
+    try:
+        value: float | None = float(text)
+    except ValueError:
+        value = None
+    try:
+        seconds = float(parse_duration(text)) if value is None else value
+    except InvalidValue as e:
+        raise InvalidValue(f"--{name}: {e.message}") from None
+    if not 0 <= seconds < float("inf"):
+        raise InvalidValue(f"--{name}: must be a duration or 0")
+    return seconds or None
+
+
 def _flag(name: str, text: str) -> bool:
     return parse_bool(name, text)
 
@@ -311,6 +361,13 @@ DEFAULT_IL_RESCAN_INTERVAL = 60.0
 DEFAULT_IL_POLL_INTERVAL = 1.0
 DEFAULT_IL_REMOVE_IDLE = 600.0
 DEFAULT_IL_BATCH_EVENTS = 2000
+
+# Purge and Job Provenance export (docs/lifecycle.md).
+DEFAULT_PURGE_CHUNK = 100
+DEFAULT_PURGE_PAUSE = 1.0
+_DAY = 86_400
+DEFAULT_JPREG_INTERVAL = 1.0
+DEFAULT_JPREG_BATCH = 500
 
 
 def _value(
@@ -528,6 +585,30 @@ OPTIONS: tuple[Option, ...] = (
         DEFAULT_REFOLD_SLICE,
         "Most events one commit folds to place late events (per commit).",
     ),
+    _value(
+        "job-cache",
+        _count,
+        DEFAULT_JOB_CACHE,
+        "Job statuses the store's writer keeps in memory (least recently used dropped).",
+    ),
+    _value(
+        "query-cache",
+        _count,
+        DEFAULT_QUERY_CACHE,
+        "Parsed job statuses the query reader keeps while unchanged (polled jobs).",
+    ),
+    _value(
+        "sqlite-cache",
+        _count,
+        DEFAULT_SQLITE_CACHE,
+        "KiB of SQLite page cache per store connection (writer and reader).",
+    ),
+    _value(
+        "list-scan",
+        _count,
+        DEFAULT_LIST_SCAN,
+        "Most jobs one page of a filtered job list examines (then a short page, a cursor).",
+    ),
     _list(
         "producer-uid",
         _numeric_id,
@@ -708,6 +789,83 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds between relay sweeps (re-queued events are picked up, queue log line).",
         roles=_PROXY_ONLY,
     ),
+    _value(
+        "relay-tail",
+        _count,
+        DEFAULT_RELAY_TAIL,
+        "Committed outbox rows kept in memory per destination for the relay.",
+        roles=_PROXY_ONLY,
+    ),
+    # Purge and Job Provenance export (docs/lifecycle.md).
+    _value(
+        "purge-interval",
+        _interval_or_off,
+        None,
+        "Run a purge every this long (2d, 12h, 30m, seconds; 0 or off: never; proxy: 1h).",
+        role_defaults={PROXY: 3600.0},
+    ),
+    _value(
+        "purge-aborted", _grace, 7 * _DAY, "Purge Aborted jobs this long after their last update."
+    ),
+    _value(
+        "purge-cancelled",
+        _grace,
+        7 * _DAY,
+        "Purge Cancelled jobs this long after their last update.",
+    ),
+    _value(
+        "purge-cleared", _grace, 3 * _DAY, "Purge Cleared jobs this long after their last update."
+    ),
+    _value("purge-done", _grace, 31 * _DAY, "Purge Done jobs this long after their last update."),
+    _value(
+        "purge-other",
+        _grace,
+        31 * _DAY,
+        "Purge jobs in any other state this long after their update.",
+    ),
+    _value(
+        "proxy-purge-delivered",
+        _grace,
+        _DAY,
+        "Purge terminal relayed jobs whose events were all delivered after this (never: off).",
+        roles=_PROXY_ONLY,
+    ),
+    _value(
+        "purge-chunk",
+        _count,
+        DEFAULT_PURGE_CHUNK,
+        "Job rows a purge looks at per transaction, between commit groups (at most 10000).",
+    ),
+    _value(
+        "purge-pause",
+        _ratio,
+        DEFAULT_PURGE_PAUSE,
+        "After each purge chunk wait this many times its duration (1: writer half idle).",
+    ),
+    _value(
+        "jpreg-dir",
+        _text,
+        None,
+        "Job Provenance: a maildir message per registration in this directory.",
+    ),
+    _value(
+        "jpreg-interval",
+        _seconds,
+        DEFAULT_JPREG_INTERVAL,
+        "Seconds between two looks at registrations waiting for --jpreg-dir.",
+    ),
+    _value(
+        "jpreg-batch",
+        _count,
+        DEFAULT_JPREG_BATCH,
+        "Most registrations written to --jpreg-dir at a time (the rest wait in the store).",
+    ),
+    _value(
+        "jpdump-dir",
+        _text,
+        None,
+        "Job Provenance: purge writes per-job dump files and a maildir message each here.",
+    ),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
@@ -772,6 +930,10 @@ class Settings:
     warnings_per_minute: int
     max_future_skew: int
     refold_slice: int
+    job_cache: int
+    query_cache: int
+    sqlite_cache: int
+    list_scan: int
     producer_uid: tuple[int, ...]
     producer_gid: tuple[int, ...]
     local_endpoint: tuple[tuple[str, int], ...]
@@ -802,6 +964,20 @@ class Settings:
     metrics_tls: bool
     metrics_refresh_interval: float
     relay_sweep_interval: float
+    relay_tail: int
+    purge_interval: float | None
+    purge_aborted: int | None
+    purge_cancelled: int | None
+    purge_cleared: int | None
+    purge_done: int | None
+    purge_other: int | None
+    proxy_purge_delivered: int | None
+    purge_chunk: int
+    purge_pause: float
+    jpreg_dir: str | None
+    jpreg_interval: float
+    jpreg_batch: int
+    jpdump_dir: str | None
     dev_certs: bool
 
     def as_options(self) -> dict[str, object]:

@@ -6,18 +6,18 @@ so that tests run the commands without touching the process.
 
 from __future__ import annotations
 
-import argparse
-import getpass
 import os
-import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, TextIO
 
-import attrs
-
+# Not typing.TYPE_CHECKING, nor attrs for CLIContext: a producer call
+# (lbtwist logevent) must not pay for their imports.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Mapping
+    from typing import Any, TextIO
+
     from lbtwist.client.producer import LBProducer
 
 #: The intake socket used when neither C{-S} nor the environment names one.
@@ -37,7 +37,47 @@ def _now() -> int:
     return time.time_ns() // 1000
 
 
-@attrs.define
+def _fqdn() -> str:
+    """
+    As C{socket.getfqdn()}, on the C module (the C{socket} module's imports
+    cost a producer call more than the look-up).
+    """
+    import _socket
+
+    name = _socket.gethostname()
+    try:
+        # An ASCII name as bytes: as text it would load the IDNA codec (the C
+        # function takes bytes too; typeshed knows only str).
+        hostname, aliases, _ = _socket.gethostbyaddr(
+            name.encode("ascii") if name.isascii() else name  # type: ignore[arg-type]
+        )
+    except OSError:
+        return name
+    for candidate in [hostname, *aliases]:
+        if "." in candidate:
+            return candidate
+    return hostname
+
+
+def _hostname() -> str:
+    import _socket
+
+    return _socket.gethostname()
+
+
+def _login() -> str:
+    """
+    As C{getpass.getuser()}, without the imports of getpass.
+    """
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        user = os.environ.get(name)
+        if user:
+            return user
+    import pwd
+
+    return pwd.getpwuid(os.getuid())[0]
+
+
 class CLIContext:
     """
     The outside world of one command run.
@@ -51,18 +91,37 @@ class CLIContext:
     @ivar sleep: waits that many seconds (producer retry delays).
     """
 
-    env: Mapping[str, str] = attrs.field(factory=lambda: dict(os.environ))
-    stdout: TextIO = attrs.field(factory=lambda: sys.stdout)
-    stderr: TextIO = attrs.field(factory=lambda: sys.stderr)
-    stdin: TextIO = attrs.field(factory=lambda: sys.stdin)
-    now: Callable[[], int] = _now
-    random_bytes: Callable[[int], bytes] = os.urandom
-    pid: int = attrs.field(factory=os.getpid)
-    fqdn: Callable[[], str] = socket.getfqdn
-    hostname: Callable[[], str] = socket.gethostname
-    login: Callable[[], str] = getpass.getuser
-    monotonic: Callable[[], float] = time.monotonic
-    sleep: Callable[[float], object] = time.sleep
+    def __init__(
+        self,
+        env: Mapping[str, str] | None = None,
+        stdout: TextIO | None = None,
+        stderr: TextIO | None = None,
+        stdin: TextIO | None = None,
+        now: Callable[[], int] = _now,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        pid: int | None = None,
+        fqdn: Callable[[], str] = _fqdn,
+        hostname: Callable[[], str] = _hostname,
+        login: Callable[[], str] = _login,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
+        """
+        Every argument defaults to the process's own (its environment, streams,
+        clock, randomness, pid, host names and login).
+        """
+        self.env: Mapping[str, str] = dict(os.environ) if env is None else env
+        self.stdout: TextIO = sys.stdout if stdout is None else stdout
+        self.stderr: TextIO = sys.stderr if stderr is None else stderr
+        self.stdin: TextIO = sys.stdin if stdin is None else stdin
+        self.now = now
+        self.random_bytes = random_bytes
+        self.pid: int = os.getpid() if pid is None else pid
+        self.fqdn = fqdn
+        self.hostname = hostname
+        self.login = login
+        self.monotonic = monotonic
+        self.sleep = sleep
 
 
 def env_first(env: Mapping[str, str], *names: str) -> str | None:
@@ -126,21 +185,33 @@ def producer_timeout(args: argparse.Namespace, env: Mapping[str, str]) -> float:
     for name in TIMEOUT_ENV:
         text = env.get(name)
         if text:
-            try:
-                return _seconds(text)
-            except argparse.ArgumentTypeError as e:
+            value = seconds_or_none(text)
+            if value is None:
                 from lbtwist.core.errors import InvalidValue
 
-                raise InvalidValue(f"${name}: {e}") from None
+                raise InvalidValue(f"${name}: not a number of seconds: {text!r}")
+            return value
     return float(args.default_timeout)
 
 
-def _seconds(text: str) -> float:
+def seconds_or_none(text: str) -> float | None:
+    """
+    C{text} as a number of seconds (finite, not negative), else C{None}.
+    """
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+        return None
     if not value >= 0 or value == float("inf"):
+        return None
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = seconds_or_none(text)
+    if value is None:
+        import argparse
+
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}")
     return value
 

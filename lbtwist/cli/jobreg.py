@@ -20,11 +20,6 @@ sub-jobs too. The events are written as L&B's unparser writes them, C{DG.PRIORIT
 
 from __future__ import annotations
 
-import argparse
-from typing import TYPE_CHECKING, Any
-
-import attrs
-
 from lbtwist.cli.common import (
     CLIContext,
     add_timeout_option,
@@ -36,7 +31,11 @@ from lbtwist.cli.identity import default_user
 from lbtwist.client.producer import DEFAULT_TIMEOUT
 from lbtwist.core.errors import InvalidValue, LBError
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from typing import Any
+
     from lbtwist.core.events import Event
     from lbtwist.core.jobid import JobId
 
@@ -50,18 +49,28 @@ PRIO_EXCL = 64
 PRIO_PROXY = 8
 
 
-@attrs.frozen
 class Registration:
     """
     The events of one C{job-reg} run and what to print about them.
+
+    (A plain class, not attrs: the fast lane imports this module.)
     """
 
-    jobid: JobId
-    generated: bool
-    collection: bool
-    seqcode: str
-    subjobs: tuple[JobId, ...]
-    events: tuple[Event, ...]
+    def __init__(
+        self,
+        jobid: JobId | str,
+        generated: bool,
+        collection: bool,
+        seqcode: str,
+        subjobs: tuple[JobId | str, ...],
+        events: tuple[Event, ...],
+    ) -> None:
+        self.jobid = jobid
+        self.generated = generated
+        self.collection = collection
+        self.seqcode = seqcode
+        self.subjobs = subjobs
+        self.events = events
 
 
 def cream_jobid(host: str, port: int, rnd: bytes) -> JobId:

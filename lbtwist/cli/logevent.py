@@ -22,10 +22,6 @@ not load Twisted: a Job Wrapper runs it for every event.
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
 from lbtwist.cli.common import (
     CLIContext,
     add_timeout_option,
@@ -38,7 +34,14 @@ from lbtwist.cli.identity import default_user
 from lbtwist.client.producer import DEFAULT_TIMEOUT
 from lbtwist.core.errors import InvalidValue, KeyMisuse, MessageIncomplete, UnknownJob
 
+# Not typing.TYPE_CHECKING: the fast lane (lbtwist.cli.fast) imports this
+# module's constants, and a producer call must not pay for typing.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
+
     from lbtwist.core.events import Event, EventType
 
 JOBID_ENV = ("GLITE_WMS_JOBID", "EDG_WL_JOBID")

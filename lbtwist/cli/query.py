@@ -10,31 +10,30 @@ their one line at once; the query itself runs under C{react()}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any
-
-from OpenSSL import SSL
 
 from lbtwist.cli.common import CLIContext, env_first
-from lbtwist.client.query import (
-    DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_SERVER,
-    QueryClient,
-    QueryError,
-    VerifyLog,
-    candidates_for,
-    check_credentials,
-    client_tls,
-    event_line,
-    find_credentials,
-)
-from lbtwist.core.jobid import QUERY_SERVER_ENV, parse_endpoint
 
-Query = Callable[[QueryClient], Coroutine[Any, Any, int]]
+# The HTTPS client (Twisted, pyOpenSSL, cryptography) is imported when a query
+# runs, not when the parsers are built: lbtwist status --state-dir and -x
+# (lbtwist.cli.local) register these options and never ask over HTTPS.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable, Coroutine
+    from typing import Any
+
+    from OpenSSL import SSL
+
+    from lbtwist.client.query import QueryClient, VerifyLog
+
+    Query = Callable[[QueryClient], Coroutine[Any, Any, int]]
+
+#: The default of C{--connect-timeout} (L{lbtwist.client.query.DEFAULT_CONNECT_TIMEOUT},
+#: which a test keeps equal): the client is not imported to build the parser.
+DEFAULT_CONNECT_TIMEOUT = 5.0
 
 
 def add_client_options(parser: argparse.ArgumentParser) -> None:
@@ -69,6 +68,8 @@ def make_tls(args: argparse.Namespace, ctx: CLIContext) -> tuple[SSL.Context, Ve
 
     @raise QueryError: no usable credentials.
     """
+    from lbtwist.client.query import check_credentials, client_tls, find_credentials
+
     creds = find_credentials(
         ctx.env, uid=os.getuid(), cert=args.cert, key=args.key, capath=args.capath
     )
@@ -84,6 +85,8 @@ def run_query(args: argparse.Namespace, ctx: CLIContext, query: Query) -> int:
     """
     from twisted.internet.defer import Deferred
     from twisted.internet.task import react
+
+    from lbtwist.client.query import QueryClient, QueryError
 
     name = f"lbtwist {args.command}"
     try:
@@ -115,6 +118,7 @@ async def query_status(client: QueryClient, args: argparse.Namespace, ctx: CLICo
     that fails gets its error line and the exit status 1.
     """
     from lbtwist.cli.local import write_status
+    from lbtwist.client.query import QueryError, candidates_for
     from lbtwist.core.states.status import JobStatus, public_dict
 
     failed = False
@@ -142,6 +146,8 @@ async def query_log(client: QueryClient, args: argparse.Namespace, ctx: CLIConte
     """
     C{lbtwist log JOBID}: the job's events as ULM lines, then C{Found N events}.
     """
+    from lbtwist.client.query import candidates_for, event_line
+
     candidates = candidates_for(args.jobid, endpoint=args.endpoint, env=ctx.env)
     events = await client.job_events(args.jobid, candidates)
     if args.json:
@@ -159,7 +165,9 @@ def jobs_server(args: argparse.Namespace, ctx: CLIContext) -> tuple[str, int]:
     The server C{lbtwist jobs} asks: C{--endpoint}, the environment, else
     L{DEFAULT_SERVER}.
     """
+    from lbtwist.client.query import DEFAULT_SERVER, QueryError
     from lbtwist.core.errors import LBError
+    from lbtwist.core.jobid import QUERY_SERVER_ENV, parse_endpoint
 
     text = args.endpoint or env_first(ctx.env, *QUERY_SERVER_ENV) or DEFAULT_SERVER
     try:
@@ -215,6 +223,8 @@ def remote_log(args: argparse.Namespace, ctx: CLIContext) -> int:
 
 
 def handle_jobs(args: argparse.Namespace, ctx: CLIContext) -> int:
+    from lbtwist.client.query import QueryError
+
     try:
         jobs_server(args, ctx)
     except QueryError as e:

@@ -21,24 +21,28 @@ duplicate, so an event is never stored twice.
 
 from __future__ import annotations
 
+import _socket
 import errno
-import random
-import selectors
-import socket
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Union
 
 from lbtwist.core import errors
 
+# Not typing.TYPE_CHECKING: importing typing costs a command-line call more
+# than all of this module (type checkers treat the name alike).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from types import TracebackType
+    from typing import Any
+
     from lbtwist.client.txproducer import ProducerProtocol as ProducerProtocol
     from lbtwist.client.txproducer import connect_producer as connect_producer
     from lbtwist.core.events import Event
 
-EventOrLine = Union["Event", str, bytes]
+    EventOrLine = Event | str | bytes
+else:
+    # What a line to send may be, for annotations elsewhere (txproducer).
+    EventOrLine = "Event | str | bytes"
 
 #: Longest answer line accepted from the server.
 MAX_ANSWER = 64 * 1024
@@ -244,14 +248,16 @@ def _describe(error: BaseException) -> tuple[int, str]:
     )
 
 
-def connect_unix(path: str, timeout: float | None) -> socket.socket:
+def connect_unix(path: str, timeout: float | None) -> _socket.socket:
     """
     One connect attempt to the UNIX socket C{path}.
 
     With a timeout the socket is non-blocking underneath, so a full listen
-    backlog fails at once with EAGAIN (and is retried by the caller).
+    backlog fails at once with EAGAIN (and is retried by the caller). The
+    socket is the C module's own (C{_socket}): the C{socket} module's wrapper
+    adds nothing used here and costs a command-line call its imports.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
         sock.connect(path)
@@ -259,6 +265,13 @@ def connect_unix(path: str, timeout: float | None) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def _random() -> float:
+    # random is imported only when a retry needs its jitter.
+    import random
+
+    return random.random()
 
 
 class LBProducer:
@@ -284,7 +297,7 @@ class LBProducer:
         retry_max: float = RETRY_MAX,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], object] = time.sleep,
-        jitter: Callable[[], float] = random.random,
+        jitter: Callable[[], float] | None = None,
         connect: Callable[[str, float | None], Any] = connect_unix,
     ) -> None:
         """
@@ -293,8 +306,9 @@ class LBProducer:
         @param window: most events unanswered at once on the connection.
         @param retry_initial: the first retry delay; it grows by C{retry_factor}
             per retry up to C{retry_max}.
-        @param clock: monotonic seconds; C{sleep}, C{jitter} and C{connect} (one
-            attempt: C{(path, timeout) -> socket}) are injected by tests.
+        @param clock: monotonic seconds; C{sleep}, C{jitter} (default
+            C{random.random}) and C{connect} (one attempt: C{(path, timeout) ->
+            socket}) are injected by tests.
         """
         if window < 1:
             raise ValueError("window must be at least 1")
@@ -306,7 +320,7 @@ class LBProducer:
         self.retry_max = retry_max
         self._clock = clock
         self._sleep = sleep
-        self._jitter = jitter
+        self._jitter = _random if jitter is None else jitter
         self._connect = connect
         self._buffer = b""
         self._sock: Any = None
@@ -490,52 +504,62 @@ class LBProducer:
         @return: the last C{ERR 11} answer, if any.
         @raise OSError: the connection failed (or no progress for the timeout).
         """
+        # select.poll, not selectors: the same readiness for one socket
+        # without the imports (a command-line call pays for each).
+        import select
+
         again: errors.TryAgain | None = None
-        sent: deque[int] = deque()
+        sent: list[int] = []  # indexes sent and not answered: sent[head:]
+        head = 0
         out = bytearray()
         position = 0
         deadline = self._deadline()
+        poller = select.poll()
+        readable = select.POLLIN
         sock.setblocking(False)
         try:
-            with selectors.DefaultSelector() as sel:
-                sel.register(sock, selectors.EVENT_READ)
-                writing = False
-                while True:
-                    while b"\n" in self._buffer and sent:
-                        answer, _, self._buffer = self._buffer.partition(b"\n")
-                        index = sent.popleft()
-                        deadline = self._deadline()
-                        try:
-                            results[index] = parse_answer(answer)
-                        except errors.TryAgain as e:
-                            again = e
-                        except errors.LBError as e:
-                            results[index] = e
-                    if b"\n" not in self._buffer and len(self._buffer) > MAX_ANSWER:
-                        raise ProtocolError("answer line too long")
-                    while position < len(todo) and len(sent) < self.window:
-                        index = todo[position]
-                        out += datas[index]
-                        sent.append(index)
-                        position += 1
-                    if not sent:
-                        break
-                    if bool(out) != writing:
-                        writing = bool(out)
-                        sel.modify(
-                            sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
-                        )
-                    ready = sel.select(self._remaining(deadline))
-                    if not ready:
-                        raise TimeoutError("no answer from the server")
-                    for _, mask in ready:
-                        if mask & selectors.EVENT_WRITE and out:
-                            del out[: sock.send(out)]
-                        if mask & selectors.EVENT_READ:
-                            chunk = sock.recv(65536)
-                            if not chunk:
-                                raise ConnectionError("connection closed by the server")
-                            self._buffer += chunk
+            poller.register(sock, readable)
+            writing = False
+            while True:
+                while b"\n" in self._buffer and head < len(sent):
+                    answer, _, self._buffer = self._buffer.partition(b"\n")
+                    index = sent[head]
+                    head += 1
+                    deadline = self._deadline()
+                    try:
+                        results[index] = parse_answer(answer)
+                    except errors.TryAgain as e:
+                        again = e
+                    except errors.LBError as e:
+                        results[index] = e
+                if b"\n" not in self._buffer and len(self._buffer) > MAX_ANSWER:
+                    raise ProtocolError("answer line too long")
+                if head == len(sent):
+                    sent, head = [], 0
+                while position < len(todo) and len(sent) - head < self.window:
+                    index = todo[position]
+                    out += datas[index]
+                    sent.append(index)
+                    position += 1
+                if head == len(sent):
+                    break
+                if bool(out) != writing:
+                    writing = bool(out)
+                    poller.modify(sock, readable | (select.POLLOUT if writing else 0))
+                remaining = self._remaining(deadline)
+                # poll() takes whole milliseconds: round up, as selectors does.
+                ready = poller.poll(None if remaining is None else -(-remaining * 1000 // 1))
+                if not ready:
+                    raise TimeoutError("no answer from the server")
+                for _, mask in ready:
+                    # An error or hang-up reports both ways, as selectors does.
+                    if mask & ~readable and out:
+                        del out[: sock.send(out)]
+                    if mask & ~select.POLLOUT:
+                        chunk = sock.recv(65536)
+                        if not chunk:
+                            raise ConnectionError("connection closed by the server")
+                        self._buffer += chunk
         finally:
             if self._sock is sock:
                 sock.setblocking(True)

@@ -3,17 +3,19 @@
 The L&B event model: catalogue, sources, parsing and formatting of events.
 
 The catalogue is generated at import time from the package's copy of
-C{catalogue/events.tsv}; nothing here is copied by hand from it.
+C{catalogue/events.tsv} (read by L{lbtwist.core.catalogue}); nothing here is
+copied by hand from it.
 """
 
 from __future__ import annotations
 
 import re
-from importlib import resources
 from typing import Any
 
 import attrs
 
+from lbtwist.core import catalogue as _catalogue
+from lbtwist.core.catalogue import SOURCES as SOURCES
 from lbtwist.core.errors import (
     EventUndefined,
     InvalidValue,
@@ -40,28 +42,6 @@ PRIO_INTERNAL = 32
 PRIO_EXCL = 64
 PRIO_FILE = 128
 
-#: Event sources (C{DG.SOURCE}); the code of a source is its index + 1.
-SOURCES: tuple[str, ...] = (
-    "UserInterface",
-    "NetworkServer",
-    "WorkloadManager",
-    "BigHelper",
-    "JobController",
-    "LogMonitor",
-    "LRMS",
-    "Application",
-    "LBServer",
-    "CREAMInterface",
-    "CREAMExecutor",
-    "PBSClient",
-    "PBSServer",
-    "PBSMomSuperior",
-    "PBSMom",
-    "PBSScheduler",
-    "CloudManager",
-    "VMManager",
-    "VMSystem",
-)
 _SOURCES_BY_UPPER = {name.upper(): name for name in SOURCES}
 
 
@@ -99,37 +79,17 @@ class EventType:
 
 
 def _load_catalogue() -> tuple[tuple[FieldSpec, ...], dict[str, EventType]]:
-    table = resources.files("lbtwist.core").joinpath("data/events.tsv").read_text("utf-8")
-    common: list[FieldSpec] = []
-    rows: dict[str, tuple[str, int, list[FieldSpec]]] = {}
-    lines = table.splitlines()
-    header = lines[0].split("\t")
-    for line in lines[1:]:
-        if not line.strip():
-            continue
-        row = dict(zip(header, line.split("\t"), strict=False))
-        spec = None
-        if row.get("field"):
-            spec = FieldSpec(
-                name=row["field"],
-                wire_key=row["wire_key"],
-                type=row["type"],
-                required=row["presence"] == "required",
-                codes=tuple(row.get("codes", "").split()),
-                null_value=row.get("null_value", ""),
-            )
-        if row["event"] == "_common_":
-            if spec is not None:
-                common.append(spec)
-            continue
-        entry = rows.setdefault(row["event"], (row["group"], int(row["event_code"]), []))
-        if spec is not None:
-            entry[2].append(spec)
+    common_rows, rows = _catalogue.load()
+
+    def spec(row: _catalogue.FieldRow) -> FieldSpec:
+        name, wire_key, type_, required, codes, null_value = row
+        return FieldSpec(name, wire_key, type_, required, codes, null_value)
+
     catalogue = {
-        name: EventType(name=name, code=code, group=group, fields=tuple(specs))
-        for name, (group, code, specs) in sorted(rows.items(), key=lambda item: item[1][1])
+        name: EventType(name=name, code=code, group=group, fields=tuple(map(spec, fields)))
+        for name, (_, code, group, fields) in rows.items()
     }
-    return tuple(common), catalogue
+    return tuple(map(spec, common_rows)), catalogue
 
 
 COMMON_FIELDS, CATALOGUE = _load_catalogue()

@@ -60,6 +60,7 @@ from lbtwist.service.framing import (
     make_framing,
 )
 from lbtwist.service.framing import Slot as _Slot
+from lbtwist.service.relay import tcp_no_delay
 from lbtwist.store.interface import IEventStore
 
 log = Logger()
@@ -145,6 +146,8 @@ class StorePortProtocol(Protocol):
         # verified peers, see lbtwist.security.tls.PortLimits).
         self.factory.stats.connections += 1
         self._counted = True
+        # Replies go out as their group commits, not after the peer's delayed ACK.
+        tcp_no_delay(self.transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._lost = True

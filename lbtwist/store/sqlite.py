@@ -14,12 +14,15 @@ import json
 import sqlite3
 import sys
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from itertools import islice
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from twisted.internet.defer import Deferred, succeed
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -27,7 +30,8 @@ from zope.interface import implementer
 
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.seqcode import ordering_key
-from lbtwist.core.states.status import JobStatus
+from lbtwist.core.states.status import PURGED, JobStatus
+from lbtwist.store import purging
 from lbtwist.store.batch import (
     CHECKPOINT_EVERY,
     REFOLD_SLICE,
@@ -113,8 +117,27 @@ CREATE INDEX outbox_destination ON outbox (destination, id);
 _IDENTITY_COLUMNS = "type, source, host, date, level, user_dn, seqcode"
 
 #: Statuses kept parsed by the query connection (L{Queries.find_status}): the jobs
-#: being polled; about 5 kB each.
+#: being polled; about 5 kB each (the C{query-cache} option).
 STATUS_CACHE_SIZE = 2048
+
+#: KiB of page cache per connection (the C{sqlite-cache} option; SQLite's own default).
+PAGE_CACHE_KIB = 2000
+
+#: Most jobs one page of a filtered job list examines (the C{list-scan} option).
+LIST_SCAN = 1000
+
+
+def set_page_cache(conn: sqlite3.Connection, kib: int) -> None:
+    """
+    Bound the page cache of C{conn} to C{kib} KiB (memory-mapped I/O stays off,
+    so the database's pages are only in memory through this cache).
+
+    @raise ValueError: C{kib} is not positive.
+    """
+    if kib < 1:
+        raise ValueError("the SQLite page cache must be at least 1 KiB")
+    conn.execute(f"PRAGMA cache_size = -{int(kib)}")
+    conn.execute("PRAGMA mmap_size = 0")
 
 
 def _script(conn: sqlite3.Connection, sql: str) -> None:
@@ -298,6 +321,29 @@ def _migrate_notify(conn: sqlite3.Connection) -> None:
     _script(conn, _NOTIFY)
 
 
+_PURGE = """
+CREATE TABLE zombies (
+    uniq TEXT PRIMARY KEY,
+    jobid TEXT NOT NULL,
+    purged_at INTEGER NOT NULL,
+    trace TEXT NOT NULL
+);
+CREATE TABLE jp_pending (
+    id INTEGER PRIMARY KEY,
+    jobid TEXT NOT NULL,
+    owner TEXT NOT NULL
+)
+"""
+
+
+def _migrate_purge(conn: sqlite3.Connection) -> None:
+    """
+    Purged jobs (zombies, with their trace records) and the Job Provenance
+    registrations not yet exported (docs/store.md, "Purge and zombies").
+    """
+    _script(conn, _PURGE)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
@@ -307,6 +353,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v5_fold,
     _migrate_v6_spool,
     _migrate_notify,
+    _migrate_purge,
 ]
 
 #: The schema version this code writes.
@@ -380,6 +427,10 @@ class SQLiteBackend:
         self.transactions = 0
         #: The store's notifications (set when the store opens).
         self.notif: Notifications = cast("Notifications", None)
+        #: The committed outbox rows kept for the relay (L{OutboxTail}), if any.
+        self.tail: OutboxTail | None = None
+        #: Keep a C{jp_pending} row with every stored RegJob (C{--jpreg-dir}).
+        self.jp_register = False
 
     def max_event_id(self) -> int:
         return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
@@ -445,6 +496,12 @@ class SQLiteBackend:
 
     def refold_jobs(self) -> list[str]:
         return [row[0] for row in self.conn.execute("SELECT jobid FROM jobs WHERE refold = 1")]
+
+    def is_zombie(self, jobid: str) -> bool:
+        """
+        Whether the job was purged (asked only for jobs without a row).
+        """
+        return purging.is_zombie(self.conn, jobid)
 
     def write(self, plan: BatchPlan) -> None:
         conn = self.conn
@@ -517,15 +574,20 @@ class SQLiteBackend:
                     " VALUES (?, ?, ?)",
                     [(m.cream_key, m.cream_id, m.glite_id) for m in plan.mappings],
                 )
+            tail: list[TailRow] | None = None
             if plan.outbox:
                 conn.executemany(
                     "INSERT INTO outbox (destination, event_id) VALUES (?, ?)",
                     [(o.destination, o.event_id) for o in plan.outbox],
                 )
+                if self.tail is not None:
+                    tail = _tail_rows(conn, plan)
             if plan.offsets:
                 _write_offsets(conn, plan.offsets)
             if plan.notifications:
                 self.notif.write_messages(plan.notifications)
+            if self.jp_register:
+                purging.write_jp_pending(conn, plan)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -534,6 +596,12 @@ class SQLiteBackend:
         self.transactions += 1
         if plan.notifications:
             self.notif.committed(plan.notifications)
+        if self.tail is not None and plan.outbox:
+            if tail is None:
+                # Rows it cannot describe: the database answers for them.
+                self.tail.reset(_last_outbox_id(conn))
+            else:
+                self.tail.add(tail)
 
     def translate_error(self, error: Exception) -> LBError | None:
         return translate_error(error)
@@ -541,7 +609,21 @@ class SQLiteBackend:
     def outbox_done(self, acks: list[int], rejects: list[RejectRow]) -> None:
         """
         Remove acknowledged outbox rows and move rejected ones, in one transaction.
+
+        That transaction is not synced by itself (C{synchronous = NORMAL} for it):
+        the next event commit's sync makes it durable too. A power cut before that
+        only leaves the rows in the outbox, to be sent again (the server answers a
+        duplicate OK, a rejection is rejected again); it saves the writer thread,
+        which the intake's commits need, one sync per acknowledgement group.
         """
+        conn = self.conn
+        conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            self._outbox_done(acks, rejects)
+        finally:
+            conn.execute("PRAGMA synchronous = FULL")
+
+    def _outbox_done(self, acks: list[int], rejects: list[RejectRow]) -> None:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
@@ -583,6 +665,115 @@ def _write_offsets(conn: sqlite3.Connection, offsets: SpoolOffsets) -> None:
     )
 
 
+#: An outbox row as L{OutboxTail} keeps it: the fields of L{OutboxEntry}.
+TailRow = tuple[int, str, int, str, str, int]
+
+#: Outbox rows kept in memory per destination by default (L{OutboxTail}).
+OUTBOX_TAIL = 8192
+
+
+def _last_outbox_id(conn: sqlite3.Connection) -> int:
+    """
+    The highest outbox id ever given (the AUTOINCREMENT counter).
+    """
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _tail_rows(conn: sqlite3.Connection, plan: BatchPlan) -> list[TailRow] | None:
+    """
+    The outbox rows C{plan} inserts, with their ids: the last ones the table's
+    AUTOINCREMENT gave (one writer, consecutive ids), read inside the
+    transaction. C{None} if an outbox row's event is not in the plan.
+    """
+    last = _last_outbox_id(conn)
+    events = {n.event_id: n for n in plan.events}
+    rows: list[TailRow] = []
+    for row_id, o in enumerate(plan.outbox, last - len(plan.outbox) + 1):
+        n = events.get(o.event_id)
+        if n is None:
+            return None
+        rows.append((row_id, o.destination, o.event_id, n.jobid, n.line, n.arrived))
+    return rows
+
+
+class OutboxTail:
+    """
+    The outbox rows of the latest commits, per destination, kept in memory so that
+    the relay sends live events without reading them back (L{SQLiteStore.outbox_after}).
+
+    Per destination, every committed row with an id above C{base} is kept, in id
+    order, at most C{limit} of them: beyond, the oldest are dropped and C{base}
+    rises (those rows are read from the database again). A read after an id at or
+    above C{base} is answered here and forgets the rows up to that id (the relay
+    reads each destination forward); one below it goes to the database.
+
+    Rows are added by the writer thread after their commit and read on the reactor
+    thread, under a lock.
+    """
+
+    def __init__(self, limit: int, start: int) -> None:
+        """
+        @param limit: rows kept per destination.
+        @param start: the highest outbox id at start: rows up to it are only in
+            the database.
+        """
+        if limit < 1:
+            raise ValueError(f"outbox tail of {limit} rows")
+        self.limit = limit
+        self._start = start
+        self._rows: dict[str, deque[TailRow]] = {}
+        self._base: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, rows: Iterable[TailRow]) -> None:
+        """
+        Rows just committed, in id order.
+        """
+        with self._lock:
+            for row in rows:
+                dest = row[1]
+                kept = self._rows.get(dest)
+                if kept is None:
+                    kept = self._rows[dest] = deque()
+                kept.append(row)
+                if len(kept) > self.limit:
+                    self._base[dest] = kept.popleft()[0]
+
+    def after(self, destination: str, after_id: int, limit: int) -> list[TailRow] | None:
+        """
+        @return: up to C{limit} committed rows of C{destination} with an id above
+            C{after_id}, or C{None} if some of them may only be in the database.
+        """
+        with self._lock:
+            base = self._base.get(destination, self._start)
+            if after_id < base:
+                return None
+            kept = self._rows.get(destination)
+            if not kept:
+                return []
+            while kept and kept[0][0] <= after_id:
+                base = kept.popleft()[0]
+            self._base[destination] = base
+            return list(islice(kept, limit))
+
+    def reset(self, upto: int) -> None:
+        """
+        Forget every row: those up to C{upto} are read from the database.
+        """
+        with self._lock:
+            self._rows.clear()
+            self._base.clear()
+            self._start = max(self._start, upto)
+
+    def depth(self, destination: str) -> int:
+        """
+        Rows kept for C{destination}.
+        """
+        with self._lock:
+            return len(self._rows.get(destination, ()))
+
+
 def _stored(row: tuple[Any, ...]) -> StoredEvent:
     jobid, seqno, arrived, line = row
     return StoredEvent(jobid, seqno, arrived, line, reparse(line))
@@ -591,10 +782,26 @@ def _stored(row: tuple[Any, ...]) -> StoredEvent:
 class Queries:
     """
     Synchronous queries on one connection (the reader thread's, or the CLI's).
+
+    @param status_cache: most parsed statuses kept (least recently used dropped).
+    @param list_scan: most jobs a page of a job list with conditions examines, in
+        listing order; C{None}: no bound.
     """
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        conn: sqlite3.Connection,
+        *,
+        status_cache: int = STATUS_CACHE_SIZE,
+        list_scan: int | None = LIST_SCAN,
+    ) -> None:
+        if status_cache < 1:
+            raise ValueError("the status cache must hold at least one status")
+        if list_scan is not None and list_scan < 1:
+            raise ValueError("a job list page must examine at least one job")
         self.conn = conn
+        self.status_cache = status_cache
+        self.list_scan = list_scan
         # Statuses rebuilt from their JSON, by job id, with that JSON: reused while
         # the stored JSON is the same (parsing it is most of a status query).
         self._parsed: OrderedDict[str, tuple[str, JobStatus]] = OrderedDict()
@@ -606,7 +813,7 @@ class Queries:
             return cached[1].copy()
         status = status_from_json(json.loads(text))
         self._parsed[jobid] = (text, status.copy())
-        if len(self._parsed) > STATUS_CACHE_SIZE:
+        if len(self._parsed) > self.status_cache:
             self._parsed.popitem(last=False)
         return status
 
@@ -624,8 +831,21 @@ class Queries:
                 (unique,),
             ).fetchone()
         if row is None:
-            return None
+            return self._zombie_status(unique)
         return str(row[0]), self._status_of(str(row[0]), row[1])
+
+    def _zombie_status(self, unique: str) -> tuple[str, JobStatus] | None:
+        # A purged job answers as a status in state Purged (the query port's 410).
+        found = purging.find_zombie(self.conn, unique)
+        if found is None:
+            return None
+        return found.jobid, JobStatus(state=PURGED, jobId=found.jobid, owner=found.owner())
+
+    def zombie(self, unique: str) -> purging.Zombie | None:
+        """
+        The zombie (purge time and trace record) of a purged job, by unique part or id.
+        """
+        return purging.find_zombie(self.conn, unique)
 
     def status(self, jobid: str) -> JobStatus | None:
         row = self.conn.execute("SELECT status FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
@@ -691,18 +911,49 @@ class Queries:
         return None if row is None else str(row[0])
 
     def query_jobs(self, query: JobQuery) -> JobPage:
+        """
+        One page of a job list. With conditions, the page examines at most
+        C{list_scan} jobs in listing order (the owner's, after the cursor): a
+        condition few jobs meet cannot make one page scan the whole table. The
+        page then holds the matches among them, maybe none, and a cursor after
+        the last job examined.
+        """
         where, args = sql_where(query)
+        bound = self._scan_bound(query) if query.conditions else None
+        if bound is not None:
+            # Only the jobs up to the bound (in listing order): the index range ends there.
+            where += " AND list_time >= ? AND (list_time > ? OR jobid <= ?)"
+            args.extend([bound[0], bound[0], bound[1]])
         rows = self.conn.execute(
             "SELECT jobid, owner, state, jobtype, last_update, list_time FROM jobs"
             f" WHERE {where} ORDER BY list_time DESC, jobid LIMIT ?",
             [*args, query.limit + 1],
         ).fetchall()
         page = rows[: query.limit]
-        more = len(rows) > query.limit and page
-        return JobPage(
-            [JobSummary(*row[:5]) for row in page],
-            (page[-1][5], page[-1][0]) if more else None,
-        )
+        following: tuple[str, str] | None = None
+        if len(rows) > query.limit and page:
+            following = (page[-1][5], page[-1][0])
+        elif bound is not None:
+            following = bound
+        return JobPage([JobSummary(*row[:5]) for row in page], following)
+
+    def _scan_bound(self, query: JobQuery) -> tuple[str, str] | None:
+        """
+        @return: the position of the last job a page of C{query} examines: the
+            C{list_scan}th in listing order after the cursor (an index-only read),
+            C{None} when no more jobs follow it.
+        """
+        if self.list_scan is None:
+            return None
+        where, args = sql_where(attrs.evolve(query, conditions=()))
+        rows = self.conn.execute(
+            f"SELECT list_time, jobid FROM jobs WHERE {where}"
+            " ORDER BY list_time DESC, jobid LIMIT 2 OFFSET ?",
+            [*args, self.list_scan - 1],
+        ).fetchall()
+        if len(rows) < 2:
+            return None
+        return str(rows[0][0]), str(rows[0][1])
 
     def dump(
         self, from_arrived: int | None = None, to_arrived: int | None = None
@@ -827,6 +1078,10 @@ class SQLiteStore(GroupedWrites):
     @param runner: runs writer work (default: a dedicated thread); tests pass a
         synchronous one.
     @param read_runner: runs queries (default: a second thread; C{runner} if one is given).
+    @param cache_size: job statuses the writer keeps (the C{job-cache} option).
+    @param query_cache: parsed statuses the reader keeps (the C{query-cache} option).
+    @param page_cache: KiB of SQLite page cache per connection (C{sqlite-cache}).
+    @param list_scan: most jobs a page of a filtered job list examines (C{list-scan}).
     """
 
     def __init__(
@@ -843,6 +1098,12 @@ class SQLiteStore(GroupedWrites):
         refold_slice: int = REFOLD_SLICE,
         max_future_skew: int | None = None,
         switch_interval: float | None = None,
+        query_cache: int = STATUS_CACHE_SIZE,
+        page_cache: int = PAGE_CACHE_KIB,
+        list_scan: int = LIST_SCAN,
+        outbox_tail: int = OUTBOX_TAIL,
+        lock: bool = False,
+        jp_register: bool = False,
     ) -> None:
         """
         @param checkpoint_every: see L{BatchProcessor}.
@@ -853,13 +1114,27 @@ class SQLiteStore(GroupedWrites):
             woken by a socket waits at most this long for the writer thread, busy
             planning a commit, to let it run (the interpreter's default is 5 ms).
             C{None}: left as it is.
+        @param outbox_tail: committed outbox rows kept in memory per destination for
+            the relay (L{OutboxTail}; a relaying store only).
+        @param lock: hold the store's lock file (C{<path>.lock}) while open: a second
+            writer (a service, C{lbtwist purge --state-dir}) is refused clearly.
+        @param jp_register: keep a C{jp_pending} row with every stored RegJob, in its
+            transaction (the Job Provenance export, C{--jpreg-dir}).
         @raise ValueError: a tuning value is out of range.
         """
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
         if switch_interval is not None and not switch_interval > 0:
             raise ValueError("switch_interval must be positive")
         self._switch_interval = switch_interval
+        if cache_size < 1 or query_cache < 1 or page_cache < 1 or list_scan < 1:
+            raise ValueError("cache_size, query_cache, page_cache and list_scan must be positive")
+        self._list_scan = list_scan
+        if outbox_tail < 1:
+            raise ValueError(f"outbox tail of {outbox_tail} rows")
+        self._outbox_tail = outbox_tail
         self.path = path
+        self._query_cache = query_cache
+        self._page_cache = page_cache
         self._checkpoint_every = checkpoint_every
         self._refold_slice = refold_slice
         self._max_future_skew = max_future_skew
@@ -874,6 +1149,9 @@ class SQLiteStore(GroupedWrites):
         self._listeners: list[CommitListener] = []
         self._started = False
         self._closed = False
+        self._lock = lock
+        self._lock_file: int | None = None
+        self._jp_register = jp_register
 
     def start(self) -> None:
         """
@@ -888,17 +1166,28 @@ class SQLiteStore(GroupedWrites):
         clock = self._clock
         runner = self._given_runner
         read_runner = self._given_read_runner
+        if self._lock:
+            self._lock_file = purging.take_lock(path)
         conn = connect(path)
         try:
+            purging.new_store_vacuum(conn)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
+            set_page_cache(conn, self._page_cache)
             migrate(conn)
         except BaseException:
             conn.close()
             raise
         self.backend = SQLiteBackend(conn)
+        if self.relay:
+            last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
+            self.backend.tail = OutboxTail(self._outbox_tail, int(last))
+        self.backend.jp_register = self._jp_register
         self._reader = connect(path)
-        self._queries = Queries(self._reader)
+        set_page_cache(self._reader, self._page_cache)
+        self._queries = Queries(
+            self._reader, status_cache=self._query_cache, list_scan=self._list_scan
+        )
         self.processor = BatchProcessor(
             self.backend,
             policy=self.policy,
@@ -1007,6 +1296,15 @@ class SQLiteStore(GroupedWrites):
     def outbox_after(
         self, destination: str, after_id: int, limit: int
     ) -> Deferred[list[OutboxEntry]]:
+        """
+        Rows committed since the last read come from the L{OutboxTail} (at once,
+        no query), older ones from the database on the reader thread.
+        """
+        tail = self.backend.tail
+        if tail is not None:
+            rows = tail.after(destination, after_id, limit)
+            if rows is not None:
+                return succeed([OutboxEntry(*row) for row in rows])
         return self._read(lambda: self._queries.outbox_after(destination, after_id, limit))
 
     def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
@@ -1043,6 +1341,88 @@ class SQLiteStore(GroupedWrites):
         for pool in self._pools:
             pool.stop()
         self._pools = []
+        if self._lock_file is not None:
+            purging.release_lock(self._lock_file)
+            self._lock_file = None
+
+    # -- purge (lbtwist.store.purging), on the writer thread between commit groups --
+
+    def purge_chunk(
+        self,
+        rules: purging.PurgeRules,
+        now: int,
+        after: tuple[str, str] | None,
+        limit: int,
+        *,
+        dry_run: bool = False,
+        keep_events: bool = False,
+        before_commit: Callable[[Any], None] | None = None,
+        may_yield: bool = False,
+    ) -> Deferred[purging.PurgeChunk]:
+        """
+        One bounded chunk of a purge (L{purging.purge_chunk}) on the writer thread,
+        queued behind the running commit group; the purged jobs leave the status cache.
+
+        @param may_yield: when a commit group is queued behind the chunk as it starts,
+            do nothing (C{yielded}) so that the group goes first.
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        destination = self.processor.relay_destination if self.policy is not None else None
+
+        commit = self._commit
+
+        def work() -> purging.PurgeChunk:
+            if may_yield and commit.busy:
+                return purging.PurgeChunk((), 0, after, yielded=True)
+            started = time.perf_counter()
+            chunk = purging.purge_chunk(
+                self.backend.conn,
+                rules=rules,
+                now=now,
+                after=after,
+                limit=limit,
+                dry_run=dry_run,
+                keep_events=keep_events,
+                destination=destination,
+                before_commit=before_commit,
+            )
+            if not dry_run and chunk.purged:
+                self.processor.forget([job.jobid for job in chunk.purged])
+                self.backend.transactions += 1
+            return attrs.evolve(chunk, seconds=time.perf_counter() - started)
+
+        return self._runner(work)
+
+    def vacuum_step(self, pages: int = purging.VACUUM_PAGES) -> Deferred[int]:
+        """
+        Give up to C{pages} freed pages back (writer thread).
+
+        @return: C{Deferred[int]}: the free pages left.
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._runner(lambda: purging.incremental_vacuum(self.backend.conn, pages))
+
+    def zombie(self, unique: str) -> Deferred[purging.Zombie | None]:
+        """
+        The zombie of a purged job (reader thread).
+        """
+        return self._read(lambda: self._queries.zombie(unique))
+
+    def jp_pending(self, after: int, limit: int) -> Deferred[list[tuple[int, str, str]]]:
+        """
+        Registrations not yet exported to Job Provenance (reader thread).
+        """
+        return self._read(lambda: purging.jp_pending(self._reader, after, limit))
+
+    def jp_done(self, ids: list[int]) -> Deferred[None]:
+        """
+        Forget exported registrations (writer thread).
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._runner(lambda: purging.jp_done(self.backend.conn, ids))
 
 
 class SQLiteReader(Queries):

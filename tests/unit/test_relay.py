@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 from typing import Any
 
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
 from lbtwist.core import ilproto
+from lbtwist.core.errors import TryAgain
 from lbtwist.core.events import parse_event
 from lbtwist.core.translate import proxy_policy
 from lbtwist.service.relay import (
@@ -31,8 +33,9 @@ from lbtwist.service.relay import (
     RelaySettings,
     count_ok_replies,
     split_destination,
+    tcp_no_delay,
 )
-from lbtwist.store.batch import run_now
+from lbtwist.store.batch import BatchPlan, OutboxRow, run_now
 from lbtwist.store.sqlite import SCHEMA_VERSION, SQLiteStore, connect, schema_version
 from lbtwist.testing import MemoryStore
 from tests import traces
@@ -442,6 +445,71 @@ class RelayPropertyTests(SynchronousTestCase):
         self.successResultOf(h.service.stopService())
 
 
+class SQLiteTailPropertyTests(SynchronousTestCase):
+    @settings(max_examples=40, deadline=None)
+    @given(
+        st.integers(1, 6),
+        st.integers(1, 8),
+        st.integers(1, 5),
+        st.lists(st.sampled_from(["ok", "ok", "ok", "drop", "commit", "commit"]), max_size=60),
+    )
+    def test_delivered_once_in_order_from_tail_and_table(
+        self, tail: int, window: int, fetch: int, script: list[str]
+    ) -> None:
+        """
+        Events committed while the relay runs, the in-memory tail overflowing
+        and the connection breaking: every event reaches the server in the order
+        it was stored, and the outbox ends empty.
+        """
+        clock = Clock()
+        clock.advance(T0)
+        store = SQLiteStore(
+            self.mktemp() + ".sqlite",
+            clock=clock,
+            policy=proxy_policy((), "ce.example.org"),
+            runner=run_now,
+            outbox_tail=tail,
+        )
+        self.addCleanup(store.close)
+        h = Harness(store=store, clock=clock, window=window, fetch_size=fetch)
+        lines = wms_lines(JOB_A) + wms_lines(JOB_B)
+        chunks = [lines[i : i + 3] for i in range(0, len(lines), 3)]
+        h.store_lines(chunks.pop(0))
+        h.service.startService()
+        endpoint = h.endpoints[DEST1]
+        stored: list[str] = []
+        steps = iter(script)
+        for _ in range(2000):
+            queue = h.service.queues[DEST1]
+            if not chunks and not h.outbox():
+                break
+            step = next(steps, "commit" if chunks else "ok")
+            if step == "commit" and chunks:
+                h.store_lines(chunks.pop(0))
+                continue
+            if not queue.connected:
+                clock.advance(60)
+                continue
+            conn = endpoint.current
+            conn.unanswered.extend(conn.take_lines())
+            if not conn.unanswered:
+                if chunks:
+                    h.store_lines(chunks.pop(0))
+                else:
+                    clock.advance(60)
+                continue
+            line = conn.unanswered.pop(0)
+            if step == "drop":
+                conn.loseConnection()
+                continue
+            if line not in stored:
+                stored.append(line)
+            conn.answer(0)
+        self.assertEqual(h.outbox(), [])
+        self.assertEqual(stored, lines)
+        self.successResultOf(h.service.stopService())
+
+
 class SQLiteOutboxTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -449,15 +517,132 @@ class SQLiteOutboxTests(SynchronousTestCase):
         self.path = os.path.join(self.mktemp() + ".sqlite")
         self.store = self.open()
 
-    def open(self) -> SQLiteStore:
+    def open(self, **kw: Any) -> SQLiteStore:
         store = SQLiteStore(
             self.path,
             clock=self.clock,
             policy=proxy_policy((), "ce.example.org"),
             runner=run_now,
+            **kw,
         )
         self.addCleanup(store.close)
         return store
+
+    def count_queries(self, store: SQLiteStore) -> list[tuple[str, int, int]]:
+        """
+        Record the outbox reads that go to the database.
+        """
+        calls: list[tuple[str, int, int]] = []
+        real = store._queries.outbox_after
+
+        def outbox_after(destination: str, after_id: int, limit: int) -> Any:
+            calls.append((destination, after_id, limit))
+            return real(destination, after_id, limit)
+
+        store._queries.outbox_after = outbox_after  # type: ignore[method-assign]
+        return calls
+
+    def test_live_rows_from_the_tail(self) -> None:
+        """
+        Rows committed since the store opened are read from memory, with the same
+        ids, events and arrival times as the outbox table's, each destination
+        forward from the last row read.
+        """
+        calls = self.count_queries(self.store)
+        lines = wms_lines(JOB_A)[:5] + wms_lines(JOB_C)[:2]
+        self.store_lines(lines[:3])
+        first = self.successResultOf(self.store.outbox_after(DEST1, 0, 2))
+        self.store_lines(lines[3:])
+        rest = self.successResultOf(self.store.outbox_after(DEST1, first[-1].id, 100))
+        other = self.successResultOf(self.store.outbox_after(DEST2, 0, 100))
+        self.assertEqual(calls, [])
+        table = self.store._queries.outbox_after
+        self.assertEqual(first + rest, table(DEST1, 0, 100))
+        self.assertEqual(other, table(DEST2, 0, 100))
+        self.assertEqual([r.line for r in first + rest], lines[:5])
+        self.assertEqual(self.successResultOf(self.store.outbox_after(DEST1, rest[-1].id, 9)), [])
+
+    def test_tail_bounded(self) -> None:
+        """
+        At most C{outbox_tail} rows stay in memory per destination: the older
+        ones are read from the database, then the relay goes on from memory.
+        """
+        self.store = self.open(outbox_tail=3)
+        calls = self.count_queries(self.store)
+        lines = wms_lines(JOB_A)[:5]
+        self.store_lines(lines)
+        self.assertEqual(self.store.backend.tail.depth(DEST1), 3)  # type: ignore[union-attr]
+        head = self.successResultOf(self.store.outbox_after(DEST1, 0, 1))
+        self.assertEqual(len(calls), 1)
+        rest = self.successResultOf(self.store.outbox_after(DEST1, head[-1].id, 100))
+        self.assertEqual(len(calls), 2)
+        self.assertEqual([r.line for r in head + rest], lines)
+        self.store_lines(wms_lines(JOB_A)[5:7])
+        more = self.successResultOf(self.store.outbox_after(DEST1, rest[-1].id, 100))
+        self.assertEqual(len(calls), 2)
+        self.assertEqual([r.line for r in more], wms_lines(JOB_A)[5:7])
+        self.assertRaises(ValueError, SQLiteStore, self.path, clock=self.clock, outbox_tail=0)
+
+    def test_rows_before_a_restart_from_the_database(self) -> None:
+        lines = wms_lines(JOB_A)[:4]
+        self.store_lines(lines[:2])
+        self.successResultOf(self.store.close())
+        self.store = self.open()
+        calls = self.count_queries(self.store)
+        self.store_lines(lines[2:])
+        rows = self.successResultOf(self.store.outbox_after(DEST1, 0, 100))
+        self.assertEqual([r.line for r in rows], lines)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(self.successResultOf(self.store.outbox_after(DEST1, rows[-1].id, 9)), [])
+        self.assertEqual(len(calls), 1)
+
+    def test_undescribed_rows_read_from_the_database(self) -> None:
+        """
+        A commit whose outbox rows the tail cannot describe (their event is not in
+        the commit) empties it: those rows come from the database.
+        """
+        lines = wms_lines(JOB_A)[:2]
+        self.store_lines(lines[:1])
+        first = self.successResultOf(self.store.outbox_after(DEST1, 0, 9))
+        plan = BatchPlan()
+        plan.outbox.append(OutboxRow(DEST1, first[0].event_id))
+        self.store.backend.write(plan)
+        self.assertEqual(self.store.backend.tail.depth(DEST1), 0)  # type: ignore[union-attr]
+        calls = self.count_queries(self.store)
+        again = self.successResultOf(self.store.outbox_after(DEST1, first[0].id, 9))
+        self.assertEqual([(r.id, r.line) for r in again], [(first[0].id + 1, lines[0])])
+        self.assertEqual(len(calls), 1)
+        self.store_lines(lines[1:])
+        last = self.successResultOf(self.store.outbox_after(DEST1, again[0].id, 9))
+        self.assertEqual([r.line for r in last], lines[1:])
+        self.assertEqual(len(calls), 1)
+
+    def test_failed_commit_not_in_the_tail(self) -> None:
+        """
+        A commit that fails leaves no row in memory.
+        """
+        self.store.start()
+        backend = self.store.backend
+        real = backend.conn
+
+        class Failing:
+            in_transaction = True
+
+            def execute(self, sql: str, *args: Any) -> Any:
+                if sql == "COMMIT":
+                    raise sqlite3.OperationalError("disk I/O error")
+                return real.execute(sql, *args)
+
+            def executemany(self, sql: str, *args: Any) -> Any:
+                return real.executemany(sql, *args)
+
+        backend.conn = Failing()  # type: ignore[assignment]
+        d = self.store.store([(ln, parse_event(ln)) for ln in wms_lines(JOB_A)[:2]])
+        results = self.successResultOf(d)
+        backend.conn = real
+        self.assertEqual([type(r) for r in results], [TryAgain, TryAgain])
+        self.assertEqual(backend.tail.depth(DEST1), 0)  # type: ignore[union-attr]
+        self.assertEqual(self.successResultOf(self.store.outbox_after(DEST1, 0, 9)), [])
 
     def store_lines(self, lines: list[str]) -> None:
         self.successResultOf(self.store.store([(ln, parse_event(ln)) for ln in lines]))
@@ -530,6 +715,24 @@ class SQLiteOutboxTests(SynchronousTestCase):
         for each in ds:
             self.successResultOf(each)
         self.assertEqual(self.store.backend.transactions - before, 2)
+        self.assertEqual(self.successResultOf(self.store.outbox_pending()), [])
+
+    def test_acks_not_synced_alone(self) -> None:
+        """
+        Acknowledgements commit without a sync of their own (the next event
+        commit syncs them); event commits stay synchronous=FULL.
+        """
+        self.store_lines(wms_lines(JOB_A)[:3])
+        rows = self.successResultOf(self.store.outbox_after(DEST1, 0, 100))
+        conn = self.store.backend.conn
+        statements: list[str] = []
+        conn.set_trace_callback(statements.append)
+        self.addCleanup(conn.set_trace_callback, None)
+        self.successResultOf(self.store.outbox_ack([r.id for r in rows]))
+        self.assertEqual(statements[0], "PRAGMA synchronous = NORMAL")
+        self.assertEqual(statements[-1], "PRAGMA synchronous = FULL")
+        self.assertIn("COMMIT", statements)
+        self.assertEqual(conn.execute("PRAGMA synchronous").fetchone()[0], 2)
         self.assertEqual(self.successResultOf(self.store.outbox_pending()), [])
 
     def test_relay_against_sqlite(self) -> None:
@@ -624,7 +827,79 @@ class AckAndReplyTests(SynchronousTestCase):
         self.assertEqual(got, expected)
 
 
+class NoDelayTransport(StringTransport):
+    """
+    A TCP-like transport that records C{setTcpNoDelay}.
+    """
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.no_delay: list[bool] = []
+        self.fail = fail
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        if self.fail:
+            raise OSError("not a socket")
+        self.no_delay.append(enabled)
+
+
+class Wrapper:
+    """
+    What a TLS wrapper looks like to the protocol it wraps: the TCP transport
+    under C{transport}.
+    """
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+
+
+class NoDelayTests(SynchronousTestCase):
+    def test_through_wrappers(self) -> None:
+        tcp = NoDelayTransport()
+        self.assertTrue(tcp_no_delay(Wrapper(Wrapper(tcp))))
+        self.assertEqual(tcp.no_delay, [True])
+
+    def test_no_tcp(self) -> None:
+        self.assertFalse(tcp_no_delay(StringTransport()))
+        self.assertFalse(tcp_no_delay(None))
+        self.assertFalse(tcp_no_delay(Wrapper(NoDelayTransport(fail=True))))
+
+    def test_relay_connection(self) -> None:
+        """
+        The relay's connections send without Nagle's delay.
+        """
+        attached: list[object] = []
+
+        class Queue:
+            def attach(self, proto: object) -> None:
+                attached.append(proto)
+
+        tcp = NoDelayTransport()
+        proto = RelayProtocol(Queue())  # type: ignore[arg-type]
+        proto.makeConnection(Wrapper(tcp))  # type: ignore[arg-type]
+        self.assertEqual((tcp.no_delay, attached), ([True], [proto]))
+
+
 class MiscTests(SynchronousTestCase):
+    def test_relay_tail_option(self) -> None:
+        """
+        C{--relay-tail} bounds the proxy store's in-memory outbox rows.
+        """
+        from lbtwist import config, tap
+
+        state = os.path.abspath(self.mktemp())
+        env = {"fqdn": lambda: "ce.example.org", "exists": lambda p: False}
+        proxy = config.load_settings(
+            config.PROXY,
+            {"state-dir": state, "relay-tail": "5"},
+            env={},
+            **env,  # type: ignore[arg-type]
+        )
+        self.assertEqual(config.load_settings(config.PROXY, {}, env={}).relay_tail, 8192)  # type: ignore[arg-type]
+        store = tap.make_store(proxy, Clock())
+        self.assertEqual(store._outbox_tail, 5)  # type: ignore[attr-defined]
+        self.assertTrue(store.relay)
+
     def test_split_destination(self) -> None:
         self.assertEqual(split_destination("lb.example.org:9001"), ("lb.example.org", 9001))
 

@@ -228,6 +228,25 @@ class StorePortTests(SynchronousTestCase):
         self.assertEqual(s.factory.stats.connections, 0)
 
 
+class StorePortNoDelayTests(SynchronousTestCase):
+    def test_replies_without_nagle(self) -> None:
+        """
+        The store port turns Nagle's algorithm off on each connection's socket.
+        """
+
+        class TCP(StringTransport):
+            no_delay: list[bool] = []
+
+            def setTcpNoDelay(self, enabled: bool) -> None:
+                self.no_delay.append(enabled)
+
+        factory = StorePortFactory(MemoryStore(Clock(), relay=False), identify=lambda t: None)
+        proto = factory.buildProtocol(None)
+        tcp = TCP()
+        proto.makeConnection(tcp)
+        self.assertEqual(tcp.no_delay, [True])
+
+
 class StorePortFramingTests(SynchronousTestCase):
     """
     The store port on the shared framing module.

@@ -20,6 +20,7 @@ from lbtwist.service import logs
 from lbtwist.service.intake import IntakeFactory
 from lbtwist.service.metrics import MetricsService
 from lbtwist.service.notify import NotifyService
+from lbtwist.service.purge import PurgeService
 from lbtwist.service.relay import RelayService
 from lbtwist.service.serve import ServeFactory
 from lbtwist.service.storeport import StorePortFactory
@@ -218,6 +219,8 @@ class MakeServiceTests(SynchronousTestCase):
                 found["notify"] = service
             elif isinstance(service, MetricsService):
                 found["metrics"] = service
+            elif isinstance(service, PurgeService):
+                found["purge"] = service
             else:
                 self.fail(f"unexpected service {service!r}")
         return top, found
@@ -233,8 +236,20 @@ class MakeServiceTests(SynchronousTestCase):
         _, found = self.build(tap.Options)
         self.assertEqual(
             sorted(found),
-            ["intake", "metrics", "notify", "query", "relay", "serve", "store", "summaries"],
+            [
+                "intake",
+                "metrics",
+                "notify",
+                "purge",
+                "query",
+                "relay",
+                "serve",
+                "store",
+                "summaries",
+            ],
         )
+        self.assertEqual(found["purge"].interval, 3600.0)
+        self.assertIsNotNone(found["query"].factory.resource.admin)
         [(address, factory, backlog, mode, _), serve] = self.reactor.unixServers
         self.assertEqual(address, os.path.join(self.state, "events.sock"))
         self.assertEqual((backlog, mode), (1024, 0o660))

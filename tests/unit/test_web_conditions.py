@@ -303,7 +303,7 @@ class StoreQueryTests(SynchronousTestCase):
     def test_status_cache_bounded_and_parses_once(self) -> None:
         """
         A polled job's JSON is parsed once; the cache keeps at most
-        C{STATUS_CACHE_SIZE} statuses.
+        C{status_cache} statuses.
         """
         from lbtwist.store import sqlite as sqlite_module
 
@@ -317,7 +317,7 @@ class StoreQueryTests(SynchronousTestCase):
             return real(data)
 
         self.patch(sqlite_module, "status_from_json", counting)
-        self.patch(sqlite_module, "STATUS_CACHE_SIZE", 2)
+        sqlite._queries.status_cache = 2
         first = rows[0].jobid.rsplit("/", 1)[1]
         for _ in range(3):
             self.assertEqual(_done(sqlite.find_status(first))[0], rows[0].jobid)

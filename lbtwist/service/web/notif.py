@@ -26,7 +26,6 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
-from twisted.web.template import Tag, tags
 
 from lbtwist.core.notif import (
     SSE_KEEPALIVE,
@@ -522,27 +521,26 @@ def list_html(objects: list[dict[str, Any]]) -> bytes:
     """
     The caller's registrations as an HTML page.
     """
-    rows: list[Tag] = [
-        tags.tr(
-            tags.td(tags.a(href="/NOTIF:" + obj["unique"])(obj["id"])),
-            tags.td(format_text_time(obj["valid_until"] * 1_000_000)),
-            tags.td(json.dumps(obj["conditions"], sort_keys=True)),
-            tags.td(", ".join(n for n, on in obj["flags"].items() if on) or "-"),
-            tags.td(str(obj["last_seq"])),
-            tags.td(str(obj["dropped"])),
+    e = render.element
+    rows = [
+        e(
+            "tr",
+            None,
+            e("td", None, e("a", {"href": "/NOTIF:" + obj["unique"]}, obj["id"])),
+            e("td", None, format_text_time(obj["valid_until"] * 1_000_000)),
+            e("td", None, json.dumps(obj["conditions"], sort_keys=True)),
+            e("td", None, ", ".join(n for n, on in obj["flags"].items() if on) or "-"),
+            e("td", None, str(obj["last_seq"])),
+            e("td", None, str(obj["dropped"])),
         )
         for obj in objects
     ]
-    table = tags.table(
-        tags.tr(
-            tags.th("Notification"),
-            tags.th("Valid until"),
-            tags.th("Conditions"),
-            tags.th("Flags"),
-            tags.th("Last message"),
-            tags.th("Dropped"),
-        ),
-        *rows,
+    heads = ("Notification", "Valid until", "Conditions", "Flags", "Last message", "Dropped")
+    table = e("table", None, e("tr", None, [e("th", None, h) for h in heads]), rows)
+    body = e(
+        "div",
+        None,
+        e("h1", None, "Notifications"),
+        table if rows else e("p", None, "No registrations."),
     )
-    body = tags.div(tags.h1("Notifications"), table if rows else tags.p("No registrations."))
     return render._page("Notifications", body)
