@@ -412,3 +412,28 @@ class TLSMetricsTests(SynchronousTestCase):
         self.assertEqual(len(refusals.reasons), MAX_REASONS + 1)
         self.assertEqual(refusals.reasons["other"], 5)
         self.assertEqual(refusals.reasons["reason 0"], 2)
+
+
+class ListenerTests(SynchronousTestCase):
+    def test_cannot_listen(self) -> None:
+        """
+        A metrics listener that cannot bind is one warning line, not a failed start-up.
+        """
+        from twisted.internet.error import CannotListenError
+        from twisted.logger import LogLevel, globalLogPublisher
+
+        from lbtwist.service.metrics import MetricsListener
+
+        class Busy:
+            def listen(self, factory: object) -> Deferred[object]:
+                return fail(CannotListenError("127.0.0.1", 9100, OSError(98, "in use")))
+
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        listener = MetricsListener(Busy(), "tcp:9100", None)  # type: ignore[arg-type]
+        listener.startService()
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("cannot listen on {endpoint}", warnings[0]["log_format"])
+        self.assertIsNone(listener.stopService())
