@@ -65,6 +65,10 @@ def _level(value: float, warning: float, critical: float, *, low_is_bad: bool) -
     return CRITICAL if value > critical else WARNING if value > warning else OK
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _fmt(value: float) -> str:
     return f"{value:.1f}".rstrip("0").rstrip(".")
 
@@ -126,9 +130,11 @@ def evaluate(health: dict[str, Any], now: float, t: Thresholds) -> tuple[int, st
     if reasons:
         text = "; ".join(reasons)
     else:
+        dests = len(health.get("relay") or [])
+        cas = int(ca.get("cas", 0))
         text = (
-            f"{health.get('role', 'lbtwist')} healthy, {len(health.get('relay') or [])} relay"
-            f" destinations, backlog {backlog}, {ca.get('cas', 0)} CAs"
+            f"{health.get('role', 'lbtwist')} healthy, {_n(dests, 'relay destination')},"
+            f" backlog {backlog}, {_n(cas, 'CA')}"
         )
     return status, f"LBTWIST {STATUS_NAMES[status]} - {text}|{' '.join(perf)}"
 

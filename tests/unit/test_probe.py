@@ -41,7 +41,12 @@ class EvaluateTests(SynchronousTestCase):
     def test_ok(self) -> None:
         code, line = evaluate(report(), NOW, T)
         self.assertEqual(code, OK)
-        self.assertTrue(line.startswith("LBTWIST OK - lbproxy healthy"), line)
+        self.assertTrue(
+            line.startswith(
+                "LBTWIST OK - lbproxy healthy, 0 relay destinations, backlog 0, 2 CAs|"
+            ),
+            line,
+        )
         status, perf = line.split("|")
         self.assertEqual(perf.split()[0], "backlog_age=0s;60;600")
         self.assertIn("cert_days=300;14;3", perf)
