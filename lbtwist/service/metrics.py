@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import attrs
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.twisted import MetricsResource
 from twisted.application.internet import TimerService
@@ -36,6 +36,11 @@ log = Logger()
 
 #: Seconds between refreshes of the outbox statistics.
 DEFAULT_REFRESH_INTERVAL = 15.0
+
+#: Buckets of the commit group sizes (events).
+GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+#: Buckets of the commit group latency (seconds).
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
 class ServiceMetrics:
@@ -78,6 +83,28 @@ class ServiceMetrics:
         self.refreshed: float | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
+        self.group_events = Histogram(
+            "lbtwist_commit_group_events",
+            "Events per store commit group.",
+            buckets=GROUP_BUCKETS,
+            registry=self.registry,
+        )
+        self.group_seconds = Histogram(
+            "lbtwist_commit_group_seconds",
+            "From the queueing of a commit group's first events to their answers (the"
+            " acknowledgement latency of its oldest event).",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        if hasattr(store, "commit_observer"):
+            store.commit_observer = self.observe_commit  # type: ignore[attr-defined]
+
+    def observe_commit(self, events: int, queued_at: int) -> None:
+        """
+        One committed group (L{lbtwist.store.batch.GroupCommit.observer}).
+        """
+        self.group_events.observe(events)
+        self.group_seconds.observe(max(self.clock.seconds() - queued_at / 1e6, 0.0))
 
     def add_intake(self, port: str, factory: Any) -> None:
         """

@@ -1132,6 +1132,8 @@ class SQLiteStore(GroupedWrites):
         if outbox_tail < 1:
             raise ValueError(f"outbox tail of {outbox_tail} rows")
         self._outbox_tail = outbox_tail
+        #: C{(events, queued_at_us)} per committed group (set before L{start}; metrics).
+        self.commit_observer: Callable[[int, int], None] | None = None
         self.path = path
         self._query_cache = query_cache
         self._page_cache = page_cache
@@ -1234,6 +1236,7 @@ class SQLiteStore(GroupedWrites):
         for listener in self._listeners:
             self._notifier.add(listener)
         self._outbox = OutboxWriter(clock, runner, self.backend.outbox_done)
+        self._commit.observer = self.commit_observer
         self._commit.kick()
 
     def __getattr__(self, name: str) -> object:

@@ -187,6 +187,9 @@ class OperationsEndToEndTests(SynchronousTestCase):
         )
         self.assertEqual(metric_value(text, "lbtwist_relay_connected", destination=dest), 1)
         self.assertGreater(metric_value(text, "lbtwist_store_size_bytes") or 0, 0)
+        # Every logged event went through a commit group, observed once per group.
+        self.assertEqual(metric_value(text, "lbtwist_commit_group_events_sum"), len(lines))
+        self.assertGreater(metric_value(text, "lbtwist_commit_group_seconds_count") or 0, 0)
 
         # /health on the metrics listener and, for a client certificate, on the query port.
         # The outbox figures are read every --metrics-refresh-interval.

@@ -437,3 +437,32 @@ class ListenerTests(SynchronousTestCase):
         self.assertEqual(len(warnings), 1)
         self.assertIn("cannot listen on {endpoint}", warnings[0]["log_format"])
         self.assertIsNone(listener.stopService())
+
+
+class CommitGroupTests(SynchronousTestCase):
+    def test_groups_observed(self) -> None:
+        """
+        A SQLite store's committed groups: their sizes and latencies, once per group.
+        """
+        from lbtwist.core.events import parse_event
+        from lbtwist.store.batch import run_now
+        from lbtwist.store.sqlite import SQLiteStore
+        from tests.unit.test_relay import JOB_A, wms_lines
+
+        clock = task.Clock()
+        clock.advance(NOW)
+        path = os.path.join(self.mktemp() + ".d", "lbtwist.sqlite")
+        os.makedirs(os.path.dirname(path))
+        store = SQLiteStore(path, clock=clock, runner=run_now)
+        self.addCleanup(store.close)
+        metrics = ServiceMetrics(store, clock, role="lbproxy", version="1", store_path=path)
+        store.start()
+        lines = wms_lines(JOB_A)[:5]
+        self.successResultOf(store.store([(ln, parse_event(ln)) for ln in lines]))
+        got = samples(metrics)
+        self.assertEqual(got[("lbtwist_commit_group_events_count", ())], 1)
+        self.assertEqual(got[("lbtwist_commit_group_events_sum", ())], 5)
+        self.assertEqual(got[("lbtwist_commit_group_events_bucket", (("le", "4.0"),))], 0)
+        self.assertEqual(got[("lbtwist_commit_group_events_bucket", (("le", "8.0"),))], 1)
+        self.assertEqual(got[("lbtwist_commit_group_seconds_count", ())], 1)
+        self.assertEqual(got[("lbtwist_commit_group_seconds_sum", ())], 0)
