@@ -333,6 +333,13 @@ class RelayQueue(Service):
         return len(self._inflight)
 
     @property
+    def reading(self) -> bool:
+        """
+        Whether a read of the outbox is under way.
+        """
+        return self._fetching
+
+    @property
     def buffered(self) -> int:
         """
         Events read from the outbox and not sent (retries included).
@@ -653,32 +660,50 @@ class RelayService(MultiService):
         """
         d: Deferred[dict[str, OutboxStats]] = self.store.outbox_stats()
 
-        def got(stats: dict[str, OutboxStats]) -> None:
+        def got(stats: dict[str, OutboxStats]) -> Deferred[None] | None:
             if not self.running:
-                return
-            now = self.clock.seconds()
-            for dest, st in sorted(stats.items()):
-                if st.depth:
-                    self.queue(dest).wake()
-                if st.depth or st.rejected:
-                    age = 0.0 if st.oldest_arrived is None else now - st.oldest_arrived / 1e6
-                    queue = self.queues.get(dest)
-                    log.info(
-                        "relay {dest}: {depth} waiting, oldest {age:.1f} s, {rejected} rejected,"
-                        " {state}",
-                        dest=dest,
-                        depth=st.depth,
-                        age=max(age, 0.0),
-                        rejected=st.rejected,
-                        state="connected"
-                        if queue is not None and queue.connected
-                        else "not connected",
-                    )
+                return None
+            # Waiting rows that no idle queue knows of were added behind the store's
+            # back (lbtwist relay retry): read them from the database.
+            resync = getattr(self.store, "outbox_resync", None)
+            if resync is not None and any(
+                st.depth and self._idle(dest) for dest, st in stats.items()
+            ):
+                synced: Deferred[None] = resync()
+                synced.addCallback(lambda _: self._report(stats))
+                return synced
+            self._report(stats)
+            return None
 
         def failed(failure: Failure) -> None:
             log.failure("relay sweep failed", failure)
 
         return d.addCallbacks(got, failed)
+
+    def _idle(self, destination: str) -> bool:
+        queue = self.queues.get(destination)
+        return queue is None or not (queue.buffered or queue.in_flight or queue.reading)
+
+    def _report(self, stats: dict[str, OutboxStats]) -> None:
+        """
+        Wake every destination with waiting rows and log its queue.
+        """
+        now = self.clock.seconds()
+        for dest, st in sorted(stats.items()):
+            if st.depth:
+                self.queue(dest).wake()
+            if st.depth or st.rejected:
+                age = 0.0 if st.oldest_arrived is None else now - st.oldest_arrived / 1e6
+                queue = self.queues.get(dest)
+                log.info(
+                    "relay {dest}: {depth} waiting, oldest {age:.1f} s, {rejected} rejected,"
+                    " {state}",
+                    dest=dest,
+                    depth=st.depth,
+                    age=max(age, 0.0),
+                    rejected=st.rejected,
+                    state="connected" if queue is not None and queue.connected else "not connected",
+                )
 
 
 # -- wiring ---------------------------------------------------------------------

@@ -1313,6 +1313,19 @@ class SQLiteStore(GroupedWrites):
     def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
         return self._read(self._queries.outbox_stats)
 
+    def outbox_resync(self) -> Deferred[None]:
+        """
+        Forget the L{OutboxTail} (on the writer, between commits): outbox rows another
+        process added (C{lbtwist relay retry}) are read from the database.
+        """
+        backend = self.backend
+
+        def reset() -> None:
+            if backend.tail is not None:
+                backend.tail.reset(_last_outbox_id(backend.conn))
+
+        return self._runner(reset)
+
     def rejected(self, destination: str | None = None) -> Deferred[list[RejectedEntry]]:
         return self._read(lambda: self._queries.rejected(destination))
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
 from lbtwist.security.authz import Policy
@@ -112,3 +113,49 @@ class AdminRouteTests(test_relayadmin.RelayAdminTests):
         code, body = self.call(b"POST", [b"retry"])
         self.assertEqual(code, 400)
         self.assertIn("--all", body["error"])
+
+
+class SweepResyncTests(SynchronousTestCase):
+    def test_idle_destination_with_rows(self) -> None:
+        """
+        A sweep that finds waiting rows no idle queue knows of has the store read its
+        outbox from the database again (rows re-queued by another process), then wakes
+        the queue.
+        """
+        from twisted.internet.defer import succeed
+        from twisted.internet.task import Clock
+
+        from lbtwist.service.relay import RelayService
+        from lbtwist.store.interface import OutboxStats
+
+        class Store:
+            resyncs = 0
+            reads: list[int] = []
+
+            def add_commit_listener(self, listener: object) -> None:
+                pass
+
+            def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
+                return succeed({DEST1: OutboxStats(DEST1, 2, int(T0 * 1e6), 0)})
+
+            def outbox_resync(self) -> Deferred[None]:
+                Store.resyncs += 1
+                return succeed(None)
+
+            def outbox_after(self, dest: str, after: int, limit: int) -> Deferred[list[object]]:
+                Store.reads.append(after)
+                return Deferred()  # still reading
+
+        class Endpoint:
+            def connect(self, factory: object) -> Deferred[object]:
+                return Deferred()
+
+        clock = Clock()
+        service = RelayService(Store(), clock, lambda d: Endpoint())  # type: ignore[arg-type]
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(Store.resyncs, 1)
+        self.assertIn(DEST1, service.queues)
+        # The queue is reading now (not idle): the next sweep does not resync.
+        service.sweep()
+        self.assertEqual(Store.resyncs, 1)

@@ -142,3 +142,35 @@ class RelayAdminTests(SynchronousTestCase):
         )
         self.assertEqual(code, 1)
         self.assertIn("no store in", err.getvalue())
+
+
+class RunningStoreTests(RelayAdminTests):
+    """
+    Re-queued rows written beside a running relaying store with an outbox tail.
+    """
+
+    def open(self) -> SQLiteStore:
+        store = SQLiteStore(
+            store_path(self.state),
+            clock=self.clock,
+            policy=proxy_policy((), "ce.example.org"),
+            runner=run_now,
+            outbox_tail=1000,
+        )
+        self.addCleanup(store.close)
+        return store
+
+    def test_resync_shows_requeued(self) -> None:
+        """
+        The store's in-memory tail does not know rows another process re-queued;
+        L{SQLiteStore.outbox_resync} makes the next read find them.
+        """
+        rows = self.successResultOf(self.store.outbox_after(DEST1, 0, 100))
+        last = rows[-1].id
+        self.assertEqual(self.successResultOf(self.store.outbox_after(DEST1, last, 100)), [])
+        code, _, _ = self.relay("retry", "--all")
+        self.assertEqual(code, 0)
+        self.assertEqual(self.successResultOf(self.store.outbox_after(DEST1, last, 100)), [])
+        self.successResultOf(self.store.outbox_resync())
+        again = self.successResultOf(self.store.outbox_after(DEST1, last, 100))
+        self.assertEqual([r.line for r in again], self.lines[1:3])

@@ -196,9 +196,21 @@ class RelayAdminResource(Resource):
                 n=result["events"],
                 dests=result["destinations"],
             )
-            if self.relay is not None and getattr(self.relay, "running", False):
-                for dest in result["destinations"]:
-                    self.relay.queue(dest).wake()
+            relay = self.relay
+            if relay is not None and getattr(relay, "running", False):
+
+                def wake(_: object = None) -> None:
+                    for dest in result["destinations"]:
+                        relay.queue(dest).wake()
+
+                # The store's in-memory outbox tail does not hold the re-queued rows.
+                resync = getattr(getattr(relay, "store", None), "outbox_resync", None)
+                if resync is None:
+                    wake()
+                else:
+                    resync().addCallback(wake).addErrback(
+                        lambda f: log.failure("relay: reading re-queued events", f)
+                    )
         else:
             log.warn(
                 "relay: {dn} dropped {n} {kind} events of {dests}: {reason}",
