@@ -44,6 +44,10 @@ DEFAULT_REFOLD_SLICE = 100  # events
 #: Python's thread switch interval while the store's threads run (microseconds; the
 #: interpreter's own is 5,000): how long the reactor may wait for the writer thread.
 DEFAULT_THREAD_SWITCH_INTERVAL = 500
+# The metrics and health listener.
+DEFAULT_METRICS = "tcp:9100:interface=127.0.0.1"
+DEFAULT_METRICS_REFRESH_INTERVAL = 15.0
+DEFAULT_RELAY_SWEEP_INTERVAL = 60.0
 DEFAULT_SERVE_MAX_ANSWER = 16 * 1024 * 1024  # bytes
 # Memory bounds of the store (docs/reference.md, Performance targets); every one is an option.
 DEFAULT_JOB_CACHE = 20_000  # job statuses the writer keeps
@@ -811,6 +815,32 @@ OPTIONS: tuple[Option, ...] = (
         "Microseconds a thread runs before Python lets another (the reactor) in.",
     ),
     _value(
+        "metrics",
+        _text,
+        DEFAULT_METRICS,
+        "Endpoint of the /metrics and /health listener ('none': off).",
+    ),
+    _value(
+        "metrics-tls",
+        _flag,
+        False,
+        "Serve /metrics and /health over TLS, client certificate required.",
+        flag=True,
+    ),
+    _value(
+        "metrics-refresh-interval",
+        _seconds,
+        DEFAULT_METRICS_REFRESH_INTERVAL,
+        "Seconds between reads of the relay outbox statistics for metrics and health.",
+    ),
+    _value(
+        "relay-sweep-interval",
+        _seconds,
+        DEFAULT_RELAY_SWEEP_INTERVAL,
+        "Seconds between relay sweeps (re-queued events are picked up, queue log line).",
+        roles=_PROXY_ONLY,
+    ),
+    _value(
         "relay-tail",
         _count,
         DEFAULT_RELAY_TAIL,
@@ -1023,6 +1053,10 @@ class Settings:
     notify_max_body: int
     notify_page_messages: int
     thread_switch_interval: int
+    metrics: str
+    metrics_tls: bool
+    metrics_refresh_interval: float
+    relay_sweep_interval: float
     relay_tail: int
     purge_interval: float | None
     purge_aborted: int | None

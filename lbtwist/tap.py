@@ -406,11 +406,14 @@ def query_service(
     store: IEventStore,
     reactor: Any,
     notify: Any = None,
+    health: Any = None,
+    routes: Any = None,
     admin: Any = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query port on C{--query} (with the notification routes of C{notify},
-    a L{lbtwist.service.notify.NotifyService}, if given).
+    a L{lbtwist.service.notify.NotifyService}, and C{/health}, a
+    L{lbtwist.service.health.HealthResource}, if given).
     """
     from lbtwist.service.web import ACCESS_LOG, make_query_service
 
@@ -431,6 +434,8 @@ def query_service(
         max_header_size=settings.max_header_size,
         max_headers=settings.max_headers,
         notify=notify,
+        health=health,
+        routes=routes,
         admin=admin,
         lifecycle=lifecycle_limits(settings),
     )
@@ -544,7 +549,82 @@ def relay_service(
             enoent_timeout=float(settings.relay_enoent_timeout),
             reconnect_max=settings.relay_reconnect_max,
         ),
+        sweep_interval=settings.relay_sweep_interval,
     )
+
+
+def metrics_service(
+    settings: Settings,
+    credentials: HostCredentials,
+    store: IEventStore,
+    reactor: Any,
+) -> Any:
+    """
+    The metrics and health listener on C{--metrics} (TLS with C{--metrics-tls}; none
+    with C{--metrics none}) and its refresh timer: a
+    L{lbtwist.service.metrics.MetricsService} whose C{metrics} the other parts are
+    registered with.
+    """
+    from lbtwist import __version__
+    from lbtwist.service.metrics import (
+        MetricsListener,
+        MetricsService,
+        ServiceMetrics,
+        metrics_site,
+    )
+    from lbtwist.store import store_path
+
+    metrics = ServiceMetrics(
+        store,
+        reactor,
+        role=settings.role,
+        version=__version__,
+        store_path=store_path(settings.state_dir),
+        ca_dir=credentials.ca_dir,
+        cert=credentials.cert,
+    )
+    service = MetricsService(metrics, settings.metrics_refresh_interval)
+    if settings.metrics.lower() == "none":
+        return service
+    endpoint = serverFromString(reactor, settings.metrics)
+    if settings.metrics_tls:
+        from lbtwist.security.tls import tls_server_endpoint
+
+        endpoint = tls_server_endpoint(
+            endpoint,
+            context_source(settings, credentials, reactor),
+            limits=port_limits(settings, "query"),
+            clock=reactor,
+            port="metrics",
+        )
+        metrics.add_tls("metrics", endpoint)
+    MetricsListener(endpoint, settings.metrics, metrics_site(metrics)).setServiceParent(service)
+    return service
+
+
+def relay_admin_routes(
+    settings: Settings, policy: Policy, relay: IService, reactor: Any
+) -> Callable[[Any], dict[bytes, Any]]:
+    """
+    The query port's C{/relay} routes of a proxy (for super users), a function of the
+    port's identify callable.
+    """
+
+    def routes(identify: Any) -> dict[bytes, Any]:
+        from lbtwist.service.web.admin_relay import RelayAdminResource
+
+        return {
+            b"relay": RelayAdminResource(
+                settings.state_dir,
+                identify=identify,
+                policy=policy,
+                super_users=settings.super_user,
+                relay=relay,
+                now=reactor.seconds,
+            )
+        }
+
+    return routes
 
 
 def purge_rules(settings: Settings) -> Any:
@@ -638,7 +718,8 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     StoreService(store).setServiceParent(top)
     logs.LIMITER.configure(clock=reactor, lines=settings.warnings_per_minute)
     logs.SummaryService(logs.LIMITER, reactor).setServiceParent(top)
-    intake_service(settings, store, reactor).setServiceParent(top)
+    intake = intake_service(settings, store, reactor)
+    intake.setServiceParent(top)
     if settings.il_spool:
         spool_services(settings, store, reactor).setServiceParent(top)
     serve_service(settings, store, reactor).setServiceParent(top)
@@ -650,18 +731,42 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     expiry = trace_expiry_service(settings, store, reactor)
     if expiry is not None:
         expiry.setServiceParent(top)
-    query_service(
-        settings, credentials, policy, store, reactor, notify=notify, admin=admin
-    ).setServiceParent(top)
+    metrics = metrics_service(settings, credentials, store, reactor)
+    from lbtwist.service.health import HealthResource
+
+    health = HealthResource(metrics.metrics.health)
+    relay = None
+    routes = None
+    if settings.role == config.PROXY:
+        relay = relay_service(settings, credentials, store, reactor)
+        routes = relay_admin_routes(settings, policy, relay, reactor)
+    query = query_service(
+        settings,
+        credentials,
+        policy,
+        store,
+        reactor,
+        notify=notify,
+        health=health,
+        routes=routes,
+        admin=admin,
+    )
+    query.setServiceParent(top)
+    metrics.metrics.add_tls("query", query.endpoint)
     if credentials.dev_pki is not None:
         _log_dev_commands(credentials.dev_pki, settings.query)
         DevProxyWatch(
             credentials.dev_pki.user_proxy, reactor, settings.dev_proxy_warning
         ).setServiceParent(top)
-    if settings.role == config.PROXY:
-        relay_service(settings, credentials, store, reactor).setServiceParent(top)
+    if relay is not None:
+        relay.setServiceParent(top)
     elif settings.store:
-        store_port_service(settings, credentials, policy, store, reactor).setServiceParent(top)
+        store_port = store_port_service(settings, credentials, policy, store, reactor)
+        store_port.setServiceParent(top)
+        metrics.metrics.add_tls("store", store_port.endpoint)
+    metrics.metrics.add_intake("events", intake.factory)
+    metrics.metrics.relay = relay
+    metrics.setServiceParent(top)
     SummaryLine(settings, credentials, trust, store).setServiceParent(top)
     return top
 

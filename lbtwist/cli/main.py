@@ -40,6 +40,8 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
     "lbtwist.cli.store",
+    "lbtwist.cli.probe",
+    "lbtwist.cli.relayadmin",
     "lbtwist.cli.purge",
     "lbtwist.cli.notifyargs",
     "lbtwist.cli.dump",
@@ -67,6 +69,8 @@ COMMANDS: dict[str, str] = {
     "store": "lbtwist.cli.store",
     "purge": "lbtwist.cli.purge",
     "notify": "lbtwist.cli.notifyargs",
+    "probe": "lbtwist.cli.probe",
+    "relay": "lbtwist.cli.relayadmin",
 }
 
 #: Subcommands with a fast lane: C{"module:function"}, the function taking the

@@ -192,6 +192,10 @@ def peer_of(conn: SSL.Connection) -> tuple[str, str]:
     return printable(str(address)), printable(str(address))
 
 
+#: Distinct refusal reasons counted per log (L{RefusalLog.count}).
+MAX_REASONS = 64
+
+
 class RefusalLog(RateLimitedLog):
     """
     Rate-limited log lines of refusals (a L{RateLimitedLog}): one line per key
@@ -219,6 +223,18 @@ class RefusalLog(RateLimitedLog):
             logger=log,
         )
         self._log = logger if logger is not None else log
+        #: Refused handshakes by reason (for metrics; at most L{MAX_REASONS} reasons,
+        #: the rest counted as C{"other"}).
+        self.reasons: dict[str, int] = {}
+
+    def count(self, reason: str) -> None:
+        """
+        Count one refusal of C{reason}.
+        """
+        reasons = self.reasons
+        if reason not in reasons and len(reasons) >= MAX_REASONS:
+            reason = "other"
+        reasons[reason] = reasons.get(reason, 0) + 1
 
     @property
     def interval(self) -> float:
@@ -471,6 +487,7 @@ def _refuse(
     Log a refused handshake: the peer address, the reason, and the subject
     of the failing certificate escaped and labelled unverified.
     """
+    refusals.count(reason)
     peer, host = peer_of(conn)
     if cert is None:
         refusals.emit(
@@ -1099,6 +1116,8 @@ class TLSServerEndpoint:
     clock: IReactorTime | None = None
     port: str = "tls"
     on_established: Callable[[BoundedTLSProtocol], object] | None = None
+    #: The factories of the listening ports (for metrics: connections, refusals).
+    factories: list[BoundedTLSFactory] = attrs.field(factory=list, eq=False)
 
     def factory_for(self, protocolFactory: IProtocolFactory) -> BoundedTLSFactory:
         """
@@ -1108,7 +1127,7 @@ class TLSServerEndpoint:
         if clock is None:
             from twisted.internet import reactor as clock
         assert clock is not None
-        return BoundedTLSFactory(
+        factory = BoundedTLSFactory(
             self.context_source,
             protocolFactory,
             limits=self.limits if self.limits is not None else PortLimits(),
@@ -1116,6 +1135,8 @@ class TLSServerEndpoint:
             port=self.port,
             on_established=self.on_established,
         )
+        self.factories.append(factory)
+        return factory
 
     def listen(self, protocolFactory: IProtocolFactory) -> Any:
         """

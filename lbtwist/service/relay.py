@@ -223,6 +223,26 @@ class _RelayFactory(Factory):
         return proto
 
 
+@implementer(IStreamClientEndpoint)
+class _RecordingEndpoint:
+    """
+    An endpoint whose connection failures are kept as the queue's C{last_error}.
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, queue: RelayQueue) -> None:
+        self._endpoint = endpoint
+        self._queue = queue
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        d: Deferred[Any] = self._endpoint.connect(factory)
+
+        def failed(failure: Failure) -> Failure:
+            self._queue.last_error = failure.getErrorMessage()
+            return failure
+
+        return d.addErrback(failed)
+
+
 class RelayQueue(Service):
     """
     The ordered queue of one destination and its connection.
@@ -260,6 +280,8 @@ class RelayQueue(Service):
         self._reply_timer: IDelayedCall | None = None
         self._ack_timer: IDelayedCall | None = None
         self._acks: list[int] = []
+        #: The last connection failure or loss (for metrics and health), L{None} if none.
+        self.last_error: str | None = None
         policy_args: dict[str, Any] = {
             "initialDelay": settings.reconnect_initial,
             "maxDelay": settings.reconnect_max,
@@ -268,7 +290,7 @@ class RelayQueue(Service):
         if jitter is not None:
             policy_args["jitter"] = jitter
         self.client = ClientService(
-            endpoint,
+            _RecordingEndpoint(endpoint, self),
             _RelayFactory(self),
             retryPolicy=backoffPolicy(**policy_args),
             clock=clock,
@@ -316,6 +338,13 @@ class RelayQueue(Service):
         return len(self._inflight)
 
     @property
+    def reading(self) -> bool:
+        """
+        Whether a read of the outbox is under way.
+        """
+        return self._fetching
+
+    @property
     def buffered(self) -> int:
         """
         Events read from the outbox and not sent (retries included).
@@ -359,6 +388,7 @@ class RelayQueue(Service):
             self.counters.resent += len(self._inflight)
         self._requeue()
         text = reason if isinstance(reason, str) else reason.getErrorMessage()
+        self.last_error = text
         log.info(
             "relay {dest}: connection lost ({reason}), {n} events to resend",
             dest=self.destination,
@@ -635,32 +665,50 @@ class RelayService(MultiService):
         """
         d: Deferred[dict[str, OutboxStats]] = self.store.outbox_stats()
 
-        def got(stats: dict[str, OutboxStats]) -> None:
+        def got(stats: dict[str, OutboxStats]) -> Deferred[None] | None:
             if not self.running:
-                return
-            now = self.clock.seconds()
-            for dest, st in sorted(stats.items()):
-                if st.depth:
-                    self.queue(dest).wake()
-                if st.depth or st.rejected:
-                    age = 0.0 if st.oldest_arrived is None else now - st.oldest_arrived / 1e6
-                    queue = self.queues.get(dest)
-                    log.info(
-                        "relay {dest}: {depth} waiting, oldest {age:.1f} s, {rejected} rejected,"
-                        " {state}",
-                        dest=dest,
-                        depth=st.depth,
-                        age=max(age, 0.0),
-                        rejected=st.rejected,
-                        state="connected"
-                        if queue is not None and queue.connected
-                        else "not connected",
-                    )
+                return None
+            # Waiting rows that no idle queue knows of were added behind the store's
+            # back (lbtwist relay retry): read them from the database.
+            resync = getattr(self.store, "outbox_resync", None)
+            if resync is not None and any(
+                st.depth and self._idle(dest) for dest, st in stats.items()
+            ):
+                synced: Deferred[None] = resync()
+                synced.addCallback(lambda _: self._report(stats))
+                return synced
+            self._report(stats)
+            return None
 
         def failed(failure: Failure) -> None:
             log.failure("relay sweep failed", failure)
 
         return d.addCallbacks(got, failed)
+
+    def _idle(self, destination: str) -> bool:
+        queue = self.queues.get(destination)
+        return queue is None or not (queue.buffered or queue.in_flight or queue.reading)
+
+    def _report(self, stats: dict[str, OutboxStats]) -> None:
+        """
+        Wake every destination with waiting rows and log its queue.
+        """
+        now = self.clock.seconds()
+        for dest, st in sorted(stats.items()):
+            if st.depth:
+                self.queue(dest).wake()
+            if st.depth or st.rejected:
+                age = 0.0 if st.oldest_arrived is None else now - st.oldest_arrived / 1e6
+                queue = self.queues.get(dest)
+                log.info(
+                    "relay {dest}: {depth} waiting, oldest {age:.1f} s, {rejected} rejected,"
+                    " {state}",
+                    dest=dest,
+                    depth=st.depth,
+                    age=max(age, 0.0),
+                    rejected=st.rejected,
+                    state="connected" if queue is not None and queue.connected else "not connected",
+                )
 
 
 # -- wiring ---------------------------------------------------------------------
@@ -808,6 +856,7 @@ def make_relay_service(
     crl: str = "if-present",
     relay_map: Sequence[tuple[tuple[str, int], str]] = (),
     settings: RelaySettings = RelaySettings(),
+    sweep_interval: float = SWEEP_INTERVAL,
 ) -> RelayService:
     """
     The relay of C{twistd lbproxy}: TLS to each destination with the host
@@ -828,7 +877,7 @@ def make_relay_service(
         timeout=settings.enoent_timeout,
         n=len(relay_map),
     )
-    return RelayService(store, reactor, endpoint_for, settings)
+    return RelayService(store, reactor, endpoint_for, settings, sweep_interval=sweep_interval)
 
 
 __all__ = [

@@ -1081,6 +1081,9 @@ class GroupCommit:
         self._background: IDelayedCall | None = None
         self._stopped = False
         self.commits = 0
+        #: Called on the reactor thread once per committed group with its event count and
+        #: when its first events were queued (microseconds; for metrics), if set.
+        self.observer: Callable[[int, int], None] | None = None
 
     def stop(self) -> None:
         """
@@ -1192,6 +1195,9 @@ class GroupCommit:
         """
         Answer a committed group's callers (on the reactor thread).
         """
+        observer = self.observer
+        if observer is not None and group and group[0][0]:
+            observer(len(results), group[0][0][0][2])
         start = 0
         for part, d in group:
             d.callback(results[start : start + len(part)])

@@ -1197,6 +1197,8 @@ class SQLiteStore(GroupedWrites):
         if outbox_tail < 1:
             raise ValueError(f"outbox tail of {outbox_tail} rows")
         self._outbox_tail = outbox_tail
+        #: C{(events, queued_at_us)} per committed group (set before L{start}; metrics).
+        self.commit_observer: Callable[[int, int], None] | None = None
         self.path = path
         self._query_cache = query_cache
         self._page_cache = page_cache
@@ -1299,6 +1301,7 @@ class SQLiteStore(GroupedWrites):
         for listener in self._listeners:
             self._notifier.add(listener)
         self._outbox = OutboxWriter(clock, runner, self.backend.outbox_done)
+        self._commit.observer = self.commit_observer
         self._commit.kick()
 
     def __getattr__(self, name: str) -> object:
@@ -1386,6 +1389,19 @@ class SQLiteStore(GroupedWrites):
 
     def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
         return self._read(self._queries.outbox_stats)
+
+    def outbox_resync(self) -> Deferred[None]:
+        """
+        Forget the L{OutboxTail} (on the writer, between commits): outbox rows another
+        process added (C{lbtwist relay retry}) are read from the database.
+        """
+        backend = self.backend
+
+        def reset() -> None:
+            if backend.tail is not None:
+                backend.tail.reset(_last_outbox_id(backend.conn))
+
+        return self._runner(reset)
 
     def rejected(self, destination: str | None = None) -> Deferred[list[RejectedEntry]]:
         return self._read(lambda: self._queries.rejected(destination))

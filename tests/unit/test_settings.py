@@ -211,6 +211,7 @@ class TableTests(SynchronousTestCase):
             "il-keep-files": True,
             "il-no-inotify": True,
             "allow-no-ca": True,
+            "metrics-tls": True,
         }
         for option in OPTIONS:
             if option.in_file and option.name not in samples:

@@ -18,6 +18,7 @@ from lbtwist.core.errors import InvalidValue
 from lbtwist.security.tls import BoundedTLSFactory
 from lbtwist.service import logs
 from lbtwist.service.intake import IntakeFactory
+from lbtwist.service.metrics import MetricsService
 from lbtwist.service.notify import NotifyService
 from lbtwist.service.purge import PurgeService
 from lbtwist.service.relay import RelayService
@@ -217,6 +218,8 @@ class MakeServiceTests(SynchronousTestCase):
                 found["relay"] = service
             elif isinstance(service, NotifyService):
                 found["notify"] = service
+            elif isinstance(service, MetricsService):
+                found["metrics"] = service
             elif isinstance(service, PurgeService):
                 found["purge"] = service
             elif isinstance(service, TraceExpiry):
@@ -240,6 +243,7 @@ class MakeServiceTests(SynchronousTestCase):
             sorted(found),
             [
                 "intake",
+                "metrics",
                 "notify",
                 "purge",
                 "query",
@@ -262,6 +266,11 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(serve[1].allowed_uids, factory.allowed_uids)
         self.assertEqual(self.tcp(), [(9000, "127.0.0.1", BoundedTLSFactory)])
         self.assertIs(found["store"].store, found["query"].factory.resource.store)
+        # The metrics read the intake, the query port and the relay.
+        metrics = found["metrics"].metrics
+        self.assertEqual(metrics.intakes, [("events", factory)])
+        self.assertEqual(metrics.tls, [("query", found["query"].endpoint)])
+        self.assertIs(metrics.relay, found["relay"])
 
     def test_server(self) -> None:
         """
@@ -272,6 +281,7 @@ class MakeServiceTests(SynchronousTestCase):
             sorted(found),
             [
                 "intake",
+                "metrics",
                 "notify",
                 "query",
                 "serve",
@@ -285,6 +295,9 @@ class MakeServiceTests(SynchronousTestCase):
             sorted(self.tcp()), [(9001, "", BoundedTLSFactory), (9010, "", BoundedTLSFactory)]
         )
         self.assertIs(found["store-port"].factory.store, found["store"].store)
+        metrics = found["metrics"].metrics
+        self.assertEqual([port for port, _ in metrics.tls], ["query", "store"])
+        self.assertIsNone(metrics.relay)
 
     def test_dev_pki_resolved_once(self) -> None:
         """

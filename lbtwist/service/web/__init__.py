@@ -262,6 +262,8 @@ def make_site(
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
     notify: NotifyService | None = None,
+    health: Any = None,
+    routes: Any = None,
     admin: Callable[..., Any] | None = None,
     lifecycle: Any = None,
 ) -> Site:
@@ -310,6 +312,13 @@ def make_site(
 
         notif = NotifResource(notify, clock=clock, identify=identify, page_events=page_events)
         root = NotifRoot(root, notif)  # type: ignore[assignment]
+    if health is not None or routes is not None:
+        # /health (a HealthResource) and the routes (a function of the identify
+        # callable, giving first path segments and their resources) before the tree.
+        from lbtwist.service.health import HealthRoot
+
+        extra = routes(identify) if routes is not None else {}
+        root = HealthRoot(root, health, extra)  # type: ignore[assignment]
     site = QuerySite(
         root,
         timeout=idle_timeout,
@@ -376,6 +385,8 @@ def make_query_service(
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
     notify: NotifyService | None = None,
+    health: Any = None,
+    routes: Any = None,
     admin: Callable[..., Any] | None = None,
     lifecycle: Any = None,
 ) -> StreamServerEndpointService:
@@ -403,6 +414,8 @@ def make_query_service(
         max_header_size=max_header_size,
         max_headers=max_headers,
         notify=notify,
+        health=health,
+        routes=routes,
         admin=admin,
         lifecycle=lifecycle,
     )
