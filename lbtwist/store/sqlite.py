@@ -876,7 +876,9 @@ class Queries:
             where += " AND list_time >= ? AND (list_time > ? OR jobid <= ?)"
             args.extend([bound[0], bound[0], bound[1]])
         rows = self.conn.execute(
-            "SELECT jobid, owner, state, jobtype, last_update, list_time FROM jobs"
+            "SELECT jobid, owner, state, jobtype, last_update, list_time,"
+            " json_extract(status, '$.cream_state'), json_extract(status, '$.exit_code'),"
+            " json_extract(status, '$.done_code') FROM jobs"
             f" WHERE {where} ORDER BY list_time DESC, jobid LIMIT ?",
             [*args, query.limit + 1],
         ).fetchall()
@@ -886,7 +888,7 @@ class Queries:
             following = (page[-1][5], page[-1][0])
         elif bound is not None:
             following = bound
-        return JobPage([JobSummary(*row[:5]) for row in page], following)
+        return JobPage([JobSummary(*row[:5], *row[6:]) for row in page], following)
 
     def _scan_bound(self, query: JobQuery) -> tuple[str, str] | None:
         """
