@@ -236,9 +236,12 @@ class Browser:
             raise RuntimeError(f"{expression}: {answer['exceptionDetails']}")
         return answer["result"].get("value")
 
-    def screenshot(self, path: str) -> None:
+    def screenshot(self, path: str, whole: bool = True) -> None:
+        """
+        Write a PNG of the page (C{whole}: all of it, else the viewport).
+        """
         data = self.call(
-            "Page.captureScreenshot", session=True, format="png", captureBeyondViewport=True
+            "Page.captureScreenshot", session=True, format="png", captureBeyondViewport=whole
         )
         with open(path, "wb") as f:
             f.write(base64.b64decode(data["data"]))
@@ -328,7 +331,7 @@ class BrowserTests(SynchronousTestCase):
     def shot(self, name: str, width: int) -> None:
         where = os.environ.get("LBTWIST_SCREENSHOTS")
         if where:
-            self.browser.screenshot(os.path.join(where, f"{name}-{width}.png"))
+            self.browser.screenshot(os.path.join(where, f"{name}-{width}.png"), width > 600)
 
     def rows(self) -> list[list[str]]:
         return list(

@@ -383,9 +383,10 @@ nav { margin-bottom: 0.5em; }
 .scroll { max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; margin: 0.5em 0; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left;
-  vertical-align: top; font-size: 0.9em; overflow-wrap: anywhere; }
+  vertical-align: top; font-size: 0.9em; overflow-wrap: break-word; }
 th { background: #f0f0f0; }
-td.v { font-family: monospace; white-space: pre-wrap; }
+td.v { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; }
+table.jobs td:first-child { overflow-wrap: anywhere; min-width: 8em; }
 time { white-space: nowrap; }
 pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f7f7f7;
   border: 1px solid #ddd; padding: 0.5em; font-size: 0.85em; }
@@ -413,6 +414,9 @@ tr.generated td { color: #666; font-style: italic; }
   body { margin: 0.4em; }
   th, td { padding: 0.2em 0.3em; font-size: 0.8em; }
   form.filter input, form.filter select { max-width: 11em; }
+  table.jobs th:nth-child(5), table.jobs td:nth-child(5),
+  table.jobs th:nth-child(6), table.jobs td:nth-child(6),
+  table.events th:nth-child(4), table.events td:nth-child(4) { display: none; }
 }
 """
 
