@@ -19,7 +19,6 @@ from lbtwist.store.interface import JobSummary, StoredEvent
 from tests import traces
 
 EVIL = "<script>alert(\"x\")</script> & 'q' \\n é"
-EVIL_ESCAPED = escape(EVIL)
 
 
 def flat(tree: Any) -> str:
@@ -268,6 +267,10 @@ class PieceTests(SynchronousTestCase):
         page = self.job_page([line])
         self.assertNotIn("<script", page)
         self.assertIn('&lt;script&gt;alert("x")&lt;/script&gt;', page)
+        # The JDL as text: its line breaks are line breaks, not a written backslash-n.
+        jdl = page.split('<pre class="jdl" id="jdl">')[1].split("</pre>")[0]
+        self.assertTrue(jdl.startswith('[\n  Executable = "&lt;script&gt;'), jdl)
+        self.assertEqual(jdl.count("\n"), 2)
 
     def test_filter_form(self) -> None:
         page = render.jobs_html([], None, [("state", "Done"), ("owner", EVIL), ("x", "y")])
@@ -285,3 +288,49 @@ class PieceTests(SynchronousTestCase):
         self.assertIn('<a href="/" class="back">', page)
         self.assertIn('<p class="message">no job', page)
         self.assertNotIn("<script", page)
+
+
+class ResourceHTMLTests(SynchronousTestCase):
+    """
+    The query resource's HTML answers: error pages for browsers, JSON errors for
+    the others, the filter form's empty fields, the CREAM state and exit code.
+    """
+
+    def setUp(self) -> None:
+        from tests.unit import test_web
+
+        self.web = test_web
+        self.store = test_web.store_with(
+            traces.cream_done_ok_unpurged(), traces.cream_aborted(), traces.cream_done_failed()
+        )
+        self.h = test_web.Harness(self.store)
+
+    def test_error_page_for_browsers(self) -> None:
+        req = self.h.get("/CREAM000000001", accept="text/html,*/*;q=0.8")
+        self.assertEqual(req.responseCode, 404)
+        self.assertEqual(self.web.ctype(req), b"text/html; charset=utf-8")
+        page = self.web.body(req).decode()
+        self.assertIn("<title>404 Not found</title>", page)
+        self.assertIn("no job 'CREAM000000001'", page)
+        req = self.h.get("/CREAM000000001?format=json", accept="text/html")
+        self.assertEqual(self.web.ctype(req), b"application/json; charset=utf-8")
+        self.assertEqual(self.web.as_json(req)["error"], 404)
+        req = self.h.get("/CREAM000000001", accept="application/json")
+        self.assertEqual(self.web.as_json(req)["error"], 404)
+        req = self.h.get("/?state=nosuch", accept="text/html")
+        self.assertEqual(req.responseCode, 400)
+        self.assertIn(b'<h1 class="error">400 Bad request</h1>', self.web.body(req))
+
+    def test_empty_form_fields(self) -> None:
+        """
+        The form sends every field, empty ones too: they mean no filter.
+        """
+        req = self.h.get("/?state=&owner=&jobtype=&since=&until=", accept="text/html")
+        self.assertEqual(req.responseCode, 200, self.web.body(req))
+        page = self.web.body(req).decode()
+        self.assertEqual(page.count('<tr><td><a href="/'), 3)
+        self.assertIn('<td class="state-done-failed">Done</td><td>Done-failed</td><td>3</td>', page)
+        req = self.h.get("/?state=Aborted&owner=&since=", accept="text/html")
+        page = self.web.body(req).decode()
+        self.assertEqual(page.count('<tr><td><a href="/'), 1)
+        self.assertIn('<option value="Aborted" selected="selected">', page)
