@@ -460,15 +460,11 @@ def human_date(iso: str) -> str:
 def time_element(iso: str | None) -> Markup:
     """
     @return: a C{<time>} element showing L{human_date} of C{iso} (UTC), the
-        exact value in its C{datetime} and C{title} (shown on hover); empty for
-        C{None}.
+        exact value in its C{title} (shown on hover); empty for C{None}.
     """
     if not iso:
         return Markup("")
-    exact = escape_attribute(iso)
-    return Markup(
-        f'<time datetime="{exact}" title="{exact}">' + escape(human_date(iso)) + "</time>"
-    )
+    return Markup(f'<time title="{escape_attribute(iso)}">' + escape(human_date(iso)) + "</time>")
 
 
 #: The class of a state's badge or cell: terminal outcomes have a colour.
@@ -555,14 +551,13 @@ JDL_FIELDS = ("jdl", "matched_jdl", "cream_jdl")
 def seqcode_cell(seqcode: str | None) -> str:
     """
     @return: the HTML of a seqcode: as it is when short, else its first
-        L{SEQCODE_SHOWN} characters in a C{<details>} that opens on the whole one
-        (also shown on hover).
+        L{SEQCODE_SHOWN} characters in a C{<details>} that opens on the whole one.
     """
     text = seqcode or ""
     if len(text) <= SEQCODE_SHOWN:
         return escape(text)
     return (
-        f'<details class="seq" title="{escape_attribute(text)}"><summary>'
+        '<details class="seq"><summary>'
         + escape(text[:SEQCODE_SHOWN])
         + "\u2026</summary><code>"
         + escape(text)
