@@ -553,14 +553,16 @@ def seqcode_cell(seqcode: str | None) -> str:
     @return: the HTML of a seqcode: as it is when short, else its first
         L{SEQCODE_SHOWN} characters in a C{<details>} that opens on the whole one.
     """
-    text = seqcode or ""
-    if len(text) <= SEQCODE_SHOWN:
-        return escape(text)
+    if not seqcode:
+        return ""
+    text = escape(seqcode)
+    if len(seqcode) <= SEQCODE_SHOWN:
+        return text
     return (
         '<details class="seq"><summary>'
-        + escape(text[:SEQCODE_SHOWN])
+        + escape(seqcode[:SEQCODE_SHOWN])
         + "\u2026</summary><code>"
-        + escape(text)
+        + text
         + "</code></details>"
     )
 
@@ -591,10 +593,16 @@ def _event_row(stored: StoredEvent) -> str:
     # A row of the history table: the hot part of a job page (up to a page of them).
     ev = stored.event
     own = "<br />".join(escape(f"{k}={v}") for k, v in ev.fields.items())
+    # format_iso writes digits and -T:.Z only: nothing to escape.
+    iso = format_iso(ev.date)
     return (
-        ('<tr class="generated"><td>' if ev.generated else "<tr><td>")
-        + time_element(format_iso(ev.date))
-        + "</td><td>"
+        ('<tr class="generated"><td><time title="' if ev.generated else '<tr><td><time title="')
+        + iso
+        + '">'
+        + iso[:10]
+        + " "
+        + iso[11:19]
+        + "</time></td><td>"
         + escape(_cell(ev.type))
         + "</td><td>"
         + escape(_cell(ev.source))
