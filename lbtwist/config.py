@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 
 from lbtwist.core.errors import InvalidValue
+from lbtwist.core.purge import parse_duration, parse_grace
 
 DEFAULT_STATE_DIR = "./lbtwist-state"
 
@@ -215,6 +216,48 @@ def _crl(name: str, text: str) -> str:
     return text
 
 
+def _ratio(name: str, text: str) -> float:
+    """
+    A finite number, zero or more.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidValue(f"--{name}: not a number: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise InvalidValue(f"--{name}: must be zero or more")
+    return value
+
+
+def _grace(name: str, text: str) -> int | None:
+    """
+    A purge grace period: a duration (C{2d}, C{12h}, C{30m}, seconds) or C{never}.
+    """
+    try:
+        return parse_grace(text)
+    except InvalidValue as e:
+        raise InvalidValue(f"--{name}: {e.message}") from None
+
+
+def _interval_or_off(name: str, text: str) -> float | None:
+    """
+    A period of a background task as a duration; C{0} or C{off}: not run (L{None}).
+    """
+    if text.strip().lower() in ("off", "never", "no", "none"):
+        return None
+    try:
+        value: float | None = float(text)
+    except ValueError:
+        value = None
+    try:
+        seconds = float(parse_duration(text)) if value is None else value
+    except InvalidValue as e:
+        raise InvalidValue(f"--{name}: {e.message}") from None
+    if not 0 <= seconds < float("inf"):
+        raise InvalidValue(f"--{name}: must be a duration or 0")
+    return seconds or None
+
+
 def _flag(name: str, text: str) -> bool:
     return parse_bool(name, text)
 
@@ -314,6 +357,13 @@ DEFAULT_IL_RESCAN_INTERVAL = 60.0
 DEFAULT_IL_POLL_INTERVAL = 1.0
 DEFAULT_IL_REMOVE_IDLE = 600.0
 DEFAULT_IL_BATCH_EVENTS = 2000
+
+# Purge and Job Provenance export (docs/lifecycle.md).
+DEFAULT_PURGE_CHUNK = 100
+DEFAULT_PURGE_PAUSE = 1.0
+_DAY = 86_400
+DEFAULT_JPREG_INTERVAL = 1.0
+DEFAULT_JPREG_BATCH = 500
 
 
 def _value(
@@ -716,6 +766,76 @@ OPTIONS: tuple[Option, ...] = (
         "Committed outbox rows kept in memory per destination for the relay.",
         roles=_PROXY_ONLY,
     ),
+    # Purge and Job Provenance export (docs/lifecycle.md).
+    _value(
+        "purge-interval",
+        _interval_or_off,
+        None,
+        "Run a purge every this long (2d, 12h, 30m, seconds; 0 or off: never; proxy: 1h).",
+        role_defaults={PROXY: 3600.0},
+    ),
+    _value(
+        "purge-aborted", _grace, 7 * _DAY, "Purge Aborted jobs this long after their last update."
+    ),
+    _value(
+        "purge-cancelled",
+        _grace,
+        7 * _DAY,
+        "Purge Cancelled jobs this long after their last update.",
+    ),
+    _value(
+        "purge-cleared", _grace, 3 * _DAY, "Purge Cleared jobs this long after their last update."
+    ),
+    _value("purge-done", _grace, 31 * _DAY, "Purge Done jobs this long after their last update."),
+    _value(
+        "purge-other",
+        _grace,
+        31 * _DAY,
+        "Purge jobs in any other state this long after their update.",
+    ),
+    _value(
+        "proxy-purge-delivered",
+        _grace,
+        _DAY,
+        "Purge terminal relayed jobs whose events were all delivered after this (never: off).",
+        roles=_PROXY_ONLY,
+    ),
+    _value(
+        "purge-chunk",
+        _count,
+        DEFAULT_PURGE_CHUNK,
+        "Job rows a purge looks at per transaction, between commit groups (at most 10000).",
+    ),
+    _value(
+        "purge-pause",
+        _ratio,
+        DEFAULT_PURGE_PAUSE,
+        "After each purge chunk wait this many times its duration (1: writer half idle).",
+    ),
+    _value(
+        "jpreg-dir",
+        _text,
+        None,
+        "Job Provenance: a maildir message per registration in this directory.",
+    ),
+    _value(
+        "jpreg-interval",
+        _seconds,
+        DEFAULT_JPREG_INTERVAL,
+        "Seconds between two looks at registrations waiting for --jpreg-dir.",
+    ),
+    _value(
+        "jpreg-batch",
+        _count,
+        DEFAULT_JPREG_BATCH,
+        "Most registrations written to --jpreg-dir at a time (the rest wait in the store).",
+    ),
+    _value(
+        "jpdump-dir",
+        _text,
+        None,
+        "Job Provenance: purge writes per-job dump files and a maildir message each here.",
+    ),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
@@ -811,6 +931,19 @@ class Settings:
     notify_page_messages: int
     thread_switch_interval: int
     relay_tail: int
+    purge_interval: float | None
+    purge_aborted: int | None
+    purge_cancelled: int | None
+    purge_cleared: int | None
+    purge_done: int | None
+    purge_other: int | None
+    proxy_purge_delivered: int | None
+    purge_chunk: int
+    purge_pause: float
+    jpreg_dir: str | None
+    jpreg_interval: float
+    jpreg_batch: int
+    jpdump_dir: str | None
     dev_certs: bool
 
     def as_options(self) -> dict[str, object]:

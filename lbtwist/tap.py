@@ -186,6 +186,8 @@ def make_store(settings: Settings, reactor: Any) -> IEventStore:
         page_cache=settings.sqlite_cache,
         list_scan=settings.list_scan,
         outbox_tail=settings.relay_tail,
+        lock=True,
+        jp_register=settings.jpreg_dir is not None,
     )
 
 
@@ -346,6 +348,7 @@ def query_service(
     store: IEventStore,
     reactor: Any,
     notify: Any = None,
+    admin: Any = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query port on C{--query} (with the notification routes of C{notify},
@@ -370,6 +373,7 @@ def query_service(
         max_header_size=settings.max_header_size,
         max_headers=settings.max_headers,
         notify=notify,
+        admin=admin,
     )
 
 
@@ -454,6 +458,66 @@ def relay_service(
     )
 
 
+def purge_rules(settings: Settings) -> Any:
+    """
+    The grace periods of the configuration (L{lbtwist.core.purge.PurgeRules}); the
+    C{delivered} rule on the proxy only.
+    """
+    from lbtwist.core.purge import PurgeRules
+
+    return PurgeRules(
+        aborted=settings.purge_aborted,
+        cancelled=settings.purge_cancelled,
+        cleared=settings.purge_cleared,
+        done=settings.purge_done,
+        other=settings.purge_other,
+        delivered=settings.proxy_purge_delivered if settings.role == config.PROXY else None,
+    )
+
+
+def purge_services(
+    settings: Settings, store: IEventStore, reactor: Any, policy: Policy
+) -> tuple[Any, list[IService]]:
+    """
+    The purge of the role (docs/lifecycle.md): the admin handler of the query port
+    (C{POST /admin/purge}) and the services: the periodic purge (C{--purge-interval})
+    and the Job Provenance registration export (C{--jpreg-dir}).
+    """
+    from lbtwist.service.purge import Purger, PurgeRequest, PurgeService
+    from lbtwist.service.web.admin import admin_requests
+
+    rules = purge_rules(settings)
+    purger = Purger(
+        store,  # type: ignore[arg-type]
+        reactor,
+        state_dir=settings.state_dir,
+        chunk=settings.purge_chunk,
+        jpdump_dir=settings.jpdump_dir,
+        server=settings.hostname,
+        pause=settings.purge_pause,
+    )
+    services: list[IService] = []
+    if settings.purge_interval:
+        services.append(
+            PurgeService(purger, reactor, settings.purge_interval, PurgeRequest(rules=rules))
+        )
+    if settings.jpreg_dir is not None:
+        from lbtwist.service.jpexport import JPRegExporter
+
+        services.append(
+            JPRegExporter(
+                store,  # type: ignore[arg-type]
+                reactor,
+                settings.jpreg_dir,
+                server=settings.hostname,
+                interval=settings.jpreg_interval,
+                batch=settings.jpreg_batch,
+            )
+        )
+    admin = admin_requests(purger, rules, policy=policy, super_users=settings.super_user)
+    return admin, services
+
+
 def _log_dev_commands(pki: DevPKI, query: str) -> None:
     from lbtwist.service.web import dev_commands, endpoint_port
 
@@ -486,9 +550,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if settings.il_spool:
         spool_services(settings, store, reactor).setServiceParent(top)
     serve_service(settings, store, reactor).setServiceParent(top)
+    admin, purging = purge_services(settings, store, reactor, policy)
+    for service in purging:
+        service.setServiceParent(top)
     notify = notify_service(settings, policy, store, reactor)
     notify.setServiceParent(top)
-    query_service(settings, credentials, policy, store, reactor, notify).setServiceParent(top)
+    query_service(
+        settings, credentials, policy, store, reactor, notify=notify, admin=admin
+    ).setServiceParent(top)
     if credentials.dev_pki is not None:
         _log_dev_commands(credentials.dev_pki, settings.query)
     if settings.role == config.PROXY:

@@ -134,9 +134,14 @@ class MemoryBackend:
         #: The notification tables, and the store's notifications (set by the store).
         self.notif_tables = MemoryNotifTables()
         self.notif: Notifications | None = None
+        #: Purged jobs: unique part -> job id (their events are refused).
+        self.zombies: dict[str, str] = {}
 
     def max_event_id(self) -> int:
         return self.events[-1].event_id if self.events else 0
+
+    def is_zombie(self, jobid: str) -> bool:
+        return unique_of(jobid) in self.zombies
 
     def load_job(self, jobid: str) -> tuple[dict[str, Any], int] | None:
         row = self.jobs.get(jobid)
@@ -393,6 +398,9 @@ class MemoryStore(GroupedWrites):
         jobid = self._find(unique)
         row = None if jobid is None else self.backend.jobs.get(jobid)
         if jobid is None or row is None:
+            purged = self.backend.zombies.get(unique)
+            if purged is not None:
+                return succeed((purged, JobStatus(state="Purged", jobId=purged)))
             return succeed(None)
         return succeed((jobid, status_from_json(row[0])))
 

@@ -69,7 +69,7 @@ DATA_DIRS: dict[str, str] = {"data": "core/data"}
 
 #: Sub-modules of the new C{lbtwist.client} package: C{lbtwist.client.<one of
 #: these>} is already new and must not be rewritten again.
-CLIENT_NEW = ("query", "producer", "txproducer", "servesock")
+CLIENT_NEW = ("query", "producer", "txproducer", "servesock", "notify")
 
 DEFAULT_PATHS = (
     "lbtwist",

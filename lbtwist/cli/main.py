@@ -39,6 +39,8 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.local",
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
+    "lbtwist.cli.purge",
+    "lbtwist.cli.notifyargs",
 ]
 
 #: Subcommand -> the module that registers it: a run of a subcommand listed
@@ -53,6 +55,8 @@ COMMANDS: dict[str, str] = {
     "replay": "lbtwist.cli.replay",
     "jobs": "lbtwist.cli.query",
     "certs": "lbtwist.cli.query",
+    "purge": "lbtwist.cli.purge",
+    "notify": "lbtwist.cli.notifyargs",
 }
 
 #: Subcommands with a fast lane: C{"module:function"}, the function taking the

@@ -207,9 +207,9 @@ def il_major(code: int) -> int:
     The reply major for an L&B/errno code, as L&B's server chooses it.
 
     Like L&B: 0 is OK, ENOMEM NOMEM, EPERM PERM, L&B's own (format) codes PROTO,
-    everything else DBERR with the code as minor. Unlike L&B, E2BIG, EINVAL and
-    EEXIST (a registration the job refuses) are PROTO too: they are permanent,
-    and a DBERR would be resent forever.
+    everything else DBERR with the code as minor. Unlike L&B, E2BIG, EINVAL,
+    EEXIST (a registration the job refuses) and EIDRM (an event of a purged job)
+    are PROTO too: they are permanent, and a DBERR would be resent forever.
     """
     if code == 0:
         return LB_OK
@@ -217,7 +217,7 @@ def il_major(code: int) -> int:
         return LB_NOMEM
     if code in (errno.EPERM, errno.EACCES):
         return LB_PERM
-    if code > _LB_ERROR_BASE or code in (errno.E2BIG, errno.EINVAL, errno.EEXIST):
+    if code > _LB_ERROR_BASE or code in (errno.E2BIG, errno.EINVAL, errno.EEXIST, errno.EIDRM):
         return LB_PROTO
     return LB_DBERR
 

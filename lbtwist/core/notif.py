@@ -26,6 +26,16 @@ from lbtwist.core.dn import normalize_dn, same_dn
 from lbtwist.core.jobid import unique_of
 from lbtwist.core.states.status import DONE, TERMINAL_STATES, JobStatus, public_dict
 
+#: The environment variable naming the notification server (as L&B's).
+NOTIF_SERVER_ENV = "GLITE_WMS_NOTIF_SERVER"
+
+#: Defaults of the consumer's limits (parameters of C{lbtwist.client.notify.NotificationStream}
+#: and options of C{lbtwist notify receive}).
+DEFAULT_IDLE_TIMEOUT = 90.0
+DEFAULT_POLL_INTERVAL = 5.0
+DEFAULT_PAGE_SIZE = 500
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
 #: Default seconds a registration is valid (L&B: two hours).
 DEFAULT_VALIDITY = 2 * 3600
 #: Most seconds a registration may be valid (L&B: one day).

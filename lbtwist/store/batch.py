@@ -26,6 +26,7 @@ Nothing here touches the reactor or the clock: arrival times come in with the it
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import struct
@@ -313,6 +314,9 @@ class StoreBackend(Protocol):
     # C{first_regjob(jobid) -> tuple[bytes, str] | None}: key and line of the job's
     # RegJob with the lowest key; C{refold_jobs() -> list[str]}: jobs whose refold
     # is pending.
+    #
+    # Optional (purge): C{is_zombie(jobid) -> bool}, asked for a job without a row:
+    # whether it was purged (its events are then refused, L{zombie_refusal}).
 
     def write(self, plan: BatchPlan) -> None:
         """
@@ -350,6 +354,8 @@ class _JobWork:
     changed: bool = False
     #: Events its refold may still fold in this group (C{None}: the processor's slice).
     budget: int | None = None
+    #: The job was purged: its events are refused (L{zombie_refusal}).
+    zombie: bool = False
 
 
 @attrs.define
@@ -469,6 +475,9 @@ class BatchProcessor:
                 work = touched.get(ev.jobid)
                 if work is None:
                     work = touched[ev.jobid] = self._load(ev.jobid)
+                if work.zombie:
+                    outcome.append((ev.jobid, zombie_refusal(ev)))
+                    continue
                 ident = identity(ev)
                 key = dupkey(ident)
                 if self._is_duplicate(ev.jobid, work, ident, key):
@@ -501,7 +510,8 @@ class BatchProcessor:
             return [error] * len(items)
         self._stalled = False
         for jobid, work in touched.items():
-            self._remember(jobid, work.status, work.nevents, work.keys)
+            if not work.zombie:
+                self._remember(jobid, work.status, work.nevents, work.keys)
         # advance_key() and refolds always make new statuses, so the cached
         # one is never changed and can be handed out as is (callers must not change it).
         return [
@@ -520,6 +530,14 @@ class BatchProcessor:
         next events or a restart resume the refolds).
         """
         return bool(self._refolds) and not self._stalled
+
+    def forget(self, jobids: Iterable[str]) -> None:
+        """
+        Drop purged jobs from the status cache and the pending refolds (writer thread).
+        """
+        for jobid in jobids:
+            self._cache.pop(jobid, None)
+            self._refolds.pop(jobid, None)
 
     def cached(self, jobid: str) -> JobStatus | None:
         """
@@ -543,7 +561,9 @@ class BatchProcessor:
             return _JobWork(status=entry[0], nevents=entry[1], committed=entry[1], keys=entry[2])
         stored = self._backend.load_job(jobid)
         if stored is None:
-            return _JobWork(status=JobStatus(), nevents=0, committed=0, keys=b"")
+            is_zombie = getattr(self._backend, "is_zombie", None)
+            zombie = is_zombie is not None and bool(is_zombie(jobid))
+            return _JobWork(status=JobStatus(), nevents=0, committed=0, keys=b"", zombie=zombie)
         data, nevents = stored
         keys: bytes | set[int] | None = None
         load_dupkeys = getattr(self._backend, "load_dupkeys", None)
@@ -892,6 +912,16 @@ class BatchProcessor:
             return None
 
 
+def zombie_refusal(ev: Event) -> LBError:
+    """
+    The answer to an event of a purged job: a RegJob (exclusive or not) gets EEXIST,
+    as a purged job id is never registered again; any other event EIDRM.
+    """
+    if ev.type == "RegJob":
+        return AlreadyExists(f"job {ev.jobid} was purged: its id may not be registered again")
+    return LBError(f"job {ev.jobid} was purged: no more events are stored for it", errno.EIDRM)
+
+
 def registration_conflict(status: JobStatus, ev: Event) -> AlreadyExists | None:
     """
     A RegJob that a registered job (one with an owner) refuses, after the
@@ -1064,6 +1094,14 @@ class GroupCommit:
             else:
                 self._next()
         return d
+
+    @property
+    def busy(self) -> bool:
+        """
+        Whether a commit group is running or queued on the runner (read from the writer
+        thread by a purge chunk, to let intake go first: a hint, not a lock).
+        """
+        return self._running
 
     def when_idle(self) -> Deferred[None]:
         """

@@ -14,6 +14,7 @@ import json
 import sqlite3
 import sys
 import threading
+import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from itertools import islice
@@ -21,7 +22,7 @@ from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import attrs
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -29,7 +30,8 @@ from zope.interface import implementer
 
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.seqcode import ordering_key
-from lbtwist.core.states.status import JobStatus
+from lbtwist.core.states.status import PURGED, JobStatus
+from lbtwist.store import purging
 from lbtwist.store.batch import (
     CHECKPOINT_EVERY,
     REFOLD_SLICE,
@@ -319,6 +321,29 @@ def _migrate_notify(conn: sqlite3.Connection) -> None:
     _script(conn, _NOTIFY)
 
 
+_PURGE = """
+CREATE TABLE zombies (
+    uniq TEXT PRIMARY KEY,
+    jobid TEXT NOT NULL,
+    purged_at INTEGER NOT NULL,
+    trace TEXT NOT NULL
+);
+CREATE TABLE jp_pending (
+    id INTEGER PRIMARY KEY,
+    jobid TEXT NOT NULL,
+    owner TEXT NOT NULL
+)
+"""
+
+
+def _migrate_purge(conn: sqlite3.Connection) -> None:
+    """
+    Purged jobs (zombies, with their trace records) and the Job Provenance
+    registrations not yet exported (docs/store.md, "Purge and zombies").
+    """
+    _script(conn, _PURGE)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
@@ -328,6 +353,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v5_fold,
     _migrate_v6_spool,
     _migrate_notify,
+    _migrate_purge,
 ]
 
 #: The schema version this code writes.
@@ -403,6 +429,8 @@ class SQLiteBackend:
         self.notif: Notifications = cast("Notifications", None)
         #: The committed outbox rows kept for the relay (L{OutboxTail}), if any.
         self.tail: OutboxTail | None = None
+        #: Keep a C{jp_pending} row with every stored RegJob (C{--jpreg-dir}).
+        self.jp_register = False
 
     def max_event_id(self) -> int:
         return int(self.conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
@@ -468,6 +496,12 @@ class SQLiteBackend:
 
     def refold_jobs(self) -> list[str]:
         return [row[0] for row in self.conn.execute("SELECT jobid FROM jobs WHERE refold = 1")]
+
+    def is_zombie(self, jobid: str) -> bool:
+        """
+        Whether the job was purged (asked only for jobs without a row).
+        """
+        return purging.is_zombie(self.conn, jobid)
 
     def write(self, plan: BatchPlan) -> None:
         conn = self.conn
@@ -552,6 +586,8 @@ class SQLiteBackend:
                 _write_offsets(conn, plan.offsets)
             if plan.notifications:
                 self.notif.write_messages(plan.notifications)
+            if self.jp_register:
+                purging.write_jp_pending(conn, plan)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -795,8 +831,21 @@ class Queries:
                 (unique,),
             ).fetchone()
         if row is None:
-            return None
+            return self._zombie_status(unique)
         return str(row[0]), self._status_of(str(row[0]), row[1])
+
+    def _zombie_status(self, unique: str) -> tuple[str, JobStatus] | None:
+        # A purged job answers as a status in state Purged (the query port's 410).
+        found = purging.find_zombie(self.conn, unique)
+        if found is None:
+            return None
+        return found.jobid, JobStatus(state=PURGED, jobId=found.jobid, owner=found.owner())
+
+    def zombie(self, unique: str) -> purging.Zombie | None:
+        """
+        The zombie (purge time and trace record) of a purged job, by unique part or id.
+        """
+        return purging.find_zombie(self.conn, unique)
 
     def status(self, jobid: str) -> JobStatus | None:
         row = self.conn.execute("SELECT status FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
@@ -1055,6 +1104,8 @@ class SQLiteStore(GroupedWrites):
         page_cache: int = PAGE_CACHE_KIB,
         list_scan: int = LIST_SCAN,
         outbox_tail: int = OUTBOX_TAIL,
+        lock: bool = False,
+        jp_register: bool = False,
     ) -> None:
         """
         @param checkpoint_every: see L{BatchProcessor}.
@@ -1067,6 +1118,10 @@ class SQLiteStore(GroupedWrites):
             C{None}: left as it is.
         @param outbox_tail: committed outbox rows kept in memory per destination for
             the relay (L{OutboxTail}; a relaying store only).
+        @param lock: hold the store's lock file (C{<path>.lock}) while open: a second
+            writer (a service, C{lbtwist purge --state-dir}) is refused clearly.
+        @param jp_register: keep a C{jp_pending} row with every stored RegJob, in its
+            transaction (the Job Provenance export, C{--jpreg-dir}).
         @raise ValueError: a tuning value is out of range.
         """
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
@@ -1096,6 +1151,9 @@ class SQLiteStore(GroupedWrites):
         self._listeners: list[CommitListener] = []
         self._started = False
         self._closed = False
+        self._lock = lock
+        self._lock_file: int | None = None
+        self._jp_register = jp_register
 
     def start(self) -> None:
         """
@@ -1110,8 +1168,11 @@ class SQLiteStore(GroupedWrites):
         clock = self._clock
         runner = self._given_runner
         read_runner = self._given_read_runner
+        if self._lock:
+            self._lock_file = purging.take_lock(path)
         conn = connect(path)
         try:
+            purging.new_store_vacuum(conn)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = FULL")
             set_page_cache(conn, self._page_cache)
@@ -1123,6 +1184,7 @@ class SQLiteStore(GroupedWrites):
         if self.relay:
             last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM outbox").fetchone()[0]
             self.backend.tail = OutboxTail(self._outbox_tail, int(last))
+        self.backend.jp_register = self._jp_register
         self._reader = connect(path)
         set_page_cache(self._reader, self._page_cache)
         self._queries = Queries(
@@ -1281,6 +1343,88 @@ class SQLiteStore(GroupedWrites):
         for pool in self._pools:
             pool.stop()
         self._pools = []
+        if self._lock_file is not None:
+            purging.release_lock(self._lock_file)
+            self._lock_file = None
+
+    # -- purge (lbtwist.store.purging), on the writer thread between commit groups --
+
+    def purge_chunk(
+        self,
+        rules: purging.PurgeRules,
+        now: int,
+        after: tuple[str, str] | None,
+        limit: int,
+        *,
+        dry_run: bool = False,
+        keep_events: bool = False,
+        before_commit: Callable[[Any], None] | None = None,
+        may_yield: bool = False,
+    ) -> Deferred[purging.PurgeChunk]:
+        """
+        One bounded chunk of a purge (L{purging.purge_chunk}) on the writer thread,
+        queued behind the running commit group; the purged jobs leave the status cache.
+
+        @param may_yield: when a commit group is queued behind the chunk as it starts,
+            do nothing (C{yielded}) so that the group goes first.
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        destination = self.processor.relay_destination if self.policy is not None else None
+
+        commit = self._commit
+
+        def work() -> purging.PurgeChunk:
+            if may_yield and commit.busy:
+                return purging.PurgeChunk((), 0, after, yielded=True)
+            started = time.perf_counter()
+            chunk = purging.purge_chunk(
+                self.backend.conn,
+                rules=rules,
+                now=now,
+                after=after,
+                limit=limit,
+                dry_run=dry_run,
+                keep_events=keep_events,
+                destination=destination,
+                before_commit=before_commit,
+            )
+            if not dry_run and chunk.purged:
+                self.processor.forget([job.jobid for job in chunk.purged])
+                self.backend.transactions += 1
+            return attrs.evolve(chunk, seconds=time.perf_counter() - started)
+
+        return self._runner(work)
+
+    def vacuum_step(self, pages: int = purging.VACUUM_PAGES) -> Deferred[int]:
+        """
+        Give up to C{pages} freed pages back (writer thread).
+
+        @return: C{Deferred[int]}: the free pages left.
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._runner(lambda: purging.incremental_vacuum(self.backend.conn, pages))
+
+    def zombie(self, unique: str) -> Deferred[purging.Zombie | None]:
+        """
+        The zombie of a purged job (reader thread).
+        """
+        return self._read(lambda: self._queries.zombie(unique))
+
+    def jp_pending(self, after: int, limit: int) -> Deferred[list[tuple[int, str, str]]]:
+        """
+        Registrations not yet exported to Job Provenance (reader thread).
+        """
+        return self._read(lambda: purging.jp_pending(self._reader, after, limit))
+
+    def jp_done(self, ids: list[int]) -> Deferred[None]:
+        """
+        Forget exported registrations (writer thread).
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._runner(lambda: purging.jp_done(self.backend.conn, ids))
 
 
 class SQLiteReader(Queries):

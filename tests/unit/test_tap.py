@@ -19,6 +19,7 @@ from lbtwist.security.tls import BoundedTLSFactory
 from lbtwist.service import logs
 from lbtwist.service.intake import IntakeFactory
 from lbtwist.service.notify import NotifyService
+from lbtwist.service.purge import PurgeService
 from lbtwist.service.relay import RelayService
 from lbtwist.service.serve import ServeFactory
 from lbtwist.service.storeport import StorePortFactory
@@ -215,6 +216,8 @@ class MakeServiceTests(SynchronousTestCase):
                 found["relay"] = service
             elif isinstance(service, NotifyService):
                 found["notify"] = service
+            elif isinstance(service, PurgeService):
+                found["purge"] = service
             else:
                 self.fail(f"unexpected service {service!r}")
         return top, found
@@ -229,8 +232,11 @@ class MakeServiceTests(SynchronousTestCase):
         """
         _, found = self.build(tap.Options)
         self.assertEqual(
-            sorted(found), ["intake", "notify", "query", "relay", "serve", "store", "summaries"]
+            sorted(found),
+            ["intake", "notify", "purge", "query", "relay", "serve", "store", "summaries"],
         )
+        self.assertEqual(found["purge"].interval, 3600.0)
+        self.assertIsNotNone(found["query"].factory.resource.admin)
         [(address, factory, backlog, mode, _), serve] = self.reactor.unixServers
         self.assertEqual(address, os.path.join(self.state, "events.sock"))
         self.assertEqual((backlog, mode), (1024, 0o660))

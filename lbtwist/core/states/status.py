@@ -280,6 +280,8 @@ class JobStatus:
 
 _TIME_FIELDS = frozenset({"stateEnterTime", "lastUpdateTime"})
 _INTERNAL = frozenset({"machine", "last_key", "event_count", "branch_wm"})
+#: The fields L{public_dict} leaves out (internal to the store).
+INTERNAL_FIELDS = _INTERNAL
 
 # How each mutable field is copied; every other field holds an immutable value.
 _COPY_EXPR: dict[str, str] = {

@@ -8,7 +8,7 @@ PKI that C{lbtwist.tap} falls back to when no host certificate is configured.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -262,6 +262,7 @@ def make_site(
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
     notify: NotifyService | None = None,
+    admin: Callable[..., Any] | None = None,
 ) -> Site:
     """
     The query site on C{store}.
@@ -280,6 +281,7 @@ def make_site(
     @param max_headers: most header fields (more: 431).
     @param notify: the notification service, whose routes (C{/notif},
         L{lbtwist.service.web.notif}) then come before the query tree.
+    @param admin: the handler of C{POST /admin/...} (L{lbtwist.service.web.admin}).
     """
     if identify is None:
         from lbtwist.security.tls import CADirectory
@@ -298,6 +300,7 @@ def make_site(
         identify=identify,
         page_events=page_events,
     )
+    root.admin = admin
     if notify is not None:
         from lbtwist.service.web.notif import NotifResource, NotifRoot
 
@@ -369,6 +372,7 @@ def make_query_service(
     max_header_size: int = DEFAULT_MAX_HEADER_SIZE,
     max_headers: int = DEFAULT_MAX_HEADERS,
     notify: NotifyService | None = None,
+    admin: Callable[..., Any] | None = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
@@ -394,6 +398,7 @@ def make_query_service(
         max_header_size=max_header_size,
         max_headers=max_headers,
         notify=notify,
+        admin=admin,
     )
     # A port that cannot be bound stops start-up, as the intake's does.
     service = tls_listener(reactor, endpoint, source, site, limits=limits, port="query")

@@ -214,6 +214,10 @@ class QueryResource(Resource):
 
     isLeaf = True
 
+    #: Admin requests, C{POST /admin/<name>}: C{admin(request, who, path, params)} giving
+    #: C{(code, content type, body)} (L{lbtwist.service.web.admin}); L{None}: none.
+    admin: Callable[..., Any] | None = None
+
     def __init__(
         self,
         store: IEventStore,
@@ -243,6 +247,8 @@ class QueryResource(Resource):
         )
         return NOT_DONE_YET
 
+    render_POST = render_GET
+
     def now(self) -> int:
         """
         @return: the clock's time in microseconds.
@@ -263,7 +269,11 @@ class QueryResource(Resource):
             if who is None:
                 raise HTTPError(403, "no verified client certificate")
             path = [seg.decode("utf-8", "replace") for seg in request.postpath or []]
-            if path in ([], [""]):
+            if self.admin is not None and path[:1] == ["admin"]:
+                code, ctype, body = await self.admin(request, who, path[1:], params)
+            elif request.method == b"POST":
+                raise HTTPError(405, "POST is for /admin/ requests only")
+            elif path in ([], [""]):
                 code, ctype, body = await self._jobs(request, who, params, fmt)
             elif len(path) == 1 or (len(path) == 2 and path[1] in ("", "events")):
                 history = len(path) == 2 and path[1] == "events"

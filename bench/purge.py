@@ -1,0 +1,370 @@
+# -*- test-case-name: tests.unit.test_purge_service -*-
+"""
+Benchmark of purging under intake load (docs/lifecycle.md): intake acknowledgement
+latency while a purge of a large store runs, against the same without a purge.
+
+Fills a fresh store directly (the store's schema and migrations, incremental vacuum
+on; jobs rows in bulk with a direct CREAM job's status, every job updated long ago so
+that all are due, and two event rows each), starts a real C{twistd -n lbproxy} on it
+(development PKI, the development user a super user, no periodic purge), then:
+
+1. a producer process logs new jobs' events over the intake socket at a fixed rate,
+   one event in flight, for C{--seconds}: acknowledgement latency p50/p99 (baseline);
+2. the same producer again while C{POST /admin/purge} purges the C{--purge} oldest
+   stored jobs (all: 0), chunk by chunk on the store's writer: latency p50/p99 while
+   the purge runs;
+
+and prints both, their ratios (same run), the purge's duration and rate, and the store
+file's size before and after (incremental vacuum gives the space back).
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.purge [--jobs 1000000] [--purge 100000] [--runs 3]
+        [--rate 200] [--seconds 20] [--chunk 100]
+
+Three runs (C{--runs}) on one filled store, each a baseline then a purge of the next
+100,000 oldest of the 1,000,000 stored jobs (C{--purge}; 0: all of them at once, a long
+run); the ratios are of the same run, then their medians. Target: p50 and p99 during the purge within
+2 x the baseline. The last line is the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import multiprocessing
+import os
+import shutil
+import socket
+import ssl
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lbtwist.core.events import parse_event
+from lbtwist.core.states import compute_status
+from lbtwist.core.states.status import format_iso
+from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
+from lbtwist.security.identity import slash_dn
+from lbtwist.store.batch import dupkey, identity
+from lbtwist.store.purging import new_store_vacuum
+from lbtwist.store.query import owner_key
+from lbtwist.store.sqlite import connect, migrate
+from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid
+
+DEV_DN = slash_dn(USER_NAME)
+STATES = ("Done", "Done", "Cleared", "Aborted", "Cancelled", "Running", "Done", "Cleared")
+#: Intake jobs are numbered from here (the filled ones from 1).
+INTAKE_BASE = 50_000_000
+
+
+class _Clock:
+    def seconds(self) -> float:
+        return time.time()
+
+
+def fill(db: str, jobs: int) -> dict[str, float]:
+    """
+    C{jobs} jobs, all last updated in 2026's first days, two events each.
+    """
+    started = time.perf_counter()
+    conn = connect(db)
+    new_store_vacuum(conn)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = OFF")
+    migrate(conn)
+    steps = cream_direct_trace(cream_jobid(0), T0)
+    template = [parse_event(step.line) for step in steps]
+    base_status = compute_status((ev, n + 1) for n, ev in enumerate(template)).to_json_dict()
+    first_lines = [steps[0].line, steps[-1].line]
+    template_id = cream_jobid(0)
+    conn.execute("BEGIN")
+    rows: list[Any] = []
+    event_rows: list[Any] = []
+    event_id = 0
+    for i in range(jobs):
+        jobid = cream_jobid(i + 1)
+        unique = jobid.rsplit("/", 1)[1]
+        state = STATES[i % len(STATES)]
+        last = format_iso(T0 + i * 1_000)
+        status = dict(base_status)
+        status.update(jobId=jobid, state=state, cream_id=unique, lastUpdateTime=last)
+        rows.append(
+            (
+                jobid,
+                USER_DN,
+                state,
+                "CREAM",
+                last,
+                "cream",
+                2,
+                json.dumps(status, separators=(",", ":"), sort_keys=True),
+                unique,
+                owner_key(USER_DN),
+                last,
+            )
+        )
+        for seqno, text in enumerate(first_lines):
+            line = text.replace(template_id, jobid)
+            ev = template[0 if seqno == 0 else -1]
+            event_id += 1
+            event_rows.append(
+                (
+                    event_id,
+                    jobid,
+                    seqno + 1,
+                    T0 + i * 1_000,
+                    ev.type,
+                    ev.date,
+                    ev.source,
+                    ev.host,
+                    ev.level,
+                    ev.user,
+                    ev.seqcode,
+                    ev.priority,
+                    line,
+                    dupkey(identity(ev)),
+                )
+            )
+        if len(rows) >= 50_000:
+            _insert(conn, rows, event_rows)
+            rows, event_rows = [], []
+    _insert(conn, rows, event_rows)
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    return {"seconds": time.perf_counter() - started, "size_mb": os.path.getsize(db) / 1e6}
+
+
+def _insert(conn: Any, rows: list[Any], event_rows: list[Any]) -> None:
+    conn.executemany(
+        "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine, nevents, status,"
+        " uniq, owner_norm, list_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    conn.executemany(
+        "INSERT INTO events (id, jobid, seqno, arrived, type, date, source, host, level,"
+        " user_dn, seqcode, priority, line, dupkey)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        event_rows,
+    )
+
+
+def intake_lines(first: int, count: int) -> list[str]:
+    """
+    Events of new direct CREAM jobs (dated now), their traces one after the other.
+    """
+    now = int(time.time() * 1_000_000)
+    lines: list[str] = []
+    n = first
+    while len(lines) < count:
+        lines.extend(s.line for s in cream_direct_trace(cream_jobid(n), now + n * 1000))
+        n += 1
+    return lines[:count]
+
+
+def producer(socket_path: str, lines: list[str], rate: float, out: Any) -> None:
+    """
+    One event in flight at C{rate} events/s; the acknowledgement latency of each.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(socket_path)
+    reader = sock.makefile("rb")
+    interval = 1.0 / rate
+    latencies = []
+    errors = 0
+    start = time.perf_counter()
+    for i, line in enumerate(lines):
+        due = start + i * interval
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        sent = time.perf_counter()
+        sock.sendall(line.encode() + b"\n")
+        answer = reader.readline()
+        latencies.append(time.perf_counter() - sent)
+        if not answer.startswith(b"OK"):
+            errors += 1
+    sock.close()
+    out.send((latencies, errors))
+
+
+def measure(socket_path: str, lines: list[str], rate: float) -> tuple[list[float], int]:
+    parent, child = multiprocessing.Pipe()
+    proc = multiprocessing.Process(target=producer, args=(socket_path, lines, rate, child))
+    proc.start()
+    result = parent.recv()
+    proc.join()
+    return result  # type: ignore[no-any-return]
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    ordered = sorted(times)
+    return {
+        "n": len(times),
+        "p50_ms": statistics.median(ordered) * 1000,
+        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
+        "max_ms": ordered[-1] * 1000,
+    }
+
+
+def fmt(name: str, r: dict[str, Any]) -> str:
+    return f"{name:<36} " + "  ".join(
+        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def tls_context(pki_dir: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(capath=os.path.join(pki_dir, "certificates"))
+    proxy = os.path.join(pki_dir, "user", "x509up")
+    ctx.load_cert_chain(proxy, proxy)
+    return ctx
+
+
+def grace_for(count: int, jobs: int) -> str:
+    """
+    The query string that makes the C{count} oldest jobs due (the filled jobs were
+    last updated one millisecond apart from T0), or all of them for C{count} 0.
+    """
+    if count <= 0 or count >= jobs:
+        return "aborted=0&cancelled=0&cleared=0&done=0&other=0"
+    grace = int(time.time() - (T0 / 1_000_000 + count / 1000))
+    return "&".join(
+        f"{name}={grace}" for name in ("aborted", "cancelled", "cleared", "done", "other")
+    )
+
+
+def post_purge(port: int, pki_dir: str, query: str, result: dict[str, Any]) -> None:
+    started = time.perf_counter()
+    conn = http.client.HTTPSConnection(
+        "localhost", port, context=tls_context(pki_dir), timeout=24 * 3600
+    )
+    conn.request("POST", "/admin/purge?" + query, headers={"Accept": "application/json"})
+    resp = conn.getresponse()
+    body = resp.read()
+    result["seconds"] = time.perf_counter() - started
+    result["status"] = resp.status
+    result["body"] = json.loads(body) if body else {}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=1_000_000, help="jobs stored and purged")
+    parser.add_argument("--rate", type=float, default=200.0, help="intake events/s")
+    parser.add_argument("--seconds", type=float, default=20.0, help="baseline duration")
+    parser.add_argument("--chunk", type=int, default=100, help="purge-chunk of the service")
+    parser.add_argument(
+        "--purge",
+        type=int,
+        default=100_000,
+        help="purge the oldest N of the stored jobs (0: all of them)",
+    )
+    parser.add_argument("--runs", type=int, default=3, help="baseline + purge rounds")
+    parser.add_argument("--dir", help="work directory (default: a new temporary one)")
+    args = parser.parse_args(argv)
+    command = "python -m bench.purge " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-purge-")
+    port = free_port()
+    service = LBService(
+        base,
+        args=[
+            "--query", f"tcp:{port}:interface=127.0.0.1",
+            "--purge-interval", "0",
+            "--purge-chunk", str(args.chunk),
+            "--super-user", DEV_DN,
+        ],
+    )  # fmt: skip
+    os.makedirs(service.state_dir, exist_ok=True)
+    pki_dir = str(ensure_dev_pki(service.state_dir, _Clock()).directory)
+    try:
+        filled = fill(service.db_path, args.jobs)
+        print(fmt(f"fill {args.jobs} jobs", filled), flush=True)
+        service.start()
+        count = int(args.rate * args.seconds)
+        measure(service.socket_path, intake_lines(INTAKE_BASE, 200), args.rate)  # warm-up
+        n = INTAKE_BASE + 1000
+        ratios: list[tuple[float, float]] = []
+        for run in range(1, args.runs + 1):
+            base_lat, base_err = measure(service.socket_path, intake_lines(n, count), args.rate)
+            n += count // 10 + 1
+            baseline = summary(base_lat)
+            print(fmt(f"run {run}: intake ack, no purge", {**baseline, "errors": base_err}))
+            outcome: dict[str, Any] = {}
+            # Each run purges the next --purge oldest jobs (all of them with 0).
+            query = grace_for(args.purge * run, args.jobs)
+            purge = threading.Thread(target=post_purge, args=(port, pki_dir, query, outcome))
+            purge.start()
+            during: list[float] = []
+            errors = 0
+            # Rounds of one second each until the purge answers.
+            while purge.is_alive():
+                got, err = measure(service.socket_path, intake_lines(n, int(args.rate)), args.rate)
+                n += int(args.rate) // 10 + 1
+                if purge.is_alive():
+                    during.extend(got)
+                    errors += err
+            purge.join()
+            if outcome.get("status") != 200:
+                raise SystemExit(f"purge failed: {outcome}")
+            report = outcome["body"]
+            purged = summary(during) if during else {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0}
+            print(fmt(f"run {run}: intake ack, during the purge", {**purged, "errors": errors}))
+            seconds = outcome["seconds"]
+            print(
+                fmt(
+                    f"run {run}: purge",
+                    {
+                        "jobs": report["count"],
+                        "seconds": seconds,
+                        "jobs_per_s": report["count"] / seconds if seconds else 0.0,
+                        "chunks": report["chunks"],
+                        "free_pages_left": report["free_pages"],
+                    },
+                ),
+                flush=True,
+            )
+            p50 = purged["p50_ms"] / baseline["p50_ms"] if baseline["p50_ms"] else float("nan")
+            p99 = purged["p99_ms"] / baseline["p99_ms"] if baseline["p99_ms"] else float("nan")
+            ratios.append((p50, p99))
+            print(fmt(f"run {run}: ratio during/without purge", {"p50": p50, "p99": p99}))
+            if args.purge <= 0 or args.purge * run >= args.jobs:
+                break
+        service.stop()
+        after = os.path.getsize(service.db_path) / 1e6
+        print(fmt("store file", {"before_mb": filled["size_mb"], "after_mb": after}), flush=True)
+        print(
+            fmt(
+                f"median of {len(ratios)} runs: ratio",
+                {
+                    "p50": statistics.median(r[0] for r in ratios),
+                    "p99": statistics.median(r[1] for r in ratios),
+                },
+            )
+        )
+        with open("/proc/loadavg") as f:
+            print(f"load average: {f.read().strip()}")
+    finally:
+        service.cleanup()
+        if not args.dir:
+            shutil.rmtree(base, ignore_errors=True)
+    print(command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
