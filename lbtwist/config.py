@@ -239,6 +239,16 @@ def _grace(name: str, text: str) -> int | None:
         raise InvalidValue(f"--{name}: {e.message}") from None
 
 
+def _seconds_int(name: str, text: str) -> int:
+    """
+    A duration (C{2d}, C{12h}, C{30m}, seconds), not C{never}.
+    """
+    value = _grace(name, text)
+    if value is None:
+        raise InvalidValue(f"--{name}: a duration is needed, not never")
+    return value
+
+
 def _interval_or_off(name: str, text: str) -> float | None:
     """
     A period of a background task as a duration; C{0} or C{off}: not run (L{None}).
@@ -364,6 +374,12 @@ DEFAULT_PURGE_PAUSE = 1.0
 _DAY = 86_400
 DEFAULT_JPREG_INTERVAL = 1.0
 DEFAULT_JPREG_BATCH = 500
+DEFAULT_STATS_MAX_JOBS = 100_000
+DEFAULT_STATS_MAX_BUCKETS = 1000
+DEFAULT_TRACE_MAX_JOBS = 1000
+DEFAULT_TRACE_RETENTION = 365 * _DAY
+DEFAULT_TRACE_MAX_LIFETIME = 7 * _DAY
+DEFAULT_TRACE_EXPIRE_CHUNK = 500
 
 
 def _value(
@@ -836,6 +852,43 @@ OPTIONS: tuple[Option, ...] = (
         None,
         "Job Provenance: purge writes per-job dump files and a maildir message each here.",
     ),
+    # Statistics and traceability (docs/lifecycle.md).
+    _value(
+        "stats-max-jobs",
+        _count,
+        DEFAULT_STATS_MAX_JOBS,
+        "Most jobs one /stats duration request reads (413 past it: a shorter window).",
+    ),
+    _value(
+        "stats-max-buckets",
+        _count,
+        DEFAULT_STATS_MAX_BUCKETS,
+        "Most step buckets of one /stats rate request (400 past it).",
+    ),
+    _value(
+        "trace-max-jobs",
+        _count,
+        DEFAULT_TRACE_MAX_JOBS,
+        "Most jobs one /trace answer lists (the rest: truncated).",
+    ),
+    _value(
+        "trace-max-lifetime",
+        _seconds_int,
+        DEFAULT_TRACE_MAX_LIFETIME,
+        "A /trace by DN or FQAN finds jobs started at most this long before its from.",
+    ),
+    _value(
+        "trace-retention",
+        _grace,
+        DEFAULT_TRACE_RETENTION,
+        "Keep purged jobs traceable this long after their last state change (never: for ever).",
+    ),
+    _value(
+        "trace-expire-chunk",
+        _count,
+        DEFAULT_TRACE_EXPIRE_CHUNK,
+        "Expired trace rows of purged jobs removed per store transaction (hourly).",
+    ),
 )
 
 OPTIONS_BY_NAME: Mapping[str, Option] = {option.name: option for option in OPTIONS}
@@ -944,6 +997,12 @@ class Settings:
     jpreg_interval: float
     jpreg_batch: int
     jpdump_dir: str | None
+    stats_max_jobs: int
+    stats_max_buckets: int
+    trace_max_jobs: int
+    trace_max_lifetime: int
+    trace_retention: int | None
+    trace_expire_chunk: int
     dev_certs: bool
 
     def as_options(self) -> dict[str, object]:

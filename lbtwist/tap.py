@@ -374,6 +374,35 @@ def query_service(
         max_headers=settings.max_headers,
         notify=notify,
         admin=admin,
+        lifecycle=lifecycle_limits(settings),
+    )
+
+
+def lifecycle_limits(settings: Settings) -> Any:
+    """
+    The limits of C{/stats} and C{/trace} from the C{stats-*} and C{trace-*} options.
+    """
+    from lbtwist.service.web.stats import LifecycleLimits
+
+    return LifecycleLimits(
+        stats_max_jobs=settings.stats_max_jobs,
+        stats_max_buckets=settings.stats_max_buckets,
+        trace_max_jobs=settings.trace_max_jobs,
+        trace_max_lifetime=settings.trace_max_lifetime,
+    )
+
+
+def trace_expiry_service(settings: Settings, store: IEventStore, reactor: Any) -> IService | None:
+    """
+    The hourly removal of purged jobs' trace rows older than C{trace-retention}
+    (L{None}: kept for ever, or a store without trace rows).
+    """
+    from lbtwist.service.traceexpiry import TraceExpiry
+
+    if settings.trace_retention is None or getattr(store, "expire_traces", None) is None:
+        return None
+    return TraceExpiry(
+        store, reactor, retention=settings.trace_retention, chunk=settings.trace_expire_chunk
     )
 
 
@@ -550,11 +579,14 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     if settings.il_spool:
         spool_services(settings, store, reactor).setServiceParent(top)
     serve_service(settings, store, reactor).setServiceParent(top)
+    notify = notify_service(settings, policy, store, reactor)
+    notify.setServiceParent(top)
     admin, purging = purge_services(settings, store, reactor, policy)
     for service in purging:
         service.setServiceParent(top)
-    notify = notify_service(settings, policy, store, reactor)
-    notify.setServiceParent(top)
+    expiry = trace_expiry_service(settings, store, reactor)
+    if expiry is not None:
+        expiry.setServiceParent(top)
     query_service(
         settings, credentials, policy, store, reactor, notify=notify, admin=admin
     ).setServiceParent(top)

@@ -434,9 +434,32 @@ class MemoryStore(GroupedWrites):
             [
                 _stored(new)
                 for new in sorted(self.backend.events, key=lambda n: (n.arrived, n.event_id))
-                if (from_arrived is None or new.arrived >= from_arrived)
-                and (to_arrived is None or new.arrived < to_arrived)
+                if (from_arrived is None or new.arrived > from_arrived)
+                and (to_arrived is None or new.arrived <= to_arrived)
             ]
+        )
+
+    def dump_page(
+        self,
+        from_arrived: int | None,
+        to_arrived: int | None,
+        after: tuple[int, int] | None,
+        limit: int,
+    ) -> Deferred[tuple[list[StoredEvent], tuple[int, int] | None]]:
+        rows = sorted(
+            (
+                new
+                for new in self.backend.events
+                if (from_arrived is None or new.arrived > from_arrived)
+                and (to_arrived is None or new.arrived <= to_arrived)
+                and (after is None or (new.arrived, new.event_id) > after)
+            ),
+            key=lambda n: (n.arrived, n.event_id),
+        )
+        page = rows[:limit]
+        more = len(rows) > limit and page
+        return succeed(
+            ([_stored(n) for n in page], (page[-1].arrived, page[-1].event_id) if more else None)
         )
 
     def outbox_pending(self, destination: str | None = None) -> Deferred[list[OutboxEntry]]:

@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.unit.test_cli -*-
 """
-C{lbtwist status}, C{log} and C{dump}: read a local store directly (admins
+C{lbtwist status} and C{log}: read a local store directly (admins
 on the node, no TLS) through L{lbtwist.store.open_reader}; without
 C{--state-dir}, C{status} and C{log} ask a query server over HTTPS
 (L{lbtwist.cli.query}).
@@ -136,10 +136,33 @@ def serve_status(args: argparse.Namespace, ctx: CLIContext) -> int:
     return 1 if failed else 0
 
 
+def status_then(reader: StoreReader, jobid: str, when: int, by_arrival: bool) -> JobStatus | None:
+    """
+    The status C{jobid} had at C{when}: its stored events dated (or, with
+    C{by_arrival}, arrived) up to then, folded again; C{None} if none was.
+    """
+    from lbtwist.core.states.explain import BY_ARRIVAL, BY_DATE, status_at
+
+    stored_events = sorted(reader.events(jobid), key=lambda stored: stored.seqno)
+    events = [(stored.event, stored.arrived) for stored in stored_events]
+    status = status_at(events, when, by=BY_ARRIVAL if by_arrival else BY_DATE)
+    return status if status.event_count else None
+
+
 def handle_status(args: argparse.Namespace, ctx: CLIContext) -> int:
     if not args.jobids and not args.all:
         ctx.stderr.write("lbtwist status: give job ids or -all\n")
         return 2
+    if args.by_arrival and not args.at:
+        ctx.stderr.write("lbtwist status: --by-arrival needs --at\n")
+        return 2
+    if args.at and not args.state_dir:
+        if args.serve or args.all:
+            ctx.stderr.write("lbtwist status: --at needs --state-dir or HTTPS\n")
+            return 2
+        from lbtwist.cli.explain import remote_status_at
+
+        return remote_status_at(args, ctx, parse_time(args.at))
     if args.serve:
         return serve_status(args, ctx)
     if not args.state_dir:
@@ -150,13 +173,18 @@ def handle_status(args: argparse.Namespace, ctx: CLIContext) -> int:
 
         return remote_status(args, ctx)
     failed = False
+    when = parse_time(args.at) if args.at else 0
     with open_reader(args.state_dir) as reader:
         jobids = list(args.jobids)
         if args.all:
             jobids += [job.jobid for job in reader.jobs()]
         for jobid in jobids:
             found = lookup(reader, jobid)
-            status = reader.status(found) if found else None
+            status: JobStatus | None
+            if found and args.at:
+                status = status_then(reader, found, when, args.by_arrival)
+            else:
+                status = reader.status(found) if found else None
             if status is None:
                 ctx.stderr.write(f"lbtwist status: {jobid}: no such job\n")
                 failed = True
@@ -212,17 +240,6 @@ def handle_log(args: argparse.Namespace, ctx: CLIContext) -> int:
     return 0
 
 
-def handle_dump(args: argparse.Namespace, ctx: CLIContext) -> int:
-    from lbtwist.core.unparse import dump_line
-
-    start = parse_time(args.from_) if args.from_ else None
-    end = parse_time(args.to) if args.to else None
-    with open_reader(args.state_dir) as reader:
-        for stored in reader.dump(start, end):
-            ctx.stdout.write(dump_line(stored.event, stored.arrived))
-    return 0
-
-
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "status",
@@ -249,6 +266,16 @@ def register(subparsers: Any) -> None:
         "--state-dir", metavar="DIR", help="read the local store in DIR (no HTTPS query)"
     )
     p.add_argument("--json", action="store_true", help="one JSON object per job per line")
+    p.add_argument(
+        "--at",
+        metavar="T",
+        help="the status as it was at time T (its events dated up to T, folded again)",
+    )
+    p.add_argument(
+        "--by-arrival",
+        action="store_true",
+        help="with --at: the events that had arrived by T instead",
+    )
     add_client_options(p)
     p.set_defaults(handler=handle_status)
 
@@ -270,16 +297,3 @@ def register(subparsers: Any) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object per event per line")
     add_client_options(p)
     p.set_defaults(handler=handle_log)
-
-    p = subparsers.add_parser(
-        "dump",
-        help="write stored events in L&B dump format",
-        description=(
-            "Write the stored events by arrival, each as DG.ARRIVED=<date> <event line>. "
-            "Times T: YYYYMMDDHHMMSS, ISO 8601 or epoch seconds (UTC)."
-        ),
-    )
-    p.add_argument("--state-dir", metavar="DIR", required=True, help="the local store's directory")
-    p.add_argument("--from", dest="from_", metavar="T", help="events arrived at or after T")
-    p.add_argument("--to", metavar="T", help="events arrived before T")
-    p.set_defaults(handler=handle_dump)

@@ -41,6 +41,10 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.query",
     "lbtwist.cli.purge",
     "lbtwist.cli.notifyargs",
+    "lbtwist.cli.dump",
+    "lbtwist.cli.load",
+    "lbtwist.cli.explain",
+    "lbtwist.cli.stats",
 ]
 
 #: Subcommand -> the module that registers it: a run of a subcommand listed
@@ -51,7 +55,11 @@ COMMANDS: dict[str, str] = {
     "job-reg": "lbtwist.cli.jobreg",
     "status": "lbtwist.cli.local",
     "log": "lbtwist.cli.local",
-    "dump": "lbtwist.cli.local",
+    "dump": "lbtwist.cli.dump",
+    "load": "lbtwist.cli.load",
+    "explain": "lbtwist.cli.explain",
+    "stats": "lbtwist.cli.stats",
+    "trace": "lbtwist.cli.stats",
     "replay": "lbtwist.cli.replay",
     "jobs": "lbtwist.cli.query",
     "certs": "lbtwist.cli.query",

@@ -35,6 +35,7 @@ ACTIONS = (
     "ADMIN_ACCESS",
     "READ_ALL",
     "PURGE",
+    "TRACE",
     "STATUS_FOR_MONITORING",
     "GET_STATISTICS",
     "REGISTER_JOBS",

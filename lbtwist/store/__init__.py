@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from lbtwist.store.interface import (
     IEventStore,
@@ -32,9 +33,12 @@ __all__ = [
     "StoreReader",
     "StoreResult",
     "StoredEvent",
+    "open_loader",
     "open_reader",
     "store_path",
 ]
+if TYPE_CHECKING:
+    from lbtwist.store.sqlite import SQLiteLoader
 
 #: The store file inside a state directory.
 STORE_FILE = "lbtwist.sqlite"
@@ -67,3 +71,20 @@ def open_reader(state_dir: str) -> Iterator[StoreReader]:
         yield reader
     finally:
         reader.close()
+
+
+@contextmanager
+def open_loader(state_dir: str, *, max_future_skew: int | None = None) -> Iterator[SQLiteLoader]:
+    """
+    The store of C{state_dir} (created and migrated as needed) for an offline load
+    (L{lbtwist.store.sqlite.SQLiteLoader}: C{load(items)}), closed on leaving the block.
+    The directory's service must not be running.
+    """
+    from lbtwist.store.sqlite import SQLiteLoader
+
+    os.makedirs(state_dir, exist_ok=True)
+    loader = SQLiteLoader(store_path(state_dir), max_future_skew=max_future_skew)
+    try:
+        yield loader
+    finally:
+        loader.close()

@@ -56,6 +56,10 @@ from lbtwist.core.jobid import JobId, unique_of
 from lbtwist.core.seqcode import ordering_key
 from lbtwist.core.states import advance_key, fold, machine_for
 from lbtwist.core.states.status import MACHINE_GLITE, JobStatus, format_iso
+from lbtwist.core.stats import EntryRow
+from lbtwist.core.stats import entries as stat_entries
+from lbtwist.core.trace import TraceRow
+from lbtwist.core.trace import changed_row as changed_trace
 from lbtwist.store.interface import OutboxEntry, StoreResult
 
 if TYPE_CHECKING:
@@ -271,6 +275,9 @@ class BatchPlan:
     offsets: SpoolOffsets = attrs.Factory(dict)
     #: Notification messages of the new statuses (L{lbtwist.store.notif.NotifRow}s).
     notifications: list[Any] = attrs.Factory(list)
+    #: State entries and trace rows of the new statuses (L{lbtwist.store.lifecycle}).
+    entries: list[EntryRow] = attrs.Factory(list)
+    traces: list[TraceRow] = attrs.Factory(list)
 
 
 class StoreBackend(Protocol):
@@ -442,6 +449,8 @@ class BatchProcessor:
         #: The notification hook: C{notify(jobid, before, after, arrived)} gives the
         #: messages of a job's new status, written with it (L{lbtwist.store.notif}).
         self.notify: Callable[[str, JobStatus, JobStatus, int], list[Any]] | None = None
+        #: Keep the state-entry and trace rows of statuses (L{lbtwist.store.lifecycle}).
+        self.lifecycle = True
 
     @property
     def relay(self) -> bool:
@@ -471,10 +480,12 @@ class BatchProcessor:
             if offsets:
                 plan.offsets = offsets
             outcome: list[tuple[str, int | LBError | None]] = []
+            starts: dict[str, JobStatus] = {}
             for line, ev, arrived in items:
                 work = touched.get(ev.jobid)
                 if work is None:
                     work = touched[ev.jobid] = self._load(ev.jobid)
+                    starts[ev.jobid] = work.status
                 if work.zombie:
                     outcome.append((ev.jobid, zombie_refusal(ev)))
                     continue
@@ -493,6 +504,12 @@ class BatchProcessor:
             for jobid, work in touched.items():
                 if work.new or work.changed:
                     plan.jobs.append(_job_row(jobid, work, jobid in self._refolds))
+                    if self.lifecycle:
+                        before = starts.get(jobid)
+                        plan.entries.extend(stat_entries(jobid, before, work.status))
+                        trace = changed_trace(jobid, before, work.status)
+                        if trace is not None:
+                            plan.traces.append(trace)
                     self._plan_checkpoints(plan, jobid, work)
             if plan.jobs or plan.offsets:
                 self._backend.write(plan)

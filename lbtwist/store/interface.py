@@ -239,7 +239,18 @@ class IEventStore(Interface):
         from_arrived: int | None = None, to_arrived: int | None = None
     ) -> Deferred[list[StoredEvent]]:
         """
-        @return: C{Deferred[list[StoredEvent]]} by arrival, C{from <= arrived < to}.
+        @return: C{Deferred[list[StoredEvent]]} by arrival, C{from < arrived <= to}.
+        """
+
+    def dump_page(
+        from_arrived: int | None,
+        to_arrived: int | None,
+        after: tuple[int, int] | None,
+        limit: int,
+    ) -> Deferred[tuple[list[StoredEvent], tuple[int, int] | None]]:
+        """
+        Up to C{limit} events of L{dump} after the cursor C{after} (C{None}: from the
+        start), and the cursor of the next page (C{None} after the last page).
         """
 
     def outbox_pending(destination: str | None = None) -> Deferred[list[OutboxEntry]]:
@@ -341,11 +352,22 @@ class StoreReader(Protocol):
         One page of a job listing.
         """
 
+    def dump_page(
+        self,
+        from_arrived: int | None,
+        to_arrived: int | None,
+        after: tuple[int, int] | None,
+        limit: int,
+    ) -> tuple[list[StoredEvent], tuple[int, int] | None]:
+        """
+        One page of L{dump} after the cursor C{after}, and the next page's cursor.
+        """
+
     def dump(
         self, from_arrived: int | None = None, to_arrived: int | None = None
     ) -> list[StoredEvent]:
         """
-        Events by arrival, C{from <= arrived < to}.
+        Events by arrival, C{from < arrived <= to}.
         """
 
     def outbox_pending(self, destination: str | None = None) -> list[OutboxEntry]:

@@ -31,7 +31,9 @@ from zope.interface import implementer
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.seqcode import ordering_key
 from lbtwist.core.states.status import PURGED, JobStatus
-from lbtwist.store import purging
+from lbtwist.core.stats import StatsRequest
+from lbtwist.core.trace import TraceRequest
+from lbtwist.store import lifecycle, purging
 from lbtwist.store.batch import (
     CHECKPOINT_EVERY,
     REFOLD_SLICE,
@@ -60,11 +62,13 @@ from lbtwist.store.interface import (
     OutboxStats,
     RejectedEntry,
     StoredEvent,
+    StoreResult,
 )
 from lbtwist.store.notif import Notifications, SQLNotifTables
 from lbtwist.store.query import JobPage, JobQuery, owner_key, sql_where, unique_of
 
 if TYPE_CHECKING:
+    from lbtwist.core.events import Event
     from lbtwist.core.relaypolicy import RelayPolicy
 
 _T = TypeVar("_T")
@@ -344,6 +348,22 @@ def _migrate_purge(conn: sqlite3.Connection) -> None:
     _script(conn, _PURGE)
 
 
+def _migrate_dump(conn: sqlite3.Connection) -> None:
+    """
+    Events by arrival time: the incremental dumps (C{arrived} in C{(from, to]}).
+    """
+    _script(conn, "CREATE INDEX IF NOT EXISTS events_arrived ON events (arrived, id);")
+
+
+def _migrate_stats(conn: sqlite3.Connection) -> None:
+    """
+    The state-entry and trace indexes of statistics and traceability
+    (C{lbtwist.store.lifecycle}), filled from the stored statuses.
+    """
+    _script(conn, lifecycle.SCHEMA)
+    lifecycle.backfill(conn)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
@@ -354,6 +374,8 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v6_spool,
     _migrate_notify,
     _migrate_purge,
+    _migrate_dump,
+    _migrate_stats,
 ]
 
 #: The schema version this code writes.
@@ -588,6 +610,8 @@ class SQLiteBackend:
                 self.notif.write_messages(plan.notifications)
             if self.jp_register:
                 purging.write_jp_pending(conn, plan)
+            if plan.entries or plan.traces:
+                lifecycle.write(conn, plan.entries, plan.traces)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -847,6 +871,18 @@ class Queries:
         """
         return purging.find_zombie(self.conn, unique)
 
+    def stats(self, request: StatsRequest, max_jobs: int) -> dict[str, Any]:
+        """
+        A statistics answer (L{lifecycle.stats}).
+        """
+        return lifecycle.stats(self.conn, request, max_jobs=max_jobs)
+
+    def trace(self, request: TraceRequest, max_jobs: int) -> tuple[list[dict[str, Any]], bool]:
+        """
+        The jobs of a trace request, and whether there were more (L{lifecycle.trace}).
+        """
+        return lifecycle.trace(self.conn, request, max_jobs=max_jobs)
+
     def status(self, jobid: str) -> JobStatus | None:
         row = self.conn.execute("SELECT status FROM jobs WHERE jobid = ?", (jobid,)).fetchone()
         return None if row is None else self._status_of(jobid, row[0])
@@ -960,15 +996,44 @@ class Queries:
     def dump(
         self, from_arrived: int | None = None, to_arrived: int | None = None
     ) -> list[StoredEvent]:
-        rows = self.conn.execute(
-            "SELECT jobid, seqno, arrived, line FROM events"
-            " WHERE arrived >= ? AND arrived < ? ORDER BY arrived, id",
-            (
-                from_arrived if from_arrived is not None else -(1 << 63),
-                to_arrived if to_arrived is not None else (1 << 63) - 1,
-            ),
-        ).fetchall()
-        return [_stored(row) for row in rows]
+        events: list[StoredEvent] = []
+        after: tuple[int, int] | None = None
+        while True:
+            page, after = self.dump_page(from_arrived, to_arrived, after, 10_000)
+            events += page
+            if after is None:
+                return events
+
+    def dump_page(
+        self,
+        from_arrived: int | None,
+        to_arrived: int | None,
+        after: tuple[int, int] | None,
+        limit: int,
+    ) -> tuple[list[StoredEvent], tuple[int, int] | None]:
+        """
+        Up to C{limit} events that arrived in C{(from_arrived, to_arrived]}, by arrival,
+        after the cursor C{after} (from the previous page); the cursor of the next page
+        is C{None} after the last one.
+        """
+        low = from_arrived if from_arrived is not None else -(1 << 63)
+        high = to_arrived if to_arrived is not None else (1 << 63) - 1
+        if after is None:
+            rows = self.conn.execute(
+                "SELECT jobid, seqno, arrived, line, id FROM events"
+                " WHERE arrived > ? AND arrived <= ? ORDER BY arrived, id LIMIT ?",
+                (low, high, limit + 1),
+            ).fetchall()
+        else:
+            rows = self.conn.execute(
+                "SELECT jobid, seqno, arrived, line, id FROM events"
+                " WHERE (arrived, id) > (?, ?) AND arrived > ? AND arrived <= ?"
+                " ORDER BY arrived, id LIMIT ?",
+                (after[0], after[1], low, high, limit + 1),
+            ).fetchall()
+        page = rows[:limit]
+        cursor = (page[-1][2], page[-1][4]) if len(rows) > limit and page else None
+        return [_stored(row[:4]) for row in page], cursor
 
     def outbox_pending(self, destination: str | None = None) -> list[OutboxEntry]:
         sql = (
@@ -1292,6 +1357,18 @@ class SQLiteStore(GroupedWrites):
     ) -> Deferred[list[StoredEvent]]:
         return self._read(lambda: self._queries.dump(from_arrived, to_arrived))
 
+    def dump_page(
+        self,
+        from_arrived: int | None,
+        to_arrived: int | None,
+        after: tuple[int, int] | None,
+        limit: int,
+    ) -> Deferred[tuple[list[StoredEvent], tuple[int, int] | None]]:
+        """
+        L{Queries.dump_page} on the reader thread.
+        """
+        return self._read(lambda: self._queries.dump_page(from_arrived, to_arrived, after, limit))
+
     def outbox_pending(self, destination: str | None = None) -> Deferred[list[OutboxEntry]]:
         return self._read(lambda: self._queries.outbox_pending(destination))
 
@@ -1412,6 +1489,30 @@ class SQLiteStore(GroupedWrites):
         """
         return self._read(lambda: self._queries.zombie(unique))
 
+    def stats(self, request: StatsRequest, max_jobs: int) -> Deferred[dict[str, Any]]:
+        """
+        A statistics answer (reader thread).
+        """
+        return self._read(lambda: self._queries.stats(request, max_jobs))
+
+    def trace(
+        self, request: TraceRequest, max_jobs: int
+    ) -> Deferred[tuple[list[dict[str, Any]], bool]]:
+        """
+        A trace answer (reader thread).
+        """
+        return self._read(lambda: self._queries.trace(request, max_jobs))
+
+    def expire_traces(self, before: int, limit: int) -> Deferred[int]:
+        """
+        Remove one chunk of expired trace rows of purged jobs (writer thread).
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._runner(
+            lambda: lifecycle.expire_traces(self.backend.conn, before=before, limit=limit)
+        )
+
     def jp_pending(self, after: int, limit: int) -> Deferred[list[tuple[int, str, str]]]:
         """
         Registrations not yet exported to Job Provenance (reader thread).
@@ -1438,6 +1539,40 @@ class SQLiteReader(Queries):
         if found != SCHEMA_VERSION:
             self.conn.close()
             raise LBError(f"database schema version {found}, expected {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class SQLiteLoader:
+    """
+    Offline load of events with their arrival times into a store file (created
+    and migrated as needed), through the same commit-group logic as the service
+    (L{BatchProcessor}: duplicates absorbed, registrations checked, states folded).
+    No relay policy: loaded events get no outbox rows and generate nothing.
+    """
+
+    def __init__(self, path: str, *, max_future_skew: int | None = None) -> None:
+        conn = connect(path)
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+        self.processor = BatchProcessor(SQLiteBackend(conn), max_future_skew=max_future_skew)
+
+    def load(self, items: list[tuple[str, Event, int]]) -> list[StoreResult | LBError]:
+        """
+        Store one group of C{(line, event, arrived)} items in one transaction, and
+        finish the refolds they started.
+        """
+        results = self.processor.process(items)
+        while self.processor.pending():
+            self.processor.process([])
+        return results
 
     def close(self) -> None:
         self.conn.close()

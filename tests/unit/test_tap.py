@@ -23,6 +23,7 @@ from lbtwist.service.purge import PurgeService
 from lbtwist.service.relay import RelayService
 from lbtwist.service.serve import ServeFactory
 from lbtwist.service.storeport import StorePortFactory
+from lbtwist.service.traceexpiry import TraceExpiry
 from lbtwist.service.web import QuerySite
 from tests.certs import NOW
 
@@ -218,6 +219,8 @@ class MakeServiceTests(SynchronousTestCase):
                 found["notify"] = service
             elif isinstance(service, PurgeService):
                 found["purge"] = service
+            elif isinstance(service, TraceExpiry):
+                found["trace-expiry"] = service
             else:
                 self.fail(f"unexpected service {service!r}")
         return top, found
@@ -233,7 +236,17 @@ class MakeServiceTests(SynchronousTestCase):
         _, found = self.build(tap.Options)
         self.assertEqual(
             sorted(found),
-            ["intake", "notify", "purge", "query", "relay", "serve", "store", "summaries"],
+            [
+                "intake",
+                "notify",
+                "purge",
+                "query",
+                "relay",
+                "serve",
+                "store",
+                "summaries",
+                "trace-expiry",
+            ],
         )
         self.assertEqual(found["purge"].interval, 3600.0)
         self.assertIsNotNone(found["query"].factory.resource.admin)
@@ -255,7 +268,16 @@ class MakeServiceTests(SynchronousTestCase):
         _, found = self.build(tap.ServerOptions, "--query", "tcp:9010")
         self.assertEqual(
             sorted(found),
-            ["intake", "notify", "query", "serve", "store", "store-port", "summaries"],
+            [
+                "intake",
+                "notify",
+                "query",
+                "serve",
+                "store",
+                "store-port",
+                "summaries",
+                "trace-expiry",
+            ],
         )
         self.assertEqual(
             sorted(self.tcp()), [(9001, "", BoundedTLSFactory), (9010, "", BoundedTLSFactory)]

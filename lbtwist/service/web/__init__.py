@@ -263,6 +263,7 @@ def make_site(
     max_headers: int = DEFAULT_MAX_HEADERS,
     notify: NotifyService | None = None,
     admin: Callable[..., Any] | None = None,
+    lifecycle: Any = None,
 ) -> Site:
     """
     The query site on C{store}.
@@ -282,6 +283,8 @@ def make_site(
     @param notify: the notification service, whose routes (C{/notif},
         L{lbtwist.service.web.notif}) then come before the query tree.
     @param admin: the handler of C{POST /admin/...} (L{lbtwist.service.web.admin}).
+    @param lifecycle: the limits of C{/stats} and C{/trace}
+        (L{lbtwist.service.web.stats.LifecycleLimits}; L{None}: the defaults).
     """
     if identify is None:
         from lbtwist.security.tls import CADirectory
@@ -301,6 +304,7 @@ def make_site(
         page_events=page_events,
     )
     root.admin = admin
+    root.lifecycle = lifecycle
     if notify is not None:
         from lbtwist.service.web.notif import NotifResource, NotifRoot
 
@@ -373,6 +377,7 @@ def make_query_service(
     max_headers: int = DEFAULT_MAX_HEADERS,
     notify: NotifyService | None = None,
     admin: Callable[..., Any] | None = None,
+    lifecycle: Any = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
@@ -399,6 +404,7 @@ def make_query_service(
         max_headers=max_headers,
         notify=notify,
         admin=admin,
+        lifecycle=lifecycle,
     )
     # A port that cannot be bound stops start-up, as the intake's does.
     service = tls_listener(reactor, endpoint, source, site, limits=limits, port="query")

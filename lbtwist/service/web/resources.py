@@ -25,7 +25,7 @@ from lbtwist.core.seqcode import ordering_key
 from lbtwist.core.states.status import PURGED, JobStatus
 from lbtwist.security.authz import Policy, can_read, is_super_user
 from lbtwist.security.identity import Identity, same_dn
-from lbtwist.service.web import render
+from lbtwist.service.web import dump, render, timeline
 from lbtwist.service.web.conditions import ConditionError, parse_conditions, parse_time, parse_value
 from lbtwist.store.interface import IEventStore
 from lbtwist.store.query import JobCondition, JobQuery, decode_cursor, encode_cursor
@@ -44,7 +44,7 @@ _UNIQUE = re.compile(r"[A-Za-z0-9_.~-]{1,200}")
 #: C{text}, C{json}, C{html} and C{format} choose the format (the job list's own
 #: parameters are in L{_LIST_PARAM_HANDLERS}).
 _FORMAT_PARAMS = frozenset({"format", "text", "json", "html"})
-_JOB_PARAMS = frozenset({"flags", "events_from"})
+_JOB_PARAMS = frozenset({"flags", "events_from"}) | timeline.PARAMS
 
 #: Events per page of a job's history (the C{page-events} option).
 DEFAULT_PAGE_EVENTS = 500
@@ -217,6 +217,8 @@ class QueryResource(Resource):
     #: Admin requests, C{POST /admin/<name>}: C{admin(request, who, path, params)} giving
     #: C{(code, content type, body)} (L{lbtwist.service.web.admin}); L{None}: none.
     admin: Callable[..., Any] | None = None
+    #: The limits of C{/stats} and C{/trace} (L{lbtwist.service.web.stats.LifecycleLimits}).
+    lifecycle: Any = None
 
     def __init__(
         self,
@@ -269,10 +271,15 @@ class QueryResource(Resource):
             if who is None:
                 raise HTTPError(403, "no verified client certificate")
             path = [seg.decode("utf-8", "replace") for seg in request.postpath or []]
+            if path == dump.PATH:
+                await self._dump(request, who, params)
+                return
             if self.admin is not None and path[:1] == ["admin"]:
                 code, ctype, body = await self.admin(request, who, path[1:], params)
             elif request.method == b"POST":
                 raise HTTPError(405, "POST is for /admin/ requests only")
+            elif path in (["stats"], ["trace"]):
+                code, ctype, body = await self._lifecycle(path[0], who, params, fmt)
             elif path in ([], [""]):
                 code, ctype, body = await self._jobs(request, who, params, fmt)
             elif len(path) == 1 or (len(path) == 2 and path[1] in ("", "events")):
@@ -299,6 +306,37 @@ class QueryResource(Resource):
         if request.method != b"HEAD":
             request.write(body)
         request.finish()
+
+    async def _lifecycle(
+        self, name: str, who: Identity, params: list[tuple[str, str]], fmt: str
+    ) -> tuple[int, bytes, bytes]:
+        # GET /stats and GET /trace (lbtwist.service.web.stats).
+        from lbtwist.service.web import stats
+
+        limits = self.lifecycle or stats.LifecycleLimits()
+        try:
+            if name == "stats":
+                return await stats.answer_stats(
+                    self.store,
+                    who,
+                    params,
+                    fmt,
+                    now=self.now(),
+                    policy=self.policy,
+                    super_users=self.super_users,
+                    limits=limits,
+                )
+            return await stats.answer_trace(
+                self.store,
+                who,
+                params,
+                fmt,
+                policy=self.policy,
+                super_users=self.super_users,
+                limits=limits,
+            )
+        except stats.Refused as e:
+            raise HTTPError(e.code, e.message) from None
 
     async def _job(
         self, who: Identity, unique: str, params: list[tuple[str, str]], fmt: str, history: bool
@@ -330,6 +368,14 @@ class QueryResource(Resource):
             raise HTTPError(403, f"{who.dn} may not read {jobid}: {decision.reason}")
         if status.jobId is None:
             status.jobId = jobid
+        asked = {name: value for name, value in params if name in timeline.PARAMS}
+        if asked:
+            admin = is_super_user(who, self.policy, self.super_users)
+            try:
+                fmt, body = await timeline.answer(self.store, jobid, asked, fmt, admin)
+            except timeline.BadTimelineRequest as e:
+                raise HTTPError(400, str(e)) from None
+            return 200, render.CONTENT_TYPES[fmt], body
         page = None
         if history or fmt == "html":
             page = await self.history_page(jobid, events_from)
@@ -343,6 +389,17 @@ class QueryResource(Resource):
         if fmt == "text":
             return 200, render.CONTENT_TYPES["text"], render.status_text(status).encode()
         return 200, render.CONTENT_TYPES["json"], render.status_json(status)
+
+    async def _dump(self, request: Request, who: Identity, params: list[tuple[str, str]]) -> None:
+        """
+        C{GET /dump}: admins only; streamed by L{dump.stream}.
+        """
+        if not is_super_user(who, self.policy, self.super_users):
+            raise HTTPError(403, f"{who.dn} may not dump the store (ADMIN_ACCESS)")
+        try:
+            await dump.stream(self.store, request, params, self.page_events)
+        except dump.BadDumpRequest as e:
+            raise HTTPError(400, str(e)) from None
 
     async def history_page(self, jobid: str, events_from: int) -> render.EventsPage:
         """
