@@ -382,6 +382,10 @@ DEFAULT_TRACE_MAX_LIFETIME = 7 * _DAY
 DEFAULT_TRACE_EXPIRE_CHUNK = 500
 
 
+# The PostgreSQL store (docs/store.md): its reader connections per front end.
+DEFAULT_STORE_POOL = 2
+
+
 def _value(
     name: str, parse: Callable[[str, str], object], default: object, help: str, **kw: Any
 ) -> Option:
@@ -620,6 +624,18 @@ OPTIONS: tuple[Option, ...] = (
         _count,
         DEFAULT_LIST_SCAN,
         "Most jobs one page of a filtered job list examines (then a short page, a cursor).",
+    ),
+    _value(
+        "store-url",
+        _text,
+        None,
+        "postgresql://... : keep the store in PostgreSQL (front ends share it); default SQLite.",
+    ),
+    _value(
+        "store-pool",
+        _count,
+        DEFAULT_STORE_POOL,
+        "Reader connections (and threads) to the PostgreSQL store of --store-url.",
     ),
     _list(
         "producer-uid",
@@ -957,6 +973,8 @@ class Settings:
     query_cache: int
     sqlite_cache: int
     list_scan: int
+    store_url: str | None
+    store_pool: int
     producer_uid: tuple[int, ...]
     producer_gid: tuple[int, ...]
     local_endpoint: tuple[tuple[str, int], ...]

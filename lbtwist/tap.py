@@ -25,7 +25,7 @@ from twisted.python import usage
 
 from lbtwist import config
 from lbtwist.config import Settings
-from lbtwist.core.errors import LBError
+from lbtwist.core.errors import InvalidValue, LBError
 from lbtwist.service import logs
 
 if TYPE_CHECKING:
@@ -174,6 +174,21 @@ def make_store(settings: Settings, reactor: Any) -> IEventStore:
         local_endpoints = {(hostname, 9000), ("localhost", 9000)}
         local_endpoints.update(settings.local_endpoint)
         policy = proxy_policy(local_endpoints, hostname)
+    if settings.store_url is not None:
+        from lbtwist.store.postgres import PostgresStore, is_postgres_url
+
+        if not is_postgres_url(settings.store_url):
+            raise InvalidValue(f"--store-url: {settings.store_url!r} is not a postgresql:// URL")
+        return PostgresStore(
+            settings.store_url,
+            clock=reactor,
+            policy=policy,
+            pool_size=settings.store_pool,
+            max_future_skew=settings.max_future_skew * 1_000_000,
+            refold_slice=settings.refold_slice,
+            query_cache=settings.query_cache,
+            list_scan=settings.list_scan,
+        )
     return SQLiteStore(
         store_path(settings.state_dir),
         clock=reactor,

@@ -39,6 +39,7 @@ COMMAND_MODULES: list[str] = [
     "lbtwist.cli.local",
     "lbtwist.cli.replay",
     "lbtwist.cli.query",
+    "lbtwist.cli.store",
     "lbtwist.cli.purge",
     "lbtwist.cli.notifyargs",
     "lbtwist.cli.dump",
@@ -63,6 +64,7 @@ COMMANDS: dict[str, str] = {
     "replay": "lbtwist.cli.replay",
     "jobs": "lbtwist.cli.query",
     "certs": "lbtwist.cli.query",
+    "store": "lbtwist.cli.store",
     "purge": "lbtwist.cli.purge",
     "notify": "lbtwist.cli.notifyargs",
 }

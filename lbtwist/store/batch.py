@@ -548,6 +548,13 @@ class BatchProcessor:
         """
         return bool(self._refolds) and not self._stalled
 
+    def drop_cache(self) -> None:
+        """
+        Drop every cached status: a store whose jobs other writers change too (the
+        PostgreSQL store's front ends) reads them again, under its lock, per group.
+        """
+        self._cache.clear()
+
     def forget(self, jobids: Iterable[str]) -> None:
         """
         Drop purged jobs from the status cache and the pending refolds (writer thread).

@@ -1,0 +1,3 @@
+"""
+Tests that need a server started for them (a private PostgreSQL cluster).
+"""
