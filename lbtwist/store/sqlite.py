@@ -812,6 +812,13 @@ class Queries:
         listing order; C{None}: no bound.
     """
 
+    #: The list page's columns read from the stored status (CREAM state, exit
+    #: code, done code), in this dialect's JSON functions.
+    SUMMARY_EXTRA = (
+        "json_extract(status, '$.cream_state'), json_extract(status, '$.exit_code'),"
+        " json_extract(status, '$.done_code')"
+    )
+
     def __init__(
         self,
         conn: sqlite3.Connection,
@@ -962,8 +969,7 @@ class Queries:
             args.extend([bound[0], bound[0], bound[1]])
         rows = self.conn.execute(
             "SELECT jobid, owner, state, jobtype, last_update, list_time,"
-            " json_extract(status, '$.cream_state'), json_extract(status, '$.exit_code'),"
-            " json_extract(status, '$.done_code') FROM jobs"
+            f" {self.SUMMARY_EXTRA} FROM jobs"
             f" WHERE {where} ORDER BY list_time DESC, jobid LIMIT ?",
             [*args, query.limit + 1],
         ).fetchall()
