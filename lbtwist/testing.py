@@ -412,8 +412,17 @@ class MemoryStore(GroupedWrites):
         )
         page = rows[: query.limit]
         jobs = [
-            JobSummary(r.jobid, r.owner, r.state, r.jobtype, r.last_update)
-            for r in (self.backend.jobs[jobid][2] for jobid, _ in page)
+            JobSummary(
+                r.jobid,
+                r.owner,
+                r.state,
+                r.jobtype,
+                r.last_update,
+                data.get("cream_state"),
+                data.get("exit_code"),
+                data.get("done_code"),
+            )
+            for r, data in ((self.backend.jobs[jobid][2], data) for jobid, data in page)
         ]
         more = len(rows) > query.limit
         return succeed(JobPage(jobs, list_key(*page[-1]) if more and page else None))

@@ -72,6 +72,10 @@ class JobSummary:
     state: str | None
     jobtype: str | None
     last_update: str | None
+    #: Read from the stored status for the HTML list (C{None} elsewhere).
+    cream_state: str | None = None
+    exit_code: int | None = None
+    done_code: int | None = None
 
 
 @attrs.frozen

@@ -555,6 +555,11 @@ class PgQueries(Queries):
     The shared queries (L{Queries}) on a PostgreSQL connection.
     """
 
+    SUMMARY_EXTRA = (
+        "status::jsonb->>'cream_state', (status::jsonb->>'exit_code')::bigint,"
+        " (status::jsonb->>'done_code')::bigint"
+    )
+
     def outbox_pending(self, destination: str | None = None) -> list[OutboxEntry]:
         sql = (
             "SELECT o.id, o.destination, o.event_id, e.jobid, e.line, e.arrived"

@@ -812,6 +812,13 @@ class Queries:
         listing order; C{None}: no bound.
     """
 
+    #: The list page's columns read from the stored status (CREAM state, exit
+    #: code, done code), in this dialect's JSON functions.
+    SUMMARY_EXTRA = (
+        "json_extract(status, '$.cream_state'), json_extract(status, '$.exit_code'),"
+        " json_extract(status, '$.done_code')"
+    )
+
     def __init__(
         self,
         conn: sqlite3.Connection,
@@ -961,7 +968,8 @@ class Queries:
             where += " AND list_time >= ? AND (list_time > ? OR jobid <= ?)"
             args.extend([bound[0], bound[0], bound[1]])
         rows = self.conn.execute(
-            "SELECT jobid, owner, state, jobtype, last_update, list_time FROM jobs"
+            "SELECT jobid, owner, state, jobtype, last_update, list_time,"
+            f" {self.SUMMARY_EXTRA} FROM jobs"
             f" WHERE {where} ORDER BY list_time DESC, jobid LIMIT ?",
             [*args, query.limit + 1],
         ).fetchall()
@@ -971,7 +979,7 @@ class Queries:
             following = (page[-1][5], page[-1][0])
         elif bound is not None:
             following = bound
-        return JobPage([JobSummary(*row[:5]) for row in page], following)
+        return JobPage([JobSummary(*row[:5], *row[6:]) for row in page], following)
 
     def _scan_bound(self, query: JobQuery) -> tuple[str, str] | None:
         """

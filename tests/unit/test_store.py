@@ -119,6 +119,21 @@ class StoreRulesMixin:
     def test_interface(self) -> None:
         self.assertTrue(verifyObject(IEventStore, self.make_store()))  # type: ignore[attr-defined]
 
+    def test_list_page_columns(self) -> None:
+        """
+        A job list page carries each job's CREAM state, exit code and done code
+        (the HTML list shows them).
+        """
+        from lbtwist.store.query import JobQuery
+
+        store = self.make_store()
+        self.store_ok(store, traces.cream_done_failed() + traces.cream_aborted())
+        query = JobQuery(traces.CREAM_USER, (), 10)
+        page = self.successResultOf(store.query_jobs(query))  # type: ignore[attr-defined]
+        found = {j.state: (j.cream_state, j.exit_code, j.done_code) for j in page.jobs}
+        self.assertEqual(found["Done"], ("Done-failed", 3, 1))  # type: ignore[attr-defined]
+        self.assertEqual(found["Aborted"][0], "Aborted")  # type: ignore[attr-defined]
+
     def test_store_and_read_back(self) -> None:
         store = self.make_store()
         lines = direct_lines()

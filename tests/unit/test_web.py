@@ -512,7 +512,7 @@ class ListTests(SynchronousTestCase):
         self.assertTrue(text[0].startswith("jobId="))
         self.assertTrue(text[1].startswith("cursor="))
         page = body(self.h.get("/?owner=*&limit=1", as_dn=ADMIN, accept="text/html")).decode()
-        self.assertIn("<table>", page)
+        self.assertIn('<table class="jobs">', page)
         self.assertIn('href="/?owner=%2A&amp;limit=1&amp;cursor=', page)
         self.assertRegex(page, r'<a href="/[A-Za-z0-9_-]+">https://')
 

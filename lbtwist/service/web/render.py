@@ -375,17 +375,49 @@ def element(name: str, attributes: Mapping[str, str] | None = None, *children: C
 
 
 _STYLE = """
-body { font-family: sans-serif; margin: 1.5em; color: #222; }
-h1 { font-size: 1.3em; word-break: break-all; }
-table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left;
-  vertical-align: top; font-size: 0.9em; }
+body { font-family: sans-serif; margin: 1em; color: #222; max-width: 80em; }
+h1 { font-size: 1.2em; overflow-wrap: anywhere; }
+h2 { font-size: 1.1em; }
+a { color: #1a4f9c; }
+nav { margin-bottom: 0.5em; }
+.scroll { max-width: 100%; overflow-x: auto; }
+table { border-collapse: collapse; margin: 0.5em 0; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left;
+  vertical-align: top; font-size: 0.9em; overflow-wrap: break-word; }
 th { background: #f0f0f0; }
-td.v { font-family: monospace; white-space: pre-wrap; word-break: break-all; }
-.state { font-size: 1.2em; font-weight: bold; }
+td.v { font-family: monospace; white-space: pre-wrap; overflow-wrap: anywhere; }
+table.jobs td:first-child { overflow-wrap: anywhere; min-width: 8em; }
+time { white-space: nowrap; }
+pre { white-space: pre-wrap; overflow-wrap: anywhere; background: #f7f7f7;
+  border: 1px solid #ddd; padding: 0.5em; font-size: 0.85em; }
+details.seq summary { font-family: monospace; cursor: pointer; white-space: nowrap; }
+details.seq code { display: block; overflow-wrap: anywhere; }
 .badge { display: inline-block; padding: 0.1em 0.5em; border-radius: 0.3em;
-  background: #e8eef8; margin-right: 0.5em; }
+  background: #e8eef8; margin: 0 0.5em 0.3em 0; }
+.state { font-weight: bold; }
+p .state { font-size: 1.2em; }
+.state-done-ok { background: #d4f0d4; color: #145214; }
+.state-done-failed, .state-aborted { background: #f8d4d4; color: #7a1010; }
+.state-cancelled { background: #eee0c0; color: #5a4200; }
+td.state-done-ok, td.state-done-failed, td.state-aborted, td.state-cancelled {
+  font-weight: bold; }
+ol.timeline { list-style: none; padding: 0; margin: 0.5em 0; }
+ol.timeline li { border-left: 3px solid #9ab; padding: 0.1em 0 0.4em 0.7em; }
+ol.timeline li.current { border-left-color: #1a4f9c; font-weight: bold; }
+ol.timeline .after { color: #666; font-size: 0.9em; }
+form.filter { display: flex; flex-wrap: wrap; gap: 0.4em 0.8em; align-items: end;
+  margin: 0.5em 0; }
+form.filter label { display: flex; flex-direction: column; font-size: 0.85em; }
+form.filter input, form.filter select { max-width: 16em; }
 tr.generated td { color: #666; font-style: italic; }
+@media (max-width: 40em) {
+  body { margin: 0.4em; }
+  th, td { padding: 0.2em 0.3em; font-size: 0.8em; }
+  form.filter input, form.filter select { max-width: 11em; }
+  table.jobs th:nth-child(5), table.jobs td:nth-child(5),
+  table.jobs th:nth-child(6), table.jobs td:nth-child(6),
+  table.events th:nth-child(4), table.events td:nth-child(4) { display: none; }
+}
 """
 
 _NDASH = Markup("&#8211;")
@@ -399,6 +431,7 @@ def _page(title: str, body: Content) -> bytes:
             "head",
             None,
             element("meta", {"charset": "utf-8"}),
+            element("meta", {"name": "viewport", "content": "width=device-width, initial-scale=1"}),
             element("title", None, title),
             element("style", None, _STYLE),
         ),
@@ -413,6 +446,127 @@ def _cell(value: Any) -> str:
     return _text(value)
 
 
+def human_date(iso: str) -> str:
+    """
+    @param iso: a time as L{format_iso} writes it (C{2024-03-14T09:26:53.001000Z}).
+    @return: the same time for people, to the second, in one line
+        (C{2024-03-14 09:26:53}); other text is returned unchanged.
+    """
+    if len(iso) >= 19 and iso[10] == "T" and iso.endswith("Z"):
+        return iso[:10] + " " + iso[11:19]
+    return iso
+
+
+def time_element(iso: str | None) -> Markup:
+    """
+    @return: a C{<time>} element showing L{human_date} of C{iso} (UTC), the
+        exact value in its C{title} (shown on hover); empty for C{None}.
+    """
+    if not iso:
+        return Markup("")
+    return Markup(f'<time title="{escape_attribute(iso)}">' + escape(human_date(iso)) + "</time>")
+
+
+#: The class of a state's badge or cell: terminal outcomes have a colour.
+STATE_CLASSES = {
+    "done-ok": "state-done-ok",
+    "done-failed": "state-done-failed",
+    "aborted": "state-aborted",
+    "cancelled": "state-cancelled",
+}
+
+
+def state_class(state: str | None, done_code: object = None) -> str:
+    """
+    The colour class of a job's state: C{state-done-ok}, C{state-done-failed}
+    (Done with done code FAILED), C{state-aborted}, C{state-cancelled} (Cancelled,
+    or Done with done code CANCELLED); C{state-other} for the rest.
+
+    @param done_code: the done code as a number or as its name (C{OK}, ...).
+    """
+    folded = (state or "").lower()
+    if folded == "done":
+        code = (
+            DONE_CODE_NAMES.get(done_code, done_code) if isinstance(done_code, int) else done_code
+        )
+        code = str(code or "OK").upper()
+        if code == "FAILED":
+            return STATE_CLASSES["done-failed"]
+        if code == "CANCELLED":
+            return STATE_CLASSES["cancelled"]
+        return STATE_CLASSES["done-ok"]
+    return STATE_CLASSES.get(folded, "state-other")
+
+
+def _duration(us: int) -> str:
+    seconds = max(0, us) // 1_000_000
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, seconds = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {seconds:02d}s"
+    return f"{seconds}s"
+
+
+def timeline(enter_times: Mapping[str, int], current: str | None) -> Markup:
+    """
+    A job's states in the order it entered them, each with its entry time and how
+    long after the first it came (from C{stateEnterTimes}).
+
+    @param enter_times: state name -> entry time, microseconds since the epoch.
+    @param current: the job's state now (marked C{current}).
+    """
+    ordered = sorted(enter_times.items(), key=lambda item: (item[1], item[0]))
+    if not ordered:
+        return Markup("")
+    start = ordered[0][1]
+    items = []
+    for state, when in ordered:
+        cls = state_class(state) + (" current" if state == current else "")
+        after = "" if when == start else f" (+{_duration(when - start)})"
+        items.append(
+            element(
+                "li",
+                {"class": cls},
+                element("span", {"class": "state"}, state),
+                " ",
+                time_element(format_iso(when)),
+                element("span", {"class": "after"}, after) if after else None,
+            )
+        )
+    return element("ol", {"class": "timeline"}, items)
+
+
+#: Seqcodes longer than this are shown shortened (the whole one on demand).
+SEQCODE_SHOWN = 16
+
+#: Status fields holding a JDL, shown as text with their line breaks.
+JDL_FIELDS = ("jdl", "matched_jdl", "cream_jdl")
+
+
+def seqcode_cell(seqcode: str | None) -> str:
+    """
+    @return: the HTML of a seqcode: as it is when short, else its first
+        L{SEQCODE_SHOWN} characters in a C{<details>} that opens on the whole one.
+    """
+    if not seqcode:
+        return ""
+    text = escape(seqcode)
+    if len(seqcode) <= SEQCODE_SHOWN:
+        return text
+    return (
+        '<details class="seq"><summary>'
+        + escape(seqcode[:SEQCODE_SHOWN])
+        + "\u2026</summary><code>"
+        + text
+        + "</code></details>"
+    )
+
+
 def job_link(jobid: str) -> str:
     """
     @return: the relative address of a job's page on this server.
@@ -420,9 +574,17 @@ def job_link(jobid: str) -> str:
     return "/" + quote(unique_of(jobid), safe="")
 
 
+def _value_html(name: str, value: Any) -> str:
+    if name in _TIMES and isinstance(value, str):
+        return time_element(value)
+    if isinstance(value, str):
+        return escape(value)
+    return escape(_cell(value))
+
+
 def _field_rows(data: dict[str, Any], names: Iterable[str]) -> str:
     return "".join(
-        f'<tr><th>{escape(name)}</th><td class="v">{escape(_cell(data[name]))}</td></tr>'
+        f'<tr><th>{escape(name)}</th><td class="v">{_value_html(name, data[name])}</td></tr>'
         for name in names
     )
 
@@ -430,18 +592,24 @@ def _field_rows(data: dict[str, Any], names: Iterable[str]) -> str:
 def _event_row(stored: StoredEvent) -> str:
     # A row of the history table: the hot part of a job page (up to a page of them).
     ev = stored.event
-    own = "<br />".join(escape(_cell(f"{k}={v}")) for k, v in ev.fields.items())
+    own = "<br />".join(escape(f"{k}={v}") for k, v in ev.fields.items())
+    # format_iso writes digits and -T:.Z only: nothing to escape.
+    iso = format_iso(ev.date)
     return (
-        ('<tr class="generated"><td>' if ev.generated else "<tr><td>")
-        + escape(_cell(format_iso(ev.date)))
-        + "</td><td>"
+        ('<tr class="generated"><td><time title="' if ev.generated else '<tr><td><time title="')
+        + iso
+        + '">'
+        + iso[:10]
+        + " "
+        + iso[11:19]
+        + "</time></td><td>"
         + escape(_cell(ev.type))
         + "</td><td>"
         + escape(_cell(ev.source))
         + "</td><td>"
         + escape(_cell(ev.host))
         + '</td><td class="v">'
-        + escape(_cell(ev.seqcode))
+        + seqcode_cell(ev.seqcode)
         + '</td><td class="v">'
         + own
         + "</td></tr>"
@@ -461,15 +629,19 @@ def _history(page: EventsPage) -> list[Markup]:
         )
         parts.append(_page_links(page))
     head = "".join(
-        f"<th>{name}</th>" for name in ("date", "type", "source", "host", "seqcode", "fields")
+        f"<th>{name}</th>" for name in ("date (UTC)", "type", "source", "host", "seqcode", "fields")
     )
     rows = Markup("".join(_event_row(stored) for stored in shown))
     parts.append(
         element(
-            "table",
-            None,
-            element("thead", None, Markup(f"<tr>{head}</tr>")),
-            element("tbody", None, rows),
+            "div",
+            {"class": "scroll"},
+            element(
+                "table",
+                {"class": "events"},
+                element("thead", None, Markup(f"<tr>{head}</tr>")),
+                element("tbody", None, rows),
+            ),
         )
     )
     if not page.whole:
@@ -477,17 +649,29 @@ def _history(page: EventsPage) -> list[Markup]:
     return parts
 
 
+def _back() -> Markup:
+    return element("nav", None, element("a", {"href": "/", "class": "back"}, "\u2190 all jobs"))
+
+
 def status_html(status: JobStatus, events: EventsPage | Sequence[StoredEvent] | None) -> bytes:
     """
-    @return: a job page: state, CREAM state, the main fields, every other non-empty
-        field, and the event history (one page of it, with links to the others).
+    @return: a job page: a link back to the job list, the state (coloured by
+        outcome), CREAM state, the main fields, the state timeline, the JDL as
+        text, every other non-empty field, and the event history (one page of it,
+        with links to the others).
     """
     page = events if isinstance(events, EventsPage) or events is None else EventsPage(events)
     data = public_dict(status)
     title = str(data.get("jobId") or "job")
-    badges: list[Content] = [element("span", {"class": "badge state"}, str(data.get("state")))]
+    state = data.get("state")
+    cls = state_class(status.state, status.done_code)
+    badges: list[Content] = [
+        element("span", {"class": f"badge state {cls}", "id": "state"}, str(state))
+    ]
     if data.get("cream_state"):
         badges.append(element("span", {"class": "badge"}, f"CREAM: {data['cream_state']}"))
+    if status.exit_code is not None:
+        badges.append(element("span", {"class": "badge"}, f"exit code {status.exit_code}"))
     badges += [
         " ",
         element("a", {"href": "?format=json"}, "JSON"),
@@ -496,14 +680,24 @@ def status_html(status: JobStatus, events: EventsPage | Sequence[StoredEvent] | 
     ]
     main = [n for n in MAIN_FIELDS if data.get(n) not in (None, "", [], {})]
     parts: list[Content] = [
+        _back(),
         element("h1", None, title),
         element("p", None, badges),
-        element("table", None, element("tbody", None, Markup(_field_rows(data, main)))),
+        element(
+            "table", {"class": "fields"}, element("tbody", None, Markup(_field_rows(data, main)))
+        ),
     ]
+    if status.stateEnterTimes:
+        parts.append(element("h2", None, "Timeline (UTC)"))
+        parts.append(timeline(status.stateEnterTimes, status.state))
+    for name in JDL_FIELDS:
+        jdl = data.get(name)
+        if isinstance(jdl, str) and jdl:
+            parts.append(element("h2", None, name))
+            parts.append(element("pre", {"class": "jdl", "id": name}, jdl))
+    skip = {*MAIN_FIELDS, *JDL_FIELDS, "stateEnterTimes"}
     others = [
-        n
-        for n in TEXT_ORDER
-        if n not in MAIN_FIELDS and data.get(n) not in (None, "", [], {}, False)
+        n for n in TEXT_ORDER if n not in skip and data.get(n) not in (None, "", [], {}, False)
     ]
     if others:
         parts.append(
@@ -536,32 +730,136 @@ def _job_row(job: JobSummary) -> str:
         + escape_attribute(job_link(job.jobid))
         + '">'
         + escape(job.jobid)
-        + "</a></td><td>"
+        + '</a></td><td class="'
+        + state_class(job.state, job.done_code)
+        + '">'
         + escape(_cell(job.state))
+        + "</td><td>"
+        + escape(_cell(job.cream_state))
+        + "</td><td>"
+        + escape(_cell(job.exit_code))
         + "</td><td>"
         + escape(_cell(job.jobtype))
         + "</td><td>"
         + escape(_cell(job.owner))
         + "</td><td>"
-        + escape(_cell(job.last_update))
+        + time_element(job.last_update)
         + "</td></tr>"
     )
 
 
-def jobs_html(jobs: Sequence[JobSummary], next_link: str | None) -> bytes:
+#: The job states offered by the list's filter form.
+FILTER_STATES = (
+    "Submitted",
+    "Waiting",
+    "Ready",
+    "Scheduled",
+    "Running",
+    "Done",
+    "Cleared",
+    "Aborted",
+    "Cancelled",
+)
+
+#: The job list parameters the filter form sets (empty: no filter).
+FILTER_FIELDS = ("state", "owner", "jobtype", "since", "until")
+
+
+def _filter_form(values: Mapping[str, str]) -> Markup:
+    chosen = values.get("state", "")
+    options = [element("option", {"value": ""}, "any")]
+    for name in FILTER_STATES:
+        attrs_ = {"value": name, "selected": "selected"} if name == chosen else {"value": name}
+        options.append(element("option", attrs_, name))
+
+    def field(label: str, name: str, hint: str) -> Markup:
+        return element(
+            "label",
+            None,
+            label,
+            element(
+                "input",
+                {"type": "text", "name": name, "value": values.get(name, ""), "placeholder": hint},
+            ),
+        )
+
+    return element(
+        "form",
+        {"class": "filter", "method": "get", "action": "/"},
+        element("label", None, "state", element("select", {"name": "state"}, options)),
+        field("owner", "owner", "you; * for all"),
+        field("job type", "jobtype", "CREAM, NORMAL"),
+        field("updated since", "since", "last3600, ISO UTC"),
+        field("until", "until", "ISO UTC"),
+        element("button", {"type": "submit"}, "filter"),
+    )
+
+
+def jobs_html(
+    jobs: Sequence[JobSummary],
+    next_link: str | None,
+    filters: Iterable[tuple[str, str]] = (),
+) -> bytes:
     """
-    @return: a job list page with a link to each job and to the next page.
+    @return: a job list page: a filter form (a GET form on this list), a row per
+        job (linked to its page, the state coloured by outcome, CREAM state and
+        exit code), and a link to the next page.
+    @param filters: the request's parameters, shown in the form.
     """
-    head = "".join(f"<th>{name}</th>" for name in ("job", "state", "type", "owner", "last update"))
+    values = {name: value for name, value in filters if name in FILTER_FIELDS}
+    head = "".join(
+        f"<th>{name}</th>"
+        for name in (
+            "job",
+            "state",
+            "CREAM state",
+            "exit code",
+            "type",
+            "owner",
+            "last update (UTC)",
+        )
+    )
     parts: list[Content] = [
         element("h1", None, f"Jobs ({len(jobs)})"),
+        _filter_form(values),
         element(
-            "table",
-            None,
-            element("thead", None, Markup(f"<tr>{head}</tr>")),
-            element("tbody", None, Markup("".join(_job_row(job) for job in jobs))),
+            "div",
+            {"class": "scroll"},
+            element(
+                "table",
+                {"class": "jobs"},
+                element("thead", None, Markup(f"<tr>{head}</tr>")),
+                element("tbody", None, Markup("".join(_job_row(job) for job in jobs))),
+            ),
         ),
     ]
     if next_link is not None:
         parts.append(element("p", None, element("a", {"href": next_link}, "next page")))
     return _page("Jobs", parts)
+
+
+#: Titles of error pages.
+_ERROR_TITLES = {
+    400: "Bad request",
+    403: "Forbidden",
+    404: "Not found",
+    410: "Gone",
+    414: "Request URI too long",
+    500: "Internal error",
+}
+
+
+def error_html(code: int, message: str) -> bytes:
+    """
+    @return: the HTML page of an error answer (for browsers; other clients get
+        L{error_body}): the code, the message and a link to the job list.
+    """
+    title = f"{code} {_ERROR_TITLES.get(code, 'Error')}"
+    return _page(
+        title,
+        [
+            _back(),
+            element("h1", {"class": "error"}, title),
+            element("p", {"class": "message"}, message),
+        ],
+    )

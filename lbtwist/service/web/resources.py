@@ -288,18 +288,10 @@ class QueryResource(Resource):
             else:
                 raise HTTPError(404, "no such resource")
         except HTTPError as e:
-            code, ctype, body = (
-                e.code,
-                render.CONTENT_TYPES["json"],
-                render.error_body(e.code, e.message),
-            )
+            code, ctype, body = _error(fmt, e.code, e.message)
         except Exception:
             log.failure("query {uri!r} failed", uri=request.uri)
-            code, ctype, body = (
-                500,
-                render.CONTENT_TYPES["json"],
-                render.error_body(500, "internal error"),
-            )
+            code, ctype, body = _error(fmt, 500, "internal error")
         if gone:
             return
         request.setResponseCode(code)
@@ -457,6 +449,9 @@ class QueryResource(Resource):
             for name, value in params:
                 if name in _FORMAT_PARAMS:
                     continue
+                if value == "" and name in render.FILTER_FIELDS:
+                    # A field of the list page's filter form left empty: no filter.
+                    continue
                 handler = _LIST_PARAM_HANDLERS.get(name)
                 if handler is None:
                     handler = _bare_conditions
@@ -483,7 +478,7 @@ class QueryResource(Resource):
             link = None
             if cursor is not None:
                 link = "/?" + urlencode([*keep, ("cursor", cursor)])
-            return 200, render.CONTENT_TYPES["html"], render.jobs_html(page.jobs, link)
+            return 200, render.CONTENT_TYPES["html"], render.jobs_html(page.jobs, link, keep)
         if fmt == "text":
             return 200, render.CONTENT_TYPES["text"], render.jobs_text(page.jobs, cursor).encode()
         return (
@@ -491,6 +486,16 @@ class QueryResource(Resource):
             render.CONTENT_TYPES["json"],
             render.to_json({"jobs": [render.summary_dict(j) for j in page.jobs], "cursor": cursor}),
         )
+
+
+def _error(fmt: str, code: int, message: str) -> tuple[int, bytes, bytes]:
+    """
+    An error answer: an HTML page for browsers (C{fmt} C{html}: they asked for
+    it by C{Accept} or C{?format=html}), else the JSON body.
+    """
+    if fmt == "html":
+        return code, render.CONTENT_TYPES["html"], render.error_html(code, message)
+    return code, render.CONTENT_TYPES["json"], render.error_body(code, message)
 
 
 def _header(request: Request, name: bytes) -> str:
