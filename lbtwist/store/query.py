@@ -170,7 +170,7 @@ def _stored_value(field: str, value: Value) -> Value:
 
 def sql_where(query: JobQuery) -> tuple[str, list[Any]]:
     """
-    The C{WHERE} clause (without the keyword; C{"1"} if empty) and its arguments for
+    The C{WHERE} clause (without the keyword; C{"TRUE"} if empty, valid SQL on SQLite and PostgreSQL) and its arguments for
     the SQLite jobs table.
     """
     clauses: list[str] = []
@@ -201,7 +201,7 @@ def sql_where(query: JobQuery) -> tuple[str, list[Any]]:
         # The range on list_time lets the index seek; the OR only sorts out ties.
         clauses.append("list_time <= ? AND (list_time < ? OR jobid > ?)")
         args.extend([query.after[0], query.after[0], query.after[1]])
-    return (" AND ".join(clauses) or "1"), args
+    return (" AND ".join(clauses) or "TRUE"), args
 
 
 # Memory

@@ -134,6 +134,18 @@ class StoreRulesMixin:
         self.assertEqual(found["Done"], ("Done-failed", 3, 1))  # type: ignore[attr-defined]
         self.assertEqual(found["Aborted"][0], "Aborted")  # type: ignore[attr-defined]
 
+    def test_list_all_owners(self) -> None:
+        """
+        A page without conditions (a super user's C{owner=*}) lists every job, on
+        every store (an empty C{WHERE} is SQL that PostgreSQL takes too).
+        """
+        from lbtwist.store.query import JobQuery
+
+        store = self.make_store()
+        self.store_ok(store, traces.cream_done_failed() + traces.cream_aborted())
+        page = self.successResultOf(store.query_jobs(JobQuery(None, (), 10)))
+        self.assertEqual(sorted(j.state for j in page.jobs), ["Aborted", "Done"])
+
     def test_store_and_read_back(self) -> None:
         store = self.make_store()
         lines = direct_lines()
