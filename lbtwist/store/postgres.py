@@ -65,8 +65,17 @@ from lbtwist.store.interface import (
     StoredEvent,
 )
 from lbtwist.store.notif import MemoryNotifTables, Notifications, memory_reader
-from lbtwist.store.query import JobPage, JobQuery, owner_key, unique_of
-from lbtwist.store.sqlite import LIST_SCAN, STATUS_CACHE_SIZE, Queries, SQLiteBackend
+from lbtwist.store.query import JobPage, JobQuery
+from lbtwist.store.sqlite import (
+    INSERT_EVENTS,
+    LIST_SCAN,
+    STATUS_CACHE_SIZE,
+    UPSERT_JOBS,
+    Queries,
+    SQLiteBackend,
+    event_rows,
+    job_rows,
+)
 
 if TYPE_CHECKING:
     from lbtwist.core.events import Event
@@ -416,59 +425,8 @@ class PostgresBackend(SQLiteBackend):
                     (len(plan.events),),
                 ).fetchall()
                 ids = {n.event_id: int(r[0]) for n, r in zip(plan.events, rows, strict=True)}
-            conn.executemany(
-                "INSERT INTO events (id, jobid, seqno, arrived, type, date, source, host,"
-                " level, user_dn, seqcode, priority, line, dupkey, okey)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        ids[n.event_id],
-                        n.jobid,
-                        n.seqno,
-                        n.arrived,
-                        n.event.type,
-                        n.event.date,
-                        n.event.source,
-                        n.event.host,
-                        n.event.level,
-                        n.event.user,
-                        n.event.seqcode,
-                        n.event.priority,
-                        n.line,
-                        n.dupkey,
-                        n.okey,
-                    )
-                    for n in plan.events
-                ],
-            )
-            conn.executemany(
-                "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine,"
-                " nevents, status, uniq, owner_norm, list_time, refold)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (jobid) DO UPDATE SET owner = excluded.owner,"
-                " state = excluded.state, jobtype = excluded.jobtype,"
-                " last_update = excluded.last_update, machine = excluded.machine,"
-                " nevents = excluded.nevents, status = excluded.status,"
-                " owner_norm = excluded.owner_norm, list_time = excluded.list_time,"
-                " refold = excluded.refold",
-                [
-                    (
-                        j.jobid,
-                        j.owner,
-                        j.state,
-                        j.jobtype,
-                        j.last_update,
-                        j.machine,
-                        j.nevents,
-                        j.status_json,
-                        unique_of(j.jobid),
-                        owner_key(j.owner),
-                        j.last_update or "",
-                        1 if j.refold else 0,
-                    )
-                    for j in plan.jobs
-                ],
-            )
+            conn.executemany(INSERT_EVENTS, event_rows(plan, ids))
+            conn.executemany(UPSERT_JOBS, job_rows(plan))
             if plan.cuts:
                 conn.executemany("DELETE FROM checkpoints WHERE jobid = ? AND okey > ?", plan.cuts)
             conn.executemany(

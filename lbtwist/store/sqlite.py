@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from itertools import islice
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -437,6 +437,79 @@ def translate_error(error: Exception) -> LBError | None:
     return TryAgain(f"store: {error}")
 
 
+#: The event rows of a commit group (L{event_rows}), in both stores' schema.
+INSERT_EVENTS = (
+    "INSERT INTO events (id, jobid, seqno, arrived, type, date, source, host,"
+    " level, user_dn, seqcode, priority, line, dupkey, okey)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+#: The job rows of a commit group (L{job_rows}): new ones inserted, known ones updated.
+UPSERT_JOBS = (
+    "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine,"
+    " nevents, status, uniq, owner_norm, list_time, refold)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (jobid) DO UPDATE SET owner = excluded.owner,"
+    " state = excluded.state, jobtype = excluded.jobtype,"
+    " last_update = excluded.last_update, machine = excluded.machine,"
+    " nevents = excluded.nevents, status = excluded.status,"
+    " owner_norm = excluded.owner_norm, list_time = excluded.list_time,"
+    " refold = excluded.refold"
+)
+
+
+def event_rows(plan: BatchPlan, ids: Mapping[int, int] | None = None) -> list[tuple[Any, ...]]:
+    """
+    The parameters of L{INSERT_EVENTS} for a plan's events.
+
+    @param ids: the database's ids for the plan's event ids (a store whose ids come
+        from a sequence); L{None}: the plan's own.
+    """
+    return [
+        (
+            n.event_id if ids is None else ids[n.event_id],
+            n.jobid,
+            n.seqno,
+            n.arrived,
+            n.event.type,
+            n.event.date,
+            n.event.source,
+            n.event.host,
+            n.event.level,
+            n.event.user,
+            n.event.seqcode,
+            n.event.priority,
+            n.line,
+            n.dupkey,
+            n.okey,
+        )
+        for n in plan.events
+    ]
+
+
+def job_rows(plan: BatchPlan) -> list[tuple[Any, ...]]:
+    """
+    The parameters of L{UPSERT_JOBS} for a plan's job rows.
+    """
+    return [
+        (
+            j.jobid,
+            j.owner,
+            j.state,
+            j.jobtype,
+            j.last_update,
+            j.machine,
+            j.nevents,
+            j.status_json,
+            unique_of(j.jobid),
+            owner_key(j.owner),
+            j.last_update or "",
+            1 if j.refold else 0,
+        )
+        for j in plan.jobs
+    ]
+
+
 class SQLiteBackend:
     """
     The writer side: owns the writing connection (used on the writer thread only).
@@ -529,59 +602,8 @@ class SQLiteBackend:
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.executemany(
-                "INSERT INTO events (id, jobid, seqno, arrived, type, date, source, host,"
-                " level, user_dn, seqcode, priority, line, dupkey, okey)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (
-                        n.event_id,
-                        n.jobid,
-                        n.seqno,
-                        n.arrived,
-                        n.event.type,
-                        n.event.date,
-                        n.event.source,
-                        n.event.host,
-                        n.event.level,
-                        n.event.user,
-                        n.event.seqcode,
-                        n.event.priority,
-                        n.line,
-                        n.dupkey,
-                        n.okey,
-                    )
-                    for n in plan.events
-                ],
-            )
-            conn.executemany(
-                "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine,"
-                " nevents, status, uniq, owner_norm, list_time, refold)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (jobid) DO UPDATE SET owner = excluded.owner,"
-                " state = excluded.state, jobtype = excluded.jobtype,"
-                " last_update = excluded.last_update, machine = excluded.machine,"
-                " nevents = excluded.nevents, status = excluded.status,"
-                " owner_norm = excluded.owner_norm, list_time = excluded.list_time,"
-                " refold = excluded.refold",
-                [
-                    (
-                        j.jobid,
-                        j.owner,
-                        j.state,
-                        j.jobtype,
-                        j.last_update,
-                        j.machine,
-                        j.nevents,
-                        j.status_json,
-                        unique_of(j.jobid),
-                        owner_key(j.owner),
-                        j.last_update or "",
-                        1 if j.refold else 0,
-                    )
-                    for j in plan.jobs
-                ],
-            )
+            conn.executemany(INSERT_EVENTS, event_rows(plan))
+            conn.executemany(UPSERT_JOBS, job_rows(plan))
             if plan.cuts:
                 conn.executemany("DELETE FROM checkpoints WHERE jobid = ? AND okey > ?", plan.cuts)
             if plan.checkpoints:
