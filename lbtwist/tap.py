@@ -698,8 +698,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     """
     Build the service tree of one role from parsed options (their L{Options.settings}).
 
-    @param reactor: the reactor to use; the global one when L{None}.
+    @param reactor: the reactor to use; the global one when L{None}. Only then are the
+        TCP ports tried on the machine (L{check_endpoints}): a reactor given by the
+        caller (a test's) listens where it pleases.
     """
+    real = reactor is None
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
@@ -707,7 +710,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     settings = options.settings
     prepare_state_dir(settings.state_dir)
     lock_state_dir(settings.state_dir)
-    check_endpoints(settings, reactor)
+    check_endpoints(settings, reactor, try_ports=real)
     credentials = host_credentials(settings, reactor)
     trust = check_credentials(settings, credentials)
     policy = load_policy(settings)
@@ -1001,11 +1004,11 @@ def _endpoint_options(settings: Settings) -> list[tuple[str, str]]:
     return found
 
 
-def check_endpoints(settings: Settings, reactor: Any) -> None:
+def check_endpoints(settings: Settings, reactor: Any, *, try_ports: bool = True) -> None:
     """
-    Check that every listener option is an endpoint description and that its TCP port is
-    free now (a clear line before twistd goes to the background, rather than a
-    C{CannotListenError} later).
+    Check that every listener option is an endpoint description and (C{try_ports}) that
+    its TCP port is free now (a clear line before twistd goes to the background, rather
+    than a C{CannotListenError} later).
 
     @raise StartupError: not an endpoint, or the port is in use.
     """
@@ -1020,7 +1023,7 @@ def check_endpoints(settings: Settings, reactor: Any) -> None:
                 f"--{name} {description}: not an endpoint description ({e}); write {hint}"
             ) from None
         port = getattr(endpoint, "_port", None)
-        if not isinstance(port, int) or port == 0:
+        if not try_ports or not isinstance(port, int) or port == 0:
             continue
         interface = getattr(endpoint, "_interface", "") or ""
         family = socket.AF_INET6 if ":" in interface else socket.AF_INET
