@@ -12,6 +12,8 @@ cryptography as before (L{certificate_dn}); both give the same DN.
 
 from __future__ import annotations
 
+from lbtwist.core.oids import SHORT_NAMES as _SHORT_NAMES
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -32,25 +34,6 @@ _PROXY_CERT_INFO = ("1.3.6.1.5.5.7.1.14", "1.3.6.1.4.1.3536.1.222")
 _BASIC_CONSTRAINTS = "2.5.29.19"
 _COMMON_NAME = "2.5.4.3"
 
-#: Attribute short names as OpenSSL prints them (as L{lbtwist.security.identity}).
-_SHORT_NAMES = {
-    "2.5.4.3": "CN",
-    "2.5.4.4": "SN",
-    "2.5.4.5": "serialNumber",
-    "2.5.4.6": "C",
-    "2.5.4.7": "L",
-    "2.5.4.8": "ST",
-    "2.5.4.9": "street",
-    "2.5.4.10": "O",
-    "2.5.4.11": "OU",
-    "2.5.4.12": "title",
-    "2.5.4.42": "GN",
-    "2.5.4.43": "initials",
-    "2.5.4.46": "dnQualifier",
-    "0.9.2342.19200300.100.1.1": "UID",
-    "0.9.2342.19200300.100.1.25": "DC",
-    "1.2.840.113549.1.9.1": "emailAddress",
-}
 
 #: DER string tags read here: UTF8String, PrintableString, IA5String.
 _STRING_TAGS = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii"}

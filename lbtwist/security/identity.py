@@ -27,10 +27,12 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from twisted.logger import Logger, LogLevel
 
-# The one DN normalization is the core's (the store compares owners with it too);
-# re-exported here for the callers that know it from this module.
 from lbtwist.core.dn import normalize_dn as normalize_dn
 from lbtwist.core.dn import same_dn as same_dn
+
+# The one DN normalization is the core's (the store compares owners with it too);
+# re-exported here for the callers that know it from this module.
+from lbtwist.core.oids import SHORT_NAMES as _SHORT_NAMES
 
 if TYPE_CHECKING:
     from OpenSSL import SSL
@@ -46,26 +48,6 @@ DRAFT_PROXY_CERT_INFO_OID = "1.3.6.1.4.1.3536.1.222"
 VOMS_AC_OID = "1.3.6.1.4.1.8005.100.100.5"
 VOMS_FQAN_OID = "1.3.6.1.4.1.8005.100.100.4"
 VOMS_CERTS_OID = "1.3.6.1.4.1.8005.100.100.10"
-
-#: Attribute short names as OpenSSL prints them in slash-form DNs.
-_SHORT_NAMES = {
-    "2.5.4.3": "CN",
-    "2.5.4.4": "SN",
-    "2.5.4.5": "serialNumber",
-    "2.5.4.6": "C",
-    "2.5.4.7": "L",
-    "2.5.4.8": "ST",
-    "2.5.4.9": "street",
-    "2.5.4.10": "O",
-    "2.5.4.11": "OU",
-    "2.5.4.12": "title",
-    "2.5.4.42": "GN",
-    "2.5.4.43": "initials",
-    "2.5.4.46": "dnQualifier",
-    "0.9.2342.19200300.100.1.1": "UID",
-    "0.9.2342.19200300.100.1.25": "DC",
-    "1.2.840.113549.1.9.1": "emailAddress",
-}
 
 
 @attrs.frozen
