@@ -90,6 +90,11 @@ DEFAULT_CERT = "/etc/grid-security/hostcert.pem"
 DEFAULT_KEY = "/etc/grid-security/hostkey.pem"
 DEFAULT_CA_DIR = "/etc/grid-security/certificates"
 DEFAULT_VOMS_DIR = "/etc/grid-security/vomsdir"
+#: The development PKI's directory under the state directory (made when no host
+#: credentials are configured), and the VOMS directory in it: the default --voms-dir
+#: on development certificates.
+DEV_PKI_DIR = "devcerts"
+DEV_VOMS_DIR = "vomsdir"
 
 PROXY = "lbproxy"
 SERVER = "lbserver"
@@ -474,7 +479,13 @@ OPTIONS: tuple[Option, ...] = (
     _value("cert", _text, None, "Host certificate (PEM)."),
     _value("key", _text, None, "Host key (PEM)."),
     _value("ca-dir", _text, None, "Trust anchors and CRLs in the hashed layout (X509_CERT_DIR)."),
-    _value("voms-dir", _text, None, "VOMS .lsc files (X509_VOMS_DIR)."),
+    _value(
+        "voms-dir",
+        _text,
+        None,
+        "VOMS .lsc files, <vo>/<host>.lsc (X509_VOMS_DIR; on development certificates"
+        " <state-dir>/devcerts/vomsdir, else /etc/grid-security/vomsdir).",
+    ),
     _value("crl", _crl, "if-present", "CRL checking: require, if-present or off."),
     _value(
         "allow-no-ca",
@@ -1156,6 +1167,12 @@ def load_settings(
         values["serve"] = f"unix:{_escape_endpoint(os.path.join(state_dir, 'serve.sock'))}:mode=660"
     values["hostname"] = values["hostname"] or fqdn()
     values["dev_certs"] = values["cert"] is None
+    if values["voms_dir"] is None:
+        values["voms_dir"] = (
+            os.path.join(state_dir, DEV_PKI_DIR, DEV_VOMS_DIR)
+            if values["dev_certs"]
+            else DEFAULT_VOMS_DIR
+        )
     if values["query"] is None:
         values["query"] = (
             DEFAULT_DEV_QUERY_ENDPOINT if values["dev_certs"] else DEFAULT_QUERY_ENDPOINT
@@ -1173,7 +1190,7 @@ def _credentials(
     if values["ca_dir"] is None:
         values["ca_dir"] = env.get("X509_CERT_DIR") or None
     if values["voms_dir"] is None:
-        values["voms_dir"] = env.get("X509_VOMS_DIR") or DEFAULT_VOMS_DIR
+        values["voms_dir"] = env.get("X509_VOMS_DIR") or None
     if values["cert"] is None and values["key"] is None:
         if exists(DEFAULT_CERT) and exists(DEFAULT_KEY):
             values["cert"], values["key"] = DEFAULT_CERT, DEFAULT_KEY

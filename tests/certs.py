@@ -12,16 +12,10 @@ from pathlib import Path
 
 import attrs
 from asn1crypto import cms
-from asn1crypto import core as asn1
-from asn1crypto import x509 as ax509
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from lbtwist.security import devcerts
 from lbtwist.security.devcerts import PrivateKey
-from lbtwist.security.identity import VOMS_AC_OID, VOMS_CERTS_OID, VOMS_FQAN_OID, slash_dn
 
 #: A fixed "now" for tests.
 NOW = datetime(2025, 6, 1, 12, 0, 0, tzinfo=UTC)
@@ -125,35 +119,7 @@ def proxy_of(cred: Credential, *, now: datetime = NOW, **kw: object) -> Credenti
     return Credential(cert, key, [cred.cert, *cred.chain])
 
 
-# VOMS
-
-
-class _ACList(asn1.SequenceOf):
-    _child_spec = cms.AttributeCertificateV2
-
-
-class _ACFull(asn1.SequenceOf):
-    _child_spec = _ACList
-
-
-class _CertList(asn1.SequenceOf):
-    _child_spec = ax509.Certificate
-
-
-class _ACCerts(asn1.Sequence):
-    _fields = [("certs", _CertList)]
-
-
-class _IetfAttrList(asn1.SetOf):
-    _child_spec = cms.IetfAttrSyntax
-
-
-def _aname(n: x509.Name) -> ax509.Name:
-    return ax509.Name.load(n.public_bytes())
-
-
-def _agn(n: x509.Name) -> ax509.GeneralNames:
-    return ax509.GeneralNames([ax509.GeneralName(name="directory_name", value=_aname(n))])
+# VOMS (the builders are the library's: lbtwist.security.devcerts)
 
 
 def make_ac(
@@ -171,80 +137,26 @@ def make_ac(
     sign_with: PrivateKey | None = None,
 ) -> cms.AttributeCertificateV2:
     """
-    Build a VOMS attribute certificate for C{holder} signed by C{voms}.
-
-    @param holder_issuer: the name in the holder's baseCertificateID (default: the
-        holder's issuer; old VOMS servers put the holder's subject there).
+    Build a VOMS attribute certificate for C{holder} signed by C{voms}
+    (L{devcerts.make_voms_ac}; C{sign_with}: another key signs it).
     """
-    values = _IetfAttrList(
-        [
-            {
-                "policy_authority": [
-                    ax509.GeneralName(
-                        name="uniform_resource_identifier", value=f"{vo}://{host}:15000"
-                    )
-                ],
-                "values": [cms.IetfAttrValue(name="octets", value=f.encode()) for f in fqans],
-            }
-        ]
-    )
-    extensions = []
-    if include_certs:
-        certs = _ACCerts(
-            {
-                "certs": [
-                    ax509.Certificate.load(c.public_bytes(Encoding.DER)) for c in voms.full_chain
-                ]
-            }
-        )
-        extensions.append(
-            {"extn_id": VOMS_CERTS_OID, "critical": False, "extn_value": certs.dump()}
-        )
-    info = cms.AttributeCertificateInfoV2(
-        {
-            "version": "v2",
-            "holder": {
-                "base_certificate_id": {
-                    "issuer": _agn(holder_issuer if holder_issuer is not None else holder.issuer),
-                    "serial": holder_serial if holder_serial is not None else holder.serial_number,
-                }
-            },
-            "issuer": cms.AttCertIssuer(
-                name="v2_form", value={"issuer_name": _agn(voms.cert.subject)}
-            ),
-            "signature": {"algorithm": "sha256_ecdsa"},
-            "serial_number": 42,
-            "att_cert_validity_period": {
-                "not_before_time": not_before,
-                "not_after_time": not_after,
-            },
-            "attributes": [
-                {
-                    "type": VOMS_FQAN_OID,
-                    "values": cms.SetOfAny([asn1.Any.load(v.dump()) for v in values]),
-                }
-            ],
-            "extensions": extensions,
-        }
-    )
-    key = sign_with or voms.key
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    signature = key.sign(info.dump(), ec.ECDSA(hashes.SHA256()))
-    return cms.AttributeCertificateV2(
-        {
-            "ac_info": info,
-            "signature_algorithm": {"algorithm": "sha256_ecdsa"},
-            "signature": signature,
-        }
+    return devcerts.make_voms_ac(
+        holder,
+        voms.cert,
+        sign_with or voms.key,
+        fqans,
+        vo=vo,
+        host=host,
+        not_before=not_before,
+        not_after=not_after,
+        carried=voms.full_chain if include_certs else (),
+        holder_serial=holder_serial,
+        holder_issuer=holder_issuer,
+        serial=42,
     )
 
 
-def voms_extension(*acs: cms.AttributeCertificateV2) -> x509.UnrecognizedExtension:
-    """
-    @return: the proxy extension carrying the ACs (SEQUENCE OF SEQUENCE OF AC).
-    """
-    der = _ACFull([_ACList(list(acs))]).dump()
-    return x509.UnrecognizedExtension(x509.ObjectIdentifier(VOMS_AC_OID), der)
+voms_extension = devcerts.voms_extension
 
 
 def write_lsc(
@@ -253,7 +165,4 @@ def write_lsc(
     """
     Write C{<voms_dir>/<vo>/<host>.lsc} for the VOMS server C{voms}.
     """
-    path = voms_dir / vo / f"{host}.lsc"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{slash_dn(voms.cert.subject)}\n{slash_dn(voms.cert.issuer)}\n")
-    return path
+    return devcerts.write_lsc(voms_dir, vo, host, voms.cert)

@@ -246,7 +246,12 @@ def handle_certs_proxy(args: argparse.Namespace, ctx: CLIContext) -> int:
     from lbtwist.security.devcerts import main_certs_proxy
 
     return main_certs_proxy(
-        args.directory, hours=args.hours, now=_now(ctx), out=ctx.stdout, err=ctx.stderr
+        args.directory,
+        hours=args.hours,
+        voms=args.voms or (),
+        now=_now(ctx),
+        out=ctx.stdout,
+        err=ctx.stderr,
     )
 
 
@@ -289,11 +294,24 @@ def register(subparsers: Any) -> None:
     dev.set_defaults(handler=handle_certs_dev)
     proxy = certs.add_parser(
         "proxy",
-        help="renew the development user's proxy",
-        description="Write a fresh proxy of the development user of DIR (DIR/user/x509up).",
+        help="renew the development user's proxy (with VOMS attributes: --voms)",
+        description=(
+            "Write a fresh proxy of the development user of DIR (DIR/user/x509up); with "
+            "--voms, it carries VOMS attributes signed by the development VOMS server of DIR, "
+            "which services on the development defaults trust (DIR/vomsdir)."
+        ),
     )
     proxy.add_argument("directory", metavar="DIR")
     proxy.add_argument(
         "--hours", type=float, default=12.0, metavar="N", help="validity (default 12)"
+    )
+    proxy.add_argument(
+        "--voms",
+        action="append",
+        metavar="VO[:FQAN]",
+        help=(
+            "add a VOMS attribute: VO (its root group), VO:/VO/group or "
+            "VO:/VO/group/Role=role (repeatable; one attribute certificate per VO)"
+        ),
     )
     proxy.set_defaults(handler=handle_certs_proxy)

@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.unit.test_devcerts -*-
 """
 Development PKI: a CA in the IGTF hashed layout with its CRL, a host
-certificate, user certificates and an RFC 3820 proxy, generated in-process
-with C{cryptography}.
+certificate, user certificates, an RFC 3820 proxy and a VOMS server with its
+C{vomsdir}, generated in-process with C{cryptography}; VOMS attribute
+certificates (RFC 3281, as VOMS servers issue them) built with C{asn1crypto}.
 
 The certificate builders here are also the ones the tests use (see
 C{tests/certs.py}); nothing in this module reads the clock: callers pass
@@ -12,6 +13,7 @@ C{now}.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import sys
 from collections.abc import Iterable, Sequence
@@ -20,14 +22,19 @@ from pathlib import Path
 from typing import TextIO
 
 import attrs
+from asn1crypto import cms
 from asn1crypto import core as asn1
+from asn1crypto import x509 as ax509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from OpenSSL import crypto
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+
+from lbtwist import config
+from lbtwist.security.identity import VOMS_AC_OID, VOMS_CERTS_OID, VOMS_FQAN_OID, slash_dn
 
 #: RFC 3820 proxyCertInfo extension.
 PROXY_CERT_INFO_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
@@ -219,6 +226,9 @@ def issue_cert(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()),
             critical=False,
         )
+        # The grid tools need it: voms-proxy-init and voms-proxy-fake name the user
+        # certificate's key identifier in the proxy they make, and refuse one without.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
     )
     if hostnames:
         builder = builder.add_extension(
@@ -380,6 +390,253 @@ def install_ca(
     return cert_path, crl_path
 
 
+# VOMS attribute certificates (RFC 3281 ACs as VOMS servers issue them)
+
+
+class _ACList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
+    _child_spec = cms.AttributeCertificateV2
+
+
+class _ACFull(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
+    _child_spec = _ACList
+
+
+class _CertList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
+    _child_spec = ax509.Certificate
+
+
+class _ACCerts(asn1.Sequence):  # type: ignore[misc]  # asn1crypto ships no type hints
+    _fields = [("certs", _CertList)]
+
+
+class _IetfAttrList(asn1.SetOf):  # type: ignore[misc]  # asn1crypto ships no type hints
+    _child_spec = cms.IetfAttrSyntax
+
+
+#: The port in the policy authority (C{vo://host:port}) of the development ACs: VOMS
+#: servers listen from 15000 up.
+DEV_VOMS_PORT = 15000
+#: The VO the development VOMS server's C{.lsc} file is written for with the PKI
+#: (C{lbtwist certs proxy --voms} adds the others it is asked for).
+DEV_VO = "testvo"
+#: RFC 5755 noRevAvail: VOMS servers mark their ACs as never revoked.
+_NO_REV_AVAIL_OID = "2.5.29.56"
+
+
+def _general_names(name: x509.Name) -> ax509.GeneralNames:
+    return ax509.GeneralNames(
+        [ax509.GeneralName(name="directory_name", value=ax509.Name.load(name.public_bytes()))]
+    )
+
+
+def _key_id(cert: x509.Certificate) -> bytes:
+    try:
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        ski = x509.SubjectKeyIdentifier.from_public_key(cert.public_key())
+    return ski.digest
+
+
+def make_voms_ac(
+    holder: x509.Certificate,
+    signer: x509.Certificate,
+    signer_key: PrivateKey,
+    fqans: Sequence[str],
+    *,
+    vo: str,
+    host: str,
+    not_before: datetime,
+    not_after: datetime,
+    port: int = DEV_VOMS_PORT,
+    carried: Sequence[x509.Certificate] | None = None,
+    holder_serial: int | None = None,
+    holder_issuer: x509.Name | None = None,
+    serial: int | None = None,
+) -> cms.AttributeCertificateV2:
+    """
+    Build the VOMS attribute certificate of C{holder} (the user certificate, not the
+    proxy) that the VOMS server C{signer} of C{vo} issues: version 2, the holder's
+    issuer and serial (baseCertificateID), the server's name (v2Form), the FQANs as one
+    IetfAttrSyntax attribute with the policy authority C{vo://host:port}, and the
+    extensions VOMS servers add (the server's certificates, noRevAvail, its key
+    identifier). Signed with SHA-256 (RSA PKCS#1 v1.5 or ECDSA, by the key).
+
+    @param carried: the certificates the AC carries (default: C{[signer]}; empty: none).
+    @param holder_issuer: the name in the holder's baseCertificateID (default: the
+        holder's issuer; old VOMS servers put the holder's subject there).
+    """
+    values = _IetfAttrList(
+        [
+            {
+                "policy_authority": [
+                    ax509.GeneralName(
+                        name="uniform_resource_identifier", value=f"{vo}://{host}:{port}"
+                    )
+                ],
+                "values": [cms.IetfAttrValue(name="octets", value=f.encode()) for f in fqans],
+            }
+        ]
+    )
+    chain = [signer] if carried is None else list(carried)
+    extensions: list[dict[str, object]] = []
+    if chain:
+        certs = _ACCerts(
+            {
+                "certs": [
+                    ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
+                    for c in chain
+                ]
+            }
+        )
+        extensions.append(
+            {"extn_id": VOMS_CERTS_OID, "critical": False, "extn_value": certs.dump()}
+        )
+    extensions.append({"extn_id": _NO_REV_AVAIL_OID, "critical": False, "extn_value": b"\x05\x00"})
+    extensions.append(
+        {
+            "extn_id": "authority_key_identifier",
+            "critical": False,
+            "extn_value": {"key_identifier": _key_id(signer)},
+        }
+    )
+    if isinstance(signer_key, rsa.RSAPrivateKey):
+        algorithm = "sha256_rsa"
+    else:
+        algorithm = "sha256_ecdsa"
+    info = cms.AttributeCertificateInfoV2(
+        {
+            "version": "v2",
+            "holder": {
+                "base_certificate_id": {
+                    "issuer": _general_names(
+                        holder_issuer if holder_issuer is not None else holder.issuer
+                    ),
+                    "serial": holder_serial if holder_serial is not None else holder.serial_number,
+                }
+            },
+            "issuer": cms.AttCertIssuer(
+                name="v2_form", value={"issuer_name": _general_names(signer.subject)}
+            ),
+            "signature": {"algorithm": algorithm},
+            "serial_number": serial if serial is not None else _serial(),
+            # Whole seconds: RFC 5280 times have no fraction (the VOMS library crashes
+            # on one).
+            "att_cert_validity_period": {
+                "not_before_time": not_before.replace(microsecond=0),
+                "not_after_time": not_after.replace(microsecond=0),
+            },
+            "attributes": [
+                {
+                    "type": VOMS_FQAN_OID,
+                    "values": cms.SetOfAny([asn1.Any.load(v.dump()) for v in values]),
+                }
+            ],
+            "extensions": extensions,
+        }
+    )
+    data = info.dump()
+    if isinstance(signer_key, rsa.RSAPrivateKey):
+        signature = signer_key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        signature = signer_key.sign(data, ec.ECDSA(hashes.SHA256()))
+    return cms.AttributeCertificateV2(
+        {
+            "ac_info": info,
+            "signature_algorithm": {"algorithm": algorithm},
+            "signature": signature,
+        }
+    )
+
+
+def voms_extension(*acs: cms.AttributeCertificateV2) -> x509.UnrecognizedExtension:
+    """
+    @return: the (non-critical) proxy extension carrying the ACs, as VOMS proxies do:
+        a SEQUENCE OF SEQUENCE OF AC.
+    """
+    der = _ACFull([_ACList(list(acs))]).dump()
+    return x509.UnrecognizedExtension(x509.ObjectIdentifier(VOMS_AC_OID), der)
+
+
+def lsc_text(signer: x509.Certificate) -> str:
+    """
+    @return: the C{.lsc} file that trusts the VOMS server C{signer}: its DN, then its
+        issuer's DN, one a line.
+    """
+    return f"{slash_dn(signer.subject)}\n{slash_dn(signer.issuer)}\n"
+
+
+def write_lsc(voms_dir: Path, vo: str, host: str, signer: x509.Certificate) -> Path:
+    """
+    Write C{<voms_dir>/<vo>/<host>.lsc} for the VOMS server C{signer} (unchanged when
+    it already says so).
+
+    @return: the path.
+    """
+    path = voms_dir / vo / f"{host}.lsc"
+    text = lsc_text(signer)
+    try:
+        if path.read_text() == text:
+            return path
+    except OSError:
+        pass
+    write_file(path, text.encode())
+    return path
+
+
+_VO_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
+_PART = r"[A-Za-z0-9_.-]+"
+_FQAN = re.compile(rf"/({_PART})((?:/{_PART})*)(?:/Role=({_PART}))?(?:/Capability=({_PART}))?\Z")
+_VOMS_FORMS = "VO, VO:/VO/group or VO:/VO/group/Role=role"
+
+
+def parse_voms_request(text: str) -> tuple[str, str]:
+    """
+    Read one C{--voms} value: C{VO} (the VO's root group C{/VO}), C{VO:/VO/group...} or
+    C{VO:/VO/group.../Role=role} (a C{/Capability=c} may follow, as in old FQANs).
+
+    @return: the VO and the FQAN in the full form VOMS servers write
+        (C{/VO/group/Role=role/Capability=NULL}, C{Role=NULL} when none is asked for).
+    @raise ValueError: a malformed value (the message names it and the accepted forms).
+    """
+    vo, colon, fqan = text.partition(":")
+    if not _VO_NAME.match(vo):
+        raise ValueError(
+            f"--voms {text!r}: {vo!r} is no VO name (letters, digits, '.', '_' and '-');"
+            f" give {_VOMS_FORMS}"
+        )
+    if not colon:
+        fqan = f"/{vo}"
+    found = _FQAN.match(fqan)
+    if found is None:
+        raise ValueError(f"--voms {text!r}: {fqan!r} is no FQAN; give {_VOMS_FORMS}")
+    if found.group(1) != vo:
+        raise ValueError(f"--voms {text!r}: the FQAN {fqan} is not of VO {vo} (it starts /{vo})")
+    role = found.group(3) or "NULL"
+    capability = found.group(4) or "NULL"
+    return vo, f"/{vo}{found.group(2)}/Role={role}/Capability={capability}"
+
+
+def voms_requests(values: Sequence[str]) -> list[tuple[str, list[str]]]:
+    """
+    The ACs to issue for C{--voms} values (L{parse_voms_request}): one per VO in order
+    of first mention, each with its FQANs in order (repeats dropped) then, as VOMS
+    servers list the groups a member belongs to, the VO's root group if not asked for.
+
+    @raise ValueError: a malformed value.
+    """
+    by_vo: dict[str, list[str]] = {}
+    for value in values:
+        vo, fqan = parse_voms_request(value)
+        fqans = by_vo.setdefault(vo, [])
+        if fqan not in fqans:
+            fqans.append(fqan)
+    for vo, fqans in by_vo.items():
+        root = f"/{vo}/Role=NULL/Capability=NULL"
+        if root not in fqans:
+            fqans.append(root)
+    return list(by_vo.items())
+
+
 @attrs.frozen
 class DevPKI:
     """
@@ -398,6 +655,9 @@ class DevPKI:
     user_proxy: Path
     user2_cert: Path
     user2_key: Path
+    voms_cert: Path
+    voms_key: Path
+    voms_dir: Path
 
     @classmethod
     def under(cls, root: Path, ca_cert: Path, crl: Path) -> DevPKI:
@@ -419,6 +679,9 @@ class DevPKI:
             user_proxy=root / "user" / "x509up",
             user2_cert=root / "user2" / "usercert.pem",
             user2_key=root / "user2" / "userkey.pem",
+            voms_cert=root / "voms" / "vomscert.pem",
+            voms_key=root / "voms" / "vomskey.pem",
+            voms_dir=root / config.DEV_VOMS_DIR,
         )
 
     def paths(self) -> list[tuple[str, Path]]:
@@ -436,13 +699,23 @@ class DevPKI:
             ("user proxy", self.user_proxy),
             ("second user certificate", self.user2_cert),
             ("second user key", self.user2_key),
+            ("VOMS server certificate", self.voms_cert),
+            ("VOMS server key", self.voms_key),
         ]
 
     def exists(self) -> bool:
         """
-        @return: whether every file is present.
+        @return: whether every file is present but the VOMS server's (a directory made
+            before there was one gets it from L{ensure_voms_server}).
         """
-        return all(p.exists() for _, p in self.paths())
+        voms = (self.voms_cert, self.voms_key)
+        return all(p.exists() for _, p in self.paths() if p not in voms)
+
+    def has_voms_server(self) -> bool:
+        """
+        @return: whether the development VOMS server's certificate and key are present.
+        """
+        return self.voms_cert.exists() and self.voms_key.exists()
 
 
 def make_dev_pki(
@@ -457,7 +730,9 @@ def make_dev_pki(
     Layout: C{certificates/<hash>.0} and C{<hash>.r0} (the CA directory),
     C{ca/cakey.pem}, C{hostcert.pem}/C{hostkey.pem}, C{user/usercert.pem},
     C{user/userkey.pem}, C{user/x509up} (proxy cert, proxy key, user cert),
-    C{user2/...}. Keys are mode 0600. Existing files are replaced.
+    C{user2/...}, the development VOMS server C{voms/vomscert.pem} and
+    C{voms/vomskey.pem} (C{voms.<first host name>}) and its C{vomsdir/testvo/<host>.lsc}.
+    Keys are mode 0600. Existing files are replaced.
     """
     if now.tzinfo is None:
         now = now.replace(tzinfo=UTC)
@@ -478,12 +753,13 @@ def make_dev_pki(
     user_cert, user_key = issue_cert(USER_NAME, ca_cert, ca_key, now=now, key=new_rsa_key())
     write_file(pki.user_cert, cert_pem(user_cert))
     write_file(pki.user_key, key_pem(user_key), 0o600)
-    proxy, proxy_key = issue_proxy(user_cert, user_key, now=now, hours=12)
+    proxy, proxy_key = issue_proxy(user_cert, user_key, now=now, hours=12, key=new_rsa_key())
     write_file(pki.user_proxy, cert_pem(proxy) + key_pem(proxy_key) + cert_pem(user_cert), 0o600)
 
     user2_cert, user2_key = issue_cert(USER2_NAME, ca_cert, ca_key, now=now, key=new_rsa_key())
     write_file(pki.user2_cert, cert_pem(user2_cert))
     write_file(pki.user2_key, key_pem(user2_key), 0o600)
+    _make_voms_server(pki, ca_cert, ca_key, now=now, hostname=hostnames[0])
     return pki
 
 
@@ -509,9 +785,15 @@ def main_certs_dev(
         if found is not None:
             # Keep the keys and certificates (clients and services trust them): renew
             # what expires, the CRL and the user proxy.
-            renew_dev_crl(found, now or datetime.now(UTC))
-            renew_user_proxy(found, now or datetime.now(UTC))
+            when = now or datetime.now(UTC)
+            renew_dev_crl(found, when)
+            renewed = renew_dev_certs(found, when)
+            if ensure_voms_server(found, when):
+                renewed.append("VOMS server certificate (new)")
+            renew_user_proxy(found, when)
             print(f"renewed the CRL and the user proxy of {argv[0]}", file=out)
+            for what in renewed:
+                print(f"renewed: {what}", file=out)
             pki = found
         else:
             pki = make_dev_pki(argv[0], now=now or datetime.now(UTC))
@@ -521,11 +803,12 @@ def main_certs_dev(
     for what, path in pki.paths():
         print(f"{what}: {path}", file=out)
     print(f"CA directory (X509_CERT_DIR): {pki.ca_dir}", file=out)
+    print(f"VOMS directory (X509_VOMS_DIR): {pki.voms_dir}", file=out)
     return 0
 
 
 #: The development PKI's directory under a state directory.
-DEV_PKI_DIR = "devcerts"
+DEV_PKI_DIR = config.DEV_PKI_DIR
 
 
 def existing_dev_pki(directory: str | os.PathLike[str]) -> DevPKI | None:
@@ -551,15 +834,18 @@ def ensure_dev_pki(
 ) -> DevPKI:
     """
     The development PKI of a service: reused from C{<state_dir>/devcerts} if
-    complete, else generated there (shared by the query service and the relay).
+    complete (its VOMS server added if it has none: L{ensure_voms_server}), else
+    generated there (shared by the query service and the relay).
 
     @param reactor: provides C{seconds()} (validity times of new certificates).
     """
     directory = Path(state_dir) / DEV_PKI_DIR
     found = existing_dev_pki(directory)
-    if found is not None:
-        return found
     now = datetime.fromtimestamp(reactor.seconds(), UTC)
+    if found is not None:
+        if ensure_voms_server(found, now):
+            log.info("added the development VOMS server {path}", path=str(found.voms_cert))
+        return found
     return make_dev_pki(directory, now=now, hostnames=hostnames)
 
 
@@ -575,17 +861,149 @@ def _proxy_valid(path: Path, now: datetime) -> bool:
     return cert.not_valid_after_utc > now + PROXY_RENEW_MARGIN
 
 
-def renew_user_proxy(pki: DevPKI, now: datetime, *, hours: float = 12) -> None:
+def _load_key(path: Path) -> PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), None)
+    if not isinstance(key, PrivateKey):
+        raise ValueError(f"{path}: not the RSA or EC key of a development PKI")
+    return key
+
+
+def _common_name(cert: x509.Certificate) -> str:
+    return str(cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[-1].value)
+
+
+def renew_user_proxy(
+    pki: DevPKI,
+    now: datetime,
+    *,
+    hours: float = 12,
+    voms: Sequence[tuple[str, Sequence[str]]] = (),
+) -> None:
     """
     Write a fresh proxy of the development user (valid C{hours} from C{now})
     over C{pki.user_proxy}.
+
+    @param voms: (VO, FQANs) pairs (L{voms_requests}): the proxy then carries one AC
+        per VO from the development VOMS server (L{ensure_voms_server} made it), valid
+        as long as the proxy, and each VO gets its C{.lsc} file in C{pki.voms_dir}.
     """
     user_cert = x509.load_pem_x509_certificate(pki.user_cert.read_bytes())
-    user_key = serialization.load_pem_private_key(pki.user_key.read_bytes(), None)
-    if not isinstance(user_key, PrivateKey):
-        raise ValueError(f"{pki.user_key}: not the EC key of a development PKI")
-    proxy, proxy_key = issue_proxy(user_cert, user_key, now=now, hours=hours)
+    user_key = _load_key(pki.user_key)
+    start = now - timedelta(minutes=5)
+    extensions: list[x509.ExtensionType] = []
+    if voms:
+        signer = x509.load_pem_x509_certificate(pki.voms_cert.read_bytes())
+        signer_key = _load_key(pki.voms_key)
+        host = _common_name(signer)
+        acs = [
+            make_voms_ac(
+                user_cert,
+                signer,
+                signer_key,
+                fqans,
+                vo=vo,
+                host=host,
+                not_before=start,
+                not_after=now + timedelta(hours=hours),
+            )
+            for vo, fqans in voms
+        ]
+        for vo, _ in voms:
+            write_lsc(pki.voms_dir, vo, host, signer)
+        extensions.append(voms_extension(*acs))
+    proxy, proxy_key = issue_proxy(
+        user_cert,
+        user_key,
+        now=now,
+        hours=hours,
+        key=new_rsa_key(),
+        not_before=start,
+        extra_extensions=extensions,
+    )
     write_file(pki.user_proxy, cert_pem(proxy) + key_pem(proxy_key) + cert_pem(user_cert), 0o600)
+
+
+def _make_voms_server(
+    pki: DevPKI,
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    *,
+    now: datetime,
+    hostname: str,
+) -> None:
+    host = f"voms.{hostname}"
+    cert, key = issue_cert(
+        host_name(host), ca_cert, ca_key, now=now, hostnames=[host], key=new_rsa_key()
+    )
+    write_file(pki.voms_key, key_pem(key), 0o600)
+    write_file(pki.voms_cert, cert_pem(cert))
+    write_lsc(pki.voms_dir, DEV_VO, host, cert)
+
+
+def ensure_voms_server(pki: DevPKI, now: datetime) -> bool:
+    """
+    Give a development PKI its VOMS server if it has none (a directory made before
+    there was one): an RSA key and a certificate of the development CA for
+    C{voms.<host>} (the host certificate's name), and the C{.lsc} file of
+    L{DEV_VO} in C{pki.voms_dir}.
+
+    @return: whether the server was made now.
+    """
+    if pki.has_voms_server():
+        return False
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    host_cert = x509.load_pem_x509_certificate(pki.host_cert.read_bytes())
+    _make_voms_server(
+        pki, ca_cert, _load_key(pki.ca_key), now=now, hostname=_common_name(host_cert)
+    )
+    return True
+
+
+#: A development certificate that expires sooner than this is renewed by
+#: C{lbtwist certs dev} on its directory.
+CERT_RENEW_MARGIN = timedelta(days=30)
+
+
+def renew_dev_certs(pki: DevPKI, now: datetime) -> list[str]:
+    """
+    Issue again, with the same subject, key and host names, the development PKI's host,
+    user and VOMS server certificates that expire within L{CERT_RENEW_MARGIN} or lack
+    a subject key identifier (made by older versions: the VOMS tools refuse such a
+    user certificate).
+
+    @return: the descriptions of the certificates renewed.
+    """
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    ca_key: PrivateKey | None = None
+    renewed = []
+    for what, cert_path, key_path in (
+        ("host certificate", pki.host_cert, pki.host_key),
+        ("user certificate", pki.user_cert, pki.user_key),
+        ("second user certificate", pki.user2_cert, pki.user2_key),
+        ("VOMS server certificate", pki.voms_cert, pki.voms_key),
+    ):
+        if not cert_path.exists():
+            continue
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        try:
+            cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            fresh = cert.not_valid_after_utc > now + CERT_RENEW_MARGIN
+        except x509.ExtensionNotFound:
+            fresh = False
+        if fresh:
+            continue
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            hostnames = san.get_values_for_type(x509.DNSName)
+        except x509.ExtensionNotFound:
+            hostnames = []
+        ca_key = ca_key or _load_key(pki.ca_key)
+        again, _ = issue_cert(
+            cert.subject, ca_cert, ca_key, now=now, hostnames=hostnames, key=_load_key(key_path)
+        )
+        write_file(cert_path, cert_pem(again))
+        renewed.append(what)
+    return renewed
 
 
 def renew_dev_crl(pki: DevPKI, now: datetime) -> None:
@@ -593,27 +1011,32 @@ def renew_dev_crl(pki: DevPKI, now: datetime) -> None:
     Write a fresh (empty) CRL of the development CA over C{pki.crl}, valid 30 days.
     """
     ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
-    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), None)
-    if not isinstance(ca_key, PrivateKey):
-        raise ValueError(f"{pki.ca_key}: not the key of a development CA")
-    write_file(pki.crl, crl_pem(make_crl(ca_cert, ca_key, now=now)))
+    write_file(pki.crl, crl_pem(make_crl(ca_cert, _load_key(pki.ca_key), now=now)))
 
 
 def main_certs_proxy(
     directory: str,
     *,
     hours: float = 12,
+    voms: Sequence[str] = (),
     now: datetime | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     """
-    C{lbtwist certs proxy DIR [--hours N]}: renew the development user's proxy.
+    C{lbtwist certs proxy DIR [--hours N] [--voms VO[:FQAN] ...]}: renew the
+    development user's proxy, with VOMS attributes of the development VOMS server
+    when C{voms} names some (L{voms_requests}).
 
-    @return: the exit status.
+    @return: the exit status (2: a usage error, one line on C{err}).
     """
     out = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
+    try:
+        requests = voms_requests(voms)
+    except ValueError as e:
+        print(f"lbtwist certs proxy: {e}", file=err)
+        return 2
     pki = existing_dev_pki(directory)
     if pki is None:
         print(
@@ -625,12 +1048,19 @@ def main_certs_proxy(
     if not 0 < hours <= 24 * 366:
         print("lbtwist certs proxy: --hours must be above 0 and at most a year", file=err)
         return 2
+    when = now or datetime.now(UTC)
     try:
-        renew_user_proxy(pki, now or datetime.now(UTC), hours=hours)
+        if requests and ensure_voms_server(pki, when):
+            print(f"added the development VOMS server: {pki.voms_cert}", file=out)
+        renew_user_proxy(pki, when, hours=hours, voms=requests)
     except (OSError, ValueError) as e:
         print(f"lbtwist certs proxy: {e}", file=err)
         return 1
     print(f"user proxy (X509_USER_PROXY): {pki.user_proxy}, valid {hours:g} h", file=out)
+    for vo, fqans in requests:
+        print(f"VOMS attributes of VO {vo}: {' '.join(fqans)}", file=out)
+    if requests:
+        print(f"VOMS directory (X509_VOMS_DIR): {pki.voms_dir}", file=out)
     return 0
 
 

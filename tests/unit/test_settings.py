@@ -22,6 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbtwist import config, tap
 from lbtwist.config import OPTIONS, OPTIONS_BY_NAME, Settings, load_settings
 from lbtwist.core.errors import InvalidValue
+from lbtwist.security import devcerts
 from lbtwist.store.interface import IEventStore
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -110,7 +111,7 @@ class TableTests(SynchronousTestCase):
             (proxy.relay_window, proxy.relay_enoent_timeout, proxy.page_events), (1024, 3600, 500)
         )
         self.assertEqual((proxy.producer_uid, proxy.relay_map, proxy.grey_jobs), ((), (), False))
-        self.assertEqual(proxy.voms_dir, config.DEFAULT_VOMS_DIR)
+        self.assertEqual(proxy.voms_dir, os.path.join(state, "devcerts", "vomsdir"))
         for option in OPTIONS:
             value = getattr(proxy, option.attribute)
             if option.default is not None and option.name != "state-dir":
@@ -178,10 +179,36 @@ class TableTests(SynchronousTestCase):
         )
         dev = load(False, {})
         self.assertEqual((dev.cert, dev.ca_dir, dev.dev_certs), (None, None, True))
+        self.assertEqual(grid.voms_dir, config.DEFAULT_VOMS_DIR)
         mine = load(True, {}, cert="/c.pem", key="/k.pem")
         self.assertEqual((mine.cert, mine.key), ("/c.pem", "/k.pem"))
         e = self.assertRaises(InvalidValue, load, True, {}, cert="/c.pem")
         self.assertIn("--cert and --key", e.message)
+
+    def test_dev_voms_dir(self) -> None:
+        """
+        On development certificates, VOMS attributes are trusted by the development
+        PKI's vomsdir (where C{lbtwist certs dev} writes the .lsc files), unless
+        C{--voms-dir} or C{X509_VOMS_DIR} names another; with host credentials, the grid
+        default.
+        """
+
+        def load(env: dict[str, str], **given: object) -> Settings:
+            return load_settings(
+                config.PROXY, given, env=env, exists=lambda p: False, fqdn=lambda: "h"
+            )
+
+        state = os.path.abspath("st")
+        dev = load({}, **{"state-dir": "st"})
+        self.assertEqual(dev.voms_dir, os.path.join(state, "devcerts", "vomsdir"))
+        self.assertEqual(
+            dev.voms_dir,
+            str(devcerts.DevPKI.under(Path(state) / devcerts.DEV_PKI_DIR, Path(), Path()).voms_dir),
+        )
+        self.assertEqual(load({"X509_VOMS_DIR": "/x/voms"}).voms_dir, "/x/voms")
+        self.assertEqual(load({}, **{"voms-dir": "/v"}).voms_dir, "/v")
+        hosted = load({}, cert="/c.pem", key="/k.pem")
+        self.assertEqual(hosted.voms_dir, config.DEFAULT_VOMS_DIR)
 
     def test_file_and_command_line_alike(self) -> None:
         """
