@@ -279,7 +279,10 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "certs",
         help="certificate tools",
-        description="Certificate tools: 'lbtwist certs dev DIR' makes a development PKI.",
+        description=(
+            "Certificate tools: 'lbtwist certs dev DIR' makes a development PKI, 'lbtwist certs "
+            "proxy DIR [--voms VO:FQAN]' renews its user proxy (with VOMS attributes)."
+        ),
     )
     certs = p.add_subparsers(dest="certs_command", metavar="TOOL", required=True)
     dev = certs.add_parser(
