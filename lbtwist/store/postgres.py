@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from twisted.internet.defer import Deferred, succeed
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -41,6 +43,9 @@ from zope.interface import implementer
 
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.states.status import JobStatus
+from lbtwist.core.stats import StatsRequest
+from lbtwist.core.trace import TraceRequest
+from lbtwist.store import lifecycle, pglifecycle, purging
 from lbtwist.store.batch import (
     CHECKPOINT_EVERY,
     REFOLD_SLICE,
@@ -64,7 +69,8 @@ from lbtwist.store.interface import (
     RejectedEntry,
     StoredEvent,
 )
-from lbtwist.store.notif import MemoryNotifTables, Notifications, memory_reader
+from lbtwist.store.notif import Notifications, NotifRow
+from lbtwist.store.pgnotif import NotifListener, NotifSync, PgNotifTables
 from lbtwist.store.query import JobPage, JobQuery
 from lbtwist.store.sqlite import (
     INSERT_EVENTS,
@@ -227,11 +233,35 @@ def _migrate_dump(conn: Any) -> None:
     _script(conn, "CREATE INDEX IF NOT EXISTS events_arrived ON events (arrived, id)")
 
 
+def _migrate_notify(conn: Any) -> None:
+    """
+    Notification registrations, their job index and message queues (the SQLite
+    store's tables), and the registration change log every front end follows
+    (L{lbtwist.store.pgnotif}).
+    """
+    from lbtwist.store.pgnotif import SCHEMA
+
+    _script(conn, SCHEMA)
+
+
+def _migrate_lifecycle(conn: Any) -> None:
+    """
+    The state-entry and trace indexes of statistics and traceability, filled
+    from the stored statuses (L{lbtwist.store.pglifecycle}).
+    """
+    from lbtwist.store import pglifecycle
+
+    _script(conn, pglifecycle.SCHEMA)
+    pglifecycle.backfill(conn)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_base,
     _migrate_purge,
     _migrate_dump,
+    _migrate_notify,
+    _migrate_lifecycle,
 ]
 
 #: The schema version this code writes.
@@ -285,17 +315,29 @@ def migrate(conn: Any, target: int = SCHEMA_VERSION) -> int:
 
 
 _PLACEHOLDER = re.compile(r"\?")
+# SQLite's two-argument MAX (a scalar there; PostgreSQL's is GREATEST).
+_SCALAR_MAX = re.compile(r"\bMAX\(([^(),]+),([^(),]+)\)")
 _CONVERTED: dict[str, str] = {}
 
 
 def _pg_sql(sql: str) -> str:
     # The shared query code writes SQLite's "?" placeholders (and no literal "?"
-    # or "%"): psycopg's are "%s". Statements are few and fixed: cached.
+    # or "%"): psycopg's are "%s". Statements are few and fixed: cached. The few
+    # SQLite forms the shared store code uses are translated too: BEGIN IMMEDIATE
+    # (the writer's), INSERT OR IGNORE (a single-row VALUES insert) and MAX(a, b).
     converted = _CONVERTED.get(sql)
     if converted is None:
-        converted = _CONVERTED[sql] = _PLACEHOLDER.sub("%s", sql).replace(
+        text = _PLACEHOLDER.sub("%s", sql).replace(
             " offset FROM spool_offsets", ' "offset" FROM spool_offsets'
         )
+        if text == "BEGIN IMMEDIATE":
+            text = "BEGIN"
+        if text.startswith("INSERT OR IGNORE INTO "):
+            text = (
+                "INSERT INTO " + text[len("INSERT OR IGNORE INTO ") :] + " ON CONFLICT DO NOTHING"
+            )
+        text = _SCALAR_MAX.sub(r"GREATEST(\1,\2)", text)
+        converted = _CONVERTED[sql] = text
     return converted
 
 
@@ -329,6 +371,12 @@ class PgConnection:
 
     def close(self) -> None:
         self.raw.close()
+
+
+def _raw_connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
 
 
 def connect(url: str) -> PgConnection:
@@ -449,6 +497,10 @@ class PostgresBackend(SQLiteBackend):
                 _write_offsets(conn, plan.offsets)
             if plan.notifications:
                 self.notif.write_messages(plan.notifications)
+            if self.jp_register:
+                purging.write_jp_pending(conn, plan)
+            if plan.entries or plan.traces:
+                pglifecycle.write(conn, plan.entries, plan.traces)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -617,8 +669,11 @@ class PostgresStore(GroupedWrites):
         max_future_skew: int | None = None,
         query_cache: int = STATUS_CACHE_SIZE,
         list_scan: int = LIST_SCAN,
+        jp_register: bool = False,
     ) -> None:
         """
+        @param jp_register: keep a C{jp_pending} row with every stored RegJob
+            (C{--jpreg-dir}), as the SQLite store.
         @param checkpoint_every: see L{BatchProcessor}.
         @param refold_slice: see L{BatchProcessor}.
         @param max_future_skew: see L{BatchProcessor}.
@@ -639,6 +694,7 @@ class PostgresStore(GroupedWrites):
         self._max_future_skew = max_future_skew
         self._query_cache = query_cache
         self._list_scan = list_scan
+        self._jp_register = jp_register
         self._listeners: list[CommitListener] = []
         self._pools: list[ThreadPool] = []
         self._readers: _ReaderPool | None = None
@@ -697,11 +753,39 @@ class PostgresStore(GroupedWrites):
         self._commit = GroupCommit(
             self._clock, self._process, runner, self.processor.pending, handoff, yield_to
         )
-        # Notifications are not shared between front ends yet: kept in memory.
+        self.backend.jp_register = self._jp_register
+        # Notifications: in the shared tables, the index kept in step per group.
+        threaded = self._readers is not None
+        readers = self._readers
+        if readers is not None:
+            tables = PgNotifTables(conn, lambda: readers.queries().conn)
+
+            def read(work: Callable[[], Any]) -> Deferred[Any]:
+                return readers.run(lambda _: work())
+
+            notif_reader: Callable[[Callable[[], Any]], Deferred[Any]] = read
+        else:
+            tables = PgNotifTables(conn, lambda: conn)
+            notif_reader = runner
+        sync_version = int(conn.execute("SELECT version FROM notif_version").fetchone()[0])
         self.notifications = self.backend.notif = Notifications(
-            MemoryNotifTables(), writer=runner, reader=memory_reader
+            tables,
+            writer=runner,
+            reader=notif_reader,
+            call_from_thread=reactor.callFromThread if threaded else None,
         )
+        self.notif_sync = NotifSync(self.notifications, tables)
+        self.notif_sync.known = sync_version
         self.processor.notify = self.notifications.matcher
+        if threaded:
+            self._listener = NotifListener(
+                lambda: _raw_connect(self.url),
+                tables.token,
+                wake=self._remote_messages,
+                changed=lambda: reactor.callFromThread(self._sync_registrations),
+                lost=lambda: reactor.callFromThread(self._listen_lost),
+            )
+            self._listener.start()
         self._notifier = CommitNotifier(self.processor)
         for listener in self._listeners:
             self._notifier.add(listener)
@@ -724,9 +808,34 @@ class PostgresStore(GroupedWrites):
             return [error] * len(items)
         self.processor.drop_cache()
         try:
+            try:
+                # Registrations another front end changed, before this group's matching.
+                self.notif_sync.sync(backend.conn)
+            except Exception as e:
+                failed = translate_error(e) or TryAgain(f"store failure: {e}")
+                return [failed] * len(items)
             return self.processor.process(items, offsets)
         finally:
             backend.end()
+
+    def _remote_messages(self, uniques: set[str]) -> None:
+        # Listener thread: messages another front end queued (wakes on the reactor).
+        self.notifications.committed([NotifRow(u, "", b"") for u in sorted(uniques)])
+
+    def _sync_registrations(self) -> Deferred[Any]:
+        # Reactor thread: registrations changed elsewhere; re-read them on the writer.
+        if self._closed:
+            return succeed(None)
+        d = self._runner(lambda: self.notif_sync.sync(self.backend.conn))
+        d.addErrback(lambda f: log.failure("notifications: re-reading registrations failed", f))
+        return d
+
+    def _listen_lost(self) -> None:
+        # Notifications may have been missed: re-read, and every stream reads on.
+        self._sync_registrations()
+        with self.notifications.lock:
+            uniques = sorted(self.notifications.index.by_unique)
+        self.notifications.committed([NotifRow(u, "", b"") for u in uniques])
 
     def __getattr__(self, name: str) -> object:
         if name in _STARTED_PARTS and not self.__dict__.get("_started", True):
@@ -820,6 +929,10 @@ class PostgresStore(GroupedWrites):
         self._commit.stop()
         d = self._commit.when_idle()
         d.addCallback(lambda _: self._outbox.when_idle())
+        listener = self.__dict__.get("_listener")
+        if listener is not None:
+            listener.stop()
+            d.addCallback(lambda _: self._runner(listener.join))
         d.addCallback(lambda _: self._runner(self.backend.conn.close))
         d.addCallback(lambda _: self._stop_pools())
         return d
@@ -831,6 +944,114 @@ class PostgresStore(GroupedWrites):
         if self._readers is not None:
             self._readers.stop()
             self._readers = None
+
+    # -- purge, statistics, trace: the SQLite store's interface (docs/lifecycle.md) --
+
+    def purge_chunk(
+        self,
+        rules: purging.PurgeRules,
+        now: int,
+        after: tuple[str, str] | None,
+        limit: int,
+        *,
+        dry_run: bool = False,
+        keep_events: bool = False,
+        before_commit: Callable[[Any], None] | None = None,
+        may_yield: bool = False,
+    ) -> Deferred[purging.PurgeChunk]:
+        """
+        One bounded chunk of a purge on the writer thread (L{purging.purge_chunk}),
+        its jobs locked as a commit group locks them: an event of a job stored
+        meanwhile by another front end keeps the job; a job purged here has its
+        later events refused at every front end (its zombie row).
+
+        @param may_yield: when a commit group is queued behind the chunk as it
+            starts, do nothing (C{yielded}) so that the group goes first.
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        destination = self.processor.relay_destination if self.policy is not None else None
+        commit = self._commit
+
+        def work() -> purging.PurgeChunk:
+            if may_yield and commit.busy:
+                return purging.PurgeChunk((), 0, after, yielded=True)
+            started = time.perf_counter()
+            conn = self.backend.conn
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            chunk = purging.purge_chunk(
+                conn,
+                rules=rules,
+                now=now,
+                after=after,
+                limit=limit,
+                dry_run=dry_run,
+                keep_events=keep_events,
+                destination=destination,
+                before_commit=before_commit,
+                parent_sql=pglifecycle.PARENT_SQL,
+                write_zombies=pglifecycle.write_zombies,
+                lock=pglifecycle.lock_jobs,
+            )
+            if not dry_run and chunk.purged:
+                self.processor.forget([job.jobid for job in chunk.purged])
+                self.backend.transactions += 1
+            return attrs.evolve(chunk, seconds=time.perf_counter() - started)
+
+        return self._runner(work)
+
+    def vacuum_step(self, pages: int = purging.VACUUM_PAGES) -> Deferred[int]:
+        """
+        Nothing to do: PostgreSQL's autovacuum reuses the purged rows' space.
+
+        @return: C{Deferred[int]}: 0 pages left.
+        """
+        return succeed(0)
+
+    def zombie(self, unique: str) -> Deferred[purging.Zombie | None]:
+        """
+        The zombie of a purged job (a reader).
+        """
+        return self._reads(lambda q: q.zombie(unique))
+
+    def stats(self, request: StatsRequest, max_jobs: int) -> Deferred[dict[str, Any]]:
+        """
+        A statistics answer (a reader; L{lbtwist.store.lifecycle.stats}).
+        """
+        return self._reads(lambda q: q.stats(request, max_jobs))
+
+    def trace(
+        self, request: TraceRequest, max_jobs: int
+    ) -> Deferred[tuple[list[dict[str, Any]], bool]]:
+        """
+        A trace answer (a reader; L{lbtwist.store.lifecycle.trace}).
+        """
+        return self._reads(lambda q: q.trace(request, max_jobs))
+
+    def expire_traces(self, before: int, limit: int) -> Deferred[int]:
+        """
+        Remove one chunk of expired trace rows of purged jobs (writer thread).
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._runner(
+            lambda: lifecycle.expire_traces(self.backend.conn, before=before, limit=limit)
+        )
+
+    def jp_pending(self, after: int, limit: int) -> Deferred[list[tuple[int, str, str]]]:
+        """
+        Registrations not yet exported to Job Provenance (a reader).
+        """
+        return self._reads(lambda q: purging.jp_pending(q.conn, after, limit))
+
+    def jp_done(self, ids: list[int]) -> Deferred[None]:
+        """
+        Forget exported registrations (writer thread).
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._runner(lambda: purging.jp_done(self.backend.conn, ids))
 
 
 #: The tables L{copy_from_sqlite} moves, with their columns (the same on both stores).
