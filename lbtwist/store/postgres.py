@@ -71,7 +71,7 @@ from lbtwist.store.interface import (
 )
 from lbtwist.store.notif import Notifications, NotifRow
 from lbtwist.store.pgnotif import NotifListener, NotifSync, PgNotifTables
-from lbtwist.store.query import JobPage, JobQuery
+from lbtwist.store.query import JobPage, JobQuery, postgres_json
 from lbtwist.store.sqlite import (
     INSERT_EVENTS,
     LIST_SCAN,
@@ -569,6 +569,9 @@ class PgQueries(Queries):
         "status::jsonb->>'cream_state', (status::jsonb->>'exit_code')::bigint,"
         " (status::jsonb->>'done_code')::bigint"
     )
+
+    def json_compare(self, field: str, op: str, value: Any) -> tuple[str, list[Any]]:
+        return postgres_json(field, op, value)
 
     def outbox_pending(self, destination: str | None = None) -> list[OutboxEntry]:
         sql = (
