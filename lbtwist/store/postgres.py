@@ -1070,6 +1070,13 @@ COPIED_TABLES: dict[str, str] = {
     "spool_offsets": 'name, inode, "offset"',
     "zombies": "uniq, jobid, purged_at, trace",
     "jp_pending": "id, jobid, owner",
+    "notif_regs": "uniq, owner, owner_norm, fqans, spec, selector, valid_until, created,"
+    " last_seq, acked, queued, size, dropped",
+    "notif_jobs": "job, uniq",
+    "notif_messages": "id, reg, seq, kind, jobid, size, body",
+    "state_entries": "state, entered, jobid, destination, ce_node, owner, vo",
+    "trace_jobs": "jobid, owner, owner_norm, fqan, lrms_id, cream_id, worker_node,"
+    " running_from, running_to, first, last",
 }
 
 #: Rows moved per statement by L{copy_from_sqlite}.
@@ -1079,9 +1086,12 @@ COPY_BATCH = 5000
 def copy_from_sqlite(path: str, url: str, batch: int = COPY_BATCH) -> dict[str, int]:
     """
     Copy a SQLite store (its events, statuses, CREAM mappings, checkpoints, outbox,
-    rejected events and spool offsets) into the empty PostgreSQL store of C{url}
-    (created or migrated first), in one transaction, then check that every job's
-    stored status is the same on both.
+    rejected events, spool offsets, zombies with their trace records, Job
+    Provenance rows, notification registrations with their queued messages and
+    read positions, and the state-entry and trace indexes) into the empty
+    PostgreSQL store of C{url} (created or migrated first), in one transaction,
+    then check that every job's stored status is the same on both and that every
+    table holds the rows copied.
 
     @return: rows copied per table.
     @raise LBError: the SQLite store's schema is not this code's, the target
@@ -1116,11 +1126,14 @@ def copy_from_sqlite(path: str, url: str, batch: int = COPY_BATCH) -> dict[str, 
                 ("outbox", "outbox_id_seq"),
                 ("rejected", "rejected_id_seq"),
                 ("jp_pending", "jp_pending_id_seq"),
+                ("notif_messages", "notif_messages_id_seq"),
             ):
                 target.execute(
                     f"SELECT setval('{sequence}', (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}),"
                     " false)"
                 )
+            # Front ends already running read the copied registrations as a change.
+            _announce_registrations(target)
             target.execute("COMMIT")
         except BaseException:
             if target.in_transaction:
@@ -1129,10 +1142,26 @@ def copy_from_sqlite(path: str, url: str, batch: int = COPY_BATCH) -> dict[str, 
         differ = _compare_statuses(source, target, batch)
         if differ:
             raise LBError(f"{differ} job statuses differ after the copy")
+        for table in COPIED_TABLES:
+            (found,) = target.execute(f"SELECT COUNT(*) FROM {table}").fetchone()  # noqa: S608
+            if int(found) != counts[table]:
+                raise LBError(f"{table}: {found} rows after the copy, {counts[table]} copied")
         return counts
     finally:
         source.close()
         target.close()
+
+
+def _announce_registrations(conn: PgConnection) -> None:
+    uniques = [row[0] for row in conn.execute("SELECT uniq FROM notif_regs ORDER BY uniq")]
+    if not uniques:
+        return
+    (version,) = conn.execute(
+        "UPDATE notif_version SET version = version + 1 RETURNING version"
+    ).fetchone()
+    conn.executemany(
+        "INSERT INTO notif_changes (id, uniq) VALUES (?, ?)", [(version, u) for u in uniques]
+    )
 
 
 def _compare_statuses(source: Any, target: PgConnection, batch: int) -> int:
