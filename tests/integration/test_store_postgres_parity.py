@@ -15,8 +15,10 @@ import os
 import threading
 from typing import Any
 
-from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.task import Clock, deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from lbtwist.core.errors import LBError, TryAgain
 from lbtwist.core.events import parse_event
@@ -449,3 +451,43 @@ class CopyAllTests(SynchronousTestCase):
         store = SQLiteStore(store_path(state), clock=Clock(), runner=run_now)
         self.addCleanup(lambda: results(store.close()))
         return store
+
+
+class ThreadedListenTests(TestCase):
+    """
+    The real threads: front end A's LISTEN connection hears of B's messages and
+    registration changes as they commit.
+    """
+
+    @inlineCallbacks
+    def test_wake_across_front_ends(self) -> Any:
+        url = new_url()
+        a = PostgresStore(url, clock=reactor)
+        b = PostgresStore(url, clock=reactor)
+        a.start()
+        b.start()
+        self.addCleanup(b.close)
+        self.addCleanup(a.close)
+        woken: list[set[str]] = []
+        a.notifications.add_listener(woken.append)
+        # Valid at the real clock's arrival times.
+        yield b.notifications.create(registration(until=2**40), NOW)
+        # A's index gets the registration from the LISTEN connection, not a group.
+        yield self.until(lambda: a.notifications.registration("r1") is not None)
+        heard = a._listener.received
+        yield self.until(lambda: bool(woken))
+        del woken[:]
+        yield b.store(items(traces.cream_done_ok()[:3]))
+        # A message payload from B, and A's streams of r1 woken by it.
+        yield self.until(lambda: a._listener.received > heard and bool(woken))
+        self.assertEqual(woken, [{"r1"}])
+        messages = yield a.notifications.messages("r1", 0, 10)
+        self.assertTrue(messages)
+        self.assertEqual(messages, (yield b.notifications.messages("r1", 0, 10)))
+
+    @inlineCallbacks
+    def until(self, condition: Any, timeout: float = 10.0) -> Any:
+        deadline = reactor.seconds() + timeout
+        while not condition():
+            self.assertLess(reactor.seconds(), deadline, "not seen in time")
+            yield deferLater(reactor, 0.01, lambda: None)
