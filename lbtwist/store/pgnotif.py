@@ -43,8 +43,8 @@ log = Logger()
 CHANNEL = "lbtwist_notif"
 #: Registration uniques per C{NOTIFY} payload (payloads are limited to 8000 bytes).
 PAYLOAD_UNIQUES = 200
-#: Change rows kept in C{notif_changes} (the sweep prunes older ones); a front end
-#: further behind reloads every registration.
+#: Change rows kept in C{notif_changes} by default (the sweep prunes older ones; the
+#: C{store-notif-changes} option); a front end further behind reloads every registration.
 CHANGES_KEPT = 10_000
 
 SCHEMA = """
@@ -122,11 +122,17 @@ class PgNotifTables(SQLNotifTables):
 
     @param conn: the writer's connection (a L{lbtwist.store.postgres.PgConnection}).
     @param reader: the connection of the calling reader thread.
+    @param changes_kept: registration change rows kept (C{store-notif-changes}).
     @ivar token: this front end's name in the payloads (its own are not acted on).
     """
 
-    def __init__(self, conn: Any, reader: Callable[[], Any]) -> None:
+    def __init__(
+        self, conn: Any, reader: Callable[[], Any], *, changes_kept: int = CHANGES_KEPT
+    ) -> None:
         super().__init__(conn, conn)
+        if changes_kept < 1:
+            raise ValueError("at least one registration change must be kept")
+        self.changes_kept = changes_kept
         self._reader_of = reader
         self.token = uuid.uuid4().hex[:12]
         self._changed: set[str] = set()
@@ -204,10 +210,10 @@ class PgNotifTables(SQLNotifTables):
 
     def expired(self, now: int, limit: int) -> list[str]:
         # The sweep's turn (every front end's): change rows older than the last
-        # CHANGES_KEPT versions go too.
+        # changes_kept versions go too.
         self.conn.execute(
             "DELETE FROM notif_changes WHERE id <= (SELECT version FROM notif_version) - ?",
-            (CHANGES_KEPT,),
+            (self.changes_kept,),
         )
         return super().expired(now, limit)
 

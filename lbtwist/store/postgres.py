@@ -70,7 +70,7 @@ from lbtwist.store.interface import (
     StoredEvent,
 )
 from lbtwist.store.notif import Notifications, NotifRow
-from lbtwist.store.pgnotif import NotifListener, NotifSync, PgNotifTables
+from lbtwist.store.pgnotif import CHANGES_KEPT, NotifListener, NotifSync, PgNotifTables
 from lbtwist.store.query import JobPage, JobQuery, postgres_json
 from lbtwist.store.sqlite import (
     INSERT_EVENTS,
@@ -673,8 +673,11 @@ class PostgresStore(GroupedWrites):
         query_cache: int = STATUS_CACHE_SIZE,
         list_scan: int = LIST_SCAN,
         jp_register: bool = False,
+        notif_changes: int = CHANGES_KEPT,
     ) -> None:
         """
+        @param notif_changes: registration change rows kept for front ends to catch
+            up with (C{store-notif-changes}; L{lbtwist.store.pgnotif}).
         @param jp_register: keep a C{jp_pending} row with every stored RegJob
             (C{--jpreg-dir}), as the SQLite store.
         @param checkpoint_every: see L{BatchProcessor}.
@@ -683,8 +686,9 @@ class PostgresStore(GroupedWrites):
         @raise ValueError: a tuning value is out of range.
         """
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
-        if pool_size < 1 or query_cache < 1 or list_scan < 1:
-            raise ValueError("pool_size, query_cache and list_scan must be positive")
+        if pool_size < 1 or query_cache < 1 or list_scan < 1 or notif_changes < 1:
+            raise ValueError("pool_size, query_cache, list_scan and notif_changes must be positive")
+        self._notif_changes = notif_changes
         self.url = url
         self.policy = policy
         self.relay = policy is not None
@@ -761,14 +765,16 @@ class PostgresStore(GroupedWrites):
         threaded = self._readers is not None
         readers = self._readers
         if readers is not None:
-            tables = PgNotifTables(conn, lambda: readers.queries().conn)
+            tables = PgNotifTables(
+                conn, lambda: readers.queries().conn, changes_kept=self._notif_changes
+            )
 
             def read(work: Callable[[], Any]) -> Deferred[Any]:
                 return readers.run(lambda _: work())
 
             notif_reader: Callable[[Callable[[], Any]], Deferred[Any]] = read
         else:
-            tables = PgNotifTables(conn, lambda: conn)
+            tables = PgNotifTables(conn, lambda: conn, changes_kept=self._notif_changes)
             notif_reader = runner
         sync_version = int(conn.execute("SELECT version FROM notif_version").fetchone()[0])
         self.notifications = self.backend.notif = Notifications(

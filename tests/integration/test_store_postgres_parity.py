@@ -252,7 +252,9 @@ class FrontEndNotifTests(SynchronousTestCase):
         A front end further behind than the change rows kept reloads every
         registration.
         """
-        self.patch(pgnotif, "CHANGES_KEPT", 1)
+        self.a = PostgresStore(self.url, clock=self.clock, runner=run_now, notif_changes=1)
+        self.a.start()
+        self.addCleanup(lambda: results(self.a.close()))
         for name in ("r1", "r2", "r3"):
             results(self.a.notifications.create(registration(name), NOW))
         results(self.a.notifications.sweep(NOW, 10))  # prunes the change log
@@ -261,6 +263,7 @@ class FrontEndNotifTests(SynchronousTestCase):
         self.b.notif_sync.sync(self.b.backend.conn)
         self.assertEqual(self.b.notif_sync.reloads, 1)
         self.assertEqual(sorted(self.b.notifications.index.by_unique), ["r1", "r2", "r3"])
+        self.assertRaises(ValueError, PostgresStore, self.url, clock=self.clock, notif_changes=0)
 
     def test_concurrent_fronts_dense_sequences(self) -> None:
         """
