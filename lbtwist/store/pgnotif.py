@@ -136,6 +136,7 @@ class PgNotifTables(SQLNotifTables):
         self._reader_of = reader
         self.token = uuid.uuid4().hex[:12]
         self._changed: set[str] = set()
+        self._lock_first: list[str] = []
         #: Called with the version a change of this front end committed.
         self.on_change: Callable[[int], None] = lambda version: None
 
@@ -150,8 +151,14 @@ class PgNotifTables(SQLNotifTables):
     def _transaction(self, work: Callable[[Any], Any]) -> Any:
         conn = self.conn
         self._changed = set()
+        locks, self._lock_first = self._lock_first, []
         conn.execute("BEGIN")
         try:
+            if locks:
+                conn.execute(
+                    "SELECT 1 FROM notif_regs WHERE uniq = ANY(?) ORDER BY uniq FOR UPDATE",
+                    (sorted(locks),),
+                )
             result = work(conn)
             version = self._record_changes(conn)
             conn.execute("COMMIT")
@@ -163,6 +170,12 @@ class PgNotifTables(SQLNotifTables):
         if version is not None:
             self.on_change(version)
         return result
+
+    def ack(self, unique: str, upto: int) -> None:
+        # The counters change under the registration's row lock, as in write_messages:
+        # a commit group of another front end trimming the queue waits, or goes first.
+        self._lock_first = [unique]
+        super().ack(unique, upto)
 
     def _record_changes(self, conn: Any) -> int | None:
         changed, self._changed = self._changed, set()
@@ -376,6 +389,7 @@ class NotifListener:
                     self._lost()
                 first = False
                 while not self._stop.is_set():
+                    # (psycopg 3.2: notifies() returns after the timeout.)
                     for note in raw.notifies(timeout=self.tick):
                         self.handle(note.payload)
             except Exception as e:

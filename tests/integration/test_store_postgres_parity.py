@@ -31,7 +31,7 @@ from lbtwist.store import pglifecycle, pgnotif, purging
 from lbtwist.store.batch import run_now
 from lbtwist.store.interface import StoreResult
 from lbtwist.store.pgnotif import NotifListener, PgNotifTables, parse_payload, payloads
-from lbtwist.store.postgres import MIGRATIONS, PostgresStore, _migrate_lifecycle
+from lbtwist.store.postgres import MIGRATIONS, PostgresStore, _migrate_lifecycle, connect
 from tests import traces
 from tests.integration.pgcluster import cluster
 from tests.unit import test_notif_store as notif_tests
@@ -295,6 +295,46 @@ class FrontEndNotifTests(SynchronousTestCase):
         self.assertGreater(len(messages), 4)
         state = results(self.b.notifications.get("r1"))
         self.assertEqual((state.last_seq, state.queued), (len(messages), len(messages)))
+
+    def test_ack_waits_for_a_trim(self) -> None:
+        """
+        An acknowledgement at A while a commit at B holds the registration (and
+        trims its queue) counts what is left once B committed: the counters stay
+        those of the stored messages.
+        """
+        n = self.a.notifications
+        results(n.create(registration(), NOW))
+        results(self.a.store(items(traces.cream_done_ok())))
+        other = connect(self.url)
+        self.addCleanup(other.close)
+        other.execute("BEGIN")
+        other.execute("SELECT 1 FROM notif_regs WHERE uniq = 'r1' FOR UPDATE")
+        # What a trim of B does: the oldest three go, the counters follow.
+        (cut,) = other.execute(
+            "SELECT SUM(size) FROM notif_messages WHERE reg = 'r1' AND seq <= 3"
+        ).fetchone()
+        other.execute("DELETE FROM notif_messages WHERE reg = 'r1' AND seq <= 3")
+        other.execute(
+            "UPDATE notif_regs SET queued = queued - 3, size = size - ?, dropped = dropped + 3",
+            (cut,),
+        )
+        pid = self.a.backend.conn.raw.info.backend_pid
+        done = threading.Thread(target=lambda: results(n.ack("r1", 5)))
+        done.start()
+        for _ in range(1000):
+            row = other.raw.execute(
+                "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            if row and row[0] == "Lock":
+                break
+            done.join(0.01)
+        other.execute("COMMIT")
+        done.join()
+        state = results(n.get("r1"))
+        left = results(n.messages("r1", 0, 100))
+        self.assertEqual([m.seq for m in left], [6, 7])
+        self.assertEqual(state.queued, len(left))
+        self.assertEqual(state.size, sum(len(m.body) for m in left))
 
     def test_listener_payloads(self) -> None:
         """
