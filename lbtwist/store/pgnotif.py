@@ -213,12 +213,16 @@ class PgNotifTables(SQLNotifTables):
         if not rows:
             return
         regs = sorted({r.reg for r in rows})
-        # The counters are read and written under the registrations' row locks.
+        # The counters are read and written under the registrations' row locks,
+        # taken by the statement that also sends the wake-up (delivered at commit).
+        first, *more = payloads("m", self.token, regs)
         self.conn.execute(
-            "SELECT 1 FROM notif_regs WHERE uniq = ANY(?) ORDER BY uniq FOR UPDATE", (regs,)
+            "SELECT pg_notify(?, ?), (SELECT COUNT(*) FROM (SELECT 1 FROM notif_regs"
+            " WHERE uniq = ANY(?) ORDER BY uniq FOR UPDATE) AS locked)",
+            (CHANNEL, first, regs),
         )
         super().write_messages(rows, bounds)
-        for payload in payloads("m", self.token, regs):
+        for payload in more:
             self.conn.execute("SELECT pg_notify(?, ?)", (CHANNEL, payload))
 
     def expired(self, now: int, limit: int) -> list[str]:
@@ -260,15 +264,18 @@ class NotifSync:
             if version == self.known + 1:
                 self.known = version
 
-    def sync(self, conn: Any) -> set[str]:
+    def sync(self, conn: Any, version: int | None = None) -> set[str]:
         """
         Apply the registration changes committed since L{known} to the index (on
         C{conn}, inside or outside a transaction), and wake their streams.
 
+        @param version: C{notif_version} as the caller just read it (a commit
+            group's first statement reads it), L{None}: read it here.
         @return: the uniques that changed.
         """
         with self._lock:
-            (version,) = conn.execute("SELECT version FROM notif_version").fetchone()
+            if version is None:
+                (version,) = conn.execute("SELECT version FROM notif_version").fetchone()
             version = int(version)
             known = self.known
             if version == known:

@@ -421,23 +421,28 @@ class PostgresBackend(SQLiteBackend):
     def __init__(self, conn: PgConnection) -> None:
         super().__init__(cast(Any, conn))
 
-    def begin(self, jobids: Iterable[str]) -> None:
+    def begin(self, jobids: Iterable[str]) -> int | None:
         """
         Open the group's transaction and lock its jobs (advisory locks, in one
         order: also the jobs not stored yet).
+
+        @return: the registrations' change version (C{notif_version}), read by the
+            same statement once the locks are held; L{None} for a group without jobs.
         """
         conn = self.conn
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         conn.execute("BEGIN")
         jobs = sorted(set(jobids))
-        if jobs:
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(h) FROM"
-                " (SELECT hashtextextended(j, 0) AS h FROM unnest(?::text[]) AS j"
-                " GROUP BY h ORDER BY h) AS locks",
-                (jobs,),
-            )
+        if not jobs:
+            return None
+        row = conn.execute(
+            "SELECT COUNT(pg_advisory_xact_lock(h)), (SELECT version FROM notif_version) FROM"
+            " (SELECT hashtextextended(j, 0) AS h FROM unnest(?::text[]) AS j"
+            " GROUP BY h ORDER BY h) AS locks",
+            (jobs,),
+        ).fetchone()
+        return int(row[1])
 
     def end(self) -> None:
         """
@@ -811,7 +816,7 @@ class PostgresStore(GroupedWrites):
         # knew of them (another may have written since), plan and write.
         backend = self.backend
         try:
-            backend.begin(ev.jobid for _, ev, _ in items)
+            version = backend.begin(ev.jobid for _, ev, _ in items)
         except Exception as e:
             error = translate_error(e) or TryAgain(f"store failure: {e}")
             return [error] * len(items)
@@ -819,7 +824,7 @@ class PostgresStore(GroupedWrites):
         try:
             try:
                 # Registrations another front end changed, before this group's matching.
-                self.notif_sync.sync(backend.conn)
+                self.notif_sync.sync(backend.conn, version)
             except Exception as e:
                 failed = translate_error(e) or TryAgain(f"store failure: {e}")
                 return [failed] * len(items)
