@@ -120,6 +120,23 @@ class TwoFrontEndNotifyTests(SynchronousTestCase):
         self.assertEqual(got, expected[3:], second.errors() + b.log_text()[-3000:])
         self.assertEqual(second.interrupt(), 130)
 
+        # The statistics and the trace answer the same at both.
+        answers = []
+        for port in (port_a, port_b):
+            for path in ("stats?state=Submitted&from=0&to=4102444800", f"trace?jobid={jobid}"):
+                code, body = gridtools.curl_status(
+                    gridtools.curl(
+                        f"https://localhost:{port}/{path}",
+                        proxy=self.pki.user_proxy,
+                        ca_dir=self.pki.ca_dir,
+                    )
+                )
+                self.assertEqual(code, 200, body)
+                answers.append(json.loads(body))
+        self.assertEqual(answers[:2], answers[2:])
+        self.assertEqual(answers[0]["count"], 1)
+        self.assertEqual([j["jobid"] for j in answers[1]["jobs"]], [jobid])
+
         # Purge at A: the job is gone at B (410), its registration refused.
         done = harness.run_lbtwist(
             ["purge", "-m", f"localhost:{port_a}", "--json", *ALL_DUE], env=self.env(port_a)
