@@ -393,6 +393,8 @@ DEFAULT_TRACE_EXPIRE_CHUNK = 500
 
 # The PostgreSQL store (docs/store.md): its reader connections per front end.
 DEFAULT_STORE_POOL = 2
+#: Registration change rows a PostgreSQL store keeps (C{store-notif-changes}).
+DEFAULT_STORE_NOTIF_CHANGES = 10_000
 
 
 def _value(
@@ -670,6 +672,13 @@ OPTIONS: tuple[Option, ...] = (
         _count,
         DEFAULT_STORE_POOL,
         "Reader connections (and threads) to the PostgreSQL store of --store-url.",
+    ),
+    _value(
+        "store-notif-changes",
+        _count,
+        DEFAULT_STORE_NOTIF_CHANGES,
+        "Registration changes the PostgreSQL store keeps for front ends to catch up"
+        " (one further behind reloads every registration).",
     ),
     _list(
         "producer-uid",
@@ -1038,6 +1047,7 @@ class Settings:
     list_scan: int
     store_url: str | None
     store_pool: int
+    store_notif_changes: int
     producer_uid: tuple[int, ...]
     producer_gid: tuple[int, ...]
     local_endpoint: tuple[tuple[str, int], ...]

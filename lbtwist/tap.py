@@ -231,6 +231,8 @@ def make_store(settings: Settings, reactor: Any) -> IEventStore:
             refold_slice=settings.refold_slice,
             query_cache=settings.query_cache,
             list_scan=settings.list_scan,
+            jp_register=settings.jpreg_dir is not None,
+            notif_changes=settings.store_notif_changes,
         )
     return SQLiteStore(
         store_path(settings.state_dir),

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from twisted.internet.defer import Deferred, succeed
+import attrs
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -41,6 +43,9 @@ from zope.interface import implementer
 
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.states.status import JobStatus
+from lbtwist.core.stats import StatsRequest
+from lbtwist.core.trace import TraceRequest
+from lbtwist.store import lifecycle, pglifecycle, purging
 from lbtwist.store.batch import (
     CHECKPOINT_EVERY,
     REFOLD_SLICE,
@@ -64,8 +69,9 @@ from lbtwist.store.interface import (
     RejectedEntry,
     StoredEvent,
 )
-from lbtwist.store.notif import MemoryNotifTables, Notifications, memory_reader
-from lbtwist.store.query import JobPage, JobQuery
+from lbtwist.store.notif import Notifications, NotifRow
+from lbtwist.store.pgnotif import CHANGES_KEPT, NotifListener, NotifSync, PgNotifTables
+from lbtwist.store.query import JobPage, JobQuery, postgres_json
 from lbtwist.store.sqlite import (
     INSERT_EVENTS,
     LIST_SCAN,
@@ -227,11 +233,35 @@ def _migrate_dump(conn: Any) -> None:
     _script(conn, "CREATE INDEX IF NOT EXISTS events_arrived ON events (arrived, id)")
 
 
+def _migrate_notify(conn: Any) -> None:
+    """
+    Notification registrations, their job index and message queues (the SQLite
+    store's tables), and the registration change log every front end follows
+    (L{lbtwist.store.pgnotif}).
+    """
+    from lbtwist.store.pgnotif import SCHEMA
+
+    _script(conn, SCHEMA)
+
+
+def _migrate_lifecycle(conn: Any) -> None:
+    """
+    The state-entry and trace indexes of statistics and traceability, filled
+    from the stored statuses (L{lbtwist.store.pglifecycle}).
+    """
+    from lbtwist.store import pglifecycle
+
+    _script(conn, pglifecycle.SCHEMA)
+    pglifecycle.backfill(conn)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_base,
     _migrate_purge,
     _migrate_dump,
+    _migrate_notify,
+    _migrate_lifecycle,
 ]
 
 #: The schema version this code writes.
@@ -285,17 +315,29 @@ def migrate(conn: Any, target: int = SCHEMA_VERSION) -> int:
 
 
 _PLACEHOLDER = re.compile(r"\?")
+# SQLite's two-argument MAX (a scalar there; PostgreSQL's is GREATEST).
+_SCALAR_MAX = re.compile(r"\bMAX\(([^(),]+),([^(),]+)\)")
 _CONVERTED: dict[str, str] = {}
 
 
 def _pg_sql(sql: str) -> str:
     # The shared query code writes SQLite's "?" placeholders (and no literal "?"
-    # or "%"): psycopg's are "%s". Statements are few and fixed: cached.
+    # or "%"): psycopg's are "%s". Statements are few and fixed: cached. The few
+    # SQLite forms the shared store code uses are translated too: BEGIN IMMEDIATE
+    # (the writer's), INSERT OR IGNORE (a single-row VALUES insert) and MAX(a, b).
     converted = _CONVERTED.get(sql)
     if converted is None:
-        converted = _CONVERTED[sql] = _PLACEHOLDER.sub("%s", sql).replace(
+        text = _PLACEHOLDER.sub("%s", sql).replace(
             " offset FROM spool_offsets", ' "offset" FROM spool_offsets'
         )
+        if text == "BEGIN IMMEDIATE":
+            text = "BEGIN"
+        if text.startswith("INSERT OR IGNORE INTO "):
+            text = (
+                "INSERT INTO " + text[len("INSERT OR IGNORE INTO ") :] + " ON CONFLICT DO NOTHING"
+            )
+        text = _SCALAR_MAX.sub(r"GREATEST(\1,\2)", text)
+        converted = _CONVERTED[sql] = text
     return converted
 
 
@@ -329,6 +371,12 @@ class PgConnection:
 
     def close(self) -> None:
         self.raw.close()
+
+
+def _raw_connect(url: str) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, autocommit=True)
 
 
 def connect(url: str) -> PgConnection:
@@ -373,23 +421,28 @@ class PostgresBackend(SQLiteBackend):
     def __init__(self, conn: PgConnection) -> None:
         super().__init__(cast(Any, conn))
 
-    def begin(self, jobids: Iterable[str]) -> None:
+    def begin(self, jobids: Iterable[str]) -> int | None:
         """
         Open the group's transaction and lock its jobs (advisory locks, in one
         order: also the jobs not stored yet).
+
+        @return: the registrations' change version (C{notif_version}), read by the
+            same statement once the locks are held; L{None} for a group without jobs.
         """
         conn = self.conn
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         conn.execute("BEGIN")
         jobs = sorted(set(jobids))
-        if jobs:
-            conn.execute(
-                "SELECT pg_advisory_xact_lock(h) FROM"
-                " (SELECT hashtextextended(j, 0) AS h FROM unnest(?::text[]) AS j"
-                " GROUP BY h ORDER BY h) AS locks",
-                (jobs,),
-            )
+        if not jobs:
+            return None
+        row = conn.execute(
+            "SELECT COUNT(pg_advisory_xact_lock(h)), (SELECT version FROM notif_version) FROM"
+            " (SELECT hashtextextended(j, 0) AS h FROM unnest(?::text[]) AS j"
+            " GROUP BY h ORDER BY h) AS locks",
+            (jobs,),
+        ).fetchone()
+        return int(row[1])
 
     def end(self) -> None:
         """
@@ -449,6 +502,10 @@ class PostgresBackend(SQLiteBackend):
                 _write_offsets(conn, plan.offsets)
             if plan.notifications:
                 self.notif.write_messages(plan.notifications)
+            if self.jp_register:
+                purging.write_jp_pending(conn, plan)
+            if plan.entries or plan.traces:
+                pglifecycle.write(conn, plan.entries, plan.traces)
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -517,6 +574,9 @@ class PgQueries(Queries):
         "status::jsonb->>'cream_state', (status::jsonb->>'exit_code')::bigint,"
         " (status::jsonb->>'done_code')::bigint"
     )
+
+    def json_compare(self, field: str, op: str, value: Any) -> tuple[str, list[Any]]:
+        return postgres_json(field, op, value)
 
     def outbox_pending(self, destination: str | None = None) -> list[OutboxEntry]:
         sql = (
@@ -617,16 +677,23 @@ class PostgresStore(GroupedWrites):
         max_future_skew: int | None = None,
         query_cache: int = STATUS_CACHE_SIZE,
         list_scan: int = LIST_SCAN,
+        jp_register: bool = False,
+        notif_changes: int = CHANGES_KEPT,
     ) -> None:
         """
+        @param notif_changes: registration change rows kept for front ends to catch
+            up with (C{store-notif-changes}; L{lbtwist.store.pgnotif}).
+        @param jp_register: keep a C{jp_pending} row with every stored RegJob
+            (C{--jpreg-dir}), as the SQLite store.
         @param checkpoint_every: see L{BatchProcessor}.
         @param refold_slice: see L{BatchProcessor}.
         @param max_future_skew: see L{BatchProcessor}.
         @raise ValueError: a tuning value is out of range.
         """
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
-        if pool_size < 1 or query_cache < 1 or list_scan < 1:
-            raise ValueError("pool_size, query_cache and list_scan must be positive")
+        if pool_size < 1 or query_cache < 1 or list_scan < 1 or notif_changes < 1:
+            raise ValueError("pool_size, query_cache, list_scan and notif_changes must be positive")
+        self._notif_changes = notif_changes
         self.url = url
         self.policy = policy
         self.relay = policy is not None
@@ -639,6 +706,7 @@ class PostgresStore(GroupedWrites):
         self._max_future_skew = max_future_skew
         self._query_cache = query_cache
         self._list_scan = list_scan
+        self._jp_register = jp_register
         self._listeners: list[CommitListener] = []
         self._pools: list[ThreadPool] = []
         self._readers: _ReaderPool | None = None
@@ -697,11 +765,41 @@ class PostgresStore(GroupedWrites):
         self._commit = GroupCommit(
             self._clock, self._process, runner, self.processor.pending, handoff, yield_to
         )
-        # Notifications are not shared between front ends yet: kept in memory.
+        self.backend.jp_register = self._jp_register
+        # Notifications: in the shared tables, the index kept in step per group.
+        threaded = self._readers is not None
+        readers = self._readers
+        if readers is not None:
+            tables = PgNotifTables(
+                conn, lambda: readers.queries().conn, changes_kept=self._notif_changes
+            )
+
+            def read(work: Callable[[], Any]) -> Deferred[Any]:
+                return readers.run(lambda _: work())
+
+            notif_reader: Callable[[Callable[[], Any]], Deferred[Any]] = read
+        else:
+            tables = PgNotifTables(conn, lambda: conn, changes_kept=self._notif_changes)
+            notif_reader = runner
+        sync_version = int(conn.execute("SELECT version FROM notif_version").fetchone()[0])
         self.notifications = self.backend.notif = Notifications(
-            MemoryNotifTables(), writer=runner, reader=memory_reader
+            tables,
+            writer=runner,
+            reader=notif_reader,
+            call_from_thread=reactor.callFromThread if threaded else None,
         )
+        self.notif_sync = NotifSync(self.notifications, tables)
+        self.notif_sync.known = sync_version
         self.processor.notify = self.notifications.matcher
+        if threaded:
+            self._listener = NotifListener(
+                lambda: _raw_connect(self.url),
+                tables.token,
+                wake=self._remote_messages,
+                changed=lambda: reactor.callFromThread(self._sync_registrations),
+                lost=lambda: reactor.callFromThread(self._listen_lost),
+            )
+            self._listener.start()
         self._notifier = CommitNotifier(self.processor)
         for listener in self._listeners:
             self._notifier.add(listener)
@@ -718,15 +816,40 @@ class PostgresStore(GroupedWrites):
         # knew of them (another may have written since), plan and write.
         backend = self.backend
         try:
-            backend.begin(ev.jobid for _, ev, _ in items)
+            version = backend.begin(ev.jobid for _, ev, _ in items)
         except Exception as e:
             error = translate_error(e) or TryAgain(f"store failure: {e}")
             return [error] * len(items)
         self.processor.drop_cache()
         try:
+            try:
+                # Registrations another front end changed, before this group's matching.
+                self.notif_sync.sync(backend.conn, version)
+            except Exception as e:
+                failed = translate_error(e) or TryAgain(f"store failure: {e}")
+                return [failed] * len(items)
             return self.processor.process(items, offsets)
         finally:
             backend.end()
+
+    def _remote_messages(self, uniques: set[str]) -> None:
+        # Listener thread: messages another front end queued (wakes on the reactor).
+        self.notifications.committed([NotifRow(u, "", b"") for u in sorted(uniques)])
+
+    def _sync_registrations(self) -> Deferred[Any]:
+        # Reactor thread: registrations changed elsewhere; re-read them on the writer.
+        if self._closed:
+            return succeed(None)
+        d = self._runner(lambda: self.notif_sync.sync(self.backend.conn))
+        d.addErrback(lambda f: log.failure("notifications: re-reading registrations failed", f))
+        return d
+
+    def _listen_lost(self) -> None:
+        # Notifications may have been missed: re-read, and every stream reads on.
+        self._sync_registrations()
+        with self.notifications.lock:
+            uniques = sorted(self.notifications.index.by_unique)
+        self.notifications.committed([NotifRow(u, "", b"") for u in uniques])
 
     def __getattr__(self, name: str) -> object:
         if name in _STARTED_PARTS and not self.__dict__.get("_started", True):
@@ -820,6 +943,10 @@ class PostgresStore(GroupedWrites):
         self._commit.stop()
         d = self._commit.when_idle()
         d.addCallback(lambda _: self._outbox.when_idle())
+        listener = self.__dict__.get("_listener")
+        if listener is not None:
+            listener.stop()
+            d.addCallback(lambda _: self._runner(listener.join))
         d.addCallback(lambda _: self._runner(self.backend.conn.close))
         d.addCallback(lambda _: self._stop_pools())
         return d
@@ -831,6 +958,114 @@ class PostgresStore(GroupedWrites):
         if self._readers is not None:
             self._readers.stop()
             self._readers = None
+
+    # -- purge, statistics, trace: the SQLite store's interface (docs/lifecycle.md) --
+
+    def purge_chunk(
+        self,
+        rules: purging.PurgeRules,
+        now: int,
+        after: tuple[str, str] | None,
+        limit: int,
+        *,
+        dry_run: bool = False,
+        keep_events: bool = False,
+        before_commit: Callable[[Any], None] | None = None,
+        may_yield: bool = False,
+    ) -> Deferred[purging.PurgeChunk]:
+        """
+        One bounded chunk of a purge on the writer thread (L{purging.purge_chunk}),
+        its jobs locked as a commit group locks them: an event of a job stored
+        meanwhile by another front end keeps the job; a job purged here has its
+        later events refused at every front end (its zombie row).
+
+        @param may_yield: when a commit group is queued behind the chunk as it
+            starts, do nothing (C{yielded}) so that the group goes first.
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        destination = self.processor.relay_destination if self.policy is not None else None
+        commit = self._commit
+
+        def work() -> purging.PurgeChunk:
+            if may_yield and commit.busy:
+                return purging.PurgeChunk((), 0, after, yielded=True)
+            started = time.perf_counter()
+            conn = self.backend.conn
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            chunk = purging.purge_chunk(
+                conn,
+                rules=rules,
+                now=now,
+                after=after,
+                limit=limit,
+                dry_run=dry_run,
+                keep_events=keep_events,
+                destination=destination,
+                before_commit=before_commit,
+                parent_sql=pglifecycle.PARENT_SQL,
+                write_zombies=pglifecycle.write_zombies,
+                lock=pglifecycle.lock_jobs,
+            )
+            if not dry_run and chunk.purged:
+                self.processor.forget([job.jobid for job in chunk.purged])
+                self.backend.transactions += 1
+            return attrs.evolve(chunk, seconds=time.perf_counter() - started)
+
+        return self._runner(work)
+
+    def vacuum_step(self, pages: int = purging.VACUUM_PAGES) -> Deferred[int]:
+        """
+        Nothing to do: PostgreSQL's autovacuum reuses the purged rows' space.
+
+        @return: C{Deferred[int]}: 0 pages left.
+        """
+        return succeed(0)
+
+    def zombie(self, unique: str) -> Deferred[purging.Zombie | None]:
+        """
+        The zombie of a purged job (a reader).
+        """
+        return self._reads(lambda q: q.zombie(unique))
+
+    def stats(self, request: StatsRequest, max_jobs: int) -> Deferred[dict[str, Any]]:
+        """
+        A statistics answer (a reader; L{lbtwist.store.lifecycle.stats}).
+        """
+        return self._reads(lambda q: q.stats(request, max_jobs))
+
+    def trace(
+        self, request: TraceRequest, max_jobs: int
+    ) -> Deferred[tuple[list[dict[str, Any]], bool]]:
+        """
+        A trace answer (a reader; L{lbtwist.store.lifecycle.trace}).
+        """
+        return self._reads(lambda q: q.trace(request, max_jobs))
+
+    def expire_traces(self, before: int, limit: int) -> Deferred[int]:
+        """
+        Remove one chunk of expired trace rows of purged jobs (writer thread).
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._runner(
+            lambda: lifecycle.expire_traces(self.backend.conn, before=before, limit=limit)
+        )
+
+    def jp_pending(self, after: int, limit: int) -> Deferred[list[tuple[int, str, str]]]:
+        """
+        Registrations not yet exported to Job Provenance (a reader).
+        """
+        return self._reads(lambda q: purging.jp_pending(q.conn, after, limit))
+
+    def jp_done(self, ids: list[int]) -> Deferred[None]:
+        """
+        Forget exported registrations (writer thread).
+        """
+        if self._closed:
+            return fail(TryAgain("store closed"))
+        return self._runner(lambda: purging.jp_done(self.backend.conn, ids))
 
 
 #: The tables L{copy_from_sqlite} moves, with their columns (the same on both stores).
@@ -846,6 +1081,13 @@ COPIED_TABLES: dict[str, str] = {
     "spool_offsets": 'name, inode, "offset"',
     "zombies": "uniq, jobid, purged_at, trace",
     "jp_pending": "id, jobid, owner",
+    "notif_regs": "uniq, owner, owner_norm, fqans, spec, selector, valid_until, created,"
+    " last_seq, acked, queued, size, dropped",
+    "notif_jobs": "job, uniq",
+    "notif_messages": "id, reg, seq, kind, jobid, size, body",
+    "state_entries": "state, entered, jobid, destination, ce_node, owner, vo",
+    "trace_jobs": "jobid, owner, owner_norm, fqan, lrms_id, cream_id, worker_node,"
+    " running_from, running_to, first, last",
 }
 
 #: Rows moved per statement by L{copy_from_sqlite}.
@@ -855,9 +1097,12 @@ COPY_BATCH = 5000
 def copy_from_sqlite(path: str, url: str, batch: int = COPY_BATCH) -> dict[str, int]:
     """
     Copy a SQLite store (its events, statuses, CREAM mappings, checkpoints, outbox,
-    rejected events and spool offsets) into the empty PostgreSQL store of C{url}
-    (created or migrated first), in one transaction, then check that every job's
-    stored status is the same on both.
+    rejected events, spool offsets, zombies with their trace records, Job
+    Provenance rows, notification registrations with their queued messages and
+    read positions, and the state-entry and trace indexes) into the empty
+    PostgreSQL store of C{url} (created or migrated first), in one transaction,
+    then check that every job's stored status is the same on both and that every
+    table holds the rows copied.
 
     @return: rows copied per table.
     @raise LBError: the SQLite store's schema is not this code's, the target
@@ -892,11 +1137,14 @@ def copy_from_sqlite(path: str, url: str, batch: int = COPY_BATCH) -> dict[str, 
                 ("outbox", "outbox_id_seq"),
                 ("rejected", "rejected_id_seq"),
                 ("jp_pending", "jp_pending_id_seq"),
+                ("notif_messages", "notif_messages_id_seq"),
             ):
                 target.execute(
                     f"SELECT setval('{sequence}', (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}),"
                     " false)"
                 )
+            # Front ends already running read the copied registrations as a change.
+            _announce_registrations(target)
             target.execute("COMMIT")
         except BaseException:
             if target.in_transaction:
@@ -905,10 +1153,26 @@ def copy_from_sqlite(path: str, url: str, batch: int = COPY_BATCH) -> dict[str, 
         differ = _compare_statuses(source, target, batch)
         if differ:
             raise LBError(f"{differ} job statuses differ after the copy")
+        for table in COPIED_TABLES:
+            (found,) = target.execute(f"SELECT COUNT(*) FROM {table}").fetchone()  # noqa: S608
+            if int(found) != counts[table]:
+                raise LBError(f"{table}: {found} rows after the copy, {counts[table]} copied")
         return counts
     finally:
         source.close()
         target.close()
+
+
+def _announce_registrations(conn: PgConnection) -> None:
+    uniques = [row[0] for row in conn.execute("SELECT uniq FROM notif_regs ORDER BY uniq")]
+    if not uniques:
+        return
+    (version,) = conn.execute(
+        "UPDATE notif_version SET version = version + 1 RETURNING version"
+    ).fetchone()
+    conn.executemany(
+        "INSERT INTO notif_changes (id, uniq) VALUES (?, ?)", [(version, u) for u in uniques]
+    )
 
 
 def _compare_statuses(source: Any, target: PgConnection, batch: int) -> int:

@@ -17,7 +17,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -115,6 +115,9 @@ def purge_chunk(
     keep_events: bool = False,
     destination: Callable[[str], str | None] | None = None,
     before_commit: Callable[[Sequence[PurgedJob]], None] | None = None,
+    parent_sql: str | None = None,
+    write_zombies: Callable[[Any, int, list[str]], None] | None = None,
+    lock: Callable[[Any, list[PurgedJob]], list[PurgedJob]] | None = None,
 ) -> PurgeChunk:
     """
     Look at the next C{limit} jobs (at most L{MAX_CHUNK}; oldest update first, from C{after}) and purge those
@@ -128,6 +131,13 @@ def purge_chunk(
         terminal job may go after C{rules.delivered}.
     @param before_commit: called with the chunk's purged jobs inside the transaction
         (it writes the dump files); an exception rolls the chunk back.
+    @param parent_sql: the SQL of a job row's parent job id (another store's JSON
+        functions; default SQLite's).
+    @param write_zombies: writes the zombie rows of C{(conn, now, jobids)} from their
+        job rows (default: SQLite's JSON functions build the trace records).
+    @param lock: called first in the transaction with the chosen jobs, returns
+        those to purge (a store shared by several writers locks them and leaves
+        out those changed since they were read).
     """
     limit = min(limit, MAX_CHUNK)
     shortest = rules.shortest()
@@ -155,7 +165,7 @@ def purge_chunk(
     rows_by_id = {
         str(r[0]): r
         for r in conn.execute(
-            "SELECT jobid, owner, json_extract(status, '$.parent_job') FROM jobs"
+            f"SELECT jobid, owner, {parent_sql or _PARENT} FROM jobs"  # noqa: S608
             f" WHERE jobid IN ({marks})",
             ids,
         )
@@ -182,14 +192,21 @@ def purge_chunk(
         return PurgeChunk(tuple(chosen), len(rows), nxt, len(waiting))
     conn.execute("BEGIN IMMEDIATE")
     try:
+        if lock is not None:
+            chosen = lock(conn, chosen)
         marks = ",".join("?" * len(chosen))
         gone = [job.jobid for job in chosen]
-        conn.execute(
-            f"DELETE FROM rejected WHERE event_id IN (SELECT id FROM events WHERE jobid IN ({marks}))",
-            gone,
-        )
-        # The zombies and their trace records first, from the rows about to go.
-        conn.execute(_ZOMBIES.format(marks=marks), [now, *gone])
+        if gone:
+            conn.execute(
+                "DELETE FROM rejected WHERE event_id IN"
+                f" (SELECT id FROM events WHERE jobid IN ({marks}))",
+                gone,
+            )
+            # The zombies and their trace records first, from the rows about to go.
+            if write_zombies is None:
+                conn.execute(_ZOMBIES.format(marks=marks), [now, *gone])
+            else:
+                write_zombies(conn, now, gone)
         pairs = [(j,) for j in gone]
         conn.executemany("DELETE FROM events WHERE jobid = ?", pairs)
         conn.executemany("DELETE FROM checkpoints WHERE jobid = ?", pairs)
@@ -203,6 +220,9 @@ def purge_chunk(
             conn.execute("ROLLBACK")
         raise
     return PurgeChunk(tuple(chosen), len(rows), nxt, len(waiting))
+
+
+_PARENT = "json_extract(status, '$.parent_job')"
 
 
 def _done_code(field: str) -> str:

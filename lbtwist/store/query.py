@@ -36,8 +36,10 @@ __all__ = [
     "encode_cursor",
     "order_rows",
     "owner_key",
+    "postgres_json",
     "row_matches",
     "sql_where",
+    "sqlite_json",
     "unique_of",
 ]
 
@@ -165,13 +167,38 @@ def _stored_value(field: str, value: Value) -> Value:
     return value
 
 
-# SQLite
+# SQLite (and PostgreSQL)
+
+#: A condition on a status field kept in the status JSON only: C{(field, op,
+#: value) -> (SQL, arguments)}.
+JsonCompare = Callable[[str, str, Any], tuple[str, list[Any]]]
 
 
-def sql_where(query: JobQuery) -> tuple[str, list[Any]]:
+def sqlite_json(field: str, op: str, value: Any) -> tuple[str, list[Any]]:
+    """
+    SQLite's form of a condition on a status field in the JSON (C{json_extract}).
+    """
+    return f"json_extract(status, ?) {op} ?", [f"$.{field}", value]
+
+
+def postgres_json(field: str, op: str, value: Any) -> tuple[str, list[Any]]:
+    """
+    PostgreSQL's form (C{jsonb}): the field compared with the value as JSON, of the
+    same JSON type only (a number never matches a string, as in the memory store).
+    """
+    encoded = json.dumps(value)
+    return (
+        f"((status::jsonb -> ?) {op} ?::jsonb"
+        " AND jsonb_typeof(status::jsonb -> ?) = jsonb_typeof(?::jsonb))",
+        [field, encoded, field, encoded],
+    )
+
+
+def sql_where(query: JobQuery, json_compare: JsonCompare = sqlite_json) -> tuple[str, list[Any]]:
     """
     The C{WHERE} clause (without the keyword; C{"TRUE"} if empty, valid SQL on SQLite and PostgreSQL) and its arguments for
-    the SQLite jobs table.
+    the jobs table; C{json_compare} writes the conditions on fields of the status
+    JSON in the store's dialect (L{sqlite_json}, L{postgres_json}).
     """
     clauses: list[str] = []
     args: list[Any] = []
@@ -180,22 +207,22 @@ def sql_where(query: JobQuery) -> tuple[str, list[Any]]:
         args.append(normalize_dn(query.owner))
     for cond in query.conditions:
         column = _COLUMNS.get(cond.field)
-        if column is None:
-            column = "json_extract(status, ?)"
-            path: list[Any] = [f"$.{cond.field}"]
-        else:
-            path = []
         parts = []
         for op, value in cond.alternatives:
             if op not in _PY_OPS:
                 raise ValueError(f"unknown operator {op!r}")
+            stored = _stored_value(cond.field, value)
+            if column is None:
+                sql, more = json_compare(cond.field, op, stored)
+                parts.append(sql)
+                args.extend(more)
+                continue
             if column == "list_time":
                 # Jobs never updated sort last with list_time "", but match no time.
                 parts.append(f"(list_time {op} ? AND list_time != '')")
             else:
                 parts.append(f"{column} {op} ?")
-            args.extend(path)
-            args.append(_stored_value(cond.field, value))
+            args.append(stored)
         clauses.append("(" + " OR ".join(parts) + ")")
     if query.after is not None:
         # The range on list_time lets the index seek; the OR only sorts out ties.

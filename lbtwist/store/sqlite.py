@@ -65,7 +65,14 @@ from lbtwist.store.interface import (
     StoreResult,
 )
 from lbtwist.store.notif import Notifications, SQLNotifTables
-from lbtwist.store.query import JobPage, JobQuery, owner_key, sql_where, unique_of
+from lbtwist.store.query import (
+    JobPage,
+    JobQuery,
+    owner_key,
+    sql_where,
+    sqlite_json,
+    unique_of,
+)
 
 if TYPE_CHECKING:
     from lbtwist.core.events import Event
@@ -859,6 +866,12 @@ class Queries:
         # the stored JSON is the same (parsing it is most of a status query).
         self._parsed: OrderedDict[str, tuple[str, JobStatus]] = OrderedDict()
 
+    def json_compare(self, field: str, op: str, value: Any) -> tuple[str, list[Any]]:
+        """
+        A job list condition on a status field of the JSON only, in this dialect.
+        """
+        return sqlite_json(field, op, value)
+
     def _status_of(self, jobid: str, text: str) -> JobStatus:
         cached = self._parsed.get(jobid)
         if cached is not None and cached[0] == text:
@@ -983,7 +996,7 @@ class Queries:
         page then holds the matches among them, maybe none, and a cursor after
         the last job examined.
         """
-        where, args = sql_where(query)
+        where, args = sql_where(query, self.json_compare)
         bound = self._scan_bound(query) if query.conditions else None
         if bound is not None:
             # Only the jobs up to the bound (in listing order): the index range ends there.

@@ -70,9 +70,12 @@ class StoreCommandTests(SynchronousTestCase):
 class MakeStoreTests(SynchronousTestCase):
     def test_store_url_selects_postgres(self) -> None:
         url = cluster().new_database()
-        store = tap.make_store(settings(**{"store-url": url, "store-pool": "3"}), Clock())
+        store = tap.make_store(
+            settings(**{"store-url": url, "store-pool": "3", "store-notif-changes": "5"}), Clock()
+        )
         self.assertIsInstance(store, PostgresStore)
         self.assertEqual((store.url, store._pool_size), (url, 3))  # type: ignore[attr-defined]
+        self.assertEqual(store._notif_changes, 5)  # type: ignore[attr-defined]
 
     def test_default_sqlite(self) -> None:
         store = tap.make_store(settings(**{"state-dir": self.mktemp()}), Clock())

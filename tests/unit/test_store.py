@@ -134,6 +134,39 @@ class StoreRulesMixin:
         self.assertEqual(found["Done"], ("Done-failed", 3, 1))  # type: ignore[attr-defined]
         self.assertEqual(found["Aborted"][0], "Aborted")  # type: ignore[attr-defined]
 
+    def test_list_json_conditions(self) -> None:
+        """
+        Conditions on status fields kept only in the status JSON (numbers and
+        strings, with every operator kind) select the same jobs on every store
+        (SQLite's json_extract, PostgreSQL's jsonb, the memory store's dicts).
+        """
+        from lbtwist.store.query import JobCondition, JobQuery
+
+        store = self.make_store()
+        self.store_ok(store, traces.cream_done_failed() + traces.cream_aborted())
+
+        def states(*conditions: JobCondition) -> list[str]:
+            page = self.successResultOf(  # type: ignore[attr-defined]
+                store.query_jobs(JobQuery(None, conditions, 10))
+            )
+            return sorted(j.state for j in page.jobs)
+
+        self.assertEqual(states(JobCondition("exit_code", (("=", 3),))), ["Done"])
+        self.assertEqual(states(JobCondition("exit_code", ((">", 2),))), ["Done"])
+        self.assertEqual(states(JobCondition("exit_code", (("<", 3),))), [])
+        self.assertEqual(states(JobCondition("done_code", (("!=", 0),))), ["Done"])
+        self.assertEqual(
+            states(JobCondition("cream_state", (("=", "Aborted"), ("=", "Done-failed")))),
+            ["Aborted", "Done"],
+        )
+        self.assertEqual(
+            states(
+                JobCondition("cream_state", (("=", "Aborted"), ("=", "Done-failed"))),
+                JobCondition("exit_code", (("=", 3),)),
+            ),
+            ["Done"],
+        )
+
     def test_list_all_owners(self) -> None:
         """
         A page without conditions (a super user's C{owner=*}) lists every job, on
