@@ -43,7 +43,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.intake import connection_lines, drive
-from tests.e2e.contextil import ContextILWriter, java_form
+from tests.e2e.contextil import ContextILWriter, java_form, spool_file
 from tests.e2e.harness import T0, LBService, cream_jobid, ulm_line
 
 
@@ -155,11 +155,15 @@ class Costs:
 def writer(
     prefix: str, sock: str | None, conn: int, count: int, run: int, start: Any, out: Any
 ) -> None:
+    # Made before the start, as the socket producers' payload: in the timed loop
+    # only what ContextIL does once it has its message (append, poke).
     lines = [java_form(line) for line in connection_lines(conn, count, run)]
+    made = [(spool_file(prefix, line), (line + "\n").encode()) for line in lines]
     w = ContextILWriter(prefix, sock)
+    append = w.append
     start.wait()
-    for line in lines:
-        w.log(line)
+    for name, data in made:
+        append(name, data)
     out.put(w.poke_errors)
 
 

@@ -371,7 +371,7 @@ DEFAULT_IL_RESCAN_INTERVAL = 60.0
 DEFAULT_IL_POLL_INTERVAL = 1.0
 DEFAULT_IL_REMOVE_IDLE = 600.0
 DEFAULT_IL_BATCH_EVENTS = 2000
-#: Listen backlog of the poke socket (see docs/spool.md, Throughput).
+#: Listen backlog of the poke socket (see docs/spool.md, Figures).
 DEFAULT_IL_SOCKET_BACKLOG = 50
 
 # Purge and Job Provenance export (docs/lifecycle.md).

@@ -242,6 +242,10 @@ class SpoolScanner(Service):
         #: not a spool file), so a burst of events costs a lookup each.
         self._names: dict[bytes, str | None] = {}
         self._overflow_rescan: IDelayedCall | None = None
+        #: C{.ctl} sidecars of the spool directory (entry names) as the last
+        #: listing and inotify saw them: a file first seen between listings needs
+        #: no look for one.
+        self._ctl: set[str] = set()
         self._refused: set[tuple[str, int]] = set()
         #: Store calls under way, and the files whose lines they hold (a file is
         #: not read again until its call is answered: one failure rewinds it safely).
@@ -268,20 +272,6 @@ class SpoolScanner(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._stopping = True
-        stats = self.stats
-        self.log.info(
-            "spool intake stopping: {accepted} events stored ({duplicates} duplicates, "
-            "{rejected} rejected); {pokes} pokes ({late} for bytes already read); "
-            "{scans} passes, {reads} file reads ({idle} found nothing new)",
-            accepted=stats.accepted,
-            duplicates=stats.duplicates,
-            rejected=stats.rejected,
-            pokes=stats.pokes,
-            late=stats.late_pokes,
-            scans=stats.scans,
-            reads=stats.reads,
-            idle=stats.idle_reads,
-        )
         for call in (self._soon, self._rescan_call, self._retry_call, self._overflow_rescan):
             if call is not None and call.active():
                 call.cancel()
@@ -293,8 +283,30 @@ class SpoolScanner(Service):
             # Removed files: what was appended to them after their last read.
             self._drain()
         if not self._calls:
+            self._log_totals()
             return succeed(None)
-        return gatherResults(list(self._calls)).addBoth(lambda _: None)
+        return gatherResults(list(self._calls)).addBoth(lambda _: self._log_totals())
+
+    def _log_totals(self) -> None:
+        """
+        The counters of this run, once its last store call is answered.
+        """
+        stats = self.stats
+        self.log.info(
+            "spool intake stopped: {accepted} events stored ({duplicates} duplicates, "
+            "{rejected} rejected); {pokes} pokes ({late} for bytes already read); "
+            "{scans} passes, {reads} file reads ({idle} found nothing new); "
+            "{overflows} inotify queue overflows",
+            accepted=stats.accepted,
+            duplicates=stats.duplicates,
+            rejected=stats.rejected,
+            pokes=stats.pokes,
+            late=stats.late_pokes,
+            scans=stats.scans,
+            reads=stats.reads,
+            idle=stats.idle_reads,
+            overflows=self.overflows,
+        )
 
     def _load_failed(self, failure: Failure) -> None:
         self.log.failure("spool offsets could not be read; retrying", failure)
@@ -395,6 +407,8 @@ class SpoolScanner(Service):
             name = cache.get(raw, _UNSEEN)
             if name is _UNSEEN:
                 entry = os.fsdecode(raw)
+                if entry.endswith(CTL_SUFFIX):
+                    self._ctl.add(entry)
                 name = (
                     os.path.join(self.directory, entry) if is_spool_name(self.base, entry) else None
                 )
@@ -540,6 +554,7 @@ class SpoolScanner(Service):
             )
         now = self.clock.seconds()
         ctl = {entry for entry in names if entry.endswith(CTL_SUFFIX)}
+        self._ctl = ctl
         listed = {os.path.join(self.directory, entry) for entry in names}
         gone: dict[str, tuple[int, int] | None] = {}
         for name in [n for n in self.cursors if n not in listed and n not in self._held]:
@@ -780,7 +795,8 @@ class SpoolScanner(Service):
                     )
                 return False
             if cursor is None:
-                cursor = self._new_cursor(name, st, os.path.exists(name + CTL_SUFFIX))
+                has_ctl = os.path.basename(name) + CTL_SUFFIX in self._ctl
+                cursor = self._new_cursor(name, st, has_ctl)
                 self.cursors[name] = cursor
             elif cursor.inode != st.st_ino:
                 self._restart(name, cursor, st.st_ino, "replaced")

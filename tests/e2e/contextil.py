@@ -79,8 +79,16 @@ class ContextILWriter:
         @return: the offset it was written at.
         @raise LockedOut: the file was locked on every attempt.
         """
-        data = (line + "\n").encode("utf-8")
-        name = spool_file(self.prefix, line)
+        return self.append(spool_file(self.prefix, line), (line + "\n").encode("utf-8"))
+
+    def append(self, name: str, data: bytes) -> int:
+        """
+        Log one event line already made (C{data}, with its LF) to its file C{name}:
+        what ContextIL does once it has its message and file name.
+
+        @return: the offset it was written at.
+        @raise LockedOut: the file was locked on every attempt.
+        """
         fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o660)
         try:
             for _ in range(self.ATTEMPTS):

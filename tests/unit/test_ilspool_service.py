@@ -403,6 +403,20 @@ class WakeUpTests(ScannerTestBase):
         scanner.notified([self.name()])
         self.assertEqual(scanner._names, {self.name(): self.file})
 
+    def test_sidecar_of_file_found_by_inotify(self) -> None:
+        """
+        A file first seen through inotify after the listing is taken over at the
+        offset of a C{.ctl} sidecar inotify saw (no look for one otherwise).
+        """
+        scanner = self.scanner(poll_interval=1000.0)
+        committed = len(self.lines[0])
+        self.append(b"".join(self.lines[:3]))
+        with open(self.file + ".ctl", "w") as f:
+            f.write(f"{traces.DIRECT_JOBID}\n{committed}\n{committed}\n")
+        scanner.notified([self.name() + b".ctl", self.name()])
+        self.clock.advance(0)
+        self.assertEqual(len(self.stored_lines()), 2)
+
     def test_overflows_one_rescan(self) -> None:
         """
         Several inotify queue overflows before the rescan they ask for runs make
