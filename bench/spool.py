@@ -13,7 +13,17 @@ traces (the events of L{bench.intake}):
   - poke latency: one producer logs one poked event at a time while the others
     are idle, and waits until it is in the store (polled every 1 ms).
 
-The spool runs count an event when it is in the store (polled every 5 ms).
+The spool runs count an event when it is in the store (polled every 5 ms). The
+writers make their lines and file names before the start (as the socket
+producers make their payload) and start together once all are ready; in the
+timed loop each does only what ContextIL does with a message: append under a
+lock and, with a socket, poke (one socket, up to three non-blocking connects).
+
+Every run prints the CPU per event of the service (its reactor thread and its
+store threads, from C{/proc}) and of the producers (all their CPU, set-up
+included, from the kernel's accounting of the finished processes; for the
+writers also their timed loop alone), and the load average before and after.
+C{--backlog} sets the proxy's C{--il-socket-backlog}.
 
 Run from the repository root::
 
@@ -161,10 +171,12 @@ def writer(
     made = [(spool_file(prefix, line), (line + "\n").encode()) for line in lines]
     w = ContextILWriter(prefix, sock)
     append = w.append
+    # Every writer is ready (its setup is not in the timed window): go together.
     start.wait()
+    cpu = time.process_time()
     for name, data in made:
         append(name, data)
-    out.put(w.poke_errors)
+    out.put((w.poke_errors, time.process_time() - cpu))
 
 
 def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count: int, run: int):
@@ -173,7 +185,7 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
     the time until all are stored.
     """
     ctx = multiprocessing.get_context("fork")
-    start = ctx.Event()
+    start = ctx.Barrier(writers + 1)
     out = ctx.Queue()
     per = count // writers
     procs = [
@@ -182,12 +194,12 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
     ]
     for p in procs:
         p.start()
-    time.sleep(0.5)
     count = Counter(svc.db_path)
     before = count()
     costs = Costs(svc)
+    # Released when the last writer has made its lines.
+    start.wait(timeout=600)
     t0 = time.perf_counter()
-    start.set()
     total = per * writers
     written_at = None
     while True:
@@ -201,7 +213,7 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
         time.sleep(0.005)
     seconds = time.perf_counter() - t0
     count.close()
-    lost = sum(out.get(timeout=60) for _ in procs)
+    results = [out.get(timeout=60) for _ in procs]
     for p in procs:
         p.join()
     return {
@@ -210,7 +222,9 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
         "rate": total / seconds,
         "write_seconds": (written_at or time.perf_counter()) - t0,
         # Pokes the kernel refused (listen queue full); ContextIL ignores that.
-        "pokes_lost": lost,
+        "pokes_lost": sum(r[0] for r in results),
+        # The writers' CPU in their timed loop only (append and poke).
+        "loop_us": sum(r[1] for r in results) / total * 1e6,
         **costs.done(total),
     }
 
@@ -431,7 +445,9 @@ def run(args: argparse.Namespace, base: str, sock_dir: str) -> int:
             print(
                 f"{name}, {args.writers} writers: {r['rate']:,.0f} events/s stored "
                 f"({int(r['events'])} events in {r['seconds']:.2f} s; appended in "
-                f"{r['write_seconds']:.2f} s); CPU per event: {_fmt_cpu(_cpu(r))}{lost}",
+                f"{r['write_seconds']:.2f} s); CPU per event: {_fmt_cpu(_cpu(r))} "
+                f"(of which their append{' and poke' if poke else ''}: "
+                f"{r['loop_us']:.0f} us){lost}",
                 flush=True,
             )
     figures = {name: {"rate": statistics.median(values)} for name, values in rates.items()}
