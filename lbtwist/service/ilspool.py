@@ -236,8 +236,10 @@ class SpoolScanner(Service):
         self._pokes: dict[str, list[tuple[int, bytes]]] = {}
         #: What the last two passes read, per file: C{(inode, start, data)}, to
         #: check pokes for bytes already read without reading them again.
+        #: At most C{max_line} bytes are held per pass (C{_recent_bytes}).
         self._recent: dict[str, tuple[int, int, bytes]] = {}
         self._older: dict[str, tuple[int, int, bytes]] = {}
+        self._recent_bytes = 0
         #: Spool directory entry names seen by inotify -> their file (or L{None}:
         #: not a spool file), so a burst of events costs a lookup each.
         self._names: dict[bytes, str | None] = {}
@@ -726,6 +728,7 @@ class SpoolScanner(Service):
             return
         self.stats.scans += 1
         self._older, self._recent = self._recent, {}
+        self._recent_bytes = 0
         items: list[tuple[str, Event]] = []
         offsets: dict[str, tuple[int, int] | None] = {}
         dirty, self._dirty = self._dirty, set()
@@ -822,7 +825,9 @@ class SpoolScanner(Service):
                     data = data[1:]
             else:
                 data = os.pread(fd, budget, start)
-            self._recent[name] = (cursor.inode, cursor.read, data)
+            if self._recent_bytes + len(data) <= self.max_line:
+                self._recent_bytes += len(data)
+                self._recent[name] = (cursor.inode, cursor.read, data)
             if pokes:
                 self._check_pokes(name, fd, cursor.read, data, pokes)
                 pokes = None

@@ -373,6 +373,24 @@ class WakeUpTests(ScannerTestBase):
         self.assertEqual(len(self.stored_lines()), 1)
         self.assertTrue(any("not in the file" in line for line in self.logged), self.logged)
 
+    def test_held_reads_bounded(self) -> None:
+        """
+        What a pass read is held for late pokes up to C{max_line} bytes in all;
+        a late poke for bytes not held has the file read again to be checked.
+        """
+        longest = max(len(line) for line in self.lines)
+        scanner = self.scanner(poll_interval=1000.0, max_line=longest + 1)
+        proto, _ = self.connect(scanner)
+        self.append(b"".join(self.lines[:3]))
+        scanner.notified([self.name()])
+        self.clock.advance(0)
+        self.assertEqual((scanner.stats.reads, len(self.stored_lines())), (1, 3))
+        self.assertEqual(scanner._recent, {})
+        proto.dataReceived(encode_poke(0, self.lines[0]))
+        self.clock.advance(0)
+        self.assertEqual((scanner.stats.reads, scanner.stats.idle_reads), (2, 1))
+        self.assertEqual((scanner.stats.late_pokes, scanner.stats.poke_mismatches), (0, 0))
+
     def test_poke_and_inotify_one_read(self) -> None:
         """
         A poke and the inotify events of the same appends (many per file, as a
