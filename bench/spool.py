@@ -194,25 +194,30 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
     ]
     for p in procs:
         p.start()
-    count = Counter(svc.db_path)
-    before = count()
+    counter = Counter(svc.db_path)
+    before = counter()
     costs = Costs(svc)
     # Released when the last writer has made its lines.
     start.wait(timeout=600)
     t0 = time.perf_counter()
     total = per * writers
     written_at = None
+    stored_then = 0
     while True:
-        n = count() - before
+        n = counter() - before
         if written_at is None and not any(p.is_alive() for p in procs):
             written_at = time.perf_counter()
+            stored_then = n
         if n >= total:
             break
         if time.perf_counter() - t0 > 600:
             raise RuntimeError(f"only {n} of {total} events stored")
         time.sleep(0.005)
     seconds = time.perf_counter() - t0
-    count.close()
+    if written_at is None:
+        written_at = time.perf_counter()
+        stored_then = total
+    counter.close()
     results = [out.get(timeout=60) for _ in procs]
     for p in procs:
         p.join()
@@ -220,7 +225,10 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
         "events": total,
         "seconds": seconds,
         "rate": total / seconds,
-        "write_seconds": (written_at or time.perf_counter()) - t0,
+        "write_seconds": written_at - t0,
+        # Stored while the writers ran, and the rate once they were done.
+        "stored_while_writing": stored_then,
+        "rate_after": (total - stored_then) / max(1e-9, seconds - (written_at - t0)),
         # Pokes the kernel refused (listen queue full); ContextIL ignores that.
         "pokes_lost": sum(r[0] for r in results),
         # The writers' CPU in their timed loop only (append and poke).
@@ -445,7 +453,8 @@ def run(args: argparse.Namespace, base: str, sock_dir: str) -> int:
             print(
                 f"{name}, {args.writers} writers: {r['rate']:,.0f} events/s stored "
                 f"({int(r['events'])} events in {r['seconds']:.2f} s; appended in "
-                f"{r['write_seconds']:.2f} s); CPU per event: {_fmt_cpu(_cpu(r))} "
+                f"{r['write_seconds']:.2f} s, {int(r['stored_while_writing'])} stored by then, "
+                f"then {r['rate_after']:,.0f} events/s); CPU per event: {_fmt_cpu(_cpu(r))} "
                 f"(of which their append{' and poke' if poke else ''}: "
                 f"{r['loop_us']:.0f} us){lost}",
                 flush=True,
