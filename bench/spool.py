@@ -13,7 +13,17 @@ traces (the events of L{bench.intake}):
   - poke latency: one producer logs one poked event at a time while the others
     are idle, and waits until it is in the store (polled every 1 ms).
 
-The spool runs count an event when it is in the store (polled every 20 ms).
+The spool runs count an event when it is in the store (polled every 5 ms). The
+writers make their lines and file names before the start (as the socket
+producers make their payload) and start together once all are ready; in the
+timed loop each does only what ContextIL does with a message: append under a
+lock and, with a socket, poke (one socket, up to three non-blocking connects).
+
+Every run prints the CPU per event of the service (its reactor thread and its
+store threads, from C{/proc}) and of the producers (all their CPU, set-up
+included, from the kernel's accounting of the finished processes; for the
+writers also their timed loop alone), and the load average before and after.
+C{--backlog} sets the proxy's C{--il-socket-backlog}.
 
 Run from the repository root::
 
@@ -43,22 +53,47 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.intake import connection_lines, drive
-from tests.e2e.contextil import ContextILWriter, java_form
+from tests.e2e.contextil import ContextILWriter, java_form, spool_file
 from tests.e2e.harness import T0, LBService, cream_jobid, ulm_line
 
 
+class Counter:
+    """
+    The number of events in a service's store, read on one read-only connection
+    (opened once the service has made its schema).
+    """
+
+    def __init__(self, db: str) -> None:
+        self.db = db
+        self.conn: sqlite3.Connection | None = None
+
+    def __call__(self) -> int:
+        if self.conn is None:
+            if not os.path.exists(self.db):
+                # Not made yet: the service is still starting.
+                return 0
+            self.conn = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=5)
+        try:
+            return int(
+                self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0]
+            )
+        except sqlite3.OperationalError:
+            # Opened before the service had made its schema: open again.
+            self.close()
+            return 0
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 def stored(db: str) -> int:
+    counter = Counter(db)
     try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-    except sqlite3.OperationalError:
-        # Not made yet: the service is still starting.
-        return 0
-    try:
-        return int(conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()[0])
-    except sqlite3.OperationalError:
-        return 0
+        return counter()
     finally:
-        conn.close()
+        counter.close()
 
 
 def proxy_cpu(svc: LBService) -> float:
@@ -71,6 +106,27 @@ def proxy_cpu(svc: LBService) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu(svc: LBService) -> dict[str, float]:
+    """
+    CPU seconds of each thread of the service so far, by thread name (the
+    reactor's is C{twistd}; the store's writer C{PoolThread-lbtwi...}).
+    """
+    assert svc.process is not None
+    result: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    base = f"/proc/{svc.process.pid}/task"
+    for tid in os.listdir(base):
+        try:
+            with open(f"{base}/{tid}/stat") as f:
+                head, tail = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        name = "reactor" if tid == str(svc.process.pid) else head.split("(", 1)[1]
+        fields = tail.split()
+        result[name] = result.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return result
+
+
 def children_cpu() -> float:
     """
     CPU seconds of this process's children that have been waited for.
@@ -81,20 +137,27 @@ def children_cpu() -> float:
 
 class Costs:
     """
-    CPU seconds of the service and of the producers over one run.
+    CPU seconds of the service (by thread) and of the producers over one run.
     """
 
     def __init__(self, svc: LBService) -> None:
         self.svc = svc
         self.proxy = proxy_cpu(svc)
+        self.threads = thread_cpu(svc)
         self.producers = children_cpu()
 
     def done(self, events: int) -> dict[str, float]:
         """
-        Microseconds of CPU per event: the service's and the producers'.
+        Microseconds of CPU per event: the service's (C{proxy_us}; its reactor
+        thread's C{reactor_us}, the other threads' C{threads_us}) and the producers'.
         """
+        threads = thread_cpu(self.svc)
+        reactor = threads.get("reactor", 0.0) - self.threads.get("reactor", 0.0)
+        proxy = proxy_cpu(self.svc) - self.proxy
         return {
-            "proxy_us": (proxy_cpu(self.svc) - self.proxy) / events * 1e6,
+            "proxy_us": proxy / events * 1e6,
+            "reactor_us": reactor / events * 1e6,
+            "threads_us": (proxy - reactor) / events * 1e6,
             "producers_us": (children_cpu() - self.producers) / events * 1e6,
         }
 
@@ -102,12 +165,18 @@ class Costs:
 def writer(
     prefix: str, sock: str | None, conn: int, count: int, run: int, start: Any, out: Any
 ) -> None:
+    # Made before the start, as the socket producers' payload: in the timed loop
+    # only what ContextIL does once it has its message (append, poke).
     lines = [java_form(line) for line in connection_lines(conn, count, run)]
+    made = [(spool_file(prefix, line), (line + "\n").encode()) for line in lines]
     w = ContextILWriter(prefix, sock)
+    append = w.append
+    # Every writer is ready (its setup is not in the timed window): go together.
     start.wait()
-    for line in lines:
-        w.log(line)
-    out.put(w.poke_errors)
+    cpu = time.process_time()
+    for name, data in made:
+        append(name, data)
+    out.put((w.poke_errors, time.process_time() - cpu))
 
 
 def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count: int, run: int):
@@ -116,7 +185,7 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
     the time until all are stored.
     """
     ctx = multiprocessing.get_context("fork")
-    start = ctx.Event()
+    start = ctx.Barrier(writers + 1)
     out = ctx.Queue()
     per = count // writers
     procs = [
@@ -125,33 +194,45 @@ def spool_run(svc: LBService, prefix: str, sock: str | None, writers: int, count
     ]
     for p in procs:
         p.start()
-    time.sleep(0.5)
-    before = stored(svc.db_path)
+    counter = Counter(svc.db_path)
+    before = counter()
     costs = Costs(svc)
+    # Released when the last writer has made its lines.
+    start.wait(timeout=600)
     t0 = time.perf_counter()
-    start.set()
     total = per * writers
     written_at = None
+    stored_then = 0
     while True:
-        n = stored(svc.db_path) - before
+        n = counter() - before
         if written_at is None and not any(p.is_alive() for p in procs):
             written_at = time.perf_counter()
+            stored_then = n
         if n >= total:
             break
         if time.perf_counter() - t0 > 600:
             raise RuntimeError(f"only {n} of {total} events stored")
-        time.sleep(0.02)
+        time.sleep(0.005)
     seconds = time.perf_counter() - t0
-    lost = sum(out.get(timeout=60) for _ in procs)
+    if written_at is None:
+        written_at = time.perf_counter()
+        stored_then = total
+    counter.close()
+    results = [out.get(timeout=60) for _ in procs]
     for p in procs:
         p.join()
     return {
         "events": total,
         "seconds": seconds,
         "rate": total / seconds,
-        "write_seconds": (written_at or time.perf_counter()) - t0,
+        "write_seconds": written_at - t0,
+        # Stored while the writers ran, and the rate once they were done.
+        "stored_while_writing": stored_then,
+        "rate_after": (total - stored_then) / max(1e-9, seconds - (written_at - t0)),
         # Pokes the kernel refused (listen queue full); ContextIL ignores that.
-        "pokes_lost": lost,
+        "pokes_lost": sum(r[0] for r in results),
+        # The writers' CPU in their timed loop only (append and poke).
+        "loop_us": sum(r[1] for r in results) / total * 1e6,
         **costs.done(total),
     }
 
@@ -271,6 +352,25 @@ def latency(svc: LBService, prefix: str, sock: str, probes: int) -> list[float]:
     return result
 
 
+def load() -> str:
+    """
+    The load averages (1, 5, 15 minutes) and the CPUs of the box.
+    """
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} CPUs"
+
+
+def _cpu(r: dict[str, float]) -> tuple[float, float, float, float]:
+    return (r["proxy_us"], r["reactor_us"], r["threads_us"], r["producers_us"])
+
+
+def _fmt_cpu(v: Sequence[float]) -> str:
+    return (
+        f"service {v[0]:.0f} us (reactor thread {v[1]:.0f}, store threads {v[2]:.0f}), "
+        f"producers {v[3]:.0f} us"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Spool intake benchmark.")
     parser.add_argument("--count", type=int, default=32_000, help="events per run")
@@ -281,6 +381,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", help="work directory (default: a new temporary one)")
     parser.add_argument(
         "--poke-cost", type=int, default=3000, help="pokes of the per-poke CPU run (0: none)"
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=None,
+        help="the service's --il-socket-backlog (default: the service's default)",
     )
     args = parser.parse_args(argv)
     base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-spool-")
@@ -304,6 +410,8 @@ def run(args: argparse.Namespace, base: str, sock_dir: str) -> int:
         os.makedirs(spool)
         prefix = os.path.join(spool, "dglogd.log")
         sock = os.path.join(sock_dir, f"il{run}.sock")
+        if args.backlog is not None:
+            extra = (*extra, "--il-socket-backlog", str(args.backlog))
         svc = LBService(
             os.path.join(base, f"run{run}"),
             ["--il-spool", prefix, "--il-socket", sock, "--il-keep-files", *extra],
@@ -311,8 +419,9 @@ def run(args: argparse.Namespace, base: str, sock_dir: str) -> int:
         svc.start()
         return svc, prefix, sock
 
+    print(f"load before: {load()}", flush=True)
     rates: dict[str, list[float]] = {"socket": [], "spool, poked": [], "spool, no pokes": []}
-    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in rates}
+    cpu: dict[str, list[tuple[float, float, float, float]]] = {name: [] for name in rates}
     run = 0
     # The three intakes take turns, --rounds times: a busy box slows them alike.
     for _ in range(args.rounds):
@@ -325,11 +434,10 @@ def run(args: argparse.Namespace, base: str, sock_dir: str) -> int:
             svc.cleanup()
         run += 1
         rates["socket"].append(r["rate"])
-        cpu["socket"].append((r["proxy_us"], r["producers_us"]))
+        cpu["socket"].append(_cpu(r))
         print(
             f"socket intake, {args.writers} connections (window {args.window}): "
-            f"{r['rate']:,.0f} events/s; CPU per event: service {r['proxy_us']:.0f} us, "
-            f"producers {r['producers_us']:.0f} us",
+            f"{r['rate']:,.0f} events/s; CPU per event: {_fmt_cpu(_cpu(r))}",
             flush=True,
         )
         for name, poke in (("spool, poked", True), ("spool, no pokes", False)):
@@ -340,13 +448,15 @@ def run(args: argparse.Namespace, base: str, sock_dir: str) -> int:
                 svc.cleanup()
             run += 1
             rates[name].append(r["rate"])
-            cpu[name].append((r["proxy_us"], r["producers_us"]))
+            cpu[name].append(_cpu(r))
             lost = f", {int(r['pokes_lost'])} pokes refused by the kernel" if poke else ""
             print(
                 f"{name}, {args.writers} writers: {r['rate']:,.0f} events/s stored "
                 f"({int(r['events'])} events in {r['seconds']:.2f} s; appended in "
-                f"{r['write_seconds']:.2f} s); CPU per event: service {r['proxy_us']:.0f} us, "
-                f"writers {r['producers_us']:.0f} us{lost}",
+                f"{r['write_seconds']:.2f} s, {int(r['stored_while_writing'])} stored by then, "
+                f"then {r['rate_after']:,.0f} events/s); CPU per event: {_fmt_cpu(_cpu(r))} "
+                f"(of which their append{' and poke' if poke else ''}: "
+                f"{r['loop_us']:.0f} us){lost}",
                 flush=True,
             )
     figures = {name: {"rate": statistics.median(values)} for name, values in rates.items()}
@@ -359,11 +469,8 @@ def run(args: argparse.Namespace, base: str, sock_dir: str) -> int:
     p99 = lat[max(0, int(len(lat) * 0.99) - 1)] * 1000
     print(f"poked event stored: median {median:.1f} ms, p99 {p99:.1f} ms ({len(lat)} probes)")
     for name, values in cpu.items():
-        print(
-            f"{name}: median CPU per event: service "
-            f"{statistics.median(v[0] for v in values):.0f} us, producers "
-            f"{statistics.median(v[1] for v in values):.0f} us"
-        )
+        medians = tuple(statistics.median(v[i] for v in values) for i in range(4))
+        print(f"{name}: median CPU per event: {_fmt_cpu(medians)}")
     if args.poke_cost:
         cost = poke_cost(args.poke_cost, args.rounds)
         print(
@@ -374,10 +481,12 @@ def run(args: argparse.Namespace, base: str, sock_dir: str) -> int:
     socket_rate = figures["socket"]["rate"]
     ratios = {k: figures[k]["rate"] / socket_rate for k in ("spool, poked", "spool, no pokes")}
     met = min(ratios.values()) >= 0.8 and median <= 50
+    print(f"load after: {load()}")
+    backlog = "" if args.backlog is None else f" --backlog {args.backlog}"
     command = (
         f".venv/bin/python -m bench.spool --count {args.count} --writers {args.writers} "
         f"--window {args.window} --probes {args.probes} --rounds {args.rounds} "
-        f"--poke-cost {args.poke_cost}"
+        f"--poke-cost {args.poke_cost}{backlog}"
     )
     print(
         f"spool bench (medians of {args.rounds}): socket {socket_rate:,.0f} ev/s; spool poked "

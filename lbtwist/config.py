@@ -376,6 +376,8 @@ DEFAULT_IL_RESCAN_INTERVAL = 60.0
 DEFAULT_IL_POLL_INTERVAL = 1.0
 DEFAULT_IL_REMOVE_IDLE = 600.0
 DEFAULT_IL_BATCH_EVENTS = 2000
+#: Listen backlog of the poke socket (see docs/spool.md, Figures).
+DEFAULT_IL_SOCKET_BACKLOG = 50
 
 # Purge and Job Provenance export (docs/lifecycle.md).
 DEFAULT_PURGE_CHUNK = 100
@@ -707,6 +709,13 @@ OPTIONS: tuple[Option, ...] = (
         _text,
         None,
         "Interlogger notification socket (endpoint or path); needs --il-spool.",
+        roles=_PROXY_ONLY,
+    ),
+    _value(
+        "il-socket-backlog",
+        _count,
+        DEFAULT_IL_SOCKET_BACKLOG,
+        "Listen backlog of the poke socket (added to --il-socket as backlog=).",
         roles=_PROXY_ONLY,
     ),
     _value(
@@ -1055,6 +1064,7 @@ class Settings:
     relay_map: tuple[tuple[tuple[str, int], str], ...]
     il_spool: str | None
     il_socket: str | None
+    il_socket_backlog: int
     il_rescan_interval: float
     il_poll_interval: float
     il_remove_idle: float
@@ -1173,6 +1183,8 @@ def load_settings(
         raise InvalidValue("--il-socket needs --il-spool (pokes only name the files)")
     if values["il_socket"] and values["il_socket"].startswith("/"):
         values["il_socket"] = f"unix:{_escape_endpoint(values['il_socket'])}:mode=660"
+    if values["il_socket"]:
+        values["il_socket"] = _with_backlog(values["il_socket"], values["il_socket_backlog"])
     if not values["serve"]:
         values["serve"] = f"unix:{_escape_endpoint(os.path.join(state_dir, 'serve.sock'))}:mode=660"
     values["hostname"] = values["hostname"] or fqdn()

@@ -223,9 +223,10 @@ def parse_date(text: str, *, key: str = "DATE") -> int:
     @raise BrokenULM: not a valid timestamp.
     """
     days = _DAYS.get(text[:8])
-    if days is not None and len(text) == 21 and text[14] == "." and text.isascii():
-        # The usual form, on a known day: digits checked, no calendar needed.
-        clock, micro_text = text[8:14], text[15:]
+    size = len(text)
+    if days is not None and (size == 20 or size == 21 and text[14] == ".") and text.isascii():
+        # Either form on a known day: digits checked, no calendar needed.
+        clock, micro_text = text[8:14], text[-6:]
         if clock.isdigit() and micro_text.isdigit():
             hms = int(clock)
             hour, minute, second = hms // 10000, hms // 100 % 100, hms % 100

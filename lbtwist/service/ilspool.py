@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 from twisted.application.service import Service
+from twisted.internet import main
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -72,11 +73,19 @@ _IN_MODIFY = 0x002
 _IN_MOVED_TO = 0x080
 _IN_CREATE = 0x100
 _IN_MASK = _IN_MODIFY | _IN_MOVED_TO | _IN_CREATE
+#: A name L{SpoolScanner.notified} has not seen yet.
+_UNSEEN = object()
 #: The kernel's queue of events overflowed: some were lost.
 _IN_Q_OVERFLOW = 0x4000
 #: The watch is gone (the directory was removed or its file system unmounted).
 _IN_IGNORED = 0x8000
 _EVENT_HEADER = struct.Struct("=iIII")
+#: Bytes of inotify events read at a time.
+_INOTIFY_READ = 1 << 16
+#: Entries of the scanner's cache of inotify names (cleared when full).
+_NAMES_CACHE = 1 << 16
+_CONNECTION_LOST = main.CONNECTION_LOST
+_CONNECTION_DONE = main.CONNECTION_DONE
 
 
 def parse_inotify(buffer: bytes) -> tuple[list[bytes], int, bytes]:
@@ -118,6 +127,9 @@ class SpoolStats:
     @ivar poke_mismatches: pokes whose text was not found at their offset.
     @ivar scans: read passes.
     @ivar failures: store failures (the lines are read again).
+    @ivar reads: files opened for new bytes.
+    @ivar idle_reads: of these, files that had none (woken for bytes already read).
+    @ivar late_pokes: pokes for bytes already read (no read made for them).
     """
 
     accepted: int = 0
@@ -130,6 +142,9 @@ class SpoolStats:
     poke_mismatches: int = 0
     scans: int = 0
     failures: int = 0
+    reads: int = 0
+    idle_reads: int = 0
+    late_pokes: int = 0
 
 
 def validate_line(raw: bytes, max_fields: int, max_line: int) -> Event | LBError:
@@ -219,6 +234,20 @@ class SpoolScanner(Service):
         self.cursors: dict[str, FileCursor] = {}
         self._dirty: set[str] = set()
         self._pokes: dict[str, list[tuple[int, bytes]]] = {}
+        #: What the last two passes read, per file: C{(inode, start, data)}, to
+        #: check pokes for bytes already read without reading them again.
+        #: At most C{max_line} bytes are held per pass (C{_recent_bytes}).
+        self._recent: dict[str, tuple[int, int, bytes]] = {}
+        self._older: dict[str, tuple[int, int, bytes]] = {}
+        self._recent_bytes = 0
+        #: Spool directory entry names seen by inotify -> their file (or L{None}:
+        #: not a spool file), so a burst of events costs a lookup each.
+        self._names: dict[bytes, str | None] = {}
+        self._overflow_rescan: IDelayedCall | None = None
+        #: C{.ctl} sidecars of the spool directory (entry names) as the last
+        #: listing and inotify saw them: a file first seen between listings needs
+        #: no look for one.
+        self._ctl: set[str] = set()
         self._refused: set[tuple[str, int]] = set()
         #: Store calls under way, and the files whose lines they hold (a file is
         #: not read again until its call is answered: one failure rewinds it safely).
@@ -245,10 +274,10 @@ class SpoolScanner(Service):
     def stopService(self) -> Deferred[None]:
         super().stopService()
         self._stopping = True
-        for call in (self._soon, self._rescan_call, self._retry_call):
+        for call in (self._soon, self._rescan_call, self._retry_call, self._overflow_rescan):
             if call is not None and call.active():
                 call.cancel()
-        self._soon = self._rescan_call = self._retry_call = None
+        self._soon = self._rescan_call = self._retry_call = self._overflow_rescan = None
         if self._inotify is not None:
             self._inotify.loseConnection()
             self._inotify = None
@@ -256,8 +285,30 @@ class SpoolScanner(Service):
             # Removed files: what was appended to them after their last read.
             self._drain()
         if not self._calls:
+            self._log_totals()
             return succeed(None)
-        return gatherResults(list(self._calls)).addBoth(lambda _: None)
+        return gatherResults(list(self._calls)).addBoth(lambda _: self._log_totals())
+
+    def _log_totals(self) -> None:
+        """
+        The counters of this run, once its last store call is answered.
+        """
+        stats = self.stats
+        self.log.info(
+            "spool intake stopped: {accepted} events stored ({duplicates} duplicates, "
+            "{rejected} rejected); {pokes} pokes ({late} for bytes already read); "
+            "{scans} passes, {reads} file reads ({idle} found nothing new); "
+            "{overflows} inotify queue overflows",
+            accepted=stats.accepted,
+            duplicates=stats.duplicates,
+            rejected=stats.rejected,
+            pokes=stats.pokes,
+            late=stats.late_pokes,
+            scans=stats.scans,
+            reads=stats.reads,
+            idle=stats.idle_reads,
+            overflows=self.overflows,
+        )
 
     def _load_failed(self, failure: Failure) -> None:
         self.log.failure("spool offsets could not be read; retrying", failure)
@@ -296,14 +347,27 @@ class SpoolScanner(Service):
 
             class _Notifier(inotify.INotify):
                 # Twisted's reader makes FilePath objects and calls for every event
-                # (about 100 us each, one per append); this one hands the names
-                # straight to the scanner and sees the kernel's queue overflows,
-                # which Twisted drops (events were lost: list the directory again).
+                # (about 100 us each, one per append), 8 KiB at a time; this one
+                # reads what is queued (up to 64 KiB: about 1300 events) and hands
+                # the names straight to the scanner, and sees the kernel's queue
+                # overflows, which Twisted drops (events were lost: list the
+                # directory again).
+                def doRead(self) -> object:
+                    try:
+                        data = os.read(self._fd, _INOTIFY_READ)
+                    except OSError as e:
+                        if e.errno in (errno.EAGAIN, errno.EINTR):
+                            return None
+                        return _CONNECTION_LOST
+                    if not data:
+                        return _CONNECTION_DONE
+                    self._doRead(data)
+                    return None
+
                 def _doRead(self, in_: bytes) -> None:
                     names, flags, self._buffer = parse_inotify(self._buffer + in_)
                     if flags & _IN_Q_OVERFLOW:
-                        scanner.overflows += 1
-                        scanner.clock.callLater(0, scanner.rescan)
+                        scanner.overflowed()
                     if flags & _IN_IGNORED:
                         scanner.watch_lost()
                     scanner.notified(names)
@@ -337,15 +401,34 @@ class SpoolScanner(Service):
         """
         inotify saw changes to these entries of the spool directory.
         """
-        base = self.base
-        directory = self.directory
+        if not names:
+            return
+        cache = self._names
         dirty = self._dirty
-        for raw in names:
-            name = os.fsdecode(raw)
-            if is_spool_name(base, name):
-                dirty.add(os.path.join(directory, name))
-        if names:
-            self._schedule()
+        for raw in set(names):
+            name = cache.get(raw, _UNSEEN)
+            if name is _UNSEEN:
+                entry = os.fsdecode(raw)
+                if entry.endswith(CTL_SUFFIX):
+                    self._ctl.add(entry)
+                name = (
+                    os.path.join(self.directory, entry) if is_spool_name(self.base, entry) else None
+                )
+                if len(cache) >= _NAMES_CACHE:
+                    cache.clear()
+                cache[raw] = name
+            if name is not None:
+                dirty.add(name)  # type: ignore[arg-type]
+        self._schedule()
+
+    def overflowed(self) -> None:
+        """
+        The kernel's inotify queue overflowed (events were lost): list the
+        directory again, once for any number of overflows seen before it runs.
+        """
+        self.overflows += 1
+        if self._overflow_rescan is None or not self._overflow_rescan.active():
+            self._overflow_rescan = self.clock.callLater(0, self.rescan)
 
     def watch_lost(self) -> None:
         """
@@ -384,6 +467,17 @@ class SpoolScanner(Service):
                 "interlogger poke ignored: its line names no job id usable as a spool file",
             )
             return
+        cursor = self.cursors.get(name)
+        if cursor is not None and offset + len(line) <= cursor.read:
+            # Its bytes were read already (inotify came first): check the poke
+            # against what was read, if still held, and read nothing again.
+            recent = self._recent.get(name) or self._older.get(name)
+            if recent is not None and recent[0] == cursor.inode:
+                inode, start, data = recent
+                if start <= offset and offset + len(line) <= start + len(data):
+                    self.stats.late_pokes += 1
+                    self._check_pokes(name, None, start, data, [(offset, line)])
+                    return
         pending = self._pokes.setdefault(name, [])
         if len(pending) < self.batch_events:
             # Checked when the file is next read (no file access per poke here).
@@ -462,6 +556,7 @@ class SpoolScanner(Service):
             )
         now = self.clock.seconds()
         ctl = {entry for entry in names if entry.endswith(CTL_SUFFIX)}
+        self._ctl = ctl
         listed = {os.path.join(self.directory, entry) for entry in names}
         gone: dict[str, tuple[int, int] | None] = {}
         for name in [n for n in self.cursors if n not in listed and n not in self._held]:
@@ -632,6 +727,8 @@ class SpoolScanner(Service):
         if len(self._calls) >= self.passes or self._stopping:
             return
         self.stats.scans += 1
+        self._older, self._recent = self._recent, {}
+        self._recent_bytes = 0
         items: list[tuple[str, Event]] = []
         offsets: dict[str, tuple[int, int] | None] = {}
         dirty, self._dirty = self._dirty, set()
@@ -701,14 +798,17 @@ class SpoolScanner(Service):
                     )
                 return False
             if cursor is None:
-                cursor = self._new_cursor(name, st, os.path.exists(name + CTL_SUFFIX))
+                has_ctl = os.path.basename(name) + CTL_SUFFIX in self._ctl
+                cursor = self._new_cursor(name, st, has_ctl)
                 self.cursors[name] = cursor
             elif cursor.inode != st.st_ino:
                 self._restart(name, cursor, st.st_ino, "replaced")
             elif st.st_size < cursor.read:
                 self._restart(name, cursor, st.st_ino, "truncated")
             left = st.st_size - cursor.read
+            self.stats.reads += 1
             if left <= 0:
+                self.stats.idle_reads += 1
                 return False
             budget = min(left, max(self.max_line + 2, 1 << 20))
             start = cursor.read
@@ -725,6 +825,9 @@ class SpoolScanner(Service):
                     data = data[1:]
             else:
                 data = os.pread(fd, budget, start)
+            if self._recent_bytes + len(data) <= self.max_line:
+                self._recent_bytes += len(data)
+                self._recent[name] = (cursor.inode, cursor.read, data)
             if pokes:
                 self._check_pokes(name, fd, cursor.read, data, pokes)
                 pokes = None
@@ -838,8 +941,10 @@ class SpoolScanner(Service):
 # A poke is one connection per event (ContextIL: connect, send, close, no reply
 # read), so the socket's cost is that of a connection. Over a UNIX socket
 # (L{PokeEndpoint}) connections are taken by a lean acceptor: accept, SO_PEERCRED,
-# read what is there (usually the whole poke and its end), close; only a
-# connection whose poke is not complete yet is watched by the reactor. Every
+# read what is there (usually the whole poke), close as soon as the poke is
+# complete (as L&B's interlogger did: one poke per connection; its end is not
+# waited for); only a connection whose poke is not complete yet is watched by the
+# reactor. Every
 # other endpoint goes through Twisted's transports and L{PokeProtocol}. Both share
 # the factory's admission (producers only, C{max_connections}) and one idle sweep.
 
@@ -1178,6 +1283,11 @@ class _PokeAcceptor:
                 return
             for offset, line in pokes:
                 poked(offset, line)
+            if pokes and not conn.decoder.pending:
+                # A poke is one connection (ContextIL sends one and closes; L&B's
+                # interlogger read one and closed): done, no need to wait for its end.
+                self.close(conn)
+                return
             if pokes and conn.watched:
                 conn.last = self.factory.clock.seconds()
 

@@ -7,6 +7,11 @@ appended to C{<prefix>.<unique part of the job id>} under a lock taken with
 C{tryLock()} (5 immediate attempts, then nothing is written); only when a socket
 was given, a fresh connection to it gets the offset the line was written at (a
 native 8-byte long) and the line, no reply is read and errors are ignored.
+
+It is meant to be as lean a load generator as ContextIL is (it is leaner:
+ContextIL opens each file twice and checks that it exists twice per event):
+one open, lock, fstat, write, unlock and close per event, and with a socket
+one socket, its connect attempts, one send and a close.
 """
 
 from __future__ import annotations
@@ -74,8 +79,16 @@ class ContextILWriter:
         @return: the offset it was written at.
         @raise LockedOut: the file was locked on every attempt.
         """
-        data = (line + "\n").encode("utf-8")
-        name = spool_file(self.prefix, line)
+        return self.append(spool_file(self.prefix, line), (line + "\n").encode("utf-8"))
+
+    def append(self, name: str, data: bytes) -> int:
+        """
+        Log one event line already made (C{data}, with its LF) to its file C{name}:
+        what ContextIL does once it has its message and file name.
+
+        @return: the offset it was written at.
+        @raise LockedOut: the file was locked on every attempt.
+        """
         fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o660)
         try:
             for _ in range(self.ATTEMPTS):
@@ -105,17 +118,35 @@ class ContextILWriter:
     TIMEOUT = 3.0
 
     def poke(self, offset: int, data: bytes) -> None:
+        """
+        What ContextIL's JNI side does: one non-blocking socket, C{connect} tried
+        up to C{CONN_ATTEMPTS} times while the listen queue is full (C{EAGAIN}; it
+        sleeps C{TIMEOUT // (CONN_ATTEMPTS + 1)} = 0 s between), then the poke
+        written and the socket closed; any error ends the poke, ignored.
+        """
         assert self.socket_path is not None
         message = encode_poke(offset, data)
-        for _ in range(self.CONN_ATTEMPTS):
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.settimeout(self.TIMEOUT)
-                s.connect(self.socket_path)
-                s.sendall(message)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.setblocking(False)
+            for _ in range(self.CONN_ATTEMPTS):
+                error = s.connect_ex(self.socket_path)
+                if error != errno.EAGAIN:
+                    break
+            if error:
+                self.last_poke_error = OSError(error, os.strerror(error))
+                self.poke_errors += 1
                 return
-            except OSError as e:
-                self.last_poke_error = e
-            finally:
-                s.close()
-        self.poke_errors += 1
+            try:
+                sent = s.send(message)
+            except BlockingIOError:
+                sent = 0
+            if sent < len(message):
+                # The socket's buffer is full: wait for it (ContextIL's timeout).
+                s.settimeout(self.TIMEOUT)
+                s.sendall(message[sent:])
+        except OSError as e:
+            self.last_poke_error = e
+            self.poke_errors += 1
+        finally:
+            s.close()

@@ -342,6 +342,119 @@ class PokeTests(ScannerTestBase):
         self.assertEqual(scanner.stats.pokes, 0)
 
 
+class WakeUpTests(ScannerTestBase):
+    """
+    inotify wake-ups and pokes for the same bytes: one read of the file.
+    """
+
+    connect = PokeTests.connect
+
+    def name(self) -> bytes:
+        return os.path.basename(self.file).encode()
+
+    def test_late_poke_reads_nothing(self) -> None:
+        """
+        A poke for bytes inotify already had read is checked against what was
+        read and makes no read of the file; a forged one is still logged.
+        """
+        scanner = self.scanner(poll_interval=1000.0)
+        proto, _ = self.connect(scanner)
+        offset = self.append(self.lines[0])
+        scanner.notified([self.name()])
+        self.clock.advance(0)
+        self.assertEqual((scanner.stats.reads, len(self.stored_lines())), (1, 1))
+        proto.dataReceived(encode_poke(offset, self.lines[0]))
+        self.clock.advance(0)
+        forged = self.lines[1][: len(self.lines[0])]
+        proto.dataReceived(encode_poke(offset, forged))
+        self.clock.advance(0)
+        self.assertEqual(scanner.stats.reads, 1)
+        self.assertEqual((scanner.stats.late_pokes, scanner.stats.poke_mismatches), (2, 1))
+        self.assertEqual(len(self.stored_lines()), 1)
+        self.assertTrue(any("not in the file" in line for line in self.logged), self.logged)
+
+    def test_held_reads_bounded(self) -> None:
+        """
+        What a pass read is held for late pokes up to C{max_line} bytes in all;
+        a late poke for bytes not held has the file read again to be checked.
+        """
+        longest = max(len(line) for line in self.lines)
+        scanner = self.scanner(poll_interval=1000.0, max_line=longest + 1)
+        proto, _ = self.connect(scanner)
+        self.append(b"".join(self.lines[:3]))
+        scanner.notified([self.name()])
+        self.clock.advance(0)
+        self.assertEqual((scanner.stats.reads, len(self.stored_lines())), (1, 3))
+        self.assertEqual(scanner._recent, {})
+        proto.dataReceived(encode_poke(0, self.lines[0]))
+        self.clock.advance(0)
+        self.assertEqual((scanner.stats.reads, scanner.stats.idle_reads), (2, 1))
+        self.assertEqual((scanner.stats.late_pokes, scanner.stats.poke_mismatches), (0, 0))
+
+    def test_poke_and_inotify_one_read(self) -> None:
+        """
+        A poke and the inotify events of the same appends (many per file, as a
+        burst gives) before the pass: the file is read once.
+        """
+        scanner = self.scanner(poll_interval=1000.0)
+        proto, _ = self.connect(scanner)
+        for line in self.lines[:3]:
+            offset = self.append(line)
+            proto.dataReceived(encode_poke(offset, line))
+        scanner.notified([self.name(), b"unrelated", self.name(), self.name() + b".ctl"])
+        self.clock.advance(0)
+        self.assertEqual((scanner.stats.reads, scanner.stats.idle_reads), (1, 0))
+        self.assertEqual(len(self.stored_lines()), 3)
+        self.assertEqual(scanner.stats.poke_mismatches, 0)
+
+    def test_names_cache_bounded(self) -> None:
+        """
+        The cache of inotify entry names is emptied when it is full.
+        """
+        from lbtwist.service import ilspool
+
+        self.patch(ilspool, "_NAMES_CACHE", 3)
+        scanner = self.scanner(poll_interval=1000.0)
+        for n in range(3):
+            scanner.notified([f"other{n}".encode()])
+        self.assertEqual(len(scanner._names), 3)
+        scanner.notified([self.name()])
+        self.assertEqual(scanner._names, {self.name(): self.file})
+
+    def test_sidecar_of_file_found_by_inotify(self) -> None:
+        """
+        A file first seen through inotify after the listing is taken over at the
+        offset of a C{.ctl} sidecar inotify saw (no look for one otherwise).
+        """
+        scanner = self.scanner(poll_interval=1000.0)
+        committed = len(self.lines[0])
+        self.append(b"".join(self.lines[:3]))
+        with open(self.file + ".ctl", "w") as f:
+            f.write(f"{traces.DIRECT_JOBID}\n{committed}\n{committed}\n")
+        scanner.notified([self.name() + b".ctl", self.name()])
+        self.clock.advance(0)
+        self.assertEqual(len(self.stored_lines()), 2)
+
+    def test_overflows_one_rescan(self) -> None:
+        """
+        Several inotify queue overflows before the rescan they ask for runs make
+        one rescan, not one each.
+        """
+        scanner = self.scanner(poll_interval=1000.0)
+        listed: list[str] = []
+        real = os.listdir
+
+        def listdir(path: str) -> list[str]:
+            listed.append(path)
+            return real(path)
+
+        self.patch(os, "listdir", listdir)
+        for _ in range(5):
+            scanner.overflowed()
+        self.clock.advance(0)
+        self.assertEqual((scanner.overflows, len(listed)), (5, 1))
+
+
 class InotifyParseTests(SynchronousTestCase):
     def test_names_overflow_and_rest(self) -> None:
         """
@@ -501,7 +614,8 @@ class LeanAcceptorTests(ScannerTestBase):
     def test_incomplete_poke_watched_then_swept(self) -> None:
         """
         A connection whose poke is not complete at the accept is watched by the
-        reactor; its poke counts once complete; silent for C{idle_timeout}, it is
+        reactor; once its poke is complete it counts and the connection is closed
+        at once (its end is not waited for); one silent for C{idle_timeout} is
         closed by the one sweep.
         """
         acceptor = self.acceptor()
@@ -516,11 +630,32 @@ class LeanAcceptorTests(ScannerTestBase):
         c.sendall(poke[20:])
         conn.doRead()
         self.assertEqual(self.sc.stats.pokes, 1)
-        self.reactor.advance(60)
         self.assertEqual(set(self.reactor.readers), {acceptor})
         self.assertEqual(acceptor.factory.connections, 0)
         self.assertEqual(c.recv(10), b"")
+        silent = self.client(poke[:20], close=False)
+        acceptor.doRead()
+        self.assertEqual(acceptor.factory.connections, 1)
+        self.reactor.advance(60)
+        self.assertEqual(set(self.reactor.readers), {acceptor})
+        self.assertEqual(acceptor.factory.connections, 0)
+        self.assertEqual(silent.recv(10), b"")
         self.assertEqual(sum("closed: idle" in line for line in self.logged), 1)
+
+    def test_complete_poke_closed_unwatched(self) -> None:
+        """
+        A poke complete at the accept from a producer that has not closed yet
+        (ContextIL closes after its send) is closed at once: no reader, no timer.
+        """
+        acceptor = self.acceptor()
+        offset = self.append(self.lines[0])
+        c = self.client(encode_poke(offset, self.lines[0]), close=False)
+        acceptor.doRead()
+        self.assertEqual(self.sc.stats.pokes, 1)
+        self.assertEqual(set(self.reactor.readers), {acceptor})
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+        self.assertEqual(acceptor.factory.connections, 0)
+        self.assertEqual(c.recv(10), b"")
 
     def test_refused_peer(self) -> None:
         """

@@ -13,7 +13,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist import tap
+from lbtwist import config, tap
 from lbtwist.service.ilspool import PokeFactory, SpoolScanner
 
 
@@ -64,7 +64,10 @@ class SpoolOptionsTests(SynchronousTestCase):
             "--il-poll-interval", "0.5", "--il-keep-files", "--il-no-inotify",
             "--il-batch-events", "10", "--max-event-size", "1000", "--producer-uid", "91",
         )  # fmt: skip
-        self.assertEqual(options["il-socket"], "unix:/run/il.sock:mode=660")
+        self.assertEqual(
+            options["il-socket"],
+            f"unix:/run/il.sock:mode=660:backlog={config.DEFAULT_IL_SOCKET_BACKLOG}",
+        )
         scanner, factory = spool_parts(tap.makeService(options, MemoryReactorClock()))
         assert isinstance(scanner, SpoolScanner) and isinstance(factory, PokeFactory)
         self.assertEqual(scanner.prefix, "/spool/dglogd.log")
@@ -75,6 +78,24 @@ class SpoolOptionsTests(SynchronousTestCase):
         self.assertEqual(scanner.allowed_uids, frozenset({91}))
         self.assertIs(factory.scanner, scanner)
         self.assertEqual((factory.max_line, factory.allowed_uids), (1000, frozenset({91})))
+
+    def test_socket_backlog(self) -> None:
+        """
+        C{--il-socket-backlog} is the poke socket's listen backlog; an endpoint
+        that gives its own keeps it.
+        """
+        options = parse(
+            "--state-dir", self.dir, "--il-spool", "/s/p", "--il-socket", "/run/il.sock",
+            "--il-socket-backlog", "7",
+        )  # fmt: skip
+        self.assertEqual(options["il-socket"], "unix:/run/il.sock:mode=660:backlog=7")
+        options = parse(
+            "--state-dir", self.dir, "--il-spool", "/s/p", "--il-socket",
+            "unix:/run/il.sock:backlog=3", "--il-socket-backlog", "7",
+        )  # fmt: skip
+        self.assertEqual(options["il-socket"], "unix:/run/il.sock:backlog=3")
+        e = self.assertRaises(usage.UsageError, parse, "--il-socket-backlog", "0")
+        self.assertIn("--il-socket-backlog", str(e))
 
     def test_config_file(self) -> None:
         """

@@ -265,6 +265,18 @@ class DateTests(SynchronousTestCase):
         """
         self.assertEqual(parse_date("20080928052456355000"), 1222579496355000)
 
+    def test_java_form_known_day_fast(self) -> None:
+        """
+        The 20-digit Java form on a day seen before needs no calendar (the
+        regular expression and C{datetime} are not used), as the usual form.
+        """
+        from lbtwist.core import ulm
+
+        parse_date("20080928000000.000000")
+        self.patch(ulm, "_DATE_RE", None)
+        self.assertEqual(parse_date("20080928052456355000"), 1222579496355000)
+        self.assertEqual(parse_date("20080928052456.355641"), 1222579496355641)
+
     def test_bad(self) -> None:
         """
         Anything else is a broken line naming the field.
