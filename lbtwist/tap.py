@@ -409,11 +409,13 @@ def query_service(
     health: Any = None,
     routes: Any = None,
     admin: Any = None,
+    observer: Any = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query port on C{--query} (with the notification routes of C{notify},
     a L{lbtwist.service.notify.NotifyService}, and C{/health}, a
-    L{lbtwist.service.health.HealthResource}, if given).
+    L{lbtwist.service.health.HealthResource}, if given; each answered request told
+    to C{observer}, L{lbtwist.service.metrics.ServiceMetrics.observe_query}).
     """
     from lbtwist.service.web import ACCESS_LOG, make_query_service
 
@@ -438,6 +440,7 @@ def query_service(
         routes=routes,
         admin=admin,
         lifecycle=lifecycle_limits(settings),
+        observer=observer,
     )
 
 
@@ -753,6 +756,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         health=health,
         routes=routes,
         admin=admin,
+        observer=metrics.metrics.observe_query,
     )
     query.setServiceParent(top)
     metrics.metrics.add_tls("query", query.endpoint)
@@ -769,6 +773,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         metrics.metrics.add_tls("store", store_port.endpoint)
     metrics.metrics.add_intake("events", intake.factory)
     metrics.metrics.relay = relay
+    metrics.metrics.notifications = notify.totals
     metrics.setServiceParent(top)
     SummaryLine(settings, credentials, trust, store).setServiceParent(top)
     return top
