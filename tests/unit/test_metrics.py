@@ -691,3 +691,35 @@ class NotifTotalsTests(SynchronousTestCase):
         store = SQLiteStore(path, clock=clock, runner=run_now)
         self.addCleanup(store.close)
         self.check(store)
+
+
+class StoreSummaryLocksTests(SynchronousTestCase):
+    def test_keeps_sqlite_locks(self) -> None:
+        """
+        The health check of the store leaves this process's SQLite locks alone: a
+        writer in another process that closes its connection afterwards does not
+        take the store for unused and remove the WAL under the open connection,
+        which then still sees that writer's rows.
+        """
+        import sqlite3
+        import subprocess
+        import sys
+
+        path = os.path.join(self.mktemp() + ".d", "lbtwist.sqlite")
+        os.makedirs(os.path.dirname(path))
+        conn = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(conn.close)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        self.assertTrue(health.store_summary(path)["writable"])
+        writer = (
+            "import sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('INSERT INTO t VALUES (2)')\n"
+            "c.close()\n"
+        )
+        for n in (2, 3):
+            subprocess.run([sys.executable, "-c", writer, path], check=True, timeout=60)
+            self.assertEqual(conn.execute("SELECT COUNT(*) FROM t").fetchone(), (n,))
+        self.assertTrue(os.path.exists(path + "-wal"))
