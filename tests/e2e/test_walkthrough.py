@@ -62,8 +62,27 @@ def installed() -> dict[str, str]:
 
     atexit.register(shutil.rmtree, base, True)
     out = os.path.join(base, "dist")
+    # Built from a copy of the sources: setuptools' build/ directory in the work tree
+    # could carry files the sources no longer have.
+    source = os.path.join(base, "src")
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(
+            ".git",
+            ".venv",
+            "build",
+            "_trial_temp*",
+            "*.egg-info",
+            ".hypothesis",
+            ".mypy_cache",
+            ".ruff_cache",
+            "__pycache__",
+            "dropin.cache",
+        ),
+    )
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, ROOT],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, source],
         capture_output=True,
         text=True,
         timeout=300,
