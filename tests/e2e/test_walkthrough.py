@@ -45,6 +45,21 @@ from tests.e2e.test_relay import ACTIONS, LB_HOST, OTHER_HOST, free_port, query,
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+
+def clean_env() -> dict[str, str]:
+    """
+    The environment of what runs from the new virtualenv: without C{PYTHONPATH} (trial's
+    workers get the test environment's path through it, the work tree included), so
+    that the installed files are the ones imported.
+    """
+    env = dict(os.environ)
+    for name in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "PYTHONUSERBASE"):
+        env.pop(name, None)
+    for name in ("GLITE_WMS_JOBID", "GLITE_WMS_SEQUENCE_CODE", "GLITE_WMS_LBPROXY_STORE_SOCK"):
+        env.pop(name, None)
+    return env
+
+
 #: The built wheel and the virtualenv it is installed in, made once per module.
 _INSTALLED: dict[str, str] = {}
 
@@ -95,6 +110,7 @@ def installed() -> dict[str, str]:
     python = os.path.join(venv, "bin", "python")
     done = subprocess.run(
         [sys.executable, "-m", "pip", "--python", python, "install", "-q", "--no-deps", wheel],
+        env=clean_env(),
         capture_output=True,
         text=True,
         timeout=300,
@@ -103,6 +119,7 @@ def installed() -> dict[str, str]:
         raise AssertionError(f"pip install failed:\n{done.stderr[-3000:]}")
     purelib = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        env=clean_env(),
         capture_output=True,
         text=True,
         check=True,
@@ -191,6 +208,7 @@ class Unit:
             self.process = subprocess.Popen(
                 self.argv,
                 cwd=self.base,
+                env=clean_env(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -240,6 +258,7 @@ class WalkthroughTests(SynchronousTestCase):
         """
         return subprocess.run(
             [os.path.join(self.inst["bin"], "lbtwist"), *args],
+            env=clean_env(),
             capture_output=True,
             text=True,
             timeout=60,
@@ -276,6 +295,7 @@ class WalkthroughTests(SynchronousTestCase):
                 "-c",
                 "import lbtwist; print(lbtwist.__file__)",
             ],
+            env=clean_env(),
             capture_output=True,
             text=True,
             check=True,
@@ -385,6 +405,20 @@ class WalkthroughTests(SynchronousTestCase):
             "lbtwist_notifications_dropped",
         ):
             self.assertIn(f"\n{family}", text)
+
+        # The state directory's one lock: the offline writers are refused while it runs.
+        locks = sorted(n for n in os.listdir(proxy.state_dir) if n.endswith(".lock"))
+        self.assertEqual(locks, ["lbtwist.lock"])
+        dump = os.path.join(self.base, "empty.dump")
+        open(dump, "w").close()
+        for offline in (
+            ["load", "--state-dir", proxy.state_dir, dump],
+            ["purge", "--state-dir", proxy.state_dir, "-l"],
+        ):
+            busy = self.lbtwist(*offline)
+            self.assertEqual(busy.returncode, 1, busy.stdout + busy.stderr)
+            self.assertIn(f"ERR 16 another lbtwist uses {proxy.state_dir}", busy.stderr)
+            self.assertEqual(len(busy.stderr.splitlines()), 1, busy.stderr)
 
         # Nothing waits: OK.
         code, line = probe()
