@@ -370,11 +370,15 @@ class _Collector:
 
         totals = m.notif_totals
         if totals is not None:
-            yield GaugeMetricFamily(
+            regs = GaugeMetricFamily(
                 "lbtwist_notifications_registrations",
-                "Notification registrations held (expired ones until the sweep removes them).",
-                value=totals.registrations,
+                "Notification registrations held, by state (expired: until the sweep"
+                " removes them).",
+                labels=["state"],
             )
+            regs.add_metric(["active"], totals.registrations - totals.expired)
+            regs.add_metric(["expired"], totals.expired)
+            yield regs
             yield GaugeMetricFamily(
                 "lbtwist_notifications_queued",
                 "Notification messages waiting for their clients.",

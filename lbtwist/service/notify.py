@@ -147,7 +147,7 @@ class NotifyService(Service):
         The registrations and queued messages of the store, for the metrics (read
         once per metrics refresh, on the store's reader).
         """
-        return self.notifications.totals()
+        return self.notifications.totals(self.now())
 
     def add_listener(self, listener: Callable[[set[str]], object]) -> None:
         """

@@ -103,12 +103,14 @@ class NotifTotals:
     @ivar queued: messages waiting, over every registration.
     @ivar size: their bytes.
     @ivar dropped: messages dropped by the queue bounds, over the registrations held.
+    @ivar expired: registrations held past their validity (the sweep removes them).
     """
 
     registrations: int = 0
     queued: int = 0
     size: int = 0
     dropped: int = 0
+    expired: int = 0
 
 
 @attrs.frozen
@@ -354,13 +356,14 @@ class SQLNotifTables:
         ).fetchall()
         return [_reg_state(r) for r in rows]
 
-    def totals(self) -> NotifTotals:
+    def totals(self, now: int) -> NotifTotals:
         """
         One aggregate over the registrations (the metrics, once per refresh).
         """
         row = self.reader.execute(
             "SELECT COUNT(*), COALESCE(SUM(queued), 0), COALESCE(SUM(size), 0),"
-            " COALESCE(SUM(dropped), 0) FROM notif_regs"
+            " COALESCE(SUM(dropped), 0), COALESCE(SUM(valid_until <= ?), 0) FROM notif_regs",
+            (now,),
         ).fetchone()
         return NotifTotals(*(int(v) for v in row))
 
@@ -462,13 +465,14 @@ class MemoryNotifTables:
             key=lambda s: (s.reg.created, s.reg.unique),
         )
 
-    def totals(self) -> NotifTotals:
+    def totals(self, now: int) -> NotifTotals:
         states = [q.state for q in self.regs.values()]
         return NotifTotals(
             len(states),
             sum(st.queued for st in states),
             sum(st.size for st in states),
             sum(st.dropped for st in states),
+            sum(1 for st in states if st.reg.expired(now)),
         )
 
     def messages(self, unique: str, after: int, limit: int) -> list[Message]:
@@ -729,11 +733,11 @@ class Notifications:
     def messages(self, unique: str, after: int, limit: int) -> Deferred[list[Message]]:
         return self._reader(lambda: self.tables.messages(unique, after, limit))
 
-    def totals(self) -> Deferred[NotifTotals]:
+    def totals(self, now: float) -> Deferred[NotifTotals]:
         """
-        The registrations and queued messages (L{NotifTotals}), on the reader.
+        The registrations and queued messages (L{NotifTotals}) at C{now}, on the reader.
         """
-        return self._reader(self.tables.totals)
+        return self._reader(lambda: self.tables.totals(int(now)))
 
 
 def memory_reader(work: Callable[[], _T]) -> Deferred[_T]:

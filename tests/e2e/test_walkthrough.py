@@ -390,7 +390,7 @@ class WalkthroughTests(SynchronousTestCase):
                 metric_value(text, "lbtwist_query_seconds_count", route="health", code="200") == 1
                 and metric_value(text, "lbtwist_query_seconds_count", route="status", code="404")
                 == 1
-                and metric_value(text, "lbtwist_notifications_registrations") == 0
+                and metric_value(text, "lbtwist_notifications_registrations", state="active") == 0
             )
 
         wait_for("the query and notification metrics", scraped_families, timeout=15)

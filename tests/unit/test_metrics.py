@@ -174,7 +174,7 @@ class MetricsTests(SynchronousTestCase):
 
         def totals() -> Deferred[NotifTotals]:
             reads.append(1)
-            return succeed(NotifTotals(registrations=3, queued=12, size=900, dropped=5))
+            return succeed(NotifTotals(registrations=3, queued=12, size=900, dropped=5, expired=1))
 
         self.metrics.notifications = totals
         self.assertNotIn(("lbtwist_notifications_queued", ()), samples(self.metrics))
@@ -182,7 +182,9 @@ class MetricsTests(SynchronousTestCase):
         samples(self.metrics)
         got = samples(self.metrics)
         self.assertEqual(len(reads), 1)
-        self.assertEqual(got[("lbtwist_notifications_registrations", ())], 3)
+        regs = "lbtwist_notifications_registrations"
+        self.assertEqual(got[(regs, (("state", "active"),))], 2)
+        self.assertEqual(got[(regs, (("state", "expired"),))], 1)
         self.assertEqual(got[("lbtwist_notifications_queued", ())], 12)
         self.assertEqual(got[("lbtwist_notifications_queued_bytes", ())], 900)
         self.assertEqual(got[("lbtwist_notifications_dropped", ())], 5)
@@ -658,20 +660,24 @@ class NotifTotalsTests(SynchronousTestCase):
         from tests.unit.test_notif_store import _result, items, registration
 
         n = store.notifications
-        self.assertEqual(_result(n.totals()), NotifTotals(0, 0, 0, 0))
+        self.assertEqual(_result(n.totals(NOTIF_NOW)), NotifTotals(0, 0, 0, 0, 0))
         n.configure(bounds=QueueBounds(max_messages=2, max_bytes=10**6))
         _result(n.create(registration("r1"), NOTIF_NOW))
         _result(n.create(registration("r2"), NOTIF_NOW))
         _result(store.store(items(traces.cream_done_ok())))
-        got = _result(n.totals())
+        got = _result(n.totals(NOTIF_NOW))
         # 7 messages each, bounded to 2 (and a gap marker, not counted): 5 dropped.
         sizes = [
             sum(len(m.body) for m in _result(n.messages(r, 0, 10)) if m.kind == "status")
             for r in ("r1", "r2")
         ]
-        self.assertEqual(got, NotifTotals(2, 4, sum(sizes), 10))
+        self.assertEqual(got, NotifTotals(2, 4, sum(sizes), 10, 0))
+        # Past r2's validity (r3's is longer): expired until the sweep.
+        _result(n.create(registration("r3", until=NOTIF_NOW + 7200), NOTIF_NOW))
+        later = NOTIF_NOW + 3600
+        self.assertEqual(_result(n.totals(later)), NotifTotals(3, 4, sum(sizes), 10, 2))
         _result(n.drop(["r1"]))
-        self.assertEqual(_result(n.totals()), NotifTotals(1, 2, sizes[1], 5))
+        self.assertEqual(_result(n.totals(later)), NotifTotals(2, 2, sizes[1], 5, 1))
 
     def test_memory(self) -> None:
         from lbtwist.testing import MemoryStore
