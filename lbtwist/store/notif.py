@@ -362,7 +362,9 @@ class SQLNotifTables:
         """
         row = self.reader.execute(
             "SELECT COUNT(*), COALESCE(SUM(queued), 0), COALESCE(SUM(size), 0),"
-            " COALESCE(SUM(dropped), 0), COALESCE(SUM(valid_until <= ?), 0) FROM notif_regs",
+            " COALESCE(SUM(dropped), 0),"
+            # CASE, not a boolean sum: the PostgreSQL tables share this code.
+            " COALESCE(SUM(CASE WHEN valid_until <= ? THEN 1 ELSE 0 END), 0) FROM notif_regs",
             (now,),
         ).fetchone()
         return NotifTotals(*(int(v) for v in row))
