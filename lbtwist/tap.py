@@ -200,11 +200,14 @@ def host_credentials(settings: Settings, reactor: Any) -> HostCredentials:
     )
 
 
-def make_store(settings: Settings, reactor: Any) -> IEventStore:
+def make_store(settings: Settings, reactor: Any, *, lock: Any = True) -> IEventStore:
     """
     The event store of the role, in the state directory: a proxy's relays the
     events of WMS jobs, with the gLite events it generates
     (L{lbtwist.core.translate.proxy_policy}); a server's relays and generates nothing.
+
+    @param lock: the state directory's lock, held by the caller
+        (L{lock_state_dir}); C{True}: the store takes it when it opens.
     """
     from lbtwist.store import store_path
     from lbtwist.store.sqlite import SQLiteStore
@@ -246,7 +249,7 @@ def make_store(settings: Settings, reactor: Any) -> IEventStore:
         page_cache=settings.sqlite_cache,
         list_scan=settings.list_scan,
         outbox_tail=settings.relay_tail,
-        lock=True,
+        lock=lock,
         jp_register=settings.jpreg_dir is not None,
     )
 
@@ -411,11 +414,13 @@ def query_service(
     health: Any = None,
     routes: Any = None,
     admin: Any = None,
+    observer: Any = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query port on C{--query} (with the notification routes of C{notify},
     a L{lbtwist.service.notify.NotifyService}, and C{/health}, a
-    L{lbtwist.service.health.HealthResource}, if given).
+    L{lbtwist.service.health.HealthResource}, if given; each answered request told
+    to C{observer}, L{lbtwist.service.metrics.ServiceMetrics.observe_query}).
     """
     from lbtwist.service.web import ACCESS_LOG, make_query_service
 
@@ -440,6 +445,7 @@ def query_service(
         routes=routes,
         admin=admin,
         lifecycle=lifecycle_limits(settings),
+        observer=observer,
     )
 
 
@@ -711,12 +717,12 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = _reactor
     settings = options.settings
     prepare_state_dir(settings.state_dir)
-    lock_state_dir(settings.state_dir)
+    lock = lock_state_dir(settings.state_dir)
     check_endpoints(settings, reactor, try_ports=real)
     credentials = host_credentials(settings, reactor)
     trust = check_credentials(settings, credentials)
     policy = load_policy(settings)
-    store = make_store(settings, reactor)
+    store = make_store(settings, reactor, lock=lock)
 
     top = MultiService()
     # Started first, stopped last: the store outlives the listeners feeding it.
@@ -755,6 +761,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         health=health,
         routes=routes,
         admin=admin,
+        observer=metrics.metrics.observe_query,
     )
     query.setServiceParent(top)
     metrics.metrics.add_tls("query", query.endpoint)
@@ -771,6 +778,7 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         metrics.metrics.add_tls("store", store_port.endpoint)
     metrics.metrics.add_intake("events", intake.factory)
     metrics.metrics.relay = relay
+    metrics.metrics.notifications = notify.totals
     metrics.setServiceParent(top)
     SummaryLine(settings, credentials, trust, store).setServiceParent(top)
     return top
@@ -867,48 +875,40 @@ def prepare_state_dir(state_dir: str) -> None:
         )
 
 
-#: The lock file of a state directory (held while the service runs).
-LOCK_FILE = "lbtwist.lock"
-#: The lock files this process holds, by state directory.
+#: The state directory locks this process holds (L{lbtwist.store.statelock}), by directory.
 _locks: dict[str, Any] = {}
 
 
-def lock_state_dir(state_dir: str) -> None:
+def lock_state_dir(state_dir: str) -> Any:
     """
-    Hold an exclusive lock on C{state_dir}'s L{LOCK_FILE} for the life of the process
-    (the descriptor survives twistd's fork into the background).
+    Take the lock of C{state_dir} (L{lbtwist.store.statelock}) for the life of the
+    process (the descriptor survives twistd's fork into the background), or the one
+    this process took already; the service's store is given it
+    (L{make_store}'s C{lock}).
 
+    @return: the L{lbtwist.store.statelock.StateLock}.
     @raise StartupError: another process holds it.
     """
-    import fcntl
+    from lbtwist.store import statelock
 
-    path = os.path.join(state_dir, LOCK_FILE)
-    if path in _locks:
-        return
-    handle = open(path, "a+")
+    path = os.path.abspath(state_dir)
+    held = _locks.get(path)
+    if held is not None and held.held:
+        return held
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        owner = handle.read().strip() or "unknown"
-        handle.close()
+        lock = statelock.acquire(state_dir)
+    except statelock.StateDirBusy as e:
         raise StartupError(
-            f"--state-dir {state_dir}: another lbtwist (pid {owner}) runs on it; stop it"
+            f"--state-dir {state_dir}: another lbtwist (pid {e.holder}) runs on it; stop it"
             " or give this one its own --state-dir"
         ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
-    _locks[path] = handle
-
-
-def _write_pid(handle: Any) -> None:
-    # twistd forks into the background after makeService: the daemon writes its own pid.
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")
-    handle.flush()
+    except OSError as e:
+        raise StartupError(
+            f"--state-dir {state_dir}: cannot open its lock file ({e.strerror}); chown the"
+            " directory to the service's user or choose another one"
+        ) from None
+    _locks[path] = lock
+    return lock
 
 
 def store_counts(state_dir: str) -> tuple[int, int, int]:
@@ -983,8 +983,8 @@ class SummaryLine(Service):
 
     def startService(self) -> None:
         super().startService()
-        for handle in _locks.values():
-            _write_pid(handle)
+        for lock in _locks.values():
+            lock.write_pid()
         jobs, events, backlog = store_counts(self.state_dir)
         log.info(
             "lbtwist {version} {role} started: state {state_dir}, {jobs} jobs, {events} events,"

@@ -10,8 +10,10 @@ their one line at once; the query itself runs under C{react()}.
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 from datetime import UTC, datetime
 
 from lbtwist.cli.common import CLIContext, env_first
@@ -96,20 +98,68 @@ def run_query(args: argparse.Namespace, ctx: CLIContext, query: Query) -> int:
         ctx.stderr.write(f"{name}: {e}\n")
         return 1
     status = [1]
+    # The signal that stopped the reactor before the query ended (Ctrl-C: SIGINT).
+    signalled: list[int] = []
+    interrupted: list[bool] = []
 
     async def main(reactor: Any) -> None:
         client = QueryClient(reactor, context, log, connect_timeout=args.connect_timeout)
         try:
-            status[0] = await query(client)
+            result = await query(client)
         except QueryError as e:
+            if interrupted:
+                return  # the connection the interruption closed: no message
             ctx.stderr.write(f"{name}: {e}\n")
-            status[0] = 1
+            result = 1
+        if not interrupted:
+            status[0] = result
 
+    def start(reactor: Any) -> Deferred[None]:
+        done = Deferred.fromCoroutine(main(reactor))
+
+        def shutting_down() -> None:
+            if not done.called:
+                interrupted.append(True)
+                status[0] = 128 + (signalled[0] if signalled else signal.SIGINT)
+                # What the interruption makes the query say (its connection closed)
+                # is no news: nothing more on stderr.
+                ctx.stderr = io.StringIO()
+
+        reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            note_signal(signum, signalled, reactor)
+        return done
+
+    stderr = ctx.stderr
     try:
-        react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+        react(start)
     except SystemExit:
         pass
+    finally:
+        ctx.stderr = stderr
     return status[0]
+
+
+def note_signal(signum: int, signalled: list[int], reactor: Any) -> None:
+    """
+    Once the reactor runs, note in C{signalled} each C{signum} received (then let
+    Twisted's own handler stop the reactor, or stop it ourselves): a command stopped
+    by a signal exits with C{128 + signum}, as a shell reports it.
+    """
+
+    def install() -> None:
+        previous = signal.getsignal(signum)
+
+        def handler(number: int, frame: Any) -> None:
+            signalled.append(number)
+            if callable(previous):
+                previous(number, frame)
+            else:
+                reactor.callFromThread(reactor.stop)
+
+        signal.signal(signum, handler)
+
+    reactor.callWhenRunning(install)
 
 
 async def query_status(client: QueryClient, args: argparse.Namespace, ctx: CLIContext) -> int:

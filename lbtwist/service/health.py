@@ -101,17 +101,21 @@ def cert_summary(path: str | None) -> dict[str, Any]:
 def store_summary(path: str) -> dict[str, Any]:
     """
     @return: C{{"path", "writable", "size"}} of the store file (with its WAL):
-        writable when a file can be made in its directory and the store opened
-        for writing (tried, not guessed from the mode bits: root ignores them).
+        writable when a file can be made in its directory (tried, not guessed
+        from the mode bits: root ignores them) and the store file may be written
+        (C{access}, which also tells a read-only file system).
+
+    The store file itself is never opened here: closing any descriptor of it
+    would drop the SQLite locks this process holds on it (POSIX locks belong
+    to the process), and the next writer to close its connection elsewhere
+    (C{lbtwist relay retry}) would then take the service for gone and remove
+    the WAL under it.
     """
     directory = os.path.dirname(path) or "."
     try:
         with tempfile.TemporaryFile(dir=directory):
             pass
-        if os.path.exists(path):
-            with open(path, "r+b"):
-                pass
-        writable = True
+        writable = not os.path.exists(path) or os.access(path, os.W_OK)
     except OSError:
         writable = False
     size = 0

@@ -8,6 +8,11 @@ counted on the hot paths for it: the collector reads, at scrape time, the
 counters the intake and the relay keep anyway (L{IntakeStats},
 L{QueueCounters}) and the outbox statistics the service refreshes every
 C{refresh_interval} seconds (one grouped store read, not one per scrape).
+
+The query port's answers are the one thing observed as they happen: one
+histogram observation per finished HTTPS request (L{ServiceMetrics.observe_query}),
+labelled by a route from a fixed set (L{query_route}: never the raw path, which
+the peer chooses) and the status code.
 """
 
 from __future__ import annotations
@@ -41,6 +46,56 @@ DEFAULT_REFRESH_INTERVAL = 15.0
 GROUP_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 #: Buckets of the commit group latency (seconds).
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+#: Buckets of the query answer time (seconds).
+QUERY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 30.0)
+
+#: The route of a query port path by its first segment (anything else: a job's
+#: unique, L{query_route}).
+_FIRST_SEGMENTS = {
+    b"notif": "notif",
+    b"NOTIF": "notif",
+    b"stats": "stats",
+    b"trace": "trace",
+    b"dump": "dump",
+    b"admin": "admin",
+    b"relay": "relay",
+    b"health": "health",
+}
+
+#: Every value of the C{route} label of C{lbtwist_query_seconds}.
+QUERY_ROUTES: tuple[str, ...] = ("list", "status", "events", "notif", "stream", "stats")
+QUERY_ROUTES += ("trace", "dump", "admin", "relay", "health", "other")
+
+
+def query_route(path: bytes) -> str:
+    """
+    The route label of a query port request path (without its query string): one of
+    L{QUERY_ROUTES}, whatever the path.
+
+    C{/} is C{list}, C{/<unique>} C{status}, C{/<unique>/events} C{events},
+    C{/notif/<id>/stream} C{stream}, the other C{/notif} paths C{notif}; C{/stats},
+    C{/trace}, C{/dump}, C{/admin/...}, C{/relay/...} and C{/health} are their own;
+    anything else C{other}.
+    """
+    parts = path.split(b"/", 3)
+    # parts[0] is what precedes the leading slash (b"" for a well-formed path).
+    if len(parts) < 2 or parts[0]:
+        return "other"
+    first = parts[1]
+    route = _FIRST_SEGMENTS.get(first)
+    if route == "notif":
+        return "stream" if len(parts) == 4 and parts[3] == b"stream" else route
+    if route is not None:
+        return route
+    if first.startswith(b"NOTIF:"):
+        return "stream" if len(parts) == 3 and parts[2] == b"stream" else "notif"
+    if not first:
+        return "list" if len(parts) == 2 else "other"
+    if len(parts) == 2 or (len(parts) == 3 and not parts[2]):
+        return "status"
+    if len(parts) == 3 and parts[2] == b"events":
+        return "events"
+    return "other"
 
 
 class ServiceMetrics:
@@ -53,7 +108,9 @@ class ServiceMetrics:
         (L{lbtwist.service.intake.IntakeStats} or alike).
     @ivar relay: the L{lbtwist.service.relay.RelayService}, if any.
     @ivar outbox: destination -> L{OutboxStats}, as of the last refresh.
-    @ivar notifications: a callable returning queued notification messages, if any.
+    @ivar notifications: the notification service's totals, if any: a callable
+        returning a Deferred of L{lbtwist.store.notif.NotifTotals}, read at each
+        refresh (L{MetricsService}); L{notif_totals} the last ones read.
     """
 
     def __init__(
@@ -78,7 +135,8 @@ class ServiceMetrics:
         self.intakes: list[tuple[str, Any]] = []
         self.tls: list[tuple[str, Any]] = []
         self.relay: Any = None
-        self.notifications: Callable[[], int] | None = None
+        self.notifications: Callable[[], Deferred[Any]] | None = None
+        self.notif_totals: Any = None
         self.outbox: dict[str, OutboxStats] = {}
         self.refreshed: float | None = None
         self.registry = CollectorRegistry(auto_describe=False)
@@ -96,6 +154,16 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.query_seconds = Histogram(
+            "lbtwist_query_seconds",
+            "Answer time of HTTPS requests on the query port, by route and status code"
+            " (closed: the client went away before the answer was finished).",
+            labelnames=("route", "code"),
+            buckets=QUERY_BUCKETS,
+            registry=self.registry,
+        )
+        # (route, code) -> the histogram's child: one dict lookup per request.
+        self._query_children: dict[tuple[str, int | str], Any] = {}
         if hasattr(store, "commit_observer"):
             store.commit_observer = self.observe_commit  # type: ignore[attr-defined]
 
@@ -105,6 +173,22 @@ class ServiceMetrics:
         """
         self.group_events.observe(events)
         self.group_seconds.observe(max(self.clock.seconds() - queued_at / 1e6, 0.0))
+
+    def observe_query(self, path: bytes, code: int | str, seconds: float) -> None:
+        """
+        One answered query port request (L{lbtwist.service.web.QuerySite.observer}).
+
+        @param path: the request path, without its query string.
+        @param code: its status code, or C{"closed"}.
+        """
+        route = query_route(path)
+        key = (route, code)
+        child = self._query_children.get(key)
+        if child is None:
+            if not (isinstance(code, int) and 100 <= code <= 599) and code != "closed":
+                code = "other"
+            child = self._query_children[key] = self.query_seconds.labels(route, str(code))
+        child.observe(seconds)
 
     def add_intake(self, port: str, factory: Any) -> None:
         """
@@ -132,7 +216,24 @@ class ServiceMetrics:
         def failed(failure: Failure) -> None:
             log.warn("metrics: reading the outbox failed: {error}", error=failure.getErrorMessage())
 
-        return d.addCallbacks(got, failed)
+        done = d.addCallbacks(got, failed)
+        if self.notifications is not None:
+            done.addCallback(lambda _: self._refresh_notifications())
+        return done
+
+    def _refresh_notifications(self) -> Deferred[None]:
+        assert self.notifications is not None
+
+        def got(totals: Any) -> None:
+            self.notif_totals = totals
+
+        def failed(failure: Failure) -> None:
+            log.warn(
+                "metrics: reading the notification totals failed: {error}",
+                error=failure.getErrorMessage(),
+            )
+
+        return self.notifications().addCallbacks(got, failed)
 
     def queues(self) -> dict[str, Any]:
         return dict(self.relay.queues) if self.relay is not None else {}
@@ -267,11 +368,31 @@ class _Collector:
         yield from (depth, oldest, stored_rejected, delivered, rejected)
         yield from (connected, connections, last_error)
 
-        if m.notifications is not None:
+        totals = m.notif_totals
+        if totals is not None:
+            regs = GaugeMetricFamily(
+                "lbtwist_notifications_registrations",
+                "Notification registrations held, by state (expired: until the sweep"
+                " removes them).",
+                labels=["state"],
+            )
+            regs.add_metric(["active"], totals.registrations - totals.expired)
+            regs.add_metric(["expired"], totals.expired)
+            yield regs
             yield GaugeMetricFamily(
                 "lbtwist_notifications_queued",
                 "Notification messages waiting for their clients.",
-                value=m.notifications(),
+                value=totals.queued,
+            )
+            yield GaugeMetricFamily(
+                "lbtwist_notifications_queued_bytes",
+                "Bytes of the notification messages waiting for their clients.",
+                value=totals.size,
+            )
+            yield GaugeMetricFamily(
+                "lbtwist_notifications_dropped",
+                "Messages the queue bounds dropped, summed over the registrations held now.",
+                value=totals.dropped,
             )
         if m.refreshed is not None:
             yield GaugeMetricFamily(
@@ -408,8 +529,10 @@ class MetricsListener(Service):
 
 __all__ = [
     "DEFAULT_REFRESH_INTERVAL",
+    "QUERY_ROUTES",
     "MetricsListener",
     "MetricsService",
     "ServiceMetrics",
     "metrics_site",
+    "query_route",
 ]

@@ -40,7 +40,7 @@ from lbtwist.core.states.status import JobStatus
 from lbtwist.security.authz import Policy, can_read, is_super_user
 from lbtwist.security.identity import Identity, same_dn
 from lbtwist.store.interface import IEventStore
-from lbtwist.store.notif import Notifications, RegState, Rights
+from lbtwist.store.notif import Notifications, NotifTotals, RegState, Rights
 
 log = Logger()
 
@@ -141,6 +141,13 @@ class NotifyService(Service):
             for listener in self._listeners:
                 notifications.add_listener(listener)
         return notifications
+
+    def totals(self) -> Deferred[NotifTotals]:
+        """
+        The registrations and queued messages of the store, for the metrics (read
+        once per metrics refresh, on the store's reader).
+        """
+        return self.notifications.totals(self.now())
 
     def add_listener(self, listener: Callable[[set[str]], object]) -> None:
         """

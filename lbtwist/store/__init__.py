@@ -78,13 +78,23 @@ def open_loader(state_dir: str, *, max_future_skew: int | None = None) -> Iterat
     """
     The store of C{state_dir} (created and migrated as needed) for an offline load
     (L{lbtwist.store.sqlite.SQLiteLoader}: C{load(items)}), closed on leaving the block.
-    The directory's service must not be running.
+    The directory's lock is held meanwhile (L{lbtwist.store.statelock}): while its
+    service runs, the load is refused.
+
+    @raise lbtwist.store.statelock.StateDirBusy: the directory is in use.
     """
+    from lbtwist.store import statelock
     from lbtwist.store.sqlite import SQLiteLoader
 
     os.makedirs(state_dir, exist_ok=True)
-    loader = SQLiteLoader(store_path(state_dir), max_future_skew=max_future_skew)
+    lock = statelock.acquire(
+        state_dir, hint="stop it first: lbtwist load writes the store while nothing else runs"
+    )
     try:
-        yield loader
+        loader = SQLiteLoader(store_path(state_dir), max_future_skew=max_future_skew)
+        try:
+            yield loader
+        finally:
+            loader.close()
     finally:
-        loader.close()
+        lock.release()

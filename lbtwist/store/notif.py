@@ -95,6 +95,25 @@ class RegState:
 
 
 @attrs.frozen
+class NotifTotals:
+    """
+    The store's notification totals (the metrics' gauges).
+
+    @ivar registrations: registrations held.
+    @ivar queued: messages waiting, over every registration.
+    @ivar size: their bytes.
+    @ivar dropped: messages dropped by the queue bounds, over the registrations held.
+    @ivar expired: registrations held past their validity (the sweep removes them).
+    """
+
+    registrations: int = 0
+    queued: int = 0
+    size: int = 0
+    dropped: int = 0
+    expired: int = 0
+
+
+@attrs.frozen
 class Message:
     """
     A queued message: its sequence number, kind (C{status} or C{gap}) and body
@@ -337,6 +356,19 @@ class SQLNotifTables:
         ).fetchall()
         return [_reg_state(r) for r in rows]
 
+    def totals(self, now: int) -> NotifTotals:
+        """
+        One aggregate over the registrations (the metrics, once per refresh).
+        """
+        row = self.reader.execute(
+            "SELECT COUNT(*), COALESCE(SUM(queued), 0), COALESCE(SUM(size), 0),"
+            " COALESCE(SUM(dropped), 0),"
+            # CASE, not a boolean sum: the PostgreSQL tables share this code.
+            " COALESCE(SUM(CASE WHEN valid_until <= ? THEN 1 ELSE 0 END), 0) FROM notif_regs",
+            (now,),
+        ).fetchone()
+        return NotifTotals(*(int(v) for v in row))
+
     def messages(self, unique: str, after: int, limit: int) -> list[Message]:
         rows = self.reader.execute(
             "SELECT seq, kind, body FROM notif_messages WHERE reg = ? AND seq > ?"
@@ -433,6 +465,16 @@ class MemoryNotifTables:
         return sorted(
             (q.state for q in self.regs.values() if same_dn(q.state.reg.owner, owner)),
             key=lambda s: (s.reg.created, s.reg.unique),
+        )
+
+    def totals(self, now: int) -> NotifTotals:
+        states = [q.state for q in self.regs.values()]
+        return NotifTotals(
+            len(states),
+            sum(st.queued for st in states),
+            sum(st.size for st in states),
+            sum(st.dropped for st in states),
+            sum(1 for st in states if st.reg.expired(now)),
         )
 
     def messages(self, unique: str, after: int, limit: int) -> list[Message]:
@@ -692,6 +734,12 @@ class Notifications:
 
     def messages(self, unique: str, after: int, limit: int) -> Deferred[list[Message]]:
         return self._reader(lambda: self.tables.messages(unique, after, limit))
+
+    def totals(self, now: float) -> Deferred[NotifTotals]:
+        """
+        The registrations and queued messages (L{NotifTotals}) at C{now}, on the reader.
+        """
+        return self._reader(lambda: self.tables.totals(int(now)))
 
 
 def memory_reader(work: Callable[[], _T]) -> Deferred[_T]:

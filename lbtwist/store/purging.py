@@ -11,17 +11,13 @@ writer thread, between commit groups), except the read-only lookups of L{Queries
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
-import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from lbtwist.core.errors import LBError
 from lbtwist.core.jobid import unique_of
 from lbtwist.core.purge import TRACE_DROPPED, PurgeRules, is_due
 from lbtwist.core.states.status import DONE_CODE_NAMES, INTERNAL_FIELDS, format_iso, parse_iso
@@ -355,51 +351,6 @@ def jp_done(conn: sqlite3.Connection, ids: Sequence[int]) -> None:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def lock_path(path: str) -> str:
-    """
-    The lock file of a store file.
-    """
-    return path + ".lock"
-
-
-def take_lock(path: str) -> int:
-    """
-    Take the store's lock (C{flock} on C{<path>.lock}, which holds the holder's pid),
-    without waiting.
-
-    @return: the lock file's descriptor (the lock lasts while it is open).
-    @raise LBError: EBUSY: another process holds it (a running service).
-    """
-    name = lock_path(path)
-    fd = os.open(name, os.O_RDWR | os.O_CREAT, 0o640)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        try:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-        except OSError:
-            holder = "?"
-        os.close(fd)
-        raise LBError(
-            f"store {path} is in use by process {holder} (a running service?): stop it, or"
-            " purge through the service (lbtwist purge -m HOST:PORT)",
-            errno.EBUSY,
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-    return fd
-
-
-def release_lock(fd: int) -> None:
-    """
-    Release a lock L{take_lock} took.
-    """
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
 
 
 def new_store_vacuum(conn: sqlite3.Connection) -> None:

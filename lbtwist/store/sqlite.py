@@ -11,6 +11,7 @@ access of the offline command line (L{lbtwist.store.open_reader}).
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -33,7 +34,7 @@ from lbtwist.core.seqcode import ordering_key
 from lbtwist.core.states.status import PURGED, JobStatus
 from lbtwist.core.stats import StatsRequest
 from lbtwist.core.trace import TraceRequest
-from lbtwist.store import lifecycle, purging
+from lbtwist.store import lifecycle, purging, statelock
 from lbtwist.store.batch import (
     CHECKPOINT_EVERY,
     REFOLD_SLICE,
@@ -1210,7 +1211,7 @@ class SQLiteStore(GroupedWrites):
         page_cache: int = PAGE_CACHE_KIB,
         list_scan: int = LIST_SCAN,
         outbox_tail: int = OUTBOX_TAIL,
-        lock: bool = False,
+        lock: bool | statelock.StateLock = False,
         jp_register: bool = False,
     ) -> None:
         """
@@ -1224,8 +1225,11 @@ class SQLiteStore(GroupedWrites):
             C{None}: left as it is.
         @param outbox_tail: committed outbox rows kept in memory per destination for
             the relay (L{OutboxTail}; a relaying store only).
-        @param lock: hold the store's lock file (C{<path>.lock}) while open: a second
-            writer (a service, C{lbtwist purge --state-dir}) is refused clearly.
+        @param lock: C{True}: hold the lock of the store's directory
+            (L{lbtwist.store.statelock}) while open: a second writer (a service,
+            C{lbtwist purge --state-dir}, C{lbtwist load}) is refused clearly. A
+            L{lbtwist.store.statelock.StateLock}: the caller holds it already (the
+            service, from its start-up), and keeps it.
         @param jp_register: keep a C{jp_pending} row with every stored RegJob, in its
             transaction (the Job Provenance export, C{--jpreg-dir}).
         @raise ValueError: a tuning value is out of range.
@@ -1260,7 +1264,7 @@ class SQLiteStore(GroupedWrites):
         self._started = False
         self._closed = False
         self._lock = lock
-        self._lock_file: int | None = None
+        self._lock_file: statelock.StateLock | None = None
         self._jp_register = jp_register
 
     def start(self) -> None:
@@ -1276,8 +1280,9 @@ class SQLiteStore(GroupedWrites):
         clock = self._clock
         runner = self._given_runner
         read_runner = self._given_read_runner
-        if self._lock:
-            self._lock_file = purging.take_lock(path)
+        if self._lock is True:
+            # Released again when the store closes.
+            self._lock_file = statelock.acquire(os.path.dirname(os.path.abspath(path)))
         conn = connect(path)
         try:
             purging.new_store_vacuum(conn)
@@ -1478,7 +1483,7 @@ class SQLiteStore(GroupedWrites):
             pool.stop()
         self._pools = []
         if self._lock_file is not None:
-            purging.release_lock(self._lock_file)
+            self._lock_file.release()
             self._lock_file = None
 
     # -- purge (lbtwist.store.purging), on the writer thread between commit groups --

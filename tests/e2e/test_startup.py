@@ -225,37 +225,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 class PackagingTests(SynchronousTestCase):
-    def test_wheel_ships_configs_units_and_docs(self) -> None:
-        """
-        The wheel installs the sample configurations, the systemd units and the docs
-        under C{share/}.
-        """
-        import sys
-        import zipfile
-
-        out = tempfile.mkdtemp(prefix="lbtwist-wheel-")
-        self.addCleanup(shutil.rmtree, out, True)
-        built = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", out, ROOT],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        self.assertEqual(built.returncode, 0, built.stderr[-2000:])
-        (wheel,) = [name for name in os.listdir(out) if name.endswith(".whl")]
-        with zipfile.ZipFile(os.path.join(out, wheel)) as z:
-            names = {name.split(".data/data/", 1)[-1] for name in z.namelist()}
-        for expected in (
-            "share/lbtwist/etc/lbproxy.conf",
-            "share/lbtwist/etc/lbserver.conf",
-            "share/lbtwist/systemd/lbtwist-lbproxy.service",
-            "share/lbtwist/systemd/lbtwist-lbserver.service",
-            "share/lbtwist/systemd/lbtwist.sysusers.conf",
-            "share/doc/lbtwist/README.md",
-            "share/doc/lbtwist/operations.md",
-            "lbtwist/core/data/events.tsv",
-        ):
-            self.assertIn(expected, names)
+    # The wheel's installed files: tests.e2e.test_walkthrough (built and installed once).
 
     def test_systemd_units(self) -> None:
         """

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import task
@@ -161,9 +163,41 @@ class MetricsTests(SynchronousTestCase):
         self.assertEqual(got[("lbtwist_metrics_refreshed_timestamp_seconds", ())], NOW)
 
     def test_notifications_hook(self) -> None:
+        """
+        The notification totals are read at each refresh (not per scrape) and shown
+        as four gauges; none before the first read or without the hook.
+        """
+        from lbtwist.store.notif import NotifTotals
+
         self.assertNotIn(("lbtwist_notifications_queued", ()), samples(self.metrics))
-        self.metrics.notifications = lambda: 12
-        self.assertEqual(samples(self.metrics)[("lbtwist_notifications_queued", ())], 12)
+        reads: list[int] = []
+
+        def totals() -> Deferred[NotifTotals]:
+            reads.append(1)
+            return succeed(NotifTotals(registrations=3, queued=12, size=900, dropped=5, expired=1))
+
+        self.metrics.notifications = totals
+        self.assertNotIn(("lbtwist_notifications_queued", ()), samples(self.metrics))
+        self.metrics.refresh()
+        samples(self.metrics)
+        got = samples(self.metrics)
+        self.assertEqual(len(reads), 1)
+        regs = "lbtwist_notifications_registrations"
+        self.assertEqual(got[(regs, (("state", "active"),))], 2)
+        self.assertEqual(got[(regs, (("state", "expired"),))], 1)
+        self.assertEqual(got[("lbtwist_notifications_queued", ())], 12)
+        self.assertEqual(got[("lbtwist_notifications_queued_bytes", ())], 900)
+        self.assertEqual(got[("lbtwist_notifications_dropped", ())], 5)
+
+    def test_notifications_read_fails(self) -> None:
+        """
+        A failed read of the totals keeps the last ones (and the outbox figures).
+        """
+        self.metrics.notifications = lambda: fail(RuntimeError("gone"))
+        self.successResultOf(self.metrics.refresh())
+        self.assertIsNone(self.metrics.notif_totals)
+        self.assertIn(("lbtwist_metrics_refreshed_timestamp_seconds", ()), samples(self.metrics))
+        self.assertEqual(len(self.flushLoggedErrors()), 0)
 
     def test_site(self) -> None:
         """
@@ -466,3 +500,232 @@ class CommitGroupTests(SynchronousTestCase):
         self.assertEqual(got[("lbtwist_commit_group_events_bucket", (("le", "8.0"),))], 1)
         self.assertEqual(got[("lbtwist_commit_group_seconds_count", ())], 1)
         self.assertEqual(got[("lbtwist_commit_group_seconds_sum", ())], 0)
+
+
+class QueryMetricsTests(SynchronousTestCase):
+    """
+    C{lbtwist_query_seconds}: the query port's answers by route and code.
+    """
+
+    def setUp(self) -> None:
+        self.clock = task.Clock()
+        self.clock.advance(NOW)
+        self.metrics = ServiceMetrics(
+            FakeStore({}),  # type: ignore[arg-type]
+            self.clock,
+            role="lbproxy",
+            version="1",
+            store_path=os.path.join(self.mktemp(), "lbtwist.sqlite"),
+        )
+
+    def counts(self) -> dict[tuple[str, str], float]:
+        return {
+            (dict(k[1])["route"], dict(k[1])["code"]): v
+            for k, v in samples(self.metrics).items()
+            if k[0] == "lbtwist_query_seconds_count"
+        }
+
+    def test_routes(self) -> None:
+        """
+        Each path has one route of a fixed set.
+        """
+        from lbtwist.service.metrics import query_route
+
+        for path, route in [
+            (b"/", "list"),
+            (b"/CREAM123", "status"),
+            (b"/CREAM123/", "status"),
+            (b"/CREAM123/events", "events"),
+            (b"/CREAM123/other", "other"),
+            (b"/a/b/c", "other"),
+            (b"/notif", "notif"),
+            (b"/notif/abc", "notif"),
+            (b"/notif/abc/messages", "notif"),
+            (b"/notif/abc/stream", "stream"),
+            (b"/NOTIF:abc", "notif"),
+            (b"/NOTIF:abc/stream", "stream"),
+            (b"/stats", "stats"),
+            (b"/trace", "trace"),
+            (b"/dump", "dump"),
+            (b"/admin/purge", "admin"),
+            (b"/relay/rejected", "relay"),
+            (b"/health", "health"),
+            (b"//", "other"),
+            (b"*", "other"),
+            (b"", "other"),
+        ]:
+            self.assertEqual(query_route(path), route, path)
+
+    @given(st.binary(max_size=60))
+    def test_routes_bounded(self, path: bytes) -> None:
+        """
+        Whatever the peer sends, the route is one of L{QUERY_ROUTES}.
+        """
+        from lbtwist.service.metrics import QUERY_ROUTES, query_route
+
+        self.assertIn(query_route(path), QUERY_ROUTES)
+        self.assertIn(query_route(b"/" + path), QUERY_ROUTES)
+
+    def test_observe(self) -> None:
+        """
+        One observation per request, by route and code; a code that is no HTTP
+        status is C{other}.
+        """
+        self.metrics.observe_query(b"/CREAM1", 200, 0.003)
+        self.metrics.observe_query(b"/CREAM2", 200, 0.004)
+        self.metrics.observe_query(b"/CREAM2", 404, 0.001)
+        self.metrics.observe_query(b"/notif/x/stream", "closed", 30.0)
+        self.metrics.observe_query(b"/", 1000, 0.1)
+        self.assertEqual(
+            self.counts(),
+            {
+                ("status", "200"): 2,
+                ("status", "404"): 1,
+                ("stream", "closed"): 1,
+                ("list", "other"): 1,
+            },
+        )
+        got = samples(self.metrics)
+        key = ("lbtwist_query_seconds_sum", (("code", "200"), ("route", "status")))
+        self.assertAlmostEqual(got[key], 0.007)
+
+    def site(self, store: Any) -> Any:
+        from lbtwist.security.identity import Identity
+        from lbtwist.service.web import make_site
+
+        site = make_site(
+            store,
+            clock=self.clock,
+            identify=lambda r: Identity("/CN=someone"),
+            observer=self.metrics.observe_query,
+        )
+        site.doStart()
+        self.addCleanup(site.doStop)
+        return site
+
+    def test_site_observes_answers(self) -> None:
+        """
+        The query site tells the metrics of each answered request once, with the time
+        from its head's arrival to its end.
+        """
+        from twisted.internet.testing import StringTransport
+
+        from lbtwist.testing import MemoryStore
+
+        site = self.site(MemoryStore())
+        channel = site.buildProtocol(None)
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"GET /CREAM1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        channel.dataReceived(b"GET /CREAM1/events HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertEqual(self.counts(), {("status", "404"): 1, ("events", "404"): 1})
+
+    def test_site_observes_abandoned(self) -> None:
+        """
+        A request whose client goes away before the answer is observed once, as
+        C{closed}, with the time it was open.
+        """
+        from twisted.internet.error import ConnectionDone
+        from twisted.internet.testing import StringTransport
+        from twisted.python.failure import Failure
+
+        class SlowStore:
+            def find_status(self, unique: str) -> Deferred[Any]:
+                return Deferred()
+
+        site = self.site(SlowStore())
+        channel = site.buildProtocol(None)
+        channel.makeConnection(StringTransport())
+        channel.dataReceived(b"GET /CREAM1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        self.assertEqual(self.counts(), {})
+        self.clock.advance(2.5)
+        channel.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.counts(), {("status", "closed"): 1})
+        got = samples(self.metrics)
+        self.assertEqual(
+            got[("lbtwist_query_seconds_sum", (("code", "closed"), ("route", "status")))], 2.5
+        )
+
+
+class NotifTotalsTests(SynchronousTestCase):
+    """
+    L{lbtwist.store.notif.Notifications.totals} on both stores: what the
+    notification gauges show.
+    """
+
+    def check(self, store: Any) -> None:
+        from lbtwist.core.notif import QueueBounds
+        from lbtwist.store.notif import NotifTotals
+        from tests import traces
+        from tests.unit.test_notif_store import NOW as NOTIF_NOW
+        from tests.unit.test_notif_store import _result, items, registration
+
+        n = store.notifications
+        self.assertEqual(_result(n.totals(NOTIF_NOW)), NotifTotals(0, 0, 0, 0, 0))
+        n.configure(bounds=QueueBounds(max_messages=2, max_bytes=10**6))
+        _result(n.create(registration("r1"), NOTIF_NOW))
+        _result(n.create(registration("r2"), NOTIF_NOW))
+        _result(store.store(items(traces.cream_done_ok())))
+        got = _result(n.totals(NOTIF_NOW))
+        # 7 messages each, bounded to 2 (and a gap marker, not counted): 5 dropped.
+        sizes = [
+            sum(len(m.body) for m in _result(n.messages(r, 0, 10)) if m.kind == "status")
+            for r in ("r1", "r2")
+        ]
+        self.assertEqual(got, NotifTotals(2, 4, sum(sizes), 10, 0))
+        # Past r2's validity (r3's is longer): expired until the sweep.
+        _result(n.create(registration("r3", until=NOTIF_NOW + 7200), NOTIF_NOW))
+        later = NOTIF_NOW + 3600
+        self.assertEqual(_result(n.totals(later)), NotifTotals(3, 4, sum(sizes), 10, 2))
+        _result(n.drop(["r1"]))
+        self.assertEqual(_result(n.totals(later)), NotifTotals(2, 2, sizes[1], 5, 1))
+
+    def test_memory(self) -> None:
+        from lbtwist.testing import MemoryStore
+
+        clock = task.Clock()
+        clock.advance(1710408413 + 3600)
+        self.check(MemoryStore(clock, relay=False))
+
+    def test_sqlite(self) -> None:
+        from lbtwist.store.batch import run_now
+        from lbtwist.store.sqlite import SQLiteStore
+
+        path = os.path.join(self.mktemp() + ".d", "lbtwist.sqlite")
+        os.makedirs(os.path.dirname(path))
+        clock = task.Clock()
+        clock.advance(1710408413 + 3600)
+        store = SQLiteStore(path, clock=clock, runner=run_now)
+        self.addCleanup(store.close)
+        self.check(store)
+
+
+class StoreSummaryLocksTests(SynchronousTestCase):
+    def test_keeps_sqlite_locks(self) -> None:
+        """
+        The health check of the store leaves this process's SQLite locks alone: a
+        writer in another process that closes its connection afterwards does not
+        take the store for unused and remove the WAL under the open connection,
+        which then still sees that writer's rows.
+        """
+        import sqlite3
+        import subprocess
+        import sys
+
+        path = os.path.join(self.mktemp() + ".d", "lbtwist.sqlite")
+        os.makedirs(os.path.dirname(path))
+        conn = sqlite3.connect(path, isolation_level=None)
+        self.addCleanup(conn.close)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE t (x)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        self.assertTrue(health.store_summary(path)["writable"])
+        writer = (
+            "import sqlite3, sys\n"
+            "c = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+            "c.execute('INSERT INTO t VALUES (2)')\n"
+            "c.close()\n"
+        )
+        for n in (2, 3):
+            subprocess.run([sys.executable, "-c", writer, path], check=True, timeout=60)
+            self.assertEqual(conn.execute("SELECT COUNT(*) FROM t").fetchone(), (n,))
+        self.assertTrue(os.path.exists(path + "-wal"))

@@ -191,6 +191,37 @@ class QueryChannel(HTTPChannel):
         self.loseConnection()
 
 
+#: What a L{QuerySite} tells of each answered request: its path (no query
+#: string), its status code (C{"closed"}: the client went away first) and the
+#: seconds from its head's arrival to its end.
+QueryObserver = Callable[[bytes, "int | str", float], None]
+
+
+class QueryRequest(Request):
+    """
+    A request that remembers when it arrived, for its site's L{QuerySite.observer}
+    (told of it when it is finished, or when its client goes away first: an
+    event stream's usual end).
+    """
+
+    _arrived = 0.0
+    _observed = False
+
+    def process(self) -> None:
+        site = self.channel.site  # type: ignore[attr-defined]
+        if site.observer is not None:
+            self._arrived = site.reactor.seconds()
+        super().process()
+
+    def connectionLost(self, reason: Any) -> None:
+        if not self.finished and not self._observed:
+            site = getattr(self, "site", None)
+            if site is not None and site.observer is not None:
+                self._observed = True
+                site.observer(self.path, "closed", site.reactor.seconds() - self._arrived)
+        super().connectionLost(reason)
+
+
 class QuerySite(Site):
     """
     The query site: as L{Site}, on L{QueryChannel}s (bounded request heads);
@@ -203,9 +234,12 @@ class QuerySite(Site):
     @ivar max_request_line: longest request line or header line, in bytes.
     @ivar max_header_size: longest request head (request line and headers).
     @ivar max_headers: most header fields in one request.
+    @ivar observer: told of each answered request (L{QueryObserver}), if set.
     """
 
     log_max_size = ACCESS_LOG_ROTATE
+    requestFactory = QueryRequest
+    observer: QueryObserver | None = None
     log_max_files = ACCESS_LOG_KEEP
     protocol = QueryChannel  # type: ignore[assignment]
     max_request_line = DEFAULT_MAX_REQUEST_LINE
@@ -219,6 +253,14 @@ class QuerySite(Site):
         channel.totalHeadersSize = self.max_header_size
         channel.maxHeaders = self.max_headers
         return channel
+
+    def log(self, request: Any) -> None:
+        # Called by Request.finish, once per answered request.
+        observer = self.observer
+        if observer is not None and not request._observed:
+            request._observed = True
+            observer(request.path, request.code, self.reactor.seconds() - request._arrived)
+        super().log(request)
 
     def _openLogFile(self, path: str | bytes) -> Any:
         file = LogFile.fromFullPath(
@@ -266,6 +308,7 @@ def make_site(
     routes: Any = None,
     admin: Callable[..., Any] | None = None,
     lifecycle: Any = None,
+    observer: QueryObserver | None = None,
 ) -> Site:
     """
     The query site on C{store}.
@@ -287,6 +330,8 @@ def make_site(
     @param admin: the handler of C{POST /admin/...} (L{lbtwist.service.web.admin}).
     @param lifecycle: the limits of C{/stats} and C{/trace}
         (L{lbtwist.service.web.stats.LifecycleLimits}; L{None}: the defaults).
+    @param observer: told of each answered request (L{QuerySite.observer}: the
+        C{lbtwist_query_seconds} metric).
     """
     if identify is None:
         from lbtwist.security.tls import CADirectory
@@ -333,6 +378,7 @@ def make_site(
     site.max_header_size = max_header_size
     site.max_headers = max_headers
     site.refusals = RefusalLog(clock, logger=log)
+    site.observer = observer
     return site
 
 
@@ -389,6 +435,7 @@ def make_query_service(
     routes: Any = None,
     admin: Callable[..., Any] | None = None,
     lifecycle: Any = None,
+    observer: QueryObserver | None = None,
 ) -> StreamServerEndpointService:
     """
     The HTTPS query listener of C{twistd lbproxy}/C{lbserver}: TLS with client
@@ -418,6 +465,7 @@ def make_query_service(
         routes=routes,
         admin=admin,
         lifecycle=lifecycle,
+        observer=observer,
     )
     # A port that cannot be bound stops start-up, as the intake's does.
     service = tls_listener(reactor, endpoint, source, site, limits=limits, port="query")
@@ -430,6 +478,8 @@ __all__ = [
     "ACCESS_LOG_DELAY",
     "BufferedLog",
     "QueryChannel",
+    "QueryObserver",
+    "QueryRequest",
     "QuerySite",
     "access_log_formatter",
     "dev_commands",
