@@ -358,19 +358,33 @@ def write_now(transport: Any) -> None:
     input. This sends at once what the socket takes (C{doWrite}, as the reactor
     would); the rest stays buffered for the reactor. An error is left to the
     reactor too (the descriptor stays registered for writing, the next poll
-    meets the error and closes the connection). Transports without a
-    descriptor of their own (TLS, test transports) and closing ones are left
-    alone.
+    meets the error and closes the connection). A TLS transport (Twisted's
+    C{TLSMemoryBIOProtocol}) has already handed its records to the transport
+    under it: that one is sent. Transports without a descriptor (test
+    transports) and closing ones are left alone.
     """
-    do_write = getattr(transport, "doWrite", None)
+    for _ in range(_WRAPPERS):
+        do_write = getattr(transport, "doWrite", None)
+        if do_write is not None:
+            break
+        if not getattr(transport, "connected", False) or getattr(transport, "disconnecting", True):
+            return
+        transport = getattr(transport, "transport", None)
+        if transport is None:
+            return
+    else:
+        return
     if (
-        do_write is None
-        or not getattr(transport, "connected", False)
+        not getattr(transport, "connected", False)
         or getattr(transport, "disconnecting", True)
         or getattr(transport, "_writeDisconnecting", False)
     ):
         return
     do_write()
+
+
+# How many wrapping transports (TLS) L{write_now} looks through.
+_WRAPPERS = 3
 
 
 __all__ = [

@@ -47,6 +47,7 @@ from zope.interface import implementer
 from lbtwist.core import ilproto
 from lbtwist.security.credentials import HostCredentials
 from lbtwist.service import logs
+from lbtwist.service.framing import write_now
 from lbtwist.store.interface import IEventStore, OutboxEntry, OutboxStats
 
 log = Logger()
@@ -174,6 +175,9 @@ class RelayProtocol(Protocol):
         self.transport.write(
             b"".join(ilproto.encode_il_msg(e.line.encode("utf-8") + b"\n") for e in entries)
         )
+        # Out now, not after the rest of this reactor turn (the intake's answers
+        # and reads): the server's next commit group may be waiting for these.
+        write_now(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         broken: ilproto.ProtocolError | None = None

@@ -22,6 +22,7 @@ from lbtwist.service.framing import (
     LogdFraming,
     detect_framing,
     make_framing,
+    write_now,
 )
 
 
@@ -307,3 +308,51 @@ class WriteNowTests(SynchronousTestCase):
         transport.room = None
         transport.doWrite()
         self.assertEqual(b"".join(transport.sent), b"OK\nOK\n")
+
+
+class _Wrapper:
+    """
+    A wrapping transport as Twisted's TLS is one: its writes are already in the
+    transport under it.
+    """
+
+    def __init__(self, transport: object) -> None:
+        self.transport = transport
+        self.connected = 1
+        self.disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+class WriteNowThroughTLSTests(SynchronousTestCase):
+    """
+    Under TLS, what the TLS layer handed down is sent in the same turn too.
+    """
+
+    def test_through_a_wrapper(self) -> None:
+        reactor = MemoryReactor()
+        socket = _Descriptor(reactor)
+        wrapper = _Wrapper(socket)
+        wrapper.write(b"record")
+        write_now(wrapper)
+        self.assertEqual(socket.sent, [b"record"])
+        self.assertNotIn(socket, reactor.getWriters())
+
+    def test_closing_wrapper_left_alone(self) -> None:
+        reactor = MemoryReactor()
+        socket = _Descriptor(reactor)
+        wrapper = _Wrapper(socket)
+        wrapper.write(b"record")
+        wrapper.disconnecting = True
+        write_now(wrapper)
+        self.assertEqual(socket.sent, [])
+        self.assertIn(socket, reactor.getWriters())
+        wrapper.disconnecting = False
+        write_now(wrapper)
+        self.assertEqual(socket.sent, [b"record"])
+        # Nothing with a descriptor below: nothing to do.
+        transport = StringTransport()
+        _Wrapper(transport).write(b"record")
+        write_now(_Wrapper(transport))
+        self.assertEqual(transport.value(), b"record")

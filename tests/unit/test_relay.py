@@ -13,11 +13,12 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -36,6 +37,7 @@ from lbtwist.service.relay import (
     tcp_no_delay,
 )
 from lbtwist.store.batch import BatchPlan, OutboxRow, run_now
+from lbtwist.store.interface import OutboxEntry
 from lbtwist.store.sqlite import SCHEMA_VERSION, SQLiteStore, connect, schema_version
 from lbtwist.testing import MemoryStore
 from tests import traces
@@ -878,6 +880,59 @@ class NoDelayTests(SynchronousTestCase):
         proto = RelayProtocol(Queue())  # type: ignore[arg-type]
         proto.makeConnection(Wrapper(tcp))  # type: ignore[arg-type]
         self.assertEqual((tcp.no_delay, attached), ([True], [proto]))
+
+
+class _Socket(FileDescriptor):
+    """
+    A connected socket transport whose socket takes every write.
+    """
+
+    def __init__(self, reactor: MemoryReactor) -> None:
+        super().__init__(reactor)
+        self.connected = 1
+        self.sent: list[bytes] = []
+
+    def writeSomeData(self, data: bytes) -> int:  # type: ignore[override]
+        self.sent.append(bytes(data))
+        return len(data)
+
+    def fileno(self) -> int:
+        return -1
+
+
+class _TLS(Wrapper):
+    """
+    A TLS wrapper's writes are in the transport under it at once.
+    """
+
+    connected = 1
+    disconnecting = False
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+
+class SendNowTests(SynchronousTestCase):
+    def test_window_sent_in_the_same_turn(self) -> None:
+        """
+        A window of events leaves for the socket under TLS as it is written, not
+        when the reactor next polls for writable sockets.
+        """
+        reactor = MemoryReactor()
+        socket = _Socket(reactor)
+
+        class Queue:
+            def attach(self, proto: object) -> None:
+                pass
+
+        proto = RelayProtocol(Queue())  # type: ignore[arg-type]
+        proto.makeConnection(_TLS(socket))  # type: ignore[arg-type]
+        rows = [OutboxEntry(n, "d:9001", n, JOB_A, f"line {n}", 0) for n in (1, 2)]
+        proto.send(rows)
+        self.assertEqual(
+            socket.sent, [b"".join(ilproto.encode_il_msg(f"line {n}\n".encode()) for n in (1, 2))]
+        )
+        self.assertNotIn(socket, reactor.getWriters())
 
 
 class MiscTests(SynchronousTestCase):
