@@ -43,6 +43,7 @@ import multiprocessing
 import os
 import selectors
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -326,6 +327,40 @@ class DepthSampler(Sampler):
         self.deepest = max(self.deepest, self.current())
 
 
+class Spy:
+    """
+    C{py-spy record --threads} of the services in C{services} while the block runs
+    (nothing without a directory), into C{DIR/<role>.<run>.<phase>.txt}.
+    """
+
+    def __init__(self, directory: str | None, phase: str, rep: int, *services: RoleService):
+        self.procs: list[subprocess.Popen[bytes]] = []
+        if directory is None:
+            return
+        spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+        for service in services:
+            assert service.process is not None
+            out = os.path.join(directory, f"{service.role}.{rep}.{phase}.txt")
+            self.procs.append(
+                subprocess.Popen(
+                    [spy, "record", "-p", str(service.process.pid), "--threads", "--idle"]
+                    + ["-f", "raw", "-r", "200", "-o", out],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        time.sleep(0.5)
+
+    def __enter__(self) -> Spy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            proc.wait(60)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(len(ordered) * q) - 1))]
@@ -406,7 +441,8 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
         server.start()
         pcpu0, scpu0 = cpu_seconds(proxy), cpu_seconds(server)
         pth0, sth0, d0 = thread_cpu(proxy), thread_cpu(server), time.time()
-        wait_drained(proxy)
+        with Spy(args.spy, "drain", rep, proxy, server):
+            wait_drained(proxy)
         pth1, sth1, d1 = thread_cpu(proxy), thread_cpu(server), time.time()
         arrived = list(server_arrivals(server, f"{rep}a").values())
         fig["alone"] = len(arrived) / span
@@ -453,7 +489,7 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
         # 4. Half the rate of the intake alone: latency.
         rate = alone_logged / 2
         pth0, sth0 = thread_cpu(proxy), thread_cpu(server)
-        with CommitPoller(server) as poller:
+        with CommitPoller(server) as poller, Spy(args.spy, "half", rep, proxy, server):
             t0, acks, errors = log_events(proxy.socket_path, f"{rep}c", count, conns, pipe, rate)
             pth1, sth1, h1 = thread_cpu(proxy), thread_cpu(server), time.time()
             wait_drained(proxy)
@@ -503,6 +539,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dir", default=None, help="working directory (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
     parser.add_argument(
+        "--spy",
+        default=None,
+        metavar="DIR",
+        help="record every thread of both services with py-spy (raw, per phase) into DIR",
+    )
+    parser.add_argument(
         "--profile",
         default=None,
         metavar="DIR",
@@ -510,8 +552,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-relay-")
-    if args.profile:
-        os.makedirs(args.profile, exist_ok=True)
+    for directory in (args.profile, args.spy):
+        if directory:
+            os.makedirs(directory, exist_ok=True)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"relay bench: {args.count} events a phase, {args.repeat} runs; {load}", flush=True)
     figs: list[dict[str, float]] = []

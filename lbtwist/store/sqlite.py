@@ -52,6 +52,7 @@ from lbtwist.store.batch import (
     cream_key,
     dupkey,
     encode_key,
+    id_runs,
     reparse,
     status_from_json,
 )
@@ -690,8 +691,8 @@ class SQLiteBackend:
                         for r in rejects
                     ],
                 )
-            ids = [(i,) for i in acks] + [(r.entry.id,) for r in rejects]
-            conn.executemany("DELETE FROM outbox WHERE id = ?", ids)
+            ids = [*acks, *(r.entry.id for r in rejects)]
+            conn.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", id_runs(ids))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
