@@ -358,26 +358,10 @@ def write_now(transport: Any) -> None:
     input. This sends at once what the socket takes (C{doWrite}, as the reactor
     would); the rest stays buffered for the reactor. An error is left to the
     reactor too (the descriptor stays registered for writing, the next poll
-    meets the error and closes the connection). Under TLS (Twisted's
-    C{BufferingTLSTransport}, what C{wrapClientTLS} and TLS ports use) a write
-    is first held to be joined with the turn's other writes and encrypted on the
-    next reactor iteration: it is encrypted now and handed to the transport
-    under it, and that one is sent. Transports without a descriptor (test
-    transports) and closing ones are left alone.
+    meets the error and closes the connection). Transports without a
+    descriptor of their own (TLS, test transports) and closing ones are left
+    alone.
     """
-    for _ in range(_WRAPPERS):
-        # Twisted's small-write aggregator (private, hence looked up with care). A
-        # TLS wrapper forwards unknown attributes (doWrite too) to the transport
-        # under it, so it is recognized by this one.
-        flush = getattr(getattr(transport, "_aggregator", None), "flush", None)
-        if flush is None:
-            break
-        if not getattr(transport, "connected", False) or getattr(transport, "disconnecting", True):
-            return
-        flush()
-        transport = getattr(transport, "transport", None)
-        if transport is None:
-            return
     do_write = getattr(transport, "doWrite", None)
     if (
         do_write is None
@@ -387,10 +371,6 @@ def write_now(transport: Any) -> None:
     ):
         return
     do_write()
-
-
-# How many wrapping transports (TLS) L{write_now} looks through.
-_WRAPPERS = 3
 
 
 __all__ = [

@@ -47,7 +47,6 @@ from zope.interface import implementer
 from lbtwist.core import ilproto
 from lbtwist.security.credentials import HostCredentials
 from lbtwist.service import logs
-from lbtwist.service.framing import write_now
 from lbtwist.store.interface import IEventStore, OutboxEntry, OutboxStats
 
 log = Logger()
@@ -175,9 +174,6 @@ class RelayProtocol(Protocol):
         self.transport.write(
             b"".join(ilproto.encode_il_msg(e.line.encode("utf-8") + b"\n") for e in entries)
         )
-        # Out now, not after the rest of this reactor turn (the intake's answers
-        # and reads): the server's next commit group may be waiting for these.
-        write_now(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         broken: ilproto.ProtocolError | None = None

@@ -6,7 +6,6 @@ Tests for L{lbtwist.service.framing}.
 from __future__ import annotations
 
 import errno
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -23,7 +22,6 @@ from lbtwist.service.framing import (
     LogdFraming,
     detect_framing,
     make_framing,
-    write_now,
 )
 
 
@@ -309,61 +307,3 @@ class WriteNowTests(SynchronousTestCase):
         transport.room = None
         transport.doWrite()
         self.assertEqual(b"".join(transport.sent), b"OK\nOK\n")
-
-
-class _Wrapper:
-    """
-    A wrapping transport as Twisted's TLS (C{BufferingTLSTransport}) is one: its
-    writes are held until its aggregator flushes them to the transport under it,
-    and other attributes (C{doWrite}) are that transport's.
-    """
-
-    def __init__(self, transport: object) -> None:
-        self.transport = transport
-        self.connected = 1
-        self.disconnecting = False
-        self.held: list[bytes] = []
-        self._aggregator = self
-
-    def write(self, data: bytes) -> None:
-        self.held.append(data)
-
-    def flush(self) -> None:
-        self.transport.write(b"".join(self.held))  # type: ignore[attr-defined]
-        self.held = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-
-class WriteNowThroughTLSTests(SynchronousTestCase):
-    """
-    Under TLS, what the TLS layer handed down is sent in the same turn too.
-    """
-
-    def test_through_a_wrapper(self) -> None:
-        reactor = MemoryReactor()
-        socket = _Descriptor(reactor)
-        wrapper = _Wrapper(socket)
-        wrapper.write(b"record")
-        write_now(wrapper)
-        self.assertEqual(socket.sent, [b"record"])
-        self.assertNotIn(socket, reactor.getWriters())
-
-    def test_closing_wrapper_left_alone(self) -> None:
-        reactor = MemoryReactor()
-        socket = _Descriptor(reactor)
-        wrapper = _Wrapper(socket)
-        wrapper.write(b"record")
-        wrapper.disconnecting = True
-        write_now(wrapper)
-        self.assertEqual((socket.sent, wrapper.held), ([], [b"record"]))
-        wrapper.disconnecting = False
-        write_now(wrapper)
-        self.assertEqual(socket.sent, [b"record"])
-        # No descriptor below: encrypted and handed down, nothing more.
-        transport = StringTransport()
-        wrapper = _Wrapper(transport)
-        wrapper.write(b"record")
-        write_now(wrapper)
-        self.assertEqual(transport.value(), b"record")

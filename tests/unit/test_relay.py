@@ -9,20 +9,15 @@ from __future__ import annotations
 import errno
 import os
 import sqlite3
-from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.abstract import FileDescriptor
-from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.interfaces import IStreamClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactor, StringTransport
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
@@ -31,7 +26,6 @@ from lbtwist.core import ilproto
 from lbtwist.core.errors import TryAgain
 from lbtwist.core.events import parse_event
 from lbtwist.core.translate import proxy_policy
-from lbtwist.security.tls import ClientConnectionCreator, ServerContextSource, client_context
 from lbtwist.service.relay import (
     RelayProtocol,
     RelayQueue,
@@ -42,11 +36,9 @@ from lbtwist.service.relay import (
     tcp_no_delay,
 )
 from lbtwist.store.batch import BatchPlan, OutboxRow, id_runs, run_now
-from lbtwist.store.interface import OutboxEntry
 from lbtwist.store.sqlite import SCHEMA_VERSION, SQLiteStore, connect, schema_version
 from lbtwist.testing import MemoryStore
 from tests import traces
-from tests.certs import NOW, TestCA
 
 JOB_A = "https://lb01.example.org:9000/JobAaaaaaaaaaaaaaaaaaaa"
 JOB_B = "https://lb01.example.org:9000/JobBbbbbbbbbbbbbbbbbbbb"
@@ -916,145 +908,6 @@ class NoDelayTests(SynchronousTestCase):
         proto = RelayProtocol(Queue())  # type: ignore[arg-type]
         proto.makeConnection(Wrapper(tcp))  # type: ignore[arg-type]
         self.assertEqual((tcp.no_delay, attached), ([True], [proto]))
-
-
-class _Socket(FileDescriptor):
-    """
-    A connected socket transport whose socket takes every write.
-    """
-
-    def __init__(self, reactor: MemoryReactor) -> None:
-        super().__init__(reactor)
-        self.connected = 1
-        self.sent: list[bytes] = []
-
-    def writeSomeData(self, data: bytes) -> int:  # type: ignore[override]
-        if data:
-            self.sent.append(bytes(data))
-        return len(data)
-
-    def fileno(self) -> int:
-        return -1
-
-
-class _TLS(Wrapper):
-    """
-    As Twisted's TLS wrapper: writes held until the aggregator flushes them to the
-    transport under it; other attributes (C{doWrite}) are the transport's.
-    """
-
-    connected = 1
-    disconnecting = False
-
-    def __init__(self, transport: object) -> None:
-        super().__init__(transport)
-        self.held: list[bytes] = []
-        self._aggregator = self
-
-    def write(self, data: bytes) -> None:
-        self.held.append(data)
-
-    def flush(self) -> None:
-        self.transport.write(b"".join(self.held))  # type: ignore[attr-defined]
-        self.held = []
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.transport, name)
-
-
-class SendNowTests(SynchronousTestCase):
-    def test_window_sent_in_the_same_turn(self) -> None:
-        """
-        A window of events leaves for the socket under TLS as it is written, not
-        when the reactor next polls for writable sockets.
-        """
-        reactor = MemoryReactor()
-        socket = _Socket(reactor)
-
-        class Queue:
-            def attach(self, proto: object) -> None:
-                pass
-
-        proto = RelayProtocol(Queue())  # type: ignore[arg-type]
-        proto.makeConnection(_TLS(socket))  # type: ignore[arg-type]
-        rows = [OutboxEntry(n, "d:9001", n, JOB_A, f"line {n}", 0) for n in (1, 2)]
-        proto.send(rows)
-        self.assertEqual(
-            socket.sent, [b"".join(ilproto.encode_il_msg(f"line {n}\n".encode()) for n in (1, 2))]
-        )
-        self.assertNotIn(socket, reactor.getWriters())
-
-
-class SendNowTLSTests(SynchronousTestCase):
-    """
-    With Twisted's TLS (which holds small writes for the next reactor iteration),
-    the relay's window is encrypted and sent as it is written.
-    """
-
-    def setUp(self) -> None:
-        base = Path(self.mktemp())
-        base.mkdir(parents=True)
-        ca = TestCA.create()
-        ca_dir = base / "certificates"
-        ca.install(ca_dir, ca.crl())
-        server_pem = ca.host("lb01.example.org").write(base / "server.pem")
-        relay_pem = ca.host("ce.example.org").write(base / "relay.pem")
-        self.source = ServerContextSource(server_pem, None, ca_dir, verify_time=NOW)
-        self.context = client_context(relay_pem, None, ca_dir, verify_time=NOW, crl="off")
-
-    def test_window_sent_through_real_tls(self) -> None:
-        clock = Clock()
-        reactor = MemoryReactor()
-        addr = IPv4Address("TCP", "127.0.0.1", 9001)
-        received: list[bytes] = []
-
-        class Sink(Protocol):
-            def dataReceived(self, data: bytes) -> None:
-                received.append(data)
-
-        class Queue:
-            def attach(self, proto: object) -> None:
-                pass
-
-        relay = RelayProtocol(Queue())  # type: ignore[arg-type]
-        client = TLSMemoryBIOFactory(
-            ClientConnectionCreator("lb01.example.org", self.context),
-            True,
-            Factory.forProtocol(lambda: relay),
-            clock,
-        ).buildProtocol(addr)
-        server = TLSMemoryBIOFactory(self.source, False, Factory.forProtocol(Sink), clock)
-        server_tls = server.buildProtocol(addr)
-        socket, wire = _Socket(reactor), StringTransport()
-        assert client is not None and server_tls is not None
-        client.makeConnection(socket)
-        server_tls.makeConnection(wire)
-
-        def pump() -> None:
-            for _ in range(20):
-                clock.advance(0)
-                socket.doWrite()
-                up, down = b"".join(socket.sent), wire.value()
-                socket.sent.clear()
-                wire.clear()
-                if not up and not down:
-                    return
-                if up:
-                    server_tls.dataReceived(up)
-                if down:
-                    client.dataReceived(down)
-
-        pump()
-        self.assertIsNotNone(relay.transport)
-        rows = [OutboxEntry(n, "d:9001", n, JOB_A, f"line {n}", 0) for n in (1, 2)]
-        relay.send(rows)
-        # On the socket before the clock (the next reactor iteration) moves.
-        self.assertNotEqual(socket.sent, [])
-        server_tls.dataReceived(b"".join(socket.sent))
-        self.assertEqual(
-            b"".join(received),
-            b"".join(ilproto.encode_il_msg(f"line {n}\n".encode()) for n in (1, 2)),
-        )
 
 
 class MiscTests(SynchronousTestCase):
