@@ -16,7 +16,15 @@ each on a fresh service:
  3. C{--wait-connections} realistic producers (default 64: 16 waiting producers can
     offer at most 16 events per acknowledgement time) offered half the rate of run 1
     between them: the acknowledgement latency;
- 4. pipelining producers at half the rate of run 1.
+ 4. C{--fair-connections} waiting producers (default 256, C{--per-process} connections per
+    producer process) offered the same half rate: each idles between its events, so the
+    latency is the service's answer time rather than the queue of closed-loop producers;
+ 5. pipelining producers at half the rate of run 1.
+
+A waiting producer whose answer comes after its next send time is behind its schedule:
+the run then measures closed-loop producers, whose median latency is about their number
+over the achieved rate (Little's law), whatever the service does. Each waiting run at a
+rate prints the share of sends behind schedule and that bound.
 
 Rated producers send on a schedule shifted by a fraction of their send interval, so the
 connections do not all send at the same instants; a realistic producer whose answer comes
@@ -153,6 +161,8 @@ def _wait_producer(
             wait = due0 + n / rate - clock()
             if wait > 0:
                 time.sleep(wait)
+            elif n:
+                LATE[0] += 1
         sent = clock()
         sock.sendall(line)
         while b"\n" not in buf:
@@ -168,6 +178,73 @@ def _wait_producer(
             errors += 1
             if errors <= 3:
                 print(f"connection {conn}: {answer[:200]!r}", file=sys.stderr)
+    return ok, errors, latencies
+
+
+#: Sends of this producer process that were due before the previous answer came (a
+#: waiting producer behind its schedule: the run is then closed-loop, not paced).
+LATE = [0]
+
+
+def _wait_many(
+    socks: list[socket.socket],
+    payloads: list[list[bytes]],
+    rate: float | None,
+    t0: float,
+    phases: list[float],
+    conn: int,
+) -> tuple[int, int, list[float]]:
+    """
+    Several waiting producers in one process (one selector): each connection sends
+    one event, waits for its answer, then sends its next at its scheduled time.
+    """
+    clock = time.perf_counter
+    sel = selectors.DefaultSelector()
+    count = [0] * len(socks)
+    sent_at = [0.0] * len(socks)
+    bufs = [b""] * len(socks)
+    due0 = [t0 + (ph / rate if rate is not None else 0.0) for ph in phases]
+    waiting: list[tuple[float, int]] = []  # (due, connection) not yet sent
+    latencies: list[float] = []
+    ok = errors = 0
+    for i, sock in enumerate(socks):
+        sel.register(sock, selectors.EVENT_READ, i)
+        waiting.append((due0[i], i))
+    left = len(socks)
+    while left:
+        now = clock()
+        waiting.sort()
+        while waiting and waiting[0][0] <= now:
+            _due, i = waiting.pop(0)
+            sent_at[i] = clock()
+            socks[i].sendall(payloads[i][count[i]])
+        timeout = max(0.0, waiting[0][0] - clock()) if waiting else None
+        for key, _mask in sel.select(timeout):
+            i = key.data
+            chunk = socks[i].recv(4096)
+            if not chunk:
+                raise ConnectionError(f"connection {conn + i} closed by the service")
+            got = clock()
+            bufs[i] += chunk
+            if b"\n" not in bufs[i]:
+                continue
+            answer, _, bufs[i] = bufs[i].partition(b"\n")
+            latencies.append(got - sent_at[i])
+            if answer.startswith(b"OK"):
+                ok += 1
+            else:
+                errors += 1
+                if errors <= 3:
+                    print(f"connection {conn + i}: {answer[:200]!r}", file=sys.stderr)
+            count[i] += 1
+            if count[i] == len(payloads[i]):
+                left -= 1
+                continue
+            due = due0[i] + count[i] / rate if rate is not None else got
+            if due < got:
+                LATE[0] += 1
+            waiting.append((max(due, got), i))
+    sel.close()
     return ok, errors, latencies
 
 
@@ -252,6 +329,8 @@ def producer(
     start: Any,
     out: Any,
     phase: float = 0.0,
+    many: int = 0,
+    spread: int = 0,
 ) -> None:
     """
     One producer process: C{count} events with at most C{window} unanswered (1:
@@ -261,7 +340,25 @@ def producer(
     @param phase: with a rate, the fraction of one send interval this producer's
         schedule is shifted by, so that producers of one run do not all send at
         the same instants (a burst of one event per connection at once).
+    @param many: if not 0, this process drives C{many} waiting connections
+        (C{conn} to C{conn + many - 1}), C{count} events and C{rate} each, the
+        schedule of the k-th shifted by C{phase + k / spread}.
     """
+    if many:
+        conns = list(range(conn, conn + many))
+        payloads = [_lines_payload(c, count, run) for c in conns]
+        socks = []
+        for _ in conns:
+            socks.append(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+            socks[-1].connect(path)
+        phases = [phase + k / (spread or many) for k in range(many)]
+        start.wait()
+        t0 = time.perf_counter()
+        ok, errors, latencies = _wait_many(socks, payloads, rate, t0, phases, conn)
+        out.put((ok, errors, t0, time.perf_counter(), latencies, LATE[0]))
+        for sock in socks:
+            sock.close()
+        return
     payload = _lines_payload(conn, count, run)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect(path)
@@ -271,7 +368,7 @@ def producer(
         ok, errors, latencies = _wait_producer(sock, payload, rate, t0, phase, conn)
     else:
         ok, errors, latencies = _pipelined_producer(sock, payload, window, rate, t0, phase, conn)
-    out.put((ok, errors, t0, time.perf_counter(), latencies))
+    out.put((ok, errors, t0, time.perf_counter(), latencies, LATE[0]))
     sock.close()
 
 
@@ -296,9 +393,11 @@ def drive(
     rate: float | None,
     *,
     pid: int | None = None,
+    per_process: int = 1,
 ) -> dict[str, float]:
     """
-    C{count} events in total from C{connections} producer processes.
+    C{count} events in total from C{connections} producer connections, each its own
+    process, or C{per_process} waiting connections per process.
 
     @param window: unanswered events per connection; 1 waits for each answer.
     @param rate: total events/s, or None for as fast as possible.
@@ -309,13 +408,28 @@ def drive(
     out = ctx.Queue()
     per = count // connections
     per_rate = None if rate is None else rate / connections
-    procs = [
-        ctx.Process(
-            target=producer,
-            args=(path, c, per, run, window, per_rate, start, out, c / connections),
-        )
-        for c in range(connections)
-    ]
+    if per_process > 1:
+        assert window <= 1 and connections % per_process == 0
+        procs = [
+            ctx.Process(
+                target=producer,
+                args=(path, c * per_process, per, run, 1, per_rate, start, out),
+                kwargs={
+                    "phase": c * per_process / connections,
+                    "many": per_process,
+                    "spread": connections,
+                },
+            )
+            for c in range(connections // per_process)
+        ]
+    else:
+        procs = [
+            ctx.Process(
+                target=producer,
+                args=(path, c, per, run, window, per_rate, start, out, c / connections),
+            )
+            for c in range(connections)
+        ]
     for p in procs:
         p.start()
     time.sleep(0.5)  # let them build their events and connect
@@ -329,6 +443,7 @@ def drive(
     errors = sum(r[1] for r in results)
     seconds = max(r[3] for r in results) - min(r[2] for r in results)
     lat = sorted(x for r in results for x in r[4])
+    late = sum(r[5] for r in results)
     events = ok + errors
     return {
         "events": events,
@@ -340,6 +455,11 @@ def drive(
         "p99_ms": lat[max(0, int(len(lat) * 0.99) - 1)] * 1000,
         "cpu_us": cpu / events * 1e6 if events else 0.0,
         "cpu_share": cpu / seconds,
+        "late": late / events if events else 0.0,
+        "connections": connections,
+        "waiting_rated": 1.0 if window <= 1 and rate is not None else 0.0,
+        # Little's law: the latency of this many closed-loop producers at this rate.
+        "little_ms": connections / (events / seconds) * 1000,
     }
 
 
@@ -365,6 +485,12 @@ def fmt(name: str, r: dict[str, float]) -> str:
         f"{int(r['errors'])} errors), ack latency median {r['median_ms']:.2f} ms, "
         f"p99 {r['p99_ms']:.2f} ms; service CPU {r['cpu_us']:.0f} us/event "
         f"({r['cpu_share']:.2f} cores)"
+        + (
+            f"; {r['late'] * 100:.0f} % of sends behind schedule (closed loop:"
+            f" {r['connections']:.0f} producers / rate = {r['little_ms']:.2f} ms)"
+            if r.get("waiting_rated")
+            else ""
+        )
     )
 
 
@@ -405,6 +531,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile", metavar="FILE", help="run twistd under cProfile, stats to FILE.<run>"
     )
     parser.add_argument(
+        "--fair-connections",
+        type=int,
+        default=256,
+        help="waiting producers of the paced half-rate run (0: none): enough that each"
+        " idles between events, so the latency is the service's, not the queue of"
+        " closed-loop producers",
+    )
+    parser.add_argument(
+        "--per-process",
+        type=int,
+        default=32,
+        help="waiting connections per producer process in that run",
+    )
+    parser.add_argument(
         "--spy",
         metavar="FILE",
         help="record every thread of the service with py-spy (raw format) to FILE.<run>",
@@ -415,7 +555,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     number = [0]
 
     def one(
-        name: str, window: int, count: int, rate: float | None, conns: int = conns
+        name: str,
+        window: int,
+        count: int,
+        rate: float | None,
+        conns: int = conns,
+        per_process: int = 1,
     ) -> dict[str, float]:
         run = number[0]
         number[0] += 1
@@ -449,7 +594,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     stdout=subprocess.DEVNULL,
                 )
                 time.sleep(1.0)
-            result = drive(svc.socket_path, conns, count, run, window, rate, pid=pid)
+            result = drive(
+                svc.socket_path, conns, count, run, window, rate, pid=pid, per_process=per_process
+            )
         finally:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)
@@ -484,6 +631,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             half,
             waiting,
         )
+        fair = args.fair_connections
+        if fair:
+            figures["fair_half"] = one(
+                f"{fair} connections waiting for each answer, at {half:,.0f}/s"
+                f" ({args.per_process} a producer process)",
+                1,
+                max(fair, int(half * args.seconds)),
+                half,
+                fair,
+                args.per_process,
+            )
         figures["pipe_half"] = one(
             f"{pipe}, at {half:,.0f}/s", args.window, max(conns, int(half * args.seconds)), half
         )
@@ -496,6 +654,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ratio = med("pipe", "ratio")
     p50, p99 = med("wait_half", "median_ms"), med("wait_half", "p99_ms")
     pp50, pp99 = med("pipe_half", "median_ms"), med("pipe_half", "p99_ms")
+    fair = args.fair_connections
+    f50 = med("fair_half", "median_ms") if fair else 0.0
+    f99 = med("fair_half", "p99_ms") if fair else 0.0
     print(f"medians of {len(rounds)} rounds:")
     print(
         f"  raw SQLite: {med('sqlite', 'commits_per_s'):,.0f} commits/s of 1 row,"
@@ -513,8 +674,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"  {args.wait_connections} connections waiting for each answer, at half rate:"
         f" {med('wait_half', 'rate'):,.0f} events/s achieved;"
-        f" p50 {p50:.2f} ms, p99 {p99:.2f} ms (targets < 5, < 20)"
+        f" p50 {p50:.2f} ms, p99 {p99:.2f} ms (targets < 5, < 20);"
+        f" {med('wait_half', 'late') * 100:.0f} % of sends behind schedule, closed loop"
+        f" {args.wait_connections} / rate = {med('wait_half', 'little_ms'):.2f} ms"
     )
+    if fair:
+        print(
+            f"  {fair} connections waiting for each answer, at half rate (the paced case:"
+            f" {fair} / rate leaves each producer idle between events):"
+            f" {med('fair_half', 'rate'):,.0f} events/s achieved; p50 {f50:.2f} ms,"
+            f" p99 {f99:.2f} ms; {med('fair_half', 'late') * 100:.0f} % of sends behind schedule"
+        )
     print(
         f"  {pipe}, at half rate: {med('pipe_half', 'rate'):,.0f} events/s achieved;"
         f" p50 {pp50:.2f} ms, p99 {pp99:.2f} ms"
@@ -522,13 +692,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     met = ratio >= 0.3 and p50 < 5 and p99 < 20
     print(
         f"intake: {rate:,.0f} ev/s ({ratio:.2f} x sqlite-256); half rate, waiting producers"
-        f" p50 {p50:.2f} ms p99 {p99:.2f} ms, pipelined p50 {pp50:.2f} ms p99 {pp99:.2f} ms;"
+        f" p50 {p50:.2f} ms p99 {p99:.2f} ms"
+        + (f" ({fair} waiting: p50 {f50:.2f} ms p99 {f99:.2f} ms)" if fair else "")
+        + f", pipelined p50 {pp50:.2f} ms p99 {pp99:.2f} ms;"
         f" targets {'met' if met else 'NOT met'}; load {os.getloadavg()[0]:.1f}"
     )
     print(
         f".venv/bin/python -m bench.intake --count {args.count} --seconds {args.seconds:g}"
         f" --window {args.window} --connections {conns}"
-        f" --wait-connections {args.wait_connections} --repeat {args.repeat}"
+        f" --wait-connections {args.wait_connections} --fair-connections {fair}"
+        f" --per-process {args.per_process} --repeat {args.repeat}"
         + "".join(f" --service-option={o}" for o in args.service_option)
     )
     return 0

@@ -43,6 +43,7 @@ import multiprocessing
 import os
 import selectors
 import shutil
+import signal
 import socket
 import sqlite3
 import statistics
@@ -209,6 +210,40 @@ def cpu_seconds(service: RoleService) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
+def thread_cpu(service: RoleService) -> tuple[float, float]:
+    """
+    CPU seconds so far of the service's reactor (main) thread and of all its other
+    threads together (the store's writer and reader threads).
+    """
+    assert service.process is not None
+    pid = service.process.pid
+    main = other = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        if int(tid) == pid:
+            main += used
+        else:
+            other += used
+    return main, other
+
+
+def thread_share(before: tuple[float, float], after: tuple[float, float], span: float) -> str:
+    """
+    The reactor's and the other threads' CPU between two L{thread_cpu} samples, as
+    fractions of a core over C{span} seconds.
+    """
+    span = max(span, 1e-6)
+    return (
+        f"reactor {(after[0] - before[0]) / span:.2f} core,"
+        f" store threads {(after[1] - before[1]) / span:.2f} core"
+    )
+
+
 class Sampler:
     """
     A thread that calls C{sample()} every C{interval} seconds until stopped.
@@ -292,12 +327,48 @@ class DepthSampler(Sampler):
         self.deepest = max(self.deepest, self.current())
 
 
+class Spy:
+    """
+    C{py-spy record --threads} of the services in C{services} while the block runs
+    (nothing without a directory), into C{DIR/<role>.<run>.<phase>.txt}.
+    """
+
+    def __init__(self, directory: str | None, phase: str, rep: int, *services: RoleService):
+        self.procs: list[subprocess.Popen[bytes]] = []
+        if directory is None:
+            return
+        spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
+        for service in services:
+            assert service.process is not None
+            out = os.path.join(directory, f"{service.role}.{rep}.{phase}.txt")
+            self.procs.append(
+                subprocess.Popen(
+                    [spy, "record", "-p", str(service.process.pid), "--threads", "--idle"]
+                    + ["-f", "raw", "-r", "200", "-o", out],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        time.sleep(0.5)
+
+    def __enter__(self) -> Spy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in self.procs:
+            proc.wait(60)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, int(len(ordered) * q) - 1))]
 
 
-def make_pair(base: str, window: int | None) -> tuple[RoleService, RoleService]:
+def make_pair(
+    base: str, window: int | None, profile: str | None = None, rep: int = 0
+) -> tuple[RoleService, RoleService]:
     pki = make_dev_pki(
         os.path.join(base, "pki"), now=datetime.now(UTC), hostnames=("localhost", LB_HOST)
     )
@@ -310,6 +381,13 @@ def make_pair(base: str, window: int | None) -> tuple[RoleService, RoleService]:
         f.write(f'resource "LB" {{\n{body}}}\n')
     creds = ["--cert", str(pki.host_cert), "--key", str(pki.host_key), "--ca-dir", str(pki.ca_dir)]
     store_port = free_port()
+
+    def profiled(role: str) -> list[str]:
+        if not profile:
+            return []
+        path = os.path.join(os.path.abspath(profile), f"{role}.{rep}.prof")
+        return ["--profile", path, "--profiler", "cprofile", "--savestats"]
+
     server = RoleService(
         os.path.join(base, "server"),
         "lbserver",
@@ -325,6 +403,7 @@ def make_pair(base: str, window: int | None) -> tuple[RoleService, RoleService]:
             policy,
         ],
         store_port,
+        profiled("lbserver"),
     )
     proxy = RoleService(
         os.path.join(base, "proxy"),
@@ -340,12 +419,13 @@ def make_pair(base: str, window: int | None) -> tuple[RoleService, RoleService]:
             f"{LB_HOST}:9001=tcp:host=127.0.0.1:port={store_port}",
         ],
         None,
+        profiled("lbproxy"),
     )
     return proxy, server
 
 
 def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
-    proxy, server = make_pair(base, args.window)
+    proxy, server = make_pair(base, args.window, args.profile, rep)
     fig: dict[str, float] = {}
     conns, pipe, count = args.connections, args.pipeline, args.count
     try:
@@ -360,7 +440,10 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
         pending = count_rows(proxy.db_path, "SELECT COUNT(*) FROM outbox")
         server.start()
         pcpu0, scpu0 = cpu_seconds(proxy), cpu_seconds(server)
-        wait_drained(proxy)
+        pth0, sth0, d0 = thread_cpu(proxy), thread_cpu(server), time.time()
+        with Spy(args.spy, "drain", rep, proxy, server):
+            wait_drained(proxy)
+        pth1, sth1, d1 = thread_cpu(proxy), thread_cpu(server), time.time()
         arrived = list(server_arrivals(server, f"{rep}a").values())
         fig["alone"] = len(arrived) / span
         fig["alone_logged"] = alone_logged
@@ -370,7 +453,9 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
         print(
             f"  [{rep}] intake alone: {len(acks)} logged ({errors} errors) in {span:.2f} s:"
             f" {alone_logged:.0f} logged/s, {fig['alone']:.0f} relayed rows/s;"
-            f" drain of {pending} rows: {fig['drain']:.0f} rows/s",
+            f" drain of {pending} rows: {fig['drain']:.0f} rows/s"
+            f" (proxy {thread_share(pth0, pth1, d1 - d0)};"
+            f" server {thread_share(sth0, sth1, d1 - d0)})",
             flush=True,
         )
         # 3. Live, as fast as the intake answers.
@@ -403,8 +488,10 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
         )
         # 4. Half the rate of the intake alone: latency.
         rate = alone_logged / 2
-        with CommitPoller(server) as poller:
+        pth0, sth0 = thread_cpu(proxy), thread_cpu(server)
+        with CommitPoller(server) as poller, Spy(args.spy, "half", rep, proxy, server):
             t0, acks, errors = log_events(proxy.socket_path, f"{rep}c", count, conns, pipe, rate)
+            pth1, sth1, h1 = thread_cpu(proxy), thread_cpu(server), time.time()
             wait_drained(proxy)
         arrivals = server_arrivals(server, f"{rep}c")
         lat = [poller.seen[line] - acks[line] for line in acks if line in poller.seen]
@@ -421,7 +508,8 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
             f"  [{rep}] half rate: {fig['half_rate']:.0f} logged/s ({errors} errors):"
             f" intake ack -> server commit median {fig['half_p50']:.1f} ms,"
             f" p99 {fig['half_p99']:.1f} ms (to the server's commit group"
-            f" {fig['half_arrive_p50']:.1f} ms, its commit {fig['half_commit_p50']:.1f} ms)",
+            f" {fig['half_arrive_p50']:.1f} ms, its commit {fig['half_commit_p50']:.1f} ms);"
+            f" proxy {thread_share(pth0, pth1, h1 - t0)}; server {thread_share(sth0, sth1, h1 - t0)}",
             flush=True,
         )
         print(
@@ -450,8 +538,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pipeline", type=int, default=64, help="unanswered events a connection")
     parser.add_argument("--dir", default=None, help="working directory (default: a temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the working directory")
+    parser.add_argument(
+        "--spy",
+        default=None,
+        metavar="DIR",
+        help="record every thread of both services with py-spy (raw, per phase) into DIR",
+    )
+    parser.add_argument(
+        "--profile",
+        default=None,
+        metavar="DIR",
+        help="cProfile both services' reactor threads (twistd --profile) into DIR",
+    )
     args = parser.parse_args(argv)
     base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-relay-")
+    for directory in (args.profile, args.spy):
+        if directory:
+            os.makedirs(directory, exist_ok=True)
     load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     print(f"relay bench: {args.count} events a phase, {args.repeat} runs; {load}", flush=True)
     figs: list[dict[str, float]] = []

@@ -130,6 +130,9 @@ class StorePortProtocol(Protocol):
         self._answers: AnswerQueue | None = None
         self._waiting: list[tuple[_Slot, tuple[str, Event] | LBError]] = []
         self._busy = False
+        # RegJobs this connection handed to the store that are not committed yet, by
+        # job: its later events that need no job state go to the store behind them.
+        self._own_regs: dict[str, int] = {}
         # Authorization answers by L{write_key}, and whether an event's answer
         # needs no job state, by (type, action): both for this connection's peer.
         self._allowed: dict[tuple[str | None, ...], Decision] = {}
@@ -282,7 +285,11 @@ class StorePortProtocol(Protocol):
     def _kick(self) -> None:
         """
         Hand everything received since the last store call to the store, in one
-        call, unless a call of this connection is still running.
+        call, unless a call of this connection is still running: waiting for job
+        lookups, or, when it needed lookups, for its commit. A batch that needed
+        none (a trusted relay's stream) frees the connection once it is handed to
+        the store, so the next one queues behind it for the next commit group
+        while it commits.
         """
         if self._busy or not self._waiting or self._lost:
             return
@@ -327,11 +334,15 @@ class StorePortProtocol(Protocol):
                 if self._stateless_for(ev):
                     registering.add(jobid)
                     continue
-            elif (jobid in registering or f.grey_jobs) and self._stateless_for(ev):
+            elif (
+                jobid in registering or jobid in self._own_regs or f.grey_jobs
+            ) and self._stateless_for(ev):
+                # Registered in this batch, or by this connection's RegJob ahead of
+                # it in the store's queue (committed first, or in the same group).
                 continue
             checks[jobid] = f.lookup(jobid)
         if not checks:
-            return self._submit(items, cached)
+            return self._submit(items, cached, pipelined=True)
         jobids = list(checks)
         d = gatherResults([checks[j] for j in jobids], consumeErrors=True)
 
@@ -354,10 +365,14 @@ class StorePortProtocol(Protocol):
         self,
         items: list[tuple[_Slot, tuple[str, Event] | LBError]],
         found: dict[str, JobRights | bool | None],
+        pipelined: bool = False,
     ) -> Deferred[None]:
         """
         Authorize each event against its job's rights as the batch so far
         leaves them, and submit the accepted ones.
+
+        @param pipelined: fire once the batch is handed to the store (else once
+            it is answered).
 
         @param found: per job looked up or cached: its rights, C{None} (unknown
             to the store) or C{False} (its pending registration failed). A job
@@ -414,6 +429,9 @@ class StorePortProtocol(Protocol):
         if not batch:
             return succeed(None)
         registrations = [f.registering(jobid) for jobid in registering]
+        own = self._own_regs
+        for jobid in registering:
+            own[jobid] = own.get(jobid, 0) + 1
         d: Deferred[Any] = maybeDeferred(f.store.store, batch)
         d.addCallbacks(
             self._stored,
@@ -422,7 +440,7 @@ class StorePortProtocol(Protocol):
             errbackArgs=(slots, registrations),
         )
         d.addErrback(lambda fail: log.failure("store port answer failed", fail))
-        return d
+        return succeed(None) if pipelined else d
 
     def _stored(
         self,
@@ -456,6 +474,7 @@ class StorePortProtocol(Protocol):
                     stored.add(ev.jobid)
                 slot.code, slot.text = 0, "OK"
         for reg in registrations:
+            self._own_done(reg.jobid)
             f.registered_done(reg, reg.jobid in stored)
         self._flush()
 
@@ -469,8 +488,17 @@ class StorePortProtocol(Protocol):
         for slot in slots:
             slot.code, slot.text = error.code, error.message
         for reg in registrations:
+            self._own_done(reg.jobid)
             self.factory.registered_done(reg, False)
         self._flush()
+
+    def _own_done(self, jobid: str) -> None:
+        own = self._own_regs
+        left = own.get(jobid, 0) - 1
+        if left > 0:
+            own[jobid] = left
+        else:
+            own.pop(jobid, None)
 
     def _flush(self) -> None:
         answers = self._answers

@@ -1322,6 +1322,26 @@ class CommitNotifier:
         return results
 
 
+def id_runs(ids: Iterable[int]) -> list[tuple[int, int]]:
+    """
+    Row ids as runs of consecutive ids, C{(first, last)} in increasing order: a relay's
+    acknowledgements are mostly one run, removed by one range statement instead of
+    one statement per row (ids are unique, so no other row lies inside a run).
+    """
+    runs: list[tuple[int, int]] = []
+    first = last = None
+    for i in sorted(set(ids)):
+        if last is not None and i == last + 1:
+            last = i
+            continue
+        if first is not None and last is not None:
+            runs.append((first, last))
+        first = last = i
+    if first is not None and last is not None:
+        runs.append((first, last))
+    return runs
+
+
 @attrs.frozen
 class RejectRow:
     """

@@ -53,6 +53,7 @@ from lbtwist.store.batch import (
     cream_key,
     dupkey,
     encode_key,
+    id_runs,
     reparse,
     status_from_json,
 )
@@ -698,8 +699,8 @@ class SQLiteBackend:
                         for r in rejects
                     ],
                 )
-            ids = [(i,) for i in acks] + [(r.entry.id,) for r in rejects]
-            conn.executemany("DELETE FROM outbox WHERE id = ?", ids)
+            ids = [*acks, *(r.entry.id for r in rejects)]
+            conn.executemany("DELETE FROM outbox WHERE id BETWEEN ? AND ?", id_runs(ids))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:

@@ -68,10 +68,19 @@ class RoleService(harness.LBService):
     server, the store port accept connections.
     """
 
-    def __init__(self, base: str, role: str, args: Sequence[str], tcp_port: int | None) -> None:
+    def __init__(
+        self,
+        base: str,
+        role: str,
+        args: Sequence[str],
+        tcp_port: int | None,
+        twistd_args: Sequence[str] = (),
+    ) -> None:
         super().__init__(base, args)
         self.role = role
         self.tcp_port = tcp_port
+        #: twistd's own options, before the role (the relay benchmark's profiler).
+        self.twistd_args = list(twistd_args)
 
     def start(self) -> None:
         assert self.process is None, "already running"
@@ -81,6 +90,7 @@ class RoleService(harness.LBService):
             "-n",
             "--pidfile=",
             f"--logfile={self.logfile}",
+            *self.twistd_args,
             self.role,
             "--state-dir",
             self.state_dir,

@@ -35,7 +35,7 @@ from lbtwist.service.relay import (
     split_destination,
     tcp_no_delay,
 )
-from lbtwist.store.batch import BatchPlan, OutboxRow, run_now
+from lbtwist.store.batch import BatchPlan, OutboxRow, id_runs, run_now
 from lbtwist.store.sqlite import SCHEMA_VERSION, SQLiteStore, connect, schema_version
 from lbtwist.testing import MemoryStore
 from tests import traces
@@ -681,6 +681,36 @@ class SQLiteOutboxTests(SynchronousTestCase):
         pending = self.successResultOf(self.store.outbox_pending(DEST1))
         self.assertEqual([r.line for r in pending], lines[3:5])
         self.assertEqual(len(self.successResultOf(self.store.rejected())), 1)
+
+    def test_acks_removed_by_runs(self) -> None:
+        """
+        Acknowledged rows go by one range statement per run of consecutive ids;
+        another destination's rows between them stay.
+        """
+        a, c = wms_lines(JOB_A), wms_lines(JOB_C)
+        self.store_lines([a[0], c[0], a[1], a[2], c[1], a[3]])
+        rows = self.successResultOf(self.store.outbox_after(DEST1, 0, 100))
+        deletes: list[str] = []
+        conn = self.store.backend.conn
+        conn.set_trace_callback(lambda sql: deletes.append(sql) if "DELETE" in sql else None)
+        self.addCleanup(conn.set_trace_callback, None)
+        self.successResultOf(self.store.outbox_ack([r.id for r in rows]))
+        stats = self.successResultOf(self.store.outbox_stats())
+        self.assertNotIn(DEST1, stats)
+        self.assertEqual(stats[DEST2].depth, 2)
+        self.assertEqual(len(deletes), 3)
+
+    def test_id_runs(self) -> None:
+        self.assertEqual(id_runs([]), [])
+        self.assertEqual(id_runs([7, 3, 4, 5, 9, 8, 1, 4]), [(1, 1), (3, 5), (7, 9)])
+
+    @given(st.sets(st.integers(1, 200)))
+    @settings(max_examples=50, deadline=None)
+    def test_id_runs_cover_the_ids(self, ids: set[int]) -> None:
+        runs = id_runs(ids)
+        covered = [i for first, last in runs for i in range(first, last + 1)]
+        self.assertEqual(covered, sorted(ids))
+        self.assertTrue(all(b[0] > a[1] + 1 for a, b in zip(runs, runs[1:], strict=False)))
 
     def test_duplicates_not_announced(self) -> None:
         lines = wms_lines(JOB_A)[:2]

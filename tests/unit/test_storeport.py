@@ -724,6 +724,56 @@ class RegistrationOrderTests(SynchronousTestCase):
         self.assertEqual(s.replies(), [OK] * 6)
 
 
+class RelayPipelineTests(SynchronousTestCase):
+    """
+    A trusted relay's stream needs no job state: each chunk goes to the store as
+    it arrives, queued behind the commit running, so the store's next group is
+    ready when that one ends (no round trip through the connection between
+    commits).
+    """
+
+    def setUp(self) -> None:
+        self.lines = traces.wms_prelude(JOB)
+        self.commits = ManualCommits()
+        policy = policy_for(RELAY_DN, "REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_GENERAL_EVENTS")
+        self.server = Server(RELAY_DN, store=self.commits.store, policy=policy)
+
+    def test_chunks_queued_while_committing(self) -> None:
+        s = self.server
+        s.send(self.lines[0])
+        s.send(*self.lines[1:3])
+        s.send(*self.lines[3:])
+        # The job's later events follow its RegJob (still committing) into the store.
+        self.assertEqual(self.commits.calls, [1, 2, len(self.lines) - 3])
+        self.assertEqual(s.replies(), [])
+        self.commits.commit()
+        self.assertEqual(s.replies(), [OK])
+        # What was queued meanwhile is the next group, one commit.
+        self.assertEqual(len(self.commits.pending), 1)
+        self.commits.commit()
+        self.assertEqual(s.replies(), [OK] * (len(self.lines) - 1))
+        self.assertEqual(s.stored(), self.lines)
+        self.assertEqual(s.proto._own_regs, {})
+
+    def test_failed_registration_resent_by_the_relay(self) -> None:
+        """
+        The RegJob's commit fails: it is answered EAGAIN (the relay reconnects and
+        sends it again, with everything after it); the events queued behind it are
+        committed by the next group, so the resend finds them as duplicates.
+        """
+        s = self.server
+        s.send(self.lines[0])
+        s.send(*self.lines[1:3])
+        self.commits.fail()
+        self.assertEqual(len(self.flushLoggedErrors(DiskError)), 1)
+        self.commits.commit()
+        self.assertEqual(s.replies(), [(ilproto.LB_DBERR, errno.EAGAIN), OK, OK])
+        s.send(*self.lines[:3])
+        self.commits.commit()
+        self.assertEqual(s.replies(), [OK] * 3)
+        self.assertEqual(s.stored(), self.lines[:3])
+
+
 @implementer(IStreamClientEndpoint)
 class MemoryTLSEndpoint:
     """
