@@ -297,3 +297,49 @@ def render_text(answer: Mapping[str, Any]) -> str:
     if "buckets" in answer:
         lines.append(f"per {answer['step']}s: {' '.join(str(n) for n in answer['buckets'])}")
     return "\n".join(lines) + "\n"
+
+
+#: The widths (seconds) of the counter buckets the store keeps per state: hours and days.
+HOUR = 3600
+DAY = 86_400
+
+
+def floor_bucket(t: int, width: int) -> int:
+    """
+    The C{width}-second bucket of the time C{t} (microseconds): C{t // width}, floored.
+    """
+    return t // (width * 1_000_000)
+
+
+@attrs.frozen
+class Cover:
+    """
+    A window C{[start, end)} as the store's counters see it: C{days} and C{hours}, each
+    C{(first, stop)} bucket ranges wholly inside the window, and the C{raw} time ranges
+    C{(from, to)} (microseconds, under two hours in all) left over at its edges.
+    """
+
+    raw: tuple[tuple[int, int], ...]
+    hours: tuple[tuple[int, int], ...]
+    days: tuple[tuple[int, int], ...]
+
+
+def cover(start: int, end: int) -> Cover:
+    """
+    Split C{[start, end)} into whole days, whole hours and (at most two) edges under an
+    hour each (a window within two hours: itself), so that a count over the window is
+    a sum of a few counters and short index ranges.
+    """
+    hour = HOUR * 1_000_000
+    h0 = -(-start // hour)
+    h1 = end // hour
+    if h0 >= h1:
+        return Cover(((start, end),) if start < end else (), (), ())
+    raw = tuple(r for r in ((start, h0 * hour), (h1 * hour, end)) if r[0] < r[1])
+    per_day = DAY // HOUR
+    d0 = -(-h0 // per_day)
+    d1 = h1 // per_day
+    if d0 >= d1:
+        return Cover(raw, ((h0, h1),), ())
+    hours = tuple(r for r in ((h0, d0 * per_day), (d1 * per_day, h1)) if r[0] < r[1])
+    return Cover(raw, hours, ((d0, d1),))
