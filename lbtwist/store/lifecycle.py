@@ -103,18 +103,35 @@ def _bucket_sql(expr: str, width: int) -> str:
     return f"(CASE WHEN {expr} >= 0 THEN {expr} / {w} ELSE ({expr} + 1) / {w} - 1 END)"
 
 
+#: The counters kept: (width, kind) pairs. Overall per hour (a year is 8760 rows to
+#: add); per grouping value per day (per hour they would be about as many rows as
+#: the entries).
+COUNTERS = ((HOUR, 0), *((DAY, kind) for kind in range(1, len(KINDS))))
+
+
 def _counter_values(row: str, sign: int) -> str:
     values = []
-    for width in (HOUR, DAY):
+    for width, kind in COUNTERS:
         bucket = _bucket_sql(f"{row}.entered", width)
-        for kind, column in enumerate(KINDS):
-            value = str(_NO_VALUE) if column is None else f"COALESCE({row}.{column}, {_NO_VALUE})"
-            values.append(f"({row}.state, {width}, {kind}, {bucket}, {value}, {sign})")
+        column = KINDS[kind]
+        value = str(_NO_VALUE) if column is None else f"COALESCE({row}.{column}, {_NO_VALUE})"
+        values.append(f"({row}.state, {width}, {kind}, {bucket}, {value}, {sign})")
     return ", ".join(values)
 
 
+def _entries_table(name: str) -> str:
+    # state_entries as L{add_counters} leaves it: L{SCHEMA}'s columns, then since_*.
+    since = "".join(f"    {column} INTEGER,\n" for column in SINCE.values())
+    return (
+        f"CREATE TABLE {name} (\n    state TEXT NOT NULL,\n    entered INTEGER NOT NULL,\n"
+        "    jobid TEXT NOT NULL,\n    destination TEXT,\n    ce_node TEXT,\n    owner TEXT,\n"
+        f"    vo TEXT,\n{since}    PRIMARY KEY (state, entered, jobid)\n) WITHOUT ROWID"
+    )
+
+
 def _counters_schema() -> str:
-    parts = [f"ALTER TABLE state_entries ADD COLUMN {column} INTEGER" for column in SINCE.values()]
+    parts = [_entries_table("state_entries")]
+    parts.append("CREATE UNIQUE INDEX state_entries_job ON state_entries (jobid, state)")
     parts.append(
         "CREATE TABLE stat_counts (state TEXT NOT NULL, width INTEGER NOT NULL,"
         " kind INTEGER NOT NULL, bucket INTEGER NOT NULL, value NOT NULL, n INTEGER NOT NULL,"
@@ -150,8 +167,9 @@ def _counters_schema() -> str:
     return ";\n".join(parts)
 
 
-#: What L{add_counters} adds to L{SCHEMA}: the C{since_*} columns, C{stat_counts}, and
-#: the triggers that keep both as entries are inserted and deleted.
+#: What L{add_counters} makes of L{SCHEMA}: C{state_entries} with the C{since_*}
+#: columns, C{stat_counts}, and the triggers that keep both as entries are inserted
+#: and deleted (the documentation of the schema; L{add_counters} runs its parts).
 COUNTERS_SCHEMA = _counters_schema()
 
 
@@ -174,30 +192,35 @@ _ENTRY_SQL = (
 
 def add_counters(conn: sqlite3.Connection) -> None:
     """
-    Add L{COUNTERS_SCHEMA} to a store that has L{SCHEMA} (the migration), filling the
-    counters and the C{since_*} columns from the entries already there.
+    Make L{COUNTERS_SCHEMA} of a store that has L{SCHEMA} (the migration): the entries
+    copied, in key order, to a table with their C{since_*} columns computed, then the
+    counters filled from them and the triggers created.
     """
-    columns = ", ".join(SINCE.values())
-    for statement in COUNTERS_SCHEMA.split(";\n"):
-        if statement.startswith("CREATE TRIGGER"):
-            continue
-        conn.execute(statement)
+    columns = "state, entered, jobid, destination, ce_node, owner, vo"
+    conn.execute(_entries_table("state_entries_new"))
     conn.execute(
-        f"UPDATE state_entries AS b SET ({columns}) = (SELECT "  # noqa: S608
+        f"INSERT INTO state_entries_new SELECT {', '.join('b.' + c for c in columns.split(', '))},"
         + _since_select("b.entered", "a")
-        + " FROM state_entries a WHERE a.jobid = b.jobid AND a.state != b.state"
-        " AND a.entered <= b.entered)"
+        + " FROM state_entries b LEFT JOIN state_entries a ON a.jobid = b.jobid"
+        " AND a.state != b.state AND a.entered <= b.entered"
+        " GROUP BY b.state, b.entered, b.jobid ORDER BY b.state, b.entered, b.jobid"
     )
-    for width in (HOUR, DAY):
+    conn.execute("DROP TABLE state_entries")
+    conn.execute("ALTER TABLE state_entries_new RENAME TO state_entries")
+    statements = COUNTERS_SCHEMA.split(";\n")[1:]
+    for statement in statements:
+        if not statement.startswith("CREATE TRIGGER"):
+            conn.execute(statement)
+    for width, kind in COUNTERS:
         bucket = _bucket_sql("entered", width)
-        for kind, column in enumerate(KINDS):
-            value = str(_NO_VALUE) if column is None else f"COALESCE({column}, {_NO_VALUE})"
-            conn.execute(
-                "INSERT INTO stat_counts (state, width, kind, bucket, value, n)"  # noqa: S608
-                f" SELECT state, {width}, {kind}, {bucket}, {value}, COUNT(*)"
-                " FROM state_entries GROUP BY 1, 4, 5"
-            )
-    for statement in COUNTERS_SCHEMA.split(";\n"):
+        column = KINDS[kind]
+        value = str(_NO_VALUE) if column is None else f"COALESCE({column}, {_NO_VALUE})"
+        conn.execute(
+            "INSERT INTO stat_counts (state, width, kind, bucket, value, n)"  # noqa: S608
+            f" SELECT state, {width}, {kind}, {bucket}, {value}, COUNT(*)"
+            " FROM state_entries GROUP BY 1, 4, 5"
+        )
+    for statement in statements:
         if statement.startswith("CREATE TRIGGER"):
             conn.execute(statement)
 
@@ -336,7 +359,7 @@ def _counts(
 ) -> dict[str | None, int]:
     # Entries of `state` in [start, end), overall (key None) or per value of `group`.
     kind = KINDS.index(group)
-    parts = cover(start, end)
+    parts = cover(start, end, hours=group is None, days=group is not None)
     counts: dict[str | None, int] = {}
     for low, high in parts.raw:
         if group is None:
