@@ -37,7 +37,6 @@ import multiprocessing
 import os
 import shutil
 import socket
-import ssl
 import statistics
 import sys
 import tempfile
@@ -49,15 +48,13 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.storefill import close_fill, event_row, free_port, insert, open_fill, tls_context
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
 from lbtwist.core.states.status import format_iso
 from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
 from lbtwist.security.identity import slash_dn
-from lbtwist.store.batch import dupkey, identity
-from lbtwist.store.purging import new_store_vacuum
 from lbtwist.store.query import owner_key
-from lbtwist.store.sqlite import connect, migrate
 from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid
 
 DEV_DN = slash_dn(USER_NAME)
@@ -76,17 +73,12 @@ def fill(db: str, jobs: int) -> dict[str, float]:
     C{jobs} jobs, all last updated in 2026's first days, two events each.
     """
     started = time.perf_counter()
-    conn = connect(db)
-    new_store_vacuum(conn)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = OFF")
-    migrate(conn)
+    conn = open_fill(db, vacuum=True)
     steps = cream_direct_trace(cream_jobid(0), T0)
     template = [parse_event(step.line) for step in steps]
     base_status = compute_status((ev, n + 1) for n, ev in enumerate(template)).to_json_dict()
     first_lines = [steps[0].line, steps[-1].line]
     template_id = cream_jobid(0)
-    conn.execute("BEGIN")
     rows: list[Any] = []
     event_rows: list[Any] = []
     event_id = 0
@@ -116,46 +108,13 @@ def fill(db: str, jobs: int) -> dict[str, float]:
             line = text.replace(template_id, jobid)
             ev = template[0 if seqno == 0 else -1]
             event_id += 1
-            event_rows.append(
-                (
-                    event_id,
-                    jobid,
-                    seqno + 1,
-                    T0 + i * 1_000,
-                    ev.type,
-                    ev.date,
-                    ev.source,
-                    ev.host,
-                    ev.level,
-                    ev.user,
-                    ev.seqcode,
-                    ev.priority,
-                    line,
-                    dupkey(identity(ev)),
-                )
-            )
+            event_rows.append(event_row(event_id, jobid, seqno + 1, T0 + i * 1_000, line, ev))
         if len(rows) >= 50_000:
-            _insert(conn, rows, event_rows)
+            insert(conn, rows, event_rows)
             rows, event_rows = [], []
-    _insert(conn, rows, event_rows)
-    conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    insert(conn, rows, event_rows)
+    close_fill(conn)
     return {"seconds": time.perf_counter() - started, "size_mb": os.path.getsize(db) / 1e6}
-
-
-def _insert(conn: Any, rows: list[Any], event_rows: list[Any]) -> None:
-    conn.executemany(
-        "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine, nevents, status,"
-        " uniq, owner_norm, list_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
-    conn.executemany(
-        "INSERT INTO events (id, jobid, seqno, arrived, type, date, source, host, level,"
-        " user_dn, seqcode, priority, line, dupkey)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        event_rows,
-    )
 
 
 def intake_lines(first: int, count: int) -> list[str]:
@@ -220,19 +179,6 @@ def fmt(name: str, r: dict[str, Any]) -> str:
     return f"{name:<36} " + "  ".join(
         f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tls_context(pki_dir: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(capath=os.path.join(pki_dir, "certificates"))
-    proxy = os.path.join(pki_dir, "user", "x509up")
-    ctx.load_cert_chain(proxy, proxy)
-    return ctx
 
 
 def grace_for(count: int, jobs: int) -> str:

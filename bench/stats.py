@@ -42,6 +42,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.storefill import insert, open_fill
 from lbtwist.core.states.status import JobStatus
 from lbtwist.core.stats import StatsRequest, entries
 from lbtwist.core.trace import TraceRequest, trace_row
@@ -100,11 +101,7 @@ def fill(db: str, jobs: int) -> tuple[float, float]:
     @return: the seconds of the fill and of the migration.
     """
     started = time.perf_counter()
-    conn = connect(db)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = OFF")
-    migrate(conn, MIGRATIONS.index(_migrate_stats_counters))
-    conn.execute("BEGIN")
+    conn = open_fill(db, target=MIGRATIONS.index(_migrate_stats_counters))
     rows: list[Any] = []
     entry_rows: list[Any] = []
     trace_rows: list[Any] = []
@@ -141,11 +138,7 @@ def fill(db: str, jobs: int) -> tuple[float, float]:
 
 
 def _flush(conn: Any, rows: list[Any], entry_rows: list[Any], trace_rows: list[Any]) -> None:
-    conn.executemany(
-        "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine, nevents, status,"
-        " uniq, owner_norm, list_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
+    insert(conn, rows)
     lifecycle._write_v1(conn, entry_rows, trace_rows)
 
 
