@@ -151,19 +151,24 @@ def _counters_schema() -> str:
         + upsert.format(values=_counter_values("OLD", -1))
         + "; END"
     )
-    for state, column in SINCE.items():
-        name = state.lower()
-        parts.append(
-            f"CREATE TRIGGER since_in_{name} AFTER INSERT ON state_entries"
-            f" WHEN NEW.state = '{state}' BEGIN UPDATE state_entries"
-            f" SET {column} = entered - NEW.entered WHERE jobid = NEW.jobid"
-            f" AND entered >= NEW.entered AND state != NEW.state; END"
-        )
-        parts.append(
-            f"CREATE TRIGGER since_out_{name} AFTER DELETE ON state_entries"
-            f" WHEN OLD.state = '{state}' BEGIN UPDATE state_entries"
-            f" SET {column} = NULL WHERE jobid = OLD.jobid AND {column} IS NOT NULL; END"
-        )
+    # One trigger each way (not one per state: each trigger costs its call).
+    setting = ", ".join(
+        f"{column} = CASE NEW.state WHEN '{state}' THEN entered - NEW.entered ELSE {column} END"
+        for state, column in SINCE.items()
+    )
+    parts.append(
+        "CREATE TRIGGER since_in AFTER INSERT ON state_entries BEGIN UPDATE state_entries"
+        f" SET {setting} WHERE jobid = NEW.jobid AND entered >= NEW.entered"
+        " AND state != NEW.state; END"
+    )
+    clearing = ", ".join(
+        f"{column} = CASE OLD.state WHEN '{state}' THEN NULL ELSE {column} END"
+        for state, column in SINCE.items()
+    )
+    parts.append(
+        "CREATE TRIGGER since_out AFTER DELETE ON state_entries BEGIN UPDATE state_entries"
+        f" SET {clearing} WHERE jobid = OLD.jobid AND state != OLD.state; END"
+    )
     return ";\n".join(parts)
 
 
@@ -184,9 +189,13 @@ def _since_select(entered: str, row: str) -> str:
 _ENTRY_SQL = (
     "INSERT INTO state_entries (state, entered, jobid, destination, ce_node, owner, vo, "
     + ", ".join(SINCE.values())
-    + ") SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, "
-    + _since_select("?2", "a")
-    + " FROM state_entries a WHERE a.jobid = ?3 AND a.state != ?1 AND a.entered <= ?2"
+    + ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, "
+    + ", ".join(
+        f"(SELECT ?2 - entered FROM state_entries WHERE jobid = ?3 AND state = '{state}'"
+        " AND state != ?1 AND entered <= ?2)"
+        for state in SINCE
+    )
+    + ")"
 )
 
 
