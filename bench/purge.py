@@ -55,6 +55,7 @@ from lbtwist.core.states.status import format_iso
 from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
 from lbtwist.security.identity import slash_dn
 from lbtwist.store.query import owner_key
+from lbtwist.store.sqlite import connect
 from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid
 
 DEV_DN = slash_dn(USER_NAME)
@@ -181,6 +182,10 @@ def fmt(name: str, r: dict[str, Any]) -> str:
     )
 
 
+def free_pages(conn: Any) -> int:
+    return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+
+
 def grace_for(count: int, jobs: int) -> str:
     """
     The query string that makes the C{count} oldest jobs due (the filled jobs were
@@ -256,6 +261,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             purge = threading.Thread(target=post_purge, args=(port, pki_dir, query, outcome))
             purge.start()
             during: list[float] = []
+            # The rounds while free pages grew (jobs purged) and while they shrank (the
+            # vacuum giving them back), from the file's free-page count.
+            phases: dict[str, list[float]] = {"chunks": [], "vacuum": []}
+            watch = connect(service.db_path, readonly=True)
+            free = free_pages(watch)
             errors = 0
             # Rounds of one second each until the purge answers.
             while purge.is_alive():
@@ -264,12 +274,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if purge.is_alive():
                     during.extend(got)
                     errors += err
+                    now_free = free_pages(watch)
+                    phases["vacuum" if now_free < free else "chunks"].extend(got)
+                    free = now_free
+            watch.close()
             purge.join()
             if outcome.get("status") != 200:
                 raise SystemExit(f"purge failed: {outcome}")
             report = outcome["body"]
             purged = summary(during) if during else {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0}
             print(fmt(f"run {run}: intake ack, during the purge", {**purged, "errors": errors}))
+            for phase, times in phases.items():
+                if times:
+                    print(fmt(f"run {run}:   of which {phase}", summary(times)))
             seconds = outcome["seconds"]
             print(
                 fmt(
