@@ -14,8 +14,10 @@ that all are due, and two event rows each), starts a real C{twistd -n lbproxy} o
    stored jobs (all: 0), chunk by chunk on the store's writer: latency p50/p99 while
    the purge runs;
 
-and prints both, their ratios (same run), the purge's duration and rate, and the store
-file's size before and after (incremental vacuum gives the space back).
+and prints both, their ratios (same run), the latency during the purge split into the
+rounds while jobs were purged and those while the vacuum gave the pages back (from the
+file's free-page count), the purge's duration and rate, and the store file's size
+before and after (incremental vacuum gives the space back).
 
 Run from the repository root::
 
