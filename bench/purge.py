@@ -14,8 +14,10 @@ that all are due, and two event rows each), starts a real C{twistd -n lbproxy} o
    stored jobs (all: 0), chunk by chunk on the store's writer: latency p50/p99 while
    the purge runs;
 
-and prints both, their ratios (same run), the purge's duration and rate, and the store
-file's size before and after (incremental vacuum gives the space back).
+and prints both, their ratios (same run), the latency during the purge split into the
+rounds while jobs were purged and those while the vacuum gave the pages back (from the
+file's free-page count), the purge's duration and rate, and the store file's size
+before and after (incremental vacuum gives the space back).
 
 Run from the repository root::
 
@@ -37,7 +39,6 @@ import multiprocessing
 import os
 import shutil
 import socket
-import ssl
 import statistics
 import sys
 import tempfile
@@ -49,15 +50,14 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.storefill import close_fill, event_row, free_port, insert, open_fill, tls_context
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
 from lbtwist.core.states.status import format_iso
 from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
 from lbtwist.security.identity import slash_dn
-from lbtwist.store.batch import dupkey, identity
-from lbtwist.store.purging import new_store_vacuum
 from lbtwist.store.query import owner_key
-from lbtwist.store.sqlite import connect, migrate
+from lbtwist.store.sqlite import connect
 from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid
 
 DEV_DN = slash_dn(USER_NAME)
@@ -76,17 +76,12 @@ def fill(db: str, jobs: int) -> dict[str, float]:
     C{jobs} jobs, all last updated in 2026's first days, two events each.
     """
     started = time.perf_counter()
-    conn = connect(db)
-    new_store_vacuum(conn)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = OFF")
-    migrate(conn)
+    conn = open_fill(db, vacuum=True)
     steps = cream_direct_trace(cream_jobid(0), T0)
     template = [parse_event(step.line) for step in steps]
     base_status = compute_status((ev, n + 1) for n, ev in enumerate(template)).to_json_dict()
     first_lines = [steps[0].line, steps[-1].line]
     template_id = cream_jobid(0)
-    conn.execute("BEGIN")
     rows: list[Any] = []
     event_rows: list[Any] = []
     event_id = 0
@@ -116,46 +111,13 @@ def fill(db: str, jobs: int) -> dict[str, float]:
             line = text.replace(template_id, jobid)
             ev = template[0 if seqno == 0 else -1]
             event_id += 1
-            event_rows.append(
-                (
-                    event_id,
-                    jobid,
-                    seqno + 1,
-                    T0 + i * 1_000,
-                    ev.type,
-                    ev.date,
-                    ev.source,
-                    ev.host,
-                    ev.level,
-                    ev.user,
-                    ev.seqcode,
-                    ev.priority,
-                    line,
-                    dupkey(identity(ev)),
-                )
-            )
+            event_rows.append(event_row(event_id, jobid, seqno + 1, T0 + i * 1_000, line, ev))
         if len(rows) >= 50_000:
-            _insert(conn, rows, event_rows)
+            insert(conn, rows, event_rows)
             rows, event_rows = [], []
-    _insert(conn, rows, event_rows)
-    conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    insert(conn, rows, event_rows)
+    close_fill(conn)
     return {"seconds": time.perf_counter() - started, "size_mb": os.path.getsize(db) / 1e6}
-
-
-def _insert(conn: Any, rows: list[Any], event_rows: list[Any]) -> None:
-    conn.executemany(
-        "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine, nevents, status,"
-        " uniq, owner_norm, list_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
-    conn.executemany(
-        "INSERT INTO events (id, jobid, seqno, arrived, type, date, source, host, level,"
-        " user_dn, seqcode, priority, line, dupkey)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        event_rows,
-    )
 
 
 def intake_lines(first: int, count: int) -> list[str]:
@@ -222,17 +184,8 @@ def fmt(name: str, r: dict[str, Any]) -> str:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tls_context(pki_dir: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(capath=os.path.join(pki_dir, "certificates"))
-    proxy = os.path.join(pki_dir, "user", "x509up")
-    ctx.load_cert_chain(proxy, proxy)
-    return ctx
+def free_pages(conn: Any) -> int:
+    return int(conn.execute("PRAGMA freelist_count").fetchone()[0])
 
 
 def grace_for(count: int, jobs: int) -> str:
@@ -310,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             purge = threading.Thread(target=post_purge, args=(port, pki_dir, query, outcome))
             purge.start()
             during: list[float] = []
+            # The rounds while free pages grew (jobs purged) and while they shrank (the
+            # vacuum giving them back), from the file's free-page count.
+            phases: dict[str, list[float]] = {"chunks": [], "vacuum": []}
+            watch = connect(service.db_path, readonly=True)
+            free = free_pages(watch)
             errors = 0
             # Rounds of one second each until the purge answers.
             while purge.is_alive():
@@ -318,12 +276,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if purge.is_alive():
                     during.extend(got)
                     errors += err
+                    now_free = free_pages(watch)
+                    phases["vacuum" if now_free < free else "chunks"].extend(got)
+                    free = now_free
+            watch.close()
             purge.join()
             if outcome.get("status") != 200:
                 raise SystemExit(f"purge failed: {outcome}")
             report = outcome["body"]
             purged = summary(during) if during else {"n": 0, "p50_ms": 0.0, "p99_ms": 0.0}
             print(fmt(f"run {run}: intake ack, during the purge", {**purged, "errors": errors}))
+            for phase, times in phases.items():
+                if times:
+                    print(fmt(f"run {run}:   of which {phase}", summary(times)))
             seconds = outcome["seconds"]
             print(
                 fmt(

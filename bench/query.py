@@ -35,27 +35,22 @@ import json
 import multiprocessing
 import os
 import random
-import socket
-import sqlite3
-import ssl
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.storefill import close_fill, event_row, free_port, insert, open_fill, tls_context
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
 from lbtwist.core.states.status import format_iso
 from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
 from lbtwist.security.identity import slash_dn
-from lbtwist.store.batch import dupkey, identity
 from lbtwist.store.query import owner_key
-from lbtwist.store.sqlite import connect, migrate
 from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid
 
 DEV_DN = slash_dn(USER_NAME)
@@ -81,16 +76,12 @@ def fill(db: str, jobs: int, sample: int) -> dict[str, float]:
     Write C{jobs} jobs (and the events of the first C{sample}) into a new store file.
     """
     started = time.perf_counter()
-    conn = connect(db)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = OFF")
-    migrate(conn)
+    conn = open_fill(db)
     template = [
         parse_event(step.line.replace(USER_DN, DEV_DN))
         for step in cream_direct_trace(cream_jobid(0), T0)
     ]
     base_status = compute_status((ev, n + 1) for n, ev in enumerate(template)).to_json_dict()
-    conn.execute("BEGIN")
     rows = []
     event_rows = []
     event_id = 0
@@ -131,59 +122,13 @@ def fill(db: str, jobs: int, sample: int) -> dict[str, float]:
                 line = step.line.replace(USER_DN, owner)
                 ev = parse_event(line)
                 event_id += 1
-                event_rows.append(
-                    (
-                        event_id,
-                        jobid,
-                        seqno + 1,
-                        ev.date,
-                        ev.type,
-                        ev.date,
-                        ev.source,
-                        ev.host,
-                        ev.level,
-                        ev.user,
-                        ev.seqcode,
-                        ev.priority,
-                        line,
-                        dupkey(identity(ev)),
-                    )
-                )
+                event_rows.append(event_row(event_id, jobid, seqno + 1, ev.date, line, ev))
         if len(rows) >= 50_000:
-            _insert(conn, rows, event_rows)
+            insert(conn, rows, event_rows)
             rows, event_rows = [], []
-    _insert(conn, rows, event_rows)
-    conn.execute("COMMIT")
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    conn.close()
+    insert(conn, rows, event_rows)
+    close_fill(conn)
     return {"seconds": time.perf_counter() - started, "size_mb": os.path.getsize(db) / 1e6}
-
-
-def _insert(conn: sqlite3.Connection, rows: list[Any], event_rows: list[Any]) -> None:
-    conn.executemany(
-        "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine, nevents, status,"
-        " uniq, owner_norm, list_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
-    conn.executemany(
-        "INSERT INTO events (id, jobid, seqno, arrived, type, date, source, host, level,"
-        " user_dn, seqcode, priority, line, dupkey)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        event_rows,
-    )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def tls_context(pki_dir: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(capath=os.path.join(pki_dir, "certificates"))
-    proxy = os.path.join(pki_dir, "user", "x509up")
-    ctx.load_cert_chain(proxy, proxy)
-    return ctx
 
 
 class Client:

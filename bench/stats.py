@@ -1,20 +1,29 @@
 """
 Benchmark of statistics and traceability (docs/lifecycle.md) with a million jobs.
 
-Fills a fresh store directly (the store's own schema and migrations; jobs rows in
-bulk with a compact status each, their state-entry and trace rows as the store
-writes them, L{lbtwist.store.lifecycle.write}; the events of a sample of jobs), the
-jobs spread over 30 days, 500 worker nodes, 1000 users, 5 VOs, 4 queues; then times
-the queries the query port's reader thread runs for C{GET /stats} and C{GET /trace}
+Fills a fresh store directly (jobs rows in bulk with a compact status each, their
+state-entry and trace rows as the first statistics schema had them), the jobs spread
+over 30 days, 500 worker nodes, 1000 users, 5 VOs, 4 queues, then migrates it to the
+current schema (the statistics counters and kept durations filled from the entries,
+as an existing store is: its duration is printed); then times the queries the query
+port's reader thread runs for C{GET /stats} and C{GET /trace}
 (L{lbtwist.store.sqlite.Queries.stats}, C{trace}) on a read-only connection, each
-repeated C{--repeat} times per run, C{--runs} runs: the median of the runs' medians
-in milliseconds.
+repeated C{--repeat} times per run, C{--runs} runs: the median of the runs' medians in
+milliseconds. Each statistics case is also timed, in the same runs, as the plain scan
+of the entries (L{lbtwist.store.lifecycle.stats_scan}, what the counters replaced),
+its answer checked equal, and the ratio printed.
+
+Last, the cost on the write path: C{--write-jobs} jobs' state entries written as
+intake writes them (five status changes per job, 50 jobs per commit) into a fresh
+store, with the counters and kept durations (L{lifecycle.write}) and without (the
+first schema's writer), same run: microseconds per entry and the ratio.
 
 Run from the repository root::
 
     .venv/bin/python -m bench.stats [--jobs 1000000] [--repeat 15] [--runs 3]
 
-Targets: statistics < 200 ms, trace < 50 ms. The last line is the command.
+Targets: statistics < 50 ms (issue: < 200 ms), trace < 50 ms. The last line is the
+command.
 """
 
 from __future__ import annotations
@@ -33,12 +42,19 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.storefill import insert, open_fill
 from lbtwist.core.states.status import JobStatus
 from lbtwist.core.stats import StatsRequest, entries
 from lbtwist.core.trace import TraceRequest, trace_row
 from lbtwist.store import lifecycle
 from lbtwist.store.query import owner_key
-from lbtwist.store.sqlite import SQLiteReader, connect, migrate
+from lbtwist.store.sqlite import (
+    MIGRATIONS,
+    SQLiteReader,
+    _migrate_stats_counters,
+    connect,
+    migrate,
+)
 
 S = 1_000_000
 T0 = 1_764_547_200 * S  # 2025-12-01T00:00:00Z
@@ -78,13 +94,14 @@ def job(i: int, jobs: int) -> tuple[str, JobStatus]:
     return jobid, status
 
 
-def fill(db: str, jobs: int) -> float:
+def fill(db: str, jobs: int) -> tuple[float, float]:
+    """
+    The store at the schema before the counters, filled; then migrated.
+
+    @return: the seconds of the fill and of the migration.
+    """
     started = time.perf_counter()
-    conn = connect(db)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = OFF")
-    migrate(conn)
-    conn.execute("BEGIN")
+    conn = open_fill(db, target=MIGRATIONS.index(_migrate_stats_counters))
     rows: list[Any] = []
     entry_rows: list[Any] = []
     trace_rows: list[Any] = []
@@ -113,18 +130,84 @@ def fill(db: str, jobs: int) -> float:
             rows, entry_rows, trace_rows = [], [], []
     _flush(conn, rows, entry_rows, trace_rows)
     conn.execute("COMMIT")
+    filled = time.perf_counter()
+    migrate(conn)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-    return time.perf_counter() - started
+    return filled - started, time.perf_counter() - filled
 
 
 def _flush(conn: Any, rows: list[Any], entry_rows: list[Any], trace_rows: list[Any]) -> None:
-    conn.executemany(
-        "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine, nevents, status,"
-        " uniq, owner_norm, list_time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        rows,
-    )
-    lifecycle.write(conn, entry_rows, trace_rows)
+    insert(conn, rows)
+    lifecycle._write_v1(conn, entry_rows, trace_rows)
+
+
+def write_cost(work: str, jobs: int, repeat: int) -> dict[str, float]:
+    """
+    Process CPU microseconds per state entry written as intake writes them, with and
+    without the counters and kept durations (fresh stores, no syncs), medians of
+    C{repeat} alternating rounds; and SQLite virtual machine steps per entry (the same
+    on any box: the load of other processes does not change it).
+    """
+    import attrs
+
+    changes: list[list[tuple[list[Any], list[Any]]]] = []
+    for k in range(1, 6):
+        commits = []
+        for first in range(0, jobs, 50):
+            entry_rows: list[Any] = []
+            trace_rows: list[Any] = []
+            for i in range(first, min(first + 50, jobs)):
+                jobid, status = job(i, jobs)
+                times = list(status.stateEnterTimes.items())
+                before = attrs.evolve(status, stateEnterTimes=dict(times[: k - 1]))
+                after = attrs.evolve(status, stateEnterTimes=dict(times[:k]))
+                entry_rows.extend(entries(jobid, before if k > 1 else None, after))
+                trace_rows.append(trace_row(jobid, after))
+            commits.append((entry_rows, trace_rows))
+        changes.append(commits)
+    n_entries = sum(len(e) for commits in changes for e, _ in commits)
+    times: dict[str, list[float]] = {"with": [], "without": []}
+    steps: dict[str, int] = {}
+    for r in range(repeat):
+        for name, target, write in (
+            ("without", MIGRATIONS.index(_migrate_stats_counters), lifecycle._write_v1),
+            ("with", len(MIGRATIONS), lifecycle.write),
+        ):
+            db = os.path.join(work, f"write-{name}-{r}.sqlite")
+            conn = connect(db)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = OFF")
+            migrate(conn, target)
+            ticks = [0]
+
+            def tick(ticks: list[int] = ticks) -> int:
+                ticks[0] += 1
+                return 0
+
+            conn.set_progress_handler(tick, 100)
+            started = time.process_time()
+            for commits in changes:
+                for entry_rows, trace_rows in commits:
+                    conn.execute("BEGIN IMMEDIATE")
+                    write(conn, entry_rows, trace_rows)
+                    conn.execute("COMMIT")
+            times[name].append((time.process_time() - started) / n_entries * 1e6)
+            steps[name] = ticks[0] * 100 // n_entries
+            conn.close()
+            for suffix in ("", "-wal", "-shm"):
+                if os.path.exists(db + suffix):
+                    os.remove(db + suffix)
+    without = statistics.median(times["without"])
+    with_ = statistics.median(times["with"])
+    return {
+        "entries": n_entries,
+        "without_us": without,
+        "with_us": with_,
+        "ratio": with_ / without,
+        "without_steps": steps["without"],
+        "with_steps": steps["with"],
+    }
 
 
 def timed(fn: Callable[[], Any], repeat: int) -> tuple[float, float, Any]:
@@ -146,6 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1_000_000, help="jobs stored")
     parser.add_argument("--repeat", type=int, default=15, help="timings of each query per run")
     parser.add_argument("--runs", type=int, default=3, help="runs over the cases (medians of)")
+    parser.add_argument(
+        "--write-jobs", type=int, default=20_000, help="jobs of the write-path measure"
+    )
     parser.add_argument("--dir", help="work directory (default: a new temporary one, removed)")
     args = parser.parse_args(argv)
     work = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-stats-")
@@ -153,15 +239,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if os.path.exists(db):
             os.remove(db)
-        seconds = fill(db, args.jobs)
-        print(f"filled {args.jobs} jobs in {seconds:.1f} s, {os.path.getsize(db) / 1e6:.0f} MB")
+        seconds, migration = fill(db, args.jobs)
+        print(
+            f"filled {args.jobs} jobs in {seconds:.1f} s, migrated (counters, durations)"
+            f" in {migration:.1f} s, {os.path.getsize(db) / 1e6:.0f} MB",
+            flush=True,
+        )
         reader = SQLiteReader(db)
         mid = T0 + SPAN // 2
         day, hour = 86_400 * S, 3600 * S
 
+        scans: dict[str, Callable[[], Any]] = {}
+
         def stats(*params: tuple[str, str]) -> Callable[[], Any]:
             request = StatsRequest.parse(params, now=mid, max_buckets=1000)
-            return lambda: reader.stats(request, 100_000)
+            fn = lambda: reader.stats(request, 100_000)  # noqa: E731
+            scans[repr(fn)] = lambda: lifecycle.stats_scan(reader.conn, request, max_jobs=100_000)
+            return fn
 
         def trace(*params: tuple[str, str]) -> Callable[[], Any]:
             request = TraceRequest.parse(params)
@@ -215,30 +309,59 @@ def main(argv: Sequence[str] | None = None) -> int:
                 trace(("fqan", probe.user_fqans[0]), ("from", iso(mid)), ("to", iso(mid + 60 * S))),
             ),
         ]
-        worst = {"stats": 0.0, "trace": 0.0}
+        worst = {"stats": 0.0, "trace": 0.0, "stats_scan": 0.0}
         medians: dict[str, list[float]] = {name: [] for name, _, _ in cases}
+        scan_medians: dict[str, list[float]] = {name: [] for name, _, _ in cases}
         sizes: dict[str, str] = {}
         for run in range(args.runs):
             for name, kind, fn in cases:
                 median, top, result = timed(fn, args.repeat)
                 medians[name].append(median)
+                line = f"run {run + 1} {name:40s} median {median:7.2f} ms  max {top:7.2f} ms"
                 if kind == "stats":
                     sizes[name] = f"{result['count']} entries"
+                    scan, _, expected = timed(scans[repr(fn)], max(1, args.repeat // 3))
+                    if expected != result:
+                        raise SystemExit(f"{name}: the counters and the scan differ")
+                    scan_medians[name].append(scan)
+                    line += f"  scan {scan:7.2f} ms"
                 else:
                     sizes[name] = f"{len(result[0])} jobs"
-                print(f"run {run + 1} {name:40s} median {median:7.2f} ms  max {top:7.2f} ms")
-        print(f"medians of {args.runs} runs of {args.repeat} timings each:")
+                print(line, flush=True)
+        print(f"medians of {args.runs} runs of {args.repeat} timings each (scan: of fewer):")
         for name, kind, _ in cases:
             value = statistics.median(medians[name])
             worst[kind] = max(worst[kind], value)
-            print(f"{name:42s} {value:7.2f} ms  ({sizes[name]})")
+            line = f"{name:42s} {value:7.2f} ms  ({sizes[name]})"
+            if kind == "stats":
+                scan = statistics.median(scan_medians[name])
+                worst["stats_scan"] = max(worst["stats_scan"], scan)
+                line += f"  scan {scan:7.2f} ms, {scan / value:5.1f} x"
+            print(line)
         reader.close()
-        print(json.dumps({"jobs": args.jobs, "worst_median_ms": worst, "load": os.getloadavg()}))
+        cost = write_cost(work, args.write_jobs, 3)
+        print(
+            f"write path, {cost['entries']} state entries in commits of 50 jobs: without"
+            f" counters {cost['without_us']:.1f} us CPU/entry, with {cost['with_us']:.1f},"
+            f" {cost['ratio']:.2f} x (medians of 3 rounds); SQLite steps/entry"
+            f" {cost['without_steps']} and {cost['with_steps']}"
+        )
+        print(
+            json.dumps(
+                {
+                    "jobs": args.jobs,
+                    "worst_median_ms": worst,
+                    "write_us_per_entry": cost,
+                    "load": os.getloadavg(),
+                }
+            )
+        )
     finally:
         if not args.dir:
             shutil.rmtree(work, ignore_errors=True)
     print(
-        f".venv/bin/python -m bench.stats --jobs {args.jobs} --repeat {args.repeat} --runs {args.runs}"
+        f".venv/bin/python -m bench.stats --jobs {args.jobs} --repeat {args.repeat}"
+        f" --runs {args.runs} --write-jobs {args.write_jobs}"
     )
     return 0
 

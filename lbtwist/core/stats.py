@@ -297,3 +297,60 @@ def render_text(answer: Mapping[str, Any]) -> str:
     if "buckets" in answer:
         lines.append(f"per {answer['step']}s: {' '.join(str(n) for n in answer['buckets'])}")
     return "\n".join(lines) + "\n"
+
+
+#: The widths (seconds) of the counter buckets the store keeps per state: hours and days.
+HOUR = 3600
+DAY = 86_400
+
+
+def floor_bucket(t: int, width: int) -> int:
+    """
+    The C{width}-second bucket of the time C{t} (microseconds): C{t // width}, floored.
+    """
+    return t // (width * 1_000_000)
+
+
+@attrs.frozen
+class Cover:
+    """
+    A window C{[start, end)} as the store's counters see it: C{days} and C{hours}, each
+    C{(first, stop)} bucket ranges wholly inside the window, and the C{raw} time ranges
+    C{(from, to)} (microseconds, under two hours in all) left over at its edges.
+    """
+
+    raw: tuple[tuple[int, int], ...]
+    hours: tuple[tuple[int, int], ...]
+    days: tuple[tuple[int, int], ...]
+
+
+def cover(start: int, end: int, *, hours: bool = True, days: bool = True) -> Cover:
+    """
+    Split C{[start, end)} into whole days, whole hours and (at most two) edges under an
+    hour each (a window within two hours: itself), so that a count over the window is
+    a sum of a few counters and short index ranges; without C{hours} (the counters
+    per grouping value are kept per day only), the edges are under a day each; without
+    C{days} (the overall counters are kept per hour only), whole hours throughout.
+    """
+    if not hours:
+        day = DAY * 1_000_000
+        d0, d1 = -(-start // day), end // day
+        if d0 >= d1:
+            return Cover(((start, end),) if start < end else (), (), ())
+        raw = tuple(r for r in ((start, d0 * day), (d1 * day, end)) if r[0] < r[1])
+        return Cover(raw, (), ((d0, d1),))
+    hour = HOUR * 1_000_000
+    h0 = -(-start // hour)
+    h1 = end // hour
+    if h0 >= h1:
+        return Cover(((start, end),) if start < end else (), (), ())
+    raw = tuple(r for r in ((start, h0 * hour), (h1 * hour, end)) if r[0] < r[1])
+    if not days:
+        return Cover(raw, ((h0, h1),), ())
+    per_day = DAY // HOUR
+    d0 = -(-h0 // per_day)
+    d1 = h1 // per_day
+    if d0 >= d1:
+        return Cover(raw, ((h0, h1),), ())
+    spans = tuple(r for r in ((h0, d0 * per_day), (d1 * per_day, h1)) if r[0] < r[1])
+    return Cover(raw, spans, ((d0, d1),))

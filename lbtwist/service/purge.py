@@ -288,7 +288,8 @@ class Purger:
     @param list_limit: most job ids an answer lists.
     @param vacuum_pages: pages each vacuum step gives back.
     @param pause: after each chunk, wait this many times as long as the chunk took on
-        the writer (1: the writer at most about half busy with the purge; 0: no pause).
+        the writer (1: the writer at most about half busy with the purge; 0: no pause);
+        the same after each vacuum step.
     """
 
     def __init__(
@@ -418,13 +419,24 @@ class Purger:
         """
         Incremental vacuum steps (each on the writer, between commit groups) until no
         free page is left, at most as many as the free pages after the first step call
-        for (commits meanwhile free pages of their own: they are not chased).
+        for (commits meanwhile free pages of their own: they are not chased). After
+        each step the purge pauses C{pause} times as long as the step took (from asking
+        to its answer), as after a chunk: a vacuum of a large purge keeps the writer no
+        busier than the purge did.
         """
-        free = await self.store.vacuum_step(self.vacuum_pages)
+        free = await self._vacuum_step()
         steps = free // self.vacuum_pages + 1
         while free > 0 and steps > 0:
-            free = await self.store.vacuum_step(self.vacuum_pages)
+            free = await self._vacuum_step()
             steps -= 1
+        return free
+
+    async def _vacuum_step(self) -> int:
+        started = self.clock.seconds()
+        free = await self.store.vacuum_step(self.vacuum_pages)
+        took = self.clock.seconds() - started
+        if self.pause and took > 0 and free > 0:
+            await deferLater(self.clock, took * self.pause)
         return free
 
 

@@ -373,6 +373,15 @@ def _migrate_stats(conn: sqlite3.Connection) -> None:
     lifecycle.backfill(conn)
 
 
+def _migrate_stats_counters(conn: sqlite3.Connection) -> None:
+    """
+    Statistics counters per state, hour and day, and the durations kept on each state
+    entry, with the triggers that keep them (C{lbtwist.store.lifecycle.add_counters}),
+    filled from the entries already stored.
+    """
+    lifecycle.add_counters(conn)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_v1,
@@ -385,6 +394,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _migrate_purge,
     _migrate_dump,
     _migrate_stats,
+    _migrate_stats_counters,
 ]
 
 #: The schema version this code writes.

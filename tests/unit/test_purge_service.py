@@ -347,3 +347,58 @@ class PauseTests(SynchronousTestCase):
         quick = _ChunkStore()
         fired(Purger(quick, clock, state_dir=self.mktemp()).run(PurgeRequest(PurgeRules())))  # type: ignore[arg-type]
         self.assertEqual(quick.calls, 2)
+
+
+class _VacuumStore:
+    """
+    Three free pages, one given back per step, each step answered half a second after
+    it is asked for; counts the calls.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.calls = 0
+        self.free = 3
+
+    def vacuum_step(self, pages: int = 0) -> Any:
+        from twisted.internet.task import deferLater
+
+        self.calls += 1
+        self.free -= 1
+        return deferLater(self.clock, 0.5, lambda: self.free)
+
+
+class VacuumPauseTests(SynchronousTestCase):
+    def test_pauseBetweenSteps(self) -> None:
+        """
+        With C{pause=1}, the next vacuum step is asked for as long after a step's
+        answer as the step took; with 0 at once.
+        """
+        from twisted.internet.defer import ensureDeferred
+
+        clock = Clock()
+        store = _VacuumStore(clock)
+        purger = Purger(store, clock, state_dir=self.mktemp(), pause=1.0, vacuum_pages=1)  # type: ignore[arg-type]
+        d = ensureDeferred(purger._vacuum())
+        self.assertEqual(store.calls, 1)
+        clock.advance(0.5)
+        clock.advance(0.49)
+        self.assertEqual(store.calls, 1)
+        clock.advance(0.01)
+        self.assertEqual(store.calls, 2)
+        clock.advance(0.5)
+        clock.advance(0.49)
+        self.assertEqual(store.calls, 2)
+        clock.advance(0.01)
+        self.assertEqual(store.calls, 3)
+        # The last step leaves no free page: no pause after it.
+        clock.advance(0.5)
+        self.assertEqual(fired(d), 0)
+        quick = _VacuumStore(clock)
+        purger = Purger(quick, clock, state_dir=self.mktemp(), vacuum_pages=1)  # type: ignore[arg-type]
+        d = ensureDeferred(purger._vacuum())
+        clock.advance(0.5)
+        self.assertEqual(quick.calls, 2)
+        clock.advance(0.5)
+        clock.advance(0.5)
+        self.assertEqual(fired(d), 0)

@@ -29,7 +29,7 @@ from lbtwist.security.identity import Identity
 from lbtwist.service.traceexpiry import TraceExpiry
 from lbtwist.service.web.resources import QueryResource
 from lbtwist.store.batch import run_now
-from lbtwist.store.sqlite import SCHEMA_VERSION, SQLiteStore
+from lbtwist.store.sqlite import MIGRATIONS, SQLiteStore, _migrate_stats
 from tests import traces
 
 S = 1_000_000
@@ -194,8 +194,8 @@ class StoreTests(SynchronousTestCase):
         self.store.close()
         conn = sqlite3.connect(self.path)
         conn.executescript(
-            "DROP TABLE state_entries; DROP TABLE trace_jobs;"
-            f" PRAGMA user_version = {SCHEMA_VERSION - 1};"
+            "DROP TABLE state_entries; DROP TABLE trace_jobs; DROP TABLE stat_counts;"
+            f" PRAGMA user_version = {MIGRATIONS.index(_migrate_stats)};"
         )
         conn.close()
         self.store = self.open()
