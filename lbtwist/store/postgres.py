@@ -578,6 +578,13 @@ class PgQueries(Queries):
     def json_compare(self, field: str, op: str, value: Any) -> tuple[str, list[Any]]:
         return postgres_json(field, op, value)
 
+    def stats(self, request: StatsRequest, max_jobs: int) -> dict[str, Any]:
+        """
+        A statistics answer counted from the state entries
+        (L{lifecycle.stats_scan}: SQLite's kept counters are SQLite triggers).
+        """
+        return lifecycle.stats_scan(self.conn, request, max_jobs=max_jobs)
+
     def outbox_pending(self, destination: str | None = None) -> list[OutboxEntry]:
         sql = (
             "SELECT o.id, o.destination, o.event_id, e.jobid, e.line, e.arrived"
