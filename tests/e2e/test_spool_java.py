@@ -75,13 +75,19 @@ def line_record(line: str) -> str:
 
 
 def start_java(
-    prefix: str, records: Iterable[str], socket_path: str | None = None, repeat: int = 1
+    prefix: str,
+    records: Iterable[str],
+    socket_path: str | None = None,
+    repeat: int = 1,
+    jni_length: bool = False,
 ) -> subprocess.Popen[str]:
     assert JAVA is not None
     args = [JAVA, "-Xshare:auto", "-XX:TieredStopAtLevel=1", "-Dfile.encoding=UTF-8"]
     args += ["-cp", classes_dir(), JAVA_CLASS, "--prefix", prefix, "--repeat", str(repeat)]
     if socket_path is not None:
         args += ["--socket", socket_path]
+    if jni_length:
+        args.append("--jni-length")
     proc = subprocess.Popen(
         args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -107,8 +113,10 @@ def java_result(proc: subprocess.Popen[str]) -> dict[str, int]:
     return {k: int(v) for k, v in (part.split("=") for part in last.split())}
 
 
-def run_java(prefix: str, records: Sequence[str], socket_path: str | None = None) -> dict[str, int]:
-    return java_result(start_java(prefix, records, socket_path))
+def run_java(
+    prefix: str, records: Sequence[str], socket_path: str | None = None, jni_length: bool = False
+) -> dict[str, int]:
+    return java_result(start_java(prefix, records, socket_path, jni_length=jni_length))
 
 
 #: The socket twins of the spool jobs.
@@ -261,6 +269,26 @@ class JavaPokeTests(JavaSpoolTestCase):
         self.assertLess(time.monotonic() - done, 15.0)
         self.assert_same_states(svc, direct, wms)
         self.assert_relayed(svc, wms)
+
+    @with_service_logs
+    def test_jni_poke_cut_short(self) -> None:
+        """
+        ContextIL's native poke sends as many bytes as the line has UTF-16
+        units: a line with non-ASCII text (a DN with accents) comes cut short,
+        without its LF. The cut poke still wakes its file (inotify off, 300 s
+        rescan: only the pokes can bring the events in) and matches the file.
+        """
+        svc, prefix, sock = self.spool_service(
+            "--il-no-inotify", "--il-poll-interval", "300", "--il-rescan-interval", "300"
+        )
+        jobid = cream_jobid(706)
+        user = "/DC=cz/DC=cesnet-ca/O=CESNET/CN=Ji\u0159\u00ed Nov\u00e1k"
+        records = [step_record(s, user=user) for s in cream_direct_trace(jobid, T0)]
+        result = run_java(prefix, records, sock, jni_length=True)
+        self.assertEqual(result, {"written": len(records), "gaveup": 0, "pokefail": 0})
+        self.assertTrue(wait_until(lambda: stored_count(svc) == len(records), WAIT))
+        self.assertEqual(self.status_json(svc, jobid)[jobid]["owner"], user)
+        self.assertNotIn("not in the file", svc.log_text())
 
 
 class JavaConcurrentTests(JavaSpoolTestCase):

@@ -21,7 +21,10 @@
  * Output (stdout, last line): written=N gaveup=N pokefail=N
  *
  * Usage: java -cp DIR org.glite.lb.ContextILWriter --prefix PREFIX
- *            [--socket PATH] [--host HOST] [--repeat N] < events
+ *            [--socket PATH [--jni-length]] [--host HOST] [--repeat N] < events
+ *
+ * --jni-length: poke as ContextIL's JNI side does, message.length() bytes of
+ * the line (so a line with non-ASCII characters is sent cut short, its LF lost).
  */
 package org.glite.lb;
 
@@ -81,6 +84,7 @@ public class ContextILWriter {
     String prefix;
     String socket;
     String host = "localhost";
+    boolean jniLength;
     int written;
     int gaveUp;
     int pokeFailed;
@@ -184,7 +188,14 @@ public class ContextILWriter {
         }
         written++;
         if (socket != null) {
-            poke(offset, data);
+            byte[] poke = data;
+            if (jniLength) {
+                // ContextIL's native poke sends message.length() bytes (UTF-16 units)
+                // of the line's UTF-8 form: a line with non-ASCII text is cut short.
+                byte[] utf8 = line.getBytes(java.nio.charset.StandardCharsets.UTF_8);
+                poke = java.util.Arrays.copyOf(utf8, Math.min(utf8.length, line.length()));
+            }
+            poke(offset, poke);
         }
     }
 
@@ -197,6 +208,7 @@ public class ContextILWriter {
                 case "--socket" -> w.socket = args[++i];
                 case "--host" -> w.host = args[++i];
                 case "--repeat" -> repeat = Integer.parseInt(args[++i]);
+                case "--jni-length" -> w.jniLength = true;
                 default -> throw new IllegalArgumentException("unknown argument " + args[i]);
             }
         }
