@@ -3,8 +3,10 @@
 The spool intake fed by a real JVM: C{tests/e2e/java/ContextILWriter.java}
 writes events as L&B's Java C{ContextIL} does (CREAM's logger): the Java
 producer's line form, C{FileChannel.tryLock()} (an fcntl lock on Linux) around
-each append, the platform charset, and the poke over a Java UNIX socket
-channel when asked. Skipped when no C{javac} is on PATH.
+each append, the bytes of C{String.getBytes()} (the platform charset, set to
+UTF-8 here with C{-Dfile.encoding}), and the poke over a Java UNIX socket
+channel when asked (optionally cut as ContextIL's native poker cuts it).
+Skipped when no C{javac} is on PATH.
 """
 
 from __future__ import annotations
@@ -81,6 +83,9 @@ def start_java(
     repeat: int = 1,
     jni_length: bool = False,
 ) -> subprocess.Popen[str]:
+    """
+    Start one writer JVM on C{records} (see L{step_record}); L{java_result} waits for it.
+    """
     assert JAVA is not None
     args = [JAVA, "-Xshare:auto", "-XX:TieredStopAtLevel=1", "-Dfile.encoding=UTF-8"]
     args += ["-cp", classes_dir(), JAVA_CLASS, "--prefix", prefix, "--repeat", str(repeat)]
@@ -116,6 +121,9 @@ def java_result(proc: subprocess.Popen[str]) -> dict[str, int]:
 def run_java(
     prefix: str, records: Sequence[str], socket_path: str | None = None, jni_length: bool = False
 ) -> dict[str, int]:
+    """
+    Run one writer JVM to its end; its counters.
+    """
     return java_result(start_java(prefix, records, socket_path, jni_length=jni_length))
 
 
@@ -125,6 +133,9 @@ WMS_SOCKET = f"{harness.WMS_LB}/javaWmsJobSocket01"
 
 
 def job_counts(svc: harness.LBService) -> dict[str, int]:
+    """
+    Events stored per job.
+    """
     if not os.path.exists(svc.db_path):
         return {}
     try:
@@ -135,6 +146,9 @@ def job_counts(svc: harness.LBService) -> dict[str, int]:
 
 
 def query(path: str, sql: str, *params: object) -> list[tuple[object, ...]]:
+    """
+    Read the running service's store (WAL: readers do not block it).
+    """
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
         return conn.execute(sql, params).fetchall()
