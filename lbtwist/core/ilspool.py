@@ -98,6 +98,24 @@ class PokeDecoder:
         """
         return len(self._buffer)
 
+    def finish(self) -> tuple[int, bytes] | None:
+        """
+        The connection ended: the incomplete poke held, if it has its offset and
+        some text, as C{(offset, the text it has)}; the buffer is emptied.
+
+        ContextIL's native poke sends as many bytes as its line has UTF-16 code
+        units, so a line with non-ASCII characters comes without its end (and
+        its LF): what came is still a prefix of the line in the file.
+        """
+        buffer, self._buffer = self._buffer, b""
+        size = POKE_HEADER.size
+        if len(buffer) <= size:
+            return None
+        (offset,) = POKE_HEADER.unpack_from(buffer)
+        if offset < 0:
+            return None
+        return offset, buffer[size:]
+
 
 def spool_file_of(prefix: str, line: bytes) -> str | None:
     """

@@ -949,6 +949,24 @@ class SpoolScanner(Service):
 # the factory's admission (producers only, C{max_connections}) and one idle sweep.
 
 
+def cut_poke(log: Logger, scanner: SpoolScanner, decoder: PokeDecoder) -> None:
+    """
+    A poke connection ended inside a poke: what came of it (ContextIL's native
+    poke of a line with non-ASCII text is cut short, see L{PokeDecoder.finish})
+    is taken as a poke of that much of the line: it wakes its file and is checked
+    against the file like any poke (a mismatch is logged there). Only a stub
+    without its offset or any text is logged here.
+    """
+    n = decoder.pending
+    cut = decoder.finish()
+    if cut is None:
+        logs.warn(
+            log, "interlogger poke connection closed with {n} bytes of an incomplete poke", n=n
+        )
+    else:
+        scanner.poked(*cut)
+
+
 class PokeProtocol(Protocol):
     """
     One producer's poke connection: pokes in, nothing out (ContextIL reads no reply).
@@ -1002,11 +1020,7 @@ class PokeProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._decoder is not None and self._decoder.pending:
-            logs.warn(
-                self.log,
-                "interlogger poke connection closed with {n} bytes of an incomplete poke",
-                n=self._decoder.pending,
-            )
+            cut_poke(self.log, self.factory.scanner, self._decoder)
         self._decoder = None
         if self._admitted:
             self._admitted = False
@@ -1268,11 +1282,7 @@ class _PokeAcceptor:
                 return
             if not data:
                 if conn.decoder.pending:
-                    logs.warn(
-                        self.log,
-                        "interlogger poke connection closed with {n} bytes of an incomplete poke",
-                        n=conn.decoder.pending,
-                    )
+                    cut_poke(self.log, self.factory.scanner, conn.decoder)
                 self.close(conn)
                 return
             try:

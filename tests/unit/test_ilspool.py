@@ -57,6 +57,21 @@ class PokeCodecTests(SynchronousTestCase):
         self.assertEqual(decoder.feed(encode_poke(5, b"abc")[:-1]), [])
         self.assertEqual(decoder.pending, 11)
 
+    def test_finish_cut_poke(self) -> None:
+        """
+        At the connection's end, an incomplete poke with its offset and some
+        text is handed out as (offset, the text that came); a stub shorter
+        than the offset, or a negative offset, is not; the buffer is emptied.
+        """
+        decoder = PokeDecoder(1024)
+        decoder.feed(encode_poke(7, b"abcdef")[:-3])
+        self.assertEqual(decoder.finish(), (7, b"abcd"))
+        self.assertEqual((decoder.pending, decoder.finish()), (0, None))
+        decoder.feed(encode_poke(7, b"abc")[:8])
+        self.assertIsNone(decoder.finish())
+        decoder.feed(encode_poke(-1, b"abc")[:-1])
+        self.assertIsNone(decoder.finish())
+
     def test_too_long(self) -> None:
         """
         A poke line longer than the limit breaks the connection (E2BIG), whether

@@ -321,6 +321,37 @@ class PokeTests(ScannerTestBase):
         self.assertEqual(self.stored_lines(), [self.lines[0].decode().rstrip("\n")])
         self.assertTrue(any("not in the file" in line for line in self.logged), self.logged)
 
+    def test_cut_poke_reads_file(self) -> None:
+        """
+        A poke cut short by its producer's end (ContextIL's native poke of a
+        line with non-ASCII text sends fewer bytes than the line has, so no LF
+        comes) still wakes its file, and the part that came is checked against
+        the file: no mismatch.
+        """
+        scanner = self.scanner(poll_interval=1000.0)
+        proto, _ = self.connect(scanner)
+        line = self.lines[0].replace(b"Novakova", "Nov\u00e1kov\u00e1".encode())
+        offset = self.append(line)
+        proto.dataReceived(encode_poke(offset, line)[:-3])
+        proto.connectionLost()
+        self.clock.advance(0)
+        self.assertEqual(len(self.stored_lines()), 1)
+        self.assertEqual((scanner.stats.pokes, scanner.stats.poke_mismatches), (1, 0))
+        self.assertFalse(any("incomplete poke" in x for x in self.logged), self.logged)
+
+    def test_cut_poke_stub_logged(self) -> None:
+        """
+        A connection that ends inside a poke's offset is logged; nothing is read.
+        """
+        scanner = self.scanner(poll_interval=1000.0)
+        proto, _ = self.connect(scanner)
+        self.append(self.lines[0])
+        proto.dataReceived(encode_poke(0, self.lines[0])[:5])
+        proto.connectionLost()
+        self.clock.advance(0)
+        self.assertEqual((scanner.stats.pokes, self.stored_lines()), (0, []))
+        self.assertTrue(any("5 bytes of an incomplete poke" in x for x in self.logged))
+
     def test_poke_refused_peer(self) -> None:
         """
         Pokes from peers not allowed to log are refused (connection closed).
@@ -641,6 +672,21 @@ class LeanAcceptorTests(ScannerTestBase):
         self.assertEqual(acceptor.factory.connections, 0)
         self.assertEqual(silent.recv(10), b"")
         self.assertEqual(sum("closed: idle" in line for line in self.logged), 1)
+
+    def test_cut_poke_at_accept(self) -> None:
+        """
+        The lean acceptor takes a poke cut short by the producer's close (no LF)
+        as a poke of its file: the file is read, the part checked.
+        """
+        acceptor = self.acceptor()
+        line = self.lines[0].replace(b"Novakova", "Nov\u00e1kov\u00e1".encode())
+        offset = self.append(line)
+        self.client(encode_poke(offset, line)[:-3])
+        acceptor.doRead()
+        self.clock.advance(0)
+        self.assertEqual((self.sc.stats.pokes, self.sc.stats.poke_mismatches), (1, 0))
+        self.assertEqual(len(self.stored_lines()), 1)
+        self.assertEqual(acceptor.factory.connections, 0)
 
     def test_complete_poke_closed_unwatched(self) -> None:
         """
