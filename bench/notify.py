@@ -366,6 +366,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     without: list[float] = []
     with_regs: list[float] = []
     ratios: list[float] = []
+    cpu_without: list[float] = []
+    cpu_with: list[float] = []
+    cpu_ratios: list[float] = []
     result: dict[str, Any] = {}
     if not args.skip_intake:
         # 1. Intake with and without registrations, alternating.
@@ -375,16 +378,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 svc = service(kind, template if kind == "regs" else None)
                 try:
                     figures = drive(
-                        svc.svc.socket_path, args.connections, args.count, RUN, args.window, None
-                    )
+                        svc.svc.socket_path, args.connections, args.count, RUN, args.window,
+                        None, pid=svc.svc.process.pid,  # type: ignore[union-attr]
+                    )  # fmt: skip
                     if kind == "regs":
                         rss_after.append(rss_mb(svc.svc.process.pid))  # type: ignore[union-attr]
                 finally:
                     finish(svc)
                 (without if kind == "none" else with_regs).append(figures["rate"])
+                (cpu_without if kind == "none" else cpu_with).append(figures["cpu_us"])
                 print(fmt(f"run {rep + 1}, {kind}", figures), flush=True)
-            print(f"  ratio {with_regs[-1] / without[-1]:.2f}", flush=True)
+            print(
+                f"  ratio {with_regs[-1] / without[-1]:.2f}"
+                f" (service CPU per event: {cpu_without[-1] / cpu_with[-1]:.2f})",
+                flush=True,
+            )
         ratios += [w / n for w, n in zip(with_regs, without, strict=True)]
+        cpu_ratios = [n / w for w, n in zip(cpu_with, cpu_without, strict=True)]
         print(f"RSS after a run with the registrations {statistics.median(rss_after):.0f} MB")
 
         # 2. Latency at half the intake rate with the registrations.
@@ -452,7 +462,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts.append(
             f"intake {statistics.median(without):,.0f} ev/s without, "
             f"{statistics.median(with_regs):,.0f} with {args.registrations} registrations "
-            f"(ratio median {ratio:.2f}, runs {', '.join(f'{r:.2f}' for r in ratios)})"
+            f"(ratio median {ratio:.2f}, runs {', '.join(f'{r:.2f}' for r in ratios)}; "
+            f"service CPU per event ratio median {statistics.median(cpu_ratios):.2f})"
         )
         parts.append(f"latency p50 {result['median_ms']:.1f} ms p99 {result['p99_ms']:.1f} ms")
     parts.append(f"RSS {max(rss_full, rss_restart):.0f} MB with {queued:,} messages")

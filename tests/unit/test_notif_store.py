@@ -272,6 +272,62 @@ class SQLiteNotifTests(_Both, SynchronousTestCase):
         seqs = [m.seq for m in _result(n.messages("r1", 0, 100))]
         self.assertEqual(seqs, list(range(1, 8)))
 
+    def test_each_status_serialised_once(self) -> None:
+        """
+        A commit serialises each new status once for all the registrations it
+        matches (whatever their views), and the messages of the status the
+        commit leaves the job in are made of the job row's own text.
+        """
+        lines = items(traces.cream_done_ok()[:4])
+        calls = []
+        original = JobStatus.to_json
+
+        def counting(status: JobStatus) -> str:
+            calls.append(status.event_count)
+            return original(status)
+
+        self.patch(JobStatus, "to_json", counting)
+        _result(self.store.store(lines[:1]))
+        alone = len(calls)  # the job row's
+        n = self.store.notifications
+        n.configure(rights=lambda reg, status: "anonymized" if reg.unique == "r2" else "full")
+        for unique in ("r1", "r2", "r3"):
+            _result(n.create(registration(unique, flags=Flags()), NOW))
+        del calls[:]
+        _result(self.store.store(lines[1:]))
+        # The job row's, and each of the two statuses before it: one each.
+        self.assertEqual(sorted(calls), [2, 3, 4])
+        self.assertEqual(alone, 1)
+        row = self.store.backend.conn.execute(
+            "SELECT status FROM jobs WHERE jobid = ?", (JOBID,)
+        ).fetchone()[0]
+        for unique in ("r1", "r2", "r3"):
+            got = _result(n.messages(unique, 0, 10))
+            self.assertEqual(len(got), 3)
+            self.assertTrue(got[-1].body.endswith(b'"status":' + row.encode() + b"}"))
+            views = {json.loads(m.body)["view"] for m in got}
+            self.assertEqual(views, {"anonymized" if unique == "r2" else "full"})
+
+    def test_queries_per_commit_do_not_grow_with_registrations(self) -> None:
+        """
+        The queue counters of all the registrations a commit writes to are read
+        in one query, not one per registration.
+        """
+        n = self.store.notifications
+        for i in range(40):
+            _result(n.create(registration(f"r{i}", flags=Flags()), NOW))
+        selects = []
+
+        def trace(sql: str) -> None:
+            if sql.lstrip().upper().startswith("SELECT") and "notif_regs" in sql:
+                selects.append(sql)
+
+        self.store.backend.conn.set_trace_callback(trace)
+        self.addCleanup(self.store.backend.conn.set_trace_callback, None)
+        _result(self.store.store(items(traces.cream_done_ok()[:3])))
+        self.assertEqual(len(selects), 1)
+        self.assertEqual(_result(n.get("r39")).last_seq, 3)
+
 
 class RightsTests(SynchronousTestCase):
     """
@@ -340,6 +396,36 @@ class RightsTests(SynchronousTestCase):
         body = json.loads(render_message(1, rows[0].body, Flags())[0])
         self.assertNotEqual(body["status"]["owner"], OWNER)
         self.assertTrue(body["status"]["owner"].startswith("anonymized:"))
+
+    def test_registrant_rights_remembered(self) -> None:
+        """
+        What does not depend on the job (super user, READ_ALL, READ_ANONYMIZED)
+        is worked out once per registrant, not per message; a bind (another
+        owner) is worked out anew.
+        """
+        s = self.service(super_users=(OTHER,))
+        asked: list[str] = []
+        original = s.is_super
+
+        def counting(who: Identity) -> bool:
+            asked.append(who.dn)
+            return original(who)
+
+        s.is_super = counting  # type: ignore[method-assign]
+        for _ in range(3):
+            self.assertEqual(
+                s.rights(registration(owner=OTHER), JobStatus(state="Running", owner="/CN=x")),
+                "full",
+            )
+        self.assertEqual(asked, [OTHER])
+        third = "/DC=org/DC=example/O=People/CN=Third"
+        self.assertIsNone(
+            s.rights(registration(owner=third), JobStatus(state="Running", owner="/CN=x"))
+        )
+        self.assertEqual(
+            s.rights(registration(owner=third), JobStatus(state="Running", owner=third)), "full"
+        )
+        self.assertEqual(asked, [OTHER, third])
 
     def test_identity_of_registrant(self) -> None:
         # an Identity is rebuilt from what the registration keeps
