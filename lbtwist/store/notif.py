@@ -92,7 +92,10 @@ def resolve(matched: Iterable[Matched | NotifRow], jobs: Iterable[Any] = ()) -> 
     """
     The messages to queue of matched statuses: each status serialised once
     (the job row's C{status_json} reused when the row is of that very status),
-    the bodies of its registrations made of that one text.
+    the bodies of its registrations made of that one text (one object per
+    status and view). A status is never changed once its event made it
+    (L{lbtwist.core.states.advance_key} makes a new one), so what is serialised
+    at the commit is the job's status right after that event.
 
     @param jobs: the commit's job rows (L{lbtwist.store.batch.JobRow}: their
         C{status} and C{status_json}).
@@ -103,23 +106,30 @@ def resolve(matched: Iterable[Matched | NotifRow], jobs: Iterable[Any] = ()) -> 
             final[row.jobid] = row
     texts: dict[int, bytes] = {}
     heads: dict[tuple[str, bool], bytes] = {}
+    # One body object per status and view, shared by its rows (an "all jobs"
+    # registration's messages of a commit hold no copies).
+    bodies: dict[tuple[int, bool], bytes] = {}
     out = []
     for m in matched:
         if m.__class__ is NotifRow:
-            out.append(m)
+            out.append(m)  # type: ignore[arg-type]
             continue
         reg, jobid, status, anonymized = m  # type: ignore[misc]
-        text = texts.get(id(status))
-        if text is None:
-            row = final.get(jobid)
-            json_text = row.status_json if row is not None and row.status is status else None
-            if json_text is None:
-                json_text = status.to_json()
-            text = texts[id(status)] = json_text.encode("utf-8")
-        head = heads.get((jobid, anonymized))
-        if head is None:
-            head = heads[(jobid, anonymized)] = status_head(jobid, anonymized)
-        out.append(NotifRow(reg, jobid, status_body(head, status.event_count, text)))
+        body = bodies.get((id(status), anonymized))
+        if body is None:
+            text = texts.get(id(status))
+            if text is None:
+                row = final.get(jobid)
+                if row is not None and row.status is status:
+                    json_text = row.status_json
+                else:
+                    json_text = status.to_json()
+                text = texts[id(status)] = json_text.encode("utf-8")
+            head = heads.get((jobid, anonymized))
+            if head is None:
+                head = heads[(jobid, anonymized)] = status_head(jobid, anonymized)
+            body = bodies[(id(status), anonymized)] = status_body(head, status.event_count, text)
+        out.append(NotifRow(reg, jobid, body))
     return out
 
 

@@ -11,18 +11,26 @@ import json
 import os
 from typing import Any
 
+import attrs
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.errors import TryAgain
 from lbtwist.core.events import parse_event
-from lbtwist.core.notif import Conditions, Flags, QueueBounds, Registration, render_message
+from lbtwist.core.notif import (
+    Conditions,
+    Flags,
+    QueueBounds,
+    Registration,
+    render_message,
+    status_message,
+)
 from lbtwist.core.states.status import JobStatus
 from lbtwist.security.authz import parse_policy
 from lbtwist.security.identity import Identity
 from lbtwist.service.notify import NotifyService
-from lbtwist.store.batch import run_now
-from lbtwist.store.notif import Notifications, SQLNotifTables
+from lbtwist.store.batch import JobRow, run_now
+from lbtwist.store.notif import Matched, Notifications, SQLNotifTables, resolve
 from lbtwist.store.sqlite import SQLiteStore
 from lbtwist.testing import MemoryStore
 from tests import traces
@@ -327,6 +335,40 @@ class SQLiteNotifTests(_Both, SynchronousTestCase):
         _result(self.store.store(items(traces.cream_done_ok()[:3])))
         self.assertEqual(len(selects), 1)
         self.assertEqual(_result(n.get("r39")).last_seq, 3)
+
+
+class ResolveTests(SynchronousTestCase):
+    """
+    L{resolve}: the bodies of a commit's matched statuses.
+    """
+
+    def test_one_body_per_status_and_view(self) -> None:
+        first = JobStatus(state="Waiting", owner=OWNER, event_count=1)
+        last = JobStatus(state="Running", owner=OWNER, event_count=2)
+        row = JobRow(JOBID, OWNER, "Running", None, None, None, 2, last.to_json(), status=last)
+        rows = resolve(
+            [
+                Matched("a", JOBID, first, False),
+                Matched("b", JOBID, first, False),
+                Matched("c", JOBID, first, True),
+                Matched("a", JOBID, last, False),
+                Matched("b", JOBID, last, False),
+            ],
+            [row],
+        )
+        self.assertEqual([r.reg for r in rows], ["a", "b", "c", "a", "b"])
+        self.assertIs(rows[0].body, rows[1].body)
+        self.assertIs(rows[3].body, rows[4].body)
+        self.assertEqual(json.loads(rows[2].body)["view"], "anonymized")
+        self.assertEqual(rows[0].body, status_message(first, JOBID, anonymized=False))
+        self.assertEqual(rows[3].body, status_message(last, JOBID, anonymized=False))
+        # the job row's text is the one used for its status
+        other = attrs.evolve(row, status_json='{"state":"Running"}')
+        self.assertTrue(
+            resolve([Matched("a", JOBID, last, False)], [other])[0].body.endswith(
+                b'"status":{"state":"Running"}}'
+            )
+        )
 
 
 class RightsTests(SynchronousTestCase):
