@@ -427,7 +427,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         everything = [{"validity": VALIDITY} for _ in range(ALL_JOBS_REGISTRATIONS)]
         register(svc, everything, base, args.concurrency)
-        events = -(-args.messages // ALL_JOBS_REGISTRATIONS)
+        # At least one event per producer connection (each sends count // connections).
+        events = max(args.connections, -(-args.messages // ALL_JOBS_REGISTRATIONS))
         drive(svc.svc.socket_path, args.connections, events, RUN + 1, args.window, None)
         pid = svc.svc.process.pid  # type: ignore[union-attr]
         rss_full = rss_mb(pid)
