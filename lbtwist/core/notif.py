@@ -513,19 +513,20 @@ class RegistrationIndex:
 
     def candidates(self, jobid: str, owner: str | None) -> list[Registration]:
         """
-        @return: the registrations that may match an event of C{jobid} (owned by C{owner}).
+        @return: the registrations that may match an event of C{jobid} (owned by
+            C{owner}), each once, in the order of their uniques.
         """
-        found: set[str] = set()
-        entry = self.by_job.get(unique_of(jobid))
+        by_unique = self.by_unique
+        entry = self.by_job.get(unique_of(jobid)) if self.by_job else None
+        by_owner = self.by_owner.get(normalize_dn(owner)) if owner and self.by_owner else None
+        if not by_owner and not self.all_jobs:
+            # The common case: registrations by job id only.
+            return [by_unique[u] for u in sorted(entry)] if entry else []
+        found: set[str] = set(self.all_jobs)
         if entry:
             found.update(entry)
-        if owner:
-            entry = self.by_owner.get(normalize_dn(owner))
-            if entry:
-                found.update(entry)
-        if self.all_jobs:
-            found.update(self.all_jobs)
-        by_unique = self.by_unique
+        if by_owner:
+            found.update(by_owner)
         return [by_unique[u] for u in sorted(found)]
 
     def count_of(self, owner: str) -> int:
@@ -576,23 +577,39 @@ def message_status(status: JobStatus, jobid: str, *, jdl: bool, anonymized: bool
     return data
 
 
-def status_message(status: JobStatus, jobid: str, *, anonymized: bool, jdl: bool = True) -> bytes:
+def status_message(status: JobStatus, jobid: str, *, anonymized: bool) -> bytes:
     """
-    A status message's body as stored: a JSON object without its C{seq}, the
-    status in the stores' own form (L{JobStatus.to_json}: cheap on the commit
-    path; without C{jdl} its JDL fields left out), whether the registrant may
-    see it only anonymized, and the job's event count at that moment (for the
-    history). L{render_message} makes what the client gets of it.
+    A status message's body as stored (L{status_body} of the status's
+    L{JobStatus.to_json}).
     """
-    if not jdl and (status.jdl or status.matched_jdl or status.cream_jdl):
-        status = status.copy()  # (much cheaper than attrs.evolve)
-        status.jdl = status.matched_jdl = status.cream_jdl = None
-    return b'{"kind":"status","jobid":%s,"view":"%s","nevents":%d,"status":%s}' % (
+    return status_body(status_head(jobid, anonymized), status.event_count, status.to_json())
+
+
+def status_head(jobid: str, anonymized: bool) -> bytes:
+    """
+    The start of the stored bodies of a job's status messages (L{status_body}):
+    one per job and view, shared by all its messages.
+    """
+    return b'{"kind":"status","jobid":%s,"view":"%s","nevents":' % (
         json.dumps(jobid).encode("utf-8"),
         b"anonymized" if anonymized else b"full",
-        status.event_count,
-        status.to_json().encode("utf-8"),
     )
+
+
+def status_body(head: bytes, nevents: int, status_json: str | bytes) -> bytes:
+    """
+    A status message's body as stored: a JSON object without its C{seq}, the
+    status in the stores' own form (C{status_json}, L{JobStatus.to_json}: the
+    very text of the job row when the message reports the status the commit
+    leaves the job in, so nothing is serialised twice), whether the registrant
+    may see it only anonymized (C{head}, L{status_head}), and the job's event
+    count at that moment (for the history). The JDL fields are kept whatever
+    the flags: L{render_message} makes what the client gets of it (the JDL
+    only with the C{jdl} flag).
+    """
+    if isinstance(status_json, str):
+        status_json = status_json.encode("utf-8")
+    return b'%s%d,"status":%s}' % (head, nevents, status_json)
 
 
 def render_message(seq: int, body: bytes, flags: Flags) -> tuple[bytes, int | None]:

@@ -55,6 +55,9 @@ DEFAULT_SWEEP_CHUNK = 500
 DEFAULT_KEEPALIVE = 15.0
 DEFAULT_PAGE_MESSAGES = 1000
 DEFAULT_MAX_BODY = 64 * 1024
+#: Most registrant identities whose rights are remembered (L{NotifyService.rights}):
+#: past it the memory starts anew (a cost, never a change of answer).
+RIGHTS_MEMORY = 4096
 
 
 class Refused(Exception):
@@ -122,6 +125,10 @@ class NotifyService(Service):
         self._loop: LoopingCall | None = None
         self._listeners: list[Callable[[set[str]], object]] = []
         self._configured: Notifications | None = None
+        # (DN, FQANs) of a registrant -> its Identity, whether it reads every job
+        # (super user, READ_ALL), whether it holds READ_ANONYMIZED: none depends
+        # on the job, and the policy does not change while the service runs.
+        self._registrants: dict[tuple[str, tuple[str, ...]], tuple[Identity, bool, bool]] = {}
 
     @property
     def notifications(self) -> Notifications:
@@ -165,12 +172,22 @@ class NotifyService(Service):
         the job (owner, super user, READ_ALL, the job's ACL, payload owner), an
         anonymized one with READ_ANONYMIZED, else nothing.
         """
-        who = Identity(dn=reg.owner, fqans=reg.fqans)
-        if can_read(who, status, self.policy, self.super_users):
+        key = (reg.owner, reg.fqans)
+        known = self._registrants.get(key)
+        if known is None:
+            who = Identity(dn=reg.owner, fqans=reg.fqans)
+            known = (
+                who,
+                self.is_super(who) or self.policy.permits("READ_ALL", who),
+                self.policy.permits("READ_ANONYMIZED", who),
+            )
+            if len(self._registrants) >= RIGHTS_MEMORY:
+                self._registrants.clear()
+            self._registrants[key] = known
+        who, reads_all, anonymized = known
+        if reads_all or can_read(who, status, self.policy, self.super_users):
             return "full"
-        if self.policy.permits("READ_ANONYMIZED", who):
-            return "anonymized"
-        return None
+        return "anonymized" if anonymized else None
 
     def is_super(self, who: Identity) -> bool:
         return is_super_user(who, self.policy, self.super_users)

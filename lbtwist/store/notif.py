@@ -26,7 +26,7 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -40,7 +40,8 @@ from lbtwist.core.notif import (
     RegistrationIndex,
     gap_message,
     matches,
-    status_message,
+    status_body,
+    status_head,
     trim,
 )
 from lbtwist.core.states.status import JobStatus
@@ -64,15 +65,72 @@ def owner_rights(reg: Registration, status: JobStatus) -> Rights:
     return "full" if status.owner and same_dn(status.owner, reg.owner) else None
 
 
-@attrs.frozen
-class NotifRow:
+class NotifRow(NamedTuple):
     """
-    A message to queue, made by the matcher (its sequence number is given when written).
+    A message to queue (its sequence number is given when written).
     """
 
     reg: str
     jobid: str
     body: bytes
+
+
+class Matched(NamedTuple):
+    """
+    A message the matcher found for a new status, its body not made yet: the
+    commit makes it (L{resolve}), once per status for all the registrations it
+    matched, from the job row's text when it is the status the commit leaves.
+    """
+
+    reg: str
+    jobid: str
+    status: JobStatus
+    anonymized: bool
+
+
+def resolve(matched: Iterable[Matched | NotifRow], jobs: Iterable[Any] = ()) -> list[NotifRow]:
+    """
+    The messages to queue of matched statuses: each status serialised once
+    (the job row's C{status_json} reused when the row is of that very status),
+    the bodies of its registrations made of that one text (one object per
+    status and view). A status is never changed once its event made it
+    (L{lbtwist.core.states.advance_key} makes a new one), so what is serialised
+    at the commit is the job's status right after that event.
+
+    @param jobs: the commit's job rows (L{lbtwist.store.batch.JobRow}: their
+        C{status} and C{status_json}).
+    """
+    final: dict[str, Any] = {}
+    for row in jobs:
+        if row.status is not None:
+            final[row.jobid] = row
+    texts: dict[int, bytes] = {}
+    heads: dict[tuple[str, bool], bytes] = {}
+    # One body object per status and view, shared by its rows (an "all jobs"
+    # registration's messages of a commit hold no copies).
+    bodies: dict[tuple[int, bool], bytes] = {}
+    out = []
+    for m in matched:
+        if m.__class__ is NotifRow:
+            out.append(m)  # type: ignore[arg-type]
+            continue
+        reg, jobid, status, anonymized = m  # type: ignore[misc]
+        body = bodies.get((id(status), anonymized))
+        if body is None:
+            text = texts.get(id(status))
+            if text is None:
+                row = final.get(jobid)
+                if row is not None and row.status is status:
+                    json_text = row.status_json
+                else:
+                    json_text = status.to_json()
+                text = texts[id(status)] = json_text.encode("utf-8")
+            head = heads.get((jobid, anonymized))
+            if head is None:
+                head = heads[(jobid, anonymized)] = status_head(jobid, anonymized)
+            body = bodies[(id(status), anonymized)] = status_body(head, status.event_count, text)
+        out.append(NotifRow(reg, jobid, body))
+    return out
 
 
 @attrs.frozen
@@ -126,6 +184,9 @@ class Message:
 
 
 # -- SQLite -----------------------------------------------------------------------
+
+#: Most registrations read by one C{IN (...)} query (SQLite allows 32766 parameters).
+_IN_CHUNK = 500
 
 
 def _selector(reg: Registration) -> str:
@@ -273,43 +334,65 @@ class SQLNotifTables:
         Queue messages (in the caller's transaction): sequence numbers after the
         registration's last, then the queue trimmed to its bounds, the dropped
         messages replaced by one gap marker at the place of the last of them.
+        The counters of all the registrations are read in one query per 500,
+        the messages inserted and the counters written in one statement each.
         """
         if not rows:
             return
         conn = self.conn
         grouped: dict[str, list[NotifRow]] = {}
         for row in rows:
-            grouped.setdefault(row.reg, []).append(row)
+            group = grouped.get(row.reg)
+            if group is None:
+                grouped[row.reg] = [row]
+            else:
+                group.append(row)
+        states: dict[str, tuple[int, int, int, int]] = {}
+        uniques = list(grouped)
+        for at in range(0, len(uniques), _IN_CHUNK):
+            chunk = uniques[at : at + _IN_CHUNK]
+            for uniq, *state in conn.execute(
+                "SELECT uniq, last_seq, queued, size, dropped FROM notif_regs"
+                f" WHERE uniq IN ({','.join('?' * len(chunk))})",
+                chunk,
+            ):
+                states[uniq] = tuple(state)  # type: ignore[assignment]
         inserts = []
+        updates = []
+        over = []
+        max_messages, max_bytes = bounds.max_messages, bounds.max_bytes
         for reg, group in grouped.items():
-            state = conn.execute(
-                "SELECT last_seq, queued, size, dropped FROM notif_regs WHERE uniq = ?", (reg,)
-            ).fetchone()
+            state = states.get(reg)
             if state is None:
                 continue  # dropped meanwhile
             last_seq, queued, size, dropped = state
             for row in group:
                 last_seq += 1
-                inserts.append((reg, last_seq, "status", row.jobid, len(row.body), row.body))
-                queued += 1
-                size += len(row.body)
-            conn.executemany(
-                "INSERT INTO notif_messages (reg, seq, kind, jobid, size, body)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                inserts,
-            )
-            inserts = []
+                length = len(row.body)
+                inserts.append((reg, last_seq, row.jobid, length, row.body))
+                size += length
+            queued += len(group)
+            if queued > max_messages or size > max_bytes:
+                over.append((reg, last_seq, queued, size, dropped))
+            else:
+                updates.append((last_seq, queued, size, dropped, reg))
+        conn.executemany(
+            "INSERT INTO notif_messages (reg, seq, kind, jobid, size, body)"
+            " VALUES (?, ?, 'status', ?, ?, ?)",
+            inserts,
+        )
+        for reg, last_seq, queued, size, dropped in over:
             cut = trim(queued, size, self._oldest(reg), bounds)
             if cut is not None:
                 queued -= cut.count
                 size -= cut.size
                 dropped += cut.count
                 self._drop_head(reg, cut.upto, cut.count)
-            conn.execute(
-                "UPDATE notif_regs SET last_seq = ?, queued = ?, size = ?, dropped = ?"
-                " WHERE uniq = ?",
-                (last_seq, queued, size, dropped, reg),
-            )
+            updates.append((last_seq, queued, size, dropped, reg))
+        conn.executemany(
+            "UPDATE notif_regs SET last_seq = ?, queued = ?, size = ?, dropped = ? WHERE uniq = ?",
+            updates,
+        )
 
     def _oldest(self, reg: str) -> Iterator[tuple[int, int]]:
         # Pages, so that no cursor stays open while the head is deleted.
@@ -512,7 +595,7 @@ class NotifMatcher:
 
     def __call__(
         self, jobid: str, before: JobStatus | None, after: JobStatus, arrived: int
-    ) -> list[NotifRow]:
+    ) -> list[Matched]:
         index = self.index
         if not index.by_job and not index.by_owner and not index.all_jobs:
             return []
@@ -520,7 +603,34 @@ class NotifMatcher:
             candidates = index.candidates(jobid, after.owner)
         if not candidates:
             return []
-        return self.messages(candidates, jobid, before, after, arrived / 1_000_000)
+        return self.match(candidates, jobid, before, after, arrived / 1_000_000)
+
+    def match(
+        self,
+        candidates: Iterable[Registration],
+        jobid: str,
+        before: JobStatus | None,
+        after: JobStatus,
+        now: float,
+    ) -> list[Matched]:
+        """
+        The registrations a new status is notified to (conditions, flags and
+        the registrant's read rights), its message bodies not made yet (L{resolve}).
+        """
+        found = []
+        rights_of = self.rights
+        for reg in candidates:
+            try:
+                if not matches(reg, before, after, jobid, now):
+                    continue
+                rights = rights_of(reg, after)
+                if rights is None:
+                    continue
+                found.append(Matched(reg.unique, jobid, after, rights == "anonymized"))
+            except Exception:
+                log.failure("notification {reg} of {jobid} failed", reg=reg.unique, jobid=jobid)
+        self.matched += len(found)
+        return found
 
     def messages(
         self,
@@ -530,26 +640,10 @@ class NotifMatcher:
         after: JobStatus,
         now: float,
     ) -> list[NotifRow]:
-        rows = []
-        bodies: dict[tuple[bool, bool], bytes] = {}
-        for reg in candidates:
-            try:
-                if not matches(reg, before, after, jobid, now):
-                    continue
-                rights = self.rights(reg, after)
-                if rights is None:
-                    continue
-                variant = (rights == "anonymized", reg.flags.jdl)
-                body = bodies.get(variant)
-                if body is None:
-                    body = bodies[variant] = status_message(
-                        after, jobid, anonymized=variant[0], jdl=variant[1]
-                    )
-                rows.append(NotifRow(reg.unique, jobid, body))
-            except Exception:
-                log.failure("notification {reg} of {jobid} failed", reg=reg.unique, jobid=jobid)
-        self.matched += len(rows)
-        return rows
+        """
+        L{match} with the bodies made (a bootstrap's messages).
+        """
+        return resolve(self.match(candidates, jobid, before, after, now))
 
 
 Tables = SQLNotifTables | MemoryNotifTables
@@ -618,10 +712,16 @@ class Notifications:
 
     # called by the backends, on the writer thread
 
-    def write_messages(self, rows: list[NotifRow]) -> None:
-        self.tables.write_messages(rows, self.bounds)
+    def write_messages(self, rows: list[Matched | NotifRow], jobs: Iterable[Any] = ()) -> None:
+        """
+        Queue the messages of a commit (in its transaction): the matcher's
+        (L{BatchPlan.notifications}), their bodies made with the commit's job
+        rows C{jobs} (L{resolve}: a status serialised for the job row is not
+        serialised again).
+        """
+        self.tables.write_messages(resolve(rows, jobs), self.bounds)
 
-    def committed(self, rows: list[NotifRow]) -> None:
+    def committed(self, rows: list[Matched | NotifRow]) -> None:
         """
         Messages were committed: wake their listeners (on the reactor thread).
         """

@@ -30,6 +30,8 @@ from lbtwist.core.notif import (
     render_message,
     sse_end,
     sse_event,
+    status_body,
+    status_head,
     status_message,
     trim,
     unique_of_id,
@@ -320,11 +322,29 @@ class MessageTests(SynchronousTestCase):
         self.assertEqual(by_rights, by_flag)
         self.assertNotIn(OWNER.encode(), by_rights)
 
-    def test_jdl_not_stored_without_the_flag(self) -> None:
+    def test_jdl_stored_but_sent_only_with_the_flag(self) -> None:
+        """
+        The stored body is the status in the stores' form (the job row's very
+        text, JDL fields included); the client gets the JDL only with the flag.
+        """
         s = status(jdl="[ Executable = x ]", cream_jdl="[ Executable = y ]")
-        self.assertNotIn(b"Executable", status_message(s, JOB, anonymized=False, jdl=False))
-        self.assertIn(b"Executable = y", status_message(s, JOB, anonymized=False, jdl=True))
-        self.assertEqual(s.jdl, "[ Executable = x ]")  # the status is left alone
+        stored = status_message(s, JOB, anonymized=False)
+        self.assertEqual(json.loads(stored)["status"], json.loads(s.to_json()))
+        self.assertNotIn(b"Executable", render_message(1, stored, Flags())[0])
+        self.assertIn(b"Executable = y", render_message(1, stored, Flags(jdl=True))[0])
+
+    def test_body_of_a_serialised_status(self) -> None:
+        """
+        L{status_body} makes the same body of the status's text, as str or bytes.
+        """
+        s = status(event_count=3)
+        head = status_head(JOB, False)
+        stored = status_message(s, JOB, anonymized=False)
+        self.assertEqual(status_body(head, 3, s.to_json()), stored)
+        self.assertEqual(status_body(head, 3, s.to_json().encode()), stored)
+        self.assertEqual(
+            json.loads(status_body(status_head(JOB, True), 3, s.to_json()))["view"], "anonymized"
+        )
 
     def test_history_count(self) -> None:
         s = status(event_count=7)

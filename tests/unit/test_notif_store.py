@@ -11,18 +11,26 @@ import json
 import os
 from typing import Any
 
+import attrs
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.errors import TryAgain
 from lbtwist.core.events import parse_event
-from lbtwist.core.notif import Conditions, Flags, QueueBounds, Registration, render_message
+from lbtwist.core.notif import (
+    Conditions,
+    Flags,
+    QueueBounds,
+    Registration,
+    render_message,
+    status_message,
+)
 from lbtwist.core.states.status import JobStatus
 from lbtwist.security.authz import parse_policy
 from lbtwist.security.identity import Identity
 from lbtwist.service.notify import NotifyService
-from lbtwist.store.batch import run_now
-from lbtwist.store.notif import Notifications, SQLNotifTables
+from lbtwist.store.batch import JobRow, run_now
+from lbtwist.store.notif import Matched, Notifications, SQLNotifTables, resolve
 from lbtwist.store.sqlite import SQLiteStore
 from lbtwist.testing import MemoryStore
 from tests import traces
@@ -272,6 +280,96 @@ class SQLiteNotifTests(_Both, SynchronousTestCase):
         seqs = [m.seq for m in _result(n.messages("r1", 0, 100))]
         self.assertEqual(seqs, list(range(1, 8)))
 
+    def test_each_status_serialised_once(self) -> None:
+        """
+        A commit serialises each new status once for all the registrations it
+        matches (whatever their views), and the messages of the status the
+        commit leaves the job in are made of the job row's own text.
+        """
+        lines = items(traces.cream_done_ok()[:4])
+        calls = []
+        original = JobStatus.to_json
+
+        def counting(status: JobStatus) -> str:
+            calls.append(status.event_count)
+            return original(status)
+
+        self.patch(JobStatus, "to_json", counting)
+        _result(self.store.store(lines[:1]))
+        alone = len(calls)  # the job row's
+        n = self.store.notifications
+        n.configure(rights=lambda reg, status: "anonymized" if reg.unique == "r2" else "full")
+        for unique in ("r1", "r2", "r3"):
+            _result(n.create(registration(unique, flags=Flags()), NOW))
+        del calls[:]
+        _result(self.store.store(lines[1:]))
+        # The job row's, and each of the two statuses before it: one each.
+        self.assertEqual(sorted(calls), [2, 3, 4])
+        self.assertEqual(alone, 1)
+        row = self.store.backend.conn.execute(
+            "SELECT status FROM jobs WHERE jobid = ?", (JOBID,)
+        ).fetchone()[0]
+        for unique in ("r1", "r2", "r3"):
+            got = _result(n.messages(unique, 0, 10))
+            self.assertEqual(len(got), 3)
+            self.assertTrue(got[-1].body.endswith(b'"status":' + row.encode() + b"}"))
+            views = {json.loads(m.body)["view"] for m in got}
+            self.assertEqual(views, {"anonymized" if unique == "r2" else "full"})
+
+    def test_queries_per_commit_do_not_grow_with_registrations(self) -> None:
+        """
+        The queue counters of all the registrations a commit writes to are read
+        in one query, not one per registration.
+        """
+        n = self.store.notifications
+        for i in range(40):
+            _result(n.create(registration(f"r{i}", flags=Flags()), NOW))
+        selects = []
+
+        def trace(sql: str) -> None:
+            if sql.lstrip().upper().startswith("SELECT") and "notif_regs" in sql:
+                selects.append(sql)
+
+        self.store.backend.conn.set_trace_callback(trace)
+        self.addCleanup(self.store.backend.conn.set_trace_callback, None)
+        _result(self.store.store(items(traces.cream_done_ok()[:3])))
+        self.assertEqual(len(selects), 1)
+        self.assertEqual(_result(n.get("r39")).last_seq, 3)
+
+
+class ResolveTests(SynchronousTestCase):
+    """
+    L{resolve}: the bodies of a commit's matched statuses.
+    """
+
+    def test_one_body_per_status_and_view(self) -> None:
+        first = JobStatus(state="Waiting", owner=OWNER, event_count=1)
+        last = JobStatus(state="Running", owner=OWNER, event_count=2)
+        row = JobRow(JOBID, OWNER, "Running", None, None, None, 2, last.to_json(), status=last)
+        rows = resolve(
+            [
+                Matched("a", JOBID, first, False),
+                Matched("b", JOBID, first, False),
+                Matched("c", JOBID, first, True),
+                Matched("a", JOBID, last, False),
+                Matched("b", JOBID, last, False),
+            ],
+            [row],
+        )
+        self.assertEqual([r.reg for r in rows], ["a", "b", "c", "a", "b"])
+        self.assertIs(rows[0].body, rows[1].body)
+        self.assertIs(rows[3].body, rows[4].body)
+        self.assertEqual(json.loads(rows[2].body)["view"], "anonymized")
+        self.assertEqual(rows[0].body, status_message(first, JOBID, anonymized=False))
+        self.assertEqual(rows[3].body, status_message(last, JOBID, anonymized=False))
+        # the job row's text is the one used for its status
+        other = attrs.evolve(row, status_json='{"state":"Running"}')
+        self.assertTrue(
+            resolve([Matched("a", JOBID, last, False)], [other])[0].body.endswith(
+                b'"status":{"state":"Running"}}'
+            )
+        )
+
 
 class RightsTests(SynchronousTestCase):
     """
@@ -340,6 +438,36 @@ class RightsTests(SynchronousTestCase):
         body = json.loads(render_message(1, rows[0].body, Flags())[0])
         self.assertNotEqual(body["status"]["owner"], OWNER)
         self.assertTrue(body["status"]["owner"].startswith("anonymized:"))
+
+    def test_registrant_rights_remembered(self) -> None:
+        """
+        What does not depend on the job (super user, READ_ALL, READ_ANONYMIZED)
+        is worked out once per registrant, not per message; a bind (another
+        owner) is worked out anew.
+        """
+        s = self.service(super_users=(OTHER,))
+        asked: list[str] = []
+        original = s.is_super
+
+        def counting(who: Identity) -> bool:
+            asked.append(who.dn)
+            return original(who)
+
+        s.is_super = counting  # type: ignore[method-assign]
+        for _ in range(3):
+            self.assertEqual(
+                s.rights(registration(owner=OTHER), JobStatus(state="Running", owner="/CN=x")),
+                "full",
+            )
+        self.assertEqual(asked, [OTHER])
+        third = "/DC=org/DC=example/O=People/CN=Third"
+        self.assertIsNone(
+            s.rights(registration(owner=third), JobStatus(state="Running", owner="/CN=x"))
+        )
+        self.assertEqual(
+            s.rights(registration(owner=third), JobStatus(state="Running", owner=third)), "full"
+        )
+        self.assertEqual(asked, [OTHER, third])
 
     def test_identity_of_registrant(self) -> None:
         # an Identity is rebuilt from what the registration keeps
