@@ -231,6 +231,7 @@ def make_store(settings: Settings, reactor: Any) -> IEventStore:
             refold_slice=settings.refold_slice,
             query_cache=settings.query_cache,
             list_scan=settings.list_scan,
+            relay_lease=settings.relay_lease,
         )
     return SQLiteStore(
         store_path(settings.state_dir),

@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.states.status import JobStatus
+from lbtwist.store import pglease
 from lbtwist.store.batch import (
     CHECKPOINT_EVERY,
     REFOLD_SLICE,
@@ -227,11 +228,20 @@ def _migrate_dump(conn: Any) -> None:
     _script(conn, "CREATE INDEX IF NOT EXISTS events_arrived ON events (arrived, id)")
 
 
+def _migrate_relay_lease(conn: Any) -> None:
+    """
+    The relay leases: which front end sends the outbox rows of a destination
+    (L{lbtwist.store.pglease}).
+    """
+    pglease.create_table(conn)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_base,
     _migrate_purge,
     _migrate_dump,
+    _migrate_relay_lease,
 ]
 
 #: The schema version this code writes.
@@ -370,6 +380,13 @@ class PostgresBackend(SQLiteBackend):
 
     conn: Any
 
+    #: The front end's relay leases (a relaying store): outbox rows are written
+    #: under destination locks and acknowledged under the lease's fencing token.
+    leases: pglease.RelayLeases | None = None
+
+    #: Acknowledged or rejected rows left in the outbox because their lease was lost.
+    refused_acks = 0
+
     def __init__(self, conn: PgConnection) -> None:
         super().__init__(cast(Any, conn))
 
@@ -441,6 +458,8 @@ class PostgresBackend(SQLiteBackend):
                 " glite_id = excluded.glite_id",
                 [(m.cream_key, m.cream_id, m.glite_id) for m in plan.mappings],
             )
+            if plan.outbox:
+                pglease.lock_destinations(conn, {o.destination for o in plan.outbox})
             conn.executemany(
                 "INSERT INTO outbox (destination, event_id) VALUES (?, ?)",
                 [(o.destination, ids.get(o.event_id, o.event_id)) for o in plan.outbox],
@@ -471,6 +490,14 @@ class PostgresBackend(SQLiteBackend):
         conn = self.conn
         conn.execute("BEGIN")
         try:
+            mine: set[str] | None = None
+            asked = len(acks) + len(rejects)
+            leases = self.leases
+            if leases is not None and asked:
+                # Only the rows of destinations whose lease is still this front
+                # end's: the new holder of another one sends its rows again.
+                mine = pglease.fenced(conn, leases.holder)
+                rejects = [r for r in rejects if r.entry.destination in mine]
             conn.executemany(
                 "INSERT INTO rejected (outbox_id, destination, event_id, major, minor,"
                 " reason, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -488,8 +515,22 @@ class PostgresBackend(SQLiteBackend):
                 ],
             )
             ids = [i for i in acks] + [r.entry.id for r in rejects]
-            if ids:
+            if ids and mine is None:
                 conn.execute("DELETE FROM outbox WHERE id = ANY(?)", (ids,))
+            elif mine is not None:
+                deleted = 0
+                if ids:
+                    deleted = conn.execute(
+                        "DELETE FROM outbox WHERE id = ANY(?) AND destination = ANY(?)",
+                        (ids, sorted(mine)),
+                    ).rowcount
+                if deleted < asked:
+                    self.refused_acks += asked - deleted
+                    log.info(
+                        "relay: {n} acknowledged or rejected rows left in the outbox: their"
+                        " lease is another front end's now (it sends them again)",
+                        n=asked - deleted,
+                    )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -617,8 +658,15 @@ class PostgresStore(GroupedWrites):
         max_future_skew: int | None = None,
         query_cache: int = STATUS_CACHE_SIZE,
         list_scan: int = LIST_SCAN,
+        relay_lease: float = pglease.RELAY_LEASE,
+        holder: str | None = None,
     ) -> None:
         """
+        @param relay_lease: seconds a relay lease lasts unless renewed (a relaying
+            store: L{lbtwist.store.pglease}); another front end takes over a
+            destination within 4/3 of it.
+        @param holder: this front end's name in the lease table (default
+            L{pglease.default_holder}).
         @param checkpoint_every: see L{BatchProcessor}.
         @param refold_slice: see L{BatchProcessor}.
         @param max_future_skew: see L{BatchProcessor}.
@@ -627,6 +675,13 @@ class PostgresStore(GroupedWrites):
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
         if pool_size < 1 or query_cache < 1 or list_scan < 1:
             raise ValueError("pool_size, query_cache and list_scan must be positive")
+        if not relay_lease > 0:
+            raise ValueError(f"relay lease of {relay_lease} s")
+        self._relay_lease = relay_lease
+        self._holder = holder or pglease.default_holder()
+        #: The relay leases of a relaying store, once started (else L{None}).
+        self.leases: pglease.RelayLeases | None = None
+        self._lost_listeners: list[CommitListener] = []
         self.url = url
         self.policy = policy
         self.relay = policy is not None
@@ -706,7 +761,21 @@ class PostgresStore(GroupedWrites):
         for listener in self._listeners:
             self._notifier.add(listener)
         self._outbox = OutboxWriter(self._clock, runner, self.backend.outbox_done)
+        if self.relay:
+            self._start_leases(runner)
         self._commit.kick()
+
+    def _start_leases(self, runner: Runner) -> None:
+        backend = self.backend
+        leases = pglease.RelayLeases(
+            self._holder, self._relay_lease, self._clock, runner, lambda: backend.conn
+        )
+        self.leases = backend.leases = leases
+        for listener in self._listeners:
+            leases.add_wake_listener(listener)
+        for listener in self._lost_listeners:
+            leases.add_lost_listener(listener)
+        leases.start()
 
     def _queries_on(self, conn: PgConnection) -> PgQueries:
         return PgQueries(cast(Any, conn), status_cache=self._query_cache, list_scan=self._list_scan)
@@ -793,7 +862,35 @@ class PostgresStore(GroupedWrites):
     def outbox_after(
         self, destination: str, after_id: int, limit: int
     ) -> Deferred[list[OutboxEntry]]:
-        return self._reads(lambda q: q.outbox_after(destination, after_id, limit))
+        """
+        The rows of C{destination} after C{after_id}, if this front end holds its
+        lease (a relaying store); none otherwise. A lease it takes here is read
+        from the first row.
+        """
+        leases = self.leases
+        if leases is None or leases.holds(destination):
+            return self._reads(lambda q: q.outbox_after(destination, after_id, limit))
+        if destination in leases.tokens or not leases.may_ask(destination):
+            return succeed([])
+
+        def taken(ok: bool) -> Deferred[list[OutboxEntry]] | list[OutboxEntry]:
+            if not ok:
+                return []
+            return self._reads(lambda q: q.outbox_after(destination, 0, limit))
+
+        return leases.acquire(destination).addCallback(taken)
+
+    def add_lease_listener(self, listener: CommitListener) -> None:
+        """
+        Call C{listener(destinations)} when this front end loses the relay lease of
+        destinations: it must stop sending them and forget the rows it read (the
+        relay's L{lbtwist.service.relay.RelayQueue.restart}). Never called on a
+        store that does not relay.
+        """
+        if self.leases is not None:
+            self.leases.add_lost_listener(listener)
+        else:
+            self._lost_listeners.append(listener)
 
     def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
         return self._reads(lambda q: q.outbox_stats())
@@ -804,6 +901,8 @@ class PostgresStore(GroupedWrites):
     def add_commit_listener(self, listener: CommitListener) -> None:
         if self._started:
             self._notifier.add(listener)
+            if self.leases is not None:
+                self.leases.add_wake_listener(listener)
         else:
             self._listeners.append(listener)
 
@@ -820,9 +919,22 @@ class PostgresStore(GroupedWrites):
         self._commit.stop()
         d = self._commit.when_idle()
         d.addCallback(lambda _: self._outbox.when_idle())
+        if self.leases is not None:
+            # No more rounds; the last acknowledgements still go under the leases,
+            # which are given up after them.
+            leases = self.leases
+            leases.stop()
+            d.addCallback(lambda _: self._runner(lambda: self._release(leases)))
         d.addCallback(lambda _: self._runner(self.backend.conn.close))
         d.addCallback(lambda _: self._stop_pools())
         return d
+
+    def _release(self, leases: pglease.RelayLeases) -> None:
+        try:
+            pglease.release(self.backend.conn, leases.holder)
+        except Exception as e:
+            log.info("relay: giving the leases up failed ({error}): they expire", error=e)
+        leases.forget()
 
     def _stop_pools(self) -> None:
         for pool in self._pools:
