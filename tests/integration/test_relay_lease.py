@@ -7,6 +7,8 @@ front ends' clocks agree); their writers run synchronously.
 
 from __future__ import annotations
 
+import io
+import json
 import threading
 import time
 
@@ -15,6 +17,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
+from lbtwist.cli.common import CLIContext
+from lbtwist.cli.main import run
 from lbtwist.core.events import parse_event
 from lbtwist.core.translate import proxy_policy
 from lbtwist.store import pglease
@@ -261,3 +265,46 @@ class RelayTakeoverTests(TwoFrontEnds):
         resent = len(received) - len(order)
         self.assertEqual(resent, 4)
         self.assertEqual(received[6:10], order[2:6])
+
+
+class RelayStatusTests(TwoFrontEnds):
+    """
+    C{lbtwist relay status --store-url URL}: the queues and their lease holders.
+    """
+
+    def status(self, *args: str, later: float = 0.0) -> tuple[int, str, str]:
+        out, err = io.StringIO(), io.StringIO()
+        now = int((self.clock.seconds() + later) * 1_000_000)
+        code = run(
+            ["relay", "status", "--store-url", self.url, *args],
+            CLIContext(env={}, stdout=out, stderr=err, now=lambda: now),
+        )
+        return code, out.getvalue(), err.getvalue()
+
+    def test_holder_shown(self) -> None:
+        self.assertEqual(self.status(), (0, "relay: nothing waiting, nothing rejected\n", ""))
+        lines = wms_lines(JOB_A)
+        self.store_lines(self.fe1, lines)
+        self.assertTrue(self.rows(self.fe1))
+        code, out, _ = self.status()
+        self.assertEqual(
+            out,
+            f"{DEST1}: {len(lines)} waiting, oldest 0 s, 0 rejected,"
+            " sent by fe1 (lease 1, 3 s left)\n",
+        )
+        self.die(self.fe1)
+        self.assertIn("lease of fe1 expired 2 s ago", self.status(later=LEASE + 2)[1])
+        self.clock.advance(LEASE + 0.1)
+        code, out, _ = self.status("--json")
+        row = json.loads(out)
+        self.assertEqual((row["holder"], row["lease_token"], row["depth"]), ("fe2", 2, len(lines)))
+        self.assertGreater(row["lease_expires_in"], 0)
+
+    def test_writes_refused(self) -> None:
+        out, err = io.StringIO(), io.StringIO()
+        code = run(
+            ["relay", "retry", "--all", "--store-url", self.url],
+            CLIContext(env={}, stdout=out, stderr=err),
+        )
+        self.assertNotEqual(code, 0)
+        self.assertIn("--state-dir or -m", err.getvalue())
