@@ -179,7 +179,9 @@ def fenced(conn: Any, holder: str) -> set[str]:
     it delivered.
     """
     rows = conn.execute(
-        "SELECT destination FROM relay_leases WHERE holder = %s FOR SHARE", (holder,)
+        # In the order the takeover's statement locks them: never crosswise.
+        "SELECT destination FROM relay_leases WHERE holder = %s ORDER BY destination FOR SHARE",
+        (holder,),
     ).fetchall()
     return {row[0] for row in rows}
 
