@@ -18,11 +18,11 @@ C{relay_leases (destination, holder, token, expires)}:
   - a new holder sends from the first row of the outbox (the first one not
     acknowledged): events the previous holder sent but whose acknowledgement it
     did not record go again, and the destination answers them as duplicates;
-  - acknowledgements and rejections are applied only for destinations whose lease
-    row still names this holder (L{fenced}; a takeover writes another holder and
-    a higher token), under a share lock on the lease rows: an ack of a front end
-    whose lease another one took deletes nothing, and a takeover waits for an ack
-    transaction that is running;
+  - acknowledgements and rejections are not applied for destinations whose lease
+    row names another holder (L{held_elsewhere}; a takeover writes its holder and
+    a higher token), under a share lock on this holder's lease rows: an ack of a
+    front end whose lease another one took deletes nothing, and a takeover waits
+    for an ack transaction that is running;
   - the holder also wakes its destinations every round: rows that other front ends
     committed for them are read at the latest a third of the lease later.
 
@@ -169,19 +169,24 @@ def release(conn: Any, holder: str) -> None:
     conn.execute("UPDATE relay_leases SET expires = 0 WHERE holder = %s", (holder,))
 
 
-def fenced(conn: Any, holder: str) -> set[str]:
+def held_elsewhere(conn: Any, holder: str) -> set[str]:
     """
-    The destinations whose lease row names C{holder} (a name unique per start:
-    another front end that took a lease wrote its own name and a higher token),
-    share-locked until the end of the transaction: a takeover waits for it.
-    Called in the acknowledgement transaction. A lease this front end gave up on
-    its clock but nobody took yet still counts: its acknowledgements are of rows
-    it delivered.
+    The destinations whose lease row names another front end than C{holder} (a
+    name unique per start: a front end that took a lease wrote its own name and
+    a higher token), whose rows the acknowledgements of C{holder} must leave.
+    Called in the acknowledgement transaction: the rows naming C{holder} are
+    share-locked first, so a takeover of one of them waits for the transaction.
+    A lease C{holder} gave up on its clock but nobody took yet still counts as
+    its own (the acknowledgements are of rows it delivered), and so does a
+    destination without a lease row (nobody sends it).
     """
-    rows = conn.execute(
-        # In the order the takeover's statement locks them: never crosswise.
+    # In the order the takeover's statement locks them: never crosswise.
+    conn.execute(
         "SELECT destination FROM relay_leases WHERE holder = %s ORDER BY destination FOR SHARE",
         (holder,),
+    )
+    rows = conn.execute(
+        "SELECT destination FROM relay_leases WHERE holder <> %s", (holder,)
     ).fetchall()
     return {row[0] for row in rows}
 

@@ -490,14 +490,14 @@ class PostgresBackend(SQLiteBackend):
         conn = self.conn
         conn.execute("BEGIN")
         try:
-            mine: set[str] | None = None
+            others: set[str] | None = None
             asked = len(acks) + len(rejects)
             leases = self.leases
             if leases is not None and asked:
-                # Only the rows of destinations whose lease is still this front
-                # end's: the new holder of another one sends its rows again.
-                mine = pglease.fenced(conn, leases.holder)
-                rejects = [r for r in rejects if r.entry.destination in mine]
+                # Not the rows of destinations whose lease another front end
+                # took: it sends them again.
+                others = pglease.held_elsewhere(conn, leases.holder)
+                rejects = [r for r in rejects if r.entry.destination not in others]
             conn.executemany(
                 "INSERT INTO rejected (outbox_id, destination, event_id, major, minor,"
                 " reason, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -515,14 +515,14 @@ class PostgresBackend(SQLiteBackend):
                 ],
             )
             ids = [i for i in acks] + [r.entry.id for r in rejects]
-            if ids and mine is None:
+            if ids and others is None:
                 conn.execute("DELETE FROM outbox WHERE id = ANY(?)", (ids,))
-            elif mine is not None:
+            elif others is not None:
                 deleted = 0
                 if ids:
                     deleted = conn.execute(
-                        "DELETE FROM outbox WHERE id = ANY(?) AND destination = ANY(?)",
-                        (ids, sorted(mine)),
+                        "DELETE FROM outbox WHERE id = ANY(?) AND destination <> ALL(?)",
+                        (ids, sorted(others)),
                     ).rowcount
                 if deleted < asked:
                     self.refused_acks += asked - deleted
