@@ -280,10 +280,11 @@ class RelayLeases:
 
     def start(self) -> None:
         """
-        Start the rounds (the first one at once).
+        Start the rounds (the first one a third of the lease later: until then the
+        relay's first reads take the leases they need, L{acquire}).
         """
         if not self._loop.running:
-            self._loop.start(self.interval, now=True)
+            self._loop.start(self.interval, now=False)
 
     def stop(self) -> None:
         """
