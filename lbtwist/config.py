@@ -39,6 +39,8 @@ DEFAULT_INTAKE_BACKLOG = 1024
 DEFAULT_RELAY_WINDOW = 1024
 #: Committed outbox rows the relay keeps in memory per destination (docs/relay.md).
 DEFAULT_RELAY_TAIL = 8192
+#: Seconds a front end's relay lease lasts unless renewed (PostgreSQL store).
+DEFAULT_RELAY_LEASE = 15.0
 DEFAULT_MAX_FUTURE_SKEW = 86_400  # seconds
 DEFAULT_REFOLD_SLICE = 100  # events
 #: Python's thread switch interval while the store's threads run (microseconds; the
@@ -246,6 +248,14 @@ def _grace(name: str, text: str) -> int | None:
         return parse_grace(text)
     except InvalidValue as e:
         raise InvalidValue(f"--{name}: {e.message}") from None
+
+
+def _lease_seconds(name: str, text: str) -> float:
+    """
+    Seconds, fractions allowed, with an optional C{s} (C{15}, C{15s}, C{2.5}).
+    """
+    text = text.strip()
+    return _seconds(name, text[:-1] if text.lower().endswith("s") else text)
 
 
 def _seconds_int(name: str, text: str) -> int:
@@ -876,6 +886,13 @@ OPTIONS: tuple[Option, ...] = (
         "Committed outbox rows kept in memory per destination for the relay.",
         roles=_PROXY_ONLY,
     ),
+    _value(
+        "relay-lease",
+        _lease_seconds,
+        DEFAULT_RELAY_LEASE,
+        "Seconds a front end's relay lease on a destination lasts (PostgreSQL store).",
+        roles=_PROXY_ONLY,
+    ),
     # Purge and Job Provenance export (docs/lifecycle.md).
     _value(
         "purge-interval",
@@ -1089,6 +1106,7 @@ class Settings:
     metrics_refresh_interval: float
     relay_sweep_interval: float
     relay_tail: int
+    relay_lease: float
     purge_interval: float | None
     purge_aborted: int | None
     purge_cancelled: int | None

@@ -236,6 +236,7 @@ def make_store(settings: Settings, reactor: Any, *, lock: Any = True) -> IEventS
             list_scan=settings.list_scan,
             jp_register=settings.jpreg_dir is not None,
             notif_changes=settings.store_notif_changes,
+            relay_lease=settings.relay_lease,
         )
     return SQLiteStore(
         store_path(settings.state_dir),

@@ -87,9 +87,76 @@ def _remote(args: Any, ctx: CLIContext) -> Any:
         raise InvalidValue(f"{args.server}: {e.reason}") from None
 
 
+def _status_line(row: dict[str, Any]) -> str:
+    age = "-" if row["oldest_age"] is None else f"{row['oldest_age']:.0f} s"
+    text = f"{row['destination']}: {row['depth']} waiting, oldest {age}, {row['rejected']} rejected"
+    if "holder" in row:
+        if row["holder"] is None:
+            text += ", no lease"
+        elif row["lease_expires_in"] > 0:
+            text += (
+                f", sent by {row['holder']} (lease {row['lease_token']},"
+                f" {row['lease_expires_in']:.0f} s left)"
+            )
+        else:
+            text += (
+                f", lease of {row['holder']} expired {-row['lease_expires_in']:.0f} s ago"
+                " (another front end takes it)"
+            )
+    return text + "\n"
+
+
+def _handle_postgres(args: Any, ctx: CLIContext) -> int:
+    """
+    C{status} and C{rejected} of a PostgreSQL store shared by front ends (C{--store-url}),
+    with the front end that holds each destination's relay lease.
+    """
+    from lbtwist.store.pglease import lease_rows
+    from lbtwist.store.postgres import connect, is_postgres_url
+
+    if not is_postgres_url(args.store_url):
+        raise InvalidValue(f"--store-url: {args.store_url!r} is not a postgresql:// URL")
+    if args.action not in ("status", "rejected"):
+        raise InvalidValue(f"relay {args.action}: use --state-dir or -m (not --store-url)")
+    now = ctx.now() / 1e6
+    conn: Any = connect(args.store_url)  # the same statements as on SQLite
+    try:
+        if args.action == "rejected":
+            rows = rejected_rows(conn, args.destination)
+            for row in rows:
+                ctx.stdout.write(
+                    json.dumps(row, sort_keys=True) + "\n"
+                    if args.json
+                    else f"event {row['event']} of {row['jobid']} to {row['destination']}:"
+                    f" {row['major']}/{row['minor']} {row['reason']}\n"
+                )
+            return 0
+        status = {row["destination"]: row for row in status_rows(conn, now)}
+        leases = lease_rows(conn)
+    finally:
+        conn.close()
+    for dest in leases:
+        status.setdefault(
+            dest, {"destination": dest, "depth": 0, "oldest_age": None, "rejected": 0}
+        )
+    for dest, row in status.items():
+        holder, token, expires = leases.get(dest, (None, 0, 0))
+        row["holder"] = holder
+        row["lease_token"] = token
+        row["lease_expires_in"] = expires / 1e6 - now if holder is not None else None
+    rows = [status[d] for d in sorted(status)]
+    if not rows and not args.json:
+        ctx.stdout.write("relay: nothing waiting, nothing rejected\n")
+    for row in rows:
+        ctx.stdout.write(json.dumps(row, sort_keys=True) + "\n" if args.json else _status_line(row))
+    return 0
+
+
 def handle_relay(args: Any, ctx: CLIContext) -> int:
     if args.server:
         return _handle_remote(args, ctx)
+    if getattr(args, "store_url", None):
+        return _handle_postgres(args, ctx)
     conn = open_store(args.state_dir)
     try:
         action = args.action
@@ -199,6 +266,11 @@ def register(subparsers: Any) -> None:
         dest="server",
         metavar="HOST:PORT",
         help="the proxy's query port over HTTPS (ADMIN_ACCESS or --super-user)",
+    )
+    where.add_argument(
+        "--store-url",
+        metavar="URL",
+        help="a PostgreSQL store shared by front ends (status, rejected; with lease holders)",
     )
     p.add_argument("--cert", help="client certificate or proxy (-m; default: grid lookup)")
     p.add_argument("--key", help="client key (-m)")

@@ -280,6 +280,7 @@ class RelayQueue(Service):
         self._reply_timer: IDelayedCall | None = None
         self._ack_timer: IDelayedCall | None = None
         self._acks: list[int] = []
+        self._generation = 0
         #: The last connection failure or loss (for metrics and health), L{None} if none.
         self.last_error: str | None = None
         policy_args: dict[str, Any] = {
@@ -411,6 +412,31 @@ class RelayQueue(Service):
         self.detach(proto, reason)
         proto.abort()
 
+    def restart(self, reason: str) -> None:
+        """
+        Stop sending and forget every row read (the store's relay lease of the
+        destination is lost: another front end sends them): drop the connection,
+        flush the acknowledgements, and read again from the first row of the
+        outbox when woken.
+        """
+        self._generation += 1
+        self._flush_acks(now=True)
+        if self._hold is not None and self._hold.active():
+            self._hold.cancel()
+        self._hold = None
+        self._retry = []
+        self._attempts.clear()
+        if self._proto is not None:
+            proto = self._proto
+            self.detach(proto, reason)
+            proto.abort()
+        self._buffer.clear()
+        self._inflight.clear()
+        self._last_read = 0
+        self._fetching = False
+        self._maybe_more = True
+        self._notified = False
+
     def _requeue(self) -> None:
         self._buffer.extendleft(reversed(self._inflight))
         self._inflight.clear()
@@ -441,10 +467,20 @@ class RelayQueue(Service):
             return
         self._fetching = True
         self._notified = False
+        generation = self._generation
         d: Deferred[list[OutboxEntry]] = self._store.outbox_after(
             self.destination, self._last_read, self.settings.fetch_size
         )
-        d.addCallbacks(self._fetched, self._fetch_failed)
+
+        def fetched(rows: list[OutboxEntry]) -> None:
+            if generation == self._generation:  # else read before a restart
+                self._fetched(rows)
+
+        def fetch_failed(failure: Failure) -> None:
+            if generation == self._generation:
+                self._fetch_failed(failure)
+
+        d.addCallbacks(fetched, fetch_failed)
         d.addErrback(lambda f: log.failure("relay {dest}: fetch", f, dest=self.destination))
 
     def _fetched(self, rows: list[OutboxEntry]) -> None:
@@ -633,6 +669,11 @@ class RelayService(MultiService):
         if not self._listening:
             self._listening = True
             self.store.add_commit_listener(self._committed)
+            # A store shared by front ends (PostgreSQL) tells which destinations
+            # this one no longer sends.
+            lease_listener = getattr(self.store, "add_lease_listener", None)
+            if lease_listener is not None:
+                lease_listener(self._lease_lost)
         super().startService()
 
     def queue(self, destination: str) -> RelayQueue:
@@ -652,6 +693,12 @@ class RelayService(MultiService):
             self.queues[destination] = queue
             queue.setServiceParent(self)
         return queue
+
+    def _lease_lost(self, destinations: set[str]) -> None:
+        for dest in destinations:
+            queue = self.queues.get(dest)
+            if queue is not None:
+                queue.restart("relay lease lost")
 
     def _committed(self, destinations: set[str]) -> None:
         if not self.running:

@@ -45,7 +45,7 @@ from lbtwist.core.errors import LBError, NoSpace, TryAgain
 from lbtwist.core.states.status import JobStatus
 from lbtwist.core.stats import StatsRequest
 from lbtwist.core.trace import TraceRequest
-from lbtwist.store import lifecycle, pglifecycle, purging
+from lbtwist.store import lifecycle, pglease, pglifecycle, purging
 from lbtwist.store.batch import (
     CHECKPOINT_EVERY,
     REFOLD_SLICE,
@@ -255,6 +255,14 @@ def _migrate_lifecycle(conn: Any) -> None:
     pglifecycle.backfill(conn)
 
 
+def _migrate_relay_lease(conn: Any) -> None:
+    """
+    The relay leases: which front end sends the outbox rows of a destination
+    (L{lbtwist.store.pglease}).
+    """
+    pglease.create_table(conn)
+
+
 #: Ordered migrations: C{MIGRATIONS[n]} takes a database from version C{n} to C{n + 1}.
 MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_base,
@@ -262,6 +270,7 @@ MIGRATIONS: list[Callable[[Any], None]] = [
     _migrate_dump,
     _migrate_notify,
     _migrate_lifecycle,
+    _migrate_relay_lease,
 ]
 
 #: The schema version this code writes.
@@ -418,6 +427,13 @@ class PostgresBackend(SQLiteBackend):
 
     conn: Any
 
+    #: The front end's relay leases (a relaying store): outbox rows are written
+    #: under destination locks and acknowledged under the lease's fencing token.
+    leases: pglease.RelayLeases | None = None
+
+    #: Acknowledged or rejected rows left in the outbox because their lease was lost.
+    refused_acks = 0
+
     def __init__(self, conn: PgConnection) -> None:
         super().__init__(cast(Any, conn))
 
@@ -494,6 +510,8 @@ class PostgresBackend(SQLiteBackend):
                 " glite_id = excluded.glite_id",
                 [(m.cream_key, m.cream_id, m.glite_id) for m in plan.mappings],
             )
+            if plan.outbox:
+                pglease.lock_destinations(conn, {o.destination for o in plan.outbox})
             conn.executemany(
                 "INSERT INTO outbox (destination, event_id) VALUES (?, ?)",
                 [(o.destination, ids.get(o.event_id, o.event_id)) for o in plan.outbox],
@@ -528,6 +546,14 @@ class PostgresBackend(SQLiteBackend):
         conn = self.conn
         conn.execute("BEGIN")
         try:
+            others: set[str] | None = None
+            asked = len(acks) + len(rejects)
+            leases = self.leases
+            if leases is not None and asked:
+                # Not the rows of destinations whose lease another front end
+                # took: it sends them again.
+                others = pglease.held_elsewhere(conn, leases.holder)
+                rejects = [r for r in rejects if r.entry.destination not in others]
             conn.executemany(
                 "INSERT INTO rejected (outbox_id, destination, event_id, major, minor,"
                 " reason, rejected_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -545,8 +571,22 @@ class PostgresBackend(SQLiteBackend):
                 ],
             )
             ids = [i for i in acks] + [r.entry.id for r in rejects]
-            if ids:
+            if ids and others is None:
                 conn.execute("DELETE FROM outbox WHERE id = ANY(?)", (ids,))
+            elif others is not None:
+                deleted = 0
+                if ids:
+                    deleted = conn.execute(
+                        "DELETE FROM outbox WHERE id = ANY(?) AND destination <> ALL(?)",
+                        (ids, sorted(others)),
+                    ).rowcount
+                if deleted < asked:
+                    self.refused_acks += asked - deleted
+                    log.info(
+                        "relay: {n} acknowledged or rejected rows left in the outbox: their"
+                        " lease is another front end's now (it sends them again)",
+                        n=asked - deleted,
+                    )
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -686,12 +726,19 @@ class PostgresStore(GroupedWrites):
         list_scan: int = LIST_SCAN,
         jp_register: bool = False,
         notif_changes: int = CHANGES_KEPT,
+        relay_lease: float = pglease.RELAY_LEASE,
+        holder: str | None = None,
     ) -> None:
         """
         @param notif_changes: registration change rows kept for front ends to catch
             up with (C{store-notif-changes}; L{lbtwist.store.pgnotif}).
         @param jp_register: keep a C{jp_pending} row with every stored RegJob
             (C{--jpreg-dir}), as the SQLite store.
+        @param relay_lease: seconds a relay lease lasts unless renewed (a relaying
+            store: L{lbtwist.store.pglease}); another front end takes over a
+            destination within 4/3 of it.
+        @param holder: this front end's name in the lease table (default
+            L{pglease.default_holder}).
         @param checkpoint_every: see L{BatchProcessor}.
         @param refold_slice: see L{BatchProcessor}.
         @param max_future_skew: see L{BatchProcessor}.
@@ -701,6 +748,13 @@ class PostgresStore(GroupedWrites):
         if pool_size < 1 or query_cache < 1 or list_scan < 1 or notif_changes < 1:
             raise ValueError("pool_size, query_cache, list_scan and notif_changes must be positive")
         self._notif_changes = notif_changes
+        if not relay_lease > 0:
+            raise ValueError(f"relay lease of {relay_lease} s")
+        self._relay_lease = relay_lease
+        self._holder = holder or pglease.default_holder()
+        #: The relay leases of a relaying store, once started (else L{None}).
+        self.leases: pglease.RelayLeases | None = None
+        self._lost_listeners: list[CommitListener] = []
         self.url = url
         self.policy = policy
         self.relay = policy is not None
@@ -811,7 +865,21 @@ class PostgresStore(GroupedWrites):
         for listener in self._listeners:
             self._notifier.add(listener)
         self._outbox = OutboxWriter(self._clock, runner, self.backend.outbox_done)
+        if self.relay:
+            self._start_leases(runner)
         self._commit.kick()
+
+    def _start_leases(self, runner: Runner) -> None:
+        backend = self.backend
+        leases = pglease.RelayLeases(
+            self._holder, self._relay_lease, self._clock, runner, lambda: backend.conn
+        )
+        self.leases = backend.leases = leases
+        for listener in self._listeners:
+            leases.add_wake_listener(listener)
+        for listener in self._lost_listeners:
+            leases.add_lost_listener(listener)
+        leases.start()
 
     def _queries_on(self, conn: PgConnection) -> PgQueries:
         return PgQueries(cast(Any, conn), status_cache=self._query_cache, list_scan=self._list_scan)
@@ -923,7 +991,35 @@ class PostgresStore(GroupedWrites):
     def outbox_after(
         self, destination: str, after_id: int, limit: int
     ) -> Deferred[list[OutboxEntry]]:
-        return self._reads(lambda q: q.outbox_after(destination, after_id, limit))
+        """
+        The rows of C{destination} after C{after_id}, if this front end holds its
+        lease (a relaying store); none otherwise. A lease it takes here is read
+        from the first row.
+        """
+        leases = self.leases
+        if leases is None or leases.holds(destination):
+            return self._reads(lambda q: q.outbox_after(destination, after_id, limit))
+        if destination in leases.tokens or not leases.may_ask(destination):
+            return succeed([])
+
+        def taken(ok: bool) -> Deferred[list[OutboxEntry]] | list[OutboxEntry]:
+            if not ok:
+                return []
+            return self._reads(lambda q: q.outbox_after(destination, 0, limit))
+
+        return leases.acquire(destination).addCallback(taken)
+
+    def add_lease_listener(self, listener: CommitListener) -> None:
+        """
+        Call C{listener(destinations)} when this front end loses the relay lease of
+        destinations: it must stop sending them and forget the rows it read (the
+        relay's L{lbtwist.service.relay.RelayQueue.restart}). Never called on a
+        store that does not relay.
+        """
+        if self.leases is not None:
+            self.leases.add_lost_listener(listener)
+        else:
+            self._lost_listeners.append(listener)
 
     def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
         return self._reads(lambda q: q.outbox_stats())
@@ -934,6 +1030,8 @@ class PostgresStore(GroupedWrites):
     def add_commit_listener(self, listener: CommitListener) -> None:
         if self._started:
             self._notifier.add(listener)
+            if self.leases is not None:
+                self.leases.add_wake_listener(listener)
         else:
             self._listeners.append(listener)
 
@@ -954,9 +1052,22 @@ class PostgresStore(GroupedWrites):
         if listener is not None:
             listener.stop()
             d.addCallback(lambda _: self._runner(listener.join))
+        if self.leases is not None:
+            # No more rounds; the last acknowledgements still go under the leases,
+            # which are given up after them.
+            leases = self.leases
+            leases.stop()
+            d.addCallback(lambda _: self._runner(lambda: self._release(leases)))
         d.addCallback(lambda _: self._runner(self.backend.conn.close))
         d.addCallback(lambda _: self._stop_pools())
         return d
+
+    def _release(self, leases: pglease.RelayLeases) -> None:
+        try:
+            pglease.release(self.backend.conn, leases.holder)
+        except Exception as e:
+            log.info("relay: giving the leases up failed ({error}): they expire", error=e)
+        leases.forget()
 
     def _stop_pools(self) -> None:
         for pool in self._pools:
