@@ -67,6 +67,14 @@ class SilentServer:
         self.thread.join(5)
 
 
+def _default_sigint() -> None:
+    """
+    In the child before C{exec}: SIGINT back to its default, so that Python turns it
+    into C{KeyboardInterrupt} as it does for a command started from a terminal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class InterruptTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.base = os.path.abspath(self.mktemp())
@@ -94,6 +102,9 @@ class InterruptTests(SynchronousTestCase):
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            # A shell starting a job in the background (CI under nohup, say) ignores
+            # SIGINT in it, and children inherit that; a user's terminal does not.
+            preexec_fn=_default_sigint,
         )
         try:
             self.assertTrue(server.accepted.wait(TIMEOUT), "the command never connected")
