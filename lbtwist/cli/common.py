@@ -7,6 +7,7 @@ so that tests run the commands without touching the process.
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 
@@ -223,3 +224,25 @@ def producer_for(path: str, timeout: float, ctx: CLIContext) -> LBProducer:
     from lbtwist.client.producer import LBProducer
 
     return LBProducer(path, timeout, clock=ctx.monotonic, sleep=ctx.sleep)
+
+
+def note_signal(signum: int, signalled: list[int], reactor: Any) -> None:
+    """
+    Once the reactor runs, note in C{signalled} each C{signum} received (then let
+    Twisted's own handler stop the reactor, or stop it ourselves): a command stopped
+    by a signal exits with C{128 + signum}, as a shell reports it.
+    """
+
+    def install() -> None:
+        previous = signal.getsignal(signum)
+
+        def handler(number: int, frame: Any) -> None:
+            signalled.append(number)
+            if callable(previous):
+                previous(number, frame)
+            else:
+                reactor.callFromThread(reactor.stop)
+
+        signal.signal(signum, handler)
+
+    reactor.callWhenRunning(install)

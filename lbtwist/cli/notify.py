@@ -27,7 +27,7 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from lbtwist.cli.common import CLIContext, env_first
+from lbtwist.cli.common import CLIContext, env_first, note_signal
 from lbtwist.cli.notifyargs import DEFAULT_REFRESH_VALIDITY, SEQ_DIR
 from lbtwist.cli.query import make_tls
 from lbtwist.client.notify import (
@@ -501,7 +501,7 @@ def run_notify(
 
         reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
         for signum in (signal.SIGINT, signal.SIGTERM):
-            _remember(signum, signalled, reactor)
+            note_signal(signum, signalled, reactor)
         return done
 
     try:
@@ -509,26 +509,6 @@ def run_notify(
     except SystemExit:
         pass
     return status[0]
-
-
-def _remember(signum: int, signalled: list[int], reactor: Any) -> None:
-    """
-    Note which signal stopped us (Twisted's own handlers stop the reactor).
-    """
-
-    def install() -> None:
-        previous = signal.getsignal(signum)
-
-        def handler(number: int, frame: Any) -> None:
-            signalled.append(number)
-            if callable(previous):
-                previous(number, frame)
-            else:
-                reactor.callFromThread(reactor.stop)
-
-        signal.signal(signum, handler)
-
-    reactor.callWhenRunning(install)
 
 
 def _quiet_write(ctx: CLIContext, text: str) -> None:

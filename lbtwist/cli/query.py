@@ -16,7 +16,7 @@ import os
 import signal
 from datetime import UTC, datetime
 
-from lbtwist.cli.common import CLIContext, env_first
+from lbtwist.cli.common import CLIContext, env_first, note_signal
 
 # The HTTPS client (Twisted, pyOpenSSL, cryptography) is imported when a query
 # runs, not when the parsers are built: lbtwist status --state-dir and -x
@@ -138,28 +138,6 @@ def run_query(args: argparse.Namespace, ctx: CLIContext, query: Query) -> int:
     finally:
         ctx.stderr = stderr
     return status[0]
-
-
-def note_signal(signum: int, signalled: list[int], reactor: Any) -> None:
-    """
-    Once the reactor runs, note in C{signalled} each C{signum} received (then let
-    Twisted's own handler stop the reactor, or stop it ourselves): a command stopped
-    by a signal exits with C{128 + signum}, as a shell reports it.
-    """
-
-    def install() -> None:
-        previous = signal.getsignal(signum)
-
-        def handler(number: int, frame: Any) -> None:
-            signalled.append(number)
-            if callable(previous):
-                previous(number, frame)
-            else:
-                reactor.callFromThread(reactor.stop)
-
-        signal.signal(signum, handler)
-
-    reactor.callWhenRunning(install)
 
 
 async def query_status(client: QueryClient, args: argparse.Namespace, ctx: CLIContext) -> int:
