@@ -97,16 +97,6 @@ def parse_states(text: str) -> list[str]:
     return states
 
 
-def _validity(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive number of seconds: {text!r}")
-    return value
-
-
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -117,24 +107,27 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
-    return value
+def _int_at_least(minimum: int, noun: str, low: str) -> Any:
+    """
+    An argparse type: an integer of at least C{minimum} (C{noun}: what the error
+    says it is not; C{low}: what it says of one below the minimum).
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {noun}: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"not {low}: {text!r}")
+        return value
+
+    return parse
 
 
-def _seq(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a sequence number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a sequence number: {text!r}")
-    return value
+_validity = _int_at_least(1, "a number of seconds", "a positive number of seconds")
+_positive = _int_at_least(1, "a number", "a positive number")
+_seq = _int_at_least(0, "a sequence number", "a sequence number")
 
 
 def _add_server(p: argparse.ArgumentParser) -> None:

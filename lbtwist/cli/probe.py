@@ -202,44 +202,16 @@ def register(subparsers: Any) -> None:
     p.add_argument("-p", "--port", type=int, default=9100, help="metrics listener port (9100)")
     p.add_argument("-u", "--url", help="the health URL (overrides -H/-p; https with --cert)")
     p.add_argument("-t", "--timeout", type=float, default=10.0, help="seconds to wait (10)")
-    p.add_argument(
-        "-w",
-        "--warning",
-        type=float,
-        default=d.backlog_warning,
-        help=f"relay backlog age in seconds for WARNING ({d.backlog_warning:g})",
-    )
-    p.add_argument(
-        "-c",
-        "--critical",
-        type=float,
-        default=d.backlog_critical,
-        help=f"relay backlog age in seconds for CRITICAL ({d.backlog_critical:g})",
-    )
-    p.add_argument(
-        "--cert-warning",
-        type=float,
-        default=d.cert_warning,
-        help=f"host certificate days left for WARNING ({d.cert_warning:g})",
-    )
-    p.add_argument(
-        "--cert-critical",
-        type=float,
-        default=d.cert_critical,
-        help=f"host certificate days left for CRITICAL ({d.cert_critical:g})",
-    )
-    p.add_argument(
-        "--crl-warning",
-        type=float,
-        default=d.crl_warning,
-        help=f"hours to the earliest CRL nextUpdate for WARNING ({d.crl_warning:g})",
-    )
-    p.add_argument(
-        "--crl-critical",
-        type=float,
-        default=d.crl_critical,
-        help=f"hours to the earliest CRL nextUpdate for CRITICAL ({d.crl_critical:g})",
-    )
+    for flags, field, what in (
+        (("-w", "--warning"), "backlog_warning", "relay backlog age in seconds for WARNING"),
+        (("-c", "--critical"), "backlog_critical", "relay backlog age in seconds for CRITICAL"),
+        (("--cert-warning",), "cert_warning", "host certificate days left for WARNING"),
+        (("--cert-critical",), "cert_critical", "host certificate days left for CRITICAL"),
+        (("--crl-warning",), "crl_warning", "hours to the earliest CRL nextUpdate for WARNING"),
+        (("--crl-critical",), "crl_critical", "hours to the earliest CRL nextUpdate for CRITICAL"),
+    ):
+        default = getattr(d, field)
+        p.add_argument(*flags, type=float, default=default, help=f"{what} ({default:g})")
     p.add_argument("--cert", help="client certificate (a --metrics-tls listener)")
     p.add_argument("--key", help="client key (default: in --cert)")
     p.add_argument("--capath", help="CA directory to check the server with")
