@@ -36,7 +36,7 @@ DEFAULT_MAX_INFLIGHT = 1024
 DEFAULT_INTAKE_IDLE_TIMEOUT = 60
 DEFAULT_INTAKE_BACKLOG = 1024
 
-DEFAULT_RELAY_WINDOW = 4096
+DEFAULT_RELAY_WINDOW = 1024
 #: Committed outbox rows the relay keeps in memory per destination (docs/relay.md).
 DEFAULT_RELAY_TAIL = 8192
 #: Seconds a front end's relay lease lasts unless renewed (PostgreSQL store).

@@ -76,7 +76,7 @@ class RelaySettings:
     @ivar ack_max: delivered rows that are removed at once, whatever the delay.
     """
 
-    window: int = 4096
+    window: int = 1024
     enoent_timeout: float = 3600.0
     enoent_initial: float = 1.0
     enoent_max: float = 60.0

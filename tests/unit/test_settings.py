@@ -108,7 +108,7 @@ class TableTests(SynchronousTestCase):
         self.assertEqual(proxy.hostname, "ce.example.org")
         self.assertEqual((proxy.dev_certs, proxy.query), (True, "tcp:9000:interface=127.0.0.1"))
         self.assertEqual(
-            (proxy.relay_window, proxy.relay_enoent_timeout, proxy.page_events), (4096, 3600, 500)
+            (proxy.relay_window, proxy.relay_enoent_timeout, proxy.page_events), (1024, 3600, 500)
         )
         self.assertEqual((proxy.producer_uid, proxy.relay_map, proxy.grey_jobs), ((), (), False))
         self.assertEqual(proxy.voms_dir, os.path.join(state, "devcerts", "vomsdir"))
