@@ -330,35 +330,88 @@ class DepthSampler(Sampler):
 class Spy:
     """
     C{py-spy record --threads} of the services in C{services} while the block runs
-    (nothing without a directory), into C{DIR/<role>.<run>.<phase>.txt}.
+    (nothing without a directory), into C{DIR/<role>.<run>.<phase>.txt}: every
+    thread, idle ones too, or (C{gil}) only the thread holding the interpreter lock.
     """
 
-    def __init__(self, directory: str | None, phase: str, rep: int, *services: RoleService):
+    def __init__(
+        self, directory: str | None, phase: str, rep: int, *services: RoleService, gil: bool = False
+    ):
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.gil = gil
+        #: The recording of each service, by role.
+        self.outputs: dict[str, str] = {}
+        self.started = self.seconds = 0.0
         if directory is None:
             return
         spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
         for service in services:
             assert service.process is not None
-            out = os.path.join(directory, f"{service.role}.{rep}.{phase}.txt")
+            out = self.outputs[service.role] = os.path.join(
+                directory, f"{service.role}.{rep}.{phase}.txt"
+            )
             self.procs.append(
                 subprocess.Popen(
-                    [spy, "record", "-p", str(service.process.pid), "--threads", "--idle"]
+                    [spy, "record", "-p", str(service.process.pid), "--threads"]
+                    + ["--gil" if gil else "--idle"]
                     + ["-f", "raw", "-r", "200", "-o", out],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
                 )
             )
         time.sleep(0.5)
+        self.started = time.time()
 
     def __enter__(self) -> Spy:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.seconds = time.time() - self.started
         for proc in self.procs:
             proc.send_signal(signal.SIGINT)
         for proc in self.procs:
             proc.wait(60)
+
+    def report(self, rep: int, phase: str) -> None:
+        """
+        Print L{lock_holders} of each service (C{--spy-gil} recordings only).
+        """
+        if not self.gil:
+            return
+        for role, path in self.outputs.items():
+            print(f"  [{rep}] {phase}, {role}: {lock_holders(path, self.seconds)}", flush=True)
+
+
+def lock_holders(path: str, seconds: float, rate: int = 200) -> str:
+    """
+    What a C{--spy-gil} recording of C{seconds} says: the share of the time some
+    thread held the interpreter lock (samples over C{rate} a second: a lower bound,
+    py-spy misses samples while it waits for a core itself), by thread, and the
+    functions that held it longest (own time, shares of the samples).
+    """
+    threads: dict[str, int] = {}
+    functions: dict[str, int] = {}
+    with open(path) as f:
+        for line in f:
+            stack, _, count = line.rstrip().rpartition(" ")
+            frames = stack.split(";")
+            n = int(count)
+            thread = frames[0].partition(": ")[2] or frames[0]
+            threads[thread] = threads.get(thread, 0) + n
+            leaf = frames[-1].partition(" (")[0]
+            functions[leaf] = functions.get(leaf, 0) + n
+    total = sum(threads.values())
+    if not total:
+        return "no samples"
+    span = max(seconds * rate, total)
+    by_thread = ", ".join(
+        f"{name} {n / span:.0%}" for name, n in sorted(threads.items(), key=lambda kv: -kv[1])
+    )
+    top = ", ".join(
+        f"{name} {n / total:.0%}"
+        for name, n in sorted(functions.items(), key=lambda kv: -kv[1])[:5]
+    )
+    return f"lock held {total / span:.0%} of the time ({by_thread}); longest: {top}"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -441,7 +494,7 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
         server.start()
         pcpu0, scpu0 = cpu_seconds(proxy), cpu_seconds(server)
         pth0, sth0, d0 = thread_cpu(proxy), thread_cpu(server), time.time()
-        with Spy(args.spy, "drain", rep, proxy, server):
+        with Spy(args.spy, "drain", rep, proxy, server, gil=args.spy_gil) as spy:
             wait_drained(proxy)
         pth1, sth1, d1 = thread_cpu(proxy), thread_cpu(server), time.time()
         arrived = list(server_arrivals(server, f"{rep}a").values())
@@ -458,6 +511,7 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
             f" server {thread_share(sth0, sth1, d1 - d0)})",
             flush=True,
         )
+        spy.report(rep, "drain")
         # 3. Live, as fast as the intake answers.
         pcpu0, scpu0 = cpu_seconds(proxy), cpu_seconds(server)
         with CommitPoller(server) as poller, DepthSampler(proxy, poller) as depth:
@@ -489,7 +543,10 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
         # 4. Half the rate of the intake alone: latency.
         rate = alone_logged / 2
         pth0, sth0 = thread_cpu(proxy), thread_cpu(server)
-        with CommitPoller(server) as poller, Spy(args.spy, "half", rep, proxy, server):
+        with (
+            CommitPoller(server) as poller,
+            Spy(args.spy, "half", rep, proxy, server, gil=args.spy_gil) as spy,
+        ):
             t0, acks, errors = log_events(proxy.socket_path, f"{rep}c", count, conns, pipe, rate)
             pth1, sth1, h1 = thread_cpu(proxy), thread_cpu(server), time.time()
             wait_drained(proxy)
@@ -512,6 +569,7 @@ def one_run(base: str, args: argparse.Namespace, rep: int) -> dict[str, float]:
             f" proxy {thread_share(pth0, pth1, h1 - t0)}; server {thread_share(sth0, sth1, h1 - t0)}",
             flush=True,
         )
+        spy.report(rep, "half rate")
         print(
             f"  [{rep}] CPU per relayed row: intake alone {fig['alone_cpu_ms']:.3f} ms (proxy);"
             f" drain proxy {fig['drain_proxy_cpu_ms']:.3f} ms, server"
@@ -543,6 +601,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         metavar="DIR",
         help="record every thread of both services with py-spy (raw, per phase) into DIR",
+    )
+    parser.add_argument(
+        "--spy-gil",
+        action="store_true",
+        help="with --spy: record only the thread holding the interpreter lock (what a drain"
+        " waits on), not every thread",
     )
     parser.add_argument(
         "--profile",
@@ -585,7 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(
         f"  half rate ({med('half_rate'):.0f} logged/s): intake ack -> server commit median"
-        f" {med('half_p50'):.1f} ms, p99 {med('half_p99'):.1f} ms"
+        f" {med('half_p50'):.1f} ms, p99 {med('half_p99'):.1f} ms (to the server's commit group"
+        f" {med('half_arrive_p50'):.1f} ms, its commit {med('half_commit_p50'):.1f} ms)"
     )
     print(
         f"relay: live {med('live'):.0f} rows/s ({live_ratio:.2f} x intake {med('live_intake'):.0f}),"
