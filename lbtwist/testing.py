@@ -217,7 +217,7 @@ class MemoryBackend:
             else:
                 self.spool[name] = spooled
         if plan.notifications and self.notif is not None:
-            self.notif.write_messages(plan.notifications, plan.jobs)
+            self.notif.write_messages(plan.notifications)
         for out in plan.outbox:
             new = by_id[out.event_id]
             self._outbox_seq += 1

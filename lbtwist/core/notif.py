@@ -580,9 +580,9 @@ def message_status(status: JobStatus, jobid: str, *, jdl: bool, anonymized: bool
 def status_message(status: JobStatus, jobid: str, *, anonymized: bool) -> bytes:
     """
     A status message's body as stored (L{status_body} of the status's
-    L{JobStatus.to_json}).
+    L{JobStatus.to_compact_json}).
     """
-    return status_body(status_head(jobid, anonymized), status.event_count, status.to_json())
+    return status_body(status_head(jobid, anonymized), status.event_count, status.to_compact_json())
 
 
 def status_head(jobid: str, anonymized: bool) -> bytes:
@@ -599,9 +599,9 @@ def status_head(jobid: str, anonymized: bool) -> bytes:
 def status_body(head: bytes, nevents: int, status_json: str | bytes) -> bytes:
     """
     A status message's body as stored: a JSON object without its C{seq}, the
-    status in the stores' own form (C{status_json}, L{JobStatus.to_json}: the
-    very text of the job row when the message reports the status the commit
-    leaves the job in, so nothing is serialised twice), whether the registrant
+    status in its compact form (C{status_json}, L{JobStatus.to_compact_json}:
+    the fields at their defaults left out; L{render_message} reads it back as
+    the whole status), whether the registrant
     may see it only anonymized (C{head}, L{status_head}), and the job's event
     count at that moment (for the history). The JDL fields are kept whatever
     the flags: L{render_message} makes what the client gets of it (the JDL

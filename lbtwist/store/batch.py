@@ -222,9 +222,6 @@ class JobRow:
     #: A refold of the job's status is pending (the status is not yet a fold of all
     #: its events); it resumes from the job's last checkpoint after a restart.
     refold: bool = False
-    #: The status L{status_json} serialises (the notification messages of this
-    #: very status reuse that text: L{lbtwist.store.notif.Notifications.write_messages}).
-    status: JobStatus | None = attrs.field(default=None, eq=False, repr=False)
 
 
 @attrs.frozen
@@ -997,7 +994,6 @@ def _job_row(jobid: str, work: _JobWork, refold: bool = False) -> JobRow:
         nevents=work.nevents,
         status_json=status.to_json(),
         refold=refold,
-        status=status,
     )
 
 

@@ -88,27 +88,19 @@ class Matched(NamedTuple):
     anonymized: bool
 
 
-def resolve(matched: Iterable[Matched | NotifRow], jobs: Iterable[Any] = ()) -> list[NotifRow]:
+def resolve(matched: Iterable[Matched | NotifRow]) -> list[NotifRow]:
     """
     The messages to queue of matched statuses: each status serialised once
-    (the job row's C{status_json} reused when the row is of that very status),
-    the bodies of its registrations made of that one text (one object per
-    status and view). A status is never changed once its event made it
-    (L{lbtwist.core.states.advance_key} makes a new one), so what is serialised
-    at the commit is the job's status right after that event.
-
-    @param jobs: the commit's job rows (L{lbtwist.store.batch.JobRow}: their
-        C{status} and C{status_json}).
+    (L{JobStatus.to_compact_json}), the bodies of its registrations made of that
+    one text (one object per status and view). A status is never changed once
+    its event made it (L{lbtwist.core.states.advance_key} makes a new one), so
+    what is serialised at the commit is the job's status right after that event.
     """
-    final: dict[str, Any] = {}
-    for row in jobs:
-        if row.status is not None:
-            final[row.jobid] = row
-    texts: dict[int, bytes] = {}
     heads: dict[tuple[str, bool], bytes] = {}
     # One body object per status and view, shared by its rows (an "all jobs"
     # registration's messages of a commit hold no copies).
     bodies: dict[tuple[int, bool], bytes] = {}
+    texts: dict[int, bytes] = {}
     out = []
     for m in matched:
         if m.__class__ is NotifRow:
@@ -119,12 +111,7 @@ def resolve(matched: Iterable[Matched | NotifRow], jobs: Iterable[Any] = ()) -> 
         if body is None:
             text = texts.get(id(status))
             if text is None:
-                row = final.get(jobid)
-                if row is not None and row.status is status:
-                    json_text = row.status_json
-                else:
-                    json_text = status.to_json()
-                text = texts[id(status)] = json_text.encode("utf-8")
+                text = texts[id(status)] = status.to_compact_json()
             head = heads.get((jobid, anonymized))
             if head is None:
                 head = heads[(jobid, anonymized)] = status_head(jobid, anonymized)
@@ -712,14 +699,12 @@ class Notifications:
 
     # called by the backends, on the writer thread
 
-    def write_messages(self, rows: list[Matched | NotifRow], jobs: Iterable[Any] = ()) -> None:
+    def write_messages(self, rows: list[Matched | NotifRow]) -> None:
         """
         Queue the messages of a commit (in its transaction): the matcher's
-        (L{BatchPlan.notifications}), their bodies made with the commit's job
-        rows C{jobs} (L{resolve}: a status serialised for the job row is not
-        serialised again).
+        (L{BatchPlan.notifications}), their bodies made now (L{resolve}).
         """
-        self.tables.write_messages(resolve(rows, jobs), self.bounds)
+        self.tables.write_messages(resolve(rows), self.bounds)
 
     def committed(self, rows: list[Matched | NotifRow]) -> None:
         """

@@ -648,7 +648,7 @@ class SQLiteBackend:
             if plan.offsets:
                 _write_offsets(conn, plan.offsets)
             if plan.notifications:
-                self.notif.write_messages(plan.notifications, plan.jobs)
+                self.notif.write_messages(plan.notifications)
             if self.jp_register:
                 purging.write_jp_pending(conn, plan)
             if plan.entries or plan.traces:

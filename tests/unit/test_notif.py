@@ -324,12 +324,13 @@ class MessageTests(SynchronousTestCase):
 
     def test_jdl_stored_but_sent_only_with_the_flag(self) -> None:
         """
-        The stored body is the status in the stores' form (the job row's very
-        text, JDL fields included); the client gets the JDL only with the flag.
+        The stored body is the status in its compact form (JDL fields
+        included); the client gets the JDL only with the flag.
         """
         s = status(jdl="[ Executable = x ]", cream_jdl="[ Executable = y ]")
         stored = status_message(s, JOB, anonymized=False)
-        self.assertEqual(json.loads(stored)["status"], json.loads(s.to_json()))
+        self.assertEqual(json.loads(stored)["status"], json.loads(s.to_compact_json()))
+        self.assertEqual(JobStatus.from_json_dict(json.loads(stored)["status"]), s)
         self.assertNotIn(b"Executable", render_message(1, stored, Flags())[0])
         self.assertIn(b"Executable = y", render_message(1, stored, Flags(jdl=True))[0])
 
@@ -340,8 +341,8 @@ class MessageTests(SynchronousTestCase):
         s = status(event_count=3)
         head = status_head(JOB, False)
         stored = status_message(s, JOB, anonymized=False)
-        self.assertEqual(status_body(head, 3, s.to_json()), stored)
-        self.assertEqual(status_body(head, 3, s.to_json().encode()), stored)
+        self.assertEqual(status_body(head, 3, s.to_compact_json()), stored)
+        self.assertEqual(status_body(head, 3, s.to_compact_json().decode()), stored)
         self.assertEqual(
             json.loads(status_body(status_head(JOB, True), 3, s.to_json()))["view"], "anonymized"
         )

@@ -16,6 +16,7 @@ from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined,un
 from typing import Any
 
 import attrs
+import orjson
 
 # Job states (docs/reference.md, Job status).
 SUBMITTED = "Submitted"
@@ -88,6 +89,9 @@ def format_iso(us: int) -> str:
     """
     C{us} (microseconds since the epoch) as ISO 8601 UTC with microseconds and C{Z}.
     """
+    text = _ISO_TEXTS.get(us)
+    if text is not None:
+        return text
     seconds, micro = divmod(us, 1_000_000)
     prefix = _ISO_SECONDS.get(seconds)
     if prefix is None:
@@ -95,13 +99,18 @@ def format_iso(us: int) -> str:
             _ISO_SECONDS.clear()
         prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _ISO_SECONDS[seconds] = prefix
-    return f"{prefix}.{micro:06d}Z"
+    text = f"{prefix}.{micro:06d}Z"
+    if len(_ISO_TEXTS) >= _ISO_CACHE_SIZE:
+        _ISO_TEXTS.clear()
+    _ISO_TEXTS[us] = text
+    return text
 
 
 # A job's status is written again at every change, with the same entry times:
-# remember the formatted seconds (bounded; emptied when full).
+# remember the formatted times and seconds (bounded; emptied when full).
 _ISO_CACHE_SIZE = 1 << 16
 _ISO_SECONDS: dict[int, str] = {}
+_ISO_TEXTS: dict[int, str] = {}
 
 
 def parse_iso(text: str) -> int:
@@ -268,6 +277,20 @@ class JobStatus:
         except (TypeError, ValueError):
             # A field holding a value of an unexpected type: the general encoder.
             return _json_encode(_json_sorted(self))
+
+    def to_compact_json(self) -> bytes:
+        """
+        The status as compact UTF-8 JSON without the fields at their default
+        values (L{from_json_dict} reads them back as their defaults): half the
+        bytes of L{to_json} at a quarter of its CPU, for texts stored per event
+        (notification messages) rather than per job.
+        """
+        try:
+            return _compact_json(self)
+        except TypeError:
+            # A value orjson does not take (an int beyond 64 bits, a lone
+            # surrogate, a key that is not a string): the general encoder.
+            return _json_encode(_compact_dict(self)).encode("utf-8")
 
     @classmethod
     def from_json_dict(cls, data: dict[str, Any]) -> JobStatus:
@@ -584,3 +607,36 @@ _from_json: Callable[[type[JobStatus], dict[str, Any]], JobStatus] = _compile(
         for field in attrs.fields(JobStatus)
     },
 )
+
+
+def _compact_test(field: Any) -> str:
+    """
+    Python source: whether C{v} (the value of C{field}) differs from its default.
+    """
+    factory = _factory(field)
+    if factory is not None:
+        return f"v.__class__ is not {factory.__name__} or v"
+    if field.default is None:
+        return "v is not None"
+    if field.default is True or field.default is False:
+        return f"v is not {field.default!r}"
+    return f"v.__class__ is not {type(field.default).__name__} or v != {field.default!r}"
+
+
+# The status's non-default fields as a dict in sorted key order (nested keys too),
+# so that orjson needs no sorting.
+_compact_dict: Callable[[JobStatus], dict[str, Any]] = _compile(
+    "_compact_dict",
+    "def _compact_dict(s):\n    d = {}\n"
+    + "".join(
+        f"    v = s.{name}\n"
+        f"    if {_compact_test(_FIELDS_BY_NAME[name])}:\n"
+        f"        d[{name!r}] = {_JSON_SORTED_EXPR.get(name, '{v}').format(v='v')}\n"
+        for name in sorted(_FIELDS_BY_NAME)
+    )
+    + "    return d\n",
+)
+
+
+def _compact_json(status: JobStatus) -> bytes:
+    return orjson.dumps(_compact_dict(status))
