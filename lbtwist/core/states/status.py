@@ -281,9 +281,9 @@ class JobStatus:
     def to_compact_json(self) -> bytes:
         """
         The status as compact UTF-8 JSON without the fields at their default
-        values (L{from_json_dict} reads them back as their defaults): half the
-        bytes of L{to_json} at a quarter of its CPU, for texts stored per event
-        (notification messages) rather than per job.
+        values (L{from_json_dict} reads them back as their defaults): half to
+        three quarters of the bytes of L{to_json} at a third of its CPU, for
+        texts stored per event (notification messages) rather than per job.
         """
         try:
             return _compact_json(self)
