@@ -40,8 +40,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbtwist.security.devcerts import make_dev_pki
 from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
+from tests.e2e.harness import free_port, wait_for
 from tests.e2e.test_opsmetrics import metric_value
-from tests.e2e.test_relay import ACTIONS, LB_HOST, OTHER_HOST, free_port, query, wait_for
+from tests.e2e.test_relay import ACTIONS, LB_HOST, OTHER_HOST, query
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
