@@ -50,7 +50,9 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.storefill import close_fill, event_row, free_port, insert, open_fill, tls_context
+from bench import common
+from bench.common import summary
+from bench.storefill import close_fill, event_row, insert, open_fill, tls_context
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
 from lbtwist.core.states.status import format_iso
@@ -58,7 +60,7 @@ from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
 from lbtwist.security.identity import slash_dn
 from lbtwist.store.query import owner_key
 from lbtwist.store.sqlite import connect
-from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid
+from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid, free_port
 
 DEV_DN = slash_dn(USER_NAME)
 STATES = ("Done", "Done", "Cleared", "Aborted", "Cancelled", "Running", "Done", "Cleared")
@@ -168,20 +170,8 @@ def measure(socket_path: str, lines: list[str], rate: float) -> tuple[list[float
     return result  # type: ignore[no-any-return]
 
 
-def summary(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    return {
-        "n": len(times),
-        "p50_ms": statistics.median(ordered) * 1000,
-        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "max_ms": ordered[-1] * 1000,
-    }
-
-
 def fmt(name: str, r: dict[str, Any]) -> str:
-    return f"{name:<36} " + "  ".join(
-        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
-    )
+    return common.fmt(name, r, 36)
 
 
 def free_pages(conn: Any) -> int:

@@ -35,7 +35,6 @@ import json
 import multiprocessing
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
@@ -44,14 +43,15 @@ from collections.abc import Sequence
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.storefill import close_fill, event_row, free_port, insert, open_fill, tls_context
+from bench.common import fmt, summary
+from bench.storefill import close_fill, event_row, insert, open_fill, tls_context
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
 from lbtwist.core.states.status import format_iso
 from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
 from lbtwist.security.identity import slash_dn
 from lbtwist.store.query import owner_key
-from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid
+from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid, free_port
 
 DEV_DN = slash_dn(USER_NAME)
 STATES = ("Done", "Done", "Done", "Running", "Scheduled", "Waiting", "Aborted", "Cleared")
@@ -171,22 +171,6 @@ def run_status(port: int, pki_dir: str, paths: list[str]) -> list[float]:
 
 def _worker(args: tuple[int, str, list[str]]) -> list[float]:
     return run_status(*args)
-
-
-def summary(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    return {
-        "n": len(times),
-        "p50_ms": statistics.median(ordered) * 1000,
-        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "max_ms": ordered[-1] * 1000,
-    }
-
-
-def fmt(name: str, r: dict[str, float]) -> str:
-    return f"{name:<40} " + "  ".join(
-        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
-    )
 
 
 def rss_mb(pid: int) -> float:

@@ -9,7 +9,6 @@ and the client side of the query port (a free port, the development user's TLS).
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import ssl
 from collections.abc import Sequence
@@ -88,12 +87,6 @@ def close_fill(conn: sqlite3.Connection) -> None:
     conn.execute("COMMIT")
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def tls_context(pki_dir: str) -> ssl.SSLContext:
