@@ -596,6 +596,24 @@ def proxy_args(
     return [*args, *extra]
 
 
+def foreign_tag(jobid: str) -> str:
+    """
+    A UserTag of a job of L{wms_job_trace} (after its events) logged by
+    somebody else than the job's owner: a server whose policy does not grant
+    C{LOG_GENERAL_EVENTS} refuses it.
+    """
+    return ulm_line(
+        "UserTag",
+        jobid=jobid,
+        date=T0 + 99_000_000,
+        source="Application",
+        seqcode=glite_seqcode(NS=3, WM=3, JSS=2, LRMS=100000, APP=1),
+        user="/DC=org/DC=example/CN=Somebody Else",
+        name="colour",
+        value="blue",
+    )
+
+
 class ServiceFailed(Exception):
     """
     The service did not start or stopped unexpectedly; carries its log.

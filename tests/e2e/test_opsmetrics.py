@@ -191,16 +191,7 @@ class OperationsEndToEndTests(DevPKICase):
             proxy_args=["--super-user", slash_dn(user.subject)],
         )
         jobid, lines = self.job(3)
-        tag = harness.ulm_line(
-            "UserTag",
-            jobid=jobid,
-            date=harness.T0 + 99_000_000,
-            source="Application",
-            seqcode=harness.glite_seqcode(NS=3, WM=3, JSS=2, LRMS=100000, APP=1),
-            user="/DC=org/DC=example/CN=Somebody Else",
-            name="colour",
-            value="blue",
-        )
+        tag = harness.foreign_tag(jobid)
         self.log(lines[:8] + [tag] + lines[8:])
         wait_for("the relay to drain", lambda: self.outbox_depth() == 0)
         state = self.proxy.state_dir

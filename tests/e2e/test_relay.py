@@ -293,16 +293,7 @@ class RelayEndToEndTests(DevPKICase):
     def test_refused_event_rejected_queue_moves(self) -> None:
         self.start_relay_pair(actions=("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS"))
         [(jobid, lines)] = self.jobs(1, 1)
-        tag = harness.ulm_line(
-            "UserTag",
-            jobid=jobid,
-            date=harness.T0 + 99_000_000,
-            source="Application",
-            seqcode=harness.glite_seqcode(NS=3, WM=3, JSS=2, LRMS=100000, APP=1),
-            user="/DC=org/DC=example/CN=Somebody Else",
-            name="colour",
-            value="blue",
-        )
+        tag = harness.foreign_tag(jobid)
         self.log(lines[:8] + [tag] + lines[8:])
         wait_for("the relay to drain", lambda: self.outbox_depth() == 0)
         rejected = query(self.proxy.db_path, "SELECT major, reason FROM rejected")

@@ -429,16 +429,7 @@ class WalkthroughTests(SynchronousTestCase):
         # destination: the first is delivered but for the tag, the second waits.
         jobid = f"https://{LB_HOST}:9000/e2eWalkJob000001"
         wms, cream = harness.wms_job_trace(jobid, harness.cream_jobid(1), harness.T0)
-        tag = harness.ulm_line(
-            "UserTag",
-            jobid=jobid,
-            date=harness.T0 + 99_000_000,
-            source="Application",
-            seqcode=harness.glite_seqcode(NS=3, WM=3, JSS=2, LRMS=100000, APP=1),
-            user="/DC=org/DC=example/CN=Somebody Else",
-            name="colour",
-            value="blue",
-        )
+        tag = harness.foreign_tag(jobid)
         stuck, _ = harness.wms_job_trace(
             f"https://{OTHER_HOST}:9000/e2eWalkJob000002", harness.cream_jobid(2), harness.T0
         )
