@@ -30,7 +30,7 @@ from lbtwist.store.sqlite import SQLiteBackend, SQLiteStore, connect, migrate
 from lbtwist.tap import Options
 from lbtwist.testing import MemoryBackend, MemoryStore
 from tests import traces
-from tests.unit.test_store import PROXY, comparable, items
+from tests.unit.test_store import PROXY, comparable, fail_backend_write, items
 
 JOBID = traces.DIRECT_JOBID
 HOUR = 3600 * 1_000_000
@@ -344,13 +344,7 @@ class SQLiteFoldTests(FoldRulesMixin, SynchronousTestCase):
         return store
 
     def fail_next_write(self, store: SQLiteStore, error: Exception) -> None:
-        original = store.backend.write
-
-        def failing(plan: Any) -> None:
-            store.backend.write = original  # type: ignore[method-assign]
-            raise error
-
-        store.backend.write = failing  # type: ignore[method-assign]
+        fail_backend_write(store, error)
 
     def test_refold_resumes_after_restart(self) -> None:
         """

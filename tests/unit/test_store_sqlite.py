@@ -35,7 +35,15 @@ from lbtwist.store.sqlite import (
     translate_error,
 )
 from tests import traces
-from tests.unit.test_store import PROXY, StoreRulesMixin, direct_lines, items, wms_lines
+from tests.unit.test_store import (
+    PROXY,
+    StoreRulesMixin,
+    direct_lines,
+    fail_backend_write,
+    items,
+    store_options,
+    wms_lines,
+)
 
 
 class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
@@ -52,11 +60,7 @@ class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
             store.close()
 
     def make_store(self, **kwargs: Any) -> SQLiteStore:
-        if kwargs.pop("relay", True) and "policy" not in kwargs:
-            local = kwargs.pop("local_endpoints", ())
-            kwargs["policy"] = proxy_policy(local, kwargs.pop("proxy_host", PROXY))
-        kwargs.setdefault("clock", Clock())
-        kwargs.setdefault("runner", run_now)
+        store_options(kwargs)
         path = kwargs.pop("path", None)
         if path is None:
             # A fresh file for every store a test makes, unless it reopens one.
@@ -67,13 +71,7 @@ class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
         return store
 
     def fail_next_write(self, store: Any, error: LBError) -> None:
-        original = store.backend.write
-
-        def failing(plan: Any) -> None:
-            store.backend.write = original
-            raise error
-
-        store.backend.write = failing
+        fail_backend_write(store, error)
 
     def reopen(self, store: SQLiteStore, **kwargs: Any) -> SQLiteStore:
         self.successResultOf(store.close())
