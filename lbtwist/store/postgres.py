@@ -625,11 +625,7 @@ class PgQueries(Queries):
             "SELECT o.id, o.destination, o.event_id, e.jobid, e.line, e.arrived"
             " FROM outbox o JOIN events e ON e.id = o.event_id"
         )
-        args: tuple[str, ...] = ()
-        if destination is not None:
-            sql += " WHERE o.destination = ?"
-            args = (destination,)
-        return [OutboxEntry(*row) for row in self.conn.execute(sql + " ORDER BY o.id", args)]
+        return [OutboxEntry(*row) for row in self._of_destination(sql, "o", destination)]
 
 
 class _ReaderPool:

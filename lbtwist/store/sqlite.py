@@ -1058,16 +1058,23 @@ class Queries:
         cursor = (page[-1][2], page[-1][4]) if len(rows) > limit and page else None
         return [_stored(row[:4]) for row in page], cursor
 
+    def _of_destination(self, sql: str, alias: str, destination: str | None) -> Any:
+        """
+        The rows of C{sql} (a query of the outbox or the rejected table as
+        C{alias}), only C{destination}'s unless it is C{None}, in id order.
+        """
+        args: tuple[str, ...] = ()
+        if destination is not None:
+            sql += f" WHERE {alias}.destination = ?"
+            args = (destination,)
+        return self.conn.execute(f"{sql} ORDER BY {alias}.id", args)
+
     def outbox_pending(self, destination: str | None = None) -> list[OutboxEntry]:
         sql = (
             "SELECT o.id, o.destination, o.event_id, e.jobid, e.line"
             " FROM outbox o JOIN events e ON e.id = o.event_id"
         )
-        args: tuple[str, ...] = ()
-        if destination is not None:
-            sql += " WHERE o.destination = ?"
-            args = (destination,)
-        return [OutboxEntry(*row) for row in self.conn.execute(sql + " ORDER BY o.id", args)]
+        return [OutboxEntry(*row) for row in self._of_destination(sql, "o", destination)]
 
     def outbox_after(self, destination: str, after_id: int, limit: int) -> list[OutboxEntry]:
         rows = self.conn.execute(
@@ -1101,11 +1108,7 @@ class Queries:
             "SELECT r.outbox_id, r.destination, r.event_id, r.major, r.minor, r.reason,"
             " r.rejected_at, e.jobid, e.line FROM rejected r JOIN events e ON e.id = r.event_id"
         )
-        args: tuple[str, ...] = ()
-        if destination is not None:
-            sql += " WHERE r.destination = ?"
-            args = (destination,)
-        return [RejectedEntry(*row) for row in self.conn.execute(sql + " ORDER BY r.id", args)]
+        return [RejectedEntry(*row) for row in self._of_destination(sql, "r", destination)]
 
 
 _STARTED_PARTS = frozenset(
