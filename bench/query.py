@@ -38,28 +38,31 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import fmt, summary
-from bench.storefill import close_fill, event_row, insert, open_fill, tls_context
+from bench.storefill import (
+    WallClock,
+    event_row,
+    fill_figures,
+    fill_rows,
+    job_row,
+    open_fill,
+    tls_context,
+)
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
 from lbtwist.core.states.status import format_iso
 from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
 from lbtwist.security.identity import slash_dn
-from lbtwist.store.query import owner_key
 from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid, free_port
 
 DEV_DN = slash_dn(USER_NAME)
 STATES = ("Done", "Done", "Done", "Running", "Scheduled", "Waiting", "Aborted", "Cleared")
-
-
-class _Clock:
-    def seconds(self) -> float:
-        return time.time()
 
 
 def owner_of(i: int) -> str:
@@ -82,53 +85,40 @@ def fill(db: str, jobs: int, sample: int) -> dict[str, float]:
         for step in cream_direct_trace(cream_jobid(0), T0)
     ]
     base_status = compute_status((ev, n + 1) for n, ev in enumerate(template)).to_json_dict()
-    rows = []
-    event_rows = []
-    event_id = 0
-    for i in range(jobs):
-        jobid = cream_jobid(i + 1)
-        unique = jobid.rsplit("/", 1)[1]
-        owner = owner_of(i)
-        state = STATES[i % len(STATES)]
-        last = T0 + i * 10_000  # newer jobs updated later
-        status = dict(base_status)
-        status.update(
-            jobId=jobid,
-            owner=owner,
-            cream_owner=owner,
-            state=state,
-            globusId=unique,
-            cream_id=unique,
-            cream_jobid=unique,
-            lastUpdateTime=format_iso(last),
-        )
-        rows.append(
-            (
-                jobid,
-                owner,
-                state,
-                "CREAM",
-                status["lastUpdateTime"],
-                "cream",
-                len(template),
-                json.dumps(status, separators=(",", ":"), sort_keys=True),
-                unique,
-                owner_key(owner),
-                status["lastUpdateTime"],
+
+    def rows() -> Iterator[tuple[tuple[Any, ...], list[tuple[Any, ...]]]]:
+        event_id = 0
+        for i in range(jobs):
+            jobid = cream_jobid(i + 1)
+            unique = jobid.rsplit("/", 1)[1]
+            owner = owner_of(i)
+            state = STATES[i % len(STATES)]
+            last = T0 + i * 10_000  # newer jobs updated later
+            status = dict(base_status)
+            status.update(
+                jobId=jobid,
+                owner=owner,
+                cream_owner=owner,
+                state=state,
+                globusId=unique,
+                cream_id=unique,
+                cream_jobid=unique,
+                lastUpdateTime=format_iso(last),
             )
-        )
-        if i < sample:
-            for seqno, step in enumerate(cream_direct_trace(jobid, T0 + i * 10_000)):
-                line = step.line.replace(USER_DN, owner)
-                ev = parse_event(line)
-                event_id += 1
-                event_rows.append(event_row(event_id, jobid, seqno + 1, ev.date, line, ev))
-        if len(rows) >= 50_000:
-            insert(conn, rows, event_rows)
-            rows, event_rows = [], []
-    insert(conn, rows, event_rows)
-    close_fill(conn)
-    return {"seconds": time.perf_counter() - started, "size_mb": os.path.getsize(db) / 1e6}
+            events = []
+            if i < sample:
+                for seqno, step in enumerate(cream_direct_trace(jobid, T0 + i * 10_000)):
+                    line = step.line.replace(USER_DN, owner)
+                    ev = parse_event(line)
+                    event_id += 1
+                    events.append(event_row(event_id, jobid, seqno + 1, ev.date, line, ev))
+            row = job_row(
+                jobid, owner, state, status["lastUpdateTime"], len(template), status, unique
+            )
+            yield row, events
+
+    fill_rows(conn, rows())
+    return fill_figures(db, started)
 
 
 class Client:
@@ -225,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = free_port()
     service = LBService(base, args=["--query", f"tcp:{port}:interface=127.0.0.1"])
     os.makedirs(service.state_dir, exist_ok=True)
-    pki = ensure_dev_pki(service.state_dir, _Clock())
+    pki = ensure_dev_pki(service.state_dir, WallClock())
     pki_dir = str(pki.directory)
     figures: dict[str, dict[str, float]] = {}
     if args.reuse and os.path.exists(service.db_path):
