@@ -44,16 +44,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench import storefill
 from bench.common import fmt, summary
-from bench.storefill import (
-    WallClock,
-    event_row,
-    fill_figures,
-    fill_rows,
-    job_row,
-    open_fill,
-    tls_context,
-)
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
 from lbtwist.core.states.status import format_iso
@@ -79,7 +71,7 @@ def fill(db: str, jobs: int, sample: int) -> dict[str, float]:
     Write C{jobs} jobs (and the events of the first C{sample}) into a new store file.
     """
     started = time.perf_counter()
-    conn = open_fill(db)
+    conn = storefill.open_fill(db)
     template = [
         parse_event(step.line.replace(USER_DN, DEV_DN))
         for step in cream_direct_trace(cream_jobid(0), T0)
@@ -111,14 +103,16 @@ def fill(db: str, jobs: int, sample: int) -> dict[str, float]:
                     line = step.line.replace(USER_DN, owner)
                     ev = parse_event(line)
                     event_id += 1
-                    events.append(event_row(event_id, jobid, seqno + 1, ev.date, line, ev))
-            row = job_row(
+                    events.append(
+                        storefill.event_row(event_id, jobid, seqno + 1, ev.date, line, ev)
+                    )
+            row = storefill.job_row(
                 jobid, owner, state, status["lastUpdateTime"], len(template), status, unique
             )
             yield row, events
 
-    fill_rows(conn, rows())
-    return fill_figures(db, started)
+    storefill.fill_rows(conn, rows())
+    return storefill.fill_figures(db, started)
 
 
 class Client:
@@ -128,7 +122,7 @@ class Client:
 
     def __init__(self, port: int, pki_dir: str) -> None:
         self.conn = http.client.HTTPSConnection(
-            "localhost", port, context=tls_context(pki_dir), timeout=30
+            "localhost", port, context=storefill.tls_context(pki_dir), timeout=30
         )
 
     def get(self, path: str) -> tuple[int, bytes, float]:
@@ -215,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = free_port()
     service = LBService(base, args=["--query", f"tcp:{port}:interface=127.0.0.1"])
     os.makedirs(service.state_dir, exist_ok=True)
-    pki = ensure_dev_pki(service.state_dir, WallClock())
+    pki = ensure_dev_pki(service.state_dir, storefill.WallClock())
     pki_dir = str(pki.directory)
     figures: dict[str, dict[str, float]] = {}
     if args.reuse and os.path.exists(service.db_path):
