@@ -13,7 +13,6 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.events import parse_event
@@ -30,6 +29,7 @@ from lbtwist.store.sqlite import SQLiteBackend, SQLiteStore, connect, migrate
 from lbtwist.tap import Options
 from lbtwist.testing import MemoryBackend, MemoryStore
 from tests import traces
+from tests.logcapture import capture_log
 from tests.unit.test_store import PROXY, comparable, fail_backend_write, items
 
 JOBID = traces.DIRECT_JOBID
@@ -224,9 +224,7 @@ class FoldRulesMixin:
         An event dated beyond the skew is stored, ordered as dated at its arrival, and
         logged once per job; the events after it are applied incrementally.
         """
-        logged: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)  # type: ignore[attr-defined]
+        logged = capture_log(self)
         store = self.make_store(max_future_skew=HOUR)
         lines = big_job(60)
         # Arriving as dated (the far-future one as its predecessor).
@@ -252,9 +250,7 @@ class FoldRulesMixin:
         Future-dated events of many jobs give at most one log line a second (of arrival
         time), which counts the jobs not logged since the one before.
         """
-        logged: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)  # type: ignore[attr-defined]
+        logged = capture_log(self)
         store = self.make_store(max_future_skew=HOUR)
         store.clock.advance(NOW / 1e6)
         line = traces.cream_done_ok()[0].replace("DATE=2024", "DATE=9999")
