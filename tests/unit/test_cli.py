@@ -102,22 +102,33 @@ def call(argv: Sequence[str], ctx: CLIContext | None = None) -> tuple[int, str, 
     return status, ctx.stdout.getvalue(), ctx.stderr.getvalue()
 
 
-def validating_answer() -> object:
+def intake_answer(line: bytes) -> bytes | None:
     """
-    An answer function for L{LineServer} that validates like the intake:
-    parse errors as C{ERR}, repeated lines as C{OK duplicate}.
+    The intake's answer to a sequence-code request (from L{PROXY_CODES}) or to
+    an event it refuses (a parse error as C{ERR}); C{None} for an event it takes.
     """
     from lbtwist.core.events import parse_event
 
+    if line.startswith(b"?SEQCODE "):
+        return PROXY_CODES.get(line[9:].decode(), b"ERR 2 unknown job " + line[9:])
+    try:
+        parse_event(line.decode("utf-8"))
+    except LBError as e:
+        return f"ERR {e.code} {e.message}".encode()
+    return None
+
+
+def validating_answer() -> object:
+    """
+    An answer function for L{LineServer} that validates like the intake
+    (L{intake_answer}), repeated lines as C{OK duplicate}.
+    """
     seen: set[bytes] = set()
 
     def answer(line: bytes) -> bytes:
-        if line.startswith(b"?SEQCODE "):
-            return PROXY_CODES.get(line[9:].decode(), b"ERR 2 unknown job " + line[9:])
-        try:
-            parse_event(line.decode("utf-8"))
-        except LBError as e:
-            return f"ERR {e.code} {e.message}".encode()
+        refused = intake_answer(line)
+        if refused is not None:
+            return refused
         if line in seen:
             return b"OK duplicate"
         seen.add(line)
