@@ -114,6 +114,24 @@ def fail_backend_write(store: Any, error: Exception) -> None:
     store.backend.write = failing
 
 
+def record_sqlite_stores(case: SynchronousTestCase) -> list[dict[str, Any]]:
+    """
+    The path (C{"path"}) and keyword options of each SQLite store made during
+    C{case}'s test (by L{lbtwist.tap.makeService}, say), in order.
+    """
+    from lbtwist.store import sqlite as sqlite_module
+
+    built: list[dict[str, Any]] = []
+
+    class Recording(sqlite_module.SQLiteStore):
+        def __init__(self, path: str, **kwargs: Any) -> None:
+            built.append({"path": path, **kwargs})
+            super().__init__(path, **kwargs)
+
+    case.patch(sqlite_module, "SQLiteStore", Recording)
+    return built
+
+
 def store_options(kwargs: dict[str, Any]) -> dict[str, Any]:
     """
     The options of a store of the rules tests: a proxy's relay policy (for
@@ -750,16 +768,8 @@ class ServiceStoreTests(SynchronousTestCase):
 
     def built(self, options: Any) -> dict[str, Any]:
         from lbtwist import tap
-        from lbtwist.store import sqlite as sqlite_module
 
-        built: list[dict[str, Any]] = []
-
-        class Recording(sqlite_module.SQLiteStore):
-            def __init__(self, path: str, **kwargs: Any) -> None:
-                built.append({"path": path, **kwargs})
-                super().__init__(path, **kwargs)
-
-        self.patch(sqlite_module, "SQLiteStore", Recording)
+        built = record_sqlite_stores(self)
         tap.makeService(options, reactor=Clock())
         [kwargs] = built
         return kwargs

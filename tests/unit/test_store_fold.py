@@ -30,7 +30,13 @@ from lbtwist.tap import Options
 from lbtwist.testing import MemoryBackend, MemoryStore
 from tests import traces
 from tests.logcapture import capture_log
-from tests.unit.test_store import PROXY, comparable, fail_backend_write, items
+from tests.unit.test_store import (
+    PROXY,
+    comparable,
+    fail_backend_write,
+    items,
+    record_sqlite_stores,
+)
 
 JOBID = traces.DIRECT_JOBID
 HOUR = 3600 * 1_000_000
@@ -508,15 +514,7 @@ class OptionTests(SynchronousTestCase):
         """
         from lbtwist import tap
 
-        built: list[dict[str, Any]] = []
-        import lbtwist.store.sqlite as sqlite_module
-
-        class Recording(SQLiteStore):
-            def __init__(self, path: str, **kwargs: Any) -> None:
-                built.append(kwargs)
-                super().__init__(path, **kwargs)
-
-        self.patch(sqlite_module, "SQLiteStore", Recording)
+        built = record_sqlite_stores(self)
         options = self.parse("--max-future-skew", "60", "--refold-slice", "7")
         tap.makeService(options, reactor=Clock())
         self.assertEqual(built[0]["max_future_skew"], 60_000_000)

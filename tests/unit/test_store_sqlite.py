@@ -41,6 +41,7 @@ from tests.unit.test_store import (
     direct_lines,
     fail_backend_write,
     items,
+    record_sqlite_stores,
     store_options,
     wms_lines,
 )
@@ -416,17 +417,9 @@ class SwitchIntervalTests(TestCase):
         """
         C{--thread-switch-interval} (microseconds, default 500) reaches the store.
         """
-        import lbtwist.store.sqlite as sqlite_module
         from lbtwist import tap
 
-        built: list[dict[str, Any]] = []
-
-        class Recording(SQLiteStore):
-            def __init__(self, path: str, **kwargs: Any) -> None:
-                built.append(kwargs)
-                super().__init__(path, **kwargs)
-
-        self.patch(sqlite_module, "SQLiteStore", Recording)
+        built = record_sqlite_stores(self)
         for args, expected in (((), 0.0005), (("--thread-switch-interval", "200"), 0.0002)):
             options = tap.Options()
             options.parseOptions(["--state-dir", self.mktemp(), *args])
