@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import selectors
 import socket
 import statistics
 import sys
@@ -40,6 +39,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bench.common import IntakePipe
 from tests.e2e.harness import LBService, cream_jobid, ulm_line
 
 #: 9999-12-31T00:00:00Z in microseconds.
@@ -84,39 +84,23 @@ def pipeline(path: str, lines: list[bytes], window: int, until: float | None = N
 
     @return: the time each answer came (perf_counter), in order.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    sock.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ)
+    pipe = IntakePipe(path)
     answers: list[float] = []
     nxt = 0
-    pending = b""
-    buf = b""
     while len(answers) < nxt or nxt < len(lines):
         now = time.perf_counter()
         if until is not None and now > until:
             break
         while nxt < len(lines) and nxt - len(answers) < window:
-            pending += lines[nxt]
+            pipe.pending += lines[nxt]
             nxt += 1
-        if pending:
-            try:
-                pending = pending[sock.send(pending) :]
-            except BlockingIOError:
-                pass
-        for _key, _mask in sel.select(0.0 if pending else 0.05):
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError("closed by the service")
-            buf += chunk
-            got = time.perf_counter()
-            while b"\n" in buf:
-                answer, _, buf = buf.partition(b"\n")
-                if not answer.startswith(b"OK"):
-                    print(f"answer: {answer[:200]!r}", file=sys.stderr)
-                answers.append(got)
-    sock.close()
+        pipe.send()
+        got, received = pipe.receive(0.0 if pipe.pending else 0.05)
+        for answer in received:
+            if not answer.startswith(b"OK"):
+                print(f"answer: {answer[:200]!r}", file=sys.stderr)
+            answers.append(got)
+    pipe.close()
     return answers
 
 

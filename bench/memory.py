@@ -34,9 +34,7 @@ import http.client
 import multiprocessing
 import os
 import random
-import selectors
 import shutil
-import socket
 import sqlite3
 import ssl
 import statistics
@@ -50,13 +48,13 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from cryptography import x509
 
+from bench.common import IntakePipe
 from bench.query import cpu_seconds, fill
 from lbtwist.security.devcerts import make_dev_pki
-from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
-from tests.e2e.test_relay import ACTIONS, LB_HOST, RoleService, free_port
+from tests.e2e.harness import free_port
+from tests.e2e.test_relay import ACTIONS, LB_HOST, RoleService
 
 #: Seconds between two samples of the services' memory.
 SAMPLE_EVERY = 2.0
@@ -93,14 +91,9 @@ def producer(path: str, run: int, rate: float, seconds: float, window: int, out:
     Log new jobs' events at C{rate} events/s for C{seconds}, at most C{window}
     unanswered; put (sent, answered, errors) on C{out}.
     """
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    sock.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ)
+    pipe = IntakePipe(path)
     queue: list[bytes] = []
     job = sent = answered = errors = 0
-    buf = pending = b""
     start = time.monotonic()
     end = start + seconds
     while True:
@@ -114,26 +107,16 @@ def producer(path: str, run: int, rate: float, seconds: float, window: int, out:
                     queue = [line.encode() + b"\n" for line in job_lines(run, job)]
                     queue.reverse()
                     job += 1
-                pending += queue.pop()
+                pipe.pending += queue.pop()
                 sent += 1
-        if pending:
-            try:
-                pending = pending[sock.send(pending) :]
-            except BlockingIOError:
-                pass
-        for _key, _mask in sel.select(0.0 if pending else 0.005):
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError("intake closed the connection")
-            buf += chunk
-            while b"\n" in buf:
-                answer, _, buf = buf.partition(b"\n")
-                answered += 1
-                if not answer.startswith(b"OK"):
-                    errors += 1
+        pipe.send()
+        for answer in pipe.receive(0.0 if pipe.pending else 0.005)[1]:
+            answered += 1
+            if not answer.startswith(b"OK"):
+                errors += 1
         if time.monotonic() > end + 120:
             break
-    sock.close()
+    pipe.close()
     out.put(("intake", sent, answered, errors))
 
 
@@ -194,37 +177,19 @@ def services(base: str, extra: Sequence[str]) -> tuple[RoleService, RoleService,
     pki = make_dev_pki(
         os.path.join(base, "pki"), now=datetime.now(UTC), hostnames=("localhost", LB_HOST)
     )
-    host_dn = slash_dn(x509.load_pem_x509_certificate(pki.host_cert.read_bytes()).subject)
-    policy = os.path.join(base, "policy.conf")
-    with open(policy, "w") as f:
-        body = "".join(
-            f'  action "{a}" {{ rule permit {{ subject = "{host_dn}" }} }}\n' for a in ACTIONS
-        )
-        f.write(f'resource "LB" {{\n{body}}}\n')
-    creds = ["--cert", str(pki.host_cert), "--key", str(pki.host_key), "--ca-dir", str(pki.ca_dir)]
+    host_dn, creds = harness.host_credentials(pki)
+    policy = harness.write_policy(os.path.join(base, "policy.conf"), host_dn, ACTIONS)
     store_port, server_query, proxy_query = free_port(), free_port(), free_port()
     server = RoleService(
         os.path.join(base, "server"),
         "lbserver",
-        [
-            *creds,
-            *("--hostname", LB_HOST, "--policy", policy),
-            *("--store", f"tcp:{store_port}:interface=127.0.0.1"),
-            *("--query", f"tcp:{server_query}:interface=127.0.0.1"),
-            *extra,
-        ],
+        harness.server_args(creds, LB_HOST, store_port, policy, *extra, query_port=server_query),
         store_port,
     )
     proxy = RoleService(
         os.path.join(base, "proxy"),
         "lbproxy",
-        [
-            *creds,
-            *("--hostname", "localhost"),
-            *("--query", f"tcp:{proxy_query}:interface=127.0.0.1"),
-            *("--relay-map", f"{LB_HOST}:9001=tcp:host=127.0.0.1:port={store_port}"),
-            *extra,
-        ],
+        harness.proxy_args(creds, {f"{LB_HOST}:9001": store_port}, *extra, query_port=proxy_query),
         None,
     )
     return server, proxy, pki, server_query, proxy_query

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,15 +24,9 @@ import time
 import urllib.request
 from collections.abc import Sequence
 
+from tests.e2e.harness import free_port
+
 RATE = re.compile(r"16 connections pipelined \(window \d+\): ([\d,]+) events/s.*CPU (\d+) us/event")
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 def scraper(port: int, interval: float, stop: threading.Event, count: list[int]) -> None:

@@ -44,21 +44,21 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.storefill import close_fill, event_row, free_port, insert, open_fill, tls_context
+from bench import common, storefill
+from bench.common import summary
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
 from lbtwist.core.states.status import format_iso
 from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
 from lbtwist.security.identity import slash_dn
-from lbtwist.store.query import owner_key
 from lbtwist.store.sqlite import connect
-from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid
+from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid, free_port
 
 DEV_DN = slash_dn(USER_NAME)
 STATES = ("Done", "Done", "Cleared", "Aborted", "Cancelled", "Running", "Done", "Cleared")
@@ -66,58 +66,39 @@ STATES = ("Done", "Done", "Cleared", "Aborted", "Cancelled", "Running", "Done", 
 INTAKE_BASE = 50_000_000
 
 
-class _Clock:
-    def seconds(self) -> float:
-        return time.time()
-
-
 def fill(db: str, jobs: int) -> dict[str, float]:
     """
     C{jobs} jobs, all last updated in 2026's first days, two events each.
     """
     started = time.perf_counter()
-    conn = open_fill(db, vacuum=True)
+    conn = storefill.open_fill(db, vacuum=True)
     steps = cream_direct_trace(cream_jobid(0), T0)
     template = [parse_event(step.line) for step in steps]
     base_status = compute_status((ev, n + 1) for n, ev in enumerate(template)).to_json_dict()
     first_lines = [steps[0].line, steps[-1].line]
     template_id = cream_jobid(0)
-    rows: list[Any] = []
-    event_rows: list[Any] = []
-    event_id = 0
-    for i in range(jobs):
-        jobid = cream_jobid(i + 1)
-        unique = jobid.rsplit("/", 1)[1]
-        state = STATES[i % len(STATES)]
-        last = format_iso(T0 + i * 1_000)
-        status = dict(base_status)
-        status.update(jobId=jobid, state=state, cream_id=unique, lastUpdateTime=last)
-        rows.append(
-            (
-                jobid,
-                USER_DN,
-                state,
-                "CREAM",
-                last,
-                "cream",
-                2,
-                json.dumps(status, separators=(",", ":"), sort_keys=True),
-                unique,
-                owner_key(USER_DN),
-                last,
-            )
-        )
-        for seqno, text in enumerate(first_lines):
-            line = text.replace(template_id, jobid)
-            ev = template[0 if seqno == 0 else -1]
-            event_id += 1
-            event_rows.append(event_row(event_id, jobid, seqno + 1, T0 + i * 1_000, line, ev))
-        if len(rows) >= 50_000:
-            insert(conn, rows, event_rows)
-            rows, event_rows = [], []
-    insert(conn, rows, event_rows)
-    close_fill(conn)
-    return {"seconds": time.perf_counter() - started, "size_mb": os.path.getsize(db) / 1e6}
+
+    def rows() -> Iterator[tuple[tuple[Any, ...], list[tuple[Any, ...]]]]:
+        event_id = 0
+        for i in range(jobs):
+            jobid = cream_jobid(i + 1)
+            unique = jobid.rsplit("/", 1)[1]
+            state = STATES[i % len(STATES)]
+            last = format_iso(T0 + i * 1_000)
+            status = dict(base_status)
+            status.update(jobId=jobid, state=state, cream_id=unique, lastUpdateTime=last)
+            events = []
+            for seqno, text in enumerate(first_lines):
+                line = text.replace(template_id, jobid)
+                ev = template[0 if seqno == 0 else -1]
+                event_id += 1
+                events.append(
+                    storefill.event_row(event_id, jobid, seqno + 1, T0 + i * 1_000, line, ev)
+                )
+            yield storefill.job_row(jobid, USER_DN, state, last, 2, status, unique), events
+
+    storefill.fill_rows(conn, rows())
+    return storefill.fill_figures(db, started)
 
 
 def intake_lines(first: int, count: int) -> list[str]:
@@ -168,20 +149,8 @@ def measure(socket_path: str, lines: list[str], rate: float) -> tuple[list[float
     return result  # type: ignore[no-any-return]
 
 
-def summary(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    return {
-        "n": len(times),
-        "p50_ms": statistics.median(ordered) * 1000,
-        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "max_ms": ordered[-1] * 1000,
-    }
-
-
 def fmt(name: str, r: dict[str, Any]) -> str:
-    return f"{name:<36} " + "  ".join(
-        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
-    )
+    return common.fmt(name, r, 36)
 
 
 def free_pages(conn: Any) -> int:
@@ -204,7 +173,7 @@ def grace_for(count: int, jobs: int) -> str:
 def post_purge(port: int, pki_dir: str, query: str, result: dict[str, Any]) -> None:
     started = time.perf_counter()
     conn = http.client.HTTPSConnection(
-        "localhost", port, context=tls_context(pki_dir), timeout=24 * 3600
+        "localhost", port, context=storefill.tls_context(pki_dir), timeout=24 * 3600
     )
     conn.request("POST", "/admin/purge?" + query, headers={"Accept": "application/json"})
     resp = conn.getresponse()
@@ -243,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
     )  # fmt: skip
     os.makedirs(service.state_dir, exist_ok=True)
-    pki_dir = str(ensure_dev_pki(service.state_dir, _Clock()).directory)
+    pki_dir = str(ensure_dev_pki(service.state_dir, storefill.WallClock()).directory)
     try:
         filled = fill(service.db_path, args.jobs)
         print(fmt(f"fill {args.jobs} jobs", filled), flush=True)

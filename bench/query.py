@@ -35,31 +35,26 @@ import json
 import multiprocessing
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.storefill import close_fill, event_row, free_port, insert, open_fill, tls_context
+from bench import storefill
+from bench.common import fmt, summary
 from lbtwist.core.events import parse_event
 from lbtwist.core.states import compute_status
 from lbtwist.core.states.status import format_iso
 from lbtwist.security.devcerts import USER_NAME, ensure_dev_pki
 from lbtwist.security.identity import slash_dn
-from lbtwist.store.query import owner_key
-from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid
+from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid, free_port
 
 DEV_DN = slash_dn(USER_NAME)
 STATES = ("Done", "Done", "Done", "Running", "Scheduled", "Waiting", "Aborted", "Cleared")
-
-
-class _Clock:
-    def seconds(self) -> float:
-        return time.time()
 
 
 def owner_of(i: int) -> str:
@@ -76,59 +71,48 @@ def fill(db: str, jobs: int, sample: int) -> dict[str, float]:
     Write C{jobs} jobs (and the events of the first C{sample}) into a new store file.
     """
     started = time.perf_counter()
-    conn = open_fill(db)
+    conn = storefill.open_fill(db)
     template = [
         parse_event(step.line.replace(USER_DN, DEV_DN))
         for step in cream_direct_trace(cream_jobid(0), T0)
     ]
     base_status = compute_status((ev, n + 1) for n, ev in enumerate(template)).to_json_dict()
-    rows = []
-    event_rows = []
-    event_id = 0
-    for i in range(jobs):
-        jobid = cream_jobid(i + 1)
-        unique = jobid.rsplit("/", 1)[1]
-        owner = owner_of(i)
-        state = STATES[i % len(STATES)]
-        last = T0 + i * 10_000  # newer jobs updated later
-        status = dict(base_status)
-        status.update(
-            jobId=jobid,
-            owner=owner,
-            cream_owner=owner,
-            state=state,
-            globusId=unique,
-            cream_id=unique,
-            cream_jobid=unique,
-            lastUpdateTime=format_iso(last),
-        )
-        rows.append(
-            (
-                jobid,
-                owner,
-                state,
-                "CREAM",
-                status["lastUpdateTime"],
-                "cream",
-                len(template),
-                json.dumps(status, separators=(",", ":"), sort_keys=True),
-                unique,
-                owner_key(owner),
-                status["lastUpdateTime"],
+
+    def rows() -> Iterator[tuple[tuple[Any, ...], list[tuple[Any, ...]]]]:
+        event_id = 0
+        for i in range(jobs):
+            jobid = cream_jobid(i + 1)
+            unique = jobid.rsplit("/", 1)[1]
+            owner = owner_of(i)
+            state = STATES[i % len(STATES)]
+            last = T0 + i * 10_000  # newer jobs updated later
+            status = dict(base_status)
+            status.update(
+                jobId=jobid,
+                owner=owner,
+                cream_owner=owner,
+                state=state,
+                globusId=unique,
+                cream_id=unique,
+                cream_jobid=unique,
+                lastUpdateTime=format_iso(last),
             )
-        )
-        if i < sample:
-            for seqno, step in enumerate(cream_direct_trace(jobid, T0 + i * 10_000)):
-                line = step.line.replace(USER_DN, owner)
-                ev = parse_event(line)
-                event_id += 1
-                event_rows.append(event_row(event_id, jobid, seqno + 1, ev.date, line, ev))
-        if len(rows) >= 50_000:
-            insert(conn, rows, event_rows)
-            rows, event_rows = [], []
-    insert(conn, rows, event_rows)
-    close_fill(conn)
-    return {"seconds": time.perf_counter() - started, "size_mb": os.path.getsize(db) / 1e6}
+            events = []
+            if i < sample:
+                for seqno, step in enumerate(cream_direct_trace(jobid, T0 + i * 10_000)):
+                    line = step.line.replace(USER_DN, owner)
+                    ev = parse_event(line)
+                    event_id += 1
+                    events.append(
+                        storefill.event_row(event_id, jobid, seqno + 1, ev.date, line, ev)
+                    )
+            row = storefill.job_row(
+                jobid, owner, state, status["lastUpdateTime"], len(template), status, unique
+            )
+            yield row, events
+
+    storefill.fill_rows(conn, rows())
+    return storefill.fill_figures(db, started)
 
 
 class Client:
@@ -138,7 +122,7 @@ class Client:
 
     def __init__(self, port: int, pki_dir: str) -> None:
         self.conn = http.client.HTTPSConnection(
-            "localhost", port, context=tls_context(pki_dir), timeout=30
+            "localhost", port, context=storefill.tls_context(pki_dir), timeout=30
         )
 
     def get(self, path: str) -> tuple[int, bytes, float]:
@@ -171,22 +155,6 @@ def run_status(port: int, pki_dir: str, paths: list[str]) -> list[float]:
 
 def _worker(args: tuple[int, str, list[str]]) -> list[float]:
     return run_status(*args)
-
-
-def summary(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    return {
-        "n": len(times),
-        "p50_ms": statistics.median(ordered) * 1000,
-        "p99_ms": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000,
-        "max_ms": ordered[-1] * 1000,
-    }
-
-
-def fmt(name: str, r: dict[str, float]) -> str:
-    return f"{name:<40} " + "  ".join(
-        f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()
-    )
 
 
 def rss_mb(pid: int) -> float:
@@ -241,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = free_port()
     service = LBService(base, args=["--query", f"tcp:{port}:interface=127.0.0.1"])
     os.makedirs(service.state_dir, exist_ok=True)
-    pki = ensure_dev_pki(service.state_dir, _Clock())
+    pki = ensure_dev_pki(service.state_dir, storefill.WallClock())
     pki_dir = str(pki.directory)
     figures: dict[str, dict[str, float]] = {}
     if args.reuse and os.path.exists(service.db_path):

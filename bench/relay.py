@@ -41,10 +41,8 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import selectors
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -56,12 +54,11 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography import x509
-
+from bench.common import IntakePipe
 from lbtwist.security.devcerts import make_dev_pki
-from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
-from tests.e2e.test_relay import ACTIONS, LB_HOST, RoleService, free_port
+from tests.e2e.harness import free_port
+from tests.e2e.test_relay import ACTIONS, LB_HOST, RoleService
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -88,46 +85,31 @@ def producer(path: str, lines: list[str], window: int, rate: float, start: Any, 
     time of each.
     """
     payload = [line.encode() + b"\n" for line in lines]
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    sock.setblocking(False)
-    sel = selectors.DefaultSelector()
-    sel.register(sock, selectors.EVENT_READ)
+    pipe = IntakePipe(path)
     acked: list[float] = []
     errors = 0
-    buf = pending = b""
     nxt = 0
     start.wait()
     t0 = time.time()
     while len(acked) < len(payload):
         due = len(payload) if not rate else min(len(payload), int((time.time() - t0) * rate) + 1)
         while nxt < due and nxt - len(acked) < window:
-            pending += payload[nxt]
+            pipe.pending += payload[nxt]
             nxt += 1
-        if pending:
-            try:
-                pending = pending[sock.send(pending) :]
-            except BlockingIOError:
-                pass
-        if pending:
+        pipe.send()
+        if pipe.pending:
             timeout = 0.0
         elif rate and nxt < len(payload) and nxt - len(acked) < window:
             timeout = max(0.0, t0 + nxt / rate - time.time())
         else:
             timeout = 0.05
-        for _key, _mask in sel.select(timeout):
-            chunk = sock.recv(1 << 16)
-            if not chunk:
-                raise ConnectionError("intake closed the connection")
-            buf += chunk
-            now = time.time()
-            while b"\n" in buf:
-                answer, _, buf = buf.partition(b"\n")
-                acked.append(now)
-                if not answer.startswith(b"OK"):
-                    errors += 1
+        now, answers = pipe.receive(timeout, time.time)
+        for answer in answers:
+            acked.append(now)
+            if not answer.startswith(b"OK"):
+                errors += 1
     out.put((lines, acked, errors))
-    sock.close()
+    pipe.close()
 
 
 def log_events(
@@ -425,14 +407,8 @@ def make_pair(
     pki = make_dev_pki(
         os.path.join(base, "pki"), now=datetime.now(UTC), hostnames=("localhost", LB_HOST)
     )
-    host_dn = slash_dn(x509.load_pem_x509_certificate(pki.host_cert.read_bytes()).subject)
-    policy = os.path.join(base, "policy.conf")
-    with open(policy, "w") as f:
-        body = "".join(
-            f'  action "{a}" {{ rule permit {{ subject = "{host_dn}" }} }}\n' for a in ACTIONS
-        )
-        f.write(f'resource "LB" {{\n{body}}}\n')
-    creds = ["--cert", str(pki.host_cert), "--key", str(pki.host_key), "--ca-dir", str(pki.ca_dir)]
+    host_dn, creds = harness.host_credentials(pki)
+    policy = harness.write_policy(os.path.join(base, "policy.conf"), host_dn, ACTIONS)
     store_port = free_port()
 
     def profiled(role: str) -> list[str]:
@@ -444,33 +420,18 @@ def make_pair(
     server = RoleService(
         os.path.join(base, "server"),
         "lbserver",
-        [
-            *creds,
-            "--hostname",
-            LB_HOST,
-            "--store",
-            f"tcp:{store_port}:interface=127.0.0.1",
-            "--query",
-            f"tcp:{free_port()}:interface=127.0.0.1",
-            "--policy",
-            policy,
-        ],
+        harness.server_args(creds, LB_HOST, store_port, policy),
         store_port,
         profiled("lbserver"),
     )
     proxy = RoleService(
         os.path.join(base, "proxy"),
         "lbproxy",
-        [
-            *creds,
-            "--hostname",
-            "localhost",
-            "--query",
-            f"tcp:{free_port()}:interface=127.0.0.1",
+        harness.proxy_args(
+            creds,
+            {f"{LB_HOST}:9001": store_port},
             *(["--relay-window", str(window)] if window else []),
-            "--relay-map",
-            f"{LB_HOST}:9001=tcp:host=127.0.0.1:port={store_port}",
-        ],
+        ),
         None,
         profiled("lbproxy"),
     )

@@ -8,17 +8,22 @@ and the client side of the query port (a free port, the development user's TLS).
 
 from __future__ import annotations
 
+import json
 import os
-import socket
 import sqlite3
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from lbtwist.core.events import Event
 from lbtwist.store.batch import dupkey, identity
 from lbtwist.store.purging import new_store_vacuum
+from lbtwist.store.query import owner_key
 from lbtwist.store.sqlite import SCHEMA_VERSION, connect, migrate
+
+#: Jobs inserted per statement batch by L{fill_rows}.
+FILL_BATCH = 50_000
 
 JOB_INSERT = (
     "INSERT INTO jobs (jobid, owner, state, jobtype, last_update, machine, nevents, status,"
@@ -90,10 +95,62 @@ def close_fill(conn: sqlite3.Connection) -> None:
     conn.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def job_row(
+    jobid: str, owner: str, state: str, last: str, nevents: int, status: Any, unique: str
+) -> tuple[Any, ...]:
+    """
+    The jobs row (L{JOB_INSERT}'s columns) of a CREAM job of C{owner} last
+    updated at C{last} (ISO form), its status the JSON object C{status}.
+    """
+    text = json.dumps(status, separators=(",", ":"), sort_keys=True)
+    return (
+        jobid,
+        owner,
+        state,
+        "CREAM",
+        last,
+        "cream",
+        nevents,
+        text,
+        unique,
+        owner_key(owner),
+        last,
+    )
+
+
+def fill_rows(
+    conn: sqlite3.Connection, jobs: Iterable[tuple[tuple[Any, ...], list[tuple[Any, ...]]]]
+) -> None:
+    """
+    Insert each job's row and its events' rows, L{FILL_BATCH} jobs at a time,
+    then close the fill (L{close_fill}).
+    """
+    rows: list[tuple[Any, ...]] = []
+    event_rows: list[tuple[Any, ...]] = []
+    for row, events in jobs:
+        rows.append(row)
+        event_rows.extend(events)
+        if len(rows) >= FILL_BATCH:
+            insert(conn, rows, event_rows)
+            rows, event_rows = [], []
+    insert(conn, rows, event_rows)
+    close_fill(conn)
+
+
+def fill_figures(db: str, started: float) -> dict[str, float]:
+    """
+    The seconds a fill took since C{started} (C{perf_counter}) and the file's size.
+    """
+    return {"seconds": time.perf_counter() - started, "size_mb": os.path.getsize(db) / 1e6}
+
+
+class WallClock:
+    """
+    The clock of the development PKI made for a benchmark's service: the time now.
+    """
+
+    def seconds(self) -> float:
+        return time.time()
 
 
 def tls_context(pki_dir: str) -> ssl.SSLContext:

@@ -16,7 +16,7 @@ import time
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Callable, Mapping
+    from collections.abc import Callable, Coroutine, Mapping
     from typing import Any, TextIO
 
     from lbtwist.client.producer import LBProducer
@@ -246,3 +246,49 @@ def note_signal(signum: int, signalled: list[int], reactor: Any) -> None:
         signal.signal(signum, handler)
 
     reactor.callWhenRunning(install)
+
+
+def react_command(
+    main: Callable[[Any, list[bool]], Coroutine[Any, Any, int]],
+    on_interrupt: Callable[[], None],
+) -> int:
+    """
+    Run C{main(reactor, interrupted)} under C{react()}; what it returns is the
+    exit status. A SIGINT or SIGTERM that stops the reactor before it ends makes
+    the status C{128 + signum} (L{note_signal}), appends C{True} to
+    C{interrupted} and calls C{on_interrupt()} (as the reactor shuts down).
+
+    @return: the exit status (1 where C{main} failed).
+    """
+    from twisted.internet.defer import Deferred
+    from twisted.internet.task import react
+
+    status = [1]
+    # The signal that stopped the reactor before the command ended (Ctrl-C: SIGINT).
+    signalled: list[int] = []
+    interrupted: list[bool] = []
+
+    async def run(reactor: Any) -> None:
+        result = await main(reactor, interrupted)
+        if not interrupted:
+            status[0] = result
+
+    def start(reactor: Any) -> Deferred[None]:
+        done = Deferred.fromCoroutine(run(reactor))
+
+        def shutting_down() -> None:
+            if not done.called:
+                interrupted.append(True)
+                status[0] = 128 + (signalled[0] if signalled else signal.SIGINT)
+                on_interrupt()
+
+        reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            note_signal(signum, signalled, reactor)
+        return done
+
+    try:
+        react(start)
+    except SystemExit:
+        pass
+    return status[0]

@@ -129,23 +129,7 @@ JOB_REG_OPTIONS: dict[str, Option] = {
 
 #: Keyword parameters of L{lbtwist.core.events.make_event}: a field of that name
 #: cannot be passed to it (the full path's business).
-_EVENT_PARAMS = frozenset(
-    {
-        "type",
-        "jobid",
-        "date",
-        "host",
-        "user",
-        "source",
-        "seqcode",
-        "priority",
-        "level",
-        "src_instance",
-        "prog",
-        "arrived",
-        "extra",
-    }
-)
+_EVENT_PARAMS = frozenset((*catalogue.EVENT_ATTRIBUTES, "extra"))
 
 #: gLite sequence code counters and their widths (as L{lbtwist.core.seqcode}).
 COUNTERS = ("UI", "NS", "WM", "BH", "JSS", "LM", "LRMS", "APP", "LBS")

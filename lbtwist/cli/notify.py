@@ -23,11 +23,10 @@ import argparse
 import json
 import os
 import re
-import signal
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from lbtwist.cli.common import CLIContext, env_first, note_signal
+from lbtwist.cli.common import CLIContext, env_first, react_command
 from lbtwist.cli.notifyargs import DEFAULT_REFRESH_VALIDITY, SEQ_DIR
 from lbtwist.cli.query import make_tls
 from lbtwist.client.notify import (
@@ -459,56 +458,32 @@ def run_notify(
     on_stop])} under C{react()}. A signal stops it quietly: the exit status
     is then 130 (SIGINT) or 143 (SIGTERM), after the stream is closed.
     """
-    from twisted.internet.defer import Deferred
-    from twisted.internet.task import react
-
     name = "lbtwist notify"
     try:
         context, verify_log = make_tls(args, ctx)
     except QueryError as e:
         ctx.stderr.write(f"{name}: {e}\n")
         return 1
-    status = [1]
     on_stop: list[Callable[[], None]] = []
-    signalled: list[int] = []
-    interrupted: list[bool] = []
 
-    async def main(reactor: Any) -> None:
+    async def main(reactor: Any, interrupted: list[bool]) -> int:
         query = QueryClient(reactor, context, verify_log, connect_timeout=args.connect_timeout)
         client = NotifyClient(query)
         try:
             if command is cmd_receive:
-                result = await command(client, args, ctx, reactor, on_stop)
-            else:
-                result = await command(client, args, ctx)
+                return await command(client, args, ctx, reactor, on_stop)
+            return await command(client, args, ctx)
         except QueryError as e:
             _quiet_write(ctx, f"{name}: {e}\n")
-            result = 1
+            return 1
         except BrokenPipeError:
-            result = 1
-        if not interrupted:
-            status[0] = result
+            return 1
 
-    def start(reactor: Any) -> Deferred[None]:
-        done = Deferred.fromCoroutine(main(reactor))
+    def stop_all() -> None:
+        for stop in on_stop:
+            stop()
 
-        def shutting_down() -> None:
-            if not done.called:
-                interrupted.append(True)
-                status[0] = 128 + (signalled[0] if signalled else signal.SIGINT)
-                for stop in on_stop:
-                    stop()
-
-        reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            note_signal(signum, signalled, reactor)
-        return done
-
-    try:
-        react(start)
-    except SystemExit:
-        pass
-    return status[0]
+    return react_command(main, stop_all)
 
 
 def _quiet_write(ctx: CLIContext, text: str) -> None:

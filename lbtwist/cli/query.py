@@ -13,10 +13,9 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 from datetime import UTC, datetime
 
-from lbtwist.cli.common import CLIContext, env_first, note_signal
+from lbtwist.cli.common import CLIContext, env_first, react_command
 
 # The HTTPS client (Twisted, pyOpenSSL, cryptography) is imported when a query
 # runs, not when the parsers are built: lbtwist status --state-dir and -x
@@ -85,9 +84,6 @@ def run_query(args: argparse.Namespace, ctx: CLIContext, query: Query) -> int:
 
     @return: the exit status.
     """
-    from twisted.internet.defer import Deferred
-    from twisted.internet.task import react
-
     from lbtwist.client.query import QueryClient, QueryError
 
     name = f"lbtwist {args.command}"
@@ -97,47 +93,27 @@ def run_query(args: argparse.Namespace, ctx: CLIContext, query: Query) -> int:
     except QueryError as e:
         ctx.stderr.write(f"{name}: {e}\n")
         return 1
-    status = [1]
-    # The signal that stopped the reactor before the query ended (Ctrl-C: SIGINT).
-    signalled: list[int] = []
-    interrupted: list[bool] = []
 
-    async def main(reactor: Any) -> None:
+    async def main(reactor: Any, interrupted: list[bool]) -> int:
         client = QueryClient(reactor, context, log, connect_timeout=args.connect_timeout)
         try:
-            result = await query(client)
+            return await query(client)
         except QueryError as e:
-            if interrupted:
-                return  # the connection the interruption closed: no message
-            ctx.stderr.write(f"{name}: {e}\n")
-            result = 1
-        if not interrupted:
-            status[0] = result
+            if not interrupted:
+                # (Else the connection the interruption closed: no message.)
+                ctx.stderr.write(f"{name}: {e}\n")
+            return 1
 
-    def start(reactor: Any) -> Deferred[None]:
-        done = Deferred.fromCoroutine(main(reactor))
-
-        def shutting_down() -> None:
-            if not done.called:
-                interrupted.append(True)
-                status[0] = 128 + (signalled[0] if signalled else signal.SIGINT)
-                # What the interruption makes the query say (its connection closed)
-                # is no news: nothing more on stderr.
-                ctx.stderr = io.StringIO()
-
-        reactor.addSystemEventTrigger("before", "shutdown", shutting_down)
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            note_signal(signum, signalled, reactor)
-        return done
+    def quiet() -> None:
+        # What the interruption makes the query say (its connection closed) is no
+        # news: nothing more on stderr.
+        ctx.stderr = io.StringIO()
 
     stderr = ctx.stderr
     try:
-        react(start)
-    except SystemExit:
-        pass
+        return react_command(main, quiet)
     finally:
         ctx.stderr = stderr
-    return status[0]
 
 
 async def query_status(client: QueryClient, args: argparse.Namespace, ctx: CLIContext) -> int:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import attrs
 
 from lbtwist.cli.common import CLIContext
+from lbtwist.core.catalogue import EVENT_ATTRIBUTES
 from lbtwist.core.errors import BROKEN_ULM, LBError
 
 if TYPE_CHECKING:
@@ -97,22 +98,7 @@ def _with_arrived(ev: Event, arrived: int) -> Event:
 
 
 #: The fields L{_with_arrived} copies, in L{Event}'s order.
-_EVENT_FIELDS = (
-    "type",
-    "jobid",
-    "date",
-    "host",
-    "user",
-    "source",
-    "seqcode",
-    "priority",
-    "level",
-    "src_instance",
-    "prog",
-    "arrived",
-    "fields",
-    "extra",
-)
+_EVENT_FIELDS = (*EVENT_ATTRIBUTES, "fields", "extra")
 
 
 def read_events(sources: Iterable[tuple[str, Iterable[str | bytes]]]) -> ReplayResult:

@@ -30,6 +30,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
+from lbtwist.core.catalogue import EVENT_ATTRIBUTES
 from lbtwist.core.events import Event, event_type, format_event, source_name
 from lbtwist.core.jobid import JobId, query_candidates
 from lbtwist.core.ulm import parse_date
@@ -541,26 +542,7 @@ def jobs_of(data: Any) -> list[dict[str, Any]]:
     return [j for j in _list_in(data, ("jobs", "items")) if isinstance(j, dict)]
 
 
-_COMMON = frozenset(
-    (
-        "type",
-        "jobid",
-        "date",
-        "host",
-        "user",
-        "source",
-        "seqcode",
-        "priority",
-        "level",
-        "src_instance",
-        "prog",
-        "arrived",
-        "extra",
-        "line",
-        "seqno",
-        "generated",
-    )
-)
+_COMMON = frozenset((*EVENT_ATTRIBUTES, "extra", "line", "seqno", "generated"))
 
 
 def parse_time_value(value: Any) -> int:

@@ -37,6 +37,24 @@ SOURCES: tuple[str, ...] = (
     "VMSystem",
 )
 
+#: An event's attributes beside its catalogue fields and its unknown keys, in the
+#: order of L{lbtwist.core.events.Event}: the common part of every event, and with
+#: C{extra} the keyword parameters of L{lbtwist.core.events.make_event}.
+EVENT_ATTRIBUTES: tuple[str, ...] = (
+    "type",
+    "jobid",
+    "date",
+    "host",
+    "user",
+    "source",
+    "seqcode",
+    "priority",
+    "level",
+    "src_instance",
+    "prog",
+    "arrived",
+)
+
 #: One field: (name, wire key, type, required, code names, null value).
 FieldRow = tuple[str, str, str, bool, tuple[str, ...], str]
 

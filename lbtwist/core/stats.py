@@ -89,6 +89,22 @@ def entries(jobid: str, before: JobStatus | None, after: JobStatus) -> list[Entr
     return rows
 
 
+def unique_params(params: Iterable[tuple[str, str]], known: frozenset[str]) -> dict[str, str]:
+    """
+    Request parameters by name, each a C{known} one, given once.
+
+    @raise InvalidValue: an unknown parameter, or one given twice.
+    """
+    given: dict[str, str] = {}
+    for name, value in params:
+        if name not in known:
+            raise InvalidValue(f"unknown parameter {name!r} (known: {', '.join(sorted(known))})")
+        if name in given:
+            raise InvalidValue(f"{name} given twice")
+        given[name] = value
+    return given
+
+
 def parse_time(text: str, name: str) -> int:
     """
     A time parameter: seconds since the epoch (C{1700000000}, C{1700000000.5}) or ISO
@@ -142,15 +158,7 @@ class StatsRequest:
         @raise InvalidValue: an unknown or malformed parameter, an empty window, more
             than C{max_buckets} buckets.
         """
-        given: dict[str, str] = {}
-        for name, value in params:
-            if name not in PARAMS:
-                raise InvalidValue(
-                    f"unknown parameter {name!r} (known: {', '.join(sorted(PARAMS))})"
-                )
-            if name in given:
-                raise InvalidValue(f"{name} given twice")
-            given[name] = value
+        given = unique_params(params, PARAMS)
         if "state" not in given:
             raise InvalidValue("state is required (the state jobs entered)")
         state = parse_state(given["state"])

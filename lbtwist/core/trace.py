@@ -32,7 +32,7 @@ from lbtwist.core.states.status import (
     format_iso,
     parse_iso,
 )
-from lbtwist.core.stats import parse_time
+from lbtwist.core.stats import parse_time, unique_params
 
 #: The keys a trace request may name, and the time parameters.
 KEYS = ("lrms_id", "cream_id", "jobid", "node", "dn", "fqan")
@@ -184,15 +184,7 @@ class TraceRequest:
             the window's start (C{trace-max-lifetime}).
         @raise InvalidValue: unknown parameters, no key or two, C{node} without C{at}.
         """
-        given: dict[str, str] = {}
-        for name, value in params:
-            if name not in PARAMS:
-                raise InvalidValue(
-                    f"unknown parameter {name!r} (known: {', '.join(sorted(PARAMS))})"
-                )
-            if name in given:
-                raise InvalidValue(f"{name} given twice")
-            given[name] = value
+        given = unique_params(params, PARAMS)
         keys = [k for k in KEYS if k in given]
         if len(keys) != 1:
             raise InvalidValue(f"name exactly one of {', '.join(KEYS)}")

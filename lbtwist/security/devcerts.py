@@ -34,7 +34,15 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from lbtwist import config
-from lbtwist.security.identity import VOMS_AC_OID, VOMS_CERTS_OID, VOMS_FQAN_OID, slash_dn
+from lbtwist.security.identity import (
+    VOMS_AC_OID,
+    VOMS_CERTS_OID,
+    VOMS_FQAN_OID,
+    ACCerts,
+    ACFull,
+    ACList,
+    slash_dn,
+)
 
 #: RFC 3820 proxyCertInfo extension.
 PROXY_CERT_INFO_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
@@ -393,22 +401,6 @@ def install_ca(
 # VOMS attribute certificates (RFC 3281 ACs as VOMS servers issue them)
 
 
-class _ACList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
-    _child_spec = cms.AttributeCertificateV2
-
-
-class _ACFull(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
-    _child_spec = _ACList
-
-
-class _CertList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
-    _child_spec = ax509.Certificate
-
-
-class _ACCerts(asn1.Sequence):  # type: ignore[misc]  # asn1crypto ships no type hints
-    _fields = [("certs", _CertList)]
-
-
 class _IetfAttrList(asn1.SetOf):  # type: ignore[misc]  # asn1crypto ships no type hints
     _child_spec = cms.IetfAttrSyntax
 
@@ -480,7 +472,7 @@ def make_voms_ac(
     chain = [signer] if carried is None else list(carried)
     extensions: list[dict[str, object]] = []
     if chain:
-        certs = _ACCerts(
+        certs = ACCerts(
             {
                 "certs": [
                     ax509.Certificate.load(c.public_bytes(serialization.Encoding.DER))
@@ -553,7 +545,7 @@ def voms_extension(*acs: cms.AttributeCertificateV2) -> x509.UnrecognizedExtensi
     @return: the (non-critical) proxy extension carrying the ACs, as VOMS proxies do:
         a SEQUENCE OF SEQUENCE OF AC.
     """
-    der = _ACFull([_ACList(list(acs))]).dump()
+    der = ACFull([ACList(list(acs))]).dump()
     return x509.UnrecognizedExtension(x509.ObjectIdentifier(VOMS_AC_OID), der)
 
 

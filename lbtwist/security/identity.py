@@ -367,23 +367,40 @@ def signer_problem(
     return "too far from a trusted CA"
 
 
-# VOMS attribute certificates.
+# VOMS attribute certificates: the ASN.1 forms of their extension (read here,
+# written by lbtwist.security.devcerts).
 
 
-class _ACList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
+class ACList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
+    """
+    The attribute certificates of one VOMS server.
+    """
+
     _child_spec = cms.AttributeCertificateV2
 
 
-class _ACFull(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
-    _child_spec = _ACList
+class ACFull(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
+    """
+    The VOMS extension of a proxy: an L{ACList} per server.
+    """
+
+    _child_spec = ACList
 
 
-class _CertList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
+class CertList(asn1.SequenceOf):  # type: ignore[misc]  # asn1crypto ships no type hints
+    """
+    The VOMS server's certificate chain in an attribute certificate.
+    """
+
     _child_spec = ax509.Certificate
 
 
-class _ACCerts(asn1.Sequence):  # type: ignore[misc]  # asn1crypto ships no type hints
-    _fields = [("certs", _CertList)]
+class ACCerts(asn1.Sequence):  # type: ignore[misc]  # asn1crypto ships no type hints
+    """
+    The C{certs} extension of an attribute certificate: a L{CertList}.
+    """
+
+    _fields = [("certs", CertList)]
 
 
 class VOMSError(Exception):
@@ -407,9 +424,9 @@ def _ac_certs(ac_info: cms.AttributeCertificateInfoV2) -> list[x509.Certificate]
     if der is None:
         return []
     try:
-        certs = list(_ACCerts.load(der)["certs"])
+        certs = list(ACCerts.load(der)["certs"])
     except (ValueError, TypeError):
-        certs = list(_CertList.load(der))
+        certs = list(CertList.load(der))
     return [x509.load_der_x509_certificate(c.dump()) for c in certs]
 
 
@@ -615,7 +632,7 @@ def voms_fqans_why(
         try:
             raw = ext.value.value
             fqans: list[str] = []
-            for ac_list in _ACFull.load(raw):
+            for ac_list in ACFull.load(raw):
                 for ac in ac_list:
                     fqans.extend(
                         _check_ac(

@@ -28,7 +28,7 @@ import bisect
 import itertools
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from lbtwist.core.errors import InvalidValue, TooBig
@@ -47,6 +47,30 @@ from lbtwist.core.stats import (
 )
 from lbtwist.core.trace import TraceRequest, TraceRow, job_answer, sort_key, trace_row
 
+#: The C{trace_jobs} table and its indexes, the same on both stores but for the
+#: type of the times, C{{time}} (SQLite's C{INTEGER}, PostgreSQL's C{BIGINT}).
+TRACE_SCHEMA = """\
+CREATE TABLE trace_jobs (
+    jobid TEXT PRIMARY KEY,
+    owner TEXT,
+    owner_norm TEXT,
+    fqan TEXT,
+    lrms_id TEXT,
+    cream_id TEXT,
+    worker_node TEXT,
+    running_from {time},
+    running_to {time},
+    first {time},
+    last {time}
+);
+CREATE INDEX trace_lrms ON trace_jobs (lrms_id) WHERE lrms_id IS NOT NULL;
+CREATE INDEX trace_cream ON trace_jobs (cream_id) WHERE cream_id IS NOT NULL;
+CREATE INDEX trace_node ON trace_jobs (worker_node, running_from) WHERE worker_node IS NOT NULL;
+CREATE INDEX trace_owner ON trace_jobs (owner_norm, first, last);
+CREATE INDEX trace_fqan ON trace_jobs (fqan, first, last) WHERE fqan IS NOT NULL;
+CREATE INDEX trace_last ON trace_jobs (last)
+"""
+
 SCHEMA = """
 CREATE TABLE state_entries (
     state TEXT NOT NULL,
@@ -59,26 +83,7 @@ CREATE TABLE state_entries (
     PRIMARY KEY (state, entered, jobid)
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX state_entries_job ON state_entries (jobid, state);
-CREATE TABLE trace_jobs (
-    jobid TEXT PRIMARY KEY,
-    owner TEXT,
-    owner_norm TEXT,
-    fqan TEXT,
-    lrms_id TEXT,
-    cream_id TEXT,
-    worker_node TEXT,
-    running_from INTEGER,
-    running_to INTEGER,
-    first INTEGER,
-    last INTEGER
-);
-CREATE INDEX trace_lrms ON trace_jobs (lrms_id) WHERE lrms_id IS NOT NULL;
-CREATE INDEX trace_cream ON trace_jobs (cream_id) WHERE cream_id IS NOT NULL;
-CREATE INDEX trace_node ON trace_jobs (worker_node, running_from) WHERE worker_node IS NOT NULL;
-CREATE INDEX trace_owner ON trace_jobs (owner_norm, first, last);
-CREATE INDEX trace_fqan ON trace_jobs (fqan, first, last) WHERE fqan IS NOT NULL;
-CREATE INDEX trace_last ON trace_jobs (last)
-"""
+""" + TRACE_SCHEMA.format(time="INTEGER")
 
 _ENTRY_SQL_V1 = (
     "INSERT OR REPLACE INTO state_entries"
@@ -292,6 +297,19 @@ def backfill(conn: sqlite3.Connection, chunk: int = 10_000) -> None:
     Fill both indexes from the stored statuses (the first migration, for existing
     stores; L{add_counters} then adds what the later schema has).
     """
+    backfill_with(conn, _write_v1, chunk)
+
+
+def backfill_with(
+    conn: Any,
+    write: Callable[[Any, Iterable[EntryRow], Iterable[TraceRow]], None],
+    chunk: int = 10_000,
+) -> None:
+    """
+    Fill both indexes from the stored statuses, C{chunk} jobs at a time, in job
+    id order, each chunk's rows written by C{write(conn, entry_rows, trace_rows)}
+    (the store's dialect).
+    """
     # Imported here: the status parser of the batch module is what reads stored JSON.
     from lbtwist.store.batch import status_from_json
 
@@ -308,7 +326,7 @@ def backfill(conn: sqlite3.Connection, chunk: int = 10_000) -> None:
             status = status_from_json(json.loads(text))
             entry_rows.extend(entries(jobid, None, status))
             trace_rows.append(trace_row(jobid, status))
-        _write_v1(conn, entry_rows, trace_rows)
+        write(conn, entry_rows, trace_rows)
         after = rows[-1][0]
 
 

@@ -23,8 +23,9 @@ from typing import Any
 
 from lbtwist.core.purge import trace_record
 from lbtwist.core.states.status import parse_iso
-from lbtwist.core.stats import EntryRow, entries
-from lbtwist.core.trace import TraceRow, trace_row
+from lbtwist.core.stats import EntryRow
+from lbtwist.core.trace import TraceRow
+from lbtwist.store.lifecycle import TRACE_SCHEMA, backfill_with
 from lbtwist.store.purging import PurgedJob
 
 SCHEMA = """
@@ -40,26 +41,7 @@ CREATE TABLE state_entries (
 );
 CREATE INDEX state_entries_range ON state_entries (state, entered)
     INCLUDE (jobid, destination, ce_node, owner, vo);
-CREATE TABLE trace_jobs (
-    jobid TEXT PRIMARY KEY,
-    owner TEXT,
-    owner_norm TEXT,
-    fqan TEXT,
-    lrms_id TEXT,
-    cream_id TEXT,
-    worker_node TEXT,
-    running_from BIGINT,
-    running_to BIGINT,
-    first BIGINT,
-    last BIGINT
-);
-CREATE INDEX trace_lrms ON trace_jobs (lrms_id) WHERE lrms_id IS NOT NULL;
-CREATE INDEX trace_cream ON trace_jobs (cream_id) WHERE cream_id IS NOT NULL;
-CREATE INDEX trace_node ON trace_jobs (worker_node, running_from) WHERE worker_node IS NOT NULL;
-CREATE INDEX trace_owner ON trace_jobs (owner_norm, first, last);
-CREATE INDEX trace_fqan ON trace_jobs (fqan, first, last) WHERE fqan IS NOT NULL;
-CREATE INDEX trace_last ON trace_jobs (last)
-"""
+""" + TRACE_SCHEMA.format(time="BIGINT")
 
 _ENTRY_SQL = (
     "INSERT INTO state_entries (state, entered, jobid, destination, ce_node, owner, vo)"
@@ -107,23 +89,7 @@ def backfill(conn: Any, chunk: int = 10_000) -> None:
     """
     Fill both indexes from the stored statuses (the migration, for existing stores).
     """
-    from lbtwist.store.batch import status_from_json
-
-    after = ""
-    while True:
-        rows = conn.execute(
-            "SELECT jobid, status FROM jobs WHERE jobid > ? ORDER BY jobid LIMIT ?", (after, chunk)
-        ).fetchall()
-        if not rows:
-            return
-        entry_rows: list[EntryRow] = []
-        trace_rows = []
-        for jobid, text in rows:
-            status = status_from_json(json.loads(text))
-            entry_rows.extend(entries(jobid, None, status))
-            trace_rows.append(trace_row(jobid, status))
-        write(conn, entry_rows, trace_rows)
-        after = rows[-1][0]
+    backfill_with(conn, write, chunk)
 
 
 #: A job row's parent job id (the purge keeps subjobs of a stored parent).

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 
 from lbtwist.core.notif import QueueBounds, Registration
 from lbtwist.store.notif import _REG_COLUMNS, Notifications, NotifRow, SQLNotifTables, _reg_state
+from lbtwist.store.shared import NOTIF_SCHEMA
 
 log = Logger()
 
@@ -47,41 +48,10 @@ PAYLOAD_UNIQUES = 200
 #: C{store-notif-changes} option); a front end further behind reloads every registration.
 CHANGES_KEPT = 10_000
 
-SCHEMA = """
-CREATE TABLE notif_regs (
-    uniq TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    owner_norm TEXT NOT NULL,
-    fqans TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    selector TEXT NOT NULL,
-    valid_until BIGINT NOT NULL,
-    created BIGINT NOT NULL,
-    last_seq BIGINT NOT NULL DEFAULT 0,
-    acked BIGINT NOT NULL DEFAULT 0,
-    queued BIGINT NOT NULL DEFAULT 0,
-    size BIGINT NOT NULL DEFAULT 0,
-    dropped BIGINT NOT NULL DEFAULT 0
-);
-CREATE INDEX notif_regs_owner ON notif_regs (owner_norm);
-CREATE INDEX notif_regs_valid ON notif_regs (valid_until);
-CREATE INDEX notif_regs_all ON notif_regs (uniq) WHERE selector = 'all';
-CREATE TABLE notif_jobs (
-    job TEXT NOT NULL,
-    uniq TEXT NOT NULL,
-    PRIMARY KEY (job, uniq)
-);
-CREATE INDEX notif_jobs_reg ON notif_jobs (uniq);
-CREATE TABLE notif_messages (
-    id BIGSERIAL PRIMARY KEY,
-    reg TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    kind TEXT NOT NULL,
-    jobid TEXT NOT NULL,
-    size BIGINT NOT NULL,
-    body BYTEA NOT NULL
-);
-CREATE UNIQUE INDEX notif_messages_reg ON notif_messages (reg, seq);
+SCHEMA = (
+    "\n"
+    + NOTIF_SCHEMA.format(int="BIGINT", serial="BIGSERIAL", blob="BYTEA", clustered="")
+    + """;
 CREATE TABLE notif_version (version BIGINT NOT NULL);
 INSERT INTO notif_version (version) VALUES (0);
 CREATE TABLE notif_changes (
@@ -90,6 +60,7 @@ CREATE TABLE notif_changes (
     PRIMARY KEY (id, uniq)
 )
 """
+)
 
 
 def payloads(kind: str, token: str, uniques: Any) -> list[str]:

@@ -42,9 +42,7 @@ from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
 from lbtwist.core.errors import LBError, NoSpace, TryAgain
-from lbtwist.core.states.status import JobStatus
 from lbtwist.core.stats import StatsRequest
-from lbtwist.core.trace import TraceRequest
 from lbtwist.store import lifecycle, pglease, pglifecycle, purging
 from lbtwist.store.batch import (
     CHECKPOINT_EVERY,
@@ -63,15 +61,12 @@ from lbtwist.store.batch import (
 )
 from lbtwist.store.interface import (
     IEventStore,
-    JobSummary,
     OutboxEntry,
-    OutboxStats,
-    RejectedEntry,
-    StoredEvent,
 )
 from lbtwist.store.notif import Notifications, NotifRow
 from lbtwist.store.pgnotif import CHANGES_KEPT, NotifListener, NotifSync, PgNotifTables
-from lbtwist.store.query import JobPage, JobQuery, postgres_json
+from lbtwist.store.query import postgres_json
+from lbtwist.store.shared import StoreReads
 from lbtwist.store.sqlite import (
     INSERT_EVENTS,
     LIST_SCAN,
@@ -630,11 +625,7 @@ class PgQueries(Queries):
             "SELECT o.id, o.destination, o.event_id, e.jobid, e.line, e.arrived"
             " FROM outbox o JOIN events e ON e.id = o.event_id"
         )
-        args: tuple[str, ...] = ()
-        if destination is not None:
-            sql += " WHERE o.destination = ?"
-            args = (destination,)
-        return [OutboxEntry(*row) for row in self.conn.execute(sql + " ORDER BY o.id", args)]
+        return [OutboxEntry(*row) for row in self._of_destination(sql, "o", destination)]
 
 
 class _ReaderPool:
@@ -694,7 +685,7 @@ _STARTED_PARTS = frozenset(
 
 
 @implementer(IEventStore)
-class PostgresStore(GroupedWrites):
+class PostgresStore(GroupedWrites, StoreReads):
     """
     L{IEventStore} on PostgreSQL, one of several front ends on one database.
 
@@ -709,6 +700,8 @@ class PostgresStore(GroupedWrites):
     @param query_cache: parsed statuses each reader keeps (C{query-cache}).
     @param list_scan: most jobs a page of a filtered job list examines (C{list-scan}).
     """
+
+    backend: PostgresBackend
 
     def __init__(
         self,
@@ -939,54 +932,9 @@ class PostgresStore(GroupedWrites):
         """
         return self._commit.commits
 
-    def status(self, jobid: str) -> Deferred[JobStatus | None]:
-        return self._reads(lambda q: q.status(jobid))
-
-    def events(self, jobid: str) -> Deferred[list[StoredEvent]]:
-        return self._reads(lambda q: q.events(jobid))
-
-    def spool_offsets(self) -> Deferred[dict[str, tuple[int, int]]]:
-        return self._reads(lambda q: q.spool_offsets())
-
-    def last_seqcode(self, jobid: str) -> Deferred[str | None]:
-        return self._reads(lambda q: q.last_seqcode(jobid))
-
-    def events_range(self, jobid: str, after: int, limit: int) -> Deferred[list[StoredEvent]]:
-        return self._reads(lambda q: q.events_range(jobid, after, limit))
-
-    def resolve(self, jobid: str) -> Deferred[str | None]:
-        return self._reads(lambda q: q.resolve(jobid))
-
-    def jobs(
-        self, owner: str | None = None, state: str | None = None, limit: int | None = None
-    ) -> Deferred[list[JobSummary]]:
-        return self._reads(lambda q: q.jobs(owner, state, limit))
-
-    def find_job(self, unique: str) -> Deferred[str | None]:
-        return self._reads(lambda q: q.find_job(unique))
-
-    def find_status(self, unique: str) -> Deferred[tuple[str, JobStatus] | None]:
-        return self._reads(lambda q: q.find_status(unique))
-
-    def query_jobs(self, query: JobQuery) -> Deferred[JobPage]:
-        return self._reads(lambda q: q.query_jobs(query))
-
-    def dump(
-        self, from_arrived: int | None = None, to_arrived: int | None = None
-    ) -> Deferred[list[StoredEvent]]:
-        return self._reads(lambda q: q.dump(from_arrived, to_arrived))
-
-    def dump_page(
-        self,
-        from_arrived: int | None,
-        to_arrived: int | None,
-        after: tuple[int, int] | None,
-        limit: int,
-    ) -> Deferred[tuple[list[StoredEvent], tuple[int, int] | None]]:
-        return self._reads(lambda q: q.dump_page(from_arrived, to_arrived, after, limit))
-
-    def outbox_pending(self, destination: str | None = None) -> Deferred[list[OutboxEntry]]:
-        return self._reads(lambda q: q.outbox_pending(destination))
+    def _query(self, work: Callable[[Queries], _T]) -> Deferred[_T]:
+        # A reader of the pool, or the writer's connection under a given runner.
+        return self._reads(work)
 
     def outbox_after(
         self, destination: str, after_id: int, limit: int
@@ -1020,12 +968,6 @@ class PostgresStore(GroupedWrites):
             self.leases.add_lost_listener(listener)
         else:
             self._lost_listeners.append(listener)
-
-    def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
-        return self._reads(lambda q: q.outbox_stats())
-
-    def rejected(self, destination: str | None = None) -> Deferred[list[RejectedEntry]]:
-        return self._reads(lambda q: q.rejected(destination))
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         if self._started:
@@ -1140,50 +1082,6 @@ class PostgresStore(GroupedWrites):
         @return: C{Deferred[int]}: 0 pages left.
         """
         return succeed(0)
-
-    def zombie(self, unique: str) -> Deferred[purging.Zombie | None]:
-        """
-        The zombie of a purged job (a reader).
-        """
-        return self._reads(lambda q: q.zombie(unique))
-
-    def stats(self, request: StatsRequest, max_jobs: int) -> Deferred[dict[str, Any]]:
-        """
-        A statistics answer (a reader; L{lbtwist.store.lifecycle.stats}).
-        """
-        return self._reads(lambda q: q.stats(request, max_jobs))
-
-    def trace(
-        self, request: TraceRequest, max_jobs: int
-    ) -> Deferred[tuple[list[dict[str, Any]], bool]]:
-        """
-        A trace answer (a reader; L{lbtwist.store.lifecycle.trace}).
-        """
-        return self._reads(lambda q: q.trace(request, max_jobs))
-
-    def expire_traces(self, before: int, limit: int) -> Deferred[int]:
-        """
-        Remove one chunk of expired trace rows of purged jobs (writer thread).
-        """
-        if self._closed:
-            return fail(TryAgain("store closed"))
-        return self._runner(
-            lambda: lifecycle.expire_traces(self.backend.conn, before=before, limit=limit)
-        )
-
-    def jp_pending(self, after: int, limit: int) -> Deferred[list[tuple[int, str, str]]]:
-        """
-        Registrations not yet exported to Job Provenance (a reader).
-        """
-        return self._reads(lambda q: purging.jp_pending(q.conn, after, limit))
-
-    def jp_done(self, ids: list[int]) -> Deferred[None]:
-        """
-        Forget exported registrations (writer thread).
-        """
-        if self._closed:
-            return fail(TryAgain("store closed"))
-        return self._runner(lambda: purging.jp_done(self.backend.conn, ids))
 
 
 #: The tables L{copy_from_sqlite} moves, with their columns (the same on both stores).

@@ -75,6 +75,7 @@ from lbtwist.store.query import (
     sqlite_json,
     unique_of,
 )
+from lbtwist.store.shared import NOTIF_SCHEMA, StoreReads
 
 if TYPE_CHECKING:
     from lbtwist.core.events import Event
@@ -283,42 +284,11 @@ def _migrate_v6_spool(conn: sqlite3.Connection) -> None:
     _script(conn, _V6_SPOOL)
 
 
-_NOTIFY = """
-CREATE TABLE notif_regs (
-    uniq TEXT PRIMARY KEY,
-    owner TEXT NOT NULL,
-    owner_norm TEXT NOT NULL,
-    fqans TEXT NOT NULL,
-    spec TEXT NOT NULL,
-    selector TEXT NOT NULL,
-    valid_until INTEGER NOT NULL,
-    created INTEGER NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    acked INTEGER NOT NULL DEFAULT 0,
-    queued INTEGER NOT NULL DEFAULT 0,
-    size INTEGER NOT NULL DEFAULT 0,
-    dropped INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX notif_regs_owner ON notif_regs (owner_norm);
-CREATE INDEX notif_regs_valid ON notif_regs (valid_until);
-CREATE INDEX notif_regs_all ON notif_regs (uniq) WHERE selector = 'all';
-CREATE TABLE notif_jobs (
-    job TEXT NOT NULL,
-    uniq TEXT NOT NULL,
-    PRIMARY KEY (job, uniq)
-) WITHOUT ROWID;
-CREATE INDEX notif_jobs_reg ON notif_jobs (uniq);
-CREATE TABLE notif_messages (
-    id INTEGER PRIMARY KEY,
-    reg TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    kind TEXT NOT NULL,
-    jobid TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    body BLOB NOT NULL
-);
-CREATE UNIQUE INDEX notif_messages_reg ON notif_messages (reg, seq)
-"""
+_NOTIFY = (
+    "\n"
+    + NOTIF_SCHEMA.format(int="INTEGER", serial="INTEGER", blob="BLOB", clustered=" WITHOUT ROWID")
+    + "\n"
+)
 
 
 # Messages are rows of a rowid table (appended in commit order: a commit's messages
@@ -1088,16 +1058,23 @@ class Queries:
         cursor = (page[-1][2], page[-1][4]) if len(rows) > limit and page else None
         return [_stored(row[:4]) for row in page], cursor
 
+    def _of_destination(self, sql: str, alias: str, destination: str | None) -> Any:
+        """
+        The rows of C{sql} (a query of the outbox or the rejected table as
+        C{alias}), only C{destination}'s unless it is C{None}, in id order.
+        """
+        args: tuple[str, ...] = ()
+        if destination is not None:
+            sql += f" WHERE {alias}.destination = ?"
+            args = (destination,)
+        return self.conn.execute(f"{sql} ORDER BY {alias}.id", args)
+
     def outbox_pending(self, destination: str | None = None) -> list[OutboxEntry]:
         sql = (
             "SELECT o.id, o.destination, o.event_id, e.jobid, e.line"
             " FROM outbox o JOIN events e ON e.id = o.event_id"
         )
-        args: tuple[str, ...] = ()
-        if destination is not None:
-            sql += " WHERE o.destination = ?"
-            args = (destination,)
-        return [OutboxEntry(*row) for row in self.conn.execute(sql + " ORDER BY o.id", args)]
+        return [OutboxEntry(*row) for row in self._of_destination(sql, "o", destination)]
 
     def outbox_after(self, destination: str, after_id: int, limit: int) -> list[OutboxEntry]:
         rows = self.conn.execute(
@@ -1131,11 +1108,7 @@ class Queries:
             "SELECT r.outbox_id, r.destination, r.event_id, r.major, r.minor, r.reason,"
             " r.rejected_at, e.jobid, e.line FROM rejected r JOIN events e ON e.id = r.event_id"
         )
-        args: tuple[str, ...] = ()
-        if destination is not None:
-            sql += " WHERE r.destination = ?"
-            args = (destination,)
-        return [RejectedEntry(*row) for row in self.conn.execute(sql + " ORDER BY r.id", args)]
+        return [RejectedEntry(*row) for row in self._of_destination(sql, "r", destination)]
 
 
 _STARTED_PARTS = frozenset(
@@ -1185,7 +1158,7 @@ def _thread_runner(reactor: IReactorFromThreads, name: str) -> tuple[ThreadRunne
 
 
 @implementer(IEventStore)
-class SQLiteStore(GroupedWrites):
+class SQLiteStore(GroupedWrites, StoreReads):
     """
     L{IEventStore} on SQLite.
 
@@ -1377,60 +1350,8 @@ class SQLiteStore(GroupedWrites):
         """
         return self._commit.commits
 
-    def status(self, jobid: str) -> Deferred[JobStatus | None]:
-        return self._read(lambda: self._queries.status(jobid))
-
-    def events(self, jobid: str) -> Deferred[list[StoredEvent]]:
-        return self._read(lambda: self._queries.events(jobid))
-
-    def spool_offsets(self) -> Deferred[dict[str, tuple[int, int]]]:
-        """
-        The committed spool file offsets: name -> C{(inode, offset)}.
-        """
-        return self._read(self._queries.spool_offsets)
-
-    def last_seqcode(self, jobid: str) -> Deferred[str | None]:
-        return self._read(lambda: self._queries.last_seqcode(jobid))
-
-    def events_range(self, jobid: str, after: int, limit: int) -> Deferred[list[StoredEvent]]:
-        return self._read(lambda: self._queries.events_range(jobid, after, limit))
-
-    def resolve(self, jobid: str) -> Deferred[str | None]:
-        return self._read(lambda: self._queries.resolve(jobid))
-
-    def jobs(
-        self, owner: str | None = None, state: str | None = None, limit: int | None = None
-    ) -> Deferred[list[JobSummary]]:
-        return self._read(lambda: self._queries.jobs(owner, state, limit))
-
-    def find_job(self, unique: str) -> Deferred[str | None]:
-        return self._read(lambda: self._queries.find_job(unique))
-
-    def find_status(self, unique: str) -> Deferred[tuple[str, JobStatus] | None]:
-        return self._read(lambda: self._queries.find_status(unique))
-
-    def query_jobs(self, query: JobQuery) -> Deferred[JobPage]:
-        return self._read(lambda: self._queries.query_jobs(query))
-
-    def dump(
-        self, from_arrived: int | None = None, to_arrived: int | None = None
-    ) -> Deferred[list[StoredEvent]]:
-        return self._read(lambda: self._queries.dump(from_arrived, to_arrived))
-
-    def dump_page(
-        self,
-        from_arrived: int | None,
-        to_arrived: int | None,
-        after: tuple[int, int] | None,
-        limit: int,
-    ) -> Deferred[tuple[list[StoredEvent], tuple[int, int] | None]]:
-        """
-        L{Queries.dump_page} on the reader thread.
-        """
-        return self._read(lambda: self._queries.dump_page(from_arrived, to_arrived, after, limit))
-
-    def outbox_pending(self, destination: str | None = None) -> Deferred[list[OutboxEntry]]:
-        return self._read(lambda: self._queries.outbox_pending(destination))
+    def _query(self, work: Callable[[Queries], _T]) -> Deferred[_T]:
+        return self._read(lambda: work(self._queries))
 
     def outbox_after(
         self, destination: str, after_id: int, limit: int
@@ -1446,9 +1367,6 @@ class SQLiteStore(GroupedWrites):
                 return succeed([OutboxEntry(*row) for row in rows])
         return self._read(lambda: self._queries.outbox_after(destination, after_id, limit))
 
-    def outbox_stats(self) -> Deferred[dict[str, OutboxStats]]:
-        return self._read(self._queries.outbox_stats)
-
     def outbox_resync(self) -> Deferred[None]:
         """
         Forget the L{OutboxTail} (on the writer, between commits): outbox rows another
@@ -1461,9 +1379,6 @@ class SQLiteStore(GroupedWrites):
                 backend.tail.reset(_last_outbox_id(backend.conn))
 
         return self._runner(reset)
-
-    def rejected(self, destination: str | None = None) -> Deferred[list[RejectedEntry]]:
-        return self._read(lambda: self._queries.rejected(destination))
 
     def add_commit_listener(self, listener: CommitListener) -> None:
         if self._started:
@@ -1555,50 +1470,6 @@ class SQLiteStore(GroupedWrites):
         if self._closed:
             return fail(TryAgain("store closed"))
         return self._runner(lambda: purging.incremental_vacuum(self.backend.conn, pages))
-
-    def zombie(self, unique: str) -> Deferred[purging.Zombie | None]:
-        """
-        The zombie of a purged job (reader thread).
-        """
-        return self._read(lambda: self._queries.zombie(unique))
-
-    def stats(self, request: StatsRequest, max_jobs: int) -> Deferred[dict[str, Any]]:
-        """
-        A statistics answer (reader thread).
-        """
-        return self._read(lambda: self._queries.stats(request, max_jobs))
-
-    def trace(
-        self, request: TraceRequest, max_jobs: int
-    ) -> Deferred[tuple[list[dict[str, Any]], bool]]:
-        """
-        A trace answer (reader thread).
-        """
-        return self._read(lambda: self._queries.trace(request, max_jobs))
-
-    def expire_traces(self, before: int, limit: int) -> Deferred[int]:
-        """
-        Remove one chunk of expired trace rows of purged jobs (writer thread).
-        """
-        if self._closed:
-            return fail(TryAgain("store closed"))
-        return self._runner(
-            lambda: lifecycle.expire_traces(self.backend.conn, before=before, limit=limit)
-        )
-
-    def jp_pending(self, after: int, limit: int) -> Deferred[list[tuple[int, str, str]]]:
-        """
-        Registrations not yet exported to Job Provenance (reader thread).
-        """
-        return self._read(lambda: purging.jp_pending(self._reader, after, limit))
-
-    def jp_done(self, ids: list[int]) -> Deferred[None]:
-        """
-        Forget exported registrations (writer thread).
-        """
-        if self._closed:
-            return fail(TryAgain("store closed"))
-        return self._runner(lambda: purging.jp_done(self.backend.conn, ids))
 
 
 class SQLiteReader(Queries):

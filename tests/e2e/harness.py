@@ -18,12 +18,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 
 import attrs
+from cryptography import x509
 
 from lbtwist.core import ilproto
+from lbtwist.security.devcerts import DevPKI
+from lbtwist.security.identity import slash_dn
 
 BIN_DIR = os.path.dirname(sys.executable)
 TWISTD = os.path.join(BIN_DIR, "twistd")
@@ -465,6 +468,150 @@ def wms_job_trace(jobid: str, creamid: str, start: int) -> tuple[list[str], list
         ),
     ]
     return wms, cream
+
+
+def free_port() -> int:
+    """
+    A loopback TCP port that was free a moment ago.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def loopback(port: int) -> str:
+    """
+    The listener description of C{port} on loopback: C{tcp:PORT:interface=127.0.0.1}.
+    """
+    return f"tcp:{port}:interface=127.0.0.1"
+
+
+def port_accepts(port: int) -> bool:
+    """
+    @return: whether a TCP connection to C{port} on loopback is accepted now.
+    """
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    """
+    Call C{check} every 0.1 s until it is true.
+
+    @param timeout: seconds; the default is long enough for a relay to finish.
+    @raise AssertionError: it was not within C{timeout} seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_for_port(port: int, service: LBService, timeout: float = 20.0) -> None:
+    """
+    Wait until C{service} accepts TCP connections on C{port} (its query port).
+
+    @raise AssertionError: it did not within C{timeout} seconds; carries the
+        end of the service's log.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_accepts(port):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"query port {port} not listening\n{service.log_text()[-5000:]}")
+
+
+def host_credentials(pki: DevPKI) -> tuple[str, list[str]]:
+    """
+    The host certificate of a development PKI for a service's command line.
+
+    @return: its subject (slash form) and C{["--cert", ..., "--key", ..., "--ca-dir", ...]}.
+    """
+    cert = x509.load_pem_x509_certificate(pki.host_cert.read_bytes())
+    creds = ["--cert", str(pki.host_cert), "--key", str(pki.host_key)]
+    return slash_dn(cert.subject), [*creds, "--ca-dir", str(pki.ca_dir)]
+
+
+def write_policy(path: str, subject: str, actions: Sequence[str]) -> str:
+    """
+    Write an authorization policy permitting C{actions} to C{subject} alone.
+
+    @return: C{path}.
+    """
+    body = "".join(
+        f'  action "{a}" {{ rule permit {{ subject = "{subject}" }} }}\n' for a in actions
+    )
+    with open(path, "w") as f:
+        f.write(f'resource "LB" {{\n{body}}}\n')
+    return path
+
+
+def server_args(
+    creds: Sequence[str],
+    hostname: str,
+    store_port: int,
+    policy: str,
+    *extra: str,
+    query_port: int | None = None,
+) -> list[str]:
+    """
+    The options of an C{lbserver}: C{creds}, its name, the store port, a query
+    port (a free one unless given), the policy, then C{extra}.
+    """
+    return [
+        *creds,
+        *("--hostname", hostname),
+        *("--store", loopback(store_port)),
+        *("--query", loopback(free_port() if query_port is None else query_port)),
+        *("--policy", policy),
+        *extra,
+    ]
+
+
+def proxy_args(
+    creds: Sequence[str],
+    relays: Mapping[str, int],
+    *extra: str,
+    query_port: int | None = None,
+) -> list[str]:
+    """
+    The options of an C{lbproxy} named C{localhost} relaying to servers on loopback.
+
+    @param relays: a destination (C{HOST:PORT}) -> the loopback port it is mapped to.
+    @param query_port: the query port; a free one unless given.
+    """
+    args = [
+        *creds,
+        *("--hostname", "localhost"),
+        *("--query", loopback(free_port() if query_port is None else query_port)),
+    ]
+    for destination, port in relays.items():
+        args += ["--relay-map", f"{destination}=tcp:host=127.0.0.1:port={port}"]
+    return [*args, *extra]
+
+
+def foreign_tag(jobid: str) -> str:
+    """
+    A UserTag of a job of L{wms_job_trace} (after its events) logged by
+    somebody else than the job's owner: a server whose policy does not grant
+    C{LOG_GENERAL_EVENTS} refuses it.
+    """
+    return ulm_line(
+        "UserTag",
+        jobid=jobid,
+        date=T0 + 99_000_000,
+        source="Application",
+        seqcode=glite_seqcode(NS=3, WM=3, JSS=2, LRMS=100000, APP=1),
+        user="/DC=org/DC=example/CN=Somebody Else",
+        name="colour",
+        value="blue",
+    )
 
 
 class ServiceFailed(Exception):

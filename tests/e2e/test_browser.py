@@ -37,7 +37,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbtwist.core.events import parse_event
 from tests import traces
 from tests.e2e import harness
-from tests.e2e.harness import LBService
+from tests.e2e.harness import LBService, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -57,14 +57,6 @@ CHROMIUM_FLAGS = (
 
 #: Longest wait for one browser answer or page load (seconds).
 TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class Forwarder:
@@ -302,15 +294,7 @@ class BrowserTests(SynchronousTestCase):
                     s.sendall(harness.logd_frame(line))
                     assert harness.logd_read_reply(s) == 0, line
         devcerts = Path(self.service.state_dir) / "devcerts"
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
+        harness.wait_for_port(port, self.service)
         self.forwarder = Forwarder(
             port,
             devcerts / "user" / "usercert.pem",

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
@@ -24,7 +22,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from lbtwist.security.devcerts import USER2_NAME, USER_NAME
 from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
-from tests.e2e.harness import LBService
+from tests.e2e.harness import LBService, free_port
 
 #: The grid tools these tests run.
 TOOLS = ("voms-proxy-info", "grid-proxy-info", "grid-proxy-init", "voms-proxy-init")
@@ -43,14 +41,6 @@ resource "LB" {
 """
 
 
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
 class DevVomsTests(SynchronousTestCase):
     def setUp(self) -> None:
         missing = [tool for tool in TOOLS if shutil.which(tool) is None]
@@ -63,7 +53,7 @@ class DevVomsTests(SynchronousTestCase):
         saved = os.environ.pop("X509_VOMS_DIR", None)
         if saved is not None:
             self.addCleanup(os.environ.__setitem__, "X509_VOMS_DIR", saved)
-        self.port = _free_port()
+        self.port = free_port()
         policy = self.base / "policy.conf"
         policy.write_text(POLICY)
         self.svc = LBService(
@@ -96,15 +86,7 @@ class DevVomsTests(SynchronousTestCase):
 
     def start(self) -> None:
         self.svc.start()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.fail(f"query port not listening\n{self.svc.log_text()[-3000:]}")
-                time.sleep(0.05)
+        harness.wait_for_port(self.port, self.svc)
 
     def register(self, n: int, owner: str) -> str:
         jobid = f"https://localhost:{self.port}/CREAM{n:09d}"

@@ -9,42 +9,22 @@ dump request is refused; C{lbtwist explain} and C{status --at} on the copy.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
-
 from tests import traces
-from tests.e2e import gridtools, harness
-from tests.e2e.harness import LBService, run_lbtwist
-from tests.e2e.test_query import ADMIN, GridPKI, free_port
+from tests.e2e import harness
+from tests.e2e.harness import run_lbtwist
+from tests.e2e.test_query import ADMIN, GridServiceCase
 from tests.unit.test_states import fixture_lines
 
 STREAMS = ("perf_simple_avg_events.log", "perf_simple_max_events.log", "perf_dag_avg_events.log")
 
 
-class DumpLoadTests(SynchronousTestCase):
+class DumpLoadTests(GridServiceCase):
     def setUp(self) -> None:
-        missing = gridtools.missing_tools()
-        if missing:
-            raise SkipTest(f"grid tools not installed: {', '.join(missing)}")
-        self.base = Path(tempfile.mkdtemp(prefix="lbtwist-dl-"))
-        self.addCleanup(shutil.rmtree, self.base, True)
-        self.pki = GridPKI(self.base)
-        self.port = free_port()
-        self.svc = LBService(
-            str(self.base / "svc"),
-            [
-                "--query", f"tcp:{self.port}:interface=127.0.0.1",
-                "--cert", str(self.pki.host.cert), "--key", str(self.pki.host.key),
-                "--ca-dir", str(self.pki.ca_dir), "--voms-dir", str(self.pki.voms_dir),
-                "--super-user", ADMIN,
-            ],
-        )  # fmt: skip
-        self.addCleanup(self.svc.cleanup)
-        self.svc.start()
+        self.make_grid("lbtwist-dl-")
+        self.start_service("--super-user", ADMIN)
 
     def lbtwist(self, *args: str, proxy: Path | None = None) -> Any:
         env = {"X509_CERT_DIR": str(self.pki.ca_dir), "HOME": str(self.base)}

@@ -16,11 +16,11 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from tests.e2e import gridtools, harness
 from tests.e2e.gridtools import Cert, OpenSSLCA, curl, curl_status
-from tests.e2e.harness import LBService, run_lbtwist
+from tests.e2e.harness import free_port, run_lbtwist, wait_for
 from tests.e2e.test_query import (
     ALICE,
     CA_DN,
@@ -30,9 +30,10 @@ from tests.e2e.test_query import (
     VO,
     VOMS_HOST,
     GridPKI,
-    free_port,
+    GridServiceCase,
+    skip_without_tools,
 )
-from tests.e2e.test_relay import RoleService, wait_for
+from tests.e2e.test_relay import RoleService
 
 MALLORY = "/DC=org/DC=lbtwist-e2e/OU=People/CN=Mallory Forger"
 VOMS_URI = "voms.lbtwist-e2e.org:15000"
@@ -72,46 +73,20 @@ class LookalikePKI(GridPKI):
         return self.signed_proxy(name, self.voms_host, "genuine")
 
 
-def skip_without_tools() -> None:
-    missing = gridtools.missing_tools()
-    if missing:
-        raise SkipTest(f"grid tools not installed: {', '.join(missing)}")
-
-
-class QueryPortIdentityTests(SynchronousTestCase):
+class QueryPortIdentityTests(GridServiceCase):
     """
     The query port of C{lbproxy}: FQANs only from VOMS servers the CA
     directory trusts, CRLs of the directory applied, broken CRLs fail closed.
     """
 
+    pki_class = LookalikePKI
+
     def setUp(self) -> None:
-        skip_without_tools()
-        self.base = Path(tempfile.mkdtemp(prefix="lbtwist-id-"))
-        self.addCleanup(shutil.rmtree, self.base, True)
-        self.pki = LookalikePKI(self.base)
-        self.port = free_port()
-        self.svc = LBService(
-            str(self.base / "svc"),
-            [
-                "--query", f"tcp:{self.port}:interface=127.0.0.1",
-                "--cert", str(self.pki.host.cert),
-                "--key", str(self.pki.host.key),
-                "--ca-dir", str(self.pki.ca_dir),
-                "--voms-dir", str(self.pki.voms_dir),
-            ],
-        )  # fmt: skip
-        self.addCleanup(self.svc.cleanup)
-        self.svc.start()
-        wait_for("the query port", self.listening, 20)
+        self.make_grid("lbtwist-id-")
+        self.start_service()
+        self.wait_for_port()
 
-    def listening(self) -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-        except OSError:
-            return False
-        return True
-
-    def lbtwist(self, *args: str) -> None:
+    def lbtwist_ok(self, *args: str) -> None:
         env = {"X509_CERT_DIR": str(self.pki.ca_dir), "HOME": str(self.base)}
         result = run_lbtwist(args, env=env)
         self.assertEqual(result.returncode, 0, result.stderr)
@@ -122,8 +97,8 @@ class QueryPortIdentityTests(SynchronousTestCase):
         """
         jobid = f"https://localhost:{self.port}/e2eIdentity00000001"
         sock = ["-S", self.svc.socket_path, "-j", jobid, "-U", ALICE]
-        self.lbtwist("job-reg", "-X", *sock[1:])
-        self.lbtwist(
+        self.lbtwist_ok("job-reg", "-X", *sock[1:])
+        self.lbtwist_ok(
             "logevent", *sock, "-s", "UserInterface", "-e", "ChangeACL",
             f"--user_id={FQAN}", "--user_id_type=FQAN", "--permission=READ",
             "--permission_type=ALLOW", "--operation=ADD",

@@ -17,18 +17,15 @@ import os
 import resource
 import socket
 import ssl
-import time
-from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
-from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.security.devcerts import USER_NAME, make_dev_pki
+from lbtwist.security.devcerts import USER_NAME
 from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
-from tests.e2e.test_relay import ACTIONS, LB_HOST, RoleService, free_port, query, wait_for
+from tests.e2e.harness import free_port, wait_for
+from tests.e2e.test_relay import ACTIONS, LB_HOST, DevPKICase, query
 
 #: Bare connections held on a port.
 FLOOD = 300
@@ -68,71 +65,16 @@ def hold_connections(
     return held
 
 
-class StorePortFloodTests(SynchronousTestCase):
+class StorePortFloodTests(DevPKICase):
     def setUp(self) -> None:
-        self.base = os.path.abspath(self.mktemp())
-        os.makedirs(self.base)
-        self.pki = make_dev_pki(
-            os.path.join(self.base, "pki"), now=datetime.now(UTC), hostnames=("localhost", LB_HOST)
+        super().setUp()
+        self.start_pair(
+            harness.server_args(self.creds, LB_HOST, self.store_port, self.write_policy(ACTIONS)),
+            harness.proxy_args(self.creds, {f"{LB_HOST}:9001": self.store_port}),
         )
-        cert = x509.load_pem_x509_certificate(self.pki.host_cert.read_bytes())
-        self.host_dn = slash_dn(cert.subject)
-        self.store_port = free_port()
-        creds = ["--cert", str(self.pki.host_cert), "--key", str(self.pki.host_key)]
-        creds += ["--ca-dir", str(self.pki.ca_dir)]
-        policy = os.path.join(self.base, "policy.conf")
-        with open(policy, "w") as f:
-            body = "".join(
-                f'  action "{a}" {{ rule permit {{ subject = "{self.host_dn}" }} }}\n'
-                for a in ACTIONS
-            )
-            f.write(f'resource "LB" {{\n{body}}}\n')
-        self.server = RoleService(
-            os.path.join(self.base, "server"),
-            "lbserver",
-            [
-                *creds,
-                "--hostname",
-                LB_HOST,
-                "--store",
-                f"tcp:{self.store_port}:interface=127.0.0.1",
-                "--query",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-                "--policy",
-                policy,
-            ],
-            self.store_port,
-        )
-        self.proxy = RoleService(
-            os.path.join(self.base, "proxy"),
-            "lbproxy",
-            [
-                *creds,
-                "--hostname",
-                "localhost",
-                "--query",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-                "--relay-map",
-                f"{LB_HOST}:9001=tcp:host=127.0.0.1:port={self.store_port}",
-            ],
-            None,
-        )
-        self.addCleanup(self.proxy.cleanup)
-        self.addCleanup(self.server.cleanup)
-        self.server.start()
-        self.proxy.start()
 
     def lines(self, db: str) -> list[str]:
         return [str(r[0]) for r in query(db, "SELECT line FROM events ORDER BY id")]
-
-    def log_events(self, lines: Sequence[str]) -> None:
-        sock = harness.connect(self.proxy.socket_path)
-        try:
-            sock.sendall("".join(line + "\n" for line in lines).encode())
-            for line in lines:
-                self.assertTrue(harness.read_line(sock).startswith(b"OK"), line)
-        finally:
-            sock.close()
 
     def test_bare_connections_do_not_lock_out_the_relay(self) -> None:
         hold_connections(self, self.store_port, FLOOD)
@@ -143,7 +85,7 @@ class StorePortFloodTests(SynchronousTestCase):
                 jobid, harness.cream_jobid(n), harness.T0 + n * 10_000_000
             )
             lines += wms + cream
-        self.log_events(lines)
+        self.log(lines)
         # A second flood while the relay's connection is up does not cut it.
         hold_connections(self, self.store_port, FLOOD)
 
@@ -184,15 +126,7 @@ class QueryPortTests(SynchronousTestCase):
             self.svc.start()
         finally:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.fail(self.svc.log_text()[-5000:])
-                time.sleep(0.05)
+        harness.wait_for_port(self.port, self.svc)
         devcerts = Path(self.svc.state_dir) / "devcerts"
         self.proxy_file = devcerts / "user" / "x509up"
         self.ca_dir = devcerts / "certificates"

@@ -26,19 +26,11 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from lbtwist.security.devcerts import USER_NAME
 from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
-from tests.e2e.harness import LBService, cream_direct_trace, ulm_line
+from tests.e2e.harness import LBService, cream_direct_trace, free_port, ulm_line
 
 DEV_DN = slash_dn(USER_NAME)
 #: Seconds to wait for what a test expects to see.
 WAIT = 30.0
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def trace_lines(n: int, start: int, ending: str = "ok") -> tuple[str, list[str], list[str]]:
@@ -193,14 +185,7 @@ class NotifyTestCase(SynchronousTestCase):
             r.cleanup()
 
     def wait_for_port(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.fail(f"query port {self.port} not listening\n{self.svc.log_text()[-5000:]}")
+        harness.wait_for_port(self.port, self.svc)
 
     def notify(
         self, *args: str, env: dict[str, str] | None = None

@@ -14,23 +14,13 @@ import socket
 import ssl
 import urllib.request
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 from cryptography import x509
-from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.security.devcerts import make_dev_pki
 from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
-from tests.e2e.test_relay import (
-    ACTIONS,
-    LB_HOST,
-    OTHER_HOST,
-    RoleService,
-    free_port,
-    query,
-    wait_for,
-)
+from tests.e2e.harness import free_port, wait_for
+from tests.e2e.test_relay import ACTIONS, LB_HOST, OTHER_HOST, DevPKICase, query
 
 
 def metric_value(text: str, name: str, **labels: str) -> float | None:
@@ -51,92 +41,34 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-class OperationsEndToEndTests(SynchronousTestCase):
+class OperationsEndToEndTests(DevPKICase):
     def setUp(self) -> None:
-        self.base = os.path.abspath(self.mktemp())
-        os.makedirs(self.base)
-        self.pki = make_dev_pki(
-            os.path.join(self.base, "pki"), now=datetime.now(UTC), hostnames=("localhost", LB_HOST)
-        )
-        cert = x509.load_pem_x509_certificate(self.pki.host_cert.read_bytes())
-        self.host_dn = slash_dn(cert.subject)
-        self.store_port = free_port()
+        super().setUp()
         self.metrics_port = free_port()
-        self.creds = [
-            "--cert",
-            str(self.pki.host_cert),
-            "--key",
-            str(self.pki.host_key),
-            "--ca-dir",
-            str(self.pki.ca_dir),
-        ]
-        self.policy = os.path.join(self.base, "policy.conf")
 
-    def write_policy(self, actions: Sequence[str]) -> None:
-        body = "".join(
-            f'  action "{a}" {{ rule permit {{ subject = "{self.host_dn}" }} }}\n' for a in actions
-        )
-        with open(self.policy, "w") as f:
-            f.write(f'resource "LB" {{\n{body}}}\n')
-
-    def start_pair(self, actions: Sequence[str] = ACTIONS, proxy_args: Sequence[str] = ()) -> None:
-        self.write_policy(actions)
-        self.server = RoleService(
-            os.path.join(self.base, "server"),
-            "lbserver",
-            [
-                *self.creds,
-                "--hostname",
-                LB_HOST,
-                "--store",
-                f"tcp:{self.store_port}:interface=127.0.0.1",
-                "--query",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-                "--metrics",
-                "none",
-                "--policy",
-                self.policy,
-            ],
-            self.store_port,
+    def start_ops_pair(
+        self, actions: Sequence[str] = ACTIONS, proxy_args: Sequence[str] = ()
+    ) -> None:
+        """
+        A server permitting C{actions}, a proxy with C{/metrics} relaying to it
+        and to C{OTHER_HOST} on a port nobody listens on; the proxy is ready
+        once its metrics port listens.
+        """
+        policy = self.write_policy(actions)
+        server = harness.server_args(
+            self.creds, LB_HOST, self.store_port, policy, "--metrics", "none"
         )
         self.query_port = free_port()
-        self.proxy = RoleService(
-            os.path.join(self.base, "proxy"),
-            "lbproxy",
-            [
-                *self.creds,
-                "--hostname",
-                "localhost",
-                "--query",
-                f"tcp:{self.query_port}:interface=127.0.0.1",
-                "--metrics",
-                f"tcp:{self.metrics_port}:interface=127.0.0.1",
-                "--metrics-refresh-interval",
-                "0.2",
-                "--relay-sweep-interval",
-                "0.5",
-                "--relay-map",
-                f"{LB_HOST}:9001=tcp:host=127.0.0.1:port={self.store_port}",
-                "--relay-map",
-                f"{OTHER_HOST}:9001=tcp:host=127.0.0.1:port={free_port()}",
-                *proxy_args,
-            ],
-            self.metrics_port,
+        relays = {f"{LB_HOST}:9001": self.store_port, f"{OTHER_HOST}:9001": free_port()}
+        proxy = harness.proxy_args(
+            self.creds,
+            relays,
+            *("--metrics", harness.loopback(self.metrics_port)),
+            *("--metrics-refresh-interval", "0.2", "--relay-sweep-interval", "0.5"),
+            *proxy_args,
+            query_port=self.query_port,
         )
-        self.addCleanup(self.proxy.cleanup)
-        self.addCleanup(self.server.cleanup)
-        self.server.start()
-        self.proxy.start()
-
-    def log(self, lines: Sequence[str]) -> None:
-        sock = harness.connect(self.proxy.socket_path)
-        try:
-            sock.sendall("".join(line + "\n" for line in lines).encode())
-            for line in lines:
-                answer = harness.read_line(sock)
-                self.assertTrue(answer.startswith(b"OK"), (answer, line))
-        finally:
-            sock.close()
+        self.start_pair(server, proxy, proxy_port=self.metrics_port)
 
     def job(self, n: int, host: str = LB_HOST) -> tuple[str, list[str]]:
         jobid = f"https://{host}:9000/e2eOpsJob{n:06d}"
@@ -159,7 +91,7 @@ class OperationsEndToEndTests(SynchronousTestCase):
         return result.returncode, result.stdout.strip()
 
     def test_metrics_and_probe(self) -> None:
-        self.start_pair()
+        self.start_ops_pair()
         _, lines = self.job(1)
         self.log(lines)
         wait_for("the relay to drain", lambda: self.outbox_depth() == 0)
@@ -254,21 +186,12 @@ class OperationsEndToEndTests(SynchronousTestCase):
 
     def test_rejected_event_retried_after_fix(self) -> None:
         user = x509.load_pem_x509_certificate(self.pki.user_cert.read_bytes())
-        self.start_pair(
+        self.start_ops_pair(
             actions=("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS"),
             proxy_args=["--super-user", slash_dn(user.subject)],
         )
         jobid, lines = self.job(3)
-        tag = harness.ulm_line(
-            "UserTag",
-            jobid=jobid,
-            date=harness.T0 + 99_000_000,
-            source="Application",
-            seqcode=harness.glite_seqcode(NS=3, WM=3, JSS=2, LRMS=100000, APP=1),
-            user="/DC=org/DC=example/CN=Somebody Else",
-            name="colour",
-            value="blue",
-        )
+        tag = harness.foreign_tag(jobid)
         self.log(lines[:8] + [tag] + lines[8:])
         wait_for("the relay to drain", lambda: self.outbox_depth() == 0)
         state = self.proxy.state_dir

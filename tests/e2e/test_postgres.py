@@ -18,18 +18,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
-from cryptography import x509
 from twisted.logger import Logger
-from twisted.trial.unittest import SynchronousTestCase
 
-from lbtwist.security.devcerts import make_dev_pki
-from lbtwist.security.identity import slash_dn
-from tests.e2e import harness, test_relay
-from tests.e2e.test_relay import LB_HOST, OTHER_HOST, RoleService, free_port, query, wait_for
+from tests.e2e import harness
+from tests.e2e.harness import free_port, wait_for
+from tests.e2e.test_relay import ACTIONS, LB_HOST, OTHER_HOST, DevPKICase, RoleService, query
 from tests.integration.pgcluster import cluster
 
 log = Logger()
@@ -42,37 +38,14 @@ def kill_loops() -> int:
     return max(int(os.environ.get("LBTWIST_PG_KILL_LOOPS", "1")), 1)
 
 
-class PostgresCase(SynchronousTestCase):
+class PostgresCase(DevPKICase):
     """
     A development PKI for every service, the database read directly.
     """
 
     url = ""
-
-    jobs = test_relay.RelayEndToEndTests.jobs
-    log = test_relay.RelayEndToEndTests.log
-    write_policy = test_relay.RelayEndToEndTests.write_policy
-
-    def setUp(self) -> None:
-        self.base = os.path.abspath(self.mktemp())
-        os.makedirs(self.base)
-        # One host certificate for both front ends' names.
-        self.pki = make_dev_pki(
-            os.path.join(self.base, "pki"),
-            now=datetime.now(UTC),
-            hostnames=("localhost", LB_HOST, OTHER_HOST),
-        )
-        cert = x509.load_pem_x509_certificate(self.pki.host_cert.read_bytes())
-        self.host_dn = slash_dn(cert.subject)
-        self.store_port = free_port()
-        self.creds = [
-            "--cert",
-            str(self.pki.host_cert),
-            "--key",
-            str(self.pki.host_key),
-            "--ca-dir",
-            str(self.pki.ca_dir),
-        ]
+    # One host certificate for both front ends' names.
+    hostnames = ("localhost", LB_HOST, OTHER_HOST)
 
     def pg(self, sql: str) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.url, autocommit=True) as conn:
@@ -84,21 +57,9 @@ class TwoFrontEndTests(PostgresCase):
         service = RoleService(
             os.path.join(self.base, name),
             "lbserver",
-            [
-                *self.creds,
-                "--hostname",
-                host,
-                "--store",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--query",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-                "--policy",
-                self.write_policy(
-                    ("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS", "LOG_GENERAL_EVENTS")
-                ),
-                "--store-url",
-                self.url,
-            ],
+            harness.server_args(
+                self.creds, host, port, self.write_policy(ACTIONS), "--store-url", self.url
+            ),
             port,
         )
         self.addCleanup(service.cleanup)
@@ -119,17 +80,9 @@ class TwoFrontEndTests(PostgresCase):
         self.proxy = RoleService(
             os.path.join(self.base, f"proxy-{loop}"),
             "lbproxy",
-            [
-                *self.creds,
-                "--hostname",
-                "localhost",
-                "--query",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-                "--relay-map",
-                f"{LB_HOST}:9001=tcp:host=127.0.0.1:port={self.store_port}",
-                "--relay-map",
-                f"{OTHER_HOST}:9001=tcp:host=127.0.0.1:port={other_port}",
-            ],
+            harness.proxy_args(
+                self.creds, {f"{LB_HOST}:9001": self.store_port, f"{OTHER_HOST}:9001": other_port}
+            ),
             None,
         )
         self.addCleanup(self.proxy.cleanup)
@@ -206,21 +159,11 @@ class RelayFrontEndTests(PostgresCase):
         service = RoleService(
             os.path.join(self.base, name),
             "lbproxy",
-            [
-                *self.creds,
-                "--hostname",
-                "localhost",
-                "--query",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-                "--metrics",
-                "none",
-                "--relay-map",
-                f"{DESTINATION}=tcp:host=127.0.0.1:port={server_port}",
-                "--store-url",
-                self.url,
-                "--relay-lease",
-                str(LEASE),
-            ],
+            harness.proxy_args(
+                self.creds,
+                {DESTINATION: server_port},
+                *("--metrics", "none", "--store-url", self.url, "--relay-lease", str(LEASE)),
+            ),
             None,
         )
         self.addCleanup(service.cleanup)
@@ -230,21 +173,9 @@ class RelayFrontEndTests(PostgresCase):
         service = RoleService(
             os.path.join(self.base, name),
             "lbserver",
-            [
-                *self.creds,
-                "--hostname",
-                LB_HOST,
-                "--store",
-                f"tcp:{port}:interface=127.0.0.1",
-                "--query",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-                "--metrics",
-                "none",
-                "--policy",
-                self.write_policy(
-                    ("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS", "LOG_GENERAL_EVENTS")
-                ),
-            ],
+            harness.server_args(
+                self.creds, LB_HOST, port, self.write_policy(ACTIONS), "--metrics", "none"
+            ),
             port,
         )
         self.addCleanup(service.cleanup)

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,7 +18,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from lbtwist.security.devcerts import make_dev_pki
 from tests.e2e import gridtools, harness
-from tests.e2e.test_notify import DEV_DN, Receiver, changes, free_port, trace_pairs
+from tests.e2e.harness import free_port
+from tests.e2e.test_notify import DEV_DN, Receiver, changes, trace_pairs
 from tests.e2e.test_relay import RoleService
 from tests.integration.pgcluster import cluster
 
@@ -62,18 +61,8 @@ class TwoFrontEndNotifyTests(SynchronousTestCase):
         )  # fmt: skip
         self.addCleanup(service.cleanup)
         service.start()
-        self.wait_for_port(query, service)
+        harness.wait_for_port(query, service, 30)
         return service, query
-
-    def wait_for_port(self, port: int, service: RoleService) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.fail(f"query port {port} not listening\n{service.log_text()[-3000:]}")
 
     def env(self, port: int) -> dict[str, str]:
         return {

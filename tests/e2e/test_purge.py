@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
-
-from tests.e2e import gridtools
 from tests.e2e.gridtools import curl, curl_status
-from tests.e2e.harness import LBService, run_lbtwist
-from tests.e2e.test_query import ADMIN, ALICE, GridPKI, free_port
+from tests.e2e.test_query import ADMIN, ALICE, GridServiceCase
 
 #: Every state's grace zero: whatever is registered is due at once.
 ALL_DUE = ["-a", "0", "-n", "0", "-c", "0", "-e", "0", "-o", "0"]
@@ -39,43 +33,20 @@ def read_maildir(root: Path) -> list[str]:
     return out
 
 
-class PurgeServiceTests(SynchronousTestCase):
+class PurgeServiceTests(GridServiceCase):
     def setUp(self) -> None:
-        missing = gridtools.missing_tools()
-        if missing:
-            raise SkipTest(f"grid tools not installed: {', '.join(missing)}")
-        self.base = Path(tempfile.mkdtemp(prefix="lbtwist-p-"))
-        self.addCleanup(shutil.rmtree, self.base, True)
-        self.pki = GridPKI(self.base)
-        self.port = free_port()
+        self.make_grid("lbtwist-p-")
         self.jpreg = self.base / "jpreg"
         self.jpdump = self.base / "jpdump"
-        self.svc = LBService(
-            str(self.base / "svc"),
-            [
-                "--query", f"tcp:{self.port}:interface=127.0.0.1",
-                "--cert", str(self.pki.host.cert),
-                "--key", str(self.pki.host.key),
-                "--ca-dir", str(self.pki.ca_dir),
-                "--voms-dir", str(self.pki.voms_dir),
-                "--super-user", ADMIN,
-                "--purge-interval", "0",
-                "--jpreg-dir", str(self.jpreg),
-                "--jpreg-interval", "0.1",
-                "--jpdump-dir", str(self.jpdump),
-            ],
+        self.start_service(
+            "--super-user", ADMIN,
+            "--purge-interval", "0",
+            "--jpreg-dir", str(self.jpreg),
+            "--jpreg-interval", "0.1",
+            "--jpdump-dir", str(self.jpdump),
         )  # fmt: skip
-        self.addCleanup(self.svc.cleanup)
-        self.svc.start()
         # A job of this proxy (localhost:9000 is one of its own endpoints): not relayed.
         self.jobid = "https://localhost:9000/e2ePurge00000000000001"
-
-    def lbtwist(self, *args: str, proxy: Path | None = None) -> Any:
-        env = {"X509_CERT_DIR": str(self.pki.ca_dir), "GLITE_WMS_QUERY_SERVER": ""}
-        env["X509_USER_PROXY"] = str(proxy) if proxy else "/nonexistent/proxy"
-        env["EDG_WL_QUERY_SERVER"] = ""
-        env["HOME"] = str(self.base)
-        return run_lbtwist(args, env=env)
 
     def register(self, jobid: str | None = None) -> Any:
         return self.lbtwist(

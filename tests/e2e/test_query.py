@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.e2e import gridtools
+from tests.e2e import gridtools, harness
 from tests.e2e.gridtools import Cert, OpenSSLCA, curl, curl_status
-from tests.e2e.harness import LBService, parse_status_text, run_lbtwist
+from tests.e2e.harness import LBService, free_port, parse_status_text, run_lbtwist
 
 BASE_DN = "/DC=org/DC=lbtwist-e2e"
 CA_DN = f"{BASE_DN}/CN=lbtwist e2e CA"
@@ -36,14 +34,6 @@ FQAN = "/testvo/Role=NULL/Capability=NULL"
 
 #: curl's exit codes for a handshake or a connection the server broke off.
 CURL_TLS_REFUSED = (35, 56)
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port: int = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def unique(n: int) -> str:
@@ -104,59 +94,79 @@ class GridPKI:
         )
 
 
-class QueryServiceTests(SynchronousTestCase):
+def skip_without_tools() -> None:
     """
-    Who may read what, over curl and C{lbtwist}, with grid-tool credentials.
+    @raise SkipTest: a grid tool the tests run is not installed.
+    """
+    missing = gridtools.missing_tools()
+    if missing:
+        raise SkipTest(f"grid tools not installed: {', '.join(missing)}")
+
+
+class GridServiceCase(SynchronousTestCase):
+    """
+    A proxy whose query port serves the host certificate of a grid PKI
+    (L{GridPKI}, or C{pki_class}) and trusts its CA and VOMS server.
     """
 
-    def setUp(self) -> None:
-        missing = gridtools.missing_tools()
-        if missing:
-            raise SkipTest(f"grid tools not installed: {', '.join(missing)}")
-        self.base = Path(tempfile.mkdtemp(prefix="lbtwist-q-"))
+    pki_class: type[GridPKI] = GridPKI
+
+    def make_grid(self, prefix: str) -> None:
+        """
+        The PKI in a new temporary directory (C{self.base}, named from
+        C{prefix}, removed at the end) and a free query port (C{self.port}).
+
+        @raise SkipTest: the grid tools are not installed.
+        """
+        skip_without_tools()
+        self.base = Path(tempfile.mkdtemp(prefix=prefix))
         self.addCleanup(shutil.rmtree, self.base, True)
-        self.pki = GridPKI(self.base)
+        self.pki = self.pki_class(self.base)
         self.port = free_port()
+
+    def start_service(self, *extra: str) -> None:
+        """
+        Start C{self.svc} on the PKI (stopped at the end), with options C{extra} too.
+        """
         self.svc = LBService(
             str(self.base / "svc"),
             [
-                "--query",
-                f"tcp:{self.port}:interface=127.0.0.1",
-                "--cert",
-                str(self.pki.host.cert),
-                "--key",
-                str(self.pki.host.key),
-                "--ca-dir",
-                str(self.pki.ca_dir),
-                "--voms-dir",
-                str(self.pki.voms_dir),
-                "--super-user",
-                ADMIN,
+                *("--query", harness.loopback(self.port)),
+                *("--cert", str(self.pki.host.cert), "--key", str(self.pki.host.key)),
+                *("--ca-dir", str(self.pki.ca_dir), "--voms-dir", str(self.pki.voms_dir)),
+                *extra,
             ],
         )
         self.addCleanup(self.svc.cleanup)
         self.svc.start()
-        self.wait_for_port()
 
     def wait_for_port(self) -> None:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        self.fail(f"query port {self.port} not listening\n{self.svc.log_text()[-5000:]}")
-
-    def jobid(self, n: int) -> str:
-        return f"https://localhost:{self.port}/{unique(n)}"
+        harness.wait_for_port(self.port, self.svc)
 
     def lbtwist(self, *args: str, proxy: Path | None = None) -> Any:
+        """
+        Run C{lbtwist} with C{proxy} (none by default), trusting the PKI's CA,
+        no query server from the environment.
+        """
         env = {"X509_CERT_DIR": str(self.pki.ca_dir), "GLITE_WMS_QUERY_SERVER": ""}
         env["X509_USER_PROXY"] = str(proxy) if proxy else "/nonexistent/proxy"
         env["EDG_WL_QUERY_SERVER"] = ""
         env["HOME"] = str(self.base)
         return run_lbtwist(args, env=env)
+
+
+class QueryServiceTests(GridServiceCase):
+    """
+    Who may read what, over curl and C{lbtwist}, with grid-tool credentials.
+    """
+
+    def setUp(self) -> None:
+        self.make_grid("lbtwist-q-")
+        self.start_service("--super-user", ADMIN)
+        self.wait_for_port()
+
+    def jobid(self, n: int) -> str:
+        return f"https://localhost:{self.port}/{unique(n)}"
 
     def register(self, jobid: str, owner: str, *extra: str) -> None:
         result = self.lbtwist(
@@ -324,15 +334,7 @@ class DevCertificateTests(SynchronousTestCase):
         svc = LBService(str(base / "svc"), ["--query", f"tcp:{port}:interface=127.0.0.1"])
         self.addCleanup(svc.cleanup)
         svc.start()
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.fail(svc.log_text()[-5000:])
-                time.sleep(0.05)
+        harness.wait_for_port(port, svc)
         devcerts = Path(svc.state_dir) / "devcerts"
         env = {
             "X509_USER_PROXY": str(devcerts / "user" / "x509up"),

@@ -8,43 +8,21 @@ development PKI (host certificate for localhost and lb.example.org).
 from __future__ import annotations
 
 import os
-import socket
 import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from cryptography import x509
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.security.devcerts import make_dev_pki
-from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
+from tests.e2e.harness import free_port, wait_for
 
 LB_HOST = "lb.example.org"
 OTHER_HOST = "lb2.example.org"
 ACTIONS = ("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS", "LOG_GENERAL_EVENTS")
-
-#: Seconds to wait for relaying to finish.
-DELIVERY_TIMEOUT = 60.0
-
-
-def free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = DELIVERY_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def query(path: str, sql: str) -> list[tuple[object, ...]]:
@@ -115,83 +93,58 @@ class RoleService(harness.LBService):
         raise harness.ServiceFailed(f"{self.role} did not listen\n{self.log_text()}")
 
     def _tcp_accepts(self) -> bool:
-        if self.tcp_port is None:
-            return True
-        try:
-            socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1).close()
-        except OSError:
-            return False
-        return True
+        return self.tcp_port is None or harness.port_accepts(self.tcp_port)
 
 
-class RelayEndToEndTests(SynchronousTestCase):
+class DevPKICase(SynchronousTestCase):
+    """
+    Services on one development PKI: a host certificate for C{hostnames}, a
+    store port chosen, the proxy (L{RoleService}) set by the test as C{self.proxy}.
+    """
+
+    hostnames: tuple[str, ...] = ("localhost", LB_HOST)
+    proxy: RoleService
+    server: RoleService
+
     def setUp(self) -> None:
         self.base = os.path.abspath(self.mktemp())
         os.makedirs(self.base)
         self.pki = make_dev_pki(
-            os.path.join(self.base, "pki"), now=datetime.now(UTC), hostnames=("localhost", LB_HOST)
+            os.path.join(self.base, "pki"), now=datetime.now(UTC), hostnames=self.hostnames
         )
-        cert = x509.load_pem_x509_certificate(self.pki.host_cert.read_bytes())
-        self.host_dn = slash_dn(cert.subject)
+        self.host_dn, self.creds = harness.host_credentials(self.pki)
         self.store_port = free_port()
-        self.unused_port = free_port()
-        self.creds = [
-            "--cert",
-            str(self.pki.host_cert),
-            "--key",
-            str(self.pki.host_key),
-            "--ca-dir",
-            str(self.pki.ca_dir),
-        ]
 
     def write_policy(self, actions: Sequence[str]) -> str:
-        path = os.path.join(self.base, "policy.conf")
-        body = "".join(
-            f'  action "{a}" {{ rule permit {{ subject = "{self.host_dn}" }} }}\n' for a in actions
-        )
-        with open(path, "w") as f:
-            f.write(f'resource "LB" {{\n{body}}}\n')
-        return path
+        """
+        C{policy.conf} in the test's directory: C{actions} permitted to the host.
 
-    def start_pair(self, actions: Sequence[str] = ACTIONS) -> None:
+        @return: its path.
+        """
+        return harness.write_policy(os.path.join(self.base, "policy.conf"), self.host_dn, actions)
+
+    def start_pair(
+        self, server: Sequence[str], proxy: Sequence[str], proxy_port: int | None = None
+    ) -> None:
+        """
+        Start C{self.server} (an C{lbserver} with options C{server}) and
+        C{self.proxy} (an C{lbproxy} with options C{proxy}), both stopped at the end.
+
+        @param proxy_port: a TCP port the proxy is ready once it listens on.
+        """
         self.server = RoleService(
-            os.path.join(self.base, "server"),
-            "lbserver",
-            [
-                *self.creds,
-                "--hostname",
-                LB_HOST,
-                "--store",
-                f"tcp:{self.store_port}:interface=127.0.0.1",
-                "--query",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-                "--policy",
-                self.write_policy(actions),
-            ],
-            self.store_port,
+            os.path.join(self.base, "server"), "lbserver", server, self.store_port
         )
-        self.proxy = RoleService(
-            os.path.join(self.base, "proxy"),
-            "lbproxy",
-            [
-                *self.creds,
-                "--hostname",
-                "localhost",
-                "--query",
-                f"tcp:{free_port()}:interface=127.0.0.1",
-                "--relay-map",
-                f"{LB_HOST}:9001=tcp:host=127.0.0.1:port={self.store_port}",
-                "--relay-map",
-                f"{OTHER_HOST}:9001=tcp:host=127.0.0.1:port={self.unused_port}",
-            ],
-            None,
-        )
+        self.proxy = RoleService(os.path.join(self.base, "proxy"), "lbproxy", proxy, proxy_port)
         self.addCleanup(self.proxy.cleanup)
         self.addCleanup(self.server.cleanup)
         self.server.start()
         self.proxy.start()
 
     def log(self, lines: Sequence[str]) -> None:
+        """
+        Log C{lines} to the proxy's intake, each answered OK.
+        """
         sock = harness.connect(self.proxy.socket_path)
         try:
             sock.sendall("".join(line + "\n" for line in lines).encode())
@@ -202,6 +155,9 @@ class RelayEndToEndTests(SynchronousTestCase):
             sock.close()
 
     def jobs(self, first: int, count: int, host: str = LB_HOST) -> list[tuple[str, list[str]]]:
+        """
+        C{count} WMS jobs from C{first} on C{host}: (job id, its lines) each.
+        """
         out = []
         for n in range(first, first + count):
             jobid = f"https://{host}:9000/e2eRelayJob{n:06d}"
@@ -210,6 +166,25 @@ class RelayEndToEndTests(SynchronousTestCase):
             )
             out.append((jobid, wms + cream))
         return out
+
+
+class RelayEndToEndTests(DevPKICase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.unused_port = free_port()
+
+    def start_relay_pair(self, actions: Sequence[str] = ACTIONS) -> None:
+        """
+        A server permitting C{actions} to the host, a proxy relaying to it and
+        to C{OTHER_HOST} on a port nobody listens on.
+        """
+        self.start_pair(
+            harness.server_args(self.creds, LB_HOST, self.store_port, self.write_policy(actions)),
+            harness.proxy_args(
+                self.creds,
+                {f"{LB_HOST}:9001": self.store_port, f"{OTHER_HOST}:9001": self.unused_port},
+            ),
+        )
 
     def proxy_lines(self) -> list[str]:
         return [str(r[0]) for r in query(self.proxy.db_path, "SELECT line FROM events ORDER BY id")]
@@ -271,7 +246,7 @@ class RelayEndToEndTests(SynchronousTestCase):
             )
 
     def test_wms_job_reaches_server(self) -> None:
-        self.start_pair()
+        self.start_relay_pair()
         [(jobid, lines)] = self.jobs(1, 1)
         self.log(lines)
         self.wait_delivered()
@@ -289,7 +264,7 @@ class RelayEndToEndTests(SynchronousTestCase):
         self.with_logs(self._outages_and_kills)
 
     def _outages_and_kills(self) -> None:
-        self.start_pair()
+        self.start_relay_pair()
         batches = [self.jobs(100 + 20 * i, 20) for i in range(6)]
         self.log([ln for _, lines in batches[0] for ln in lines])
         self.server.stop()
@@ -316,18 +291,9 @@ class RelayEndToEndTests(SynchronousTestCase):
         self.assertEqual(harness.parse_status_text(result.stdout).get("state"), "Done")
 
     def test_refused_event_rejected_queue_moves(self) -> None:
-        self.start_pair(actions=("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS"))
+        self.start_relay_pair(actions=("REGISTER_JOBS", "LOG_WMS_EVENTS", "LOG_CE_EVENTS"))
         [(jobid, lines)] = self.jobs(1, 1)
-        tag = harness.ulm_line(
-            "UserTag",
-            jobid=jobid,
-            date=harness.T0 + 99_000_000,
-            source="Application",
-            seqcode=harness.glite_seqcode(NS=3, WM=3, JSS=2, LRMS=100000, APP=1),
-            user="/DC=org/DC=example/CN=Somebody Else",
-            name="colour",
-            value="blue",
-        )
+        tag = harness.foreign_tag(jobid)
         self.log(lines[:8] + [tag] + lines[8:])
         wait_for("the relay to drain", lambda: self.outbox_depth() == 0)
         rejected = query(self.proxy.db_path, "SELECT major, reason FROM rejected")
@@ -338,7 +304,7 @@ class RelayEndToEndTests(SynchronousTestCase):
         self.assertEqual(server, [ln for ln in self.proxy_lines() if ln != tag])
 
     def test_unreachable_destination_does_not_hold_others(self) -> None:
-        self.start_pair()
+        self.start_relay_pair()
         [(stuck_job, stuck)] = self.jobs(1, 1, host=OTHER_HOST)
         [(jobid, lines)] = self.jobs(2, 1)
         self.log(stuck + lines)

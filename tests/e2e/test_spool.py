@@ -17,6 +17,8 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from lbtwist.core.ilspool import encode_poke
 from tests.e2e import harness
@@ -113,6 +115,24 @@ class SpoolTestCase(ServiceTestCase):
         """
         wait_until(lambda: stored_count(svc) >= count, timeout)
         return harness.dump_lines(svc.state_dir)
+
+    def assert_same_statuses(
+        self, svc: harness.LBService, pairs: Sequence[tuple[str, str, Mapping[str, str]]]
+    ) -> dict[str, Any]:
+        """
+        Each pair's two jobs have the same status, the second's once each key of
+        the pair's mapping is replaced by its value (its own ids).
+
+        @return: the statuses by job id.
+        """
+        statuses = self.status_json(svc, *[j for a, b, _ in pairs for j in (a, b)])
+        for a, b, same in pairs:
+            left = json.dumps(statuses[a], sort_keys=True)
+            right = json.dumps(statuses[b], sort_keys=True)
+            for theirs, ours in same.items():
+                right = right.replace(theirs, ours)
+            self.assertEqual(json.loads(left), json.loads(right), (a, b))
+        return statuses
 
 
 def _accepts(path: str) -> bool:
@@ -347,16 +367,10 @@ class SameStatesTests(SpoolTestCase):
             sent += 1
         total = len(cream_direct_trace(direct_socket, T0)) * 2 + len(wms + cream) * 2
         self.wait_for(svc, total)
-        statuses = self.status_json(svc, direct_socket, direct_spool, wms_socket, wms_spool)
         pairs = (
             (direct_socket, direct_spool, {"CREAM000000302": "CREAM000000301"}),
             (wms_socket, wms_spool, {"CREAM000000402": "CREAM000000401", wms_spool: wms_socket}),
         )
-        for a, b, same in pairs:
-            left = json.dumps(statuses[a], sort_keys=True)
-            right = json.dumps(statuses[b], sort_keys=True)
-            for theirs, ours in same.items():
-                right = right.replace(theirs, ours)
-            self.assertEqual(json.loads(left), json.loads(right), (a, b))
+        statuses = self.assert_same_statuses(svc, pairs)
         self.assertEqual(statuses[direct_spool]["cream_state"], "Done-ok")
         self.assertEqual(statuses[wms_spool]["state"], "Done")

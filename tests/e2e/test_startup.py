@@ -19,7 +19,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from lbtwist import __version__
 from lbtwist.security.devcerts import make_dev_pki
-from tests.e2e.harness import LBTWIST, TWISTD, LBService
+from tests.e2e.harness import LBTWIST, TWISTD, LBService, free_port
 
 #: Seconds a failing start may take (the dev PKI is not made before most checks).
 TIMEOUT = 30.0
@@ -35,14 +35,6 @@ def _summary(service: LBService, timeout: float = 15.0) -> list[str]:
         if found or time.monotonic() > deadline:
             return found
         time.sleep(0.05)
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = int(s.getsockname()[1])
-    s.close()
-    return port
 
 
 class StartupErrorTests(SynchronousTestCase):
@@ -144,7 +136,7 @@ class StartupErrorTests(SynchronousTestCase):
             "--ca-dir",
             str(pki.ca_dir),
             "--query",
-            f"tcp:{_free_port()}:interface=127.0.0.1",
+            f"tcp:{free_port()}:interface=127.0.0.1",
         )
         self.assertOneLine(result, "--cert", "its own key")
 
@@ -154,7 +146,7 @@ class StartupErrorTests(SynchronousTestCase):
         """
         empty = os.path.join(self.base, "cas")
         os.mkdir(empty)
-        query = f"tcp:{_free_port()}:interface=127.0.0.1"
+        query = f"tcp:{free_port()}:interface=127.0.0.1"
         self.assertOneLine(
             self.twistd("--ca-dir", empty, "--query", query), "--ca-dir", "--allow-no-ca"
         )

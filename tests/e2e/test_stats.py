@@ -9,17 +9,14 @@ and a moment to the user's DN, again after a purge, and C{--state-dir} once stop
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import attrs
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from tests.e2e import gridtools, harness
-from tests.e2e.harness import T0, USER_DN, LBService, cream_direct_trace, cream_jobid, run_lbtwist
-from tests.e2e.test_query import ADMIN, GridPKI, free_port
+from tests.e2e import harness
+from tests.e2e.harness import T0, USER_DN, cream_direct_trace, cream_jobid
+from tests.e2e.test_query import ADMIN, GridServiceCase
 
 S = 1_000_000
 ALL_DUE = ["-a", "0", "-n", "0", "-c", "0", "-e", "0", "-o", "0"]
@@ -40,36 +37,10 @@ def iso(us: int) -> str:
     return str(us // S)
 
 
-class StatsTraceServiceTests(SynchronousTestCase):
+class StatsTraceServiceTests(GridServiceCase):
     def setUp(self) -> None:
-        missing = gridtools.missing_tools()
-        if missing:
-            raise SkipTest(f"grid tools not installed: {', '.join(missing)}")
-        self.base = Path(tempfile.mkdtemp(prefix="lbtwist-st-"))
-        self.addCleanup(shutil.rmtree, self.base, True)
-        self.pki = GridPKI(self.base)
-        self.port = free_port()
-        self.svc = LBService(
-            str(self.base / "svc"),
-            [
-                "--query", f"tcp:{self.port}:interface=127.0.0.1",
-                "--cert", str(self.pki.host.cert),
-                "--key", str(self.pki.host.key),
-                "--ca-dir", str(self.pki.ca_dir),
-                "--voms-dir", str(self.pki.voms_dir),
-                "--super-user", ADMIN,
-                "--purge-interval", "0",
-            ],
-        )  # fmt: skip
-        self.addCleanup(self.svc.cleanup)
-        self.svc.start()
-
-    def lbtwist(self, *args: str, proxy: Path | None = None) -> Any:
-        env = {"X509_CERT_DIR": str(self.pki.ca_dir), "GLITE_WMS_QUERY_SERVER": ""}
-        env["X509_USER_PROXY"] = str(proxy) if proxy else "/nonexistent/proxy"
-        env["EDG_WL_QUERY_SERVER"] = ""
-        env["HOME"] = str(self.base)
-        return run_lbtwist(args, env=env)
+        self.make_grid("lbtwist-st-")
+        self.start_service("--super-user", ADMIN, "--purge-interval", "0")
 
     def json_of(self, *args: str, proxy: Path | None = None) -> Any:
         result = self.lbtwist(*args, "--json", proxy=proxy)

@@ -21,7 +21,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from lbtwist.core import ilproto
 from tests.e2e import gridtools, harness
 from tests.e2e.gridtools import OpenSSLCA
-from tests.e2e.test_relay import RoleService, free_port
+from tests.e2e.harness import free_port
+from tests.e2e.test_relay import RoleService
 
 BASE_DN = "/DC=org/DC=lbtwist-e2e"
 CA_DN = f"{BASE_DN}/CN=lbtwist e2e CA"

@@ -40,8 +40,9 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbtwist.security.devcerts import make_dev_pki
 from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
+from tests.e2e.harness import free_port, wait_for
 from tests.e2e.test_opsmetrics import metric_value
-from tests.e2e.test_relay import ACTIONS, LB_HOST, OTHER_HOST, free_port, query, wait_for
+from tests.e2e.test_relay import ACTIONS, LB_HOST, OTHER_HOST, query
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -428,16 +429,7 @@ class WalkthroughTests(SynchronousTestCase):
         # destination: the first is delivered but for the tag, the second waits.
         jobid = f"https://{LB_HOST}:9000/e2eWalkJob000001"
         wms, cream = harness.wms_job_trace(jobid, harness.cream_jobid(1), harness.T0)
-        tag = harness.ulm_line(
-            "UserTag",
-            jobid=jobid,
-            date=harness.T0 + 99_000_000,
-            source="Application",
-            seqcode=harness.glite_seqcode(NS=3, WM=3, JSS=2, LRMS=100000, APP=1),
-            user="/DC=org/DC=example/CN=Somebody Else",
-            name="colour",
-            value="blue",
-        )
+        tag = harness.foreign_tag(jobid)
         stuck, _ = harness.wms_job_trace(
             f"https://{OTHER_HOST}:9000/e2eWalkJob000002", harness.cream_jobid(2), harness.T0
         )

@@ -33,7 +33,16 @@ from lbtwist.store.postgres import (
 )
 from tests import traces
 from tests.integration.pgcluster import cluster
-from tests.unit.test_store import PROXY, StoreRulesMixin, comparable, direct_lines, items, wms_lines
+from tests.unit.test_store import (
+    PROXY,
+    StoreRulesMixin,
+    comparable,
+    direct_lines,
+    fail_backend_write,
+    items,
+    store_options,
+    wms_lines,
+)
 from tests.unit.test_store_fold import FoldRulesMixin
 from tests.unit.test_store_range import RangeMixin
 from tests.unit.test_store_spool import SpoolOffsetsMixin
@@ -55,11 +64,7 @@ class PostgresMixin:
             store.close()
 
     def make_store(self, path: str | None = None, **kwargs: Any) -> PostgresStore:
-        if kwargs.pop("relay", True) and "policy" not in kwargs:
-            local = kwargs.pop("local_endpoints", ())
-            kwargs["policy"] = proxy_policy(local, kwargs.pop("proxy_host", PROXY))
-        kwargs.setdefault("clock", Clock())
-        kwargs.setdefault("runner", run_now)
+        store_options(kwargs)
         # A fresh schema for every store a test makes, unless it reopens one.
         store = PostgresStore(path or cluster().new_schema(self.url), **kwargs)
         store.clock = store._clock  # type: ignore[attr-defined]
@@ -67,13 +72,7 @@ class PostgresMixin:
         return store
 
     def fail_next_write(self, store: Any, error: Exception) -> None:
-        original = store.backend.write
-
-        def failing(plan: Any) -> None:
-            store.backend.write = original
-            raise error
-
-        store.backend.write = failing
+        fail_backend_write(store, error)
 
     def reopen(self, store: PostgresStore, **kwargs: Any) -> PostgresStore:
         self.successResultOf(store.close())  # type: ignore[attr-defined]

@@ -36,6 +36,17 @@ PROXY_SEQ = "UI=000000:NS=0000000003:WM=000004:BH=0000000000:JSS=000002:LM=00000
 #: What the test server answers to a sequence-code request, by job id.
 PROXY_CODES = {JOBID: b"OK " + PROXY_SEQ.encode()}
 
+#: The type and fields of the events most producer tests log: a UserTag C{a=b}.
+USER_TAG = ("-s", "Application", "-e", "UserTag", "--name=a", "--value=b")
+
+
+def socket_argv(path: str) -> list[str]:
+    """
+    C{lbtwist logevent} to the socket C{path}: L{JOBID}'s event by L{USER}
+    after L{PROXY_SEQ} (its type and fields left to the caller).
+    """
+    return ["logevent", "-S", path, "-U", USER, "-j", JOBID, "-c", PROXY_SEQ]
+
 
 class FakeTime:
     """
@@ -91,22 +102,33 @@ def call(argv: Sequence[str], ctx: CLIContext | None = None) -> tuple[int, str, 
     return status, ctx.stdout.getvalue(), ctx.stderr.getvalue()
 
 
-def validating_answer() -> object:
+def intake_answer(line: bytes) -> bytes | None:
     """
-    An answer function for L{LineServer} that validates like the intake:
-    parse errors as C{ERR}, repeated lines as C{OK duplicate}.
+    The intake's answer to a sequence-code request (from L{PROXY_CODES}) or to
+    an event it refuses (a parse error as C{ERR}); C{None} for an event it takes.
     """
     from lbtwist.core.events import parse_event
 
+    if line.startswith(b"?SEQCODE "):
+        return PROXY_CODES.get(line[9:].decode(), b"ERR 2 unknown job " + line[9:])
+    try:
+        parse_event(line.decode("utf-8"))
+    except LBError as e:
+        return f"ERR {e.code} {e.message}".encode()
+    return None
+
+
+def validating_answer() -> object:
+    """
+    An answer function for L{LineServer} that validates like the intake
+    (L{intake_answer}), repeated lines as C{OK duplicate}.
+    """
     seen: set[bytes] = set()
 
     def answer(line: bytes) -> bytes:
-        if line.startswith(b"?SEQCODE "):
-            return PROXY_CODES.get(line[9:].decode(), b"ERR 2 unknown job " + line[9:])
-        try:
-            parse_event(line.decode("utf-8"))
-        except LBError as e:
-            return f"ERR {e.code} {e.message}".encode()
+        refused = intake_answer(line)
+        if refused is not None:
+            return refused
         if line in seen:
             return b"OK duplicate"
         seen.add(line)
@@ -382,18 +404,7 @@ class LogEventTests(SynchronousTestCase):
         self.assertEqual(event.jobid, JOBID)  # type: ignore[attr-defined]
 
     def test_duplicate_is_success(self) -> None:
-        argv = self.argv(
-            "-j",
-            JOBID,
-            "-c",
-            PROXY_SEQ,
-            "-s",
-            "Application",
-            "-e",
-            "UserTag",
-            "--name=a",
-            "--value=b",
-        )
+        argv = self.argv("-j", JOBID, "-c", PROXY_SEQ, *USER_TAG)
         self.assertEqual(call(argv)[0], 0)
         status, out, err = call(argv)
         self.assertEqual((status, err), (0, ""))
@@ -434,35 +445,19 @@ class LogEventTests(SynchronousTestCase):
 
     def test_server_refuses(self) -> None:
         self.server.answer = lambda line: b"ERR 28 disk full"
-        status, out, err = call(
-            self.argv("-j", JOBID, "-s", "Application", "-e", "UserTag", "--name=a", "--value=b")
-        )
+        status, out, err = call(self.argv("-j", JOBID, *USER_TAG))
         self.assertEqual((status, out), (1, ""))
         self.assertEqual(err, "lbtwist logevent: ERR 28 disk full\n")
 
     def test_no_socket(self) -> None:
         missing = short_path(self)
-        status, out, err = call(
-            [
-                "logevent",
-                "-S",
-                missing,
-                "-j",
-                JOBID,
-                "-s",
-                "Application",
-                "-e",
-                "UserTag",
-                "--name=a",
-                "--value=b",
-            ]
-        )
+        status, out, err = call(["logevent", "-S", missing, "-j", JOBID, *USER_TAG])
         self.assertEqual((status, out), (1, ""))
         self.assertTrue(err.startswith("lbtwist logevent: ERR "), err)
         self.assertIn(missing, err)
 
     def log_argv(self, *extra: str) -> list[str]:
-        return self.argv("-s", "Application", "-e", "UserTag", "--name=a", "--value=b", *extra)
+        return self.argv(*USER_TAG, *extra)
 
     def test_asks_proxy_for_seqcode(self) -> None:
         status, out, err = call(self.log_argv("-j", JOBID, "-s", "LogMonitor"))
@@ -537,11 +532,7 @@ class LogEventTests(SynchronousTestCase):
             self.addCleanup(servers[0].stop)
 
         time.on_sleep = [lambda: None, appear]
-        argv = ["logevent", "-S", path, "-U", USER, "-j", JOBID, "-c", PROXY_SEQ]
-        status, out, err = call(
-            argv + ["-s", "Application", "-e", "UserTag", "--name=a", "--value=b"],
-            make_ctx(time=time),
-        )
+        status, out, err = call([*socket_argv(path), *USER_TAG], make_ctx(time=time))
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(len(time.sleeps), 2)
         [event] = sent_events(servers[0])
@@ -562,22 +553,8 @@ class LogEventTests(SynchronousTestCase):
     def test_timeout_option(self) -> None:
         missing = short_path(self)
         time = FakeTime()
-        argv = [
-            "logevent",
-            "-S",
-            missing,
-            "-U",
-            USER,
-            "-j",
-            JOBID,
-            "-c",
-            PROXY_SEQ,
-            "--name=a",
-            "--value=b",
-        ]
-        status, out, err = call(
-            argv + ["-s", "Application", "-e", "UserTag", "--timeout", "7.5"], make_ctx(time=time)
-        )
+        argv = [*socket_argv(missing), *USER_TAG]
+        status, out, err = call(argv + ["--timeout", "7.5"], make_ctx(time=time))
         self.assertEqual((status, out), (1, ""))
         self.assertEqual(
             err,
@@ -586,14 +563,13 @@ class LogEventTests(SynchronousTestCase):
         self.assertLessEqual(time.now, 7.5)
         self.assertGreater(time.now, 5.0)
         for bad in ["-1", "soon", "nan"]:
-            status, out, err = call(argv + ["-s", "Application", "-e", "UserTag", "--timeout", bad])
+            status, out, err = call(argv + ["--timeout", bad])
             self.assertEqual(status, 2, bad)
             self.assertIn("not a number of seconds", err)
 
     def test_timeout_from_environment(self) -> None:
         missing = short_path(self)
-        argv = ["logevent", "-S", missing, "-U", USER, "-j", JOBID, "-c", PROXY_SEQ]
-        argv += ["-s", "Application", "-e", "UserTag", "--name=a", "--value=b"]
+        argv = [*socket_argv(missing), *USER_TAG]
         for env, options, seconds in [
             ({"GLITE_WMS_LOG_TIMEOUT": "4", "EDG_WL_LOG_TIMEOUT": "9"}, [], "4"),
             ({"EDG_WL_LOG_TIMEOUT": "9"}, [], "9"),
@@ -611,20 +587,8 @@ class LogEventTests(SynchronousTestCase):
     def test_default_timeout(self) -> None:
         missing = short_path(self)
         time = FakeTime()
-        argv = [
-            "logevent",
-            "-S",
-            missing,
-            "-U",
-            USER,
-            "-j",
-            JOBID,
-            "-c",
-            PROXY_SEQ,
-            "--name=a",
-            "--value=b",
-        ]
-        status, out, err = call(argv + ["-s", "Application", "-e", "UserTag"], make_ctx(time=time))
+        argv = [*socket_argv(missing), *USER_TAG]
+        status, out, err = call(argv, make_ctx(time=time))
         self.assertEqual(status, 1)
         self.assertIn("gave up after 60 s", err)
         self.assertGreater(time.now, 57.0)
@@ -672,12 +636,7 @@ class LogEventTests(SynchronousTestCase):
                 JOBID,
                 "-c",
                 PROXY_SEQ,
-                "-s",
-                "Application",
-                "-e",
-                "UserTag",
-                "--name=a",
-                "--value=b",
+                *USER_TAG,
             )
         )
         self.assertEqual(status, 0, err)

@@ -27,9 +27,8 @@ from lbtwist.cli import fast, identity, main
 from lbtwist.cli.common import CLIContext
 from lbtwist.cli.logevent import parse_field_options
 from lbtwist.core import catalogue, jobid, seqcode, ulm
-from lbtwist.core.errors import LBError
-from lbtwist.core.events import CATALOGUE, COMMON_FIELDS, SOURCES, parse_event
-from tests.unit.test_cli import CREAM_JOBID, JOBID, PROXY_CODES, FakeTime, make_ctx
+from lbtwist.core.events import CATALOGUE, COMMON_FIELDS, SOURCES
+from tests.unit.test_cli import CREAM_JOBID, JOBID, FakeTime, intake_answer, make_ctx
 from tests.unit.test_producer import LineServer, short_path
 
 GLITE_CODE = "UI=000002:NS=0000000003:WM=000004:BH=0000000000:JSS=000002:LM=000001:LRMS=000000:APP=000000:LBS=000000"
@@ -39,13 +38,7 @@ def answer(line: bytes) -> bytes:
     """
     Validate like the intake (the same answer to the same line, every time).
     """
-    if line.startswith(b"?SEQCODE "):
-        return PROXY_CODES.get(line[9:].decode(), b"ERR 2 unknown job " + line[9:])
-    try:
-        parse_event(line.decode("utf-8"))
-    except LBError as e:
-        return f"ERR {e.code} {e.message}".encode()
-    return b"OK"
+    return intake_answer(line) or b"OK"
 
 
 @contextmanager

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -49,6 +48,7 @@ from tests.certs import (
     voms_extension,
     write_lsc,
 )
+from tests.logcapture import capture_log
 from tests.unit.test_settings import query_service_of, store_port_service_of
 
 USER_DN = "/DC=org/DC=example/OU=People/CN=Test User"
@@ -145,10 +145,7 @@ class VOMSTests(SynchronousTestCase):
         self.voms = self.ca.user("/DC=org/DC=example/OU=Services/CN=voms.example.org")
         self.voms_dir = Path(self.mktemp())
         write_lsc(self.voms_dir, self.voms)
-        self.logged: list[dict[str, object]] = []
-        observer = cast(ILogObserver, self.logged.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.logged = capture_log(self)
 
     def chain(self, **kw: object) -> list[x509.Certificate]:
         ac = make_ac(self.user.cert, self.voms, FQANS, **kw)  # type: ignore[arg-type]
@@ -432,10 +429,7 @@ class PortIdentityTests(SynchronousTestCase):
             return self.chains.get(conn, [])
 
         self.patch(tls, "verified_chain", verified_chain)
-        self.logged: list[dict[str, object]] = []
-        observer = cast(ILogObserver, self.logged.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.logged = capture_log(self)
 
     def options(self) -> dict[str, Any]:
         return {

@@ -33,6 +33,7 @@ from lbtwist.service.intake import IntakeStats
 from lbtwist.service.metrics import ServiceMetrics, metrics_site
 from lbtwist.service.relay import QueueCounters, RelayQueue
 from lbtwist.store.interface import OutboxStats
+from tests.logcapture import capture_log
 
 NOW = 1_800_000_000.0
 
@@ -454,7 +455,7 @@ class ListenerTests(SynchronousTestCase):
         A metrics listener that cannot bind is one warning line, not a failed start-up.
         """
         from twisted.internet.error import CannotListenError
-        from twisted.logger import LogLevel, globalLogPublisher
+        from twisted.logger import LogLevel
 
         from lbtwist.service.metrics import MetricsListener
 
@@ -462,9 +463,7 @@ class ListenerTests(SynchronousTestCase):
             def listen(self, factory: object) -> Deferred[object]:
                 return fail(CannotListenError("127.0.0.1", 9100, OSError(98, "in use")))
 
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        events = capture_log(self)
         listener = MetricsListener(Busy(), "tcp:9100", None)  # type: ignore[arg-type]
         listener.startService()
         warnings = [e for e in events if e.get("log_level") == LogLevel.warn]

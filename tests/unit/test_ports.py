@@ -17,12 +17,11 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python import usage
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
-from zope.interface import implementer
 
 from lbtwist import config, tap
 from lbtwist.security.identity import Identity
@@ -36,21 +35,11 @@ from lbtwist.security.tls import (
 from lbtwist.service.ports import tls_listener
 from lbtwist.testing import MemoryStore
 from tests.certs import NOW
+from tests.logcapture import capture_log
 from tests.unit.test_settings import store_port_service_of
 from tests.unit.test_tls import USER_DN, Fixture, Recorder
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def capture_log(case: SynchronousTestCase) -> list[dict[str, Any]]:
-    """
-    Events of the global log publisher during the test.
-    """
-    events: list[dict[str, Any]] = []
-    observer = implementer(ILogObserver)(lambda e: events.append(e))  # type: ignore[misc]
-    globalLogPublisher.addObserver(observer)
-    case.addCleanup(globalLogPublisher.removeObserver, observer)
-    return events
 
 
 def texts(events: list[dict[str, Any]]) -> list[str]:

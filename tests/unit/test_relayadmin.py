@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -39,12 +40,16 @@ class RelayAdminTests(SynchronousTestCase):
         self.successResultOf(self.store.reject(rows[2], 400, 22, "bad"))
         self.rejected_ids = [rows[1].event_id, rows[2].event_id]
 
-    def open(self) -> SQLiteStore:
+    def open(self, **options: Any) -> SQLiteStore:
+        """
+        The relaying store of the state directory (closed at the end), with C{options}.
+        """
         store = SQLiteStore(
             store_path(self.state),
             clock=self.clock,
             policy=proxy_policy((), "ce.example.org"),
             runner=run_now,
+            **options,
         )
         self.addCleanup(store.close)
         return store
@@ -149,16 +154,8 @@ class RunningStoreTests(RelayAdminTests):
     Re-queued rows written beside a running relaying store with an outbox tail.
     """
 
-    def open(self) -> SQLiteStore:
-        store = SQLiteStore(
-            store_path(self.state),
-            clock=self.clock,
-            policy=proxy_policy((), "ce.example.org"),
-            runner=run_now,
-            outbox_tail=1000,
-        )
-        self.addCleanup(store.close)
-        return store
+    def open(self, **options: Any) -> SQLiteStore:
+        return super().open(outbox_tail=1000, **options)
 
     def test_resync_shows_requeued(self) -> None:
         """

@@ -9,19 +9,18 @@ from datetime import timedelta
 from typing import Any
 
 from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist import tap
 from lbtwist.security import devcerts
 from tests.certs import NOW
+from tests.logcapture import capture_log
 
 
 class DevProxyWatchTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = capture_log(self)
         self.pki = devcerts.make_dev_pki(self.mktemp(), now=NOW)  # proxy valid 12 h
         self.clock = Clock()
         self.clock.advance(NOW.timestamp())

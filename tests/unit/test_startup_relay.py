@@ -14,11 +14,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.logger import LogLevel, globalLogPublisher
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.service.relay import HandshakeEndpoint
+from tests.logcapture import capture_log
 
 
 class FakeTLSEndpoint:
@@ -49,9 +50,7 @@ def handshake_failure() -> Failure:
 
 class HandshakeEndpointTests(SynchronousTestCase):
     def setUp(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.events = capture_log(self)
         self.inner = FakeTLSEndpoint()
         self.endpoint = HandshakeEndpoint(self.inner, "lb.example.org:9001")  # type: ignore[arg-type]
         Recorder.made = 0

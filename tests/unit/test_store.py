@@ -29,6 +29,7 @@ from lbtwist.store.batch import (
     cream_key,
     dupkey,
     identity,
+    run_now,
 )
 from lbtwist.store.interface import IEventStore, StoreResult
 from lbtwist.testing import HeldRunner, MemoryBackend, MemoryStore
@@ -97,6 +98,52 @@ def priority_line(priority: int, n: int) -> str:
         value="x",
     )
     return line.replace("DG.PRIORITY=0", f"DG.PRIORITY={priority}")
+
+
+def fail_backend_write(store: Any, error: Exception) -> None:
+    """
+    Make the next C{write} of a SQLite or PostgreSQL store's backend raise
+    C{error} (once: the write after it is the backend's own).
+    """
+    original = store.backend.write
+
+    def failing(plan: Any) -> None:
+        store.backend.write = original
+        raise error
+
+    store.backend.write = failing
+
+
+def record_sqlite_stores(case: SynchronousTestCase) -> list[dict[str, Any]]:
+    """
+    The path (C{"path"}) and keyword options of each SQLite store made during
+    C{case}'s test (by L{lbtwist.tap.makeService}, say), in order.
+    """
+    from lbtwist.store import sqlite as sqlite_module
+
+    built: list[dict[str, Any]] = []
+
+    class Recording(sqlite_module.SQLiteStore):
+        def __init__(self, path: str, **kwargs: Any) -> None:
+            built.append({"path": path, **kwargs})
+            super().__init__(path, **kwargs)
+
+    case.patch(sqlite_module, "SQLiteStore", Recording)
+    return built
+
+
+def store_options(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """
+    The options of a store of the rules tests: a proxy's relay policy (for
+    C{local_endpoints} and C{proxy_host}) unless C{relay=False} or a C{policy}
+    is given, a L{Clock}, the synchronous runner; C{kwargs} updated and returned.
+    """
+    if kwargs.pop("relay", True) and "policy" not in kwargs:
+        local = kwargs.pop("local_endpoints", ())
+        kwargs["policy"] = proxy_policy(local, kwargs.pop("proxy_host", PROXY))
+    kwargs.setdefault("clock", Clock())
+    kwargs.setdefault("runner", run_now)
+    return kwargs
 
 
 class StoreRulesMixin:
@@ -721,16 +768,8 @@ class ServiceStoreTests(SynchronousTestCase):
 
     def built(self, options: Any) -> dict[str, Any]:
         from lbtwist import tap
-        from lbtwist.store import sqlite as sqlite_module
 
-        built: list[dict[str, Any]] = []
-
-        class Recording(sqlite_module.SQLiteStore):
-            def __init__(self, path: str, **kwargs: Any) -> None:
-                built.append({"path": path, **kwargs})
-                super().__init__(path, **kwargs)
-
-        self.patch(sqlite_module, "SQLiteStore", Recording)
+        built = record_sqlite_stores(self)
         tap.makeService(options, reactor=Clock())
         [kwargs] = built
         return kwargs

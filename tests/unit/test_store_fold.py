@@ -13,7 +13,6 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core.events import parse_event
@@ -30,7 +29,14 @@ from lbtwist.store.sqlite import SQLiteBackend, SQLiteStore, connect, migrate
 from lbtwist.tap import Options
 from lbtwist.testing import MemoryBackend, MemoryStore
 from tests import traces
-from tests.unit.test_store import PROXY, comparable, items
+from tests.logcapture import capture_log
+from tests.unit.test_store import (
+    PROXY,
+    comparable,
+    fail_backend_write,
+    items,
+    record_sqlite_stores,
+)
 
 JOBID = traces.DIRECT_JOBID
 HOUR = 3600 * 1_000_000
@@ -224,9 +230,7 @@ class FoldRulesMixin:
         An event dated beyond the skew is stored, ordered as dated at its arrival, and
         logged once per job; the events after it are applied incrementally.
         """
-        logged: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)  # type: ignore[attr-defined]
+        logged = capture_log(self)
         store = self.make_store(max_future_skew=HOUR)
         lines = big_job(60)
         # Arriving as dated (the far-future one as its predecessor).
@@ -252,9 +256,7 @@ class FoldRulesMixin:
         Future-dated events of many jobs give at most one log line a second (of arrival
         time), which counts the jobs not logged since the one before.
         """
-        logged: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)  # type: ignore[attr-defined]
+        logged = capture_log(self)
         store = self.make_store(max_future_skew=HOUR)
         store.clock.advance(NOW / 1e6)
         line = traces.cream_done_ok()[0].replace("DATE=2024", "DATE=9999")
@@ -344,13 +346,7 @@ class SQLiteFoldTests(FoldRulesMixin, SynchronousTestCase):
         return store
 
     def fail_next_write(self, store: SQLiteStore, error: Exception) -> None:
-        original = store.backend.write
-
-        def failing(plan: Any) -> None:
-            store.backend.write = original  # type: ignore[method-assign]
-            raise error
-
-        store.backend.write = failing  # type: ignore[method-assign]
+        fail_backend_write(store, error)
 
     def test_refold_resumes_after_restart(self) -> None:
         """
@@ -518,15 +514,7 @@ class OptionTests(SynchronousTestCase):
         """
         from lbtwist import tap
 
-        built: list[dict[str, Any]] = []
-        import lbtwist.store.sqlite as sqlite_module
-
-        class Recording(SQLiteStore):
-            def __init__(self, path: str, **kwargs: Any) -> None:
-                built.append(kwargs)
-                super().__init__(path, **kwargs)
-
-        self.patch(sqlite_module, "SQLiteStore", Recording)
+        built = record_sqlite_stores(self)
         options = self.parse("--max-future-skew", "60", "--refold-slice", "7")
         tap.makeService(options, reactor=Clock())
         self.assertEqual(built[0]["max_future_skew"], 60_000_000)

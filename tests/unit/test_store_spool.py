@@ -17,7 +17,7 @@ from lbtwist.core.translate import proxy_policy
 from lbtwist.store.batch import run_now
 from lbtwist.store.sqlite import SQLiteStore, connect, migrate, schema_version
 from lbtwist.testing import MemoryStore
-from tests.unit.test_store import PROXY, direct_lines, items
+from tests.unit.test_store import PROXY, direct_lines, fail_backend_write, items
 
 
 class SpoolOffsetsMixin:
@@ -28,13 +28,7 @@ class SpoolOffsetsMixin:
         raise NotImplementedError
 
     def fail_next_write(self, store: Any, error: LBError) -> None:
-        original = store.backend.write
-
-        def failing(plan: Any) -> None:
-            store.backend.write = original
-            raise error
-
-        store.backend.write = failing
+        fail_backend_write(store, error)
 
     def test_offsets_with_events(self) -> None:
         """

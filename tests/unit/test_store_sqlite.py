@@ -35,7 +35,16 @@ from lbtwist.store.sqlite import (
     translate_error,
 )
 from tests import traces
-from tests.unit.test_store import PROXY, StoreRulesMixin, direct_lines, items, wms_lines
+from tests.unit.test_store import (
+    PROXY,
+    StoreRulesMixin,
+    direct_lines,
+    fail_backend_write,
+    items,
+    record_sqlite_stores,
+    store_options,
+    wms_lines,
+)
 
 
 class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
@@ -52,11 +61,7 @@ class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
             store.close()
 
     def make_store(self, **kwargs: Any) -> SQLiteStore:
-        if kwargs.pop("relay", True) and "policy" not in kwargs:
-            local = kwargs.pop("local_endpoints", ())
-            kwargs["policy"] = proxy_policy(local, kwargs.pop("proxy_host", PROXY))
-        kwargs.setdefault("clock", Clock())
-        kwargs.setdefault("runner", run_now)
+        store_options(kwargs)
         path = kwargs.pop("path", None)
         if path is None:
             # A fresh file for every store a test makes, unless it reopens one.
@@ -67,13 +72,7 @@ class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
         return store
 
     def fail_next_write(self, store: Any, error: LBError) -> None:
-        original = store.backend.write
-
-        def failing(plan: Any) -> None:
-            store.backend.write = original
-            raise error
-
-        store.backend.write = failing
+        fail_backend_write(store, error)
 
     def reopen(self, store: SQLiteStore, **kwargs: Any) -> SQLiteStore:
         self.successResultOf(store.close())
@@ -418,17 +417,9 @@ class SwitchIntervalTests(TestCase):
         """
         C{--thread-switch-interval} (microseconds, default 500) reaches the store.
         """
-        import lbtwist.store.sqlite as sqlite_module
         from lbtwist import tap
 
-        built: list[dict[str, Any]] = []
-
-        class Recording(SQLiteStore):
-            def __init__(self, path: str, **kwargs: Any) -> None:
-                built.append(kwargs)
-                super().__init__(path, **kwargs)
-
-        self.patch(sqlite_module, "SQLiteStore", Recording)
+        built = record_sqlite_stores(self)
         for args, expected in (((), 0.0005), (("--thread-switch-interval", "200"), 0.0002)):
             options = tap.Options()
             options.parseOptions(["--state-dir", self.mktemp(), *args])

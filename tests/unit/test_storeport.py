@@ -35,6 +35,7 @@ from lbtwist.service.storeport import (
 from lbtwist.testing import MemoryStore
 from tests import traces
 from tests.certs import NOW, TestCA
+from tests.logcapture import capture_log
 
 JOB = "https://lb01.example.org:9000/JobAaaaaaaaaaaaaaaaaaaa"
 OWNER = traces.WMS_USER
@@ -461,11 +462,7 @@ class WriteAuthorizationTests(SynchronousTestCase):
             pass
         else:
             self.patch(logs, "LIMITER", logs.WarningLimiter())
-        logged: list[dict[str, Any]] = []
-        from twisted.logger import globalLogPublisher
-
-        globalLogPublisher.addObserver(logged.append)
-        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        logged = capture_log(self)
         self.peers.connect(STRANGER).send(change_acl(STRANGER, 1, STRANGER))
         from twisted.logger import formatEvent
 

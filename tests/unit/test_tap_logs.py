@@ -12,7 +12,6 @@ from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
-from twisted.logger import globalLogPublisher
 from twisted.python import usage
 from twisted.scripts._twistd_unix import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
@@ -21,6 +20,7 @@ from lbtwist import tap
 from lbtwist.service import logs
 from lbtwist.service.intake import IntakeProtocol
 from tests import traces
+from tests.logcapture import capture_log
 from tests.unit.test_intake import connect, make_factory
 
 
@@ -122,9 +122,7 @@ class FloodTests(SynchronousTestCase):
         """
         clock = Clock()
         self.patch(logs, "LIMITER", logs.WarningLimiter(clock=clock, lines=5))
-        seen: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, seen.append)  # type: ignore[arg-type]
+        seen = capture_log(self)
         # No idle timeout within the minute: only the rejections are logged.
         factory = make_factory(clock=clock, idle_timeout=3600)
         proto, transport = connect(factory)
@@ -152,9 +150,7 @@ class StorePortFloodTests(SynchronousTestCase):
 
         clock = Clock()
         self.patch(logs, "LIMITER", logs.WarningLimiter(clock=clock, lines=4))
-        seen: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, seen.append)  # type: ignore[arg-type]
+        seen = capture_log(self)
         s = Server("/DC=org/DC=example/CN=Somebody Else")
         lines = traces.wms_prelude(traces.WMS_JOBID)
         s.send(*([lines[0]] * 200))
@@ -178,9 +174,7 @@ class RelayFloodTests(SynchronousTestCase):
 
         h = Harness(window=64)
         self.patch(logs, "LIMITER", logs.WarningLimiter(clock=h.clock, lines=3))
-        seen: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(seen.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, seen.append)  # type: ignore[arg-type]
+        seen = capture_log(self)
         lines = wms_lines(JOB_A)
         h.store_lines(lines)
         h.service.startService()

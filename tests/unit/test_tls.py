@@ -10,7 +10,7 @@ import errno
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import attrs
 from cryptography import x509
@@ -20,7 +20,7 @@ from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IHandshakeListener, IStreamServerEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
-from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
@@ -43,6 +43,7 @@ from lbtwist.security.tls import (
     transport_chain,
 )
 from tests.certs import NOW, Credential, TestCA, proxy_of
+from tests.logcapture import capture_log
 
 USER_DN = "/DC=org/DC=example/OU=People/CN=Test User"
 
@@ -151,10 +152,7 @@ class Fixture:
 class HandshakeTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.f = Fixture(Path(self.mktemp()))
-        self.events: list[dict[str, object]] = []
-        observer = cast(ILogObserver, self.events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.events = capture_log(self)
 
     def test_user_certificate_accepted(self) -> None:
         r = connect(self.f.source(), self.f.client(self.f.user))
@@ -378,10 +376,7 @@ class BrokenCRLTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.f = Fixture(Path(self.mktemp()))
-        self.events: list[dict[str, object]] = []
-        observer = cast(ILogObserver, self.events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.events = capture_log(self)
 
     def critical(self) -> list[str]:
         return [formatEvent(e) for e in self.events if e.get("log_level") == LogLevel.critical]
@@ -485,10 +480,7 @@ class RefusalLogLineTests(SynchronousTestCase):
 
     def setUp(self) -> None:
         self.f = Fixture(Path(self.mktemp()))
-        self.events: list[dict[str, object]] = []
-        observer = cast(ILogObserver, self.events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.events = capture_log(self)
 
     def refusals(self) -> list[str]:
         lines = [formatEvent(e) for e in self.events]
@@ -574,10 +566,7 @@ class RefusalLogLineTests(SynchronousTestCase):
 class RefusalLogTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
-        self.events: list[dict[str, object]] = []
-        observer = cast(ILogObserver, self.events.append)
-        globalLogPublisher.addObserver(observer)
-        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        self.events = capture_log(self)
 
     def test_interval_per_key(self) -> None:
         limiter = RefusalLog(self.clock, interval=10)

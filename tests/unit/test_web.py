@@ -36,6 +36,7 @@ from lbtwist.service.web.resources import QueryResource, choose_format, split_qu
 from lbtwist.store.query import unique_of
 from lbtwist.testing import MemoryStore
 from tests import traces
+from tests.logcapture import capture_log
 from tests.unit import test_states
 
 OWNER = traces.CREAM_USER
@@ -567,13 +568,10 @@ class SiteTests(SynchronousTestCase):
         """
         from twisted.internet.error import ConnectionDone
         from twisted.internet.testing import StringTransport
-        from twisted.logger import globalLogPublisher
         from twisted.python.failure import Failure
 
         path = self.mktemp()
-        events: list[Any] = []
-        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
+        events = capture_log(self)
         clock = Clock()
         site = make_site(store_with(), clock=clock, identify=lambda r: None, access_log=path)
         site.doStart()

@@ -16,7 +16,7 @@ from twisted.internet.error import CannotListenError, ConnectionDone
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import formatEvent
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from twisted.test import iosim
@@ -33,6 +33,7 @@ from lbtwist.security.tls import (
 from lbtwist.service.web import QueryChannel, make_site
 from tests import traces
 from tests.certs import NOW, Credential, TestCA, proxy_of
+from tests.logcapture import capture_log
 from tests.unit.test_settings import query_service_of
 from tests.unit.test_web import DIRECT_UNIQUE, STRANGER, store_with
 
@@ -225,9 +226,7 @@ class RequestHeadLimitTests(SynchronousTestCase):
         return data
 
     def test_header_line_over_16k_gets_431(self) -> None:
-        events: list[dict[str, Any]] = []
-        globalLogPublisher.addObserver(events.append)  # type: ignore[arg-type]
-        self.addCleanup(globalLogPublisher.removeObserver, events.append)  # type: ignore[arg-type]
+        events = capture_log(self)
         transport = self.serve(head_with(b"X-Big: " + b"x" * 20_000 + b"\r\n"))
         data = self.assertRefused(transport, 431)
         self.assertIn("16384", data["message"])

@@ -45,6 +45,7 @@ from lbtwist.service.web.resources import (
     QueryResource,
     _header,
     choose_format,
+    send_answer,
     split_query,
 )
 from lbtwist.store.notif import Message, RegState
@@ -206,18 +207,7 @@ class NotifResource(Resource):
             code, ctype, body = 500, _JSON, render.error_body(500, "internal error")
         if gone:
             return
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", ctype)
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        if ctype.startswith(b"text/html"):
-            request.setHeader(
-                b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'"
-            )
-        request.setHeader(b"content-length", str(len(body)).encode("ascii"))
-        if method != b"HEAD":
-            request.write(body)
-        request.finish()
+        send_answer(request, code, ctype, body, method)
 
     def _body(self, request: Request) -> object:
         most = self.service.settings.max_body

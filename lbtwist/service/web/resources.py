@@ -202,6 +202,28 @@ def _authorize_list(
         raise HTTPError(403, "only super users may list other users' jobs")
 
 
+def send_answer(request: Request, code: int, ctype: bytes, body: bytes, method: bytes) -> None:
+    """
+    Finish C{request} with a whole answer: C{code}, C{body} of type C{ctype}, not
+    to be cached or sniffed, an HTML page kept from loading anything; the body
+    left out for a C{HEAD} request.
+
+    @param method: the request's method.
+    """
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", ctype)
+    request.setHeader(b"cache-control", b"no-store")
+    request.setHeader(b"x-content-type-options", b"nosniff")
+    if ctype.startswith(b"text/html"):
+        request.setHeader(
+            b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'"
+        )
+    request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+    if method != b"HEAD":
+        request.write(body)
+    request.finish()
+
+
 class QueryResource(Resource):
     """
     The whole query tree (a leaf: it dispatches on the path itself).
@@ -294,18 +316,7 @@ class QueryResource(Resource):
             code, ctype, body = _error(fmt, 500, "internal error")
         if gone:
             return
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", ctype)
-        request.setHeader(b"cache-control", b"no-store")
-        request.setHeader(b"x-content-type-options", b"nosniff")
-        if ctype.startswith(b"text/html"):
-            request.setHeader(
-                b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'"
-            )
-        request.setHeader(b"content-length", str(len(body)).encode("ascii"))
-        if request.method != b"HEAD":
-            request.write(body)
-        request.finish()
+        send_answer(request, code, ctype, body, request.method)
 
     async def _lifecycle(
         self, name: str, who: Identity, params: list[tuple[str, str]], fmt: str
