@@ -24,7 +24,13 @@ import attrs
 
 from lbtwist.core.dn import normalize_dn, same_dn
 from lbtwist.core.jobid import unique_of
-from lbtwist.core.states.status import DONE, TERMINAL_STATES, JobStatus, public_dict
+from lbtwist.core.states.status import (
+    DONE,
+    JDL_FIELDS,
+    TERMINAL_STATES,
+    JobStatus,
+    public_dict,
+)
 
 #: The environment variable naming the notification server (as L&B's).
 NOTIF_SERVER_ENV = "GLITE_WMS_NOTIF_SERVER"
@@ -63,8 +69,6 @@ _BODY_NAMES = frozenset({"conditions", "flags", "validity"})
 #: Prefix of a registration id's last path segment (L&B's form).
 NOTIF_PREFIX = "NOTIF:"
 
-#: Fields of a status that hold the JDL: sent only with the C{jdl} flag.
-_JDL_FIELDS = ("jdl", "matched_jdl", "cream_jdl")
 #: Fields of a status that name people: hashed in anonymized messages.
 _DN_FIELDS = ("owner", "payload_owner", "cream_owner")
 
@@ -565,7 +569,7 @@ def message_status(status: JobStatus, jobid: str, *, jdl: bool, anonymized: bool
     if data.get("jobId") is None:
         data["jobId"] = jobid
     if not jdl:
-        for name in _JDL_FIELDS:
+        for name in JDL_FIELDS:
             data.pop(name, None)
     if anonymized:
         for name in _DN_FIELDS:
@@ -601,11 +605,11 @@ def status_body(head: bytes, nevents: int, status_json: str | bytes) -> bytes:
     A status message's body as stored: a JSON object without its C{seq}, the
     status in its compact form (C{status_json}, L{JobStatus.to_compact_json}:
     the fields at their defaults left out; L{render_message} reads it back as
-    the whole status), whether the registrant
-    may see it only anonymized (C{head}, L{status_head}), and the job's event
-    count at that moment (for the history). The JDL fields are kept whatever
-    the flags: L{render_message} makes what the client gets of it (the JDL
-    only with the C{jdl} flag).
+    the whole status; its JDL fields only for a registration with the C{jdl}
+    flag when the message was queued), whether the registrant may see it only
+    anonymized (C{head}, L{status_head}), and the job's event count at that
+    moment (for the history). L{render_message} makes what the client gets of
+    it (the JDL only with the C{jdl} flag).
     """
     if isinstance(status_json, str):
         status_json = status_json.encode("utf-8")

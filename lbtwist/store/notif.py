@@ -78,44 +78,51 @@ class NotifRow(NamedTuple):
 class Matched(NamedTuple):
     """
     A message the matcher found for a new status, its body not made yet: the
-    commit makes it (L{resolve}), once per status for all the registrations it
-    matched, from the job row's text when it is the status the commit leaves.
+    commit makes it (L{resolve}), once per status and view for all the
+    registrations it matched.
+
+    @ivar anonymized: the registrant may see only the anonymized status.
+    @ivar jdl: the registration has the C{jdl} flag (the body keeps the JDL).
     """
 
     reg: str
     jobid: str
     status: JobStatus
     anonymized: bool
+    jdl: bool = True
 
 
 def resolve(matched: Iterable[Matched | NotifRow]) -> list[NotifRow]:
     """
-    The messages to queue of matched statuses: each status serialised once
-    (L{JobStatus.to_compact_json}), the bodies of its registrations made of that
-    one text (one object per status and view). A status is never changed once
-    its event made it (L{lbtwist.core.states.advance_key} makes a new one), so
-    what is serialised at the commit is the job's status right after that event.
+    The messages to queue of matched statuses: each status serialised once per
+    form (L{JobStatus.to_compact_json}, with the JDL for the registrations with
+    the C{jdl} flag, without it for the others), the bodies of its
+    registrations made of that text (one object per status and view). A status
+    is never changed once its event made it (L{lbtwist.core.states.advance_key}
+    makes a new one), so what is serialised at the commit is the job's status
+    right after that event.
     """
     heads: dict[tuple[str, bool], bytes] = {}
     # One body object per status and view, shared by its rows (an "all jobs"
     # registration's messages of a commit hold no copies).
-    bodies: dict[tuple[int, bool], bytes] = {}
-    texts: dict[int, bytes] = {}
+    bodies: dict[tuple[int, bool, bool], bytes] = {}
+    texts: dict[tuple[int, bool], bytes] = {}
     out = []
     for m in matched:
         if m.__class__ is NotifRow:
             out.append(m)  # type: ignore[arg-type]
             continue
-        reg, jobid, status, anonymized = m  # type: ignore[misc]
-        body = bodies.get((id(status), anonymized))
+        reg, jobid, status, anonymized, jdl = m  # type: ignore[misc]
+        view = (id(status), anonymized, jdl)
+        body = bodies.get(view)
         if body is None:
-            text = texts.get(id(status))
+            text = texts.get((id(status), jdl))
             if text is None:
-                text = texts[id(status)] = status.to_compact_json()
+                text = texts[(id(status), jdl)] = status.to_compact_json(jdl)
             head = heads.get((jobid, anonymized))
             if head is None:
                 head = heads[(jobid, anonymized)] = status_head(jobid, anonymized)
-            body = bodies[(id(status), anonymized)] = status_body(head, status.event_count, text)
+            body = bodies[view] = status_body(head, status.event_count, text)
         out.append(NotifRow(reg, jobid, body))
     return out
 
@@ -613,7 +620,9 @@ class NotifMatcher:
                 rights = rights_of(reg, after)
                 if rights is None:
                     continue
-                found.append(Matched(reg.unique, jobid, after, rights == "anonymized"))
+                found.append(
+                    Matched(reg.unique, jobid, after, rights == "anonymized", reg.flags.jdl)
+                )
             except Exception:
                 log.failure("notification {reg} of {jobid} failed", reg=reg.unique, jobid=jobid)
         self.matched += len(found)

@@ -11,6 +11,7 @@ import json
 import os
 from typing import Any
 
+import attrs
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -288,9 +289,9 @@ class SQLiteNotifTests(_Both, SynchronousTestCase):
         calls = []
         original = JobStatus.to_compact_json
 
-        def counting(status: JobStatus) -> bytes:
+        def counting(status: JobStatus, jdl: bool = True) -> bytes:
             calls.append(status.event_count)
-            return original(status)
+            return original(status, jdl)
 
         self.patch(JobStatus, "to_compact_json", counting)
         _result(self.store.store(lines[:1]))
@@ -308,9 +309,39 @@ class SQLiteNotifTests(_Both, SynchronousTestCase):
             got = _result(n.messages(unique, 0, 10))
             self.assertEqual(len(got), 3)
             last = JobStatus.from_json_dict(json.loads(got[-1].body)["status"])
-            self.assertEqual(last, JobStatus.from_json_dict(json.loads(row)))
+            # The registrations have no jdl flag: their bodies leave the JDL out.
+            expected = attrs.evolve(
+                JobStatus.from_json_dict(json.loads(row)),
+                jdl=None,
+                matched_jdl=None,
+                cream_jdl=None,
+            )
+            self.assertEqual(last, expected)
             views = {json.loads(m.body)["view"] for m in got}
             self.assertEqual(views, {"anonymized" if unique == "r2" else "full"})
+
+    def test_jdl_stored_only_for_the_jdl_flag(self) -> None:
+        """
+        A message keeps the JDL fields only for a registration with the C{jdl}
+        flag when it is queued; the client gets the JDL only then.
+        """
+        n = self.store.notifications
+        _result(n.create(registration("plain", flags=Flags()), NOW))
+        _result(n.create(registration("withjdl", flags=Flags(jdl=True)), NOW))
+        _result(self.store.store(items(traces.cream_done_ok()[:3])))
+        plain = _result(n.messages("plain", 0, 10))
+        withjdl = _result(n.messages("withjdl", 0, 10))
+        self.assertEqual(len(plain), len(withjdl))
+        stored = [json.loads(m.body)["status"] for m in withjdl]
+        self.assertTrue(any(s.get("cream_jdl") or s.get("jdl") for s in stored), stored)
+        for m in plain:
+            status = json.loads(m.body)["status"]
+            self.assertEqual([f for f in ("jdl", "matched_jdl", "cream_jdl") if f in status], [])
+            sent = json.loads(render_message(m.seq, m.body, Flags(jdl=True))[0])
+            self.assertNotIn("jdl", sent)
+            self.assertEqual([sent["status"][f] for f in ("jdl", "cream_jdl")], [None, None])
+        sent = json.loads(render_message(withjdl[-1].seq, withjdl[-1].body, Flags(jdl=True))[0])
+        self.assertTrue(sent["jdl"])
 
     def test_queries_per_commit_do_not_grow_with_registrations(self) -> None:
         """
