@@ -54,6 +54,7 @@ DEFAULT_SERVE_MAX_ANSWER = 16 * 1024 * 1024  # bytes
 # Memory bounds of the store (docs/reference.md, Performance targets); every one is an option.
 DEFAULT_JOB_CACHE = 20_000  # job statuses the writer keeps
 DEFAULT_QUERY_CACHE = 2048  # parsed statuses the query reader keeps
+DEFAULT_WAL_CHECKPOINT_INTERVAL = 0.1  # seconds (lbtwist.store.sqlite.WalCheckpointer)
 DEFAULT_SQLITE_CACHE = 2000  # KiB of SQLite page cache per connection (SQLite's own default)
 DEFAULT_LIST_SCAN = 1000  # jobs one filtered job list page examines
 
@@ -668,6 +669,12 @@ OPTIONS: tuple[Option, ...] = (
         "KiB of SQLite page cache per store connection (writer and reader).",
     ),
     _value(
+        "wal-checkpoint-interval",
+        _seconds,
+        DEFAULT_WAL_CHECKPOINT_INTERVAL,
+        "Seconds between checkpoints of SQLite's write-ahead log, on a thread of their own.",
+    ),
+    _value(
         "list-scan",
         _count,
         DEFAULT_LIST_SCAN,
@@ -1070,6 +1077,7 @@ class Settings:
     job_cache: int
     query_cache: int
     sqlite_cache: int
+    wal_checkpoint_interval: float
     list_scan: int
     store_url: str | None
     store_pool: int

@@ -248,6 +248,7 @@ def make_store(settings: Settings, reactor: Any, *, lock: Any = True) -> IEventS
         cache_size=settings.job_cache,
         query_cache=settings.query_cache,
         page_cache=settings.sqlite_cache,
+        wal_checkpoint_interval=settings.wal_checkpoint_interval,
         list_scan=settings.list_scan,
         outbox_tail=settings.relay_tail,
         lock=lock,

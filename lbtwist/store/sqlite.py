@@ -26,6 +26,7 @@ import attrs
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -76,6 +77,8 @@ from lbtwist.store.query import (
     unique_of,
 )
 from lbtwist.store.shared import NOTIF_SCHEMA, StoreReads
+
+log = Logger()
 
 if TYPE_CHECKING:
     from lbtwist.core.events import Event
@@ -1151,6 +1154,100 @@ class ThreadRunner:
         return deferToThreadPool(self._reactor, self._pool, started)
 
 
+#: WAL pages at which the writer's commit checkpoints itself while a L{WalCheckpointer}
+#: runs (SQLite's own default is 1000): only if the checkpointer falls that far behind.
+WAL_BACKSTOP_PAGES = 16384
+
+#: Default seconds between two passes of the L{WalCheckpointer} (C{wal-checkpoint-interval}).
+WAL_CHECKPOINT_INTERVAL = 0.1
+
+
+class WalCheckpointer:
+    """
+    Copies the committed pages of the write-ahead log into the database file on a
+    thread and connection of its own, so that the writer's commits never do it.
+
+    SQLite's automatic checkpoint runs inside the commit that takes the log past
+    1,000 pages: that commit (and every event waiting for it) also copies about 4 MB
+    into the database file and syncs it. Here a passive checkpoint runs every
+    C{interval} seconds in which the writer committed; it never blocks the writer
+    (which goes on appending to the log) nor the readers, and the log is reused from
+    its start once it has been copied. The writer keeps its own automatic checkpoint
+    at L{WAL_BACKSTOP_PAGES}, which bounds the log should this thread fall behind.
+    What is durable does not change: a commit is durable once its log pages are synced.
+
+    @param commits: the writer's count of committed transactions (read, never written).
+    @ivar passes: checkpoints run; C{errors}: checkpoints that failed (logged, at
+        most once a minute; the next pass tries again).
+    """
+
+    def __init__(self, path: str, interval: float, commits: Callable[[], int]) -> None:
+        if not interval > 0:
+            raise ValueError("the WAL checkpoint interval must be positive")
+        self._path = path
+        self._interval = interval
+        self._commits = commits
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._seen = -1
+        self._logged = -float("inf")
+        self.passes = 0
+        self.errors = 0
+
+    def open(self) -> None:
+        """
+        Open the checkpointer's connection (L{start} does, then starts the thread).
+        """
+        self._conn = connect(self._path)
+        self._conn.execute("PRAGMA synchronous = FULL")
+
+    def start(self) -> None:
+        self.open()
+        self._thread = threading.Thread(
+            target=self._run, name="lbtwist-store-checkpoint", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopping.wait(self._interval):
+            self.run_once()
+
+    def run_once(self) -> bool:
+        """
+        One pass: a passive checkpoint if the writer committed since the last one.
+
+        @return: whether a checkpoint ran.
+        """
+        commits = self._commits()
+        if commits == self._seen or self._conn is None:
+            return False
+        self._seen = commits
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error as error:
+            self.errors += 1
+            now = time.monotonic()
+            if now - self._logged >= 60:
+                self._logged = now
+                log.warn("store: WAL checkpoint failed ({error}); retried", error=error)
+            return False
+        self.passes += 1
+        return True
+
+    def stop(self) -> None:
+        """
+        Stop the thread (after the pass it may be running) and close its connection.
+        """
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
 def _thread_runner(reactor: IReactorFromThreads, name: str) -> tuple[ThreadRunner, ThreadPool]:
     pool = ThreadPool(minthreads=1, maxthreads=1, name=name)
     pool.start()
@@ -1197,6 +1294,7 @@ class SQLiteStore(GroupedWrites, StoreReads):
         outbox_tail: int = OUTBOX_TAIL,
         lock: bool | statelock.StateLock = False,
         jp_register: bool = False,
+        wal_checkpoint_interval: float | None = WAL_CHECKPOINT_INTERVAL,
     ) -> None:
         """
         @param checkpoint_every: see L{BatchProcessor}.
@@ -1216,12 +1314,19 @@ class SQLiteStore(GroupedWrites, StoreReads):
             service, from its start-up), and keeps it.
         @param jp_register: keep a C{jp_pending} row with every stored RegJob, in its
             transaction (the Job Provenance export, C{--jpreg-dir}).
+        @param wal_checkpoint_interval: seconds between the passes of the store's
+            L{WalCheckpointer}, started with the store's own threads; C{None}: the
+            writer's commits checkpoint the log as SQLite does by default.
         @raise ValueError: a tuning value is out of range.
         """
         check_tuning(checkpoint_every, refold_slice, max_future_skew)
         if switch_interval is not None and not switch_interval > 0:
             raise ValueError("switch_interval must be positive")
         self._switch_interval = switch_interval
+        if wal_checkpoint_interval is not None and not wal_checkpoint_interval > 0:
+            raise ValueError("wal_checkpoint_interval must be positive")
+        self._wal_checkpoint_interval = wal_checkpoint_interval
+        self._checkpointer: WalCheckpointer | None = None
         if cache_size < 1 or query_cache < 1 or page_cache < 1 or list_scan < 1:
             raise ValueError("cache_size, query_cache, page_cache and list_scan must be positive")
         self._list_scan = list_scan
@@ -1317,6 +1422,13 @@ class SQLiteStore(GroupedWrites, StoreReads):
             if read_runner is None:
                 read_runner, pool = _thread_runner(reactor, "lbtwist-store-reader")
                 self._pools.append(pool)
+            if self._wal_checkpoint_interval is not None:
+                backend = self.backend
+                conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_BACKSTOP_PAGES}")
+                self._checkpointer = WalCheckpointer(
+                    path, self._wal_checkpoint_interval, lambda: backend.transactions
+                )
+                self._checkpointer.start()
         self._runner = runner
         self._read = read_runner or runner
         self._commit = GroupCommit(
@@ -1399,6 +1511,10 @@ class SQLiteStore(GroupedWrites, StoreReads):
         self._commit.stop()
         d = self._commit.when_idle()
         d.addCallback(lambda _: self._outbox.when_idle())
+        checkpointer = self._checkpointer
+        if checkpointer is not None:
+            # Joined on the writer thread: a pass under way does not hold up the reactor.
+            d.addCallback(lambda _: self._runner(checkpointer.stop))
         d.addCallback(lambda _: self._runner(self.backend.conn.close))
         d.addCallback(lambda _: self._read(self._reader.close))
         d.addCallback(lambda _: self._stop_pools())

@@ -27,8 +27,10 @@ from lbtwist.store import batch
 from lbtwist.store.batch import run_now
 from lbtwist.store.sqlite import (
     SCHEMA_VERSION,
+    WAL_BACKSTOP_PAGES,
     SQLiteReader,
     SQLiteStore,
+    WalCheckpointer,
     connect,
     migrate,
     schema_version,
@@ -430,6 +432,116 @@ class SwitchIntervalTests(TestCase):
             usage.UsageError,
             options.parseOptions,
             ["--state-dir", self.mktemp(), "--thread-switch-interval", "0"],
+        )
+
+
+class WalCheckpointerTests(SynchronousTestCase):
+    """
+    L{WalCheckpointer}: the log's pages copied on a connection of its own, only
+    after commits, errors counted and logged.
+    """
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.conn = connect(self.path)
+        self.addCleanup(self.conn.close)
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.conn.execute("PRAGMA wal_autocheckpoint = 0")
+        self.conn.execute("CREATE TABLE t (x BLOB)")
+        self.commits = 0
+        self.checkpointer = WalCheckpointer(self.path, 0.1, lambda: self.commits)
+        self.checkpointer.open()
+        self.addCleanup(self.checkpointer.stop)
+
+    def write(self, rows: int) -> None:
+        self.conn.executemany("INSERT INTO t VALUES (?)", [(b"x" * 1000,)] * rows)
+        self.commits += 1
+
+    def pending_frames(self) -> int:
+        # A passive checkpoint that finds nothing to copy: log frames minus copied ones.
+        _, log_frames, copied = self.conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return int(log_frames) - int(copied)
+
+    def test_copies_after_commits_only(self) -> None:
+        self.write(200)
+        size = os.path.getsize(self.path)
+        self.assertTrue(self.checkpointer.run_once())
+        self.assertGreater(os.path.getsize(self.path), size)  # the pages are in the file
+        self.assertEqual(self.pending_frames(), 0)
+        self.assertFalse(self.checkpointer.run_once())  # no commit since
+        self.write(10)
+        self.assertTrue(self.checkpointer.run_once())
+        self.assertEqual(self.checkpointer.passes, 2)
+
+    def test_error_counted_and_logged_once(self) -> None:
+        logged: list[dict[str, Any]] = []
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        assert self.checkpointer._conn is not None
+        self.checkpointer._conn.close()  # every pass now fails
+        for _ in range(3):
+            self.write(1)
+            self.assertFalse(self.checkpointer.run_once())
+        self.assertEqual((self.checkpointer.errors, self.checkpointer.passes), (3, 0))
+        failures = [e for e in logged if "WAL checkpoint failed" in e.get("log_format", "")]
+        self.assertEqual(len(failures), 1)
+        self.checkpointer._conn = None
+
+    def test_bad_interval(self) -> None:
+        for bad in (0.0, -1.0):
+            self.assertRaises(ValueError, WalCheckpointer, self.path, bad, lambda: 0)
+            self.assertRaises(
+                ValueError, SQLiteStore, self.mktemp(), clock=Clock(), wal_checkpoint_interval=bad
+            )
+
+
+class ThreadedCheckpointTests(TestCase):
+    """
+    A store with its own threads runs its checkpointer, the writer's own automatic
+    checkpoint raised to the backstop, and stops it when it closes.
+    """
+
+    @inlineCallbacks
+    def test_with_threads(self) -> Any:
+        store = SQLiteStore(self.mktemp(), clock=reactor, wal_checkpoint_interval=0.01)
+        store.start()
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        backstop = store.backend.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        self.assertEqual(backstop, WAL_BACKSTOP_PAGES)
+        yield store.store(items(direct_lines()))
+        yield store.close()
+        self.assertIsNone(checkpointer._thread)
+        self.assertIsNone(checkpointer._conn)
+
+    def test_not_without_threads(self) -> None:
+        store = SQLiteStore(self.mktemp(), clock=Clock(), runner=run_now)
+        store.start()
+        self.addCleanup(store.close)
+        self.assertIsNone(store._checkpointer)
+        self.assertEqual(
+            store.backend.conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0], 1000
+        )
+
+    def test_service_option(self) -> None:
+        """
+        C{--wal-checkpoint-interval} (seconds, default 0.1) reaches the store.
+        """
+        from lbtwist import tap
+
+        built = record_sqlite_stores(self)
+        for args, expected in (((), 0.1), (("--wal-checkpoint-interval", "0.5"), 0.5)):
+            options = tap.Options()
+            options.parseOptions(["--state-dir", self.mktemp(), *args])
+            tap.makeService(options, reactor=Clock())
+            self.assertAlmostEqual(built[-1]["wal_checkpoint_interval"], expected)
+        options = tap.Options()
+        self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--state-dir", self.mktemp(), "--wal-checkpoint-interval", "0"],
         )
 
 
