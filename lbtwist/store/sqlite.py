@@ -1155,8 +1155,11 @@ class ThreadRunner:
 
 
 #: WAL pages at which the writer's commit checkpoints itself while a L{WalCheckpointer}
-#: runs (SQLite's own default is 1000): only if the checkpointer falls that far behind.
-WAL_BACKSTOP_PAGES = 16384
+#: runs (SQLite's own default is 1000; 4000 pages are about 16 MB). Under a steady intake
+#: the checkpointer's passes rarely catch up with the writer, so the log is not reused
+#: from its start until the writer's own checkpoint runs: it then finds nearly every
+#: page copied already, and the log stays within about this size.
+WAL_BACKSTOP_PAGES = 4000
 
 #: Default seconds between two passes of the L{WalCheckpointer} (C{wal-checkpoint-interval}).
 WAL_CHECKPOINT_INTERVAL = 0.1
@@ -1173,7 +1176,7 @@ class WalCheckpointer:
     C{interval} seconds in which the writer committed; it never blocks the writer
     (which goes on appending to the log) nor the readers, and the log is reused from
     its start once it has been copied. The writer keeps its own automatic checkpoint
-    at L{WAL_BACKSTOP_PAGES}, which bounds the log should this thread fall behind.
+    at L{WAL_BACKSTOP_PAGES}, which bounds the log.
     What is durable does not change: a commit is durable once its log pages are synced.
 
     @param commits: the writer's count of committed transactions (read, never written).
