@@ -48,6 +48,7 @@ import argparse
 import multiprocessing
 import os
 import selectors
+import shutil
 import signal
 import socket
 import statistics
@@ -551,6 +552,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     base = args.dir or tempfile.mkdtemp(prefix="lbtwist-bench-")
+    try:
+        return run(args, base)
+    finally:
+        if not args.dir:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, base: str) -> int:
+    """
+    The benchmark's runs, in C{base} (a work directory).
+    """
     conns = args.connections
     number = [0]
 
