@@ -100,7 +100,7 @@ def format_iso(us: int) -> str:
         prefix = datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _ISO_SECONDS[seconds] = prefix
     text = f"{prefix}.{micro:06d}Z"
-    if len(_ISO_TEXTS) >= _ISO_CACHE_SIZE:
+    if len(_ISO_TEXTS) >= _ISO_TEXTS_SIZE:
         _ISO_TEXTS.clear()
     _ISO_TEXTS[us] = text
     return text
@@ -111,6 +111,8 @@ def format_iso(us: int) -> str:
 _ISO_CACHE_SIZE = 1 << 16
 _ISO_SECONDS: dict[int, str] = {}
 _ISO_TEXTS: dict[int, str] = {}
+# About 2.5 MB when full: the entry times of a few thousand jobs being logged.
+_ISO_TEXTS_SIZE = 1 << 14
 
 
 def parse_iso(text: str) -> int:
