@@ -49,6 +49,32 @@ from tests.unit.test_store import (
 )
 
 
+def check_store_option(
+    case: SynchronousTestCase,
+    option: str,
+    keyword: str,
+    default: float,
+    given: str,
+    expected: float,
+) -> None:
+    """
+    A service option reaches the SQLite store as C{keyword}: C{default} without it,
+    C{expected} with C{option given}; C{option 0} is refused.
+    """
+    from lbtwist import tap
+
+    built = record_sqlite_stores(case)
+    for args, value in (((), default), ((option, given), expected)):
+        options = tap.Options()
+        options.parseOptions(["--state-dir", case.mktemp(), *args])
+        tap.makeService(options, reactor=Clock())
+        case.assertAlmostEqual(built[-1][keyword], value)
+    options = tap.Options()
+    case.assertRaises(
+        usage.UsageError, options.parseOptions, ["--state-dir", case.mktemp(), option, "0"]
+    )
+
+
 class SQLiteStoreRulesTests(StoreRulesMixin, SynchronousTestCase):
     """
     The store contract on SQLite, with a synchronous runner.
@@ -419,19 +445,8 @@ class SwitchIntervalTests(TestCase):
         """
         C{--thread-switch-interval} (microseconds, default 500) reaches the store.
         """
-        from lbtwist import tap
-
-        built = record_sqlite_stores(self)
-        for args, expected in (((), 0.0005), (("--thread-switch-interval", "200"), 0.0002)):
-            options = tap.Options()
-            options.parseOptions(["--state-dir", self.mktemp(), *args])
-            tap.makeService(options, reactor=Clock())
-            self.assertAlmostEqual(built[-1]["switch_interval"], expected)
-        options = tap.Options()
-        self.assertRaises(
-            usage.UsageError,
-            options.parseOptions,
-            ["--state-dir", self.mktemp(), "--thread-switch-interval", "0"],
+        check_store_option(
+            self, "--thread-switch-interval", "switch_interval", 0.0005, "200", 0.0002
         )
 
 
@@ -529,19 +544,8 @@ class ThreadedCheckpointTests(TestCase):
         """
         C{--wal-checkpoint-interval} (seconds, default 0.1) reaches the store.
         """
-        from lbtwist import tap
-
-        built = record_sqlite_stores(self)
-        for args, expected in (((), 0.1), (("--wal-checkpoint-interval", "0.5"), 0.5)):
-            options = tap.Options()
-            options.parseOptions(["--state-dir", self.mktemp(), *args])
-            tap.makeService(options, reactor=Clock())
-            self.assertAlmostEqual(built[-1]["wal_checkpoint_interval"], expected)
-        options = tap.Options()
-        self.assertRaises(
-            usage.UsageError,
-            options.parseOptions,
-            ["--state-dir", self.mktemp(), "--wal-checkpoint-interval", "0"],
+        check_store_option(
+            self, "--wal-checkpoint-interval", "wal_checkpoint_interval", 0.1, "0.5", 0.5
         )
 
 
