@@ -21,6 +21,7 @@ import base64
 import fcntl
 import json
 import os
+import select
 import shutil
 import socket
 import ssl
@@ -32,12 +33,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from lbtwist.core.events import parse_event
 from tests import traces
 from tests.e2e import harness
-from tests.e2e.harness import LBService, free_port
+from tests.e2e.harness import E2ECase, LBService, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -63,6 +62,12 @@ class Forwarder:
     """
     A loopback TCP listener: each connection is forwarded over TLS to
     C{127.0.0.1:port} with a client certificate.
+
+    Each forwarded connection has two pump threads, one a direction. When one
+    direction ends, both sockets are shut down before they are closed: a bare
+    C{close} would not wake the other thread's C{recv}, and the browser's side
+    would stay open with nobody reading it (the browser then waits for ever on
+    a kept-alive connection).
     """
 
     def __init__(self, port: int, cert: Path, key: Path, ca_dir: Path) -> None:
@@ -89,8 +94,15 @@ class Forwarder:
         except OSError:
             plain.close()
             return
-        threading.Thread(target=self._pump, args=(tls, plain), daemon=True).start()
+        # The connect and handshake are bounded; after them the service's own
+        # idle timeout decides how long a kept-alive connection lives.
+        tls.settimeout(None)
+        back = threading.Thread(target=self._pump, args=(tls, plain), daemon=True)
+        back.start()
         self._pump(plain, tls)
+        back.join()
+        for s in (plain, tls):
+            s.close()
 
     @staticmethod
     def _pump(src: socket.socket, dst: socket.socket) -> None:
@@ -99,15 +111,21 @@ class Forwarder:
                 dst.sendall(data)
         except OSError:
             pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.close()
-                except OSError:
-                    pass
+        for s in (src, dst):
+            try:
+                # The plain socket's shutdown (an SSLSocket's own would drop
+                # its TLS state under the other thread).
+                socket.socket.shutdown(s, socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def close(self) -> None:
         self.closed = True
+        # shutdown wakes the thread blocked in accept (close alone does not).
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.listener.close()
 
 
@@ -161,7 +179,8 @@ class Browser:
 
     def _read_message(self, deadline: float) -> dict[str, Any]:
         while b"\0" not in self._buffer:
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self._from_browser], [], [], left)[0]:
                 raise TimeoutError("no answer from chromium")
             chunk = os.read(self._from_browser, 1 << 20)
             if not chunk:
@@ -256,7 +275,7 @@ def _owned_by(lines: list[str], owner: str) -> list[str]:
     return [line.replace(f'DG.USER="{traces.CREAM_USER}"', f'DG.USER="{owner}"') for line in lines]
 
 
-class BrowserTests(SynchronousTestCase):
+class BrowserTests(E2ECase):
     """
     Each test: a service with a failed, a successful and an aborted job of the
     dev user, a browser; it loads pages and reads the DOM.
