@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 
 import attrs
 from cryptography import x509
+from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.core import ilproto
 from lbtwist.security.devcerts import DevPKI
@@ -612,6 +613,49 @@ def foreign_tag(jobid: str) -> str:
         name="colour",
         value="blue",
     )
+
+
+class TestHung(BaseException):
+    """
+    Raised in the main thread by L{E2ECase}'s watchdog: the test ran past its
+    time. A C{BaseException}, so a test's own C{except Exception} retry loop
+    cannot swallow it.
+    """
+
+
+class E2ECase(SynchronousTestCase):
+    """
+    The base of the end-to-end tests: a watchdog (C{SIGALRM}) turns a test that
+    hangs (a peer that never answers, a blocking read without a bound) into that
+    test's error with its traceback, instead of a test run that never ends.
+
+    @cvar hang_timeout: seconds one test (set-up, test and clean-ups) may take;
+        C{$LBTWIST_E2E_TEST_TIMEOUT} overrides it for every test (the kill loops
+        run longer when asked for more rounds).
+    """
+
+    hang_timeout = 900.0
+
+    #: Seconds the clean-ups get after the watchdog fired once.
+    CLEANUP_GRACE = 60
+
+    def run(self, result):  # type: ignore[no-untyped-def]
+        limit = float(os.environ.get("LBTWIST_E2E_TEST_TIMEOUT") or self.hang_timeout)
+        fired = []
+
+        def expired(signum: int, frame: object) -> None:
+            fired.append(True)
+            signal.alarm(self.CLEANUP_GRACE)
+            where = "in its clean-ups" if len(fired) > 1 else f"after {limit:g} s"
+            raise TestHung(f"{self.id()} still running {where}")
+
+        previous = signal.signal(signal.SIGALRM, expired)
+        signal.setitimer(signal.ITIMER_REAL, limit)
+        try:
+            return super().run(result)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
 
 class ServiceFailed(Exception):

@@ -11,12 +11,11 @@ import os
 import re
 from contextlib import redirect_stdout
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from bench import memory
+from tests.e2e.harness import E2ECase
 
 
-class MemoryBenchTests(SynchronousTestCase):
+class MemoryBenchTests(E2ECase):
     def test_short_run(self) -> None:
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)

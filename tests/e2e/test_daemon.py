@@ -16,9 +16,7 @@ import sys
 import tempfile
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
-
-from tests.e2e.harness import parse_status_text, run_lbtwist
+from tests.e2e.harness import E2ECase, parse_status_text, run_lbtwist
 
 TWISTD = os.path.join(os.path.dirname(sys.executable), "twistd")
 
@@ -32,7 +30,7 @@ def _wait_for(predicate: object, timeout: float = 20.0) -> bool:
     return False
 
 
-class DaemonTests(SynchronousTestCase):
+class DaemonTests(E2ECase):
     def test_daemon_stores_and_stops(self) -> None:
         """
         A daemonized proxy answers producers, keeps the job's state, and exits on SIGTERM,

@@ -17,12 +17,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
 from lbtwist.security.devcerts import USER2_NAME, USER_NAME
 from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
-from tests.e2e.harness import LBService, free_port
+from tests.e2e.harness import E2ECase, LBService, free_port
 
 #: The grid tools these tests run.
 TOOLS = ("voms-proxy-info", "grid-proxy-info", "grid-proxy-init", "voms-proxy-init")
@@ -41,7 +41,7 @@ resource "LB" {
 """
 
 
-class DevVomsTests(SynchronousTestCase):
+class DevVomsTests(E2ECase):
     def setUp(self) -> None:
         missing = [tool for tool in TOOLS if shutil.which(tool) is None]
         if missing:

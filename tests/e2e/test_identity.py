@@ -16,11 +16,9 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from tests.e2e import gridtools, harness
 from tests.e2e.gridtools import Cert, OpenSSLCA, curl, curl_status
-from tests.e2e.harness import free_port, run_lbtwist, wait_for
+from tests.e2e.harness import E2ECase, free_port, run_lbtwist, wait_for
 from tests.e2e.test_query import (
     ALICE,
     CA_DN,
@@ -163,7 +161,7 @@ class QueryPortIdentityTests(GridServiceCase):
         self.assertIn("refusing TLS client 127.0.0.1:", lines[0])
 
 
-class StorePortIdentityTests(SynchronousTestCase):
+class StorePortIdentityTests(E2ECase):
     """
     The store port of C{lbserver} with a policy granting REGISTER_JOBS by
     FQAN: a look-alike VOMS signer registers nothing in anyone's name.

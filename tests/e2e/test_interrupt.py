@@ -16,10 +16,8 @@ import tempfile
 import threading
 from datetime import UTC, datetime
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from lbtwist.security.devcerts import make_dev_pki
-from tests.e2e.harness import LBTWIST
+from tests.e2e.harness import LBTWIST, E2ECase
 
 #: Seconds to wait for a command to reach its peer, or to end after a signal.
 TIMEOUT = 20.0
@@ -75,7 +73,7 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-class InterruptTests(SynchronousTestCase):
+class InterruptTests(E2ECase):
     def setUp(self) -> None:
         self.base = os.path.abspath(self.mktemp())
         os.makedirs(self.base)

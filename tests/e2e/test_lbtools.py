@@ -12,15 +12,14 @@ import os
 import subprocess
 import tempfile
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from tests.e2e import harness
+from tests.e2e.harness import E2ECase
 
 TOOLS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "lbtools")
 CHECKS = os.path.join(TOOLS, "lb-cream-checks.sh")
 
 
-class LBToolsTests(SynchronousTestCase):
+class LBToolsTests(E2ECase):
     def setUp(self) -> None:
         self.svc = harness.LBService(tempfile.mkdtemp(prefix="lbtwist-e2e-lbtools-"))
         self.addCleanup(self.svc.cleanup)

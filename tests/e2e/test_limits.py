@@ -24,7 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from lbtwist.security.devcerts import USER_NAME
 from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
-from tests.e2e.harness import free_port, wait_for
+from tests.e2e.harness import E2ECase, free_port, wait_for
 from tests.e2e.test_relay import ACTIONS, LB_HOST, DevPKICase, query
 
 #: Bare connections held on a port.
@@ -107,7 +107,7 @@ class StorePortFloodTests(DevPKICase):
         self.assertIn("(max-handshakes-per-address)", log)
 
 
-class QueryPortTests(SynchronousTestCase):
+class QueryPortTests(E2ECase):
     """
     A proxy on the development PKI, its query port on a free loopback port,
     run with at most L{FD_LIMIT} descriptors.

@@ -13,9 +13,8 @@ from __future__ import annotations
 import os
 import tempfile
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from tests.e2e import harness
+from tests.e2e.harness import E2ECase
 
 #: Junk lines sent (about 3 MiB), in chunks whose answers are read before the next.
 JUNK_LINES = 12_000
@@ -26,7 +25,7 @@ def junk(i: int) -> bytes:
     return f'DATE=junk{i} DG.JUNK="{"x" * 240}"\n'.encode()
 
 
-class FloodTests(SynchronousTestCase):
+class FloodTests(E2ECase):
     def service(self, *args: str) -> harness.LBService:
         svc = harness.LBService(tempfile.mkdtemp(prefix="lbtwist-e2e-logs-"), args)
         self.addCleanup(svc.cleanup)

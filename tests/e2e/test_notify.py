@@ -21,12 +21,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
 from lbtwist.security.devcerts import USER_NAME
 from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
-from tests.e2e.harness import LBService, cream_direct_trace, free_port, ulm_line
+from tests.e2e.harness import E2ECase, LBService, cream_direct_trace, free_port, ulm_line
 
 DEV_DN = slash_dn(USER_NAME)
 #: Seconds to wait for what a test expects to see.
@@ -140,7 +140,7 @@ class Receiver:
             self.process.wait(10)
 
 
-class NotifyTestCase(SynchronousTestCase):
+class NotifyTestCase(E2ECase):
     """
     A proxy on its development PKI, the user's environment for the CLI.
     """

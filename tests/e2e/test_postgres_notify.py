@@ -14,11 +14,11 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
 from lbtwist.security.devcerts import make_dev_pki
 from tests.e2e import gridtools, harness
-from tests.e2e.harness import free_port
+from tests.e2e.harness import E2ECase, free_port
 from tests.e2e.test_notify import DEV_DN, Receiver, changes, trace_pairs
 from tests.e2e.test_relay import RoleService
 from tests.integration.pgcluster import cluster
@@ -27,7 +27,7 @@ from tests.integration.pgcluster import cluster
 ALL_DUE = ["-a", "0", "-n", "0", "-c", "0", "-e", "0", "-o", "0"]
 
 
-class TwoFrontEndNotifyTests(SynchronousTestCase):
+class TwoFrontEndNotifyTests(E2ECase):
     def setUp(self) -> None:
         if "curl" in gridtools.missing_tools() or not _has("curl"):
             raise SkipTest("curl is not installed")

@@ -17,11 +17,9 @@ import signal
 import subprocess
 import time
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from lbtwist.client.producer import LBProducer
 from tests.e2e import harness
-from tests.e2e.harness import LBService, dump_lines, field_map, glite_seqcode, run_lbtwist
+from tests.e2e.harness import E2ECase, LBService, dump_lines, field_map, glite_seqcode, run_lbtwist
 
 CALLS = int(os.environ.get("LBTWIST_E2E_RETRY_CALLS", "20"))
 STOP_SECONDS = float(os.environ.get("LBTWIST_E2E_RETRY_STOP", "5"))
@@ -60,7 +58,7 @@ def wait_settled(procs: list[subprocess.Popen[str]], timeout: float) -> float:
     raise AssertionError(f"the calls did not settle within {timeout} s")
 
 
-class ProducerRetryTests(SynchronousTestCase):
+class ProducerRetryTests(E2ECase):
     """
     Real C{twistd lbproxy}, real C{lbtwist} processes, real UNIX sockets.
     """

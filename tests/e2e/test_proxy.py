@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from lbtwist.client.producer import LBProducer
 from lbtwist.core.errors import PermissionDenied
 from tests.e2e import harness
 from tests.e2e.harness import (
     T0,
+    E2ECase,
     LBService,
     cream_direct_trace,
     cream_jobid,
@@ -54,7 +53,7 @@ def with_service_logs(method: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
-class ServiceTestCase(SynchronousTestCase):
+class ServiceTestCase(E2ECase):
     """
     Starts services that are stopped in cleanup.
     """

@@ -14,11 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
 from tests.e2e import gridtools, harness
 from tests.e2e.gridtools import Cert, OpenSSLCA, curl, curl_status
-from tests.e2e.harness import LBService, free_port, parse_status_text, run_lbtwist
+from tests.e2e.harness import E2ECase, LBService, free_port, parse_status_text, run_lbtwist
 
 BASE_DN = "/DC=org/DC=lbtwist-e2e"
 CA_DN = f"{BASE_DN}/CN=lbtwist e2e CA"
@@ -103,7 +103,7 @@ def skip_without_tools() -> None:
         raise SkipTest(f"grid tools not installed: {', '.join(missing)}")
 
 
-class GridServiceCase(SynchronousTestCase):
+class GridServiceCase(E2ECase):
     """
     A proxy whose query port serves the host certificate of a grid PKI
     (L{GridPKI}, or C{pki_class}) and trusts its CA and VOMS server.
@@ -318,7 +318,7 @@ class QueryServiceTests(GridServiceCase):
         self.assertEqual(parse_status_text(result.stdout)["owner"], ALICE)
 
 
-class DevCertificateTests(SynchronousTestCase):
+class DevCertificateTests(E2ECase):
     """
     C{twistd -n lbproxy} without certificate options makes a development PKI
     under its state directory; its user proxy works with C{lbtwist status}.

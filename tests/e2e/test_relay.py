@@ -14,11 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
-from twisted.trial.unittest import SynchronousTestCase
-
 from lbtwist.security.devcerts import make_dev_pki
 from tests.e2e import harness
-from tests.e2e.harness import free_port, wait_for
+from tests.e2e.harness import E2ECase, free_port, wait_for
 
 LB_HOST = "lb.example.org"
 OTHER_HOST = "lb2.example.org"
@@ -96,7 +94,7 @@ class RoleService(harness.LBService):
         return self.tcp_port is None or harness.port_accepts(self.tcp_port)
 
 
-class DevPKICase(SynchronousTestCase):
+class DevPKICase(E2ECase):
     """
     Services on one development PKI: a host certificate for C{hostnames}, a
     store port chosen, the proxy (L{RoleService}) set by the test as C{self.proxy}.

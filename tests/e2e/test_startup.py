@@ -15,11 +15,11 @@ import tempfile
 import time
 from datetime import UTC, datetime
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
 from lbtwist import __version__
 from lbtwist.security.devcerts import make_dev_pki
-from tests.e2e.harness import LBTWIST, TWISTD, LBService, free_port
+from tests.e2e.harness import LBTWIST, TWISTD, E2ECase, LBService, free_port
 
 #: Seconds a failing start may take (the dev PKI is not made before most checks).
 TIMEOUT = 30.0
@@ -37,7 +37,7 @@ def _summary(service: LBService, timeout: float = 15.0) -> list[str]:
         time.sleep(0.05)
 
 
-class StartupErrorTests(SynchronousTestCase):
+class StartupErrorTests(E2ECase):
     def setUp(self) -> None:
         self.base = tempfile.mkdtemp(prefix="lbtwist-startup-")
         self.addCleanup(shutil.rmtree, self.base, True)
@@ -160,7 +160,7 @@ class StartupErrorTests(SynchronousTestCase):
         self.assertIn("0 CAs and 0 CRLs", summary[0])
 
 
-class StartupSummaryTests(SynchronousTestCase):
+class StartupSummaryTests(E2ECase):
     def setUp(self) -> None:
         self.base = tempfile.mkdtemp(prefix="lbtwist-startup-")
         self.addCleanup(shutil.rmtree, self.base, True)
@@ -216,7 +216,7 @@ class StartupSummaryTests(SynchronousTestCase):
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-class PackagingTests(SynchronousTestCase):
+class PackagingTests(E2ECase):
     # The wheel's installed files: tests.e2e.test_walkthrough (built and installed once).
 
     def test_systemd_units(self) -> None:
@@ -235,7 +235,7 @@ class PackagingTests(SynchronousTestCase):
                 self.assertIn(key, text)
 
 
-class DevCredentialsTests(SynchronousTestCase):
+class DevCredentialsTests(E2ECase):
     def test_grid_proxy_init_takes_dev_user(self) -> None:
         """
         The development user's key is RSA: C{grid-proxy-init} makes a proxy from it.

@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from twisted.trial.unittest import SkipTest, SynchronousTestCase
+from twisted.trial.unittest import SkipTest
 
 from lbtwist.core import ilproto
 from tests.e2e import gridtools, harness
 from tests.e2e.gridtools import OpenSSLCA
-from tests.e2e.harness import free_port
+from tests.e2e.harness import E2ECase, free_port
 from tests.e2e.test_relay import RoleService
 
 BASE_DN = "/DC=org/DC=lbtwist-e2e"
@@ -57,7 +57,7 @@ def regjob(jobid: str, user: str, n: int) -> str:
     )
 
 
-class StorePortAuthorizationTests(SynchronousTestCase):
+class StorePortAuthorizationTests(E2ECase):
     """
     User A registers a job at the store port; user B, another certificate of
     the same CA, tries to take it over: every attempt is answered 600 (PERM)
@@ -157,7 +157,7 @@ class StorePortAuthorizationTests(SynchronousTestCase):
         self.assertIn("only the job's owner may change its ACL", log)
 
 
-class ExclusiveRegistrationTests(SynchronousTestCase):
+class ExclusiveRegistrationTests(E2ECase):
     """
     C{lbtwist job-reg -E} through a proxy's intake socket: a new job registers,
     an existing one fails with a clear message and a non-zero exit.

@@ -35,12 +35,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from cryptography import x509
-from twisted.trial.unittest import SynchronousTestCase
 
 from lbtwist.security.devcerts import make_dev_pki
 from lbtwist.security.identity import slash_dn
 from tests.e2e import harness
-from tests.e2e.harness import free_port, wait_for
+from tests.e2e.harness import E2ECase, free_port, wait_for
 from tests.e2e.test_opsmetrics import metric_value
 from tests.e2e.test_relay import ACTIONS, LB_HOST, OTHER_HOST, query
 
@@ -239,7 +238,7 @@ class Unit:
                 proc.wait(harness.STOP_TIMEOUT)
 
 
-class WalkthroughTests(SynchronousTestCase):
+class WalkthroughTests(E2ECase):
     def setUp(self) -> None:
         self.inst = installed()
         self.base = os.path.abspath(self.mktemp())
