@@ -113,8 +113,8 @@ class Forwarder:
             pass
         for s in (src, dst):
             try:
-                # The plain socket's shutdown (an SSLSocket's own would drop
-                # its TLS state under the other thread).
+                # socket.socket's shutdown, not SSLSocket's: that one also
+                # drops the TLS state the other pump thread may be using.
                 socket.socket.shutdown(s, socket.SHUT_RDWR)
             except OSError:
                 pass
